@@ -1,0 +1,260 @@
+"""Configuration: ``taskbadger.init()`` builds one immutable ``Config`` for the whole process.
+
+The config is a module global rather than thread- or context-local: a worker pool thread or the
+heartbeat thread must see what ``init()`` set in the main thread.
+
+Precedence for every setting: explicit argument, then ``TASKBADGER_*`` environment variable, then
+the default. (The Django app puts its ``TASKBADGER`` setting between the two.)
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import importlib
+import logging
+import os
+import threading
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from .exceptions import ConfigurationError, MissingConfiguration
+
+if TYPE_CHECKING:
+    from .systems import System
+
+log = logging.getLogger("taskbadger")
+
+DEFAULT_HOST = "https://taskbadger.net"
+#: (connect, read) seconds. Short on purpose: tracking must never hold up the user's work for long.
+DEFAULT_TIMEOUT: tuple[float, float] = (2.0, 5.0)
+
+BeforeCreate = Callable[[dict], dict | None]
+Timeout = float | int | tuple[float, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything the SDK needs to talk to the API. Built by ``init()``; never mutated."""
+
+    host: str
+    organization_slug: str
+    project_slug: str
+    token: str = dataclasses.field(repr=False)
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    systems: Mapping[str, System] = dataclasses.field(default_factory=dict)
+    before_create: BeforeCreate | None = None
+    timeout: tuple[float, float] = DEFAULT_TIMEOUT
+
+    def __repr__(self) -> str:  # the token is a secret: never in a repr
+        return (
+            f"Config(host={self.host!r}, organization_slug={self.organization_slug!r}, "
+            f"project_slug={self.project_slug!r}, token='***')"
+        )
+
+    __str__ = __repr__
+
+    @property
+    def tasks_url(self) -> str:
+        return f"{self.host}/api/{self.organization_slug}/{self.project_slug}/tasks/"
+
+    def system(self, identifier: str) -> System | None:
+        return self.systems.get(identifier)
+
+
+_config: Config | None = None
+_lock = threading.Lock()
+
+
+def get_config() -> Config | None:
+    """The process-wide configuration, or None when ``init()`` has not succeeded."""
+    return _config
+
+
+def is_configured() -> bool:
+    return _config is not None
+
+
+def set_config(config: Config | None) -> Config | None:
+    """Replace the configuration (None disables tracking). Returns the previous one."""
+    global _config
+    with _lock:
+        previous, _config = _config, config
+    return previous
+
+
+def reset() -> None:
+    """Forget the configuration: the SDK goes back to 'not configured'."""
+    set_config(None)
+
+
+def parse_project_key(token: str) -> tuple[str, str, str] | None:
+    """Split a project key (base64 of ``org/project/key``) into its parts.
+
+    Returns None for a legacy key (anything that is not base64 of something containing '/').
+    Raises ConfigurationError for a key that is clearly damaged.
+    """
+    if not token or token != token.strip() or any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise ConfigurationError(
+            "The Task Badger API key contains whitespace or control characters; "
+            "copy it again from the project settings page."
+        )
+    try:
+        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        return None
+    if "/" not in decoded:
+        return None
+    parts = decoded.split("/")
+    if len(parts) != 3 or not all(parts):
+        raise ConfigurationError(
+            "The Task Badger API key is malformed: a project key encodes 'organization/project/key'. "
+            "Copy it again from the project settings page."
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def validate_host(host: str) -> str:
+    """Return the host without a trailing slash, or raise ConfigurationError."""
+    parts = urlsplit(host.strip()) if isinstance(host, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"Task Badger host must be a URL such as {DEFAULT_HOST!r}, got {host!r}."
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"Task Badger host must not have a query or fragment, got {host!r}.")
+    return host.strip().rstrip("/")
+
+
+def normalize_timeout(timeout: Any) -> tuple[float, float]:
+    """Accept seconds or (connect, read) seconds; return (connect, read)."""
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
+        pair: tuple[Any, Any] = (timeout, timeout)
+    elif isinstance(timeout, (tuple, list)) and len(timeout) == 2:
+        pair = (timeout[0], timeout[1])
+    else:
+        raise ConfigurationError(f"timeout must be seconds or a (connect, read) pair, got {timeout!r}.")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ConfigurationError(f"timeout values must be positive numbers of seconds, got {timeout!r}.")
+    return float(pair[0]), float(pair[1])
+
+
+def import_string(path: str) -> Any:
+    """Import ``package.module.attribute`` and return the attribute."""
+    module_path, _, attr = path.rpartition(".")
+    if not module_path:
+        raise ImportError(f"{path!r} is not a dotted path")
+    module = importlib.import_module(module_path)
+    try:
+        return getattr(module, attr)
+    except AttributeError as err:
+        raise ImportError(f"module {module_path!r} has no attribute {attr!r}") from err
+
+
+def resolve_before_create(before_create: BeforeCreate | str | None) -> BeforeCreate | None:
+    if before_create is None or callable(before_create):
+        return before_create
+    if isinstance(before_create, str):
+        try:
+            func = import_string(before_create)
+        except ImportError as err:
+            raise ConfigurationError(f"before_create {before_create!r} cannot be imported: {err}") from err
+        if not callable(func):
+            raise ConfigurationError(f"before_create {before_create!r} is not callable.")
+        return func
+    raise ConfigurationError(f"before_create must be a callable or a dotted path, got {before_create!r}.")
+
+
+def build_config(
+    token: str | None = None,
+    organization_slug: str | None = None,
+    project_slug: str | None = None,
+    host: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    systems: Iterable[System] | None = None,
+    before_create: BeforeCreate | str | None = None,
+    timeout: Timeout | None = None,
+) -> Config:
+    """Resolve arguments and environment into a validated Config (no I/O, no global change)."""
+    env = os.environ
+    token = token or env.get("TASKBADGER_API_KEY") or None
+    host = host or env.get("TASKBADGER_HOST") or DEFAULT_HOST
+    organization_slug = organization_slug or env.get("TASKBADGER_ORG") or None
+    project_slug = project_slug or env.get("TASKBADGER_PROJECT") or None
+
+    if not token:
+        raise MissingConfiguration(["token"])
+    parsed = parse_project_key(token)
+    if parsed:
+        organization_slug, project_slug, token = parsed
+    else:
+        warnings.warn(
+            "Legacy Task Badger API keys are deprecated: create a project key, which also carries the "
+            "organization and project.",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        missing = [name for name, value in (("organization_slug", organization_slug),
+                                            ("project_slug", project_slug)) if not value]
+        if missing:
+            raise MissingConfiguration(missing)
+
+    if tags is not None and (
+        not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+    ):
+        raise ConfigurationError(f"tags must be a dict of str to str, got {tags!r}.")
+    system_map = {}
+    for system in systems or ():
+        identifier = getattr(system, "identifier", None)
+        if not identifier:
+            raise ConfigurationError(f"{system!r} is not a Task Badger system integration.")
+        system_map[identifier] = system
+
+    return Config(
+        host=validate_host(host),
+        organization_slug=str(organization_slug),
+        project_slug=str(project_slug),
+        token=token,
+        tags=dict(tags or {}),
+        systems=system_map,
+        before_create=resolve_before_create(before_create),
+        timeout=normalize_timeout(DEFAULT_TIMEOUT if timeout is None else timeout),
+    )
+
+
+def init(
+    organization_slug: str | None = None,
+    project_slug: str | None = None,
+    token: str | None = None,
+    systems: Iterable[System] | None = None,
+    tags: Mapping[str, str] | None = None,
+    before_create: BeforeCreate | str | None = None,
+    timeout: Timeout | None = None,
+    host: str | None = None,
+) -> Config:
+    """Configure Task Badger for this process (every thread sees it).
+
+    Arguments:
+        organization_slug, project_slug: only for legacy keys; project keys carry both.
+        token: the API key; defaults to ``TASKBADGER_API_KEY``.
+        systems: integrations, e.g. ``[CelerySystemIntegration()]``.
+        tags: added to every task created in this process.
+        before_create: a callable (or dotted path to one) that receives the task fields before
+            each create and returns them, changed or not, or None to skip creating the task.
+        timeout: seconds, or a (connect, read) pair, for every API request.
+        host: the API's base URL; defaults to ``TASKBADGER_HOST``, then the hosted service.
+
+    Raises:
+        MissingConfiguration: naming each missing setting.
+        ConfigurationError: a malformed key, host, timeout, tags or before_create.
+    """
+    config = build_config(token, organization_slug, project_slug, host, tags, systems, before_create, timeout)
+    set_config(config)
+    for system in config.systems.values():
+        on_init = getattr(system, "on_init", None)
+        if on_init:
+            on_init(config)
+    return config

@@ -1,0 +1,127 @@
+"""Context that rides along with task creation: scope data/tags and the running task.
+
+Both live in ``contextvars`` so that threads and asyncio tasks each see their own, and nested
+``with`` blocks restore what was there before on exit.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+from contextlib import ContextDecorator
+from typing import Any
+
+import requests
+
+
+class _ScopeState:
+    __slots__ = ("context", "tags")
+
+    def __init__(self, context: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> None:
+        self.context = context if context is not None else {}
+        self.tags = tags if tags is not None else {}
+
+
+_scope_state: contextvars.ContextVar[_ScopeState] = contextvars.ContextVar("taskbadger_scope")
+
+
+def _state() -> _ScopeState:
+    try:
+        return _scope_state.get()
+    except LookupError:
+        state = _ScopeState()
+        _scope_state.set(state)
+        return state
+
+
+class Scope:
+    """Data and tags merged into every task created while it is current.
+
+    ``with taskbadger.current_scope() as scope:`` starts a nested scope (a copy of the enclosing
+    one); leaving the block restores the enclosing scope. Values given to ``create_task`` win.
+    """
+
+    def __init__(self) -> None:
+        self._tokens: list[contextvars.Token[_ScopeState]] = []
+
+    @property
+    def context(self) -> dict[str, Any]:
+        return _state().context
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return _state().tags
+
+    def __enter__(self) -> Scope:
+        outer = _state()
+        inner = _ScopeState(copy.deepcopy(outer.context), dict(outer.tags))
+        self._tokens.append(_scope_state.set(inner))
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        _scope_state.reset(self._tokens.pop())
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.context[key] = value
+
+    def __getitem__(self, key: str) -> Any:
+        return self.context[key]
+
+    def update(self, data: dict[str, Any]) -> None:
+        self.context.update(data)
+
+    def tag(self, tags: dict[str, str]) -> None:
+        self.tags.update(tags)
+
+    def clear(self) -> None:
+        _scope_state.set(_ScopeState())
+
+
+def current_scope() -> Scope:
+    """The scope of the current thread / context."""
+    return Scope()
+
+
+# -- the tracked task running in this context (for parent/child nesting) --------------------------
+
+# (id of the running task, id of its parent or None)
+_running: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
+    "taskbadger_running_task", default=None
+)
+
+
+def enter_task(task_id: str, parent: str | None = None) -> contextvars.Token:
+    """Mark ``task_id`` as running here; tasks created meanwhile become its children."""
+    return _running.set((task_id, parent))
+
+
+def exit_task(token: contextvars.Token) -> None:
+    _running.reset(token)
+
+
+def parent_for_new_task() -> str | None:
+    """The parent a task created right now should get.
+
+    Tasks nest one level deep, so a task created inside a child becomes the child's sibling.
+    """
+    running = _running.get()
+    if running is None:
+        return None
+    task_id, parent = running
+    return parent or task_id
+
+
+class Session(ContextDecorator):
+    """Compatibility with the official SDK's ``Session``.
+
+    This SDK always reuses one keep-alive connection pool per process, so a ``Session`` costs
+    nothing and changes nothing; it yields the underlying ``requests.Session``.
+    """
+
+    def __enter__(self) -> requests.Session:
+        from .transport import get_session
+
+        return get_session()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        return None

@@ -1,0 +1,54 @@
+"""Run the stand-in Task Badger API in the foreground: ``python -m taskbadger.testing``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+
+from .server import TaskBadgerServer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m taskbadger.testing", description="Stand-in Task Badger API server (in memory)."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
+    parser.add_argument("--organization", default="acme")
+    parser.add_argument("--project", default="demo")
+    parser.add_argument("--key", default="test-key")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server = TaskBadgerServer(
+        host=args.host,
+        port=args.port,
+        organization=args.organization,
+        project=args.project,
+        key=args.key,
+        latency=args.latency,
+        max_requests_logged=10_000,
+    ).start()
+    try:
+        print(f"Task Badger test server listening on {server.url}", flush=True)
+        print(f"API key: {server.api_key}", flush=True)
+        print(f"export TASKBADGER_HOST={server.url} TASKBADGER_API_KEY={server.api_key}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    print("stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""pytest plugin (entry point ``pytest11: taskbadger``): fixtures backed by the stand-in server."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+
+import pytest
+
+from .server import TaskBadgerServer
+
+
+@pytest.fixture(scope="session")
+def taskbadger_server_session() -> Iterator[TaskBadgerServer]:
+    """One stand-in Task Badger server for the whole test session."""
+    server = TaskBadgerServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def taskbadger_server(taskbadger_server_session: TaskBadgerServer) -> Iterator[TaskBadgerServer]:
+    """The session server, reset, with the SDK pointed at it for the duration of the test."""
+    import taskbadger  # imported lazily: the plugin loads before the code under test
+
+    server = taskbadger_server_session
+    server.reset()
+    taskbadger.init(token=server.api_key, host=server.url)
+    try:
+        yield server
+    finally:
+        config = getattr(taskbadger, "config", None) or importlib.import_module("taskbadger.config")
+        config.reset()
+        server.reset()

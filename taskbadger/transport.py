@@ -1,0 +1,204 @@
+"""HTTP transport: one keep-alive ``requests.Session`` per process.
+
+A new TCP+TLS connection per call is what makes naive tracking slow, so every call in a process
+shares one session (and its connection pool). After ``fork`` the child drops the parent's session:
+sockets inherited from the parent must never be written by two processes.
+
+Errors are mapped to the exceptions in ``taskbadger.exceptions``; none of them carries the key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from . import config as _config
+from .exceptions import (
+    ConnectError,
+    NotFound,
+    RateLimited,
+    ReadTimeout,
+    ServerError,
+    TaskbadgerException,
+    TransportError,
+    Unauthorized,
+    UnexpectedStatus,
+    ValidationError,
+)
+from .version import __version__
+
+log = logging.getLogger("taskbadger")
+
+USER_AGENT = f"taskbadger-python/{__version__} (python {platform.python_version()}; requests {requests.__version__})"
+MONITOR_HEADER = "X-TASKBADGER-MONITOR"
+
+_session: requests.Session | None = None
+_session_pid: int | None = None
+_lock = threading.Lock()
+
+
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    # Worker pools run many threads; give each a pooled connection instead of churning sockets.
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json"})
+    # Proxies and .netrc from the environment still apply; TLS verification stays on.
+    return session
+
+
+def get_session() -> requests.Session:
+    """This process's session, created on first use and again after a fork."""
+    global _session, _session_pid
+    pid = os.getpid()
+    session = _session
+    if session is not None and _session_pid == pid:
+        return session
+    with _lock:
+        if _session is None or _session_pid != pid:
+            _session, _session_pid = _new_session(), pid
+        return _session
+
+
+def _forget_session_after_fork() -> None:
+    # The child must not reuse (or close) sockets that belong to the parent: just drop them.
+    global _session, _session_pid, _lock
+    _session, _session_pid, _lock = None, None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_session_after_fork)
+
+
+def close() -> None:
+    """Close this process's connections (a new session is made on next use)."""
+    global _session
+    with _lock:
+        session, _session = _session, None
+    if session is not None and _session_pid == os.getpid():
+        session.close()
+
+
+def _require_config(config: _config.Config | None) -> _config.Config:
+    config = config or _config.get_config()
+    if config is None:
+        from .exceptions import MissingConfiguration
+
+        raise MissingConfiguration(["token"])
+    return config
+
+
+def request(
+    method: str,
+    path: str = "",
+    *,
+    json_body: Any = None,
+    params: Mapping[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+    config: _config.Config | None = None,
+    timeout: tuple[float, float] | None = None,
+) -> Any:
+    """Send one request to ``{tasks_url}{path}`` and return the decoded JSON (None for 204).
+
+    Raises TransportError subclasses when no answer came, UnexpectedStatus subclasses on an
+    error status.
+    """
+    config = _require_config(config)
+    url = config.tasks_url + path
+    send_headers = {"Authorization": f"Bearer {config.token}"}
+    if headers:
+        send_headers.update(headers)
+    data = None
+    if json_body is not None:
+        send_headers["Content-Type"] = "application/json"
+        data = json.dumps(json_body, separators=(",", ":"))
+    try:
+        response = get_session().request(
+            method,
+            url,
+            data=data,
+            params={k: v for k, v in (params or {}).items() if v is not None},
+            headers=send_headers,
+            timeout=timeout or config.timeout,
+        )
+    except requests.exceptions.ConnectTimeout as err:
+        raise ConnectError(f"Could not connect to {config.host} in time: {_describe(err)}") from err
+    except requests.exceptions.ReadTimeout as err:
+        raise ReadTimeout(f"{config.host} did not answer within {config.timeout[1]} s") from err
+    except requests.exceptions.ConnectionError as err:
+        if _is_connect_failure(err):
+            raise ConnectError(f"Could not connect to {config.host}: {_describe(err)}") from err
+        raise TransportError(f"Connection to {config.host} failed: {_describe(err)}") from err
+    except requests.exceptions.RequestException as err:
+        raise TransportError(f"Request to {config.host} failed: {_describe(err)}") from err
+    return _decode(response)
+
+
+def _is_connect_failure(err: requests.exceptions.ConnectionError) -> bool:
+    """True when the connection was never established (so the request never left)."""
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    inner = err.args[0] if err.args else None
+    if isinstance(inner, MaxRetryError):  # requests wraps urllib3's error
+        inner = inner.reason
+    return isinstance(inner, NewConnectionError)
+
+
+def _describe(err: Exception) -> str:
+    # requests' messages name the URL (no credentials in it) and the low-level reason.
+    text = str(err)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _decode(response: requests.Response) -> Any:
+    status = response.status_code
+    if 200 <= status < 300:
+        if status == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as err:
+            raise TaskbadgerException(f"Task Badger API answered {status} with a body that is not JSON") from err
+    content = response.content
+    message, errors = _error_message(response)
+    if status == 400:
+        raise ValidationError(status, content, message, errors=errors)
+    if status in (401, 403):
+        raise Unauthorized(status, content, message or "the API key was refused")
+    if status == 404:
+        raise NotFound(status, content, message)
+    if status == 429:
+        raise RateLimited(status, content, message, retry_after=_retry_after(response))
+    if status >= 500:
+        raise ServerError(status, content, message)
+    raise UnexpectedStatus(status, content, message)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare enough to fall back to our own backoff
+
+
+def _error_message(response: requests.Response) -> tuple[str, dict[str, list[str]]]:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500], {}
+    if isinstance(body, dict):
+        if "detail" in body and len(body) == 1:
+            return str(body["detail"]), {}
+        errors = {str(k): [str(m) for m in (v if isinstance(v, list) else [v])] for k, v in body.items()}
+        return "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), errors
+    return str(body)[:500], {}

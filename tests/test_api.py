@@ -1,0 +1,250 @@
+"""The task endpoint functions against the stand-in API over real HTTP."""
+
+import logging
+import multiprocessing
+import uuid
+
+import pytest
+
+import taskbadger
+from taskbadger import (
+    ConnectError,
+    CreateSkipped,
+    InvalidData,
+    NotFound,
+    RateLimited,
+    ReadTimeout,
+    ServerError,
+    StatusEnum,
+    Unauthorized,
+    ValidationError,
+)
+
+
+def posts(server):
+    return [r for r in server.requests if r.method == "POST"]
+
+
+def test_create_sends_auth_and_user_agent_and_returns_the_task(taskbadger_server):
+    task = taskbadger.create_task("export", value_max=10, data={"a": 1}, queue="q", external_id="ext-1")
+    assert task.id and task.name == "export"
+    assert task.status == StatusEnum.PENDING and task.status == "pending"
+    assert (task.value_max, task.data, task.queue, task.external_id) == (10, {"a": 1}, "q", "ext-1")
+    assert task.created is not None and task.created.tzinfo is not None
+    request = posts(taskbadger_server)[0]
+    assert request.headers["Authorization"].startswith("Bearer ")
+    assert request.headers["User-Agent"].startswith(f"taskbadger-python/{taskbadger.__version__}")
+    assert taskbadger_server.get_task(task.id)["name"] == "export"
+
+
+def test_plain_status_strings_are_accepted_and_unknown_ones_rejected_before_sending(taskbadger_server):
+    assert taskbadger.create_task("a", status="processing").status == StatusEnum.PROCESSING
+    with pytest.raises(ValueError, match="Unknown task status 'runing'.*pending"):
+        taskbadger.create_task("b", status="runing")
+    assert len(posts(taskbadger_server)) == 1
+
+
+def test_get_update_and_cancel(taskbadger_server):
+    created = taskbadger.create_task("job")
+    updated = taskbadger.update_task(created.id, status=StatusEnum.PROCESSING, value=5)
+    assert (updated.status, updated.value, updated.value_percent) == ("processing", 5, 5)
+    assert updated.start_time is not None
+    fetched = taskbadger.get_task(created.id)
+    assert fetched.value == 5
+    taskbadger.cancel_task(created.id)
+    assert taskbadger.get_task(created.id).status == StatusEnum.CANCELLED
+    assert [r.method for r in taskbadger_server.requests] == ["POST", "PATCH", "GET", "DELETE", "GET"]
+
+
+def test_update_rejects_unknown_fields_clearly(taskbadger_server):
+    task = taskbadger.create_task("job")
+    with pytest.raises(TypeError, match="valeu"):
+        taskbadger.update_task(task.id, valeu=3)
+
+
+def test_monitor_id_is_sent_as_header(taskbadger_server):
+    monitor = str(uuid.uuid4())
+    task = taskbadger.create_task("monitored", monitor_id=monitor)
+    assert posts(taskbadger_server)[0].headers["X-TASKBADGER-MONITOR"] == monitor
+    assert taskbadger_server.get_task(task.id)["monitor_id"] == monitor
+
+
+def test_list_pages_cursors_and_walking_all_pages(taskbadger_server):
+    ids = [taskbadger.create_task(f"t{i}").id for i in range(5)]
+    page = taskbadger.list_tasks(page_size=2)
+    assert len(page) == 2 and len(list(page)) == 2
+    assert page.next_cursor and page.previous is None
+    second = page.next_page()
+    assert second.previous_cursor
+    assert {t.id for t in taskbadger.iter_tasks(page_size=2)} == set(ids)
+    assert {t.id for t in taskbadger.list_tasks(page_size=2).iter_all()} == set(ids)
+
+
+def test_list_parent_filter(taskbadger_server):
+    root = taskbadger.create_task("root")
+    kids = {taskbadger.create_task(f"kid{i}", parent=root.id).id for i in range(3)}
+    taskbadger.create_task("other")
+    listed = taskbadger.list_tasks(parent=root.id)
+    assert {t.id for t in listed} == kids
+    assert all(t.parent == root.id for t in listed)
+
+
+def test_wrong_key_raises_unauthorized_without_the_key(taskbadger_server):
+    import base64
+
+    bad = base64.b64encode(b"acme/demo/not-the-key-xyz").decode()
+    taskbadger.init(token=bad, host=taskbadger_server.url)
+    with pytest.raises(Unauthorized) as info:
+        taskbadger.create_task("x")
+    assert info.value.status_code == 401
+    assert "not-the-key-xyz" not in str(info.value) and bad not in str(info.value)
+
+
+def test_not_found(taskbadger_server):
+    with pytest.raises(NotFound) as info:
+        taskbadger.get_task("doesnotexist")
+    assert info.value.status_code == 404
+
+
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"value_max": -1}, "value_max"),
+        ({"value": -5}, "value"),
+        ({"name": "x" * 300}, "name"),
+        ({"tags": {"k": "v"}}, "tags"),
+        ({"stale_timeout": 0}, "stale_timeout"),
+    ],
+)
+def test_invalid_fields_are_validation_errors_with_per_field_messages(taskbadger_server, kwargs, field):
+    kwargs = {"name": "job", **kwargs}
+    with pytest.raises(ValidationError) as info:
+        taskbadger.create_task(**kwargs)
+    assert info.value.status_code == 400
+    assert field in info.value.errors and info.value.errors[field]
+    assert field in str(info.value)
+
+
+def test_data_that_json_cannot_encode_is_refused_before_sending(taskbadger_server):
+    with pytest.raises(InvalidData, match="JSON"):
+        taskbadger.create_task("job", data={"when": object()})
+    assert taskbadger_server.requests == []
+
+
+def test_server_errors_and_rate_limits_are_mapped(taskbadger_server):
+    taskbadger_server.fail(500, times=1)
+    with pytest.raises(ServerError) as info:
+        taskbadger.create_task("x")
+    assert info.value.status_code == 500
+    taskbadger_server.fail(429, times=1, retry_after=7)
+    with pytest.raises(RateLimited) as info:
+        taskbadger.create_task("x")
+    assert info.value.retry_after == 7
+
+
+def test_unreachable_host_is_a_connect_error(taskbadger_server):
+    taskbadger_server.refuse()
+    try:
+        with pytest.raises(ConnectError) as info:
+            taskbadger.create_task("x")
+        assert info.value.reached_server is False
+    finally:
+        taskbadger_server.accept()
+    assert taskbadger.create_task("back").name == "back"
+
+
+def test_server_slower_than_the_timeout(taskbadger_server):
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(1.0, 0.3))
+    taskbadger_server.hang(times=1)
+    with pytest.raises(ReadTimeout) as info:
+        taskbadger.create_task("slow")
+    assert info.value.reached_server is True
+
+
+def test_safe_functions_log_and_return_none(taskbadger_server, tb_log):
+    taskbadger_server.fail(503)
+    assert taskbadger.create_task_safe("x") is None
+    assert taskbadger.update_task_safe("abc", value=1) is None
+    warnings = [r for r in tb_log.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2 and "503" in warnings[0].getMessage()
+
+
+def test_safe_functions_when_unconfigured_return_none_and_warn_once(tb_log):
+    assert taskbadger.create_task_safe("x") is None
+    assert taskbadger.create_task_safe("y") is None
+    assert taskbadger.update_task_safe("id", value=1) is None
+    warnings = [r for r in tb_log.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "TASKBADGER_API_KEY" in warnings[0].getMessage()
+
+
+def test_before_create_can_change_or_skip_or_fail(taskbadger_server, tb_log):
+    def before(body):
+        if body["name"] == "skip":
+            return None
+        if body["name"] == "boom":
+            raise RuntimeError("hook broke")
+        body["name"] = body["name"].upper()
+        return body
+
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, before_create=before)
+    assert taskbadger.create_task("changed").name == "CHANGED"
+    with pytest.raises(CreateSkipped):
+        taskbadger.create_task("skip")
+    tb_log.clear()
+    assert taskbadger.create_task_safe("skip") is None
+    assert not [r for r in tb_log.records if r.levelno >= logging.WARNING]
+    assert taskbadger.create_task_safe("boom") is None
+    assert "hook broke" in tb_log.records[-1].getMessage()
+    assert len(posts(taskbadger_server)) == 1
+
+
+def test_global_scope_and_explicit_tags_merge_explicit_wins(taskbadger_server):
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, tags={"env": "prod", "team": "a1"})
+    with taskbadger.current_scope() as scope:
+        scope.tag({"team": "b2", "region": "eu"})
+        scope["request"] = "r1"
+        task = taskbadger.create_task("x", tags={"region": "us"}, data={"own": 1})
+    assert task.tags == {"env": "prod", "team": "b2", "region": "us"}
+    assert task.data == {"request": "r1", "own": 1}
+
+
+def test_nested_scopes_restore_on_exit(taskbadger_server):
+    with taskbadger.current_scope() as outer:
+        outer["level"] = "outer"
+        with taskbadger.current_scope() as inner:
+            inner["level"] = "inner"
+            inner["extra"] = 1
+            assert taskbadger.create_task("in").data == {"level": "inner", "extra": 1}
+        assert taskbadger.create_task("out").data == {"level": "outer"}
+    assert taskbadger.create_task("none").data is None
+
+
+def test_one_keep_alive_connection_for_many_calls(taskbadger_server):
+    with taskbadger.Session() as session:
+        assert session is not None
+        for i in range(10):
+            taskbadger.create_task(f"t{i}")
+    for i in range(5):
+        taskbadger.create_task(f"u{i}")
+    assert len({r.connection_id for r in taskbadger_server.requests}) == 1
+
+
+def _create_in_child(name, queue):
+    try:
+        queue.put(taskbadger.create_task(name).id)
+    except Exception as err:  # report, so the parent's assertion shows it
+        queue.put(repr(err))
+
+
+def test_a_forked_child_opens_its_own_connection(taskbadger_server):
+    taskbadger.create_task("parent-before")
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_create_in_child, args=("child", queue))
+    child.start()
+    child_result = queue.get(timeout=10)
+    child.join(10)
+    assert taskbadger_server.get_task(child_result)["name"] == "child"
+    taskbadger.create_task("parent-after")
+    conns = [r.connection_id for r in taskbadger_server.requests]
+    assert conns[0] == conns[2] != conns[1]

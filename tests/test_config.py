@@ -1,0 +1,129 @@
+"""taskbadger.init(): keys, environment fallbacks, clear errors, process-wide visibility."""
+
+import base64
+import threading
+import warnings
+
+import pytest
+
+import taskbadger
+from taskbadger import config
+from taskbadger.exceptions import ConfigurationError, MissingConfiguration
+
+
+def project_key(org="acme", project="demo", key="secret-key-123"):
+    return base64.b64encode(f"{org}/{project}/{key}".encode()).decode()
+
+
+def test_project_key_gives_organization_and_project():
+    cfg = taskbadger.init(token=project_key())
+    assert (cfg.organization_slug, cfg.project_slug, cfg.token) == ("acme", "demo", "secret-key-123")
+    assert cfg.host == "https://taskbadger.net"
+    assert taskbadger.is_configured()
+
+
+def test_legacy_key_needs_slugs_and_warns():
+    with pytest.warns(DeprecationWarning, match="Legacy"):
+        cfg = taskbadger.init(token="legacykey", organization_slug="org", project_slug="proj")
+    assert (cfg.organization_slug, cfg.project_slug, cfg.token) == ("org", "proj", "legacykey")
+
+
+def test_legacy_key_without_slugs_names_what_is_missing():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(MissingConfiguration) as info:
+            taskbadger.init(token="legacykey", organization_slug="org")
+    assert info.value.missing == ["project_slug"]
+    assert "TASKBADGER_PROJECT" in str(info.value)
+    assert not taskbadger.is_configured()
+
+
+def test_missing_token_names_the_env_var():
+    with pytest.raises(MissingConfiguration) as info:
+        taskbadger.init()
+    assert info.value.missing == ["token"]
+    assert "TASKBADGER_API_KEY" in str(info.value)
+
+
+def test_env_vars_are_fallbacks_and_arguments_win(monkeypatch):
+    monkeypatch.setenv("TASKBADGER_API_KEY", project_key(org="envorg"))
+    monkeypatch.setenv("TASKBADGER_HOST", "http://127.0.0.1:9999/")
+    cfg = taskbadger.init()
+    assert cfg.organization_slug == "envorg"
+    assert cfg.host == "http://127.0.0.1:9999"
+    cfg = taskbadger.init(token=project_key(org="argorg"), host="https://example.test")
+    assert (cfg.organization_slug, cfg.host) == ("argorg", "https://example.test")
+
+
+def test_legacy_env_slugs(monkeypatch):
+    monkeypatch.setenv("TASKBADGER_ORG", "o")
+    monkeypatch.setenv("TASKBADGER_PROJECT", "p")
+    with pytest.warns(DeprecationWarning):
+        cfg = taskbadger.init(token="legacy")
+    assert (cfg.organization_slug, cfg.project_slug) == ("o", "p")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        base64.b64encode(b"acme/demo").decode(),  # two parts
+        base64.b64encode(b"acme//key").decode(),  # empty part
+        project_key() + "\n",  # pasted with a newline
+        "abc def",
+    ],
+)
+def test_malformed_key_is_a_clear_configuration_error(token):
+    with pytest.raises(ConfigurationError, match="key") as info:
+        taskbadger.init(token=token)
+    assert not isinstance(info.value, MissingConfiguration)
+    assert "secret" not in str(info.value) and token.strip() not in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["taskbadger.net", "ftp://x.test", "http://", "https://x.test/?a=1"])
+def test_malformed_host(host):
+    with pytest.raises(ConfigurationError, match="host"):
+        taskbadger.init(token=project_key(), host=host)
+
+
+@pytest.mark.parametrize("timeout,expected", [(3, (3.0, 3.0)), ((1, 4.5), (1.0, 4.5))])
+def test_timeout_accepts_seconds_or_pair(timeout, expected):
+    assert taskbadger.init(token=project_key(), timeout=timeout).timeout == expected
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "5", (1, 2, 3), (1, None)])
+def test_bad_timeout(timeout):
+    with pytest.raises(ConfigurationError, match="timeout"):
+        taskbadger.init(token=project_key(), timeout=timeout)
+
+
+def test_before_create_dotted_path_and_bad_path():
+    cfg = taskbadger.init(token=project_key(), before_create="copy.deepcopy")
+    import copy
+
+    assert cfg.before_create is copy.deepcopy
+    with pytest.raises(ConfigurationError, match="cannot be imported"):
+        taskbadger.init(token=project_key(), before_create="no_such_module.func")
+
+
+def test_key_never_in_repr_or_str():
+    cfg = taskbadger.init(token=project_key(key="topsecretvalue"))
+    assert "topsecretvalue" not in repr(cfg)
+    assert "topsecretvalue" not in str(cfg)
+
+
+def test_config_set_in_main_thread_is_seen_by_other_threads():
+    taskbadger.init(token=project_key(org="threaded"))
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(config.get_config().organization_slug))
+    thread.start()
+    thread.join()
+    assert seen == ["threaded"]
+
+
+def test_import_taskbadger_imports_neither_django_nor_celery():
+    import subprocess
+    import sys
+
+    code = "import sys, taskbadger, taskbadger.systems; print('django' in sys.modules, 'celery' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

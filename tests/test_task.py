@@ -1,0 +1,126 @@
+"""taskbadger.Task: status helpers, progress, pings, tags, merging, copy/pickle."""
+
+import copy
+import logging
+import pickle
+
+import pytest
+
+import taskbadger
+from taskbadger import DefaultMergeStrategy, StatusEnum, Task
+
+
+def patches(server):
+    return [r for r in server.requests if r.method == "PATCH"]
+
+
+def test_create_get_and_attribute_access(taskbadger_server):
+    task = Task.create("report", value_max=50)
+    assert isinstance(task, Task)
+    again = Task.get(task.id)
+    assert (again.id, again.name, again.value_max) == (task.id, "report", 50)
+    with pytest.raises(AttributeError):
+        again.no_such_field  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    "method,status",
+    [
+        ("pre_processing", "pre_processing"),
+        ("processing", "processing"),
+        ("post_processing", "post_processing"),
+        ("success", "success"),
+        ("canceled", "cancelled"),
+    ],
+)
+def test_status_helpers(taskbadger_server, method, status):
+    task = Task.create("s")
+    getattr(task, method)()
+    assert task.status == status
+    assert taskbadger_server.get_task(task.id)["status"] == status
+
+
+def test_success_with_value_sets_end_time(taskbadger_server):
+    task = Task.create("s")
+    task.success(value=100)
+    assert (task.status, task.value, task.value_percent) == (StatusEnum.SUCCESS, 100, 100)
+    assert task.end_time is not None
+
+
+def test_error_records_type_message_traceback_and_keeps_data(taskbadger_server):
+    task = Task.create("e", data={"input": "file.csv"})
+
+    def fail():
+        raise KeyError("missing column")
+
+    try:
+        fail()
+    except KeyError as exc:
+        task.error(exception=exc, data={"row": 7})
+    data = taskbadger_server.get_task(task.id)["data"]
+    assert data["input"] == "file.csv" and data["row"] == 7
+    assert "Traceback" in data["exception"] and "KeyError: 'missing column'" in data["exception"]
+    assert "in fail" in data["exception"]
+    assert data["exception_type"] == "KeyError"
+    assert task.status == StatusEnum.ERROR
+
+
+def test_update_value_respects_value_step_and_rate_limit(taskbadger_server):
+    task = Task.create("p", value=0)
+    assert task.update_value(5, value_step=10) is False
+    assert task.update_value(10, value_step=10) is True
+    assert task.update_value(12, value_step=10) is False
+    assert task.update_value(13, rate_limit=3600) is False
+    assert task.update_value(14) is True
+    assert [r.json["value"] for r in patches(taskbadger_server)] == [10, 14]
+
+
+def test_increment_value_and_set_value_max(taskbadger_server):
+    task = Task.create("p")
+    task.increment_value(3)
+    task.increment_value(4)
+    task.set_value_max(20)
+    server_task = taskbadger_server.get_task(task.id)
+    assert (server_task["value"], server_task["value_max"], server_task["value_percent"]) == (7, 20, 35)
+
+
+def test_ping_rate_limit(taskbadger_server):
+    task = Task.create("hb")
+    assert task.ping() is True
+    assert task.ping(rate_limit=3600) is False
+    assert len(patches(taskbadger_server)) == 1
+
+
+def test_tag_adds_to_existing_tags(taskbadger_server):
+    task = Task.create("t", tags={"env": "prod"})
+    task.tag({"customer": "c42"})
+    assert task.tags == {"env": "prod", "customer": "c42"}
+
+
+def test_data_merge_strategies(taskbadger_server):
+    task = Task.create("m", data={"a": 1, "log": ["x"]})
+    task.update(data={"b": 2}, data_merge_strategy="default")
+    assert task.data == {"a": 1, "log": ["x"], "b": 2}
+    task.update(data={"log": ["y"]}, data_merge_strategy=DefaultMergeStrategy(append_keys=["log"]))
+    assert task.data["log"] == ["x", "y"]
+    task.update(data={"only": True})
+    assert task.data == {"only": True}
+    with pytest.raises(ValueError, match="data_merge_strategy"):
+        task.update(data={"c": 1}, data_merge_strategy="deep")
+
+
+def test_safe_update_logs_instead_of_raising(taskbadger_server, tb_log):
+    task = Task.create("t")
+    taskbadger_server.fail(500, times=1)
+    assert task.safe_update(value=3) is False
+    assert "500" in [r for r in tb_log.records if r.levelno == logging.WARNING][-1].getMessage()
+    assert task.safe_update(value=4) is True
+
+
+def test_copy_and_pickle(taskbadger_server):
+    task = Task.create("c", data={"k": [1, 2]})
+    for clone in (copy.copy(task), copy.deepcopy(task), pickle.loads(pickle.dumps(task))):
+        assert clone.id == task.id and clone.data == {"k": [1, 2]} and clone == task
+    restored = pickle.loads(pickle.dumps(task))
+    restored.success()
+    assert taskbadger.get_task(task.id).status == "success"

@@ -1,0 +1,79 @@
+"""@track for plain functions."""
+
+import asyncio
+
+import pytest
+
+import taskbadger
+from taskbadger import StatusEnum, track
+
+
+@track
+def add(a, b):
+    return a + b
+
+
+@track(name="custom name", max_runtime=60)
+def explode():
+    raise ValueError("bad input")
+
+
+@track(name="outer")
+def outer():
+    inner()
+    return "done"
+
+
+@track(name="inner")
+def inner():
+    innermost()
+
+
+@track(name="innermost")
+def innermost():
+    return 1
+
+
+def test_bare_decorator_tracks_success(taskbadger_server):
+    assert add(2, 3) == 5
+    [task] = taskbadger_server.tasks.values()
+    assert task["name"] == f"{__name__}.add" and task["status"] == "success"
+    assert task["start_time"] and task["end_time"]
+
+
+def test_decorator_with_options_records_the_exception_and_reraises(taskbadger_server):
+    with pytest.raises(ValueError, match="bad input"):
+        explode()
+    [task] = taskbadger_server.tasks.values()
+    assert (task["name"], task["status"], task["max_runtime"]) == ("custom name", "error", 60)
+    assert "ValueError: bad input" in task["data"]["exception"]
+
+
+def test_nested_calls_become_children_one_level_deep(taskbadger_server):
+    assert outer() == "done"
+    by_name = {t["name"]: t for t in taskbadger_server.tasks.values()}
+    root = by_name["outer"]
+    assert root["parent"] is None
+    assert by_name["inner"]["parent"] == root["id"]
+    assert by_name["innermost"]["parent"] == root["id"]  # siblings, not grandchildren
+    assert {t["status"] for t in by_name.values()} == {StatusEnum.SUCCESS.value}
+
+
+def test_function_still_runs_when_unconfigured():
+    assert taskbadger.is_configured() is False
+    assert add(1, 1) == 2
+
+
+def test_function_still_runs_when_api_down(taskbadger_server):
+    taskbadger_server.fail(503)
+    assert add(1, 2) == 3
+
+
+def test_async_functions(taskbadger_server):
+    @track(name="async job")
+    async def job():
+        return 7
+
+    assert asyncio.run(job()) == 7
+    [task] = taskbadger_server.tasks.values()
+    assert (task["name"], task["status"]) == ("async job", "success")
