@@ -1,0 +1,408 @@
+"""Delivery of updates off the caller's critical path, and the publish-side breaker.
+
+``Dispatcher``: worker-side updates (processing, heartbeat, success/error) are handed to a per-process
+background dispatcher instead of being sent inline. It
+
+* never blocks the caller (except under backpressure, see ``MAX_PENDING_TASKS``);
+* keeps per-task order: at most one request per task is in flight, later fields wait behind it;
+* merges queued updates for the same task, so a fast task's processing + success is one PATCH
+  carrying the real ``start_time`` and ``end_time``;
+* retries connection errors, 429 (honouring ``Retry-After``) and 5xx with exponential backoff and
+  jitter for up to ``RETRY_HORIZON`` seconds; anything finally dropped is counted and logged;
+* is restarted in each forked child and flushed when the process shuts down.
+
+``Breaker``: the create at publish time must happen inline (the id travels in the message), so when
+the API is unreachable a breaker stops every ``.delay()`` from waiting for a timeout: after
+``failure_threshold`` consecutive failures tracking is skipped for ``cooldown`` seconds.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import random
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import config as _config
+from . import task as _task_module
+from .exceptions import RateLimited, ServerError, TransportError, UnexpectedStatus
+
+log = logging.getLogger("taskbadger")
+
+#: Most tasks with updates waiting in one process. Each entry is a small dict of fields, so the cap
+#: bounds memory to a few MB. Past it, non-final updates are dropped (counted) and final ones wait
+#: up to ``BACKPRESSURE_TIMEOUT`` for room, then are dropped (counted and logged).
+MAX_PENDING_TASKS = 10_000
+BACKPRESSURE_TIMEOUT = 5.0
+#: How long an update keeps being retried through API faults before it is dropped.
+RETRY_HORIZON = 15 * 60.0
+BACKOFF_BASE = 0.25
+BACKOFF_CAP = 30.0
+SENDER_THREADS = 4
+
+
+def merge_fields(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    """Combine two queued PATCH bodies for one task: newer values win; tags accumulate
+    (the API merges tags too); the earliest ``start_time`` is kept."""
+    merged = {**older, **newer}
+    if "tags" in older and "tags" in newer:
+        merged["tags"] = {**older["tags"], **newer["tags"]}
+    if "start_time" in older:
+        merged["start_time"] = older["start_time"]
+    if "merge_data" in older and "merge_data" in newer:
+        merged["merge_data"] = {**older["merge_data"], **newer["merge_data"]}
+    return merged
+
+
+def resolve_merge_data(task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """``merge_data`` asks for keys to be merged into the task's data (PATCH replaces ``data``):
+    merge into the ``data`` being sent, or into the task's current data, fetched first."""
+    from .api import get_task
+
+    fields = dict(fields)
+    extra = fields.pop("merge_data", None)
+    if extra is None:
+        return fields
+    base = fields.get("data")
+    if base is None:
+        base = get_task(task_id).data
+    fields["data"] = {**(base if isinstance(base, dict) else {}), **extra}
+    return fields
+
+
+@dataclass
+class _Entry:
+    fields: dict[str, Any]
+    first_queued: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+
+
+class Dispatcher:
+    def __init__(self, max_pending: int = MAX_PENDING_TASKS, threads: int = SENDER_THREADS,
+                 retry_horizon: float = RETRY_HORIZON) -> None:
+        self.max_pending = max_pending
+        self.thread_count = threads
+        self.retry_horizon = retry_horizon
+        self._cond = threading.Condition()
+        self._pending: OrderedDict[str, _Entry] = OrderedDict()
+        self._inflight: set[str] = set()
+        self._resume_at = 0.0  # global pause after API-level failures (outage, 5xx, 429)
+        self._failures = 0
+        self._threads: list[threading.Thread] = []
+        self._pid = os.getpid()
+        self._stopping = False
+        self.counters = {"submitted": 0, "sent": 0, "merged": 0, "retried": 0, "dropped": 0, "failed": 0}
+        self._last_drop_log = 0.0
+
+    # -- public -------------------------------------------------------------------------------
+
+    def submit(self, task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
+        """Queue ``fields`` for ``task_id``. Returns False if the update had to be dropped."""
+        with self._cond:
+            self._ensure_started()
+            self.counters["submitted"] += 1
+            entry = self._pending.get(task_id)
+            if entry is not None:
+                entry.fields = merge_fields(entry.fields, fields)
+                self.counters["merged"] += 1
+                self._cond.notify()
+                return True
+            if len(self._pending) >= self.max_pending:
+                if not final or not self._cond.wait_for(
+                    lambda: len(self._pending) < self.max_pending, timeout=BACKPRESSURE_TIMEOUT
+                ):
+                    self._drop(task_id, "the queue is full (the API is down or too slow)", final)
+                    return False
+                entry = self._pending.get(task_id)
+                if entry is not None:  # queued meanwhile
+                    entry.fields = merge_fields(entry.fields, fields)
+                    return True
+            self._pending[task_id] = _Entry(dict(fields))
+            self._cond.notify()
+            return True
+
+    def claim(self, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Take the fields queued for ``task_id`` so a synchronous update can send them first.
+
+        Waits (up to ``timeout``) for a request already in flight for that task, so order is kept.
+        """
+        with self._cond:
+            self._cond.wait_for(lambda: task_id not in self._inflight, timeout=timeout)
+            entry = self._pending.pop(task_id, None)
+            self._cond.notify_all()
+            return entry.fields if entry else {}
+
+    def unclaim(self, task_id: str, fields: dict[str, Any]) -> None:
+        """Give back claimed fields whose synchronous send failed."""
+        if fields:
+            with self._cond:
+                entry = self._pending.get(task_id)
+                if entry is None:
+                    self._pending[task_id] = _Entry(dict(fields))
+                    self._pending.move_to_end(task_id, last=False)
+                else:
+                    entry.fields = merge_fields(fields, entry.fields)
+                self._cond.notify()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued has been sent (or dropped). False if time ran out."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            if os.getpid() != self._pid:
+                return True
+            if self._pending:
+                self._ensure_started()
+                # A flush at shutdown must not sit out a long backoff pause: try again now.
+                self._resume_at = min(self._resume_at, time.monotonic())
+                self._cond.notify_all()
+            while self._pending or self._inflight:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("Task Badger: %d task update(s) not delivered before shutdown",
+                                len(self._pending) + len(self._inflight))
+                    return False
+                self._cond.wait(min(remaining, 0.1))
+            return True
+
+    def stats(self) -> dict[str, int]:
+        with self._cond:
+            return {**self.counters, "queued": len(self._pending), "in_flight": len(self._inflight)}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        # called with the lock held
+        if self._threads and all(t.is_alive() for t in self._threads):
+            return
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < self.thread_count:
+            thread = threading.Thread(target=self._run, name=f"taskbadger-dispatcher-{len(self._threads)}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _next(self) -> tuple[str, _Entry] | None:
+        # called with the lock held: the oldest task that has no request in flight
+        for task_id in self._pending:
+            if task_id not in self._inflight:
+                return task_id, self._pending.pop(task_id)
+        return None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while True:
+                    pause = self._resume_at - time.monotonic()
+                    item = self._next() if pause <= 0 else None
+                    if item is not None:
+                        break
+                    self._cond.wait(pause if pause > 0 else None)
+                task_id, entry = item
+                self._inflight.add(task_id)
+            try:
+                outcome = self._send(task_id, entry)
+            except Exception:  # never let the sender thread die
+                log.exception("Task Badger: internal error while sending an update for task %r", task_id)
+                outcome = "dropped"
+                self.counters["failed"] += 1
+            with self._cond:
+                self._inflight.discard(task_id)
+                if outcome == "retry":
+                    existing = self._pending.pop(task_id, None)
+                    if existing is not None:
+                        entry.fields = merge_fields(entry.fields, existing.fields)
+                    self._pending[task_id] = entry
+                    self._pending.move_to_end(task_id, last=False)  # keep its place at the front
+                self._cond.notify_all()
+
+    def _send(self, task_id: str, entry: _Entry) -> str:
+        from .api import update_task
+
+        entry.attempts += 1
+        try:
+            update_task(task_id, **resolve_merge_data(task_id, entry.fields))
+        except (TransportError, RateLimited, ServerError) as err:
+            return self._transient(task_id, entry, err)
+        except UnexpectedStatus as err:
+            self.counters["dropped"] += 1
+            log.warning("Task Badger refused an update for task %r (%s); it is dropped", task_id, err)
+            return "dropped"
+        except Exception as err:
+            self.counters["dropped"] += 1
+            log.warning("Task Badger: update for task %r cannot be sent (%s); it is dropped", task_id, err)
+            return "dropped"
+        with self._cond:
+            self.counters["sent"] += 1
+            self._failures = 0
+        return "sent"
+
+    def _transient(self, task_id: str, entry: _Entry, err: Exception) -> str:
+        if time.monotonic() - entry.first_queued > self.retry_horizon:
+            self._drop(task_id, f"it could not be delivered for {self.retry_horizon:.0f} s ({err})",
+                       final=True, locked=False)
+            return "dropped"
+        with self._cond:
+            self._failures += 1
+            self.counters["retried"] += 1
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._failures - 1, 10))
+            delay *= random.uniform(0.5, 1.0)
+            retry_after = getattr(err, "retry_after", None)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            self._resume_at = max(self._resume_at, time.monotonic() + delay)
+            if self._failures == 1:
+                log.warning("Task Badger API unavailable (%s); updates are queued and retried", err)
+        return "retry"
+
+    def _drop(self, task_id: str, reason: str, final: bool, locked: bool = True) -> None:
+        if not locked:
+            with self._cond:
+                self._drop(task_id, reason, final)
+            return
+        self.counters["dropped"] += 1
+        now = time.monotonic()
+        if final or now - self._last_drop_log > 60:
+            self._last_drop_log = now
+            log.error("Task Badger: an update for task %r was dropped because %s (%d dropped so far)",
+                      task_id, reason, self.counters["dropped"])
+
+
+# -- the process's dispatcher ----------------------------------------------------------------------
+
+_dispatcher: Dispatcher | None = None
+_dispatcher_lock = threading.Lock()
+
+
+def get_dispatcher() -> Dispatcher:
+    """This process's dispatcher (a new one in each forked child)."""
+    global _dispatcher
+    dispatcher = _dispatcher
+    if dispatcher is not None and dispatcher._pid == os.getpid():
+        return dispatcher
+    with _dispatcher_lock:
+        if _dispatcher is None or _dispatcher._pid != os.getpid():
+            _dispatcher = Dispatcher()
+            _task_module.claim_queued = _claim_for_sync_update
+            _task_module.unclaim_queued = _unclaim
+        return _dispatcher
+
+
+def _claim_for_sync_update(task_id: str) -> dict[str, Any]:
+    dispatcher = _dispatcher
+    if dispatcher is None or dispatcher._pid != os.getpid():
+        return {}
+    claimed = dispatcher.claim(task_id)
+    return resolve_merge_data(task_id, claimed) if claimed else claimed
+
+
+def _unclaim(task_id: str, fields: dict[str, Any]) -> None:
+    if _dispatcher is not None:
+        _dispatcher.unclaim(task_id, fields)
+
+
+def _after_fork_in_child() -> None:
+    # The parent's threads do not exist here and its queue is the parent's job to send.
+    global _dispatcher, _dispatcher_lock
+    _dispatcher, _dispatcher_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def submit(task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
+    return get_dispatcher().submit(task_id, fields, final=final)
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Send everything this process has queued; False if ``timeout`` ran out first."""
+    dispatcher = _dispatcher
+    if dispatcher is None or dispatcher._pid != os.getpid() or not _config.is_configured():
+        return True
+    return dispatcher.flush(timeout)
+
+
+def stats() -> dict[str, Any]:
+    """Delivery counters of this process: sent, merged, retried, dropped, queued, in flight,
+    plus the publish-side breaker's state."""
+    dispatcher = _dispatcher
+    result: dict[str, Any] = (
+        dispatcher.stats() if dispatcher is not None and dispatcher._pid == os.getpid()
+        else {"submitted": 0, "sent": 0, "merged": 0, "retried": 0, "dropped": 0, "failed": 0,
+              "queued": 0, "in_flight": 0}
+    )
+    result["breaker"] = publish_breaker.state()
+    return result
+
+
+atexit.register(flush, 5.0)
+
+
+# -- publish side ------------------------------------------------------------------------------------
+
+
+class Breaker:
+    """Skip work against an API that keeps failing, then try again after a cool-down."""
+
+    def __init__(self, failure_threshold: int = 3, cooldown: float = 30.0) -> None:
+        self.failure_threshold = failure_threshold
+        self.cooldown = cooldown
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._open_until = 0.0
+        self._skipped = 0
+        self._trial_running = False
+
+    def allow(self) -> bool:
+        with self._lock:
+            if self._failures < self.failure_threshold:
+                return True
+            now = time.monotonic()
+            if now >= self._open_until and not self._trial_running:
+                self._trial_running = True  # half-open: let one call find out
+                return True
+            self._skipped += 1
+            return False
+
+    def success(self) -> None:
+        with self._lock:
+            if self._failures >= self.failure_threshold:
+                log.warning("Task Badger API reachable again: tracking resumed (%d publishes were not tracked)",
+                            self._skipped)
+            self._failures, self._skipped, self._trial_running = 0, 0, False
+
+    def failure(self, err: Exception) -> None:
+        with self._lock:
+            self._failures += 1
+            self._trial_running = False
+            if self._failures >= self.failure_threshold:
+                self._open_until = time.monotonic() + self.cooldown
+                log.warning("Task Badger API failing (%s): tasks are published untracked for the next %.0f s",
+                            err, self.cooldown)
+
+    def state(self) -> str:
+        with self._lock:
+            if self._failures < self.failure_threshold:
+                return "closed"
+            return "open" if time.monotonic() < self._open_until else "half-open"
+
+    def reset(self) -> None:
+        with self._lock:
+            self._failures, self._open_until, self._skipped, self._trial_running = 0, 0.0, 0, False
+
+
+publish_breaker = Breaker()
+
+
+def _reset_breaker_after_fork() -> None:
+    publish_breaker._lock = threading.Lock()
+    publish_breaker._trial_running = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_breaker_after_fork)

@@ -1,0 +1,80 @@
+"""One background thread per process that pings running tasks every ``heartbeat_interval``.
+
+Pings go through the dispatcher (``taskbadger.delivery``), so they never block the task and are
+merged away when another update for the task is already waiting.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import threading
+import time
+
+from . import delivery
+
+log = logging.getLogger("taskbadger")
+
+
+class Heartbeat:
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._intervals: dict[str, float] = {}
+        self._due: list[tuple[float, str]] = []  # heap of (next ping, task id)
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+
+    def start(self, task_id: str, interval: float) -> None:
+        with self._cond:
+            self._intervals[task_id] = interval
+            heapq.heappush(self._due, (time.monotonic() + interval, task_id))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="taskbadger-heartbeat", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def stop(self, task_id: str) -> None:
+        with self._cond:
+            self._intervals.pop(task_id, None)  # its heap entry is skipped when it comes up
+
+    def running(self) -> list[str]:
+        with self._cond:
+            return list(self._intervals)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    timeout = self._due[0][0] - time.monotonic() if self._due else None
+                    self._cond.wait(timeout)
+                due_at, task_id = heapq.heappop(self._due)
+                interval = self._intervals.get(task_id)
+                if interval is None:
+                    continue
+                heapq.heappush(self._due, (max(due_at + interval, time.monotonic()), task_id))
+            try:
+                delivery.submit(task_id, {})
+            except Exception:
+                log.exception("Task Badger: heartbeat for task %r failed", task_id)
+
+
+_heartbeat: Heartbeat | None = None
+_lock = threading.Lock()
+
+
+def get_heartbeat() -> Heartbeat:
+    global _heartbeat
+    with _lock:
+        if _heartbeat is None or _heartbeat._pid != os.getpid():
+            _heartbeat = Heartbeat()
+        return _heartbeat
+
+
+def _after_fork_in_child() -> None:
+    global _heartbeat, _lock
+    _heartbeat, _lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,102 @@
+"""``CelerySystemIntegration``: track Celery tasks without the ``taskbadger.celery.Task`` base class."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from ..exceptions import ConfigurationError
+from . import System
+
+
+def _compile(patterns: Iterable[str] | None, what: str) -> list[re.Pattern[str]] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ConfigurationError(f"{what} pattern {pattern!r} is not a valid regular expression: {err}") from err
+    return compiled
+
+
+def _positive(value: Any, what: str) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
+        raise ConfigurationError(f"{what} must be a positive number of seconds, got {value!r}")
+
+
+class CelerySystemIntegration(System):
+    """Track Celery tasks by name.
+
+    Arguments:
+        auto_track_tasks: track every task whose name passes ``includes``/``excludes`` (Celery's own
+            ``celery.*`` tasks never are). Tasks using the ``taskbadger.celery.Task`` base class are
+            tracked either way unless a call opts out with ``taskbadger_track=False``.
+        includes, excludes: task names or regular expressions, matched against the whole name.
+            Excludes win.
+        record_task_args: store each task's args and kwargs in its ``data``.
+        heartbeat_interval: seconds between automatic pings of running tasks.
+        stale_timeout: seconds without an update before Task Badger marks a running task stale;
+            defaults to twice ``heartbeat_interval``.
+        monitors: task name or regular expression -> monitor id, for tasks that do not set
+            ``taskbadger_monitor_id`` themselves.
+    """
+
+    identifier = "celery"
+
+    def __init__(
+        self,
+        auto_track_tasks: bool = True,
+        includes: Iterable[str] | None = None,
+        excludes: Iterable[str] | None = None,
+        record_task_args: bool = False,
+        heartbeat_interval: float | None = None,
+        stale_timeout: int | None = None,
+        monitors: Mapping[str, str] | None = None,
+    ) -> None:
+        _positive(heartbeat_interval, "heartbeat_interval")
+        _positive(stale_timeout, "stale_timeout")
+        self.auto_track_tasks = auto_track_tasks
+        self.includes = includes
+        self.excludes = excludes
+        self.record_task_args = record_task_args
+        self.heartbeat_interval = heartbeat_interval
+        self.stale_timeout = stale_timeout
+        self.monitors = dict(monitors or {})
+        self._includes = _compile(includes, "includes")
+        self._excludes = _compile(excludes, "excludes")
+        self._monitors = [(re.compile(pattern), monitor) for pattern, monitor in self.monitors.items()]
+
+    def track_task(self, task_name: str) -> bool:
+        """Whether auto-tracking applies to ``task_name``."""
+        if not self.auto_track_tasks or task_name.startswith("celery."):
+            return False
+        return self.matches(task_name)
+
+    def matches(self, task_name: str) -> bool:
+        if self._excludes and any(p.fullmatch(task_name) for p in self._excludes):
+            return False
+        if self._includes is not None:
+            return any(p.fullmatch(task_name) for p in self._includes)
+        return True
+
+    def monitor_for(self, task_name: str) -> str | None:
+        """The monitor id configured for ``task_name``: an exact name wins over a pattern."""
+        if task_name in self.monitors:
+            return self.monitors[task_name]
+        for pattern, monitor in self._monitors:
+            if pattern.fullmatch(task_name):
+                return monitor
+        return None
+
+    def on_init(self, config: Any) -> None:
+        # Importing connects the Celery signal handlers (once; idempotent).
+        import taskbadger.celery  # noqa: F401
+
+    def __repr__(self) -> str:
+        return (f"CelerySystemIntegration(auto_track_tasks={self.auto_track_tasks!r}, includes={self.includes!r}, "
+                f"excludes={self.excludes!r})")

@@ -1,0 +1,162 @@
+"""The Celery app the integration tests run in real worker processes.
+
+Configured from the environment the test fixture sets: TB_BROKER_URL, TASKBADGER_* (the stand-in
+API), TB_READY_FILE (touched when the worker is ready), TB_AUTO_TRACK (system integration rules).
+"""
+
+import os
+import pathlib
+import signal
+import time
+
+from celery import Celery, shared_task
+from celery.exceptions import Ignore, Reject
+from celery.signals import worker_ready
+
+import taskbadger
+from taskbadger.celery import Task
+from taskbadger.systems.celery import CelerySystemIntegration
+
+app = Celery("tbtests")
+app.conf.update(
+    broker_url=os.environ.get("TB_BROKER_URL", "memory://"),
+    broker_transport_options=(
+        {"data_folder_in": os.environ["TB_BROKER_DIR"], "data_folder_out": os.environ["TB_BROKER_DIR"],
+         "control_folder": os.environ["TB_BROKER_DIR"] + "-control", "polling_interval": 0.05}
+        if os.environ.get("TB_BROKER_URL", "").startswith("filesystem") else {}
+    ),
+    task_always_eager=False,
+    worker_hijack_root_logger=False,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    task_create_missing_queues=True,
+)
+
+if os.environ.get("TASKBADGER_API_KEY"):
+    taskbadger.init(systems=[CelerySystemIntegration(
+        auto_track_tasks=os.environ.get("TB_AUTO_TRACK") == "1",
+        includes=[r"tests\.celery_project\.app\.plain_.*"],
+    )])
+
+
+@worker_ready.connect
+def _ready(**_):
+    path = os.environ.get("TB_READY_FILE")
+    if path:
+        pathlib.Path(path).write_text(str(os.getpid()))
+
+
+@app.task(base=Task)
+def add(x, y):
+    return x + y
+
+
+@app.task(bind=True, base=Task)
+def progress(self, steps):
+    tb = self.taskbadger_task
+    for i in range(1, steps + 1):
+        tb.update(value=i, value_max=steps)
+    return steps
+
+
+@app.task(base=Task)
+def fail(message):
+    raise ValueError(message)
+
+
+@app.task(bind=True, base=Task)
+def finish_in_body(self, value):
+    self.taskbadger_task.success(value=value)
+
+
+@app.task(bind=True, base=Task)
+def report_access(self, marker):
+    """Records what the body sees, so tests can check access without a result backend."""
+    tb = self.taskbadger_task
+    if tb is not None:
+        tb.update(data={"seen_id": self.taskbadger_task_id, "marker": marker, "name": tb.name})
+
+
+@app.task(bind=True, base=Task, max_retries=3)
+def flaky(self, failures):
+    if self.request.retries < failures:
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries} failed"), countdown=0)
+    return "ok"
+
+
+@app.task(base=Task)
+def ignore_me():
+    raise Ignore()
+
+
+@app.task(base=Task)
+def reject_me():
+    raise Reject("not for us", requeue=False)
+
+
+@app.task(base=Task)
+def sleep_for(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # the task's own work: a long-running task for revoke and time limits
+    return seconds
+
+
+@app.task(base=Task)
+def kill_worker_child():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(base=Task)
+def no_taskbadger_kwargs(*args, **kwargs):
+    leaked = [k for k in kwargs if k.startswith("taskbadger")]
+    if leaked:
+        raise AssertionError(f"options reached the task function: {leaked}")
+
+
+@app.task(base=Task, taskbadger_name="decorated name", taskbadger_value_max=50,
+          taskbadger_tags={"source": "decorator"}, taskbadger_kwargs={"name": "dict name", "value": 5})
+def decorated():
+    return None
+
+
+@app.task(bind=True, base=Task)
+def spawn_children(self, count):
+    for i in range(count):
+        add.delay(i, i)
+    add.apply_async((0, 0), taskbadger_parent=None)
+
+
+@app.task(bind=True, base=Task)
+def spawn_grandchild(self):
+    add.delay(1, 1)
+
+
+@app.task(bind=True, base=Task)
+def spawn_nested(self):
+    spawn_grandchild.delay()
+
+
+@app.task(base=Task)
+def record_me(*args, **kwargs):
+    return None
+
+
+@shared_task
+def plain_add(x, y):
+    return x + y
+
+
+@shared_task
+def plain_other(x):
+    return x
+
+
+@shared_task
+def untracked_plain(x):
+    return x
+
+
+@app.task(base=Task)
+def beat_tick():
+    return "tick"

@@ -1,0 +1,59 @@
+"""The lifecycle of a tracked Celery task, with real workers, on every pool."""
+
+import pytest
+
+from .celery_project import app as tasks
+
+pytestmark = pytest.mark.integration
+
+
+def test_delay_creates_pending_before_publish_and_worker_finishes_success(taskbadger_server, any_worker):
+    result = any_worker.send(tasks.add, 2, 3)
+    assert result.taskbadger_task_id  # known right after .delay(), no result backend needed
+    create = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert len(create) == 1 and create[0].json["status"] == "pending"
+    assert create[0].json["name"] == "tests.celery_project.app.add"
+    assert create[0].json["external_id"] == result.id
+    assert create[0].json["queue"] == any_worker.queue
+    task = taskbadger_server.wait_for_task(name="tests.celery_project.app.add", status="success")
+    assert task["id"] == result.taskbadger_task_id
+    assert task["start_time"] and task["end_time"] and task["start_time"] <= task["end_time"]
+    assert result.get_taskbadger_task().status == "success"
+
+
+def test_failure_records_type_message_and_traceback(taskbadger_server, any_worker):
+    any_worker.send(tasks.fail, "the input was wrong")
+    task = taskbadger_server.wait_for_task(name="tests.celery_project.app.fail", status="error")
+    assert "ValueError: the input was wrong" in task["data"]["exception"]
+    assert "Traceback" in task["data"]["exception"]
+    assert task["data"]["exception_type"] == "ValueError"
+    assert task["end_time"]
+
+
+def test_progress_and_access_from_the_body(taskbadger_server, any_worker):
+    result = any_worker.send(tasks.progress, 5)
+    task = taskbadger_server.wait_for_task(name="tests.celery_project.app.progress", status="success")
+    assert (task["value"], task["value_max"]) == (5, 5)
+    patches = [r for r in taskbadger_server.requests if r.method == "PATCH"]
+    values = [p.json.get("value") for p in patches if "value" in p.json]
+    assert values == [1, 2, 3, 4, 5]  # in order
+    assert task["id"] == result.taskbadger_task_id
+    gets = [r for r in taskbadger_server.requests if r.method == "GET"]
+    assert gets == []  # self.taskbadger_task is built from the message headers
+
+
+def test_body_access_builds_task_without_lookup(taskbadger_server, any_worker):
+    result = any_worker.send(tasks.report_access, "m1")
+    task = taskbadger_server.wait_for(
+        lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "success" and t)
+    assert task["data"] == {"seen_id": result.taskbadger_task_id, "marker": "m1",
+                            "name": "tests.celery_project.app.report_access"}
+
+
+def test_terminal_state_set_in_body_is_not_overwritten(taskbadger_server, any_worker):
+    result = any_worker.send(tasks.finish_in_body, 42)
+    task = taskbadger_server.wait_for_task(name="tests.celery_project.app.finish_in_body", status="success")
+    assert task["value"] == 42
+    # the automatic final update was skipped: the last request for this task is the body's
+    for_task = [r for r in taskbadger_server.requests if r.path.endswith(f"/{result.taskbadger_task_id}/")]
+    assert for_task[-1].json.get("value") == 42
