@@ -60,8 +60,10 @@ def _celery_system() -> Any:
 def on_publish(name: str, message: dict[str, Any], body: Any, routing_key: str | None,
                declare: Any) -> TaskbadgerTask | None:
     """Create the task (status pending) before the message goes out; return it, or None."""
-    header_options = message.pop(KWARGS_KEY, None) or {}
-    track = message.pop(TRACK_KEY, None)
+    # Both headers stay on a message that is not tracked here: the worker honours them if it ends up
+    # tracking the task itself (publisher not configured, or the API unreachable at publish time).
+    header_options = message.get(KWARGS_KEY) or {}
+    track = message.get(TRACK_KEY)
     if META_KEY in message:
         return None  # already tracked (a re-publish of the same message)
     running = _running_tracking()
@@ -99,6 +101,7 @@ def on_publish(name: str, message: dict[str, Any], body: Any, routing_key: str |
     if task is None:
         return None
     meta = {"task": _header_fields(task), "heartbeat_interval": heartbeat, "stale_timeout": stale_timeout}
+    message.pop(KWARGS_KEY, None)  # resolved into the created task
     _write_meta(message, meta)
     return task
 

@@ -1,0 +1,83 @@
+"""How tasks end: retries, Ignore/Reject, revoke and expiry, time limits, lost worker children."""
+
+import datetime as dt
+
+import pytest
+
+from .celery_project import app as tasks
+
+pytestmark = pytest.mark.integration
+
+NAME = "tests.celery_project.app."
+
+
+def test_retry_then_success_is_one_task_that_ends_success(taskbadger_server, any_worker):
+    result = any_worker.send(tasks.flaky, 2)
+    task = taskbadger_server.wait_for_task(name=NAME + "flaky", status="success")
+    assert len(taskbadger_server.tasks) == 1 and task["id"] == result.taskbadger_task_id
+    assert task["data"]["retries"] == 2
+    statuses = [r.json.get("status") for r in taskbadger_server.requests if r.method == "PATCH"]
+    assert "pending" in statuses  # back to pending while waiting for the retry
+    assert "error" not in statuses
+
+
+def test_retries_exhausted_end_error_with_the_last_exception(taskbadger_server, prefork_worker):
+    prefork_worker.send(tasks.flaky, 10)  # max_retries=3
+    task = taskbadger_server.wait_for_task(name=NAME + "flaky", status="error")
+    assert len(taskbadger_server.tasks) == 1
+    assert "attempt 3 failed" in task["data"]["exception"]
+    assert task["data"]["retries"] == 3
+
+
+def test_ignore_is_not_an_error(taskbadger_server, any_worker):
+    any_worker.send(tasks.ignore_me)
+    task = taskbadger_server.wait_for_task(name=NAME + "ignore_me", status="cancelled")
+    assert "exception" not in (task["data"] or {})
+
+
+def test_reject_is_not_an_error(taskbadger_server, any_worker):
+    any_worker.send(tasks.reject_me)
+    taskbadger_server.wait_for_task(name=NAME + "reject_me", status="cancelled")
+    statuses = [r.json.get("status") for r in taskbadger_server.requests if r.method == "PATCH"]
+    assert "error" not in statuses
+
+
+def test_revoked_before_execution_ends_cancelled(taskbadger_server, prefork_worker, celery_app):
+    result = prefork_worker.send(tasks.add, 1, 1, countdown=30)
+    celery_app.control.revoke(result.id)
+    task = taskbadger_server.wait_for_task(name=NAME + "add", status="cancelled", timeout=20)
+    assert task["data"]["celery_revoked"] == "revoked"
+
+
+def test_revoked_with_terminate_while_running_ends_cancelled(taskbadger_server, prefork_worker, celery_app):
+    result = prefork_worker.send(tasks.sleep_for, 30)
+    taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="processing")
+    celery_app.control.revoke(result.id, terminate=True)
+    task = taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="cancelled", timeout=20)
+    assert task["data"]["celery_revoked"] == "terminated"
+
+
+def test_expired_task_ends_cancelled(taskbadger_server, prefork_worker):
+    expired = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=5)
+    prefork_worker.send(tasks.add, 1, 1, expires=expired)
+    task = taskbadger_server.wait_for_task(name=NAME + "add", status="cancelled", timeout=20)
+    assert task["data"]["celery_revoked"] == "expired"
+
+
+def test_soft_time_limit_ends_error_with_the_limit(taskbadger_server, prefork_worker):
+    # Only Celery's prefork pool enforces time limits (threads and solo ignore them).
+    prefork_worker.send(tasks.sleep_for, 10, soft_time_limit=1)
+    task = taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="error", timeout=20)
+    assert "soft time limit (1 s) exceeded" in task["data"]["exception"]
+
+
+def test_hard_time_limit_ends_error_with_the_limit(taskbadger_server, prefork_worker):
+    prefork_worker.send(tasks.sleep_for, 10, time_limit=1)
+    task = taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="error", timeout=20)
+    assert "hard time limit (1" in task["data"]["exception"]
+
+
+def test_worker_child_killed_mid_task_ends_error(taskbadger_server, prefork_worker):
+    prefork_worker.send(tasks.kill_worker_child)
+    task = taskbadger_server.wait_for_task(name=NAME + "kill_worker_child", status="error", timeout=20)
+    assert "WorkerLostError" in task["data"]["exception"]
