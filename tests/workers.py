@@ -32,11 +32,11 @@ def broker_url(kind: str) -> str:
 
 class Worker:
     def __init__(self, server, pool: str = "prefork", concurrency: int = 2, extra_env: dict | None = None,
-                 extra_args: list[str] | None = None, name: str | None = None) -> None:
+                 extra_args: list[str] | None = None, name: str | None = None, queue: str | None = None) -> None:
         self.server = server
         self.pool = pool
         self.concurrency = concurrency
-        self.queue = f"q-{pool}-{uuid.uuid4().hex[:8]}"
+        self.queue = queue or f"q-{pool}-{uuid.uuid4().hex[:8]}"
         self.name = name or f"{pool}-{uuid.uuid4().hex[:6]}@localhost"
         self.extra_env = extra_env or {}
         self.extra_args = extra_args or []

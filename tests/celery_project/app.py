@@ -120,21 +120,27 @@ def decorated():
     return None
 
 
+def _same_queue(request):
+    # each test worker consumes its own queue: publish children where this task came from
+    return (request.delivery_info or {}).get("routing_key")
+
+
 @app.task(bind=True, base=Task)
 def spawn_children(self, count):
+    queue = _same_queue(self.request)
     for i in range(count):
-        add.delay(i, i)
-    add.apply_async((0, 0), taskbadger_parent=None)
+        add.apply_async((i, i), queue=queue)
+    add.apply_async((0, 0), queue=queue, taskbadger_parent=None)
 
 
 @app.task(bind=True, base=Task)
 def spawn_grandchild(self):
-    add.delay(1, 1)
+    add.apply_async((1, 1), queue=_same_queue(self.request))
 
 
 @app.task(bind=True, base=Task)
 def spawn_nested(self):
-    spawn_grandchild.delay()
+    spawn_grandchild.apply_async(queue=_same_queue(self.request))
 
 
 @app.task(base=Task)

@@ -1,0 +1,70 @@
+"""Parent/child nesting of tasks published from tracked tasks; chains, links and canvas."""
+
+import pytest
+from celery import chain
+
+from .celery_project import app as tasks
+
+pytestmark = pytest.mark.integration
+NAME = "tests.celery_project.app."
+
+
+def done(server, count):
+    return server.wait_for(lambda: len([t for t in server.tasks.values() if t["status"] == "success"]) == count,
+                           timeout=20)
+
+
+def test_tasks_published_inside_a_tracked_task_are_its_children(taskbadger_server, any_worker):
+    # spawn_children publishes to the default queue; route it to this worker's queue
+    parent = any_worker.send(tasks.spawn_children, 2)
+    taskbadger_server.wait_for_task(name=NAME + "spawn_children", status="success")
+    children = [t for t in taskbadger_server.tasks.values() if t["name"] == NAME + "add"]
+    assert len(children) == 3
+    with_parent = [t for t in children if t["parent"] == parent.taskbadger_task_id]
+    assert len(with_parent) == 2  # the third opted out with taskbadger_parent=None
+    assert [t for t in children if t["parent"] is None]
+
+
+def test_children_of_children_become_siblings(taskbadger_server, any_worker):
+    root = any_worker.send(tasks.spawn_nested)
+    taskbadger_server.wait_for(lambda: len(taskbadger_server.tasks) == 3)
+    by_name = {t["name"]: t for t in taskbadger_server.tasks.values()}
+    assert by_name[NAME + "spawn_grandchild"]["parent"] == root.taskbadger_task_id
+    assert by_name[NAME + "add"]["parent"] == root.taskbadger_task_id
+
+
+def test_explicit_parent_option(taskbadger_server, prefork_worker):
+    import taskbadger
+
+    root = taskbadger.create_task("root")
+    prefork_worker.send(tasks.add, 1, 1, taskbadger_parent=root.id)
+    task = taskbadger_server.wait_for_task(name=NAME + "add", status="success")
+    assert task["parent"] == root.id
+
+
+def test_chain_successors_and_link_callbacks_are_not_nested(taskbadger_server, prefork_worker):
+    q = prefork_worker.queue
+    chain(tasks.add.s(1, 1).set(queue=q), tasks.add.s(10).set(queue=q)).apply_async()
+    tasks.add.apply_async((2, 2), queue=q, link=tasks.add.s(5).set(queue=q))
+    done(taskbadger_server, 4)
+    assert all(t["parent"] is None for t in taskbadger_server.tasks.values())
+
+
+@pytest.mark.parametrize("kind", ["map", "starmap"])
+def test_map_and_starmap_are_tracked_with_the_inner_name_and_item_count(taskbadger_server, prefork_worker, kind):
+    if kind == "map":
+        sig = tasks.record_me.map([1, 2, 3])
+    else:
+        sig = tasks.add.starmap([(1, 2), (3, 4), (5, 6)])
+    sig.apply_async(queue=prefork_worker.queue)
+    inner = NAME + ("record_me" if kind == "map" else "add")
+    task = taskbadger_server.wait_for_task(name=inner, status="success")
+    assert task["data"] == {"canvas": kind, "items": 3}
+    assert len(taskbadger_server.tasks) == 1  # the items run inside it, untracked
+
+
+def test_chunks_track_each_chunk(taskbadger_server, prefork_worker):
+    tasks.add.chunks(list(zip(range(7), range(7))), 3).apply_async(queue=prefork_worker.queue)
+    done(taskbadger_server, 3)
+    assert sorted(t["data"]["items"] for t in taskbadger_server.tasks.values()) == [1, 3, 3]
+    assert {t["name"] for t in taskbadger_server.tasks.values()} == {NAME + "add"}

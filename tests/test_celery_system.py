@@ -1,0 +1,121 @@
+"""CelerySystemIntegration: rules, message headers for any task, recorded arguments, heartbeats."""
+
+import logging
+
+import pytest
+
+import taskbadger
+from taskbadger.celery_options import MAX_RECORDED_ARGS_CHARS
+from taskbadger.systems import CelerySystemIntegration as FromPackage
+from taskbadger.systems.celery import CelerySystemIntegration
+
+from .celery_project import app as tasks
+
+pytestmark = pytest.mark.integration
+NAME = "tests.celery_project.app."
+
+
+def init_with(server, **kwargs):
+    taskbadger.init(token=server.api_key, host=server.url, systems=[CelerySystemIntegration(**kwargs)])
+
+
+def test_importable_from_both_places():
+    assert FromPackage is CelerySystemIntegration
+
+
+def test_rules_match_whole_names_and_excludes_win():
+    system = CelerySystemIntegration(includes=[r"billing\..*", "reports.daily"], excludes=[r".*\.secret"])
+    assert system.track_task("billing.invoice")
+    assert not system.track_task("billing.secret")
+    assert not system.track_task("reports.daily_extra")  # full match, not a prefix
+    assert not system.track_task("celery.backend_cleanup")
+    assert not CelerySystemIntegration(auto_track_tasks=False).track_task("billing.invoice")
+    assert CelerySystemIntegration().track_task("anything.at.all")
+
+
+def test_auto_tracks_plain_tasks_by_rules(taskbadger_server, prefork_worker):
+    init_with(taskbadger_server, includes=[NAME + "plain_.*"], excludes=[NAME + "plain_other"])
+    prefork_worker.send(tasks.plain_add, 1, 2)
+    prefork_worker.send(tasks.plain_other, 1)
+    prefork_worker.send(tasks.untracked_plain, 1)
+    prefork_worker.send(tasks.add, 0, 0)  # base class: tracked whatever the rules say
+    taskbadger_server.wait_for(lambda: {t["name"] for t in taskbadger_server.tasks.values()
+                                        if t["status"] == "success"} == {NAME + "plain_add", NAME + "add"})
+
+
+def test_options_through_headers_for_any_task(taskbadger_server, prefork_worker):
+    init_with(taskbadger_server, auto_track_tasks=False)
+    prefork_worker.send(tasks.untracked_plain, 5, headers={
+        "taskbadger_track": True, "taskbadger_kwargs": {"name": "header task", "value_max": 3, "tags": {"via": "hdr"}}})
+    task = taskbadger_server.wait_for_task(name="header task", status="success")
+    assert (task["value_max"], task["tags"]) == (3, {"via": "hdr"})
+
+
+def test_record_task_args_json_repr_fallback_and_truncation(taskbadger_server, prefork_worker):
+    init_with(taskbadger_server, auto_track_tasks=False, record_task_args=True)
+    tasks.record_me.apply_async((1, "two"), {"flag": True, "nested": {"a": [1, 2]}}, queue=prefork_worker.queue)
+    task = taskbadger_server.wait_for_task(name=NAME + "record_me", status="success")
+    assert task["data"]["celery_task_args"] == [1, "two"]
+    assert task["data"]["celery_task_kwargs"] == {"flag": True, "nested": {"a": [1, 2]}}
+
+    taskbadger_server.reset()
+    prefork_worker.send(tasks.record_me, "x" * (MAX_RECORDED_ARGS_CHARS * 3))
+    task = taskbadger_server.wait_for_task(name=NAME + "record_me", status="success")
+    assert task["data"]["celery_task_args_truncated"] is True
+    assert len(task["data"]["celery_task_args"]) <= MAX_RECORDED_ARGS_CHARS
+
+
+def test_recorded_arg_json_cannot_encode_is_stored_as_repr(taskbadger_server, celery_app, tb_log):
+    # A set travels fine with the pickle serializer; Task Badger stores its repr.
+    init_with(taskbadger_server, auto_track_tasks=False, record_task_args=True)
+    from taskbadger.celery_options import recorded_args
+
+    assert recorded_args(({1, 2},), {"when": object}) == {
+        "celery_task_args": [repr({1, 2})], "celery_task_kwargs": {"when": repr(object)}}
+
+
+def test_record_task_args_per_call(taskbadger_server, prefork_worker):
+    prefork_worker.send(tasks.record_me, 7, taskbadger_record_task_args=True)
+    task = taskbadger_server.wait_for_task(name=NAME + "record_me", status="success")
+    assert task["data"]["celery_task_args"] == [7]
+
+
+def test_heartbeat_pings_running_task_and_stale_timeout_applies_once_running(taskbadger_server, any_worker):
+    result = any_worker.send(tasks.sleep_for, 2.5, taskbadger_heartbeat_interval=0.5)
+    [create] = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert "stale_timeout" not in create.json  # waiting in the queue never goes stale
+    task = taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="success", timeout=20)
+    assert task["stale_timeout"] == 1  # 2 x 0.5 s, rounded up
+    patches = [r for r in taskbadger_server.requests
+               if r.method == "PATCH" and r.path.endswith(f"/{result.taskbadger_task_id}/")]
+    pings = [p for p in patches if p.json == {}]
+    assert len(pings) >= 2, [p.json for p in patches]
+
+
+def test_bad_integration_settings_raise_clearly():
+    with pytest.raises(taskbadger.ConfigurationError, match="heartbeat_interval"):
+        CelerySystemIntegration(heartbeat_interval=-1)
+    with pytest.raises(taskbadger.ConfigurationError, match="not a valid regular expression"):
+        CelerySystemIntegration(includes=["(unclosed"])
+
+
+def test_two_worker_nodes_on_one_broker(taskbadger_server, prefork_worker):
+    from .conftest import start_worker, stop_worker
+
+    second = start_worker(taskbadger_server, pool="prefork", concurrency=2, queue=prefork_worker.queue)
+    try:
+        results = [prefork_worker.send(tasks.sleep_for, 0.3) for _ in range(10)]
+        taskbadger_server.wait_for(lambda: len([t for t in taskbadger_server.tasks.values()
+                                                if t["status"] == "success"]) == 10, timeout=30)
+        assert {t["external_id"] for t in taskbadger_server.tasks.values()} == {r.id for r in results}
+        for node in (prefork_worker, second):
+            assert "succeeded in" in node.log(), f"{node.name} ran no task"
+    finally:
+        stop_worker(second)
+
+
+def test_unconfigured_publisher_logs_nothing_and_publishes(prefork_worker, tb_log, taskbadger_server_session):
+    taskbadger.config.reset()
+    result = prefork_worker.send(tasks.add, 1, 2, taskbadger_track=False)
+    assert result.id
+    assert not [r for r in tb_log.records if r.levelno >= logging.WARNING]
