@@ -98,6 +98,11 @@ class Task(celery.Task):
         _attach_to_result(result, None)
         return result
 
+    def retry(self, args: Any = None, kwargs: Any = None, exc: BaseException | None = None, *a: Any,
+              **options: Any) -> Any:
+        tracking.note_retry_exception(self.request, exc)
+        return super().retry(args, kwargs, exc, *a, **options)
+
     @property
     def taskbadger_task(self) -> TaskbadgerTask | None:
         """The Task Badger task of the running call (no network round trip), or None."""

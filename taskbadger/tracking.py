@@ -64,12 +64,14 @@ def on_publish(name: str, message: dict[str, Any], body: Any, routing_key: str |
     # tracking the task itself (publisher not configured, or the API unreachable at publish time).
     header_options = message.get(KWARGS_KEY) or {}
     track = message.get(TRACK_KEY)
-    if META_KEY in message:
-        return None  # already tracked (a re-publish of the same message)
     running = _running_tracking()
     if running is not None and running.celery_id == message.get("id"):
         _write_meta(message, running.meta)  # task.retry(): same Celery id, same Task Badger task
+        if not running.retry_recorded:
+            _record_retry(running)
         return None
+    if META_KEY in message:
+        return None  # already tracked (a re-publish of the same message)
     if track is False or not _config.is_configured():
         return None
 
@@ -232,7 +234,7 @@ def _is_workflow_successor(name: str) -> bool:
 class Tracking:
     """State of one tracked run, kept on the Celery request."""
 
-    __slots__ = ("celery_id", "meta", "task", "token", "finished", "heartbeat")
+    __slots__ = ("celery_id", "meta", "task", "token", "finished", "heartbeat", "retry_exc", "retry_recorded")
 
     def __init__(self, celery_id: str, meta: dict[str, Any]) -> None:
         self.celery_id = celery_id
@@ -241,6 +243,8 @@ class Tracking:
         self.token: Any = None
         self.finished = False
         self.heartbeat = False
+        self.retry_exc: BaseException | None = None
+        self.retry_recorded = False
 
     @property
     def id(self) -> str:
@@ -265,6 +269,12 @@ def meta_of(request: Any) -> dict[str, Any] | None:
         nested = getter("headers", None)
         meta = nested.get(META_KEY) if isinstance(nested, dict) else None
     return meta if isinstance(meta, dict) and isinstance(meta.get("task"), dict) else None
+
+
+def note_retry_exception(request: Any, exc: BaseException | None) -> None:
+    tracking = getattr(request, TRACKING_ATTR, None)
+    if tracking is not None and exc is not None:
+        tracking.retry_exc = exc
 
 
 def task_id_of(request: Any) -> str | None:
@@ -350,12 +360,8 @@ def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> No
         _finish(tracking, StatusEnum.SUCCESS)
     elif state == "FAILURE":  # normally already handled by on_failure, which has the traceback
         _finish(tracking, StatusEnum.ERROR, data=_error_data(tracking, retval, None, request))
-    elif state == "RETRY":
-        exc = getattr(retval, "exc", None)
-        data = {"retries": (getattr(request, "retries", 0) or 0) + 1}
-        if exc is not None:
-            data["last_exception"] = exception_data(exc)["exception"]
-        delivery.submit(tracking.id, {"status": StatusEnum.PENDING.value, **_with_data(tracking, data)})
+    elif state == "RETRY" and not tracking.retry_recorded:
+        delivery.submit(tracking.id, _retry_fields(tracking, request, getattr(retval, "exc", None)))
     elif state == "IGNORED":
         _finish(tracking, StatusEnum.CANCELLED)
     elif state == "REJECTED":
@@ -400,6 +406,31 @@ def on_revoked(request: Any, terminated: bool, expired: bool) -> None:
     reason = "expired" if expired else ("terminated" if terminated else "revoked")
     delivery.submit(tb_id, {"status": StatusEnum.CANCELLED.value, "end_time": _now(),
                             "merge_data": {"celery_revoked": reason}}, final=True)
+
+
+def _retry_fields(tracking: Tracking, request: Any, exc: BaseException | None) -> dict[str, Any]:
+    data: dict[str, Any] = {"retries": (getattr(request, "retries", 0) or 0) + 1}
+    if exc is not None:
+        data["last_exception"] = exception_data(exc)["exception"]
+    return {"status": StatusEnum.PENDING.value, **_with_data(tracking, data)}
+
+
+def _record_retry(tracking: Tracking) -> None:
+    """Back to pending, sent synchronously *before* the retry message is published: the next attempt
+    may start at once in another worker process, whose updates must come after this one."""
+    import sys
+
+    import celery
+
+    request = celery.current_task.request
+    exc = tracking.retry_exc or sys.exc_info()[1]
+    fields = _retry_fields(tracking, request, exc)
+    tracking.retry_recorded = True
+    try:
+        tracking.task.update(**fields)
+    except Exception as err:
+        log.warning("Task Badger: could not record the retry of task %r now (%s); it is queued", tracking.id, err)
+        delivery.submit(tracking.id, fields)
 
 
 def _finish(tracking: Tracking, status: StatusEnum, data: dict[str, Any] | None = None) -> None:

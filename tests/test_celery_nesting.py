@@ -64,7 +64,7 @@ def test_map_and_starmap_are_tracked_with_the_inner_name_and_item_count(taskbadg
 
 
 def test_chunks_track_each_chunk(taskbadger_server, prefork_worker):
-    tasks.add.chunks(list(zip(range(7), range(7))), 3).apply_async(queue=prefork_worker.queue)
+    tasks.add.chunks([(i, i) for i in range(7)], 3).apply_async(queue=prefork_worker.queue)
     done(taskbadger_server, 3)
     assert sorted(t["data"]["items"] for t in taskbadger_server.tasks.values()) == [1, 3, 3]
     assert {t["name"] for t in taskbadger_server.tasks.values()} == {NAME + "add"}
