@@ -42,8 +42,11 @@ BACKPRESSURE_TIMEOUT = 5.0
 #: How long an update keeps being retried through API faults before it is dropped.
 RETRY_HORIZON = 15 * 60.0
 BACKOFF_BASE = 0.25
-BACKOFF_CAP = 30.0
+BACKOFF_CAP = 10.0
 SENDER_THREADS = 4
+#: Non-final updates (processing, heartbeats) wait this long before they are sent, so that a task
+#: finishing within it is recorded with one PATCH (its processing merged into the final update).
+LINGER = 0.05
 
 
 def merge_fields(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
@@ -78,14 +81,16 @@ def resolve_merge_data(task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class _Entry:
     fields: dict[str, Any]
+    ready_at: float = 0.0  # not sent before this (monotonic); 0 = at once
     first_queued: float = field(default_factory=time.monotonic)
     attempts: int = 0
 
 
 class Dispatcher:
     def __init__(self, max_pending: int = MAX_PENDING_TASKS, threads: int = SENDER_THREADS,
-                 retry_horizon: float = RETRY_HORIZON) -> None:
+                 retry_horizon: float = RETRY_HORIZON, linger: float = LINGER) -> None:
         self.max_pending = max_pending
+        self.linger = linger
         self.thread_count = threads
         self.retry_horizon = retry_horizon
         self._cond = threading.Condition()
@@ -95,7 +100,6 @@ class Dispatcher:
         self._failures = 0
         self._threads: list[threading.Thread] = []
         self._pid = os.getpid()
-        self._stopping = False
         self.counters = {"submitted": 0, "sent": 0, "merged": 0, "retried": 0, "dropped": 0, "failed": 0}
         self._last_drop_log = 0.0
 
@@ -106,23 +110,26 @@ class Dispatcher:
         with self._cond:
             self._ensure_started()
             self.counters["submitted"] += 1
+            ready_at = 0.0 if final else time.monotonic() + self.linger
             entry = self._pending.get(task_id)
             if entry is not None:
                 entry.fields = merge_fields(entry.fields, fields)
+                entry.ready_at = min(entry.ready_at, ready_at)
                 self.counters["merged"] += 1
                 self._cond.notify()
                 return True
-            if len(self._pending) >= self.max_pending:
+            if self._held() >= self.max_pending:
                 if not final or not self._cond.wait_for(
-                    lambda: len(self._pending) < self.max_pending, timeout=BACKPRESSURE_TIMEOUT
+                    lambda: self._held() < self.max_pending, timeout=BACKPRESSURE_TIMEOUT
                 ):
                     self._drop(task_id, "the queue is full (the API is down or too slow)", final)
                     return False
                 entry = self._pending.get(task_id)
                 if entry is not None:  # queued meanwhile
                     entry.fields = merge_fields(entry.fields, fields)
+                    entry.ready_at = min(entry.ready_at, ready_at)
                     return True
-            self._pending[task_id] = _Entry(dict(fields))
+            self._pending[task_id] = _Entry(dict(fields), ready_at)
             self._cond.notify()
             return True
 
@@ -157,8 +164,10 @@ class Dispatcher:
                 return True
             if self._pending:
                 self._ensure_started()
-                # A flush at shutdown must not sit out a long backoff pause: try again now.
+                # A flush at shutdown must not sit out a backoff pause or a linger: send now.
                 self._resume_at = min(self._resume_at, time.monotonic())
+                for entry in self._pending.values():
+                    entry.ready_at = 0.0
                 self._cond.notify_all()
             while self._pending or self._inflight:
                 remaining = deadline - time.monotonic()
@@ -175,6 +184,10 @@ class Dispatcher:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _held(self) -> int:
+        # called with the lock held: every task with an update queued or in flight
+        return len(self._pending) + len(self._inflight)
+
     def _ensure_started(self) -> None:
         # called with the lock held
         if self._threads and all(t.is_alive() for t in self._threads):
@@ -186,21 +199,30 @@ class Dispatcher:
             thread.start()
             self._threads.append(thread)
 
-    def _next(self) -> tuple[str, _Entry] | None:
-        # called with the lock held: the oldest task that has no request in flight
-        for task_id in self._pending:
-            if task_id not in self._inflight:
-                return task_id, self._pending.pop(task_id)
-        return None
+    def _next(self, now: float) -> tuple[str, _Entry] | float | None:
+        """Called with the lock held: the oldest ready task with no request in flight, or the time
+        the next one becomes ready (None if nothing is waiting)."""
+        soonest = None
+        for task_id, entry in self._pending.items():
+            if task_id in self._inflight:
+                continue
+            if entry.ready_at <= now:
+                del self._pending[task_id]
+                return task_id, entry
+            soonest = entry.ready_at if soonest is None else min(soonest, entry.ready_at)
+        return soonest
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while True:
-                    pause = self._resume_at - time.monotonic()
-                    item = self._next() if pause <= 0 else None
-                    if item is not None:
+                    now = time.monotonic()
+                    pause = self._resume_at - now
+                    item = self._next(now) if pause <= 0 else None
+                    if isinstance(item, tuple):
                         break
+                    if item is not None:
+                        pause = item - now
                     self._cond.wait(pause if pause > 0 else None)
                 task_id, entry = item
                 self._inflight.add(task_id)
@@ -216,6 +238,7 @@ class Dispatcher:
                     existing = self._pending.pop(task_id, None)
                     if existing is not None:
                         entry.fields = merge_fields(entry.fields, existing.fields)
+                    entry.ready_at = 0.0
                     self._pending[task_id] = entry
                     self._pending.move_to_end(task_id, last=False)  # keep its place at the front
                 self._cond.notify_all()

@@ -38,6 +38,9 @@ log = logging.getLogger("taskbadger")
 
 META_KEY = "taskbadger_task"
 ID_KEY = "taskbadger_task_id"
+# Set when the create at publish may have reached the API without an answer (read timeout, 5xx):
+# the worker must not create the task again, or it could exist twice.
+MAYBE_CREATED_KEY = "taskbadger_maybe_created"
 TRACKING_ATTR = "taskbadger_tracking"  # set on the Celery request while a tracked task runs
 CANVAS_TASKS = {"celery.map": "map", "celery.starmap": "starmap", "celery.chunks": "chunks"}
 #: ``data`` larger than this (as JSON) is not copied into the headers; the worker fetches it if needed.
@@ -99,8 +102,10 @@ def on_publish(name: str, message: dict[str, Any], body: Any, routing_key: str |
 
     fields = _create_fields(tracked_name, options, system, message, args, kwargs, routing_key, declare, canvas_data)
     heartbeat, stale_timeout = _heartbeat_options(options, system)
-    task = _create(fields)
+    task, maybe_created = _create(fields)
     if task is None:
+        if maybe_created:
+            message[MAYBE_CREATED_KEY] = True
         return None
     meta = {"task": _header_fields(task), "heartbeat_interval": heartbeat, "stale_timeout": stale_timeout}
     message.pop(KWARGS_KEY, None)  # resolved into the created task
@@ -137,22 +142,26 @@ def _create_fields(name: str, options: dict[str, Any], system: Any, message: dic
     return fields
 
 
-def _create(fields: dict[str, Any]) -> TaskbadgerTask | None:
+def _create(fields: dict[str, Any]) -> tuple[TaskbadgerTask | None, bool]:
+    """Create inline, never retried. Returns the task, and whether a failed create may
+    nevertheless have created it (then nobody may try again: no duplicate tasks)."""
     name = fields.pop("name")
     try:
         task = create_task(name, **fields)
     except CreateSkipped:
-        return None
+        return None, False
     except (TransportError, ServerError, RateLimited) as err:
         delivery.publish_breaker.failure(err)
         _log_throttled("publish", "Task Badger: task %r published untracked: %s", name, err)
-        return None
+        certainly_not = isinstance(err, RateLimited) or (isinstance(err, ServerError) and err.status_code == 503) or (
+            isinstance(err, TransportError) and not err.reached_server)
+        return None, not certainly_not
     except Exception as err:
         _log_throttled(f"create:{name}:{type(err).__name__}",
                        "Task Badger: task %r published untracked: %s", name, err)
-        return None
+        return None, False
     delivery.publish_breaker.success()
-    return task
+    return task, False
 
 
 def _heartbeat_options(options: dict[str, Any], system: Any) -> tuple[float | None, int | None]:
@@ -323,7 +332,8 @@ def on_start(celery_task: Any, request: Any) -> None:
 def _create_at_start(celery_task: Any, request: Any) -> dict[str, Any] | None:
     """Track a task whose publisher did not (not configured there, or the API was down then)."""
     name = getattr(celery_task, "name", "") or ""
-    if not _config.is_configured() or name.startswith("celery.") or getattr(request, "taskbadger_track", None) is False:
+    if (not _config.is_configured() or name.startswith("celery.")
+            or getattr(request, TRACK_KEY, None) is False or getattr(request, MAYBE_CREATED_KEY, False)):
         return None
     system = _celery_system()
     if not (_uses_base_class(celery_task) or (system is not None and system.track_task(name))):
@@ -338,7 +348,7 @@ def _create_at_start(celery_task: Any, request: Any) -> dict[str, Any] | None:
     heartbeat, stale = _heartbeat_options(options, system)
     if stale:
         fields["stale_timeout"] = stale
-    task = _create(fields)
+    task, _ = _create(fields)
     if task is None:
         return None
     return {"task": _header_fields(task), "heartbeat_interval": heartbeat, "stale_timeout": None}

@@ -1,0 +1,104 @@
+"""Delivery with real workers: API faults at publish, flushes at shutdown and recycling, outages."""
+
+import threading
+import time
+
+import pytest
+
+import taskbadger
+
+from .celery_project import app as tasks
+from .conftest import start_worker, stop_worker
+
+pytestmark = pytest.mark.integration
+NAME = "tests.celery_project.app."
+
+
+def successes(server, name=NAME + "add"):
+    return [t for t in server.tasks.values() if t["name"] == name and t["status"] == "success"]
+
+
+def ran(worker, count):
+    return worker.log().count("succeeded in") >= count
+
+
+def test_a_create_that_timed_out_is_not_retried_nor_created_again_by_the_worker(taskbadger_server, solo_worker):
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(1.0, 0.3))
+    taskbadger_server.set_latency(1.0, times=1, method="POST")  # processed, but answered too late
+    result = solo_worker.send(tasks.add, 1, 1)
+    assert result.taskbadger_task_id is None  # published untracked, and at once
+    solo_worker.send(tasks.add, 2, 2)  # solo runs in order: once this is tracked, the first has run
+    taskbadger_server.wait_for(lambda: successes(taskbadger_server))
+    posts = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert len(posts) == 2  # no retry, and no second create from the worker for the first message
+
+
+def test_tasks_publish_and_run_while_the_api_refuses_connections(taskbadger_server, solo_worker, tb_log):
+    taskbadger_server.refuse()
+    try:
+        results = [solo_worker.send(tasks.add, i, i) for i in range(6)]
+        assert all(r.taskbadger_task_id is None for r in results)
+        connects = [r for r in taskbadger_server.requests if r.method == "POST"]
+        assert connects == []  # refused: nothing reached the server
+        assert taskbadger.delivery.stats()["breaker"] == "open"
+        taskbadger_server.wait_for(lambda: ran(solo_worker, 6) and solo_worker.log().count(
+            "tests.celery_project.app.add[" + results[-1].id) >= 2, timeout=20)
+    finally:
+        taskbadger_server.accept()
+    assert len([r for r in tb_log.records if "published untracked for the next" in r.getMessage()]) == 1
+
+
+def test_final_states_are_flushed_on_warm_shutdown(taskbadger_server, taskbadger_server_session):
+    worker = start_worker(taskbadger_server_session, pool="solo")
+    try:
+        taskbadger_server.set_latency(1.0, method="PATCH")  # the worker's updates queue up
+        for i in range(8):
+            worker.send(tasks.add, i, i)
+        taskbadger_server.wait_for(lambda: ran(worker, 8), timeout=20)
+        assert len(successes(taskbadger_server)) < 8  # still queued when the shutdown begins
+    finally:
+        stop_worker(worker)
+    assert len(successes(taskbadger_server)) == 8
+
+
+def test_final_states_are_flushed_when_a_child_is_recycled(taskbadger_server, taskbadger_server_session):
+    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=1,
+                          extra_args=["--max-tasks-per-child=1"])
+    try:
+        taskbadger_server.set_latency(0.5, method="PATCH")
+        for i in range(3):
+            worker.send(tasks.add, i, i)
+        # each child exits after one task: without a flush its final update would be lost
+        taskbadger_server.wait_for(lambda: len(successes(taskbadger_server)) == 3, timeout=30)
+    finally:
+        taskbadger_server.clear_faults()
+        stop_worker(worker)
+
+
+def test_each_prefork_child_has_its_own_connection(taskbadger_server, prefork_worker):
+    for _ in range(2):
+        prefork_worker.send(tasks.sleep_for, 0.5)
+    taskbadger_server.wait_for(lambda: len(successes(taskbadger_server, NAME + "sleep_for")) == 2, timeout=20)
+    publisher = {r.connection_id for r in taskbadger_server.requests if r.method == "POST"}
+    by_task: dict[str, set] = {}
+    for r in taskbadger_server.requests:
+        if r.method == "PATCH":
+            by_task.setdefault(r.path, set()).add(r.connection_id)
+    worker_connections = set().union(*by_task.values())
+    assert len(worker_connections) >= 2 and not worker_connections & publisher
+
+
+def test_final_states_survive_a_30_second_outage(taskbadger_server, prefork_worker):
+    results = [prefork_worker.send(tasks.sleep_for, 1.0) for _ in range(4)]
+    taskbadger_server.wait_for(lambda: len([t for t in taskbadger_server.tasks.values()
+                                            if t["status"] == "processing"]) >= 2, timeout=20)
+    taskbadger_server.refuse()
+    outage_started = time.monotonic()
+    try:
+        # the tasks finish while the API is down
+        taskbadger_server.wait_for(lambda: all(prefork_worker.log().count(r.id) >= 2 for r in results), timeout=25)
+        assert len(successes(taskbadger_server, NAME + "sleep_for")) < 4
+        threading.Event().wait(max(0.0, 30 - (time.monotonic() - outage_started)))  # the outage lasts 30 s
+    finally:
+        taskbadger_server.accept()
+    taskbadger_server.wait_for(lambda: len(successes(taskbadger_server, NAME + "sleep_for")) == 4, timeout=30)

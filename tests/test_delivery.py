@@ -1,0 +1,145 @@
+"""The worker-side dispatcher and the publish-side breaker, against the stand-in API."""
+
+import logging
+import time
+
+import pytest
+
+import taskbadger
+from taskbadger import delivery
+from taskbadger.delivery import Breaker, Dispatcher
+
+
+def patches(server, task_id=None):
+    return [r for r in server.requests if r.method == "PATCH" and (task_id is None or f"/{task_id}/" in r.path)]
+
+
+@pytest.fixture
+def dispatcher(taskbadger_server):
+    d = Dispatcher(linger=0.2)
+    yield d
+    d.flush(5)
+
+
+def test_queued_updates_for_one_task_merge_into_one_patch(taskbadger_server, dispatcher):
+    task = taskbadger.create_task("fast")
+    dispatcher.submit(task.id, {"status": "processing", "start_time": "2026-01-01T00:00:00+00:00"})
+    dispatcher.submit(task.id, {"tags": {"a": "v1"}})
+    dispatcher.submit(task.id, {"status": "success", "end_time": "2026-01-01T00:00:01+00:00", "tags": {"b": "v2"}},
+                      final=True)
+    assert dispatcher.flush(5)
+    [patch] = patches(taskbadger_server, task.id)
+    assert patch.json == {"status": "success", "start_time": "2026-01-01T00:00:00+00:00",
+                          "end_time": "2026-01-01T00:00:01+00:00", "tags": {"a": "v1", "b": "v2"}}
+    stats = dispatcher.stats()
+    assert (stats["sent"], stats["merged"], stats["queued"]) == (1, 2, 0)
+
+
+def test_non_final_updates_are_sent_after_the_linger(taskbadger_server, dispatcher):
+    task = taskbadger.create_task("slow")
+    dispatcher.submit(task.id, {"status": "processing"})
+    taskbadger_server.wait_for(lambda: patches(taskbadger_server, task.id), timeout=5)
+    assert taskbadger_server.get_task(task.id)["status"] == "processing"
+
+
+def test_body_update_is_sent_after_queued_ones_and_carries_them(taskbadger_server, dispatcher, monkeypatch):
+    monkeypatch.setattr(delivery, "_dispatcher", dispatcher)
+    monkeypatch.setattr(taskbadger.task, "claim_queued", delivery._claim_for_sync_update)
+    task = taskbadger.create_task("body")
+    dispatcher.submit(task.id, {"status": "processing", "start_time": "2026-01-01T00:00:00+00:00"})
+    task.update(value=7)  # synchronous, while 'processing' is still queued
+    [patch] = patches(taskbadger_server, task.id)
+    assert patch.json == {"status": "processing", "start_time": "2026-01-01T00:00:00+00:00", "value": 7}
+    assert dispatcher.stats()["queued"] == 0
+
+
+def test_body_update_waits_for_a_request_already_in_flight(taskbadger_server, dispatcher, monkeypatch):
+    monkeypatch.setattr(delivery, "_dispatcher", dispatcher)
+    monkeypatch.setattr(taskbadger.task, "claim_queued", delivery._claim_for_sync_update)
+    task = taskbadger.create_task("inflight")
+    taskbadger_server.set_latency(0.5, times=1, method="PATCH")
+    dispatcher.submit(task.id, {"value": 1}, final=True)
+    taskbadger_server.wait_for(lambda: dispatcher.stats()["in_flight"] == 1, timeout=5)
+    task.update(value=2)
+    assert [p.json["value"] for p in patches(taskbadger_server, task.id)] == [1, 2]
+    assert taskbadger_server.get_task(task.id)["value"] == 2
+
+
+def test_retry_after_is_honoured(taskbadger_server, dispatcher):
+    task = taskbadger.create_task("limited")
+    taskbadger_server.fail(429, times=1, retry_after=1, method="PATCH")
+    dispatcher.submit(task.id, {"status": "success"}, final=True)
+    assert dispatcher.flush(10)
+    first, second = patches(taskbadger_server, task.id)
+    assert (first.status, second.status) == (429, 200)
+    assert second.timestamp - first.timestamp >= 1.0
+    assert dispatcher.stats()["retried"] == 1
+
+
+def test_server_errors_and_dropped_connections_are_retried_until_delivered(taskbadger_server, dispatcher):
+    task = taskbadger.create_task("flaky api")
+    taskbadger_server.fail(503, times=2, method="PATCH")
+    taskbadger_server.drop(times=1, method="PATCH")
+    dispatcher.submit(task.id, {"status": "success"}, final=True)
+    assert dispatcher.flush(20)
+    assert taskbadger_server.get_task(task.id)["status"] == "success"
+    assert dispatcher.stats()["retried"] == 3
+
+
+def test_a_refused_update_is_dropped_counted_and_logged(taskbadger_server, dispatcher, tb_log):
+    dispatcher.submit("no-such-task", {"status": "success"}, final=True)
+    assert dispatcher.flush(5)
+    assert dispatcher.stats()["dropped"] == 1
+    assert any("404" in r.getMessage() and r.levelno == logging.WARNING for r in tb_log.records)
+
+
+def test_the_cap_holds_and_drops_are_counted_and_logged(taskbadger_server, tb_log, monkeypatch):
+    monkeypatch.setattr(delivery, "BACKPRESSURE_TIMEOUT", 0.2)
+    taskbadger_server.refuse()  # API down: nothing drains
+    small = Dispatcher(max_pending=5, linger=0)
+    for i in range(8):
+        small.submit(f"task-{i}", {"status": "processing"})
+    start = time.monotonic()
+    assert small.submit("final-task", {"status": "success"}, final=True) is False
+    assert time.monotonic() - start >= 0.2  # backpressure: it waited for room first
+    stats = small.stats()
+    assert stats["queued"] + stats["in_flight"] <= 5
+    assert stats["dropped"] == 4
+    errors = [r for r in tb_log.records if r.levelno == logging.ERROR and "dropped" in r.getMessage()]
+    assert errors and "final-task" in errors[-1].getMessage()
+    taskbadger_server.accept()
+    assert small.flush(20)
+
+
+def test_updates_survive_an_outage(taskbadger_server, dispatcher):
+    task = taskbadger.create_task("outage")
+    taskbadger_server.refuse()
+    dispatcher.submit(task.id, {"status": "success"}, final=True)
+    taskbadger_server.wait_for(lambda: dispatcher.stats()["retried"] >= 2, timeout=10)
+    taskbadger_server.accept()
+    assert dispatcher.flush(20)
+    assert taskbadger_server.get_task(task.id)["status"] == "success"
+
+
+def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldown(tb_log):
+    breaker = Breaker(failure_threshold=3, cooldown=0.2)
+    for _ in range(3):
+        assert breaker.allow()
+        breaker.failure(ConnectionError("refused"))
+    assert breaker.state() == "open" and not breaker.allow()
+    deadline = time.monotonic() + 5
+    while breaker.state() == "open" and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting out the breaker's own cool-down clock, under a deadline
+    assert breaker.state() == "half-open"
+    assert breaker.allow()  # one trial call
+    assert not breaker.allow()  # ... and only one
+    breaker.success()
+    assert breaker.state() == "closed" and breaker.allow()
+    messages = [r.getMessage() for r in tb_log.records]
+    assert len([m for m in messages if "published untracked" in m]) == 1
+    assert len([m for m in messages if "tracking resumed" in m]) == 1
+
+
+def test_stats_is_public():
+    stats = taskbadger.delivery.stats()
+    assert {"sent", "merged", "retried", "dropped", "queued", "in_flight", "breaker"} <= set(stats)
