@@ -69,7 +69,7 @@ class CelerySystemIntegration(System):
         self.monitors = dict(monitors or {})
         self._includes = _compile(includes, "includes")
         self._excludes = _compile(excludes, "excludes")
-        self._monitors = [(re.compile(pattern), monitor) for pattern, monitor in self.monitors.items()]
+        self._monitors = list(zip(_compile(list(self.monitors), "monitors") or [], self.monitors.values(), strict=True))
 
     def track_task(self, task_name: str) -> bool:
         """Whether auto-tracking applies to ``task_name``."""

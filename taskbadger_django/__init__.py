@@ -1,0 +1,30 @@
+"""Task Badger for Django: add ``"taskbadger_django"`` to ``INSTALLED_APPS`` and a ``TASKBADGER`` dict
+to ``settings.py``; every process that sets Django up (web, ``celery worker``, ``celery beat``) is then
+configured from it. See ``docs/django.md``.
+
+``from taskbadger_django import Task`` is ``taskbadger.celery.Task``, the Celery base class, imported
+lazily so that importing this package does not import Celery.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from taskbadger.celery import Task as Task
+
+__all__ = ["Task"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Task":
+        try:
+            from taskbadger.celery import Task
+        except ImportError as err:
+            raise ImportError(f'taskbadger_django.Task needs Celery: pip install "taskbadger[celery]" ({err})') from err
+        return Task
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "Task"])

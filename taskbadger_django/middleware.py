@@ -1,0 +1,64 @@
+"""``TaskBadgerScopeMiddleware``: request context on the tasks created while a request is handled.
+
+    MIDDLEWARE = [
+        ...,
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "taskbadger_django.middleware.TaskBadgerScopeMiddleware",   # after it, for user_id
+    ]
+
+Every task created during the request (``.delay()`` of a tracked Celery task, ``taskbadger.create_task``,
+``@taskbadger.track``) gets ``request_path``, ``request_method`` and, for an authenticated user,
+``user_id`` in its ``data`` (values the task sets itself win). Works for sync and async views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.http import HttpRequest, HttpResponseBase
+
+import taskbadger
+
+
+def _user_id(user: Any) -> Any:
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    pk = getattr(user, "pk", None)
+    return pk if isinstance(pk, (int, str)) or pk is None else str(pk)
+
+
+def request_context(request: HttpRequest, user: Any = None) -> dict[str, Any]:
+    """The scope data for ``request``."""
+    context: dict[str, Any] = {"request_path": request.path, "request_method": request.method}
+    user_id = _user_id(user)
+    if user_id is not None:
+        context["user_id"] = user_id
+    return context
+
+
+class TaskBadgerScopeMiddleware:
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response: Callable[[HttpRequest], Any]) -> None:
+        self.get_response = get_response
+        self._async = iscoroutinefunction(get_response)
+        if self._async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
+        if self._async:
+            return self.__acall__(request)
+        # ``request.user`` is only there after AuthenticationMiddleware; reading it loads the user.
+        with taskbadger.current_scope() as scope:
+            scope.update(request_context(request, getattr(request, "user", None)))
+            return self.get_response(request)
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        auser = getattr(request, "auser", None)
+        user = await auser() if auser is not None else getattr(request, "user", None)
+        with taskbadger.current_scope() as scope:
+            scope.update(request_context(request, user))
+            return await self.get_response(request)

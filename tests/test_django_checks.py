@@ -1,0 +1,318 @@
+"""System checks: every id triggered and silenced, under override_settings, through run_checks()."""
+
+import base64
+
+import pytest
+from celery import Celery
+from celery import _state as celery_state
+from django.core import checks
+from django.core.checks import run_checks
+from django.test import override_settings
+
+from taskbadger.celery import Task
+from taskbadger_django import checks as tb_checks
+from taskbadger_django import conf
+
+SECRET = "zz-very-secret-zz"
+MONITOR = "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a11"
+
+
+def key(org="acme", project="demo", secret=SECRET):
+    return base64.b64encode(f"{org}/{project}/{secret}".encode()).decode()
+
+
+VALID = {"API_KEY": key(), "HOST": "https://taskbadger.net"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_conf():
+    conf.reset_state()
+    yield
+    conf.reset_state()
+
+
+@pytest.fixture(autouse=True)
+def app():
+    """A Celery app of our own, current during the test, so the task checks see known tasks only."""
+    previous = celery_state._tls.current_app
+    app = Celery("tbdjango-checks", broker="memory://", set_as_current=False)
+    app.set_current()
+    try:
+        yield app
+    finally:
+        celery_state._set_current_app(previous)
+
+
+def run(settings, **tb):
+    """The taskbadger messages of run_checks() under TASKBADGER=settings (updated with tb)."""
+    if isinstance(settings, dict):
+        settings = {**settings, **tb}
+    with override_settings(TASKBADGER=settings):
+        return run_checks(tags=[tb_checks.TAG])
+
+
+def ids(messages):
+    return sorted(m.id for m in messages)
+
+
+def no_secret(messages):
+    for m in messages:
+        assert SECRET not in m.msg and SECRET not in (m.hint or "") and SECRET not in str(m.obj)
+        assert key() not in m.msg and key() not in (m.hint or "")
+
+
+def test_valid_settings_give_no_messages():
+    assert run(VALID) == []
+    assert run(VALID, ENABLED=False, TAGS={"a": "b"}, TIMEOUT=5, BEFORE_CREATE="json.dumps",
+               CELERY={"AUTO_TRACK": True, "INCLUDES": r"a\..*", "EXCLUDES": ["b"], "RECORD_TASK_ARGS": True,
+                       "HEARTBEAT_INTERVAL": 2.5, "STALE_TIMEOUT": 10}) == []
+
+
+@pytest.mark.parametrize("bad, good, expected_id, expected_obj, in_hint", [
+    ({"API_KY": "x"}, {"API_KEY": key()}, "taskbadger.E001", "TASKBADGER", "Did you mean 'API_KEY'?"),
+    ({"monitors": {}}, {"MONITORS": {}}, "taskbadger.E001", "TASKBADGER", "Did you mean 'MONITORS'?"),
+    ({"CELERY": {"AUTOTRACK": True}}, {"CELERY": {"AUTO_TRACK": True}}, "taskbadger.E002", "TASKBADGER['CELERY']",
+     "Did you mean 'AUTO_TRACK'?"),
+    ({"ENABLED": "yes"}, {"ENABLED": True}, "taskbadger.E003", "TASKBADGER['ENABLED']", "For example"),
+    ({"TAGS": {"n": 1}}, {"TAGS": {"n": "1"}}, "taskbadger.E003", "TASKBADGER['TAGS']", "environment"),
+    ({"TIMEOUT": -1}, {"TIMEOUT": (1, 2)}, "taskbadger.E003", "TASKBADGER['TIMEOUT']", "(2, 5)"),
+    ({"BEFORE_CREATE": 3}, {"BEFORE_CREATE": len}, "taskbadger.E003", "TASKBADGER['BEFORE_CREATE']", "before_create"),
+    ({"MONITORS": ["a"]}, {"MONITORS": {}}, "taskbadger.E003", "TASKBADGER['MONITORS']", "monitor"),
+    ({"MONITORS": {"shop.nightly": 1}}, {"MONITORS": {}}, "taskbadger.E003", "TASKBADGER['MONITORS']", "monitor"),
+    ({"CELERY": "on"}, {"CELERY": {}}, "taskbadger.E003", "TASKBADGER['CELERY']", "AUTO_TRACK"),
+    ({"CELERY": {"STALE_TIMEOUT": 1.5}}, {"CELERY": {"STALE_TIMEOUT": 2}}, "taskbadger.E003",
+     "TASKBADGER['CELERY']['STALE_TIMEOUT']", "120"),
+    ({"CELERY": {"INCLUDES": [1]}}, {"CELERY": {"INCLUDES": ["a"]}}, "taskbadger.E003",
+     "TASKBADGER['CELERY']['INCLUDES']", "INCLUDES"),
+    ({"API_KEY": 12345}, {"API_KEY": key()}, "taskbadger.E003", "TASKBADGER['API_KEY']", "env.str"),
+    ({"API_KEY": key() + " "}, {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['API_KEY']", "copy it again"),
+    ({"API_KEY": base64.b64encode(f"acme/{SECRET}".encode()).decode()}, {"API_KEY": key()}, "taskbadger.E004",
+     "TASKBADGER['API_KEY']", "organization/project/key"),
+    ({"API_KEY": SECRET}, {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['API_KEY']", "project key"),
+    ({"HOST": "taskbadger.net"}, {"HOST": "https://taskbadger.net"}, "taskbadger.E005", "TASKBADGER['HOST']",
+     "https://taskbadger.net"),
+    ({"MONITORS": {"shop.nightly": "monitor-1"}}, {"MONITORS": {"shop.nightly": MONITOR}}, "taskbadger.E006",
+     "TASKBADGER['MONITORS']", "monitor's page"),
+    ({"MONITORS": {"shop.(": MONITOR}}, {"MONITORS": {r"shop\..*": MONITOR}}, "taskbadger.E007",
+     "TASKBADGER['MONITORS']", "whole task name"),
+    ({"CELERY": {"EXCLUDES": ["("]}}, {"CELERY": {"EXCLUDES": [r"celery\..*"]}}, "taskbadger.E007",
+     "TASKBADGER['CELERY']['EXCLUDES']", "whole task name"),
+    ({"BEFORE_CREATE": "tests.no_such_module.hook"}, {"BEFORE_CREATE": "json.dumps"}, "taskbadger.E008",
+     "TASKBADGER['BEFORE_CREATE']", "dotted path"),
+    ({"BEFORE_CREATE": "os.sep"}, {"BEFORE_CREATE": "os.getcwd"}, "taskbadger.E008", "TASKBADGER['BEFORE_CREATE']",
+     "function"),
+    ({"API_KEY": None}, {"API_KEY": None, "ENABLED": False}, "taskbadger.W001", "TASKBADGER['API_KEY']",
+     "TASKBADGER_API_KEY"),
+    ({"HOST": "http://tb.example.com"}, {"HOST": "http://127.0.0.1:8000"}, "taskbadger.W002", "TASKBADGER['HOST']",
+     "https://"),
+    ({"HOST": "http://tb.example.com"}, {"HOST": "http://localhost:8000"}, "taskbadger.W002", "TASKBADGER['HOST']",
+     "loopback"),
+    ({"API_KEY": SECRET, "ORGANIZATION_SLUG": "o", "PROJECT_SLUG": "p"}, {"API_KEY": key()}, "taskbadger.W004",
+     "TASKBADGER['API_KEY']", "project key"),
+    ({"ORGANIZATION_SLUG": "o"}, {"ORGANIZATION_SLUG": None}, "taskbadger.W005", "TASKBADGER", "Remove"),
+])
+@pytest.mark.filterwarnings("ignore:Legacy Task Badger API keys:DeprecationWarning")
+def test_setting_check_triggered_and_silenced(app, bad, good, expected_id, expected_obj, in_hint):
+    @app.task(shared=False, name="shop.nightly")
+    def nightly():
+        return None
+
+    messages = run(VALID, **bad)
+    assert [(m.id, m.obj) for m in messages] == [(expected_id, expected_obj)], messages
+    assert in_hint in messages[0].hint
+    assert messages[0].level == {"E": checks.ERROR, "W": checks.WARNING}[expected_id[11]]
+    no_secret(messages)
+    assert run(VALID, **good) == []
+
+
+def test_taskbadger_setting_that_is_not_a_dict():
+    messages = run(["API_KEY"])
+    assert [(m.id, m.obj) for m in messages] == [("taskbadger.E003", "TASKBADGER")]
+
+
+def test_key_and_host_from_the_environment_are_checked_too(monkeypatch):
+    monkeypatch.setenv("TASKBADGER_API_KEY", key() + "\n")
+    monkeypatch.setenv("TASKBADGER_HOST", "http://tb.example.com")
+    messages = run({})
+    assert [(m.id, m.obj) for m in messages] == [("taskbadger.E004", "TASKBADGER_API_KEY"),
+                                                 ("taskbadger.W002", "TASKBADGER_HOST")]
+    no_secret(messages)
+    monkeypatch.setenv("TASKBADGER_API_KEY", key())
+    monkeypatch.setenv("TASKBADGER_HOST", "https://tb.example.com")
+    assert run({}) == []
+
+
+@pytest.mark.filterwarnings("ignore:Legacy Task Badger API keys:DeprecationWarning")
+def test_the_key_never_appears_in_any_message():
+    for bad_key in (SECRET, key() + " ", base64.b64encode(f"a/{SECRET}".encode()).decode(), 42, key(secret="")):
+        messages = run(VALID, API_KEY=bad_key, TAGS={"k": 1}, HOST="ftp://x")
+        assert messages
+        no_secret(messages)
+
+
+# -- checks on the registered Celery tasks -----------------------------------------------------------------
+
+
+def test_unknown_and_invalid_task_options(app):
+    @app.task(shared=False, name="shop.typo", base=Task, taskbadger_valu_max=10)
+    def typo():
+        return None
+
+    @app.task(shared=False, name="shop.bad_value", base=Task, taskbadger_value_max="ten",
+              taskbadger_kwargs={"nmae": "x"})
+    def bad_value():
+        return None
+
+    @app.task(shared=False, name="shop.bad_bundle", taskbadger_kwargs="name")
+    def bad_bundle():
+        return None
+
+    @app.task(shared=False, name="shop.good", base=Task, taskbadger_value_max=10, taskbadger_kwargs={"name": "Good"})
+    def good():
+        return None
+
+    messages = run(VALID)
+    assert [(m.id, m.obj) for m in messages] == [
+        ("taskbadger.E010", "shop.bad_bundle"),
+        ("taskbadger.E009", "shop.bad_value"),
+        ("taskbadger.E010", "shop.bad_value"),
+        ("taskbadger.E009", "shop.typo"),
+    ]
+    assert messages[1].msg == "Task 'shop.bad_value' has an unknown option taskbadger_nmae."
+    assert messages[1].hint.startswith("Did you mean taskbadger_name?")
+    assert "an integer >= 0" in messages[2].msg
+    assert messages[3].hint.startswith("Did you mean taskbadger_value_max?")
+
+
+def test_task_options_silenced_when_valid(app):
+    @app.task(shared=False, name="shop.fine", base=Task, taskbadger_value_max=10, taskbadger_monitor_id=MONITOR)
+    def fine():
+        return None
+
+    assert run(VALID) == []
+
+
+def test_monitor_that_matches_no_task(app):
+    @app.task(shared=False, name="shop.nightly_report")
+    def nightly_report():
+        return None
+
+    messages = run(VALID, MONITORS={"shop.nightly_reports": MONITOR})
+    assert [(m.id, m.obj) for m in messages] == [("taskbadger.W003", "TASKBADGER['MONITORS']")]
+    assert messages[0].hint.startswith("Did you mean 'shop.nightly_report'?")
+    assert run(VALID, MONITORS={"shop.nightly_report": MONITOR}) == []
+    assert run(VALID, MONITORS={r"shop\.nightly_.*": MONITOR}) == []
+    # Celery's own tasks do not count as a match
+    assert ids(run(VALID, MONITORS={r"celery\..*": MONITOR})) == ["taskbadger.W003"]
+
+
+def test_beat_task_without_monitor(app):
+    @app.task(shared=False, name="shop.nightly")
+    def nightly():
+        return None
+
+    @app.task(shared=False, name="shop.hourly", base=Task, taskbadger_monitor_id=MONITOR)
+    def hourly():
+        return None
+
+    app.conf.beat_schedule = {
+        "nightly": {"task": "shop.nightly", "schedule": 86400},
+        "hourly": {"task": "shop.hourly", "schedule": 3600},   # monitor on the decorator
+        "cleanup": {"task": "celery.backend_cleanup", "schedule": 3600},
+    }
+    messages = run(VALID)
+    assert messages == [checks.Info(
+        "Celery beat runs 'shop.nightly' (entry 'nightly') with no Task Badger monitor.",
+        hint="Create a monitor in Task Badger and add 'shop.nightly': '<monitor id>' to TASKBADGER['MONITORS'] so "
+             "that a missed or failed run raises an alert.",
+        obj="CELERY_BEAT_SCHEDULE", id="taskbadger.I001")]
+    assert run(VALID, MONITORS={"shop.nightly": MONITOR}) == []
+    assert run(VALID, MONITORS={r"shop\..*": MONITOR}) == []
+    assert run(VALID, ENABLED=False) == []
+
+
+def test_task_modules_that_cannot_be_imported(app):
+    app.conf.imports = ["tests.no_such_tasks_module"]
+    messages = run(VALID)
+    assert [(m.id, m.obj) for m in messages] == [("taskbadger.W006", "celery")]
+    assert "No module named 'tests.no_such_tasks_module'" in messages[0].msg
+    fixed = Celery("tbdjango-checks-fixed", broker="memory://", set_as_current=False)
+    fixed.set_current()
+    assert run(VALID) == []
+
+
+def test_task_checks_are_silent_without_celery(app, monkeypatch):
+    @app.task(shared=False, name="shop.typo", taskbadger_valu_max=10)
+    def typo():
+        return None
+
+    assert ids(run(VALID)) == ["taskbadger.E009"]
+    monkeypatch.setattr(conf, "celery_available", lambda: False)
+    assert run(VALID) == []
+
+
+def test_checks_do_not_recurse_through_celerys_django_fixup(monkeypatch):
+    """Celery's Django fixup runs the system checks while importing task modules; ours import them."""
+    from testproject.celery import app as project_app
+
+    project_app.set_current()
+    calls, depth, deepest = [], [0], [0]
+    original = tb_checks.check_celery_tasks
+
+    def counting(*args, **kwargs):
+        depth[0] += 1
+        deepest[0] = max(deepest[0], depth[0])
+        try:
+            result = original(*args, **kwargs)
+            calls.append(result)
+            return result
+        finally:
+            depth[0] -= 1
+
+    monkeypatch.setattr(tb_checks, "check_celery_tasks", counting)
+    assert ids(run(VALID, MONITORS={"nope": MONITOR})) == ["taskbadger.I001", "taskbadger.W003"]
+    assert deepest[0] == 2  # the fixup's nested run of the checks ...
+    assert calls[0] == []   # ... skipped the task checks instead of recursing
+
+
+# -- the full run_checks() on the test project -------------------------------------------------------------
+
+
+def test_full_run_checks_on_the_test_project():
+    from testproject.celery import app as project_app
+
+    project_app.set_current()
+    project_settings = {
+        "API_KEY": key(),
+        "TAGS": {"environment": "test"},
+        "MONITORS": {"demo.tasks.nightly_report": MONITOR},
+        "CELERY": {"AUTO_TRACK": False, "RECORD_TASK_ARGS": False},
+    }
+    with override_settings(TASKBADGER=project_settings):
+        assert run_checks() == []
+    broken = {**project_settings, "MONITOR": {}, "HOST": "http://tb.example.com", "MONITORS": {}}
+    broken.pop("API_KEY")
+    with override_settings(TASKBADGER=broken):
+        assert run_checks() == [
+            checks.Error(
+                "Unknown key 'MONITOR' in TASKBADGER.",
+                hint="Did you mean 'MONITORS'? Valid keys: API_KEY, HOST, ORGANIZATION_SLUG, PROJECT_SLUG, "
+                     "ENABLED, TAGS, BEFORE_CREATE, TIMEOUT, MONITORS, CELERY.",
+                obj="TASKBADGER", id="taskbadger.E001"),
+            checks.Warning(
+                "No Task Badger API key: tasks run untracked.",
+                hint="Set TASKBADGER['API_KEY'] (e.g. env.str(\"TASKBADGER_API_KEY\", default=None)) or the "
+                     "TASKBADGER_API_KEY environment variable, or set TASKBADGER['ENABLED'] = False to track "
+                     "nothing on purpose.",
+                obj="TASKBADGER['API_KEY']", id="taskbadger.W001"),
+            checks.Warning(
+                "TASKBADGER['HOST'] uses plain HTTP to tb.example.com: the API key would travel unencrypted.",
+                hint="Use https://, or plain HTTP only to a loopback host (127.0.0.1, localhost) in development.",
+                obj="TASKBADGER['HOST']", id="taskbadger.W002"),
+            checks.Info(
+                "Celery beat runs 'demo.tasks.nightly_report' (entry 'heartbeat-report') with no Task Badger "
+                "monitor.",
+                hint="Create a monitor in Task Badger and add 'demo.tasks.nightly_report': '<monitor id>' to "
+                     "TASKBADGER['MONITORS'] so that a missed or failed run raises an alert.",
+                obj="CELERY_BEAT_SCHEDULE", id="taskbadger.I001"),
+        ]

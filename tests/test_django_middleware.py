@@ -1,0 +1,131 @@
+"""TaskBadgerScopeMiddleware: request context on tasks created during a request (sync and async)."""
+
+import asyncio
+import types
+
+import pytest
+from asgiref.sync import iscoroutinefunction, sync_to_async
+from celery import Celery
+from celery import _state as celery_state
+from django.http import HttpResponse
+from django.test import AsyncClient, Client, override_settings
+from django.urls import path
+
+import taskbadger
+from taskbadger.celery import Task
+from taskbadger_django import conf
+from taskbadger_django.middleware import TaskBadgerScopeMiddleware
+
+MIDDLEWARE = "taskbadger_django.middleware.TaskBadgerScopeMiddleware"
+
+
+def fake_auth(get_response):
+    """Sets request.user from the X-User header (no database needed)."""
+
+    def middleware(request):
+        user_id = request.headers.get("X-User")
+        user = types.SimpleNamespace(is_authenticated=bool(user_id), pk=int(user_id) if user_id else None)
+        request.user = user
+
+        async def auser():
+            return user
+
+        request.auser = auser
+        return get_response(request)
+
+    return middleware
+
+
+def sync_view(request):
+    taskbadger.create_task("from sync view")
+    taskbadger.create_task("own data", data={"request_path": "mine", "rows": 3})
+    return HttpResponse("ok")
+
+
+async def async_view(request):
+    await sync_to_async(taskbadger.create_task)("from async view")
+    return HttpResponse("ok")
+
+
+def celery_view(request):
+    publish.delay(1)
+    return HttpResponse("ok")
+
+
+app = Celery("tbdjango-middleware", broker="memory://", set_as_current=False)
+
+
+@app.task(shared=False, base=Task, name="shop.publish")
+def publish(x):
+    return x
+
+
+urlpatterns = [path("sync/", sync_view), path("async/", async_view), path("celery/", celery_view)]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_conf():
+    conf.reset_state()
+    yield
+    conf.reset_state()
+
+
+@pytest.fixture
+def wired(taskbadger_server):
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.fake_auth", MIDDLEWARE]):
+        yield taskbadger_server
+
+
+def data_of(server, name):
+    [task] = server.tasks_named(name)
+    return task["data"]
+
+
+def test_sync_request_context_with_user(wired):
+    assert Client().get("/sync/", headers={"X-User": "42"}).status_code == 200
+    assert data_of(wired, "from sync view") == {"request_path": "/sync/", "request_method": "GET", "user_id": 42}
+    # what the task sets itself wins over the scope
+    assert data_of(wired, "own data") == {"request_path": "mine", "request_method": "GET", "user_id": 42, "rows": 3}
+
+
+def test_anonymous_request_has_no_user_id_and_the_scope_ends_with_the_request(wired):
+    Client().post("/sync/")
+    assert data_of(wired, "from sync view") == {"request_path": "/sync/", "request_method": "POST"}
+    taskbadger.create_task("after the request")
+    assert data_of(wired, "after the request") is None
+
+
+def test_async_request_context(wired):
+    async def call():
+        return await AsyncClient().get("/async/", headers={"X-User": "7"})
+
+    assert asyncio.run(call()).status_code == 200
+    assert data_of(wired, "from async view") == {"request_path": "/async/", "request_method": "GET", "user_id": 7}
+
+
+def test_with_djangos_auth_middleware_for_an_anonymous_user(taskbadger_server):
+    middleware = ["django.contrib.sessions.middleware.SessionMiddleware",
+                  "django.contrib.auth.middleware.AuthenticationMiddleware", MIDDLEWARE]
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=middleware):
+        Client().get("/sync/")
+    assert data_of(taskbadger_server, "from sync view") == {"request_path": "/sync/", "request_method": "GET"}
+
+
+def test_celery_task_published_from_a_view_carries_the_request(wired):
+    previous = celery_state._tls.current_app
+    app.set_current()
+    try:
+        Client().get("/celery/", headers={"X-User": "5"})
+    finally:
+        celery_state._set_current_app(previous)
+    assert data_of(wired, "shop.publish") == {"request_path": "/celery/", "request_method": "GET", "user_id": 5}
+
+
+def test_middleware_is_sync_and_async_capable():
+    assert TaskBadgerScopeMiddleware.sync_capable and TaskBadgerScopeMiddleware.async_capable
+
+    async def get_response(request):
+        return HttpResponse()
+
+    assert iscoroutinefunction(TaskBadgerScopeMiddleware(get_response))
+    assert not iscoroutinefunction(TaskBadgerScopeMiddleware(lambda request: HttpResponse()))
