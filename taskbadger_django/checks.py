@@ -47,7 +47,7 @@ from taskbadger.exceptions import ConfigurationError
 from . import conf
 
 TAG = "taskbadger"
-DOCS = "See the Task Badger section of the README (docs/django.md)."
+DOCS = "See the Django section of the README."
 
 
 def _error(id_: int, msg: str, hint: str, obj: Any) -> CheckMessage:

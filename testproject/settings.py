@@ -1,0 +1,68 @@
+"""Settings for the test project. Everything comes from the environment (see .env.example); the
+defaults need no service: SQLite, and a Celery broker and result backend on local files."""
+
+from pathlib import Path
+
+import environ
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(environ.Env().str("TESTPROJECT_VAR_DIR", default=str(BASE_DIR / "var")))
+
+env = environ.Env(DEBUG=(bool, False))
+environ.Env.read_env(BASE_DIR / ".env")
+
+DEBUG = env("DEBUG")
+SECRET_KEY = env("SECRET_KEY", default="insecure-testproject-key-change-me")
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
+
+INSTALLED_APPS = [
+    "django.contrib.contenttypes",
+    "django.contrib.auth",
+    "taskbadger_django",
+    "demo",
+]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+ROOT_URLCONF = "testproject.urls"
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+USE_TZ = True
+
+# Celery: embedded defaults (files under var/), or any broker through CELERY_BROKER_URL.
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
+CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=f"file://{VAR_DIR / 'results'}")
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(VAR_DIR / "broker" / "queue"),
+        "data_folder_out": str(VAR_DIR / "broker" / "queue"),
+        "control_folder": str(VAR_DIR / "broker" / "control"),
+        "polling_interval": 0.05,
+    }
+    for _folder in ("queue", "control"):
+        (VAR_DIR / "broker" / _folder).mkdir(parents=True, exist_ok=True)
+    (VAR_DIR / "results").mkdir(parents=True, exist_ok=True)
+CELERY_TASK_ALWAYS_EAGER = False
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULE = {
+    "nightly-report": {"task": "demo.tasks.nightly_report",
+                       "schedule": env.float("DEMO_BEAT_INTERVAL", default=24 * 3600.0)},
+}
+CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
+
+TASKBADGER = {
+    "API_KEY": env.str("TASKBADGER_API_KEY", default=None),
+    "HOST": env.str("TASKBADGER_HOST", default="https://taskbadger.net"),
+    "TAGS": {"environment": env.str("TASKBADGER_ENVIRONMENT", default="development")},
+    "MONITORS": {"demo.tasks.nightly_report": "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a11"},
+    "CELERY": {"AUTO_TRACK": False, "RECORD_TASK_ARGS": False},
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"taskbadger": {"handlers": ["console"], "level": env.str("TASKBADGER_LOG_LEVEL", default="INFO")}},
+}
