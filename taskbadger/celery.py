@@ -128,13 +128,16 @@ def _attach_to_result(result: Any, tb_task: TaskbadgerTask | None) -> None:
 @guard
 def on_before_publish(sender: str | None = None, body: Any = None, headers: dict | None = None,
                       routing_key: str | None = None, declare: Any = None, **_: Any) -> None:
-    message = headers if isinstance(headers, dict) and "task" in headers else body  # protocol 2 / 1
-    if not isinstance(message, dict) or sender is None:
+    # Protocol 2 keeps the task's fields in the message headers; protocol 1 in the body. Custom
+    # headers (ours included) travel in the message headers with both, so that is where we write.
+    if not isinstance(headers, dict) or sender is None:
         return
-    created = tracking.on_publish(sender, message, body, routing_key, declare)
+    fields = headers if "task" in headers else body
+    celery_id = fields.get("id") if isinstance(fields, dict) else None
+    created = tracking.on_publish(sender, headers, celery_id, body, routing_key, declare)
     slot = _publish_slot.get()
     if created is not None and slot is not None:
-        slot[message.get("id")] = created
+        slot[celery_id] = created
 
 
 @guard

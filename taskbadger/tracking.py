@@ -60,15 +60,18 @@ def _celery_system() -> Any:
 # -- publish -------------------------------------------------------------------------------------
 
 
-def on_publish(name: str, message: dict[str, Any], body: Any, routing_key: str | None,
+def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: Any, routing_key: str | None,
                declare: Any) -> TaskbadgerTask | None:
-    """Create the task (status pending) before the message goes out; return it, or None."""
+    """Create the task (status pending) before the message goes out; return it, or None.
+
+    ``message`` is the message headers dict, where custom headers travel (ours are written there).
+    """
     # Both headers stay on a message that is not tracked here: the worker honours them if it ends up
     # tracking the task itself (publisher not configured, or the API unreachable at publish time).
     header_options = message.get(KWARGS_KEY) or {}
     track = message.get(TRACK_KEY)
     running = _running_tracking()
-    if running is not None and running.celery_id == message.get("id"):
+    if running is not None and running.celery_id == celery_id:
         _write_meta(message, running.meta)  # task.retry(): same Celery id, same Task Badger task
         if not running.retry_recorded:
             _record_retry(running)
@@ -78,7 +81,7 @@ def on_publish(name: str, message: dict[str, Any], body: Any, routing_key: str |
     if track is False or not _config.is_configured():
         return None
 
-    args, kwargs = _message_args(message, body)
+    args, kwargs = _message_args(body)
     tracked_name, canvas_data = name, None
     if name in CANVAS_TASKS:
         inner = (kwargs or {}).get("task")
@@ -100,7 +103,7 @@ def on_publish(name: str, message: dict[str, Any], body: Any, routing_key: str |
     options = validate(tracked_name, options)
     options.pop("track", None)
 
-    fields = _create_fields(tracked_name, options, system, message, args, kwargs, routing_key, declare, canvas_data)
+    fields = _create_fields(tracked_name, options, system, celery_id, args, kwargs, routing_key, declare, canvas_data)
     heartbeat, stale_timeout = _heartbeat_options(options, system)
     task, maybe_created = _create(fields)
     if task is None:
@@ -113,12 +116,12 @@ def on_publish(name: str, message: dict[str, Any], body: Any, routing_key: str |
     return task
 
 
-def _create_fields(name: str, options: dict[str, Any], system: Any, message: dict[str, Any], args: Any,
+def _create_fields(name: str, options: dict[str, Any], system: Any, celery_id: str | None, args: Any,
                    kwargs: Any, routing_key: str | None, declare: Any, canvas_data: dict | None) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "name": options.get("name", name),
         "status": StatusEnum.PENDING,
-        "external_id": message.get("id"),
+        "external_id": celery_id,
         "queue": _queue_name(declare, routing_key),
     }
     for key in ("value", "value_max", "tags", "max_runtime"):
@@ -194,9 +197,9 @@ def _write_meta(message: dict[str, Any], meta: dict[str, Any]) -> None:
         nested[ID_KEY] = meta["task"]["id"]
 
 
-def _message_args(message: dict[str, Any], body: Any) -> tuple[Any, Any]:
-    if "args" in message and "kwargs" in message:  # protocol 1
-        return message.get("args"), message.get("kwargs")
+def _message_args(body: Any) -> tuple[Any, Any]:
+    if isinstance(body, dict):  # protocol 1
+        return body.get("args"), body.get("kwargs")
     if isinstance(body, (list, tuple)) and len(body) >= 2:  # protocol 2: (args, kwargs, embed)
         return body[0], body[1]
     return (), {}
@@ -342,7 +345,7 @@ def _create_at_start(celery_task: Any, request: Any) -> dict[str, Any] | None:
         return None
     options = validate(name, {**decorator_options(celery_task), **(getattr(request, KWARGS_KEY, None) or {})})
     options.pop("track", None)
-    fields = _create_fields(name, options, system, {"id": request.id}, request.args, request.kwargs,
+    fields = _create_fields(name, options, system, request.id, request.args, request.kwargs,
                             (getattr(request, "delivery_info", None) or {}).get("routing_key"), None, None)
     fields.update(status=StatusEnum.PROCESSING, start_time=_now())
     heartbeat, stale = _heartbeat_options(options, system)

@@ -57,3 +57,16 @@ def test_terminal_state_set_in_body_is_not_overwritten(taskbadger_server, any_wo
     # the automatic final update was skipped: the last request for this task is the body's
     for_task = [r for r in taskbadger_server.requests if r.path.endswith(f"/{result.taskbadger_task_id}/")]
     assert for_task[-1].json.get("value") == 42
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_both_message_protocols_carry_the_task(taskbadger_server, prefork_worker, celery_app, protocol):
+    celery_app.conf.task_protocol = protocol
+    try:
+        result = prefork_worker.send(tasks.report_access, f"protocol {protocol}")
+    finally:
+        celery_app.conf.task_protocol = 2
+    task = taskbadger_server.wait_for(
+        lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "success" and t)
+    assert task["data"]["seen_id"] == result.taskbadger_task_id  # the worker found it in the headers
+    assert not [r for r in taskbadger_server.requests if r.method == "GET"]

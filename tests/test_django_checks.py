@@ -310,7 +310,7 @@ def test_full_run_checks_on_the_test_project():
                 hint="Use https://, or plain HTTP only to a loopback host (127.0.0.1, localhost) in development.",
                 obj="TASKBADGER['HOST']", id="taskbadger.W002"),
             checks.Info(
-                "Celery beat runs 'demo.tasks.nightly_report' (entry 'heartbeat-report') with no Task Badger "
+                "Celery beat runs 'demo.tasks.nightly_report' (entry 'nightly-report') with no Task Badger "
                 "monitor.",
                 hint="Create a monitor in Task Badger and add 'demo.tasks.nightly_report': '<monitor id>' to "
                      "TASKBADGER['MONITORS'] so that a missed or failed run raises an alert.",
