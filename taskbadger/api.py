@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -237,8 +236,3 @@ def update_task_safe(task_id: str, **kwargs: Any) -> Task | None:
     except Exception as err:
         log.warning("Task Badger: could not update task %r: %s", task_id, err)
     return None
-
-
-def ceil_seconds(value: float) -> int:
-    """Whole seconds for ``max_runtime``/``stale_timeout`` (the API takes integers >= 1)."""
-    return max(1, math.ceil(value))

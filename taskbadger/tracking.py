@@ -401,12 +401,12 @@ def on_failure(celery_task: Any, task_id: str | None, exception: BaseException |
     if tb_id is None:
         return
     data = exception_data(exception, _failure_text(exception, einfo, request)) if exception else {}
-    base = meta["task"].get("data") if meta and not meta["task"].get("data_omitted") else None
-    fields = {"status": StatusEnum.ERROR.value, "end_time": _now()}
-    if meta is not None and (base is None or isinstance(base, dict)) and not (meta["task"].get("data_omitted")):
-        fields["data"] = {**(base or {}), **data}
+    fields: dict[str, Any] = {"status": StatusEnum.ERROR.value, "end_time": _now()}
+    base = meta["task"].get("data") if meta is not None else None
+    if meta is not None and not meta["task"].get("data_omitted") and isinstance(base, (dict, type(None))):
+        fields["data"] = {**(base or {}), **data}  # PATCH replaces data: keep what the task had
     else:
-        fields["merge_data"] = data
+        fields["merge_data"] = data  # data unknown here: the dispatcher merges into the current data
     delivery.submit(tb_id, fields, final=True)
 
 
