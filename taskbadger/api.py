@@ -106,12 +106,23 @@ def create_task(
     )
     if actions:
         fields["actions"] = [a.to_dict() if hasattr(a, "to_dict") else a for a in actions]
+    return send_create(name, fields, monitor_id)
+
+
+def send_create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None, fast: bool = False) -> Task:
+    """Create with already-collected fields (scope, global tags and ``before_create`` applied here).
+    ``fast``: on the lean per-thread connection (the Celery publish path)."""
     body = build_create_body(name, fields)
     if body is None:
         raise CreateSkipped(f"before_create returned None: task {name!r} was not created")
     headers = {transport.MONITOR_HEADER: str(monitor_id)} if monitor_id else None
-    payload = transport.request("POST", json_body=body, headers=headers)
+    payload = transport.request("POST", json_body=body, headers=headers, fast=fast)
     return Task(TaskModel.from_dict(payload))
+
+
+def send_update(task_id: str, fields: Mapping[str, Any]) -> None:
+    """PATCH without reading the answer back, on the lean per-thread connection (the dispatcher)."""
+    transport.request("PATCH", f"{task_id}/", json_body=clean_fields(fields), fast=True, parse=False)
 
 
 def get_task(task_id: str) -> Task:

@@ -244,11 +244,11 @@ class Dispatcher:
                 self._cond.notify_all()
 
     def _send(self, task_id: str, entry: _Entry) -> str:
-        from .api import update_task
+        from .api import send_update
 
         entry.attempts += 1
         try:
-            update_task(task_id, **resolve_merge_data(task_id, entry.fields))
+            send_update(task_id, resolve_merge_data(task_id, entry.fields))
         except (TransportError, RateLimited, ServerError) as err:
             return self._transient(task_id, entry, err)
         except UnexpectedStatus as err:

@@ -25,7 +25,7 @@ from typing import Any
 
 from . import config as _config
 from . import delivery
-from .api import create_task
+from .api import send_create
 from .celery_options import KWARGS_KEY, TRACK_KEY, decorator_options, recorded_args, validate
 from .errors import exception_data
 from .exceptions import CreateSkipped, RateLimited, ServerError, TransportError
@@ -149,8 +149,9 @@ def _create(fields: dict[str, Any]) -> tuple[TaskbadgerTask | None, bool]:
     """Create inline, never retried. Returns the task, and whether a failed create may
     nevertheless have created it (then nobody may try again: no duplicate tasks)."""
     name = fields.pop("name")
+    monitor_id = fields.pop("monitor_id", None)
     try:
-        task = create_task(name, **fields)
+        task = send_create(name, fields, monitor_id, fast=True)
     except CreateSkipped:
         return None, False
     except (TransportError, ServerError, RateLimited) as err:

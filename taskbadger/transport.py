@@ -16,11 +16,13 @@ import platform
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
 from . import config as _config
+from . import fastpath
 from .exceptions import (
     ConnectError,
     NotFound,
@@ -39,6 +41,7 @@ log = logging.getLogger("taskbadger")
 
 USER_AGENT = f"taskbadger-python/{__version__} (python {platform.python_version()}; requests {requests.__version__})"
 MONITOR_HEADER = "X-TASKBADGER-MONITOR"
+_FAST_HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json"}
 
 _session: requests.Session | None = None
 _session_pid: int | None = None
@@ -106,41 +109,48 @@ def request(
     headers: Mapping[str, str] | None = None,
     config: _config.Config | None = None,
     timeout: tuple[float, float] | None = None,
+    fast: bool = False,
+    parse: bool = True,
 ) -> Any:
-    """Send one request to ``{tasks_url}{path}`` and return the decoded JSON (None for 204).
+    """Send one request to ``{tasks_url}{path}`` and return the decoded JSON (None for 204, or
+    when ``parse`` is False).
+
+    ``fast``: use this thread's lean keep-alive connection (``taskbadger.fastpath``) instead of the
+    requests session; for the delivery hot paths. Falls back to requests when a proxy applies.
 
     Raises TransportError subclasses when no answer came, UnexpectedStatus subclasses on an
     error status.
     """
     config = _require_config(config)
     url = config.tasks_url + path
+    timeout = timeout or config.timeout
     send_headers = {"Authorization": f"Bearer {config.token}"}
     if headers:
         send_headers.update(headers)
     data = None
     if json_body is not None:
         send_headers["Content-Type"] = "application/json"
-        data = json.dumps(json_body, separators=(",", ":"))
+        data = json.dumps(json_body, separators=(",", ":")).encode()
+    query = {k: v for k, v in (params or {}).items() if v is not None}
+    if fast and fastpath.usable_for(config.host):
+        target = urlsplit(url).path + (f"?{urlencode(query)}" if query else "")
+        status, response_headers, content = fastpath.request(
+            config.host, timeout, method, target, data, {**_FAST_HEADERS, **send_headers})
+        return _decode(status, response_headers, content, parse)
     try:
-        response = get_session().request(
-            method,
-            url,
-            data=data,
-            params={k: v for k, v in (params or {}).items() if v is not None},
-            headers=send_headers,
-            timeout=timeout or config.timeout,
-        )
+        response = get_session().request(method, url, data=data, params=query, headers=send_headers,
+                                         timeout=timeout)
     except requests.exceptions.ConnectTimeout as err:
         raise ConnectError(f"Could not connect to {config.host} in time: {_describe(err)}") from err
     except requests.exceptions.ReadTimeout as err:
-        raise ReadTimeout(f"{config.host} did not answer within {config.timeout[1]} s") from err
+        raise ReadTimeout(f"{config.host} did not answer within {timeout[1]} s") from err
     except requests.exceptions.ConnectionError as err:
         if _is_connect_failure(err):
             raise ConnectError(f"Could not connect to {config.host}: {_describe(err)}") from err
         raise TransportError(f"Connection to {config.host} failed: {_describe(err)}") from err
     except requests.exceptions.RequestException as err:
         raise TransportError(f"Request to {config.host} failed: {_describe(err)}") from err
-    return _decode(response)
+    return _decode(response.status_code, response.headers, response.content, parse)
 
 
 def _is_connect_failure(err: requests.exceptions.ConnectionError) -> bool:
@@ -159,17 +169,15 @@ def _describe(err: Exception) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _decode(response: requests.Response) -> Any:
-    status = response.status_code
+def _decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool = True) -> Any:
     if 200 <= status < 300:
-        if status == 204 or not response.content:
+        if not parse or status == 204 or not content:
             return None
         try:
-            return response.json()
+            return json.loads(content)
         except ValueError as err:
             raise TaskbadgerException(f"Task Badger API answered {status} with a body that is not JSON") from err
-    content = response.content
-    message, errors = _error_message(response)
+    message, errors = _error_message(content)
     if status == 400:
         raise ValidationError(status, content, message, errors=errors)
     if status in (401, 403):
@@ -177,25 +185,25 @@ def _decode(response: requests.Response) -> Any:
     if status == 404:
         raise NotFound(status, content, message)
     if status == 429:
-        raise RateLimited(status, content, message, retry_after=_retry_after(response))
+        raise RateLimited(status, content, message, retry_after=_retry_after(headers.get("Retry-After")))
     if status >= 500:
         raise ServerError(status, content, message)
     raise UnexpectedStatus(status, content, message)
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def _retry_after(value: str | None) -> float | None:
     try:
         return max(0.0, float(value)) if value is not None else None
     except ValueError:
         return None  # an HTTP date: rare enough to fall back to our own backoff
 
 
-def _error_message(response: requests.Response) -> tuple[str, dict[str, list[str]]]:
+def _error_message(content: bytes) -> tuple[str, dict[str, list[str]]]:
+    text = content.decode("utf-8", "replace")
     try:
-        body = response.json()
+        body = json.loads(text)
     except ValueError:
-        return response.text[:500], {}
+        return text[:500], {}
     if isinstance(body, dict):
         if "detail" in body and len(body) == 1:
             return str(body["detail"]), {}

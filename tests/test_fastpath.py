@@ -1,0 +1,80 @@
+"""The lean per-thread connection used on the delivery hot paths."""
+
+import multiprocessing
+
+import pytest
+
+import taskbadger
+from taskbadger import ConnectError, ReadTimeout, Unauthorized, api, fastpath
+
+
+def test_fast_create_and_update_reuse_one_connection(taskbadger_server):
+    task = api.send_create("fast", {"status": "pending"}, fast=True)
+    for value in range(5):
+        api.send_update(task.id, {"value": value})
+    assert taskbadger_server.get_task(task.id)["value"] == 4
+    assert len({r.connection_id for r in taskbadger_server.requests}) == 1
+    assert taskbadger_server.requests[0].headers["User-Agent"].startswith("taskbadger-python/")
+
+
+def test_errors_map_like_the_requests_transport(taskbadger_server):
+    task = api.send_create("x", {"status": "pending"}, fast=True)
+    taskbadger_server.fail(401, times=1)
+    with pytest.raises(Unauthorized):
+        api.send_update(task.id, {"value": 1})
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(1, 0.3))
+    taskbadger_server.set_latency(1.0, times=1)
+    with pytest.raises(ReadTimeout) as info:
+        api.send_update(task.id, {"value": 2})
+    assert info.value.reached_server
+    taskbadger_server.refuse()
+    try:
+        with pytest.raises(ConnectError) as info:
+            api.send_update(task.id, {"value": 3})
+        assert not info.value.reached_server
+    finally:
+        taskbadger_server.accept()
+    api.send_update(task.id, {"value": 4})  # reconnects by itself
+    assert taskbadger_server.get_task(task.id)["value"] == 4
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced_quietly(taskbadger_server):
+    task = api.send_create("idle", {"status": "pending"}, fast=True)
+    taskbadger_server.refuse()  # closes every open connection...
+    taskbadger_server.accept()  # ...and listens again
+    api.send_update(task.id, {"value": 1})
+    assert [r.status for r in taskbadger_server.requests] == [201, 200]
+
+
+def _update_in_child(task_id, queue):
+    try:
+        api.send_update(task_id, {"value": 9})
+        queue.put("ok")
+    except Exception as err:
+        queue.put(repr(err))
+
+
+def test_a_forked_child_does_not_reuse_the_parents_socket(taskbadger_server):
+    task = api.send_create("fork", {"status": "pending"}, fast=True)
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_update_in_child, args=(task.id, queue))
+    child.start()
+    assert queue.get(timeout=10) == "ok"
+    child.join(10)
+    api.send_update(task.id, {"value": 10})
+    conns = [r.connection_id for r in taskbadger_server.requests]
+    assert conns[0] == conns[2] != conns[1]
+
+
+def test_a_proxy_in_the_environment_sends_everything_through_requests(taskbadger_server, monkeypatch):
+    fastpath.usable_for.cache_clear()
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("NO_PROXY", "")
+    try:
+        assert fastpath.usable_for(taskbadger_server.url) is False
+        with pytest.raises(taskbadger.TransportError):
+            api.send_update("any", {"value": 1})  # went to the (dead) proxy, through requests
+        assert taskbadger_server.requests == []
+    finally:
+        fastpath.usable_for.cache_clear()
