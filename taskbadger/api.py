@@ -120,9 +120,18 @@ def send_create(name: str, fields: Mapping[str, Any], monitor_id: str | None = N
     return Task(TaskModel.from_dict(payload))
 
 
-def send_update(task_id: str, fields: Mapping[str, Any]) -> None:
-    """PATCH without reading the answer back, on the lean per-thread connection (the dispatcher)."""
-    transport.request("PATCH", f"{task_id}/", json_body=clean_fields(fields), fast=True, parse=False)
+def send_updates(updates: list[tuple[str, Mapping[str, Any]]]) -> list[Exception | None]:
+    """PATCH several tasks as one batch, without reading the answers back (the dispatcher's path).
+    Returns, per update, None or the error it met."""
+    calls: list[tuple[str, str, Any]] = []
+    errors: dict[int, Exception] = {}
+    for i, (task_id, fields) in enumerate(updates):
+        try:
+            calls.append(("PATCH", f"{task_id}/", clean_fields(fields)))
+        except (InvalidData, ValueError) as err:
+            errors[i] = err
+    sent = iter(transport.send_many(calls)) if calls else iter(())
+    return [errors[i] if i in errors else next(sent) for i in range(len(updates))]
 
 
 def get_task(task_id: str) -> Task:

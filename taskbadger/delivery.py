@@ -43,7 +43,9 @@ BACKPRESSURE_TIMEOUT = 5.0
 RETRY_HORIZON = 15 * 60.0
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 10.0
-SENDER_THREADS = 4
+SENDER_THREADS = 2
+#: Most updates one sender thread sends before reading the answers (on as many connections).
+BATCH_SIZE = 8
 #: Non-final updates (processing, heartbeats) wait this long before they are sent, so that a task
 #: finishing within it is recorded with one PATCH (its processing merged into the final update).
 LINGER = 0.05
@@ -88,9 +90,10 @@ class _Entry:
 
 class Dispatcher:
     def __init__(self, max_pending: int = MAX_PENDING_TASKS, threads: int = SENDER_THREADS,
-                 retry_horizon: float = RETRY_HORIZON, linger: float = LINGER) -> None:
+                 retry_horizon: float = RETRY_HORIZON, linger: float = LINGER, batch_size: int = BATCH_SIZE) -> None:
         self.max_pending = max_pending
         self.linger = linger
+        self.batch_size = batch_size
         self.thread_count = threads
         self.retry_horizon = retry_horizon
         self._cond = threading.Condition()
@@ -212,57 +215,81 @@ class Dispatcher:
             soonest = entry.ready_at if soonest is None else min(soonest, entry.ready_at)
         return soonest
 
+    def _take_batch(self) -> list[tuple[str, _Entry]]:
+        """Called with the lock held: wait for ready work, then take up to ``batch_size`` tasks."""
+        while True:
+            now = time.monotonic()
+            pause = self._resume_at - now
+            item = self._next(now) if pause <= 0 else None
+            if isinstance(item, tuple):
+                break
+            if item is not None:
+                pause = item - now
+            self._cond.wait(pause if pause > 0 else None)
+        batch = [item]
+        while len(batch) < self.batch_size:
+            more = self._next(now)
+            if not isinstance(more, tuple):
+                break
+            batch.append(more)
+        for task_id, _ in batch:
+            self._inflight.add(task_id)
+        return batch
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while True:
-                    now = time.monotonic()
-                    pause = self._resume_at - now
-                    item = self._next(now) if pause <= 0 else None
-                    if isinstance(item, tuple):
-                        break
-                    if item is not None:
-                        pause = item - now
-                    self._cond.wait(pause if pause > 0 else None)
-                task_id, entry = item
-                self._inflight.add(task_id)
+                batch = self._take_batch()
             try:
-                outcome = self._send(task_id, entry)
+                outcomes = self._send(batch)
             except Exception:  # never let the sender thread die
-                log.exception("Task Badger: internal error while sending an update for task %r", task_id)
-                outcome = "dropped"
-                self.counters["failed"] += 1
+                log.exception("Task Badger: internal error while sending %d update(s)", len(batch))
+                outcomes = ["dropped"] * len(batch)
+                self.counters["failed"] += len(batch)
             with self._cond:
-                self._inflight.discard(task_id)
-                if outcome == "retry":
-                    existing = self._pending.pop(task_id, None)
-                    if existing is not None:
-                        entry.fields = merge_fields(entry.fields, existing.fields)
-                    entry.ready_at = 0.0
-                    self._pending[task_id] = entry
-                    self._pending.move_to_end(task_id, last=False)  # keep its place at the front
+                for (task_id, entry), outcome in zip(batch, outcomes, strict=True):
+                    self._inflight.discard(task_id)
+                    if outcome == "retry":
+                        existing = self._pending.pop(task_id, None)
+                        if existing is not None:
+                            entry.fields = merge_fields(entry.fields, existing.fields)
+                        entry.ready_at = 0.0
+                        self._pending[task_id] = entry
+                        self._pending.move_to_end(task_id, last=False)  # keep its place at the front
                 self._cond.notify_all()
 
-    def _send(self, task_id: str, entry: _Entry) -> str:
-        from .api import send_update
+    def _send(self, batch: list[tuple[str, _Entry]]) -> list[str]:
+        """Send a batch of updates (one per task); return each one's outcome: sent, retry, dropped."""
+        from .api import send_updates
 
-        entry.attempts += 1
-        try:
-            send_update(task_id, resolve_merge_data(task_id, entry.fields))
-        except (TransportError, RateLimited, ServerError) as err:
+        outcomes: list[str | None] = [None] * len(batch)
+        ready: list[tuple[int, str, dict[str, Any]]] = []
+        for i, (task_id, entry) in enumerate(batch):
+            entry.attempts += 1
+            try:
+                ready.append((i, task_id, resolve_merge_data(task_id, entry.fields)))
+            except Exception as err:
+                outcomes[i] = self._outcome(task_id, entry, err)
+        errors = send_updates([(task_id, fields) for _, task_id, fields in ready]) if ready else []
+        for (i, task_id, _), err in zip(ready, errors, strict=True):
+            outcomes[i] = self._outcome(task_id, batch[i][1], err)
+        return outcomes  # type: ignore[return-value]
+
+    def _outcome(self, task_id: str, entry: _Entry, err: Exception | None) -> str:
+        if err is None:
+            with self._cond:
+                self.counters["sent"] += 1
+                self._failures = 0
+            return "sent"
+        if isinstance(err, (TransportError, RateLimited, ServerError)):
             return self._transient(task_id, entry, err)
-        except UnexpectedStatus as err:
-            self.counters["dropped"] += 1
-            log.warning("Task Badger refused an update for task %r (%s); it is dropped", task_id, err)
-            return "dropped"
-        except Exception as err:
-            self.counters["dropped"] += 1
-            log.warning("Task Badger: update for task %r cannot be sent (%s); it is dropped", task_id, err)
-            return "dropped"
         with self._cond:
-            self.counters["sent"] += 1
-            self._failures = 0
-        return "sent"
+            self.counters["dropped"] += 1
+        if isinstance(err, UnexpectedStatus):
+            log.warning("Task Badger refused an update for task %r (%s); it is dropped", task_id, err)
+        else:
+            log.warning("Task Badger: update for task %r cannot be sent (%s); it is dropped", task_id, err)
+        return "dropped"
 
     def _transient(self, task_id: str, entry: _Entry, err: Exception) -> str:
         if time.monotonic() - entry.first_queued > self.retry_horizon:
@@ -270,7 +297,8 @@ class Dispatcher:
                        final=True, locked=False)
             return "dropped"
         with self._cond:
-            self._failures += 1
+            if self._resume_at <= time.monotonic():  # one escalation per round, not per update in a batch
+                self._failures += 1
             self.counters["retried"] += 1
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._failures - 1, 10))
             delay *= random.uniform(0.5, 1.0)

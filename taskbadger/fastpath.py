@@ -45,7 +45,7 @@ def _tls_context() -> ssl.SSLContext:
 
 
 class _PerThread(threading.local):
-    conn: http.client.HTTPConnection | None = None
+    conns: list[http.client.HTTPConnection] | None = None
     key: tuple | None = None
     pid: int = 0
 
@@ -53,23 +53,26 @@ class _PerThread(threading.local):
 _local = _PerThread()
 
 
-def _connection(host: str, timeout: tuple[float, float]) -> http.client.HTTPConnection:
+def _connection(host: str, timeout: tuple[float, float], slot: int = 0) -> http.client.HTTPConnection:
+    """This thread's connection number ``slot`` to ``host`` (a thread sending a batch uses several)."""
     parts = urlsplit(host)
     key = (parts.scheme, parts.hostname, parts.port, timeout)
-    conn = _local.conn
-    if conn is not None and (_local.pid != os.getpid() or _local.key != key):
-        if _local.pid == os.getpid():
-            conn.close()
-        conn = None  # after a fork the socket is the parent's: leave it alone
-    if conn is not None and conn.sock is not None and _closed_by_peer(conn.sock):
-        conn.close()  # the server closed it while idle: connect again, quietly
-    if conn is None:
+    if _local.conns is None or _local.pid != os.getpid() or _local.key != key:
+        if _local.conns is not None and _local.pid == os.getpid():
+            for old in _local.conns:
+                old.close()
+        # after a fork the sockets are the parent's: leave them alone
+        _local.conns, _local.key, _local.pid = [], key, os.getpid()
+    conns = _local.conns
+    while len(conns) <= slot:
         if parts.scheme == "https":
-            conn = http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout[0],
-                                               context=_tls_context())
+            conns.append(http.client.HTTPSConnection(parts.hostname, parts.port, timeout=timeout[0],
+                                                     context=_tls_context()))
         else:
-            conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout[0])
-        _local.conn, _local.key, _local.pid = conn, key, os.getpid()
+            conns.append(http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout[0]))
+    conn = conns[slot]
+    if conn.sock is not None and _closed_by_peer(conn.sock):
+        conn.close()  # the server closed it while idle: connect again, quietly
     return conn
 
 
@@ -81,28 +84,63 @@ def _closed_by_peer(sock: socket.socket) -> bool:
     return bool(readable)  # an idle keep-alive socket is readable only at EOF (or on garbage)
 
 
+Call = tuple[str, str, "bytes | None", dict[str, str]]  # method, target (path and query), body, headers
+Result = tuple[int, http.client.HTTPMessage, bytes]
+
+
 def request(host: str, timeout: tuple[float, float], method: str, target: str, body: bytes | None,
-            headers: dict[str, str]) -> tuple[int, http.client.HTTPMessage, bytes]:
-    """Send one request (``target``: path and query) on this thread's connection to ``host``;
-    return (status, headers, body)."""
-    conn = _connection(host, timeout)
-    if conn.sock is None:
+            headers: dict[str, str]) -> Result:
+    """Send one request on this thread's connection to ``host``; return (status, headers, body)."""
+    result = request_many(host, timeout, [(method, target, body, headers)])[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def request_many(host: str, timeout: tuple[float, float], calls: list[Call]) -> list[Result | Exception]:
+    """Send every call, each on its own kept-alive connection, then read the answers.
+
+    One blocking wait covers the whole batch: with a slow API that is most of the cost of a request
+    (a thread wake-up and kernel time), so a busy dispatcher sends its queue this way.
+    Returns, per call, (status, headers, body) or the exception that call met.
+    """
+    results: list[Result | Exception | None] = [None] * len(calls)
+    sent: list[tuple[int, http.client.HTTPConnection]] = []
+    for i, (method, target, body, headers) in enumerate(calls):
+        conn = _connection(host, timeout, slot=i)
+        if conn.sock is None:
+            try:
+                conn.connect()
+            except (OSError, http.client.HTTPException) as err:  # refused, unreachable, connect timeout, TLS
+                conn.close()
+                results[i] = ConnectError(f"Could not connect to {host}: {err}")
+                results[i].__cause__ = err
+                continue
         try:
-            conn.connect()
-        except (OSError, http.client.HTTPException) as err:  # refused, unreachable, connect timeout, TLS
+            conn.sock.settimeout(timeout[1])
+            conn.request(method, target, body=body, headers=headers)
+        except (OSError, http.client.HTTPException) as err:
             conn.close()
-            raise ConnectError(f"Could not connect to {host}: {err}") from err
-    try:
-        conn.sock.settimeout(timeout[1])
-        conn.request(method, target, body=body, headers=headers)
-        response = conn.getresponse()
-        content = response.read()
-    except TimeoutError as err:
-        conn.close()
-        raise ReadTimeout(f"{host} did not answer within {timeout[1]} s") from err
-    except (OSError, http.client.HTTPException) as err:
-        conn.close()
-        raise TransportError(f"Connection to {host} failed: {err!r}") from err
-    if response.will_close:
-        conn.close()
-    return response.status, response.headers, content
+            results[i] = _failure(host, timeout, err)
+            continue
+        sent.append((i, conn))
+    for i, conn in sent:
+        try:
+            response = conn.getresponse()
+            results[i] = (response.status, response.headers, response.read())
+        except (OSError, http.client.HTTPException) as err:
+            conn.close()
+            results[i] = _failure(host, timeout, err)
+            continue
+        if response.will_close:
+            conn.close()
+    return results  # type: ignore[return-value]
+
+
+def _failure(host: str, timeout: tuple[float, float], err: Exception) -> TransportError:
+    if isinstance(err, TimeoutError):
+        failure: TransportError = ReadTimeout(f"{host} did not answer within {timeout[1]} s")
+    else:
+        failure = TransportError(f"Connection to {host} failed: {err!r}")
+    failure.__cause__ = err
+    return failure

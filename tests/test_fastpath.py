@@ -8,33 +8,52 @@ import taskbadger
 from taskbadger import ConnectError, ReadTimeout, Unauthorized, api, fastpath
 
 
+def update(task_id, fields):
+    [error] = api.send_updates([(task_id, fields)])
+    if error is not None:
+        raise error
+
+
 def test_fast_create_and_update_reuse_one_connection(taskbadger_server):
     task = api.send_create("fast", {"status": "pending"}, fast=True)
     for value in range(5):
-        api.send_update(task.id, {"value": value})
+        update(task.id, {"value": value})
     assert taskbadger_server.get_task(task.id)["value"] == 4
     assert len({r.connection_id for r in taskbadger_server.requests}) == 1
     assert taskbadger_server.requests[0].headers["User-Agent"].startswith("taskbadger-python/")
+
+
+def test_a_batch_goes_out_on_several_kept_alive_connections(taskbadger_server):
+    tasks = [api.send_create(f"b{i}", {"status": "pending"}, fast=True) for i in range(4)]
+    taskbadger_server.fail(404, times=1, method="PATCH")
+    for round_ in range(3):
+        errors = api.send_updates([(t.id, {"value": round_}) for t in tasks])
+        assert [type(e).__name__ if e else None for e in errors] == (
+            ["NotFound", None, None, None] if round_ == 0 else [None] * 4)
+    assert [taskbadger_server.get_task(t.id)["value"] for t in tasks] == [2, 2, 2, 2]
+    conns = [r.connection_id for r in taskbadger_server.requests if r.method == "PATCH"]
+    assert len(set(conns[:4])) == 4  # one connection per update of the batch...
+    assert set(conns[4:]) == set(conns[:4])  # ...kept alive across batches
 
 
 def test_errors_map_like_the_requests_transport(taskbadger_server):
     task = api.send_create("x", {"status": "pending"}, fast=True)
     taskbadger_server.fail(401, times=1)
     with pytest.raises(Unauthorized):
-        api.send_update(task.id, {"value": 1})
+        update(task.id, {"value": 1})
     taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(1, 0.3))
     taskbadger_server.set_latency(1.0, times=1)
     with pytest.raises(ReadTimeout) as info:
-        api.send_update(task.id, {"value": 2})
+        update(task.id, {"value": 2})
     assert info.value.reached_server
     taskbadger_server.refuse()
     try:
         with pytest.raises(ConnectError) as info:
-            api.send_update(task.id, {"value": 3})
+            update(task.id, {"value": 3})
         assert not info.value.reached_server
     finally:
         taskbadger_server.accept()
-    api.send_update(task.id, {"value": 4})  # reconnects by itself
+    update(task.id, {"value": 4})  # reconnects by itself
     assert taskbadger_server.get_task(task.id)["value"] == 4
 
 
@@ -42,13 +61,13 @@ def test_a_connection_the_server_closed_while_idle_is_replaced_quietly(taskbadge
     task = api.send_create("idle", {"status": "pending"}, fast=True)
     taskbadger_server.refuse()  # closes every open connection...
     taskbadger_server.accept()  # ...and listens again
-    api.send_update(task.id, {"value": 1})
+    update(task.id, {"value": 1})
     assert [r.status for r in taskbadger_server.requests] == [201, 200]
 
 
 def _update_in_child(task_id, queue):
     try:
-        api.send_update(task_id, {"value": 9})
+        update(task_id, {"value": 9})
         queue.put("ok")
     except Exception as err:
         queue.put(repr(err))
@@ -62,7 +81,7 @@ def test_a_forked_child_does_not_reuse_the_parents_socket(taskbadger_server):
     child.start()
     assert queue.get(timeout=10) == "ok"
     child.join(10)
-    api.send_update(task.id, {"value": 10})
+    update(task.id, {"value": 10})
     conns = [r.connection_id for r in taskbadger_server.requests]
     assert conns[0] == conns[2] != conns[1]
 
@@ -74,7 +93,7 @@ def test_a_proxy_in_the_environment_sends_everything_through_requests(taskbadger
     try:
         assert fastpath.usable_for(taskbadger_server.url) is False
         with pytest.raises(taskbadger.TransportError):
-            api.send_update("any", {"value": 1})  # went to the (dead) proxy, through requests
+            update("any", {"value": 1})  # went to the (dead) proxy, through requests
         assert taskbadger_server.requests == []
     finally:
         fastpath.usable_for.cache_clear()
