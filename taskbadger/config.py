@@ -69,6 +69,16 @@ _config: Config | None = None
 _lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    # A fork from another thread may copy the lock held; the config itself is inherited as it is.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def get_config() -> Config | None:
     """The process-wide configuration, or None when ``init()`` has not succeeded."""
     return _config

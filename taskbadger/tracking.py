@@ -18,6 +18,7 @@ import datetime as dt
 import json
 import logging
 import math
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -500,6 +501,18 @@ def _failure_text(exc: BaseException | None, einfo: Any, request: Any) -> str | 
 _received: OrderedDict[str, str] = OrderedDict()
 _received_lock = threading.Lock()
 MAX_RECEIVED = 10_000
+
+
+def _after_fork_in_child() -> None:
+    # Billiard forks replacement pool children from its supervisor thread: the lock may be copied
+    # held by the main thread (on_received), which would hang the child in on_end forever.
+    global _received_lock
+    _received_lock = threading.Lock()
+    _received.clear()  # the parent's bookkeeping, not the child's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def on_received(request: Any) -> None:

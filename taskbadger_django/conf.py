@@ -229,6 +229,16 @@ _settings: TaskBadgerSettings | None = None
 _lock = threading.RLock()
 
 
+def _after_fork_in_child() -> None:
+    # Celery forks pool children, possibly while another thread holds the lock.
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def get_settings() -> TaskBadgerSettings:
     """The resolved settings of this process (cached until ``TASKBADGER`` changes)."""
     global _settings
