@@ -49,6 +49,9 @@ BATCH_SIZE = 8
 #: Non-final updates (processing, heartbeats) wait this long before they are sent, so that a task
 #: finishing within it is recorded with one PATCH (its processing merged into the final update).
 LINGER = 0.05
+#: Final updates wait at most this long, so that under load one wake-up of a sender thread sends a
+#: whole batch instead of each task's update waking it (every wake-up costs the task's thread too).
+FINAL_WINDOW = 0.005
 
 
 def merge_fields(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +97,7 @@ class Dispatcher:
         self.max_pending = max_pending
         self.linger = linger
         self.batch_size = batch_size
+        self._waiting: dict[int, float] = {}  # waiting sender thread -> when it wakes by itself
         self.thread_count = threads
         self.retry_horizon = retry_horizon
         self._cond = threading.Condition()
@@ -113,13 +117,14 @@ class Dispatcher:
         with self._cond:
             self._ensure_started()
             self.counters["submitted"] += 1
-            ready_at = 0.0 if final else time.monotonic() + self.linger
+            now = time.monotonic()
+            ready_at = now + (FINAL_WINDOW if final else self.linger)
             entry = self._pending.get(task_id)
             if entry is not None:
                 entry.fields = merge_fields(entry.fields, fields)
                 entry.ready_at = min(entry.ready_at, ready_at)
                 self.counters["merged"] += 1
-                self._cond.notify()
+                self._wake_if_needed(entry.ready_at)
                 return True
             if self._held() >= self.max_pending:
                 if not final or not self._cond.wait_for(
@@ -131,10 +136,20 @@ class Dispatcher:
                 if entry is not None:  # queued meanwhile
                     entry.fields = merge_fields(entry.fields, fields)
                     entry.ready_at = min(entry.ready_at, ready_at)
+                    self._wake_if_needed(entry.ready_at)
                     return True
             self._pending[task_id] = _Entry(dict(fields), ready_at)
-            self._cond.notify()
+            self._wake_if_needed(ready_at)
             return True
+
+    def _wake_if_needed(self, ready_at: float) -> None:
+        # Called with the lock held. Notify only when no waiting sender wakes by itself in time: under
+        # load the senders then wake once per window and take a whole batch, not once per update.
+        waiting = self._waiting
+        if waiting and min(waiting.values()) > ready_at:
+            for ident in waiting:
+                waiting[ident] = min(waiting[ident], ready_at)
+            self._cond.notify()
 
     def claim(self, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """Take the fields queued for ``task_id`` so a synchronous update can send them first.
@@ -225,7 +240,10 @@ class Dispatcher:
                 break
             if item is not None:
                 pause = item - now
+            me = threading.get_ident()
+            self._waiting[me] = now + pause if pause > 0 else float("inf")
             self._cond.wait(pause if pause > 0 else None)
+            self._waiting.pop(me, None)
         batch = [item]
         while len(batch) < self.batch_size:
             more = self._next(now)

@@ -216,7 +216,7 @@ def _decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool
     if status == 404:
         raise NotFound(status, content, message)
     if status == 429:
-        raise RateLimited(status, content, message, retry_after=_retry_after(headers.get("Retry-After")))
+        raise RateLimited(status, content, message, retry_after=_retry_after(headers.get("retry-after")))
     if status >= 500:
         raise ServerError(status, content, message)
     raise UnexpectedStatus(status, content, message)

@@ -1,0 +1,108 @@
+"""The minimal HTTP/1.1 exchange of taskbadger.fastpath against answers the stand-in API never gives."""
+
+import socket
+import threading
+
+import pytest
+
+from taskbadger import TransportError, fastpath
+
+
+class RawServer:
+    """Answers each request on a connection with the next canned bytes, then closes if told to."""
+
+    def __init__(self, answers: list[bytes], close_after: bool = False) -> None:
+        self.answers = answers
+        self.close_after = close_after
+        self.requests: list[bytes] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            buffer = b""
+            for answer in self.answers:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                   if line.lower().startswith(b"content-length")), b"0"))
+                while len(buffer) < length:
+                    buffer += conn.recv(65536)
+                self.requests.append(head + b"\r\n\r\n" + buffer[:length])
+                buffer = buffer[length:]
+                conn.sendall(answer)
+            if self.close_after:
+                conn.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def call(server, body=b'{"a":1}'):
+    return fastpath.request(server.url, (2.0, 2.0), "PATCH", "/api/x/", body,
+                            {"Authorization": "Bearer k", "Content-Type": "application/json"})
+
+
+@pytest.fixture(autouse=True)
+def fresh_connections():
+    fastpath._local.conns = None  # each test talks to its own raw server
+    yield
+    fastpath._local.conns = None
+
+
+def test_request_bytes_are_well_formed():
+    server = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"])
+    status, headers, body = call(server)
+    assert (status, headers["content-length"], body) == (200, "2", b"{}")
+    request = server.requests[0]
+    assert request.startswith(b"PATCH /api/x/ HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert b"\r\nAuthorization: Bearer k\r\n" in request and b"\r\nContent-Length: 7\r\n" in request
+    assert request.endswith(b'\r\n\r\n{"a":1}')
+
+
+def test_chunked_answers_and_keep_alive():
+    server = RawServer([
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n3;ext=1\r\n:1}\r\n0\r\n\r\n",
+        b"HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+    ])
+    assert call(server)[2] == b'{"a":1}'
+    assert call(server)[0] == 201  # same connection: the chunked body was consumed exactly
+    assert len(server.requests) == 2
+
+
+def test_a_body_without_length_ends_when_the_server_closes():
+    server = RawServer([b"HTTP/1.0 200 OK\r\n\r\nall of it"], close_after=True)
+    status, headers, body = call(server)
+    assert (status, body, headers["connection"]) == (200, b"all of it", "close")
+    assert fastpath._local.conns[0].sock is None
+
+
+def test_interim_100_continue_is_skipped():
+    server = RawServer([b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"])
+    assert call(server) == (204, {}, b"")
+
+
+def test_connection_close_header_closes_it():
+    server = RawServer([b"HTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"])
+    status, headers, _ = call(server)
+    assert (status, headers["retry-after"]) == (429, "3")
+    assert fastpath._local.conns[0].sock is None
+
+
+def test_a_server_that_closes_mid_answer_is_a_transport_error():
+    server = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"trunc"], close_after=True)
+    with pytest.raises(TransportError):
+        call(server)
+
+
+def test_garbage_is_a_transport_error():
+    server = RawServer([b"SSH-2.0-OpenSSH\r\n\r\n"])
+    with pytest.raises(TransportError, match="not an HTTP answer"):
+        call(server)
