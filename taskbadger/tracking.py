@@ -31,7 +31,7 @@ from .celery_options import KWARGS_KEY, TRACK_KEY, decorator_options, recorded_a
 from .errors import exception_data
 from .exceptions import CreateSkipped, RateLimited, ServerError, TransportError
 from .heartbeat import get_heartbeat
-from .models import StatusEnum, TaskModel
+from .models import TERMINAL_STATUSES, StatusEnum, TaskModel
 from .scope import enter_task, exit_task, parent_for_new_task
 from .task import Task as TaskbadgerTask
 
@@ -178,8 +178,7 @@ def _heartbeat_options(options: dict[str, Any], system: Any) -> tuple[float | No
 
 
 def _header_fields(task: TaskbadgerTask) -> dict[str, Any]:
-    keep = ("id", "name", "status", "value", "value_max", "tags", "parent", "queue", "external_id", "max_runtime",
-            "created", "url", "public_url")
+    keep = ("id", "name", "status", "value", "value_max", "tags", "parent", "queue", "external_id", "public_url")
     fields = {k: v for k, v in task.to_dict().items() if k in keep and v is not None}
     data = task.data
     if data is not None:
@@ -246,14 +245,17 @@ def _is_workflow_successor(name: str) -> bool:
 
 
 class Tracking:
-    """State of one tracked run, kept on the Celery request."""
+    """State of one tracked run, kept on the Celery request. The ``taskbadger.Task`` is built from
+    the header fields only when something asks for it (most task bodies never do)."""
 
-    __slots__ = ("celery_id", "meta", "task", "token", "finished", "heartbeat", "retry_exc", "retry_recorded")
+    __slots__ = ("celery_id", "meta", "_task", "_status", "token", "finished", "heartbeat", "retry_exc",
+                 "retry_recorded")
 
     def __init__(self, celery_id: str, meta: dict[str, Any]) -> None:
         self.celery_id = celery_id
         self.meta = meta
-        self.task = TaskbadgerTask(TaskModel.from_dict(meta["task"]))
+        self._task: TaskbadgerTask | None = None
+        self._status: StatusEnum | str = meta["task"].get("status") or StatusEnum.PENDING
         self.token: Any = None
         self.finished = False
         self.heartbeat = False
@@ -262,7 +264,33 @@ class Tracking:
 
     @property
     def id(self) -> str:
-        return self.task.id
+        return self.meta["task"]["id"]
+
+    @property
+    def task(self) -> TaskbadgerTask:
+        if self._task is None:
+            self._task = TaskbadgerTask(TaskModel.from_dict(self.meta["task"]))
+            self._task._task.status = self._status
+        return self._task
+
+    @property
+    def data(self) -> Any:
+        return self._task.data if self._task is not None else self.meta["task"].get("data")
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self.meta["task"]["data"] = value
+        if self._task is not None:
+            self._task._task.data = value
+
+    def set_status(self, status: StatusEnum) -> None:
+        self._status = status
+        if self._task is not None:
+            self._task._task.status = status
+
+    def is_finished(self) -> bool:
+        status = self._task.status if self._task is not None else self._status
+        return status in TERMINAL_STATUSES
 
 
 def _running_tracking() -> Tracking | None:
@@ -326,8 +354,8 @@ def on_start(celery_task: Any, request: Any) -> None:
     if meta.get("stale_timeout"):
         fields["stale_timeout"] = meta["stale_timeout"]  # only once running: queued tasks never go stale
     delivery.submit(tracking.id, fields)
-    tracking.task._task.status = StatusEnum.PROCESSING
-    tracking.token = enter_task(tracking.id, tracking.task.parent)
+    tracking.set_status(StatusEnum.PROCESSING)
+    tracking.token = enter_task(tracking.id, meta["task"].get("parent"))
     interval = meta.get("heartbeat_interval")
     if interval:
         get_heartbeat().start(tracking.id, interval)
@@ -369,7 +397,7 @@ def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> No
     if tracking.heartbeat:
         get_heartbeat().stop(tracking.id)
     _forget_received(request.id)
-    if tracking.finished or tracking.task.is_finished:
+    if tracking.finished or tracking.is_finished():
         return  # already final, e.g. set in the task body: never overwrite it
     if state == "SUCCESS":
         _finish(tracking, StatusEnum.SUCCESS)
@@ -394,7 +422,7 @@ def on_failure(celery_task: Any, task_id: str | None, exception: BaseException |
     request = getattr(celery_task, "request", None)
     tracking: Tracking | None = getattr(request, TRACKING_ATTR, None)
     if tracking is not None and tracking.celery_id == task_id:
-        if not tracking.finished and not tracking.task.is_finished:
+        if not tracking.finished and not tracking.is_finished():
             _finish(tracking, StatusEnum.ERROR, data=_error_data(tracking, exception, einfo, request))
         return
     # The worker's main process reports hard time limits and lost worker children.
@@ -454,19 +482,18 @@ def _finish(tracking: Tracking, status: StatusEnum, data: dict[str, Any] | None 
         fields.update(data)
     delivery.submit(tracking.id, fields, final=True)
     tracking.finished = True
-    tracking.task._task.status = status
+    tracking.set_status(status)
 
 
 def _with_data(tracking: Tracking, extra: dict[str, Any]) -> dict[str, Any]:
     """PATCH replaces ``data``: merge with the data we know, or let the dispatcher fetch it first."""
-    task_meta = tracking.meta["task"]
-    current = tracking.task.data
-    if task_meta.get("data_omitted") and current is None:
+    current = tracking.data
+    if tracking.meta["task"].get("data_omitted") and current is None:
         return {"merge_data": extra}
     if current is not None and not isinstance(current, dict):
         return {"merge_data": extra}
     merged = {**(current or {}), **extra}
-    tracking.task._task.data = merged
+    tracking.data = merged
     return {"data": merged}
 
 
