@@ -226,19 +226,24 @@ def _uses_base_class(celery_task: Any) -> bool:
     return isinstance(celery_task, Task)
 
 
+def _successor_names(request: Any) -> frozenset[str]:
+    """Names of the tasks Celery will publish after this one returns: its chain's next link and
+    its ``link`` callbacks."""
+    names = set()
+    for signature in list(getattr(request, "chain", None) or []) + list(getattr(request, "callbacks", None) or []):
+        name = signature.get("task") if isinstance(signature, dict) else getattr(signature, "task", None)
+        if name:
+            names.add(name)
+    return frozenset(names)
+
+
 def _is_workflow_successor(name: str) -> bool:
     """A chain's next task and ``link`` callbacks are published by the worker after the body
-    returned: they follow the running task, they are not its children."""
-    import celery
-
-    request = getattr(celery.current_task, "request", None)
-    if request is None:
-        return False
-    for signature in list(getattr(request, "chain", None) or []) + list(getattr(request, "callbacks", None) or []):
-        sig_name = signature.get("task") if isinstance(signature, dict) else getattr(signature, "task", None)
-        if sig_name == name:
-            return True
-    return False
+    returned: they follow the running task, they are not its children. The names are taken when the
+    task starts, because some Celery versions pop the next link off ``request.chain`` before
+    publishing it."""
+    running = _running_tracking()
+    return running is not None and name in running.successors
 
 
 # -- worker: start and end -------------------------------------------------------------------------
@@ -249,7 +254,7 @@ class Tracking:
     the header fields only when something asks for it (most task bodies never do)."""
 
     __slots__ = ("celery_id", "meta", "_task", "_status", "token", "finished", "heartbeat", "retry_exc",
-                 "retry_recorded")
+                 "retry_recorded", "successors")
 
     def __init__(self, celery_id: str, meta: dict[str, Any]) -> None:
         self.celery_id = celery_id
@@ -261,6 +266,7 @@ class Tracking:
         self.heartbeat = False
         self.retry_exc: BaseException | None = None
         self.retry_recorded = False
+        self.successors: frozenset[str] = frozenset()
 
     @property
     def id(self) -> str:
@@ -347,6 +353,7 @@ def on_start(celery_task: Any, request: Any) -> None:
     if meta is None:
         return
     tracking = Tracking(request.id, meta)
+    tracking.successors = _successor_names(request)
     setattr(request, TRACKING_ATTR, tracking)
     fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
     if not getattr(request, "retries", 0):
