@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any
+
+from ._forksafe import renew_after_fork
 
 log = logging.getLogger("taskbadger")
 
@@ -52,16 +53,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
 
 _reported: set[tuple[str, str]] = set()
 _reported_lock = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    # A fork from another thread (billiard's pool supervisor) may copy this lock held: re-create it.
-    global _reported_lock
-    _reported_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+renew_after_fork(globals(), "_reported_lock")
 
 
 def report_once(task_name: str, option: str, message: str) -> None:

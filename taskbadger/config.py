@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from ._forksafe import renew_after_fork
 from .exceptions import ConfigurationError, MissingConfiguration
 
 if TYPE_CHECKING:
@@ -67,16 +68,7 @@ class Config:
 
 _config: Config | None = None
 _lock = threading.Lock()
-
-
-def _after_fork_in_child() -> None:
-    # A fork from another thread may copy the lock held; the config itself is inherited as it is.
-    global _lock
-    _lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+renew_after_fork(globals(), "_lock")  # the config itself is inherited as it is
 
 
 def get_config() -> Config | None:

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from taskbadger import config as sdk_config
+from taskbadger._forksafe import renew_after_fork
 from taskbadger.config import DEFAULT_HOST, Config
 from taskbadger.exceptions import ConfigurationError
 
@@ -227,16 +228,7 @@ class TaskBadgerSettings:
 
 _settings: TaskBadgerSettings | None = None
 _lock = threading.RLock()
-
-
-def _after_fork_in_child() -> None:
-    # Celery forks pool children, possibly while another thread holds the lock.
-    global _lock
-    _lock = threading.RLock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+renew_after_fork(globals(), "_lock", threading.RLock)  # Celery forks pool children
 
 
 def get_settings() -> TaskBadgerSettings:
