@@ -30,6 +30,7 @@ from typing import Any
 
 from . import config as _config
 from . import task as _task_module
+from ._threads import start_daemon_thread
 from .exceptions import RateLimited, ServerError, TransportError, UnexpectedStatus
 
 log = logging.getLogger("taskbadger")
@@ -212,10 +213,7 @@ class Dispatcher:
             return
         self._threads = [t for t in self._threads if t.is_alive()]
         while len(self._threads) < self.thread_count:
-            thread = threading.Thread(target=self._run, name=f"taskbadger-dispatcher-{len(self._threads)}",
-                                      daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._threads.append(start_daemon_thread(self._run, f"taskbadger-dispatcher-{len(self._threads)}"))
 
     def _next(self, now: float) -> tuple[str, _Entry] | float | None:
         """Called with the lock held: the oldest ready task with no request in flight, or the time

@@ -13,6 +13,7 @@ import threading
 import time
 
 from . import delivery
+from ._threads import start_daemon_thread
 
 log = logging.getLogger("taskbadger")
 
@@ -30,8 +31,7 @@ class Heartbeat:
             self._intervals[task_id] = interval
             heapq.heappush(self._due, (time.monotonic() + interval, task_id))
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="taskbadger-heartbeat", daemon=True)
-                self._thread.start()
+                self._thread = start_daemon_thread(self._run, "taskbadger-heartbeat")
             self._cond.notify()
 
     def stop(self, task_id: str) -> None:

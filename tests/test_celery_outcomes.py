@@ -74,8 +74,8 @@ def test_soft_time_limit_ends_error_with_the_limit(taskbadger_server, prefork_wo
 
 @pytest.fixture
 def own_prefork_worker(taskbadger_server_session):
-    """Tests that kill pool children get a worker of their own (see the closing note of the delivery
-    issue: after children are killed, a task already handed to one can be lost to WorkerLostError)."""
+    """Tests that kill pool children get a worker of their own: the shared one would spend its time
+    replacing children while other tests wait on it."""
     from .conftest import start_worker, stop_worker
 
     worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=2)
@@ -87,6 +87,22 @@ def test_hard_time_limit_ends_error_with_the_limit(taskbadger_server, own_prefor
     own_prefork_worker.send(tasks.sleep_for, 10, time_limit=1)
     task = taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="error", timeout=20)
     assert "hard time limit (1" in task["data"]["exception"]
+
+
+def test_tasks_handed_to_the_pool_survive_killed_children(taskbadger_server, own_prefork_worker):
+    # A child killed on its hard time limit must not take the pool's shared result-queue lock with
+    # it (tests/test_signal_safety.py): the tasks sent next, and one queued behind the killed ones,
+    # still run. Before the fix this lost a task within one to three rounds. What counts here is the
+    # user's task, so the worker's own log is the witness: an update still queued in a child that is
+    # SIGKILLed right after is lost with it (README, "Delivery").
+    for round_ in range(3):
+        own_prefork_worker.send(tasks.sleep_for, 10, time_limit=1)
+        first = own_prefork_worker.send(tasks.add, 1, round_)
+        own_prefork_worker.send(tasks.kill_worker_child)
+        second = own_prefork_worker.send(tasks.add, 2, round_)
+        for result in (first, second):
+            taskbadger_server.wait_for(lambda r=result: f"add[{r.id}] succeeded" in own_prefork_worker.log(),
+                                       timeout=20)
 
 
 def test_worker_child_killed_mid_task_ends_error(taskbadger_server, own_prefork_worker):
