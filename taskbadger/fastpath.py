@@ -20,6 +20,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from functools import lru_cache
 from urllib.parse import urlsplit
 
@@ -48,16 +49,26 @@ class HttpError(OSError):
     """The server's answer was not valid HTTP/1.1 (or the connection ended mid-answer)."""
 
 
+class ClosedBeforeAnswer(HttpError):
+    """The server closed the connection before sending any byte of its answer."""
+
+
 class Connection:
-    """One kept-alive HTTP/1.1 connection: each request is one ``sendall`` of bytes formatted here,
-    each answer is parsed here (Content-Length, chunked, or read-to-close bodies). ``http.client``
-    spends most of its CPU building headers and parsing answers with the ``email`` package."""
+    """One kept-alive HTTP/1.1 connection: each request is sent as bytes formatted here, each answer
+    is parsed here (Content-Length, chunked, or read-to-close bodies). ``http.client`` spends most of
+    its CPU building headers and parsing answers with the ``email`` package.
+
+    The socket is non-blocking and waits happen here, with ``poll``: a socket with a timeout makes
+    every send and receive two system calls (a poll, then the call), and in a worker each system call
+    hands the GIL back to the task's thread and then has to win it again."""
 
     def __init__(self, scheme: str, host: str, port: int | None, timeout: tuple[float, float]) -> None:
         self.scheme, self.host, self.timeout = scheme, host, timeout
         self.port = port or (443 if scheme == "https" else 80)
         self.sock: socket.socket | None = None
         self._buffer = b""
+        self._answered = False  # any byte of the current request's answer received
+        self.last_used = 0.0
 
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout[0])
@@ -65,7 +76,7 @@ class Connection:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.scheme == "https":
                 sock = _tls_context().wrap_socket(sock, server_hostname=self.host)
-            sock.settimeout(self.timeout[1])
+            sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
@@ -78,15 +89,35 @@ class Connection:
             finally:
                 self.sock, self._buffer = None, b""
 
+    def _wait(self, events: int) -> None:
+        assert self.sock is not None
+        if not _wait_for(self.sock, events, self.timeout[1]):
+            raise TimeoutError("timed out")
+
     def send(self, data: bytes) -> None:
         assert self.sock is not None
-        self.sock.sendall(data)
+        view = memoryview(data)
+        self._answered = False
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                self._wait(_WRITABLE)
+        self.last_used = time.monotonic()
 
     def _fill(self) -> None:
         assert self.sock is not None
-        chunk = self.sock.recv(65536)
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+                break
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                self._wait(_READABLE)
         if not chunk:
-            raise HttpError("the server closed the connection before answering")
+            if self._answered:
+                raise HttpError("the server closed the connection in the middle of its answer")
+            raise ClosedBeforeAnswer("the server closed the connection before answering")
+        self._answered = True
         self._buffer += chunk
 
     def _read_until(self, marker: bytes) -> bytes:
@@ -167,17 +198,37 @@ def _connection(host: str, timeout: tuple[float, float], slot: int = 0) -> Conne
     while len(conns) <= slot:
         conns.append(Connection(parts.scheme, parts.hostname or "", parts.port, timeout))
     conn = conns[slot]
-    if conn.sock is not None and _closed_by_peer(conn.sock):
+    if conn.sock is not None and time.monotonic() - conn.last_used > IDLE_CHECK and _closed_by_peer(conn.sock):
         conn.close()  # the server closed it while idle: connect again, quietly
     return conn
 
 
+#: A connection idle longer than this is checked (one system call) for a close by the server before
+#: it is used again. Servers close idle keep-alive connections after seconds (gunicorn 2 s, uvicorn
+#: 5 s, nginx 75 s); a busy dispatcher reuses its connections every few milliseconds.
+IDLE_CHECK = 0.25
+
+_READABLE = getattr(select, "POLLIN", 1)
+_WRITABLE = getattr(select, "POLLOUT", 4)
+
+
+def _wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
+    """Wait until ``sock`` is readable or writable (``events``); False after ``timeout`` seconds."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, events | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+    want = [sock]  # Windows: no poll
+    readable, writable, failed = select.select(want if events & _READABLE else [],
+                                               want if events & _WRITABLE else [], want, timeout)
+    return bool(readable or writable or failed)
+
+
 def _closed_by_peer(sock: socket.socket) -> bool:
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        return _wait_for(sock, _READABLE, 0)  # an idle keep-alive socket is readable only at EOF
     except (OSError, ValueError):
         return True
-    return bool(readable)  # an idle keep-alive socket is readable only at EOF (or on garbage)
 
 
 Call = tuple[str, str, "bytes | None", dict[str, str]]  # method, target (path and query), body, headers
@@ -209,31 +260,58 @@ def request_many(host: str, timeout: tuple[float, float], calls: list[Call]) -> 
     Returns, per call, (status, headers, body) or the exception that call met.
     """
     results: list[Result | Exception | None] = [None] * len(calls)
-    sent: list[tuple[int, str, Connection]] = []
-    for i, (method, target, body, headers) in enumerate(calls):
+    sent: list[tuple[int, Connection, bool]] = []
+    for i, call in enumerate(calls):
         conn = _connection(host, timeout, slot=i)
-        if conn.sock is None:
-            try:
-                conn.connect()
-            except OSError as err:  # refused, unreachable, connect timeout, TLS
-                conn.close()
-                results[i] = ConnectError(f"Could not connect to {host}: {err}")
-                results[i].__cause__ = err
-                continue
-        try:
-            conn.send(_encode(host, method, target, body, headers))
-        except OSError as err:
-            conn.close()
-            results[i] = _failure(host, timeout, err)
-            continue
-        sent.append((i, method, conn))
-    for i, method, conn in sent:
-        try:
-            results[i] = conn.read_response(method)
-        except (OSError, ValueError) as err:
-            conn.close()
-            results[i] = _failure(host, timeout, err)
+        reused = conn.sock is not None
+        failure = _send(host, timeout, conn, call)
+        if failure is not None and reused and _may_resend(call, failure):
+            reused, failure = False, _send(host, timeout, conn, call)
+        if failure is None:
+            sent.append((i, conn, reused))
+        else:
+            results[i] = failure
+    for i, conn, reused in sent:
+        results[i] = _receive(host, timeout, conn, calls[i][0])
+        if reused and _may_resend(calls[i], results[i]):
+            failure = _send(host, timeout, conn, calls[i])
+            results[i] = failure or _receive(host, timeout, conn, calls[i][0])
     return results  # type: ignore[return-value]
+
+
+def _send(host: str, timeout: tuple[float, float], conn: Connection, call: Call) -> TransportError | None:
+    method, target, body, headers = call
+    if conn.sock is None:
+        try:
+            conn.connect()
+        except OSError as err:  # refused, unreachable, connect timeout, TLS
+            conn.close()
+            failure = ConnectError(f"Could not connect to {host}: {err}")
+            failure.__cause__ = err
+            return failure
+    try:
+        conn.send(_encode(host, method, target, body, headers))
+    except OSError as err:
+        conn.close()
+        return _failure(host, timeout, err)
+    return None
+
+
+def _receive(host: str, timeout: tuple[float, float], conn: Connection, method: str) -> Result | TransportError:
+    try:
+        return conn.read_response(method)
+    except (OSError, ValueError) as err:
+        conn.close()
+        return _failure(host, timeout, err)
+
+
+def _may_resend(call: Call, outcome: object) -> bool:
+    """A kept-alive connection the server closed (reset, or end of stream before any answer) had not
+    started on the request: an idempotent request is sent again once, on a new connection. A create
+    (POST) is not: a duplicate task is worse than a task the publisher could not track."""
+    cause = getattr(outcome, "__cause__", None)
+    return (call[0] != "POST" and isinstance(outcome, TransportError)
+            and isinstance(cause, (ConnectionResetError, BrokenPipeError, ClosedBeforeAnswer)))
 
 
 def _failure(host: str, timeout: tuple[float, float], err: Exception) -> TransportError:

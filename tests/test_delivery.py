@@ -1,6 +1,7 @@
 """The worker-side dispatcher and the publish-side breaker, against the stand-in API."""
 
 import logging
+import threading
 import time
 
 import pytest
@@ -79,10 +80,12 @@ def test_retry_after_is_honoured(taskbadger_server, dispatcher):
 def test_server_errors_and_dropped_connections_are_retried_until_delivered(taskbadger_server, dispatcher):
     task = taskbadger.create_task("flaky api")
     taskbadger_server.fail(503, times=2, method="PATCH")
-    taskbadger_server.drop(times=1, method="PATCH")
+    taskbadger_server.drop(times=2, method="PATCH")
     dispatcher.submit(task.id, {"status": "success"}, final=True)
     assert dispatcher.flush(20)
     assert taskbadger_server.get_task(task.id)["status"] == "success"
+    # each 503 is retried by the dispatcher; the two dropped connections cost one retry: the transport
+    # sends a PATCH again at once on a new connection when a kept-alive one closes before answering
     assert dispatcher.stats()["retried"] == 3
 
 
@@ -93,22 +96,57 @@ def test_a_refused_update_is_dropped_counted_and_logged(taskbadger_server, dispa
     assert any("404" in r.getMessage() and r.levelno == logging.WARNING for r in tb_log.records)
 
 
-def test_the_cap_holds_and_drops_are_counted_and_logged(taskbadger_server, tb_log, monkeypatch):
-    monkeypatch.setattr(delivery, "BACKPRESSURE_TIMEOUT", 0.2)
+def _wait_until_failing(server, d):
+    server.wait_for(lambda: d.stats()["retried"] >= 1, timeout=10)
+
+
+def test_past_the_cap_a_final_update_takes_the_place_of_a_progress_update(taskbadger_server, tb_log):
+    tasks = [taskbadger.create_task(f"cap-{i}") for i in range(6)]
     taskbadger_server.refuse()  # API down: nothing drains
     small = Dispatcher(max_pending=5, linger=0)
-    for i in range(8):
-        small.submit(f"task-{i}", {"status": "processing"})
+    for task in tasks[:5]:
+        small.submit(task.id, {"status": "processing"})
+    assert small.submit("one-too-many", {"value": 1}) is False  # a progress update past the cap: dropped
+    _wait_until_failing(taskbadger_server, small)
     start = time.monotonic()
-    assert small.submit("final-task", {"status": "success"}, final=True) is False
-    assert time.monotonic() - start >= 0.2  # backpressure: it waited for room first
+    assert small.submit(tasks[5].id, {"status": "success"}, final=True) is True
+    assert time.monotonic() - start < 0.5  # no waiting: room was made at once
     stats = small.stats()
     assert stats["queued"] + stats["in_flight"] <= 5
-    assert stats["dropped"] == 4
+    assert stats["dropped"] == 2  # the progress update past the cap, and the one evicted for the final
+    taskbadger_server.accept()
+    assert small.flush(20)
+    assert taskbadger_server.get_task(tasks[5].id)["status"] == "success"
+
+
+def test_past_the_cap_with_the_api_down_a_final_update_is_dropped_at_once_counted_and_logged(
+        taskbadger_server, tb_log, monkeypatch):
+    monkeypatch.setattr(delivery, "BACKPRESSURE_TIMEOUT", 30)  # would show as a wait if it applied
+    taskbadger_server.refuse()
+    small = Dispatcher(max_pending=5, linger=0)
+    for i in range(5):
+        small.submit(f"task-{i}", {"status": "success"}, final=True)
+    _wait_until_failing(taskbadger_server, small)
+    start = time.monotonic()
+    assert small.submit("final-task", {"status": "success"}, final=True) is False
+    assert time.monotonic() - start < 1.0  # the API is down: waiting for room would only slow the task
+    assert small.stats()["dropped"] == 1
     errors = [r for r in tb_log.records if r.levelno == logging.ERROR and "dropped" in r.getMessage()]
     assert errors and "final-task" in errors[-1].getMessage()
     taskbadger_server.accept()
     assert small.flush(20)
+
+
+def test_past_the_cap_with_the_api_slow_but_up_a_final_update_waits_for_room(taskbadger_server):
+    tasks = [taskbadger.create_task(f"slow-{i}") for i in range(3)]
+    taskbadger_server.set_latency(0.3)
+    small = Dispatcher(max_pending=2, linger=0, threads=1, batch_size=1)
+    small.submit(tasks[0].id, {"status": "success"}, final=True)
+    small.submit(tasks[1].id, {"status": "success"}, final=True)
+    assert small.submit(tasks[2].id, {"status": "success"}, final=True) is True  # backpressure, then room
+    assert small.flush(20)
+    assert [taskbadger_server.get_task(t.id)["status"] for t in tasks] == ["success"] * 3
+    assert small.stats()["dropped"] == 0
 
 
 def test_updates_survive_an_outage(taskbadger_server, dispatcher):
@@ -143,3 +181,21 @@ def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldown(tb_
 def test_stats_is_public():
     stats = taskbadger.delivery.stats()
     assert {"sent", "merged", "retried", "dropped", "queued", "in_flight", "breaker"} <= set(stats)
+
+
+def test_one_sender_thread_until_a_backlog_builds_then_more_send_in_parallel(taskbadger_server):
+    tasks = [taskbadger.create_task(f"backlog-{i}") for i in range(12)]
+    taskbadger_server.set_latency(0.2)
+    d = Dispatcher(linger=0, threads=3, batch_size=2)
+    d.submit(tasks[0].id, {"status": "success"}, final=True)
+    assert d.flush(10)
+    senders = [t for t in threading.enumerate() if t.name.startswith("taskbadger-dispatcher") and t in d._threads]
+    assert len(senders) == 1  # no backlog: one thread, one connection
+    first = len(taskbadger_server.requests)
+    for task in tasks[1:]:
+        d.submit(task.id, {"status": "success"}, final=True)
+    assert d.flush(20)
+    patches = [r for r in taskbadger_server.requests[first:] if r.method == "PATCH"]
+    assert len(patches) == 11
+    assert len({r.connection_id for r in patches}) > 2  # more than one thread's batch of 2 in flight
+    assert [taskbadger_server.get_task(t.id)["status"] for t in tasks] == ["success"] * 12

@@ -64,12 +64,28 @@ def test_errors_map_like_the_requests_transport(taskbadger_server):
     assert taskbadger_server.get_task(task.id)["value"] == 4
 
 
-def test_a_connection_the_server_closed_while_idle_is_replaced_quietly(taskbadger_server):
+def test_a_connection_the_server_closed_while_idle_is_replaced_quietly(taskbadger_server, monkeypatch):
+    monkeypatch.setattr(fastpath, "IDLE_CHECK", 0.0)  # as if idle for longer than the check's threshold
     task = api.send_create("idle", {"status": "pending"}, fast=True)
     taskbadger_server.refuse()  # closes every open connection...
     taskbadger_server.accept()  # ...and listens again
+    api.send_create("idle 2", {"status": "pending"}, fast=True)  # a POST too: checked, not resent
     update(task.id, {"value": 1})
-    assert [r.status for r in taskbadger_server.requests] == [201, 200]
+    assert [r.status for r in taskbadger_server.requests] == [201, 201, 200]
+
+
+def test_a_recently_used_connection_closed_by_the_server_resends_a_patch_once_but_never_a_post(
+        taskbadger_server):
+    task = api.send_create("stale", {"status": "pending"}, fast=True)
+    taskbadger_server.refuse()  # closes the kept-alive connection right after its last use
+    taskbadger_server.accept()
+    update(task.id, {"value": 1})  # found closed while sending or reading: sent again, new connection
+    assert taskbadger_server.get_task(task.id)["value"] == 1
+
+    taskbadger_server.drop(times=1, method="POST")  # reads the create, closes without answering
+    with pytest.raises(taskbadger.TransportError):
+        api.send_create("maybe created", {"status": "pending"}, fast=True)
+    assert [r.method for r in taskbadger_server.requests].count("POST") == 2  # not sent again
 
 
 def _update_in_child(task_id, queue):
