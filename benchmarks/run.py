@@ -1036,7 +1036,8 @@ def make_header(b: Bench) -> str:
             f"{b.latency * 1000:.0f} ms latency unless stated. Other load on the machine during the run: "
             f"{b.other_load:.2f} CPU cores. Broker: Redis `{b.broker}` (results ignored; "
             f"it is also the result backend, which the official SDK's `.delay()` needs). Medians over "
-            f"{1 if b.quick else 3} repeats ({1 if b.quick else 5} paired repeats for burst throughput); fault scenarios: ours with timeout (1, 1) s, official with its "
+            f"{1 if b.quick else 3} repeats ({1 if b.quick else 5} paired repeats for burst throughput); "
+            f"fault scenarios: ours with timeout (1, 1) s, official with its "
             f"default ({OFFICIAL_DEFAULT_TIMEOUT:.0f} s).")
 
 
