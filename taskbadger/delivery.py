@@ -32,6 +32,7 @@ from . import config as _config
 from . import task as _task_module
 from ._threads import start_daemon_thread
 from .exceptions import RateLimited, ServerError, TransportError, UnexpectedStatus
+from .models import TERMINAL_STATUSES
 
 log = logging.getLogger("taskbadger")
 
@@ -109,6 +110,8 @@ class Dispatcher:
         self.retry_horizon = retry_horizon
         self._cond = threading.Condition()
         self._pending: OrderedDict[str, _Entry] = OrderedDict()
+        self._progress_queued = 0  # bumped whenever a non-final entry is queued
+        self._progress_scanned = -1  # value of _progress_queued at the last scan that found none
         self._inflight: set[str] = set()
         self._resume_at = 0.0  # global pause after API-level failures (outage, 5xx, 429)
         self._failures = 0
@@ -134,9 +137,17 @@ class Dispatcher:
                 return False
             if self._merge_into_queued(task_id, fields, ready_at, final):  # queued while we waited
                 return True
-            self._pending[task_id] = _Entry(dict(fields), ready_at, final)
+            self._put(task_id, _Entry(dict(fields), ready_at, final))
             self._wake_if_needed(ready_at)
             return True
+
+    def _put(self, task_id: str, entry: _Entry, front: bool = False) -> None:
+        # called with the lock held; every entry enters the queue here
+        self._pending[task_id] = entry
+        if front:
+            self._pending.move_to_end(task_id, last=False)
+        if not entry.final:
+            self._progress_queued += 1
 
     def _merge_into_queued(self, task_id: str, fields: dict[str, Any], ready_at: float, final: bool) -> bool:
         # called with the lock held
@@ -153,11 +164,13 @@ class Dispatcher:
         """Called with the lock held and the queue full: True once there is room for ``final``."""
         if not final:
             return False  # progress is worth less than the final states already queued
-        for task_id, entry in self._pending.items():
-            if not entry.final and task_id not in self._inflight:
-                del self._pending[task_id]  # its final update comes later and says more
-                self._drop(task_id, "the queue is full: a final update took its place", final=False)
-                return True
+        if self._progress_scanned != self._progress_queued:  # skip the scan when it cannot find one
+            for task_id, entry in self._pending.items():
+                if not entry.final and task_id not in self._inflight:
+                    del self._pending[task_id]  # its final update comes later and says more
+                    self._drop(task_id, "the queue is full: a final update took its place", final=False)
+                    return True
+            self._progress_scanned = self._progress_queued
         if self._failures:
             return False  # the API is failing: the queue will not drain soon, do not hold the task up
         return self._cond.wait_for(lambda: self._held() < self.max_pending, timeout=BACKPRESSURE_TIMEOUT)
@@ -188,8 +201,8 @@ class Dispatcher:
             with self._cond:
                 entry = self._pending.get(task_id)
                 if entry is None:
-                    self._pending[task_id] = _Entry(dict(fields))
-                    self._pending.move_to_end(task_id, last=False)
+                    final = fields.get("status") in TERMINAL_STATUSES  # a str Enum: "success" matches
+                    self._put(task_id, _Entry(dict(fields), final=final), front=True)
                 else:
                     entry.fields = merge_fields(fields, entry.fields)
                 self._cond.notify()
@@ -302,9 +315,9 @@ class Dispatcher:
                         existing = self._pending.pop(task_id, None)
                         if existing is not None:
                             entry.fields = merge_fields(entry.fields, existing.fields)
+                            entry.final = entry.final or existing.final
                         entry.ready_at = 0.0
-                        self._pending[task_id] = entry
-                        self._pending.move_to_end(task_id, last=False)  # keep its place at the front
+                        self._put(task_id, entry, front=True)  # keep its place at the front
                 self._cond.notify_all()
 
     def _send(self, batch: list[tuple[str, _Entry]]) -> list[str]:

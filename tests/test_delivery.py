@@ -199,3 +199,16 @@ def test_one_sender_thread_until_a_backlog_builds_then_more_send_in_parallel(tas
     assert len(patches) == 11
     assert len({r.connection_id for r in patches}) > 2  # more than one thread's batch of 2 in flight
     assert [taskbadger_server.get_task(t.id)["status"] for t in tasks] == ["success"] * 12
+
+
+def test_a_final_update_given_back_by_a_failed_synchronous_send_is_not_evicted(taskbadger_server):
+    taskbadger_server.refuse()
+    small = Dispatcher(max_pending=2, linger=0)
+    small.submit("task-a", {"status": "success"}, final=True)
+    _wait_until_failing(taskbadger_server, small)
+    fields = small.claim("task-a")  # what task.success() in the body does before its own request...
+    small.unclaim("task-a", fields)  # ...and gives back when that request fails
+    small.submit("task-b", {"status": "success"}, final=True)
+    assert small.submit("task-c", {"status": "error"}, final=True) is False  # dropped, evicts no final
+    assert small.claim("task-a")["status"] == "success"
+    taskbadger_server.accept()
