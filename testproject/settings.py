@@ -34,6 +34,8 @@ USE_TZ = True
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=f"file://{VAR_DIR / 'results'}")
 if CELERY_BROKER_URL.startswith("filesystem://"):
+    # kombu's own writes a message file before its content, and a worker can read it empty and stop
+    CELERY_BROKER_TRANSPORT = "taskbadger.testing.broker:FilesystemTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(VAR_DIR / "broker" / "queue"),
         "data_folder_out": str(VAR_DIR / "broker" / "queue"),

@@ -31,6 +31,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_create_missing_queues=True,
 )
+if os.environ.get("TB_BROKER_URL", "").startswith("filesystem"):
+    app.conf.broker_transport = "taskbadger.testing.broker:FilesystemTransport"  # kombu issue 1551
 
 if os.environ.get("TASKBADGER_API_KEY"):
     taskbadger.init(systems=[CelerySystemIntegration(

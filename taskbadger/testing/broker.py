@@ -1,0 +1,48 @@
+"""Celery's embedded (filesystem) broker, with each message written atomically.
+
+kombu's filesystem transport creates a message's file, then serialises the message and writes it
+in. A worker polling the folder can take the file in that gap, read nothing, and its consumer dies
+on ``JSONDecodeError`` (kombu issue 1551), which stops the worker. Here the message is written to
+a file the reader ignores (its name does not end in ``.<queue>.msg``) and renamed into place, so a
+reader sees whole messages or none. Reading is kombu's own.
+
+Use it where the filesystem broker runs tests or a demo::
+
+    app.conf.broker_url = "filesystem://"
+    app.conf.broker_transport = "taskbadger.testing.broker:FilesystemTransport"
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from time import monotonic
+from typing import Any
+
+from kombu.exceptions import ChannelError
+from kombu.transport import filesystem
+from kombu.utils.encoding import str_to_bytes
+from kombu.utils.json import dumps
+
+_sequence = itertools.count()
+
+
+class FilesystemChannel(filesystem.Channel):
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+        # A worker takes files in name order: kombu's millisecond prefix, then (ours) a counter, so
+        # that messages one process sends within a millisecond keep their order too.
+        name = f"{int(round(monotonic() * 1000))}_{next(_sequence):012d}_{uuid.uuid4()}.{queue}.msg"
+        path = os.path.join(self.data_folder_out, name)
+        partial = path + ".partial"
+        data = str_to_bytes(dumps(payload))
+        try:
+            with open(partial, "wb") as f:
+                f.write(data)
+            os.replace(partial, path)
+        except OSError as exc:
+            raise ChannelError(f"Cannot add file {path!r} to directory") from exc
+
+
+class FilesystemTransport(filesystem.Transport):
+    Channel = FilesystemChannel
