@@ -43,6 +43,8 @@ log = logging.getLogger("taskbadger")
 #: since waiting would only slow the worker down. Every drop is counted and logged.
 MAX_PENDING_TASKS = 10_000
 BACKPRESSURE_TIMEOUT = 5.0
+#: At most one log line per this many seconds about dropped final updates (they are all counted).
+DROP_LOG_INTERVAL = 10.0
 #: How long an update keeps being retried through API faults before it is dropped.
 RETRY_HORIZON = 15 * 60.0
 BACKOFF_BASE = 0.25
@@ -118,7 +120,7 @@ class Dispatcher:
         self._threads: list[threading.Thread] = []
         self._pid = os.getpid()
         self.counters = {"submitted": 0, "sent": 0, "merged": 0, "retried": 0, "dropped": 0, "failed": 0}
-        self._last_drop_log = 0.0
+        self._last_drop_log = {True: -1e9, False: -1e9}  # final?, when a drop of that kind was last logged
 
     # -- public -------------------------------------------------------------------------------
 
@@ -379,8 +381,10 @@ class Dispatcher:
             return
         self.counters["dropped"] += 1
         now = time.monotonic()
-        if final or now - self._last_drop_log > 60:
-            self._last_drop_log = now
+        # A lost final state is worth an error line, but an outage can drop hundreds a second:
+        # one line per 10 s (60 s for progress), each with the running count.
+        if now - self._last_drop_log[final] >= (DROP_LOG_INTERVAL if final else 6 * DROP_LOG_INTERVAL):
+            self._last_drop_log[final] = now
             log.error("Task Badger: an update for task %r was dropped because %s (%d dropped so far)",
                       task_id, reason, self.counters["dropped"])
 

@@ -133,6 +133,10 @@ def test_past_the_cap_with_the_api_down_a_final_update_is_dropped_at_once_counte
     assert small.stats()["dropped"] == 1
     errors = [r for r in tb_log.records if r.levelno == logging.ERROR and "dropped" in r.getMessage()]
     assert errors and "final-task" in errors[-1].getMessage()
+    for i in range(200):  # an outage on a busy worker: every drop counted, not every drop logged
+        small.submit(f"more-{i}", {"status": "success"}, final=True)
+    assert small.stats()["dropped"] == 201
+    assert len([r for r in tb_log.records if r.levelno == logging.ERROR and "dropped" in r.getMessage()]) == 1
     taskbadger_server.accept()
     assert small.flush(20)
 
