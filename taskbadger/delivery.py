@@ -202,11 +202,12 @@ class Dispatcher:
         if fields:
             with self._cond:
                 entry = self._pending.get(task_id)
+                final = fields.get("status") in TERMINAL_STATUSES  # a str Enum: "success" matches
                 if entry is None:
-                    final = fields.get("status") in TERMINAL_STATUSES  # a str Enum: "success" matches
                     self._put(task_id, _Entry(dict(fields), final=final), front=True)
                 else:
                     entry.fields = merge_fields(fields, entry.fields)
+                    entry.final = entry.final or final
                 self._cond.notify()
 
     def flush(self, timeout: float = 10.0) -> bool:

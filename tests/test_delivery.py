@@ -216,3 +216,4 @@ def test_a_final_update_given_back_by_a_failed_synchronous_send_is_not_evicted(t
     assert small.submit("task-c", {"status": "error"}, final=True) is False  # dropped, evicts no final
     assert small.claim("task-a")["status"] == "success"
     taskbadger_server.accept()
+    assert small.flush(20)  # task-b: unknown to the server, refused and dropped
