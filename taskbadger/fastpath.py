@@ -306,9 +306,10 @@ def _receive(host: str, timeout: tuple[float, float], conn: Connection, method: 
 
 
 def _may_resend(call: Call, outcome: object) -> bool:
-    """A kept-alive connection the server closed (reset, or end of stream before any answer) had not
-    started on the request: an idempotent request is sent again once, on a new connection. A create
-    (POST) is not: a duplicate task is worse than a task the publisher could not track."""
+    """A kept-alive connection that the server reset or closed before any byte of an answer is most
+    often one it closed while idle, just as we used it. An idempotent request is sent again once, on
+    a new connection. A create (POST) is not: the server may have taken it, and a duplicate task is
+    worse than a task the publisher could not track."""
     cause = getattr(outcome, "__cause__", None)
     return (call[0] != "POST" and isinstance(outcome, TransportError)
             and isinstance(cause, (ConnectionResetError, BrokenPipeError, ClosedBeforeAnswer)))
