@@ -254,15 +254,17 @@ class Dispatcher:
         # called with the lock held
         self._threads.append(start_daemon_thread(self._run, f"taskbadger-dispatcher-{len(self._threads)}"))
 
-    def _next(self, now: float) -> tuple[str, _Entry] | float | None:
-        """Called with the lock held: the oldest ready task with no request in flight, or the time
-        the next one becomes ready (None if nothing is waiting)."""
+    def _next(self, now: float, take: bool = True) -> tuple[str, _Entry] | float | None:
+        """Called with the lock held: the oldest ready task with no request in flight (taken out of
+        the queue unless ``take`` is False), or the time the next one becomes ready (None if nothing
+        is waiting)."""
         soonest = None
         for task_id, entry in self._pending.items():
             if task_id in self._inflight:
                 continue
             if entry.ready_at <= now:
-                del self._pending[task_id]
+                if take:
+                    del self._pending[task_id]
                 return task_id, entry
             soonest = entry.ready_at if soonest is None else min(soonest, entry.ready_at)
         return soonest
@@ -290,16 +292,9 @@ class Dispatcher:
         for task_id, _ in batch:
             self._inflight.add(task_id)
         if (len(batch) == self.batch_size and len(self._threads) < self.thread_count
-                and isinstance(self._next_ready_peek(now), str)):
+                and isinstance(self._next(now, take=False), tuple)):
             self._add_thread()  # a backlog: one more thread sends while this one waits for answers
         return batch
-
-    def _next_ready_peek(self, now: float) -> str | None:
-        # called with the lock held: a task whose update is ready to go, left in the queue
-        for task_id, entry in self._pending.items():
-            if task_id not in self._inflight and entry.ready_at <= now:
-                return task_id
-        return None
 
     def _run(self) -> None:
         while True:
