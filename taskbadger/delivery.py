@@ -243,10 +243,8 @@ class Dispatcher:
         return len(self._pending) + len(self._inflight)
 
     def _ensure_started(self) -> None:
-        # called with the lock held
-        if self._threads and all(t.is_alive() for t in self._threads):
-            return
-        self._threads = [t for t in self._threads if t.is_alive()]
+        # Called with the lock held, on every submit: a sender thread takes itself off the list when
+        # it ends (it only ends on an error outside its loop's guard), so no per-call liveness check.
         if not self._threads:
             self._add_thread()
 
@@ -297,26 +295,33 @@ class Dispatcher:
         return batch
 
     def _run(self) -> None:
-        while True:
+        try:
+            while True:
+                self._run_once()
+        finally:
             with self._cond:
-                batch = self._take_batch()
-            try:
-                outcomes = self._send(batch)
-            except Exception:  # never let the sender thread die
-                log.exception("Task Badger: internal error while sending %d update(s)", len(batch))
-                outcomes = ["dropped"] * len(batch)
-                self.counters["failed"] += len(batch)
-            with self._cond:
-                for (task_id, entry), outcome in zip(batch, outcomes, strict=True):
-                    self._inflight.discard(task_id)
-                    if outcome == "retry":
-                        existing = self._pending.pop(task_id, None)
-                        if existing is not None:
-                            entry.fields = merge_fields(entry.fields, existing.fields)
-                            entry.final = entry.final or existing.final
-                        entry.ready_at = 0.0
-                        self._put(task_id, entry, front=True)  # keep its place at the front
-                self._cond.notify_all()
+                self._threads = [t for t in self._threads if t is not threading.current_thread()]
+
+    def _run_once(self) -> None:
+        with self._cond:
+            batch = self._take_batch()
+        try:
+            outcomes = self._send(batch)
+        except Exception:  # never let the sender thread die
+            log.exception("Task Badger: internal error while sending %d update(s)", len(batch))
+            outcomes = ["dropped"] * len(batch)
+            self.counters["failed"] += len(batch)
+        with self._cond:
+            for (task_id, entry), outcome in zip(batch, outcomes, strict=True):
+                self._inflight.discard(task_id)
+                if outcome == "retry":
+                    existing = self._pending.pop(task_id, None)
+                    if existing is not None:
+                        entry.fields = merge_fields(entry.fields, existing.fields)
+                        entry.final = entry.final or existing.final
+                    entry.ready_at = 0.0
+                    self._put(task_id, entry, front=True)  # keep its place at the front
+            self._cond.notify_all()
 
     def _send(self, batch: list[tuple[str, _Entry]]) -> list[str]:
         """Send a batch of updates (one per task); return each one's outcome: sent, retry, dropped."""

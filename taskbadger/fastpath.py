@@ -67,7 +67,7 @@ class Connection:
         self.port = port or (443 if scheme == "https" else 80)
         self.sock: socket.socket | None = None
         self._buffer = b""
-        self._answered = False  # any byte of the current request's answer received
+        self._eof = False  # the server closed its side
         self.last_used = 0.0
 
     def connect(self) -> None:
@@ -80,14 +80,14 @@ class Connection:
         except BaseException:
             sock.close()
             raise
-        self.sock, self._buffer = sock, b""
+        self.sock, self._buffer, self._eof = sock, b"", False
 
     def close(self) -> None:
         if self.sock is not None:
             try:
                 self.sock.close()
             finally:
-                self.sock, self._buffer = None, b""
+                self.sock, self._buffer, self._eof = None, b"", False
 
     def _wait(self, events: int) -> None:
         assert self.sock is not None
@@ -97,7 +97,6 @@ class Connection:
     def send(self, data: bytes) -> None:
         assert self.sock is not None
         view = memoryview(data)
-        self._answered = False
         while view:
             try:
                 view = view[self.sock.send(view):]
@@ -105,74 +104,101 @@ class Connection:
                 self._wait(_WRITABLE)
         self.last_used = time.monotonic()
 
-    def _fill(self) -> None:
+    def receive_some(self) -> bool:
+        """One non-blocking read into the buffer; False when nothing had arrived."""
         assert self.sock is not None
-        while True:
-            try:
-                chunk = self.sock.recv(65536)
-                break
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-                self._wait(_READABLE)
+        try:
+            chunk = self.sock.recv(65536)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
         if not chunk:
-            if self._answered:
-                raise HttpError("the server closed the connection in the middle of its answer")
-            raise ClosedBeforeAnswer("the server closed the connection before answering")
-        self._answered = True
+            self._eof = True
+            return True
         self._buffer += chunk
+        # TLS can hold decrypted bytes that poll() cannot see: take them now.
+        while isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            self._buffer += self.sock.recv(65536)
+        return True
 
-    def _read_until(self, marker: bytes) -> bytes:
-        while marker not in self._buffer:
-            if len(self._buffer) > 65536:
-                raise HttpError("answer headers too long")
-            self._fill()
-        head, _, self._buffer = self._buffer.partition(marker)
-        return head
-
-    def _read_exactly(self, size: int) -> bytes:
-        while len(self._buffer) < size:
-            self._fill()
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-    def read_response(self, method: str) -> tuple[int, dict[str, str], bytes]:
-        while True:
-            head = self._read_until(b"\r\n\r\n").decode("latin-1")
-            status_line, *lines = head.split("\r\n")
-            parts = status_line.split(" ", 2)
-            if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-                raise HttpError(f"not an HTTP answer: {status_line[:80]!r}")
-            status = int(parts[1])
-            if status != 100:
-                break
-        headers: dict[str, str] = {}
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
-            body = b""
-        elif "chunked" in headers.get("transfer-encoding", "").lower():
-            pieces = []
-            while True:
-                size = int(self._read_until(b"\r\n").split(b";")[0], 16)
-                if size == 0:
-                    self._read_until(b"\r\n")  # end of (empty) trailers
-                    break
-                pieces.append(self._read_exactly(size))
-                self._read_exactly(2)
-            body = b"".join(pieces)
-        elif "content-length" in headers:
-            body = self._read_exactly(int(headers["content-length"]))
-        else:  # the body ends when the server closes the connection
-            while True:
-                try:
-                    self._fill()
-                except HttpError:
-                    break
-            body, self._buffer = self._buffer, b""
-            headers["connection"] = "close"
-        if headers.get("connection", "").lower() == "close" or parts[0] == "HTTP/1.0":
+    def take_answer(self, method: str) -> Result | None:
+        """The answer, once the buffer holds all of it; None while more bytes are needed."""
+        parsed = parse_answer(self._buffer, method, self._eof)
+        if parsed is None:
+            if self._eof:
+                if self._buffer:
+                    raise HttpError("the server closed the connection in the middle of its answer")
+                raise ClosedBeforeAnswer("the server closed the connection before answering")
+            return None
+        (status, headers, body), self._buffer = parsed
+        if headers.get("connection", "").lower() == "close" or self._eof:
             self.close()
         return status, headers, body
+
+    def read_response(self, method: str) -> Result:
+        while True:
+            answer = self.take_answer(method)
+            if answer is not None:
+                return answer
+            if not self.receive_some():
+                self._wait(_READABLE)
+
+
+def parse_answer(buffer: bytes, method: str, eof: bool = False) -> tuple[Result, bytes] | None:
+    """The first complete answer in ``buffer`` (Content-Length, chunked, or a body that ends when the
+    server closes, i.e. at ``eof``) and the bytes after it; None when more bytes are needed."""
+    pos = 0
+    while True:  # interim 1xx answers come before the real one
+        end = buffer.find(b"\r\n\r\n", pos)
+        if end < 0:
+            if len(buffer) - pos > 65536:
+                raise HttpError("answer headers too long")
+            return None
+        status_line, *lines = buffer[pos:end].decode("latin-1").split("\r\n")
+        pos = end + 4
+        parts = status_line.split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            raise HttpError(f"not an HTTP answer: {status_line[:80]!r}")
+        status = int(parts[1])
+        if status != 100:
+            break
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if parts[0] == "HTTP/1.0" and "keep-alive" not in headers.get("connection", "").lower():
+        headers["connection"] = "close"
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        return (status, headers, b""), buffer[pos:]
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        pieces = []
+        while True:
+            line_end = buffer.find(b"\r\n", pos)
+            if line_end < 0:
+                return None
+            size = int(buffer[pos:line_end].split(b";")[0], 16)
+            pos = line_end + 2
+            if size == 0:
+                break
+            if len(buffer) < pos + size + 2:
+                return None
+            pieces.append(buffer[pos:pos + size])
+            pos += size + 2
+        while True:  # trailer lines, up to an empty one
+            line_end = buffer.find(b"\r\n", pos)
+            if line_end < 0:
+                return None
+            empty, pos = line_end == pos, line_end + 2
+            if empty:
+                return (status, headers, b"".join(pieces)), buffer[pos:]
+    if "content-length" in headers:
+        size = int(headers["content-length"])
+        if len(buffer) < pos + size:
+            return None
+        return (status, headers, buffer[pos:pos + size]), buffer[pos + size:]
+    if not eof:
+        return None
+    headers["connection"] = "close"  # the body ended when the server closed the connection
+    return (status, headers, buffer[pos:]), b""
 
 
 class _PerThread(threading.local):
@@ -245,42 +271,88 @@ def request(host: str, timeout: tuple[float, float], method: str, target: str, b
     return result
 
 
-def _encode(host: str, method: str, target: str, body: bytes | None, headers: dict[str, str]) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", f"Host: {urlsplit(host).netloc}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    lines.append(f"Content-Length: {len(body) if body else 0}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+def _header_block(host: str, headers: dict[str, str]) -> bytes:
+    lines = [f"Host: {urlsplit(host).netloc}", *(f"{name}: {value}" for name, value in headers.items())]
+    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+
+
+def _encode(method: str, target: str, body: bytes | None, header_block: bytes) -> bytes:
+    return b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        method.encode(), target.encode("latin-1"), header_block, len(body) if body else 0, body or b"")
 
 
 def request_many(host: str, timeout: tuple[float, float], calls: list[Call]) -> list[Result | Exception]:
     """Send every call, each on its own kept-alive connection, then read the answers.
 
-    One blocking wait covers the whole batch: with a slow API that is most of the cost of a request
-    (a thread wake-up and kernel time), so a busy dispatcher sends its queue this way.
+    One wait covers the whole batch (one ``poll`` over all its connections): with a slow API the
+    waits are most of the cost of a request (a thread wake-up, kernel time, and in a worker a GIL
+    hand-off each), so a busy dispatcher sends its queue this way.
     Returns, per call, (status, headers, body) or the exception that call met.
     """
     results: list[Result | Exception | None] = [None] * len(calls)
     sent: list[tuple[int, Connection, bool]] = []
+    blocks: dict[int, bytes] = {}  # the calls of a batch share their headers: format them once
     for i, call in enumerate(calls):
         conn = _connection(host, timeout, slot=i)
         reused = conn.sock is not None
-        failure = _send(host, timeout, conn, call)
+        block = blocks.get(id(call[3]))
+        if block is None:
+            block = blocks[id(call[3])] = _header_block(host, call[3])
+        failure = _send(host, timeout, conn, call, block)
         if failure is not None and reused and _may_resend(call, failure):
-            reused, failure = False, _send(host, timeout, conn, call)
+            reused, failure = False, _send(host, timeout, conn, call, block)
         if failure is None:
             sent.append((i, conn, reused))
         else:
             results[i] = failure
+    answers = _receive_all(host, timeout, [(i, conn) for i, conn, _ in sent], calls)
     for i, conn, reused in sent:
-        results[i] = _receive(host, timeout, conn, calls[i][0])
-        if reused and _may_resend(calls[i], results[i]):
-            failure = _send(host, timeout, conn, calls[i])
+        results[i] = answers[i]
+        if reused and _may_resend(calls[i], answers[i]):
+            failure = _send(host, timeout, conn, calls[i], blocks[id(calls[i][3])])
             results[i] = failure or _receive(host, timeout, conn, calls[i][0])
     return results  # type: ignore[return-value]
 
 
-def _send(host: str, timeout: tuple[float, float], conn: Connection, call: Call) -> TransportError | None:
-    method, target, body, headers = call
+def _receive_all(host: str, timeout: tuple[float, float], sent: list[tuple[int, Connection]],
+                 calls: list[Call]) -> dict[int, Result | TransportError]:
+    """Read the answer on every connection of a batch (call index -> answer), with one ``poll`` for
+    all of them and one read per connection that it says is ready."""
+    if len(sent) <= 1 or not hasattr(select, "poll"):
+        return {i: _receive(host, timeout, conn, calls[i][0]) for i, conn in sent}
+    answers: dict[int, Result | TransportError] = {}
+    waiting: dict[int, tuple[int, Connection]] = {}
+    poller = select.poll()
+    for i, conn in sent:
+        assert conn.sock is not None
+        waiting[conn.sock.fileno()] = (i, conn)
+        poller.register(conn.sock, _READABLE | select.POLLERR | select.POLLHUP)
+    deadline = time.monotonic() + timeout[1]
+    while waiting:
+        remaining = deadline - time.monotonic()
+        ready = poller.poll(max(1, int(remaining * 1000))) if remaining > 0 else []
+        if not ready:
+            break
+        for fd, _ in ready:
+            i, conn = waiting[fd]
+            try:
+                answer = conn.take_answer(calls[i][0]) if conn.receive_some() else None
+            except (OSError, ValueError) as err:
+                conn.close()
+                answer = _failure(host, timeout, err)
+            if answer is not None:
+                del waiting[fd]
+                poller.unregister(fd)
+                answers[i] = answer
+    for i, conn in waiting.values():
+        conn.close()
+        answers[i] = _failure(host, timeout, TimeoutError("timed out"))
+    return answers
+
+
+def _send(host: str, timeout: tuple[float, float], conn: Connection, call: Call,
+          header_block: bytes) -> TransportError | None:
+    method, target, body, _ = call
     if conn.sock is None:
         try:
             conn.connect()
@@ -290,7 +362,7 @@ def _send(host: str, timeout: tuple[float, float], conn: Connection, call: Call)
             failure.__cause__ = err
             return failure
     try:
-        conn.send(_encode(host, method, target, body, headers))
+        conn.send(_encode(method, target, body, header_block))
     except OSError as err:
         conn.close()
         return _failure(host, timeout, err)

@@ -43,6 +43,17 @@ def test_a_batch_goes_out_on_several_kept_alive_connections(taskbadger_server):
     assert set(conns[4:]) == set(conns[:4])  # ...kept alive across batches
 
 
+def test_one_slow_answer_in_a_batch_times_out_alone(taskbadger_server):
+    tasks = [api.send_create(f"s{i}", {"status": "pending"}, fast=True) for i in range(4)]
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(1, 0.3))
+    taskbadger_server.set_latency(2.0, times=1, method="PATCH")
+    errors = api.send_updates([(t.id, {"value": 1}) for t in tasks])
+    assert [type(e).__name__ for e in errors if e] == ["ReadTimeout"]
+    answered = [t for t, e in zip(tasks, errors, strict=True) if e is None]
+    assert [taskbadger_server.get_task(t.id)["value"] for t in answered] == [1, 1, 1]
+    assert api.send_updates([(t.id, {"value": 2}) for t in tasks]) == [None] * 4  # its connection was replaced
+
+
 def test_errors_map_like_the_requests_transport(taskbadger_server):
     task = api.send_create("x", {"status": "pending"}, fast=True)
     taskbadger_server.fail(401, times=1)
