@@ -314,6 +314,10 @@ def request_many(host: str, timeout: tuple[float, float], calls: list[Call]) -> 
     return results  # type: ignore[return-value]
 
 
+#: How long a batch's reader waits after the first answers for the others to arrive.
+GATHER = 0.002
+
+
 def _receive_all(host: str, timeout: tuple[float, float], sent: list[tuple[int, Connection]],
                  calls: list[Call]) -> dict[int, Result | TransportError]:
     """Read the answer on every connection of a batch (call index -> answer), with one ``poll`` for
@@ -328,8 +332,16 @@ def _receive_all(host: str, timeout: tuple[float, float], sent: list[tuple[int, 
         waiting[conn.sock.fileno()] = (i, conn)
         poller.register(conn.sock, _READABLE | select.POLLERR | select.POLLHUP)
     deadline = time.monotonic() + timeout[1]
+    first = True
     while waiting:
         remaining = deadline - time.monotonic()
+        if not first and remaining > GATHER:
+            # The server answers a batch one connection at a time over a millisecond or two: a
+            # short sleep lets the rest arrive, and one wake-up reads them all (every wake-up of
+            # this thread costs the task's thread a GIL hand-off).
+            time.sleep(GATHER)
+            remaining -= GATHER
+        first = False
         ready = poller.poll(max(1, int(remaining * 1000))) if remaining > 0 else []
         if not ready:
             break
