@@ -220,10 +220,16 @@ def _registered_task(name: str) -> Any:
     return celery.current_app.tasks.get(name)
 
 
-def _uses_base_class(celery_task: Any) -> bool:
-    from .celery import Task
+_base_class: type | None = None
 
-    return isinstance(celery_task, Task)
+
+def _uses_base_class(celery_task: Any) -> bool:
+    global _base_class
+    if _base_class is None:  # taskbadger.celery imports this module: look it up on first use
+        from .celery import Task
+
+        _base_class = Task
+    return isinstance(celery_task, _base_class)
 
 
 def _successor_names(request: Any) -> frozenset[str]:
@@ -311,11 +317,14 @@ def meta_of(request: Any) -> dict[str, Any] | None:
     if request is None:
         return None
     source = getattr(request, "request_dict", None)
-    getter = source.get if isinstance(source, dict) else (lambda k, d=None: getattr(request, k, d))
-    meta = getter(META_KEY, None)
-    if meta is None:
-        nested = getter("headers", None)
-        meta = nested.get(META_KEY) if isinstance(nested, dict) else None
+    if isinstance(source, dict):
+        meta = source.get(META_KEY)
+        nested = source.get("headers") if meta is None else None
+    else:
+        meta = getattr(request, META_KEY, None)
+        nested = getattr(request, "headers", None) if meta is None else None
+    if isinstance(nested, dict):
+        meta = nested.get(META_KEY)
     return meta if isinstance(meta, dict) and isinstance(meta.get("task"), dict) else None
 
 
@@ -371,11 +380,17 @@ def on_start(celery_task: Any, request: Any) -> None:
 
 def _create_at_start(celery_task: Any, request: Any) -> dict[str, Any] | None:
     """Track a task whose publisher did not (not configured there, or the API was down then)."""
-    name = getattr(celery_task, "name", "") or ""
-    if (not _config.is_configured() or name.startswith("celery.")
-            or getattr(request, TRACK_KEY, None) is False or getattr(request, MAYBE_CREATED_KEY, False)):
+    # Runs for every task the publisher did not track, tracked here or not: cheapest refusals first.
+    config = _config.get_config()
+    if config is None:
         return None
-    system = _celery_system()
+    system = config.system("celery")
+    if system is None and not _uses_base_class(celery_task):
+        return None
+    name = getattr(celery_task, "name", "") or ""
+    if (name.startswith("celery.") or getattr(request, TRACK_KEY, None) is False
+            or getattr(request, MAYBE_CREATED_KEY, False)):
+        return None
     if not (_uses_base_class(celery_task) or (system is not None and system.track_task(name))):
         return None
     if not delivery.publish_breaker.allow():
