@@ -3,8 +3,9 @@
 kombu's filesystem transport creates a message's file, then serialises the message and writes it
 in. A worker polling the folder can take the file in that gap, read nothing, and its consumer dies
 on ``JSONDecodeError`` (kombu issue 1551), which stops the worker. Here the message is written to
-a file the reader ignores (its name does not end in ``.<queue>.msg``) and renamed into place, so a
-reader sees whole messages or none. Reading is kombu's own.
+a file the reader ignores (its name does not contain ``.<queue>.msg``, which is what kombu 5.3 looks
+for; 5.4 and later want names that end in it) and renamed into place, so a reader sees whole
+messages or none. Reading is kombu's own.
 
 Use it where the filesystem broker runs tests or a demo::
 
@@ -32,9 +33,10 @@ class FilesystemChannel(filesystem.Channel):
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         # A worker takes files in name order: kombu's millisecond prefix, then (ours) a counter, so
         # that messages one process sends within a millisecond keep their order too.
-        name = f"{int(round(monotonic() * 1000))}_{next(_sequence):012d}_{uuid.uuid4()}.{queue}.msg"
-        path = os.path.join(self.data_folder_out, name)
-        partial = path + ".partial"
+        stem = f"{int(round(monotonic() * 1000))}_{next(_sequence):012d}_{uuid.uuid4()}.{queue}"
+        path = os.path.join(self.data_folder_out, stem + ".msg")
+        # Not "<stem>.msg.partial": kombu before 5.4 takes any name that merely contains ".<queue>.msg".
+        partial = os.path.join(self.data_folder_out, stem + ".partial")
         data = str_to_bytes(dumps(payload))
         try:
             with open(partial, "wb") as f:
