@@ -385,13 +385,14 @@ def _create_at_start(celery_task: Any, request: Any) -> dict[str, Any] | None:
     if config is None:
         return None
     system = config.system("celery")
-    if system is None and not _uses_base_class(celery_task):
+    base_class = _uses_base_class(celery_task)
+    if system is None and not base_class:
         return None
     name = getattr(celery_task, "name", "") or ""
     if (name.startswith("celery.") or getattr(request, TRACK_KEY, None) is False
             or getattr(request, MAYBE_CREATED_KEY, False)):
         return None
-    if not (_uses_base_class(celery_task) or (system is not None and system.track_task(name))):
+    if not (base_class or (system is not None and system.track_task(name))):
         return None
     if not delivery.publish_breaker.allow():
         return None
