@@ -8,7 +8,6 @@ import queue
 import re
 import signal
 import socket
-import socketserver
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from taskbadger.testing import TaskBadgerServer
+from taskbadger.testing import TaskBadgerServer, _http
 
 ROOT = Path(__file__).resolve().parents[1]
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|\+00:00)$")
@@ -574,13 +573,13 @@ def test_each_response_is_one_write_with_nodelay(
 ) -> None:
     task = api.create(name="t")
     writes: list[int] = []
-    original = socketserver._SocketWriter.write  # type: ignore[attr-defined]
+    original = _http.Connection._write
 
-    def counting_write(self: Any, data: bytes) -> int:
+    def counting_write(self: Any, data: bytes) -> None:
         writes.append(len(data))
-        return original(self, data)
+        original(self, data)
 
-    monkeypatch.setattr(socketserver._SocketWriter, "write", counting_write)  # type: ignore[attr-defined]
+    monkeypatch.setattr(_http.Connection, "_write", counting_write)
     for method, body in (("GET", None), ("PATCH", {"value": 1}), ("DELETE", None)):
         writes.clear()
         api.request(method, task["id"], json=body)

@@ -5,9 +5,9 @@ semantics (server-assigned ids, DRF-style validation errors, ``start_time``/``en
 cursor pagination, ``parent``), records every request, and can be told to be slow, to fail, to drop
 or hang requests, or to refuse connections altogether.
 
-Standard library only. One thread per TCP connection; connections are kept alive; every response
-leaves in a single socket write with ``TCP_NODELAY`` set, so a keep-alive client never waits for a
-delayed ACK.
+Standard library only. One event-loop thread serves every connection (``_http``); connections are
+kept alive; every response leaves in a single socket write with ``TCP_NODELAY`` set, so a keep-alive
+client never waits for a delayed ACK.
 """
 
 from __future__ import annotations
@@ -22,21 +22,20 @@ import logging
 import re
 import secrets
 import socket
-import socketserver
 import string
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
+from . import _http
 from . import faults as _faults
+from ._http import Headers
 from .faults import Fault, FaultSet, Methods
 
 __all__ = ["TaskBadgerServer", "RecordedRequest", "Headers"]
@@ -69,22 +68,6 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-class Headers(dict):
-    """A dict of request headers with case-insensitive lookup (keys are stored lower-cased)."""
-
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        super().__init__((k.lower(), v) for k, v in items)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
-
-
 @dataclass
 class RecordedRequest:
     """One request as the server saw it. ``status`` is None while pending, or if dropped/hung."""
@@ -109,7 +92,7 @@ def format_datetime(value: datetime | None) -> str | None:
     """ISO 8601 in UTC with microseconds and ``Z``, like the real service."""
     if value is None:
         return None
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _duration_string(duration: timedelta) -> str:
@@ -463,117 +446,6 @@ class _Store:
         task.updated = now
 
 
-# ---------------------------------------------------------------------------------------------
-# HTTP
-# ---------------------------------------------------------------------------------------------
-class _Listener(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    block_on_close = False
-    allow_reuse_address = True
-    request_queue_size = 128
-
-    def __init__(self, address: tuple[str, int], app: TaskBadgerServer) -> None:
-        self.app = app
-        super().__init__(address, _Handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = super().get_request()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock, address
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("error handling a request from %s", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "TaskBadgerTestServer/1.0"
-    server: _Listener
-
-    def setup(self) -> None:
-        super().setup()
-        self.app = self.server.app
-        self.connection_id = self.app._connection_opened(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.app._connection_closed(self.connection)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature from the base
-        logger.debug("%s " + format, self.address_string(), *args)
-
-    def _handle(self) -> None:
-        app = self.app
-        length = self.headers.get("Content-Length", "0").strip()
-        if "Transfer-Encoding" in self.headers:
-            return self.send_error(411, "Chunked request bodies are not supported; send Content-Length.")
-        if not length.isdigit():
-            return self.send_error(400, "Invalid Content-Length.")
-        body = self.rfile.read(int(length))
-        split = urlsplit(self.path)
-        record = RecordedRequest(
-            method=self.command,
-            path=split.path,
-            query=dict(parse_qsl(split.query, keep_blank_values=True)),
-            headers=Headers(self.headers.items()),
-            json=_maybe_json(body),
-            body=body,
-            connection_id=self.connection_id,
-            timestamp=time.time(),
-        )
-        app._record(record)
-        decision = app._faults.decide(self.command)
-        action = decision.action
-        if action is not None and action.kind in (_faults.DROP, _faults.HANG):
-            self.close_connection = True
-            if action.kind == _faults.HANG:
-                logger.debug("hanging %s %s", self.command, self.path)
-                while not decision.release.wait(0.05) and not app._stopping.is_set():
-                    pass
-            logger.debug("dropping %s %s without an answer", self.command, self.path)
-            return
-        if action is not None:
-            status, payload, headers = _faults.response(action)
-        else:
-            status, payload, headers = app._dispatch(record)
-        if decision.latency > 0:
-            app._stopping.wait(decision.latency)
-        record.status = status
-        app._notify()
-        self._send(status, payload, headers)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
-
-    def _send(self, status: int, payload: Any, headers: dict[str, str]) -> None:
-        """Write status line, headers and body with ONE socket write (see module docstring)."""
-        body = b"" if status == 204 or payload is None else json.dumps(payload).encode()
-        phrase = _faults.phrase(status, "")
-        lines = [
-            f"HTTP/1.1 {status} {phrase}",
-            f"Server: {self.version_string()}",
-            f"Date: {self.date_time_string()}",
-        ]
-        if status != 204:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
-        lines += [f"{name}: {value}" for name, value in headers.items()]
-        if self.close_connection:
-            lines.append("Connection: close")
-        if self.command == "HEAD":
-            body = b""
-        try:
-            self.wfile.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        except OSError:
-            self.close_connection = True
-            logger.debug("client went away before the response to %s %s", self.command, self.path)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors the base class raises (malformed requests) also go out as one JSON write."""
-        self.close_connection = True
-        self._send(code, {"detail": message or HTTPStatus(code).phrase}, {})
-
-
 def _maybe_json(body: bytes) -> Any:
     if not body:
         return None
@@ -613,9 +485,9 @@ class TaskBadgerServer:
         self._log: deque[RecordedRequest] = deque(maxlen=max_requests_logged)
         self._changed = threading.Condition()
         self._state_lock = threading.Lock()
-        self._listener: _Listener | None = None
-        self._thread: threading.Thread | None = None
-        self._connections: dict[socket.socket, int] = {}
+        self._loop: _http.EventLoop | None = None
+        self._listening = False
+        self._connections: dict[Any, int] = {}  # socket of each open connection -> its id
         self._connection_count = 0  # monotonically increasing connection ids
         self._connections_opened = 0  # since the last reset()
         self._stopping = threading.Event()
@@ -635,7 +507,11 @@ class TaskBadgerServer:
         self._stopping.set()
         self._started = False
         self._faults.release_all()
-        self.refuse()
+        with self._state_lock:
+            loop, self._loop = self._loop, None
+            self._listening = False
+        if loop is not None:
+            loop.stop()
 
     def __enter__(self) -> TaskBadgerServer:
         return self.start()
@@ -646,40 +522,25 @@ class TaskBadgerServer:
     def refuse(self) -> None:
         """Simulate an outage: close the listening socket and every open connection."""
         with self._state_lock:
-            listener, thread = self._listener, self._thread
-            self._listener = self._thread = None
-        if listener is not None:
-            listener.shutdown()
-            listener.server_close()
-        if thread is not None:
-            thread.join()
-        with self._changed:
-            connections = list(self._connections)
-        for sock in connections:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            self._listening = False
+            if self._loop is not None:
+                self._loop.refuse()
 
     def accept(self) -> None:
         """Listen again (on the same port) after ``refuse()``. No-op if already listening."""
         with self._state_lock:
-            if self._listener is not None:
+            if self._listening:
                 return
-            listener = _Listener((self.host, self.port), self)
-            self.port = listener.server_address[1]
-            thread = threading.Thread(
-                target=listener.serve_forever,
-                kwargs={"poll_interval": 0.05},
-                name=f"taskbadger-testing-{self.port}",
-                daemon=True,
-            )
-            thread.start()
-            self._listener, self._thread = listener, thread
+            sock = _http.listening_socket(self.host, self.port)
+            self.port = sock.getsockname()[1]
+            if self._loop is None:
+                self._loop = _http.EventLoop(self, name=f"taskbadger-testing-{self.port}")
+            self._loop.listen(sock)
+            self._listening = True
 
     @property
     def listening(self) -> bool:
-        return self._listener is not None
+        return self._listening
 
     @property
     def url(self) -> str:
@@ -818,6 +679,23 @@ class TaskBadgerServer:
     def _notify(self) -> None:
         with self._changed:
             self._changed.notify_all()
+
+    def _new_request(self, method: str, target: str, headers: Headers, body: bytes,
+                     connection_id: int) -> RecordedRequest:
+        """Record a request as it arrives (before any latency or fault applies)."""
+        split = urlsplit(target)
+        record = RecordedRequest(
+            method=method,
+            path=split.path,
+            query=dict(parse_qsl(split.query, keep_blank_values=True)),
+            headers=headers,
+            json=_maybe_json(body),
+            body=body,
+            connection_id=connection_id,
+            timestamp=time.time(),
+        )
+        self._record(record)
+        return record
 
     def _record(self, record: RecordedRequest) -> None:
         with self._changed:

@@ -1,0 +1,351 @@
+"""The stand-in server's HTTP/1.1 layer: one event-loop thread serves every connection.
+
+Why not a thread per connection (``socketserver``): a worker's senders keep 30 and more kept-alive
+connections busy, and each request woke its own thread, parsed its headers with the ``email``
+package and slept out the injected latency; the stand-in then used ~0.5 ms of CPU per request on
+a 2-core machine, CPU that the worker under test did not get. Here one loop wakes once for many
+requests, and delayed answers leave from timers.
+
+What the application sees is unchanged: ``app._dispatch(record)`` answers a request, faults decide
+latency, failures, dropped and hung requests, every response leaves in one write with
+``TCP_NODELAY``, connections are kept alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import email.utils
+import json
+import logging
+import re
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import faults as _faults
+
+if TYPE_CHECKING:
+    from .server import TaskBadgerServer
+
+logger = logging.getLogger("taskbadger.testing")
+
+T = TypeVar("T")
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+MAX_LINE = 65536  # request line or header line, as http.server allows
+MAX_HEADERS = 100
+HANG_POLL = 0.05  # how often a hung request checks whether it was released
+SERVER_HEADER = f"TaskBadgerTestServer/1.0 Python/{sys.version.split()[0]}"
+_VERSION = re.compile(r"^HTTP/(\d+)\.(\d+)$")
+
+
+class Headers(dict):
+    """A dict of request headers with case-insensitive lookup (keys are stored lower-cased)."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__((k.lower(), v) for k, v in items)
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(key.lower(), default)
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.detail = status, detail
+
+
+class Request:
+    __slots__ = ("method", "target", "version", "headers", "body", "keep_alive")
+
+    def __init__(self, method: str, target: str, version: tuple[int, int], headers: Any, body: bytes,
+                 keep_alive: bool) -> None:
+        self.method, self.target, self.version = method, target, version
+        self.headers, self.body, self.keep_alive = headers, body, keep_alive
+
+
+class EventLoop:
+    """The loop thread of one server, from ``start()`` to ``stop()``; listening comes and goes."""
+
+    def __init__(self, app: TaskBadgerServer, name: str) -> None:
+        self.app = app
+        self.loop = asyncio.new_event_loop()
+        self.server: asyncio.AbstractServer | None = None
+        self.connections: set[Connection] = set()
+        self._date = (0, "")
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` in the loop thread and return its result (state is only touched there)."""
+        if threading.current_thread() is self.thread:
+            return fn()
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn())
+            except BaseException as err:
+                done.set_exception(err)
+
+        self.loop.call_soon_threadsafe(run)
+        return done.result()
+
+    def listen(self, sock: socket.socket) -> None:
+        async def serve() -> None:
+            self.server = await self.loop.create_server(lambda: Connection(self), sock=sock)
+
+        asyncio.run_coroutine_threadsafe(serve(), self.loop).result()
+
+    def refuse(self) -> None:
+        """Close the listening socket (connections are refused from now on) and every connection."""
+
+        def close() -> None:
+            if self.server is not None:
+                self.server.close()
+                self.server = None
+            for connection in list(self.connections):
+                connection.abort()
+
+        self.call(close)
+
+    def stop(self) -> None:
+        self.refuse()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+
+    def date(self) -> str:
+        now = int(time.time())
+        if self._date[0] != now:
+            self._date = (now, email.utils.formatdate(now, usegmt=True))
+        return self._date[1]
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: requests are answered in order, one at a time (like HTTP/1.1)."""
+
+    def __init__(self, owner: EventLoop) -> None:
+        self.owner = owner
+        self.app = owner.app
+        self.buffer = bytearray()
+        self.busy = False  # a request is being delayed or hung: later ones wait in the buffer
+        self.closed = False
+        self.continued = False  # "100 Continue" was sent for the request being received
+        self.timer: asyncio.TimerHandle | None = None
+        self.transport: asyncio.Transport | None = None
+        self.sock: Any = None
+        self.connection_id = 0
+
+    # -- asyncio callbacks ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.sock = transport.get_extra_info("socket")
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # not every Python sets it on accepted sockets
+        self.connection_id = self.app._connection_opened(self.sock)
+        self.owner.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            self._serve()
+        except Exception:
+            logger.debug("error handling a request on connection %s", self.connection_id, exc_info=True)
+            self.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.owner.connections.discard(self)
+        self.app._connection_closed(self.sock)
+
+    def abort(self) -> None:
+        """Close at once: the socket is shut down before this returns (the transport would only
+        close it on the loop's next turn, and a client could still reuse it meanwhile)."""
+        self.closed = True
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- requests -------------------------------------------------------------------------------
+    def _serve(self) -> None:
+        """Answer every complete request in the buffer, until one has to wait."""
+        while not self.busy and not self.closed:
+            try:
+                request = self._take_request()
+            except BadRequest as err:
+                self._send(err.status, {"detail": err.detail}, {}, "GET", close=True)
+                return
+            if request is None:
+                return
+            self._handle(request)
+
+    def _take_request(self) -> Request | None:
+        buffer = self.buffer
+        while buffer.startswith(b"\r\n") or buffer.startswith(b"\n"):  # stray empty lines between requests
+            del buffer[: 2 if buffer.startswith(b"\r\n") else 1]
+        end = buffer.find(b"\n\r\n")
+        end_lf = buffer.find(b"\n\n")
+        if end < 0 or (0 <= end_lf < end):
+            end, skip = end_lf, 2
+        else:
+            skip = 3
+        if end < 0:
+            if len(buffer) > MAX_LINE * (MAX_HEADERS + 1):
+                raise BadRequest(431, "Request header fields too large")
+            first = buffer.find(b"\n")
+            if (first < 0 and len(buffer) > MAX_LINE) or first > MAX_LINE:
+                raise BadRequest(414, "Request-URI Too Long")
+            return None
+        lines = bytes(buffer[:end]).decode("iso-8859-1").split("\n")
+        request_line = lines[0].rstrip("\r")
+        if len(request_line) > MAX_LINE:
+            raise BadRequest(414, "Request-URI Too Long")
+        words = request_line.split()
+        if len(words) != 3:
+            raise BadRequest(400, f"Bad request syntax ({request_line!r})")
+        method, target, raw_version = words
+        match = _VERSION.match(raw_version)
+        if match is None:
+            raise BadRequest(400, f"Bad request version ({raw_version!r})")
+        version = (int(match[1]), int(match[2]))
+        if version >= (2, 0):
+            raise BadRequest(505, f"Invalid HTTP version ({raw_version})")
+        if len(lines) - 1 > MAX_HEADERS:
+            raise BadRequest(431, "Too many headers")
+        items = []
+        for line in lines[1:]:
+            if len(line) > MAX_LINE:
+                raise BadRequest(431, "Line too long")
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise BadRequest(400, f"Bad header line ({line.rstrip()!r})")
+            items.append((name.strip(), value.strip()))
+        headers = Headers(items)
+        if method not in METHODS:
+            raise BadRequest(501, f"Unsupported method ({method!r})")
+        if "Transfer-Encoding" in headers:
+            raise BadRequest(411, "Chunked request bodies are not supported; send Content-Length.")
+        length = headers.get("Content-Length", "0").strip()
+        if not length.isdigit():
+            raise BadRequest(400, "Invalid Content-Length.")
+        start = end + skip
+        if len(buffer) < start + int(length):
+            if headers.get("Expect", "").lower() == "100-continue" and version >= (1, 1) and not self.continued:
+                self.continued = True
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return None
+        self.continued = False
+        body = bytes(buffer[start:start + int(length)])
+        del buffer[:start + int(length)]
+        connection = headers.get("Connection", "").lower()
+        keep_alive = connection != "close" if version >= (1, 1) else connection == "keep-alive"
+        if target.startswith("//"):
+            target = "/" + target.lstrip("/")
+        return Request(method, target, version, headers, body, keep_alive)
+
+    def _handle(self, request: Request) -> None:
+        app = self.app
+        record = app._new_request(request.method, request.target, request.headers, request.body, self.connection_id)
+        decision = app._faults.decide(request.method)
+        action = decision.action
+        if action is not None and action.kind == _faults.DROP:
+            logger.debug("dropping %s %s without an answer", request.method, request.target)
+            self._close()
+            return
+        if action is not None and action.kind == _faults.HANG:
+            logger.debug("hanging %s %s", request.method, request.target)
+            self.busy = True
+            self._hang(decision.release)
+            return
+        if action is not None:
+            status, payload, headers = _faults.response(action)
+        else:
+            status, payload, headers = app._dispatch(record)
+
+        def answer() -> None:
+            self.timer = None
+            record.status = status
+            app._notify()
+            self._send(status, payload, headers, request.method, close=not request.keep_alive)
+
+        if decision.latency > 0:
+            self.busy = True
+            self.timer = asyncio.get_running_loop().call_later(decision.latency, self._resume, answer)
+        else:
+            answer()
+
+    def _resume(self, answer: Callable[[], None]) -> None:
+        self.busy = False
+        answer()
+        self.data_received(b"")  # requests that arrived meanwhile
+
+    def _hang(self, release: threading.Event) -> None:
+        """Never answer; once released (clear_faults/stop), close the connection without answering."""
+        if self.closed:
+            return
+        if release.is_set() or self.app._stopping.is_set():
+            self._close()
+            return
+        self.timer = asyncio.get_running_loop().call_later(HANG_POLL, self._hang, release)
+
+    def _send(self, status: int, payload: Any, headers: dict[str, str], method: str, close: bool) -> None:
+        """Status line, headers and body in ONE write."""
+        if self.closed:
+            return
+        body = b"" if status == 204 or payload is None else json.dumps(payload).encode()
+        lines = [
+            f"HTTP/1.1 {status} {phrase(status)}",
+            f"Server: {SERVER_HEADER}",
+            f"Date: {self.owner.date()}",
+        ]
+        if status != 204:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+        lines += [f"{name}: {value}" for name, value in headers.items()]
+        if close:
+            lines.append("Connection: close")
+        if method == "HEAD":
+            body = b""
+        self._write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        if close:
+            self._close()
+
+    def _write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def _close(self) -> None:
+        """Close after what was written has left (a drop closes with nothing written)."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+def phrase(status: int) -> str:
+    return _faults.phrase(status, "")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bound and listening in the caller's thread, so that a busy port raises there."""
+    return socket.create_server((host, port), backlog=128, reuse_port=False)
