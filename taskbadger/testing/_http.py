@@ -79,7 +79,7 @@ class EventLoop:
     def __init__(self, app: TaskBadgerServer, name: str) -> None:
         self.app = app
         self.loop = asyncio.new_event_loop()
-        self.server: asyncio.AbstractServer | None = None
+        self.listener: socket.socket | None = None
         self.connections: set[Connection] = set()
         self._date = (0, "")
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -90,6 +90,14 @@ class EventLoop:
         try:
             self.loop.run_forever()
         finally:
+            # A connection accepted just before the listener closed gets its transport on a later
+            # turn of the loop: let those turns run, then close whatever is still open.
+            pending = asyncio.all_tasks(self.loop)
+            if pending:
+                self.loop.run_until_complete(asyncio.wait(pending, timeout=1.0))
+            for connection in list(self.connections):
+                connection.abort()
+            self.loop.run_until_complete(asyncio.sleep(0))  # their connection_lost callbacks
             self.loop.close()
 
     def call(self, fn: Callable[[], T]) -> T:
@@ -108,18 +116,35 @@ class EventLoop:
         return done.result()
 
     def listen(self, sock: socket.socket) -> None:
-        async def serve() -> None:
-            self.server = await self.loop.create_server(lambda: Connection(self), sock=sock)
+        # Accepting here rather than with loop.create_server(): an asyncio Server closed while a
+        # connection it had just accepted waits for its transport leaks that socket.
+        sock.setblocking(False)
 
-        asyncio.run_coroutine_threadsafe(serve(), self.loop).result()
+        def start() -> None:
+            self.listener = sock
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+        self.call(start)
+
+    def _accept(self, sock: socket.socket) -> None:
+        for _ in range(32):  # a burst of connections: several per wake-up
+            try:
+                conn, _address = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as err:  # e.g. out of file descriptors: the client sees a reset
+                logger.debug("accept failed: %s", err)
+                return
+            self.loop.create_task(self.loop.connect_accepted_socket(lambda: Connection(self), conn))
 
     def refuse(self) -> None:
         """Close the listening socket (connections are refused from now on) and every connection."""
 
         def close() -> None:
-            if self.server is not None:
-                self.server.close()
-                self.server = None
+            if self.listener is not None:
+                self.loop.remove_reader(self.listener.fileno())
+                self.listener.close()
+                self.listener = None
             for connection in list(self.connections):
                 connection.abort()
 
@@ -160,6 +185,8 @@ class Connection(asyncio.Protocol):
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # not every Python sets it on accepted sockets
         self.connection_id = self.app._connection_opened(self.sock)
         self.owner.connections.add(self)
+        if self.owner.listener is None:  # accepted just before refuse(): part of the outage too
+            self.abort()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
