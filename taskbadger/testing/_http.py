@@ -190,6 +190,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self._serve_guarded()
+
+    def _serve_guarded(self) -> None:
         try:
             self._serve()
         except Exception:
@@ -326,7 +329,7 @@ class Connection(asyncio.Protocol):
     def _resume(self, answer: Callable[[], None]) -> None:
         self.busy = False
         answer()
-        self.data_received(b"")  # requests that arrived meanwhile
+        self._serve_guarded()  # requests that arrived meanwhile
 
     def _hang(self, release: threading.Event) -> None:
         """Never answer; once released (clear_faults/stop), close the connection without answering."""

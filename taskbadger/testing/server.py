@@ -21,7 +21,6 @@ import json
 import logging
 import re
 import secrets
-import socket
 import string
 import threading
 import time
@@ -702,14 +701,14 @@ class TaskBadgerServer:
             self._log.append(record)
             self._changed.notify_all()
 
-    def _connection_opened(self, sock: socket.socket) -> int:
+    def _connection_opened(self, sock: Any) -> int:
         with self._changed:
             self._connection_count += 1
             self._connections_opened += 1
             self._connections[sock] = self._connection_count
             return self._connection_count
 
-    def _connection_closed(self, sock: socket.socket) -> None:
+    def _connection_closed(self, sock: Any) -> None:
         with self._changed:
             self._connections.pop(sock, None)
 
