@@ -65,11 +65,12 @@ class BadRequest(Exception):
 
 
 class Request:
-    __slots__ = ("method", "target", "version", "headers", "body", "keep_alive")
+    """One parsed request; ``keep_alive`` already applies the HTTP version's default."""
 
-    def __init__(self, method: str, target: str, version: tuple[int, int], headers: Any, body: bytes,
-                 keep_alive: bool) -> None:
-        self.method, self.target, self.version = method, target, version
+    __slots__ = ("method", "target", "headers", "body", "keep_alive")
+
+    def __init__(self, method: str, target: str, headers: Headers, body: bytes, keep_alive: bool) -> None:
+        self.method, self.target = method, target
         self.headers, self.body, self.keep_alive = headers, body, keep_alive
 
 
@@ -293,7 +294,7 @@ class Connection(asyncio.Protocol):
         keep_alive = connection != "close" if version >= (1, 1) else connection == "keep-alive"
         if target.startswith("//"):
             target = "/" + target.lstrip("/")
-        return Request(method, target, version, headers, body, keep_alive)
+        return Request(method, target, headers, body, keep_alive)
 
     def _handle(self, request: Request) -> None:
         app = self.app
