@@ -94,6 +94,21 @@ def solo_worker(taskbadger_server_session, celery_app, request):
     return _session_worker(taskbadger_server_session, request, pool="solo", concurrency=1)
 
 
-@pytest.fixture(params=["prefork", "threads", "solo"])
+@pytest.fixture(scope="session")
+def gevent_worker(taskbadger_server_session, celery_app, request):
+    return _session_worker(taskbadger_server_session, request, pool="gevent", concurrency=10)
+
+
+@pytest.fixture(scope="session")
+def eventlet_worker(taskbadger_server_session, celery_app, request):
+    return _session_worker(taskbadger_server_session, request, pool="eventlet", concurrency=10)
+
+
+#: Every pool Celery ships: in the green pools our sender threads and locks are greenlets and
+#: cooperative locks, and each task runs in a greenlet of its own.
+POOLS = ["prefork", "threads", "solo", "gevent", "eventlet"]
+
+
+@pytest.fixture(params=POOLS)
 def any_worker(request):
     return request.getfixturevalue(f"{request.param}_worker")

@@ -48,8 +48,9 @@ def test_tasks_publish_and_run_while_the_api_refuses_connections(taskbadger_serv
     assert len([r for r in tb_log.records if "published untracked for the next" in r.getMessage()]) == 1
 
 
-def test_final_states_are_flushed_on_warm_shutdown(taskbadger_server, taskbadger_server_session):
-    worker = start_worker(taskbadger_server_session, pool="solo")
+@pytest.mark.parametrize("pool", ["solo", "threads", "gevent", "eventlet"])
+def test_final_states_are_flushed_on_warm_shutdown(taskbadger_server, taskbadger_server_session, pool):
+    worker = start_worker(taskbadger_server_session, pool=pool, concurrency=1 if pool == "solo" else 4)
     try:
         taskbadger_server.set_latency(1.0, method="PATCH")  # the worker's updates queue up
         for i in range(8):
