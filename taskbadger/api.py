@@ -111,7 +111,7 @@ def create_task(
 
 def send_create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None, fast: bool = False) -> Task:
     """Create with already-collected fields (scope, global tags and ``before_create`` applied here).
-    ``fast``: on the lean per-thread connection (the Celery publish path)."""
+    ``fast``: on a lean pooled connection (the Celery publish path)."""
     body = build_create_body(name, fields)
     if body is None:
         raise CreateSkipped(f"before_create returned None: task {name!r} was not created")

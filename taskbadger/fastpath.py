@@ -1,4 +1,4 @@
-"""Lean keep-alive HTTP connections per thread, for the delivery hot paths.
+"""Lean keep-alive HTTP connections, pooled per process, for the delivery hot paths.
 
 Every tracked Celery task costs one create at publish and (usually) one PATCH in the worker. Through
 ``requests`` each costs ~440 µs of CPU (environment proxy lookups, hooks, adapters) — about as much
@@ -201,32 +201,79 @@ def parse_answer(buffer: bytes, method: str, eof: bool = False) -> tuple[Result,
     return (status, headers, buffer[pos:]), b""
 
 
-class _PerThread(threading.local):
-    conns: list[Connection] | None = None
-    key: tuple | None = None
-    pid: int = 0
+# Idle kept-alive connections, shared by every thread of the process (most recently used last).
+# Connections per thread would need no lock, but a thread or greenlet that lives for one request or
+# one task (Django's runserver, gunicorn's gevent workers, Celery's gevent and eventlet pools) would
+# then open a new connection, and over HTTPS a new TLS session, for every create it sends.
+_idle: list[Connection] = []
+_idle_key: tuple | None = None  # (scheme, host, port, timeout) of the idle connections
+_idle_lock = threading.Lock()
+#: Most idle connections kept: a batch of the dispatcher takes one per update (2 sender threads x 32),
+#: publishing threads one each. More are closed when they come back.
+MAX_IDLE = 80
 
 
-_local = _PerThread()
-
-
-def _connection(host: str, timeout: tuple[float, float], slot: int = 0) -> Connection:
-    """This thread's connection number ``slot`` to ``host`` (a thread sending a batch uses several)."""
+@lru_cache(maxsize=8)
+def _pool_key(host: str, timeout: tuple[float, float]) -> tuple:
     parts = urlsplit(host)
-    key = (parts.scheme, parts.hostname, parts.port, timeout)
-    if _local.conns is None or _local.pid != os.getpid() or _local.key != key:
-        if _local.conns is not None and _local.pid == os.getpid():
-            for old in _local.conns:
-                old.close()
-        # after a fork the sockets are the parent's: leave them alone
-        _local.conns, _local.key, _local.pid = [], key, os.getpid()
-    conns = _local.conns
-    while len(conns) <= slot:
-        conns.append(Connection(parts.scheme, parts.hostname or "", parts.port, timeout))
-    conn = conns[slot]
-    if conn.sock is not None and time.monotonic() - conn.last_used > IDLE_CHECK and _closed_by_peer(conn.sock):
-        conn.close()  # the server closed it while idle: connect again, quietly
-    return conn
+    return parts.scheme, parts.hostname or "", parts.port, timeout
+
+
+def _checkout(host: str, timeout: tuple[float, float], count: int) -> list[Connection]:
+    """``count`` connections to ``host`` for the caller alone: idle ones first, new ones for the rest.
+    Give them back with ``_checkin``."""
+    global _idle, _idle_key
+    key = _pool_key(host, timeout)
+    stale: list[Connection] = []
+    with _idle_lock:
+        if _idle_key != key:  # configured for another host or timeout
+            stale, _idle, _idle_key = _idle, [], key
+        taken = _idle[-count:] if count else []
+        del _idle[len(_idle) - len(taken):]
+    for old in stale:
+        old.close()
+    now = time.monotonic()
+    for conn in taken:
+        if conn.sock is not None and now - conn.last_used > IDLE_CHECK and _closed_by_peer(conn.sock):
+            conn.close()  # the server closed it while idle: connect again, quietly
+    scheme, hostname, port, _ = key
+    taken.extend(Connection(scheme, hostname, port, timeout) for _ in range(count - len(taken)))
+    return taken
+
+
+def _checkin(host: str, timeout: tuple[float, float], conns: list[Connection]) -> None:
+    """Give back connections from ``_checkout``: open ones become idle, up to ``MAX_IDLE``."""
+    key = _pool_key(host, timeout)
+    surplus: list[Connection] = []
+    with _idle_lock:
+        for conn in conns:
+            if conn.sock is None:
+                continue
+            if _idle_key == key and len(_idle) < MAX_IDLE:
+                _idle.append(conn)
+            else:
+                surplus.append(conn)
+    for conn in surplus:
+        conn.close()
+
+
+def close_idle() -> None:
+    """Close every idle connection of this process (the next request connects again)."""
+    global _idle, _idle_key
+    with _idle_lock:
+        idle, _idle, _idle_key = _idle, [], None
+    for conn in idle:
+        conn.close()
+
+
+def _after_fork_in_child() -> None:
+    # The idle sockets are the parent's (and the lock may have been copied held): start empty.
+    global _idle, _idle_key, _idle_lock
+    _idle, _idle_key, _idle_lock = [], None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 #: A connection idle longer than this is checked (one system call) for a close by the server before
@@ -289,11 +336,23 @@ def request_many(host: str, timeout: tuple[float, float], calls: list[Call]) -> 
     hand-off each), so a busy dispatcher sends its queue this way.
     Returns, per call, (status, headers, body) or the exception that call met.
     """
+    conns = _checkout(host, timeout, len(calls))
+    try:
+        results = _exchange(host, timeout, calls, conns)
+    except BaseException:  # interrupted (a killed greenlet, an internal error): an answer may be unread
+        for conn in conns:
+            conn.close()
+        raise
+    _checkin(host, timeout, conns)
+    return results
+
+
+def _exchange(host: str, timeout: tuple[float, float], calls: list[Call],
+              conns: list[Connection]) -> list[Result | Exception]:
     results: list[Result | Exception | None] = [None] * len(calls)
     sent: list[tuple[int, Connection, bool]] = []
     blocks: dict[int, bytes] = {}  # the calls of a batch share their headers: format them once
-    for i, call in enumerate(calls):
-        conn = _connection(host, timeout, slot=i)
+    for i, (call, conn) in enumerate(zip(calls, conns, strict=True)):
         reused = conn.sock is not None
         block = blocks.get(id(call[3]))
         if block is None:

@@ -1,6 +1,10 @@
-"""The lean per-thread connection used on the delivery hot paths."""
+"""The lean pooled connections used on the delivery hot paths."""
 
 import multiprocessing
+import os
+import subprocess
+import sys
+import threading
 
 import pytest
 
@@ -131,3 +135,71 @@ def test_a_proxy_in_the_environment_sends_everything_through_requests(taskbadger
         assert taskbadger_server.requests == []
     finally:
         fastpath.usable_for.cache_clear()
+
+
+def _connections_of(server, method):
+    return [r.connection_id for r in server.requests if r.method == method]
+
+
+def test_short_lived_threads_share_the_process_connections(taskbadger_server):
+    # A web server that starts a thread per request must not open a connection per .delay()
+    for i in range(20):
+        thread = threading.Thread(target=api.send_create, args=(f"t{i}", {"status": "pending"}), kwargs={"fast": True})
+        thread.start()
+        thread.join()
+    assert len(set(_connections_of(taskbadger_server, "POST"))) == 1
+
+
+def test_concurrent_requests_never_share_a_connection(taskbadger_server):
+    taskbadger_server.set_latency(0.2)  # every request is in flight while the others are sent
+    start = threading.Barrier(5)
+    created: list[str] = []
+
+    def create(i):
+        start.wait(5)
+        created.append(api.send_create(f"c{i}", {"status": "pending", "data": {"i": i}}, fast=True).data["i"])
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(created) == [0, 1, 2, 3, 4]  # each thread read its own answer
+    first = _connections_of(taskbadger_server, "POST")
+    assert len(set(first)) == 5
+    for i in range(5):  # afterwards, the same connections serve one thread after another
+        api.send_create(f"again{i}", {"status": "pending"}, fast=True)
+    assert set(_connections_of(taskbadger_server, "POST")[5:]) <= set(first)
+
+
+GREEN_PUBLISHER = """
+import sys
+kind = sys.argv[1]
+if kind == "gevent":
+    from gevent import monkey
+    monkey.patch_all()
+    import gevent
+    def run_in_new_greenlet(fn):
+        gevent.spawn(fn).join()
+else:
+    import eventlet
+    eventlet.monkey_patch()
+    def run_in_new_greenlet(fn):
+        eventlet.spawn(fn).wait()
+import taskbadger
+from taskbadger import api
+taskbadger.init()  # TASKBADGER_HOST and TASKBADGER_API_KEY from the environment
+for i in range(20):  # like a greenlet per web request, or per task in a green Celery pool
+    run_in_new_greenlet(lambda: api.send_create(f"g{i}", {"status": "pending"}, fast=True))
+print("done")
+"""
+
+
+@pytest.mark.parametrize("kind", ["gevent", "eventlet"])
+def test_greenlets_share_the_process_connections(taskbadger_server, kind):
+    env = {**os.environ, "TASKBADGER_HOST": taskbadger_server.url, "TASKBADGER_API_KEY": taskbadger_server.api_key}
+    done = subprocess.run([sys.executable, "-c", GREEN_PUBLISHER, kind], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.stdout.strip() == "done", done.stderr[-2000:]
+    assert len(_connections_of(taskbadger_server, "POST")) == 20
+    assert len(set(_connections_of(taskbadger_server, "POST"))) == 1

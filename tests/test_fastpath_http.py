@@ -52,9 +52,9 @@ def call(server, body=b'{"a":1}'):
 
 @pytest.fixture(autouse=True)
 def fresh_connections():
-    fastpath._local.conns = None  # each test talks to its own raw server
+    fastpath.close_idle()  # each test talks to its own raw server
     yield
-    fastpath._local.conns = None
+    fastpath.close_idle()
 
 
 def test_request_bytes_are_well_formed():
@@ -81,7 +81,7 @@ def test_a_body_without_length_ends_when_the_server_closes():
     server = RawServer([b"HTTP/1.0 200 OK\r\n\r\nall of it"], close_after=True)
     status, headers, body = call(server)
     assert (status, body, headers["connection"]) == (200, b"all of it", "close")
-    assert fastpath._local.conns[0].sock is None
+    assert fastpath._idle == []  # closed, not kept for reuse
 
 
 def test_interim_100_continue_is_skipped():
@@ -93,7 +93,7 @@ def test_connection_close_header_closes_it():
     server = RawServer([b"HTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"])
     status, headers, _ = call(server)
     assert (status, headers["retry-after"]) == (429, "3")
-    assert fastpath._local.conns[0].sock is None
+    assert fastpath._idle == []  # closed, not kept for reuse
 
 
 def test_a_server_that_closes_mid_answer_is_a_transport_error():

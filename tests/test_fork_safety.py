@@ -7,7 +7,7 @@ import threading
 import pytest
 
 import taskbadger
-from taskbadger import celery_options, config, delivery, heartbeat, tracking, transport
+from taskbadger import api, celery_options, config, delivery, fastpath, heartbeat, tracking, transport
 
 LOCKS = [
     (tracking, "_received_lock"),
@@ -16,6 +16,7 @@ LOCKS = [
     (transport, "_lock"),
     (heartbeat, "_lock"),
     (delivery, "_dispatcher_lock"),
+    (fastpath, "_idle_lock"),
 ]
 
 
@@ -31,6 +32,7 @@ def _use_every_lock(queue):
     transport.get_session()
     heartbeat.get_heartbeat()
     delivery.get_dispatcher()
+    api.send_create("in the child", {"status": "pending"}, fast=True)
     queue.put("done")
 
 
