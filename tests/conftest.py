@@ -73,42 +73,30 @@ def celery_app():
     return app
 
 
-def _session_worker(server, request, **kwargs):
-    worker = start_worker(server, **kwargs)
-    request.addfinalizer(lambda: stop_worker(worker))
+#: Every pool Celery ships, with the concurrency its shared worker runs at. In the green pools our
+#: sender threads and locks are greenlets and cooperative locks, and each task runs in a greenlet.
+POOLS = {"prefork": 2, "threads": 4, "solo": 1, "gevent": 10, "eventlet": 10}
+
+
+def _session_worker_fixture(pool: str, concurrency: int):
+    """``<pool>_worker``: one worker of that pool for the whole session, started on first use."""
+
+    @pytest.fixture(scope="session", name=f"{pool}_worker")
+    def worker(taskbadger_server_session, celery_app, request):
+        started = start_worker(taskbadger_server_session, pool=pool, concurrency=concurrency)
+        request.addfinalizer(lambda: stop_worker(started))
+        return started
+
     return worker
 
 
-@pytest.fixture(scope="session")
-def prefork_worker(taskbadger_server_session, celery_app, request):
-    return _session_worker(taskbadger_server_session, request, pool="prefork", concurrency=2)
+prefork_worker = _session_worker_fixture("prefork", POOLS["prefork"])
+threads_worker = _session_worker_fixture("threads", POOLS["threads"])
+solo_worker = _session_worker_fixture("solo", POOLS["solo"])
+gevent_worker = _session_worker_fixture("gevent", POOLS["gevent"])
+eventlet_worker = _session_worker_fixture("eventlet", POOLS["eventlet"])
 
 
-@pytest.fixture(scope="session")
-def threads_worker(taskbadger_server_session, celery_app, request):
-    return _session_worker(taskbadger_server_session, request, pool="threads", concurrency=4)
-
-
-@pytest.fixture(scope="session")
-def solo_worker(taskbadger_server_session, celery_app, request):
-    return _session_worker(taskbadger_server_session, request, pool="solo", concurrency=1)
-
-
-@pytest.fixture(scope="session")
-def gevent_worker(taskbadger_server_session, celery_app, request):
-    return _session_worker(taskbadger_server_session, request, pool="gevent", concurrency=10)
-
-
-@pytest.fixture(scope="session")
-def eventlet_worker(taskbadger_server_session, celery_app, request):
-    return _session_worker(taskbadger_server_session, request, pool="eventlet", concurrency=10)
-
-
-#: Every pool Celery ships: in the green pools our sender threads and locks are greenlets and
-#: cooperative locks, and each task runs in a greenlet of its own.
-POOLS = ["prefork", "threads", "solo", "gevent", "eventlet"]
-
-
-@pytest.fixture(params=POOLS)
+@pytest.fixture(params=list(POOLS))
 def any_worker(request):
     return request.getfixturevalue(f"{request.param}_worker")

@@ -151,9 +151,10 @@ def test_short_lived_threads_share_the_process_connections(taskbadger_server):
 
 
 def test_concurrent_requests_never_share_a_connection(taskbadger_server):
-    taskbadger_server.set_latency(0.2)  # every request is in flight while the others are sent
+    # Held for 0.5 s by the server, each request is still in flight when the other threads send theirs.
+    taskbadger_server.set_latency(0.5)
     start = threading.Barrier(5)
-    created: list[str] = []
+    created: list[int] = []
 
     def create(i):
         start.wait(5)
