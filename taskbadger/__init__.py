@@ -22,6 +22,7 @@ from .api import (
 )
 from .config import Config, get_config, init, is_configured
 from .decorators import track
+from .delivery import stats
 from .exceptions import (
     ConfigurationError,
     ConnectError,
@@ -48,6 +49,6 @@ __all__ = [
     "MissingConfiguration", "NotFound", "RateLimited", "ReadTimeout", "Scope", "ServerError", "Session",
     "StatusEnum", "Task", "TaskList", "TaskModel", "TaskbadgerException", "TransportError", "Unauthorized",
     "UnexpectedStatus", "ValidationError", "__version__", "cancel_task", "create_task", "create_task_safe",
-    "current_scope", "get_config", "get_task", "init", "is_configured", "iter_tasks", "list_tasks", "track",
-    "update_task", "update_task_safe",
+    "current_scope", "get_config", "get_task", "init", "is_configured", "iter_tasks", "list_tasks", "stats",
+    "track", "update_task", "update_task_safe",
 ]

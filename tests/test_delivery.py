@@ -36,6 +36,18 @@ def test_queued_updates_for_one_task_merge_into_one_patch(taskbadger_server, dis
     assert (stats["sent"], stats["merged"], stats["queued"]) == (1, 2, 0)
 
 
+def test_the_process_counters_are_one_call_away(taskbadger_server):
+    task = taskbadger.create_task("counted")
+    before = taskbadger.stats()
+    delivery.submit(task.id, {"status": "processing"})
+    delivery.submit(task.id, {"status": "success"}, final=True)
+    assert delivery.flush(5)
+    after = taskbadger.stats()
+    assert (after["submitted"] - before["submitted"], after["merged"] - before["merged"],
+            after["sent"] - before["sent"]) == (2, 1, 1)
+    assert (after["queued"], after["in_flight"], after["breaker"]) == (0, 0, "closed")
+
+
 def test_non_final_updates_are_sent_after_the_linger(taskbadger_server, dispatcher):
     task = taskbadger.create_task("slow")
     dispatcher.submit(task.id, {"status": "processing"})
