@@ -318,8 +318,14 @@ def request(host: str, timeout: tuple[float, float], method: str, target: str, b
     return result
 
 
+@lru_cache(maxsize=8)
+def _host_line(host: str) -> str:
+    return f"Host: {urlsplit(host).netloc}"
+
+
 def _header_block(host: str, headers: dict[str, str]) -> bytes:
-    lines = [f"Host: {urlsplit(host).netloc}", *(f"{name}: {value}" for name, value in headers.items())]
+    # once per publish and per batch: the host is parsed once per process, not on each call
+    lines = [_host_line(host), *(f"{name}: {value}" for name, value in headers.items())]
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
 
 
