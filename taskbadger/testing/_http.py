@@ -226,6 +226,7 @@ class Connection(asyncio.Protocol):
             try:
                 request = self._take_request()
             except BadRequest as err:
+                self.app._malformed_request(bytes(self.buffer[:4096]), err.status, err.detail, self.connection_id)
                 self._send(err.status, {"detail": err.detail}, {}, "GET", close=True)
                 return
             if request is None:

@@ -81,6 +81,8 @@ class RecordedRequest:
     timestamp: float
     status: int | None = None
     task_id: str | None = None  # the task the request created or addressed, when there is one
+    #: why the server could not parse the request (it answered 4xx/5xx and closed), else None
+    malformed: str | None = None
 
 
 def _now() -> datetime:
@@ -278,6 +280,7 @@ class _Store:
         self._base_url = base_url
         self.lock = threading.RLock()
         self.tasks: dict[str, _Task] = {}  # insertion order == creation order
+        self.issued: set[str] = set()  # every id this server ever created, kept across clear()
         self._seq = 0
 
     def clear(self) -> None:
@@ -342,6 +345,7 @@ class _Store:
             task.monitor_id = monitor
             self._apply(task, cleaned, unknown, now, old_status="pending")
             self.tasks[task.id] = task
+            self.issued.add(task.id)
             logger.debug("created task %s %r (%s)", task.id, task.name, task.status)
             return (201, self.represent(task), {}), task.id
 
@@ -625,6 +629,11 @@ class TaskBadgerServer:
             task = self._store.tasks.get(task_id)
             return None if task is None else self._store.internal(task)
 
+    def issued(self, task_id: str) -> bool:
+        """Whether this server ever created ``task_id`` (also before the last ``reset()``)."""
+        with self._store.lock:
+            return task_id in self._store.issued
+
     def tasks_named(self, name: str) -> list[dict[str, Any]]:
         """Tasks called ``name``, oldest first."""
         return [t for t in self.tasks.values() if t["name"] == name]
@@ -695,6 +704,15 @@ class TaskBadgerServer:
         )
         self._record(record)
         return record
+
+    def _malformed_request(self, head: bytes, status: int, reason: str, connection_id: int) -> None:
+        """Record bytes that did not parse as a request: a client that sends them is broken (or being
+        abused), and tests must be able to see it."""
+        words = head.split(b"\r\n", 1)[0].decode("iso-8859-1").split(" ")
+        self._record(RecordedRequest(
+            method=words[0], path=words[1] if len(words) > 1 else "", query={}, headers=Headers(), json=None,
+            body=head, connection_id=connection_id, timestamp=time.time(), status=status, malformed=reason,
+        ))
 
     def _record(self, record: RecordedRequest) -> None:
         with self._changed:
