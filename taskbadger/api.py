@@ -9,7 +9,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from . import config as _config
-from . import transport
+from . import models, transport
+from ._runtime import short
 from .exceptions import CreateSkipped, InvalidData, MissingConfiguration
 from .models import StatusEnum, TaskModel, format_datetime
 from .scope import _state as _scope_state
@@ -114,8 +115,14 @@ def send_create(name: str, fields: Mapping[str, Any], monitor_id: str | None = N
     ``fast``: on a lean pooled connection (the Celery publish path)."""
     body = build_create_body(name, fields)
     if body is None:
-        raise CreateSkipped(f"before_create returned None: task {name!r} was not created")
-    headers = {transport.MONITOR_HEADER: str(monitor_id)} if monitor_id else None
+        raise CreateSkipped(f"before_create returned None: task {short(name)} was not created")
+    headers = None
+    if monitor_id:
+        canonical = models.monitor_id(monitor_id)
+        if canonical is None:
+            raise InvalidData(f"monitor_id {short(monitor_id)} is not a monitor id (a UUID): copy it from the "
+                              "monitor's page in Task Badger")
+        headers = {transport.MONITOR_HEADER: canonical}
     payload = transport.request("POST", json_body=body, headers=headers, fast=fast)
     return Task(TaskModel.from_dict(payload))
 
@@ -127,16 +134,23 @@ def send_updates(updates: list[tuple[str, Mapping[str, Any]]]) -> list[Exception
     errors: dict[int, Exception] = {}
     for i, (task_id, fields) in enumerate(updates):
         try:
-            calls.append(("PATCH", f"{task_id}/", clean_fields(fields)))
+            calls.append(("PATCH", task_path(task_id), clean_fields(fields)))
         except (InvalidData, ValueError) as err:
             errors[i] = err
     sent = iter(transport.send_many(calls)) if calls else iter(())
     return [errors[i] if i in errors else next(sent) for i in range(len(updates))]
 
 
+def task_path(task_id: str) -> str:
+    """``<id>/`` for a valid task id; InvalidData for anything else (it would land in a URL)."""
+    if not models.is_task_id(task_id):
+        raise InvalidData(f"{short(task_id)} is not a Task Badger task id (letters, digits, - and _)")
+    return f"{task_id}/"
+
+
 def get_task(task_id: str) -> Task:
     """Fetch a task by id."""
-    return Task(TaskModel.from_dict(transport.request("GET", f"{task_id}/")))
+    return Task(TaskModel.from_dict(transport.request("GET", task_path(task_id))))
 
 
 def update_task(task_id: str, **fields: Any) -> Task:
@@ -149,12 +163,12 @@ def update_task(task_id: str, **fields: Any) -> Task:
     if unknown:
         raise TypeError(f"update_task() got unknown field(s): {', '.join(sorted(unknown))}")
     body = clean_fields(fields)
-    return Task(TaskModel.from_dict(transport.request("PATCH", f"{task_id}/", json_body=body)))
+    return Task(TaskModel.from_dict(transport.request("PATCH", task_path(task_id), json_body=body)))
 
 
 def cancel_task(task_id: str) -> None:
     """Cancel a task (HTTP DELETE): its status becomes ``cancelled``."""
-    transport.request("DELETE", f"{task_id}/")
+    transport.request("DELETE", task_path(task_id))
 
 
 class TaskList:
@@ -241,9 +255,9 @@ def create_task_safe(name: str, **kwargs: Any) -> Task | None:
     try:
         return create_task(name, **kwargs)
     except CreateSkipped:
-        log.debug("before_create skipped task %r", name)
+        log.debug("before_create skipped task %s", short(name))
     except Exception as err:
-        log.warning("Task Badger: could not create task %r: %s", name, err)
+        log.warning("Task Badger: could not create task %s: %s", short(name), err)
     return None
 
 
@@ -254,5 +268,5 @@ def update_task_safe(task_id: str, **kwargs: Any) -> Task | None:
     try:
         return update_task(task_id, **kwargs)
     except Exception as err:
-        log.warning("Task Badger: could not update task %r: %s", task_id, err)
+        log.warning("Task Badger: could not update task %s: %s", short(task_id), err)
     return None

@@ -68,7 +68,6 @@ class Connection:
         self.sock: socket.socket | None = None
         self._buffer = b""
         self._eof = False  # the server closed its side
-        self.last_used = 0.0
 
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=self.timeout[0])
@@ -102,7 +101,6 @@ class Connection:
                 view = view[self.sock.send(view):]
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 self._wait(_WRITABLE)
-        self.last_used = time.monotonic()
 
     def receive_some(self) -> bool:
         """One non-blocking read into the buffer; False when nothing had arrived."""
@@ -130,7 +128,9 @@ class Connection:
                 raise ClosedBeforeAnswer("the server closed the connection before answering")
             return None
         (status, headers, body), self._buffer = parsed
-        if headers.get("connection", "").lower() == "close" or self._eof:
+        # Bytes after the answer were never asked for (we send one request at a time): a confused
+        # server or proxy, or a smuggled request. They must not answer our next request: close.
+        if self._buffer or self._eof or headers.get("connection", "").lower() == "close":
             self.close()
         return status, headers, body
 
@@ -232,10 +232,7 @@ def _checkout(host: str, timeout: tuple[float, float], count: int) -> list[Conne
         del _idle[len(_idle) - len(taken):]
     for old in stale:
         old.close()
-    now = time.monotonic()
-    for conn in taken:
-        if conn.sock is not None and now - conn.last_used > IDLE_CHECK and _closed_by_peer(conn.sock):
-            conn.close()  # the server closed it while idle: connect again, quietly
+    _close_unusable(taken)
     scheme, hostname, port, _ = key
     taken.extend(Connection(scheme, hostname, port, timeout) for _ in range(count - len(taken)))
     return taken
@@ -276,11 +273,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-#: A connection idle longer than this is checked (one system call) for a close by the server before
-#: it is used again. Servers close idle keep-alive connections after seconds (gunicorn 2 s, uvicorn
-#: 5 s, nginx 75 s); a busy dispatcher reuses its connections every few milliseconds.
-IDLE_CHECK = 0.25
-
 _READABLE = getattr(select, "POLLIN", 1)
 _WRITABLE = getattr(select, "POLLOUT", 4)
 
@@ -297,11 +289,29 @@ def _wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
     return bool(readable or writable or failed)
 
 
-def _closed_by_peer(sock: socket.socket) -> bool:
+def _close_unusable(conns: list[Connection]) -> None:
+    """Close the idle connections that have something to read: the server closed them (EOF), or sent
+    bytes nobody asked for. An idle keep-alive socket has nothing to read. One ``poll`` for them all."""
+    idle = [conn for conn in conns if conn.sock is not None]
+    if not idle:
+        return
+    if not hasattr(select, "poll"):
+        for conn in idle:
+            if _wait_for(conn.sock, _READABLE, 0):  # type: ignore[arg-type]
+                conn.close()
+        return
+    poller = select.poll()
+    by_fd = {}
+    for conn in idle:
+        assert conn.sock is not None
+        by_fd[conn.sock.fileno()] = conn
+        poller.register(conn.sock, _READABLE | select.POLLERR | select.POLLHUP)
     try:
-        return _wait_for(sock, _READABLE, 0)  # an idle keep-alive socket is readable only at EOF
-    except (OSError, ValueError):
-        return True
+        ready = poller.poll(0)
+    except OSError:
+        ready = [(fd, 0) for fd in by_fd]
+    for fd, _ in ready:
+        by_fd[fd].close()
 
 
 Call = tuple[str, str, "bytes | None", dict[str, str]]  # method, target (path and query), body, headers
@@ -323,15 +333,25 @@ def _host_line(host: str) -> str:
     return f"Host: {urlsplit(host).netloc}"
 
 
-def _header_block(host: str, headers: dict[str, str]) -> bytes:
+class Wire(bytes):
+    """Bytes of a request: they hold the Authorization header, so they never print themselves (frames of
+    this module show up on debug pages and in crash reports when something goes wrong mid-request)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"<{len(self)} bytes of an HTTP request>"
+
+
+def _header_block(host: str, headers: dict[str, str]) -> Wire:
     # once per publish and per batch: the host is parsed once per process, not on each call
-    lines = [_host_line(host), *(f"{name}: {value}" for name, value in headers.items())]
-    return ("\r\n".join(lines) + "\r\n").encode("latin-1")
+    return Wire(("\r\n".join([_host_line(host), *(f"{name}: {value}" for name, value in headers.items())])
+                 + "\r\n").encode("latin-1"))
 
 
-def _encode(method: str, target: str, body: bytes | None, header_block: bytes) -> bytes:
-    return b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
-        method.encode(), target.encode("latin-1"), header_block, len(body) if body else 0, body or b"")
+def _encode(method: str, target: str, body: bytes | None, header_block: bytes) -> Wire:
+    return Wire(b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        method.encode(), target.encode("latin-1"), header_block, len(body) if body else 0, body or b""))
 
 
 def request_many(host: str, timeout: tuple[float, float], calls: list[Call]) -> list[Result | Exception]:
@@ -436,7 +456,7 @@ def _send(host: str, timeout: tuple[float, float], conn: Connection, call: Call,
         except OSError as err:  # refused, unreachable, connect timeout, TLS
             conn.close()
             failure = ConnectError(f"Could not connect to {host}: {err}")
-            failure.__cause__ = err
+            failure.__cause__ = _scrub(err)
             return failure
     try:
         conn.send(_encode(method, target, body, header_block))
@@ -469,5 +489,12 @@ def _failure(host: str, timeout: tuple[float, float], err: Exception) -> Transpo
         failure: TransportError = ReadTimeout(f"{host} did not answer within {timeout[1]} s")
     else:
         failure = TransportError(f"Connection to {host} failed: {err!r}")
-    failure.__cause__ = err
+    failure.__cause__ = _scrub(err)
     return failure
+
+
+def _scrub(err: BaseException) -> BaseException:
+    """The error without its traceback: its frames hold the request's bytes (see ``Wire``)."""
+    err.__traceback__ = None
+    err.__context__ = None
+    return err

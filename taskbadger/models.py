@@ -1,11 +1,84 @@
-"""Typed models of what the API sends and receives."""
+"""Typed models of what the API sends and receives, and the checks that say what a valid value is.
+
+Values that come from outside (options, settings, message headers written by any producer) are
+checked here once, where they enter, so that nothing raw reaches a message or the wire.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import enum
+import json
+import math
+import re
+import uuid
+from collections.abc import Mapping
 from typing import Any
+
+#: What the API issues as task ids (26 letters and digits today); a little wider for the future, but
+#: never a character that could change a request line or a URL path.
+_TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: Organization and project slugs: they become URL path segments.
+_SLUG = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The API's limit on a task name.
+MAX_NAME_LENGTH = 255
+
+
+def is_task_id(value: Any) -> bool:
+    """True for a string shaped like an id the API issues (safe in a URL path)."""
+    return isinstance(value, str) and _TASK_ID.fullmatch(value) is not None
+
+
+def is_slug(value: Any) -> bool:
+    return isinstance(value, str) and _SLUG.fullmatch(value) is not None
+
+
+def monitor_id(value: Any) -> str | None:
+    """The canonical form of a monitor id (a UUID), or None when ``value`` is not one."""
+    if not isinstance(value, str) or len(value) > 64:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None
+
+
+def has_control_characters(value: str) -> bool:
+    return _CONTROL.search(value) is not None
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """``value`` if JSON can encode it, else a structure where what it cannot encode is a repr
+    (sets, dates, objects); dict keys become strings, NaN and infinities their repr."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if depth > 20:
+        return safe_repr(value)
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, depth + 1) for v in value]
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else safe_repr(k): jsonable(v, depth + 1) for k, v in value.items()}
+    return safe_repr(value)
+
+
+def is_json(value: Any) -> bool:
+    """True when JSON encodes ``value`` exactly (no NaN, no infinities)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return False
+    return True
+
+
+def safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:
+        return f"<unrepresentable {type(value).__name__}>"
 
 
 class StatusEnum(str, enum.Enum):
@@ -41,12 +114,17 @@ _DATETIME_FIELDS = ("created", "updated", "start_time", "end_time")
 
 
 def parse_datetime(value: Any) -> dt.datetime | None:
+    """An aware datetime from the API's ISO 8601 text; None for anything else (a display field is
+    never worth failing for)."""
     if value is None or isinstance(value, dt.datetime):
         return value
-    text = str(value)
-    if text.endswith("Z"):  # fromisoformat() accepts 'Z' only from Python 3.11
-        text = text[:-1] + "+00:00"
-    return dt.datetime.fromisoformat(text)
+    if not isinstance(value, str):
+        return None
+    text = value[:-1] + "+00:00" if value.endswith("Z") else value  # 'Z' only from Python 3.11
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def format_datetime(value: dt.datetime) -> str:

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import platform
+import re
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,7 @@ from . import config as _config
 from . import fastpath
 from .exceptions import (
     ConnectError,
+    InvalidData,
     NotFound,
     RateLimited,
     ReadTimeout,
@@ -35,6 +37,7 @@ from .exceptions import (
     UnexpectedStatus,
     ValidationError,
 )
+from .models import has_control_characters
 from .version import __version__
 
 log = logging.getLogger("taskbadger")
@@ -42,6 +45,49 @@ log = logging.getLogger("taskbadger")
 USER_AGENT = f"taskbadger-python/{__version__} (python {platform.python_version()}; requests {requests.__version__})"
 MONITOR_HEADER = "X-TASKBADGER-MONITOR"
 _FAST_HEADERS = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+#: Paths below the tasks URL: nothing but id segments, so no byte from a caller changes the request line.
+_PATH = re.compile(r"(?:[A-Za-z0-9_-]{1,64}/)*")
+
+
+class Credential(str):
+    """The ``Authorization`` header value. It masks itself wherever it is printed: Django's debug page
+    (``DEBUG = True``) shows every frame's local variables with ``repr``, and Django applies
+    ``sensitive_variables`` only when ``DEBUG`` is False, so a plain string in a local would show the key
+    there. The value sent on the wire is the string itself."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'Bearer ***'"
+
+    def __reduce__(self) -> Any:  # never pickled with the key in it
+        return (str, ("Bearer ***",))
+
+
+def authorization(config: _config.Config) -> Credential:
+    return Credential("Bearer " + config.token)
+
+
+def check_request(path: str, headers: Mapping[str, str] | None) -> None:
+    """Refuse, before anything is sent, a path or header value that could change the request's shape."""
+    if not _PATH.fullmatch(path):
+        raise InvalidData(f"{path[:80]!r} is not a Task Badger task path: task ids are letters, digits, - and _")
+    for name, value in (headers or {}).items():
+        if not isinstance(value, str) or has_control_characters(value) or has_control_characters(name):
+            raise InvalidData(f"the value of header {name[:40]!r} contains control characters; it was not sent")
+
+
+def scrub(err: BaseException) -> BaseException:
+    """Drop the tracebacks of ``err`` and the exceptions chained to it. Frames of the HTTP stack hold the
+    request's bytes (the key among them) in local variables, and debug pages and crash reporters print
+    the frames of chained exceptions too. The messages stay."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return err
 
 _session: requests.Session | None = None
 _session_pid: int | None = None
@@ -122,9 +168,10 @@ def request(
     error status.
     """
     config = _require_config(config)
+    check_request(path, headers)
     url = config.tasks_url + path
     timeout = timeout or config.timeout
-    send_headers = {"Authorization": f"Bearer {config.token}"}
+    send_headers = {"Authorization": authorization(config)}
     if headers:
         send_headers.update(headers)
     data = None
@@ -140,17 +187,22 @@ def request(
     try:
         response = get_session().request(method, url, data=data, params=query, headers=send_headers,
                                          timeout=timeout)
-    except requests.exceptions.ConnectTimeout as err:
-        raise ConnectError(f"Could not connect to {config.host} in time: {_describe(err)}") from err
-    except requests.exceptions.ReadTimeout as err:
-        raise ReadTimeout(f"{config.host} did not answer within {timeout[1]} s") from err
-    except requests.exceptions.ConnectionError as err:
-        if _is_connect_failure(err):
-            raise ConnectError(f"Could not connect to {config.host}: {_describe(err)}") from err
-        raise TransportError(f"Connection to {config.host} failed: {_describe(err)}") from err
     except requests.exceptions.RequestException as err:
-        raise TransportError(f"Request to {config.host} failed: {_describe(err)}") from err
+        raise _transport_error(config.host, timeout, err) from scrub(err)
     return _decode(response.status_code, response.headers, response.content, parse)
+
+
+def _transport_error(host: str, timeout: tuple[float, float], err: requests.exceptions.RequestException
+                     ) -> TransportError:
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return ConnectError(f"Could not connect to {host} in time: {_describe(err)}")
+    if isinstance(err, requests.exceptions.ReadTimeout):
+        return ReadTimeout(f"{host} did not answer within {timeout[1]} s")
+    if isinstance(err, requests.exceptions.ConnectionError) and _is_connect_failure(err):
+        return ConnectError(f"Could not connect to {host}: {_describe(err)}")
+    if isinstance(err, requests.exceptions.ConnectionError):
+        return TransportError(f"Connection to {host} failed: {_describe(err)}")
+    return TransportError(f"Request to {host} failed: {_describe(err)}")
 
 
 def send_many(calls: list[tuple[str, str, Any]], config: _config.Config | None = None) -> list[Exception | None]:
@@ -167,11 +219,18 @@ def send_many(calls: list[tuple[str, str, Any]], config: _config.Config | None =
                 results.append(err)
         return results
     base = urlsplit(config.tasks_url).path
-    headers = {**_FAST_HEADERS, "Authorization": f"Bearer {config.token}", "Content-Type": "application/json"}
-    raw = fastpath.request_many(config.host, config.timeout, [
-        (method, base + path, json.dumps(body, separators=(",", ":")).encode(), headers)
-        for method, path, body in calls
-    ])
+    headers = {**_FAST_HEADERS, "Authorization": authorization(config), "Content-Type": "application/json"}
+    results_at: dict[int, Exception] = {}
+    wire: list[fastpath.Call] = []
+    for i, (method, path, body) in enumerate(calls):
+        try:
+            check_request(path, None)
+        except InvalidData as err:
+            results_at[i] = err
+            continue
+        wire.append((method, base + path, json.dumps(body, separators=(",", ":")).encode(), headers))
+    answers = iter(fastpath.request_many(config.host, config.timeout, wire) if wire else ())
+    raw = [results_at[i] if i in results_at else next(answers) for i in range(len(calls))]
     for answer in raw:
         if isinstance(answer, Exception):
             results.append(answer)

@@ -79,8 +79,7 @@ def test_errors_map_like_the_requests_transport(taskbadger_server):
     assert taskbadger_server.get_task(task.id)["value"] == 4
 
 
-def test_a_connection_the_server_closed_while_idle_is_replaced_quietly(taskbadger_server, monkeypatch):
-    monkeypatch.setattr(fastpath, "IDLE_CHECK", 0.0)  # as if idle for longer than the check's threshold
+def test_a_connection_the_server_closed_while_idle_is_replaced_quietly(taskbadger_server):
     task = api.send_create("idle", {"status": "pending"}, fast=True)
     taskbadger_server.refuse()  # closes every open connection...
     taskbadger_server.accept()  # ...and listens again
