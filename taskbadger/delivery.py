@@ -30,6 +30,7 @@ from typing import Any
 
 from . import config as _config
 from . import task as _task_module
+from ._runtime import short
 from ._threads import start_daemon_thread
 from .exceptions import RateLimited, ServerError, TransportError, UnexpectedStatus
 from .models import TERMINAL_STATUSES
@@ -76,22 +77,35 @@ def merge_fields(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]
         merged["start_time"] = older["start_time"]
     if "merge_data" in older and "merge_data" in newer:
         merged["merge_data"] = {**older["merge_data"], **newer["merge_data"]}
+    if UNLESS_FINAL not in newer:
+        merged.pop(UNLESS_FINAL, None)  # an unconditional update makes the whole request unconditional
     return merged
 
 
-def resolve_merge_data(task_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    """``merge_data`` asks for keys to be merged into the task's data (PATCH replaces ``data``):
-    merge into the ``data`` being sent, or into the task's current data, fetched first."""
+#: A field that makes an update conditional: it is sent only if the task has no final state yet
+#: (the worker's main process uses it to close tasks whose own final update died with a child).
+UNLESS_FINAL = "_taskbadger_unless_final"
+
+
+def resolve_merge_data(task_id: str, fields: dict[str, Any]) -> dict[str, Any] | None:
+    """The PATCH body to send for queued ``fields``, or None when there is nothing to send.
+
+    ``merge_data`` asks for keys to be merged into the task's data (PATCH replaces ``data``): merge
+    into the ``data`` being sent, or into the task's current data, fetched first. ``UNLESS_FINAL``
+    fetches the task and sends nothing if it already ended."""
     from .api import get_task
 
     fields = dict(fields)
+    unless_final = fields.pop(UNLESS_FINAL, False)
     extra = fields.pop("merge_data", None)
-    if extra is None:
+    if not unless_final and extra is None:
         return fields
-    base = fields.get("data")
-    if base is None:
-        base = get_task(task_id).data
-    fields["data"] = {**(base if isinstance(base, dict) else {}), **extra}
+    current = get_task(task_id) if unless_final or fields.get("data") is None else None
+    if unless_final and current is not None and current.status in TERMINAL_STATUSES:
+        return None
+    if extra is not None:
+        base = fields.get("data") if current is None else current.data
+        fields["data"] = {**(base if isinstance(base, dict) else {}), **extra}
     return fields
 
 
@@ -335,9 +349,14 @@ class Dispatcher:
         for i, (task_id, entry) in enumerate(batch):
             entry.attempts += 1
             try:
-                ready.append((i, task_id, resolve_merge_data(task_id, entry.fields)))
+                body = resolve_merge_data(task_id, entry.fields)
             except Exception as err:
                 outcomes[i] = self._outcome(task_id, entry, err)
+                continue
+            if body is None:
+                outcomes[i] = self._outcome(task_id, entry, None)  # nothing left to say
+            else:
+                ready.append((i, task_id, body))
         errors = send_updates([(task_id, fields) for _, task_id, fields in ready]) if ready else []
         for (i, task_id, _), err in zip(ready, errors, strict=True):
             outcomes[i] = self._outcome(task_id, batch[i][1], err)
@@ -354,9 +373,9 @@ class Dispatcher:
         with self._cond:
             self.counters["dropped"] += 1
         if isinstance(err, UnexpectedStatus):
-            log.warning("Task Badger refused an update for task %r (%s); it is dropped", task_id, err)
+            log.warning("Task Badger refused an update for task %s (%s); it is dropped", short(task_id), err)
         else:
-            log.warning("Task Badger: update for task %r cannot be sent (%s); it is dropped", task_id, err)
+            log.warning("Task Badger: update for task %s cannot be sent (%s); it is dropped", short(task_id), err)
         return "dropped"
 
     def _transient(self, task_id: str, entry: _Entry, err: Exception) -> str:
@@ -389,8 +408,8 @@ class Dispatcher:
         # one line per 10 s (60 s for progress), each with the running count.
         if now - self._last_drop_log[final] >= (DROP_LOG_INTERVAL if final else 6 * DROP_LOG_INTERVAL):
             self._last_drop_log[final] = now
-            log.error("Task Badger: an update for task %r was dropped because %s (%d dropped so far)",
-                      task_id, reason, self.counters["dropped"])
+            log.error("Task Badger: an update for task %s was dropped because %s (%d dropped so far)",
+                      short(task_id), reason, self.counters["dropped"])
 
 
 # -- the process's dispatcher ----------------------------------------------------------------------
@@ -418,7 +437,7 @@ def _claim_for_sync_update(task_id: str) -> dict[str, Any]:
     if dispatcher is None or dispatcher._pid != os.getpid():
         return {}
     claimed = dispatcher.claim(task_id)
-    return resolve_merge_data(task_id, claimed) if claimed else claimed
+    return (resolve_merge_data(task_id, claimed) or {}) if claimed else claimed
 
 
 def _unclaim(task_id: str, fields: dict[str, Any]) -> None:
@@ -468,22 +487,43 @@ atexit.register(flush, 5.0)
 
 
 class Breaker:
-    """Skip work against an API that keeps failing, then try again after a cool-down."""
+    """Skip creates while the API cannot take them, without switching tracking off for long.
 
-    def __init__(self, failure_threshold: int = 3, cooldown: float = 30.0) -> None:
+    * A connection error, a timeout or a 5xx counts as a failure. After ``failure_threshold`` in a row
+      the breaker opens: calls are skipped (tasks publish untracked) for a cool-down, then one call
+      tries again. The cool-down is half of how long the API has been failing so far, between
+      ``min_cooldown`` and ``max_cooldown``: after a blip of two seconds the next try comes within a
+      second of recovery; a long outage is tried every ``max_cooldown`` seconds.
+    * A 429 is the API asking us to slow down, not an outage: calls are skipped for its
+      ``Retry-After`` (1 s without one, at most ``max_defer``), then go ahead as before.
+    * Any success closes it. Failures that follow a long quiet spell (nothing was tried) start a new
+      count: what the breaker knew about the API is stale by then.
+    """
+
+    def __init__(self, failure_threshold: int = 3, min_cooldown: float = 0.25, max_cooldown: float = 30.0,
+                 max_defer: float = 30.0) -> None:
         self.failure_threshold = failure_threshold
-        self.cooldown = cooldown
+        self.min_cooldown = min_cooldown
+        self.max_cooldown = max_cooldown
+        self.max_defer = max_defer
         self._lock = threading.Lock()
         self._failures = 0
+        self._failing_since = 0.0
+        self._last_failure = 0.0
+        self._cooldown = min_cooldown
         self._open_until = 0.0
+        self._deferred_until = 0.0
         self._skipped = 0
         self._trial_running = False
 
     def allow(self) -> bool:
         with self._lock:
+            now = time.monotonic()
+            if now < self._deferred_until:
+                self._skipped += 1
+                return False
             if self._failures < self.failure_threshold:
                 return True
-            now = time.monotonic()
             if now >= self._open_until and not self._trial_running:
                 self._trial_running = True  # half-open: let one call find out
                 return True
@@ -492,29 +532,52 @@ class Breaker:
 
     def success(self) -> None:
         with self._lock:
-            if self._failures >= self.failure_threshold:
-                log.warning("Task Badger API reachable again: tracking resumed (%d publishes were not tracked)",
+            if self._failures >= self.failure_threshold or self._skipped:
+                log.warning("Task Badger API answering again: tracking resumed (%d publishes were not tracked)",
                             self._skipped)
             self._failures, self._skipped, self._trial_running = 0, 0, False
 
     def failure(self, err: Exception) -> None:
         with self._lock:
-            self._failures += 1
+            now = time.monotonic()
             self._trial_running = False
+            if isinstance(err, RateLimited):
+                retry_after = err.retry_after if err.retry_after is not None else 1.0
+                pause = min(self.max_defer, max(0.0, retry_after))
+                if now + pause > self._deferred_until:
+                    if self._deferred_until <= now:
+                        log.warning("Task Badger API asked to slow down (429): tasks are published untracked for "
+                                    "the next %.1f s", pause)
+                    self._deferred_until = now + pause
+                return
+            if self._failures and now - self._last_failure > max(4 * self._cooldown, 5.0):
+                self._failures = 0  # nothing tried for a while: what we knew is stale, start counting again
+            if self._failures == 0:
+                self._failing_since = now
+            self._last_failure = now
+            self._failures += 1
             if self._failures >= self.failure_threshold:
-                self._open_until = time.monotonic() + self.cooldown
-                log.warning("Task Badger API failing (%s): tasks are published untracked for the next %.0f s",
-                            err, self.cooldown)
+                cooldown = min(self.max_cooldown, max(self.min_cooldown, (now - self._failing_since) / 2))
+                self._cooldown = cooldown
+                if self._failures == self.failure_threshold:
+                    log.warning("Task Badger API failing (%s): tasks are published untracked for the next %.1f s, "
+                                "then one call tries again; while it keeps failing, tries come further apart "
+                                "(%.0f s at most)", err, cooldown, self.max_cooldown)
+                self._open_until = now + cooldown
 
     def state(self) -> str:
         with self._lock:
+            now = time.monotonic()
+            if now < self._deferred_until:
+                return "deferred"
             if self._failures < self.failure_threshold:
                 return "closed"
-            return "open" if time.monotonic() < self._open_until else "half-open"
+            return "open" if now < self._open_until else "half-open"
 
     def reset(self) -> None:
         with self._lock:
-            self._failures, self._open_until, self._skipped, self._trial_running = 0, 0.0, 0, False
+            self._failures, self._open_until, self._deferred_until = 0, 0.0, 0.0
+            self._skipped, self._trial_running = 0, False
 
 
 publish_breaker = Breaker()

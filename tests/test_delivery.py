@@ -176,7 +176,7 @@ def test_updates_survive_an_outage(taskbadger_server, dispatcher):
 
 
 def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldown(tb_log):
-    breaker = Breaker(failure_threshold=3, cooldown=0.2)
+    breaker = Breaker(failure_threshold=3, min_cooldown=0.2)
     for _ in range(3):
         assert breaker.allow()
         breaker.failure(ConnectionError("refused"))
@@ -192,6 +192,36 @@ def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldown(tb_
     messages = [r.getMessage() for r in tb_log.records]
     assert len([m for m in messages if "published untracked" in m]) == 1
     assert len([m for m in messages if "tracking resumed" in m]) == 1
+
+
+def test_a_429_defers_for_its_retry_after_without_opening_the_breaker():
+    from taskbadger.exceptions import RateLimited
+
+    breaker = Breaker(failure_threshold=1)
+    breaker.failure(RateLimited(429, b"", "slow down", retry_after=0.2))
+    assert breaker.state() == "deferred" and not breaker.allow()
+    deadline = time.monotonic() + 5
+    while breaker.state() == "deferred" and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting out the Retry-After on the breaker's own clock, under a deadline
+    assert breaker.state() == "closed" and breaker.allow() and breaker.allow()  # not a trial: closed
+
+
+def test_the_breaker_pauses_longer_the_longer_the_api_fails(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    breaker = Breaker(failure_threshold=3, min_cooldown=0.25, max_cooldown=30)
+    pauses = []
+    for _ in range(3):
+        breaker.failure(ConnectionError("refused"))
+    while clock[0] < 1200:
+        opened_at = clock[0]
+        while not breaker.allow():
+            clock[0] += 0.01
+        pauses.append(round(clock[0] - opened_at, 2))
+        breaker.failure(ConnectionError("still refused"))  # the trial call fails too
+    # a blip costs a quarter second; an outage one try every 30 s
+    assert pauses[0] == pytest.approx(0.25, abs=0.02) and max(pauses) == pytest.approx(30.0, abs=0.02)
+    assert pauses == sorted(pauses)
 
 
 def test_stats_is_public():
