@@ -27,7 +27,7 @@ from typing import Any
 import celery
 from celery import signals
 
-from . import tracking
+from . import celery_headers, delivery, tracking
 from .api import get_task
 from .celery_options import KWARGS_KEY, TRACK_KEY, pop_options
 from .task import Task as TaskbadgerTask
@@ -83,6 +83,10 @@ class Task(celery.Task):
         token = _publish_slot.set(slot)
         try:
             result = super().apply_async(args, kwargs, **options)
+        except BaseException as exc:
+            for created in slot.values():  # created, but its message never left: it will never run
+                _guarded_publish_failed(created, exc)
+            raise
         finally:
             _publish_slot.reset(token)
         _attach_to_result(result, slot.get(getattr(result, "id", None)))
@@ -113,6 +117,14 @@ class Task(celery.Task):
         return tracking.task_id_of(self.request)
 
 
+def _guarded_publish_failed(created: TaskbadgerTask, exc: BaseException) -> None:
+    try:
+        tracking.publish_failed(created, f"{type(exc).__name__}: {exc}")
+    except Exception:
+        log.exception("Task Badger: internal error while cancelling an unpublished task",
+                      extra={"taskbadger_internal_error": True})
+
+
 def _attach_to_result(result: Any, tb_task: TaskbadgerTask | None) -> None:
     task_id = tb_task.id if tb_task is not None else None
     try:
@@ -132,12 +144,31 @@ def on_before_publish(sender: str | None = None, body: Any = None, headers: dict
     # headers (ours included) travel in the message headers with both, so that is where we write.
     if not isinstance(headers, dict) or sender is None:
         return
-    fields = headers if "task" in headers else body
-    celery_id = fields.get("id") if isinstance(fields, dict) else None
-    created = tracking.on_publish(sender, headers, celery_id, body, routing_key, declare)
+    celery_id = _celery_id(headers, body)
+    try:
+        created = tracking.on_publish(sender, headers, celery_id, body, routing_key, declare)
+    except Exception:
+        celery_headers.strip(headers)  # nothing unchecked of ours may stay on the message
+        raise
+    if created is None or celery_id is None:
+        return
     slot = _publish_slot.get()
-    if created is not None and slot is not None:
-        slot[celery_id] = created
+    if slot is not None:
+        slot[celery_id] = created  # the base class's apply_async sees a failed publish itself
+    else:
+        tracking.confirmations().expect(celery_id, created)
+
+
+def _celery_id(headers: dict, body: Any) -> str | None:
+    fields = headers if "task" in headers else body  # protocol 2 : protocol 1
+    celery_id = fields.get("id") if isinstance(fields, dict) else None
+    return celery_id if isinstance(celery_id, str) else None
+
+
+@guard
+def on_after_publish(sender: str | None = None, body: Any = None, headers: dict | None = None, **_: Any) -> None:
+    if isinstance(headers, dict):
+        tracking.confirmations().confirm(_celery_id(headers, body))
 
 
 @guard
@@ -174,11 +205,12 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 @guard
 def on_process_shutdown(**_: Any) -> None:
-    tracking.flush()
+    delivery.flush()
 
 
 _CONNECTIONS = (
     (signals.before_task_publish, on_before_publish),
+    (signals.after_task_publish, on_after_publish),
     (signals.task_prerun, on_prerun),
     (signals.task_postrun, on_postrun),
     (signals.task_failure, on_failure),

@@ -6,19 +6,22 @@ decorator's ``taskbadger_<name>`` arguments, ``apply_async``'s ``taskbadger_kwar
 e.g. ``task.delay(x, taskbadger_name=...)``). They never reach the task function. Tasks without the
 base class take them from the ``taskbadger_kwargs`` message header.
 
-An unknown option or a value of the wrong type is logged once (per task and option) and ignored:
-the task is still published.
+Every option is checked once, where it enters, and becomes a typed, JSON-safe value; an unknown option
+or an invalid value is logged once (per task and option) and ignored: the task is still published.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from ._forksafe import renew_after_fork
+from ._runtime import short
+from .models import MAX_NAME_LENGTH, is_json, is_task_id, jsonable, monitor_id
 
 log = logging.getLogger("taskbadger")
 
@@ -27,28 +30,79 @@ KWARGS_KEY = "taskbadger_kwargs"
 TRACK_KEY = "taskbadger_track"
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+class _Invalid(ValueError):
+    pass
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _int(low: int, high: int) -> Any:
+    def check(v: Any) -> int:
+        if isinstance(v, int) and not isinstance(v, bool) and low <= v <= high:
+            return v
+        raise _Invalid
+    return check
 
 
-#: option -> (check, description of the expected type)
+def _name(v: Any) -> str:
+    if isinstance(v, str) and v.strip() and len(v) <= MAX_NAME_LENGTH:
+        return v
+    raise _Invalid
+
+
+def _data(v: Any) -> dict[str, Any]:
+    if not isinstance(v, Mapping):
+        raise _Invalid
+    return jsonable(dict(v))
+
+
+def _tags(v: Any) -> dict[str, str]:
+    if isinstance(v, Mapping) and v and all(isinstance(k, str) and k and isinstance(x, str) and 2 <= len(x) <= 255
+                                           for k, x in v.items()):
+        return dict(v)
+    raise _Invalid
+
+
+def _monitor(v: Any) -> str:
+    canonical = monitor_id(v)
+    if canonical is None:
+        raise _Invalid
+    return canonical
+
+
+def _bool(v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    raise _Invalid
+
+
+def _heartbeat(v: Any) -> float:
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 86_400:
+        return v
+    raise _Invalid
+
+
+def _parent(v: Any) -> str | None:
+    if v is None or is_task_id(v):
+        return v
+    raise _Invalid
+
+
+_SECONDS = _int(1, 2_147_483_647)
+
+#: option -> (check returning the value to use, description of what is expected). Every option given
+#: to the decorator, ``apply_async``, the task's kwargs or a message header goes through this table.
 OPTIONS: dict[str, tuple[Any, str]] = {
-    "name": (lambda v: isinstance(v, str) and v != "", "a non-empty string"),
-    "value": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "value_max": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "data": (lambda v: isinstance(v, Mapping), "a dict"),
-    "tags": (lambda v: isinstance(v, Mapping) and all(isinstance(x, str) for x in v.values()), "a dict of strings"),
-    "monitor_id": (lambda v: isinstance(v, str) and v != "", "a monitor id string"),
-    "max_runtime": (lambda v: _is_int(v) and v >= 1, "an integer number of seconds >= 1"),
-    "stale_timeout": (lambda v: _is_int(v) and v >= 1, "an integer number of seconds >= 1"),
-    "record_task_args": (lambda v: isinstance(v, bool), "True or False"),
-    "heartbeat_interval": (lambda v: _is_number(v) and v > 0, "a positive number of seconds"),
-    "parent": (lambda v: v is None or (isinstance(v, str) and v != ""), "a task id or None"),
-    "track": (lambda v: isinstance(v, bool), "True or False"),
+    "name": (_name, f"a non-empty string of at most {MAX_NAME_LENGTH} characters"),
+    "value": (_int(0, 2**63 - 1), "an integer >= 0"),
+    "value_max": (_int(0, 2**63 - 1), "an integer >= 0"),
+    "data": (_data, "a dict"),
+    "tags": (_tags, "a dict of strings to strings of 2 to 255 characters"),
+    "monitor_id": (_monitor, "a monitor id (a UUID)"),
+    "max_runtime": (_SECONDS, "an integer number of seconds >= 1"),
+    "stale_timeout": (_SECONDS, "an integer number of seconds >= 1"),
+    "record_task_args": (_bool, "True or False"),
+    "heartbeat_interval": (_heartbeat, "a positive number of seconds (at most a day)"),
+    "parent": (_parent, "a Task Badger task id or None"),
+    "track": (_bool, "True or False"),
 }
 
 _reported: set[tuple[str, str]] = set()
@@ -57,26 +111,46 @@ renew_after_fork(globals(), "_reported_lock")
 
 
 def report_once(task_name: str, option: str, message: str) -> None:
-    key = (task_name, option)
+    key = (task_name[:200], option[:100])
     with _reported_lock:
         if key in _reported:
             return
+        if len(_reported) > 10_000:  # keys come from outside: keep the set bounded
+            _reported.clear()
         _reported.add(key)
-    log.warning("Task Badger option %s%s on task %r: %s", PREFIX, option, task_name, message)
+    log.warning("Task Badger option %s%s on task %s: %s", PREFIX, short(option, 60)[1:-1], short(task_name), message)
+
+
+def check_option(option: str, value: Any) -> tuple[bool, Any]:
+    """(valid?, the value to use) for one option."""
+    spec = OPTIONS.get(option)
+    if spec is None:
+        return False, None
+    try:
+        return True, spec[0](value)
+    except (_Invalid, TypeError):
+        return False, None
 
 
 def validate(task_name: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Keep the valid options; report (once) and drop the others."""
+    """The valid options, each as the typed, JSON-safe value to use; report (once) and drop the others.
+
+    ``data`` that JSON cannot encode (sets, dates, objects) is converted the way recorded task
+    arguments are: those values become their repr, with a warning."""
     valid: dict[str, Any] = {}
     for key, value in options.items():
-        spec = OPTIONS.get(key)
-        if spec is None:
+        if not isinstance(key, str) or key not in OPTIONS:
             known = ", ".join(PREFIX + k for k in OPTIONS)
-            report_once(task_name, key, f"unknown option, ignored (known options: {known})")
-        elif not spec[0](value):
-            report_once(task_name, key, f"expected {spec[1]}, got {value!r}; ignored")
+            report_once(task_name, str(key), f"unknown option, ignored (known options: {known})")
+            continue
+        ok, checked = check_option(key, value)
+        if not ok:
+            report_once(task_name, key, f"expected {OPTIONS[key][1]}, got {short(value, 80)}; ignored")
         else:
-            valid[key] = value
+            if key == "data" and not is_json(value):
+                report_once(task_name, key, "values JSON cannot encode (sets, dates, objects) were stored as "
+                                            "their repr; convert them to strings, numbers, lists or dicts")
+            valid[key] = checked
     return valid
 
 
@@ -125,32 +199,12 @@ def decorator_options(task: Any) -> dict[str, Any]:
 MAX_RECORDED_ARGS_CHARS = 4096
 
 
-def _jsonable(value: Any, depth: int = 0) -> Any:
-    """``value`` if JSON can encode it, else a structure where what it cannot encode is a repr."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
-    if depth > 20:
-        return repr(value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
-    return _safe_repr(value)
-
-
-def _safe_repr(value: Any) -> str:
-    try:
-        return repr(value)
-    except Exception:
-        return f"<unrepresentable {type(value).__name__}>"
-
-
 def recorded_args(args: Any, kwargs: Any) -> dict[str, Any]:
     """``{"celery_task_args": [...], "celery_task_kwargs": {...}}``, JSON-safe; when the JSON is
     longer than ``MAX_RECORDED_ARGS_CHARS`` it is replaced by a truncated repr and a flag."""
-    data = {"celery_task_args": _jsonable(list(args or ())), "celery_task_kwargs": _jsonable(dict(kwargs or {}))}
+    args = list(args) if isinstance(args, (list, tuple)) else ([] if args is None else [args])
+    kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}
+    data = {"celery_task_args": jsonable(args), "celery_task_kwargs": jsonable(kwargs)}
     text = json.dumps(data)
     if len(text) <= MAX_RECORDED_ARGS_CHARS:
         return data

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from ._runtime import short
 from .api import create_task_safe
 from .models import StatusEnum
 from .scope import enter_task, exit_task, parent_for_new_task
@@ -67,7 +68,7 @@ def track(
                 else:
                     task.error(exception=exc)
             except Exception as err:
-                log.warning("Task Badger: could not record the end of %r: %s", task_name, err)
+                log.warning("Task Badger: could not record the end of %s: %s", short(task_name), err)
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)

@@ -13,6 +13,7 @@ import threading
 import time
 
 from . import delivery
+from ._runtime import short
 from ._threads import start_daemon_thread
 
 log = logging.getLogger("taskbadger")
@@ -56,7 +57,7 @@ class Heartbeat:
             try:
                 delivery.submit(task_id, {})
             except Exception:
-                log.exception("Task Badger: heartbeat for task %r failed", task_id)
+                log.exception("Task Badger: heartbeat for task %s failed", short(task_id))
 
 
 _heartbeat: Heartbeat | None = None

@@ -3,19 +3,13 @@
 The signal handlers in ``taskbadger.celery`` call these functions; these decide what to create or
 update and hand worker-side updates to the dispatcher (``taskbadger.delivery``). Nothing here
 talks HTTP except the create at publish time, which must be inline because its id travels in the
-message.
-
-Message headers written at publish time:
-
-* ``taskbadger_task_id``: the Task Badger id (for anyone reading the headers).
-* ``taskbadger_task``: ``{"task": {...created fields...}, "heartbeat_interval": s, "stale_timeout": s}``
-  so the worker builds ``self.taskbadger_task`` without a GET, and knows what to do when it runs.
+message. The message headers are read and written by ``taskbadger.celery_headers``, which checks
+everything a message carries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -26,26 +20,31 @@ from typing import Any
 
 from . import config as _config
 from . import delivery
+from ._runtime import log_throttled, short
+from ._threads import start_daemon_thread
 from .api import send_create
-from .celery_options import KWARGS_KEY, TRACK_KEY, decorator_options, recorded_args, validate
+from .celery_headers import (
+    MAYBE_CREATED_KEY,
+    Incoming,
+    Meta,
+    check_outgoing,
+    header_fields,
+    read_incoming,
+    read_task_id,
+    write_meta,
+)
+from .celery_options import KWARGS_KEY, decorator_options, recorded_args, validate
 from .errors import exception_data
 from .exceptions import CreateSkipped, RateLimited, ServerError, TransportError
 from .heartbeat import get_heartbeat
-from .models import TERMINAL_STATUSES, StatusEnum, TaskModel
+from .models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum, TaskModel
 from .scope import enter_task, exit_task, parent_for_new_task
 from .task import Task as TaskbadgerTask
 
 log = logging.getLogger("taskbadger")
 
-META_KEY = "taskbadger_task"
-ID_KEY = "taskbadger_task_id"
-# Set when the create at publish may have reached the API without an answer (read timeout, 5xx):
-# the worker must not create the task again, or it could exist twice.
-MAYBE_CREATED_KEY = "taskbadger_maybe_created"
 TRACKING_ATTR = "taskbadger_tracking"  # set on the Celery request while a tracked task runs
 CANVAS_TASKS = {"celery.map": "map", "celery.starmap": "starmap", "celery.chunks": "chunks"}
-#: ``data`` larger than this (as JSON) is not copied into the headers; the worker fetches it if needed.
-MAX_HEADER_DATA_CHARS = 8192
 STALE_TIMEOUT_FACTOR = 2
 
 
@@ -66,44 +65,43 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     """Create the task (status pending) before the message goes out; return it, or None.
 
     ``message`` is the message headers dict, where custom headers travel (ours are written there).
+    Our headers on it are checked first and written back in their checked form, whatever happens next.
     """
-    # Both headers stay on a message that is not tracked here: the worker honours them if it ends up
-    # tracking the task itself (publisher not configured, or the API unreachable at publish time).
-    header_options = message.get(KWARGS_KEY) or {}
-    track = message.get(TRACK_KEY)
+    incoming = check_outgoing(message, name)
     running = _running_tracking()
     if running is not None and running.celery_id == celery_id:
-        _write_meta(message, running.meta)  # task.retry(): same Celery id, same Task Badger task
+        write_meta(message, running.meta)  # task.retry(): same Celery id, same Task Badger task
         if not running.retry_recorded:
             _record_retry(running)
         return None
-    if META_KEY in message:
+    if incoming.meta is not None:
         return None  # already tracked (a re-publish of the same message)
-    if track is False or not _config.is_configured():
+    # The options stay on a message that is not tracked here: the worker honours them if it ends up
+    # tracking the task itself (publisher not configured, or the API unreachable at publish time).
+    if incoming.track is False or not _config.is_configured():
         return None
 
     args, kwargs = _message_args(body)
     tracked_name, canvas_data = name, None
     if name in CANVAS_TASKS:
-        inner = (kwargs or {}).get("task")
-        tracked_name = (inner.get("task") if isinstance(inner, dict) else getattr(inner, "name", None)) or name
-        items = (kwargs or {}).get("it") or []
+        inner = kwargs.get("task") if isinstance(kwargs, dict) else None
+        inner_name = inner.get("task") if isinstance(inner, dict) else getattr(inner, "name", None)
+        tracked_name = inner_name if isinstance(inner_name, str) and inner_name else name
+        items = kwargs.get("it") if isinstance(kwargs, dict) else None
         canvas_data = {"canvas": CANVAS_TASKS[name], "items": len(items) if hasattr(items, "__len__") else None}
     elif name.startswith("celery."):
         return None
 
     celery_task = _registered_task(tracked_name)
     system = _celery_system()
-    if not (track is True or _uses_base_class(celery_task) or (system is not None and system.track_task(tracked_name))):
+    if not (incoming.track is True or _uses_base_class(celery_task)
+            or (system is not None and system.track_task(tracked_name))):
         return None
     if not delivery.publish_breaker.allow():
         return None
 
-    options = {**decorator_options(celery_task)} if celery_task is not None else {}
-    options.update(header_options)
-    options = validate(tracked_name, options)
+    options = {**_checked_decorator_options(celery_task, tracked_name), **incoming.options}
     options.pop("track", None)
-
     fields = _create_fields(tracked_name, options, system, celery_id, args, kwargs, routing_key, declare, canvas_data)
     heartbeat, stale_timeout = _heartbeat_options(options, system)
     task, maybe_created = _create(fields)
@@ -111,18 +109,33 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
         if maybe_created:
             message[MAYBE_CREATED_KEY] = True
         return None
-    meta = {"task": _header_fields(task), "heartbeat_interval": heartbeat, "stale_timeout": stale_timeout}
     message.pop(KWARGS_KEY, None)  # resolved into the created task
-    _write_meta(message, meta)
+    write_meta(message, Meta(header_fields(task.to_dict()), heartbeat, stale_timeout))
     return task
+
+
+def _checked_decorator_options(celery_task: Any, task_name: str) -> dict[str, Any]:
+    """The decorator's options, checked once per task class."""
+    if celery_task is None:
+        return {}
+    cls = type(celery_task)
+    checked = cls.__dict__.get("_taskbadger_checked_options")
+    if checked is None:
+        checked = validate(task_name, decorator_options(celery_task))
+        try:
+            cls._taskbadger_checked_options = checked
+        except (AttributeError, TypeError):
+            pass
+    return checked
 
 
 def _create_fields(name: str, options: dict[str, Any], system: Any, celery_id: str | None, args: Any,
                    kwargs: Any, routing_key: str | None, declare: Any, canvas_data: dict | None) -> dict[str, Any]:
+    """The create body for a task: ``options`` are already checked (``celery_options.validate``)."""
     fields: dict[str, Any] = {
-        "name": options.get("name", name),
+        "name": options.get("name", name if len(name) <= MAX_NAME_LENGTH else name[:MAX_NAME_LENGTH - 1] + "…"),
         "status": StatusEnum.PENDING,
-        "external_id": celery_id,
+        "external_id": celery_id if isinstance(celery_id, str) else None,
         "queue": _queue_name(declare, routing_key),
     }
     for key in ("value", "value_max", "tags", "max_runtime"):
@@ -157,13 +170,14 @@ def _create(fields: dict[str, Any]) -> tuple[TaskbadgerTask | None, bool]:
         return None, False
     except (TransportError, ServerError, RateLimited) as err:
         delivery.publish_breaker.failure(err)
-        _log_throttled("publish", "Task Badger: task %r published untracked: %s", name, err)
+        log_throttled(f"publish:{name[:200]}", 60.0, logging.WARNING, "Task Badger: task %s published untracked: %s",
+                      short(name), err)
         certainly_not = isinstance(err, RateLimited) or (isinstance(err, ServerError) and err.status_code == 503) or (
             isinstance(err, TransportError) and not err.reached_server)
         return None, not certainly_not
     except Exception as err:
-        _log_throttled(f"create:{name}:{type(err).__name__}",
-                       "Task Badger: task %r published untracked: %s", name, err)
+        log_throttled(f"create:{name[:200]}:{type(err).__name__}", 60.0, logging.WARNING,
+                      "Task Badger: task %s published untracked: %s", short(name), err)
         return None, False
     delivery.publish_breaker.success()
     return task, False
@@ -175,27 +189,6 @@ def _heartbeat_options(options: dict[str, Any], system: Any) -> tuple[float | No
     if stale is None and interval:
         stale = max(1, math.ceil(interval * STALE_TIMEOUT_FACTOR))
     return interval, stale
-
-
-def _header_fields(task: TaskbadgerTask) -> dict[str, Any]:
-    keep = ("id", "name", "status", "value", "value_max", "tags", "parent", "queue", "external_id", "public_url")
-    fields = {k: v for k, v in task.to_dict().items() if k in keep and v is not None}
-    data = task.data
-    if data is not None:
-        if len(json.dumps(data, default=str)) <= MAX_HEADER_DATA_CHARS:
-            fields["data"] = data
-        else:
-            fields["data_omitted"] = True
-    return fields
-
-
-def _write_meta(message: dict[str, Any], meta: dict[str, Any]) -> None:
-    message[META_KEY] = meta
-    message[ID_KEY] = meta["task"]["id"]
-    nested = message.get("headers")
-    if isinstance(nested, dict):  # some protocol paths read custom headers from here (e.g. retries)
-        nested[META_KEY] = meta
-        nested[ID_KEY] = meta["task"]["id"]
 
 
 def _message_args(body: Any) -> tuple[Any, Any]:
@@ -262,11 +255,11 @@ class Tracking:
     __slots__ = ("celery_id", "meta", "_task", "_status", "token", "finished", "heartbeat", "retry_exc",
                  "retry_recorded", "successors")
 
-    def __init__(self, celery_id: str, meta: dict[str, Any]) -> None:
+    def __init__(self, celery_id: str, meta: Meta) -> None:
         self.celery_id = celery_id
         self.meta = meta
         self._task: TaskbadgerTask | None = None
-        self._status: StatusEnum | str = meta["task"].get("status") or StatusEnum.PENDING
+        self._status: StatusEnum | str = meta.task.get("status") or StatusEnum.PENDING
         self.token: Any = None
         self.finished = False
         self.heartbeat = False
@@ -276,22 +269,22 @@ class Tracking:
 
     @property
     def id(self) -> str:
-        return self.meta["task"]["id"]
+        return self.meta.id
 
     @property
     def task(self) -> TaskbadgerTask:
         if self._task is None:
-            self._task = TaskbadgerTask(TaskModel.from_dict(self.meta["task"]))
+            self._task = TaskbadgerTask(TaskModel.from_dict(self.meta.task))
             self._task._task.status = self._status
         return self._task
 
     @property
     def data(self) -> Any:
-        return self._task.data if self._task is not None else self.meta["task"].get("data")
+        return self._task.data if self._task is not None else self.meta.task.get("data")
 
     @data.setter
     def data(self, value: Any) -> None:
-        self.meta["task"]["data"] = value
+        self.meta.task["data"] = value
         if self._task is not None:
             self._task._task.data = value
 
@@ -312,22 +305,6 @@ def _running_tracking() -> Tracking | None:
     return getattr(request, TRACKING_ATTR, None) if request is not None else None
 
 
-def meta_of(request: Any) -> dict[str, Any] | None:
-    """The Task Badger meta a Celery request (worker Context or main-process Request) carries."""
-    if request is None:
-        return None
-    source = getattr(request, "request_dict", None)
-    if isinstance(source, dict):
-        meta = source.get(META_KEY)
-        nested = source.get("headers") if meta is None else None
-    else:
-        meta = getattr(request, META_KEY, None)
-        nested = getattr(request, "headers", None) if meta is None else None
-    if isinstance(nested, dict):
-        meta = nested.get(META_KEY)
-    return meta if isinstance(meta, dict) and isinstance(meta.get("task"), dict) else None
-
-
 def note_retry_exception(request: Any, exc: BaseException | None) -> None:
     tracking = getattr(request, TRACKING_ATTR, None)
     if tracking is not None and exc is not None:
@@ -336,29 +313,28 @@ def note_retry_exception(request: Any, exc: BaseException | None) -> None:
 
 def task_id_of(request: Any) -> str | None:
     tracking = getattr(request, TRACKING_ATTR, None)
-    if tracking is not None:
-        return tracking.id
-    meta = meta_of(request)
-    return meta["task"].get("id") if meta else None
+    return tracking.id if tracking is not None else None
 
 
 def current_task(request: Any) -> TaskbadgerTask | None:
     tracking = getattr(request, TRACKING_ATTR, None)
     if tracking is None:
         return None
-    if tracking.meta["task"].get("data_omitted") and tracking.task.data is None:
+    if tracking.meta.task.get("data_omitted") and tracking.task.data is None:
         try:  # data was too large for the headers: fetch it once, on explicit request
             tracking.task._task = type(tracking.task).get(tracking.id)._task
-            tracking.meta["task"]["data_omitted"] = False
+            tracking.meta.task["data_omitted"] = False
         except Exception as err:
-            log.warning("Task Badger: could not fetch task %r: %s", tracking.id, err)
+            log.warning("Task Badger: could not fetch task %s: %s", short(tracking.id), err)
     return tracking.task
 
 
 def on_start(celery_task: Any, request: Any) -> None:
     if getattr(request, "is_eager", False):
         return  # .apply() and task_always_eager are not tracked
-    meta = meta_of(request) or _create_at_start(celery_task, request)
+    name = getattr(celery_task, "name", None) or ""
+    incoming = read_incoming(request, name)
+    meta = incoming.meta or _create_at_start(celery_task, request, incoming)
     if meta is None:
         return
     tracking = Tracking(request.id, meta)
@@ -367,18 +343,17 @@ def on_start(celery_task: Any, request: Any) -> None:
     fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
     if not getattr(request, "retries", 0):
         fields["start_time"] = _now()
-    if meta.get("stale_timeout"):
-        fields["stale_timeout"] = meta["stale_timeout"]  # only once running: queued tasks never go stale
+    if meta.stale_timeout:
+        fields["stale_timeout"] = meta.stale_timeout  # only once running: queued tasks never go stale
     delivery.submit(tracking.id, fields)
     tracking.set_status(StatusEnum.PROCESSING)
-    tracking.token = enter_task(tracking.id, meta["task"].get("parent"))
-    interval = meta.get("heartbeat_interval")
-    if interval:
-        get_heartbeat().start(tracking.id, interval)
+    tracking.token = enter_task(tracking.id, meta.task.get("parent"))
+    if meta.heartbeat_interval:
+        get_heartbeat().start(tracking.id, meta.heartbeat_interval)
         tracking.heartbeat = True
 
 
-def _create_at_start(celery_task: Any, request: Any) -> dict[str, Any] | None:
+def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta | None:
     """Track a task whose publisher did not (not configured there, or the API was down then)."""
     # Runs for every task the publisher did not track, tracked here or not: cheapest refusals first.
     config = _config.get_config()
@@ -389,14 +364,13 @@ def _create_at_start(celery_task: Any, request: Any) -> dict[str, Any] | None:
     if system is None and not base_class:
         return None
     name = getattr(celery_task, "name", "") or ""
-    if (name.startswith("celery.") or getattr(request, TRACK_KEY, None) is False
-            or getattr(request, MAYBE_CREATED_KEY, False)):
+    if name.startswith("celery.") or incoming.track is False or incoming.maybe_created:
         return None
-    if not (base_class or (system is not None and system.track_task(name))):
+    if not (base_class or incoming.track is True or (system is not None and system.track_task(name))):
         return None
     if not delivery.publish_breaker.allow():
         return None
-    options = validate(name, {**decorator_options(celery_task), **(getattr(request, KWARGS_KEY, None) or {})})
+    options = {**_checked_decorator_options(celery_task, name), **incoming.options}
     options.pop("track", None)
     fields = _create_fields(name, options, system, request.id, request.args, request.kwargs,
                             (getattr(request, "delivery_info", None) or {}).get("routing_key"), None, None)
@@ -407,7 +381,7 @@ def _create_at_start(celery_task: Any, request: Any) -> dict[str, Any] | None:
     task, _ = _create(fields)
     if task is None:
         return None
-    return {"task": _header_fields(task), "heartbeat_interval": heartbeat, "stale_timeout": None}
+    return Meta(header_fields(task.to_dict()), heartbeat, None)
 
 
 def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> None:
@@ -449,14 +423,19 @@ def on_failure(celery_task: Any, task_id: str | None, exception: BaseException |
             _finish(tracking, StatusEnum.ERROR, data=_error_data(tracking, exception, einfo, request))
         return
     # The worker's main process reports hard time limits and lost worker children.
-    meta = meta_of(request) if request is not None and getattr(request, "id", None) == task_id else None
-    tb_id = meta["task"]["id"] if meta else _forget_received(task_id)
+    if _lost_its_child(exception):
+        close_recent_successes()
+    name = getattr(celery_task, "name", None) or ""
+    meta = read_incoming(request, name).meta if request is not None and getattr(request, "id", None) == task_id \
+        else None
+    tb_id = meta.id if meta is not None else _forget_received(task_id)
     if tb_id is None:
         return
+    _forget_received(task_id)
     data = exception_data(exception, _failure_text(exception, einfo, request)) if exception else {}
     fields: dict[str, Any] = {"status": StatusEnum.ERROR.value, "end_time": _now()}
-    base = meta["task"].get("data") if meta is not None else None
-    if meta is not None and not meta["task"].get("data_omitted") and isinstance(base, (dict, type(None))):
+    base = meta.task.get("data") if meta is not None else None
+    if meta is not None and not meta.task.get("data_omitted") and isinstance(base, (dict, type(None))):
         fields["data"] = {**(base or {}), **data}  # PATCH replaces data: keep what the task had
     else:
         fields["merge_data"] = data  # data unknown here: the dispatcher merges into the current data
@@ -464,11 +443,11 @@ def on_failure(celery_task: Any, task_id: str | None, exception: BaseException |
 
 
 def on_revoked(request: Any, terminated: bool, expired: bool) -> None:
-    meta = meta_of(request)
-    tb_id = meta["task"]["id"] if meta else _forget_received(getattr(request, "id", None))
+    celery_id = getattr(request, "id", None)
+    tb_id = read_task_id(request) or _forget_received(celery_id)
     if tb_id is None:
         return
-    _forget_received(getattr(request, "id", None))
+    _forget_received(celery_id)
     reason = "expired" if expired else ("terminated" if terminated else "revoked")
     delivery.submit(tb_id, {"status": StatusEnum.CANCELLED.value, "end_time": _now(),
                             "merge_data": {"celery_revoked": reason}}, final=True)
@@ -495,7 +474,8 @@ def _record_retry(tracking: Tracking) -> None:
     try:
         tracking.task.update(**fields)
     except Exception as err:
-        log.warning("Task Badger: could not record the retry of task %r now (%s); it is queued", tracking.id, err)
+        log.warning("Task Badger: could not record the retry of task %s now (%s); it is queued", short(tracking.id),
+                    err)
         delivery.submit(tracking.id, fields)
 
 
@@ -511,7 +491,7 @@ def _finish(tracking: Tracking, status: StatusEnum, data: dict[str, Any] | None 
 def _with_data(tracking: Tracking, extra: dict[str, Any]) -> dict[str, Any]:
     """PATCH replaces ``data``: merge with the data we know, or let the dispatcher fetch it first."""
     current = tracking.data
-    if tracking.meta["task"].get("data_omitted") and current is None:
+    if tracking.meta.task.get("data_omitted") and current is None:
         return {"merge_data": extra}
     if current is not None and not isinstance(current, dict):
         return {"merge_data": extra}
@@ -551,6 +531,9 @@ def _failure_text(exc: BaseException | None, einfo: Any, request: Any) -> str | 
 _received: OrderedDict[str, str] = OrderedDict()
 _received_lock = threading.Lock()
 MAX_RECEIVED = 10_000
+#: When a pool child dies, this many of the worker's most recent successes are checked: a task that
+#: finished just before the kill may have had its final update still queued in the dead child.
+RECENT_SUCCESSES = 64
 
 
 def _after_fork_in_child() -> None:
@@ -566,11 +549,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def on_received(request: Any) -> None:
-    meta = meta_of(request)
-    if meta is None:
+    tb_id = read_task_id(request)
+    if tb_id is None:
         return
     with _received_lock:
-        _received[request.id] = meta["task"]["id"]
+        _received[request.id] = tb_id
         while len(_received) > MAX_RECEIVED:
             _received.popitem(last=False)
 
@@ -582,15 +565,109 @@ def _forget_received(celery_id: str | None) -> str | None:
         return _received.pop(celery_id, None)
 
 
-def flush(timeout: float = 10.0) -> bool:
-    return delivery.flush(timeout)
+def _lost_its_child(exception: BaseException | None) -> bool:
+    from billiard.exceptions import WorkerLostError
+    from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+    return isinstance(exception, (WorkerLostError, TimeLimitExceeded)) and not isinstance(
+        exception, SoftTimeLimitExceeded)
 
 
-_throttle: dict[str, float] = {}
+def close_recent_successes() -> None:
+    """A pool child died (killed, or a hard time limit). The worker's main process knows which tasks
+    succeeded; a final update still queued in the dead child is lost with it. Close the tracked ones
+    among the recent successes that Task Badger does not know as finished (the dispatcher fetches each
+    first and never overwrites a final state)."""
+    from celery.worker import state
+
+    try:
+        recent = list(state.successful_requests)[-RECENT_SUCCESSES:]
+    except RuntimeError:  # changed while we read it: the next lost child looks again
+        return
+    with _received_lock:
+        found = [(celery_id, _received.pop(celery_id)) for celery_id in recent if celery_id in _received]
+    for _, tb_id in found:
+        delivery.submit(tb_id, {"status": StatusEnum.SUCCESS.value, delivery.UNLESS_FINAL: True}, final=True)
+    if found:
+        log.info("Task Badger: a worker child died; %d recent success(es) it may not have reported are being "
+                 "checked", len(found))
 
 
-def _log_throttled(key: str, message: str, *args: Any) -> None:
-    now = time.monotonic()
-    if now - _throttle.get(key, -1e9) >= 60:
-        _throttle[key] = now
-        log.warning(message, *args)
+# -- publish side: tasks whose message never left ---------------------------------------------------
+
+#: How long a task created at publish waits for Celery's ``after_task_publish`` before it is taken for a
+#: message that was never published (broker down) and cancelled. Only for publishes outside the base
+#: class's ``apply_async``, which sees the failure itself.
+CONFIRM_WINDOW = 60.0
+
+
+def publish_failed(task: TaskbadgerTask, reason: str) -> None:
+    """The task was created but its message was not published: it will never run. End it."""
+    data = task.data if isinstance(task.data, dict) else {}
+    delivery.submit(task.id, {"status": StatusEnum.CANCELLED.value, "end_time": _now(),
+                              "data": {**data, "publish_error": reason}}, final=True)
+    log_throttled(f"publish-failed:{task.name[:200]}", 60.0, logging.WARNING,
+                  "Task Badger: the message of task %s was not published (%s); the task is cancelled",
+                  short(task.name), short(reason, 200))
+
+
+class Confirmations:
+    """Created tasks waiting for their message to be confirmed published, per process."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: OrderedDict[str, tuple[TaskbadgerTask, float]] = OrderedDict()
+        self._thread: threading.Thread | None = None
+        self.pid = os.getpid()
+
+    def expect(self, celery_id: str, task: TaskbadgerTask) -> None:
+        with self._cond:
+            self._waiting[celery_id] = (task, time.monotonic() + CONFIRM_WINDOW)
+            if self._thread is None:
+                self._thread = start_daemon_thread(self._run, "taskbadger-publish-confirmations")
+            self._cond.notify()
+
+    def confirm(self, celery_id: Any) -> None:
+        if self._waiting:  # read without the lock: most publishes have nothing waiting
+            with self._cond:
+                self._waiting.pop(celery_id, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting:
+                    self._cond.wait()
+                _, (task, deadline) = next(iter(self._waiting.items()))
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._waiting.popitem(last=False)
+            try:
+                publish_failed(task, f"the message was not published within {CONFIRM_WINDOW:g} s")
+            except Exception:
+                log.exception("Task Badger: internal error while closing task %s", short(task.id))
+
+
+_confirmations: Confirmations | None = None
+_confirmations_lock = threading.Lock()
+
+
+def confirmations() -> Confirmations:
+    global _confirmations
+    current = _confirmations
+    if current is not None and current.pid == os.getpid():
+        return current
+    with _confirmations_lock:
+        if _confirmations is None or _confirmations.pid != os.getpid():
+            _confirmations = Confirmations()
+        return _confirmations
+
+
+def _forget_confirmations_after_fork() -> None:
+    global _confirmations, _confirmations_lock
+    _confirmations, _confirmations_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_confirmations_after_fork)

@@ -341,7 +341,7 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
 
 
 def _check_task_options(tasks: Mapping[str, Any]) -> list[CheckMessage]:
-    from taskbadger.celery_options import KWARGS_KEY, OPTIONS, PREFIX, decorator_options
+    from taskbadger.celery_options import KWARGS_KEY, OPTIONS, PREFIX, check_option, decorator_options
 
     messages = []
     for name, task in sorted(tasks.items()):
@@ -360,7 +360,7 @@ def _check_task_options(tasks: Mapping[str, Any]) -> list[CheckMessage]:
                 hint = (f"Did you mean {PREFIX}{match[0]}? " if match else "") + "Known options: " + ", ".join(
                     PREFIX + o for o in OPTIONS) + "."
                 messages.append(_error(9, f"Task {name!r} has an unknown option {PREFIX}{option}.", hint, name))
-            elif not spec[0](value):
+            elif not check_option(option, value)[0]:
                 messages.append(_error(10, f"Task {name!r}: {PREFIX}{option} must be {spec[1]}, got {value!r}.",
                                        f"Fix the {PREFIX}{option} argument of the task decorator.", name))
     return messages

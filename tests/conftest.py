@@ -12,6 +12,7 @@ from .workers import Worker, broker_url
 # The broker the integration tests use: filesystem (embedded, no service), redis or rabbitmq.
 BROKER = os.environ.get("TASKBADGER_TEST_BROKER", "filesystem")
 os.environ["TB_BROKER_URL"] = broker_url(BROKER)
+os.environ.setdefault("TB_RESULTS_DIR", tempfile.mkdtemp(prefix="tbresults-"))
 if BROKER == "filesystem" and "TB_BROKER_DIR" not in os.environ:
     _broker_dir = tempfile.mkdtemp(prefix="tbbroker-")
     os.makedirs(_broker_dir + "-control", exist_ok=True)

@@ -103,11 +103,11 @@ def test_dict_wins_over_env_and_explicit_arguments_win_over_dict(monkeypatch):
 
 
 def test_dict_configuration_reaches_the_sdk():
-    monitor = str(uuid.uuid4())
+    monitor, reports_monitor = str(uuid.uuid4()), str(uuid.uuid4())
     settings = {
         "API_KEY": key(), "HOST": "https://tb.example.test/", "TAGS": {"environment": "production"},
         "BEFORE_CREATE": "tests.test_django_settings.before_create", "TIMEOUT": (1, 3),
-        "MONITORS": {"billing.tasks.nightly": monitor, r"reports\..*": "m2"},
+        "MONITORS": {"billing.tasks.nightly": monitor, r"reports\..*": reports_monitor},
         "CELERY": {"AUTO_TRACK": True, "INCLUDES": [r"billing\..*"], "EXCLUDES": None, "RECORD_TASK_ARGS": True,
                    "HEARTBEAT_INTERVAL": 10, "STALE_TIMEOUT": 60},
     }
@@ -123,7 +123,7 @@ def test_dict_configuration_reaches_the_sdk():
             True, True, 10, 60)
         assert system.track_task("billing.invoice") and not system.track_task("other.task")
         assert system.monitor_for("billing.tasks.nightly") == monitor
-        assert system.monitor_for("reports.daily") == "m2"
+        assert system.monitor_for("reports.daily") == reports_monitor
 
 
 def test_celery_integration_is_always_present_with_auto_track_off_by_default():

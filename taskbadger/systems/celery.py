@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .._runtime import short
 from ..exceptions import ConfigurationError
+from ..models import monitor_id
 from . import System
+
+log = logging.getLogger("taskbadger")
 
 
 def _compile(patterns: Iterable[str] | None, what: str) -> list[re.Pattern[str]] | None:
@@ -22,6 +27,20 @@ def _compile(patterns: Iterable[str] | None, what: str) -> list[re.Pattern[str]]
         except re.error as err:
             raise ConfigurationError(f"{what} pattern {pattern!r} is not a valid regular expression: {err}") from err
     return compiled
+
+
+def _checked_monitors(monitors: Mapping[str, str] | None) -> dict[str, str]:
+    """Task name or pattern -> canonical monitor id. An entry whose monitor id is not one is dropped
+    with a warning: the tasks it names are still tracked, without a monitor."""
+    checked = {}
+    for pattern, monitor in (monitors or {}).items():
+        canonical = monitor_id(monitor)
+        if not isinstance(pattern, str) or canonical is None:
+            log.warning("Task Badger: monitors entry %s -> %s ignored: the key must be a task name or pattern and "
+                        "the value a monitor id (a UUID)", short(pattern), short(monitor))
+            continue
+        checked[pattern] = canonical
+    return checked
 
 
 def _positive(value: Any, what: str) -> None:
@@ -66,7 +85,7 @@ class CelerySystemIntegration(System):
         self.record_task_args = record_task_args
         self.heartbeat_interval = heartbeat_interval
         self.stale_timeout = stale_timeout
-        self.monitors = dict(monitors or {})
+        self.monitors = _checked_monitors(monitors)
         self._includes = _compile(includes, "includes")
         self._excludes = _compile(excludes, "excludes")
         self._monitors = list(zip(_compile(list(self.monitors), "monitors") or [], self.monitors.values(), strict=True))

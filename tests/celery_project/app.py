@@ -4,6 +4,7 @@ Configured from the environment the test fixture sets: TB_BROKER_URL, TASKBADGER
 API), TB_READY_FILE (touched when the worker is ready), TB_AUTO_TRACK (system integration rules).
 """
 
+import json
 import os
 import pathlib
 import signal
@@ -163,6 +164,20 @@ def plain_other(x):
 @shared_task
 def untracked_plain(x):
     return x
+
+
+@app.task(bind=True, base=Task)
+def echo(self, value):
+    """Returns its argument after reading its own Task Badger task; the result is written to
+    TB_RESULTS_DIR/<celery id>, so tests can check it without a result backend."""
+    seen = self.taskbadger_task
+    folder = os.environ.get("TB_RESULTS_DIR")
+    if folder:
+        result = {"value": value, "tracked": seen is not None}
+        path = pathlib.Path(folder) / self.request.id
+        path.with_suffix(".partial").write_text(json.dumps(result))
+        path.with_suffix(".partial").replace(path)
+    return value
 
 
 @app.task(base=Task)

@@ -1,0 +1,246 @@
+"""The message-header protocol between the publishing process and the worker, and its boundary.
+
+Headers a publisher writes (any producer may write them, with any shape):
+
+* ``taskbadger_task``: ``{"task": {...created fields...}, "heartbeat_interval": s, "stale_timeout": s}``,
+  so the worker builds ``self.taskbadger_task`` without a GET and knows what to do when the task runs;
+* ``taskbadger_task_id``: the Task Badger id, for anyone reading the headers;
+* ``taskbadger_kwargs``: ``taskbadger_*`` options for a task the publisher did not track (validated);
+* ``taskbadger_track``: True/False, forcing tracking on or off for one message;
+* ``taskbadger_maybe_created``: the create at publish may have reached the API without an answer.
+
+Every value read here is checked once and becomes a typed value; what is invalid is dropped with one
+warning naming the header and the task, and the task runs (tracked without that value, or
+untracked). Nothing read from a message goes back into a message or onto the wire unchecked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._runtime import log_throttled, short
+from .celery_options import KWARGS_KEY, TRACK_KEY, validate
+from .models import MAX_NAME_LENGTH, StatusEnum, is_task_id, jsonable
+
+META_KEY = "taskbadger_task"
+ID_KEY = "taskbadger_task_id"
+# Set when the create at publish may have reached the API without an answer (read timeout, 5xx):
+# the worker must not create the task again, or it could exist twice.
+MAYBE_CREATED_KEY = "taskbadger_maybe_created"
+OUR_KEYS = (META_KEY, ID_KEY, KWARGS_KEY, TRACK_KEY, MAYBE_CREATED_KEY)
+#: ``data`` larger than this (as JSON) is not copied into the headers; the worker fetches it if needed.
+MAX_HEADER_DATA_CHARS = 8192
+#: Bounds on the seconds a header may carry (a day for heartbeats, the API's limit for stale_timeout).
+MAX_HEARTBEAT = 86_400.0
+MAX_SECONDS = 2_147_483_647
+_STATUSES = frozenset(s.value for s in StatusEnum)
+
+
+def _text(limit: int) -> Any:
+    return lambda v: v if isinstance(v, str) and len(v) <= limit else _invalid()
+
+
+def _count(v: Any) -> int:
+    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**63 - 1 else _invalid()
+
+
+def _invalid() -> Any:
+    raise ValueError
+
+
+#: header task field -> check returning the value to keep (raises ValueError when invalid)
+_TASK_FIELDS: dict[str, Any] = {
+    "id": lambda v: v if is_task_id(v) else _invalid(),
+    "name": _text(MAX_NAME_LENGTH * 4),
+    "status": lambda v: v if v in _STATUSES else _invalid(),
+    "value": lambda v: None if v is None else _count(v),
+    "value_max": _count,
+    "data": lambda v: jsonable(v),
+    "tags": lambda v: dict(v) if isinstance(v, Mapping) and all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items()) else _invalid(),
+    "parent": lambda v: v if v is None or is_task_id(v) else _invalid(),
+    "queue": _text(1000),
+    "external_id": _text(1000),
+    "public_url": _text(2000),
+    "data_omitted": lambda v: v if isinstance(v, bool) else _invalid(),
+}
+
+
+@dataclass
+class Meta:
+    """What the ``taskbadger_task`` header says about the task: its created fields (``id`` always
+    valid), and the heartbeat and stale timeout to apply once it runs."""
+
+    task: dict[str, Any]
+    heartbeat_interval: float | None = None
+    stale_timeout: int | None = None
+
+    @property
+    def id(self) -> str:
+        return self.task["id"]
+
+    def to_header(self) -> dict[str, Any]:
+        return {"task": self.task, "heartbeat_interval": self.heartbeat_interval, "stale_timeout": self.stale_timeout}
+
+
+@dataclass
+class Incoming:
+    """Our headers on one message, checked."""
+
+    meta: Meta | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    track: bool | None = None
+    maybe_created: bool = False
+
+
+def _warn(task_name: str, header: str, problem: str) -> None:
+    log_throttled(f"header:{task_name[:200]}:{header}", 60.0, logging.WARNING,
+                  "Task Badger: message header %s on task %s %s; ignored", header, short(task_name), problem)
+
+
+def parse_meta(raw: Any, task_name: str) -> Meta | None:
+    """The checked ``taskbadger_task`` header, or None (with a warning) when it is unusable."""
+    if raw is None:
+        return None
+    task = raw.get("task") if isinstance(raw, Mapping) else None
+    if not isinstance(task, Mapping):
+        _warn(task_name, META_KEY, f"is not of the form {{'task': {{'id': ...}}}} ({short(raw, 60)})")
+        return None
+    if not is_task_id(task.get("id")):
+        _warn(task_name, META_KEY, f"has no valid task id ({short(task.get('id'), 60)})")
+        return None
+    fields: dict[str, Any] = {}
+    for key, value in task.items():
+        check = _TASK_FIELDS.get(key)
+        if check is None:
+            continue  # a field this version does not use
+        try:
+            fields[key] = check(value)
+        except (ValueError, TypeError):
+            _warn(task_name, f"{META_KEY}.task.{short(key, 40)}", f"has an invalid value {short(value, 60)}")
+    heartbeat = raw.get("heartbeat_interval")
+    if heartbeat is not None and not (isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool)
+                                      and math.isfinite(heartbeat) and 0 < heartbeat <= MAX_HEARTBEAT):
+        _warn(task_name, f"{META_KEY}.heartbeat_interval", f"is not a number of seconds ({short(heartbeat, 60)})")
+        heartbeat = None
+    stale = raw.get("stale_timeout")
+    if stale is not None and not (isinstance(stale, int) and not isinstance(stale, bool) and 1 <= stale <= MAX_SECONDS):
+        _warn(task_name, f"{META_KEY}.stale_timeout", f"is not a whole number of seconds ({short(stale, 60)})")
+        stale = None
+    return Meta(fields, float(heartbeat) if heartbeat is not None else None, stale)
+
+
+def parse_options(raw: Any, task_name: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        _warn(task_name, KWARGS_KEY, f"is not a dict ({short(raw, 60)})")
+        return {}
+    return validate(task_name, raw)
+
+
+def parse_track(raw: Any, task_name: str) -> bool | None:
+    if raw is None or isinstance(raw, bool):
+        return raw
+    _warn(task_name, TRACK_KEY, f"is not True or False ({short(raw, 60)})")
+    return None
+
+
+def _maybe_created(raw: Any) -> bool:
+    return raw is True
+
+
+def check_outgoing(message: MutableMapping[str, Any], task_name: str) -> Incoming:
+    """Check our headers on a message about to be published, and write back only their checked
+    form (kombu encodes whatever is left in the message). Returns what they say."""
+    incoming = Incoming(
+        meta=parse_meta(message.get(META_KEY), task_name),
+        options=parse_options(message.get(KWARGS_KEY), task_name),
+        track=parse_track(message.get(TRACK_KEY), task_name),
+        maybe_created=_maybe_created(message.get(MAYBE_CREATED_KEY)),
+    )
+    strip(message)
+    if incoming.meta is not None:
+        write_meta(message, incoming.meta)
+    if incoming.options:
+        message[KWARGS_KEY] = incoming.options
+    if incoming.track is not None:
+        message[TRACK_KEY] = incoming.track
+    if incoming.maybe_created:
+        message[MAYBE_CREATED_KEY] = True
+    return incoming
+
+
+def strip(message: MutableMapping[str, Any]) -> None:
+    """Remove our headers from a message (when they could not be checked, none of them leaves)."""
+    for key in OUR_KEYS:
+        message.pop(key, None)
+    nested = message.get("headers")
+    if isinstance(nested, MutableMapping):
+        for key in OUR_KEYS:
+            nested.pop(key, None)
+
+
+def write_meta(message: MutableMapping[str, Any], meta: Meta) -> None:
+    header = meta.to_header()
+    message[META_KEY] = header
+    message[ID_KEY] = meta.id
+    nested = message.get("headers")
+    if isinstance(nested, MutableMapping):  # some protocol paths read custom headers from here (e.g. retries)
+        nested[META_KEY] = header
+        nested[ID_KEY] = meta.id
+
+
+def _source(request: Any) -> tuple[Any, Any]:
+    """(where our headers are, the nested 'headers' dict) of a worker Context or a main-process Request."""
+    source = getattr(request, "request_dict", None)
+    if isinstance(source, Mapping):
+        return source.get, source.get("headers")
+    return (lambda key, default=None: getattr(request, key, default)), getattr(request, "headers", None)
+
+
+def read_incoming(request: Any, task_name: str) -> Incoming:
+    """Our headers on a message a worker received (a worker Context or a main-process Request)."""
+    get, nested = _source(request)
+
+    def header(key: str) -> Any:
+        value = get(key, None)
+        if value is None and isinstance(nested, Mapping):
+            value = nested.get(key)
+        return value
+
+    return Incoming(
+        meta=parse_meta(header(META_KEY), task_name),
+        options=parse_options(header(KWARGS_KEY), task_name),
+        track=parse_track(header(TRACK_KEY), task_name),
+        maybe_created=_maybe_created(header(MAYBE_CREATED_KEY)),
+    )
+
+
+def read_task_id(request: Any) -> str | None:
+    """Only the Task Badger id a message carries, if valid (the worker's main process needs no more)."""
+    get, nested = _source(request)
+    raw = get(META_KEY, None)
+    if raw is None and isinstance(nested, Mapping):
+        raw = nested.get(META_KEY)
+    task = raw.get("task") if isinstance(raw, Mapping) else None
+    task_id = task.get("id") if isinstance(task, Mapping) else None
+    return task_id if is_task_id(task_id) else None
+
+
+def header_fields(task_fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a created task that travel in the message (``data`` only while small)."""
+    keep = ("id", "name", "status", "value", "value_max", "tags", "parent", "queue", "external_id", "public_url")
+    fields = {k: task_fields[k] for k in keep if task_fields.get(k) is not None}
+    data = task_fields.get("data")
+    if data is not None:
+        if len(json.dumps(data, default=str)) <= MAX_HEADER_DATA_CHARS:
+            fields["data"] = data
+        else:
+            fields["data_omitted"] = True
+    return fields
