@@ -30,7 +30,8 @@ def command(*args):
 
 
 def test_check_with_a_good_key(taskbadger_server):
-    with override_settings(TASKBADGER=settings_for(taskbadger_server, MONITORS={"a.b": "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a11"})):
+    monitors = {"a.b": "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a11"}
+    with override_settings(TASKBADGER=settings_for(taskbadger_server, MONITORS=monitors)):
         output = command("check")
     lines = output.splitlines()
     assert lines[0] == "Task Badger: the API accepted the key."
