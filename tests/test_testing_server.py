@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import requests
 
-from taskbadger.testing import TaskBadgerServer, _http
+from taskbadger.testing import TaskBadgerServer, http11
 
 ROOT = Path(__file__).resolve().parents[1]
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|\+00:00)$")
@@ -573,13 +573,13 @@ def test_each_response_is_one_write_with_nodelay(
 ) -> None:
     task = api.create(name="t")
     writes: list[int] = []
-    original = _http.Connection._write
+    original = http11.Connection._write
 
     def counting_write(self: Any, data: bytes) -> None:
         writes.append(len(data))
         original(self, data)
 
-    monkeypatch.setattr(_http.Connection, "_write", counting_write)
+    monkeypatch.setattr(http11.Connection, "_write", counting_write)
     for method, body in (("GET", None), ("PATCH", {"value": 1}), ("DELETE", None)):
         writes.clear()
         api.request(method, task["id"], json=body)
@@ -587,7 +587,7 @@ def test_each_response_is_one_write_with_nodelay(
     writes.clear()
     api.request("POST", json={})  # a 400
     assert len(writes) == 1
-    sockets = list(server._connections)
+    sockets = server.app.open_sockets
     assert sockets and all(s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) for s in sockets)
 
 

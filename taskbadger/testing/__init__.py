@@ -15,7 +15,8 @@ automatically when the package is installed. Run ``python -m taskbadger.testing`
 the foreground.
 """
 
+from .app import Headers, RecordedRequest
 from .faults import Fault
-from .server import Headers, RecordedRequest, TaskBadgerServer
+from .server import TaskBadgerServer
 
 __all__ = ["Fault", "Headers", "RecordedRequest", "TaskBadgerServer"]

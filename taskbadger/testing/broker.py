@@ -30,7 +30,7 @@ _sequence = itertools.count()
 
 
 class FilesystemChannel(filesystem.Channel):
-    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:  # type: ignore[override]
         # A worker takes files in name order: kombu's millisecond prefix, then (ours) a counter, so
         # that messages one process sends within a millisecond keep their order too.
         stem = f"{int(round(monotonic() * 1000))}_{next(_sequence):012d}_{uuid.uuid4()}.{queue}"

@@ -40,7 +40,7 @@ class Fault:
     remaining: int | None = None
     methods: frozenset[str] | None = None
     status: int | None = None
-    retry_after: float | int | None = None
+    retry_after: float | int | str | None = None
     detail: str | None = None
     seconds: float = 0.0
 
@@ -142,7 +142,7 @@ def make_fault(
     times: int | None = None,
     method: Methods = None,
     status: int | None = None,
-    retry_after: float | int | None = None,
+    retry_after: float | int | str | None = None,
     detail: str | None = None,
     seconds: float = 0.0,
 ) -> Fault:

@@ -1,14 +1,12 @@
 """The stand-in server's HTTP/1.1 layer: one event-loop thread serves every connection.
 
-Why not a thread per connection (``socketserver``): a worker's senders keep 30 and more kept-alive
-connections busy, and each request woke its own thread, parsed its headers with the ``email``
-package and slept out the injected latency; the stand-in then used ~0.5 ms of CPU per request on
-a 2-core machine, CPU that the worker under test did not get. Here one loop wakes once for many
-requests, and delayed answers leave from timers.
+A thread per connection would wake once per request and parse headers with the ``email`` package;
+the stand-in then takes CPU that the worker under test does not get. Here one loop wakes once for
+many requests, and delayed answers leave from timers.
 
-What the application sees is unchanged: ``app._dispatch(record)`` answers a request, faults decide
-latency, failures, dropped and hung requests, every response leaves in one write with
-``TCP_NODELAY``, connections are kept alive.
+It knows the application only through ``App``'s public methods: a request is recorded, a decision
+taken (latency, failure, dropped or hung request), the request answered; every response leaves in
+one write with ``TCP_NODELAY``, and connections are kept alive.
 """
 
 from __future__ import annotations
@@ -18,18 +16,21 @@ import concurrent.futures
 import email.utils
 import json
 import logging
-import re
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httptools
+
 from . import faults as _faults
+from .app import Headers
 
 if TYPE_CHECKING:
-    from .server import TaskBadgerServer
+    from .app import App
 
 logger = logging.getLogger("taskbadger.testing")
 
@@ -39,23 +40,6 @@ MAX_LINE = 65536  # request line or header line, as http.server allows
 MAX_HEADERS = 100
 HANG_POLL = 0.05  # how often a hung request checks whether it was released
 SERVER_HEADER = f"TaskBadgerTestServer/1.0 Python/{sys.version.split()[0]}"
-_VERSION = re.compile(r"^HTTP/(\d+)\.(\d+)$")
-
-
-class Headers(dict):
-    """A dict of request headers with case-insensitive lookup (keys are stored lower-cased)."""
-
-    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        super().__init__((k.lower(), v) for k, v in items)
-
-    def __getitem__(self, key: str) -> str:
-        return super().__getitem__(key.lower())
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and super().__contains__(key.lower())
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return super().get(key.lower(), default)
 
 
 class BadRequest(Exception):
@@ -77,7 +61,7 @@ class Request:
 class EventLoop:
     """The loop thread of one server, from ``start()`` to ``stop()``; listening comes and goes."""
 
-    def __init__(self, app: TaskBadgerServer, name: str) -> None:
+    def __init__(self, app: App, name: str) -> None:
         self.app = app
         self.loop = asyncio.new_event_loop()
         self.listener: socket.socket | None = None
@@ -170,9 +154,16 @@ class Connection(asyncio.Protocol):
         self.owner = owner
         self.app = owner.app
         self.buffer = bytearray()
-        self.busy = False  # a request is being delayed or hung: later ones wait in the buffer
+        self.parser = httptools.HttpRequestParser(self)
+        self.ready: deque[Request] = deque()  # parsed requests waiting for their turn
+        self.failed: BadRequest | None = None  # what did not parse: answered once the requests before it are
+        self.head = b""  # the first bytes of the request being parsed, for the request log if it is malformed
+        # the request being parsed
+        self.url = b""
+        self.items: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.busy = False  # a request is being delayed or hung: later ones wait
         self.closed = False
-        self.continued = False  # "100 Continue" was sent for the request being received
         self.timer: asyncio.TimerHandle | None = None
         self.transport: asyncio.Transport | None = None
         self.sock: Any = None
@@ -184,7 +175,7 @@ class Connection(asyncio.Protocol):
         self.transport = transport
         self.sock = transport.get_extra_info("socket")
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # not every Python sets it on accepted sockets
-        self.connection_id = self.app._connection_opened(self.sock)
+        self.connection_id = self.app.connection_opened(self.sock)
         self.owner.connections.add(self)
         if self.owner.listener is None:  # accepted just before refuse(): part of the outage too
             self.abort()
@@ -205,7 +196,7 @@ class Connection(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
         self.owner.connections.discard(self)
-        self.app._connection_closed(self.sock)
+        self.app.connection_closed(self.sock)
 
     def abort(self) -> None:
         """Close at once: the socket is shut down before this returns (the transport would only
@@ -219,88 +210,75 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
-    # -- requests -------------------------------------------------------------------------------
+    # -- requests: parsed by httptools (llhttp) as bytes arrive ------------------------------------
     def _serve(self) -> None:
-        """Answer every complete request in the buffer, until one has to wait."""
-        while not self.busy and not self.closed:
+        """Parse what arrived, then answer the complete requests in order, until one has to wait."""
+        if self.buffer and self.failed is None:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            self.head += data[:4096 - len(self.head)]
             try:
-                request = self._take_request()
-            except BadRequest as err:
-                self.app._malformed_request(bytes(self.buffer[:4096]), err.status, err.detail, self.connection_id)
-                self._send(err.status, {"detail": err.detail}, {}, "GET", close=True)
-                return
-            if request is None:
-                return
-            self._handle(request)
+                self.parser.feed_data(data)
+            except httptools.HttpParserCallbackError as err:
+                cause = err.__context__
+                self.failed = cause if isinstance(cause, BadRequest) else BadRequest(400, f"Bad request ({err})")
+            except httptools.HttpParserInvalidMethodError:
+                self.failed = BadRequest(501, "Unsupported method")
+            except httptools.HttpParserUpgrade:
+                self.failed = BadRequest(400, "Protocol upgrades are not supported")
+            except httptools.HttpParserError as err:
+                self.failed = BadRequest(400, f"Bad request syntax ({err})")
+        while not self.busy and not self.closed and self.ready:
+            self._handle(self.ready.popleft())
+        if not self.busy and not self.closed and not self.ready and self.failed is not None:
+            bad = self.failed
+            self.app.record_malformed(bytes(self.head), bad.status, bad.detail, self.connection_id)
+            self._send(bad.status, {"detail": bad.detail}, {}, "GET", close=True)
 
-    def _take_request(self) -> Request | None:
-        buffer = self.buffer
-        while buffer.startswith(b"\r\n") or buffer.startswith(b"\n"):  # stray empty lines between requests
-            del buffer[: 2 if buffer.startswith(b"\r\n") else 1]
-        end = buffer.find(b"\n\r\n")
-        end_lf = buffer.find(b"\n\n")
-        if end < 0 or (0 <= end_lf < end):
-            end, skip = end_lf, 2
-        else:
-            skip = 3
-        if end < 0:
-            if len(buffer) > MAX_LINE * (MAX_HEADERS + 1):
-                raise BadRequest(431, "Request header fields too large")
-            first = buffer.find(b"\n")
-            if (first < 0 and len(buffer) > MAX_LINE) or first > MAX_LINE:
-                raise BadRequest(414, "Request-URI Too Long")
-            return None
-        lines = bytes(buffer[:end]).decode("iso-8859-1").split("\n")
-        request_line = lines[0].rstrip("\r")
-        if len(request_line) > MAX_LINE:
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url, self.items, self.body = b"", [], []
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_LINE:
             raise BadRequest(414, "Request-URI Too Long")
-        words = request_line.split()
-        if len(words) != 3:
-            raise BadRequest(400, f"Bad request syntax ({request_line!r})")
-        method, target, raw_version = words
-        match = _VERSION.match(raw_version)
-        if match is None:
-            raise BadRequest(400, f"Bad request version ({raw_version!r})")
-        version = (int(match[1]), int(match[2]))
-        if version >= (2, 0):
-            raise BadRequest(505, f"Invalid HTTP version ({raw_version})")
-        if len(lines) - 1 > MAX_HEADERS:
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.items) >= MAX_HEADERS:
             raise BadRequest(431, "Too many headers")
-        items = []
-        for line in lines[1:]:
-            if len(line) > MAX_LINE:
-                raise BadRequest(431, "Line too long")
-            name, colon, value = line.partition(":")
-            if not colon:
-                raise BadRequest(400, f"Bad header line ({line.rstrip()!r})")
-            items.append((name.strip(), value.strip()))
-        headers = Headers(items)
+        if len(name) + len(value) > MAX_LINE:
+            raise BadRequest(431, "Line too long")
+        self.items.append((name.decode("iso-8859-1").strip(), value.decode("iso-8859-1").strip()))
+
+    def on_headers_complete(self) -> None:
+        version = self.parser.get_http_version()
+        if version.startswith("2") or version.startswith("3"):
+            raise BadRequest(505, f"Invalid HTTP version ({version})")
+        method = self.parser.get_method().decode("ascii", "replace")
         if method not in METHODS:
             raise BadRequest(501, f"Unsupported method ({method!r})")
+        headers = Headers(self.items)
         if "Transfer-Encoding" in headers:
             raise BadRequest(411, "Chunked request bodies are not supported; send Content-Length.")
-        length = headers.get("Content-Length", "0").strip()
-        if not length.isdigit():
-            raise BadRequest(400, "Invalid Content-Length.")
-        start = end + skip
-        if len(buffer) < start + int(length):
-            if headers.get("Expect", "").lower() == "100-continue" and version >= (1, 1) and not self.continued:
-                self.continued = True
-                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            return None
-        self.continued = False
-        body = bytes(buffer[start:start + int(length)])
-        del buffer[:start + int(length)]
-        connection = headers.get("Connection", "").lower()
-        keep_alive = connection != "close" if version >= (1, 1) else connection == "keep-alive"
+        if headers.get("Expect", "").lower() == "100-continue" and version == "1.1":
+            self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        target = self.url.decode("iso-8859-1")
         if target.startswith("//"):
             target = "/" + target.lstrip("/")
-        return Request(method, target, headers, body, keep_alive)
+        method = self.parser.get_method().decode("ascii")
+        self.ready.append(Request(method, target, Headers(self.items), b"".join(self.body),
+                                  self.parser.should_keep_alive()))
+        self.head = b""
 
     def _handle(self, request: Request) -> None:
         app = self.app
-        record = app._new_request(request.method, request.target, request.headers, request.body, self.connection_id)
-        decision = app._faults.decide(request.method)
+        record = app.record_request(request.method, request.target, request.headers, request.body, self.connection_id)
+        decision = app.decide(request.method)
         action = decision.action
         if action is not None and action.kind == _faults.DROP:
             logger.debug("dropping %s %s without an answer", request.method, request.target)
@@ -314,12 +292,11 @@ class Connection(asyncio.Protocol):
         if action is not None:
             status, payload, headers = _faults.response(action)
         else:
-            status, payload, headers = app._dispatch(record)
+            status, payload, headers = app.handle(record)
 
         def answer() -> None:
             self.timer = None
-            record.status = status
-            app._notify()
+            app.answered(record, status)
             self._send(status, payload, headers, request.method, close=not request.keep_alive)
 
         if decision.latency > 0:
@@ -337,7 +314,7 @@ class Connection(asyncio.Protocol):
         """Never answer; once released (clear_faults/stop), close the connection without answering."""
         if self.closed:
             return
-        if release.is_set() or self.app._stopping.is_set():
+        if release.is_set() or self.app.stopping.is_set():
             self._close()
             return
         self.timer = asyncio.get_running_loop().call_later(HANG_POLL, self._hang, release)

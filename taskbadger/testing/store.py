@@ -1,0 +1,400 @@
+"""The stand-in API's tasks: in memory, with the real service's semantics.
+
+Server-assigned ids, DRF-style validation errors, the ``start_time``/``end_time`` rules, cursor
+pagination, one level of ``parent`` nesting, and the monitor a task was created under.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import logging
+import secrets
+import string
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+logger = logging.getLogger("taskbadger.testing")
+
+MONITOR_HEADER = "X-TASKBADGER-MONITOR"
+STATUSES = (
+    "pending", "pre_processing", "processing", "post_processing", "success", "error", "cancelled", "stale",
+)
+TERMINAL = frozenset({"success", "error", "cancelled"})
+#: Fields of a task in API responses, in the order the real service sends them (plus ``parent``).
+TASK_FIELDS = (
+    "id", "organization", "project", "name", "queue", "external_id", "status", "value", "value_max",
+    "value_percent", "data", "created", "updated", "start_time", "end_time", "time_to_start",
+    "max_runtime", "stale_timeout", "url", "public_url", "tags", "parent",
+)
+WRITABLE = frozenset({
+    "name", "queue", "external_id", "status", "value", "value_max", "data", "start_time", "end_time",
+    "max_runtime", "stale_timeout", "tags", "parent",
+})
+READ_ONLY = frozenset(TASK_FIELDS) - WRITABLE
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def format_datetime(value: datetime | None) -> str | None:
+    """ISO 8601 in UTC with microseconds and ``Z``, like the real service."""
+    if value is None:
+        return None
+    return value.astimezone(timezone.utc).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _duration_string(duration: timedelta) -> str:
+    """Django's ``duration_string`` (what DRF's DurationField returns), e.g. ``00:00:01.500000``."""
+    days, seconds, microseconds = duration.days, duration.seconds, duration.microseconds
+    text = f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+    if days:
+        text = f"{days} {text}"
+    if microseconds:
+        text += f".{microseconds:06d}"
+    return text
+
+
+def _new_id() -> str:
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
+
+
+
+class _Invalid(Exception):
+    def __init__(self, *messages: str) -> None:
+        super().__init__(*messages)
+        self.messages = list(messages)
+
+
+def _string(value: Any, *, blank: bool = True, max_length: int = 255) -> str:
+    if value is None:
+        raise _Invalid("This field may not be null.")
+    if not isinstance(value, str):
+        raise _Invalid("Not a valid string.")
+    if not blank and not value.strip():
+        raise _Invalid("This field may not be blank.")
+    if len(value) > max_length:
+        raise _Invalid(f"Ensure this field has no more than {max_length} characters.")
+    return value
+
+
+def _integer(value: Any, *, minimum: int, maximum: int, nullable: bool) -> int | None:
+    if value is None:
+        if nullable:
+            return None
+        raise _Invalid("This field may not be null.")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid("A valid integer is required.")
+    if value < minimum:
+        raise _Invalid(f"Ensure this value is greater than or equal to {minimum}.")
+    if value > maximum:
+        raise _Invalid(f"Ensure this value is less than or equal to {maximum}.")
+    return value
+
+
+def _status(value: Any) -> str:
+    if value is None:
+        raise _Invalid("This field may not be null.")
+    if not isinstance(value, str) or value not in STATUSES:
+        raise _Invalid(f'"{value}" is not a valid choice.')
+    return value
+
+
+def _datetime(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    message = (
+        "Datetime has wrong format. Use one of these formats instead: "
+        "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+    )
+    if not isinstance(value, str) or len(value) < 16:
+        raise _Invalid(message)
+    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise _Invalid(message)
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+
+
+def _tags(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        kind = "null" if value is None else type(value).__name__
+        raise _Invalid(f'Expected a dictionary of items but got type "{kind}".')
+    errors = []
+    for key, tag in value.items():
+        if not isinstance(tag, str):
+            errors.append(f'Tag "{key}": Not a valid string.')
+        elif not 2 <= len(tag) <= 255:
+            bound = "at least 2" if len(tag) < 2 else "no more than 255"
+            errors.append(f'Tag "{key}": Ensure this field has {bound} characters.')
+    if errors:
+        raise _Invalid(*errors)
+    return dict(value)
+
+
+def _parent(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise _Invalid(f"Incorrect type. Expected pk value, received {type(value).__name__}.")
+    return value
+
+
+_BIG = 9223372036854775807
+_INT = 2147483647
+_VALIDATORS: dict[str, Callable[[Any], Any]] = {
+    "name": lambda v: _string(v, blank=False),
+    "queue": _string,
+    "external_id": _string,
+    "status": _status,
+    "value": lambda v: _integer(v, minimum=0, maximum=_BIG, nullable=True),
+    "value_max": lambda v: _integer(v, minimum=0, maximum=_BIG, nullable=False),
+    "data": lambda v: v,
+    "start_time": _datetime,
+    "end_time": _datetime,
+    "max_runtime": lambda v: _integer(v, minimum=1, maximum=_INT, nullable=True),
+    "stale_timeout": lambda v: _integer(v, minimum=1, maximum=_INT, nullable=True),
+    "tags": _tags,
+    "parent": _parent,
+}
+
+
+def _clean(body: dict[str, Any], *, require_name: bool) -> tuple[dict[str, Any], dict[str, list], dict]:
+    """Validate a request body: returns (cleaned writable fields, errors, unknown fields)."""
+    cleaned: dict[str, Any] = {}
+    errors: dict[str, list] = {}
+    unknown = {k: v for k, v in body.items() if k not in WRITABLE and k not in READ_ONLY}
+    if require_name and "name" not in body:
+        errors["name"] = ["This field is required."]
+    for key, validate in _VALIDATORS.items():
+        if key in body:
+            try:
+                cleaned[key] = validate(body[key])
+            except _Invalid as err:
+                errors[key] = err.messages
+    return cleaned, errors, unknown
+
+
+
+@dataclass
+class StoredTask:
+    id: str
+    seq: int
+    name: str
+    created: datetime
+    updated: datetime
+    queue: str = ""
+    external_id: str = ""
+    status: str = "pending"
+    value: int | None = None
+    value_max: int = 100
+    data: Any = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    max_runtime: int | None = None
+    stale_timeout: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    parent: str | None = None
+    # Server-side only, never in API responses.
+    monitor_id: str | None = None
+    unknown_fields: dict[str, Any] = field(default_factory=dict)
+
+
+Response = tuple[int, Any, dict[str, str]]
+
+
+def _error(status: int, detail: str, **headers: str) -> Response:
+    return status, {"detail": detail}, headers
+
+
+class Store:
+    """Tasks of one project, guarded by one lock."""
+
+    def __init__(self, organization: str, project: str, base_url: Callable[[], str]) -> None:
+        self.organization = organization
+        self.project = project
+        self._base_url = base_url
+        self.lock = threading.RLock()
+        self.tasks: dict[str, StoredTask] = {}  # insertion order == creation order
+        self.issued: set[str] = set()  # every id this server ever created, kept across clear()
+        self._seq = 0
+
+    def clear(self) -> None:
+        with self.lock:
+            self.tasks.clear()
+
+    def represent(self, task: StoredTask) -> dict[str, Any]:
+        if task.value is None or task.value_max == 0:
+            percent = None
+        else:
+            percent = 100 * task.value // task.value_max
+        base = self._base_url()
+        return {
+            "id": task.id,
+            "organization": self.organization,
+            "project": self.project,
+            "name": task.name,
+            "queue": task.queue,
+            "external_id": task.external_id,
+            "status": task.status,
+            "value": task.value,
+            "value_max": task.value_max,
+            "value_percent": percent,
+            "data": copy.deepcopy(task.data),
+            "created": format_datetime(task.created),
+            "updated": format_datetime(task.updated),
+            "start_time": format_datetime(task.start_time),
+            "end_time": format_datetime(task.end_time),
+            "time_to_start": (
+                _duration_string(task.start_time - task.created) if task.start_time else None
+            ),
+            "max_runtime": task.max_runtime,
+            "stale_timeout": task.stale_timeout,
+            "url": f"{base}/a/{self.organization}/tasks/{task.id}/",
+            "public_url": f"{base}/public/tasks/{task.id}/",
+            "tags": dict(task.tags),
+            "parent": task.parent,
+        }
+
+    def internal(self, task: StoredTask) -> dict[str, Any]:
+        """The response representation plus the server-side attributes."""
+        data = self.represent(task)
+        data["monitor_id"] = task.monitor_id
+        data["unknown_fields"] = copy.deepcopy(task.unknown_fields)
+        return data
+
+    # -- operations (each returns a Response) ---------------------------------------------------
+    def create(self, body: dict[str, Any], monitor: str | None) -> tuple[Response, str | None]:
+        cleaned, errors, unknown = _clean(body, require_name=True)
+        if monitor is not None:
+            try:
+                monitor = str(uuid.UUID(monitor))
+            except ValueError:
+                errors[MONITOR_HEADER] = [f'"{monitor}" is not a valid UUID.']
+        with self.lock:
+            self._check_parent(None, cleaned, errors)
+            if errors:
+                return (400, errors, {}), None
+            now = _now()
+            self._seq += 1
+            task = StoredTask(id=_new_id(), seq=self._seq, name=cleaned["name"], created=now, updated=now)
+            task.monitor_id = monitor
+            self._apply(task, cleaned, unknown, now, old_status="pending")
+            self.tasks[task.id] = task
+            self.issued.add(task.id)
+            logger.debug("created task %s %r (%s)", task.id, task.name, task.status)
+            return (201, self.represent(task), {}), task.id
+
+    def get(self, task_id: str) -> Response:
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return _error(404, "Not found.")
+            return 200, self.represent(task), {}
+
+    def update(self, task_id: str, body: dict[str, Any], *, partial: bool) -> Response:
+        cleaned, errors, unknown = _clean(body, require_name=not partial)
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return _error(404, "Not found.")
+            self._check_parent(task, cleaned, errors)
+            if errors:
+                return 400, errors, {}
+            self._apply(task, cleaned, unknown, _now(), old_status=task.status)
+            return 200, self.represent(task), {}
+
+    def cancel(self, task_id: str) -> Response:
+        with self.lock:
+            task = self.tasks.get(task_id)
+            if task is None:
+                return _error(404, "Not found.")
+            self._apply(task, {"status": "cancelled"}, {}, _now(), old_status=task.status)
+            return 204, None, {}
+
+    def list_tasks(self, query: dict[str, str], url: str) -> Response:
+        page_size = DEFAULT_PAGE_SIZE
+        if query.get("page_size", "").isdigit() and int(query["page_size"]) > 0:
+            page_size = min(int(query["page_size"]), MAX_PAGE_SIZE)
+        cursor = None
+        if query.get("cursor"):
+            try:
+                decoded = dict(parse_qsl(base64.b64decode(query["cursor"], validate=True).decode("ascii")))
+                cursor = (decoded.get("r") == "1", int(decoded["p"]))
+            except (binascii.Error, UnicodeDecodeError, ValueError, KeyError):
+                return _error(404, "Invalid cursor")
+        with self.lock:
+            items = [t for t in reversed(self.tasks.values())]  # newest first
+            if "parent" in query:
+                items = [t for t in items if t.parent == query["parent"]]
+            if cursor is None:
+                page = items[:page_size]
+            elif cursor[0]:  # backwards: the page_size tasks just newer than the position
+                page = [t for t in items if t.seq > cursor[1]][-page_size:]
+            else:
+                page = [t for t in items if t.seq < cursor[1]][:page_size]
+            results = [self.represent(t) for t in page]
+            has_next = bool(page) and any(t.seq < page[-1].seq for t in items)
+            has_previous = bool(page) and any(t.seq > page[0].seq for t in items)
+
+        def link(position: str) -> str:
+            params = [(k, v) for k, v in query.items() if k != "cursor"]
+            params.append(("cursor", base64.b64encode(position.encode()).decode()))
+            return f"{url}?{urlencode(params)}"
+
+        return 200, {
+            "next": link(f"p={page[-1].seq}") if has_next else None,
+            "previous": link(f"r=1&p={page[0].seq}") if has_previous else None,
+            "results": results,
+        }, {}
+
+    # -- internals ------------------------------------------------------------------------------
+    def _check_parent(self, task: StoredTask | None, cleaned: dict[str, Any], errors: dict[str, list]) -> None:
+        if "parent" not in cleaned or "parent" in errors:
+            return
+        parent_id = cleaned["parent"]
+        message = None
+        if task is not None and task.parent is not None and parent_id != task.parent:
+            message = "The parent of a task cannot be changed once set."
+        elif parent_id is None or (task is not None and parent_id == task.parent):
+            return
+        elif task is not None and parent_id == task.id:
+            message = "A task cannot be its own parent."
+        elif parent_id not in self.tasks:
+            message = f'Invalid pk "{parent_id}" - object does not exist.'
+        elif self.tasks[parent_id].parent is not None:
+            message = "Tasks nest one level deep: the parent task has a parent itself."
+        elif task is not None and any(t.parent == task.id for t in self.tasks.values()):
+            message = "Tasks nest one level deep: this task has child tasks."
+        if message:
+            errors["parent"] = [message]
+
+    @staticmethod
+    def _apply(task: StoredTask, cleaned: dict, unknown: dict, now: datetime, *, old_status: str) -> None:
+        for key, value in cleaned.items():
+            if key == "tags":
+                task.tags.update(value)
+            else:
+                setattr(task, key, value)
+        task.unknown_fields.update(unknown)
+        left_pending = old_status == "pending" and task.status != "pending"
+        if "start_time" not in cleaned and task.start_time is None and left_pending:
+            task.start_time = now
+        if "end_time" not in cleaned and task.end_time is None and task.status in TERMINAL:
+            task.end_time = now
+        task.updated = now
+
+
