@@ -20,6 +20,7 @@ from celery import Celery
 
 import taskbadger
 from taskbadger.celery import Task
+from taskbadger.delivery.breaker import publish_breaker
 from taskbadger.testing import TaskBadgerServer
 
 app = Celery("hiccup", broker="memory://", set_as_current=True)
@@ -32,7 +33,7 @@ def noop() -> None:
 
 def run(server: TaskBadgerServer, fault: str, fault_seconds: float, run_seconds: float, interval: float) -> str:
     server.reset()
-    taskbadger.delivery.publish_breaker.reset()
+    publish_breaker().reset()
     taskbadger.init(token=server.api_key, host=server.url, timeout=(1, 1))
     producer = kombu.Producer(kombu.Connection("memory://"))
     noop.apply_async(producer=producer)  # warm up: connection and Celery's first-publish set-up

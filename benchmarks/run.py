@@ -52,7 +52,7 @@ OFFICIAL_VERSION = "2.6.0"
 TERMINAL = {"success", "error", "cancelled"}
 FAULT_TIMEOUT_OURS = "1,1"  # (connect, read) seconds configured for ours in the fault scenarios
 OFFICIAL_DEFAULT_TIMEOUT = 5.0  # taskbadger.mug.DEFAULT_HTTP_TIMEOUT in 2.6.0
-MAX_PENDING_TASKS = 10_000  # taskbadger.delivery.MAX_PENDING_TASKS (checked at start-up)
+MAX_PENDING_TASKS = 10_000  # taskbadger.delivery.queue.MAX_PENDING_TASKS (checked at start-up)
 SDKS = ("untracked", "ours", "official")
 
 
@@ -1071,10 +1071,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.monotonic()
 
-    import taskbadger.delivery
+    from taskbadger.delivery import queue
 
-    if taskbadger.delivery.MAX_PENDING_TASKS != MAX_PENDING_TASKS:
-        log(f"note: MAX_PENDING_TASKS is {taskbadger.delivery.MAX_PENDING_TASKS}, the memory run assumes "
+    if queue.MAX_PENDING_TASKS != MAX_PENDING_TASKS:
+        log(f"note: MAX_PENDING_TASKS is {queue.MAX_PENDING_TASKS}, the memory run assumes "
             f"{MAX_PENDING_TASKS}")
     official = not args.no_official
     if official:
@@ -1125,8 +1125,23 @@ def main(argv: list[str] | None = None) -> int:
     header = make_header(bench)
     table = build_table(bench, started, header)
     print(table)
-    pathlib.Path(args.output).write_text(table + "\n")
+    write_table(pathlib.Path(args.output), table)
     return 0
+
+
+TABLE_START, TABLE_END = "<!-- benchmarks/run.py writes below -->", "<!-- benchmarks/run.py writes above -->"
+
+
+def write_table(path: pathlib.Path, table: str) -> None:
+    """Replace the previous table in ``path`` (between the markers), keeping the rest of the file."""
+    block = f"{TABLE_START}\n{table}\n{TABLE_END}"
+    text = path.read_text() if path.exists() else ""
+    if TABLE_START in text and TABLE_END in text:
+        before, _, rest = text.partition(TABLE_START)
+        _, _, after = rest.partition(TABLE_END)
+        path.write_text(before + block + after)
+    else:
+        path.write_text(block + "\n" + text)
 
 
 if __name__ == "__main__":

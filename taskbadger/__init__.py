@@ -20,9 +20,11 @@ from .api import (
     update_task,
     update_task_safe,
 )
+from .compat import Session
 from .config import Config, get_config, init, is_configured
 from .decorators import track
-from .delivery import stats
+from .delivery.merge import DefaultMergeStrategy
+from .delivery.sender import stats
 from .exceptions import (
     ConfigurationError,
     ConnectError,
@@ -40,8 +42,8 @@ from .exceptions import (
     ValidationError,
 )
 from .models import StatusEnum, TaskModel
-from .scope import Scope, Session, current_scope
-from .task import DefaultMergeStrategy, Task
+from .scope import Scope, current_scope
+from .task import Task
 from .version import __version__
 
 __all__ = [

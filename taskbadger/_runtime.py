@@ -1,21 +1,120 @@
-"""Per-process helpers: bounded text for log lines, and log lines that repeat at most once a while.
+"""Per-process state: singletons made afresh after ``fork``, background threads, bounded log lines.
 
-Every log line that carries a value from outside (a task name, an option, an id) passes it through
-``short()``: a 10,000-character task name must not make every warning 10 KB long.
+Celery's prefork pool forks its children from a supervisor thread. A child inherits the parent's
+objects as they were at that instant: its sockets (which two processes must never share), its
+queues (the parent's to send), and its locks, possibly held by a parent thread that does not exist
+in the child. So every piece of per-process state lives in a ``PerProcess`` or a ``ForkSafeLock``,
+and one hook, registered once, resets them all in a forked child.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
-from typing import Any
+import weakref
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
-from ._forksafe import renew_after_fork
-
+T = TypeVar("T")
 log = logging.getLogger("taskbadger")
 
-#: Longest piece of outside text quoted in one log line.
+# Everything reset in a forked child. Weak: a test's short-lived object does not stay here forever.
+_after_fork: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+class PerProcess(Generic[T]):
+    """A value that belongs to one process: made on first use, made again in a forked child."""
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._value: T | None = None
+        self._lock = threading.Lock()
+        _after_fork.add(self)
+
+    def get(self) -> T:
+        value = self._value
+        if value is not None:
+            return value
+        with self._lock:
+            if self._value is None:
+                self._value = self._factory()
+            return self._value
+
+    def current(self) -> T | None:
+        """The value, if this process made one (never makes one)."""
+        return self._value
+
+    def replace(self, value: T | None) -> None:
+        with self._lock:
+            self._value = value
+
+    def _forget(self) -> None:
+        self._value, self._lock = None, threading.Lock()
+
+
+class ForkSafeLock:
+    """A lock (``threading.Lock`` or ``RLock``) that a forked child gets afresh, never copied held."""
+
+    def __init__(self, factory: Callable[[], Any] = threading.Lock) -> None:
+        self._factory = factory
+        self._lock = factory()
+        _after_fork.add(self)
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._lock.__exit__(*exc_info)
+
+    def _forget(self) -> None:
+        self._lock = self._factory()
+
+
+def _reset_after_fork() -> None:
+    for item in list(_after_fork):
+        item._forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+# -- background threads -----------------------------------------------------------------------------
+#
+# A signal sent to a process goes to any thread that does not block it. Billiard's pool child blocks
+# SIGTERM in its main thread while it writes its last message to the queue it shares with every other
+# child, under a lock only a live process can release; a thread of ours taking that SIGTERM would let
+# the child die holding the lock and stall every other child. So our threads start with every
+# asynchronous signal blocked (a new thread inherits the mask of the thread that starts it: no window).
+# Python runs signal handlers in the main thread whichever thread the kernel picks: nothing else changes.
+
+# Signals the kernel sends to the thread that caused them: blocking those would not stop them and
+# would hide a fault in our own thread.
+_SYNCHRONOUS = {getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL", "SIGTRAP",
+                                                   "SIGABRT", "SIGSYS") if hasattr(signal, name)}
+
+
+def start_daemon_thread(target: Callable[[], object], name: str) -> threading.Thread:
+    """Start a daemon thread that never receives the process's asynchronous signals."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: no per-thread masks
+        thread.start()
+        return thread
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return thread
+
+
+# -- log lines --------------------------------------------------------------------------------------
+
+#: Longest piece of outside text quoted in one log line: a 10,000-character task name must not make
+#: every warning 10 KB long.
 MAX_LOGGED_CHARS = 120
 
 
@@ -31,19 +130,30 @@ def short(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:
 
 
 _last_logged: dict[str, float] = {}
-_throttle_lock = threading.Lock()
-renew_after_fork(globals(), "_throttle_lock")
+_last_logged_lock = ForkSafeLock()
 
 
 def log_throttled(key: str, interval: float, level: int, message: str, *args: Any) -> bool:
     """Log ``message`` unless a line with the same ``key`` was logged less than ``interval`` seconds
-    ago. Returns whether it was logged."""
+    ago (``interval=float("inf")``: once per process). Returns whether it was logged."""
     now = time.monotonic()
-    with _throttle_lock:
-        if now - _last_logged.get(key, -1e9) < interval:
+    key = key[:300]
+    with _last_logged_lock:
+        last = _last_logged.get(key)
+        if last is not None and now - last < interval:
             return False
-        if len(_last_logged) > 10_000:  # keys carry task names: keep the table bounded
+        if len(_last_logged) > 10_000:  # keys carry names from outside: keep the table bounded
             _last_logged.clear()
         _last_logged[key] = now
     log.log(level, message, *args)
     return True
+
+
+def log_once(key: str, level: int, message: str, *args: Any) -> bool:
+    return log_throttled(key, float("inf"), level, message, *args)
+
+
+def forget_logged() -> None:
+    """Forget which lines were logged, so once-per-process lines are logged again (for tests)."""
+    with _last_logged_lock:
+        _last_logged.clear()

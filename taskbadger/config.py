@@ -15,17 +15,14 @@ import dataclasses
 import importlib
 import logging
 import os
-import threading
 import warnings
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ._forksafe import renew_after_fork
+from ._runtime import ForkSafeLock
 from .exceptions import ConfigurationError, MissingConfiguration
-
-if TYPE_CHECKING:
-    from .systems import System
+from .models import is_slug
 
 log = logging.getLogger("taskbadger")
 
@@ -37,6 +34,14 @@ BeforeCreate = Callable[[dict], dict | None]
 Timeout = float | int | tuple[float, float]
 
 
+class Integration(Protocol):
+    """What ``init(systems=[...])`` takes (``taskbadger.systems.System`` and its subclasses)."""
+
+    identifier: str
+
+    def on_init(self, config: Config) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Everything the SDK needs to talk to the API. Built by ``init()``; never mutated."""
@@ -46,7 +51,7 @@ class Config:
     project_slug: str
     token: str = dataclasses.field(repr=False)
     tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    systems: Mapping[str, System] = dataclasses.field(default_factory=dict)
+    systems: Mapping[str, Integration] = dataclasses.field(default_factory=dict)
     before_create: BeforeCreate | None = None
     timeout: tuple[float, float] = DEFAULT_TIMEOUT
 
@@ -62,13 +67,12 @@ class Config:
     def tasks_url(self) -> str:
         return f"{self.host}/api/{self.organization_slug}/{self.project_slug}/tasks/"
 
-    def system(self, identifier: str) -> System | None:
+    def system(self, identifier: str) -> Any:
         return self.systems.get(identifier)
 
 
-_config: Config | None = None
-_lock = threading.Lock()
-renew_after_fork(globals(), "_lock")  # the config itself is inherited as it is
+_config: Config | None = None  # process-wide on purpose: a forked child keeps its parent's
+_lock = ForkSafeLock()
 
 
 def get_config() -> Config | None:
@@ -99,9 +103,9 @@ def parse_project_key(token: str) -> tuple[str, str, str] | None:
     Returns None for a legacy key (anything that is not base64 of something containing '/').
     Raises ConfigurationError for a key that is clearly damaged.
     """
-    if not token or token != token.strip() or any(ch.isspace() or not ch.isprintable() for ch in token):
+    if not token or not token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in token):
         raise ConfigurationError(
-            "The Task Badger API key contains whitespace or control characters; "
+            "The Task Badger API key contains whitespace, control or non-ASCII characters; "
             "copy it again from the project settings page."
         )
     try:
@@ -111,7 +115,8 @@ def parse_project_key(token: str) -> tuple[str, str, str] | None:
     if "/" not in decoded:
         return None
     parts = decoded.split("/")
-    if len(parts) != 3 or not all(parts):
+    if len(parts) != 3 or not is_slug(parts[0]) or not is_slug(parts[1]) or not parts[2] or not parts[2].isascii() \
+            or any(ch.isspace() or not ch.isprintable() for ch in parts[2]):
         raise ConfigurationError(
             "The Task Badger API key is malformed: a project key encodes 'organization/project/key'. "
             "Copy it again from the project settings page."
@@ -121,7 +126,9 @@ def parse_project_key(token: str) -> tuple[str, str, str] | None:
 
 def validate_host(host: str) -> str:
     """Return the host without a trailing slash, or raise ConfigurationError."""
-    parts = urlsplit(host.strip()) if isinstance(host, str) else None
+    clean = isinstance(host, str) and host.strip().isascii() and not any(
+        ch.isspace() or not ch.isprintable() for ch in host.strip())
+    parts = urlsplit(host.strip()) if clean else None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"Task Badger host must be a URL such as {DEFAULT_HOST!r}, got {host!r}."
@@ -176,7 +183,7 @@ def build_config(
     project_slug: str | None = None,
     host: str | None = None,
     tags: Mapping[str, str] | None = None,
-    systems: Iterable[System] | None = None,
+    systems: Iterable[Integration] | None = None,
     before_create: BeforeCreate | str | None = None,
     timeout: Timeout | None = None,
 ) -> Config:
@@ -203,6 +210,9 @@ def build_config(
                                             ("project_slug", project_slug)) if not value]
         if missing:
             raise MissingConfiguration(missing)
+        for name, value in (("organization_slug", organization_slug), ("project_slug", project_slug)):
+            if not is_slug(value):
+                raise ConfigurationError(f"{name} must be a slug (letters, digits, - and _), got {value!r}.")
 
     if tags is not None and (
         not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
@@ -231,7 +241,7 @@ def init(
     organization_slug: str | None = None,
     project_slug: str | None = None,
     token: str | None = None,
-    systems: Iterable[System] | None = None,
+    systems: Iterable[Integration] | None = None,
     tags: Mapping[str, str] | None = None,
     before_create: BeforeCreate | str | None = None,
     timeout: Timeout | None = None,

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import copy
-from contextlib import ContextDecorator
 from typing import Any
-
-import requests
 
 
 class _ScopeState:
@@ -25,7 +22,7 @@ class _ScopeState:
 _scope_state: contextvars.ContextVar[_ScopeState] = contextvars.ContextVar("taskbadger_scope")
 
 
-def _state() -> _ScopeState:
+def scope_state() -> _ScopeState:
     try:
         return _scope_state.get()
     except LookupError:
@@ -46,14 +43,14 @@ class Scope:
 
     @property
     def context(self) -> dict[str, Any]:
-        return _state().context
+        return scope_state().context
 
     @property
     def tags(self) -> dict[str, str]:
-        return _state().tags
+        return scope_state().tags
 
     def __enter__(self) -> Scope:
-        outer = _state()
+        outer = scope_state()
         inner = _ScopeState(copy.deepcopy(outer.context), dict(outer.tags))
         self._tokens.append(_scope_state.set(inner))
         return self
@@ -109,19 +106,3 @@ def parent_for_new_task() -> str | None:
         return None
     task_id, parent = running
     return parent or task_id
-
-
-class Session(ContextDecorator):
-    """Compatibility with the official SDK's ``Session``.
-
-    This SDK always reuses one keep-alive connection pool per process, so a ``Session`` costs
-    nothing and changes nothing; it yields the underlying ``requests.Session``.
-    """
-
-    def __enter__(self) -> requests.Session:
-        from .transport import get_session
-
-        return get_session()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        return None

@@ -1,35 +1,61 @@
-"""``taskbadger.Task``: one task in Task Badger, with methods that update it."""
+"""``taskbadger.Task``: one task in Task Badger, with methods that update it, and task creation.
+
+A synchronous update first claims what this process still has queued for the task
+(``delivery.queue``) and sends it in the same request, so order is kept.
+"""
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from .errors import exception_data
-from .models import TERMINAL_STATUSES, StatusEnum, TaskModel
+from . import endpoints
+from ._runtime import short
+from .config import get_config
+from .delivery import merge
+from .delivery import queue as pending
+from .delivery.merge import DefaultMergeStrategy
+from .exceptions import CreateSkipped
+from .http import Transport
+from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, exception_data
+from .scope import scope_state
 
-# Set by the worker-side dispatcher (``taskbadger.delivery``) while it runs in this process: returns
-# the fields still queued for a task and removes them, so that a synchronous update from the task
-# body is sent after them (merged into the same request) and order is kept.
-claim_queued: Callable[[str], dict[str, Any]] | None = None
-unclaim_queued: Callable[[str, dict[str, Any]], None] | None = None
+log = logging.getLogger("taskbadger")
+
+__all__ = ["DefaultMergeStrategy", "Task", "create", "create_body"]
 
 
-class DefaultMergeStrategy:
-    """Merge new ``data`` into the task's existing data; keys in ``append_keys`` are appended to."""
+def create_body(name: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The create body: scope data and tags, the configured tags, ``before_create`` applied.
+    None means: do not create."""
+    config = get_config()
+    scope = scope_state()
+    body: dict[str, Any] = {"name": name, **{k: v for k, v in fields.items() if v is not None}}
+    data = body.get("data")
+    if scope.context:
+        if data is None:
+            body["data"] = dict(scope.context)
+        elif isinstance(data, Mapping):
+            body["data"] = {**scope.context, **data}
+    tags = {**(config.tags if config else {}), **scope.tags, **(body.get("tags") or {})}
+    if tags:
+        body["tags"] = tags
+    if config and config.before_create:
+        return config.before_create(body)
+    return body
 
-    def __init__(self, append_keys: list[str] | None = None) -> None:
-        self.append_keys = append_keys or []
 
-    def merge(self, existing: Any, new: Mapping[str, Any]) -> dict[str, Any]:
-        merged = dict(existing) if isinstance(existing, Mapping) else {}
-        for key, value in new.items():
-            if key in self.append_keys and value:
-                merged[key] = merged[key] + value if key in merged else value
-            elif key not in self.append_keys:
-                merged[key] = value
-        return merged
+def create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None,
+           transport: Transport | None = None) -> Task:
+    """Create a task from already-collected fields (``create_body`` applied here).
+
+    Raises CreateSkipped when ``before_create`` says not to create it."""
+    body = create_body(name, fields)
+    if body is None:
+        raise CreateSkipped(f"before_create returned None: task {short(name)} was not created")
+    return Task(endpoints.create(body, monitor_id, transport))
 
 
 class Task:
@@ -45,17 +71,44 @@ class Task:
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str, **kwargs: Any) -> Task:
-        """Create a task in Task Badger (see ``taskbadger.create_task`` for the fields)."""
-        from .api import create_task
+    def create(
+        cls,
+        name: str,
+        status: StatusEnum | str = StatusEnum.PENDING,
+        value: int | None = None,
+        value_max: int | None = None,
+        data: Any = None,
+        max_runtime: int | None = None,
+        stale_timeout: int | None = None,
+        actions: list[Any] | None = None,
+        monitor_id: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        queue: str | None = None,
+        external_id: str | None = None,
+        parent: str | None = None,
+        start_time: Any = None,
+        end_time: Any = None,
+    ) -> Task:
+        """Create a task in Task Badger and return it.
 
-        return create_task(name, **kwargs)
+        Raises:
+            CreateSkipped: ``before_create`` returned None.
+            InvalidData: a value cannot be sent (e.g. ``data`` JSON cannot encode).
+            ValueError: an unknown status.
+            TaskbadgerException subclasses: the API refused or could not be reached.
+        """
+        fields = dict(
+            status=StatusEnum.coerce(status), value=value, value_max=value_max, data=data,
+            max_runtime=max_runtime, stale_timeout=stale_timeout, tags=tags, queue=queue,
+            external_id=external_id, parent=parent, start_time=start_time, end_time=end_time,
+        )
+        if actions:
+            fields["actions"] = [a.to_dict() if hasattr(a, "to_dict") else a for a in actions]
+        return create(name, fields, monitor_id)
 
     @classmethod
     def get(cls, task_id: str) -> Task:
-        from .api import get_task
-
-        return get_task(task_id)
+        return cls(endpoints.get(task_id))
 
     # -- field access -----------------------------------------------------------------------------
 
@@ -108,8 +161,6 @@ class Task:
         ``data`` replaces the task's data unless ``data_merge_strategy`` is ``"default"`` or an
         object with a ``merge(existing, new)`` method.
         """
-        from .api import update_task
-
         if data is not None and data_merge_strategy is not None:
             if hasattr(data_merge_strategy, "merge"):
                 data = data_merge_strategy.merge(self._task.data, data)
@@ -125,25 +176,23 @@ class Task:
         if actions:
             fields["actions"] = [a.to_dict() if hasattr(a, "to_dict") else a for a in actions]
         fields = {k: v for k, v in fields.items() if v is not None}
-        queued = claim_queued(self._task.id) if claim_queued is not None else {}
+        task_id = self._task.id
+        queued = pending.claim(task_id)
         try:
-            updated = update_task(self._task.id, **{**queued, **fields})
+            body = merge.resolve(merge.queued(queued, fields), lambda: self._task) if queued else fields
+            self._task = endpoints.update(task_id, body or {})
         except Exception:
-            if queued and unclaim_queued is not None:
-                unclaim_queued(self._task.id, queued)  # not lost: the dispatcher sends them later
+            pending.unclaim(task_id, queued)  # not lost: the senders send them later
             raise
-        self._task = updated._task
         self._last_sent = time.monotonic()
 
     def safe_update(self, **kwargs: Any) -> bool:
         """Like ``update`` but logs a warning instead of raising. Returns whether it was sent."""
-        import logging
-
         try:
             self.update(**kwargs)
             return True
         except Exception as err:
-            logging.getLogger("taskbadger").warning("Task Badger: could not update task %r: %s", self._task.id, err)
+            log.warning("Task Badger: could not update task %s: %s", short(self._task.id), err)
             return False
 
     def update_status(self, status: StatusEnum | str) -> None:
@@ -168,11 +217,8 @@ class Task:
         """Mark the task failed. With ``exception``, its type, message and traceback go into
         ``data["exception"]``; the task's existing data is kept."""
         if exception is not None or data is not None:
-            merged = dict(self._task.data) if isinstance(self._task.data, Mapping) else {}
-            merged.update(data or {})
-            if exception is not None:
-                merged.update(exception_data(exception))
-            data = merged
+            data = merge.with_data(merge.with_data(self._task.data, data or {}),
+                                   exception_data(exception) if exception is not None else {})
         self.update(status=StatusEnum.ERROR, value=value, data=data)
 
     def canceled(self) -> None:

@@ -341,7 +341,7 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
 
 
 def _check_task_options(tasks: Mapping[str, Any]) -> list[CheckMessage]:
-    from taskbadger.celery_options import KWARGS_KEY, OPTIONS, PREFIX, check_option, decorator_options
+    from taskbadger.celery.options import KWARGS_KEY, OPTIONS, PREFIX, check_option, decorator_options
 
     messages = []
     for name, task in sorted(tasks.items()):
@@ -390,7 +390,7 @@ def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any]
 
 
 def _monitor_for(task_name: str, monitors: Mapping[str, Any], tasks: Mapping[str, Any]) -> Any:
-    from taskbadger.celery_options import decorator_options
+    from taskbadger.celery.options import decorator_options
 
     task = tasks.get(task_name)
     if task is not None:

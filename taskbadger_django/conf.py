@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from taskbadger import config as sdk_config
-from taskbadger._forksafe import renew_after_fork
+from taskbadger._runtime import ForkSafeLock
 from taskbadger.config import DEFAULT_HOST, Config
 from taskbadger.exceptions import ConfigurationError
 
@@ -227,8 +227,7 @@ class TaskBadgerSettings:
 # -- the cached settings object, reloaded on setting_changed ---------------------------------------
 
 _settings: TaskBadgerSettings | None = None
-_lock = threading.RLock()
-renew_after_fork(globals(), "_lock", threading.RLock)  # Celery forks pool children
+_lock = ForkSafeLock(threading.RLock)  # Celery forks pool children
 
 
 def get_settings() -> TaskBadgerSettings:

@@ -35,8 +35,9 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from taskbadger import config as sdk_config
-from taskbadger import delivery
 from taskbadger.config import Config
+from taskbadger.delivery import sender
+from taskbadger.delivery.breaker import publish_breaker
 from taskbadger.testing import TaskBadgerServer
 
 from . import conf
@@ -51,12 +52,12 @@ def use_server(server: TaskBadgerServer, **overrides: Any) -> Iterator[Config]:
     previous = sdk_config.get_config()
     settings = conf.TaskBadgerSettings(overrides={"enabled": True, **overrides, "api_key": server.api_key,
                                                   "host": server.url})
-    delivery.publish_breaker.reset()
+    publish_breaker().reset()
     config = sdk_config.init(**settings.init_kwargs())
     try:
         yield config
     finally:
-        delivery.flush(5.0)
+        sender.flush(5.0)
         sdk_config.set_config(previous)
 
 
@@ -85,14 +86,14 @@ class TaskBadgerTestCaseMixin:
     @property
     def taskbadger_tasks(self) -> list[dict[str, Any]]:
         """Every task tracked so far in this test, oldest first."""
-        delivery.flush(5.0)
+        sender.flush(5.0)
         return list(self.taskbadger_server.tasks.values())
 
     def assertTaskTracked(self, name: str, status: str | None = None, timeout: float = 2.0) -> dict[str, Any]:  # noqa: N802
         """Assert a task called ``name`` (and in ``status``, if given) was tracked; return the newest
         such task (a dict in the API's shape, plus ``monitor_id``). Waits up to ``timeout`` seconds
         for updates a worker sends in the background."""
-        delivery.flush(timeout)
+        sender.flush(timeout)
 
         def find() -> dict[str, Any] | None:
             for task in reversed(self.taskbadger_server.tasks_named(name)):
@@ -111,7 +112,7 @@ class TaskBadgerTestCaseMixin:
 
     def assertTaskNotTracked(self, name: str) -> None:  # noqa: N802
         """Assert no task called ``name`` was tracked (so far)."""
-        delivery.flush(5.0)
+        sender.flush(5.0)
         found = self.taskbadger_server.tasks_named(name)
         if found:
             raise self.failureException(  # type: ignore[attr-defined]

@@ -5,7 +5,9 @@ import tempfile
 import pytest
 
 import taskbadger
-from taskbadger import api, config, delivery
+from taskbadger import config
+from taskbadger._runtime import forget_logged
+from taskbadger.delivery.breaker import publish_breaker
 
 from .workers import Worker, broker_url
 
@@ -25,8 +27,8 @@ def _isolated_taskbadger(monkeypatch):
     for name in ("TASKBADGER_API_KEY", "TASKBADGER_HOST", "TASKBADGER_ORG", "TASKBADGER_PROJECT"):
         monkeypatch.delenv(name, raising=False)
     config.reset()
-    delivery.publish_breaker.reset()
-    monkeypatch.setattr(api, "_warned_unconfigured", False)
+    publish_breaker().reset()
+    forget_logged()  # lines logged once per process are logged again in each test
     with taskbadger.current_scope() as scope:
         scope.clear()
         yield

@@ -40,7 +40,7 @@ def test_tasks_publish_and_run_while_the_api_refuses_connections(taskbadger_serv
         assert all(r.taskbadger_task_id is None for r in results)
         connects = [r for r in taskbadger_server.requests if r.method == "POST"]
         assert connects == []  # refused: nothing reached the server
-        assert taskbadger.delivery.stats()["breaker"] == "open"
+        assert taskbadger.stats()["breaker"] == "open"
         taskbadger_server.wait_for(lambda: ran(solo_worker, 6) and solo_worker.log().count(
             "tests.celery_project.app.add[" + results[-1].id) >= 2, timeout=20)
     finally:

@@ -5,7 +5,7 @@ import logging
 import pytest
 
 import taskbadger
-from taskbadger.celery_options import MAX_RECORDED_ARGS_CHARS
+from taskbadger.celery.options import MAX_RECORDED_ARGS_CHARS
 from taskbadger.systems import CelerySystemIntegration as FromPackage
 from taskbadger.systems.celery import CelerySystemIntegration
 
@@ -68,7 +68,7 @@ def test_record_task_args_json_repr_fallback_and_truncation(taskbadger_server, p
 def test_recorded_arg_json_cannot_encode_is_stored_as_repr(taskbadger_server, celery_app, tb_log):
     # A set travels fine with the pickle serializer; Task Badger stores its repr.
     init_with(taskbadger_server, auto_track_tasks=False, record_task_args=True)
-    from taskbadger.celery_options import recorded_args
+    from taskbadger.celery.options import recorded_args
 
     assert recorded_args(({1, 2},), {"when": object}) == {
         "celery_task_args": [repr({1, 2})], "celery_task_kwargs": {"when": repr(object)}}

@@ -1,4 +1,4 @@
-"""The worker-side dispatcher and the publish-side breaker, against the stand-in API."""
+"""Delivery against the stand-in API: the queue of pending updates and its senders, and the breaker."""
 
 import logging
 import threading
@@ -7,8 +7,16 @@ import time
 import pytest
 
 import taskbadger
-from taskbadger import delivery
-from taskbadger.delivery import Breaker, Dispatcher
+from taskbadger.delivery import queue, sender
+from taskbadger.delivery.breaker import Breaker
+from taskbadger.delivery.queue import PendingQueue
+from taskbadger.delivery.sender import Sender
+
+
+def Dispatcher(max_pending=queue.MAX_PENDING_TASKS, linger=queue.LINGER, threads=sender.SENDER_THREADS,  # noqa: N802
+               batch_size=sender.BATCH_SIZE) -> Sender:
+    """A queue and its senders, of their own (not this process's)."""
+    return Sender(PendingQueue(max_pending, linger), threads=threads, batch_size=batch_size)
 
 
 def patches(server, task_id=None):
@@ -39,9 +47,9 @@ def test_queued_updates_for_one_task_merge_into_one_patch(taskbadger_server, dis
 def test_the_process_counters_are_one_call_away(taskbadger_server):
     task = taskbadger.create_task("counted")
     before = taskbadger.stats()
-    delivery.submit(task.id, {"status": "processing"})
-    delivery.submit(task.id, {"status": "success"}, final=True)
-    assert delivery.flush(5)
+    sender.submit(task.id, {"status": "processing"})
+    sender.submit(task.id, {"status": "success"}, final=True)
+    assert sender.flush(5)
     after = taskbadger.stats()
     assert (after["submitted"] - before["submitted"], after["merged"] - before["merged"],
             after["sent"] - before["sent"]) == (2, 1, 1)
@@ -55,24 +63,28 @@ def test_non_final_updates_are_sent_after_the_linger(taskbadger_server, dispatch
     assert taskbadger_server.get_task(task.id)["status"] == "processing"
 
 
-def test_body_update_is_sent_after_queued_ones_and_carries_them(taskbadger_server, dispatcher, monkeypatch):
-    monkeypatch.setattr(delivery, "_dispatcher", dispatcher)
-    monkeypatch.setattr(taskbadger.task, "claim_queued", delivery._claim_for_sync_update)
+@pytest.fixture
+def process_queue(monkeypatch):
+    """This process's queue, holding non-final updates for 0.2 s."""
+    monkeypatch.setattr(queue.pending_updates(), "linger", 0.2)
+    yield queue.pending_updates()
+    sender.flush(5)
+
+
+def test_body_update_is_sent_after_queued_ones_and_carries_them(taskbadger_server, process_queue):
     task = taskbadger.create_task("body")
-    dispatcher.submit(task.id, {"status": "processing", "start_time": "2026-01-01T00:00:00+00:00"})
+    sender.submit(task.id, {"status": "processing", "start_time": "2026-01-01T00:00:00+00:00"})
     task.update(value=7)  # synchronous, while 'processing' is still queued
     [patch] = patches(taskbadger_server, task.id)
     assert patch.json == {"status": "processing", "start_time": "2026-01-01T00:00:00+00:00", "value": 7}
-    assert dispatcher.stats()["queued"] == 0
+    assert process_queue.stats()["queued"] == 0
 
 
-def test_body_update_waits_for_a_request_already_in_flight(taskbadger_server, dispatcher, monkeypatch):
-    monkeypatch.setattr(delivery, "_dispatcher", dispatcher)
-    monkeypatch.setattr(taskbadger.task, "claim_queued", delivery._claim_for_sync_update)
+def test_body_update_waits_for_a_request_already_in_flight(taskbadger_server, process_queue):
     task = taskbadger.create_task("inflight")
     taskbadger_server.set_latency(0.5, times=1, method="PATCH")
-    dispatcher.submit(task.id, {"value": 1}, final=True)
-    taskbadger_server.wait_for(lambda: dispatcher.stats()["in_flight"] == 1, timeout=5)
+    sender.submit(task.id, {"value": 1}, final=True)
+    taskbadger_server.wait_for(lambda: process_queue.stats()["in_flight"] == 1, timeout=5)
     task.update(value=2)
     assert [p.json["value"] for p in patches(taskbadger_server, task.id)] == [1, 2]
     assert taskbadger_server.get_task(task.id)["value"] == 2
@@ -133,7 +145,7 @@ def test_past_the_cap_a_final_update_takes_the_place_of_a_progress_update(taskba
 
 def test_past_the_cap_with_the_api_down_a_final_update_is_dropped_at_once_counted_and_logged(
         taskbadger_server, tb_log, monkeypatch):
-    monkeypatch.setattr(delivery, "BACKPRESSURE_TIMEOUT", 30)  # would show as a wait if it applied
+    monkeypatch.setattr(queue, "BACKPRESSURE_TIMEOUT", 30)  # would show as a wait if it applied
     taskbadger_server.refuse()
     small = Dispatcher(max_pending=5, linger=0)
     for i in range(5):
@@ -225,7 +237,7 @@ def test_the_breaker_pauses_longer_the_longer_the_api_fails(monkeypatch):
 
 
 def test_stats_is_public():
-    stats = taskbadger.delivery.stats()
+    stats = taskbadger.stats()
     assert {"sent", "merged", "retried", "dropped", "queued", "in_flight", "breaker"} <= set(stats)
 
 
@@ -235,7 +247,7 @@ def test_one_sender_thread_until_a_backlog_builds_then_more_send_in_parallel(tas
     d = Dispatcher(linger=0, threads=3, batch_size=2)
     d.submit(tasks[0].id, {"status": "success"}, final=True)
     assert d.flush(10)
-    senders = [t for t in threading.enumerate() if t.name.startswith("taskbadger-dispatcher") and t in d._threads]
+    senders = [t for t in threading.enumerate() if t.name.startswith("taskbadger-sender") and t in d.threads]
     assert len(senders) == 1  # no backlog: one thread, one connection
     first = len(taskbadger_server.requests)
     for task in tasks[1:]:
@@ -252,10 +264,10 @@ def test_a_final_update_given_back_by_a_failed_synchronous_send_is_not_evicted(t
     small = Dispatcher(max_pending=2, linger=0)
     small.submit("task-a", {"status": "success"}, final=True)
     _wait_until_failing(taskbadger_server, small)
-    fields = small.claim("task-a")  # what task.success() in the body does before its own request...
-    small.unclaim("task-a", fields)  # ...and gives back when that request fails
+    fields = small.queue.claim("task-a")  # what task.success() in the body does before its own request...
+    small.queue.unclaim("task-a", fields)  # ...and gives back when that request fails
     small.submit("task-b", {"status": "success"}, final=True)
     assert small.submit("task-c", {"status": "error"}, final=True) is False  # dropped, evicts no final
-    assert small.claim("task-a")["status"] == "success"
+    assert small.queue.claim("task-a")["status"] == "success"
     taskbadger_server.accept()
     assert small.flush(20)  # task-b: unknown to the server, refused and dropped

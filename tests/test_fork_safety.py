@@ -7,42 +7,49 @@ import threading
 import pytest
 
 import taskbadger
-from taskbadger import api, celery_options, config, delivery, fastpath, heartbeat, tracking, transport
+from taskbadger import _runtime, config, endpoints, http
+from taskbadger.celery import events, options, state
+from taskbadger.delivery import breaker, heartbeat, queue, sender
+from taskbadger.http import pooled, requests_backend
 
-LOCKS = [
-    (tracking, "_received_lock"),
-    (celery_options, "_reported_lock"),
-    (config, "_lock"),
-    (transport, "_lock"),
-    (heartbeat, "_lock"),
-    (delivery, "_dispatcher_lock"),
-    (fastpath, "_idle_lock"),
-]
+# The locks of the SDK's per-process state (this test is about those locks themselves, so it names them).
+LOCKS = {
+    "config": lambda: config._lock,
+    "log lines": lambda: _runtime._last_logged_lock,
+    "received messages": lambda: state.received()._lock,
+    "pending updates": lambda: queue.pending_updates().cond,
+    "breaker": lambda: breaker.publish_breaker()._lock,
+    "heartbeat": lambda: heartbeat.get_heartbeat()._cond,
+    "pooled connections": lambda: pooled._pool.get().lock,
+    "requests session": lambda: requests_backend._session._lock,
+}
 
 
-def _use_every_lock(queue):
+def _use_every_lock(queue_):
     class Request:
         id = "celery-id"
         request_dict = {"taskbadger_task": {"task": {"id": "tb-id"}}}
 
-    tracking.on_received(Request())
-    tracking._forget_received("celery-id")
-    celery_options.report_once("task", "option", "message")
+    events.on_received(Request())
+    state.received().forget("celery-id")
+    options.report_once("task", "option", "message")
     config.set_config(config.get_config())
-    transport.get_session()
+    requests_backend.session()
     heartbeat.get_heartbeat()
-    delivery.get_dispatcher()
-    api.send_create("in the child", {"status": "pending"}, fast=True)
-    queue.put("done")
+    sender.submit("tb-id", {"value": 1})
+    breaker.publish_breaker().allow()
+    transport = http.hot_path_transport(config.get_config())
+    endpoints.create({"name": "in the child", "status": "pending"}, transport=transport)
+    queue_.put("done")
 
 
-@pytest.mark.parametrize("module,name", LOCKS, ids=[f"{m.__name__}.{n}" for m, n in LOCKS])
-def test_child_forked_while_another_thread_holds_a_lock_does_not_hang(taskbadger_server, module, name):
+@pytest.mark.parametrize("name", list(LOCKS))
+def test_child_forked_while_another_thread_holds_a_lock_does_not_hang(taskbadger_server, name):
     taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url)
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with getattr(module, name):
+        with LOCKS[name]():
             held.set()
             release.wait(10)
 
@@ -51,10 +58,10 @@ def test_child_forked_while_another_thread_holds_a_lock_does_not_hang(taskbadger
     held.wait(5)
     try:
         ctx = multiprocessing.get_context("fork")
-        queue = ctx.Queue()
-        child = ctx.Process(target=_use_every_lock, args=(queue,))
+        done = ctx.Queue()
+        child = ctx.Process(target=_use_every_lock, args=(done,))
         child.start()
-        assert queue.get(timeout=10) == "done"
+        assert done.get(timeout=10) == "done"
         child.join(10)
         assert child.exitcode == 0
     finally:

@@ -1,4 +1,4 @@
-"""The lean pooled connections used on the delivery hot paths."""
+"""The pooled keep-alive transport of the hot paths (the create at publish, the senders' updates)."""
 
 import multiprocessing
 import os
@@ -9,17 +9,23 @@ import threading
 import pytest
 
 import taskbadger
-from taskbadger import ConnectError, ReadTimeout, Unauthorized, api, fastpath
+from taskbadger import ConnectError, ReadTimeout, Unauthorized, endpoints, http
 
 
 def update(task_id, fields):
-    [error] = api.send_updates([(task_id, fields)])
+    [error] = endpoints.update_many([(task_id, fields)])
     if error is not None:
         raise error
 
 
+def create(name, fields):
+    """The publish path's create: on the hot path's transport."""
+    transport = http.hot_path_transport(taskbadger.get_config())
+    return endpoints.create({"name": name, **fields}, transport=transport)
+
+
 def test_fast_create_and_update_reuse_one_connection(taskbadger_server):
-    task = api.send_create("fast", {"status": "pending"}, fast=True)
+    task = create("fast", {"status": "pending"})
     for value in range(5):
         update(task.id, {"value": value})
     assert taskbadger_server.get_task(task.id)["value"] == 4
@@ -28,10 +34,10 @@ def test_fast_create_and_update_reuse_one_connection(taskbadger_server):
 
 
 def test_a_batch_goes_out_on_several_kept_alive_connections(taskbadger_server):
-    tasks = [api.send_create(f"b{i}", {"status": "pending"}, fast=True) for i in range(4)]
+    tasks = [create(f"b{i}", {"status": "pending"}) for i in range(4)]
     taskbadger_server.fail(404, times=1, method="PATCH")
     for round_ in range(3):
-        errors = [type(e).__name__ if e else None for e in api.send_updates(
+        errors = [type(e).__name__ if e else None for e in endpoints.update_many(
             [(t.id, {"value": round_}) for t in tasks])]
         if round_ == 0:
             # the server answers the four connections in whatever order its threads run: the one 404
@@ -48,18 +54,18 @@ def test_a_batch_goes_out_on_several_kept_alive_connections(taskbadger_server):
 
 
 def test_one_slow_answer_in_a_batch_times_out_alone(taskbadger_server):
-    tasks = [api.send_create(f"s{i}", {"status": "pending"}, fast=True) for i in range(4)]
+    tasks = [create(f"s{i}", {"status": "pending"}) for i in range(4)]
     taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(1, 0.3))
     taskbadger_server.set_latency(2.0, times=1, method="PATCH")
-    errors = api.send_updates([(t.id, {"value": 1}) for t in tasks])
+    errors = endpoints.update_many([(t.id, {"value": 1}) for t in tasks])
     assert [type(e).__name__ for e in errors if e] == ["ReadTimeout"]
     answered = [t for t, e in zip(tasks, errors, strict=True) if e is None]
     assert [taskbadger_server.get_task(t.id)["value"] for t in answered] == [1, 1, 1]
-    assert api.send_updates([(t.id, {"value": 2}) for t in tasks]) == [None] * 4  # its connection was replaced
+    assert endpoints.update_many([(t.id, {"value": 2}) for t in tasks]) == [None] * 4  # its connection was replaced
 
 
 def test_errors_map_like_the_requests_transport(taskbadger_server):
-    task = api.send_create("x", {"status": "pending"}, fast=True)
+    task = create("x", {"status": "pending"})
     taskbadger_server.fail(401, times=1)
     with pytest.raises(Unauthorized):
         update(task.id, {"value": 1})
@@ -80,17 +86,17 @@ def test_errors_map_like_the_requests_transport(taskbadger_server):
 
 
 def test_a_connection_the_server_closed_while_idle_is_replaced_quietly(taskbadger_server):
-    task = api.send_create("idle", {"status": "pending"}, fast=True)
+    task = create("idle", {"status": "pending"})
     taskbadger_server.refuse()  # closes every open connection...
     taskbadger_server.accept()  # ...and listens again
-    api.send_create("idle 2", {"status": "pending"}, fast=True)  # a POST too: checked, not resent
+    create("idle 2", {"status": "pending"})  # a POST too: checked, not resent
     update(task.id, {"value": 1})
     assert [r.status for r in taskbadger_server.requests] == [201, 201, 200]
 
 
 def test_a_recently_used_connection_closed_by_the_server_resends_a_patch_once_but_never_a_post(
         taskbadger_server):
-    task = api.send_create("stale", {"status": "pending"}, fast=True)
+    task = create("stale", {"status": "pending"})
     taskbadger_server.refuse()  # closes the kept-alive connection right after its last use
     taskbadger_server.accept()
     update(task.id, {"value": 1})  # found closed while sending or reading: sent again, new connection
@@ -98,7 +104,7 @@ def test_a_recently_used_connection_closed_by_the_server_resends_a_patch_once_bu
 
     taskbadger_server.drop(times=1, method="POST")  # reads the create, closes without answering
     with pytest.raises(taskbadger.TransportError):
-        api.send_create("maybe created", {"status": "pending"}, fast=True)
+        create("maybe created", {"status": "pending"})
     assert [r.method for r in taskbadger_server.requests].count("POST") == 2  # not sent again
 
 
@@ -111,7 +117,7 @@ def _update_in_child(task_id, queue):
 
 
 def test_a_forked_child_does_not_reuse_the_parents_socket(taskbadger_server):
-    task = api.send_create("fork", {"status": "pending"}, fast=True)
+    task = create("fork", {"status": "pending"})
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_update_in_child, args=(task.id, queue))
@@ -124,16 +130,16 @@ def test_a_forked_child_does_not_reuse_the_parents_socket(taskbadger_server):
 
 
 def test_a_proxy_in_the_environment_sends_everything_through_requests(taskbadger_server, monkeypatch):
-    fastpath.usable_for.cache_clear()
+    http._proxied.cache_clear()
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("NO_PROXY", "")
     try:
-        assert fastpath.usable_for(taskbadger_server.url) is False
+        assert http.hot_path_transport(taskbadger.get_config()) is http.default_transport()
         with pytest.raises(taskbadger.TransportError):
             update("any", {"value": 1})  # went to the (dead) proxy, through requests
         assert taskbadger_server.requests == []
     finally:
-        fastpath.usable_for.cache_clear()
+        http._proxied.cache_clear()
 
 
 def _connections_of(server, method):
@@ -143,7 +149,7 @@ def _connections_of(server, method):
 def test_short_lived_threads_share_the_process_connections(taskbadger_server):
     # A web server that starts a thread per request must not open a connection per .delay()
     for i in range(20):
-        thread = threading.Thread(target=api.send_create, args=(f"t{i}", {"status": "pending"}), kwargs={"fast": True})
+        thread = threading.Thread(target=create, args=(f"t{i}", {"status": "pending"}))
         thread.start()
         thread.join()
     assert len(set(_connections_of(taskbadger_server, "POST"))) == 1
@@ -155,11 +161,11 @@ def test_concurrent_requests_never_share_a_connection(taskbadger_server):
     start = threading.Barrier(5)
     created: list[int] = []
 
-    def create(i):
+    def create_one(i):
         start.wait(5)
-        created.append(api.send_create(f"c{i}", {"status": "pending", "data": {"i": i}}, fast=True).data["i"])
+        created.append(create(f"c{i}", {"status": "pending", "data": {"i": i}}).data["i"])
 
-    threads = [threading.Thread(target=create, args=(i,)) for i in range(5)]
+    threads = [threading.Thread(target=create_one, args=(i,)) for i in range(5)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -168,7 +174,7 @@ def test_concurrent_requests_never_share_a_connection(taskbadger_server):
     first = _connections_of(taskbadger_server, "POST")
     assert len(set(first)) == 5
     for i in range(5):  # afterwards, the same connections serve one thread after another
-        api.send_create(f"again{i}", {"status": "pending"}, fast=True)
+        create(f"again{i}", {"status": "pending"})
     assert set(_connections_of(taskbadger_server, "POST")[5:]) <= set(first)
 
 
@@ -187,10 +193,11 @@ else:
     def run_in_new_greenlet(fn):
         eventlet.spawn(fn).wait()
 import taskbadger
-from taskbadger import api
-taskbadger.init()  # TASKBADGER_HOST and TASKBADGER_API_KEY from the environment
+from taskbadger import endpoints, http
+config = taskbadger.init()  # TASKBADGER_HOST and TASKBADGER_API_KEY from the environment
+transport = http.hot_path_transport(config)
 for i in range(20):  # like a greenlet per web request, or per task in a green Celery pool
-    run_in_new_greenlet(lambda: api.send_create(f"g{i}", {"status": "pending"}, fast=True))
+    run_in_new_greenlet(lambda: endpoints.create({"name": f"g{i}", "status": "pending"}, transport=transport))
 print("done")
 """
 

@@ -1,11 +1,14 @@
-"""The minimal HTTP/1.1 exchange of taskbadger.fastpath against answers the stand-in API never gives."""
+"""The pooled transport's HTTP/1.1 exchange against answers the stand-in API never gives."""
 
+import base64
 import socket
 import threading
 
 import pytest
 
-from taskbadger import TransportError, fastpath
+from taskbadger import TransportError
+from taskbadger.config import build_config
+from taskbadger.http import build_request, pooled
 
 
 class RawServer:
@@ -45,16 +48,17 @@ class RawServer:
         self.sock.close()
 
 
-def call(server, body=b'{"a":1}'):
-    return fastpath.request(server.url, (2.0, 2.0), "PATCH", "/api/x/", body,
-                            {"Authorization": "Bearer k", "Content-Type": "application/json"})
+def call(server, body=None):
+    body = {"a": 1} if body is None else body
+    config = build_config(token=base64.b64encode(b"x/y/k").decode(), host=server.url, timeout=(2.0, 2.0))
+    return pooled.PooledTransport().exchange(config, build_request(config, "PATCH", json_body=body))
 
 
 @pytest.fixture(autouse=True)
 def fresh_connections():
-    fastpath.close_idle()  # each test talks to its own raw server
+    pooled.close_idle()  # each test talks to its own raw server
     yield
-    fastpath.close_idle()
+    pooled.close_idle()
 
 
 def test_request_bytes_are_well_formed():
@@ -62,7 +66,7 @@ def test_request_bytes_are_well_formed():
     status, headers, body = call(server)
     assert (status, headers["content-length"], body) == (200, "2", b"{}")
     request = server.requests[0]
-    assert request.startswith(b"PATCH /api/x/ HTTP/1.1\r\nHost: 127.0.0.1:")
+    assert request.startswith(b"PATCH /api/x/y/tasks/ HTTP/1.1\r\nHost: 127.0.0.1:")
     assert b"\r\nAuthorization: Bearer k\r\n" in request and b"\r\nContent-Length: 7\r\n" in request
     assert request.endswith(b'\r\n\r\n{"a":1}')
 
@@ -81,7 +85,7 @@ def test_a_body_without_length_ends_when_the_server_closes():
     server = RawServer([b"HTTP/1.0 200 OK\r\n\r\nall of it"], close_after=True)
     status, headers, body = call(server)
     assert (status, body, headers["connection"]) == (200, b"all of it", "close")
-    assert fastpath._idle == []  # closed, not kept for reuse
+    assert pooled.idle_connections() == 0  # closed, not kept for reuse
 
 
 def test_interim_100_continue_is_skipped():
@@ -93,7 +97,7 @@ def test_connection_close_header_closes_it():
     server = RawServer([b"HTTP/1.1 429 Too Many\r\nRetry-After: 3\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"])
     status, headers, _ = call(server)
     assert (status, headers["retry-after"]) == (429, "3")
-    assert fastpath._idle == []  # closed, not kept for reuse
+    assert pooled.idle_connections() == 0  # closed, not kept for reuse
 
 
 def test_a_server_that_closes_mid_answer_is_a_transport_error():

@@ -108,7 +108,7 @@ def test_headers_from_another_producer_never_fail_the_task(taskbadger_server, so
     assert wait_for_result(celery_id)["value"] == "intact"
     taskbadger_server.wait_for(lambda: f"[{celery_id}] succeeded" in solo_worker.log(), timeout=20)
     assert "Traceback" not in solo_worker.log().split(celery_id, 1)[-1]
-    taskbadger.delivery.flush(5)
+    taskbadger.delivery.sender.flush(5)
     assert_wire_clean(taskbadger_server, foreign_ids=True)
 
 
@@ -291,7 +291,7 @@ def test_a_publish_that_fails_cancels_the_task_it_created(taskbadger_server):
 
 
 def test_an_auto_tracked_publish_that_fails_cancels_its_task(taskbadger_server, monkeypatch):
-    from taskbadger import tracking as publish_module
+    from taskbadger.celery import publish as publish_module
 
     monkeypatch.setattr(publish_module, "CONFIRM_WINDOW", 0.5)
     taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url,

@@ -18,10 +18,10 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="
 SCRIPT = textwrap.dedent("""
     import os, signal, sys, threading
     import taskbadger
-    from taskbadger import delivery, heartbeat
+    from taskbadger.delivery import heartbeat, sender
 
     taskbadger.init(token="key", organization_slug="org", project_slug="proj", host=sys.argv[1])
-    delivery.get_dispatcher().submit("task-1", {"value": 1})  # starts the dispatcher's threads
+    sender.submit("task-1", {"value": 1})                      # starts the senders' thread
     heartbeat.get_heartbeat().start("task-1", 60)              # and the heartbeat thread
     ours = [t.name for t in threading.enumerate() if t.name.startswith("taskbadger-")]
     print("threads", sorted(ours), flush=True)
@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent("""
 def test_a_signal_blocked_by_the_main_thread_waits_for_it(taskbadger_server):
     proc = subprocess.run([sys.executable, "-c", SCRIPT, taskbadger_server.url], capture_output=True,
                           text=True, timeout=60)
-    assert "taskbadger-heartbeat" in proc.stdout and "taskbadger-dispatcher-0" in proc.stdout, proc.stderr
+    assert "taskbadger-heartbeat" in proc.stdout and "taskbadger-sender-0" in proc.stdout, proc.stderr
     assert "survived while blocked" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr)
     assert "not reached" not in proc.stdout
     assert proc.returncode == -signal.SIGTERM

@@ -23,9 +23,9 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._runtime import log_throttled, short
-from .celery_options import KWARGS_KEY, TRACK_KEY, validate
-from .models import MAX_NAME_LENGTH, StatusEnum, is_task_id, jsonable
+from .._runtime import log_throttled, short
+from ..models import MAX_NAME_LENGTH, StatusEnum, is_task_id, jsonable
+from .options import KWARGS_KEY, TRACK_KEY, validate
 
 META_KEY = "taskbadger_task"
 ID_KEY = "taskbadger_task_id"

@@ -15,13 +15,11 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from ._forksafe import renew_after_fork
-from ._runtime import short
-from .models import MAX_NAME_LENGTH, is_json, is_task_id, jsonable, monitor_id
+from .._runtime import log_once, short
+from ..models import MAX_NAME_LENGTH, is_json, is_task_id, jsonable, monitor_id
 
 log = logging.getLogger("taskbadger")
 
@@ -105,20 +103,9 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "track": (_bool, "True or False"),
 }
 
-_reported: set[tuple[str, str]] = set()
-_reported_lock = threading.Lock()
-renew_after_fork(globals(), "_reported_lock")
-
-
 def report_once(task_name: str, option: str, message: str) -> None:
-    key = (task_name[:200], option[:100])
-    with _reported_lock:
-        if key in _reported:
-            return
-        if len(_reported) > 10_000:  # keys come from outside: keep the set bounded
-            _reported.clear()
-        _reported.add(key)
-    log.warning("Task Badger option %s%s on task %s: %s", PREFIX, short(option, 60)[1:-1], short(task_name), message)
+    log_once(f"option:{task_name[:200]}:{option[:100]}", logging.WARNING, "Task Badger option %s%s on task %s: %s",
+             PREFIX, short(option, 60)[1:-1], short(task_name), message)
 
 
 def check_option(option: str, value: Any) -> tuple[bool, Any]:

@@ -1,20 +1,18 @@
 """One background thread per process that pings running tasks every ``heartbeat_interval``.
 
-Pings go through the dispatcher (``taskbadger.delivery``), so they never block the task and are
-merged away when another update for the task is already waiting.
+Pings go through the queue of pending updates, so they never block the task and are merged away when
+another update for the task is already waiting.
 """
 
 from __future__ import annotations
 
 import heapq
 import logging
-import os
 import threading
 import time
 
-from . import delivery
-from ._runtime import short
-from ._threads import start_daemon_thread
+from .._runtime import PerProcess, short, start_daemon_thread
+from . import sender
 
 log = logging.getLogger("taskbadger")
 
@@ -25,7 +23,6 @@ class Heartbeat:
         self._intervals: dict[str, float] = {}
         self._due: list[tuple[float, str]] = []  # heap of (next ping, task id)
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
 
     def start(self, task_id: str, interval: float) -> None:
         with self._cond:
@@ -39,10 +36,6 @@ class Heartbeat:
         with self._cond:
             self._intervals.pop(task_id, None)  # its heap entry is skipped when it comes up
 
-    def running(self) -> list[str]:
-        with self._cond:
-            return list(self._intervals)
-
     def _run(self) -> None:
         while True:
             with self._cond:
@@ -55,27 +48,14 @@ class Heartbeat:
                     continue
                 heapq.heappush(self._due, (max(due_at + interval, time.monotonic()), task_id))
             try:
-                delivery.submit(task_id, {})
+                sender.submit(task_id, {})
             except Exception:
                 log.exception("Task Badger: heartbeat for task %s failed", short(task_id))
 
 
-_heartbeat: Heartbeat | None = None
-_lock = threading.Lock()
+_heartbeat: PerProcess[Heartbeat] = PerProcess(Heartbeat)
 
 
 def get_heartbeat() -> Heartbeat:
-    global _heartbeat
-    with _lock:
-        if _heartbeat is None or _heartbeat._pid != os.getpid():
-            _heartbeat = Heartbeat()
-        return _heartbeat
-
-
-def _after_fork_in_child() -> None:
-    global _heartbeat, _lock
-    _heartbeat, _lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    """This process's heartbeat (a forked child makes its own thread)."""
+    return _heartbeat.get()

@@ -1,6 +1,6 @@
 """System integrations: ``taskbadger.init(systems=[CelerySystemIntegration()])``.
 
-``CelerySystemIntegration`` is imported on first access so that ``import taskbadger.systems``
+``CelerySystemIntegration`` is imported on first access, so that ``import taskbadger.systems``
 does not import Celery.
 """
 
@@ -8,17 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .base import System
+
 if TYPE_CHECKING:
     from .celery import CelerySystemIntegration
-
-
-class System:
-    """Base class of system integrations. ``identifier`` names the system in the config."""
-
-    identifier: str = ""
-
-    def on_init(self, config: Any) -> None:
-        """Called by ``taskbadger.init()`` once the configuration is in place."""
 
 
 def __getattr__(name: str) -> Any:
@@ -29,4 +22,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["System", "CelerySystemIntegration"]
+__all__ = ["CelerySystemIntegration", "System"]

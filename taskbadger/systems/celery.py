@@ -10,9 +10,23 @@ from typing import Any
 from .._runtime import short
 from ..exceptions import ConfigurationError
 from ..models import monitor_id
-from . import System
+from .base import System
 
 log = logging.getLogger("taskbadger")
+
+
+def pattern_error(pattern: str) -> re.error | None:
+    """Why ``pattern`` is not a valid regular expression, or None."""
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        return err
+    return None
+
+
+def full_match(pattern: str, task_name: str) -> bool:
+    """The one matching rule of task names: the exact name, or a regular expression matching all of it."""
+    return pattern == task_name or (pattern_error(pattern) is None and re.fullmatch(pattern, task_name) is not None)
 
 
 def _compile(patterns: Iterable[str] | None, what: str) -> list[re.Pattern[str]] | None:
@@ -22,10 +36,10 @@ def _compile(patterns: Iterable[str] | None, what: str) -> list[re.Pattern[str]]
         patterns = [patterns]
     compiled = []
     for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as err:
-            raise ConfigurationError(f"{what} pattern {pattern!r} is not a valid regular expression: {err}") from err
+        err = pattern_error(pattern)
+        if err is not None:
+            raise ConfigurationError(f"{what} pattern {pattern!r} is not a valid regular expression: {err}")
+        compiled.append(re.compile(pattern))
     return compiled
 
 
@@ -113,8 +127,9 @@ class CelerySystemIntegration(System):
         return None
 
     def on_init(self, config: Any) -> None:
-        # Importing connects the Celery signal handlers (once; idempotent).
-        import taskbadger.celery  # noqa: F401
+        from ..celery.signals import connect
+
+        connect()  # idempotent
 
     def __repr__(self) -> str:
         return (f"CelerySystemIntegration(auto_track_tasks={self.auto_track_tasks!r}, includes={self.includes!r}, "

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import taskbadger
-from taskbadger import delivery
 from taskbadger.config import Config
 from taskbadger.exceptions import (
     NotFound,
@@ -102,7 +101,7 @@ class Command(BaseCommand):
 
     def _check(self, config: Config) -> None:
         self._call(config, lambda: taskbadger.list_tasks(page_size=1))
-        stats = delivery.stats()
+        stats = taskbadger.stats()
         counters = " ".join(f"{key}={value}" for key, value in stats.items())
         system = config.system("celery")
         write = self.stdout.write

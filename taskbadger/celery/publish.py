@@ -1,0 +1,201 @@
+"""Publish-side events: a message about to be published becomes a ``pending`` task (or stays untracked),
+a retry sends the task back to ``pending``, and a task whose message never left is cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sized
+from typing import Any
+
+from .._runtime import PerProcess, log_throttled, short, start_daemon_thread
+from ..config import is_configured
+from ..delivery import merge, sender
+from ..delivery.breaker import publish_breaker
+from ..models import StatusEnum, exception_data
+from ..task import Task as TaskbadgerTask
+from .fields import (
+    celery_system,
+    checked_decorator_options,
+    create_fields,
+    create_inline,
+    heartbeat_options,
+    now,
+    registered_task,
+    uses_base_class,
+)
+from .headers import KWARGS_KEY, MAYBE_CREATED_KEY, Meta, check_outgoing, header_fields, write_meta
+from .state import Tracking, running_tracking
+
+log = logging.getLogger("taskbadger")
+
+CANVAS_TASKS = {"celery.map": "map", "celery.starmap": "starmap", "celery.chunks": "chunks"}
+#: How long a task created at publish waits for Celery's ``after_task_publish`` before it is taken for a
+#: message that was never published (broker down) and cancelled. Only for publishes outside the base
+#: class's ``apply_async``, which sees the failure itself.
+CONFIRM_WINDOW = 60.0
+
+
+def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: Any, routing_key: str | None,
+               declare: Any) -> TaskbadgerTask | None:
+    """Create the task (status pending) before the message goes out; return it, or None.
+
+    ``message`` is the message headers dict, where custom headers travel (ours are written there).
+    Our headers on it are checked first and written back in their checked form, whatever happens next.
+    """
+    incoming = check_outgoing(message, name)
+    running = running_tracking()
+    if running is not None and running.celery_id == celery_id:
+        write_meta(message, running.meta)  # task.retry(): same Celery id, same Task Badger task
+        if not running.retry_recorded:
+            record_retry(running)
+        return None
+    if incoming.meta is not None:
+        return None  # already tracked (a re-publish of the same message)
+    # The options stay on a message that is not tracked here: the worker honours them if it ends up
+    # tracking the task itself (publisher not configured, or the API unreachable at publish time).
+    if incoming.track is False or not is_configured():
+        return None
+
+    args, kwargs = _message_args(body)
+    tracked_name, canvas_data = name, None
+    if name in CANVAS_TASKS:
+        inner = kwargs.get("task") if isinstance(kwargs, dict) else None
+        inner_name = inner.get("task") if isinstance(inner, dict) else getattr(inner, "name", None)
+        tracked_name = inner_name if isinstance(inner_name, str) and inner_name else name
+        items = kwargs.get("it") if isinstance(kwargs, dict) else None
+        canvas_data = {"canvas": CANVAS_TASKS[name], "items": len(items) if isinstance(items, Sized) else None}
+    elif name.startswith("celery."):
+        return None
+
+    celery_task = registered_task(tracked_name)
+    system = celery_system()
+    if not (incoming.track is True or uses_base_class(celery_task)
+            or (system is not None and system.track_task(tracked_name))):
+        return None
+    if not publish_breaker().allow():
+        return None
+
+    options = {**checked_decorator_options(celery_task, tracked_name), **incoming.options}
+    options.pop("track", None)
+    fields = create_fields(tracked_name, options, system, celery_id, args, kwargs, _queue_name(declare, routing_key),
+                           canvas_data)
+    heartbeat, stale_timeout = heartbeat_options(options, system)
+    task, maybe_created = create_inline(fields)
+    if task is None:
+        if maybe_created:
+            message[MAYBE_CREATED_KEY] = True
+        return None
+    message.pop(KWARGS_KEY, None)  # resolved into the created task
+    write_meta(message, Meta(header_fields(task.to_dict()), heartbeat, stale_timeout))
+    return task
+
+
+def _message_args(body: Any) -> tuple[Any, Any]:
+    if isinstance(body, dict):  # protocol 1
+        return body.get("args"), body.get("kwargs")
+    if isinstance(body, (list, tuple)) and len(body) >= 2:  # protocol 2: (args, kwargs, embed)
+        return body[0], body[1]
+    return (), {}
+
+
+def _queue_name(declare: Any, routing_key: str | None) -> str | None:
+    for queue in declare or ():
+        name = getattr(queue, "name", None)
+        if name:
+            return name
+    return routing_key or None
+
+
+# -- retries ----------------------------------------------------------------------------------------
+
+
+def retry_fields(tracking: Tracking, request: Any, exc: BaseException | None) -> dict[str, Any]:
+    """Back to ``pending``, with the attempt count and the exception that caused the retry."""
+    extra: dict[str, Any] = {"retries": (getattr(request, "retries", 0) or 0) + 1}
+    if exc is not None:
+        extra["last_exception"] = exception_data(exc)["exception"]
+    return {"status": StatusEnum.PENDING.value, **data_fields(tracking, extra)}
+
+
+def data_fields(tracking: Tracking, extra: dict[str, Any]) -> dict[str, Any]:
+    """The update fields that add ``extra`` to the run's data (see ``merge.data_fields``)."""
+    fields = merge.data_fields(tracking.data, extra, known_is_current=tracking.data_known)
+    if "data" in fields:
+        tracking.data = fields["data"]
+    return fields
+
+
+def record_retry(tracking: Tracking) -> None:
+    """Back to pending, sent synchronously *before* the retry message is published: the next attempt
+    may start at once in another worker process, whose updates must come after this one."""
+    import celery
+
+    fields = retry_fields(tracking, celery.current_task.request, tracking.retry_exc or sys.exc_info()[1])
+    tracking.retry_recorded = True
+    try:
+        tracking.task.update(**fields)
+    except Exception as err:
+        log.warning("Task Badger: could not record the retry of task %s now (%s); it is queued", short(tracking.id),
+                    err)
+        sender.submit(tracking.id, fields)
+
+
+# -- tasks whose message never left -----------------------------------------------------------------
+
+
+def publish_failed(task: TaskbadgerTask, reason: str) -> None:
+    """The task was created but its message was not published: it will never run. End it."""
+    sender.submit(task.id, {"status": StatusEnum.CANCELLED.value, "end_time": now(),
+                            "data": merge.with_data(task.data, {"publish_error": reason})}, final=True)
+    log_throttled(f"publish-failed:{task.name[:200]}", 60.0, logging.WARNING,
+                  "Task Badger: the message of task %s was not published (%s); the task is cancelled",
+                  short(task.name), short(reason, 200))
+
+
+class Confirmations:
+    """Created tasks waiting for their message to be confirmed published (``after_task_publish``)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: OrderedDict[str, tuple[TaskbadgerTask, float]] = OrderedDict()
+        self._thread: threading.Thread | None = None
+
+    def expect(self, celery_id: str, task: TaskbadgerTask) -> None:
+        with self._cond:
+            self._waiting[celery_id] = (task, time.monotonic() + CONFIRM_WINDOW)
+            if self._thread is None:
+                self._thread = start_daemon_thread(self._run, "taskbadger-publish-confirmations")
+            self._cond.notify()
+
+    def confirm(self, celery_id: Any) -> None:
+        if self._waiting:  # read without the lock: most publishes have nothing waiting
+            with self._cond:
+                self._waiting.pop(celery_id, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting:
+                    self._cond.wait()
+                _, (task, deadline) = next(iter(self._waiting.items()))
+                remaining = deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self._waiting.popitem(last=False)
+            try:
+                publish_failed(task, f"the message was not published within {CONFIRM_WINDOW:g} s")
+            except Exception:
+                log.exception("Task Badger: internal error while closing task %s", short(task.id))
+
+
+_confirmations: PerProcess[Confirmations] = PerProcess(Confirmations)
+
+
+def confirmations() -> Confirmations:
+    return _confirmations.get()

@@ -1,0 +1,129 @@
+"""The Celery signal receivers: thin and guarded, connected once by ``connect()``.
+
+Each receiver turns a Celery signal into an event of ``publish`` or ``events``, and catches and logs
+its own errors, so tracking can never break the user's task or the publish.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import signals
+
+from ..delivery import sender
+from . import events, headers, publish
+from .state import publish_slot
+
+log = logging.getLogger("taskbadger")
+
+
+def guard(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Never let an error in tracking escape into Celery or the user's task: log it instead."""
+
+    @functools.wraps(handler)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return handler(*args, **kwargs)
+        except Exception:
+            log.exception("Task Badger: internal error in %s; the Celery task is not affected", handler.__name__,
+                          extra={"taskbadger_internal_error": True})
+            return None
+
+    return guarded
+
+
+@guard
+def on_before_publish(sender: str | None = None, body: Any = None, headers: dict | None = None,
+                      routing_key: str | None = None, declare: Any = None, **_: Any) -> None:
+    # Protocol 2 keeps the task's fields in the message headers; protocol 1 in the body. Custom
+    # headers (ours included) travel in the message headers with both, so that is where we write.
+    if not isinstance(headers, dict) or sender is None:
+        return
+    celery_id = _celery_id(headers, body)
+    try:
+        created = publish.on_publish(sender, headers, celery_id, body, routing_key, declare)
+    except Exception:
+        _strip(headers)  # nothing unchecked of ours may stay on the message
+        raise
+    if created is None or celery_id is None:
+        return
+    slot = publish_slot.get()
+    if slot is not None:
+        slot[celery_id] = created  # the base class's apply_async sees a failed publish itself
+    else:
+        publish.confirmations().expect(celery_id, created)
+
+
+def _strip(message: dict) -> None:
+    headers.strip(message)
+
+
+def _celery_id(message_headers: dict, body: Any) -> str | None:
+    fields = message_headers if "task" in message_headers else body  # protocol 2 : protocol 1
+    celery_id = fields.get("id") if isinstance(fields, dict) else None
+    return celery_id if isinstance(celery_id, str) else None
+
+
+@guard
+def on_after_publish(sender: str | None = None, body: Any = None, headers: dict | None = None, **_: Any) -> None:
+    if isinstance(headers, dict):
+        publish.confirmations().confirm(_celery_id(headers, body))
+
+
+@guard
+def on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    task = task or sender
+    if task is not None:
+        events.on_start(task, task.request)
+
+
+@guard
+def on_postrun(sender: Any = None, task: Any = None, state: str | None = None, retval: Any = None,
+               **_: Any) -> None:
+    task = task or sender
+    if task is not None:
+        events.on_end(task, task.request, state, retval)
+
+
+@guard
+def on_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
+               einfo: Any = None, **_: Any) -> None:
+    events.on_failure(sender, task_id, exception, einfo)
+
+
+@guard
+def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False, expired: bool = False,
+               **_: Any) -> None:
+    events.on_revoked(request, terminated=terminated, expired=expired)
+
+
+@guard
+def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    events.on_received(request)
+
+
+@guard
+def on_process_shutdown(**_: Any) -> None:
+    sender.flush()
+
+
+_RECEIVERS = (
+    (signals.before_task_publish, on_before_publish),
+    (signals.after_task_publish, on_after_publish),
+    (signals.task_prerun, on_prerun),
+    (signals.task_postrun, on_postrun),
+    (signals.task_failure, on_failure),
+    (signals.task_revoked, on_revoked),
+    (signals.task_received, on_received),
+    (signals.worker_process_shutdown, on_process_shutdown),
+    (signals.worker_shutdown, on_process_shutdown),
+)
+
+
+def connect() -> None:
+    """Connect the receivers (once: ``dispatch_uid`` makes it idempotent)."""
+    for signal, receiver in _RECEIVERS:
+        signal.connect(receiver, weak=False, dispatch_uid=f"taskbadger.{receiver.__name__}")

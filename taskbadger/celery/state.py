@@ -1,0 +1,160 @@
+"""Worker-side bookkeeping: the state of a tracked run, and what the worker's main process remembers.
+
+* ``Tracking``: one tracked run, kept on the Celery request while the task runs (``TRACKING_ATTR``).
+* The main process's map of tracked messages it received (Celery id -> Task Badger id), for the
+  events that carry only the Celery id (hard time limits, lost children, revokes).
+* ``publish_slot``: where the publish handler leaves the task it created for ``Task.apply_async``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from collections import OrderedDict
+from typing import Any
+
+from .._runtime import ForkSafeLock, PerProcess, short
+from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel
+from ..task import Task as TaskbadgerTask
+from .headers import Meta
+
+log = logging.getLogger("taskbadger")
+
+TRACKING_ATTR = "taskbadger_tracking"  # set on the Celery request while a tracked task runs
+
+# Set by ``Task.apply_async`` while it publishes: the publish handler leaves the created task here
+# so that ``apply_async`` can put its id on the result without a result backend, and cancel it if
+# the broker refuses the message.
+publish_slot: contextvars.ContextVar[dict[str, TaskbadgerTask] | None] = contextvars.ContextVar(
+    "taskbadger_publish_slot", default=None
+)
+
+
+class Tracking:
+    """State of one tracked run, kept on the Celery request. The ``taskbadger.Task`` is built from
+    the header fields only when something asks for it (most task bodies never do)."""
+
+    __slots__ = ("celery_id", "meta", "_task", "_status", "token", "finished", "heartbeat", "retry_exc",
+                 "retry_recorded", "successors")
+
+    def __init__(self, celery_id: str, meta: Meta) -> None:
+        self.celery_id = celery_id
+        self.meta = meta
+        self._task: TaskbadgerTask | None = None
+        self._status: StatusEnum | str = meta.task.get("status") or StatusEnum.PENDING
+        self.token: Any = None  # the scope's running-task token while the body runs
+        self.finished = False
+        self.heartbeat = False
+        self.retry_exc: BaseException | None = None
+        self.retry_recorded = False
+        self.successors: frozenset[str] = frozenset()
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    @property
+    def task(self) -> TaskbadgerTask:
+        if self._task is None:
+            self._task = TaskbadgerTask(TaskModel.from_dict(self.meta.task))
+            self._task._task.status = self._status
+        return self._task
+
+    @property
+    def data(self) -> Any:
+        return self._task.data if self._task is not None else self.meta.task.get("data")
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self.meta.task["data"] = value
+        if self._task is not None:
+            self._task._task.data = value
+
+    @property
+    def data_known(self) -> bool:
+        """False when the data was too large for the headers and has not been fetched."""
+        return not (self.meta.task.get("data_omitted") and self.data is None)
+
+    def set_status(self, status: StatusEnum) -> None:
+        self._status = status
+        if self._task is not None:
+            self._task._task.status = status
+
+    def is_finished(self) -> bool:
+        status = self._task.status if self._task is not None else self._status
+        return status in TERMINAL_STATUSES
+
+
+def tracking_of(request: Any) -> Tracking | None:
+    return getattr(request, TRACKING_ATTR, None) if request is not None else None
+
+
+def running_tracking() -> Tracking | None:
+    """The tracked run of the Celery task executing in this thread, if any."""
+    import celery
+
+    return tracking_of(getattr(celery.current_task, "request", None))
+
+
+def current_task(request: Any) -> TaskbadgerTask | None:
+    """``self.taskbadger_task``: the run's task, its data fetched once if it was too large for the headers."""
+    tracking = tracking_of(request)
+    if tracking is None:
+        return None
+    if not tracking.data_known:
+        try:
+            tracking.task._task = TaskbadgerTask.get(tracking.id)._task
+            tracking.meta.task["data_omitted"] = False
+        except Exception as err:
+            log.warning("Task Badger: could not fetch task %s: %s", short(tracking.id), err)
+    return tracking.task
+
+
+def task_id_of(request: Any) -> str | None:
+    tracking = tracking_of(request)
+    return tracking.id if tracking is not None else None
+
+
+def note_retry_exception(request: Any, exc: BaseException | None) -> None:
+    tracking = tracking_of(request)
+    if tracking is not None and exc is not None:
+        tracking.retry_exc = exc
+
+
+# -- the worker's main process: which messages are tracked --------------------------------------------
+
+#: Most messages remembered; the oldest go first.
+MAX_RECEIVED = 10_000
+
+
+class Received:
+    """Celery id -> Task Badger id for the tracked messages this worker received."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        self._lock = ForkSafeLock()
+
+    def remember(self, celery_id: str, task_id: str) -> None:
+        with self._lock:
+            self._ids[celery_id] = task_id
+            while len(self._ids) > MAX_RECEIVED:
+                self._ids.popitem(last=False)
+
+    def forget(self, celery_id: Any) -> str | None:
+        if celery_id is None:
+            return None
+        with self._lock:
+            return self._ids.pop(celery_id, None)
+
+    def forget_all(self, celery_ids: list[str]) -> list[tuple[str, str]]:
+        """(celery id, task id) of those among ``celery_ids`` still remembered, forgotten now."""
+        with self._lock:
+            return [(celery_id, self._ids.pop(celery_id)) for celery_id in celery_ids if celery_id in self._ids]
+
+
+_received: PerProcess[Received] = PerProcess(Received)
+
+
+def received() -> Received:
+    """This process's map (a forked pool child starts with an empty one: the parent's is the parent's)."""
+    return _received.get()

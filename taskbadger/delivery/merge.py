@@ -1,0 +1,82 @@
+"""Every rule that merges task fields: queued updates into one request, and new keys into ``data``.
+
+PATCH replaces a task's ``data`` as a whole, so whoever adds keys to it must send the whole merged
+dict: merged into the data we know, or, when we do not know it, marked ``merge_data`` so that the
+task's current data is fetched and merged right before the request goes out (``resolve``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..models import TERMINAL_STATUSES, TaskModel
+
+#: Fields to merge into the task's current data before sending (not an API field).
+MERGE_DATA = "merge_data"
+#: Marks an update that must be sent only if the task has no final state yet (not an API field): the
+#: worker's main process closes tasks whose own final update died with a pool child.
+UNLESS_FINAL = "_taskbadger_unless_final"
+
+
+def with_data(data: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` (a dict, or nothing) with the keys of ``extra`` added; newer keys win."""
+    return {**(data if isinstance(data, Mapping) else {}), **extra}
+
+
+def data_fields(known: Any, extra: Mapping[str, Any], known_is_current: bool = True) -> dict[str, Any]:
+    """The update fields that add ``extra`` to a task's data: ``{"data": merged}`` when the task's data
+    is known (a dict or None), else ``{"merge_data": extra}`` for the sender to merge at send time."""
+    if known_is_current and (known is None or isinstance(known, Mapping)):
+        return {"data": with_data(known, extra)}
+    return {MERGE_DATA: dict(extra)}
+
+
+def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]:
+    """Two queued PATCH bodies for one task as one: newer values win; tags and ``merge_data``
+    accumulate (the API merges tags too); the earliest ``start_time`` is kept; an unconditional update
+    makes the whole request unconditional."""
+    merged = {**older, **newer}
+    if "tags" in older and "tags" in newer:
+        merged["tags"] = {**older["tags"], **newer["tags"]}
+    if "start_time" in older:
+        merged["start_time"] = older["start_time"]
+    if MERGE_DATA in older and MERGE_DATA in newer:
+        merged[MERGE_DATA] = {**older[MERGE_DATA], **newer[MERGE_DATA]}
+    if UNLESS_FINAL not in newer:
+        merged.pop(UNLESS_FINAL, None)
+    return merged
+
+
+def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) -> dict[str, Any] | None:
+    """The PATCH body for queued ``fields``, or None when there is nothing to send. ``fetch`` returns the
+    task's current state; it is called only when needed (``merge_data`` without ``data``, or a
+    conditional update). Without it, a conditional update is sent as an unconditional one."""
+    body = dict(fields)
+    unless_final = body.pop(UNLESS_FINAL, False) and fetch is not None
+    extra = body.pop(MERGE_DATA, None)
+    if not unless_final and extra is None:
+        return body
+    current = fetch() if fetch is not None and (unless_final or body.get("data") is None) else None
+    if unless_final and current is not None and current.status in TERMINAL_STATUSES:
+        return None
+    if extra is not None:
+        base = body.get("data")
+        body["data"] = with_data(current.data if base is None and current is not None else base, extra)
+    return body
+
+
+class DefaultMergeStrategy:
+    """Merge new ``data`` into the task's existing data; keys in ``append_keys`` are appended to."""
+
+    def __init__(self, append_keys: list[str] | None = None) -> None:
+        self.append_keys = append_keys or []
+
+    def merge(self, existing: Any, new: Mapping[str, Any]) -> dict[str, Any]:
+        merged = dict(existing) if isinstance(existing, Mapping) else {}
+        for key, value in new.items():
+            if key in self.append_keys and value:
+                merged[key] = merged[key] + value if key in merged else value
+            elif key not in self.append_keys:
+                merged[key] = value
+        return merged

@@ -1,0 +1,259 @@
+"""The per-process queue of pending updates: one entry per task, merged, claimed, bounded.
+
+No threads and no HTTP here: the senders (``delivery.sender``) take batches from it, and
+``taskbadger.Task.update`` claims what is queued for its task so that a synchronous update carries it
+(one request, in order).
+
+* Per-task order: at most one request per task is in flight; later fields wait behind it, and a
+  claim waits for it.
+* Updates for the same task merge (``merge.queued``): a fast task's processing + success is one
+  request carrying the real ``start_time`` and ``end_time``. Non-final updates wait ``LINGER`` so
+  that they can merge into a final one; final ones up to ``FINAL_WINDOW``, so that under load one
+  wake-up of a sender takes a batch.
+* Bounded: at most ``MAX_PENDING_TASKS`` tasks. Past that a non-final update is dropped; a final one
+  takes the place of a task that only has non-final updates waiting, else, while the API answers (the
+  queue drains), waits up to ``BACKPRESSURE_TIMEOUT`` for room, and while the API is failing it is
+  dropped at once (waiting would only slow the worker down). Every drop is counted and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._runtime import PerProcess, short
+from ..models import TERMINAL_STATUSES
+from . import merge
+
+log = logging.getLogger("taskbadger")
+
+#: Each entry is a small dict of fields, so this bounds the queue to a few MB.
+MAX_PENDING_TASKS = 10_000
+BACKPRESSURE_TIMEOUT = 5.0
+#: At most one error line per this many seconds about dropped final updates (six times that for
+#: progress); every drop is counted.
+DROP_LOG_INTERVAL = 10.0
+LINGER = 0.05
+FINAL_WINDOW = 0.02
+COUNTERS = ("submitted", "sent", "merged", "retried", "dropped", "failed")
+
+
+@dataclass
+class Entry:
+    fields: dict[str, Any]
+    ready_at: float = 0.0  # not sent before this (monotonic); 0 = at once
+    final: bool = False  # holds a final state (success, error, cancelled)
+    first_queued: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+
+
+Batch = list[tuple[str, Entry]]
+
+
+class PendingQueue:
+    def __init__(self, max_pending: int = MAX_PENDING_TASKS, linger: float = LINGER) -> None:
+        self.max_pending = max_pending
+        self.linger = linger
+        self.cond = threading.Condition()
+        self._pending: OrderedDict[str, Entry] = OrderedDict()
+        self._inflight: set[str] = set()
+        self._waiting: dict[int, float] = {}  # waiting sender thread -> when it wakes by itself
+        self._progress_queued = 0  # bumped whenever a non-final entry is queued
+        self._progress_scanned = -1  # value of _progress_queued at the last scan that found none
+        self.paused_until = 0.0  # no batch is taken before this (a backoff after API failures)
+        self.failing = False  # the API failed the last request: drop rather than wait when full
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self._last_drop_log = {True: -1e9, False: -1e9}  # final?, when a drop of that kind was last logged
+
+    # -- producers ----------------------------------------------------------------------------------
+
+    def submit(self, task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
+        """Queue ``fields`` for ``task_id``. Returns False if the update had to be dropped."""
+        with self.cond:
+            self.counters["submitted"] += 1
+            ready_at = time.monotonic() + (FINAL_WINDOW if final else self.linger)
+            if self._merge_into_queued(task_id, fields, ready_at, final):
+                self.counters["merged"] += 1
+                return True
+            if self.held() >= self.max_pending and not self._make_room(final):
+                self.drop(task_id, "the queue is full (the API is down or too slow)", final)
+                return False
+            if self._merge_into_queued(task_id, fields, ready_at, final):  # queued while we waited
+                return True
+            self._put(task_id, Entry(dict(fields), ready_at, final))
+            self._wake_if_needed(ready_at)
+            return True
+
+    def claim(self, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
+        """Take the fields queued for ``task_id`` so a synchronous update can send them first. Waits
+        (up to ``timeout``) for a request already in flight for that task, so order is kept."""
+        with self.cond:
+            self.cond.wait_for(lambda: task_id not in self._inflight, timeout=timeout)
+            entry = self._pending.pop(task_id, None)
+            self.cond.notify_all()
+            return entry.fields if entry else {}
+
+    def unclaim(self, task_id: str, fields: dict[str, Any]) -> None:
+        """Give back claimed fields whose synchronous send failed."""
+        if not fields:
+            return
+        with self.cond:
+            entry = self._pending.get(task_id)
+            final = fields.get("status") in TERMINAL_STATUSES  # a str Enum: "success" matches
+            if entry is None:
+                self._put(task_id, Entry(dict(fields), final=final), front=True)
+            else:
+                entry.fields = merge.queued(fields, entry.fields)
+                entry.final = entry.final or final
+            self.cond.notify()
+
+    # -- the senders' side (call with ``cond`` held) -----------------------------------------------------
+
+    def held(self) -> int:
+        """Every task with an update queued or in flight."""
+        return len(self._pending) + len(self._inflight)
+
+    def busy(self) -> bool:
+        return bool(self._pending or self._inflight)
+
+    def take_batch(self, size: int) -> Batch:
+        """Wait for ready work, then take up to ``size`` tasks (marked in flight)."""
+        while True:
+            now = time.monotonic()
+            pause = self.paused_until - now
+            item = self._next(now) if pause <= 0 else None
+            if isinstance(item, tuple):
+                break
+            if item is not None:
+                pause = item - now
+            me = threading.get_ident()
+            self._waiting[me] = now + pause if pause > 0 else float("inf")
+            self.cond.wait(pause if pause > 0 else None)
+            self._waiting.pop(me, None)
+        batch = [item]
+        while len(batch) < size:
+            more = self._next(now)
+            if not isinstance(more, tuple):
+                break
+            batch.append(more)
+        for task_id, _ in batch:
+            self._inflight.add(task_id)
+        return batch
+
+    def more_ready(self) -> bool:
+        return isinstance(self._next(time.monotonic(), take=False), tuple)
+
+    def finish(self, batch: Batch, retry: list[bool]) -> None:
+        """A batch's requests are done: entries to retry go back to the front of the queue."""
+        for (task_id, entry), again in zip(batch, retry, strict=True):
+            self._inflight.discard(task_id)
+            if again:
+                existing = self._pending.pop(task_id, None)
+                if existing is not None:
+                    entry.fields = merge.queued(entry.fields, existing.fields)
+                    entry.final = entry.final or existing.final
+                entry.ready_at = 0.0
+                self._put(task_id, entry, front=True)
+        self.cond.notify_all()
+
+    def send_everything_now(self) -> None:
+        """A flush must not sit out a linger or a backoff pause."""
+        self.paused_until = min(self.paused_until, time.monotonic())
+        for entry in self._pending.values():
+            entry.ready_at = 0.0
+        self.cond.notify_all()
+
+    def drop(self, task_id: str, reason: str, final: bool) -> None:
+        self.counters["dropped"] += 1
+        now = time.monotonic()
+        # A lost final state is worth an error line, but an outage can drop hundreds a second:
+        # one line per interval, each with the running count.
+        if now - self._last_drop_log[final] >= (DROP_LOG_INTERVAL if final else 6 * DROP_LOG_INTERVAL):
+            self._last_drop_log[final] = now
+            log.error("Task Badger: an update for task %s was dropped because %s (%d dropped so far)",
+                      short(task_id), reason, self.counters["dropped"])
+
+    def stats(self) -> dict[str, int]:
+        with self.cond:
+            return {**self.counters, "queued": len(self._pending), "in_flight": len(self._inflight)}
+
+    # -- internals (``cond`` held) --------------------------------------------------------------------
+
+    def _put(self, task_id: str, entry: Entry, front: bool = False) -> None:
+        self._pending[task_id] = entry
+        if front:
+            self._pending.move_to_end(task_id, last=False)
+        if not entry.final:
+            self._progress_queued += 1
+
+    def _merge_into_queued(self, task_id: str, fields: dict[str, Any], ready_at: float, final: bool) -> bool:
+        entry = self._pending.get(task_id)
+        if entry is None:
+            return False
+        entry.fields = merge.queued(entry.fields, fields)
+        entry.ready_at = min(entry.ready_at, ready_at)
+        entry.final = entry.final or final
+        self._wake_if_needed(entry.ready_at)
+        return True
+
+    def _make_room(self, final: bool) -> bool:
+        """The queue is full: True once there is room for ``final``."""
+        if not final:
+            return False  # progress is worth less than the final states already queued
+        if self._progress_scanned != self._progress_queued:  # skip the scan when it cannot find one
+            for task_id, entry in self._pending.items():
+                if not entry.final and task_id not in self._inflight:
+                    del self._pending[task_id]  # its final update comes later and says more
+                    self.drop(task_id, "the queue is full: a final update took its place", final=False)
+                    return True
+            self._progress_scanned = self._progress_queued
+        if self.failing:
+            return False  # the queue will not drain soon: do not hold the task up
+        return self.cond.wait_for(lambda: self.held() < self.max_pending, timeout=BACKPRESSURE_TIMEOUT)
+
+    def _wake_if_needed(self, ready_at: float) -> None:
+        # Notify only when no waiting sender wakes by itself in time: under load the senders then wake
+        # once per window and take a whole batch, not once per update.
+        waiting = self._waiting
+        if waiting and min(waiting.values()) > ready_at:
+            for ident in waiting:
+                waiting[ident] = min(waiting[ident], ready_at)
+            self.cond.notify()
+
+    def _next(self, now: float, take: bool = True) -> tuple[str, Entry] | float | None:
+        """The oldest ready task with no request in flight (taken out unless ``take`` is False), or
+        when the next one becomes ready (None if nothing is waiting)."""
+        soonest = None
+        for task_id, entry in self._pending.items():
+            if task_id in self._inflight:
+                continue
+            if entry.ready_at <= now:
+                if take:
+                    del self._pending[task_id]
+                return task_id, entry
+            soonest = entry.ready_at if soonest is None else min(soonest, entry.ready_at)
+        return soonest
+
+
+_queue: PerProcess[PendingQueue] = PerProcess(PendingQueue)
+
+
+def pending_updates() -> PendingQueue:
+    """This process's queue (a new, empty one in a forked child: the parent's is the parent's to send)."""
+    return _queue.get()
+
+
+def claim(task_id: str) -> dict[str, Any]:
+    """The fields queued in this process for ``task_id``, taken out ({} when nothing is queued)."""
+    queue = _queue.current()
+    return queue.claim(task_id) if queue is not None else {}
+
+
+def unclaim(task_id: str, fields: dict[str, Any]) -> None:
+    queue = _queue.current()
+    if queue is not None:
+        queue.unclaim(task_id, fields)

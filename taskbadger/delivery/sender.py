@@ -1,0 +1,201 @@
+"""The senders: background threads that deliver the queue of pending updates (``delivery.queue``).
+
+* One thread per process, and a second only while a backlog builds: every system call a sender makes
+  hands the GIL to it and back, and the task's thread waits each time, so fewer threads with bigger
+  batches (``BATCH_SIZE``) slow the task less (figures in ``benchmarks/results.md``).
+* A batch goes out on the pooled transport; connection errors, 429 (honouring ``Retry-After``) and
+  5xx are retried with exponential backoff and jitter for up to ``RETRY_HORIZON``, then dropped with an
+  error line; a refused update (4xx) is dropped with a warning. Everything is counted (``stats()``).
+* ``flush()`` sends everything now; it runs when a worker process shuts down and at exit. A forked
+  child starts with no threads and an empty queue of its own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import logging
+import random
+import threading
+import time
+from typing import Any
+
+from .. import endpoints
+from .._runtime import PerProcess, short, start_daemon_thread
+from ..config import is_configured
+from ..exceptions import RateLimited, ServerError, TransportError, UnexpectedStatus
+from . import breaker, merge
+from .queue import Batch, Entry, PendingQueue, pending_updates
+
+log = logging.getLogger("taskbadger")
+
+#: How long an update keeps being retried through API faults before it is dropped.
+RETRY_HORIZON = 15 * 60.0
+BACKOFF_BASE = 0.25
+BACKOFF_CAP = 10.0
+SENDER_THREADS = 2
+#: Most updates one sender thread sends before reading the answers (on as many connections).
+BATCH_SIZE = 32
+
+SENT, RETRY, DROPPED = "sent", "retry", "dropped"
+
+
+class Sender:
+    """The threads that send one queue."""
+
+    def __init__(self, queue: PendingQueue, threads: int = SENDER_THREADS, batch_size: int = BATCH_SIZE,
+                 retry_horizon: float = RETRY_HORIZON) -> None:
+        self.queue = queue
+        self.thread_count = threads
+        self.batch_size = batch_size
+        self.retry_horizon = retry_horizon
+        self.threads: list[threading.Thread] = []
+        self._failures = 0  # consecutive rounds of failed requests: the backoff's exponent
+
+    def submit(self, task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
+        """Queue an update (see ``PendingQueue.submit``); starts the first thread on first use."""
+        if not self.threads:
+            with self.queue.cond:
+                self._ensure_started()
+        return self.queue.submit(task_id, fields, final)
+
+    def stats(self) -> dict[str, int]:
+        return self.queue.stats()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued has been sent (or dropped). False if time ran out."""
+        deadline = time.monotonic() + timeout
+        queue = self.queue
+        with queue.cond:
+            if queue.busy():
+                self._ensure_started()
+                queue.send_everything_now()
+            while queue.busy():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    log.warning("Task Badger: %d task update(s) not delivered before shutdown", queue.held())
+                    return False
+                queue.cond.wait(min(remaining, 0.1))
+            return True
+
+    # -- threads ------------------------------------------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        # Called with the queue's lock held. A thread takes itself off the list when it ends (only on an
+        # error outside its loop's guard), so no liveness check on every submit.
+        if not self.threads:
+            self._add_thread()
+
+    def _add_thread(self) -> None:
+        self.threads.append(start_daemon_thread(self._run, f"taskbadger-sender-{len(self.threads)}"))
+
+    def _run(self) -> None:
+        try:
+            while True:
+                self._run_once()
+        finally:
+            with self.queue.cond:
+                self.threads = [t for t in self.threads if t is not threading.current_thread()]
+
+    def _run_once(self) -> None:
+        queue = self.queue
+        with queue.cond:
+            batch = queue.take_batch(self.batch_size)
+            if len(batch) == self.batch_size and len(self.threads) < self.thread_count and queue.more_ready():
+                self._add_thread()  # a backlog: one more thread sends while this one waits for answers
+        try:
+            outcomes = self._send(batch)
+        except Exception:  # never let the sender thread die
+            log.exception("Task Badger: internal error while sending %d update(s)", len(batch))
+            outcomes = [DROPPED] * len(batch)
+            with queue.cond:
+                queue.counters["failed"] += len(batch)
+        with queue.cond:
+            queue.finish(batch, [outcome == RETRY for outcome in outcomes])
+
+    # -- one batch ----------------------------------------------------------------------------------
+
+    def _send(self, batch: Batch) -> list[str]:
+        """Send a batch of updates (one per task); each one's outcome: sent, retry or dropped."""
+        outcomes: list[str | None] = [None] * len(batch)
+        ready: list[tuple[int, str, dict[str, Any]]] = []
+        for i, (task_id, entry) in enumerate(batch):
+            entry.attempts += 1
+            try:
+                body = merge.resolve(entry.fields, functools.partial(endpoints.get, task_id))
+            except Exception as problem:
+                outcomes[i] = self._outcome(task_id, entry, problem)
+                continue
+            if body is None:
+                outcomes[i] = self._outcome(task_id, entry, None)  # nothing left to say
+            else:
+                ready.append((i, task_id, body))
+        errors = endpoints.update_many([(task_id, body) for _, task_id, body in ready]) if ready else []
+        for (i, task_id, _), err in zip(ready, errors, strict=True):
+            outcomes[i] = self._outcome(task_id, batch[i][1], err)
+        return outcomes  # type: ignore[return-value]
+
+    def _outcome(self, task_id: str, entry: Entry, err: Exception | None) -> str:
+        queue = self.queue
+        if err is None:
+            with queue.cond:
+                queue.counters["sent"] += 1
+                queue.failing, self._failures = False, 0
+            return SENT
+        if isinstance(err, (TransportError, RateLimited, ServerError)):
+            return self._transient(task_id, entry, err)
+        with queue.cond:
+            queue.counters["dropped"] += 1
+        if isinstance(err, UnexpectedStatus):
+            log.warning("Task Badger refused an update for task %s (%s); it is dropped", short(task_id), err)
+        else:
+            log.warning("Task Badger: update for task %s cannot be sent (%s); it is dropped", short(task_id), err)
+        return DROPPED
+
+    def _transient(self, task_id: str, entry: Entry, err: Exception) -> str:
+        queue = self.queue
+        with queue.cond:
+            if time.monotonic() - entry.first_queued > self.retry_horizon:
+                queue.drop(task_id, f"it could not be delivered for {self.retry_horizon:.0f} s ({err})", final=True)
+                return DROPPED
+            if queue.paused_until <= time.monotonic():  # one escalation per round, not per update of a batch
+                self._failures += 1
+            queue.failing = True
+            queue.counters["retried"] += 1
+            delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._failures - 1, 10)) * random.uniform(0.5, 1.0)
+            retry_after = getattr(err, "retry_after", None)
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            queue.paused_until = max(queue.paused_until, time.monotonic() + delay)
+            if self._failures == 1:
+                log.warning("Task Badger API unavailable (%s); updates are queued and retried", err)
+        return RETRY
+
+
+_sender: PerProcess[Sender] = PerProcess(lambda: Sender(pending_updates()))
+
+
+def submit(task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
+    """Queue an update for this process's senders. False if it had to be dropped (queue full)."""
+    return _sender.get().submit(task_id, fields, final)
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Send everything this process has queued; False if ``timeout`` ran out first."""
+    sender = _sender.current()
+    if sender is None or not is_configured():
+        return True
+    return sender.flush(timeout)
+
+
+def stats() -> dict[str, Any]:
+    """Delivery counters of this process: submitted, sent, merged, retried, dropped, failed, queued,
+    in flight, plus the publish-side breaker's state."""
+    sender = _sender.current()
+    result: dict[str, Any] = sender.queue.stats() if sender is not None else {
+        **dict.fromkeys(("submitted", "sent", "merged", "retried", "dropped", "failed", "queued", "in_flight"), 0)}
+    result["breaker"] = breaker.publish_breaker().state()
+    return result
+
+
+atexit.register(flush, 5.0)

@@ -1,0 +1,102 @@
+"""The one map from an HTTP outcome to our exceptions: an answer's status, or a failure to get one.
+
+None of them carries the key, and none carries a traceback of the HTTP stack below it: those frames
+hold the request's bytes in local variables, and debug pages and crash reporters print the frames of
+chained exceptions too (``scrub``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from ..exceptions import (
+    ConnectError,
+    NotFound,
+    RateLimited,
+    ReadTimeout,
+    ServerError,
+    TaskbadgerException,
+    TransportError,
+    Unauthorized,
+    UnexpectedStatus,
+    ValidationError,
+)
+
+#: What a transport returns for one request: (status, headers with lower-case names, body).
+Answer = tuple[int, Mapping[str, str], bytes]
+
+
+def decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool = True) -> Any:
+    """The JSON body of a 2xx answer (None for 204, or when ``parse`` is False); an exception otherwise."""
+    if 200 <= status < 300:
+        if not parse or status == 204 or not content:
+            return None
+        try:
+            return json.loads(content)
+        except ValueError as err:
+            raise TaskbadgerException(f"Task Badger API answered {status} with a body that is not JSON") from err
+    message, errors = _error_message(content)
+    if status == 400:
+        raise ValidationError(status, content, message, errors=errors)
+    if status in (401, 403):
+        raise Unauthorized(status, content, message or "the API key was refused")
+    if status == 404:
+        raise NotFound(status, content, message)
+    if status == 429:
+        raise RateLimited(status, content, message, retry_after=_retry_after(headers.get("retry-after")))
+    if status >= 500:
+        raise ServerError(status, content, message)
+    raise UnexpectedStatus(status, content, message)
+
+
+def failure(host: str, timeout: tuple[float, float], err: BaseException, connected: bool = True) -> TransportError:
+    """Our exception for a request that got no answer, ``err`` scrubbed as its cause. ``connected``:
+    whether the connection had been established (only a failure before it means the request certainly
+    never reached the server)."""
+    if not connected:
+        result: TransportError = ConnectError(f"Could not connect to {host}: {_describe(err)}")
+    elif isinstance(err, TimeoutError):
+        result = ReadTimeout(f"{host} did not answer within {timeout[1]} s")
+    else:
+        result = TransportError(f"Connection to {host} failed: {_describe(err)}")
+    result.__cause__ = scrub(err)
+    return result
+
+
+def scrub(err: BaseException) -> BaseException:
+    """Drop the tracebacks of ``err`` and of the exceptions chained to it; their messages stay."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        current.__traceback__ = None
+        current = current.__cause__ or current.__context__
+    return err
+
+
+def _describe(err: BaseException) -> str:
+    text = str(err) or repr(err)
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None  # an HTTP date: rare enough to fall back to our own backoff
+
+
+def _error_message(content: bytes) -> tuple[str, dict[str, list[str]]]:
+    text = content.decode("utf-8", "replace")
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text[:500], {}
+    if isinstance(body, dict):
+        if "detail" in body and len(body) == 1:
+            return str(body["detail"])[:500], {}
+        errors = {str(k): [str(m) for m in (v if isinstance(v, list) else [v])] for k, v in body.items()}
+        return "; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items())[:1000], errors
+    return str(body)[:500], {}

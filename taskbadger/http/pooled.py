@@ -1,0 +1,266 @@
+"""The pooled keep-alive transport: the hot paths (the create at publish, the worker's updates).
+
+Each tracked Celery task costs a create at publish and (usually) one PATCH in the worker, so these two
+requests must cost little CPU: ``requests`` spends most of a request's CPU on proxy lookups, hooks
+and adapters, ``http.client`` on header handling (figures in ``benchmarks/results.md``). Here a
+request is one formatted write on a kept-alive, non-blocking socket, and answers are parsed by
+``httptools`` (llhttp). A batch of updates goes out on as many connections at once and its answers
+are read after one ``poll`` over all of them: with a slow API the waits are most of a request's
+cost, and in a worker every wake-up of a sender thread costs the task's thread a GIL hand-off.
+
+What it keeps from requests: TLS verification with the same CA bundle (``REQUESTS_CA_BUNDLE`` /
+``CURL_CA_BUNDLE``, else certifi's), connect and read timeouts, and the same errors. When a proxy
+applies to the API host, ``taskbadger.http`` uses the requests transport instead.
+
+Idle connections are pooled per process (a new pool in a forked child) and shared by its threads and
+greenlets: a thread or greenlet per web request or per task (``runserver``, gevent workers, Celery's
+gevent and eventlet pools) reuses them instead of opening one, and a TLS session, per create.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+import time
+from collections.abc import Sequence
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from .._runtime import PerProcess
+from ..config import Config
+from ..exceptions import TransportError
+from .connection import READABLE, ClosedBeforeAnswer, Connection, Wire, wait_for
+from .errors import Answer, failure
+from .request import Request
+
+#: Most idle connections kept: a batch takes one per update (2 sender threads x 32), publishing
+#: threads one each. More are closed when they come back.
+MAX_IDLE = 80
+#: How long a batch's reader waits after the first answers for the others to arrive: the server
+#: answers a batch one connection at a time over a millisecond or two, and one wake-up reads them all.
+GATHER = 0.002
+
+class _Pool:
+    """Idle connections of one process, shared by its threads (most recently used last)."""
+
+    def __init__(self) -> None:
+        self.idle: list[Connection] = []
+        self.key: tuple | None = None  # (scheme, host, port, timeout) of the idle connections
+        self.lock = threading.Lock()
+
+
+_pool: PerProcess[_Pool] = PerProcess(_Pool)
+
+
+@lru_cache(maxsize=8)
+def _pool_key(host: str, timeout: tuple[float, float]) -> tuple:
+    parts = urlsplit(host)
+    return parts.scheme, parts.hostname or "", parts.port, timeout
+
+
+def _checkout(host: str, timeout: tuple[float, float], count: int) -> list[Connection]:
+    """``count`` connections for the caller alone: idle ones first, new ones for the rest."""
+    pool, key = _pool.get(), _pool_key(host, timeout)
+    stale: list[Connection] = []
+    with pool.lock:
+        if pool.key != key:  # configured for another host or timeout
+            stale, pool.idle, pool.key = pool.idle, [], key
+        taken = pool.idle[-count:] if count else []
+        del pool.idle[len(pool.idle) - len(taken):]
+    for old in stale:
+        old.close()
+    _close_unusable(taken)
+    scheme, hostname, port, _ = key
+    taken.extend(Connection(scheme, hostname, port, timeout) for _ in range(count - len(taken)))
+    return taken
+
+
+def _checkin(host: str, timeout: tuple[float, float], conns: list[Connection]) -> None:
+    pool, key = _pool.get(), _pool_key(host, timeout)
+    surplus: list[Connection] = []
+    with pool.lock:
+        for conn in conns:
+            if conn.sock is None:
+                continue
+            if pool.key == key and len(pool.idle) < MAX_IDLE:
+                pool.idle.append(conn)
+            else:
+                surplus.append(conn)
+    for conn in surplus:
+        conn.close()
+
+
+def idle_connections() -> int:
+    """How many idle connections this process keeps for reuse."""
+    pool = _pool.get()
+    with pool.lock:
+        return len(pool.idle)
+
+
+def close_idle() -> None:
+    """Close every idle connection of this process (the next request connects again)."""
+    pool = _pool.get()
+    with pool.lock:
+        idle, pool.idle, pool.key = pool.idle, [], None
+    for conn in idle:
+        conn.close()
+
+
+def _close_unusable(conns: list[Connection]) -> None:
+    """Close the idle connections that have something to read: the server closed them (EOF) or sent
+    bytes nobody asked for (an idle keep-alive socket has nothing to read). One ``poll`` for them all."""
+    idle = {conn.sock.fileno(): conn for conn in conns if conn.sock is not None}
+    if not idle:
+        return
+    if not hasattr(select, "poll"):
+        for conn in idle.values():
+            if wait_for(conn.sock, READABLE, 0):  # type: ignore[arg-type]
+                conn.close()
+        return
+    poller = select.poll()
+    for fd in idle:
+        poller.register(fd, READABLE | select.POLLERR | select.POLLHUP)
+    try:
+        ready = poller.poll(0)
+    except OSError:
+        ready = [(fd, 0) for fd in idle]
+    for fd, _ in ready:
+        idle[fd].close()
+
+
+@lru_cache(maxsize=8)
+def _host_line(host: str) -> str:
+    return f"Host: {urlsplit(host).netloc}"
+
+
+def _header_block(host: str, request: Request) -> Wire:
+    return Wire(("\r\n".join([_host_line(host), *(f"{name}: {value}" for name, value in request.headers.items())])
+                 + "\r\n").encode("latin-1"))
+
+
+def _encode(request: Request, header_block: bytes) -> Wire:
+    body = request.body or b""
+    return Wire(b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
+        request.method.encode(), request.target.encode("latin-1"), header_block, len(body), body))
+
+
+class PooledTransport:
+    def exchange(self, config: Config, request: Request) -> Answer:
+        [answer] = self.exchange_many(config, [request])
+        if isinstance(answer, TransportError):
+            raise answer
+        return answer
+
+    def exchange_many(self, config: Config, requests: Sequence[Request]) -> list[Answer | TransportError]:
+        """Send every request, each on its own kept-alive connection, then read the answers."""
+        conns = _checkout(config.host, config.timeout, len(requests))
+        try:
+            answers = _Batch(config, requests, conns).run()
+        except BaseException:  # interrupted (a killed greenlet, an internal error): an answer may be unread
+            for conn in conns:
+                conn.close()
+            raise
+        _checkin(config.host, config.timeout, conns)
+        return answers
+
+
+class _Batch:
+    def __init__(self, config: Config, requests: Sequence[Request], conns: list[Connection]) -> None:
+        self.host, self.timeout = config.host, config.timeout
+        self.requests, self.conns = requests, conns
+        self.blocks: dict[int, Wire] = {}  # requests of a batch share their headers: format them once
+
+    def run(self) -> list[Answer | TransportError]:
+        results: list[Answer | TransportError | None] = [None] * len(self.requests)
+        sent: list[tuple[int, bool]] = []  # (index, sent on a reused connection)
+        for i, conn in enumerate(self.conns):
+            reused = conn.sock is not None
+            failure_ = self._send(i)
+            if failure_ is not None and reused and _may_resend(self.requests[i], failure_):
+                reused, failure_ = False, self._send(i)
+            if failure_ is None:
+                sent.append((i, reused))
+            else:
+                results[i] = failure_
+        answers = self._receive_all([i for i, _ in sent])
+        for i, reused in sent:
+            results[i] = answers[i]
+            if reused and _may_resend(self.requests[i], answers[i]):
+                results[i] = self._send(i) or self._receive(i)
+        return results  # type: ignore[return-value]
+
+    def _send(self, i: int) -> TransportError | None:
+        conn, request = self.conns[i], self.requests[i]
+        block = self.blocks.get(id(request.headers))
+        if block is None:
+            block = self.blocks[id(request.headers)] = _header_block(self.host, request)
+        if conn.sock is None:
+            try:
+                conn.connect()
+            except OSError as err:  # refused, unreachable, connect timeout, TLS
+                conn.close()
+                return failure(self.host, self.timeout, err, connected=False)
+        try:
+            conn.send(_encode(request, block))
+        except OSError as err:
+            conn.close()
+            return failure(self.host, self.timeout, err)
+        return None
+
+    def _receive(self, i: int) -> Answer | TransportError:
+        conn = self.conns[i]
+        try:
+            return conn.read_answer()
+        except OSError as err:
+            conn.close()
+            return failure(self.host, self.timeout, err)
+
+    def _receive_all(self, indexes: list[int]) -> dict[int, Answer | TransportError]:
+        """The answer on every connection of a batch, with one ``poll`` for all of them."""
+        if len(indexes) <= 1 or not hasattr(select, "poll"):
+            return {i: self._receive(i) for i in indexes}
+        answers: dict[int, Answer | TransportError] = {}
+        waiting: dict[int, int] = {}  # fd -> index
+        poller = select.poll()
+        for i in indexes:
+            sock = self.conns[i].sock
+            assert sock is not None
+            waiting[sock.fileno()] = i
+            poller.register(sock, READABLE | select.POLLERR | select.POLLHUP)
+        deadline = time.monotonic() + self.timeout[1]
+        first = True
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if not first and remaining > GATHER:
+                time.sleep(GATHER)  # let the rest of the batch's answers arrive: one wake-up for them all
+                remaining -= GATHER
+            first = False
+            ready = poller.poll(max(1, int(remaining * 1000))) if remaining > 0 else []
+            if not ready:
+                break
+            for fd, _ in ready:
+                i = waiting[fd]
+                conn = self.conns[i]
+                try:
+                    answer: Answer | TransportError | None = conn.receive_some()
+                except OSError as err:
+                    conn.close()
+                    answer = failure(self.host, self.timeout, err)
+                if answer is not None:
+                    del waiting[fd]
+                    poller.unregister(fd)
+                    answers[i] = answer
+        for i in waiting.values():
+            self.conns[i].close()
+            answers[i] = failure(self.host, self.timeout, TimeoutError("timed out"))
+        return answers
+
+
+def _may_resend(request: Request, outcome: object) -> bool:
+    """A kept-alive connection that the server reset or closed before any byte of an answer is most
+    often one it closed while idle, just as we used it. An idempotent request is sent again once, on
+    a new connection. A create (POST) is not: the server may have taken it, and a duplicate task is
+    worse than a task the publisher could not track."""
+    cause = getattr(outcome, "__cause__", None)
+    return (request.method != "POST" and isinstance(outcome, TransportError)
+            and isinstance(cause, (ConnectionResetError, BrokenPipeError, ClosedBeforeAnswer)))

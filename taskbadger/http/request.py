@@ -1,0 +1,85 @@
+"""The one place a request is built: URL, request target, headers (the key among them) and body.
+
+Everything that reaches a request line or a header is checked here, for both transports: paths are
+made of task ids (letters, digits, ``-`` and ``_``), and header values never hold a control character.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+from ..config import Config
+from ..exceptions import InvalidData
+from ..models import has_control_characters
+from ..version import __version__
+
+USER_AGENT = f"taskbadger-python/{__version__} (python {platform.python_version()})"
+MONITOR_HEADER = "X-TASKBADGER-MONITOR"
+#: Paths below the tasks URL: nothing but id segments, so no byte from a caller changes the request line.
+_PATH = re.compile(r"(?:[A-Za-z0-9_-]{1,64}/)*")
+
+
+class Credential(str):
+    """The ``Authorization`` header value. It masks itself wherever it is printed: Django's debug page
+    (``DEBUG = True``) shows every frame's local variables with ``repr``, and Django applies
+    ``sensitive_variables`` only when ``DEBUG`` is False, so a plain string in a local would show the key
+    there. The value sent on the wire is the string itself."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'Bearer ***'"
+
+    def __reduce__(self) -> Any:  # never pickled with the key in it
+        return (str, ("Bearer ***",))
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request, checked and ready for either transport."""
+
+    method: str
+    url: str  # scheme://host[:port]/path?query, for the requests transport
+    target: str  # /path?query, the request line's target, for the pooled transport
+    headers: Mapping[str, str]
+    body: bytes | None = None
+
+
+@lru_cache(maxsize=8)
+def _base_headers(token: str, with_body: bool) -> Mapping[str, str]:
+    # One dict per key and shape, shared by every request: the pooled transport formats a batch's
+    # header block once when its requests share their headers.
+    headers = {"User-Agent": USER_AGENT, "Accept": "application/json", "Authorization": Credential("Bearer " + token)}
+    if with_body:
+        headers["Content-Type"] = "application/json"
+    return headers
+
+
+def build_request(config: Config, method: str, path: str = "", *, json_body: Any = None,
+                  params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None) -> Request:
+    """A request to ``{tasks_url}{path}``. Raises InvalidData, before anything is sent, for a path or a
+    header value that could change the request's shape."""
+    if not _PATH.fullmatch(path):
+        raise InvalidData(f"{path[:80]!r} is not a Task Badger task path: task ids are letters, digits, - and _")
+    body = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+    all_headers = _base_headers(config.token, body is not None)
+    if headers:
+        for name, value in headers.items():
+            if not isinstance(value, str) or has_control_characters(value) or has_control_characters(name):
+                raise InvalidData(f"the value of header {name[:40]!r} contains control characters; it was not sent")
+        all_headers = {**all_headers, **headers}
+    query = {k: v for k, v in (params or {}).items() if v is not None}
+    rest = path + (f"?{urlencode(query)}" if query else "")
+    return Request(method, config.tasks_url + rest, _target(config.tasks_url) + rest, all_headers, body)
+
+
+@lru_cache(maxsize=8)
+def _target(tasks_url: str) -> str:
+    return urlsplit(tasks_url).path
