@@ -28,48 +28,25 @@ import os
 import threading
 import warnings
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from taskbadger import config as sdk_config
 from taskbadger._runtime import ForkSafeLock
-from taskbadger.config import DEFAULT_HOST, Config
+from taskbadger.config import Config
 from taskbadger.exceptions import ConfigurationError
+
+from . import schema
 
 log = logging.getLogger("taskbadger.django")
 
 SETTING_NAME = "TASKBADGER"
 
-#: Defaults of ``TASKBADGER["CELERY"]``.
-CELERY_DEFAULTS: dict[str, Any] = {
-    "AUTO_TRACK": False,          # track every task (not only base=Task ones) that passes INCLUDES/EXCLUDES
-    "INCLUDES": None,             # task names or regexes (matched in full) to auto-track; None: all
-    "EXCLUDES": None,             # task names or regexes never auto-tracked (they win over INCLUDES)
-    "RECORD_TASK_ARGS": False,    # store each task's args and kwargs in its data
-    "HEARTBEAT_INTERVAL": None,   # seconds between automatic pings of running tasks
-    "STALE_TIMEOUT": None,        # seconds without an update before the task is marked stale
-}
-
-#: Defaults of ``TASKBADGER``.
-DEFAULTS: dict[str, Any] = {
-    "API_KEY": None,              # project key; falls back to TASKBADGER_API_KEY
-    "HOST": DEFAULT_HOST,         # falls back to TASKBADGER_HOST first
-    "ORGANIZATION_SLUG": None,    # legacy keys only; falls back to TASKBADGER_ORG
-    "PROJECT_SLUG": None,         # legacy keys only; falls back to TASKBADGER_PROJECT
-    "ENABLED": True,              # False: nothing is sent, tasks run untracked
-    "TAGS": {},                   # added to every task
-    "BEFORE_CREATE": None,        # callable or dotted path; gets the task fields, returns them or None
-    "TIMEOUT": None,              # seconds or (connect, read); None: the SDK default (2, 5)
-    "MONITORS": {},               # task name or regex (matched in full) -> monitor id
-    "CELERY": CELERY_DEFAULTS,
-}
-
+#: Defaults of ``TASKBADGER["CELERY"]`` and ``TASKBADGER`` (from the one table, ``schema``).
+CELERY_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.CELERY.items()}
+DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.TOP.items()}
 #: Settings that fall back to an environment variable.
-ENV_VARS: dict[str, str] = {
-    "API_KEY": "TASKBADGER_API_KEY",
-    "HOST": "TASKBADGER_HOST",
-    "ORGANIZATION_SLUG": "TASKBADGER_ORG",
-    "PROJECT_SLUG": "TASKBADGER_PROJECT",
-}
+ENV_VARS: dict[str, str] = {name: setting.env for name, setting in schema.TOP.items() if setting.env}
 
 ARGUMENT, SETTINGS, ENVIRONMENT, DEFAULT = "argument", "settings", "environment", "default"
 
@@ -79,14 +56,16 @@ def celery_available() -> bool:
     return importlib.util.find_spec("celery") is not None
 
 
-def closest(name: str, choices: Iterable[str]) -> str | None:
-    """The valid name a typo most likely meant, or None."""
+def closest(name: Any, choices: Iterable[str], upper: bool = True) -> str | None:
+    """The valid name a typo most likely meant, or None (``upper``: compare in upper case, as
+    setting names are)."""
     choices = list(choices)
     if not isinstance(name, str):
         return None
-    if name.upper() in choices:
-        return name.upper()
-    matches = difflib.get_close_matches(name.upper(), choices, n=1, cutoff=0.6)
+    wanted = name.upper() if upper else name
+    if wanted in choices:
+        return wanted
+    matches = difflib.get_close_matches(wanted, choices, n=1, cutoff=0.6)
     return matches[0] if matches else None
 
 
@@ -178,22 +157,15 @@ class TaskBadgerSettings:
 
         Raises ConfigurationError for values of the wrong type; the SDK validates the rest.
         """
-        def expect(label: str, value: Any, types: type | tuple[type, ...], what: str) -> Any:
-            if value is not None and not isinstance(value, types):
-                raise ConfigurationError(f"{label} must be {what}, got {type(value).__name__}.")
-            return value
-
         if not isinstance(self.raw, (Mapping, type(None))):
             raise ConfigurationError(f"the {SETTING_NAME} setting must be a dict, got {type(self.raw).__name__}.")
-        for name in ("API_KEY", "HOST", "ORGANIZATION_SLUG", "PROJECT_SLUG"):
-            expect(f"TASKBADGER[{name!r}]", getattr(self, name), str, "a string")
-        expect("TASKBADGER['ENABLED']", self.ENABLED, bool, "True or False")
-        monitors = expect("TASKBADGER['MONITORS']", self.MONITORS, Mapping,
-                          "a dict of task name or pattern to monitor id")
-        expect("TASKBADGER['CELERY']", self.user.get("CELERY"), Mapping, "a dict")
+        resolved = {name: self.resolve(name)[0] for name in schema.TOP}
+        problems = schema.type_problems({**resolved, "CELERY": self.user.get("CELERY")}, schema.TOP, SETTING_NAME)
+        problems += schema.type_problems(self.CELERY, schema.CELERY, f"{SETTING_NAME}['CELERY']")
+        if problems:
+            raise ConfigurationError(problems[0].message)
         celery = self.CELERY
-        for name in ("AUTO_TRACK", "RECORD_TASK_ARGS"):
-            expect(f"TASKBADGER['CELERY'][{name!r}]", celery[name], bool, "True or False")
+        monitors = self.MONITORS
 
         kwargs: dict[str, Any] = {
             "token": self.API_KEY,
@@ -224,46 +196,49 @@ class TaskBadgerSettings:
         return f"<TaskBadgerSettings host={self.resolve('HOST')[0]!r} enabled={self.resolve('ENABLED')[0]!r}>"
 
 
-# -- the cached settings object, reloaded on setting_changed ---------------------------------------
+# -- this process's state: the cached settings, and what configure() applied ----------------------------
 
-_settings: TaskBadgerSettings | None = None
+
+@dataclass
+class _State:
+    settings: TaskBadgerSettings | None = None  # cached until TASKBADGER changes
+    overrides: dict[str, Any] = field(default_factory=dict)  # from configure(**overrides), kept for reloads
+    applied: Config | None = None  # the SDK config configure() set last
+    applied_signature: str | None = None
+    restore_stack: list[tuple[Config | None, Config | None, str | None]] = field(default_factory=list)
+    logged: set[str] = field(default_factory=set)
+
+
+_state = _State()
 _lock = ForkSafeLock(threading.RLock)  # Celery forks pool children
 
 
 def get_settings() -> TaskBadgerSettings:
     """The resolved settings of this process (cached until ``TASKBADGER`` changes)."""
-    global _settings
-    current = _settings
+    current = _state.settings
     if current is None:
         with _lock:
-            if _settings is None:
-                _settings = TaskBadgerSettings()
-            current = _settings
+            if _state.settings is None:
+                _state.settings = TaskBadgerSettings()
+            current = _state.settings
     return current
 
 
 def reload_settings() -> None:
     """Forget the cached settings (the next access reads ``settings.TASKBADGER`` again)."""
-    global _settings
     with _lock:
-        _settings = None
+        _state.settings = None
 
 
 # -- configuring the SDK ---------------------------------------------------------------------------
-
-_overrides: dict[str, Any] = {}
-_applied: Config | None = None          # the SDK config this module set last
-_applied_signature: str | None = None
-_restore_stack: list[tuple[Config | None, Config | None, str | None]] = []
-_logged: set[str] = set()
 
 
 def _log_once(level: int, message: str, *args: Any) -> None:
     key = message % args if args else message
     with _lock:
-        if key in _logged:
+        if key in _state.logged:
             return
-        _logged.add(key)
+        _state.logged.add(key)
     log.log(level, message, *args)
 
 
@@ -292,14 +267,14 @@ def configure(**overrides: Any) -> Config | None:
     any ``TASKBADGER`` key in lower case); they are remembered for later reloads.
     Calling it again with the same settings changes nothing.
     """
-    global _overrides, _applied, _applied_signature
     with _lock:
         if overrides:
-            _overrides = dict(overrides)
-        settings = TaskBadgerSettings(overrides=_overrides) if _overrides else get_settings()
+            _state.overrides = dict(overrides)
+        settings = TaskBadgerSettings(overrides=_state.overrides) if _state.overrides else get_settings()
         signature = settings.signature()
-        if _applied is not None and _applied_signature == signature and sdk_config.get_config() is _applied:
-            return _applied
+        if _state.applied is not None and _state.applied_signature == signature \
+                and sdk_config.get_config() is _state.applied:
+            return _state.applied
         for key in settings.unknown_keys:
             suggestion = closest(key, DEFAULTS)
             _log_once(logging.WARNING, "Task Badger: unknown key %r in TASKBADGER is ignored%s.", key,
@@ -318,7 +293,7 @@ def configure(**overrides: Any) -> Config | None:
                           "Run `manage.py check` for details.", err)
         if config is None:
             sdk_config.reset()
-        _applied, _applied_signature = config, signature
+        _state.applied, _state.applied_signature = config, signature
         return config
 
 
@@ -326,7 +301,7 @@ def configure_at_startup() -> Config | None:
     """``AppConfig.ready()``: configure from settings, unless code already called ``taskbadger.init()``
     (explicit arguments in code win)."""
     current = sdk_config.get_config()
-    if current is not None and current is not _applied:
+    if current is not None and current is not _state.applied:
         log.info("Task Badger was configured by taskbadger.init() before Django started; "
                  "the TASKBADGER setting is not applied.")
         return current
@@ -336,26 +311,22 @@ def configure_at_startup() -> Config | None:
 def on_setting_changed(*, setting: str, enter: bool | None = None, **kwargs: Any) -> None:
     """``setting_changed`` receiver: entering an override of ``TASKBADGER`` applies it; leaving it
     restores the SDK configuration that was active before."""
-    global _applied, _applied_signature
     if setting != SETTING_NAME:
         return
     reload_settings()
     with _lock:
-        if enter is False and _restore_stack:
-            previous, _applied, _applied_signature = _restore_stack.pop()
+        if enter is False and _state.restore_stack:
+            previous, _state.applied, _state.applied_signature = _state.restore_stack.pop()
             sdk_config.set_config(previous)
             return
         if enter:
-            _restore_stack.append((sdk_config.get_config(), _applied, _applied_signature))
+            _state.restore_stack.append((sdk_config.get_config(), _state.applied, _state.applied_signature))
         configure()
 
 
 def reset_state() -> None:
     """Forget the cached settings, the remembered overrides, what ``configure()`` applied and what it
     logged. For tests; the SDK configuration itself is left alone."""
-    global _overrides, _applied, _applied_signature
-    reload_settings()
+    global _state
     with _lock:
-        _overrides, _applied, _applied_signature = {}, None, None
-        _restore_stack.clear()
-        _logged.clear()
+        _state = _State()

@@ -1,0 +1,102 @@
+"""The one table of the ``TASKBADGER`` setting: every key, its default, the environment variable it
+falls back to, and what a valid value is.
+
+The resolver (``conf``) takes defaults and fallbacks from here and refuses values of the wrong type
+with the ``expected`` text; the system checks (``checks``) report the same values with the same text
+and an example. Values are checked with the SDK's own validators (the key, the host, the timeout,
+monitor ids, patterns), never with copies of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from taskbadger.config import DEFAULT_HOST, normalize_timeout
+from taskbadger.exceptions import ConfigurationError
+
+
+@dataclass(frozen=True)
+class Setting:
+    default: Any
+    accepts: Callable[[Any], bool]  # True for a value of the right type (None always means "not set")
+    expected: str  # what the value should be, for messages
+    example: str  # a line of settings.py that sets it well
+    env: str | None = None  # the TASKBADGER_* variable it falls back to
+
+
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_str_list(v: Any) -> bool:
+    return isinstance(v, str) or (isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v))
+
+
+def _is_timeout(v: Any) -> bool:
+    try:
+        normalize_timeout(v)
+    except ConfigurationError:
+        return False
+    return True
+
+
+def _is_positive(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+
+
+def _is_str_map(v: Any) -> bool:
+    return isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
+
+
+#: ``TASKBADGER["CELERY"]``
+CELERY: dict[str, Setting] = {
+    "AUTO_TRACK": Setting(False, _is_bool, "True or False", '"AUTO_TRACK": True'),
+    "INCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"INCLUDES": [r"billing\\..*"]'),
+    "EXCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"EXCLUDES": [r"celery\\..*"]'),
+    "RECORD_TASK_ARGS": Setting(False, _is_bool, "True or False", '"RECORD_TASK_ARGS": False'),
+    "HEARTBEAT_INTERVAL": Setting(None, _is_positive, "a positive number of seconds", '"HEARTBEAT_INTERVAL": 30'),
+    "STALE_TIMEOUT": Setting(None, lambda v: _is_positive(v) and isinstance(v, int),
+                             "a positive integer number of seconds", '"STALE_TIMEOUT": 120'),
+}
+
+#: ``TASKBADGER``
+TOP: dict[str, Setting] = {
+    "API_KEY": Setting(None, _is_str, "a string", '"API_KEY": env.str("TASKBADGER_API_KEY", default=None)',
+                       env="TASKBADGER_API_KEY"),
+    "HOST": Setting(DEFAULT_HOST, _is_str, "a string", f'"HOST": "{DEFAULT_HOST}"', env="TASKBADGER_HOST"),
+    "ORGANIZATION_SLUG": Setting(None, _is_str, "a string", '"ORGANIZATION_SLUG": "my-org"', env="TASKBADGER_ORG"),
+    "PROJECT_SLUG": Setting(None, _is_str, "a string", '"PROJECT_SLUG": "my-project"', env="TASKBADGER_PROJECT"),
+    "ENABLED": Setting(True, _is_bool, "True or False", '"ENABLED": env.bool("TASKBADGER_ENABLED", True)'),
+    "TAGS": Setting({}, _is_str_map, "a dict of strings to strings", '"TAGS": {"environment": "production"}'),
+    "BEFORE_CREATE": Setting(None, lambda v: callable(v) or isinstance(v, str), "a callable or a dotted path to one",
+                             '"BEFORE_CREATE": "myproject.taskbadger.before_create"'),
+    "TIMEOUT": Setting(None, _is_timeout, "a positive number of seconds or a (connect, read) pair",
+                       '"TIMEOUT": (2, 5)'),
+    "MONITORS": Setting({}, lambda v: isinstance(v, Mapping), "a dict of task name or pattern to monitor id",
+                        '"MONITORS": {"billing.tasks.nightly_invoices": "<monitor uuid>"}'),
+    "CELERY": Setting({name: s.default for name, s in CELERY.items()}, lambda v: isinstance(v, Mapping), "a dict",
+                      '"CELERY": {"AUTO_TRACK": True}'),
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    label: str  # e.g. TASKBADGER['CELERY']['AUTO_TRACK']
+    setting: Setting
+    value: Any
+
+    @property
+    def message(self) -> str:
+        return f"{self.label} must be {self.setting.expected}, got {type(self.value).__name__}."
+
+
+def type_problems(values: Mapping[str, Any], table: Mapping[str, Setting], where: str) -> list[Problem]:
+    """Every value of the wrong type in ``values`` (None is "not set"); ``where`` names the dict."""
+    return [Problem(f"{where}[{key!r}]", setting, values[key]) for key, setting in table.items()
+            if values.get(key) is not None and not setting.accepts(values[key])]
