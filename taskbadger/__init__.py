@@ -9,6 +9,7 @@
 Importing this package imports neither Django nor Celery.
 """
 
+from .actions import Action, EmailIntegration, WebhookIntegration
 from .api import (
     TaskList,
     cancel_task,
@@ -20,7 +21,7 @@ from .api import (
     update_task,
     update_task_safe,
 )
-from .compat import Session
+from .compat import Badger, Session
 from .config import Config, get_config, init, is_configured
 from .decorators import track
 from .delivery.merge import DefaultMergeStrategy
@@ -47,6 +48,7 @@ from .task import Task
 from .version import __version__
 
 __all__ = [
+    "Action", "Badger", "EmailIntegration", "WebhookIntegration",
     "Config", "ConfigurationError", "ConnectError", "CreateSkipped", "DefaultMergeStrategy", "InvalidData",
     "MissingConfiguration", "NotFound", "RateLimited", "ReadTimeout", "Scope", "ServerError", "Session",
     "StatusEnum", "Task", "TaskList", "TaskModel", "TaskbadgerException", "TransportError", "Unauthorized",

@@ -9,18 +9,13 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import endpoints
 from ._runtime import log_once, short
+from .actions import action_dicts
 from .config import is_configured
 from .exceptions import CreateSkipped, MissingConfiguration
 from .models import StatusEnum
-from .task import Task
+from .task import Task, create
 
 log = logging.getLogger("taskbadger")
-
-_UPDATABLE = (
-    "name", "status", "value", "value_max", "data", "max_runtime", "stale_timeout", "tags", "queue",
-    "external_id", "parent", "start_time", "end_time",
-)
-
 
 def create_task(
     name: str,
@@ -36,12 +31,17 @@ def create_task(
     queue: str | None = None,
     external_id: str | None = None,
     parent: str | None = None,
+    *,
     start_time: Any = None,
     end_time: Any = None,
 ) -> Task:
-    """Create a task and return it (see ``Task.create``)."""
-    return Task.create(name, status, value, value_max, data, max_runtime, stale_timeout, actions, monitor_id,
-                       tags, queue, external_id, parent, start_time, end_time)
+    """Create a task and return it (see ``Task.create``). The positional order is the official SDK's."""
+    fields = dict(
+        status=StatusEnum.coerce(status), value=value, value_max=value_max, data=data, max_runtime=max_runtime,
+        stale_timeout=stale_timeout, tags=tags, queue=queue, external_id=external_id, parent=parent,
+        start_time=start_time, end_time=end_time, actions=action_dicts(actions, stacklevel=2),
+    )
+    return create(name, fields, monitor_id)
 
 
 def get_task(task_id: str) -> Task:
@@ -49,15 +49,31 @@ def get_task(task_id: str) -> Task:
     return Task.get(task_id)
 
 
-def update_task(task_id: str, **fields: Any) -> Task:
-    """Send the given fields (None values are left out) and return the updated task.
-
-    Fields: name, status, value, value_max, data, max_runtime, stale_timeout, tags, queue,
-    external_id, parent, start_time, end_time (``actions`` too, for compatibility).
-    """
-    unknown = set(fields) - set(_UPDATABLE) - {"actions"}
-    if unknown:
-        raise TypeError(f"update_task() got unknown field(s): {', '.join(sorted(unknown))}")
+def update_task(
+    task_id: str,
+    name: str | None = None,
+    status: StatusEnum | str | None = None,
+    value: int | None = None,
+    value_max: int | None = None,
+    data: Any = None,
+    max_runtime: int | None = None,
+    stale_timeout: int | None = None,
+    actions: list[Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+    queue: str | None = None,
+    external_id: str | None = None,
+    parent: str | None = None,
+    *,
+    start_time: Any = None,
+    end_time: Any = None,
+) -> Task:
+    """Send the given fields (None values are left out) and return the updated task. The positional
+    order is the official SDK's."""
+    fields = dict(
+        name=name, status=status, value=value, value_max=value_max, data=data, max_runtime=max_runtime,
+        stale_timeout=stale_timeout, tags=tags, queue=queue, external_id=external_id, parent=parent,
+        start_time=start_time, end_time=end_time, actions=action_dicts(actions, stacklevel=2),
+    )
     return Task(endpoints.update(task_id, fields))
 
 
@@ -67,7 +83,11 @@ def cancel_task(task_id: str) -> None:
 
 
 class TaskList:
-    """One page of tasks. Iterate it, ``len()`` it, or follow ``next_page()`` / ``iter_all()``."""
+    """One page of tasks. Iterate it, ``len()`` it, or follow ``next_page()`` / ``iter_all()``.
+
+    ``results``, ``next``, ``previous`` (the pages' URLs) and ``next_cursor``; the official SDK's
+    spellings work too: ``next_`` and ``to_dict()``.
+    """
 
     def __init__(self, page: endpoints.Page, page_size: int | None = None, parent: str | None = None) -> None:
         self.results: list[Task] = [Task(model) for model in page.results]
@@ -87,6 +107,13 @@ class TaskList:
 
     def __repr__(self) -> str:
         return f"<TaskList {len(self)} tasks, next={self.next_cursor!r}>"
+
+    @property
+    def next_(self) -> str | None:
+        return self.next
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"results": [task.to_dict() for task in self.results], "next": self.next, "previous": self.previous}
 
     @property
     def next_cursor(self) -> str | None:

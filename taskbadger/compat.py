@@ -7,6 +7,7 @@ from typing import Any
 
 import requests
 
+from .config import Config, get_config
 from .http import session
 
 
@@ -20,3 +21,23 @@ class Session(ContextDecorator):
 
     def __exit__(self, *exc_info: Any) -> None:
         return None
+
+
+class _BadgerType(type):
+    @property
+    def current(cls) -> Badger:
+        return cls()
+
+
+class Badger(metaclass=_BadgerType):
+    """The official SDK's ``Badger``: ``Badger.current.settings`` is the configuration (``organization_slug``,
+    ``project_slug``, ``token``, ``base_url``…), or None before ``taskbadger.init()``. The configuration is
+    process-wide here, so every thread's ``Badger.current`` sees the same settings."""
+
+    @property
+    def settings(self) -> Config | None:
+        return get_config()
+
+    @classmethod
+    def is_configured(cls) -> bool:
+        return get_config() is not None

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from ._runtime import ForkSafeLock
 from .exceptions import ConfigurationError, MissingConfiguration
 from .models import is_slug
+from .scope import scope_state
 
 log = logging.getLogger("taskbadger")
 
@@ -54,6 +55,8 @@ class Config:
     systems: Mapping[str, Integration] = dataclasses.field(default_factory=dict)
     before_create: BeforeCreate | None = None
     timeout: tuple[float, float] = DEFAULT_TIMEOUT
+    #: error context from other systems (``taskbadger.context_providers``)
+    context_providers: tuple[Any, ...] = ()
 
     def __repr__(self) -> str:  # the token is a secret: never in a repr
         return (
@@ -62,6 +65,11 @@ class Config:
         )
 
     __str__ = __repr__
+
+    @property
+    def base_url(self) -> str:
+        """The official SDK's name for ``host``."""
+        return self.host
 
     @property
     def tasks_url(self) -> str:
@@ -139,11 +147,15 @@ def validate_host(host: str) -> str:
 
 
 def normalize_timeout(timeout: Any) -> tuple[float, float]:
-    """Accept seconds or (connect, read) seconds; return (connect, read)."""
+    """Accept seconds, (connect, read) seconds, or an object with ``connect`` and ``read`` attributes
+    (``httpx.Timeout``; a part that is None takes the default); return (connect, read)."""
     if isinstance(timeout, (int, float)) and not isinstance(timeout, bool):
         pair: tuple[Any, Any] = (timeout, timeout)
     elif isinstance(timeout, (tuple, list)) and len(timeout) == 2:
         pair = (timeout[0], timeout[1])
+    elif hasattr(timeout, "connect") and hasattr(timeout, "read"):
+        pair = (DEFAULT_TIMEOUT[0] if timeout.connect is None else timeout.connect,
+                DEFAULT_TIMEOUT[1] if timeout.read is None else timeout.read)
     else:
         raise ConfigurationError(f"timeout must be seconds or a (connect, read) pair, got {timeout!r}.")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pair):
@@ -177,6 +189,17 @@ def resolve_before_create(before_create: BeforeCreate | str | None) -> BeforeCre
     raise ConfigurationError(f"before_create must be a callable or a dotted path, got {before_create!r}.")
 
 
+def timeout_from_environment() -> Timeout | None:
+    """``TASKBADGER_HTTP_TIMEOUT`` (seconds), read as the official SDK reads it; None when unset."""
+    text = os.environ.get("TASKBADGER_HTTP_TIMEOUT", "").strip()
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigurationError(f"TASKBADGER_HTTP_TIMEOUT must be a number, got {text!r}") from None
+
+
 def build_config(
     token: str | None = None,
     organization_slug: str | None = None,
@@ -186,6 +209,7 @@ def build_config(
     systems: Iterable[Integration] | None = None,
     before_create: BeforeCreate | str | None = None,
     timeout: Timeout | None = None,
+    context_providers: Iterable[Any] | None = None,
 ) -> Config:
     """Resolve arguments and environment into a validated Config (no I/O, no global change)."""
     env = os.environ
@@ -200,12 +224,9 @@ def build_config(
     if parsed:
         organization_slug, project_slug, token = parsed
     else:
-        warnings.warn(
-            "Legacy Task Badger API keys are deprecated: create a project key, which also carries the "
-            "organization and project.",
-            DeprecationWarning,
-            stacklevel=3,
-        )
+        # The official SDK's words: users' warning filters match them.
+        warnings.warn("Legacy API keys are deprecated. Please switch to a project API key.", DeprecationWarning,
+                      stacklevel=3)
         missing = [name for name, value in (("organization_slug", organization_slug),
                                             ("project_slug", project_slug)) if not value]
         if missing:
@@ -233,8 +254,23 @@ def build_config(
         tags=dict(tags or {}),
         systems=system_map,
         before_create=resolve_before_create(before_create),
-        timeout=normalize_timeout(DEFAULT_TIMEOUT if timeout is None else timeout),
+        timeout=normalize_timeout(_first_set(timeout, timeout_from_environment(), DEFAULT_TIMEOUT)),
+        context_providers=_check_providers(context_providers),
     )
+
+
+def _first_set(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _check_providers(providers: Iterable[Any] | None) -> tuple[Any, ...]:
+    checked = tuple(providers or ())
+    for provider in checked:
+        if not getattr(provider, "identifier", None) or not callable(getattr(provider, "capture_error_context", None)):
+            raise ConfigurationError(f"{provider!r} is not a context provider: give it an identifier and a "
+                                     "capture_error_context(exception, snapshot) method (see "
+                                     "taskbadger.context_providers.ContextProvider).")
+    return checked
 
 
 def init(
@@ -244,27 +280,35 @@ def init(
     systems: Iterable[Integration] | None = None,
     tags: Mapping[str, str] | None = None,
     before_create: BeforeCreate | str | None = None,
+    context_providers: Iterable[Any] | None = None,
     timeout: Timeout | None = None,
+    *,
     host: str | None = None,
 ) -> Config:
     """Configure Task Badger for this process (every thread sees it).
+
+    The positional order is the official SDK's; ``host`` (ours) is keyword-only.
 
     Arguments:
         organization_slug, project_slug: only for legacy keys; project keys carry both.
         token: the API key; defaults to ``TASKBADGER_API_KEY``.
         systems: integrations, e.g. ``[CelerySystemIntegration()]``.
-        tags: added to every task created in this process.
+        tags: added to every task created in this process; also the current scope's tags.
         before_create: a callable (or dotted path to one) that receives the task fields before
             each create and returns them, changed or not, or None to skip creating the task.
-        timeout: seconds, or a (connect, read) pair, for every API request.
+        context_providers: error context from other systems, e.g. ``[SentryContextProvider()]``.
+        timeout: seconds, a (connect, read) pair, or an object with ``connect``/``read`` (``httpx.Timeout``);
+            defaults to ``TASKBADGER_HTTP_TIMEOUT``, then (2, 5).
         host: the API's base URL; defaults to ``TASKBADGER_HOST``, then the hosted service.
 
     Raises:
         MissingConfiguration: naming each missing setting.
-        ConfigurationError: a malformed key, host, timeout, tags or before_create.
+        ConfigurationError: a malformed key, host, timeout, tags, before_create or context provider.
     """
-    config = build_config(token, organization_slug, project_slug, host, tags, systems, before_create, timeout)
+    config = build_config(token, organization_slug, project_slug, host, tags, systems, before_create, timeout,
+                          context_providers)
     set_config(config)
+    scope_state().tags = dict(config.tags)  # as the official SDK: init(tags=...) sets the scope's tags
     for system in config.systems.values():
         on_init = getattr(system, "on_init", None)
         if on_init:

@@ -8,9 +8,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
+from . import context_providers
 from ._runtime import short
 from .api import create_task_safe
-from .models import StatusEnum
+from .models import StatusEnum, completed_progress
 from .scope import enter_task, exit_task, parent_for_new_task
 from .task import Task
 
@@ -54,21 +55,24 @@ def track(
                                        "monitor_id": monitor_id, "parent": parent_for_new_task()}
             options.update(task_kwargs)  # an explicit parent= wins over the enclosing call
             task = create_task_safe(task_name, **options)
-            token = enter_task(task.id, task.parent) if task else None
-            return task, token
+            if task is None:
+                return None, None
+            return task, (enter_task(task.id, task.parent), context_providers.start())
 
-        def finish(task: Task | None, token: Any, exc: BaseException | None) -> None:
-            if token is not None:
-                exit_task(token)
+        def finish(task: Task | None, tokens: Any, exc: BaseException | None) -> None:
             if task is None:
                 return
+            running, snapshots = tokens
+            exit_task(running)
             try:
                 if exc is None:
-                    task.success()
+                    task.success(**completed_progress(task.value, task.value_max))
                 else:
-                    task.error(exception=exc)
+                    task.error(exception=exc)  # with the context providers' context, from their snapshots
             except Exception as err:
                 log.warning("Task Badger: could not record the end of %s: %s", short(task_name), err)
+            finally:
+                context_providers.stop(snapshots)
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)

@@ -217,3 +217,12 @@ def exception_data(exc: BaseException, formatted: str | None = None) -> dict[str
         "exception": exception_text(exc, formatted),
         "exception_type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
     }
+
+
+def completed_progress(value: Any, value_max: Any) -> dict[str, int]:
+    """The rule for a task the integration marks successful by itself: if it reported progress
+    (``value`` is set), it ends complete, ``value = value_max``; a task that never reported progress
+    keeps no value, and shows no percentage."""
+    if isinstance(value, int) and isinstance(value_max, int) and 0 <= value < value_max:
+        return {"value": value_max}
+    return {}

@@ -1,13 +1,17 @@
 """Context that rides along with task creation: scope data/tags and the running task.
 
 Both live in ``contextvars`` so that threads and asyncio tasks each see their own, and nested
-``with`` blocks restore what was there before on exit.
+``with`` blocks restore what was there before on exit. As in the official SDK, the main thread's scope
+is the process's: a thread starts with a copy of it as it is when the thread first uses a scope, so
+tags set in the main thread (``init(tags=...)``, ``current_scope().tag(...)`` outside a ``with``
+block) reach tasks created in threads started later.
 """
 
 from __future__ import annotations
 
 import contextvars
 import copy
+import threading
 from typing import Any
 
 
@@ -20,13 +24,17 @@ class _ScopeState:
 
 
 _scope_state: contextvars.ContextVar[_ScopeState] = contextvars.ContextVar("taskbadger_scope")
+_main = _ScopeState()  # the main thread's scope outside any ``with`` block: new threads start from it
 
 
 def scope_state() -> _ScopeState:
     try:
         return _scope_state.get()
     except LookupError:
-        state = _ScopeState()
+        if threading.current_thread() is threading.main_thread():
+            state = _main
+        else:
+            state = _ScopeState(copy.deepcopy(_main.context), dict(_main.tags))
         _scope_state.set(state)
         return state
 
@@ -71,7 +79,10 @@ class Scope:
         self.tags.update(tags)
 
     def clear(self) -> None:
-        _scope_state.set(_ScopeState())
+        """Forget this scope's data and tags."""
+        state = scope_state()
+        state.context.clear()
+        state.tags.clear()
 
 
 def current_scope() -> Scope:

@@ -6,18 +6,20 @@ A synchronous update first claims what this process still has queued for the tas
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from . import endpoints
 from ._runtime import short
+from .actions import action_dicts
 from .config import get_config
+from .context_providers import error_context
 from .delivery import merge
 from .delivery import queue as pending
 from .delivery.merge import DefaultMergeStrategy
-from .exceptions import CreateSkipped
+from .exceptions import CreateSkipped, InvalidData
 from .http import Transport
 from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, exception_data
 from .scope import scope_state
@@ -66,7 +68,6 @@ class Task:
 
     def __init__(self, task: TaskModel | Mapping[str, Any]) -> None:
         self._task = task if isinstance(task, TaskModel) else TaskModel.from_dict(dict(task))
-        self._last_sent: float | None = time.monotonic()
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -86,10 +87,11 @@ class Task:
         queue: str | None = None,
         external_id: str | None = None,
         parent: str | None = None,
+        *,
         start_time: Any = None,
         end_time: Any = None,
     ) -> Task:
-        """Create a task in Task Badger and return it.
+        """Create a task in Task Badger and return it. The positional order is the official SDK's.
 
         Raises:
             CreateSkipped: ``before_create`` returned None.
@@ -101,9 +103,8 @@ class Task:
             status=StatusEnum.coerce(status), value=value, value_max=value_max, data=data,
             max_runtime=max_runtime, stale_timeout=stale_timeout, tags=tags, queue=queue,
             external_id=external_id, parent=parent, start_time=start_time, end_time=end_time,
+            actions=action_dicts(actions, stacklevel=2),
         )
-        if actions:
-            fields["actions"] = [a.to_dict() if hasattr(a, "to_dict") else a for a in actions]
         return create(name, fields, monitor_id)
 
     @classmethod
@@ -167,14 +168,14 @@ class Task:
             elif data_merge_strategy == "default":
                 data = DefaultMergeStrategy().merge(self._task.data, data)
             else:
-                raise ValueError(f"Unknown data_merge_strategy {data_merge_strategy!r}: use 'default' or an object "
+                raise InvalidData(f"Unknown data_merge_strategy {data_merge_strategy!r}: use 'default' or an object "
                                  "with a merge(existing, new) method")
         fields = dict(
             name=name, status=status, value=value, value_max=value_max, data=data, max_runtime=max_runtime,
             stale_timeout=stale_timeout, tags=tags, queue=queue, external_id=external_id, parent=parent, **extra,
         )
         if actions:
-            fields["actions"] = [a.to_dict() if hasattr(a, "to_dict") else a for a in actions]
+            fields["actions"] = action_dicts(actions, stacklevel=2)
         fields = {k: v for k, v in fields.items() if v is not None}
         task_id = self._task.id
         queued = pending.claim(task_id)
@@ -184,7 +185,6 @@ class Task:
         except Exception:
             pending.unclaim(task_id, queued)  # not lost: the senders send them later
             raise
-        self._last_sent = time.monotonic()
 
     def safe_update(self, **kwargs: Any) -> bool:
         """Like ``update`` but logs a warning instead of raising. Returns whether it was sent."""
@@ -215,10 +215,12 @@ class Task:
 
     def error(self, value: int | None = None, data: Any = None, exception: BaseException | None = None) -> None:
         """Mark the task failed. With ``exception``, its type, message and traceback go into
-        ``data["exception"]``; the task's existing data is kept."""
+        ``data["exception"]`` (a string, as the official SDK's) and ``data["exception_type"]``, and each
+        context provider's context under its identifier; keys in ``data`` win; the task's existing data
+        is kept."""
         if exception is not None or data is not None:
-            data = merge.with_data(merge.with_data(self._task.data, data or {}),
-                                   exception_data(exception) if exception is not None else {})
+            failure = {**exception_data(exception), **error_context(exception)} if exception is not None else {}
+            data = merge.with_data(merge.with_data(self._task.data, failure), data or {})
         self.update(status=StatusEnum.ERROR, value=value, data=data)
 
     def canceled(self) -> None:
@@ -237,10 +239,12 @@ class Task:
         self.update(value=(self._task.value or 0) + amount)
 
     def update_value(self, value: int, value_step: int | None = None, rate_limit: float | None = None) -> bool:
-        """Set progress, but only when it moved by ``value_step`` or ``rate_limit`` seconds passed
-        since the last update (either is enough). Returns whether an update was sent."""
+        """Set progress, but only when it moved by ``value_step`` since the value Task Badger has (a
+        value of 0 or none counts as unset), or ``rate_limit`` seconds passed since the task was last
+        updated (Task Badger's ``updated``); either is enough, and neither means always. Returns whether
+        an update was sent."""
         due = not value_step and not rate_limit
-        if value_step and (self._task.value is None or value - self._task.value >= value_step):
+        if value_step and (not self._task.value or value - self._task.value >= value_step):
             due = True
         if rate_limit and self._seconds_since_update() >= rate_limit:
             due = True
@@ -249,18 +253,23 @@ class Task:
         return due
 
     def ping(self, rate_limit: float | None = None) -> bool:
-        """Tell Task Badger the task is alive (keeps a ``stale_timeout`` from firing).
-        With ``rate_limit``, only if that many seconds passed since the last update."""
+        """Tell Task Badger the task is alive (keeps a ``stale_timeout`` from firing). With
+        ``rate_limit``, only if that many seconds passed since the task was last updated (Task Badger's
+        ``updated``). Returns whether it was sent."""
         if rate_limit and self._seconds_since_update() < rate_limit:
             return False
         self.update()
         return True
 
-    def _seconds_since_update(self) -> float:
-        if self._last_sent is None:
-            return float("inf")
-        return time.monotonic() - self._last_sent
+    def add_actions(self, actions: list[Any]) -> None:
+        """Add per-task actions (deprecated: prefer project-level actions)."""
+        self.update(actions=actions)
 
-    def __getstate__(self) -> dict[str, Any]:
-        # monotonic clocks mean nothing in another process
-        return {"_task": self._task, "_last_sent": None}
+    def _seconds_since_update(self) -> float:
+        updated = self._task.updated
+        if updated is None:
+            return float("inf")
+        now = dt.datetime.now(dt.timezone.utc) if updated.tzinfo else dt.datetime.now()
+        return (now - updated).total_seconds()
+
+

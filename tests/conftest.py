@@ -29,9 +29,9 @@ def _isolated_taskbadger(monkeypatch):
     config.reset()
     publish_breaker().reset()
     forget_logged()  # lines logged once per process are logged again in each test
-    with taskbadger.current_scope() as scope:
-        scope.clear()
-        yield
+    taskbadger.current_scope().clear()  # the main thread's scope, which threads start from
+    yield
+    taskbadger.current_scope().clear()
     config.reset()
 
 

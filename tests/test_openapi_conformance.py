@@ -127,3 +127,25 @@ def test_validation_catches_drift(api: Checked, openapi: OpenAPI) -> None:
     response.status_code = 418
     with pytest.raises(ResponseNotFound):
         openapi.validate_response(RequestsOpenAPIRequest(prepared), RequestsOpenAPIResponse(response))
+
+
+def test_action_endpoints_conform(api: Checked, openapi: OpenAPI) -> None:
+    task = api("POST", expect=201, json={"name": "with actions"}).json()
+    url = f"{api.base}{task['id']}/actions/"
+    for method, body, expect in (("POST", {"trigger": "error", "integration": "email", "config": {"to": "a@b.c"}}, 201),
+                                 ("GET", None, 200)):
+        prepared = api.session.prepare_request(requests.Request(method, url, json=body))
+        response = api.session.send(prepared, timeout=5)
+        assert response.status_code == expect, response.text
+        openapi.validate_request(RequestsOpenAPIRequest(prepared))
+        openapi.validate_response(RequestsOpenAPIRequest(prepared), RequestsOpenAPIResponse(response))
+    [action] = response.json()
+    # The contract gives actions integer ids but declares the {id} path parameter a UUID: only the
+    # answers of the per-action endpoints are checked.
+    prepared = api.session.prepare_request(requests.Request("PATCH", f"{url}{action['id']}/",
+                                                            json={"trigger": "success"}))
+    response = api.session.send(prepared, timeout=5)
+    assert response.status_code == 200 and response.json()["trigger"] == "success"
+    schema = openapi.spec / "components" / "schemas" / "Action" / "required"
+    with schema.open() as required:
+        assert set(required) <= set(response.json())

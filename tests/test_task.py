@@ -67,12 +67,12 @@ def test_error_records_type_message_traceback_and_keeps_data(taskbadger_server):
 
 def test_update_value_respects_value_step_and_rate_limit(taskbadger_server):
     task = Task.create("p", value=0)
-    assert task.update_value(5, value_step=10) is False
-    assert task.update_value(10, value_step=10) is True
-    assert task.update_value(12, value_step=10) is False
-    assert task.update_value(13, rate_limit=3600) is False
-    assert task.update_value(14) is True
-    assert [r.json["value"] for r in patches(taskbadger_server)] == [10, 14]
+    assert task.update_value(5, value_step=10) is True  # 0 counts as unset, as in the official SDK
+    assert task.update_value(10, value_step=10) is False
+    assert task.update_value(15, value_step=10) is True
+    assert task.update_value(16, rate_limit=3600) is False
+    assert task.update_value(17) is True
+    assert [r.json["value"] for r in patches(taskbadger_server)] == [5, 15, 17]
 
 
 def test_increment_value_and_set_value_max(taskbadger_server):

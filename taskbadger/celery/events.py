@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .. import context_providers
 from ..config import get_config
+from ..context_providers import error_context
 from ..delivery import merge, sender
 from ..delivery.breaker import publish_breaker
 from ..delivery.heartbeat import get_heartbeat
-from ..models import StatusEnum, exception_data
+from ..models import StatusEnum, completed_progress, exception_data
 from ..scope import enter_task, exit_task
 from .fields import (
     checked_decorator_options,
@@ -55,6 +57,7 @@ def on_start(celery_task: Any, request: Any) -> None:
     sender.submit(tracking.id, fields)
     tracking.set_status(StatusEnum.PROCESSING)
     tracking.token = enter_task(tracking.id, meta.task.get("parent"))
+    tracking.snapshots = context_providers.start()
     if meta.heartbeat_interval:
         get_heartbeat().start(tracking.id, meta.heartbeat_interval)
         tracking.heartbeat = True
@@ -98,6 +101,14 @@ def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> No
     if tracking.token is not None:
         exit_task(tracking.token)
         tracking.token = None
+    try:
+        _end(tracking, request, state, retval)
+    finally:
+        context_providers.stop(tracking.snapshots)
+        tracking.snapshots = None
+
+
+def _end(tracking: Tracking, request: Any, state: str | None, retval: Any) -> None:
     if tracking.heartbeat:
         get_heartbeat().stop(tracking.id)
     received().forget(request.id)
@@ -166,6 +177,8 @@ def on_received(request: Any) -> None:
 
 def _finish(tracking: Tracking, status: StatusEnum, data: dict[str, Any] | None = None) -> None:
     fields: dict[str, Any] = {"status": status.value, "end_time": now()}
+    if status is StatusEnum.SUCCESS:
+        fields.update(completed_progress(tracking.value, tracking.value_max))
     if data is not None:
         fields.update(data)
     sender.submit(tracking.id, fields, final=True)
@@ -176,7 +189,7 @@ def _finish(tracking: Tracking, status: StatusEnum, data: dict[str, Any] | None 
 def _error_data(tracking: Tracking, exc: Any, einfo: Any, request: Any) -> dict[str, Any]:
     if not isinstance(exc, BaseException):
         exc = RuntimeError(str(exc))
-    extra: dict[str, Any] = exception_data(exc, _failure_text(exc, einfo, request))
+    extra: dict[str, Any] = {**exception_data(exc, _failure_text(exc, einfo, request)), **error_context(exc)}
     retries = getattr(request, "retries", 0) or 0
     if retries:
         extra["retries"] = retries

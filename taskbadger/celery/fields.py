@@ -64,15 +64,18 @@ def checked_decorator_options(celery_task: Any, task_name: str) -> dict[str, Any
 
 
 def create_fields(name: str, options: dict[str, Any], system: Any, celery_id: str | None, args: Any,
-                  kwargs: Any, queue: str | None, canvas_data: dict | None = None) -> dict[str, Any]:
-    """The create body of a task (``name`` and ``monitor_id`` included)."""
+                  kwargs: Any, queue: str | None, canvas_data: dict | None = None,
+                  display_name: str | None = None) -> dict[str, Any]:
+    """The create body of a task (``name`` and ``monitor_id`` included). ``name`` is the Celery task's
+    (the integration's rules apply to it); ``display_name`` the task's name when it differs."""
+    shown = display_name or name
     fields: dict[str, Any] = {
-        "name": options.get("name", name if len(name) <= MAX_NAME_LENGTH else name[:MAX_NAME_LENGTH - 1] + "…"),
+        "name": options.get("name", shown if len(shown) <= MAX_NAME_LENGTH else shown[:MAX_NAME_LENGTH - 1] + "…"),
         "status": StatusEnum.PENDING,
         "external_id": celery_id if isinstance(celery_id, str) else None,
         "queue": queue,
     }
-    for key in ("value", "value_max", "tags", "max_runtime"):
+    for key in ("value", "value_max", "tags", "max_runtime", "actions"):
         if key in options:
             fields[key] = options[key]
     data = dict(options.get("data") or {})

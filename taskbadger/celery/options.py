@@ -18,8 +18,12 @@ import math
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
+from kombu.utils import json as kombu_json
+
 from .._runtime import log_once, short
-from ..models import MAX_NAME_LENGTH, is_json, is_task_id, jsonable, monitor_id
+from ..actions import action_dicts
+from ..exceptions import TaskbadgerException
+from ..models import MAX_NAME_LENGTH, is_json, is_task_id, jsonable, monitor_id, safe_repr
 
 log = logging.getLogger("taskbadger")
 
@@ -84,6 +88,16 @@ def _parent(v: Any) -> str | None:
     raise _Invalid
 
 
+def _actions(v: Any) -> list[dict[str, Any]]:
+    if not isinstance(v, (list, tuple)) or not v:
+        raise _Invalid
+    try:
+        checked = action_dicts(v, stacklevel=4)
+    except TaskbadgerException:
+        raise _Invalid from None
+    return jsonable(checked)
+
+
 _SECONDS = _int(1, 2_147_483_647)
 
 #: option -> (check returning the value to use, description of what is expected). Every option given
@@ -101,6 +115,7 @@ OPTIONS: dict[str, tuple[Any, str]] = {
     "heartbeat_interval": (_heartbeat, "a positive number of seconds (at most a day)"),
     "parent": (_parent, "a Task Badger task id or None"),
     "track": (_bool, "True or False"),
+    "actions": (_actions, "a list of taskbadger.Action (deprecated: prefer project-level actions)"),
 }
 
 def report_once(task_name: str, option: str, message: str) -> None:
@@ -191,7 +206,7 @@ def recorded_args(args: Any, kwargs: Any) -> dict[str, Any]:
     longer than ``MAX_RECORDED_ARGS_CHARS`` it is replaced by a truncated repr and a flag."""
     args = list(args) if isinstance(args, (list, tuple)) else ([] if args is None else [args])
     kwargs = dict(kwargs) if isinstance(kwargs, Mapping) else {}
-    data = {"celery_task_args": jsonable(args), "celery_task_kwargs": jsonable(kwargs)}
+    data = {"celery_task_args": _as_kombu_json(args), "celery_task_kwargs": _as_kombu_json(kwargs)}
     text = json.dumps(data)
     if len(text) <= MAX_RECORDED_ARGS_CHARS:
         return data
@@ -201,6 +216,25 @@ def recorded_args(args: Any, kwargs: Any) -> dict[str, Any]:
         "celery_task_kwargs": _truncate(json.dumps(data["celery_task_kwargs"]), half),
         "celery_task_args_truncated": True,
     }
+
+
+class _Encoder(kombu_json.JSONEncoder):
+    """kombu's JSON: types registered with ``kombu.utils.json.register_type`` (datetime, Decimal, UUID,
+    bytes… and the user's own) in their tagged form ``{"__type__": ..., "__value__": ...}``, as they travel
+    in the message; anything else JSON cannot encode becomes its repr."""
+
+    def default(self, o: Any) -> Any:
+        try:
+            return super().default(o)
+        except TypeError:
+            return safe_repr(o)
+
+
+def _as_kombu_json(value: Any) -> Any:
+    try:
+        return jsonable(json.loads(kombu_json.dumps(value, cls=_Encoder)))  # NaN and infinities too
+    except (TypeError, ValueError, RecursionError):
+        return jsonable(value)
 
 
 def _truncate(text: str, limit: int) -> str:

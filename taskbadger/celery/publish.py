@@ -62,13 +62,16 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
         return None
 
     args, kwargs = _message_args(body)
-    tracked_name, canvas_data = name, None
+    tracked_name, display_name, canvas_data = name, None, None
     if name in CANVAS_TASKS:
         inner = kwargs.get("task") if isinstance(kwargs, dict) else None
         inner_name = inner.get("task") if isinstance(inner, dict) else getattr(inner, "name", None)
         tracked_name = inner_name if isinstance(inner_name, str) and inner_name else name
         items = kwargs.get("it") if isinstance(kwargs, dict) else None
-        canvas_data = {"canvas": CANVAS_TASKS[name], "items": len(items) if isinstance(items, Sized) else None}
+        count = len(items) if isinstance(items, Sized) else None
+        # The official SDK's name and keys (dashboards and name filters use them), and ours.
+        display_name = f"{tracked_name} ({CANVAS_TASKS[name]} {count})"
+        canvas_data = {"canvas_type": name, "item_count": count, "canvas": CANVAS_TASKS[name], "items": count}
     elif name.startswith("celery."):
         return None
 
@@ -83,7 +86,7 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     options = {**checked_decorator_options(celery_task, tracked_name), **incoming.options}
     options.pop("track", None)
     fields = create_fields(tracked_name, options, system, celery_id, args, kwargs, _queue_name(declare, routing_key),
-                           canvas_data)
+                           canvas_data, display_name)
     heartbeat, stale_timeout = heartbeat_options(options, system)
     task, maybe_created = create_inline(fields)
     if task is None:
@@ -92,7 +95,26 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
         return None
     message.pop(KWARGS_KEY, None)  # resolved into the created task
     write_meta(message, Meta(header_fields(task.to_dict()), heartbeat, stale_timeout))
+    if celery_id is not None:
+        _tell_result_backend(celery_task, celery_id, task.id)
     return task
+
+
+def _tell_result_backend(celery_task: Any, celery_id: str, task_id: str) -> None:
+    """As the official SDK: with a result backend, ``AsyncResult(celery_id).info`` is
+    ``{"taskbadger_task_id": ...}`` until the worker records its own state, so that another process
+    finds the Task Badger task from the Celery id. Without a backend, nothing (none is needed)."""
+    import celery
+    from celery.backends.base import DisabledBackend
+
+    app = getattr(celery_task, "app", None) or celery.current_app
+    try:
+        backend = app.backend
+        if not isinstance(backend, DisabledBackend):
+            backend.store_result(celery_id, {"taskbadger_task_id": task_id}, "PENDING")
+    except Exception as err:  # the backend's trouble must not stop the publish
+        log_throttled("result-backend", 60.0, logging.WARNING,
+                      "Task Badger: could not store the task id in the result backend: %s", short(err, 200))
 
 
 def _message_args(body: Any) -> tuple[Any, Any]:

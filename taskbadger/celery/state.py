@@ -34,8 +34,8 @@ class Tracking:
     """State of one tracked run, kept on the Celery request. The ``taskbadger.Task`` is built from
     the header fields only when something asks for it (most task bodies never do)."""
 
-    __slots__ = ("celery_id", "meta", "_task", "_status", "token", "finished", "heartbeat", "retry_exc",
-                 "retry_recorded", "successors")
+    __slots__ = ("celery_id", "meta", "_task", "_status", "token", "snapshots", "finished", "heartbeat",
+                 "retry_exc", "retry_recorded", "successors")
 
     def __init__(self, celery_id: str, meta: Meta) -> None:
         self.celery_id = celery_id
@@ -43,6 +43,7 @@ class Tracking:
         self._task: TaskbadgerTask | None = None
         self._status: StatusEnum | str = meta.task.get("status") or StatusEnum.PENDING
         self.token: Any = None  # the scope's running-task token while the body runs
+        self.snapshots: Any = None  # the context providers' snapshots (their token) while the body runs
         self.finished = False
         self.heartbeat = False
         self.retry_exc: BaseException | None = None
@@ -69,6 +70,14 @@ class Tracking:
         self.meta.task["data"] = value
         if self._task is not None:
             self._task._task.data = value
+
+    @property
+    def value(self) -> Any:
+        return self._task.value if self._task is not None else self.meta.task.get("value")
+
+    @property
+    def value_max(self) -> Any:
+        return self._task.value_max if self._task is not None else self.meta.task.get("value_max")
 
     @property
     def data_known(self) -> bool:

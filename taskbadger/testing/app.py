@@ -23,7 +23,8 @@ from .faults import Decision, FaultSet
 from .store import MONITOR_HEADER, Response, Store, _error
 
 T = TypeVar("T")
-_ROUTE = re.compile(r"^/api/(?P<org>[^/]+)/(?P<project>[^/]+)/tasks/(?:(?P<id>[^/]+)/)?$")
+_ROUTE = re.compile(r"^/api/(?P<org>[^/]+)/(?P<project>[^/]+)/tasks/(?:(?P<id>[^/]+)/"
+                    r"(?:(?P<actions>actions)/(?:(?P<action>[^/]+)/)?)?)?$")
 
 
 class Headers(dict):
@@ -128,6 +129,8 @@ class App:
         if (match["org"], match["project"]) != (self.organization, self.project):
             return _error(404, "Not found.")
         task_id, method = match["id"], request.method
+        if match["actions"]:
+            return self._actions(request, task_id, match["action"])
         allowed = ("GET", "POST") if task_id is None else ("GET", "PUT", "PATCH", "DELETE")
         if method not in allowed:
             return _error(405, f'Method "{method}" not allowed.', Allow=", ".join(allowed))
@@ -146,6 +149,18 @@ class App:
         request.task_id = task_id
         return self.store.update(task_id, body, partial=method == "PATCH")
 
+    def _actions(self, request: RecordedRequest, task_id: str, action_id: str | None) -> Response:
+        allowed = ("GET", "POST") if action_id is None else ("GET", "PUT", "PATCH", "DELETE")
+        if request.method not in allowed:
+            return _error(405, f'Method "{request.method}" not allowed.', Allow=", ".join(allowed))
+        request.task_id = task_id
+        body: Any = None
+        if request.method in ("POST", "PUT", "PATCH"):
+            body, problem = _parse_body(request)
+            if problem is not None:
+                return problem
+        return self.store.task_actions(task_id, action_id, request.method, body)
+
     def answered(self, request: RecordedRequest, status: int) -> None:
         request.status = status
         self.notify()
@@ -154,7 +169,12 @@ class App:
         with self._changed:
             self._changed.notify_all()
 
-    # -- what the facade shows --------------------------------------------------------------------
+    # -- what the facade (and the dashboard) shows --------------------------------------------------
+
+    def store_tasks(self) -> dict[str, dict[str, Any]]:
+        """Copies of all tasks, oldest first (id -> API representation plus ``monitor_id``/``unknown_fields``)."""
+        with self.store.lock:
+            return {task_id: self.store.internal(t) for task_id, t in self.store.tasks.items()}
 
     @property
     def requests(self) -> list[RecordedRequest]:

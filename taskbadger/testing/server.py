@@ -178,8 +178,7 @@ class TaskBadgerServer:
     @property
     def tasks(self) -> dict[str, dict[str, Any]]:
         """Copies of all tasks (id → API representation plus ``monitor_id``/``unknown_fields``)."""
-        with self.app.store.lock:
-            return {task_id: self.app.store.internal(t) for task_id, t in self.app.store.tasks.items()}
+        return self.app.store_tasks()
 
     def get_task(self, task_id: str) -> dict[str, Any] | None:
         with self.app.store.lock:

@@ -20,24 +20,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from .actions import Actions
+from .actions import clean_list as clean_actions
+from .validation import TERMINAL, clean
+
 logger = logging.getLogger("taskbadger.testing")
 
 MONITOR_HEADER = "X-TASKBADGER-MONITOR"
-STATUSES = (
-    "pending", "pre_processing", "processing", "post_processing", "success", "error", "cancelled", "stale",
-)
-TERMINAL = frozenset({"success", "error", "cancelled"})
-#: Fields of a task in API responses, in the order the real service sends them (plus ``parent``).
-TASK_FIELDS = (
-    "id", "organization", "project", "name", "queue", "external_id", "status", "value", "value_max",
-    "value_percent", "data", "created", "updated", "start_time", "end_time", "time_to_start",
-    "max_runtime", "stale_timeout", "url", "public_url", "tags", "parent",
-)
-WRITABLE = frozenset({
-    "name", "queue", "external_id", "status", "value", "value_max", "data", "start_time", "end_time",
-    "max_runtime", "stale_timeout", "tags", "parent",
-})
-READ_ONLY = frozenset(TASK_FIELDS) - WRITABLE
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _ID_ALPHABET = string.ascii_letters + string.digits
@@ -69,123 +58,6 @@ def _duration_string(duration: timedelta) -> str:
 
 def _new_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
-
-
-
-class _Invalid(Exception):
-    def __init__(self, *messages: str) -> None:
-        super().__init__(*messages)
-        self.messages = list(messages)
-
-
-def _string(value: Any, *, blank: bool = True, max_length: int = 255) -> str:
-    if value is None:
-        raise _Invalid("This field may not be null.")
-    if not isinstance(value, str):
-        raise _Invalid("Not a valid string.")
-    if not blank and not value.strip():
-        raise _Invalid("This field may not be blank.")
-    if len(value) > max_length:
-        raise _Invalid(f"Ensure this field has no more than {max_length} characters.")
-    return value
-
-
-def _integer(value: Any, *, minimum: int, maximum: int, nullable: bool) -> int | None:
-    if value is None:
-        if nullable:
-            return None
-        raise _Invalid("This field may not be null.")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid("A valid integer is required.")
-    if value < minimum:
-        raise _Invalid(f"Ensure this value is greater than or equal to {minimum}.")
-    if value > maximum:
-        raise _Invalid(f"Ensure this value is less than or equal to {maximum}.")
-    return value
-
-
-def _status(value: Any) -> str:
-    if value is None:
-        raise _Invalid("This field may not be null.")
-    if not isinstance(value, str) or value not in STATUSES:
-        raise _Invalid(f'"{value}" is not a valid choice.')
-    return value
-
-
-def _datetime(value: Any) -> datetime | None:
-    if value is None:
-        return None
-    message = (
-        "Datetime has wrong format. Use one of these formats instead: "
-        "YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
-    )
-    if not isinstance(value, str) or len(value) < 16:
-        raise _Invalid(message)
-    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise _Invalid(message)
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
-
-
-def _tags(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        kind = "null" if value is None else type(value).__name__
-        raise _Invalid(f'Expected a dictionary of items but got type "{kind}".')
-    errors = []
-    for key, tag in value.items():
-        if not isinstance(tag, str):
-            errors.append(f'Tag "{key}": Not a valid string.')
-        elif not 2 <= len(tag) <= 255:
-            bound = "at least 2" if len(tag) < 2 else "no more than 255"
-            errors.append(f'Tag "{key}": Ensure this field has {bound} characters.')
-    if errors:
-        raise _Invalid(*errors)
-    return dict(value)
-
-
-def _parent(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise _Invalid(f"Incorrect type. Expected pk value, received {type(value).__name__}.")
-    return value
-
-
-_BIG = 9223372036854775807
-_INT = 2147483647
-_VALIDATORS: dict[str, Callable[[Any], Any]] = {
-    "name": lambda v: _string(v, blank=False),
-    "queue": _string,
-    "external_id": _string,
-    "status": _status,
-    "value": lambda v: _integer(v, minimum=0, maximum=_BIG, nullable=True),
-    "value_max": lambda v: _integer(v, minimum=0, maximum=_BIG, nullable=False),
-    "data": lambda v: v,
-    "start_time": _datetime,
-    "end_time": _datetime,
-    "max_runtime": lambda v: _integer(v, minimum=1, maximum=_INT, nullable=True),
-    "stale_timeout": lambda v: _integer(v, minimum=1, maximum=_INT, nullable=True),
-    "tags": _tags,
-    "parent": _parent,
-}
-
-
-def _clean(body: dict[str, Any], *, require_name: bool) -> tuple[dict[str, Any], dict[str, list], dict]:
-    """Validate a request body: returns (cleaned writable fields, errors, unknown fields)."""
-    cleaned: dict[str, Any] = {}
-    errors: dict[str, list] = {}
-    unknown = {k: v for k, v in body.items() if k not in WRITABLE and k not in READ_ONLY}
-    if require_name and "name" not in body:
-        errors["name"] = ["This field is required."]
-    for key, validate in _VALIDATORS.items():
-        if key in body:
-            try:
-                cleaned[key] = validate(body[key])
-            except _Invalid as err:
-                errors[key] = err.messages
-    return cleaned, errors, unknown
 
 
 
@@ -230,11 +102,13 @@ class Store:
         self.lock = threading.RLock()
         self.tasks: dict[str, StoredTask] = {}  # insertion order == creation order
         self.issued: set[str] = set()  # every id this server ever created, kept across clear()
+        self.actions = Actions()
         self._seq = 0
 
     def clear(self) -> None:
         with self.lock:
             self.tasks.clear()
+            self.actions.clear()
 
     def represent(self, task: StoredTask) -> dict[str, Any]:
         if task.value is None or task.value_max == 0:
@@ -278,7 +152,10 @@ class Store:
 
     # -- operations (each returns a Response) ---------------------------------------------------
     def create(self, body: dict[str, Any], monitor: str | None) -> tuple[Response, str | None]:
-        cleaned, errors, unknown = _clean(body, require_name=True)
+        body, actions = self._take_actions(body)
+        cleaned, errors, unknown = clean(body, require_name=True)
+        if actions[1]:
+            errors["actions"] = actions[1]
         if monitor is not None:
             try:
                 monitor = str(uuid.UUID(monitor))
@@ -295,6 +172,8 @@ class Store:
             self._apply(task, cleaned, unknown, now, old_status="pending")
             self.tasks[task.id] = task
             self.issued.add(task.id)
+            for action in actions[0]:
+                self.actions.add(task.id, action)
             logger.debug("created task %s %r (%s)", task.id, task.name, task.status)
             return (201, self.represent(task), {}), task.id
 
@@ -306,7 +185,10 @@ class Store:
             return 200, self.represent(task), {}
 
     def update(self, task_id: str, body: dict[str, Any], *, partial: bool) -> Response:
-        cleaned, errors, unknown = _clean(body, require_name=not partial)
+        body, actions = self._take_actions(body)
+        cleaned, errors, unknown = clean(body, require_name=not partial)
+        if actions[1]:
+            errors["actions"] = actions[1]
         with self.lock:
             task = self.tasks.get(task_id)
             if task is None:
@@ -315,7 +197,31 @@ class Store:
             if errors:
                 return 400, errors, {}
             self._apply(task, cleaned, unknown, _now(), old_status=task.status)
+            for action in actions[0]:
+                self.actions.add(task.id, action)
             return 200, self.represent(task), {}
+
+    @staticmethod
+    def _take_actions(body: dict[str, Any]) -> tuple[dict[str, Any], tuple[list[dict[str, Any]], Any]]:
+        """The body without ``actions``, and its actions (cleaned, errors): tasks take them on create
+        and update, as the service does for the official SDK."""
+        if "actions" not in body:
+            return body, ([], None)
+        rest = {k: v for k, v in body.items() if k != "actions"}
+        return rest, clean_actions(body["actions"])
+
+    def task_actions(self, task_id: str, action_id: str | None, method: str, body: Any) -> Response:
+        """The action endpoints of one task."""
+        with self.lock:
+            if task_id not in self.tasks:
+                return _error(404, "Not found.")
+            if action_id is None:
+                return self.actions.list(task_id) if method == "GET" else self.actions.create(task_id, body)
+            if method == "GET":
+                return self.actions.get(task_id, action_id)
+            if method == "DELETE":
+                return self.actions.cancel(task_id, action_id)
+            return self.actions.update(task_id, action_id, body, partial=method == "PATCH")
 
     def cancel(self, task_id: str) -> Response:
         with self.lock:

@@ -16,6 +16,7 @@ from celery.signals import worker_ready
 
 import taskbadger
 from taskbadger.celery import Task
+from taskbadger.context_providers import ContextProvider
 from taskbadger.systems.celery import CelerySystemIntegration
 
 app = Celery("tbtests")
@@ -35,11 +36,23 @@ app.conf.update(
 if os.environ.get("TB_BROKER_URL", "").startswith("filesystem"):
     app.conf.broker_transport = "taskbadger.testing.broker:FilesystemTransport"  # kombu issue 1551
 
+class Snapshotting(ContextProvider):
+    """A context provider for the tests: its snapshot names the process, its context the exception."""
+
+    identifier = "test_context"
+
+    def snapshot(self):
+        return f"taken in {os.getpid()}"
+
+    def capture_error_context(self, exception, snapshot=None):
+        return {"snapshot": snapshot, "exception": type(exception).__name__}
+
+
 if os.environ.get("TASKBADGER_API_KEY"):
     taskbadger.init(systems=[CelerySystemIntegration(
         auto_track_tasks=os.environ.get("TB_AUTO_TRACK") == "1",
         includes=[r"tests\.celery_project\.app\.plain_.*"],
-    )])
+    )], context_providers=[Snapshotting()] if os.environ.get("TB_CONTEXT_PROVIDER") == "1" else None)
 
 
 @worker_ready.connect
@@ -183,3 +196,8 @@ def echo(self, value):
 @app.task(base=Task)
 def beat_tick():
     return "tick"
+
+
+@shared_task
+def plain_fail(message):
+    raise ValueError(message)

@@ -1,0 +1,103 @@
+"""The Celery integration behaves as the official SDK's where code relies on it (real workers, real HTTP)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+
+import kombu
+import pytest
+import requests
+from celery import Celery
+
+import taskbadger
+from taskbadger import Action, EmailIntegration
+from taskbadger.celery import Task as BaseTask
+from taskbadger.systems.celery import CelerySystemIntegration
+
+from .celery_project import app as tasks
+from .conftest import start_worker, stop_worker
+
+pytestmark = pytest.mark.integration
+NAME = "tests.celery_project.app."
+
+
+def memory_producer():
+    return kombu.Producer(kombu.Connection("memory://"))  # nothing consumes it: only the publish matters
+
+
+def test_actions_in_taskbadger_kwargs(taskbadger_server, solo_worker):
+    with pytest.warns(DeprecationWarning, match="^Per-task actions are deprecated"):
+        result = solo_worker.send(tasks.add, 1, 1, taskbadger_kwargs={
+            "actions": [Action("error", EmailIntegration(to="ops@x.io"))]})
+    taskbadger_server.wait_for_task(name=NAME + "add", status="success")
+    actions = requests.get(f"{taskbadger_server.url}/api/acme/demo/tasks/{result.taskbadger_task_id}/actions/",
+                           headers={"Authorization": f"Bearer {taskbadger_server.key}"}, timeout=5).json()
+    assert [(a["trigger"], a["integration"], a["config"]) for a in actions] == [("error", "email", {"to": "ops@x.io"})]
+
+
+@pytest.fixture
+def provider_worker(taskbadger_server_session):
+    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=1,
+                          extra_env={"TB_CONTEXT_PROVIDER": "1", "TB_AUTO_TRACK": "1"})
+    yield worker
+    stop_worker(worker)
+
+
+@pytest.mark.parametrize("task", ["fail", "plain_fail"], ids=["base-class", "auto-tracked"])
+def test_context_providers_see_the_snapshot_taken_when_the_task_started(taskbadger_server, provider_worker, task):
+    provider_worker.send(getattr(tasks, task), "broken")
+    failed = taskbadger_server.wait_for_task(name=NAME + task, status="error", timeout=20)
+    context = failed["data"]["test_context"]
+    assert context["exception"] == "ValueError" and context["snapshot"].startswith("taken in ")
+    assert isinstance(failed["data"]["exception"], str) and "ValueError: broken" in failed["data"]["exception"]
+
+
+class Money:
+    def __init__(self, cents):
+        self.cents = cents
+
+
+kombu.utils.json.register_type(Money, "money", lambda m: m.cents, Money)
+
+
+def test_recorded_arguments_keep_kombus_json_form(taskbadger_server):
+    tasks.record_me.apply_async(
+        (dt.datetime(2024, 1, 2, 3, 4, 5), decimal.Decimal("1.5"), Money(250), {1, 2}, float("nan")),
+        producer=memory_producer(), taskbadger_record_task_args=True, serializer="pickle")  # pickle: sets travel
+    [request] = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert request.json["data"]["celery_task_args"] == [
+        {"__type__": "datetime", "__value__": "2024-01-02T03:04:05"}, {"__type__": "decimal", "__value__": "1.5"},
+        {"__type__": "money", "__value__": 250}, "{1, 2}", "nan"]  # what JSON cannot say, as its repr
+
+
+@pytest.fixture
+def app_with_backend():
+    """An app with a result backend, current while the test runs (then the suite's app again)."""
+    previous = tasks.app
+    app = Celery("with-backend", broker="memory://", backend="cache+memory://")
+
+    @app.task(base=BaseTask, name="backend.tracked")
+    def tracked():
+        return None
+
+    @app.task(name="backend.plain")
+    def plain():
+        return None
+
+    app.set_current()
+    try:
+        yield app, tracked, plain
+    finally:
+        previous.set_current()
+
+
+def test_with_a_result_backend_the_celery_id_leads_to_the_task(taskbadger_server, app_with_backend):
+    app, tracked, plain = app_with_backend
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url,
+                    systems=[CelerySystemIntegration(includes=["backend.plain"])])
+    for task in (tracked, plain):
+        result = task.apply_async(producer=memory_producer())
+        [tb_task] = [t for t in taskbadger_server.tasks.values() if t["external_id"] == result.id]
+        assert app.AsyncResult(result.id).info == {"taskbadger_task_id": tb_task["id"]}
+        assert app.AsyncResult(result.id).state == "PENDING"
