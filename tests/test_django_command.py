@@ -1,7 +1,12 @@
 """``manage.py taskbadger check|list`` against the stand-in Task Badger API (real HTTP)."""
 
 import base64
+import csv
 import io
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 from django.core.management import call_command
@@ -38,8 +43,10 @@ def test_check_with_a_good_key(taskbadger_server):
     assert "organization: acme" in lines and "project:      demo" in lines
     assert f"host:         {taskbadger_server.url}" in lines
     assert "celery:       auto_track=False monitors=1" in lines
-    delivery = lines[-1]
-    assert delivery.startswith("delivery:     submitted=") and "dropped=0" in delivery and "breaker=closed" in delivery
+    delivery = lines[-2]
+    assert delivery.startswith("delivery:     this process (manage.py): submitted=") and "dropped=0" in delivery \
+        and "breaker=closed" in delivery
+    assert "each worker process logs its own every minute" in lines[-1]
     [request] = taskbadger_server.requests
     assert (request.method, request.query) == ("GET", {"page_size": "1"})
     assert taskbadger_server.key not in output
@@ -81,30 +88,64 @@ def test_check_when_not_configured():
             command("list")
 
 
-def test_list_prints_recent_tasks(taskbadger_server):
+def test_list_prints_recent_tasks_as_the_console_script_does(taskbadger_server, tmp_path):
     with override_settings(TASKBADGER=settings_for(taskbadger_server)):
         taskbadger.create_task("oldest export", value=1, value_max=4)
         done = taskbadger.create_task("finished import")
         done.success(value=100)
         taskbadger.create_task("newest job")
-        output = command("list", "--limit", "2")
-        everything = command("list")
-    lines = output.splitlines()
-    assert lines[0].split() == ["STATUS", "PROGRESS", "NAME", "AGE"]
-    assert lines[1].split() == ["pending", "-", "newest", "job", "0s"]
-    assert lines[2].split() == ["success", "100%", "finished", "import", "0s"]
-    assert len(lines) == 3
-    assert [line.split()[:2] for line in everything.splitlines()[1:]] == [
-        ["pending", "-"], ["success", "100%"], ["pending", "25%"]]
-    # columns line up
-    assert lines[1].index("newest") == lines[0].index("NAME") == lines[2].index("finished")
+        limited = command("list", "--limit", "2")  # not a terminal: CSV, as `taskbadger list` on a pipe
+        everything = command("list", "--format", "csv")
+        as_json = command("list", "-f", "json")
+        pretty = command("list", "-f", "pretty")
+    rows = list(csv.reader(io.StringIO(limited)))
+    assert rows[0] == ["Task ID", "Created", "Name", "Status", "Percent", "Value", "Value Max", "Duration (s)"]
+    assert [row[2:7] for row in rows[1:]] == [["newest job", "pending", "", "", "100"],
+                                              ["finished import", "success", "100", "100", "100"]]
+    assert [row[2:5] for row in csv.reader(io.StringIO(everything))][1:] == [
+        ["newest job", "pending", ""], ["finished import", "success", "100"], ["oldest export", "pending", "25"]]
+    document = json.loads(as_json)
+    assert document["next_token"] is None
+    assert [task["name"] for task in document["results"]] == ["newest job", "finished import", "oldest export"]
+    assert "Project: demo, Organization: acme" in pretty and "finished import" in pretty and "25%" in pretty
+
+    # One command layer: the console script prints the very same CSV and JSON.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKBADGER_")}
+    env.update(HOME=str(tmp_path), XDG_CONFIG_HOME=str(tmp_path / "xdg"), TASKBADGER_HOST=taskbadger_server.url,
+               TASKBADGER_API_KEY=taskbadger_server.api_key)
+    for args, ours in ((["--format", "csv"], everything), (["-f", "json"], as_json)):
+        script = subprocess.run([sys.executable, "-m", "taskbadger.cli", "list", *args], env=env, capture_output=True,
+                                text=True, stdin=subprocess.DEVNULL, timeout=30, check=True)
+        if args[-1] == "json":
+            assert json.loads(script.stdout) == json.loads(ours)
+        else:  # the running task's duration grows between the two calls
+            assert [row[:7] for row in csv.reader(io.StringIO(script.stdout))] == \
+                [row[:7] for row in csv.reader(io.StringIO(ours))]
+
+
+def test_list_pages_through_more_than_one_request(taskbadger_server):
+    with override_settings(TASKBADGER=settings_for(taskbadger_server)):
+        for number in range(120):
+            taskbadger.create_task(f"job {number}")
+        before = len(taskbadger_server.requests)
+        out, err = io.StringIO(), io.StringIO()
+        call_command("taskbadger", "list", "--limit", "110", stdout=out, stderr=err)
+    names = [row[2] for row in csv.reader(io.StringIO(out.getvalue()))][1:]
+    assert names == [f"job {number}" for number in range(119, 9, -1)]
+    pages = [r for r in taskbadger_server.requests[before:] if r.method == "GET"]
+    assert [r.query["page_size"] for r in pages] == ["100", "10"]
+    assert err.getvalue().startswith("Next page token: ")  # CSV stays pure CSV: the token goes to stderr
 
 
 def test_list_empty_and_bad_limit(taskbadger_server):
     with override_settings(TASKBADGER=settings_for(taskbadger_server)):
-        assert command("list").strip() == "No tasks."
-        with pytest.raises(CommandError, match="--limit"):
+        assert "No tasks." in command("list", "-f", "pretty")
+        assert command("list").splitlines() == ["Task ID,Created,Name,Status,Percent,Value,Value Max,Duration (s)"]
+        with pytest.raises(CommandError, match="^--limit must be at least 1$"):
             command("list", "--limit", "0")
+        taskbadger_server.refuse()
+        with pytest.raises(CommandError, match="^could not reach Task Badger"):
+            command("list")
 
 
 def test_an_action_is_required():

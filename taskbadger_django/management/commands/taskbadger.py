@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import itertools
+import io
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -24,47 +23,24 @@ from ... import conf
 T = TypeVar("T")
 
 
-def _age(created: dt.datetime | None, now: dt.datetime) -> str:
-    if created is None:
-        return "-"
-    seconds = max(0, int((now - created).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-def _progress(task: Any) -> str:
-    if task.value_percent is not None:
-        return f"{task.value_percent}%"
-    if task.value is not None:
-        return f"{task.value}/{task.value_max}" if task.value_max else str(task.value)
-    return "-"
-
-
-def _status(task: Any) -> str:
-    status = task.status
-    return getattr(status, "value", status)
-
-
 class Command(BaseCommand):
     help = "Check the Task Badger configuration against the API, or list recent tasks."
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", required=True, metavar="{check,list}")
         actions.add_parser("check", help="Authenticate against the API and show the configuration.")
-        listing = actions.add_parser("list", help="Show the most recent tasks.")
-        listing.add_argument("--limit", type=int, default=20, help="How many tasks to show (default 20).")
+        listing = actions.add_parser("list", help="Show the most recent tasks (as `taskbadger list` does).")
+        listing.add_argument("-f", "--format", choices=("pretty", "json", "csv"), default=None,
+                             help="Output format (default: pretty on a terminal, csv otherwise).")
+        listing.add_argument("--limit", type=int, default=100, help="How many tasks to show (default 100).")
+        listing.add_argument("--start-token", default=None, help="Start from this page token.")
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         config = self._config()
         if action == "check":
             self._check(config)
         else:
-            limit = options["limit"]
-            if limit < 1:
-                raise CommandError("--limit must be at least 1.")
-            self._list(config, limit)
+            self._list(options)
 
     def _config(self) -> Config:
         config = taskbadger.get_config()
@@ -112,18 +88,18 @@ class Command(BaseCommand):
         if system is not None:
             monitors = getattr(system, "monitors", {})
             write(f"celery:       auto_track={system.auto_track_tasks} monitors={len(monitors)}")
-        write(f"delivery:     {counters}")
+        write(f"delivery:     this process (manage.py): {counters}")
+        write("              each worker process logs its own every minute, at INFO: "
+              "'Task Badger delivery (process N): submitted=… sent=… dropped=…'")
 
-    def _list(self, config: Config, limit: int) -> None:
-        page_size = min(limit, 100)
-        tasks = self._call(config, lambda: list(itertools.islice(taskbadger.iter_tasks(page_size=page_size), limit)))
-        if not tasks:
-            self.stdout.write("No tasks.")
-            return
-        now = dt.datetime.now(dt.timezone.utc)
-        rows = [("STATUS", "PROGRESS", "NAME", "AGE")]
-        rows += [(_status(t), _progress(t), t.name, _age(t.created, now)) for t in tasks]
-        widths = [max(len(str(row[i])) for row in rows) for i in range(3)]
-        for row in rows:
-            cells = [str(cell).ljust(width) for cell, width in zip(row[:3], widths, strict=True)]
-            self.stdout.write("  ".join([*cells, str(row[3])]))
+    def _list(self, options: dict[str, Any]) -> None:
+        """The ``taskbadger list`` command itself (one command layer, two entry points)."""
+        from taskbadger.cli import commands
+
+        err = io.StringIO()
+        code = commands.list_tasks(options["format"], options["limit"], options["start_token"], out=self.stdout,
+                                   is_terminal=self.stdout.isatty(), err=err)
+        if code != commands.OK:
+            raise CommandError(err.getvalue().strip().removeprefix("Error: "))
+        if err.getvalue():
+            self.stderr.write(err.getvalue().rstrip("\n"))

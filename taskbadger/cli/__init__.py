@@ -1,0 +1,60 @@
+"""The ``taskbadger`` command line (console script ``taskbadger.cli:main``; extra ``django-taskbadger[cli]``).
+
+typer and rich are imported here only, when the command line runs: ``import taskbadger`` never
+imports them. ``taskbadger.cli.commands`` (used by ``manage.py taskbadger`` too) needs neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+__all__ = ["main"]
+
+_MISSING = """The Task Badger CLI requires the '{name}' package, which is not installed.
+Install the CLI extras with:
+
+    pip install "django-taskbadger[cli]"
+"""
+
+
+def main() -> None:
+    """Run the console script; exit with its status."""
+    try:
+        import rich  # noqa: F401
+        import typer  # noqa: F401
+    except ImportError as err:
+        sys.stderr.write(_MISSING.format(name=(err.name or "typer").split(".")[0]))
+        sys.exit(1)
+    # The SDK logs to the "taskbadger" logger; unconfigured, Python would print its warnings raw. What the
+    # command line has to say, it prints itself.
+    logger = logging.getLogger("taskbadger")
+    if not logger.handlers:
+        logger.addHandler(logging.NullHandler())
+    from .app import app
+
+    try:
+        app(prog_name="taskbadger")
+        code: int | str | None = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as err:  # a bug of ours: one line, never a traceback
+        sys.stderr.write(f"taskbadger: internal error: {type(err).__name__}: {err}\n")
+        code = 1
+    _flush_stdout()
+    sys.exit(code)
+
+
+def _flush_stdout() -> None:
+    """Flush stdout; when its reader went away (``taskbadger list | head``), say nothing about it."""
+    try:
+        sys.stdout.flush()
+    except (BrokenPipeError, ValueError, OSError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass

@@ -1,0 +1,249 @@
+"""The wrapped command's process: how it is started, how its output is copied, how signals reach it.
+
+* **Arguments.** Several arguments are an argv, run as given (no shell). A single argument that reads
+  like a shell command line (``'./backup.sh --full | gzip'``) runs through ``/bin/sh -c``: the official
+  CLI ran every command that way, so crontab lines written for it keep working.
+* **Environment.** The child inherits ours; ``TASKBADGER_TASK_ID`` is added to it.
+* **Exit status.** A command that cannot be found exits 127 and one that cannot be executed 126, as in a
+  shell; a child killed by signal N gives 128 + N.
+* **Signals.** The child stays in our process group, so the terminal's job control (Ctrl-Z, ``fg``,
+  reading the terminal) works as if it had been started by the shell. SIGHUP, SIGINT, SIGQUIT, SIGTERM,
+  SIGUSR1 and SIGUSR2 sent to us are forwarded to the child, which decides when to exit; we wait for
+  it. SIGINT and SIGQUIT are the exception when they come from the terminal (we are its foreground
+  process group): the terminal sent them to the child as well, and a second copy could interrupt the
+  child's own cleanup.
+* **Output capture.** The child's stdout and stderr are pipes that two threads copy to ours as the
+  bytes arrive, keeping the last ``limit`` characters of each for the task (``Tail``).
+"""
+
+from __future__ import annotations
+
+import codecs
+import errno
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from types import FrameType
+from typing import IO, Any
+
+from taskbadger._runtime import start_daemon_thread
+
+#: Characters that make a lone argument a shell command line rather than a program's name.
+_SHELL_SYNTAX = frozenset(" \t\n|&;<>()$`\\\"'*?[]#~={}%!")
+COMMAND_NOT_FOUND, NOT_EXECUTABLE = 127, 126
+#: How long, after the child exits, its output may still be drained (a grandchild may hold the pipes).
+DRAIN_GRACE = 5.0
+_CHUNK = 65536
+
+
+def forwarded_signals() -> list[signal.Signals]:
+    names = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2")
+    return [getattr(signal, name) for name in names if hasattr(signal, name)]
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def shell_argv(command: Sequence[str]) -> list[str]:
+    """The argv to execute for ``command`` (see the module docstring)."""
+    argv = list(command)
+    if len(argv) == 1 and any(ch in _SHELL_SYNTAX for ch in argv[0]) and not os.path.exists(argv[0]):
+        if sys.platform == "win32":
+            return [os.environ.get("COMSPEC", "cmd.exe"), "/c", argv[0]]
+        return ["/bin/sh", "-c", argv[0]]
+    return argv
+
+
+def exit_code(returncode: int) -> int:
+    """A shell's exit status for a child's ``returncode`` (Popen's -N for "killed by signal N")."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def spawn_failure(err: OSError, program: str) -> tuple[int, str]:
+    """The shell's exit code and message for a command that could not be started."""
+    if isinstance(err, FileNotFoundError) or err.errno == errno.ENOENT:
+        return COMMAND_NOT_FOUND, f"{program}: command not found"
+    reason = err.strerror or str(err)
+    return NOT_EXECUTABLE, f"{program}: cannot execute: {reason}"
+
+
+class Tail:
+    """The last ``limit`` characters of a stream (decoded as UTF-8), and how many were cut before them."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.cut = 0
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._parts: list[str] = []
+        self._length = 0
+        self._lock = threading.Lock()
+        self.version = 0  # bumped on every change: "anything new since the last ping?"
+
+    def feed(self, data: bytes, final: bool = False) -> None:
+        text = self._decoder.decode(data, final)
+        if not text:
+            return
+        with self._lock:
+            self._parts.append(text)
+            self._length += len(text)
+            if self._length > 2 * self.limit:  # trim now and then, not on every chunk
+                self._trim()
+            self.version += 1
+
+    def _trim(self) -> None:
+        joined = "".join(self._parts)
+        excess = max(0, len(joined) - self.limit)
+        self.cut += excess
+        self._parts, self._length = [joined[excess:]], len(joined) - excess
+
+    def snapshot(self) -> tuple[str, int]:
+        """(text kept, characters cut)."""
+        with self._lock:
+            self._trim()
+            return self._parts[0] if self._parts else "", self.cut
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.write(fd, view)
+        except BlockingIOError:  # our stdout was left non-blocking by someone: wait until it drains
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[written:]
+
+
+class Pump:
+    """Copies one of the child's pipes to one of our file descriptors, keeping a ``Tail``."""
+
+    def __init__(self, source: IO[bytes], target_fd: int | None, tail: Tail, name: str) -> None:
+        self._source, self._target_fd, self.tail, self.name = source, target_fd, tail, name
+        self._thread = start_daemon_thread(self._run, name=f"taskbadger-cli-{name}")
+
+    def _run(self) -> None:
+        fd = self._source.fileno()
+        target = self._target_fd
+        try:
+            while True:
+                chunk = os.read(fd, _CHUNK)
+                if not chunk:
+                    break
+                if target is not None:
+                    try:
+                        _write_all(target, chunk)
+                    except OSError:  # our stdout is gone (a closed pipe): keep capturing, stop copying
+                        target = None
+                self.tail.feed(chunk)
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us: what was read is kept
+        finally:
+            self.tail.feed(b"", final=True)
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+
+def _target_fd(stream: Any) -> int | None:
+    try:
+        stream.flush()
+        return int(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def spawn(argv: Sequence[str], env: Mapping[str, str], capture: bool) -> subprocess.Popen[bytes]:
+    """Start the command; OSError when it cannot be (see ``spawn_failure``)."""
+    for stream in (sys.stdout, sys.stderr):  # what we printed comes before what the child prints
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    pipe = subprocess.PIPE if capture else None
+    return subprocess.Popen(list(argv), env=dict(env), stdout=pipe, stderr=pipe, close_fds=True)
+
+
+def start_pumps(child: subprocess.Popen[bytes], limit: int) -> list[Pump]:
+    pumps = []
+    for source, stream, name in ((child.stdout, sys.stdout, "stdout"), (child.stderr, sys.stderr, "stderr")):
+        if source is not None:
+            pumps.append(Pump(source, _target_fd(stream), Tail(limit), name))
+    return pumps
+
+
+def _from_terminal() -> bool:
+    """Whether we are the foreground process group of our terminal (so the terminal's SIGINT reached
+    the child, which shares our group, as well as us)."""
+    if not hasattr(os, "tcgetpgrp"):  # Windows: no process groups to share
+        return False
+    for fd in (0, 1, 2):
+        try:
+            if os.isatty(fd):
+                return os.tcgetpgrp(fd) == os.getpgrp()
+        except OSError:
+            continue
+    return False
+
+
+class SignalRelay:
+    """Takes the signals the command should get: records them before the child exists, forwards them
+    while it runs, and, after it exited, sets ``after_exit`` (an impatient user: stop retrying)."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self.forwarded: list[int] = []
+        self.after_exit = threading.Event()
+        self._child: subprocess.Popen[bytes] | None = None
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # handlers can only be set from the main thread (an embedding caller's choice)
+        for sig in forwarded_signals():
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except (OSError, ValueError):
+                continue
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            try:
+                signal.signal(sig, previous)
+            except (OSError, ValueError, TypeError):
+                continue
+        self._previous.clear()
+
+    def attach(self, child: subprocess.Popen[bytes], since: int) -> None:
+        """Forward to ``child`` from now on, and pass on what arrived since the ``since``-th signal
+        (between the decision to start it and now)."""
+        self._child = child
+        for signum in self.received[since:]:
+            self._forward(child, signum)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.received.append(signum)
+        child = self._child
+        if child is None:
+            return
+        if child.returncode is not None:
+            self.after_exit.set()
+            return
+        self._forward(child, signum)
+
+    def _forward(self, child: subprocess.Popen[bytes], signum: int) -> None:
+        if signum in (getattr(signal, "SIGINT", -1), getattr(signal, "SIGQUIT", -1)) and _from_terminal():
+            return
+        try:
+            child.send_signal(signum)
+            self.forwarded.append(signum)
+        except OSError:
+            pass  # it exited meanwhile

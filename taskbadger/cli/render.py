@@ -1,0 +1,184 @@
+"""How tasks are shown: ``pretty`` (for people), ``json`` and ``csv`` (for programs).
+
+Every function returns text; the caller writes it in one piece. ``manage.py taskbadger`` and the
+``taskbadger`` console script both print through here, so they print the same thing.
+
+The pretty list is a rich table when rich is installed (it is in the ``cli`` extra), and an aligned
+plain-text table otherwise: a Django project that never installed the extra still gets a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import io
+import json
+import shutil
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from taskbadger.models import TERMINAL_STATUSES
+
+FORMATS = ("pretty", "json", "csv")
+CSV_HEADER = ("Task ID", "Created", "Name", "Status", "Percent", "Value", "Value Max", "Duration (s)")
+_STATUS_STYLES = {
+    "success": "green", "error": "bold red", "cancelled": "magenta", "stale": "red",
+    "processing": "yellow", "pre_processing": "yellow", "post_processing": "yellow", "pending": "dim",
+}
+
+
+def status_text(task: Any) -> str:
+    status = task.status
+    return str(getattr(status, "value", status))
+
+
+def duration(task: Any, now: dt.datetime | None = None) -> float | None:
+    """Seconds the task has run: start to end, or start to now while it runs; None before it starts."""
+    start = task.start_time or task.created
+    if start is None:
+        return None
+    end = task.end_time
+    if end is None:
+        finished = status_text(task) in {s.value for s in TERMINAL_STATUSES}
+        end = task.updated if finished else (now or dt.datetime.now(dt.timezone.utc))
+    if end is None:
+        return None
+    if (start.tzinfo is None) != (end.tzinfo is None):  # never compare naive with aware
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    return f"{minutes}m {secs:02d}s"
+
+
+def progress(task: Any) -> str:
+    if task.value_percent is not None:
+        return f"{task.value_percent}%"
+    if task.value is not None:
+        return f"{task.value}/{task.value_max}" if task.value_max else str(task.value)
+    return "-"
+
+
+def _created(task: Any, local: bool = False) -> str:
+    created = task.created
+    if created is None:
+        return ""
+    if local:
+        return created.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return created.isoformat()
+
+
+def _csv_row(task: Any, now: dt.datetime) -> list[Any]:
+    seconds = duration(task, now)
+    return [task.id, _created(task), task.name, status_text(task), _blank(task.value_percent), _blank(task.value),
+            _blank(task.value_max), "" if seconds is None else f"{seconds:.1f}"]
+
+
+def _blank(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _csv(rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def task_json(task: Any) -> Any:
+    return task.to_dict()
+
+
+def render_task(task: Any, fmt: str, now: dt.datetime | None = None) -> str:
+    """One task: ``pretty`` is ``Label: value`` lines, the first five as the official CLI prints them."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if fmt == "json":
+        return json.dumps(task_json(task), indent=2) + "\n"
+    if fmt == "csv":
+        return _csv([CSV_HEADER, _csv_row(task, now)])
+    percent = "-" if task.value_percent is None else f"{task.value_percent}%"
+    lines = [f"Task ID: {task.id}", f"Created: {_created(task)}", f"Name: {task.name}",
+             f"Status: {status_text(task)}", f"Percent: {percent}"]
+    if task.value is not None:
+        lines.append(f"Value: {task.value}" + (f"/{task.value_max}" if task.value_max is not None else ""))
+    lines.append(f"Duration: {format_duration(duration(task, now))}")
+    tags = task.tags
+    if tags:
+        lines.append("Tags: " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items())))
+    if task.public_url:
+        lines.append(f"URL: {task.public_url}")
+    return "\n".join(lines) + "\n"
+
+
+def render_list(tasks: Sequence[Any], fmt: str, *, next_token: str | None, title: str, is_terminal: bool,
+                now: dt.datetime | None = None) -> str:
+    """A list of tasks. ``csv`` is pure CSV (the next-page token is the caller's to show elsewhere);
+    ``json`` is ``{"next_token", "results"}`` as the official CLI prints it."""
+    now = now or dt.datetime.now(dt.timezone.utc)
+    if fmt == "json":
+        return json.dumps({"next_token": next_token, "results": [task_json(t) for t in tasks]}, indent=2) + "\n"
+    if fmt == "csv":
+        return _csv([CSV_HEADER, *(_csv_row(task, now) for task in tasks)])
+    rows = [(task.id, task.name, status_text(task), progress(task), format_duration(duration(task, now)),
+             _created(task, local=True)) for task in tasks]
+    text = _rich_table(rows, title, is_terminal)
+    if text is None:
+        text = _plain_table(rows, title)
+    if next_token:
+        text += f"Next page token: {next_token!r}\n"
+    return text
+
+
+_COLUMNS = ("Task ID", "Name", "Status", "Progress", "Duration", "Created")
+
+
+def _plain_table(rows: Sequence[Sequence[str]], title: str) -> str:
+    if not rows:
+        return f"{title}\nNo tasks.\n"
+    table = [_COLUMNS, *rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(_COLUMNS))]
+    lines = [title] + ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                       for row in table]
+    return "\n".join(lines) + "\n"
+
+
+def _rich_table(rows: Sequence[Sequence[str]], title: str, is_terminal: bool) -> str | None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+        from rich.text import Text
+    except ImportError:
+        return None
+    width = shutil.get_terminal_size(fallback=(120, 24)).columns
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=is_terminal, color_system="auto" if is_terminal else None,
+                      width=max(width, 40), highlight=False, emoji=False, markup=False, legacy_windows=False)
+    if not rows:
+        console.print(Text(title))
+        console.print(Text("No tasks."))
+        return buffer.getvalue()
+    table = Table(title=title, title_justify="left")
+    for name in _COLUMNS:
+        # A long task name folds onto more lines rather than losing its end (the part that tells tasks apart).
+        table.add_column(name, no_wrap=name != "Name", overflow="fold" if name == "Name" else "ellipsis",
+                         justify="right" if name in ("Progress", "Duration") else "left")
+    for task_id, name, status, prog, took, created in rows:
+        # Text, never markup: a task called "[red]x" is shown as it is.
+        table.add_row(Text(task_id), Text(name), Text(status, style=_STATUS_STYLES.get(status, "")), Text(prog),
+                      Text(took), Text(created))
+    console.print(table)
+    return buffer.getvalue()
+

@@ -1,0 +1,326 @@
+"""``taskbadger run NAME -- COMMAND...``: run a command and record its outcome as a task.
+
+What a crontab line or a CI step can rely on:
+
+* **The command always runs, and its exit status is always ours**, whatever happens to Task Badger: no
+  configuration (one line on stderr says why, then the command runs untracked), the API down, slow,
+  refusing the key. We never print a traceback.
+* **At most the connect timeout before the command starts.** The task is created in a background
+  thread; we wait for it no longer than the configured connect timeout (2 s by default,
+  ``TASKBADGER_HTTP_TIMEOUT`` sets it). A slower create still completes in the background and the task
+  is then tracked as usual, but the command started without ``TASKBADGER_TASK_ID``.
+* **While it runs**, the task is pinged every ``--update-frequency`` seconds (its ``stale_timeout`` is
+  twice that), with the captured output's tail under ``--capture-output``.
+* **The outcome is retried** through transient failures (no answer, 5xx, 429) with exponential
+  backoff (0.25 s doubling to 8 s, or the server's Retry-After) for at most ``FINAL_UPDATE_BUDGET``
+  (30 s) in all, so a network blip at the end of a nightly job does not lose its result. A second
+  signal after the command exited stops the retries at once.
+* **Status follows the exit status**: 0 is ``success``, anything else ``error``, with
+  ``data.return_code``. A command killed by a signal, including one forwarded from us (Ctrl-C, a CI
+  runner's or systemd's SIGTERM), ends ``error`` rather than ``cancelled``: its work did not complete,
+  and alerts set on errors must fire for a job that was stopped, as they would for one that crashed.
+  ``data.signal`` names the signal and ``data.forwarded_signal`` the one we passed on, which tells a
+  requested stop from a crash. (``cancelled`` stays what it means in Task Badger: cancelled there.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TextIO
+
+from taskbadger import endpoints, http
+from taskbadger._runtime import start_daemon_thread
+from taskbadger.actions import Action, action_dicts
+from taskbadger.config import Config
+from taskbadger.exceptions import RateLimited, ServerError, TransportError
+from taskbadger.models import TaskModel
+
+from . import process
+from .commands import describe_error
+
+log = logging.getLogger("taskbadger")
+
+FINAL_UPDATE_BUDGET = 30.0
+FIRST_BACKOFF, MAX_BACKOFF = 0.25, 8.0
+#: Characters of each captured stream kept on the task (the tail: where errors are).
+CAPTURE_LIMIT = 16_000
+TRANSIENT = (TransportError, ServerError, RateLimited)
+
+
+def run_command(name: str, command: Sequence[str], *, configure: Callable[[], Config], update_frequency: int = 5,
+                monitor_id: str | None = None, tags: Mapping[str, str] | None = None, action: Action | None = None,
+                capture_output: bool = False, err: TextIO | None = None) -> int:
+    """Run ``command`` tracked as task ``name``; return its exit status (see the module docstring).
+
+    ``configure`` configures the SDK and returns its config, or raises an exception whose message says
+    why it cannot (then the command runs untracked)."""
+    relay = process.SignalRelay()
+    relay.install()
+    try:
+        return _Run(name, list(command), update_frequency, capture_output, err or sys.stderr, relay).execute(
+            configure, monitor_id, dict(tags or {}), action)
+    finally:
+        relay.restore()
+
+
+class _Run:
+    def __init__(self, name: str, command: list[str], frequency: int, capture: bool, err: TextIO,
+                 relay: process.SignalRelay) -> None:
+        self.name, self.command, self.frequency, self.capture = name, command, frequency, capture
+        self.err, self.relay = err, relay
+        self.tracker: Tracker | None = None
+
+    def note(self, message: str) -> None:
+        try:
+            self.err.write(f"taskbadger: {message}\n")
+            self.err.flush()
+        except (OSError, ValueError):
+            pass
+
+    def execute(self, configure: Callable[[], Config], monitor_id: str | None, tags: dict[str, str],
+                action: Action | None) -> int:
+        try:
+            self.tracker = self._track(configure, monitor_id, tags, action)
+        except Exception as error:  # whatever it is, the command still runs
+            self.note(f"not tracking this run: {describe_error(error)}")
+        if self.relay.received:  # told to stop before the command started: do not start it
+            signum = self.relay.received[0]
+            code = 128 + signum
+            self._finish(code, {"signal": process.signal_name(signum), "error": "stopped before the command started"})
+            return code
+        env = dict(os.environ)
+        task_id = self.tracker.task_id if self.tracker else None
+        if task_id:
+            env["TASKBADGER_TASK_ID"] = task_id
+        argv = process.shell_argv(self.command)
+        seen = len(self.relay.received)
+        try:
+            child = process.spawn(argv, env, self.capture)
+        except OSError as error:
+            code, message = process.spawn_failure(error, argv[0])
+            self.note(message)
+            self._finish(code, {"error": message})
+            return code
+        return self._supervise(child, seen)
+
+    def _track(self, configure: Callable[[], Config], monitor_id: str | None, tags: dict[str, str],
+               action: Action | None) -> Tracker | None:
+        config = configure()
+        fields: dict[str, Any] = {"status": "processing", "stale_timeout": 2 * self.frequency, "tags": tags or None}
+        actions = action_dicts([action]) if action else None
+        if actions:
+            fields["actions"] = actions
+        tracker = Tracker(config, self.name, fields, monitor_id)
+        if not tracker.wait_created(config.timeout[0]):
+            return tracker  # still creating: it may finish in the background
+        if tracker.failure is not None:
+            self.note(f"not tracking this run: {describe_error(tracker.failure, config)}")
+            return None
+        if _is_terminal(self.err) and tracker.public_url:
+            self.note(f"Task created: {tracker.public_url}")
+        return tracker
+
+    def _supervise(self, child: subprocess.Popen[bytes], seen: int) -> int:
+        self.relay.attach(child, seen)
+        pumps: list[process.Pump] = []
+        try:
+            pumps = process.start_pumps(child, CAPTURE_LIMIT) if self.capture else []
+        except Exception as error:  # no thread to copy the output: a full pipe would hang the command for good
+            self.note(f"cannot copy the command's output ({error}); its stdout and stderr are closed")
+            for pipe in (child.stdout, child.stderr):
+                if pipe is not None:
+                    pipe.close()
+        try:
+            if self.tracker:
+                self.tracker.start_heartbeat(self.frequency, lambda: _captured(pumps))
+        except Exception as error:
+            self.note(f"tracking stopped: {describe_error(error)}")
+        returncode = _wait(child)
+        deadline = time.monotonic() + process.DRAIN_GRACE
+        for pump in pumps:
+            pump.join(max(0.0, deadline - time.monotonic()))
+        code = process.exit_code(returncode)
+        data: dict[str, Any] = _captured(pumps) or {}
+        if returncode < 0:
+            data["signal"] = process.signal_name(-returncode)
+        if self.relay.forwarded:
+            data["forwarded_signal"] = process.signal_name(self.relay.forwarded[-1])
+        self._finish(code, data)
+        return code
+
+    def _finish(self, code: int, data: dict[str, Any]) -> None:
+        if self.tracker is None:
+            return
+        try:
+            failure = self.tracker.finish(code, {**data, "return_code": code}, self.relay.after_exit)
+        except Exception as error:
+            failure = error
+        if failure is not None:
+            self.note(f"could not record the outcome (exit status {code}) in Task Badger: "
+                      f"{describe_error(failure, self.tracker.config)}")
+
+
+def _wait(child: subprocess.Popen[bytes]) -> int:
+    """The child's return code, however long it takes: it is the status we exit with."""
+    while True:
+        try:
+            return child.wait()
+        except Exception as error:  # never seen; if wait() breaks, poll rather than lose the status
+            log.debug("Task Badger: waiting for the command failed (%s); polling", error)
+            if child.poll() is not None:
+                return child.returncode
+            time.sleep(0.1)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _captured(pumps: Sequence[process.Pump]) -> dict[str, Any] | None:
+    if not pumps:
+        return None
+    data: dict[str, Any] = {}
+    for pump in pumps:
+        text, cut = pump.tail.snapshot()
+        if text:
+            data[pump.name] = text
+        if cut:
+            data[f"{pump.name}_truncated_chars"] = cut
+    return data
+
+
+class Tracker:
+    """One run's task: created in a background thread, pinged by another, finished with retries.
+
+    It talks to the endpoints directly with per-request timeouts, so that no request outlives the time
+    left to it."""
+
+    def __init__(self, config: Config, name: str, fields: dict[str, Any], monitor_id: str | None) -> None:
+        self.config = config
+        self.failure: BaseException | None = None
+        self._task: dict[str, Any] | None = None
+        self._created = threading.Event()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._sent_output: dict[str, Any] | None = None
+
+        def create() -> None:
+            try:
+                self._remember(_create(config, name, fields, monitor_id))
+            except BaseException as error:
+                self.failure = error
+            finally:
+                self._created.set()
+
+        start_daemon_thread(create, name="taskbadger-cli-create")
+
+    def _remember(self, task: TaskModel) -> None:
+        with self._lock:
+            self._task = task.to_dict()
+
+    def wait_created(self, timeout: float) -> bool:
+        return self._created.wait(max(0.0, timeout))
+
+    @property
+    def task_id(self) -> str | None:
+        with self._lock:
+            return self._task["id"] if self._task else None
+
+    @property
+    def public_url(self) -> str | None:
+        with self._lock:
+            return (self._task or {}).get("public_url")
+
+    def _known_data(self) -> dict[str, Any]:
+        with self._lock:
+            data = (self._task or {}).get("data")
+        return dict(data) if isinstance(data, dict) else {}
+
+    def start_heartbeat(self, frequency: float, captured: Callable[[], dict[str, Any] | None]) -> None:
+        def beat() -> None:
+            while not self._stop.wait(frequency):
+                task_id = self.task_id
+                if task_id is None:
+                    continue
+                body: dict[str, Any] = {}
+                output = captured()
+                if output and output != self._sent_output:  # the tail, sent when it changed
+                    body["data"] = {**self._known_data(), **output}
+                    self._sent_output = output
+                try:
+                    self._remember(_send(self.config, "PATCH", task_id, body))
+                except Exception as error:
+                    log.debug("Task Badger: ping of task %s failed: %s", task_id, error)
+
+        self._heartbeat = start_daemon_thread(beat, name="taskbadger-cli-heartbeat")
+
+    def finish(self, code: int, data: dict[str, Any], abort: threading.Event) -> BaseException | None:
+        """Send the outcome, retrying transient failures within ``FINAL_UPDATE_BUDGET``; return the
+        failure that stopped it, or None once it was delivered (or there is no task)."""
+        deadline = time.monotonic() + FINAL_UPDATE_BUDGET
+        self._stop.set()
+        if not self._created.wait(max(0.0, deadline - time.monotonic())):
+            return TimeoutError("the task was still being created")
+        if self.failure is not None:
+            return self.failure
+        if self._heartbeat is not None:  # a ping still in flight must not land after the outcome
+            self._heartbeat.join(min(sum(self.config.timeout), max(0.0, deadline - time.monotonic())))
+        task_id = self.task_id
+        assert task_id is not None
+        try:  # the command may have written to its task (TASKBADGER_TASK_ID): keep what it wrote
+            self._remember(_send(self.config, "GET", task_id, None, _timeout(self.config, deadline)))
+        except Exception as error:
+            log.debug("Task Badger: could not read task %s before its final update: %s", task_id, error)
+        body: dict[str, Any] = {"status": "success" if code == 0 else "error", "data": {**self._known_data(), **data}}
+        if code == 0:
+            with self._lock:
+                body["value"] = (self._task or {}).get("value_max") or 100
+        delay = FIRST_BACKOFF
+        while True:
+            try:
+                _send(self.config, "PATCH", task_id, body, _timeout(self.config, deadline))
+                return None
+            except TRANSIENT as error:
+                hint = error.retry_after if isinstance(error, RateLimited) and error.retry_after else None
+                pause = hint if hint is not None else delay * (0.8 + 0.4 * random.random())
+                if time.monotonic() + pause >= deadline or abort.wait(pause):
+                    return error
+                delay = min(delay * 2, MAX_BACKOFF)
+            except Exception as error:  # refused for good (401, 404, 400): retrying cannot help
+                return error
+
+
+def _timeout(config: Config, deadline: float) -> tuple[float, float]:
+    left = max(0.1, deadline - time.monotonic())
+    return min(config.timeout[0], left), min(config.timeout[1], left)
+
+
+def _create(config: Config, name: str, fields: dict[str, Any], monitor_id: str | None) -> TaskModel:
+    # ``create_body`` adds the configured tags (the config file's [tags]) and applies before_create.
+    from taskbadger.task import create_body
+
+    body = create_body(name, fields)
+    if body is None:
+        raise ValueError("before_create declined to create the task")
+    return endpoints.create(body, monitor_id)
+
+
+def _send(config: Config, method: str, task_id: str, body: dict[str, Any] | None,
+          timeout: tuple[float, float] | None = None) -> TaskModel:
+    if timeout is not None:
+        config = dataclasses.replace(config, timeout=timeout)
+    json_body = None if body is None else endpoints.clean_body(body)
+    request = http.build_request(config, method, endpoints.task_path(task_id), json_body=json_body)
+    return TaskModel.from_dict(http.send(config, request))

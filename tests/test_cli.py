@@ -1,0 +1,580 @@
+"""The ``taskbadger`` console script, run as a real process against the stand-in API.
+
+Every test runs ``python -m taskbadger.cli`` with its own HOME and XDG_CONFIG_HOME, so no user's config
+file is read, and waits on conditions (``taskbadger_server.wait_for``), never on fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+import taskbadger
+from taskbadger.cli.run import CAPTURE_LIMIT
+
+CLI = [sys.executable, "-m", "taskbadger.cli"]
+WRONG_KEY = base64.b64encode(b"acme/demo/not-the-key-42").decode()
+
+
+@pytest.fixture
+def env(tmp_path, taskbadger_server):
+    """An environment pointing the CLI at the stand-in server, with an empty home of its own."""
+    return make_env(tmp_path, TASKBADGER_HOST=taskbadger_server.url, TASKBADGER_API_KEY=taskbadger_server.api_key)
+
+
+def make_env(tmp_path, **extra: str) -> dict[str, str]:
+    result = {k: v for k, v in os.environ.items() if not k.startswith("TASKBADGER_")}
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    result.update(HOME=str(home), XDG_CONFIG_HOME=str(tmp_path / "xdg"), COLUMNS="120", NO_COLOR="1", TZ="UTC")
+    result.update(extra)
+    return result
+
+
+def cli(*args: str, env: dict[str, str], stdin: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *args], env=env, input=stdin, stdin=None if stdin is not None else subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def cli_all(*calls: tuple[tuple[str, ...], dict[str, str]]) -> list[subprocess.CompletedProcess]:
+    """Run independent CLI invocations at the same time (each costs an interpreter start)."""
+    procs = [(args, subprocess.Popen([*CLI, *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)) for args, env in calls]
+    results = []
+    for args, proc in procs:
+        out, err = proc.communicate(timeout=30)
+        results.append(subprocess.CompletedProcess([*CLI, *args], proc.returncode, out, err))
+    return results
+
+
+def python(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def only_task(server, name: str) -> dict:
+    [task] = server.tasks_named(name)
+    return task
+
+
+def no_traceback(result: subprocess.CompletedProcess) -> None:
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+
+
+# -- run: exit status and the task's outcome ----------------------------------------------------------
+
+@pytest.mark.parametrize(("command", "code", "status"), [
+    (["true"], 0, "success"),
+    (["sh", "-c", "exit 1"], 1, "error"),
+    (["sh", "-c", "kill -INT $$"], 130, "error"),
+])
+def test_run_returns_the_exit_status_and_records_it(taskbadger_server, env, command, code, status):
+    result = cli("run", "job", "--", *command, env=env)
+    assert result.returncode == code, result.stderr
+    assert result.stdout == "" and result.stderr == ""  # nothing of ours on a non-terminal
+    task = only_task(taskbadger_server, "job")
+    assert task["status"] == status and task["data"]["return_code"] == code
+    assert task["stale_timeout"] == 10
+    if code == 0:
+        assert task["value_percent"] == 100
+    if code == 130:
+        assert task["data"]["signal"] == "SIGINT"
+
+
+def test_command_not_found_and_not_executable(taskbadger_server, env, tmp_path):
+    missing = cli("run", "missing", "--", "no-such-command-xyz", "arg", env=env)
+    assert missing.returncode == 127
+    assert missing.stderr == "taskbadger: no-such-command-xyz: command not found\n"
+    task = only_task(taskbadger_server, "missing")
+    assert task["status"] == "error" and task["data"]["return_code"] == 127
+    assert "command not found" in task["data"]["error"]
+
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    denied = cli("run", "denied", "--", str(script), env=env)
+    assert denied.returncode == 126 and "cannot execute" in denied.stderr
+    assert only_task(taskbadger_server, "denied")["data"]["return_code"] == 126
+
+
+def test_sigterm_is_forwarded_to_the_command(taskbadger_server, env, tmp_path):
+    started = tmp_path / "started"
+    child = python(f"""
+        import pathlib, time
+        pathlib.Path({str(started)!r}).write_text("up")
+        time.sleep(60)
+    """)
+    proc = subprocess.Popen([*CLI, "run", "terminated", "--", *child], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        taskbadger_server.wait_for(started.exists, timeout=15)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    task = taskbadger_server.wait_for_task(name="terminated", status="error")
+    assert task["data"] == {"return_code": 143, "signal": "SIGTERM", "forwarded_signal": "SIGTERM"}
+
+
+def test_ctrl_c_on_a_terminal_reaches_the_command_once(taskbadger_server, env, tmp_path):
+    import pty
+
+    ready = tmp_path / "ready"
+    child = python(f"""
+        import pathlib, signal, sys, time
+        count = []
+        signal.signal(signal.SIGINT, lambda *_: count.append(1))
+        pathlib.Path({str(ready)!r}).write_text("up")
+        deadline = time.monotonic() + 20
+        while not count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)  # room for a second copy to arrive, were we to forward one
+        sys.exit(10 + len(count))
+    """)
+    # The pty becomes the controlling terminal of a new session, as a terminal window's is.
+    on_terminal = python("""
+        import fcntl, os, sys, termios
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+        os.execv(sys.argv[1], sys.argv[1:])
+    """)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*on_terminal, *CLI, "run", "interrupted", "--", *child], env=env, stdin=follower,
+                            stdout=follower, stderr=follower, start_new_session=True)
+    os.close(follower)
+    try:
+        taskbadger_server.wait_for(ready.exists, timeout=15)
+        os.write(leader, b"\x03")  # Ctrl-C: the terminal signals its foreground process group
+        assert proc.wait(timeout=15) == 11  # one SIGINT, handled by the command, which exited 11
+    finally:
+        proc.kill()
+        os.close(leader)
+    task = taskbadger_server.wait_for_task(name="interrupted", status="error")
+    assert task["data"] == {"return_code": 11}
+
+
+def test_a_signal_before_the_command_starts_stops_it_from_starting(taskbadger_server, env, tmp_path):
+    taskbadger_server.hang(method="POST")
+    proc = subprocess.Popen([*CLI, "run", "stopped", "--", *started_at(tmp_path)], stdin=subprocess.DEVNULL,
+                            env={**env, "TASKBADGER_HTTP_TIMEOUT": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        taskbadger_server.wait_for(lambda: taskbadger_server.requests, timeout=15)  # waiting on the create
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and not (tmp_path / "stamp").exists()
+    assert len(stderr.splitlines()) == 1
+
+
+def test_environment_is_added_to_and_arguments_are_passed_intact(taskbadger_server, env):
+    env = {**env, "MY_VAR": "hello world"}
+    child = python("""
+        import json, os, sys
+        keys = ("MY_VAR", "PATH", "HOME", "TASKBADGER_TASK_ID")
+        print(json.dumps({"argv": sys.argv[1:], "env": {k: os.environ.get(k) for k in keys}}))
+    """)
+    args = ["two words", "--tag", "a=b", "-v", "", "$HOME", "it's \"quoted\""]
+    result = cli("run", "env", "--", *child, *args, env=env)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["argv"] == args
+    task = only_task(taskbadger_server, "env")
+    assert seen["env"] == {"MY_VAR": "hello world", "PATH": env["PATH"], "HOME": env["HOME"],
+                           "TASKBADGER_TASK_ID": task["id"]}
+
+
+def test_a_single_command_line_runs_through_the_shell(taskbadger_server, env):
+    # what crontab lines written for the official CLI (which always used a shell) look like
+    result = cli("run", "shell", "--", "echo abc | tr a x; exit 3", env=env)
+    assert (result.returncode, result.stdout) == (3, "xbc\n")
+
+
+# -- run: output capture ------------------------------------------------------------------------------
+
+def test_capture_output_reaches_the_terminal_entirely_and_the_task_keeps_a_tail(taskbadger_server, env):
+    child = python("""
+        import sys
+        sys.stdout.write("".join(f"line {i:07d}\\n" for i in range(400_000)))
+        sys.stdout.flush()
+        sys.stderr.write("warning: almost done\\n")
+    """)
+    result = subprocess.run([*CLI, "run", "big", "--capture-output", "--", *child], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+    expected = "".join(f"line {i:07d}\n" for i in range(400_000))
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == len(expected) > 5_000_000
+    assert result.stdout.decode() == expected
+    assert result.stderr.decode() == "warning: almost done\n"
+    data = only_task(taskbadger_server, "big")["data"]
+    assert data["stdout"] == expected[-CAPTURE_LIMIT:]
+    assert data["stdout_truncated_chars"] == len(expected) - CAPTURE_LIMIT
+    assert data["stderr"] == "warning: almost done\n" and "stderr_truncated_chars" not in data
+    assert data["return_code"] == 0
+
+
+def test_pings_carry_the_captured_output_while_the_command_runs(taskbadger_server, env, tmp_path):
+    release = tmp_path / "release"
+    child = python(f"""
+        import os, pathlib, sys, time
+        print("tick", flush=True)
+        while not pathlib.Path({str(release)!r}).exists():
+            time.sleep(0.05)
+    """)
+    proc = subprocess.Popen([*CLI, "run", "pinged", "--capture-output", "--", *child], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def pinged():
+            return [r for r in taskbadger_server.requests
+                    if r.method == "PATCH" and (r.json or {}).get("data", {}).get("stdout") == "tick\n"]
+
+        [ping] = taskbadger_server.wait_for(pinged, timeout=15)
+        assert set(ping.json) == {"data"}  # a ping: no status, no return code yet
+        assert only_task(taskbadger_server, "pinged")["status"] == "processing"
+        release.write_text("go")
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+    task = only_task(taskbadger_server, "pinged")
+    assert task["status"] == "success" and task["data"] == {"stdout": "tick\n", "return_code": 0}
+
+
+# -- run: whatever happens to Task Badger, the command runs ----------------------------------------
+
+def started_at(tmp_path) -> list[str]:
+    stamp = tmp_path / "stamp"
+    return python(f"""
+        import pathlib, sys, time
+        pathlib.Path({str(stamp)!r}).write_text(repr(time.time()))
+        sys.exit(5)
+    """)
+
+
+def test_api_refusing_connections(taskbadger_server, env, tmp_path):
+    taskbadger_server.refuse()
+    result = cli("run", "down", "--", *started_at(tmp_path), env=env)
+    assert result.returncode == 5
+    [line] = result.stderr.splitlines()
+    assert line.startswith("taskbadger: not tracking this run: could not reach Task Badger")
+    assert (tmp_path / "stamp").exists()
+
+
+def test_api_hanging_delays_the_command_by_the_connect_timeout_at_most(taskbadger_server, env, tmp_path):
+    taskbadger_server.hang()
+    launched = time.time()
+    result = cli("run", "hung", "--", *started_at(tmp_path), env={**env, "TASKBADGER_HTTP_TIMEOUT": "1"})
+    assert result.returncode == 5
+    assert float((tmp_path / "stamp").read_text()) - launched < 1 + 1
+    assert len(result.stderr.splitlines()) == 1 and "did not answer within 1.0 s" in result.stderr
+    no_traceback(result)
+
+
+def test_api_refusing_the_key(taskbadger_server, env, tmp_path):
+    result = cli("run", "unauthorized", "--", *started_at(tmp_path), env={**env, "TASKBADGER_API_KEY": WRONG_KEY})
+    assert result.returncode == 5 and (tmp_path / "stamp").exists()
+    [line] = result.stderr.splitlines()
+    assert "not tracking this run: Task Badger refused the API key (HTTP 401)" in line
+    assert WRONG_KEY not in line and "not-the-key-42" not in line
+
+
+def test_no_configuration_at_all(tmp_path):
+    result = cli("run", "nothing", "--", *started_at(tmp_path), env=make_env(tmp_path))
+    assert result.returncode == 5 and (tmp_path / "stamp").exists()
+    assert result.stderr == ("taskbadger: not tracking this run: no API key: set TASKBADGER_API_KEY or run "
+                             "`taskbadger configure`\n")
+
+
+def test_a_slow_create_still_tracks_the_run(taskbadger_server, env, tmp_path):
+    taskbadger_server.set_latency(2.5, times=1, method="POST")  # answers after the 2 s connect wait
+    launched = time.time()
+    child = python(f"""
+        import os, pathlib, time
+        pathlib.Path({str(tmp_path / "stamp")!r}).write_text(repr(time.time()))
+        print(os.environ.get("TASKBADGER_TASK_ID"))
+    """)
+    result = cli("run", "slow", "--", *child, env=env)
+    assert result.returncode == 0 and result.stderr == ""
+    assert float((tmp_path / "stamp").read_text()) - launched < 2 + 1
+    assert result.stdout == "None\n"  # it started before the task existed
+    assert taskbadger_server.wait_for_task(name="slow", status="success")
+
+
+def test_the_outcome_is_retried_through_server_errors(taskbadger_server, env):
+    taskbadger_server.fail(503, times=3, method="PATCH")
+    result = cli("run", "flaky", "--", "sh", "-c", "exit 4", env=env)
+    assert result.returncode == 4 and result.stderr == ""
+    task = only_task(taskbadger_server, "flaky")
+    assert task["status"] == "error" and task["data"]["return_code"] == 4
+    patches = [r.status for r in taskbadger_server.requests if r.method == "PATCH"]
+    assert patches == [503, 503, 503, 200]
+
+
+def test_the_outcome_keeps_what_the_command_wrote_to_its_task(taskbadger_server, env):
+    child = python("""
+        import os, taskbadger
+        taskbadger.init()
+        taskbadger.update_task(os.environ["TASKBADGER_TASK_ID"], data={"rows": 12}, value=3, value_max=4)
+    """)
+    result = cli("run", "reports", "--", *child, env=env)
+    assert result.returncode == 0, result.stderr
+    task = only_task(taskbadger_server, "reports")
+    assert task["data"] == {"rows": 12, "return_code": 0} and task["value"] == 4 and task["status"] == "success"
+
+
+def test_usage_errors(env):
+    no_command, frequency, bad_tag = cli_all((("run", "x"), env),
+                                             (("run", "x", "--update-frequency", "3", "--", "true"), env),
+                                             (("run", "x", "--tag", "novalue", "--", "true"), env))
+    assert no_command.returncode == frequency.returncode == bad_tag.returncode == 2
+    assert "--tag must be 'name=value'" in bad_tag.stderr
+
+
+# -- create / update / get / list ---------------------------------------------------------------------
+
+def test_create_update_get_in_every_format(taskbadger_server, env):
+    created = cli("create", "cli-create", "-q", "--queue", "qq", "--metadata", "a=1", "--metadata", "b=x=y",
+                  "--metadata-json", '{"j": [1]}', "--tag", "t=v1", "--tags-json", '{"u": "v2"}', env=env)
+    assert created.returncode == 0, created.stderr
+    task_id = created.stdout.strip()
+    [post] = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert post.json == {"name": "cli-create", "queue": "qq", "status": "processing", "value_max": 100,
+                         "data": {"a": "1", "b": "x=y", "j": [1]}, "tags": {"t": "v1", "u": "v2"}}
+
+    updated = cli("update", task_id, "--value", "40", env=env)
+    assert updated.returncode == 0 and updated.stdout.startswith("Task updated: http")
+    [patch] = [r for r in taskbadger_server.requests if r.method == "PATCH"]
+    assert patch.json == {"value": 40}  # only what was given: the status stays as it was
+
+    pretty, as_json, as_csv = cli_all((("get", task_id), env), (("get", task_id, "-f", "json"), env),
+                                      (("get", task_id, "--format", "csv"), env))
+    lines = pretty.stdout.splitlines()
+    assert lines[0] == f"Task ID: {task_id}"
+    assert lines[2:5] == ["Name: cli-create", "Status: processing", "Percent: 40%"]
+    document = json.loads(as_json.stdout)
+    assert (document["id"], document["value"], document["tags"]) == (task_id, 40, {"t": "v1", "u": "v2"})
+    header, row = as_csv.stdout.splitlines()
+    assert header == "Task ID,Created,Name,Status,Percent,Value,Value Max,Duration (s)"
+    assert row.startswith(f"{task_id},") and ",cli-create,processing,40,40,100," in row
+
+
+def test_api_errors_exit_1_without_a_traceback(taskbadger_server, env):
+    missing, refused = cli_all((("get", "NoSuchTask"), env),
+                               (("create", "x"), {**env, "TASKBADGER_API_KEY": WRONG_KEY}))
+    assert missing.returncode == 1 and missing.stderr == "Error: no task 'NoSuchTask' in acme/demo\n"
+    assert refused.returncode == 1 and "refused the API key (HTTP 401)" in refused.stderr
+    assert "not-the-key" not in refused.stderr
+    taskbadger_server.refuse()
+    down = cli("list", env=env)
+    assert down.returncode == 1 and "could not reach Task Badger" in down.stderr
+    for result in (missing, refused, down):
+        no_traceback(result)
+
+
+def test_action_option(taskbadger_server, env):
+    result = cli("create", "act", "-a", "success,error", "email", "to:me@example.com", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Per-task actions are deprecated" in result.stderr
+    [post] = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert post.json["actions"] == [{"trigger": "success,error", "integration": "email",
+                                     "config": {"to": "me@example.com"}}]
+    bad = cli("create", "act", "-a", "error", "pager:1", "", env=env)
+    assert bad.returncode == 2 and "Unknown integration type: 'pager'" in bad.stderr
+
+
+def test_list_formats_on_a_pipe_and_on_a_terminal(taskbadger_server, env):
+    for name in ("first", "second"):
+        taskbadger.create_task(name, status="processing")
+    piped, as_json, as_pretty, limited = cli_all((("list",), env), (("list", "-f", "json"), env),
+                                                 (("list", "--format", "pretty"), env), (("list", "--limit", "1"), env))
+    assert piped.stdout.splitlines()[0] == "Task ID,Created,Name,Status,Percent,Value,Value Max,Duration (s)"
+    assert [line.split(",")[2] for line in piped.stdout.splitlines()[1:]] == ["second", "first"]
+    document = json.loads(as_json.stdout)
+    assert document["next_token"] is None and [t["name"] for t in document["results"]] == ["second", "first"]
+    pretty = as_pretty.stdout
+    assert "Project: demo, Organization: acme" in pretty and "Progress" in pretty and "Duration" in pretty
+    assert "second" in pretty and "processing" in pretty and "\x1b[" not in pretty
+    assert len(limited.stdout.splitlines()) == 2 and limited.stderr.startswith("Next page token: ")
+
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([*CLI, "list"], env=env, stdin=subprocess.DEVNULL, stdout=follower,
+                            stderr=subprocess.PIPE)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=15) == 0
+    on_terminal = b"".join(chunks).decode()
+    assert "┏━" in on_terminal and "Task ID" in on_terminal and "Task ID,Created" not in on_terminal
+
+
+# -- configuration ------------------------------------------------------------------------------------
+
+def write_config(tmp_path, text: str) -> None:
+    path = tmp_path / "xdg" / "taskbadger" / "config"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text))
+
+
+def test_precedence_option_then_environment_then_file(taskbadger_server, tmp_path):
+    # a legacy key, so that the organization and project are not taken from the key
+    write_config(tmp_path, f"""
+        [defaults]
+        org = "acme"
+        project = "demo"
+        [auth]
+        token = "{taskbadger_server.key}"
+        host = "{taskbadger_server.url}"
+    """)
+    from_file = make_env(tmp_path)
+    from_env = {**from_file, "TASKBADGER_PROJECT": "other"}
+    file_only, env_wins, option_wins, env_host, info_run = cli_all(
+        (("list",), from_file), (("list",), from_env), (("-p", "demo", "list"), from_env),
+        (("list",), {**from_file, "TASKBADGER_HOST": "http://127.0.0.1:9"}),
+        (("-o", "optorg", "info"), {**from_env, "TASKBADGER_ORG": "envorg"}))
+    assert file_only.returncode == 0 and option_wins.returncode == 0
+    assert env_wins.returncode == 1 and "HTTP 404" in env_wins.stderr
+    assert env_host.returncode == 1 and "127.0.0.1:9" in env_host.stderr
+    info = info_run.stdout
+    assert "Organization: optorg  (option)" in info and "Project:      other  (environment)" in info
+    assert f"Host:         {taskbadger_server.url}  (config file)" in info
+    assert "API key:      set (legacy key test…)  (config file)" in info
+    assert taskbadger_server.key not in info
+
+
+def test_info_never_shows_the_key(taskbadger_server, env):
+    result = cli("-o", "someone-else", "info", env=env)
+    assert result.returncode == 0
+    assert taskbadger_server.api_key not in result.stdout and taskbadger_server.key not in result.stdout
+    assert "API key:      set (project key for acme/demo)  (environment)" in result.stdout
+    assert "Organization: acme  (project key, environment)" in result.stdout
+    assert "not the organization 'someone-else' (option)" in result.stdout
+
+
+def test_configure_writes_0600_and_keeps_host_tags_and_unknown_keys(taskbadger_server, tmp_path):
+    write_config(tmp_path, """
+        [defaults]
+        org = "old"
+        [auth]
+        token = "old-token"
+        host = "https://tb.example.com"
+        [tags]
+        env = "prod"
+        [extra]
+        keep = true
+    """)
+    path = tmp_path / "xdg" / "taskbadger" / "config"
+    path.chmod(0o644)
+    env = make_env(tmp_path)
+    result = cli("configure", "--key", "-", "--tag", "team=ops", env=env, stdin=taskbadger_server.api_key + "\n")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"Config written to {path}\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    import tomllib
+
+    document = tomllib.loads(path.read_text())
+    assert document == {"defaults": {"org": "old"}, "extra": {"keep": True}, "tags": {"env": "prod", "team": "ops"},
+                        "auth": {"token": taskbadger_server.api_key, "host": "https://tb.example.com"}}
+    assert cli("configure", "--host", taskbadger_server.url, env=env).returncode == 0
+    # the file's tags are applied to what the CLI creates
+    assert cli("create", "tagged", "-q", env=env).returncode == 0
+    assert cli("run", "tagged-run", "--tag", "run=yes", "--", "true", env=env).returncode == 0
+    assert only_task(taskbadger_server, "tagged")["tags"] == {"env": "prod", "team": "ops"}
+    assert only_task(taskbadger_server, "tagged-run")["tags"] == {"env": "prod", "team": "ops", "run": "yes"}
+
+
+def test_configure_in_a_new_home_and_without_a_terminal(tmp_path):
+    env = make_env(tmp_path)
+    no_terminal, bad = cli_all((("configure",), env), (("configure", "--key", "k", "--host", "ftp://x"), env))
+    assert no_terminal.returncode == 2  # no options, no terminal to prompt on
+    assert bad.returncode == 2 and "host must be a URL" in bad.stderr
+    result = cli("configure", "--key", "legacy-key", "--org", "acme", "--project", "demo", env=env)
+    assert result.returncode == 0
+    path = tmp_path / "xdg" / "taskbadger" / "config"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def converse(argv: list[str], env: dict[str, str], answers: list[tuple[str, str]], timeout: float = 15) -> str:
+    """Run ``argv`` on a terminal of its own; type each answer once its prompt shows. Returns the transcript."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    # A session of its own: no controlling terminal, so hidden prompts read this pty, never the real /dev/tty.
+    proc = subprocess.Popen(argv, env=env, stdin=follower, stdout=follower, stderr=follower, start_new_session=True)
+    os.close(follower)
+    transcript, pending, deadline = b"", list(answers), time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                break
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other side closed
+                break
+            transcript += chunk
+            # Answer once the whole prompt shows: getpass flushes what was typed before it, and click writes
+            # the prompt's last character only after that.
+            if pending and pending[0][0].encode() in transcript:
+                os.write(leader, pending.pop(0)[1].encode() + b"\n")
+        assert proc.wait(timeout=max(0.1, deadline - time.monotonic())) == 0, transcript
+    finally:
+        proc.kill()
+        os.close(leader)
+    return transcript.decode()
+
+
+def test_configure_prompts_on_a_terminal(taskbadger_server, tmp_path):
+    env = make_env(tmp_path)
+    transcript = converse([*CLI, "configure"], env, [("API Key: ", taskbadger_server.api_key)])
+    assert "Project key detected — organization: acme, project: demo" in transcript
+    assert taskbadger_server.api_key not in transcript  # typed hidden
+    assert "Config written to" in transcript
+    assert cli("list", env={**env, "TASKBADGER_HOST": taskbadger_server.url}).returncode == 0
+    # a legacy key: organization and project are asked for; the current key is kept when none is typed
+    transcript = converse([*CLI, "configure"], env, [("keep the current key): ", "legacy-key"),
+                                                     ("Organization slug", "acme"), ("Project slug", "demo")])
+    info = cli("info", env=env).stdout
+    assert "set (legacy key lega…)  (config file)" in info and "Project:      demo  (config file)" in info
+
+
+# -- packaging ----------------------------------------------------------------------------------------
+
+def test_without_typer_the_entry_point_says_how_to_install_it():
+    code = "import sys; sys.modules['typer'] = None; from taskbadger.cli import main; main()"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "requires the 'typer' package" in result.stderr and 'pip install "django-taskbadger[cli]"' in result.stderr
+    no_traceback(result)
+
+
+def test_the_sdk_and_the_command_layer_import_no_cli_framework():
+    code = ("import sys, taskbadger, taskbadger.cli.commands, taskbadger.cli.run; "
+            "print(sorted(m for m in ('typer', 'rich', 'click') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_version(tmp_path):
+    result = cli("--version", env=make_env(tmp_path))
+    assert result.returncode == 0 and result.stdout.startswith("Task Badger CLI Version: ")

@@ -1,0 +1,203 @@
+"""The CLI's command layer called in-process, as ``manage.py taskbadger`` calls it, and its parts."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+
+import taskbadger
+from taskbadger.cli import commands, process, render, run, settings
+from taskbadger.exceptions import ServerError, Unauthorized
+
+from .test_cli import CLI, make_env
+
+
+def call(func, *args, **kwargs):
+    out, err = io.StringIO(), io.StringIO()
+    code = func(*args, out=out, err=err, **kwargs)
+    return code, out.getvalue(), err.getvalue()
+
+
+def finished_tasks(names):
+    for name in names:
+        taskbadger.create_task(name, status="processing").success(value=100)
+
+
+def test_list_walks_the_pages_up_to_the_limit(taskbadger_server, monkeypatch):
+    monkeypatch.setattr(commands, "PAGE_SIZE", 2)
+    finished_tasks(f"t{i}" for i in range(5))
+    code, out, err = call(commands.list_tasks, "csv", 3, None, is_terminal=False)
+    assert code == 0
+    assert [line.split(",")[2] for line in out.splitlines()[1:]] == ["t4", "t3", "t2"]
+    pages = [r.query.get("page_size") for r in taskbadger_server.requests if r.method == "GET"]
+    assert pages == ["2", "1"]
+    assert err.startswith("Next page token: ")
+    token = err.split(": ", 1)[1].strip()
+    code, out, err = call(commands.list_tasks, "csv", 100, token, is_terminal=False)
+    assert [line.split(",")[2] for line in out.splitlines()[1:]] == ["t1", "t0"] and err == ""
+
+
+def test_both_entry_points_print_the_same(taskbadger_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")
+    finished_tasks(["alpha", "[bold]not markup[/bold]"])
+    env = make_env(tmp_path, TASKBADGER_HOST=taskbadger_server.url, TASKBADGER_API_KEY=taskbadger_server.api_key,
+                   TZ=os.environ.get("TZ", ""))
+    if not env["TZ"]:
+        del env["TZ"]
+    outputs = {}
+    for fmt in ("pretty", "json", "csv"):
+        code, out, _ = call(commands.list_tasks, fmt, 100, None, is_terminal=False)
+        printed = subprocess.run([*CLI, "list", "-f", fmt], env=env, capture_output=True, text=True, timeout=30)
+        assert (code, out) == (printed.returncode, printed.stdout), fmt
+        outputs[fmt] = out
+    assert "[bold]not markup[/bold]" in outputs["pretty"]  # names are text, never rich markup
+
+
+def test_the_pretty_list_without_rich(taskbadger_server, monkeypatch):
+    monkeypatch.setitem(sys.modules, "rich.console", None)
+    finished_tasks(["plain one"])
+    code, out, _ = call(commands.list_tasks, None, 10, None, is_terminal=True)
+    title, header, row = out.splitlines()
+    assert title == "Project: demo, Organization: acme"
+    assert header.split() == ["Task", "ID", "Name", "Status", "Progress", "Duration", "Created"]
+    assert row.index("plain one") == header.index("Name") and "success" in row and "100%" in row
+
+
+def test_get_create_update_in_process(taskbadger_server):
+    code, out, err = call(commands.create_task, "made here", tags=["a=bc"], quiet=True)
+    assert code == 0, err
+    task_id = out.strip()
+    assert call(commands.update_task, task_id, status="success", quiet=True)[:2] == (0, "")
+    code, out, _ = call(commands.get_task, task_id, "pretty")
+    assert "Status: success" in out and "Tags: a=bc" in out
+    assert call(commands.update_task, task_id, status="nope")[0] == 2
+    assert call(commands.create_task, "x", metadata_json="[1]")[0] == 2
+
+
+def test_commands_say_when_the_sdk_is_not_configured():
+    code, out, err = call(commands.list_tasks, "csv", 10, None, is_terminal=False)
+    assert (code, out) == (1, "") and "not configured" in err
+
+
+def test_describe_error_never_shows_the_key(taskbadger_server):
+    config = taskbadger.get_config()
+    text = commands.describe_error(Unauthorized(401, b'{"detail": "bad"}', "bad"), config)
+    assert "401" in text and config.token not in text
+
+
+@pytest.mark.parametrize(("action", "expected"), [
+    (("success", "email", "to:me@x.com"), {"trigger": "success", "integration": "email", "config": {"to": "me@x.com"}}),
+    (("error", "webhook:abc", ""), {"trigger": "error", "integration": "webhook:abc", "config": {}}),
+])
+def test_parse_action(action, expected):
+    assert commands.parse_action(action).to_dict() == expected
+
+
+@pytest.mark.parametrize("action", [("e", "webhook:abc", "to:x"), ("e", "sms", ""), ("e", "email", "to")])
+def test_parse_action_rejects(action):
+    with pytest.raises(commands.UsageError):
+        commands.parse_action(action)
+
+
+# -- settings -------------------------------------------------------------------------------------------
+
+def test_settings_precedence(tmp_path):
+    path = tmp_path / "config"
+    path.write_text('[defaults]\norg = "fileorg"\nproject = "fileproj"\n'
+                    '[auth]\ntoken = "legacy-token"\nhost = "https://file.example.com"\n[tags]\nenv = 1\n')
+    resolved = settings.resolve(environ={}, path=path)
+    assert (resolved.org, resolved.host) == (settings.Value("fileorg", "config file"),
+                                             settings.Value("https://file.example.com", "config file"))
+    assert resolved.tags == {"env": "1"} and resolved.describe_key() == "set (legacy key lega…)"
+    env = {"TASKBADGER_ORG": "envorg", "TASKBADGER_HOST": "https://env.example.com", "TASKBADGER_API_KEY": "k2"}
+    resolved = settings.resolve(environ=env, path=path)
+    assert resolved.org.source == "environment" and resolved.host.value == "https://env.example.com"
+    assert resolved.token == settings.Value("k2", "environment")
+    assert settings.resolve("optorg", environ=env, path=path).org == settings.Value("optorg", "option")
+    project_key = base64.b64encode(b"acme/demo/secret").decode()
+    resolved = settings.resolve("optorg", environ={**env, "TASKBADGER_API_KEY": project_key}, path=path)
+    assert resolved.org == settings.Value("acme", "project key, environment")
+    assert resolved.overridden == ["organization 'optorg' (option)", "project 'fileproj' (config file)"]
+    assert "secret" not in resolved.describe_key() and resolved.problem() is None
+
+
+def test_settings_problems(tmp_path):
+    broken = tmp_path / "config"
+    broken.write_text("[auth\n")
+    assert "not valid TOML" in settings.resolve(environ={"TASKBADGER_API_KEY": "k"}, path=broken).problem()
+    missing = settings.resolve(environ={"TASKBADGER_API_KEY": "k"}, path=tmp_path / "none")
+    assert "legacy key, which needs an organization and a project" in missing.problem()
+    with pytest.raises(settings.SettingsError, match="no API key"):
+        settings.resolve(environ={}, path=tmp_path / "none").configure_sdk()
+
+
+def test_config_path_honours_xdg(tmp_path):
+    assert settings.config_path({"XDG_CONFIG_HOME": "/x"}) == settings.Path("/x/taskbadger/config")
+    assert settings.config_path({"HOME": "/h"}) == settings.Path("/h/.config/taskbadger/config")
+
+
+# -- process and rendering parts -----------------------------------------------------------------------
+
+def test_tail_keeps_the_last_characters_and_counts_the_rest():
+    tail = process.Tail(5)
+    data = "héllo wörld ✓".encode()
+    for i in range(len(data)):  # one byte at a time: multi-byte characters split across chunks
+        tail.feed(data[i:i + 1])
+    tail.feed(b"", final=True)
+    assert tail.snapshot() == ("rld ✓", len("héllo wö"))
+
+
+def test_shell_argv(tmp_path):
+    spaced = tmp_path / "my script.sh"
+    spaced.write_text("")
+    assert process.shell_argv(["ls", "-la"]) == ["ls", "-la"]
+    assert process.shell_argv(["./backup.sh"]) == ["./backup.sh"]
+    assert process.shell_argv(["./backup.sh --full | gzip"]) == ["/bin/sh", "-c", "./backup.sh --full | gzip"]
+    assert process.shell_argv([str(spaced)]) == [str(spaced)]
+    assert (process.exit_code(-15), process.exit_code(3)) == (143, 3)
+
+
+def test_durations_and_progress():
+    assert [render.format_duration(s) for s in (None, 0.25, 42, 125, 3725, 90000)] == [
+        "-", "0.2s", "42s", "2m 05s", "1h 02m", "1d 01h"]
+    start = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    task = SimpleNamespace(start_time=start, created=start, end_time=start + dt.timedelta(seconds=90),
+                           updated=None, status="success", value_percent=None, value=3, value_max=4)
+    assert (render.duration(task), render.progress(task)) == (90.0, "3/4")
+    running = SimpleNamespace(**{**vars(task), "end_time": None, "status": "processing"})
+    assert render.duration(running, now=start + dt.timedelta(seconds=5)) == 5.0
+
+
+# -- run, in-process -----------------------------------------------------------------------------------
+
+def test_run_command_in_process(taskbadger_server, capfd):
+    code = run.run_command("in-process", [sys.executable, "-c", "print('hi')"], configure=taskbadger.get_config,
+                           capture_output=True)
+    assert code == 0
+    assert capfd.readouterr().out == "hi\n"
+    task = taskbadger_server.wait_for_task(name="in-process", status="success")
+    assert task["data"] == {"stdout": "hi\n", "return_code": 0}
+
+
+def test_the_final_update_gives_up_within_its_budget(taskbadger_server, monkeypatch):
+    monkeypatch.setattr(run, "FINAL_UPDATE_BUDGET", 1.5)
+    tracker = run.Tracker(taskbadger.get_config(), "doomed", {"status": "processing"}, None)
+    assert tracker.wait_created(5) and tracker.task_id
+    taskbadger_server.fail(503, method="PATCH")
+    started = time.monotonic()
+    failure = tracker.finish(1, {"return_code": 1}, threading.Event())
+    assert isinstance(failure, ServerError) and time.monotonic() - started < 1.5 + 1
+    assert len([r for r in taskbadger_server.requests if r.method == "PATCH"]) >= 3
+    abort = threading.Event()
+    abort.set()  # a second Ctrl-C: stop retrying at once
+    started = time.monotonic()
+    assert isinstance(tracker.finish(1, {}, abort), ServerError) and time.monotonic() - started < 1
