@@ -613,22 +613,29 @@ def _read_lines(stream: Any, into: queue.Queue[str]) -> None:
         into.put(line)
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
-def test_main_runs_in_foreground_and_stops_on_signal(stop_signal: signal.Signals) -> None:
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as ``nohup … &`` starts a process
+
+
+@pytest.mark.parametrize("stop_signal,started", [(signal.SIGTERM, "normally"), (signal.SIGINT, "normally"),
+                                                 (signal.SIGINT, "with SIGINT ignored")])
+def test_main_runs_in_foreground_and_stops_on_signal(stop_signal: signal.Signals, started: str) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with subprocess.Popen(
         [sys.executable, "-m", "taskbadger.testing", "--latency", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        preexec_fn=_ignore_sigint if started != "normally" else None,
     ) as process:
         # read the child's output in a thread so that every wait below has a deadline
         output: queue.Queue[str] = queue.Queue()
         reader = threading.Thread(target=_read_lines, args=(process.stdout, output), daemon=True)
         reader.start()
         try:
-            lines = [output.get(timeout=10) for _ in range(3)]
+            lines = [output.get(timeout=10) for _ in range(4)]
             url = re.search(r"http://127\.0\.0\.1:\d+", lines[0]).group(0)
             key = lines[1].split()[-1]
             assert lines[2].strip() == f"export TASKBADGER_HOST={url} TASKBADGER_API_KEY={key}"
+            assert lines[3].strip() == f"Dashboard: {url}/"
             token = base64.b64decode(key).decode().split("/")[2]
             response = requests.post(
                 f"{url}/api/acme/demo/tasks/", json={"name": "cli"},
@@ -665,7 +672,7 @@ def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
         import requests
 
         def test_session(taskbadger_server_session):
-            assert requests.get(taskbadger_server_session.url + "/", timeout=5).status_code == 404
+            assert requests.get(taskbadger_server_session.url + "/elsewhere/", timeout=5).status_code == 404
 
         def test_function(taskbadger_server, fake_sdk):
             assert fake_sdk == [("init", {"token": taskbadger_server.api_key, "host": taskbadger_server.url})]

@@ -12,20 +12,25 @@ from .server import TaskBadgerServer
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m taskbadger.testing", description="Stand-in Task Badger API server (in memory)."
+        prog="python -m taskbadger.testing",
+        description="Stand-in Task Badger API server (in memory), with a live dashboard at its root URL.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=0, help="port (default: any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (loopback only)")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to every response")
-    parser.add_argument("--organization", default="acme")
-    parser.add_argument("--project", default="demo")
-    parser.add_argument("--key", default="test-key")
+    parser.add_argument("--organization", default="acme", help="organization slug the API answers for")
+    parser.add_argument("--project", default="demo", help="project slug the API answers for")
+    parser.add_argument("--key", default="test-key", help="the secret part of the project key it accepts")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every request")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING)
 
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Both signals explicitly: a process started with SIGINT ignored (``nohup … &``) keeps it ignored
+    # otherwise, and Ctrl-C would do nothing.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     server = TaskBadgerServer(
         host=args.host,
         port=args.port,
@@ -39,11 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Task Badger test server listening on {server.url}", flush=True)
         print(f"API key: {server.api_key}", flush=True)
         print(f"export TASKBADGER_HOST={server.url} TASKBADGER_API_KEY={server.api_key}", flush=True)
+        print(f"Dashboard: {server.url}/", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
         while not stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
     finally:
         server.stop()
     print("stopped", flush=True)

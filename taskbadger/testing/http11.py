@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import httptools
 
+from . import dashboard
 from . import faults as _faults
 from .app import Headers
 
@@ -277,6 +278,10 @@ class Connection(asyncio.Protocol):
 
     def _handle(self, request: Request) -> None:
         app = self.app
+        page = dashboard.serve(app, request.method, request.target.split("?", 1)[0])
+        if page is not None:  # the local dashboard: not an API request, not recorded, no faults
+            self._send_page(page, request.method, close=not request.keep_alive)
+            return
         record = app.record_request(request.method, request.target, request.headers, request.body, self.connection_id)
         decision = app.decide(request.method)
         action = decision.action
@@ -337,6 +342,17 @@ class Connection(asyncio.Protocol):
         if method == "HEAD":
             body = b""
         self._write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        if close:
+            self._close()
+
+    def _send_page(self, page: dashboard.Page, method: str, close: bool) -> None:
+        status, body, content_type = page
+        lines = [f"HTTP/1.1 {status} {phrase(status)}", f"Server: {SERVER_HEADER}", f"Date: {self.owner.date()}",
+                 f"Content-Type: {content_type}", f"Content-Length: {len(body)}",
+                 *(f"{name}: {value}" for name, value in dashboard.HEADERS.items())]
+        if close:
+            lines.append("Connection: close")
+        self._write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else body))
         if close:
             self._close()
 

@@ -1,0 +1,72 @@
+"""The stand-in API's local dashboard: a live page of the tasks it holds, and a page per task.
+
+``/`` lists the tasks (newest first, children under their parent, filters by status and name) and
+polls ``/_dashboard/tasks`` twice a second; a task's ``url`` (``/a/<org>/tasks/<id>/``) and
+``public_url`` open its page, which shows every field, ``data`` and the error's traceback.
+
+Read-only and without authentication: the server listens on loopback only. The pages ship in the
+package (no CDN) and put task content into the page as text, never as HTML; a Content-Security-Policy
+that allows only the server's own scripts and styles backs that up. Dashboard requests are not
+recorded in ``TaskBadgerServer.requests`` and faults do not apply to them.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import App
+
+#: (status, body, content type)
+Page = tuple[int, bytes, str]
+HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+           "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+          ".css": "text/css; charset=utf-8"}
+_TASK_PAGE = re.compile(r"^/(?:a/[^/]+|public)/tasks/(?P<id>[A-Za-z0-9_-]{1,64})/$")
+_STATIC = re.compile(r"^/_dashboard/static/(?P<name>[a-z]+\.(?:js|css))$")
+_API_TASK = re.compile(r"^/_dashboard/tasks/(?P<id>[A-Za-z0-9_-]{1,64})$")
+#: Most tasks the list sends (newest first).
+MAX_LISTED = 500
+
+
+@lru_cache(maxsize=8)
+def _asset(name: str) -> bytes:
+    return resources.files(__package__).joinpath("static").joinpath(name).read_bytes()
+
+
+def _file(name: str) -> Page:
+    suffix = name[name.rindex("."):]
+    return 200, _asset(name), _TYPES[suffix]
+
+
+def _json(value: Any, status: int = 200) -> Page:
+    return status, json.dumps(value).encode(), "application/json"
+
+
+def serve(app: App, method: str, path: str) -> Page | None:
+    """The dashboard's answer to a request, or None when ``path`` is not the dashboard's."""
+    if method not in ("GET", "HEAD"):
+        return None
+    if path == "/":
+        return _file("dashboard.html")
+    if _TASK_PAGE.match(path):
+        return _file("task.html")
+    static = _STATIC.match(path)
+    if static:
+        try:
+            return _file(static["name"])
+        except (FileNotFoundError, KeyError):
+            return _json({"detail": "Not found."}, 404)
+    if path == "/_dashboard/tasks":
+        tasks = list(app.store_tasks().values())[::-1][:MAX_LISTED]
+        return _json({"organization": app.organization, "project": app.project, "tasks": tasks})
+    task_path = _API_TASK.match(path)
+    if task_path:
+        task = app.store_tasks().get(task_path["id"])
+        return _json(task) if task is not None else _json({"detail": "Not found."}, 404)
+    return None

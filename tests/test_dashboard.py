@@ -1,0 +1,124 @@
+"""The stand-in API's local dashboard, in a real headless browser (Chromium, through Selenium)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import requests
+
+import taskbadger
+
+from . import browser
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+@pytest.fixture(scope="module")
+def driver():
+    reason = browser.unavailable()
+    if reason:
+        if os.environ.get("TASKBADGER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser tests must run here, but {reason}")
+        pytest.skip(reason)
+    driver = browser.start()
+    yield driver
+    browser.stop(driver)
+
+
+def rows(driver):
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#tasks tr")
+
+
+def wait(driver, predicate, timeout=10):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+
+
+def names(driver):
+    from selenium.webdriver.common.by import By
+
+    return [row.find_element(By.CSS_SELECTOR, "td.name a").text for row in rows(driver)]
+
+
+def test_the_pages_are_served_without_auth_and_not_recorded(taskbadger_server):
+    page = requests.get(f"{taskbadger_server.url}/", timeout=5)
+    assert page.status_code == 200 and page.headers["Content-Type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["Content-Security-Policy"]
+    assert requests.get(f"{taskbadger_server.url}/_dashboard/tasks", timeout=5).json()["tasks"] == []
+    assert taskbadger_server.requests == []  # the dashboard is not an API client
+
+
+def test_tasks_appear_newest_first_with_children_under_their_parent(taskbadger_server, driver):
+    parent = taskbadger.create_task("nightly export", tags={"env": "test"})
+    taskbadger.create_task("shard 1", parent=parent.id)
+    taskbadger.create_task("newest job", status="processing")
+    driver.get(f"{taskbadger_server.url}/")
+    wait(driver, lambda d: len(rows(d)) == 3)
+    assert names(driver) == ["newest job", "nightly export", "shard 1"]
+    assert "child" in rows(driver)[2].get_attribute("class")
+    assert "env=test" in rows(driver)[1].text and "processing" in rows(driver)[0].text
+
+
+def test_progress_moves_while_a_task_runs(taskbadger_server, driver):
+    task = taskbadger.create_task("import contacts", status="processing", value=10, value_max=200)
+    driver.get(f"{taskbadger_server.url}/")
+    wait(driver, lambda d: "5%" in d.find_element("css selector", "#tasks .percent").text)
+    task.update(value=150)  # no reload: the page polls
+    wait(driver, lambda d: "75%" in d.find_element("css selector", "#tasks .percent").text)
+    bar = driver.find_element("css selector", "#tasks .progress .bar")
+    assert bar.get_attribute("style").replace(" ", "") == "width:75%;"
+    task.success(value=200)
+    wait(driver, lambda d: "success" in rows(d)[0].text and "100%" in rows(d)[0].text)
+
+
+def test_filters_by_status_and_name(taskbadger_server, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    taskbadger.create_task("billing run", status="error")
+    taskbadger.create_task("billing check", status="success")
+    taskbadger.create_task("report", status="error")
+    driver.get(f"{taskbadger_server.url}/")
+    wait(driver, lambda d: len(rows(d)) == 3)
+    Select(driver.find_element(By.ID, "status-filter")).select_by_visible_text("error")
+    wait(driver, lambda d: sorted(names(d)) == ["billing run", "report"])
+    driver.find_element(By.ID, "name-filter").send_keys("billing")
+    wait(driver, lambda d: names(d) == ["billing run"])
+    assert driver.find_element(By.ID, "count").text == "1 of 3 tasks"
+
+
+def test_task_content_is_shown_as_text(taskbadger_server, driver):
+    from selenium.common.exceptions import NoAlertPresentException
+    from selenium.webdriver.common.by import By
+
+    task = taskbadger.create_task(XSS, tags={"t": XSS}, data={"html": XSS})
+    driver.get(f"{taskbadger_server.url}/")
+    wait(driver, lambda d: names(d) == [XSS])
+    assert driver.find_elements(By.CSS_SELECTOR, "#tasks img") == []
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text  # noqa: B018 (reading it is what raises)
+    driver.get(task.url)
+    wait(driver, lambda d: d.find_element(By.ID, "title").text == XSS)
+    assert XSS in driver.find_element(By.ID, "data").text and driver.find_elements(By.TAG_NAME, "img") == []
+
+
+def test_a_tasks_url_opens_its_page_with_data_and_traceback(taskbadger_server, driver):
+    from selenium.webdriver.common.by import By
+
+    task = taskbadger.create_task("charge card", data={"amount": 1999})
+    try:
+        raise ValueError("card declined")
+    except ValueError as err:
+        task.error(exception=err)
+    driver.get(f"{taskbadger_server.url}/")
+    wait(driver, lambda d: names(d) == ["charge card"])
+    rows(driver)[0].find_element(By.CSS_SELECTOR, "td.name a").click()
+    wait(driver, lambda d: d.current_url == task.url and d.find_element(By.ID, "title").text == "charge card")
+    wait(driver, lambda d: "ValueError: card declined" in d.find_element(By.ID, "traceback").text)
+    assert '"amount": 1999' in driver.find_element(By.ID, "data").text
+    fields = driver.find_element(By.ID, "fields").text
+    assert "status\nerror" in fields and task.id in fields
