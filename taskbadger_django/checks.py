@@ -22,6 +22,7 @@ taskbadger.W003    Warning  a ``MONITORS`` entry matches no registered Celery ta
 taskbadger.W004    Warning  a legacy API key (deprecated: use a project key)
 taskbadger.W005    Warning  ``ORGANIZATION_SLUG``/``PROJECT_SLUG`` are ignored: the project key carries them
 taskbadger.W006    Warning  the Celery task modules could not be imported, so tasks were not checked
+taskbadger.W007    Warning  ``CELERY_BROKER_URL``'s transport needs a package that is not installed
 taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no monitor id
 =================  =======  ==========================================================================
 """
@@ -29,6 +30,7 @@ taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no mo
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import ipaddress
 import threading
 from collections.abc import Iterator, Mapping
@@ -55,7 +57,40 @@ def register() -> None:
 
 def check_taskbadger(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every Task Badger check, settings first, in a stable order."""
-    return check_settings(app_configs, **kwargs) + check_celery_tasks(app_configs, **kwargs)
+    return (check_settings(app_configs, **kwargs) + check_broker(app_configs, **kwargs)
+            + check_celery_tasks(app_configs, **kwargs))
+
+
+#: broker URL scheme -> (the module its kombu transport needs, what installs it)
+BROKER_PACKAGES: dict[str, tuple[str, str]] = {
+    "redis": ("redis", 'pip install "django-taskbadger[redis]"  (or: pip install "celery[redis]")'),
+    "rediss": ("redis", 'pip install "django-taskbadger[redis]"  (or: pip install "celery[redis]")'),
+    "sentinel": ("redis", 'pip install "django-taskbadger[redis]"  (or: pip install "celery[redis]")'),
+    "sqs": ("boto3", 'pip install "celery[sqs]"'),
+    "mongodb": ("pymongo", 'pip install "celery[mongodb]"'),
+    "zookeeper": ("kazoo", 'pip install "celery[zookeeper]"'),
+    "consul": ("consul", 'pip install "celery[consul]"'),
+    "azureservicebus": ("azure.servicebus", 'pip install "celery[azureservicebus]"'),
+    "confluentkafka": ("confluent_kafka", 'pip install "celery[confluentkafka]"'),
+}
+
+
+def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W007: the Celery broker's transport needs a package that is not installed (the worker would
+    die at start with a long traceback about a missing module)."""
+    from django.conf import settings
+
+    url = getattr(settings, "CELERY_BROKER_URL", None)
+    if not isinstance(url, str) or "://" not in url:
+        return []
+    scheme = url.split("://", 1)[0].split("+")[0].lower()
+    needed = BROKER_PACKAGES.get(scheme)
+    if needed is None or importlib.util.find_spec(needed[0].split(".")[0]) is not None:
+        return []
+    return [checks.Warning(
+        f"CELERY_BROKER_URL uses the {scheme!r} transport, which needs the {needed[0]!r} package; it is not "
+        "installed, so Celery workers cannot start.", hint=f"Install it: {needed[1]}", obj="CELERY_BROKER_URL",
+        id="taskbadger.W007")]
 
 
 def _type_errors(values: Mapping[str, Any], table: Mapping[str, schema.Setting], where: str) -> list[CheckMessage]:
@@ -200,6 +235,8 @@ def _check_monitors(monitors: Mapping[str, Any]) -> list[CheckMessage]:
     messages = []
     obj = "TASKBADGER['MONITORS']"
     for pattern, monitor in monitors.items():
+        if isinstance(pattern, str) and monitor is None:
+            continue  # no monitor for this task (e.g. an id from the environment, unset in development)
         if not isinstance(pattern, str) or not isinstance(monitor, str):
             messages.append(checks.Error(
                 f"{obj} must map task names or patterns (strings) to monitor ids (strings); "
@@ -350,7 +387,7 @@ def _monitor_for(task_name: str, monitors: Mapping[str, Any], tasks: Mapping[str
     usable = {p: m for p, m in monitors.items() if isinstance(p, str) and _pattern_error(p) is None}
     valid = {p: m for p, m in usable.items() if monitor_id(m) is not None}
     if any(full_match(p, task_name) for p in usable if p not in valid):
-        return True  # named, with a monitor id that is not one: E006 says so
+        return True  # declared: left unset on purpose (None), or not an id (E006 says so)
     return CelerySystemIntegration(monitors=valid).monitor_for(task_name)
 
 

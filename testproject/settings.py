@@ -1,6 +1,7 @@
 """Settings for the test project. Everything comes from the environment (see .env.example); the
 defaults need no service: SQLite, and a Celery broker and result backend on local files."""
 
+import sys
 from pathlib import Path
 
 import environ
@@ -31,7 +32,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
 
 # Celery: embedded defaults (files under var/), or any broker through CELERY_BROKER_URL.
-CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")
+CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://localhost/")  # a host: no kombu warning
 CELERY_RESULT_BACKEND = env("CELERY_RESULT_BACKEND", default=f"file://{VAR_DIR / 'results'}")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     # kombu's own writes a message file before its content, and a worker can read it empty and stop
@@ -62,9 +63,12 @@ TASKBADGER = {
     "CELERY": {"AUTO_TRACK": False, "RECORD_TASK_ARGS": False},
 }
 
+# `manage.py demo` tells its own story on stdout: the SDK's start-up INFO lines in its process ("no API key",
+# before the demo starts its stand-in API) would contradict it. Its worker and beat still log INFO to files.
+_SDK_LOG_LEVEL = "WARNING" if sys.argv[1:2] == ["demo"] else "INFO"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"taskbadger": {"handlers": ["console"], "level": env.str("TASKBADGER_LOG_LEVEL", default="INFO")}},
+    "loggers": {"taskbadger": {"handlers": ["console"], "level": env.str("TASKBADGER_LOG_LEVEL", default=_SDK_LOG_LEVEL)}},
 }

@@ -70,3 +70,9 @@ def test_both_message_protocols_carry_the_task(taskbadger_server, prefork_worker
         lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "success" and t)
     assert task["data"]["seen_id"] == result.taskbadger_task_id  # the worker found it in the headers
     assert not [r for r in taskbadger_server.requests if r.method == "GET"]
+
+
+def test_the_worker_says_at_start_where_it_tracks(solo_worker, taskbadger_server_session):
+    lines = [line for line in solo_worker.log().splitlines() if "Task Badger: tracking" in line]
+    assert len(lines) == 1, solo_worker.log()[-3000:]
+    assert lines[0].endswith(f"tasks using taskbadger.celery.Task in acme/demo at {taskbadger_server_session.url}")

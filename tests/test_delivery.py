@@ -1,6 +1,7 @@
 """Delivery against the stand-in API: the queue of pending updates and its senders, and the breaker."""
 
 import logging
+import os
 import threading
 import time
 
@@ -54,6 +55,24 @@ def test_the_process_counters_are_one_call_away(taskbadger_server):
     assert (after["submitted"] - before["submitted"], after["merged"] - before["merged"],
             after["sent"] - before["sent"]) == (2, 1, 1)
     assert (after["queued"], after["in_flight"], after["breaker"]) == (0, 0, "closed")
+
+
+def test_each_process_logs_its_counters_when_they_changed(taskbadger_server, monkeypatch, tb_log):
+    monkeypatch.setattr(sender, "STATS_LOG_INTERVAL", 0.0)  # every round instead of once a minute
+    d = Dispatcher(linger=0.0)
+    task = taskbadger.create_task("counted")
+
+    def lines():
+        return [r.getMessage() for r in tb_log.records if r.getMessage().startswith("Task Badger delivery (process")]
+
+    d.submit(task.id, {"status": "success"}, final=True)
+    taskbadger_server.wait_for(lambda: lines(), timeout=5)  # logged by the sender thread, after the batch
+    assert lines() == [f"Task Badger delivery (process {os.getpid()}): submitted=1 sent=1 merged=0 retried=0 "
+                       "dropped=0 failed=0 queued=0 in_flight=0"]
+    d.submit(task.id, {"value": 1})
+    taskbadger_server.wait_for(lambda: len(lines()) == 2, timeout=5)
+    assert lines()[1].endswith("submitted=2 sent=2 merged=0 retried=0 dropped=0 failed=0 queued=0 in_flight=0")
+    assert d.flush(5)
 
 
 def test_non_final_updates_are_sent_after_the_linger(taskbadger_server, dispatcher):

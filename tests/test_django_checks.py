@@ -206,6 +206,32 @@ def test_monitor_that_matches_no_task(app):
     assert ids(run(VALID, MONITORS={r"celery\..*": MONITOR})) == ["taskbadger.W003"]
 
 
+def test_a_monitor_left_unset_means_no_monitor(app):
+    @app.task(shared=False, name="shop.nightly_report")
+    def nightly_report():
+        return None
+
+    unset = {"shop.nightly_report": None}  # as env.str("NIGHTLY_REPORT_MONITOR", default=None) gives
+    assert run(VALID, MONITORS=unset) == []
+    with override_settings(TASKBADGER={**VALID, "MONITORS": unset}):
+        assert conf.configure().system("celery").monitors == {}
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("sqs://", ["taskbadger.W007"]),  # boto3 is not installed here
+    ("redis://127.0.0.1:6379/0", []),
+    ("amqp://guest:guest@127.0.0.1:5672//", []),
+    ("filesystem://localhost/", []),
+    (None, []),
+])
+def test_a_broker_whose_transport_package_is_missing(url, expected):
+    with override_settings(CELERY_BROKER_URL=url):
+        messages = run(VALID)
+    assert ids(messages) == expected
+    if expected:
+        assert messages[0].hint == 'Install it: pip install "celery[sqs]"' and "'boto3'" in messages[0].msg
+
+
 def test_beat_task_without_monitor(app):
     @app.task(shared=False, name="shop.nightly")
     def nightly():

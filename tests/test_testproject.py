@@ -1,6 +1,7 @@
 """The test project: the one-command demo, and celery beat publishing a monitored task."""
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,16 +21,39 @@ def project_env(**extra):
 
 
 def test_the_demo_command_runs_green_with_no_service_and_no_key():
-    run = subprocess.run([sys.executable, "manage.py", "demo"], cwd=ROOT, env=project_env(), capture_output=True,
+    env = project_env()
+    # A `shutdown` for the demo's worker left in the broker by an interrupted run must not stop the next one.
+    subprocess.run([sys.executable, "-c", STALE_SHUTDOWN], cwd=ROOT, env=env, check=True, timeout=60,
+                   stdin=subprocess.DEVNULL)
+    run = subprocess.run([sys.executable, "manage.py", "demo"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=120, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stdout + run.stderr
     out = run.stdout
-    assert "started the stand-in Task Badger API" in out
-    for line in ("demo.tasks.charge_card           error", "ValueError: card declined",
-                 "succeeded after 2 retries", "└ demo.tasks.index_shard       success",
-                 "demo.tasks.export_archive        cancelled", "demo.tasks.nightly_report        success",
-                 "demo.tasks.import_contacts       success    200/200"):
+    lines = out.splitlines()
+    assert lines[0].endswith("Task Badger demo, on the stand-in API (no TASKBADGER_API_KEY set: nothing leaves "
+                             "this machine)")
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ ", lines[1])
+    assert run.stderr == ""  # no contradicting "no API key" line, no second announcement of the URL
+    assert re.search(r"import_contacts +\[#+\.*\] \d+%", out)  # live progress
+    assert "charge_card            pending → error  (ValueError: card declined for 19.99 EUR)" in out
+    for line in ("charge_card           error", "ValueError: card declined", "succeeded after 2 retries",
+                 "  └ index_shard       success", "export_archive        cancelled", "nightly_report        success",
+                 "import_contacts       success    100%", "all 10 tasks finished: 1 cancelled, 1 error, 8 success"):
         assert line in out, out
+    stopping = next(i for i, line in enumerate(lines) if "stopping the worker and beat" in line)
+    assert lines[stopping + 1].endswith("] stopped")
+    assert "demo-worker.log" in out and "--keep-open" in lines[-1]
+
+
+STALE_SHUTDOWN = """
+import os, socket, django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "testproject.settings")
+django.setup()
+from testproject.celery import app
+with app.connection_for_write() as connection:
+    app.control.mailbox(connection).get_queue(f"demo@{socket.gethostname()}")(connection.default_channel).declare()
+app.control.shutdown(destination=[f"demo@{socket.gethostname()}"])
+"""
 
 
 def test_a_task_published_by_celery_beat_is_tracked_with_the_monitor_from_settings(taskbadger_server_session):

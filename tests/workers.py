@@ -22,7 +22,7 @@ INTERNAL_ERROR = "Task Badger: internal error"
 
 def broker_url(kind: str) -> str:
     if kind == "filesystem":
-        return "filesystem://"
+        return "filesystem://localhost/"  # with a host: kombu warns about none on every connection
     if kind == "redis":
         return "redis://127.0.0.1:6379/7"
     if kind == "rabbitmq":

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import signals
 
+from ..config import get_config
 from ..delivery import sender
 from . import events, headers, publish
 from .state import publish_slot
@@ -110,6 +111,20 @@ def on_process_shutdown(**_: Any) -> None:
     sender.flush()
 
 
+@guard
+def on_worker_init(**_: Any) -> None:
+    """One line when a worker starts: tracking is on (where) or off (why)."""
+    config = get_config()
+    if config is None:
+        log.info("Task Badger: not tracking tasks in this worker: Task Badger is not configured (set "
+                 "TASKBADGER_API_KEY, or the TASKBADGER setting with the Django app, or call taskbadger.init())")
+        return
+    system = config.system("celery")
+    auto = "auto-tracking by name, and " if system is not None and system.auto_track_tasks else ""
+    log.info("Task Badger: tracking %stasks using taskbadger.celery.Task in %s/%s at %s", auto,
+             config.organization_slug, config.project_slug, config.host)
+
+
 _RECEIVERS = (
     (signals.before_task_publish, on_before_publish),
     (signals.after_task_publish, on_after_publish),
@@ -120,6 +135,7 @@ _RECEIVERS = (
     (signals.task_received, on_received),
     (signals.worker_process_shutdown, on_process_shutdown),
     (signals.worker_shutdown, on_process_shutdown),
+    (signals.worker_init, on_worker_init),
 )
 
 

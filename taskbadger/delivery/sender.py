@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import os
 import random
 import threading
 import time
@@ -38,6 +39,9 @@ SENDER_THREADS = 2
 BATCH_SIZE = 32
 
 SENT, RETRY, DROPPED = "sent", "retry", "dropped"
+#: Each process with senders logs its counters at most this often, when they changed: in a worker the
+#: counters live in each pool child, which no other process can ask.
+STATS_LOG_INTERVAL = 60.0
 
 
 class Sender:
@@ -51,6 +55,7 @@ class Sender:
         self.retry_horizon = retry_horizon
         self.threads: list[threading.Thread] = []
         self._failures = 0  # consecutive rounds of failed requests: the backoff's exponent
+        self._stats_logged: tuple[float, dict[str, int]] = (time.monotonic(), {})
 
     def submit(self, task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
         """Queue an update (see ``PendingQueue.submit``); starts the first thread on first use."""
@@ -112,6 +117,18 @@ class Sender:
                 queue.counters["failed"] += len(batch)
         with queue.cond:
             queue.finish(batch, [outcome == RETRY for outcome in outcomes])
+        self._log_stats()
+
+    def _log_stats(self) -> None:
+        last, counters = self._stats_logged
+        now = time.monotonic()
+        if now - last < STATS_LOG_INTERVAL:
+            return
+        current = self.queue.stats()
+        if current != counters:
+            log.info("Task Badger delivery (process %d): %s", os.getpid(),
+                     " ".join(f"{key}={value}" for key, value in current.items()))
+        self._stats_logged = (now, current)
 
     # -- one batch ----------------------------------------------------------------------------------
 

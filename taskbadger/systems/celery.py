@@ -48,6 +48,8 @@ def _checked_monitors(monitors: Mapping[str, str] | None) -> dict[str, str]:
     with a warning: the tasks it names are still tracked, without a monitor."""
     checked = {}
     for pattern, monitor in (monitors or {}).items():
+        if monitor is None:
+            continue  # no monitor for it (an id read from the environment, left unset)
         canonical = monitor_id(monitor)
         if not isinstance(pattern, str) or canonical is None:
             log.warning("Task Badger: monitors entry %s -> %s ignored: the key must be a task name or pattern and "
