@@ -1,6 +1,6 @@
 from importlib.metadata import PackageNotFoundError, version
 
 try:
-    __version__ = version("taskbadger")
+    __version__ = version("django-taskbadger")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+source"

@@ -21,7 +21,8 @@ def __getattr__(name: str) -> Any:
         try:
             from taskbadger.celery import Task
         except ImportError as err:
-            raise ImportError(f'taskbadger_django.Task needs Celery: pip install "taskbadger[celery]" ({err})') from err
+            raise ImportError(
+                f'taskbadger_django.Task needs Celery: pip install "django-taskbadger[celery]" ({err})') from err
         return Task
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -163,7 +163,7 @@ def test_app_works_without_celery_installed(tmp_path):
                          timeout=60)
     assert out.stdout.splitlines() == [
         "acme {} ['taskbadger.E006']",
-        'taskbadger_django.Task needs Celery: pip install "taskbadger[celery]"',
+        'taskbadger_django.Task needs Celery: pip install "django-taskbadger[celery]"',
     ], out.stderr
 
 
