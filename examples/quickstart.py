@@ -40,11 +40,12 @@ def main() -> None:
         failing_import()
     except ValueError:
         pass
-    print(f"{'name':32} {'status':10} {'value':>7}  error")
+    print(f"{'name':32} {'status':10} {'progress':>8}  error")
     for task in taskbadger.list_tasks(page_size=10):
         error = (task.data or {}).get("exception", "").strip().splitlines()[-1:] if task.data else []
-        value = f"{task.value or 0}/{task.value_max or 100}"
-        print(f"{task.name:32} {task.status:10} {value:>7}  {error[0] if error else ''}")
+        # A task that never reported progress has no value: it shows no percentage, not 0 %.
+        progress = "-" if task.value_percent is None else f"{task.value_percent}%"
+        print(f"{task.name:32} {task.status:10} {progress:>8}  {error[0] if error else ''}")
     if server:
         server.stop()
 
