@@ -70,5 +70,7 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"taskbadger": {"handlers": ["console"], "level": env.str("TASKBADGER_LOG_LEVEL", default=_SDK_LOG_LEVEL)}},
+    "loggers": {
+        "taskbadger": {"handlers": ["console"], "level": env.str("TASKBADGER_LOG_LEVEL", default=_SDK_LOG_LEVEL)},
+    },
 }

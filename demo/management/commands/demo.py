@@ -137,7 +137,7 @@ class Command(BaseCommand):
                 app.control.shutdown(destination=[self.worker_node])
             else:
                 process.send_signal(signal.SIGTERM)
-        for name, process in running:
+        for _, process in running:
             try:
                 process.wait(10)
             except subprocess.TimeoutExpired:  # the control message did not reach it: the signal then
