@@ -85,15 +85,19 @@ def app_with_backend():
     def plain():
         return None
 
+    @app.task(base=BaseTask, name="backend.ignored", ignore_result=True)
+    def ignored():
+        return None
+
     app.set_current()
     try:
-        yield app, tracked, plain
+        yield app, tracked, plain, ignored
     finally:
         previous.set_current()
 
 
 def test_with_a_result_backend_the_celery_id_leads_to_the_task(taskbadger_server, app_with_backend):
-    app, tracked, plain = app_with_backend
+    app, tracked, plain, ignored = app_with_backend
     taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url,
                     systems=[CelerySystemIntegration(includes=["backend.plain"])])
     for task in (tracked, plain):
@@ -101,3 +105,8 @@ def test_with_a_result_backend_the_celery_id_leads_to_the_task(taskbadger_server
         [tb_task] = [t for t in taskbadger_server.tasks.values() if t["external_id"] == result.id]
         assert app.AsyncResult(result.id).info == {"taskbadger_task_id": tb_task["id"]}
         assert app.AsyncResult(result.id).state == "PENDING"
+    # A task that ignores its result gets nothing written to the backend, by its setting or per call.
+    for result in (ignored.apply_async(producer=memory_producer()),
+                   tracked.apply_async(producer=memory_producer(), ignore_result=True)):
+        assert any(t["external_id"] == result.id for t in taskbadger_server.tasks.values())  # still tracked
+        assert app.AsyncResult(result.id).info is None

@@ -95,15 +95,23 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
         return None
     message.pop(KWARGS_KEY, None)  # resolved into the created task
     write_meta(message, Meta(header_fields(task.to_dict()), heartbeat, stale_timeout))
-    if celery_id is not None:
+    if celery_id is not None and not _ignores_result(message, celery_task):
         _tell_result_backend(celery_task, celery_id, task.id)
     return task
+
+
+def _ignores_result(message: dict[str, Any], celery_task: Any) -> bool:
+    """The task's ``ignore_result``, as ``apply_async`` resolved it into the message (else the task's)."""
+    ignore = message.get("ignore_result")
+    return ignore if isinstance(ignore, bool) else getattr(celery_task, "ignore_result", None) is True
 
 
 def _tell_result_backend(celery_task: Any, celery_id: str, task_id: str) -> None:
     """As the official SDK: with a result backend, ``AsyncResult(celery_id).info`` is
     ``{"taskbadger_task_id": ...}`` until the worker records its own state, so that another process
-    finds the Task Badger task from the Celery id. Without a backend, nothing (none is needed)."""
+    finds the Task Badger task from the Celery id. Without a backend, nothing (none is needed); nor
+    for a task that ignores its result: its user asked for no writes to the backend (the official SDK
+    writes anyway, a backend round trip on every ``.delay()``)."""
     import celery
     from celery.backends.base import DisabledBackend
 
