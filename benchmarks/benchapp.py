@@ -9,7 +9,8 @@ Configured from the environment (``benchmarks/run.py`` sets it for every worker 
 * ``BENCH_API_URL``, ``BENCH_API_KEY``  the stand-in Task Badger API (tracked mode)
 * ``BENCH_TIMEOUT``  optional API timeout in seconds, ``"1,1"`` = (connect, read); SDK default if unset
 * ``BENCH_READY_FILE``  written with the worker's pid once it is ready
-* ``BENCH_NO_RESULT_BACKEND``  set: no result backend (measures what ours' publish-time result hint costs)
+* ``BENCH_NO_RESULT_BACKEND``  set: no result backend; ``BENCH_KEEP_RESULTS`` set: tasks keep their results
+  (with both, run.py measures what ours' publish-time result hint costs a task that keeps results)
 
 Each task RPUSHes ``time.time()`` to the Redis list named by its first argument, the same constant
 cost in every mode, so throughput is measured from the tasks themselves without a result backend.
@@ -35,7 +36,7 @@ app = Celery("benchapp")
 app.conf.update(
     broker_url=BROKER,
     result_backend=None if os.environ.get("BENCH_NO_RESULT_BACKEND") else BROKER,
-    task_ignore_result=True,
+    task_ignore_result=not os.environ.get("BENCH_KEEP_RESULTS"),
     task_default_queue=os.environ.get("BENCH_QUEUE", "bench"),
     task_create_missing_queues=True,
     task_always_eager=False,
