@@ -33,9 +33,18 @@ def rows(driver):
 
 
 def wait(driver, predicate, timeout=10):
+    """Wait until `predicate(driver)` holds. The page replaces its rows whenever the data changes,
+    so an element found a moment ago can be gone when it is read: that attempt counts as "not yet"."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d))
+    return WebDriverWait(
+        driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+    ).until(lambda d: predicate(d))
+
+
+def bar_style(driver):
+    return driver.find_element("css selector", "#tasks .progress .bar").get_attribute("style").replace(" ", "")
 
 
 def names(driver):
@@ -69,10 +78,9 @@ def test_progress_moves_while_a_task_runs(taskbadger_server, driver):
     wait(driver, lambda d: "5%" in d.find_element("css selector", "#tasks .percent").text)
     task.update(value=150)  # no reload: the page polls
     wait(driver, lambda d: "75%" in d.find_element("css selector", "#tasks .percent").text)
-    bar = driver.find_element("css selector", "#tasks .progress .bar")
-    assert bar.get_attribute("style").replace(" ", "") == "width:75%;"
+    wait(driver, lambda d: bar_style(d) == "width:75%;")
     task.success(value=200)
-    wait(driver, lambda d: "success" in rows(d)[0].text and "100%" in rows(d)[0].text)
+    wait(driver, lambda d: {"success", "100%"} <= set(rows(d)[0].text.split()))
 
 
 def test_filters_by_status_and_name(taskbadger_server, driver):
@@ -116,7 +124,7 @@ def test_a_tasks_url_opens_its_page_with_data_and_traceback(taskbadger_server, d
         task.error(exception=err)
     driver.get(f"{taskbadger_server.url}/")
     wait(driver, lambda d: names(d) == ["charge card"])
-    rows(driver)[0].find_element(By.CSS_SELECTOR, "td.name a").click()
+    wait(driver, lambda d: rows(d)[0].find_element(By.CSS_SELECTOR, "td.name a").click() or True)
     wait(driver, lambda d: d.current_url == task.url and d.find_element(By.ID, "title").text == "charge card")
     wait(driver, lambda d: "ValueError: card declined" in d.find_element(By.ID, "traceback").text)
     assert '"amount": 1999' in driver.find_element(By.ID, "data").text
