@@ -1,9 +1,9 @@
 """Fault injection for the stand-in Task Badger server.
 
 A fault is a rule that changes how the server answers matching requests: extra latency, a forced
-status code, a dropped connection or a hang. Each rule can be limited to ``times`` requests and to
-some HTTP methods. All operations are thread-safe: tests change faults while handler threads read
-them.
+status code, a dropped connection, a hang, or one of the ways a misbehaving API or proxy answers
+(``MISBEHAVIOURS``). Each rule can be limited to ``times`` requests and to some HTTP methods. All
+operations are thread-safe: tests change faults while handler threads read them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,17 @@ FAIL = "fail"
 DROP = "drop"
 HANG = "hang"
 LATENCY = "latency"
+
+#: How a misbehaving API answers a request it has carried out (the task is created or updated):
+MISBEHAVIOURS = {
+    "slow_headers": "the status line at once, then one header line every `seconds` (50 of them), then the answer",
+    "slow_body": "the headers at once, then the body one byte every `seconds`",
+    "endless_headers": "the status line, then header lines as fast as the client reads them, without end",
+    "huge_body": "a 2xx answer whose JSON body is padded to `size` bytes (40 MB by default)",
+    "extra_answer": "the answer, then `seconds` later (0.05 by default) a copy of it that nobody asked for",
+    "not_json": "the answer's status with a body that is not JSON",
+    "reset": "half of the answer, then a connection reset",
+}
 
 
 def _normalise_methods(method: Methods) -> frozenset[str] | None:
@@ -43,6 +54,7 @@ class Fault:
     retry_after: float | int | str | None = None
     detail: str | None = None
     seconds: float = 0.0
+    size: int = 0
 
     def matches(self, method: str) -> bool:
         return (self.remaining is None or self.remaining > 0) and (
@@ -145,6 +157,7 @@ def make_fault(
     retry_after: float | int | str | None = None,
     detail: str | None = None,
     seconds: float = 0.0,
+    size: int = 0,
 ) -> Fault:
     return Fault(
         kind=kind,
@@ -154,6 +167,7 @@ def make_fault(
         retry_after=retry_after,
         detail=detail,
         seconds=seconds,
+        size=size,
     )
 
 

@@ -17,6 +17,7 @@ import email.utils
 import json
 import logging
 import socket
+import struct
 import sys
 import threading
 import time
@@ -40,6 +41,9 @@ METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 MAX_LINE = 65536  # request line or header line, as http.server allows
 MAX_HEADERS = 100
 HANG_POLL = 0.05  # how often a hung request checks whether it was released
+_PADDING = b"x" * (1 << 20)
+#: Header lines a ``slow_headers`` answer trickles before its own (well within a client's limit of 100).
+SLOW_HEADER_LINES = 50
 SERVER_HEADER = f"TaskBadgerTestServer/1.0 Python/{sys.version.split()[0]}"
 
 
@@ -294,15 +298,19 @@ class Connection(asyncio.Protocol):
             self.busy = True
             self._hang(decision.release)
             return
-        if action is not None:
+        if action is not None and action.kind == _faults.FAIL:
             status, payload, headers = _faults.response(action)
         else:
             status, payload, headers = app.handle(record)
+        misbehaviour = action if action is not None and action.kind in _faults.MISBEHAVIOURS else None
 
         def answer() -> None:
             self.timer = None
             app.answered(record, status)
-            self._send(status, payload, headers, request.method, close=not request.keep_alive)
+            if misbehaviour is not None:
+                self._misbehave(misbehaviour, status, payload, headers, request.method, not request.keep_alive)
+            else:
+                self._send(status, payload, headers, request.method, close=not request.keep_alive)
 
         if decision.latency > 0:
             self.busy = True
@@ -328,22 +336,139 @@ class Connection(asyncio.Protocol):
         """Status line, headers and body in ONE write."""
         if self.closed:
             return
-        body = b"" if status == 204 or payload is None else json.dumps(payload).encode()
+        self._write(self._answer(status, payload, headers, method, close))
+        if close:
+            self._close()
+
+    def _answer(self, status: int, payload: Any, headers: dict[str, str], method: str, close: bool,
+                body: bytes | None = None, content_type: str = "application/json") -> bytes:
+        if body is None:
+            body = b"" if status == 204 or payload is None else json.dumps(payload).encode()
         lines = [
             f"HTTP/1.1 {status} {phrase(status)}",
             f"Server: {SERVER_HEADER}",
             f"Date: {self.owner.date()}",
         ]
         if status != 204:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+            lines += [f"Content-Type: {content_type}", f"Content-Length: {len(body)}"]
         lines += [f"{name}: {value}" for name, value in headers.items()]
         if close:
             lines.append("Connection: close")
         if method == "HEAD":
             body = b""
-        self._write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+    # -- a misbehaving API (``TaskBadgerServer.misbehave``) -------------------------------------------
+
+    def _misbehave(self, fault: _faults.Fault, status: int, payload: Any, headers: dict[str, str], method: str,
+                   close: bool) -> None:
+        if self.closed:
+            return
+        kind, loop = fault.kind, asyncio.get_running_loop()
+        if kind == "not_json":
+            self._write(self._answer(status, None, headers, method, close,
+                                     body=b"<html><body><h1>502 Bad Gateway</h1></body></html>",
+                                     content_type="text/html"))
+            if close:
+                self._close()
+        elif kind == "extra_answer":
+            data = self._answer(status, payload, headers, method, close)
+            self._write(data)
+            if close:
+                self._close()
+            else:
+                loop.call_later(fault.seconds, lambda: None if self.closed else self._write(data))
+        elif kind == "reset":
+            data = self._answer(status, payload, headers, method, close)
+            self._write(data[:len(data) // 2])
+            loop.call_soon(self._reset)
+        else:
+            self.busy = True  # later requests on this connection wait, as they would behind a slow answer
+            loop.create_task(self._trickle(fault, self._answer(status, payload, headers, method, close), payload,
+                                           status, headers, method, close))
+
+    async def _trickle(self, fault: _faults.Fault, data: bytes, payload: Any, status: int, headers: dict[str, str],
+                       method: str, close: bool) -> None:
+        kind = fault.kind
+        head, _, body = data.partition(b"\r\n\r\n")
+        status_line, _, rest = head.partition(b"\r\n")
+        try:
+            if kind == "slow_headers":
+                self._write(status_line + b"\r\n")
+                for n in range(SLOW_HEADER_LINES):
+                    await self._pause(fault.seconds)
+                    self._write(b"X-Slow-%d: %d\r\n" % (n, n))
+                self._write(rest + b"\r\n\r\n" + body)
+            elif kind == "slow_body":
+                self._write(head + b"\r\n\r\n")
+                for i in range(len(body)):
+                    await self._pause(fault.seconds)
+                    self._write(body[i:i + 1])
+            elif kind == "endless_headers":
+                self._write(status_line + b"\r\n")
+                line = b"X-Endless: " + b"x" * 100 + b"\r\n"
+                while not self.closed:
+                    await self._drained()
+                    self._write(line * 600)
+            elif kind == "huge_body":
+                await self._write_huge(payload, status, headers, method, close, fault.size)
+        except ConnectionError:
+            return
+        if self.closed:
+            return
         if close:
             self._close()
+            return
+        self.busy = False
+        self._serve_guarded()
+
+    async def _write_huge(self, payload: Any, status: int, headers: dict[str, str], method: str, close: bool,
+                          size: int) -> None:
+        """The answer's JSON with a ``padding`` member that makes the body ``size`` bytes, streamed in
+        chunks of one shared buffer: a 40 MB answer costs the loop (and the client under test, which
+        shares the GIL in-process) next to nothing to produce."""
+        padded = dict(payload) if isinstance(payload, dict) else {"value": payload}
+        padded["padding"] = ""
+        prefix, suffix = json.dumps(padded).encode().rsplit(b'""', 1)
+        prefix += b'"'
+        suffix = b'"' + suffix
+        fill = max(0, size - len(prefix) - len(suffix))
+        head = self._answer(status, None, headers, method, close, body=b"")
+        head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % (len(prefix) + fill + len(suffix)), 1)
+        self._write(head + prefix)
+        while fill > 0:
+            await self._drained()
+            chunk = _PADDING if fill >= len(_PADDING) else _PADDING[:fill]
+            self._write(chunk)
+            fill -= len(chunk)
+        self._write(suffix)
+
+    async def _pause(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionError("the client went away")
+
+    async def _drained(self) -> None:
+        """Wait until the transport has room for more; always yields to the loop, so that a client that
+        went away is noticed (its connection_lost runs) before the next write."""
+        await asyncio.sleep(0)
+        while self.transport is not None and self.transport.get_write_buffer_size() > (1 << 20):
+            if self.closed or self.transport.is_closing():
+                raise ConnectionError("the client went away")
+            await asyncio.sleep(0.005)
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionError("the client went away")
+
+    def _reset(self) -> None:
+        """Close with a reset (RST), not an orderly shutdown."""
+        if self.sock is not None:
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except OSError:
+                pass
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def _send_page(self, page: dashboard.Page, method: str, close: bool) -> None:
         status, body, content_type = page

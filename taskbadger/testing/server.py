@@ -159,6 +159,28 @@ class TaskBadgerServer:
         the connection without answering)."""
         self.app.faults.add(_faults.make_fault(_faults.HANG, times=times, method=method))
 
+    def misbehave(self, mode: str, times: int | None = None, method: Methods = None, seconds: float | None = None,
+                  size: int | None = None) -> None:
+        """Answer matching requests the way a misbehaving API or proxy does, after carrying them out
+        (a create creates the task): ``mode`` is one of ``faults.MISBEHAVIOURS``:
+
+        * ``slow_headers``: one header line every ``seconds`` (1 by default), 50 of them, then the answer;
+        * ``slow_body``: the body one byte every ``seconds`` (1 by default);
+        * ``endless_headers``: header lines without end, as fast as the client reads;
+        * ``huge_body``: a JSON body padded to ``size`` bytes (40 MB by default);
+        * ``extra_answer``: the answer, then ``seconds`` (0.05 by default) later a copy nobody asked for;
+        * ``not_json``: the answer's status with a body that is not JSON;
+        * ``reset``: half of the answer, then a connection reset.
+
+        ``hang()``, ``drop()`` and ``refuse()`` cover an API that does not answer at all.
+        """
+        if mode not in _faults.MISBEHAVIOURS:
+            raise ValueError(f"unknown mode {mode!r}: one of {', '.join(_faults.MISBEHAVIOURS)}")
+        default_seconds = 0.05 if mode == "extra_answer" else 1.0
+        self.app.faults.add(_faults.make_fault(
+            mode, times=times, method=method, seconds=default_seconds if seconds is None else seconds,
+            size=40 * 1024 * 1024 if size is None else size))
+
     def clear_faults(self) -> None:
         """Remove all faults, restore the initial latency, release hung requests, and listen again
         if ``refuse()`` was called."""
