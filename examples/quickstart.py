@@ -40,6 +40,9 @@ def main() -> None:
         failing_import()
     except ValueError:
         pass
+    # A tracked call's end is sent in the background, so the call returns at once; wait for it here
+    # to list the final states (a script's exit waits for it anyway).
+    taskbadger.flush()
     print(f"{'name':32} {'status':10} {'progress':>8}  error")
     for task in taskbadger.list_tasks(page_size=10):
         error = (task.data or {}).get("exception", "").strip().splitlines()[-1:] if task.data else []

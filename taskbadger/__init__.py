@@ -25,8 +25,9 @@ from .compat import Badger, Session
 from .config import Config, get_config, init, is_configured
 from .decorators import track
 from .delivery.merge import DefaultMergeStrategy
-from .delivery.sender import stats
+from .delivery.sender import flush, stats
 from .exceptions import (
+    BadAnswer,
     ConfigurationError,
     ConnectError,
     CreateSkipped,
@@ -48,11 +49,11 @@ from .task import Task
 from .version import __version__
 
 __all__ = [
-    "Action", "Badger", "EmailIntegration", "WebhookIntegration",
+    "Action", "BadAnswer", "Badger", "EmailIntegration", "WebhookIntegration",
     "Config", "ConfigurationError", "ConnectError", "CreateSkipped", "DefaultMergeStrategy", "InvalidData",
     "MissingConfiguration", "NotFound", "RateLimited", "ReadTimeout", "Scope", "ServerError", "Session",
     "StatusEnum", "Task", "TaskList", "TaskModel", "TaskbadgerException", "TransportError", "Unauthorized",
     "UnexpectedStatus", "ValidationError", "__version__", "cancel_task", "create_task", "create_task_safe",
-    "current_scope", "get_config", "get_task", "init", "is_configured", "iter_tasks", "list_tasks", "stats",
+    "current_scope", "flush", "get_config", "get_task", "init", "is_configured", "iter_tasks", "list_tasks", "stats",
     "track", "update_task", "update_task_safe",
 ]

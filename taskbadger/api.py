@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from . import endpoints
 from ._runtime import log_once, short
@@ -117,11 +116,11 @@ class TaskList:
 
     @property
     def next_cursor(self) -> str | None:
-        return _cursor(self.next)
+        return endpoints.cursor_of(self.next)
 
     @property
     def previous_cursor(self) -> str | None:
-        return _cursor(self.previous)
+        return endpoints.cursor_of(self.previous)
 
     def next_page(self) -> TaskList | None:
         cursor = self.next_cursor
@@ -135,13 +134,6 @@ class TaskList:
         while page is not None:
             yield from page.results
             page = page.next_page()
-
-
-def _cursor(url: str | None) -> str | None:
-    if not url:
-        return None
-    values = parse_qs(urlsplit(url).query).get("cursor")
-    return values[0] if values else None
 
 
 def list_tasks(page_size: int | None = None, cursor: str | None = None, parent: str | None = None) -> TaskList:

@@ -28,8 +28,16 @@ from .scope import scope_state
 log = logging.getLogger("taskbadger")
 
 DEFAULT_HOST = "https://taskbadger.net"
-#: (connect, read) seconds. Short on purpose: tracking must never hold up the user's work for long.
+#: (connect, read) seconds. An ordinary call (the public API, each batch of the senders) must be over
+#: within connect + read seconds, connecting within connect (``taskbadger.http.deadline``).
 DEFAULT_TIMEOUT: tuple[float, float] = (2.0, 5.0)
+#: Seconds an inline create may take in all (at publish, in a worker for a task its publisher could not
+#: track, ``@track``): a web request waits for it. A healthy API answers a create in tens of milliseconds
+#: on a kept-alive connection, and a new TLS connection costs two more round trips; a second leaves room
+#: for both across an ocean, and a slow API costs a request no more than that.
+DEFAULT_PUBLISH_BUDGET = 1.0
+#: The most a publish budget may be: past this, a web request waits for tracking longer than users wait.
+MAX_PUBLISH_BUDGET = 30.0
 
 BeforeCreate = Callable[[dict], dict | None]
 Timeout = float | int | tuple[float, float]
@@ -57,6 +65,8 @@ class Config:
     timeout: tuple[float, float] = DEFAULT_TIMEOUT
     #: error context from other systems (``taskbadger.context_providers``)
     context_providers: tuple[Any, ...] = ()
+    #: seconds an inline create may take in all (the create at publish, the worker's, ``@track``'s)
+    publish_budget: float = DEFAULT_PUBLISH_BUDGET
 
     def __repr__(self) -> str:  # the token is a secret: never in a repr
         return (
@@ -143,6 +153,13 @@ def validate_host(host: str) -> str:
         )
     if parts.query or parts.fragment:
         raise ConfigurationError(f"Task Badger host must not have a query or fragment, got {host!r}.")
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
+    except ValueError:
+        raise ConfigurationError(f"Task Badger host has an invalid port (a number from 1 to 65535), got {host!r}.") \
+            from None
+    if parts.port == 0:
+        raise ConfigurationError(f"Task Badger host has an invalid port (a number from 1 to 65535), got {host!r}.")
     return host.strip().rstrip("/")
 
 
@@ -161,6 +178,19 @@ def normalize_timeout(timeout: Any) -> tuple[float, float]:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pair):
         raise ConfigurationError(f"timeout values must be positive numbers of seconds, got {timeout!r}.")
     return float(pair[0]), float(pair[1])
+
+
+def normalize_publish_budget(budget: Any) -> float:
+    """Seconds, more than 0 and at most ``MAX_PUBLISH_BUDGET``."""
+    if isinstance(budget, str):
+        try:
+            budget = float(budget.strip())
+        except ValueError:
+            raise ConfigurationError(f"publish_budget must be a number of seconds, got {budget!r}.") from None
+    if not isinstance(budget, (int, float)) or isinstance(budget, bool) or not 0 < budget <= MAX_PUBLISH_BUDGET:
+        raise ConfigurationError(f"publish_budget must be seconds, more than 0 and at most {MAX_PUBLISH_BUDGET:g}, "
+                                 f"got {budget!r}.")
+    return float(budget)
 
 
 def import_string(path: str) -> Any:
@@ -210,6 +240,7 @@ def build_config(
     before_create: BeforeCreate | str | None = None,
     timeout: Timeout | None = None,
     context_providers: Iterable[Any] | None = None,
+    publish_budget: float | None = None,
 ) -> Config:
     """Resolve arguments and environment into a validated Config (no I/O, no global change)."""
     env = os.environ
@@ -256,6 +287,8 @@ def build_config(
         before_create=resolve_before_create(before_create),
         timeout=normalize_timeout(_first_set(timeout, timeout_from_environment(), DEFAULT_TIMEOUT)),
         context_providers=_check_providers(context_providers),
+        publish_budget=normalize_publish_budget(_first_set(publish_budget, env.get("TASKBADGER_PUBLISH_BUDGET") or None,
+                                                           DEFAULT_PUBLISH_BUDGET)),
     )
 
 
@@ -284,6 +317,7 @@ def init(
     timeout: Timeout | None = None,
     *,
     host: str | None = None,
+    publish_budget: float | None = None,
 ) -> Config:
     """Configure Task Badger for this process (every thread sees it).
 
@@ -298,15 +332,21 @@ def init(
             each create and returns them, changed or not, or None to skip creating the task.
         context_providers: error context from other systems, e.g. ``[SentryContextProvider()]``.
         timeout: seconds, a (connect, read) pair, or an object with ``connect``/``read`` (``httpx.Timeout``);
-            defaults to ``TASKBADGER_HTTP_TIMEOUT``, then (2, 5).
+            defaults to ``TASKBADGER_HTTP_TIMEOUT``, then (2, 5). Each call must be over within
+            connect + read seconds in all, connecting within connect.
         host: the API's base URL; defaults to ``TASKBADGER_HOST``, then the hosted service.
+        publish_budget: seconds a create made inline may take in all: at publish (``.delay()``), in a
+            worker for a task its publisher could not track, and ``@track``'s. Defaults to
+            ``TASKBADGER_PUBLISH_BUDGET``, then 1. A create that misses it is given up: the task is
+            published untracked and the worker creates it when it starts.
 
     Raises:
         MissingConfiguration: naming each missing setting.
-        ConfigurationError: a malformed key, host, timeout, tags, before_create or context provider.
+        ConfigurationError: a malformed key, host, timeout, publish budget, tags, before_create or context
+            provider.
     """
     config = build_config(token, organization_slug, project_slug, host, tags, systems, before_create, timeout,
-                          context_providers)
+                          context_providers, publish_budget)
     set_config(config)
     scope_state().tags = dict(config.tags)  # as the official SDK: init(tags=...) sets the scope's tags
     for system in config.systems.values():

@@ -1,7 +1,11 @@
-"""``@track``: record a plain function call as a task."""
+"""``@track``: record a plain function call (or coroutine) as a task."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
+import datetime as dt
 import functools
 import inspect
 import logging
@@ -9,15 +13,27 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from . import context_providers
-from ._runtime import short
-from .api import create_task_safe
-from .models import StatusEnum, completed_progress
+from ._runtime import PerProcess, log_once, short
+from .actions import action_dicts
+from .api import create_task
+from .config import is_configured
+from .context_providers import error_context
+from .delivery import merge, sender
+from .exceptions import MissingConfiguration
+from .inline import create_inline
+from .models import StatusEnum, completed_progress, exception_data, format_datetime
 from .scope import enter_task, exit_task, parent_for_new_task
 from .task import Task
 
 log = logging.getLogger("taskbadger")
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: What ``@track(**task_kwargs)`` accepts besides name/monitor_id/max_runtime: ``create_task``'s fields.
+_FIELDS = frozenset(inspect.signature(create_task).parameters) - {"name", "monitor_id", "max_runtime"}
+#: Threads that make the creates of tracked coroutines, so that the event loop never waits for the API.
+_CREATORS = 16
+_creators: PerProcess[concurrent.futures.ThreadPoolExecutor] = PerProcess(
+    lambda: concurrent.futures.ThreadPoolExecutor(_CREATORS, thread_name_prefix="taskbadger-track"))
 
 
 @overload
@@ -37,27 +53,48 @@ def track(
     max_runtime: int | None = None,
     **task_kwargs: Any,
 ) -> Any:
-    """Track each call of the decorated function as a task.
+    """Track each call of the decorated function (or coroutine function) as a task.
 
     Works bare (``@track``) or with options (``@track(name="nightly", monitor_id=...)``); extra
-    keyword arguments go to ``create_task``. The task starts ``processing`` and ends ``success``, or
-    ``error`` with the exception, which is re-raised. Calls made inside a tracked call (other
+    keyword arguments are ``create_task``'s fields. The task starts ``processing`` and ends ``success``,
+    or ``error`` with the exception, which is re-raised. Calls made inside a tracked call (other
     ``@track`` functions, Celery tasks published from it) become its children.
+
+    The create waits at most the publish budget (``init(publish_budget=...)``), and not at all while
+    the API is failing (the call then runs untracked); the final state is queued for the background
+    senders, so the function returns at once. A coroutine's create runs in a thread: the event loop
+    never waits for Task Badger.
     """
+    unknown = set(task_kwargs) - _FIELDS
+    if unknown:
+        raise TypeError(f"@track got unknown option(s) {sorted(unknown)}: it takes name, monitor_id, max_runtime "
+                        f"and create_task's fields ({', '.join(sorted(_FIELDS))})")
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise TypeError(f"@track needs a function, got {fn!r}")
         task_name = name or f"{fn.__module__}.{fn.__qualname__}"
 
-        def start() -> tuple[Task | None, Any]:
-            options: dict[str, Any] = {"status": StatusEnum.PROCESSING, "max_runtime": max_runtime,
-                                       "monitor_id": monitor_id, "parent": parent_for_new_task()}
-            options.update(task_kwargs)  # an explicit parent= wins over the enclosing call
-            task = create_task_safe(task_name, **options)
+        def fields() -> dict[str, Any]:
+            values: dict[str, Any] = {"status": StatusEnum.PROCESSING, "max_runtime": max_runtime,
+                                      "parent": parent_for_new_task(),
+                                      "start_time": format_datetime(dt.datetime.now(dt.timezone.utc))}
+            values.update(task_kwargs)  # an explicit parent= wins over the enclosing call
+            if values.get("actions"):
+                values["actions"] = action_dicts(values["actions"], stacklevel=4)
+            return {k: v for k, v in values.items() if v is not None}
+
+        def create(values: dict[str, Any], max_in_flight: int | None = None) -> Task | None:
+            if not is_configured():
+                log_once("track:unconfigured", logging.WARNING, "Task Badger is not configured, so tasks are not "
+                         "tracked: %s", MissingConfiguration(["token"]))
+                return None
+            return create_inline(task_name, values, monitor_id, where="call", max_in_flight=max_in_flight).task
+
+        def begin(task: Task | None) -> Any:
             if task is None:
-                return None, None
-            return task, (enter_task(task.id, task.parent), context_providers.start())
+                return None
+            return enter_task(task.id, task.parent), context_providers.start()
 
         def finish(task: Task | None, tokens: Any, exc: BaseException | None) -> None:
             if task is None:
@@ -65,10 +102,7 @@ def track(
             running, snapshots = tokens
             exit_task(running)
             try:
-                if exc is None:
-                    task.success(**completed_progress(task.value, task.value_max))
-                else:
-                    task.error(exception=exc)  # with the context providers' context, from their snapshots
+                sender.submit(task.id, _final_fields(task, exc), final=True)
             except Exception as err:
                 log.warning("Task Badger: could not record the end of %s: %s", short(task_name), err)
             finally:
@@ -77,28 +111,47 @@ def track(
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                task, token = start()
+                values = fields()
+                context = contextvars.copy_context()  # the create reads the scope of this coroutine
+                # a coroutine waiting for its create blocks neither the loop nor other coroutines: as many
+                # creates may wait at once as there are threads to make them
+                task = await asyncio.get_running_loop().run_in_executor(_creators.get(), context.run, create, values,
+                                                                        _CREATORS)
+                tokens = begin(task)
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
-                    finish(task, token, exc)
+                    finish(task, tokens, exc)
                     raise
-                finish(task, token, None)
+                finish(task, tokens, None)
                 return result
 
             return run_async
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            task, token = start()
+            task = create(fields())
+            tokens = begin(task)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                finish(task, token, exc)
+                finish(task, tokens, exc)
                 raise
-            finish(task, token, None)
+            finish(task, tokens, None)
             return result
 
         return run
 
     return decorate if func is None else decorate(func)
+
+
+def _final_fields(task: Task, exc: BaseException | None) -> dict[str, Any]:
+    """``success`` (with the finished-progress rule), or ``error`` with the exception and the context
+    providers' context merged into the task's data."""
+    fields: dict[str, Any] = {"end_time": format_datetime(dt.datetime.now(dt.timezone.utc))}
+    if exc is None:
+        fields.update(status=StatusEnum.SUCCESS.value, **completed_progress(task.value, task.value_max))
+    else:
+        failure = {**exception_data(exc), **error_context(exc)}
+        fields.update(status=StatusEnum.ERROR.value, data=merge.with_data(task.data, failure))
+    return fields

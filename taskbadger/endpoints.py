@@ -2,19 +2,25 @@
 
 Bodies are cleaned here into the API's wire shape (statuses as strings, datetimes as ISO 8601, ``data``
 that JSON can encode exactly), and ids and monitor ids checked, before anything is sent.
+
+Answers are checked against their request before they are believed: a task answer must be a task (a
+JSON object with a task id), the task the request addressed (a PATCH or GET answers with its id), or
+the task the create described (its ``name`` and ``external_id``). Anything else is ``BadAnswer``: an
+answer meant for another request (a confused server or proxy) never becomes someone's task.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from . import http
 from ._runtime import short
 from .config import Config, get_config
-from .exceptions import InvalidData, MissingConfiguration
+from .exceptions import BadAnswer, InvalidData, MissingConfiguration
 from .models import StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id
 
 
@@ -62,9 +68,58 @@ def check_json(value: Any, what: str) -> None:
         ) from err
 
 
-def create(body: Mapping[str, Any], monitor: str | None = None, transport: http.Transport | None = None
-           ) -> TaskModel:
-    """POST: create a task from a body (``name`` included), optionally under a monitor."""
+#: Fields of a create that the API echoes unchanged: an answer that differs was meant for another request.
+_ECHOED = ("name", "external_id")
+
+
+def _foreign(payload: Any, task_id: str | None, sent: Mapping[str, Any] | None) -> str | None:
+    """Why ``payload``, a task, was meant for another request than the one about ``task_id`` / the
+    create of ``sent``; None when nothing says so."""
+    if not isinstance(payload, dict) or not is_task_id(payload.get("id")):
+        return None
+    if task_id is not None and payload["id"] != task_id:
+        return f"a request about task {short(task_id)} was answered with task {short(payload['id'])}"
+    for key in _ECHOED if sent is not None else ():
+        if key in sent and key in payload and payload[key] != sent[key]:  # type: ignore[operator,index]
+            return (f"a create was answered with another task (its {key} is {short(payload[key], 60)}, not "
+                    f"{short(sent[key], 60)})")  # type: ignore[index]
+    return None
+
+
+def expecting(task_id: str | None = None, sent: Mapping[str, Any] | None = None) -> Callable[[http.Answer], bool]:
+    """For the transports: False for a successful answer that is another request's task."""
+    def expect(answer: http.Answer) -> bool:
+        status, _, body = answer
+        if not 200 <= status < 300 or not body:
+            return True
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return True  # not a task at all: ``task_answer`` says so
+        return _foreign(payload, task_id, sent) is None
+
+    return expect
+
+
+def task_answer(config: Config, payload: Any, task_id: str | None = None,
+                sent: Mapping[str, Any] | None = None) -> TaskModel:
+    """The task in an answer, checked: a JSON object with a task id; ``task_id``'s when given; with the
+    ``sent`` fields the API echoes. BadAnswer otherwise."""
+    if not isinstance(payload, dict) or not is_task_id(payload.get("id")):
+        raise BadAnswer(f"{config.host} answered with something that is not a task ({short(payload, 80)})")
+    foreign = _foreign(payload, task_id, sent)
+    if foreign is not None:
+        raise BadAnswer(f"{config.host} answered with another request's answer: {foreign}")
+    try:
+        return TaskModel.from_dict(payload)
+    except (TypeError, ValueError) as err:
+        raise BadAnswer(f"{config.host} answered with a task this SDK cannot read ({err})") from None
+
+
+def create(body: Mapping[str, Any], monitor: str | None = None, deadline: http.Deadline | None = None,
+           late_answer: http.LateAnswer | None = None) -> TaskModel:
+    """POST: create a task from a body (``name`` included), optionally under a monitor. ``late_answer``:
+    called with the raw answer if it arrives after ``deadline`` (see ``taskbadger.http.late``)."""
     config = current_config()
     headers = None
     if monitor:
@@ -73,35 +128,97 @@ def create(body: Mapping[str, Any], monitor: str | None = None, transport: http.
             raise InvalidData(f"monitor_id {short(monitor)} is not a monitor id (a UUID): copy it from the "
                               "monitor's page in Task Badger")
         headers = {http.MONITOR_HEADER: canonical}
-    request = http.build_request(config, "POST", json_body=clean_body(body), headers=headers)
-    return TaskModel.from_dict(http.send(config, request, transport))
+    cleaned = clean_body(body)
+    request = http.build_request(config, "POST", json_body=cleaned, headers=headers, expect=expecting(sent=cleaned))
+    return task_answer(config, http.send(config, request, deadline, late_answer), sent=cleaned)
 
 
-def get(task_id: str) -> TaskModel:
+def get(task_id: str, deadline: http.Deadline | None = None) -> TaskModel:
     config = current_config()
-    return TaskModel.from_dict(http.send(config, http.build_request(config, "GET", task_path(task_id))))
+    request = http.build_request(config, "GET", task_path(task_id), expect=expecting(task_id))
+    return task_answer(config, http.send(config, request, deadline), task_id)
 
 
-def update(task_id: str, fields: Mapping[str, Any]) -> TaskModel:
+def update(task_id: str, fields: Mapping[str, Any], deadline: http.Deadline | None = None) -> TaskModel:
     """PATCH: send the given fields (None values are left out)."""
     config = current_config()
-    request = http.build_request(config, "PATCH", task_path(task_id), json_body=clean_body(fields))
-    return TaskModel.from_dict(http.send(config, request))
+    request = http.build_request(config, "PATCH", task_path(task_id), json_body=clean_body(fields),
+                                 expect=expecting(task_id))
+    return task_answer(config, http.send(config, request, deadline), task_id)
 
 
-def update_many(updates: list[tuple[str, Mapping[str, Any]]]) -> list[Exception | None]:
-    """PATCH several tasks as one batch on the pooled transport, without reading the answers' bodies
-    (the delivery senders' path). Returns, per update, None or the error it met."""
+def update_many(updates: list[tuple[str, Mapping[str, Any]]], deadline: http.Deadline | None = None
+                ) -> list[Exception | None]:
+    """PATCH several tasks as one batch, all before one ``deadline`` (the delivery senders' path).
+    Returns, per update, None or the error it met."""
     config = current_config()
     errors: dict[int, Exception] = {}
     requests: list[http.Request] = []
     for i, (task_id, fields) in enumerate(updates):
         try:
-            requests.append(http.build_request(config, "PATCH", task_path(task_id), json_body=clean_body(fields)))
+            requests.append(http.build_request(config, "PATCH", task_path(task_id), json_body=clean_body(fields),
+                                               expect=expecting(task_id)))
         except (InvalidData, ValueError) as err:
             errors[i] = err
-    sent = iter(http.send_many(config, requests, http.hot_path_transport(config)) if requests else ())
-    return [errors[i] if i in errors else next(sent) for i in range(len(updates))]
+    answers = iter(http.send_many(config, requests, deadline) if requests else ())
+    results: list[Exception | None] = []
+    for i, (task_id, _) in enumerate(updates):
+        if i in errors:
+            results.append(errors[i])
+            continue
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            results.append(answer)
+            continue
+        try:
+            task_answer(config, answer, task_id)
+            results.append(None)
+        except BadAnswer as err:
+            results.append(err)
+    return results
+
+
+#: How far back ``find_recent`` looks: the newest tasks, this many pages of ``FIND_PAGE_SIZE``.
+FIND_PAGES = 3
+FIND_PAGE_SIZE = 100
+
+
+def find_recent(external_id: str, deadline: http.Deadline) -> TaskModel | None:
+    """The newest task with this ``external_id`` among the project's most recent ones, or None.
+
+    For a create whose answer was lost (given up at its deadline, a 5xx, an answer that could not be
+    read): the API may hold the task, and only its ``external_id`` (a Celery id, a job id) can tell
+    it. Looks at the newest ``FIND_PAGES * FIND_PAGE_SIZE`` tasks at most, before ``deadline``."""
+    config = current_config()
+    cursor = None
+    for _ in range(FIND_PAGES):
+        params = {"page_size": FIND_PAGE_SIZE, "cursor": cursor}
+        payload = http.send(config, http.build_request(config, "GET", params=params), deadline)
+        if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
+            raise BadAnswer(f"{config.host} answered the task list with something that is not a page")
+        for item in payload["results"]:
+            if isinstance(item, dict) and item.get("external_id") == external_id:
+                return task_answer(config, item)
+        cursor = cursor_of(payload.get("next"))
+        if cursor is None:
+            return None
+    return None
+
+
+def cursor_of(url: Any) -> str | None:
+    """The ``cursor`` of a page URL (``next``/``previous``), or None."""
+    if not url or not isinstance(url, str):
+        return None
+    values = parse_qs(urlsplit(url).query).get("cursor")
+    return values[0] if values else None
+
+
+def probe(deadline: http.Deadline) -> None:
+    """One cheap authenticated read (the first task of the list): raises when the API cannot answer."""
+    config = current_config()
+    payload = http.send(config, http.build_request(config, "GET", params={"page_size": 1}), deadline)
+    if not isinstance(payload, dict):
+        raise BadAnswer(f"{config.host} answered the task list with something that is not a page")
 
 
 def cancel(task_id: str) -> None:

@@ -70,7 +70,14 @@ class ConnectError(TransportError):
 
 
 class ReadTimeout(TransportError):
-    """The server did not answer in time. It may have processed the request."""
+    """The whole answer did not arrive before the call's deadline. The server may have processed the
+    request."""
+
+
+class BadAnswer(TransportError):
+    """The API answered, but not with an answer to this request: not JSON, not a task, larger than
+    any task, another request's answer (a confused server or proxy), or a connection that ended in the
+    middle of it. The server may have processed the request."""
 
 
 class UnexpectedStatus(TaskbadgerException):

@@ -20,7 +20,7 @@ from .delivery import merge
 from .delivery import queue as pending
 from .delivery.merge import DefaultMergeStrategy
 from .exceptions import CreateSkipped, InvalidData
-from .http import Transport
+from .http import Deadline, LateAnswer
 from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, exception_data
 from .scope import scope_state
 
@@ -49,15 +49,16 @@ def create_body(name: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
     return body
 
 
-def create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None,
-           transport: Transport | None = None) -> Task:
-    """Create a task from already-collected fields (``create_body`` applied here).
+def create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None, deadline: Deadline | None = None,
+           late_answer: LateAnswer | None = None) -> Task:
+    """Create a task from already-collected fields (``create_body`` applied here), before ``deadline``
+    (the configured call deadline when None).
 
     Raises CreateSkipped when ``before_create`` says not to create it."""
     body = create_body(name, fields)
     if body is None:
         raise CreateSkipped(f"before_create returned None: task {short(name)} was not created")
-    return Task(endpoints.create(body, monitor_id, transport))
+    return Task(endpoints.create(body, monitor_id, deadline, late_answer))
 
 
 class Task:

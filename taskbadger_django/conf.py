@@ -175,6 +175,7 @@ class TaskBadgerSettings:
             "tags": self.TAGS,
             "before_create": self.BEFORE_CREATE,
             "timeout": self.TIMEOUT,
+            "publish_budget": self.PUBLISH_BUDGET,
             "systems": [],
         }
         if celery_available():

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskbadger.config import DEFAULT_HOST, normalize_timeout
+from taskbadger.config import DEFAULT_HOST, MAX_PUBLISH_BUDGET, normalize_timeout
 from taskbadger.exceptions import ConfigurationError
 
 
@@ -78,6 +78,8 @@ TOP: dict[str, Setting] = {
                              '"BEFORE_CREATE": "myproject.taskbadger.before_create"'),
     "TIMEOUT": Setting(None, _is_timeout, "a positive number of seconds or a (connect, read) pair",
                        '"TIMEOUT": (2, 5)'),
+    "PUBLISH_BUDGET": Setting(None, lambda v: _is_positive(v) and v <= MAX_PUBLISH_BUDGET,
+                              f"a positive number of seconds, at most {MAX_PUBLISH_BUDGET:g}", '"PUBLISH_BUDGET": 1.0'),
     "MONITORS": Setting({}, lambda v: isinstance(v, Mapping), "a dict of task name or pattern to monitor id",
                         '"MONITORS": {"billing.tasks.nightly_invoices": "<monitor uuid>"}'),
     "CELERY": Setting({name: s.default for name, s in CELERY.items()}, lambda v: isinstance(v, Mapping), "a dict",

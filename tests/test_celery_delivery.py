@@ -2,10 +2,13 @@
 
 import threading
 import time
+import uuid
 
 import pytest
 
 import taskbadger
+import taskbadger.delivery.sender
+from taskbadger.http import late
 
 from .celery_project import app as tasks
 from .conftest import start_worker, stop_worker
@@ -22,15 +25,35 @@ def ran(worker, count):
     return worker.log().count("succeeded in") >= count
 
 
-def test_a_create_that_timed_out_is_not_retried_nor_created_again_by_the_worker(taskbadger_server, solo_worker):
-    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(1.0, 0.3))
-    taskbadger_server.set_latency(1.0, times=1, method="POST")  # processed, but answered too late
+def test_a_create_given_up_at_its_deadline_is_taken_up_by_the_worker_not_made_twice(taskbadger_server,
+                                                                                    solo_worker):
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, publish_budget=0.3)
+    taskbadger_server.set_latency(1.0, times=1, method="POST")  # carried out at once, answered too late
+    started = time.monotonic()
     result = solo_worker.send(tasks.add, 1, 1)
-    assert result.taskbadger_task_id is None  # published untracked, and at once
-    solo_worker.send(tasks.add, 2, 2)  # solo runs in order: once this is tracked, the first has run
-    taskbadger_server.wait_for(lambda: successes(taskbadger_server))
-    posts = [r for r in taskbadger_server.requests if r.method == "POST"]
-    assert len(posts) == 2  # no retry, and no second create from the worker for the first message
+    assert time.monotonic() - started < 0.3 + 0.25  # the publish budget, plus Celery's own publish
+    assert result.taskbadger_task_id is None  # published untracked
+    # The worker looks the task up by its Celery id, finds it pending and tracks the run with it; the
+    # late answer then finds it taken up and leaves it alone.
+    task = taskbadger_server.wait_for_task(name=NAME + "add", status="success")
+    assert task["external_id"] == result.id and task["end_time"]
+    taskbadger_server.wait_for(lambda: late.reader().waiting() == 0 and taskbadger.stats()["queued"] == 0
+                               and taskbadger.stats()["in_flight"] == 0)
+    assert taskbadger.delivery.sender.flush(5)
+    assert [t["status"] for t in taskbadger_server.tasks.values()] == ["success"]
+    assert [r.method for r in taskbadger_server.requests if r.method == "POST"] == ["POST"]  # never made twice
+
+
+def test_a_task_created_after_its_create_was_given_up_is_closed_not_left_pending(taskbadger_server):
+    # Published untracked and never run (its message is still queued, or lost): the task the late answer
+    # names must not stay pending for ever.
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, publish_budget=0.3)
+    taskbadger_server.set_latency(1.0, times=1, method="POST")
+    result = tasks.add.apply_async((1, 1), queue=f"nobody-listens-{uuid.uuid4().hex}")
+    assert result.taskbadger_task_id is None
+    closed = taskbadger_server.wait_for_task(name=NAME + "add", status="cancelled")
+    assert closed["external_id"] == result.id
+    assert "after the 0.3 s its caller could wait" in closed["data"]["abandoned"]
 
 
 def test_tasks_publish_and_run_while_the_api_refuses_connections(taskbadger_server, solo_worker, tb_log):
@@ -45,7 +68,7 @@ def test_tasks_publish_and_run_while_the_api_refuses_connections(taskbadger_serv
             "tests.celery_project.app.add[" + results[-1].id) >= 2, timeout=20)
     finally:
         taskbadger_server.accept()
-    assert len([r for r in tb_log.records if "published untracked for the next" in r.getMessage()]) == 1
+    assert len([r for r in tb_log.records if "tasks are published untracked;" in r.getMessage()]) == 1
 
 
 @pytest.mark.parametrize("pool", ["solo", "threads", "gevent", "eventlet"])

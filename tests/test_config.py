@@ -79,7 +79,8 @@ def test_malformed_key_is_a_clear_configuration_error(token):
     assert "secret" not in str(info.value) and token.strip() not in str(info.value)
 
 
-@pytest.mark.parametrize("host", ["taskbadger.net", "ftp://x.test", "http://", "https://x.test/?a=1"])
+@pytest.mark.parametrize("host", ["taskbadger.net", "ftp://x.test", "http://", "https://x.test/?a=1",
+                                  "http://127.0.0.1:188110", "http://127.0.0.1:0", "http://127.0.0.1:80x"])
 def test_malformed_host(host):
     with pytest.raises(ConfigurationError, match="host"):
         taskbadger.init(token=project_key(), host=host)
@@ -94,6 +95,19 @@ def test_timeout_accepts_seconds_or_pair(timeout, expected):
 def test_bad_timeout(timeout):
     with pytest.raises(ConfigurationError, match="timeout"):
         taskbadger.init(token=project_key(), timeout=timeout)
+
+
+def test_publish_budget_from_argument_environment_or_default(monkeypatch):
+    assert taskbadger.init(token=project_key()).publish_budget == 1.0
+    monkeypatch.setenv("TASKBADGER_PUBLISH_BUDGET", "0.25")
+    assert taskbadger.init(token=project_key()).publish_budget == 0.25
+    assert taskbadger.init(token=project_key(), publish_budget=2).publish_budget == 2.0
+
+
+@pytest.mark.parametrize("budget", [0, -1, 31, "soon", True])
+def test_bad_publish_budget(budget, monkeypatch):
+    with pytest.raises(ConfigurationError, match="publish_budget"):
+        taskbadger.init(token=project_key(), publish_budget=budget)
 
 
 def test_before_create_dotted_path_and_bad_path():

@@ -206,35 +206,96 @@ def test_updates_survive_an_outage(taskbadger_server, dispatcher):
     assert taskbadger_server.get_task(task.id)["status"] == "success"
 
 
-def test_breaker_opens_after_repeated_failures_and_closes_after_the_cooldown(tb_log):
-    breaker = Breaker(failure_threshold=3, min_cooldown=0.2)
+def fail_once(breaker, err=None):
+    call = breaker.begin()
+    assert call is not None, "the breaker skipped a call it should have let through"
+    breaker.end(call, err or ConnectionError("refused"))
+
+
+def test_breaker_opens_after_repeated_failures_and_a_probe_closes_it(tb_log):
+    api_up = threading.Event()
+    probes = []
+
+    def probe():
+        probes.append(time.monotonic())
+        if not api_up.is_set():
+            raise ConnectionError("still refused")
+
+    breaker = Breaker(failure_threshold=3, min_cooldown=0.05, probe=probe)
     for _ in range(3):
-        assert breaker.allow()
-        breaker.failure(ConnectionError("refused"))
-    assert breaker.state() == "open" and not breaker.allow()
-    deadline = time.monotonic() + 5
-    while breaker.state() == "open" and time.monotonic() < deadline:
-        time.sleep(0.01)  # waiting out the breaker's own cool-down clock, under a deadline
-    assert breaker.state() == "half-open"
-    assert breaker.allow()  # one trial call
-    assert not breaker.allow()  # ... and only one
-    breaker.success()
-    assert breaker.state() == "closed" and breaker.allow()
+        fail_once(breaker)
+    assert breaker.state() == "open"
+    # while it is open, no caller waits to find out: the probe does, in the breaker's own thread
+    assert all(breaker.begin() is None for _ in range(100))
+    wait_until(lambda: len(probes) >= 2)
+    assert breaker.state() == "open"
+    api_up.set()
+    wait_until(lambda: breaker.state() == "half-open")
+    trial = breaker.begin()
+    assert trial is not None and breaker.begin() is None  # one call at a time until one succeeds
+    breaker.end(trial)
+    assert breaker.state() == "closed" and breaker.begin() is not None
     messages = [r.getMessage() for r in tb_log.records]
     assert len([m for m in messages if "published untracked" in m]) == 1
     assert len([m for m in messages if "tracking resumed" in m]) == 1
+
+
+def test_a_trial_call_that_fails_reopens_the_breaker():
+    breaker = Breaker(failure_threshold=3, min_cooldown=0.05, probe=lambda: None)
+    for _ in range(3):
+        fail_once(breaker)
+    wait_until(lambda: breaker.state() == "half-open")
+    fail_once(breaker)  # the API answers probes but not creates
+    assert breaker.state() == "open" and breaker.begin() is None
+
+
+def test_without_a_probe_one_call_finds_out_after_the_cooldown():
+    breaker = Breaker(failure_threshold=3, min_cooldown=0.05)
+    for _ in range(3):
+        fail_once(breaker)
+    assert breaker.state() == "open" and breaker.begin() is None
+    wait_until(lambda: breaker.state() == "half-open")
+    trial = breaker.begin()
+    assert trial is not None and breaker.begin() is None
+    breaker.end(trial)
+    assert breaker.state() == "closed"
 
 
 def test_a_429_defers_for_its_retry_after_without_opening_the_breaker():
     from taskbadger.exceptions import RateLimited
 
     breaker = Breaker(failure_threshold=1)
-    breaker.failure(RateLimited(429, b"", "slow down", retry_after=0.2))
-    assert breaker.state() == "deferred" and not breaker.allow()
-    deadline = time.monotonic() + 5
-    while breaker.state() == "deferred" and time.monotonic() < deadline:
-        time.sleep(0.01)  # waiting out the Retry-After on the breaker's own clock, under a deadline
-    assert breaker.state() == "closed" and breaker.allow() and breaker.allow()  # not a trial: closed
+    fail_once(breaker, RateLimited(429, b"", "slow down", retry_after=0.2))
+    assert breaker.state() == "deferred" and breaker.begin() is None
+    wait_until(lambda: breaker.state() != "deferred")
+    assert breaker.state() == "closed"
+    assert breaker.begin() is not None and breaker.begin() is not None  # not a trial: closed
+
+
+def test_failures_count_from_when_their_call_started(monkeypatch):
+    # A hung API: each call lasts its whole deadline (5 s here), back to back. Counted from when they
+    # ended, failures 5 s apart looked like "nothing tried for a while" and the breaker never opened.
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    breaker = Breaker(failure_threshold=3)
+    for _ in range(3):
+        call = breaker.begin()
+        assert call is not None
+        clock[0] += 5.0
+        breaker.end(call, TimeoutError("did not answer within 5 s"))
+    assert breaker.state() == "open" and breaker.begin() is None
+
+
+def test_at_most_four_calls_wait_at_once_and_none_join_a_suspect_one(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    breaker = Breaker(max_in_flight=4)
+    calls = [breaker.begin() for _ in range(16)]  # 16 threads publishing at once
+    assert len([c for c in calls if c is not None]) == 4
+    for call in [c for c in calls if c is not None][1:]:
+        breaker.end(call)  # three answer at once...
+    clock[0] += 2.0  # ...one has been waiting for two seconds: the API is suspect
+    assert breaker.begin() is None
 
 
 def test_the_breaker_pauses_longer_the_longer_the_api_fails(monkeypatch):
@@ -243,16 +304,23 @@ def test_the_breaker_pauses_longer_the_longer_the_api_fails(monkeypatch):
     breaker = Breaker(failure_threshold=3, min_cooldown=0.25, max_cooldown=30)
     pauses = []
     for _ in range(3):
-        breaker.failure(ConnectionError("refused"))
+        fail_once(breaker)
     while clock[0] < 1200:
         opened_at = clock[0]
-        while not breaker.allow():
+        while (call := breaker.begin()) is None:
             clock[0] += 0.01
         pauses.append(round(clock[0] - opened_at, 2))
-        breaker.failure(ConnectionError("still refused"))  # the trial call fails too
+        breaker.end(call, ConnectionError("still refused"))  # the trial call fails too
     # a blip costs a quarter second; an outage one try every 30 s
     assert pauses[0] == pytest.approx(0.25, abs=0.02) and max(pauses) == pytest.approx(30.0, abs=0.02)
     assert pauses == sorted(pauses)
+
+
+def wait_until(condition, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)  # polling the breaker's own state, under a deadline
 
 
 def test_stats_is_public():

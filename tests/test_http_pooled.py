@@ -19,9 +19,7 @@ def update(task_id, fields):
 
 
 def create(name, fields):
-    """The publish path's create: on the hot path's transport."""
-    transport = http.hot_path_transport(taskbadger.get_config())
-    return endpoints.create({"name": name, **fields}, transport=transport)
+    return endpoints.create({"name": name, **fields})
 
 
 def test_fast_create_and_update_reuse_one_connection(taskbadger_server):
@@ -134,7 +132,7 @@ def test_a_proxy_in_the_environment_sends_everything_through_requests(taskbadger
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("NO_PROXY", "")
     try:
-        assert http.hot_path_transport(taskbadger.get_config()) is http.default_transport()
+        assert isinstance(http.transport_for(taskbadger.get_config()), http.requests_backend.RequestsTransport)
         with pytest.raises(taskbadger.TransportError):
             update("any", {"value": 1})  # went to the (dead) proxy, through requests
         assert taskbadger_server.requests == []
@@ -195,9 +193,9 @@ else:
 import taskbadger
 from taskbadger import endpoints, http
 config = taskbadger.init()  # TASKBADGER_HOST and TASKBADGER_API_KEY from the environment
-transport = http.hot_path_transport(config)
+assert isinstance(http.transport_for(config), http.pooled.PooledTransport)
 for i in range(20):  # like a greenlet per web request, or per task in a green Celery pool
-    run_in_new_greenlet(lambda: endpoints.create({"name": f"g{i}", "status": "pending"}, transport=transport))
+    run_in_new_greenlet(lambda: endpoints.create({"name": f"g{i}", "status": "pending"}))
 print("done")
 """
 

@@ -103,6 +103,7 @@ def test_a_failed_task_links_to_the_sentry_event_raised_while_it_ran(taskbadger_
     with pytest.raises(KeyError):
         not_reported()
     event_id = sentry_sdk.last_event_id()
+    assert taskbadger.flush(5)  # a tracked call's end is sent in the background
     first, second = taskbadger_server.tasks.values()
     assert first["status"] == "error" and isinstance(first["data"]["exception"], str)
     assert first["data"]["sentry"] == {

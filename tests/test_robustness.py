@@ -6,6 +6,7 @@ would, with real workers against the stand-in API over real HTTP.
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -155,10 +156,18 @@ def test_a_kept_alive_connection_with_unread_bytes_is_not_reused(taskbadger_serv
                 data = b""
                 while b"\r\n\r\n" not in data:
                     data += conn.recv(65536)
+                head, _, sent = data.partition(b"\r\n\r\n")
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])
+                while len(sent) < length:
+                    sent += conn.recv(65536)
+                fields = json.loads(sent)
                 task_id = f"T{serial:025d}"
                 created.append(task_id)
-                body = f'{{"id": "{task_id}", "name": "n", "status": "pending"}}'.encode()
-                extra = b'{"id": "EXTRA0000000000000000000000", "name": "n", "status": "pending"}'
+                # the answer echoes what was sent, as the API does; the stray one is another task's
+                body = json.dumps({"id": task_id, "name": fields["name"], "external_id": fields["external_id"],
+                                   "status": "pending"}).encode()
+                extra = json.dumps({"id": "EXTRA0000000000000000000000", "name": fields["name"],
+                                    "external_id": "another-celery-id", "status": "pending"}).encode()
                 answer = (b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                           % (len(body), body))
                 stray = (b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"

@@ -34,9 +34,17 @@ def innermost():
     return 1
 
 
+def final(server, count=1):
+    """The tracked calls' tasks once they all have a final state (the end of a call is queued for the
+    background senders: the function returns without waiting for the API)."""
+    return server.wait_for(lambda: [t for t in server.tasks.values() if t["status"] in ("success", "error")]
+                           if len(server.tasks) == count and all(t["status"] in ("success", "error")
+                                                                 for t in server.tasks.values()) else None)
+
+
 def test_bare_decorator_tracks_success(taskbadger_server):
     assert add(2, 3) == 5
-    [task] = taskbadger_server.tasks.values()
+    [task] = final(taskbadger_server)
     assert task["name"] == f"{__name__}.add" and task["status"] == "success"
     assert task["start_time"] and task["end_time"]
 
@@ -44,14 +52,14 @@ def test_bare_decorator_tracks_success(taskbadger_server):
 def test_decorator_with_options_records_the_exception_and_reraises(taskbadger_server):
     with pytest.raises(ValueError, match="bad input"):
         explode()
-    [task] = taskbadger_server.tasks.values()
+    [task] = final(taskbadger_server)
     assert (task["name"], task["status"], task["max_runtime"]) == ("custom name", "error", 60)
     assert "ValueError: bad input" in task["data"]["exception"]
 
 
 def test_nested_calls_become_children_one_level_deep(taskbadger_server):
     assert outer() == "done"
-    by_name = {t["name"]: t for t in taskbadger_server.tasks.values()}
+    by_name = {t["name"]: t for t in final(taskbadger_server, 3)}
     root = by_name["outer"]
     assert root["parent"] is None
     assert by_name["inner"]["parent"] == root["id"]
@@ -75,5 +83,5 @@ def test_async_functions(taskbadger_server):
         return 7
 
     assert asyncio.run(job()) == 7
-    [task] = taskbadger_server.tasks.values()
+    [task] = final(taskbadger_server)
     assert (task["name"], task["status"]) == ("async job", "success")

@@ -15,14 +15,14 @@ from .. import context_providers
 from ..config import get_config
 from ..context_providers import error_context
 from ..delivery import merge, sender
-from ..delivery.breaker import publish_breaker
 from ..delivery.heartbeat import get_heartbeat
+from ..inline import find, settle_later
 from ..models import StatusEnum, completed_progress, exception_data
 from ..scope import enter_task, exit_task
 from .fields import (
     checked_decorator_options,
     create_fields,
-    create_inline,
+    create_now,
     heartbeat_options,
     now,
     successor_names,
@@ -30,7 +30,7 @@ from .fields import (
 )
 from .headers import Incoming, Meta, header_fields, read_incoming, read_task_id
 from .publish import data_fields, retry_fields
-from .state import TRACKING_ATTR, Tracking, received, tracking_of
+from .state import SETTLE_ATTR, TRACKING_ATTR, Tracking, received, tracking_of
 
 log = logging.getLogger("taskbadger")
 
@@ -74,21 +74,27 @@ def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta
     if system is None and not base_class:
         return None
     name = getattr(celery_task, "name", "") or ""
-    if name.startswith("celery.") or incoming.track is False or incoming.maybe_created:
+    if name.startswith("celery.") or incoming.track is False:
         return None
-    if not (base_class or incoming.track is True or (system is not None and system.track_task(name))):
-        return None
-    if not publish_breaker().allow():
+    if not (incoming.maybe_created or base_class or incoming.track is True
+            or (system is not None and system.track_task(name))):
         return None
     options = {**checked_decorator_options(celery_task, name), **incoming.options}
     options.pop("track", None)
+    if incoming.maybe_created:  # the publisher's create may have been carried out: take it up if so
+        found = find(request.id)
+        if found.task is not None:
+            return Meta(header_fields(found.task.to_dict()), *heartbeat_options(options, system))
+        if not found.asked:  # the API is failing now: record the outcome on it once it answers again
+            setattr(request, SETTLE_ATTR, True)
+            return None
     fields = create_fields(name, options, system, request.id, request.args, request.kwargs,
                            (getattr(request, "delivery_info", None) or {}).get("routing_key"))
     fields.update(status=StatusEnum.PROCESSING, start_time=now())
     heartbeat, stale = heartbeat_options(options, system)
     if stale:
         fields["stale_timeout"] = stale
-    task, _ = create_inline(fields)
+    task = create_now(fields, "start").task
     if task is None:
         return None
     return Meta(header_fields(task.to_dict()), heartbeat, None)
@@ -97,6 +103,8 @@ def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta
 def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> None:
     tracking = tracking_of(request)
     if tracking is None:
+        if getattr(request, SETTLE_ATTR, False):
+            _settle(request, state, retval)
         return
     if tracking.token is not None:
         exit_task(tracking.token)
@@ -127,6 +135,21 @@ def _end(tracking: Tracking, request: Any, state: str | None, retval: Any) -> No
             sender.submit(tracking.id, {"status": StatusEnum.PENDING.value})  # it will run again
         else:
             _finish(tracking, StatusEnum.CANCELLED)
+
+
+def _settle(request: Any, state: str | None, retval: Any) -> None:
+    """A run whose task may exist but could not be looked up when it started has ended: its outcome is
+    recorded on the task once the API answers (``inline.settle_later``)."""
+    statuses = {"SUCCESS": StatusEnum.SUCCESS, "FAILURE": StatusEnum.ERROR, "IGNORED": StatusEnum.CANCELLED,
+                "REJECTED": StatusEnum.CANCELLED}
+    status = statuses.get(state or "")
+    if status is None:
+        return  # a retry: the next attempt looks for it again
+    fields: dict[str, Any] = {"status": status.value, "end_time": now()}
+    if status is StatusEnum.ERROR:
+        exc = retval if isinstance(retval, BaseException) else RuntimeError(str(retval))
+        fields[merge.MERGE_DATA] = exception_data(exc)
+    settle_later(request.id, fields)
 
 
 def on_failure(celery_task: Any, task_id: str | None, exception: BaseException | None, einfo: Any) -> None:

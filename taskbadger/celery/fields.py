@@ -8,19 +8,13 @@ configured ``CelerySystemIntegration`` (``celery_system()``).
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import math
 from typing import Any
 
-from .._runtime import log_throttled, short
 from ..config import get_config
-from ..delivery.breaker import publish_breaker
-from ..exceptions import CreateSkipped, RateLimited, ServerError, TransportError
-from ..http import hot_path_transport
+from ..inline import Created, create_inline
 from ..models import MAX_NAME_LENGTH, StatusEnum
 from ..scope import parent_for_new_task
-from ..task import Task as TaskbadgerTask
-from ..task import create
 from .options import decorator_options, recorded_args, validate
 from .state import running_tracking
 
@@ -105,30 +99,12 @@ def heartbeat_options(options: dict[str, Any], system: Any) -> tuple[float | Non
     return interval, stale
 
 
-def create_inline(fields: dict[str, Any]) -> tuple[TaskbadgerTask | None, bool]:
-    """Create now, on the pooled transport, never retried. Returns the task, and whether a failed
-    create may nevertheless have created it (then nobody may try again: no duplicate tasks)."""
+def create_now(fields: dict[str, Any], where: str) -> Created:
+    """The inline create of a Celery task (``fields`` from ``create_fields``): ``where`` is "publish" or
+    "start" (see ``taskbadger.delivery.inline``)."""
+    fields = dict(fields)
     name = fields.pop("name")
-    monitor_id = fields.pop("monitor_id", None)
-    breaker = publish_breaker()
-    try:
-        config = get_config()
-        task = create(name, fields, monitor_id, hot_path_transport(config) if config else None)
-    except CreateSkipped:
-        return None, False
-    except (TransportError, ServerError, RateLimited) as err:
-        breaker.failure(err)
-        log_throttled(f"publish:{name[:200]}", 60.0, logging.WARNING, "Task Badger: task %s published untracked: %s",
-                      short(name), err)
-        certainly_not = isinstance(err, RateLimited) or (isinstance(err, ServerError) and err.status_code == 503) or (
-            isinstance(err, TransportError) and not err.reached_server)
-        return None, not certainly_not
-    except Exception as err:
-        log_throttled(f"create:{name[:200]}:{type(err).__name__}", 60.0, logging.WARNING,
-                      "Task Badger: task %s published untracked: %s", short(name), err)
-        return None, False
-    breaker.success()
-    return task, False
+    return create_inline(name, fields, fields.pop("monitor_id", None), where=where)
 
 
 def successor_names(request: Any) -> frozenset[str]:

@@ -15,14 +15,13 @@ from typing import Any
 from .._runtime import PerProcess, log_throttled, short, start_daemon_thread
 from ..config import is_configured
 from ..delivery import merge, sender
-from ..delivery.breaker import publish_breaker
 from ..models import StatusEnum, exception_data
 from ..task import Task as TaskbadgerTask
 from .fields import (
     celery_system,
     checked_decorator_options,
     create_fields,
-    create_inline,
+    create_now,
     heartbeat_options,
     now,
     registered_task,
@@ -80,17 +79,15 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     if not (incoming.track is True or uses_base_class(celery_task)
             or (system is not None and system.track_task(tracked_name))):
         return None
-    if not publish_breaker().allow():
-        return None
-
     options = {**checked_decorator_options(celery_task, tracked_name), **incoming.options}
     options.pop("track", None)
     fields = create_fields(tracked_name, options, system, celery_id, args, kwargs, _queue_name(declare, routing_key),
                            canvas_data, display_name)
     heartbeat, stale_timeout = heartbeat_options(options, system)
-    task, maybe_created = create_inline(fields)
+    created = create_now(fields, "publish")
+    task = created.task
     if task is None:
-        if maybe_created:
+        if created.maybe_created:
             message[MAYBE_CREATED_KEY] = True
         return None
     message.pop(KWARGS_KEY, None)  # resolved into the created task

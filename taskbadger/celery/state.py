@@ -21,6 +21,8 @@ from .headers import Meta
 log = logging.getLogger("taskbadger")
 
 TRACKING_ATTR = "taskbadger_tracking"  # set on the Celery request while a tracked task runs
+#: Set on the Celery request of a run whose task may exist but could not be looked up when it started.
+SETTLE_ATTR = "taskbadger_settle"
 
 # Set by ``Task.apply_async`` while it publishes: the publish handler leaves the created task here
 # so that ``apply_async`` can put its id on the result without a result backend, and cancel it if

@@ -1,8 +1,8 @@
-"""The publish-side breaker: skip creates while the API cannot take them, and not for longer.
+"""The inline-create breaker: skip creates while the API cannot take them, and not for longer.
 
-The create at publish must happen inline (the task's id travels in the message), so a dead API would
-make every ``.delay()`` wait for a timeout. The worker's fallback create, when a task starts that the
-publisher could not track, goes through the same breaker (one per process).
+The create at publish must happen inline (the task's id travels in the message), so a dead or hung API
+would make every ``.delay()`` wait for its budget. The worker's create of a task its publisher could
+not track, and ``@track``'s, go through the same breaker (one per process).
 """
 
 from __future__ import annotations
@@ -10,34 +10,60 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
-from .._runtime import PerProcess
-from ..exceptions import RateLimited
+from .. import endpoints
+from .._runtime import PerProcess, start_daemon_thread
+from ..config import get_config
+from ..exceptions import MissingConfiguration, RateLimited
+from ..http import Deadline
 
 log = logging.getLogger("taskbadger")
 
+#: A call in flight for longer than this many times the usual duration of a successful one makes the
+#: API suspect: other calls skip rather than join it.
+SUSPECT_FACTOR = 4.0
+#: Bounds on that "longer than usual", in seconds (the upper one before any call has succeeded).
+MIN_SUSPECT_AFTER = 0.1
+MAX_SUSPECT_AFTER = 0.5
+#: Weight of the newest successful call in the running average of their durations.
+EWMA_WEIGHT = 0.2
+
+Probe = Callable[[], None]
+
 
 class Breaker:
-    """Skip creates while the API cannot take them, without switching tracking off for long.
+    """Skip calls while the API cannot take them, without switching tracking off for long.
 
-    * A connection error, a timeout or a 5xx counts as a failure. After ``failure_threshold`` in a row
-      the breaker opens: calls are skipped (tasks publish untracked) for a cool-down, then one call
-      tries again. The cool-down is half of how long the API has been failing so far, between
-      ``min_cooldown`` and ``max_cooldown``: after a blip of two seconds the next try comes within a
-      second of recovery; a long outage is tried every ``max_cooldown`` seconds.
+    * A failure (a connection error, a missed deadline, a 5xx, an answer that cannot be read) counts
+      from when its call started. After ``failure_threshold`` in a row the breaker opens: calls are
+      skipped (tasks publish untracked, within a millisecond) for a cool-down. The cool-down is half of
+      how long the API has been failing so far, between ``min_cooldown`` and ``max_cooldown``: after a
+      blip of two seconds the API is tried again within a second of recovery; a long outage is tried
+      every ``max_cooldown`` seconds.
+    * While open, no user's call finds out whether the API is back: ``probe`` does, from a thread of
+      the breaker's (a cheap read). Once it answers, one call at a time goes through until one
+      succeeds, which closes the breaker; a failure reopens it.
+    * At most ``max_in_flight`` calls at once, and none while a call in flight is taking much longer
+      than calls usually take (``SUSPECT_FACTOR``): the calls already waiting find out, the others skip.
+      So a hang costs a process at most ``max_in_flight`` waiting calls, and one thread at most
+      ``failure_threshold`` in a row.
     * A 429 is the API asking us to slow down, not an outage: calls are skipped for its
       ``Retry-After`` (1 s without one, at most ``max_defer``), then go ahead as before.
-    * Any success closes it. Failures that follow a long quiet spell (nothing was tried) start a new
-      count: what the breaker knew about the API is stale by then.
+    * Failures after a quiet spell (nothing tried for a while) start a new count: what the breaker
+      knew about the API is stale by then.
     """
 
     def __init__(self, failure_threshold: int = 3, min_cooldown: float = 0.25, max_cooldown: float = 30.0,
-                 max_defer: float = 30.0) -> None:
+                 max_defer: float = 30.0, max_in_flight: int = 4, probe: Probe | None = None) -> None:
         self.failure_threshold = failure_threshold
         self.min_cooldown = min_cooldown
         self.max_cooldown = max_cooldown
         self.max_defer = max_defer
+        self.max_in_flight = max_in_flight
+        self.probe = probe
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # notified when calls may go ahead again
         self._failures = 0
         self._failing_since = 0.0
         self._last_failure = 0.0
@@ -45,56 +71,147 @@ class Breaker:
         self._open_until = 0.0
         self._deferred_until = 0.0
         self._skipped = 0
-        self._trial_running = False
+        self._trial = False  # open, but the API answered a probe: one call at a time may go
+        self._in_flight: dict[int, float] = {}  # call -> when it started
+        self._next_call = 0
+        self._usual: float | None = None  # running average of successful calls' durations
+        self._prober: threading.Thread | None = None
 
-    def allow(self) -> bool:
+    # -- the calls --------------------------------------------------------------------------------
+
+    def begin(self, max_in_flight: int | None = None) -> int | None:
+        """A call may go ahead: its handle for ``end()``. None: skip it (tracking is off for it).
+        ``max_in_flight``: a caller whose wait blocks nobody else (a coroutine's create, made in a thread
+        of its own) may allow more calls at once than ``self.max_in_flight``."""
         with self._lock:
             now = time.monotonic()
-            if now < self._deferred_until:
+            if now < self._deferred_until or not self._admits(now, max_in_flight or self.max_in_flight):
                 self._skipped += 1
-                return False
-            if self._failures < self.failure_threshold:
-                return True
-            if now >= self._open_until and not self._trial_running:
-                self._trial_running = True  # half-open: let one call find out
-                return True
-            self._skipped += 1
-            return False
+                return None
+            self._next_call += 1
+            self._in_flight[self._next_call] = now
+            return self._next_call
 
-    def success(self) -> None:
+    def end(self, call: int, err: Exception | None = None) -> None:
+        """The call ended: ``err`` is None when the API answered it, else what went wrong."""
         with self._lock:
-            if self._failures >= self.failure_threshold or self._skipped:
-                log.warning("Task Badger API answering again: tracking resumed (%d publishes were not tracked)",
-                            self._skipped)
-            self._failures, self._skipped, self._trial_running = 0, 0, False
-
-    def failure(self, err: Exception) -> None:
-        with self._lock:
-            now = time.monotonic()
-            self._trial_running = False
-            if isinstance(err, RateLimited):
-                retry_after = err.retry_after if err.retry_after is not None else 1.0
-                pause = min(self.max_defer, max(0.0, retry_after))
-                if now + pause > self._deferred_until:
-                    if self._deferred_until <= now:
-                        log.warning("Task Badger API asked to slow down (429): tasks are published untracked for "
-                                    "the next %.1f s", pause)
-                    self._deferred_until = now + pause
+            started = self._in_flight.pop(call, None)
+            if started is None:
                 return
-            if self._failures and now - self._last_failure > max(4 * self._cooldown, 5.0):
-                self._failures = 0  # nothing tried for a while: what we knew is stale, start counting again
-            if self._failures == 0:
-                self._failing_since = now
-            self._last_failure = now
-            self._failures += 1
-            if self._failures >= self.failure_threshold:
-                cooldown = min(self.max_cooldown, max(self.min_cooldown, (now - self._failing_since) / 2))
-                self._cooldown = cooldown
-                if self._failures == self.failure_threshold:
-                    log.warning("Task Badger API failing (%s): tasks are published untracked for the next %.1f s, "
-                                "then one call tries again; while it keeps failing, tries come further apart "
-                                "(%.0f s at most)", err, cooldown, self.max_cooldown)
-                self._open_until = now + cooldown
+            now = time.monotonic()
+            if err is None:
+                self._succeeded(now - started)
+            elif isinstance(err, RateLimited):
+                self._defer(now, err)
+            else:
+                self._failed(started, now, err)
+
+    def _admits(self, now: float, max_in_flight: int) -> bool:
+        if self._failures >= self.failure_threshold:
+            if self._trial and not self._in_flight:
+                return True
+            if not self._trial and self.probe is None and now >= self._open_until and not self._in_flight:
+                return True  # nobody probes for us: one call finds out
+            self._start_prober()
+            return False
+        if len(self._in_flight) >= max_in_flight:
+            return False
+        if self._in_flight:
+            oldest = min(self._in_flight.values())
+            if now - oldest > self._suspect_after():
+                return False
+        return True
+
+    def _suspect_after(self) -> float:
+        if self._usual is None:
+            return MAX_SUSPECT_AFTER
+        return min(MAX_SUSPECT_AFTER, max(MIN_SUSPECT_AFTER, SUSPECT_FACTOR * self._usual))
+
+    def _succeeded(self, duration: float) -> None:
+        self._usual = duration if self._usual is None else (1 - EWMA_WEIGHT) * self._usual + EWMA_WEIGHT * duration
+        if self._failures >= self.failure_threshold or self._skipped:
+            log.warning("Task Badger API answering again: tracking resumed (%d publishes were not tracked)",
+                        self._skipped)
+        self._failures, self._skipped, self._trial = 0, 0, False
+        self._changed.notify_all()
+
+    def _defer(self, now: float, err: RateLimited) -> None:
+        retry_after = err.retry_after if err.retry_after is not None else 1.0
+        pause = min(self.max_defer, max(0.0, retry_after))
+        if now + pause > self._deferred_until:
+            if self._deferred_until <= now:
+                log.warning("Task Badger API asked to slow down (429): tasks are published untracked for "
+                            "the next %.1f s", pause)
+            self._deferred_until = now + pause
+        if self._failures >= self.failure_threshold:
+            self._trial = True  # it answered: it is up
+
+    def _failed(self, started: float, now: float, err: Exception) -> None:
+        if self._failures and started - self._last_failure > max(4 * self._cooldown, 5.0):
+            self._failures = 0  # nothing tried for a while: what we knew is stale, start counting again
+        if self._failures == 0:
+            self._failing_since = started
+        self._last_failure = now
+        self._failures += 1
+        self._trial = False
+        if self._failures >= self.failure_threshold:
+            self._cooldown = min(self.max_cooldown, max(self.min_cooldown, (now - self._failing_since) / 2))
+            if self._failures == self.failure_threshold:
+                log.warning("Task Badger API failing (%s): tasks are published untracked; it is tried again in "
+                            "%.1f s, then further apart while it keeps failing (%.0f s at most)", err,
+                            self._cooldown, self.max_cooldown)
+            self._open_until = now + self._cooldown
+            self._start_prober()
+
+    # -- the probe ----------------------------------------------------------------------------------
+
+    def _start_prober(self) -> None:
+        # with the lock held
+        if self.probe is not None and (self._prober is None or not self._prober.is_alive()):
+            self._prober = start_daemon_thread(self._probe_until_up, "taskbadger-breaker-probe")
+
+    def _probe_until_up(self) -> None:
+        while True:
+            with self._lock:
+                if self._failures < self.failure_threshold or self._trial:
+                    self._prober = None
+                    return
+                wait = self._open_until - time.monotonic()
+            if wait > 0:
+                time.sleep(min(wait, 1.0))  # the cool-down; re-read it: a trial call may have reopened it
+                continue
+            assert self.probe is not None
+            try:
+                self.probe()
+            except MissingConfiguration:
+                self.reset()  # tracking was switched off: nothing left to protect
+                return
+            except RateLimited as err:
+                with self._lock:
+                    self._defer(time.monotonic(), err)
+                continue
+            except Exception:
+                with self._lock:
+                    now = time.monotonic()
+                    self._cooldown = min(self.max_cooldown, max(self.min_cooldown, (now - self._failing_since) / 2))
+                    self._open_until = now + self._cooldown
+                continue
+            with self._lock:
+                self._trial = True
+                self._changed.notify_all()
+
+    def wait_until_up(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until calls may go ahead (closed, or a probe found the API up)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._failures >= self.failure_threshold and not self._trial:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+            return True
+
+    # -- what others see ----------------------------------------------------------------------------
 
     def state(self) -> str:
         with self._lock:
@@ -103,15 +220,28 @@ class Breaker:
                 return "deferred"
             if self._failures < self.failure_threshold:
                 return "closed"
-            return "open" if now < self._open_until else "half-open"
+            if self._trial or (self.probe is None and now >= self._open_until):
+                return "half-open"
+            return "open"
 
     def reset(self) -> None:
         with self._lock:
             self._failures, self._open_until, self._deferred_until = 0, 0.0, 0.0
-            self._skipped, self._trial_running = 0, False
+            self._skipped, self._trial = 0, False
+            self._in_flight.clear()
+            self._usual = None
+            self._changed.notify_all()
 
 
-_breaker: PerProcess[Breaker] = PerProcess(Breaker)
+def _probe() -> None:
+    """A cheap authenticated read within the publish budget: does the API answer at all?"""
+    config = get_config()
+    if config is None:
+        raise MissingConfiguration(["token"])
+    endpoints.probe(Deadline(config.publish_budget, config.timeout[0]))
+
+
+_breaker: PerProcess[Breaker] = PerProcess(lambda: Breaker(probe=_probe))
 
 
 def publish_breaker() -> Breaker:

@@ -10,13 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..models import TERMINAL_STATUSES, TaskModel
+from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel
 
 #: Fields to merge into the task's current data before sending (not an API field).
 MERGE_DATA = "merge_data"
 #: Marks an update that must be sent only if the task has no final state yet (not an API field): the
 #: worker's main process closes tasks whose own final update died with a pool child.
 UNLESS_FINAL = "_taskbadger_unless_final"
+#: Marks an update that must be sent only if the task is still ``pending`` (not an API field): the
+#: closing of a task whose create was given up, unless a worker has taken it up meanwhile.
+ONLY_IF_PENDING = "_taskbadger_only_if_pending"
 
 
 def with_data(data: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -43,8 +46,9 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
         merged["start_time"] = older["start_time"]
     if MERGE_DATA in older and MERGE_DATA in newer:
         merged[MERGE_DATA] = {**older[MERGE_DATA], **newer[MERGE_DATA]}
-    if UNLESS_FINAL not in newer:
-        merged.pop(UNLESS_FINAL, None)
+    for condition in (UNLESS_FINAL, ONLY_IF_PENDING):
+        if condition not in newer:
+            merged.pop(condition, None)
     return merged
 
 
@@ -54,11 +58,15 @@ def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) ->
     conditional update). Without it, a conditional update is sent as an unconditional one."""
     body = dict(fields)
     unless_final = body.pop(UNLESS_FINAL, False) and fetch is not None
+    only_if_pending = body.pop(ONLY_IF_PENDING, False) and fetch is not None
     extra = body.pop(MERGE_DATA, None)
-    if not unless_final and extra is None:
+    if not unless_final and not only_if_pending and extra is None:
         return body
-    current = fetch() if fetch is not None and (unless_final or body.get("data") is None) else None
+    conditional = unless_final or only_if_pending
+    current = fetch() if fetch is not None and (conditional or body.get("data") is None) else None
     if unless_final and current is not None and current.status in TERMINAL_STATUSES:
+        return None
+    if only_if_pending and current is not None and current.status != StatusEnum.PENDING:
         return None
     if extra is not None:
         base = body.get("data")

@@ -23,8 +23,9 @@ from typing import Any
 
 from .. import endpoints
 from .._runtime import PerProcess, short, start_daemon_thread
-from ..config import is_configured
+from ..config import get_config, is_configured
 from ..exceptions import RateLimited, ServerError, TransportError, UnexpectedStatus
+from ..http import Deadline
 from . import breaker, merge
 from .queue import Batch, Entry, PendingQueue, pending_updates
 
@@ -133,13 +134,21 @@ class Sender:
     # -- one batch ----------------------------------------------------------------------------------
 
     def _send(self, batch: Batch) -> list[str]:
-        """Send a batch of updates (one per task); each one's outcome: sent, retry or dropped."""
+        """Send a batch of updates (one per task), all within one call deadline; each one's outcome:
+        sent, retry or dropped."""
+        config = get_config()
+        if config is None:  # tracking was switched off (``taskbadger.config.reset()``): nobody to send them to
+            for task_id, _ in batch:
+                with self.queue.cond:
+                    self.queue.drop(task_id, "Task Badger is no longer configured in this process", final=True)
+            return [DROPPED] * len(batch)
+        deadline = Deadline.for_call(config.timeout)
         outcomes: list[str | None] = [None] * len(batch)
         ready: list[tuple[int, str, dict[str, Any]]] = []
         for i, (task_id, entry) in enumerate(batch):
             entry.attempts += 1
             try:
-                body = merge.resolve(entry.fields, functools.partial(endpoints.get, task_id))
+                body = merge.resolve(entry.fields, functools.partial(endpoints.get, task_id, deadline))
             except Exception as problem:
                 outcomes[i] = self._outcome(task_id, entry, problem)
                 continue
@@ -147,7 +156,7 @@ class Sender:
                 outcomes[i] = self._outcome(task_id, entry, None)  # nothing left to say
             else:
                 ready.append((i, task_id, body))
-        errors = endpoints.update_many([(task_id, body) for _, task_id, body in ready]) if ready else []
+        errors = endpoints.update_many([(task_id, body) for _, task_id, body in ready], deadline) if ready else []
         for (i, task_id, _), err in zip(ready, errors, strict=True):
             outcomes[i] = self._outcome(task_id, batch[i][1], err)
         return outcomes  # type: ignore[return-value]
@@ -175,7 +184,8 @@ class Sender:
             if time.monotonic() - entry.first_queued > self.retry_horizon:
                 queue.drop(task_id, f"it could not be delivered for {self.retry_horizon:.0f} s ({err})", final=True)
                 return DROPPED
-            if queue.paused_until <= time.monotonic():  # one escalation per round, not per update of a batch
+            escalated = queue.paused_until <= time.monotonic()  # once per round, not per update of a batch
+            if escalated:
                 self._failures += 1
             queue.failing = True
             queue.counters["retried"] += 1
@@ -184,7 +194,7 @@ class Sender:
             if retry_after is not None:
                 delay = max(delay, retry_after)
             queue.paused_until = max(queue.paused_until, time.monotonic() + delay)
-            if self._failures == 1:
+            if escalated and self._failures == 1:
                 log.warning("Task Badger API unavailable (%s); updates are queued and retried", err)
         return RETRY
 
@@ -198,7 +208,9 @@ def submit(task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
 
 
 def flush(timeout: float = 10.0) -> bool:
-    """Send everything this process has queued; False if ``timeout`` ran out first."""
+    """Wait until everything this process has queued for Task Badger has been sent (or dropped); False
+    if ``timeout`` ran out first. Updates the senders send in the background (a tracked call's end, a
+    worker's updates) are flushed when the process exits anyway."""
     sender = _sender.current()
     if sender is None or not is_configured():
         return True

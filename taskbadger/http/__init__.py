@@ -1,11 +1,12 @@
-"""Every request the SDK sends: built in ``request``, sent by a ``Transport``, decoded in ``errors``.
+"""Every request the SDK sends: built in ``request``, sent by a ``Transport`` before one ``Deadline``
+(``deadline``), decoded in ``errors``.
 
 Two transports share that code:
 
-* ``RequestsTransport`` (``requests_backend``): the public synchronous API, and everything when a
-  proxy applies to the API host;
-* ``PooledTransport`` (``pooled``): the hot paths, the create at publish and the worker's updates,
-  at a small fraction of the CPU per request, and in batches.
+* ``PooledTransport`` (``pooled``): every request, at a small fraction of the CPU per request of
+  ``requests``, in batches for the senders, with a deadline for the whole exchange and bounded answers;
+* ``RequestsTransport`` (``requests_backend``): every request when a proxy from the environment applies
+  to the API host (``HTTPS_PROXY`` …), with the same deadlines and bounds.
 """
 
 from __future__ import annotations
@@ -18,21 +19,24 @@ from requests.utils import get_environ_proxies
 
 from ..config import Config
 from ..exceptions import TaskbadgerException, TransportError
+from .deadline import Deadline
 from .errors import Answer, decode
-from .pooled import PooledTransport
+from .pooled import LateAnswer, PooledTransport
 from .request import MONITOR_HEADER, USER_AGENT, Credential, Request, build_request
 from .requests_backend import RequestsTransport, session
 
-__all__ = ["MONITOR_HEADER", "USER_AGENT", "Answer", "Credential", "Request", "Transport", "build_request",
-           "decode", "default_transport", "hot_path_transport", "send", "send_many", "session"]
+__all__ = ["MONITOR_HEADER", "USER_AGENT", "Answer", "Credential", "Deadline", "LateAnswer", "Request", "Transport",
+           "build_request", "decode", "send", "send_many", "session", "transport_for"]
 
 
 class Transport(Protocol):
-    def exchange(self, config: Config, request: Request) -> Answer:
-        """Send one request; its answer, or TransportError when none came."""
+    def exchange(self, config: Config, request: Request, deadline: Deadline | None = None,
+                 late_answer: LateAnswer | None = None) -> Answer:
+        """Send one request; its whole answer before ``deadline``, or TransportError when none came."""
         ...
 
-    def exchange_many(self, config: Config, requests: Sequence[Request]) -> list[Answer | TransportError]:
+    def exchange_many(self, config: Config, requests: Sequence[Request], deadline: Deadline | None = None,
+                      late_answer: LateAnswer | None = None) -> list[Answer | TransportError]:
         """Send several requests together; per request, its answer or the TransportError it met."""
         ...
 
@@ -41,11 +45,7 @@ _requests_transport = RequestsTransport()
 _pooled_transport = PooledTransport()
 
 
-def default_transport() -> Transport:
-    return _requests_transport
-
-
-def hot_path_transport(config: Config) -> Transport:
+def transport_for(config: Config) -> Transport:
     """The pooled transport, unless a proxy from the environment applies to the API host."""
     return _requests_transport if _proxied(config.host) else _pooled_transport
 
@@ -55,24 +55,27 @@ def _proxied(host: str) -> bool:
     return bool(get_environ_proxies(host))
 
 
-def send(config: Config, request: Request, transport: Transport | None = None, parse: bool = True) -> Any:
-    """Send ``request`` and return the answer's JSON (None for 204, or when ``parse`` is False).
+def send(config: Config, request: Request, deadline: Deadline | None = None,
+         late_answer: LateAnswer | None = None) -> Any:
+    """Send ``request`` and return the answer's JSON (None for 204). ``deadline``: the whole exchange's
+    (``config``'s call deadline when None).
 
-    Raises TransportError subclasses when no answer came, UnexpectedStatus subclasses on an error status.
+    Raises TransportError subclasses when no usable answer came, UnexpectedStatus subclasses on an error
+    status.
     """
-    return decode(*(transport or default_transport()).exchange(config, request), parse=parse)
+    return decode(*transport_for(config).exchange(config, request, deadline, late_answer))
 
 
-def send_many(config: Config, requests: Sequence[Request], transport: Transport) -> list[Exception | None]:
-    """Send ``requests`` together without reading their bodies; per request, None or the error it met."""
-    results: list[Exception | None] = []
-    for answer in transport.exchange_many(config, requests):
+def send_many(config: Config, requests: Sequence[Request], deadline: Deadline | None = None) -> list[Any]:
+    """Send ``requests`` together; per request, its decoded JSON answer (None for 204), or the error it met
+    (an ``Exception`` instance)."""
+    results: list[Any] = []
+    for answer in transport_for(config).exchange_many(config, requests, deadline):
         if isinstance(answer, TransportError):
             results.append(answer)
             continue
         try:
-            decode(*answer, parse=False)
-            results.append(None)
+            results.append(decode(*answer))
         except TaskbadgerException as err:
             results.append(err)
     return results

@@ -3,6 +3,11 @@
 A socket with a timeout makes every send and receive two system calls (a poll, then the call), and in
 a worker each system call hands the GIL back to the task's thread: here the socket is non-blocking and
 the waits happen with ``poll``, once per batch where possible (``pooled``).
+
+Every wait is bounded by the call's ``Deadline`` (connect, TLS handshake, send, the whole answer), and
+what an answer may hold is bounded as ``http.client`` bounds it: at most ``MAX_HEADERS`` header lines
+and ``MAX_HEAD_BYTES`` before the body, at most ``MAX_BODY_BYTES`` of body (a task is a few KB). Bytes
+are kept in a list and joined once: reading an answer is linear in its size.
 """
 
 from __future__ import annotations
@@ -11,14 +16,23 @@ import os
 import select
 import socket
 import ssl
+from collections import deque
 from functools import lru_cache
 
 import httptools
 
-from .errors import Answer
+from .deadline import Deadline
+from .errors import Answer, BadAnswerError
 
 READABLE = getattr(select, "POLLIN", 1)
 WRITABLE = getattr(select, "POLLOUT", 4)
+#: ``http.client``'s limit on header lines
+MAX_HEADERS = 100
+#: Most bytes received before an answer's headers are complete (status line and headers).
+MAX_HEAD_BYTES = 64 * 1024
+#: Largest answer body read. A task with all its data is a few KB; the API caps ``data`` well below this.
+MAX_BODY_BYTES = 1024 * 1024
+RECV_SIZE = 65536
 
 
 @lru_cache(maxsize=1)
@@ -35,8 +49,9 @@ class ClosedBeforeAnswer(OSError):
     """The server closed the connection before sending any byte of its answer."""
 
 
-class BadAnswer(OSError):
-    """The server's answer was not valid HTTP/1.1, or the connection ended in the middle of it."""
+class BadAnswer(BadAnswerError):
+    """The server's answer was not valid HTTP/1.1, was larger than we read, or the connection ended
+    in the middle of it."""
 
 
 class Wire(bytes):
@@ -49,68 +64,132 @@ class Wire(bytes):
         return f"<{len(self)} bytes of an HTTP request>"
 
 
-class _Answer:
-    """httptools' callbacks for one answer."""
+class _TooLarge(Exception):
+    """Raised inside a parser callback; httptools wraps it, ``_take`` reports ``_Answers.problem``."""
 
-    __slots__ = ("headers", "body", "complete", "started", "extra", "keep_alive", "parser")
+
+class _Answer:
+    """One answer as it is parsed."""
+
+    __slots__ = ("status", "headers", "chunks", "size", "head_done", "keep_alive")
 
     def __init__(self) -> None:
+        self.status = 0
         self.headers: dict[str, str] = {}
-        self.body = b""
-        self.complete = False
-        self.started = False
-        self.extra = False  # bytes after the answer
+        self.chunks: list[bytes] = []
+        self.size = 0  # body bytes so far
+        self.head_done = False
         self.keep_alive = False
-        self.parser: httptools.HttpResponseParser | None = None
+
+    def result(self) -> Answer:
+        body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        return self.status, self.headers, body
+
+
+class _Answers:
+    """httptools' callbacks for every answer on one connection, in the order they arrive.
+
+    One parser per connection, not per request: bytes after an answer (an unrequested second answer, a
+    confused proxy) are parsed as the next answer rather than lost, so a caller can tell that its
+    connection carries answers nobody asked for, and skip one that is not its own."""
+
+    __slots__ = ("parser", "current", "ready", "problem")
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.current: _Answer | None = None  # being parsed
+        self.ready: deque[_Answer] = deque()  # complete, not yet taken
+        self.problem: str | None = None
 
     def on_message_begin(self) -> None:
-        if self.complete:
-            self.extra = True
-        self.started = True
+        self.current = _Answer()
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        answer = self.current
+        assert answer is not None
+        if len(answer.headers) >= MAX_HEADERS:
+            self.problem = f"the answer has more than {MAX_HEADERS} header lines"
+            raise _TooLarge
+        answer.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        answer = self.current
+        assert answer is not None
+        answer.status = self.parser.get_status_code()
+        answer.head_done = True
+        length = answer.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_BODY_BYTES:
+            self.problem = f"the answer's body ({int(length)} bytes) is larger than {MAX_BODY_BYTES} bytes"
+            raise _TooLarge
 
     def on_body(self, body: bytes) -> None:
-        if not self.complete:
-            self.body += body
+        answer = self.current
+        assert answer is not None
+        answer.size += len(body)
+        if answer.size > MAX_BODY_BYTES:
+            self.problem = f"the answer's body is larger than {MAX_BODY_BYTES} bytes"
+            raise _TooLarge
+        answer.chunks.append(body)
 
     def on_message_complete(self) -> None:
-        if self.parser is not None and 100 <= self.parser.get_status_code() < 200 and not self.complete:
-            self.headers, self.body = {}, b""  # an interim answer: the real one follows
-            return
-        self.complete = True
+        answer, self.current = self.current, None
+        assert answer is not None
+        if 100 <= answer.status < 200:
+            return  # an interim answer (100 Continue): the real one follows
         # llhttp knows this only until the next message begins: read it now
-        self.keep_alive = self.parser is not None and self.parser.should_keep_alive()
+        answer.keep_alive = self.parser.should_keep_alive()
+        self.ready.append(answer)
 
-
-def _new_parser() -> tuple[_Answer, httptools.HttpResponseParser]:
-    answer = _Answer()
-    answer.parser = httptools.HttpResponseParser(answer)
-    return answer, answer.parser
+    def pending(self) -> bool:
+        """Bytes of an answer arrived that nobody has taken."""
+        return bool(self.ready) or self.current is not None
 
 
 class Connection:
     """One kept-alive HTTP/1.1 connection."""
 
-    def __init__(self, scheme: str, host: str, port: int | None, timeout: tuple[float, float]) -> None:
-        self.scheme, self.host, self.timeout = scheme, host, timeout
+    def __init__(self, scheme: str, host: str, port: int | None) -> None:
+        self.scheme, self.host = scheme, host
         self.port = port or (443 if scheme == "https" else 80)
         self.sock: socket.socket | None = None
-        self._answer, self._parser = _new_parser()
-        self._received = False
+        self._answers = _Answers()
+        self._head_bytes = 0  # bytes received since the last complete head: bounded by MAX_HEAD_BYTES
+        self._received = 0  # bytes received since the request was sent
+        self._reusable = True  # False once it carried something nobody asked for
 
-    def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout[0])
+    def connect(self, deadline: Deadline) -> None:
+        """Connect (and shake hands for TLS) within ``deadline.connect`` and what is left of ``deadline``."""
+        wait = min(deadline.connect, deadline.remaining())
+        if wait <= 0:
+            raise TimeoutError("no time left to connect")
+        sock = socket.create_connection((self.host, self.port), timeout=wait)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.scheme == "https":
-                sock = _tls_context().wrap_socket(sock, server_hostname=self.host)
             sock.setblocking(False)
+            if self.scheme == "https":
+                sock = _tls_context().wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+                self.sock = sock
+                self._handshake(deadline)
         except BaseException:
             sock.close()
+            self.sock = None
             raise
         self.sock = sock
+        self._answers, self._head_bytes, self._reusable = _Answers(), 0, True
+
+    def _handshake(self, deadline: Deadline) -> None:
+        sock = self.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        while True:
+            try:
+                sock.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                events = READABLE
+            except ssl.SSLWantWriteError:
+                events = WRITABLE
+            if not wait_for(sock, events, deadline.remaining()):
+                raise TimeoutError("TLS handshake timed out")
 
     def close(self) -> None:
         if self.sock is not None:
@@ -119,76 +198,115 @@ class Connection:
             finally:
                 self.sock = None
 
-    def send(self, data: bytes) -> None:
+    @property
+    def reusable(self) -> bool:
+        """Open, and nothing arrived on it that nobody asked for."""
+        return self.sock is not None and self._reusable and not self._answers.pending()
+
+    def send(self, data: bytes, deadline: Deadline) -> None:
         assert self.sock is not None
-        self._answer, self._parser = _new_parser()
-        self._received = False
+        self._received = 0
         view = memoryview(data)
         while view:
             try:
                 view = view[self.sock.send(view):]
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                if not wait_for(self.sock, WRITABLE, self.timeout[1]):
+                if not wait_for(self.sock, WRITABLE, deadline.remaining()):
                     raise TimeoutError("timed out") from None
 
+    def skip_answer(self) -> None:
+        """The answer just read was not meant for our request: the connection will never be reused,
+        and the next answer on it is read as ours."""
+        self._reusable = False
+
     def receive_some(self) -> Answer | None:
-        """One non-blocking read; the answer once it is complete, else None."""
-        assert self.sock is not None
+        """The next answer on the connection once it is complete (one non-blocking read if it is not
+        here yet), else None."""
+        if self._answers.ready:
+            return self._next()
+        if self.sock is None:
+            return None
         try:
-            chunk = self.sock.recv(65536)
+            chunk = self.sock.recv(RECV_SIZE)
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None
-        while chunk and isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
-            chunk += self.sock.recv(65536)  # TLS can hold decrypted bytes that poll() cannot see
+        if chunk and isinstance(self.sock, ssl.SSLSocket):
+            # TLS can hold decrypted bytes that poll() cannot see; take them, within the limits
+            parts = [chunk]
+            while self.sock.pending() and sum(map(len, parts)) <= MAX_HEAD_BYTES + MAX_BODY_BYTES:
+                parts.append(self.sock.recv(RECV_SIZE))
+            chunk = b"".join(parts)
         return self._take(chunk)
 
     def _take(self, chunk: bytes) -> Answer | None:
-        answer, parser = self._answer, self._parser
+        answers = self._answers
         if not chunk:  # the server closed its side
             self.close()
-            if answer.complete:
-                return self._done()
-            if answer.started and parser.get_status_code() and "content-length" not in answer.headers \
+            if answers.ready:
+                return self._next()
+            answer = answers.current
+            if answer is not None and answer.head_done and "content-length" not in answer.headers \
                     and "chunked" not in answer.headers.get("transfer-encoding", ""):
-                answer.complete = True  # a body that ends when the connection does
-                answer.headers["connection"] = "close"
-                return self._done()
+                answers.current = None
+                answer.headers["connection"] = "close"  # a body that ends when the connection does
+                answers.ready.append(answer)
+                return self._next()
             if self._received:
                 raise BadAnswer("the server closed the connection in the middle of its answer")
             raise ClosedBeforeAnswer("the server closed the connection before answering")
-        self._received = True
+        self._received += len(chunk)
+        self._head_bytes += len(chunk)
         try:
-            parser.feed_data(chunk)
+            answers.parser.feed_data(chunk)
         except httptools.HttpParserError as err:
-            if not answer.complete:  # garbage after a whole answer only makes us close below
-                raise BadAnswer(f"not an HTTP answer: {err}") from None
-            answer.extra = True
-        return self._done() if answer.complete else None
-
-    def _done(self) -> Answer:
-        answer, parser = self._answer, self._parser
-        # Bytes after the answer were never asked for (one request at a time): a confused server or
-        # proxy, or a smuggled request. They must not answer our next request: close.
-        if answer.extra or self.sock is None or not answer.keep_alive:
             self.close()
-        return parser.get_status_code(), answer.headers, answer.body
+            if answers.problem is not None:
+                raise BadAnswer(answers.problem) from None
+            if not answers.ready:
+                raise BadAnswer(f"not an HTTP answer: {err}") from None
+            self._reusable = False  # garbage after a whole answer: take the answer, never reuse
+        current = answers.current
+        if current is None or current.head_done:
+            self._head_bytes = 0
+        elif self._head_bytes > MAX_HEAD_BYTES:
+            self.close()
+            raise BadAnswer(f"the answer's status line and headers are longer than {MAX_HEAD_BYTES} bytes")
+        return self._next() if answers.ready else None
 
-    def read_answer(self) -> Answer:
+    def _next(self) -> Answer:
+        answer = self._answers.ready.popleft()
+        if not answer.keep_alive:
+            self.close()
+        return answer.result()
+
+    def read_answer(self, deadline: Deadline) -> Answer:
+        """The next whole answer, before ``deadline``; TimeoutError when it passes first."""
         while True:
-            assert self.sock is not None
-            if not wait_for(self.sock, READABLE, self.timeout[1]):
+            if self._answers.ready:
+                return self._next()
+            if self.sock is None:
+                raise BadAnswer("the server closed the connection in the middle of its answer")
+            if not wait_for(self.sock, READABLE, deadline.remaining()):
                 raise TimeoutError("timed out")
             answer = self.receive_some()
             if answer is not None:
                 return answer
 
+    def has_unread_bytes(self) -> bool:
+        """Whether an idle connection has something to read: the server closed it, or sent bytes
+        nobody asked for. Either way it must not carry another request."""
+        return not self.reusable or wait_for(self.sock, READABLE, 0)  # type: ignore[arg-type]
+
 
 def wait_for(sock: socket.socket, events: int, timeout: float | None) -> bool:
     """Wait until ``sock`` is readable or writable (``events``); False after ``timeout`` seconds."""
+    if timeout is not None and timeout <= 0:
+        timeout = 0
     if hasattr(select, "poll"):
         poller = select.poll()
         poller.register(sock, events | select.POLLERR | select.POLLHUP)
-        return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000))))
+        # round up: a deadline 0.4 ms away must not become a 0 ms poll that spins
+        return bool(poller.poll(None if timeout is None else (int(timeout * 1000) + (timeout > 0))))
     want = [sock]  # Windows: no poll
     readable, writable, failed = select.select(want if events & READABLE else [],
                                                want if events & WRITABLE else [], want, timeout)

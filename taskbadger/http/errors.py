@@ -12,17 +12,22 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..exceptions import (
+    BadAnswer,
     ConnectError,
     NotFound,
     RateLimited,
     ReadTimeout,
     ServerError,
-    TaskbadgerException,
     TransportError,
     Unauthorized,
     UnexpectedStatus,
     ValidationError,
 )
+
+
+class BadAnswerError(OSError):
+    """The server's bytes are not a usable HTTP answer (the transports raise it; ``failure`` maps it)."""
+
 
 #: What a transport returns for one request: (status, headers with lower-case names, body).
 Answer = tuple[int, Mapping[str, str], bytes]
@@ -35,8 +40,9 @@ def decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool 
             return None
         try:
             return json.loads(content)
-        except ValueError as err:
-            raise TaskbadgerException(f"Task Badger API answered {status} with a body that is not JSON") from err
+        except ValueError:
+            raise BadAnswer(f"Task Badger API answered {status} with a body that is not JSON "
+                            f"({_describe(repr(content[:60]))})") from None
     message, errors = _error_message(content)
     if status == 400:
         raise ValidationError(status, content, message, errors=errors)
@@ -51,14 +57,18 @@ def decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool 
     raise UnexpectedStatus(status, content, message)
 
 
-def failure(host: str, timeout: tuple[float, float], err: BaseException, connected: bool = True) -> TransportError:
-    """Our exception for a request that got no answer, ``err`` scrubbed as its cause. ``connected``:
-    whether the connection had been established (only a failure before it means the request certainly
-    never reached the server)."""
+def failure(host: str, err: BaseException, connected: bool = True, budget: float | None = None) -> TransportError:
+    """Our exception for a request that got no usable answer, ``err`` scrubbed as its cause.
+    ``connected``: whether the connection had been established (only a failure before it means the
+    request certainly never reached the server). ``budget``: the call's deadline in seconds, named
+    when it ran out."""
     if not connected:
         result: TransportError = ConnectError(f"Could not connect to {host}: {_describe(err)}")
     elif isinstance(err, TimeoutError):
-        result = ReadTimeout(f"{host} did not answer within {timeout[1]} s")
+        within = f" within {budget:g} s" if budget is not None else " in time"
+        result = ReadTimeout(f"{host} did not answer{within}")
+    elif isinstance(err, BadAnswerError):
+        result = BadAnswer(f"{host} answered with something that is not an answer to our request: {_describe(err)}")
     else:
         result = TransportError(f"Connection to {host} failed: {_describe(err)}")
     result.__cause__ = scrub(err)
@@ -76,7 +86,7 @@ def scrub(err: BaseException) -> BaseException:
     return err
 
 
-def _describe(err: BaseException) -> str:
+def _describe(err: object) -> str:
     text = str(err) or repr(err)
     return text if len(text) <= 300 else text[:297] + "..."
 

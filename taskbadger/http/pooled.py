@@ -1,4 +1,4 @@
-"""The pooled keep-alive transport: the hot paths (the create at publish, the worker's updates).
+"""The pooled keep-alive transport: every request, unless a proxy applies to the API host.
 
 Each tracked Celery task costs a create at publish and (usually) one PATCH in the worker, so these two
 requests must cost little CPU: ``requests`` spends most of a request's CPU on proxy lookups, hooks
@@ -8,9 +8,13 @@ request is one formatted write on a kept-alive, non-blocking socket, and answers
 are read after one ``poll`` over all of them: with a slow API the waits are most of a request's
 cost, and in a worker every wake-up of a sender thread costs the task's thread a GIL hand-off.
 
+Every exchange has one ``Deadline`` (connect, send, the whole answer); answers are bounded
+(``connection``). A connection is reused only when it has nothing unread: a server that sends bytes
+nobody asked for loses the connection, so that they cannot pass for the answer to a later request.
+
 What it keeps from requests: TLS verification with the same CA bundle (``REQUESTS_CA_BUNDLE`` /
-``CURL_CA_BUNDLE``, else certifi's), connect and read timeouts, and the same errors. When a proxy
-applies to the API host, ``taskbadger.http`` uses the requests transport instead.
+``CURL_CA_BUNDLE``, else certifi's), and the same errors. When a proxy applies to the API host,
+``taskbadger.http`` uses the requests transport instead.
 
 Idle connections are pooled per process (a new pool in a forked child) and shared by its threads and
 greenlets: a thread or greenlet per web request or per task (``runserver``, gevent workers, Celery's
@@ -22,15 +26,17 @@ from __future__ import annotations
 import select
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from urllib.parse import urlsplit
 
 from .._runtime import PerProcess
 from ..config import Config
 from ..exceptions import TransportError
-from .connection import READABLE, ClosedBeforeAnswer, Connection, Wire, wait_for
-from .errors import Answer, failure
+from . import late
+from .connection import READABLE, ClosedBeforeAnswer, Connection, Wire
+from .deadline import Deadline
+from .errors import Answer, BadAnswerError, failure
 from .request import Request
 
 #: Most idle connections kept: a batch takes one per update (2 sender threads x 32), publishing
@@ -39,13 +45,19 @@ MAX_IDLE = 80
 #: How long a batch's reader waits after the first answers for the others to arrive: the server
 #: answers a batch one connection at a time over a millisecond or two, and one wake-up reads them all.
 GATHER = 0.002
+#: Most answers skipped on one connection as meant for other requests before the exchange fails.
+MAX_SKIPPED = 2
+
+#: Called with the answer that arrives after its call's deadline (see ``late``).
+LateAnswer = Callable[[Answer], None]
+
 
 class _Pool:
     """Idle connections of one process, shared by its threads (most recently used last)."""
 
     def __init__(self) -> None:
         self.idle: list[Connection] = []
-        self.key: tuple | None = None  # (scheme, host, port, timeout) of the idle connections
+        self.key: tuple | None = None  # (scheme, host, port) of the idle connections
         self.lock = threading.Lock()
 
 
@@ -53,36 +65,36 @@ _pool: PerProcess[_Pool] = PerProcess(_Pool)
 
 
 @lru_cache(maxsize=8)
-def _pool_key(host: str, timeout: tuple[float, float]) -> tuple:
+def _pool_key(host: str) -> tuple:
     parts = urlsplit(host)
-    return parts.scheme, parts.hostname or "", parts.port, timeout
+    return parts.scheme, parts.hostname or "", parts.port
 
 
-def _checkout(host: str, timeout: tuple[float, float], count: int) -> list[Connection]:
+def _checkout(host: str, count: int) -> list[Connection]:
     """``count`` connections for the caller alone: idle ones first, new ones for the rest."""
-    pool, key = _pool.get(), _pool_key(host, timeout)
+    pool, key = _pool.get(), _pool_key(host)
     stale: list[Connection] = []
     with pool.lock:
-        if pool.key != key:  # configured for another host or timeout
+        if pool.key != key:  # configured for another host
             stale, pool.idle, pool.key = pool.idle, [], key
         taken = pool.idle[-count:] if count else []
         del pool.idle[len(pool.idle) - len(taken):]
     for old in stale:
         old.close()
     _close_unusable(taken)
-    scheme, hostname, port, _ = key
-    taken.extend(Connection(scheme, hostname, port, timeout) for _ in range(count - len(taken)))
+    scheme, hostname, port = key
+    taken.extend(Connection(scheme, hostname, port) for _ in range(count - len(taken)))
     return taken
 
 
-def _checkin(host: str, timeout: tuple[float, float], conns: list[Connection]) -> None:
-    pool, key = _pool.get(), _pool_key(host, timeout)
+def _checkin(host: str, conns: list[Connection]) -> None:
+    pool, key = _pool.get(), _pool_key(host)
     surplus: list[Connection] = []
     with pool.lock:
         for conn in conns:
             if conn.sock is None:
                 continue
-            if pool.key == key and len(pool.idle) < MAX_IDLE:
+            if conn.reusable and pool.key == key and len(pool.idle) < MAX_IDLE:
                 pool.idle.append(conn)
             else:
                 surplus.append(conn)
@@ -114,7 +126,7 @@ def _close_unusable(conns: list[Connection]) -> None:
         return
     if not hasattr(select, "poll"):
         for conn in idle.values():
-            if wait_for(conn.sock, READABLE, 0):  # type: ignore[arg-type]
+            if conn.has_unread_bytes():
                 conn.close()
         return
     poller = select.poll()
@@ -145,30 +157,39 @@ def _encode(request: Request, header_block: bytes) -> Wire:
 
 
 class PooledTransport:
-    def exchange(self, config: Config, request: Request) -> Answer:
-        [answer] = self.exchange_many(config, [request])
+    def exchange(self, config: Config, request: Request, deadline: Deadline | None = None,
+                 late_answer: LateAnswer | None = None) -> Answer:
+        """One request, its whole answer before ``deadline`` (``config``'s call deadline when None).
+        ``late_answer``: when the deadline passes after the request was sent, the connection is left to
+        the late-answer reader, which calls it with the answer if one comes (see ``late``)."""
+        [answer] = self.exchange_many(config, [request], deadline, late_answer)
         if isinstance(answer, TransportError):
             raise answer
         return answer
 
-    def exchange_many(self, config: Config, requests: Sequence[Request]) -> list[Answer | TransportError]:
-        """Send every request, each on its own kept-alive connection, then read the answers."""
-        conns = _checkout(config.host, config.timeout, len(requests))
+    def exchange_many(self, config: Config, requests: Sequence[Request], deadline: Deadline | None = None,
+                      late_answer: LateAnswer | None = None) -> list[Answer | TransportError]:
+        """Send every request, each on its own kept-alive connection, then read the answers, all
+        before one ``deadline``."""
+        deadline = deadline or Deadline.for_call(config.timeout)
+        conns = _checkout(config.host, len(requests))
         try:
-            answers = _Batch(config, requests, conns).run()
+            answers = _Batch(config.host, requests, conns, deadline, late_answer).run()
         except BaseException:  # interrupted (a killed greenlet, an internal error): an answer may be unread
             for conn in conns:
                 conn.close()
             raise
-        _checkin(config.host, config.timeout, conns)
+        _checkin(config.host, conns)
         return answers
 
 
 class _Batch:
-    def __init__(self, config: Config, requests: Sequence[Request], conns: list[Connection]) -> None:
-        self.host, self.timeout = config.host, config.timeout
+    def __init__(self, host: str, requests: Sequence[Request], conns: list[Connection], deadline: Deadline,
+                 late_answer: LateAnswer | None) -> None:
+        self.host, self.deadline, self.late_answer = host, deadline, late_answer
         self.requests, self.conns = requests, conns
         self.blocks: dict[int, Wire] = {}  # requests of a batch share their headers: format them once
+        self.skipped: dict[int, int] = {}  # request -> answers skipped on its connection (not its own)
 
     def run(self) -> list[Answer | TransportError]:
         results: list[Answer | TransportError | None] = [None] * len(self.requests)
@@ -182,12 +203,16 @@ class _Batch:
                 sent.append((i, reused))
             else:
                 results[i] = failure_
+        self.deadline = self.deadline.sent()
         answers = self._receive_all([i for i, _ in sent])
         for i, reused in sent:
             results[i] = answers[i]
-            if reused and _may_resend(self.requests[i], answers[i]):
+            if reused and _may_resend(self.requests[i], answers[i]) and not self.deadline.expired():
                 results[i] = self._send(i) or self._receive(i)
         return results  # type: ignore[return-value]
+
+    def _failure(self, err: BaseException, connected: bool = True) -> TransportError:
+        return failure(self.host, err, connected=connected, budget=self.deadline.seconds)
 
     def _send(self, i: int) -> TransportError | None:
         conn, request = self.conns[i], self.requests[i]
@@ -196,24 +221,55 @@ class _Batch:
             block = self.blocks[id(request.headers)] = _header_block(self.host, request)
         if conn.sock is None:
             try:
-                conn.connect()
+                conn.connect(self.deadline)
             except OSError as err:  # refused, unreachable, connect timeout, TLS
                 conn.close()
-                return failure(self.host, self.timeout, err, connected=False)
+                return self._failure(err, connected=False)
         try:
-            conn.send(_encode(request, block))
+            conn.send(_encode(request, block), self.deadline)
         except OSError as err:
             conn.close()
-            return failure(self.host, self.timeout, err)
+            return self._failure(err)
         return None
 
     def _receive(self, i: int) -> Answer | TransportError:
         conn = self.conns[i]
         try:
-            return conn.read_answer()
+            while True:
+                answer = conn.read_answer(self.deadline)
+                if self._ours(i, answer):
+                    return answer
+        except TimeoutError as err:
+            self._leave_late(i)
+            return self._failure(err)
         except OSError as err:
             conn.close()
-            return failure(self.host, self.timeout, err)
+            return self._failure(err)
+
+    def _ours(self, i: int, answer: Answer) -> bool:
+        """Whether ``answer`` is request ``i``'s. One that is not (a confused server or proxy answered
+        something nobody asked for) is skipped: the next answer on the connection is read as ours, and
+        the connection is never reused. After ``MAX_SKIPPED`` the exchange fails."""
+        expect = self.requests[i].expect
+        if expect is None or expect(answer):
+            return True
+        conn = self.conns[i]
+        conn.skip_answer()
+        self.skipped[i] = self.skipped.get(i, 0) + 1
+        if self.skipped[i] > MAX_SKIPPED:
+            conn.close()
+            raise BadAnswerError(f"{self.skipped[i]} answers in a row were meant for other requests")
+        return False
+
+    def _leave_late(self, i: int) -> None:
+        """The deadline passed with the answer still coming: give the connection to the late-answer
+        reader when the caller wants the answer anyway, else close it (it must never be reused)."""
+        conn = self.conns[i]
+        if self.late_answer is not None and conn.sock is not None:
+            late.reader().adopt(conn, self.late_answer, self.requests[i].expect)
+            self.conns[i] = Connection(conn.scheme, conn.host, conn.port)  # not checked back in
+        else:
+            conn.close()
 
     def _receive_all(self, indexes: list[int]) -> dict[int, Answer | TransportError]:
         """The answer on every connection of a batch, with one ``poll`` for all of them."""
@@ -227,32 +283,36 @@ class _Batch:
             assert sock is not None
             waiting[sock.fileno()] = i
             poller.register(sock, READABLE | select.POLLERR | select.POLLHUP)
-        deadline = time.monotonic() + self.timeout[1]
         first = True
         while waiting:
-            remaining = deadline - time.monotonic()
+            remaining = self.deadline.remaining()
             if not first and remaining > GATHER:
                 time.sleep(GATHER)  # let the rest of the batch's answers arrive: one wake-up for them all
-                remaining -= GATHER
+                remaining = self.deadline.remaining()
             first = False
-            ready = poller.poll(max(1, int(remaining * 1000))) if remaining > 0 else []
+            ready = poller.poll(int(remaining * 1000) + 1) if remaining > 0 else []
             if not ready:
                 break
             for fd, _ in ready:
                 i = waiting[fd]
                 conn = self.conns[i]
+                answer: Answer | TransportError | None
                 try:
-                    answer: Answer | TransportError | None = conn.receive_some()
+                    got = conn.receive_some()
+                    while got is not None and not self._ours(i, got):
+                        got = conn.receive_some()
+                    answer = got
                 except OSError as err:
                     conn.close()
-                    answer = failure(self.host, self.timeout, err)
-                if answer is not None:
+                    answer = self._failure(err)
+                if answer is not None or conn.sock is None:
                     del waiting[fd]
                     poller.unregister(fd)
-                    answers[i] = answer
+                    answers[i] = answer if answer is not None else self._failure(
+                        BadAnswerError("the server closed the connection before answering"))
         for i in waiting.values():
-            self.conns[i].close()
-            answers[i] = failure(self.host, self.timeout, TimeoutError("timed out"))
+            self._leave_late(i)
+            answers[i] = self._failure(TimeoutError("timed out"))
         return answers
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -19,6 +19,7 @@ from ..config import Config
 from ..exceptions import InvalidData
 from ..models import has_control_characters
 from ..version import __version__
+from .errors import Answer
 
 USER_AGENT = f"taskbadger-python/{__version__} (python {platform.python_version()})"
 MONITOR_HEADER = "X-TASKBADGER-MONITOR"
@@ -50,6 +51,9 @@ class Request:
     target: str  # /path?query, the request line's target, for the pooled transport
     headers: Mapping[str, str]
     body: bytes | None = None
+    #: Tells whether an answer is meant for this request (False only for one that certainly is not: the
+    #: answer to another request, sent by a confused server or proxy). None: any answer is.
+    expect: Callable[[Answer], bool] | None = None
 
 
 @lru_cache(maxsize=8)
@@ -63,7 +67,8 @@ def _base_headers(token: str, with_body: bool) -> Mapping[str, str]:
 
 
 def build_request(config: Config, method: str, path: str = "", *, json_body: Any = None,
-                  params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None) -> Request:
+                  params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
+                  expect: Callable[[Answer], bool] | None = None) -> Request:
     """A request to ``{tasks_url}{path}``. Raises InvalidData, before anything is sent, for a path or a
     header value that could change the request's shape."""
     if not _PATH.fullmatch(path):
@@ -77,7 +82,7 @@ def build_request(config: Config, method: str, path: str = "", *, json_body: Any
         all_headers = {**all_headers, **headers}
     query = {k: v for k, v in (params or {}).items() if v is not None}
     rest = path + (f"?{urlencode(query)}" if query else "")
-    return Request(method, config.tasks_url + rest, _target(config.tasks_url) + rest, all_headers, body)
+    return Request(method, config.tasks_url + rest, _target(config.tasks_url) + rest, all_headers, body, expect)
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,58 @@
+"""One deadline per call: set when the call starts, carried down to every socket wait.
+
+``requests``, urllib3 and httpx time each socket operation, so a server that drips one byte a second
+keeps a call alive for ever. Here a call gets a ``Deadline`` when it starts (connect, send and the
+whole answer must fit in it) and every wait below asks how much of it is left; no byte from the
+server extends it.
+
+Three budgets (``Config``):
+
+* the inline create (at publish, the worker's create of a task its publisher could not track,
+  ``@track``): ``publish_budget``, 1 s by default: a web request waits on it;
+* every other call (the public synchronous API, each batch the senders send): ``connect + read`` of
+  ``timeout``, 7 s by default; connecting alone is bounded by ``connect``, and the answer by ``read``
+  from when the request is sent.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class Deadline:
+    """When a call must be over (``time.monotonic()`` seconds), and the budget it was given."""
+
+    __slots__ = ("at", "seconds", "connect", "read")
+
+    def __init__(self, seconds: float, connect: float | None = None, read: float | None = None) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        #: the most a connection attempt may take (never more than what is left of the deadline)
+        self.connect = seconds if connect is None else min(connect, seconds)
+        #: the most the answer may take once the request is sent (None: what is left of the deadline)
+        self.read = read
+
+    @classmethod
+    def for_call(cls, timeout: tuple[float, float]) -> Deadline:
+        """The deadline of an ordinary call: ``connect + read`` seconds in all, connecting within
+        ``connect``, the answer within ``read`` of the request."""
+        return cls(timeout[0] + timeout[1], timeout[0], timeout[1])
+
+    def sent(self) -> Deadline:
+        """The deadline for the answer to a request sent now: sooner when ``read`` says so."""
+        if self.read is None or time.monotonic() + self.read >= self.at:
+            return self
+        tighter = Deadline(self.seconds, self.connect)
+        tighter.at = time.monotonic() + self.read
+        tighter.seconds = self.read
+        return tighter
+
+    def remaining(self) -> float:
+        """Seconds left (0 once it has passed)."""
+        return max(0.0, self.at - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def __repr__(self) -> str:
+        return f"<Deadline {self.seconds:g} s, {self.remaining():.3f} s left>"

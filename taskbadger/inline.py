@@ -1,0 +1,234 @@
+"""Creates made inline, on someone's critical path: at publish (``.delay()``), by a worker for a task
+its publisher could not track, and by ``@track``.
+
+* One deadline for the whole create: the publish budget (``Config.publish_budget``), through this
+  process's breaker (``delivery.breaker``), which skips creates at once while the API is failing or
+  hanging. Never retried here.
+* A create whose answer is lost although the API may have carried it out (a missed deadline, a 5xx, an
+  answer that cannot be read, a connection lost mid-answer) is *ambiguous*. With time left in the
+  budget and an ``external_id`` to tell the task by, the task is looked up among the newest ones
+  (``endpoints.find_recent``) and used if it is there. Otherwise the caller is told (``maybe_created``):
+  the Celery publisher marks the message, and the worker looks again when the task starts (``find``),
+  taking the task up if it is still ``pending``, creating it otherwise.
+* A create given up at its deadline may be carried out later. Its late answer is read in the
+  background (``taskbadger.http.late``), and the task it names is closed as ``cancelled`` with
+  ``data["abandoned"]`` saying why, unless a worker has taken it up meanwhile: no task stays
+  ``pending`` for ever because its creator stopped waiting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from . import endpoints, http
+from ._runtime import PerProcess, log_throttled, short, start_daemon_thread
+from .config import Config, get_config
+from .delivery import merge, sender
+from .delivery.breaker import publish_breaker
+from .delivery.sender import RETRY_HORIZON
+from .exceptions import CreateSkipped, RateLimited, ServerError, TaskbadgerException, TransportError
+from .models import StatusEnum, format_datetime
+from .task import Task, create
+
+log = logging.getLogger("taskbadger")
+
+#: What the log line says happened, per caller (``where``).
+_UNTRACKED = {
+    "publish": "task %s published untracked: %s",
+    "start": "could not create task %s when the worker started it, so it runs untracked: %s",
+    "call": "%s runs untracked: %s",
+}
+#: A lookup is worth starting only with at least this share of the budget left.
+_LOOKUP_SHARE = 0.2
+
+
+@dataclass(frozen=True)
+class Created:
+    """What an inline create came to."""
+
+    task: Task | None
+    #: The API may hold the task although we have no answer to show for it: whoever comes next must
+    #: look for it (``find``) before creating it again, or it could exist twice.
+    maybe_created: bool = False
+
+
+def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None = None,
+                  where: str = "publish", max_in_flight: int | None = None) -> Created:
+    """Create now, within the publish budget, through the breaker; never raises. ``max_in_flight``: see
+    ``Breaker.begin``."""
+    config = get_config()
+    if config is None:
+        return Created(None)
+    breaker = publish_breaker()
+    call = breaker.begin(max_in_flight)
+    if call is None:
+        return Created(None)  # skipped: certainly not created
+    deadline = http.Deadline(config.publish_budget, config.timeout[0])
+    try:
+        task = create(name, fields, monitor_id, deadline, _close_when_answered(config, name, where))
+    except CreateSkipped:
+        breaker.end(call)  # before_create said no: nothing was asked of the API
+        return Created(None)
+    except (TransportError, ServerError, RateLimited) as err:
+        breaker.end(call, err)
+        if not _maybe_created(err):
+            _log_untracked(name, where, err)
+            return Created(None)
+        found = _look_up(fields.get("external_id"), deadline)
+        if found is not None:
+            return Created(found)
+        _log_untracked(name, where, err)
+        return Created(None, maybe_created=True)
+    except Exception as err:  # our side (data JSON cannot encode…): the API was not asked
+        breaker.end(call)
+        log_throttled(f"create:{name[:200]}:{type(err).__name__}", 60.0, logging.WARNING,
+                      "Task Badger: " + _UNTRACKED.get(where, _UNTRACKED["call"]), short(name), err)
+        return Created(None)
+    breaker.end(call)
+    return Created(task)
+
+
+def find(external_id: str) -> Found:
+    """The task a create that may have been carried out made, if it is still ``pending`` (nobody took it
+    up, nobody closed it): looked up by ``external_id`` within the publish budget, through the breaker.
+    ``Found.asked`` is False when the breaker skipped the lookup (the API is failing): ``settle_later``
+    then records the run's outcome on the task once the API answers again."""
+    config = get_config()
+    if config is None:
+        return Found(None, asked=True)
+    breaker = publish_breaker()
+    call = breaker.begin()
+    if call is None:
+        return Found(None, asked=False)
+    try:
+        model = endpoints.find_recent(external_id, http.Deadline(config.publish_budget, config.timeout[0]))
+    except TaskbadgerException as err:
+        breaker.end(call, err)
+        return Found(None, asked=False)
+    breaker.end(call)
+    return Found(Task(model) if model is not None and model.status == StatusEnum.PENDING else None, asked=True)
+
+
+@dataclass(frozen=True)
+class Found:
+    task: Task | None
+    asked: bool
+
+
+def settle_later(external_id: str, fields: Mapping[str, Any]) -> None:
+    """A run that may have a task (its create was ambiguous, and the lookup could not be made when it
+    started) has ended with ``fields`` (its final state): once the API answers again, find the task
+    by ``external_id`` and, if it is still ``pending``, record them on it. Otherwise it would stay
+    ``pending`` for ever."""
+    _settler.get().add(external_id, dict(fields))
+
+
+class _Settler:
+    """Runs waiting for their task to be found (``settle_later``), tried in the background with backoff
+    until the retry horizon; at most ``MAX_SETTLING`` at once (more are dropped, counted and logged)."""
+
+    MAX_SETTLING = 1000
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: dict[str, tuple[dict[str, Any], float]] = {}  # external id -> (fields, first tried)
+        self._thread: threading.Thread | None = None
+        self.dropped = 0
+
+    def add(self, external_id: str, fields: dict[str, Any]) -> None:
+        with self._cond:
+            if len(self._waiting) >= self.MAX_SETTLING:
+                self.dropped += 1
+                log_throttled("settle:full", 60.0, logging.ERROR, "Task Badger: %d run(s) whose task could not be "
+                              "found were dropped: too many waiting for the API", self.dropped)
+                return
+            self._waiting[external_id] = (fields, time.monotonic())
+            if self._thread is None:
+                self._thread = start_daemon_thread(self._run, "taskbadger-settle")
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting:
+                    self._cond.wait()
+                batch = list(self._waiting.items())
+            for external_id, (fields, since) in batch:
+                if time.monotonic() - since > RETRY_HORIZON:
+                    self._forget(external_id)
+                    continue
+                found = find(external_id)
+                if not found.asked:  # the API is failing: wait until it answers again
+                    publish_breaker().wait_until_up(SETTLE_WAIT)
+                    break
+                if found.task is not None:
+                    sender.submit(found.task.id, {**fields, merge.ONLY_IF_PENDING: True}, final=True)
+                self._forget(external_id)
+
+    def _forget(self, external_id: str) -> None:
+        with self._cond:
+            self._waiting.pop(external_id, None)
+
+
+#: Most seconds between tries of runs waiting for their task while the API is failing (a try is made
+#: as soon as the breaker lets calls through again).
+SETTLE_WAIT = 30.0
+_settler: PerProcess[_Settler] = PerProcess(_Settler)
+
+
+def _look_up(external_id: Any, deadline: http.Deadline) -> Task | None:
+    """After an ambiguous create: the task, if the API holds it and the budget leaves time to ask."""
+    if not isinstance(external_id, str) or not external_id or deadline.remaining() < _LOOKUP_SHARE * deadline.seconds:
+        return None
+    try:
+        model = endpoints.find_recent(external_id, deadline)
+    except TaskbadgerException:
+        return None
+    return Task(model) if model is not None else None
+
+
+def _maybe_created(err: Exception) -> bool:
+    """Whether the API may hold the task although the create failed, with no id to show for it."""
+    if isinstance(err, RateLimited) or (isinstance(err, ServerError) and err.status_code == 503):
+        return False  # refused before any work
+    if isinstance(err, TransportError):
+        return err.reached_server  # a missed deadline, a BadAnswer, a connection lost mid-answer: maybe
+    return True  # another 5xx: maybe
+
+
+def _log_untracked(name: str, where: str, err: Exception) -> None:
+    log_throttled(f"{where}:{name[:200]}", 60.0, logging.WARNING,
+                  "Task Badger: " + _UNTRACKED.get(where, _UNTRACKED["call"]), short(name), err)
+
+
+def _close_when_answered(config: Config, name: str, where: str) -> http.LateAnswer:
+    """The callback for a create's late answer: close the task it names. A task created at publish is
+    closed only if it is still ``pending``: a worker may have found it and taken it up. One created
+    for a run that has started (by a worker, by ``@track``) is nobody else's to take up: the run went
+    on untracked."""
+
+    def close(answer: http.Answer) -> None:
+        try:
+            task = endpoints.task_answer(config, http.decode(*answer))
+        except Exception:
+            return  # an error status, or not a task: nothing was created that we could close
+        reason = (f"Task Badger answered this create after the {config.publish_budget:g} s its caller could "
+                  "wait; the caller went on without it" + (" (the run, if it happens, is tracked as another task)"
+                                                          if where == "publish" else ", and the run untracked"))
+        fields: dict[str, Any] = {"status": StatusEnum.CANCELLED.value,
+                                  "end_time": format_datetime(dt.datetime.now(dt.timezone.utc)),
+                                  "data": merge.with_data(task.data, {"abandoned": reason})}
+        if where == "publish":
+            fields[merge.ONLY_IF_PENDING] = True
+        sender.submit(task.id, fields, final=True)
+        log_throttled(f"late:{name[:200]}", 60.0, logging.INFO,
+                      "Task Badger: task %s was created after its create was given up; it is closed as cancelled "
+                      "unless a worker took it up", short(name))
+
+    return close
