@@ -1,0 +1,332 @@
+"""A misbehaving API never holds up a task: each way an API or a proxy can misbehave, against each
+place tracking waits for it, from one thread and from sixteen.
+
+Modes (``TaskBadgerServer.misbehave``, ``hang``, ``refuse``): an API that never answers, trickles its
+headers or its body, streams headers without end, sends a huge body, sends an answer nobody asked
+for, answers 2xx with a body that is not JSON, resets the connection mid-answer, or refuses
+connections. Entry points: the create at publish (``.delay()``), the worker's create of a task its
+publisher could not track (a real worker process), a batch of the senders (one update, 32), ``flush``,
+and the synchronous public API. Each one must keep its budget, the Celery message must be published,
+the user's task must run with its own result, and no task may be left ``pending`` for ever.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+import taskbadger
+from taskbadger import TaskbadgerException
+from taskbadger.delivery.queue import PendingQueue
+from taskbadger.delivery.sender import Sender
+
+from .celery_project import app as tasks
+from .conftest import start_worker, stop_worker
+from .foreign import wait_for_result
+
+MODES = ["hang", "slow_headers", "slow_body", "endless_headers", "huge_body", "extra_answer", "not_json", "reset",
+         "refused"]
+#: Modes where a call waits for its deadline (the others fail, or succeed, at once).
+WAITING = {"hang", "slow_headers", "slow_body"}
+#: Quick misbehaviours: a slow answer still ends within a few seconds, so its late answer is read.
+SECONDS = {"slow_headers": 0.02, "slow_body": 0.01, "extra_answer": 0.05}
+BUDGET = 0.5  # the publish budget the tests configure
+TIMEOUT = (0.5, 0.5)  # a call deadline of 1 s
+CALL_DEADLINE = sum(TIMEOUT)
+#: What a loaded, shared machine may add to a deadline before the call returns.
+SLACK = 0.35
+NAME = "tests.celery_project.app."
+
+
+def misbehave(server, mode: str, method: str | None = None) -> None:
+    if mode == "hang":
+        server.hang(method=method)
+    elif mode == "refused":
+        server.refuse()
+    else:
+        server.misbehave(mode, method=method, seconds=SECONDS.get(mode))
+
+
+@pytest.fixture
+def api(taskbadger_server):
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=TIMEOUT,
+                    publish_budget=BUDGET)
+    yield taskbadger_server
+    taskbadger_server.clear_faults()
+
+
+@pytest.fixture(scope="module")
+def worker(taskbadger_server_session):
+    """A solo worker with the same publish budget."""
+    started = start_worker(taskbadger_server_session, pool="solo", concurrency=1,
+                           extra_env={"TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    yield started
+    stop_worker(started)
+
+
+def timed(call):
+    started = time.monotonic()
+    try:
+        return call(), time.monotonic() - started
+    except TaskbadgerException as err:
+        return err, time.monotonic() - started
+
+
+def assert_nothing_left_pending(server, celery_ids) -> None:
+    """Once the API behaves again, every task of these messages reaches a final state: none is left
+    pending (or processing) for ever."""
+    ids = set(celery_ids)
+
+    def open_tasks():
+        return [(t["external_id"], t["status"]) for t in server.tasks.values()
+                if t["external_id"] in ids and t["status"] not in ("success", "error", "cancelled")]
+
+    try:
+        server.wait_for(lambda: not open_tasks() or None, timeout=20)
+    except AssertionError:
+        raise AssertionError(f"left open: {open_tasks()}") from None
+
+
+# -- the create at publish -------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", MODES)
+def test_publish_from_one_thread(api, worker, mode):
+    misbehave(api, mode, "POST")
+    sent = [timed(lambda i=i: worker.send(tasks.echo, f"v{i}")) for i in range(6)]
+    waits = [seconds for _, seconds in sent]
+    assert max(waits) <= BUDGET + SLACK, waits
+    if mode in WAITING:
+        assert sum(w > BUDGET / 2 for w in waits) <= 3, waits  # then the breaker skips at once
+    for i, (result, _) in enumerate(sent):
+        assert wait_for_result(result.id)["value"] == f"v{i}"  # published, and ran with its own result
+    api.clear_faults()
+    assert_nothing_left_pending(api, [result.id for result, _ in sent])
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", MODES)
+def test_publish_from_sixteen_threads_at_once(api, worker, mode):
+    misbehave(api, mode, "POST")
+    start = threading.Barrier(16)
+    sent: dict[int, tuple] = {}
+
+    def publish(i):
+        start.wait(10)
+        sent[i] = timed(lambda: worker.send(tasks.echo, f"t{i}"))
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    waits = [seconds for _, seconds in sent.values()]
+    assert len(waits) == 16 and max(waits) <= BUDGET + SLACK, waits
+    if mode in WAITING:
+        # while a few calls find out whether the API is hanging, the others skip instead of joining them
+        assert sum(w > BUDGET / 2 for w in waits) <= 4, waits
+    for i, (result, _) in sent.items():
+        assert wait_for_result(result.id)["value"] == f"t{i}"
+    api.clear_faults()
+    assert_nothing_left_pending(api, [result.id for result, _ in sent.values()])
+
+
+# -- the worker's create, for a task its publisher did not track ------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", MODES)
+def test_the_workers_create(api, worker, mode):
+    taskbadger.config.reset()  # this publisher tracks nothing: the worker creates each task as it starts
+    misbehave(api, mode, "POST")
+    results = []
+    for i in range(4):
+        published = time.time()
+        results.append((published, worker.send(tasks.clock, f"w{i}")))
+        body = wait_for_result(results[-1][1].id)  # solo: one at a time, each started on its own
+        assert body["value"] == f"w{i}"
+        # picked up within a few polls of the broker, then at most the budget before the body starts
+        assert body["started"] - published <= BUDGET + SLACK + 0.5, body["started"] - published
+    api.clear_faults()
+    assert_nothing_left_pending(api, [result.id for _, result in results])
+
+
+# -- the senders ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [1, 32])
+@pytest.mark.parametrize("mode", MODES)
+def test_a_senders_batch_ends_within_its_deadline(api, mode, size):
+    created = [taskbadger.create_task(f"b{i}") for i in range(size)]
+    misbehave(api, mode, "PATCH")
+    sender = Sender(PendingQueue(), threads=1, batch_size=32)
+    submitted = time.monotonic()
+    for task in created:
+        sender.submit(task.id, {"status": "success", "value": 7}, final=True)
+
+    def first_round_over():
+        stats = sender.stats()
+        return stats["in_flight"] == 0 and stats["sent"] + stats["retried"] >= size
+
+    api.wait_for(first_round_over, timeout=CALL_DEADLINE + SLACK + 0.1)
+    assert time.monotonic() - submitted <= CALL_DEADLINE + SLACK + 0.1  # its thread is free again
+    api.clear_faults()
+    assert sender.flush(15)
+    assert [api.get_task(task.id)["status"] for task in created] == ["success"] * size
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_flush_returns_by_its_deadline(api, mode):
+    task = taskbadger.create_task("flushed")
+    misbehave(api, mode, "PATCH")
+    sender = Sender(PendingQueue(), threads=1)
+    sender.submit(task.id, {"status": "success"}, final=True)
+    _, waited = timed(lambda: sender.flush(2.0))
+    assert waited <= 2.0 + SLACK
+    api.clear_faults()
+    assert sender.flush(15)
+    assert api.get_task(task.id)["status"] == "success"
+
+
+# -- the synchronous public API ----------------------------------------------------------------------------
+
+
+def sync_calls(existing_id: str, n: int):
+    return [
+        lambda: taskbadger.create_task(f"sync {n}", value_max=10),
+        lambda: taskbadger.update_task(existing_id, value=n),
+        lambda: taskbadger.get_task(existing_id),
+    ]
+
+
+def check_sync_outcome(outcome, existing_id: str) -> None:
+    if isinstance(outcome, TaskbadgerException):
+        return  # failed, said so, within the deadline
+    # succeeded: then with its own answer, never another request's
+    assert outcome.id == existing_id or outcome.name.startswith("sync ")
+
+
+@pytest.mark.parametrize("threads", [1, 16])
+@pytest.mark.parametrize("mode", MODES)
+def test_the_synchronous_api(api, mode, threads):
+    existing = taskbadger.create_task("existing")
+    misbehave(api, mode)
+    outcomes: list[tuple] = []
+    lock = threading.Lock()
+
+    def caller(n):
+        for call in sync_calls(existing.id, n):
+            result = timed(call)
+            with lock:
+                outcomes.append(result)
+
+    workers = [threading.Thread(target=caller, args=(n,)) for n in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join(60)
+    assert len(outcomes) == 3 * threads
+    for outcome, waited in outcomes:
+        assert waited <= CALL_DEADLINE + SLACK, (mode, waited, outcome)
+        check_sync_outcome(outcome, existing.id)
+
+
+# -- the defects this matrix was written for, one by one ---------------------------------------------------
+
+
+@pytest.mark.integration
+def test_a_2xx_that_is_not_json_never_makes_a_task_twice(api, worker):
+    # Three .delay() made six POSTs: the publisher could not read the answer, so the worker created the
+    # task again. Now the API's task is looked up by its Celery id and used.
+    misbehave(api, "not_json", "POST")
+    results = [worker.send(tasks.echo, i) for i in range(3)]
+    for i, result in enumerate(results):
+        assert wait_for_result(result.id)["value"] == i
+    api.clear_faults()
+    assert_nothing_left_pending(api, [r.id for r in results])
+    assert len([r for r in api.requests if r.method == "POST"]) == 3
+    assert sorted(t["external_id"] for t in api.tasks.values()) == sorted(r.id for r in results)
+
+
+@pytest.mark.parametrize("body", [b"[]", b"{}", b'{"id": 7}', b'"text"', b"null"])
+def test_a_2xx_that_is_not_a_task_is_a_taskbadger_exception(body):
+    from .test_http_wire import RawServer
+
+    server = RawServer([b"HTTP/1.1 201 Created\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)])
+    taskbadger.init(token=taskbadger_key(), host=server.url)
+    with pytest.raises(taskbadger.BadAnswer, match="not a task"):
+        taskbadger.create_task("x")
+    server.close()
+
+
+def taskbadger_key() -> str:
+    import base64
+
+    return base64.b64encode(b"acme/demo/key").decode()
+
+
+def test_a_huge_answer_is_refused_at_once_not_read(api):
+    # 40 MB took 8.3 s to read (quadratic), and an endless stream of headers grew the process to 3 GB
+    task = taskbadger.create_task("big")
+    api.misbehave("huge_body", method="GET")
+    outcome, waited = timed(lambda: taskbadger.get_task(task.id))
+    assert isinstance(outcome, taskbadger.BadAnswer) and "larger than" in str(outcome) and waited < 0.5
+    api.clear_faults()
+    api.misbehave("endless_headers", method="GET")
+    outcome, waited = timed(lambda: taskbadger.get_task(task.id))
+    assert isinstance(outcome, taskbadger.BadAnswer) and "headers are longer than" in str(outcome) and waited < 0.5
+
+
+def test_a_trickled_answer_cannot_extend_the_deadline(api):
+    # One header line a second kept a call alive for ever: each byte restarted the read timeout
+    task = taskbadger.create_task("slow")
+    api.misbehave("slow_headers", seconds=0.1)
+    outcome, waited = timed(lambda: taskbadger.update_task(task.id, value=1))
+    assert isinstance(outcome, taskbadger.ReadTimeout) and waited <= CALL_DEADLINE + SLACK
+
+
+def test_an_unrequested_answer_never_becomes_another_creates_task(api):
+    # 7 of 10 creates got another task's id from a server that answers twice
+    api.misbehave("extra_answer", seconds=0.01)
+    created = []
+    for i in range(10):
+        created.append(taskbadger.create_task(f"unique {i}", external_id=f"e{i}"))
+        time.sleep(0.009)  # send the next create just as the stray answer arrives: the race to win
+    assert [(t.name, t.external_id) for t in created] == [(f"unique {i}", f"e{i}") for i in range(10)]
+    assert len({t.id for t in created}) == 10
+
+
+def test_track_on_a_coroutine_never_blocks_the_event_loop(api):
+    import asyncio
+
+    api.set_latency(0.1)  # every answer takes 100 ms
+
+    @taskbadger.track(name="async tracked")
+    async def job(i):
+        await asyncio.sleep(0.01)
+        return i
+
+    async def main():
+        lateness = []
+
+        async def ticker():
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.001)
+                lateness.append(time.monotonic() - before - 0.001)
+
+        tick = asyncio.create_task(ticker())
+        results = await asyncio.gather(*(job(i) for i in range(20)))
+        tick.cancel()
+        return results, lateness
+
+    results, lateness = asyncio.run(main())
+    assert results == list(range(20))
+    # the loop kept ticking while 20 creates waited 100 ms each (it stalled 2.2 s before)
+    assert max(lateness) < 0.05, max(lateness)
+    api.set_latency(0)
+    assert taskbadger.flush(10)
+    assert sorted(t["status"] for t in api.tasks_named("async tracked")) == ["success"] * 20
