@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import pytest
@@ -32,19 +33,40 @@ def rows(driver):
     return driver.find_elements(By.CSS_SELECTOR, "#tasks tr")
 
 
-def wait(driver, predicate, timeout=10):
+def wait(driver, predicate, timeout=10, state=None):
     """Wait until `predicate(driver)` holds. The page replaces its rows whenever the data changes,
-    so an element found a moment ago can be gone when it is read: that attempt counts as "not yet"."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    so an element found a moment ago can be gone when it is read: that attempt counts as "not yet".
+    On time-out, the failure names the predicate and shows `state(driver)` when given."""
+    from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(
-        driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
-    ).until(lambda d: predicate(d))
+    try:
+        return WebDriverWait(
+            driver, timeout, poll_frequency=0.1, ignored_exceptions=(StaleElementReferenceException,)
+        ).until(lambda d: predicate(d))
+    except TimeoutException:
+        try:
+            source = inspect.getsource(predicate).strip()
+        except (OSError, TypeError):
+            source = repr(predicate)
+        shown = f"; state: {state(driver)!r}" if state is not None else ""
+        raise AssertionError(f"timed out after {timeout}s waiting for: {source}{shown}") from None
 
 
-def bar_style(driver):
-    return driver.find_element("css selector", "#tasks .progress .bar").get_attribute("style").replace(" ", "")
+def bar_boxes(driver, row=0):
+    """The rendered widths of a row's progress track and of the bar inside it (CSS pixels), read in one
+    script so that both come from the same drawing of the page."""
+    return driver.execute_script("""
+        const track = document.querySelectorAll("#tasks tr")[arguments[0]].querySelector(".progress");
+        const bar = track.querySelector(".bar");
+        return [track.getBoundingClientRect().width, bar.getBoundingClientRect().width];
+    """, row)
+
+
+def bar_fills(driver, fraction, row=0):
+    """Whether the row's bar is drawn `fraction` of its track's width (within a pixel)."""
+    track, bar = bar_boxes(driver, row)
+    return track > 50 and abs(bar - fraction * track) <= 1
 
 
 def names(driver):
@@ -76,11 +98,13 @@ def test_progress_moves_while_a_task_runs(taskbadger_server, driver):
     task = taskbadger.create_task("import contacts", status="processing", value=10, value_max=200)
     driver.get(f"{taskbadger_server.url}/")
     wait(driver, lambda d: "5%" in d.find_element("css selector", "#tasks .percent").text)
+    wait(driver, lambda d: bar_fills(d, 0.05), state=bar_boxes)
     task.update(value=150)  # no reload: the page polls
     wait(driver, lambda d: "75%" in d.find_element("css selector", "#tasks .percent").text)
-    wait(driver, lambda d: bar_style(d) == "width:75%;")
+    wait(driver, lambda d: bar_fills(d, 0.75), state=bar_boxes)  # what is drawn, not what the style says
     task.success(value=200)
     wait(driver, lambda d: {"success", "100%"} <= set(rows(d)[0].text.split()))
+    wait(driver, lambda d: bar_fills(d, 1.0), state=bar_boxes)
 
 
 def test_filters_by_status_and_name(taskbadger_server, driver):
@@ -130,3 +154,4 @@ def test_a_tasks_url_opens_its_page_with_data_and_traceback(taskbadger_server, d
     assert '"amount": 1999' in driver.find_element(By.ID, "data").text
     fields = driver.find_element(By.ID, "fields").text
     assert "status\nerror" in fields and task.id in fields
+
