@@ -9,6 +9,7 @@ import pytest
 import requests
 
 import taskbadger
+from taskbadger.testing import dashboard
 
 from . import browser
 
@@ -155,3 +156,81 @@ def test_a_tasks_url_opens_its_page_with_data_and_traceback(taskbadger_server, d
     fields = driver.find_element(By.ID, "fields").text
     assert "status\nerror" in fields and task.id in fields
 
+
+def test_filters_go_to_the_server_and_find_tasks_older_than_the_newest_listed(taskbadger_server, driver,
+                                                                             monkeypatch):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    monkeypatch.setattr(dashboard, "MAX_LISTED", 3)  # the page lists 500 tasks; 3 here, the same code
+    taskbadger.create_task("old failure", status="error")
+    for n in range(4):
+        taskbadger.create_task(f"recent job {n}", status="success")
+    driver.get(f"{taskbadger_server.url}/")
+    wait(driver, lambda d: names(d) == ["recent job 3", "recent job 2", "recent job 1"])
+    wait(driver, lambda d: d.find_element(By.ID, "count").text == "newest 3 of 5 tasks")
+    Select(driver.find_element(By.ID, "status-filter")).select_by_visible_text("error")
+    wait(driver, lambda d: names(d) == ["old failure"])  # not among the newest 3: the server filtered
+    wait(driver, lambda d: d.find_element(By.ID, "count").text == "1 of 5 tasks")
+    Select(driver.find_element(By.ID, "status-filter")).select_by_visible_text("all")
+    driver.find_element(By.ID, "name-filter").send_keys("JOB")
+    wait(driver, lambda d: d.find_element(By.ID, "count").text == "newest 3 matching of 5 tasks")
+
+
+# -- the list endpoint, over HTTP ---------------------------------------------------------------
+def listed(server, query=""):
+    response = requests.get(f"{server.url}/_dashboard/tasks{query}", timeout=5)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def listed_names(server, query=""):
+    return [task["name"] for task in listed(server, query)["tasks"]]
+
+
+def test_the_list_is_filtered_by_the_server_with_children_under_their_parent(taskbadger_server):
+    export = taskbadger.create_task("nightly export", status="success")
+    taskbadger.create_task("shard 1", parent=export.id, status="error")
+    taskbadger.create_task("billing run", status="error")
+    taskbadger.create_task("shard 2", parent=export.id, status="success")
+    taskbadger.create_task("Billing check", status="success", data={"big": "x" * 1000})
+
+    assert listed_names(taskbadger_server) == ["Billing check", "billing run", "nightly export", "shard 1", "shard 2"]
+    # a parent is listed for a child that matches, whatever its own status or name
+    assert listed_names(taskbadger_server, "?status=error") == ["billing run", "nightly export", "shard 1"]
+    assert listed_names(taskbadger_server, "?name=BILL") == ["Billing check", "billing run"]
+    assert listed_names(taskbadger_server, "?status=success&name=shard") == ["nightly export", "shard 2"]
+    assert listed_names(taskbadger_server, "?status=stale") == []
+    payload = listed(taskbadger_server, "?name=billing")
+    assert (payload["total"], payload["more"]) == (5, False)
+    row = payload["tasks"][0]
+    assert "data" not in row and row["monitor_id"] is None and row["url"].endswith(f"/tasks/{row['id']}/")
+
+
+def test_a_task_given_its_parent_later_is_listed_under_it_in_creation_order(taskbadger_server):
+    early = taskbadger.create_task("early")
+    parent = taskbadger.create_task("parent")
+    taskbadger.create_task("child", parent=parent.id)
+    early.update(parent=parent.id)
+    assert listed_names(taskbadger_server) == ["parent", "early", "child"]
+    taskbadger_server.reset()
+    assert listed(taskbadger_server) == {"organization": "acme", "project": "demo", "tasks": [], "more": False,
+                                         "total": 0}
+
+
+def test_the_list_sends_at_most_max_listed_rows_and_says_there_are_more(taskbadger_server, monkeypatch):
+    monkeypatch.setattr(dashboard, "MAX_LISTED", 3)
+    parent = taskbadger.create_task("parent")
+    for n in range(3):
+        taskbadger.create_task(f"child {n}", parent=parent.id)
+    payload = listed(taskbadger_server)
+    assert [t["name"] for t in payload["tasks"]] == ["parent", "child 0", "child 1"]
+    assert (payload["total"], payload["more"]) == (4, True)
+    assert listed(taskbadger_server, "?name=child 2")["more"] is False
+
+
+@pytest.mark.parametrize("query", ["?status=done", "?status=ERROR", f"?name={'x' * 256}"])
+def test_bad_filters_are_refused_with_what_to_send(taskbadger_server, query):
+    response = requests.get(f"{taskbadger_server.url}/_dashboard/tasks{query}", timeout=5)
+    assert response.status_code == 400
+    assert "status must be one of pending" in response.json()["detail"] or "at most 255" in response.json()["detail"]

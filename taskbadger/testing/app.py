@@ -176,6 +176,12 @@ class App:
         with self.store.lock:
             return {task_id: self.store.internal(t) for task_id, t in self.store.tasks.items()}
 
+    def store_task(self, task_id: str) -> dict[str, Any] | None:
+        """A copy of one task (as in ``store_tasks``), or None."""
+        with self.store.lock:
+            task = self.store.tasks.get(task_id)
+            return None if task is None else self.store.internal(task)
+
     @property
     def requests(self) -> list[RecordedRequest]:
         with self._changed:

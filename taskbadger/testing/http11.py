@@ -278,7 +278,7 @@ class Connection(asyncio.Protocol):
 
     def _handle(self, request: Request) -> None:
         app = self.app
-        page = dashboard.serve(app, request.method, request.target.split("?", 1)[0])
+        page = dashboard.serve(app, request.method, request.target)
         if page is not None:  # the local dashboard: not an API request, not recorded, no faults
             self._send_page(page, request.method, close=not request.keep_alive)
             return

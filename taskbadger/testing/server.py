@@ -181,9 +181,7 @@ class TaskBadgerServer:
         return self.app.store_tasks()
 
     def get_task(self, task_id: str) -> dict[str, Any] | None:
-        with self.app.store.lock:
-            task = self.app.store.tasks.get(task_id)
-            return None if task is None else self.app.store.internal(task)
+        return self.app.store_task(task_id)
 
     def issued(self, task_id: str) -> bool:
         """Whether this server ever created ``task_id`` (also before the last ``reset()``)."""
