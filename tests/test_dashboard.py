@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import socket
 
 import pytest
 import requests
@@ -234,3 +235,73 @@ def test_bad_filters_are_refused_with_what_to_send(taskbadger_server, query):
     response = requests.get(f"{taskbadger_server.url}/_dashboard/tasks{query}", timeout=5)
     assert response.status_code == 400
     assert "status must be one of pending" in response.json()["detail"] or "at most 255" in response.json()["detail"]
+
+
+# -- who may read it: Host ----------------------------------------------------------------------
+def raw_get(server, path, host):
+    """GET with exactly this Host header (None: none at all): (status, body)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        head = f"GET {path} HTTP/1.1\r\n" + (f"Host: {host}\r\n" if host is not None else "")
+        sock.sendall((head + "Connection: close\r\n\r\n").encode("latin-1"))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    status_line, _, rest = data.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+def dashboard_paths(task):
+    return ["/", "/_dashboard/tasks", f"/_dashboard/tasks/{task.id}", "/_dashboard/static/dashboard.js",
+            f"/a/acme/tasks/{task.id}/", f"/public/tasks/{task.id}/"]
+
+
+@pytest.mark.parametrize("host", [
+    "evil.example:{port}",  # DNS rebinding: a page of evil.example whose name now points at 127.0.0.1
+    "evil.example",
+    "127.0.0.1.evil.example:{port}",
+    "127.0.0.1:{other}",
+    "localhost:{other}",
+    "192.0.2.7:{port}",
+    "user@127.0.0.1:{port}",
+    "",
+    None,
+])
+def test_the_dashboard_answers_only_when_host_names_this_server_on_loopback(taskbadger_server, host):
+    task = taskbadger.create_task("payroll secret")
+    port = taskbadger_server.port
+    header = None if host is None else host.format(port=port, other=port + 1 if port < 65535 else port - 1)
+    for path in dashboard_paths(task):
+        status, body = raw_get(taskbadger_server, path, header)
+        assert status in (400, 403) and b"payroll" not in body and task.id.encode() not in body, (path, status, body)
+        if status == 403:
+            assert f"answers at {taskbadger_server.url}/ only".encode() in body
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:{port}", "localhost:{port}", "LOCALHOST:{port}", "[::1]:{port}"])
+def test_the_dashboard_answers_to_its_loopback_names(taskbadger_server, host):
+    task = taskbadger.create_task("payroll")
+    for path in dashboard_paths(task):
+        status, body = raw_get(taskbadger_server, path, host.format(port=taskbadger_server.port))
+        assert status == 200, (path, body)
+    assert b"payroll" in raw_get(taskbadger_server, "/_dashboard/tasks", host.format(port=taskbadger_server.port))[1]
+
+
+def test_the_api_answers_any_host_with_the_key(taskbadger_server):
+    # an SDK may reach the stand-in under any name (a container's, a proxy's): the API checks the key
+    response = requests.post(f"{taskbadger_server.url}/api/acme/demo/tasks/", json={"name": "via a proxy"},
+                             headers={"Authorization": "Bearer test-key", "Host": "standin.internal:8700"},
+                             timeout=5)
+    assert response.status_code == 201
+    assert requests.get(f"{taskbadger_server.url}/api/acme/demo/tasks/", timeout=5,
+                        headers={"Host": "standin.internal:8700"}).status_code == 401
+
+
+@pytest.mark.parametrize("host,allow_remote,allowed", [
+    ("127.0.0.1:8700", False, True), ("127.0.0.1", False, False), ("127.0.0.1:9000", False, False),
+    ("[::1]:8700", False, True), ("192.0.2.7:8700", False, False), ("evil.example:8700", False, False),
+    # allow_remote (a container's 0.0.0.0): any address and port (a port mapping changes it), never a name
+    ("192.0.2.7:9000", True, True), ("[2001:db8::1]:8700", True, True), ("localhost:9000", True, True),
+    ("evil.example:8700", True, False), ("192.0.2.7.evil.example:8700", True, False), ("", True, False),
+])
+def test_host_policy(host, allow_remote, allowed):
+    assert dashboard.host_allowed(host, 8700, allow_remote) is allowed

@@ -62,12 +62,14 @@ class RecordedRequest:
 
 
 class App:
-    """One project's API: ``organization``/``project`` answer to the key ``key``."""
+    """One project's API: ``organization``/``project`` answer to the key ``key``. ``allow_remote``: the
+    server may listen beyond loopback, and its dashboard answers to any IP address (``dashboard``)."""
 
     def __init__(self, organization: str, project: str, key: str, base_url: Callable[[], str], latency: float,
-                 max_requests_logged: int | None) -> None:
+                 max_requests_logged: int | None, allow_remote: bool = False) -> None:
         self.organization, self.project, self.key = organization, project, key
         self.base_url = base_url
+        self.allow_remote = allow_remote
         self.faults = FaultSet(latency)
         self.store = Store(organization, project, base_url)
         self.stopping = threading.Event()
