@@ -13,6 +13,7 @@ import base64
 import binascii
 import dataclasses
 import importlib
+import ipaddress
 import logging
 import os
 import warnings
@@ -161,6 +162,18 @@ def validate_host(host: str) -> str:
     if parts.port == 0:
         raise ConfigurationError(f"Task Badger host has an invalid port (a number from 1 to 65535), got {host!r}.")
     return host.strip().rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP address, without brackets) names this machine only:
+    ``localhost`` (and its subdomains, which resolve to loopback) or an address in 127.0.0.0/8 or ::1."""
+    host = host.lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def normalize_timeout(timeout: Any) -> tuple[float, float]:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import ipaddress
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -40,7 +39,7 @@ from urllib.parse import urlsplit
 from django.core import checks
 from django.core.checks import CheckMessage
 
-from taskbadger.config import import_string, parse_project_key, validate_host
+from taskbadger.config import import_string, is_loopback, parse_project_key, validate_host
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import monitor_id
 
@@ -118,15 +117,6 @@ def _pattern_error(pattern: str) -> Exception | None:
     from taskbadger.systems.celery import pattern_error  # no Celery import: it only compiles patterns
 
     return pattern_error(pattern)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # -- settings ----------------------------------------------------------------------------------------
@@ -223,7 +213,7 @@ def _check_host(settings: conf.TaskBadgerSettings, bad_types: set) -> list[Check
                              hint='Use the API\'s base URL, e.g. "https://taskbadger.net".', obj=where,
                              id="taskbadger.E005")]
     parts = urlsplit(host.strip())
-    if parts.scheme == "http" and not _is_loopback(parts.hostname or ""):
+    if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
         return [checks.Warning(
             f"{where} uses plain HTTP to {parts.hostname}: the API key would travel unencrypted.",
             hint="Use https://, or plain HTTP only to a loopback host (127.0.0.1, localhost) in development.",

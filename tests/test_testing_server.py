@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import queue
 import re
@@ -89,6 +90,35 @@ def test_server_basics() -> None:
         socket.create_connection(("127.0.0.1", server.port), timeout=1).close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", server.port), timeout=1)
+
+
+# Tests bind loopback addresses only: the opt-in for others is checked without binding one.
+@pytest.mark.parametrize("host", ["0.0.0.0", "", "::", "192.0.2.10", "example.com"])
+def test_an_address_beyond_loopback_is_refused_unless_allowed(host: str) -> None:
+    with pytest.raises(ValueError, match=r"loopback only .*allow_remote=True.*--allow-remote"):
+        TaskBadgerServer(host=host)
+
+
+def test_allow_remote_takes_any_address_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="taskbadger.testing")
+    server = TaskBadgerServer(host="0.0.0.0", port=8700, allow_remote=True)  # never started
+    assert "no authentication" in caplog.text and "'0.0.0.0'" in caplog.text
+    assert server.url == "http://127.0.0.1:8700"  # a wildcard address: the URL to use on this machine
+    assert TaskBadgerServer(host="::", port=8700, allow_remote=True).url == "http://[::1]:8700"
+    caplog.clear()
+    assert TaskBadgerServer(host="127.0.0.1", allow_remote=True).host == "127.0.0.1"
+    assert caplog.text == ""  # loopback needs no warning, allowed or not
+
+
+@pytest.mark.parametrize("host,url_host", [("127.0.0.1", "127.0.0.1"), ("127.0.0.2", "127.0.0.2"),
+                                           ("localhost", "127.0.0.1"), ("::1", "[::1]")])
+def test_loopback_addresses_listen_and_the_url_works(host: str, url_host: str) -> None:
+    with TaskBadgerServer(host=host) as server:
+        assert server.url == f"http://{url_host}:{server.port}"
+        assert requests.get(f"{server.url}/_dashboard/tasks", timeout=5).status_code == 200
+        response = requests.post(f"{server.url}/api/acme/demo/tasks/", json={"name": "x"}, timeout=5,
+                                 headers={"Authorization": "Bearer test-key"})
+        assert response.status_code == 201 and response.json()["url"].startswith(f"{server.url}/")
 
 
 def test_create_returns_full_task(api: Api, server: TaskBadgerServer) -> None:
@@ -651,6 +681,16 @@ def test_main_runs_in_foreground_and_stops_on_signal(stop_signal: signal.Signals
         reader.join(timeout=5)
     rest = "".join(output.queue)
     assert "stopped" in rest and "Traceback" not in rest
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10"])
+def test_main_refuses_an_address_beyond_loopback(host: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "taskbadger.testing", "--host", host], capture_output=True,
+                            text=True, env=env, timeout=30)
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"refusing to listen on '{host}'" in result.stderr and "--allow-remote" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_pytest_plugin_fixtures(tmp_path: Path) -> None:

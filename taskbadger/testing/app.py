@@ -62,12 +62,14 @@ class RecordedRequest:
 
 
 class App:
-    """One project's API: ``organization``/``project`` answer to the key ``key``."""
+    """One project's API: ``organization``/``project`` answer to the key ``key``. ``allow_remote``: the
+    server may listen beyond loopback, and its dashboard answers to any IP address (``dashboard``)."""
 
     def __init__(self, organization: str, project: str, key: str, base_url: Callable[[], str], latency: float,
-                 max_requests_logged: int | None) -> None:
+                 max_requests_logged: int | None, allow_remote: bool = False) -> None:
         self.organization, self.project, self.key = organization, project, key
         self.base_url = base_url
+        self.allow_remote = allow_remote
         self.faults = FaultSet(latency)
         self.store = Store(organization, project, base_url)
         self.stopping = threading.Event()
@@ -175,6 +177,12 @@ class App:
         """Copies of all tasks, oldest first (id -> API representation plus ``monitor_id``/``unknown_fields``)."""
         with self.store.lock:
             return {task_id: self.store.internal(t) for task_id, t in self.store.tasks.items()}
+
+    def store_task(self, task_id: str) -> dict[str, Any] | None:
+        """A copy of one task (as in ``store_tasks``), or None."""
+        with self.store.lock:
+            task = self.store.tasks.get(task_id)
+            return None if task is None else self.store.internal(task)
 
     @property
     def requests(self) -> list[RecordedRequest]:

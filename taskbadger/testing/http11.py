@@ -282,7 +282,7 @@ class Connection(asyncio.Protocol):
 
     def _handle(self, request: Request) -> None:
         app = self.app
-        page = dashboard.serve(app, request.method, request.target.split("?", 1)[0])
+        page = dashboard.serve(app, request.method, request.target, request.headers)
         if page is not None:  # the local dashboard: not an API request, not recorded, no faults
             self._send_page(page, request.method, close=not request.keep_alive)
             return
@@ -497,5 +497,7 @@ def phrase(status: int) -> str:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """Bound and listening in the caller's thread, so that a busy port raises there."""
-    return socket.create_server((host, port), backlog=128, reuse_port=False)
+    """Bound and listening in the caller's thread, so that a busy port raises there. An IPv6 address
+    (``::1``) gets an IPv6 socket; a name (``localhost``) its IPv4 address."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=128, reuse_port=False)

@@ -12,11 +12,13 @@ This module is the facade: lifecycle, faults, and what a test inspects.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ..config import is_loopback
 from . import faults as _faults
 from . import http11
 from .app import App, Headers, RecordedRequest
@@ -33,6 +35,10 @@ class TaskBadgerServer:
 
     ``api_key`` is a project key (base64 of ``org/project/key``), the form the SDK accepts as its
     token; the SDK then sends ``Authorization: Bearer <key>``, which is what this server checks.
+
+    ``host`` is a loopback address (``127.0.0.1``, ``::1``, ``localhost``): its dashboard has no
+    authentication. Any other address (``0.0.0.0``, a LAN address) raises ValueError unless
+    ``allow_remote=True``, which logs a warning: then anyone who reaches the port reads every task.
     """
 
     def __init__(
@@ -44,14 +50,16 @@ class TaskBadgerServer:
         key: str = "test-key",
         latency: float = 0.0,
         max_requests_logged: int | None = None,
+        allow_remote: bool = False,
     ) -> None:
-        self.host = host
+        self.host = check_bind_address(host, allow_remote)
         self.port = port
         self.organization = organization
         self.project = project
         self.key = key
         #: the application behind the HTTP layer: request log, tasks, faults, connections
-        self.app = App(organization, project, key, lambda: self.url, latency, max_requests_logged)
+        self.app = App(organization, project, key, lambda: self.url, latency, max_requests_logged, allow_remote)
+        self._url_host = _url_host(host)  # until bound: then the address the socket has
         self._state_lock = threading.Lock()
         self._loop: http11.EventLoop | None = None
         self._listening = False
@@ -97,6 +105,7 @@ class TaskBadgerServer:
                 return
             sock = http11.listening_socket(self.host, self.port)
             self.port = sock.getsockname()[1]
+            self._url_host = _url_host(sock.getsockname()[0])
             if self._loop is None:
                 self._loop = http11.EventLoop(self.app, name=f"taskbadger-testing-{self.port}")
             self._loop.listen(sock)
@@ -108,10 +117,11 @@ class TaskBadgerServer:
 
     @property
     def url(self) -> str:
+        """``http://<address>:<port>``, the address the socket is bound to (a wildcard one gives
+        loopback): a URL that works on this machine whatever ``localhost`` resolves to."""
         if not self.port:
             raise RuntimeError("the server has not been started")
-        host = "127.0.0.1" if self.host in ("", "0.0.0.0") else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{self._url_host}:{self.port}"
 
     @property
     def api_key(self) -> str:
@@ -203,9 +213,7 @@ class TaskBadgerServer:
         return self.app.store_tasks()
 
     def get_task(self, task_id: str) -> dict[str, Any] | None:
-        with self.app.store.lock:
-            task = self.app.store.tasks.get(task_id)
-            return None if task is None else self.app.store.internal(task)
+        return self.app.store_task(task_id)
 
     def issued(self, task_id: str) -> bool:
         """Whether this server ever created ``task_id`` (also before the last ``reset()``)."""
@@ -245,3 +253,32 @@ class TaskBadgerServer:
                 f"no task with name={name!r} status={status!r} after {timeout}s; tasks: {summary}"
             ) from None
 
+
+def check_bind_address(host: str, allow_remote: bool) -> str:
+    """``host`` if the server may listen there: loopback, or anything with ``allow_remote`` (then with a
+    warning). ValueError otherwise, saying how to opt in."""
+    if is_loopback(host):
+        return host
+    if not allow_remote:
+        raise ValueError(
+            f"refusing to listen on {host!r}: the stand-in API's dashboard has no authentication, so it "
+            "listens on loopback only (127.0.0.1, ::1 or localhost). To let other machines reach it anyway: "
+            "TaskBadgerServer(..., allow_remote=True), or python -m taskbadger.testing --allow-remote."
+        )
+    logger.warning(
+        "the stand-in API will listen on %r: anyone who can reach its port can read every task on its "
+        "dashboard (no authentication) and use its API with its key", host or "0.0.0.0",
+    )
+    return host
+
+
+def _url_host(address: str) -> str:
+    """The host part of a URL for a server bound to ``address``: a wildcard address gives loopback of
+    its family, an IPv6 address is bracketed."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address or "127.0.0.1"
+    if ip.is_unspecified:
+        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+    return f"[{ip}]" if ip.version == 6 else str(ip)

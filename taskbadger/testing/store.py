@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import copy
 import logging
 import secrets
@@ -30,8 +31,6 @@ MONITOR_HEADER = "X-TASKBADGER-MONITOR"
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
 _ID_ALPHABET = string.ascii_letters + string.digits
-
-
 
 
 def _now() -> datetime:
@@ -58,7 +57,6 @@ def _duration_string(duration: timedelta) -> str:
 
 def _new_id() -> str:
     return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
-
 
 
 @dataclass
@@ -88,6 +86,16 @@ class StoredTask:
 Response = tuple[int, Any, dict[str, str]]
 
 
+@dataclass
+class Listing:
+    """What the dashboard lists: rows in display order (each top-level task followed by its children,
+    oldest first), whether more matching tasks exist beyond them, and how many tasks the store holds."""
+
+    rows: list[dict[str, Any]]
+    more: bool
+    total: int
+
+
 def _error(status: int, detail: str, **headers: str) -> Response:
     return status, {"detail": detail}, headers
 
@@ -101,6 +109,7 @@ class Store:
         self._base_url = base_url
         self.lock = threading.RLock()
         self.tasks: dict[str, StoredTask] = {}  # insertion order == creation order
+        self.children: dict[str, list[StoredTask]] = {}  # parent id -> its children, oldest first
         self.issued: set[str] = set()  # every id this server ever created, kept across clear()
         self.actions = Actions()
         self._seq = 0
@@ -108,9 +117,11 @@ class Store:
     def clear(self) -> None:
         with self.lock:
             self.tasks.clear()
+            self.children.clear()
             self.actions.clear()
 
-    def represent(self, task: StoredTask) -> dict[str, Any]:
+    def represent(self, task: StoredTask, *, with_data: bool = True) -> dict[str, Any]:
+        """The task as the API answers it (``data`` None unless ``with_data``: copying it costs)."""
         if task.value is None or task.value_max == 0:
             percent = None
         else:
@@ -127,7 +138,7 @@ class Store:
             "value": task.value,
             "value_max": task.value_max,
             "value_percent": percent,
-            "data": copy.deepcopy(task.data),
+            "data": copy.deepcopy(task.data) if with_data else None,
             "created": format_datetime(task.created),
             "updated": format_datetime(task.updated),
             "start_time": format_datetime(task.start_time),
@@ -150,6 +161,46 @@ class Store:
         data["unknown_fields"] = copy.deepcopy(task.unknown_fields)
         return data
 
+    def newest(self, limit: int, status: str | None = None, name: str | None = None) -> Listing:
+        """The dashboard's list: the newest top-level tasks that match (``status`` equal, ``name`` a
+        case-insensitive part of the task's name) or have a child that matches, each followed by its
+        matching children, oldest first; at most ``limit`` rows, without ``data``.
+
+        It walks the tasks newest first and stops once ``limit`` rows are found (and one more match,
+        for ``more``): unfiltered it touches about ``limit`` tasks, and it copies only the rows it
+        returns. A filter that matches few tasks looks at every task once, without copying any.
+        """
+        needle = name.lower() if name else None
+
+        def matches(task: StoredTask) -> bool:
+            return (status is None or task.status == status) and (needle is None or needle in task.name.lower())
+
+        rows: list[dict[str, Any]] = []
+        children = self.children
+        with self.lock:
+            for task in reversed(self.tasks.values()):  # the loop every poll runs: kept lean
+                if task.parent is not None:
+                    continue  # listed under its parent
+                kids = children.get(task.id)
+                matched = [kid for kid in kids if matches(kid)] if kids else ()
+                if not matched and not (
+                    (status is None or task.status == status) and (needle is None or needle in task.name.lower())
+                ):
+                    continue
+                for shown in (task, *matched):
+                    if len(rows) >= limit:
+                        return Listing(rows, True, len(self.tasks))
+                    rows.append(self._row(shown))
+            return Listing(rows, False, len(self.tasks))
+
+    def _row(self, task: StoredTask) -> dict[str, Any]:
+        """A task as the dashboard lists it: the API representation without ``data`` (the list does
+        not show it; the task's page does), plus ``monitor_id``."""
+        row = self.represent(task, with_data=False)
+        del row["data"]
+        row["monitor_id"] = task.monitor_id
+        return row
+
     # -- operations (each returns a Response) ---------------------------------------------------
     def create(self, body: dict[str, Any], monitor: str | None) -> tuple[Response, str | None]:
         body, actions = self._take_actions(body)
@@ -171,6 +222,8 @@ class Store:
             task.monitor_id = monitor
             self._apply(task, cleaned, unknown, now, old_status="pending")
             self.tasks[task.id] = task
+            if task.parent is not None:
+                self.children.setdefault(task.parent, []).append(task)
             self.issued.add(task.id)
             for action in actions[0]:
                 self.actions.add(task.id, action)
@@ -196,7 +249,10 @@ class Store:
             self._check_parent(task, cleaned, errors)
             if errors:
                 return 400, errors, {}
+            parent = task.parent
             self._apply(task, cleaned, unknown, _now(), old_status=task.status)
+            if task.parent is not None and parent is None:  # set once, never changed (_check_parent)
+                bisect.insort(self.children.setdefault(task.parent, []), task, key=lambda t: t.seq)
             for action in actions[0]:
                 self.actions.add(task.id, action)
             return 200, self.represent(task), {}
@@ -283,7 +339,7 @@ class Store:
             message = f'Invalid pk "{parent_id}" - object does not exist.'
         elif self.tasks[parent_id].parent is not None:
             message = "Tasks nest one level deep: the parent task has a parent itself."
-        elif task is not None and any(t.parent == task.id for t in self.tasks.values()):
+        elif task is not None and self.children.get(task.id):
             message = "Tasks nest one level deep: this task has child tasks."
         if message:
             errors["parent"] = [message]

@@ -71,63 +71,62 @@ const TaskBadgerDashboard = (() => {
     return tr;
   }
 
-  function matches(task, status, name) {
-    return (!status || task.status === status) && (!name || task.name.toLowerCase().includes(name));
+  // The server filters and orders: newest first, each child right under its parent (oldest first).
+  function render(payload, filtered) {
+    const tasks = payload.tasks;
+    document.getElementById("tasks").replaceChildren(...tasks.map((task) => row(task, task.parent !== null)));
+    const total = payload.total.toLocaleString();
+    document.getElementById("count").textContent = payload.more
+      ? `newest ${tasks.length} ${filtered ? "matching " : ""}of ${total} tasks`
+      : `${tasks.length} of ${total} tasks`;
+    document.getElementById("empty").hidden = payload.total !== 0;
   }
 
-  function render(tasks) {
-    const status = document.getElementById("status-filter").value;
-    const name = document.getElementById("name-filter").value.trim().toLowerCase();
-    const byId = new Map(tasks.map((t) => [t.id, t]));
-    const children = new Map();
-    for (const task of tasks) {
-      if (task.parent && byId.has(task.parent)) {
-        if (!children.has(task.parent)) children.set(task.parent, []);
-        children.get(task.parent).push(task);
-      }
-    }
-    const body = document.getElementById("tasks");
-    const rows = [];
-    let shown = 0;
-    for (const task of tasks) {  // newest first; children under their parent, oldest first
-      if (task.parent && byId.has(task.parent)) continue;
-      const kids = (children.get(task.id) || []).slice().reverse().filter((t) => matches(t, status, name));
-      if (!matches(task, status, name) && kids.length === 0) continue;
-      rows.push(row(task, false));
-      shown += 1;
-      for (const kid of kids) { rows.push(row(kid, true)); shown += 1; }
-    }
-    body.replaceChildren(...rows);
-    document.getElementById("count").textContent = `${shown} of ${tasks.length} tasks`;
-    document.getElementById("empty").hidden = tasks.length !== 0;
-  }
-
-  async function poll(url, onData) {
+  // Fetch url() now, then every POLL_MS; the returned function fetches again at once (the url changed).
+  // A response for a url that is no longer current is dropped, and the current one fetched.
+  function poll(url, onData) {
     const live = document.getElementById("live");
     let last = null;
-    for (;;) {
-      try {
-        const response = await fetch(url, { cache: "no-store" });
-        const text = await response.text();
-        if (text !== last) { last = text; onData(JSON.parse(text)); }
-        live.textContent = `live · updated ${new Date().toLocaleTimeString()}`;
-      } catch (err) {
-        live.textContent = "the stand-in API is not answering";
+    let wake = null;
+    (async () => {
+      for (;;) {
+        const target = url();
+        try {
+          const response = await fetch(target, { cache: "no-store" });
+          const text = await response.text();
+          if (!response.ok) throw new Error(JSON.parse(text).detail || `HTTP ${response.status}`);
+          if (target === url() && `${target} ${text}` !== last) {
+            last = `${target} ${text}`;
+            onData(JSON.parse(text));
+          }
+          live.textContent = `live · updated ${new Date().toLocaleTimeString()}`;
+        } catch (err) {
+          live.textContent = err instanceof TypeError ? "the stand-in API is not answering" : String(err.message);
+        }
+        if (target !== url()) continue;
+        await new Promise((resolve) => { wake = resolve; setTimeout(resolve, POLL_MS); });
+        wake = null;
       }
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
-    }
+    })();
+    return () => { if (wake) wake(); };
   }
 
   function list() {
-    let tasks = [];
-    const rerender = () => render(tasks);
-    document.getElementById("status-filter").addEventListener("change", rerender);
-    document.getElementById("name-filter").addEventListener("input", rerender);
-    poll("/_dashboard/tasks", (payload) => {
-      tasks = payload.tasks;
+    const status = document.getElementById("status-filter");
+    const name = document.getElementById("name-filter");
+    const filters = () => {
+      const params = new URLSearchParams();
+      if (status.value) params.set("status", status.value);
+      if (name.value.trim()) params.set("name", name.value.trim());
+      return params;
+    };
+    const url = () => `/_dashboard/tasks${filters().size ? `?${filters()}` : ""}`;
+    const refresh = poll(url, (payload) => {
       document.getElementById("where").textContent = `${payload.organization} / ${payload.project} · stand-in API`;
-      rerender();
+      render(payload, filters().size > 0);
     });
+    status.addEventListener("change", refresh);
+    name.addEventListener("input", refresh);
   }
 
   function field(list, label, value) {
@@ -136,7 +135,7 @@ const TaskBadgerDashboard = (() => {
 
   function detail() {
     const id = location.pathname.replace(/\/$/, "").split("/").pop();
-    poll(`/_dashboard/tasks/${encodeURIComponent(id)}`, (task) => {
+    poll(() => `/_dashboard/tasks/${encodeURIComponent(id)}`, (task) => {
       document.getElementById("title").textContent = task.name;
       document.title = `${task.name} — Task Badger local dashboard`;
       const fields = document.getElementById("fields");
