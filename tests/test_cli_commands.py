@@ -134,8 +134,12 @@ def test_settings_problems(tmp_path):
     broken = tmp_path / "config"
     broken.write_text("[auth\n")
     assert "not valid TOML" in settings.resolve(environ={"TASKBADGER_API_KEY": "k"}, path=broken).problem()
-    missing = settings.resolve(environ={"TASKBADGER_API_KEY": "k"}, path=tmp_path / "none")
+    missing = settings.resolve(environ={"TASKBADGER_API_KEY": "abcd1234.secret"}, path=tmp_path / "none")
     assert "legacy key, which needs an organization and a project" in missing.problem()
+    typo = settings.resolve(environ={"TASKBADGER_API_KEY": "not-a-key"}, path=tmp_path / "none")
+    assert typo.problem().startswith("the API key does not look like a Task Badger API key: copy the project key")
+    half = settings.resolve("acme", environ={"TASKBADGER_API_KEY": "not-a-key"}, path=tmp_path / "none")
+    assert "legacy key, which needs a project" in half.problem()  # an organization given: meant as a legacy key
     with pytest.raises(settings.SettingsError, match="no API key"):
         settings.resolve(environ={}, path=tmp_path / "none").configure_sdk()
 
