@@ -40,8 +40,8 @@ def test_list_walks_the_pages_up_to_the_limit(taskbadger_server, monkeypatch):
     assert [line.split(",")[2] for line in out.splitlines()[1:]] == ["t4", "t3", "t2"]
     pages = [r.query.get("page_size") for r in taskbadger_server.requests if r.method == "GET"]
     assert pages == ["2", "1"]
-    assert err.startswith("Next page token: ")
-    token = err.split(": ", 1)[1].strip()
+    assert err.startswith("Next page: --start-token ")
+    token = err.split("--start-token ", 1)[1].strip()
     code, out, err = call(commands.list_tasks, "csv", 100, token, is_terminal=False)
     assert [line.split(",")[2] for line in out.splitlines()[1:]] == ["t1", "t0"] and err == ""
 
@@ -205,3 +205,15 @@ def test_the_final_update_gives_up_within_its_budget(taskbadger_server, monkeypa
     abort.set()  # a second Ctrl-C: stop retrying at once
     started = time.monotonic()
     assert isinstance(tracker.finish(1, {}, abort), ServerError) and time.monotonic() - started < 1
+
+
+def test_outcome_lines_say_what_was_cut():
+    from taskbadger.cli.render import outcome_lines
+
+    data = {"return_code": 137, "signal": "SIGKILL", "stdout": "".join(f"l{i}\n" for i in range(30)),
+            "stdout_truncated_chars": 12345, "exception": "\n".join(f"frame {i}" for i in range(25)) + "\nOSError: x"}
+    lines = outcome_lines(data)
+    assert lines[:4] == ["Return code: 137", "Signal: SIGKILL", "Error: OSError: x", "Traceback (last 10 of 26 lines):"]
+    assert "Output (stdout, last 10 of 30 kept lines, 12,345 earlier characters not kept):" in lines
+    assert lines[-1] == "  l29"
+    assert outcome_lines(None) == outcome_lines({"rows": 3}) == outcome_lines(["not", "a", "dict"]) == []

@@ -134,7 +134,7 @@ def test_list_pages_through_more_than_one_request(taskbadger_server):
     assert names == [f"job {number}" for number in range(119, 9, -1)]
     pages = [r for r in taskbadger_server.requests[before:] if r.method == "GET"]
     assert [r.query["page_size"] for r in pages] == ["100", "10"]
-    assert err.getvalue().startswith("Next page token: ")  # CSV stays pure CSV: the token goes to stderr
+    assert err.getvalue().startswith("Next page: --start-token ")  # CSV stays pure CSV: the token goes to stderr
 
 
 def test_list_empty_and_bad_limit(taskbadger_server):
