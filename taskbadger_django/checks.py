@@ -47,7 +47,7 @@ from taskbadger.models import is_slug, monitor_id
 from . import conf, schema
 
 TAG = "taskbadger"
-DOCS = "See the Django section of the README."
+DOCS = "See docs/django.md (settings and checks)."
 
 
 def register() -> None:

@@ -10,8 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from celery import Celery
-from celery import _state as celery_state
 from django.apps import apps
 from django.test import override_settings
 
@@ -38,19 +36,6 @@ def _fresh_conf():
     conf.reset_state()
     yield
     conf.reset_state()
-
-
-@pytest.fixture
-def memory_app():
-    """A Celery app on the in-memory broker, current for the test (publishing needs no worker)."""
-    previous = celery_state._tls.current_app
-    app = Celery("tbdjango-settings", broker="memory://", set_as_current=False)
-    app.conf.task_always_eager = False
-    app.set_current()
-    try:
-        yield app
-    finally:
-        celery_state._set_current_app(previous)
 
 
 # -- package surface -------------------------------------------------------------------------------

@@ -30,13 +30,15 @@ def redis_up() -> bool:
 
 
 def readme_files() -> dict[str, tuple[str, str]]:
-    """{path: (mode, code)} for each code block the Django section labels with a file path."""
+    """{path: (mode, code)} for each code block labelled with a file path: in the README's Django quick start,
+    and in docs/testing.md (the quick start project's tests)."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("\n## Django"):]
+    quick_start = text[text.index("\n## Django quick start"):text.index("\n## Settings")]
     found = {}
     pattern = r"^(At the end of )?`([\w/.]+\.py)`:\n\n```python\n(.*?)```"
-    for match in re.finditer(pattern, section, re.S | re.M):
-        found[match.group(2)] = ("append" if match.group(1) else "write", match.group(3))
+    for section in (quick_start, (ROOT / "docs" / "testing.md").read_text()):
+        for match in re.finditer(pattern, section, re.S | re.M):
+            found[match.group(2)] = ("append" if match.group(1) else "write", match.group(3))
     return found
 
 
@@ -97,7 +99,8 @@ def test_readme_django_section_gives_a_tracked_task(taskbadger_server_session, t
     server = taskbadger_server_session
     server.reset()
     files = readme_files()
-    assert set(files) == {"mysite/celery.py", "mysite/__init__.py", "mysite/settings.py", "billing/tasks.py"}
+    assert set(files) == {"mysite/celery.py", "mysite/__init__.py", "mysite/settings.py", "billing/tasks.py",
+                          "billing/tests.py"}
     monitor = str(uuid.uuid4())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TASKBADGER_", "CELERY_", "DJANGO_"))}
     env.update(TASKBADGER_API_KEY=server.api_key, TASKBADGER_HOST=server.url,
@@ -119,6 +122,11 @@ def test_readme_django_section_gives_a_tracked_task(taskbadger_server_session, t
 
     check = run("manage.py", "check")
     assert "taskbadger." not in check.stdout + check.stderr
+    # docs/testing.md: the project's own test, as the page says to run it (a broker that needs no worker)
+    tests = subprocess.run([sys.executable, "manage.py", "test", "billing"], cwd=tmp_path / "mysite",
+                           env={**env, "CELERY_BROKER_URL": "memory://"}, capture_output=True, text=True, timeout=60,
+                           stdin=subprocess.DEVNULL)
+    assert tests.returncode == 0 and "Ran 1 test" in tests.stderr, tests.stderr
     run("manage.py", "shell", "-c",
         "from billing.tasks import nightly_invoices; nightly_invoices.delay(list(range(250)))")
     [created] = server.tasks.values()
