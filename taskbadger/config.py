@@ -16,6 +16,7 @@ import importlib
 import ipaddress
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -91,6 +92,7 @@ class Config:
 
 
 _config: Config | None = None  # process-wide on purpose: a forked child keeps its parent's
+_unconfigured_reason: str | None = None  # why there is no configuration, when whoever decided said so
 _lock = ForkSafeLock()
 
 
@@ -99,21 +101,48 @@ def get_config() -> Config | None:
     return _config
 
 
+def unconfigured_reason() -> str | None:
+    """Why tasks run untracked in this process, as a sentence, when the code that left the SDK
+    unconfigured said why (the Django app does); None when configured or when nobody said."""
+    return None if _config is not None else _unconfigured_reason
+
+
 def is_configured() -> bool:
     return _config is not None
 
 
-def set_config(config: Config | None) -> Config | None:
-    """Replace the configuration (None disables tracking). Returns the previous one."""
-    global _config
+def set_config(config: Config | None, reason: str | None = None) -> Config | None:
+    """Replace the configuration (None disables tracking, ``reason`` says why). Returns the previous one."""
+    global _config, _unconfigured_reason
     with _lock:
         previous, _config = _config, config
+        _unconfigured_reason = reason if config is None else None
     return previous
 
 
-def reset() -> None:
-    """Forget the configuration: the SDK goes back to 'not configured'."""
-    set_config(None)
+def reset(reason: str | None = None) -> None:
+    """Forget the configuration: the SDK goes back to 'not configured' (``reason``: why, for the
+    worker's start line)."""
+    set_config(None, reason)
+
+
+#: The shape of the legacy (per-user) keys Task Badger issued: a prefix, a dot and a secret, letters and
+#: digits (``XYZ.ABC`` in the official documentation). Used only to word a message: with the
+#: organization and project given, any key that is not a project key is sent as a legacy key.
+_LEGACY_KEY = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+#: What to say about a key that is neither a project key nor shaped like a legacy key.
+NOT_A_KEY = ("This does not look like a Task Badger API key: copy the project key from the project settings "
+             "page in Task Badger (it carries the organization and project).")
+
+
+def key_kind(token: str) -> str:
+    """``"project"`` (base64 of ``org/project/key``), ``"legacy"`` (shaped like a legacy key) or
+    ``"unknown"`` (neither: a typo, a placeholder, another service's key). Raises ConfigurationError
+    for a key that is clearly damaged, as ``parse_project_key`` does."""
+    if parse_project_key(token) is not None:
+        return "project"
+    return "legacy" if _LEGACY_KEY.fullmatch(token) else "unknown"
 
 
 def parse_project_key(token: str) -> tuple[str, str, str] | None:
@@ -269,10 +298,15 @@ def build_config(
         organization_slug, project_slug, token = parsed
     else:
         # The official SDK's words: users' warning filters match them.
-        warnings.warn("Legacy API keys are deprecated. Please switch to a project API key.", DeprecationWarning,
-                      stacklevel=3)
         missing = [name for name, value in (("organization_slug", organization_slug),
                                             ("project_slug", project_slug)) if not value]
+        if len(missing) == 2 and key_kind(token) == "unknown":
+            # Neither a project key nor a legacy one, and no organization or project given to use it as one:
+            # a typo or a placeholder, not a legacy key.
+            raise ConfigurationError(NOT_A_KEY)
+        # The official SDK's words: users' warning filters match them.
+        warnings.warn("Legacy API keys are deprecated. Please switch to a project API key.", DeprecationWarning,
+                      stacklevel=3)
         if missing:
             raise MissingConfiguration(missing)
         for name, value in (("organization_slug", organization_slug), ("project_slug", project_slug)):

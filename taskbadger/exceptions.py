@@ -24,8 +24,8 @@ class MissingConfiguration(ConfigurationError):
     # How a user supplies each setting, named in the message so it says what to do.
     _HOW = {
         "token": "pass token= to taskbadger.init() or set TASKBADGER_API_KEY",
-        "organization_slug": "pass organization_slug= or set TASKBADGER_ORG (legacy keys only)",
-        "project_slug": "pass project_slug= or set TASKBADGER_PROJECT (legacy keys only)",
+        "organization_slug": "pass organization_slug= or set TASKBADGER_ORG, for legacy keys only",
+        "project_slug": "pass project_slug= or set TASKBADGER_PROJECT, for legacy keys only",
         "host": "pass host= or set TASKBADGER_HOST",
     }
 
@@ -37,7 +37,7 @@ class MissingConfiguration(ConfigurationError):
 
     def __str__(self) -> str:
         parts = [f"{name} ({self._HOW.get(name, 'required')})" for name in self.missing]
-        return "Missing Task Badger configuration: " + "; ".join(parts)
+        return "Missing Task Badger configuration: " + "; ".join(parts) + "."
 
 
 class TaskbadgerException(Exception):

@@ -1,6 +1,6 @@
 """Task Badger for Django: add ``"taskbadger_django"`` to ``INSTALLED_APPS`` and a ``TASKBADGER`` dict
 to ``settings.py``; every process that sets Django up (web, ``celery worker``, ``celery beat``) is then
-configured from it. See the Django section of the README.
+configured from it. See the README's Django quick start and docs/django.md.
 
 ``from taskbadger_django import Task`` is ``taskbadger.celery.Task``, the Celery base class, imported
 lazily so that importing this package does not import Celery.

@@ -9,7 +9,7 @@ id                 level    problem
 taskbadger.E001    Error    unknown key in ``TASKBADGER`` (a typo; the closest valid key is suggested)
 taskbadger.E002    Error    unknown key in ``TASKBADGER["CELERY"]``
 taskbadger.E003    Error    a setting has a value of the wrong type
-taskbadger.E004    Error    the API key is malformed (or a legacy key lacks ``ORGANIZATION_SLUG``/``PROJECT_SLUG``)
+taskbadger.E004    Error    the API key is malformed or not a key, or a legacy key lacks valid ``*_SLUG`` settings
 taskbadger.E005    Error    ``HOST`` is not an http(s) URL
 taskbadger.E006    Error    a ``MONITORS`` monitor id is not a UUID
 taskbadger.E007    Error    a ``MONITORS``/``INCLUDES``/``EXCLUDES`` pattern is not a valid regular expression
@@ -39,14 +39,14 @@ from urllib.parse import urlsplit
 from django.core import checks
 from django.core.checks import CheckMessage
 
-from taskbadger.config import import_string, is_loopback, parse_project_key, validate_host
+from taskbadger.config import NOT_A_KEY, import_string, is_loopback, key_kind, parse_project_key, validate_host
 from taskbadger.exceptions import ConfigurationError
-from taskbadger.models import monitor_id
+from taskbadger.models import is_slug, monitor_id
 
 from . import conf, schema
 
 TAG = "taskbadger"
-DOCS = "See the Django section of the README."
+DOCS = "See docs/django.md (settings and checks)."
 
 
 def register() -> None:
@@ -183,12 +183,25 @@ def _check_key(settings: conf.TaskBadgerSettings, bad_types: set) -> list[CheckM
                              id="taskbadger.E004")]
     if parsed is None:
         missing = [name for name in ("ORGANIZATION_SLUG", "PROJECT_SLUG") if not getattr(settings, name)]
+        if len(missing) == 2 and key_kind(key) == "unknown":
+            # Neither a project key nor shaped like a legacy one, and nothing says it is meant as one: a typo.
+            return [checks.Error(
+                f"The Task Badger API key ({where}) does not look like a Task Badger API key.",
+                hint=NOT_A_KEY + " A legacy key would also need TASKBADGER['ORGANIZATION_SLUG'] and "
+                     "TASKBADGER['PROJECT_SLUG'].", obj=where, id="taskbadger.E004")]
         if missing:
             return [checks.Error(
                 f"The Task Badger API key ({where}) is a legacy key, which needs {' and '.join(missing)}.",
                 hint="Use a project key (it carries the organization and project; create one on the project settings "
                      "page), or set TASKBADGER['ORGANIZATION_SLUG'] and TASKBADGER['PROJECT_SLUG'].", obj=where,
                 id="taskbadger.E004")]
+        for name in ("ORGANIZATION_SLUG", "PROJECT_SLUG"):
+            if not is_slug(getattr(settings, name)):
+                obj = _source(settings, name)
+                return [checks.Error(
+                    f"{obj} is {getattr(settings, name)!r}, which is not a slug (letters, digits, - and _).",
+                    hint="Copy the slug from Task Badger, or use a project key, which carries the organization and "
+                         "project.", obj=obj, id="taskbadger.E004")]
         return [checks.Warning(
             f"The Task Badger API key ({where}) is a legacy key; legacy keys are deprecated.",
             hint="Create a project key on the project settings page: it carries the organization and project, so "

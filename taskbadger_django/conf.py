@@ -14,8 +14,11 @@ and the SDK configuration follows: entering an override applies it, leaving it r
 configuration that was active before.
 
 ``configure()`` turns the settings into one ``taskbadger.init()`` call. It never does network I/O and
-never raises for bad settings: tasks then run untracked, the problem is logged once, and the system
-checks (``manage.py check``) say how to fix it.
+never raises for bad settings. Settings with an error (what ``manage.py check`` reports as a
+``taskbadger.E…`` settings error: an unknown key, a value of the wrong type, a malformed key, host,
+monitor id or pattern, a ``BEFORE_CREATE`` that cannot be imported) are not applied at all, not even
+in part: tasks run untracked, one ERROR line per process names every problem, and the checks say how
+to fix each.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import Any
 from taskbadger import config as sdk_config
 from taskbadger._runtime import ForkSafeLock
 from taskbadger.config import Config
-from taskbadger.exceptions import ConfigurationError
+from taskbadger.exceptions import ConfigurationError, MissingConfiguration
 
 from . import schema
 
@@ -49,6 +52,7 @@ DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.TO
 ENV_VARS: dict[str, str] = {name: setting.env for name, setting in schema.TOP.items() if setting.env}
 
 ARGUMENT, SETTINGS, ENVIRONMENT, DEFAULT = "argument", "settings", "environment", "default"
+_SLUGS = {"organization_slug": "ORGANIZATION_SLUG", "project_slug": "PROJECT_SLUG"}
 
 
 def celery_available() -> bool:
@@ -178,20 +182,48 @@ class TaskBadgerSettings:
             "publish_budget": self.PUBLISH_BUDGET,
             "systems": [],
         }
-        if celery_available():
-            from taskbadger.systems.celery import CelerySystemIntegration
+        # Built (and so checked: monitor ids, patterns, intervals) even without Celery, so that the same
+        # settings are refused with Celery installed or not; imports no Celery until a worker connects it.
+        from taskbadger.systems.celery import CelerySystemIntegration
 
-            # Always present, so that MONITORS also apply to tasks using the Task base class.
-            kwargs["systems"].append(CelerySystemIntegration(
-                auto_track_tasks=celery["AUTO_TRACK"],
-                includes=celery["INCLUDES"],
-                excludes=celery["EXCLUDES"],
-                record_task_args=celery["RECORD_TASK_ARGS"],
-                heartbeat_interval=celery["HEARTBEAT_INTERVAL"],
-                stale_timeout=celery["STALE_TIMEOUT"],
-                monitors=monitors,
-            ))
+        system = CelerySystemIntegration(
+            auto_track_tasks=celery["AUTO_TRACK"],
+            includes=celery["INCLUDES"],
+            excludes=celery["EXCLUDES"],
+            record_task_args=celery["RECORD_TASK_ARGS"],
+            heartbeat_interval=celery["HEARTBEAT_INTERVAL"],
+            stale_timeout=celery["STALE_TIMEOUT"],
+            monitors=monitors,
+        )
+        if celery_available():
+            kwargs["systems"].append(system)  # always present, so that MONITORS also apply to base=Task tasks
         return kwargs
+
+    def problems(self) -> list[str]:
+        """Every error that keeps these settings from being applied, one phrase each (no key: the caller
+        decides). The same cases the system checks report as ``taskbadger.E001``–``E008``."""
+        found = []
+        for key in self.unknown_keys:
+            suggestion = closest(key, DEFAULTS)
+            found.append(f"unknown key {key!r} in {SETTING_NAME}" + (f" (did you mean {suggestion!r}?)" if suggestion
+                                                                       else ""))
+        for key in self.unknown_celery_keys:
+            suggestion = closest(key, CELERY_DEFAULTS)
+            found.append(f"unknown key {key!r} in {SETTING_NAME}['CELERY']"
+                         + (f" (did you mean {suggestion!r}?)" if suggestion else ""))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # legacy keys: the checks say so (W004)
+                kwargs = self.init_kwargs()
+                if kwargs["token"]:
+                    sdk_config.build_config(**kwargs)
+        except MissingConfiguration as err:
+            names = " and ".join(f"{SETTING_NAME}[{_SLUGS[name]!r}]" for name in err.missing if name in _SLUGS)
+            found.append(f"the API key is a legacy key, which needs {names or err}")
+        except Exception as err:  # a ConfigurationError, or whatever a BEFORE_CREATE module raises on import
+            text = str(err) if isinstance(err, ConfigurationError) else f"{type(err).__name__}: {err}"
+            found.append(text.rstrip(". "))
+        return found
 
     def __repr__(self) -> str:  # the key is a secret
         return f"<TaskBadgerSettings host={self.resolve('HOST')[0]!r} enabled={self.resolve('ENABLED')[0]!r}>"
@@ -243,26 +275,31 @@ def _log_once(level: int, message: str, *args: Any) -> None:
     log.log(level, message, *args)
 
 
+NO_KEY = "no API key: set TASKBADGER['API_KEY'] or the TASKBADGER_API_KEY environment variable"
+DISABLED = "TASKBADGER['ENABLED'] is False"
+
+
+def refusal(problems: list[str]) -> str:
+    """The one sentence that says why settings with errors were not applied."""
+    return (f"the {SETTING_NAME} setting has errors, so it is not applied: " + "; ".join(problems)
+            + ". Run `manage.py check` for how to fix each.")
+
+
 def unconfigured_reason(settings: TaskBadgerSettings | None = None) -> str | None:
     """Why the settings give no SDK configuration, or None when they give one."""
     settings = settings or get_settings()
-    try:
-        enabled = settings.ENABLED
-        if enabled is False:
-            return "TASKBADGER['ENABLED'] is False"
-        if not settings.API_KEY:
-            return "no API key: set TASKBADGER['API_KEY'] or the TASKBADGER_API_KEY environment variable"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # legacy keys: the checks say so
-            sdk_config.build_config(**settings.init_kwargs())
-    except Exception as err:  # bad settings must never stop Django from starting
-        return f"the TASKBADGER settings are invalid: {err} Run `manage.py check` for details."
-    return None
+    if settings.ENABLED is False:
+        return DISABLED  # nothing is sent whatever else is set; `manage.py check` still reports errors
+    problems = settings.problems()
+    if not settings.API_KEY and not problems:
+        return NO_KEY
+    return refusal(problems) if problems else None
 
 
 def configure(**overrides: Any) -> Config | None:
     """Configure the SDK from the settings (no network I/O). Returns the config, or None when tasks
-    run untracked (disabled, no key, or invalid settings, each logged once per process).
+    run untracked: disabled, no key, or settings with errors (each logged once per process; with errors
+    nothing of the settings is applied).
 
     ``overrides`` are explicit values that win over the settings (``api_key=``, ``tags=``, ``enabled=``,
     any ``TASKBADGER`` key in lower case); they are remembered for later reloads.
@@ -276,24 +313,22 @@ def configure(**overrides: Any) -> Config | None:
         if _state.applied is not None and _state.applied_signature == signature \
                 and sdk_config.get_config() is _state.applied:
             return _state.applied
-        for key in settings.unknown_keys:
-            suggestion = closest(key, DEFAULTS)
-            _log_once(logging.WARNING, "Task Badger: unknown key %r in TASKBADGER is ignored%s.", key,
-                      f" (did you mean {suggestion!r}?)" if suggestion else "")
-        config = None
-        if settings.ENABLED is False:
+        config, reason = None, unconfigured_reason(settings)
+        if reason == DISABLED:
             log.debug("Task Badger is disabled (TASKBADGER['ENABLED'] is False): nothing is sent.")
-        elif not settings.API_KEY:
+        elif reason == NO_KEY:
             _log_once(logging.INFO, "Task Badger: no API key (TASKBADGER['API_KEY'] or TASKBADGER_API_KEY), "
                       "so tasks run untracked.")
+        elif reason is not None:
+            _log_once(logging.ERROR, "Task Badger: tasks run untracked: %s", reason)
         else:
             try:
                 config = sdk_config.init(**settings.init_kwargs())
-            except Exception as err:  # bad settings must never stop Django from starting
-                _log_once(logging.ERROR, "Task Badger is not configured, tasks run untracked: %s "
-                          "Run `manage.py check` for details.", err)
+            except Exception as err:  # checked above; never let a surprise stop Django from starting
+                reason = refusal([str(err).rstrip(". ")])
+                _log_once(logging.ERROR, "Task Badger: tasks run untracked: %s", reason)
         if config is None:
-            sdk_config.reset()
+            sdk_config.reset(reason)
         _state.applied, _state.applied_signature = config, signature
         return config
 

@@ -38,6 +38,7 @@ from taskbadger import config as sdk_config
 from taskbadger.config import Config
 from taskbadger.delivery import sender
 from taskbadger.delivery.breaker import publish_breaker
+from taskbadger.exceptions import ConfigurationError
 from taskbadger.testing import TaskBadgerServer
 
 from . import conf
@@ -52,6 +53,9 @@ def use_server(server: TaskBadgerServer, **overrides: Any) -> Iterator[Config]:
     previous = sdk_config.get_config()
     settings = conf.TaskBadgerSettings(overrides={"enabled": True, **overrides, "api_key": server.api_key,
                                                   "host": server.url})
+    problems = settings.problems()
+    if problems:  # as at start-up: settings with errors are not applied in part
+        raise ConfigurationError(conf.refusal(problems))
     publish_breaker().reset()
     config = sdk_config.init(**settings.init_kwargs())
     try:

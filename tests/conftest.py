@@ -103,3 +103,19 @@ eventlet_worker = _session_worker_fixture("eventlet", POOLS["eventlet"])
 @pytest.fixture(params=list(POOLS))
 def any_worker(request):
     return request.getfixturevalue(f"{request.param}_worker")
+
+
+@pytest.fixture
+def memory_app():
+    """A Celery app on the in-memory broker, current for the test (publishing needs no worker)."""
+    from celery import Celery
+    from celery import _state as celery_state
+
+    previous = celery_state._tls.current_app
+    app = Celery("tests-memory", broker="memory://", set_as_current=False)
+    app.conf.task_always_eager = False
+    app.set_current()
+    try:
+        yield app
+    finally:
+        celery_state._set_current_app(previous)

@@ -73,6 +73,9 @@ def test_both_message_protocols_carry_the_task(taskbadger_server, prefork_worker
 
 
 def test_the_worker_says_at_start_where_it_tracks(solo_worker, taskbadger_server_session):
-    lines = [line for line in solo_worker.log().splitlines() if "Task Badger: tracking" in line]
+    # One record, logged once Celery has set up logging: its handler formats it once ("INFO/MainProcess] …").
+    # (The test project's LOGGING also gives the taskbadger logger a plain handler of its own, which prints
+    # every taskbadger record a second time without the prefix.)
+    lines = [line for line in solo_worker.log().splitlines() if "INFO/MainProcess] Task Badger: tracking" in line]
     assert len(lines) == 1, solo_worker.log()[-3000:]
     assert lines[0].endswith(f"tasks using taskbadger.celery.Task in acme/demo at {taskbadger_server_session.url}")

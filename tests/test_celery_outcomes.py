@@ -94,7 +94,7 @@ def test_tasks_handed_to_the_pool_survive_killed_children(taskbadger_server, own
     # it (tests/test_signal_safety.py): the tasks sent next, and one queued behind the killed ones,
     # still run. Before the fix this lost a task within one to three rounds. What counts here is the
     # user's task, so the worker's own log is the witness: an update still queued in a child that is
-    # SIGKILLed right after is lost with it (README, "Delivery").
+    # SIGKILLed right after is lost with it (docs/delivery.md).
     for round_ in range(3):
         own_prefork_worker.send(tasks.sleep_for, 10, time_limit=1)
         first = own_prefork_worker.send(tasks.add, 1, round_)

@@ -92,12 +92,12 @@ def test_heartbeat_pings_running_task_and_stale_timeout_applies_once_running(tas
     assert len(pings) >= 2, [p.json for p in patches]
 
 
-def test_a_monitor_id_that_is_not_one_is_dropped_with_a_warning(tb_log):
+def test_a_monitor_id_that_is_not_one_is_refused_with_a_clear_error():
     good = "0B0B5C86-4A43-4C3C-9A53-7D3E6F1C2A11"
-    system = CelerySystemIntegration(monitors={"a.task": good, "b.task": "m\r\nX-Injected: 1"})
-    assert system.monitor_for("a.task") == good.lower() and system.monitor_for("b.task") is None
-    [line] = [r.getMessage() for r in tb_log.records if "monitors entry" in r.getMessage()]
-    assert "'b.task'" in line and "\r\n" not in line
+    assert CelerySystemIntegration(monitors={"a.task": good, "b.task": None}).monitors == {"a.task": good.lower()}
+    with pytest.raises(taskbadger.ConfigurationError, match="monitor id") as info:
+        CelerySystemIntegration(monitors={"a.task": good, "b.task": "m\r\nX-Injected: 1"})
+    assert "'b.task'" in str(info.value) and "\r\n" not in str(info.value) and "a UUID" in str(info.value)
 
 
 def test_bad_integration_settings_raise_clearly():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -222,6 +223,43 @@ def test_capture_output_reaches_the_terminal_entirely_and_the_task_keeps_a_tail(
     assert data["return_code"] == 0
 
 
+def test_get_shows_why_a_run_failed_without_json(taskbadger_server, env):
+    """Issue 21, item 8: the pretty view showed `Status: error` and nothing of the return code, the error or
+    the output."""
+    child = python("""
+        import sys
+        for i in range(15):
+            print(f"row {i}")
+        sys.stderr.write("backup.sh: /srv/data: No space left on device\\n")
+        sys.exit(3)
+    """)
+    failed = subprocess.run([*CLI, "run", "nightly backup", "--capture-output", "--", *child], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 3, failed.stderr
+    task = only_task(taskbadger_server, "nightly backup")
+    shown = cli("get", task["id"], env=env).stdout.splitlines()
+    assert "Status: error" in shown
+    start = shown.index("Return code: 3")
+    assert shown[start:] == [
+        "Return code: 3",
+        "Output (stdout, last 10 of 15 kept lines):", *(f"  row {i}" for i in range(5, 15)),
+        "Output (stderr):", "  backup.sh: /srv/data: No space left on device",
+        "All data: -f json",
+    ]
+
+
+def test_get_shows_a_celery_error_and_the_end_of_its_traceback(taskbadger_server, env):
+    try:
+        raise ValueError("customer 42 has no address")
+    except ValueError as exc:
+        data = taskbadger.models.exception_data(exc)
+    task = taskbadger.create_task("billing.tasks.send", status="error", data=data)
+    shown = cli("get", task.id, env=env).stdout.splitlines()
+    assert "Exception type: ValueError" in shown and "Error: ValueError: customer 42 has no address" in shown
+    traceback_at = next(i for i, line in enumerate(shown) if line == "Traceback:")
+    assert shown[traceback_at + 1].startswith("  Traceback") and shown[-2] == "  ValueError: customer 42 has no address"
+
+
 def test_pings_carry_the_captured_output_while_the_command_runs(taskbadger_server, env, tmp_path):
     release = tmp_path / "release"
     child = python(f"""
@@ -403,12 +441,15 @@ def test_list_formats_on_a_pipe_and_on_a_terminal(taskbadger_server, env):
     pretty = as_pretty.stdout
     assert "Project: demo, Organization: acme" in pretty and "Progress" in pretty and "Duration" in pretty
     assert "second" in pretty and "processing" in pretty and "\x1b[" not in pretty
-    assert len(limited.stdout.splitlines()) == 2 and limited.stderr.startswith("Next page token: ")
+    # the hint is the option and the token, pasted after `list` as it is (the same on a terminal, below)
+    assert len(limited.stdout.splitlines()) == 2 and limited.stderr.startswith("Next page: --start-token ")
+    rest = cli("list", *shlex.split(limited.stderr.split(": ", 1)[1]), env=env)
+    assert [line.split(",")[2] for line in rest.stdout.splitlines()[1:]] == ["first"]
 
     import pty
 
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([*CLI, "list"], env=env, stdin=subprocess.DEVNULL, stdout=follower,
+    proc = subprocess.Popen([*CLI, "list", "--limit", "1"], env=env, stdin=subprocess.DEVNULL, stdout=follower,
                             stderr=subprocess.PIPE)
     os.close(follower)
     chunks = []
@@ -424,6 +465,7 @@ def test_list_formats_on_a_pipe_and_on_a_terminal(taskbadger_server, env):
     assert proc.wait(timeout=15) == 0
     on_terminal = b"".join(chunks).decode()
     assert "┏━" in on_terminal and "Task ID" in on_terminal and "Task ID,Created" not in on_terminal
+    assert limited.stderr.strip() in on_terminal.splitlines()  # the same hint, unquoted, on a terminal
 
 
 # -- configuration ------------------------------------------------------------------------------------

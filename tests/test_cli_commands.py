@@ -40,8 +40,8 @@ def test_list_walks_the_pages_up_to_the_limit(taskbadger_server, monkeypatch):
     assert [line.split(",")[2] for line in out.splitlines()[1:]] == ["t4", "t3", "t2"]
     pages = [r.query.get("page_size") for r in taskbadger_server.requests if r.method == "GET"]
     assert pages == ["2", "1"]
-    assert err.startswith("Next page token: ")
-    token = err.split(": ", 1)[1].strip()
+    assert err.startswith("Next page: --start-token ")
+    token = err.split("--start-token ", 1)[1].strip()
     code, out, err = call(commands.list_tasks, "csv", 100, token, is_terminal=False)
     assert [line.split(",")[2] for line in out.splitlines()[1:]] == ["t1", "t0"] and err == ""
 
@@ -134,8 +134,12 @@ def test_settings_problems(tmp_path):
     broken = tmp_path / "config"
     broken.write_text("[auth\n")
     assert "not valid TOML" in settings.resolve(environ={"TASKBADGER_API_KEY": "k"}, path=broken).problem()
-    missing = settings.resolve(environ={"TASKBADGER_API_KEY": "k"}, path=tmp_path / "none")
+    missing = settings.resolve(environ={"TASKBADGER_API_KEY": "abcd1234.secret"}, path=tmp_path / "none")
     assert "legacy key, which needs an organization and a project" in missing.problem()
+    typo = settings.resolve(environ={"TASKBADGER_API_KEY": "not-a-key"}, path=tmp_path / "none")
+    assert typo.problem().startswith("the API key does not look like a Task Badger API key: copy the project key")
+    half = settings.resolve("acme", environ={"TASKBADGER_API_KEY": "not-a-key"}, path=tmp_path / "none")
+    assert "legacy key, which needs a project" in half.problem()  # an organization given: meant as a legacy key
     with pytest.raises(settings.SettingsError, match="no API key"):
         settings.resolve(environ={}, path=tmp_path / "none").configure_sdk()
 
@@ -201,3 +205,15 @@ def test_the_final_update_gives_up_within_its_budget(taskbadger_server, monkeypa
     abort.set()  # a second Ctrl-C: stop retrying at once
     started = time.monotonic()
     assert isinstance(tracker.finish(1, {}, abort), ServerError) and time.monotonic() - started < 1
+
+
+def test_outcome_lines_say_what_was_cut():
+    from taskbadger.cli.render import outcome_lines
+
+    data = {"return_code": 137, "signal": "SIGKILL", "stdout": "".join(f"l{i}\n" for i in range(30)),
+            "stdout_truncated_chars": 12345, "exception": "\n".join(f"frame {i}" for i in range(25)) + "\nOSError: x"}
+    lines = outcome_lines(data)
+    assert lines[:4] == ["Return code: 137", "Signal: SIGKILL", "Error: OSError: x", "Traceback (last 10 of 26 lines):"]
+    assert "Output (stdout, last 10 of 30 kept lines, 12,345 earlier characters not kept):" in lines
+    assert lines[-1] == "  l29"
+    assert outcome_lines(None) == outcome_lines({"rows": 3}) == outcome_lines(["not", "a", "dict"]) == []

@@ -141,3 +141,20 @@ def test_import_taskbadger_imports_neither_django_nor_celery():
     code = "import sys, taskbadger, taskbadger.systems; print('django' in sys.modules, 'celery' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_a_key_that_is_neither_a_project_key_nor_a_legacy_key_says_so():
+    """Issue 21, item 5: `TASKBADGER_API_KEY=not-a-key` was described as a legacy key needing slugs."""
+    assert config.key_kind(project_key()) == "project"
+    assert config.key_kind("abcd1234.Secret0987") == "legacy"  # a prefix, a dot and a secret
+    assert config.key_kind("not-a-key") == "unknown"
+    with pytest.raises(ConfigurationError) as info:
+        taskbadger.init(token="not-a-key")
+    assert str(info.value) == config.NOT_A_KEY and not isinstance(info.value, MissingConfiguration)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(MissingConfiguration) as legacy:
+            taskbadger.init(token="abcd1234.Secret0987")
+    assert legacy.value.missing == ["organization_slug", "project_slug"] and str(legacy.value).endswith("only).")
+    with pytest.warns(DeprecationWarning):  # with an organization and a project, any key is used as a legacy key
+        assert taskbadger.init(token="not-a-key", organization_slug="o", project_slug="p").token == "not-a-key"

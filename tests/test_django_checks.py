@@ -1,6 +1,7 @@
 """System checks: every id triggered and silenced, under override_settings, through run_checks()."""
 
 import base64
+import logging
 
 import pytest
 from celery import Celery
@@ -68,7 +69,8 @@ def test_valid_settings_give_no_messages():
                        "HEARTBEAT_INTERVAL": 2.5, "STALE_TIMEOUT": 10}) == []
 
 
-@pytest.mark.parametrize("bad, good, expected_id, expected_obj, in_hint", [
+#: (bad settings, the fix, the check id, its obj, a phrase of its hint): every settings check.
+SETTING_CASES = [
     ({"API_KY": "x"}, {"API_KEY": key()}, "taskbadger.E001", "TASKBADGER", "Did you mean 'API_KEY'?"),
     ({"monitors": {}}, {"MONITORS": {}}, "taskbadger.E001", "TASKBADGER", "Did you mean 'MONITORS'?"),
     ({"CELERY": {"AUTOTRACK": True}}, {"CELERY": {"AUTO_TRACK": True}}, "taskbadger.E002", "TASKBADGER['CELERY']",
@@ -110,7 +112,14 @@ def test_valid_settings_give_no_messages():
     ({"API_KEY": SECRET, "ORGANIZATION_SLUG": "o", "PROJECT_SLUG": "p"}, {"API_KEY": key()}, "taskbadger.W004",
      "TASKBADGER['API_KEY']", "project key"),
     ({"ORGANIZATION_SLUG": "o"}, {"ORGANIZATION_SLUG": None}, "taskbadger.W005", "TASKBADGER", "Remove"),
-])
+    ({"API_KEY": "abcd1234.legacysecret"}, {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['API_KEY']",
+     "ORGANIZATION_SLUG"),
+    ({"API_KEY": "abcd1234.legacysecret", "ORGANIZATION_SLUG": "o", "PROJECT_SLUG": "not a slug"},
+     {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['PROJECT_SLUG']", "slug"),
+]
+
+
+@pytest.mark.parametrize("bad, good, expected_id, expected_obj, in_hint", SETTING_CASES)
 @pytest.mark.filterwarnings("ignore:Legacy Task Badger API keys:DeprecationWarning")
 def test_setting_check_triggered_and_silenced(app, bad, good, expected_id, expected_obj, in_hint):
     @app.task(shared=False, name="shop.nightly")
@@ -123,6 +132,27 @@ def test_setting_check_triggered_and_silenced(app, bad, good, expected_id, expec
     assert messages[0].level == {"E": checks.ERROR, "W": checks.WARNING}[expected_id[11]]
     no_secret(messages)
     assert run(VALID, **good) == []
+
+
+@pytest.mark.parametrize("bad, good, expected_id, expected_obj, in_hint", SETTING_CASES)
+@pytest.mark.filterwarnings("ignore:Legacy:DeprecationWarning")
+def test_settings_with_a_check_error_are_not_applied_at_all(caplog, bad, good, expected_id, expected_obj, in_hint):
+    """The README's rule: settings that `manage.py check` reports an error for are not applied, not even in part
+    (tasks run untracked, one ERROR line names the problem); warnings do not stop them."""
+    with override_settings(TASKBADGER={**VALID, **bad}):
+        applied = conf.configure()
+        reason = conf.unconfigured_reason()
+    if expected_id.startswith("taskbadger.E"):
+        assert applied is None and reason is not None and "manage.py check" in reason, expected_id
+        [line] = [r for r in caplog.records if r.name == "taskbadger.django" and r.levelno == logging.ERROR]
+        assert line.getMessage().startswith("Task Badger: tasks run untracked: the TASKBADGER setting has errors")
+        assert line.getMessage().endswith("Run `manage.py check` for how to fix each.")
+        assert SECRET not in line.getMessage()
+    elif bad.get("API_KEY", VALID["API_KEY"]):  # a warning; W001 is the missing key itself
+        assert applied is not None and reason is None, expected_id
+    conf.reset_state()
+    with override_settings(TASKBADGER={**VALID, **good}):
+        assert (conf.configure() is None) == (good.get("ENABLED") is False or good.get("API_KEY", 1) is None)
 
 
 def test_taskbadger_setting_that_is_not_a_dict():

@@ -10,8 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from celery import Celery
-from celery import _state as celery_state
 from django.apps import apps
 from django.test import override_settings
 
@@ -38,19 +36,6 @@ def _fresh_conf():
     conf.reset_state()
     yield
     conf.reset_state()
-
-
-@pytest.fixture
-def memory_app():
-    """A Celery app on the in-memory broker, current for the test (publishing needs no worker)."""
-    previous = celery_state._tls.current_app
-    app = Celery("tbdjango-settings", broker="memory://", set_as_current=False)
-    app.conf.task_always_eager = False
-    app.set_current()
-    try:
-        yield app
-    finally:
-        celery_state._set_current_app(previous)
 
 
 # -- package surface -------------------------------------------------------------------------------
@@ -150,8 +135,12 @@ def test_app_works_without_celery_installed(tmp_path):
         django.setup()
         import taskbadger
         from django.core.checks import run_checks
-        print(taskbadger.get_config().organization_slug, taskbadger.get_config().systems,
-              sorted(m.id for m in run_checks()))
+        from django.test import override_settings
+        # a bad monitor id refuses the settings without Celery too (the same settings, the same outcome)
+        print(taskbadger.get_config(), sorted(m.id for m in run_checks()))
+        with override_settings(TASKBADGER={{"API_KEY": {key()!r}, "MONITORS": {{"x": {str(uuid.uuid4())!r}}}}}):
+            print(taskbadger.get_config().organization_slug, taskbadger.get_config().systems,
+                  sorted(m.id for m in run_checks()))
         try:
             import taskbadger_django
             taskbadger_django.Task
@@ -162,7 +151,8 @@ def test_app_works_without_celery_installed(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env,
                          timeout=60)
     assert out.stdout.splitlines() == [
-        "acme {} ['taskbadger.E006']",
+        "None ['taskbadger.E006']",
+        "acme {} []",
         'taskbadger_django.Task needs Celery: pip install "django-taskbadger[celery]"',
     ], out.stderr
 
@@ -193,7 +183,7 @@ def test_no_key_runs_untracked_with_one_info_line_per_process(caplog):
 def test_invalid_settings_are_logged_not_raised(caplog):
     with override_settings(TASKBADGER={"API_KEY": key(), "HOST": "not a url"}):
         assert not taskbadger.is_configured()
-        assert "invalid" in conf.unconfigured_reason()
+        assert "setting has errors, so it is not applied" in conf.unconfigured_reason()
     with override_settings(TASKBADGER={"API_KEY": key(), "ENABLED": "no"}):
         assert not taskbadger.is_configured()
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -201,10 +191,28 @@ def test_invalid_settings_are_logged_not_raised(caplog):
     assert not any("s3cret" in m for m in caplog.messages)
 
 
-def test_unknown_keys_are_logged_with_a_suggestion(caplog):
-    with override_settings(TASKBADGER={"API_KEY": key(), "MONITOR": {}}):
-        assert taskbadger.is_configured()
-    assert any("'MONITOR'" in m and "'MONITORS'" in m for m in caplog.messages)
+def test_a_typo_key_and_a_bad_monitor_id_refuse_the_whole_setting_with_one_line(caplog, taskbadger_server):
+    """Issue 21, item 4: a typo key ("TAG") and a monitor id that is not a UUID used to be dropped while the
+    rest applied (tasks tracked without the tags and the monitor). Now nothing of the setting is applied, one
+    ERROR line names both problems, and a publish creates no task."""
+    monitor = str(uuid.uuid4())
+    bad = {"API_KEY": taskbadger_server.api_key, "HOST": taskbadger_server.url, "TAG": {"environment": "prod"},
+           "MONITORS": {"demo.tasks.nightly_report": "nightly-monitor", "demo.tasks.add": monitor}}
+    with override_settings(TASKBADGER=bad):
+        assert not taskbadger.is_configured()
+        assert taskbadger.create_task_safe("not sent") is None
+        assert sdk_config.unconfigured_reason() == conf.unconfigured_reason()  # what the worker's start line says
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert line == ("Task Badger: tasks run untracked: the TASKBADGER setting has errors, so it is not applied: "
+                    "unknown key 'TAG' in TASKBADGER (did you mean 'TAGS'?); monitors entry "
+                    "'demo.tasks.nightly_report' -> 'nightly-monitor': the key must be a task name or pattern and "
+                    "the value a monitor id (a UUID); copy the id from the monitor's page in Task Badger. "
+                    "Run `manage.py check` for how to fix each.")
+    assert [r for r in taskbadger_server.requests if r.method == "POST"] == []
+    fixed = {**bad, "MONITORS": {"demo.tasks.add": monitor}}
+    fixed["TAGS"] = fixed.pop("TAG")
+    with override_settings(TASKBADGER=fixed):
+        assert taskbadger.create_task("sent").tags == {"environment": "prod"}
 
 
 # -- override_settings round trip, idempotency, ready() ------------------------------------------------

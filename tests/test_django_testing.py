@@ -99,3 +99,12 @@ def test_use_server_with_the_pytest_fixture(taskbadger_server):
     [task] = taskbadger_server.tasks_named("with settings")
     assert task["tags"] == {"run": "ci"}  # explicit arguments win over the TASKBADGER dict
     assert taskbadger.get_config() is fixture_config
+
+
+def test_use_server_refuses_settings_with_errors_as_start_up_does(taskbadger_server):
+    fixture_config = taskbadger.get_config()
+    with override_settings(TASKBADGER={"TAG": {"environment": "test"}}):
+        with pytest.raises(taskbadger.ConfigurationError, match=r"unknown key 'TAG' in TASKBADGER \(did you mean"):
+            with use_server(taskbadger_server):
+                pass
+    assert taskbadger.get_config() is fixture_config

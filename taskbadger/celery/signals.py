@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from celery import signals
 
-from ..config import get_config
+from ..config import get_config, unconfigured_reason
 from ..delivery import sender
 from . import events, headers, publish
 from .state import publish_slot
@@ -111,13 +112,35 @@ def on_process_shutdown(**_: Any) -> None:
     sender.flush()
 
 
+def _is_worker_program(worker: Any) -> bool:
+    """Whether ``worker`` is the ``celery worker`` program, which sets up logging after ``worker_init``
+    and then sends ``celeryd_after_setup`` (an embedded ``WorkController`` sends neither)."""
+    program = sys.modules.get("celery.apps.worker")
+    return program is not None and isinstance(worker, program.Worker)
+
+
 @guard
-def on_worker_init(**_: Any) -> None:
-    """One line when a worker starts: tracking is on (where) or off (why)."""
+def on_worker_init(sender: Any = None, **_: Any) -> None:
+    # `celery worker` sends worker_init before it sets up logging: a line logged now reaches no handler
+    # with Django's and Celery's default logging (only a project that configures the `taskbadger` logger
+    # itself would see it). The program's line waits for celeryd_after_setup.
+    if not _is_worker_program(sender):
+        log_start_line()
+
+
+@guard
+def on_worker_after_setup(**_: Any) -> None:
+    log_start_line()
+
+
+def log_start_line() -> None:
+    """One INFO line when a worker starts, once Celery's logging is in place, so that `celery worker -l info`
+    shows it with default logging: tracking is on (where) or off (why)."""
     config = get_config()
     if config is None:
-        log.info("Task Badger: not tracking tasks in this worker: Task Badger is not configured (set "
-                 "TASKBADGER_API_KEY, or the TASKBADGER setting with the Django app, or call taskbadger.init())")
+        reason = unconfigured_reason() or ("Task Badger is not configured (set TASKBADGER_API_KEY, or the TASKBADGER "
+                                           "setting with the Django app, or call taskbadger.init())")
+        log.info("Task Badger: not tracking tasks in this worker: %s", reason)
         return
     system = config.system("celery")
     auto = "auto-tracking by name, and " if system is not None and system.auto_track_tasks else ""
@@ -136,6 +159,7 @@ _RECEIVERS = (
     (signals.worker_process_shutdown, on_process_shutdown),
     (signals.worker_shutdown, on_process_shutdown),
     (signals.worker_init, on_worker_init),
+    (signals.celeryd_after_setup, on_worker_after_setup),
 )
 
 

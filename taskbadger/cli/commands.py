@@ -184,7 +184,7 @@ def list_tasks(fmt: str | None = None, limit: int = 100, start_token: str | None
     title = f"Project: {config.project_slug}, Organization: {config.organization_slug}"
     out.write(render.render_list(tasks, fmt, next_token=next_token, title=title, is_terminal=is_terminal))
     if next_token and fmt == "csv":
-        err.write(f"Next page token: {next_token}\n")
+        err.write(render.next_page_hint(next_token))
     return OK
 
 

@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import io
 import json
+import shlex
 import shutil
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -102,8 +103,56 @@ def task_json(task: Any) -> Any:
     return task.to_dict()
 
 
+#: Lines of each captured stream (and of a traceback) the pretty view shows; ``-f json`` has all of it.
+TAIL_LINES = 10
+
+
+def next_page_hint(token: str) -> str:
+    """The line that says how to get the next page, the same on a terminal and in a pipe: the option and
+    the token as a shell word (quoted only when the shell needs it), ready to paste after ``list``."""
+    return f"Next page: --start-token {shlex.quote(token)}\n"
+
+
+def _tail(text: str, limit: int = TAIL_LINES) -> tuple[list[str], int]:
+    lines = text.rstrip("\n").splitlines()
+    return lines[-limit:], max(0, len(lines) - limit)
+
+
+def outcome_lines(data: Any) -> list[str]:
+    """Why a run ended as it did, from the ``data`` keys the integrations write: the return code and signal
+    (``taskbadger run``), the error (a command that could not start; a Celery exception's last line), the
+    last lines of a traceback and of the captured stdout and stderr."""
+    if not isinstance(data, dict):
+        return []
+    lines = []
+    for key, label in (("return_code", "Return code"), ("signal", "Signal"), ("forwarded_signal", "Forwarded signal"),
+                       ("exception_type", "Exception type"), ("error", "Error")):
+        if data.get(key) not in (None, ""):
+            lines.append(f"{label}: {data[key]}")
+    exception = data.get("exception")
+    if isinstance(exception, str) and exception.strip():
+        tail, earlier = _tail(exception)
+        if "error" not in data:
+            lines.append(f"Error: {tail[-1].strip()}")
+        lines.append(f"Traceback (last {len(tail)} of {len(tail) + earlier} lines):" if earlier else "Traceback:")
+        lines += [f"  {line}" for line in tail]
+    for stream in ("stdout", "stderr"):
+        text = data.get(stream)
+        if not isinstance(text, str) or not text:
+            continue
+        tail, earlier = _tail(text)
+        notes = [f"last {len(tail)} of {len(tail) + earlier} kept lines"] if earlier else []
+        cut = data.get(f"{stream}_truncated_chars")
+        if isinstance(cut, int) and cut > 0:
+            notes.append(f"{cut:,} earlier characters not kept")
+        lines.append(f"Output ({', '.join([stream, *notes])}):")
+        lines += [f"  {line}" for line in tail]
+    return lines
+
+
 def render_task(task: Any, fmt: str, now: dt.datetime | None = None) -> str:
-    """One task: ``pretty`` is ``Label: value`` lines, the first five as the official CLI prints them."""
+    """One task: ``pretty`` is ``Label: value`` lines, the first five as the official CLI prints them, then
+    how the run ended (return code, error, the tail of its output) when the task recorded it."""
     now = now or dt.datetime.now(dt.timezone.utc)
     if fmt == "json":
         return json.dumps(task_json(task), indent=2) + "\n"
@@ -120,6 +169,9 @@ def render_task(task: Any, fmt: str, now: dt.datetime | None = None) -> str:
         lines.append("Tags: " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items())))
     if task.public_url:
         lines.append(f"URL: {task.public_url}")
+    outcome = outcome_lines(task.data)
+    if outcome:
+        lines += outcome + ["All data: -f json"]
     return "\n".join(lines) + "\n"
 
 
@@ -138,7 +190,7 @@ def render_list(tasks: Sequence[Any], fmt: str, *, next_token: str | None, title
     if text is None:
         text = _plain_table(rows, title)
     if next_token:
-        text += f"Next page token: {next_token!r}\n"
+        text += next_page_hint(next_token)
     return text
 
 

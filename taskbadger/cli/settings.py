@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import taskbadger
-from taskbadger.config import DEFAULT_HOST, DEFAULT_TIMEOUT, Config, parse_project_key
+from taskbadger.config import DEFAULT_HOST, DEFAULT_TIMEOUT, Config, key_kind, parse_project_key
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import is_slug
 
@@ -189,8 +189,12 @@ class Settings:
         if self.key_error:
             return self.key_error
         missing = [name for name, value in (("organization", self.org), ("project", self.project)) if not value.value]
+        if len(missing) == 2 and key_kind(self.token.value) == "unknown":
+            return ("the API key does not look like a Task Badger API key: copy the project key from the project "
+                    "settings page in Task Badger (a legacy key would also need -o/--org and -p/--project)")
         if missing:
-            return (f"the API key is a legacy key, which needs an {' and a '.join(missing)}: pass -o/-p, set "
+            needed = " and ".join(("an " if name == "organization" else "a ") + name for name in missing)
+            return (f"the API key is a legacy key, which needs {needed}: pass -o/-p, set "
                     "TASKBADGER_ORG/TASKBADGER_PROJECT or run `taskbadger configure`")
         for name, value in (("organization", self.org), ("project", self.project)):
             if not is_slug(value.value):

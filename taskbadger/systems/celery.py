@@ -44,17 +44,17 @@ def _compile(patterns: Iterable[str] | None, what: str) -> list[re.Pattern[str]]
 
 
 def _checked_monitors(monitors: Mapping[str, str] | None) -> dict[str, str]:
-    """Task name or pattern -> canonical monitor id. An entry whose monitor id is not one is dropped
-    with a warning: the tasks it names are still tracked, without a monitor."""
+    """Task name or pattern -> canonical monitor id; ConfigurationError naming the first entry that is
+    not one. An entry whose value is None means "no monitor" (an id read from the environment, left unset)."""
     checked = {}
     for pattern, monitor in (monitors or {}).items():
         if monitor is None:
-            continue  # no monitor for it (an id read from the environment, left unset)
+            continue
         canonical = monitor_id(monitor)
         if not isinstance(pattern, str) or canonical is None:
-            log.warning("Task Badger: monitors entry %s -> %s ignored: the key must be a task name or pattern and "
-                        "the value a monitor id (a UUID)", short(pattern), short(monitor))
-            continue
+            raise ConfigurationError(
+                f"monitors entry {short(pattern)} -> {short(monitor)}: the key must be a task name or pattern and the "
+                "value a monitor id (a UUID); copy the id from the monitor's page in Task Badger.")
         checked[pattern] = canonical
     return checked
 
@@ -79,6 +79,9 @@ class CelerySystemIntegration(System):
             defaults to twice ``heartbeat_interval``.
         monitors: task name or regular expression -> monitor id, for tasks that do not set
             ``taskbadger_monitor_id`` themselves.
+
+    Raises ConfigurationError for a value that cannot be used (a monitor id that is not a UUID, a
+    pattern that is not a regular expression, a negative interval): half a configuration is not applied.
     """
 
     identifier = "celery"

@@ -46,7 +46,7 @@ class Command(BaseCommand):
         config = taskbadger.get_config()
         if config is None:
             reason = conf.unconfigured_reason() or "taskbadger.init() has not run in this process"
-            raise CommandError(f"Task Badger is not configured: {reason}.")
+            raise CommandError(f"Task Badger is not configured: {reason.rstrip('.')}.")
         return config
 
     def _call(self, config: Config, func: Callable[[], T]) -> T:
