@@ -432,3 +432,47 @@ def test_a_hidden_tab_polls_rarely_and_at_once_when_shown_again(server, driver, 
     assert len(while_hidden) <= 1, while_hidden  # the poll already scheduled; the next waits ten intervals (5 s)
     after = [t - shown_at for t in starts if t >= shown_at]
     assert after and after[0] < 250  # shown again: it polls at once, not at the end of its long wait
+
+
+# -- the demo ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_demo_serves_a_page_whose_bars_fill_live(driver):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from .test_testproject import project_env
+    from .workers import ROOT
+
+    env = project_env(PROGRESS_POLL_INTERVAL="0.5")
+    demo = subprocess.Popen([sys.executable, "manage.py", "demo", "--keep-open"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    output = []
+    try:
+        for line in demo.stdout:
+            output.append(line)
+            found = re.search(r"progress page: (http://\S+)", line)
+            if found:
+                driver.get(found.group(1))
+                break
+        else:
+            pytest.fail("the demo printed no progress page:\n" + "".join(output))
+        names = [el.text for el in driver.find_elements("css selector", ".taskbadger-progress__name")]
+        assert names == ["Importing 200 contacts", "Charging a card", "Syncing the inventory (it retries twice)",
+                         "Writing an archive (the demo revokes it)"]
+        wait(driver, lambda d: [bar(d, i)["state"] for i in range(4)] == ["done", "failed", "done", "cancelled"],
+             timeout=60)
+        assert drawn_at(driver, 100, 0) and bar(driver, 1)["status"] == "Failed"
+        imported = [e["detail"]["percent"] for e in events(driver, "taskbadger:progress")
+                    if e["detail"]["name"] == "demo.tasks.import_contacts"]
+        assert any(p is not None and 0 < p < 100 for p in imported), imported  # it filled while watched
+        assert driver.execute_script("return window.__csp") == []  # the demo's page sends a strict policy
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()

@@ -59,7 +59,6 @@ class Command(BaseCommand):
         self.worker_node = f"{WORKER_NAME}@{socket.gethostname()}"  # what Celery makes of "-n demo@%h"
         server = self._api()
         web, page = self._web()
-        self._say(f"progress page: {page}  (the tasks' progress bars, as your users would see them)")
         from testproject.celery import app
 
         app.control.purge()  # a fresh start on the demo's broker
@@ -77,6 +76,7 @@ class Command(BaseCommand):
             self._say(f"worker and beat are up; watching {WATCHED} tasks: 6 published now, {SHARDS} that one of "
                       "them publishes, and one that beat publishes")
             ids = self._publish(app)
+            self._say(f"progress page: {page}  (open it now: the tasks' progress bars, as your users would see them)")
             rows = self._watch(ids, options["timeout"])
         finally:
             self._stop(processes)
