@@ -119,6 +119,13 @@ def progress_settings() -> ProgressSettings:
             authorize = _deny_all
     if authorize is not None and not callable(authorize):
         authorize = _deny_all
+    from django.conf import settings as django_settings
+
+    if values["CACHE"] not in (getattr(django_settings, "CACHES", None) or {}):
+        log_once(f"progress-cache:{values['CACHE']}", logging.ERROR,
+                 "Task Badger: TASKBADGER['PROGRESS']['CACHE'] %s is not an alias in CACHES; using 'default'. Run "
+                 "`manage.py check` for details.", short(values["CACHE"]))
+        values["CACHE"] = "default"
     resolved = ProgressSettings(token_max_age=values["TOKEN_MAX_AGE"], poll_interval=float(values["POLL_INTERVAL"]),
                                 authorize=authorize, cache=values["CACHE"])
     _resolved = (settings, resolved)
@@ -341,8 +348,21 @@ def read_progress(task_id: str, settings: ProgressSettings | None = None) -> Ans
     """The progress answer for ``task_id``: from the cache when it was read less than one poll interval
     ago (or is final), else read from Task Badger by this request, while concurrent requests keep
     serving what the cache holds. At most one read of the API per task per interval for all the
-    processes that share the cache."""
+    processes that share the cache.
+
+    Never raises: when the cache itself fails (a Redis that is down), the answer is "unavailable", not a
+    read of the API for every poll of every viewer."""
     settings = settings or progress_settings()
+    try:
+        return _read_through_cache(task_id, settings)
+    except Exception as err:
+        log_throttled("progress-cache", 60.0, logging.WARNING,
+                      "Task Badger: the progress bars' cache %s failed (%s); they show 'unavailable'.",
+                      short(settings.cache), short(err, 200))
+        return Answer(503, json.dumps(UNAVAILABLE).encode())
+
+
+def _read_through_cache(task_id: str, settings: ProgressSettings) -> Answer:
     cache = caches[settings.cache]
     interval = settings.poll_interval
     key = f"taskbadger_django.progress:{task_id}"

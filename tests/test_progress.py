@@ -15,6 +15,7 @@ import time
 import pytest
 from django.core import signing
 from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.template import Context, Template
@@ -470,6 +471,41 @@ def test_an_api_error_is_a_503_never_an_error_page(server, clock, status):
     [url] = bar_urls(page(client, task.id))
     server.fail(status, method="GET")
     assert poll(client, url).status_code == 503
+
+
+class BrokenCache(BaseCache):
+    """A cache backend whose server is down."""
+
+    def __init__(self, location, params):
+        super().__init__(params)
+
+    def _down(self, *args, **kwargs):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    get = add = set = delete = _down
+
+
+def test_a_failing_cache_is_a_503_not_an_error_page_nor_a_read_per_poll(server, caplog):
+    task = taskbadger.create_task("export rows")
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    broken = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "shared": {"BACKEND": "tests.test_progress.BrokenCache"}}
+    with override_settings(CACHES=broken), settings_for(server, CACHE="shared"):
+        for _ in range(3):
+            response = poll(client, url)
+            assert response.status_code == 503 and json.loads(response.content) == {"available": False}
+    assert gets(server, task.id) == []
+    assert "cache 'shared' failed" in caplog.text and "Connection refused" in caplog.text
+
+
+def test_an_unknown_cache_alias_falls_back_to_the_default(server, caplog):
+    task = taskbadger.create_task("export rows", status="processing", value=9)
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    with settings_for(server, CACHE="progress"):
+        assert json.loads(poll(client, url).content)["percent"] == 9
+    assert "'progress' is not an alias in CACHES; using 'default'" in caplog.text
 
 
 def test_a_task_the_api_does_not_know_is_a_404(server):
