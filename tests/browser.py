@@ -24,6 +24,18 @@ def unavailable() -> str | None:
     return None
 
 
+def require() -> None:
+    """Skip the calling test when no browser can run here; fail it instead where one must
+    (``TASKBADGER_REQUIRE_BROWSER=1``, which CI sets once Chromium is installed)."""
+    import pytest
+
+    reason = unavailable()
+    if reason:
+        if os.environ.get("TASKBADGER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser tests must run here, but {reason}")
+        pytest.skip(reason)
+
+
 def start(width: int = 1280, height: int = 800, arguments: tuple[str, ...] = ()) -> Any:
     """A headless Chromium; ``arguments`` are more command-line flags."""
     from selenium import webdriver

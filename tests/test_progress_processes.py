@@ -19,20 +19,13 @@ from django.test import RequestFactory, override_settings
 import taskbadger
 import taskbadger_django
 
+from .test_readme_newcomer import redis_up
 from .test_testproject import project_env
 from .workers import ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]
 
 INTERVAL = 0.5
-
-
-def redis_up() -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", 6379), timeout=1).close()
-        return True
-    except OSError:
-        return False
 
 
 def free_port() -> int:
