@@ -379,7 +379,8 @@ def test_ten_viewers_for_ten_seconds_cost_at_most_one_api_read_per_interval(serv
     reads = [r for r in server.requests[since:] if r.method == "GET" and r.task_id == task.id]
     assert 0.5 * elapsed / interval <= len(reads) <= math.ceil(elapsed / interval) + 1, (len(reads), elapsed)
     stamps = sorted(r.timestamp for r in reads)
-    assert all(b - a >= interval * 0.8 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
+    # reads one interval apart, never together (the slack: a read is timed when it starts, logged when it arrives)
+    assert all(b - a >= interval * 0.5 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
     page_polls = []
     for tab in tabs:
         driver.switch_to.window(tab)

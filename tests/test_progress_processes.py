@@ -109,4 +109,5 @@ def test_two_processes_sharing_a_redis_cache_read_the_api_once_per_interval(task
     assert set(answers) == {200} and len(answers) >= 100, (len(answers), set(answers))
     assert len(reads) <= math.ceil(elapsed / INTERVAL) + 1, (len(reads), elapsed)
     stamps = sorted(r.timestamp for r in reads)
-    assert all(b - a >= INTERVAL * 0.8 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
+    # reads one interval apart, never together (the slack: a read is timed when it starts, logged when it arrives)
+    assert all(b - a >= INTERVAL * 0.5 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
