@@ -397,12 +397,15 @@ def test_the_api_down_and_back(server, driver, live_server):
     wait(driver, lambda d: drawn_at(d, 40))
     server.refuse()
     wait(driver, lambda d: bar(d)["unavailable"])
+    first_failure = polls(driver)
     shown = bar(driver)
     assert "unavailable right now" in shown["status"] and drawn_at(driver, 40)  # the last known progress stays
     assert [e["detail"]["retrying"] for e in events(driver, "taskbadger:unavailable")] == [True]
+    time.sleep(4)  # eight poll intervals of outage: the measurement itself
+    assert polls(driver) - first_failure <= 3  # it waited 1, 2, then 4 s: the script backs off
     server.clear_faults()
     task.update(value=70)
-    wait(driver, lambda d: drawn_at(d, 70) and not bar(d)["unavailable"], timeout=15)
+    wait(driver, lambda d: drawn_at(d, 70) and not bar(d)["unavailable"], timeout=20)
     assert bar(driver)["status"] == "Running"
 
 
