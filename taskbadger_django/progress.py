@@ -32,6 +32,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings as django_settings
 from django.core import signing
 from django.core.cache import caches
 from django.http import HttpRequest
@@ -103,11 +104,15 @@ def progress_settings() -> ProgressSettings:
     if cached is not None and cached[0] is settings:
         return cached[1]
     values: dict[str, Any] = dict(settings.PROGRESS)
-    for problem in schema.type_problems(values, schema.PROGRESS, f"{conf.SETTING_NAME}['PROGRESS']"):
-        key = problem.label.rsplit("[", 1)[1].strip("]'")
-        log_once(f"progress-setting:{key}", logging.ERROR, "Task Badger: %s; using the default %r. Run "
-                 "`manage.py check` for details.", problem.message.rstrip("."), schema.PROGRESS[key].default)
-        values[key] = schema.PROGRESS[key].default
+    where = f"{conf.SETTING_NAME}['PROGRESS']"
+    keys = {f"{where}[{key!r}]": key for key in schema.PROGRESS}
+    for problem in schema.type_problems(values, schema.PROGRESS, where):
+        key = keys[problem.label]
+        default = _deny_all if key == "AUTHORIZE" else schema.PROGRESS[key].default  # a rule fails closed
+        log_once(f"progress-setting:{key}", logging.ERROR, "Task Badger: %s; using %s. Run `manage.py check` for "
+                 "details.", problem.message.rstrip("."),
+                 "a rule that refuses everyone" if key == "AUTHORIZE" else f"the default {default!r}")
+        values[key] = default
     authorize = values["AUTHORIZE"]
     if isinstance(authorize, str):
         try:
@@ -119,8 +124,6 @@ def progress_settings() -> ProgressSettings:
             authorize = _deny_all
     if authorize is not None and not callable(authorize):
         authorize = _deny_all
-    from django.conf import settings as django_settings
-
     if values["CACHE"] not in (getattr(django_settings, "CACHES", None) or {}):
         log_once(f"progress-cache:{values['CACHE']}", logging.ERROR,
                  "Task Badger: TASKBADGER['PROGRESS']['CACHE'] %s is not an alias in CACHES; using 'default'. Run "

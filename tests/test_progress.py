@@ -295,7 +295,7 @@ def test_authorize_narrows_who_watches_at_render_and_at_every_poll(server, rule)
         assert "data-url" not in content and 'data-state="unavailable"' in content
 
 
-def test_an_authorize_rule_that_raises_or_cannot_be_imported_denies(server, caplog):
+def test_an_authorize_rule_that_raises_cannot_be_imported_or_is_no_rule_denies(server, caplog):
     task = taskbadger.create_task("export rows")
     client = Client()
     [url] = bar_urls(page(client, task.id))
@@ -305,6 +305,12 @@ def test_an_authorize_rule_that_raises_or_cannot_be_imported_denies(server, capl
     with settings_for(server, AUTHORIZE="tests.test_progress.no_such_rule"):
         assert poll(client, url).status_code == 403
     assert "cannot be imported" in caplog.text
+    for not_a_rule in (42, "tests.test_progress.HOSTILE"):  # the wrong type; a path to something not callable
+        with settings_for(server, AUTHORIZE=not_a_rule):
+            assert poll(client, url).status_code == 403
+    assert "AUTHORIZE'] must be a callable or a dotted path to one, got int; using a rule that refuses" in caplog.text
+    with settings_for(server):
+        assert poll(client, url).status_code == 200
 
 
 def test_progress_url_for_code_that_draws_its_own_bar(server):
