@@ -437,6 +437,7 @@ def test_a_hidden_tab_polls_rarely_and_at_once_when_shown_again(server, driver, 
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(300)  # a worker, beat and a web server: slow on a loaded machine
 def test_the_demo_serves_a_page_whose_bars_fill_live(driver):
     import re
     import signal

@@ -47,6 +47,7 @@ def test_the_docs_hold_the_snippets_word_for_word():
         assert snippet in text
 
 
+@pytest.mark.timeout(300)  # seven Django commands, a web server and a worker: slow on a loaded machine
 def test_a_fresh_project_shows_a_live_progress_bar(taskbadger_server_session, driver, tmp_path):  # noqa: F811
     server = taskbadger_server_session
     server.reset()
