@@ -3,7 +3,9 @@ to ``settings.py``; every process that sets Django up (web, ``celery worker``, `
 configured from it. See the README's Django quick start and docs/django.md.
 
 ``from taskbadger_django import Task`` is ``taskbadger.celery.Task``, the Celery base class, imported
-lazily so that importing this package does not import Celery.
+lazily so that importing this package does not import Celery. ``progress_url(request, task)`` is the URL a
+page polls for a task's progress (``{% taskbadger_progress %}`` uses it; see docs/progress.md), and
+``task_id_for(task)`` the Task Badger id of an id, a ``taskbadger.Task`` or a Celery result.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from taskbadger.celery import Task as Task
 
-__all__ = ["Task"]
+    from .progress import progress_url as progress_url
+    from .progress import task_id_for as task_id_for
+
+__all__ = ["Task", "progress_url", "task_id_for"]
 
 
 def __getattr__(name: str) -> Any:
@@ -24,8 +29,12 @@ def __getattr__(name: str) -> Any:
             raise ImportError(
                 f'taskbadger_django.Task needs Celery: pip install "django-taskbadger[celery]" ({err})') from err
         return Task
+    if name in ("progress_url", "task_id_for"):
+        from . import progress
+
+        return getattr(progress, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), "Task"])
+    return sorted([*globals(), *__all__])

@@ -45,8 +45,11 @@ log = logging.getLogger("taskbadger.django")
 
 SETTING_NAME = "TASKBADGER"
 
-#: Defaults of ``TASKBADGER["CELERY"]`` and ``TASKBADGER`` (from the one table, ``schema``).
+#: Defaults of ``TASKBADGER["CELERY"]``, ``TASKBADGER["PROGRESS"]`` and ``TASKBADGER`` (from the one table, ``schema``).
 CELERY_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.CELERY.items()}
+PROGRESS_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.PROGRESS.items()}
+#: The nested dicts: each is merged key by key over its defaults.
+NESTED: dict[str, dict[str, Any]] = {"CELERY": CELERY_DEFAULTS, "PROGRESS": PROGRESS_DEFAULTS}
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.TOP.items()}
 #: Settings that fall back to an environment variable.
 ENV_VARS: dict[str, str] = {name: setting.env for name, setting in schema.TOP.items() if setting.env}
@@ -127,9 +130,9 @@ class TaskBadgerSettings:
             value, source = _read_env(ENV_VARS[name]), ENVIRONMENT
         else:
             value, source = DEFAULTS[name], DEFAULT
-        if name == "CELERY":
+        if name in NESTED:
             given = value if isinstance(value, Mapping) else {}
-            value = {**CELERY_DEFAULTS, **{k: v for k, v in given.items() if v is not None}}
+            value = {**NESTED[name], **{k: v for k, v in given.items() if v is not None}}
         elif isinstance(value, dict):
             value = dict(value)  # never hand out the defaults themselves
         return value, source
@@ -148,8 +151,12 @@ class TaskBadgerSettings:
 
     @property
     def unknown_celery_keys(self) -> list[str]:
-        given = self.user.get("CELERY")
-        return [k for k in given if k not in CELERY_DEFAULTS] if isinstance(given, Mapping) else []
+        return self.unknown_nested_keys("CELERY")
+
+    def unknown_nested_keys(self, name: str) -> list[str]:
+        """Keys of the nested dict ``TASKBADGER[name]`` (``CELERY``, ``PROGRESS``) that it does not have."""
+        given = self.user.get(name)
+        return [k for k in given if k not in NESTED[name]] if isinstance(given, Mapping) else []
 
     def signature(self) -> str:
         """Equal for equal settings (used to make ``configure()`` idempotent). A digest: it covers the key."""

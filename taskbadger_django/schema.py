@@ -65,6 +65,26 @@ CELERY: dict[str, Setting] = {
                              "a positive integer number of seconds", '"STALE_TIMEOUT": 120'),
 }
 
+def _is_poll_interval(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_POLL_INTERVAL <= v <= MAX_POLL_INTERVAL
+
+
+#: The poll interval's bounds, in seconds: faster than twice a second costs the API for nothing a
+#: person can see; slower than every five minutes is not a progress bar any more.
+MIN_POLL_INTERVAL, MAX_POLL_INTERVAL = 0.5, 300
+
+#: ``TASKBADGER["PROGRESS"]``: the progress bar of ``{% taskbadger_progress %}`` (``progress``)
+PROGRESS: dict[str, Setting] = {
+    "TOKEN_MAX_AGE": Setting(6 * 3600, lambda v: _is_positive(v) and isinstance(v, int),
+                             "a positive integer number of seconds", '"TOKEN_MAX_AGE": 6 * 3600'),
+    "POLL_INTERVAL": Setting(1.0, _is_poll_interval,
+                             f"a number of seconds from {MIN_POLL_INTERVAL} to {MAX_POLL_INTERVAL}",
+                             '"POLL_INTERVAL": 1.0'),
+    "AUTHORIZE": Setting(None, lambda v: callable(v) or isinstance(v, str), "a callable or a dotted path to one",
+                         '"AUTHORIZE": "myproject.permissions.may_watch_task"'),
+    "CACHE": Setting("default", _is_str, "the alias of a cache in CACHES", '"CACHE": "default"'),
+}
+
 #: ``TASKBADGER``
 TOP: dict[str, Setting] = {
     "API_KEY": Setting(None, _is_str, "a string", '"API_KEY": env.str("TASKBADGER_API_KEY", default=None)',
@@ -84,6 +104,8 @@ TOP: dict[str, Setting] = {
                         '"MONITORS": {"billing.tasks.nightly_invoices": "<monitor uuid>"}'),
     "CELERY": Setting({name: s.default for name, s in CELERY.items()}, lambda v: isinstance(v, Mapping), "a dict",
                       '"CELERY": {"AUTO_TRACK": True}'),
+    "PROGRESS": Setting({name: s.default for name, s in PROGRESS.items()}, lambda v: isinstance(v, Mapping), "a dict",
+                        '"PROGRESS": {"POLL_INTERVAL": 1.0}'),
 }
 
 

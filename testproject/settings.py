@@ -19,6 +19,8 @@ ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1"])
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "django.contrib.staticfiles",
     "taskbadger_django",
     "demo",
 ]
@@ -27,6 +29,18 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
 ]
 ROOT_URLCONF = "testproject.urls"
+# Sessions in a signed cookie: the demo's progress page needs no database table (and no `migrate`).
+SESSION_ENGINE = "django.contrib.sessions.backends.signed_cookies"
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": ["django.template.context_processors.request",
+                                       "django.contrib.auth.context_processors.auth"]},
+}]
+STATIC_URL = "static/"
+# The progress bars read Task Badger at most once per task and poll interval per cache: per process with
+# the default, across processes with a shared one (CACHE_URL=redis://127.0.0.1:6379/9).
+CACHES = {"default": env.cache("CACHE_URL", default="locmemcache://")}
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True
@@ -61,6 +75,7 @@ TASKBADGER = {
     "TAGS": {"environment": env.str("TASKBADGER_ENVIRONMENT", default="development")},
     "MONITORS": {"demo.tasks.nightly_report": "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a11"},
     "CELERY": {"AUTO_TRACK": False, "RECORD_TASK_ARGS": False},
+    "PROGRESS": {"POLL_INTERVAL": env.float("PROGRESS_POLL_INTERVAL", default=1.0)},
 }
 
 # `manage.py demo` tells its own story on stdout: the SDK's start-up INFO lines in its process ("no API key",

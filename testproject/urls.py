@@ -1,1 +1,6 @@
-urlpatterns: list = []
+from django.urls import include, path
+
+urlpatterns: list = [
+    path("taskbadger/", include("taskbadger_django.urls")),
+    path("demo/", include("demo.urls")),
+]

@@ -24,7 +24,20 @@ def unavailable() -> str | None:
     return None
 
 
-def start(width: int = 1280, height: int = 800) -> Any:
+def require() -> None:
+    """Skip the calling test when no browser can run here; fail it instead where one must
+    (``TASKBADGER_REQUIRE_BROWSER=1``, which CI sets once Chromium is installed)."""
+    import pytest
+
+    reason = unavailable()
+    if reason:
+        if os.environ.get("TASKBADGER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"the browser tests must run here, but {reason}")
+        pytest.skip(reason)
+
+
+def start(width: int = 1280, height: int = 800, arguments: tuple[str, ...] = ()) -> Any:
+    """A headless Chromium; ``arguments`` are more command-line flags."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -34,7 +47,8 @@ def start(width: int = 1280, height: int = 800) -> Any:
     # A closed network: without these, Chromium keeps trying to reach its own services at every start.
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={width},{height}"):
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", f"--window-size={width},{height}",
+                 *arguments):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
     driver._taskbadger_profile = profile  # removed by stop()

@@ -34,6 +34,7 @@ def test_the_demo_command_runs_green_with_no_service_and_no_key():
                              "this machine)")
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/ ", lines[1])
     assert run.stderr == ""  # no contradicting "no API key" line, no second announcement of the URL
+    assert re.search(r"\] progress page: http://127\.0\.0\.1:\d+/demo/  \(open it now", out)
     assert re.search(r"import_contacts +\[#+\.*\] \d+%", out)  # live progress
     assert "charge_card            pending → error  (ValueError: card declined for 19.99 EUR)" in out
     for line in ("charge_card           error", "ValueError: card declined", "succeeded after 2 retries",

@@ -3,6 +3,8 @@
 Without TASKBADGER_API_KEY it starts the stand-in Task Badger API (``taskbadger.testing``) and its live
 dashboard first, so it needs no service and no key; with a key it tracks against that Task Badger
 project. The broker is whatever CELERY_BROKER_URL says (by default the embedded one, on local files).
+It also serves the demo's progress page (``demo/views.py``): the bars of its tasks, as a user would see
+them (``{% taskbadger_progress %}``).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class Command(BaseCommand):
         self.tty = self.stdout.isatty()
         self.worker_node = f"{WORKER_NAME}@{socket.gethostname()}"  # what Celery makes of "-n demo@%h"
         server = self._api()
+        web, page = self._web()
         from testproject.celery import app
 
         app.control.purge()  # a fresh start on the demo's broker
@@ -73,6 +76,7 @@ class Command(BaseCommand):
             self._say(f"worker and beat are up; watching {WATCHED} tasks: 6 published now, {SHARDS} that one of "
                       "them publishes, and one that beat publishes")
             ids = self._publish(app)
+            self._say(f"progress page: {page}  (open it now: the tasks' progress bars, as your users would see them)")
             rows = self._watch(ids, options["timeout"])
         finally:
             self._stop(processes)
@@ -82,8 +86,10 @@ class Command(BaseCommand):
         self._epilogue(server, options["keep_open"])
         if server is not None:
             if options["keep_open"]:
-                self._keep_open(server)
+                self._keep_open(server, page)
             server.stop()
+        web.shutdown()
+        web.server_close()
         if missing:
             raise CommandError(f"these demo tasks did not end as expected: {', '.join(missing)}")
 
@@ -103,6 +109,22 @@ class Command(BaseCommand):
         self._say("Task Badger demo, on the stand-in API (no TASKBADGER_API_KEY set: nothing leaves this machine)")
         self._say(f"dashboard: {server.url}/  (open it now to watch the tasks live)")
         return server
+
+    def _web(self) -> tuple[Any, str]:
+        """Serve the test project (its progress page and the bars' script) on a free port, in a thread."""
+        from django.contrib.staticfiles.handlers import StaticFilesHandler
+        from django.core.servers.basehttp import ThreadedWSGIServer, WSGIRequestHandler
+        from django.core.wsgi import get_wsgi_application
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # the demo tells its own story on stdout
+                pass
+
+        httpd = ThreadedWSGIServer(("127.0.0.1", 0), QuietHandler)
+        httpd.daemon_threads = True
+        httpd.set_app(StaticFilesHandler(get_wsgi_application()))
+        threading.Thread(target=httpd.serve_forever, name="demo-web", daemon=True).start()
+        return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/demo/"
 
     def _log_dir(self) -> Path:
         log_dir = Path(settings.VAR_DIR)
@@ -166,6 +188,12 @@ class Command(BaseCommand):
         if untracked:
             raise CommandError(f"these tasks were published untracked: {', '.join(untracked)} "
                                "(is the Task Badger API reachable?)")
+        from demo import views
+
+        views.TASKS[:] = [("Importing 200 contacts", ids["import_contacts"]),
+                          ("Charging a card", ids["charge_card"]),
+                          ("Syncing the inventory (it retries twice)", ids["sync_inventory"]),
+                          ("Writing an archive (the demo revokes it)", ids["export_archive"])]
         self._export = (app, results["export_archive"], ids["export_archive"])
         return ids
 
@@ -246,10 +274,11 @@ class Command(BaseCommand):
         if server is not None and not keep_open:
             self.stdout.write("Run `python manage.py demo --keep-open` to look around the dashboard after the run.")
 
-    def _keep_open(self, server: Any) -> None:
+    def _keep_open(self, server: Any, page: str) -> None:
         stop = threading.Event()
         previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
-        self.stdout.write(f"The stand-in API and its dashboard stay up at {server.url}/ — press Ctrl-C to stop.")
+        self.stdout.write(f"The stand-in API and its dashboard stay up at {server.url}/, the progress page at "
+                          f"{page} — press Ctrl-C to stop.")
         self.stdout.flush()
         try:
             while not stop.wait(0.5):

@@ -1,0 +1,388 @@
+"""A task's progress for the person waiting on a page: who may watch it, and what they see.
+
+``{% taskbadger_progress tb_id %}`` (``templatetags/taskbadger.py``) and ``progress_url(request, task_id)``
+issue a token; the view (``views.progress``) answers the bar's polls. This module owns the rules both use:
+
+* **Tokens.** ``django.core.signing``, timestamped, bound to the task id and to the viewer who rendered
+  the page: the authenticated user, or, for an anonymous visitor, a random marker kept in their session.
+  The token holds only a keyed digest of the viewer (never a user id or a session key), and expires after
+  ``TASKBADGER["PROGRESS"]["TOKEN_MAX_AGE"]`` seconds.
+* **Authorization.** A valid token of the same viewer, and ``AUTHORIZE(request, task_id)`` when the
+  project sets one: it is asked when a token is issued and at every poll, so it can only narrow who
+  watches.
+* **Reading.** ``taskbadger.get_task`` (the SDK's public API), at most once per poll interval per task
+  however many people watch: Django's cache holds the answer, and an ``add()`` lock lets one request read
+  while the others serve what the cache holds (``LocMemCache``: per process; a shared cache such as Redis:
+  across processes). A failure of the API is an answer too (``unavailable``), cached the same way, so an
+  outage costs the API no more than a healthy service does.
+* **What a viewer gets.** Only ``status``, ``value``, ``value_max``, ``percent``, ``name`` and ``done``:
+  never the task's data, tags or any key. A successful task shows 100 %; a task that never reported
+  progress has no percentage (the bar is indeterminate), not 0 %.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings as django_settings
+from django.core import signing
+from django.core.cache import caches
+from django.http import HttpRequest
+from django.urls import NoReverseMatch, reverse
+from django.utils.crypto import constant_time_compare, salted_hmac
+
+import taskbadger
+from taskbadger._runtime import log_once, log_throttled, short
+from taskbadger.config import import_string
+from taskbadger.exceptions import ConfigurationError, NotFound, TaskbadgerException
+from taskbadger.models import TERMINAL_STATUSES, StatusEnum, is_task_id
+
+from . import conf, schema
+
+log = logging.getLogger("taskbadger.django")
+
+__all__ = ["ProgressSettings", "authorized", "progress_body", "progress_settings", "progress_url", "read_progress",
+           "task_id_for", "token_task_id"]
+
+#: The salt of the tokens (a token of another feature signed with the same SECRET_KEY never passes).
+SALT = "taskbadger_django.progress"
+#: The session key of an anonymous viewer's random marker.
+SESSION_KEY = "_taskbadger_progress_viewer"
+#: The URL name of the progress view (``taskbadger_django.urls``).
+URL_NAME = "taskbadger_django:progress"
+#: How long a read's lock may be held (seconds beyond the poll interval): the longest a read of the API
+#: may take. Only a process that dies while reading holds it that long.
+LOCK_SLACK = 30
+#: How long a final answer (success, error, cancelled, stale) stays in the cache: it no longer changes.
+FINAL_TTL = 600
+#: How long any other answer stays in the cache, beyond the poll interval (it is re-read after one interval).
+ENTRY_SLACK = 60
+
+# The clock the cache entries are stamped with: wall time, which processes sharing a cache agree on.
+_clock = time.time
+
+
+# -- settings -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProgressSettings:
+    """``TASKBADGER["PROGRESS"]``, resolved and checked."""
+
+    token_max_age: int
+    poll_interval: float
+    #: ``(request, task_id) -> bool`` or None; a dotted path that cannot be imported denies every request
+    authorize: Callable[[HttpRequest, str], Any] | None
+    cache: str
+
+
+def _deny_all(request: HttpRequest, task_id: str) -> bool:
+    return False
+
+
+_resolved: tuple[Any, ProgressSettings] | None = None
+
+
+def progress_settings() -> ProgressSettings:
+    """The progress settings of this process (follows ``override_settings`` of ``TASKBADGER``).
+
+    A value of the wrong type falls back to its default, logged once (``manage.py check`` reports it as
+    ``taskbadger.E003``). An ``AUTHORIZE`` path that cannot be imported denies every viewer (``E012``):
+    a rule that cannot be read must not let everyone in.
+    """
+    global _resolved
+    settings = conf.get_settings()
+    cached = _resolved
+    if cached is not None and cached[0] is settings:
+        return cached[1]
+    values: dict[str, Any] = dict(settings.PROGRESS)
+    where = f"{conf.SETTING_NAME}['PROGRESS']"
+    keys = {f"{where}[{key!r}]": key for key in schema.PROGRESS}
+    for problem in schema.type_problems(values, schema.PROGRESS, where):
+        key = keys[problem.label]
+        default = _deny_all if key == "AUTHORIZE" else schema.PROGRESS[key].default  # a rule fails closed
+        log_once(f"progress-setting:{key}", logging.ERROR, "Task Badger: %s; using %s. Run `manage.py check` for "
+                 "details.", problem.message.rstrip("."),
+                 "a rule that refuses everyone" if key == "AUTHORIZE" else f"the default {default!r}")
+        values[key] = default
+    authorize = values["AUTHORIZE"]
+    if isinstance(authorize, str):
+        try:
+            authorize = import_string(authorize)
+        except Exception as err:
+            log_once(f"progress-authorize:{authorize}", logging.ERROR,
+                     "Task Badger: TASKBADGER['PROGRESS']['AUTHORIZE'] %s cannot be imported (%s): every progress "
+                     "request is refused. Run `manage.py check` for details.", short(authorize), err)
+            authorize = _deny_all
+    if authorize is not None and not callable(authorize):
+        authorize = _deny_all
+    if values["CACHE"] not in (getattr(django_settings, "CACHES", None) or {}):
+        log_once(f"progress-cache:{values['CACHE']}", logging.ERROR,
+                 "Task Badger: TASKBADGER['PROGRESS']['CACHE'] %s is not an alias in CACHES; using 'default'. Run "
+                 "`manage.py check` for details.", short(values["CACHE"]))
+        values["CACHE"] = "default"
+    resolved = ProgressSettings(token_max_age=values["TOKEN_MAX_AGE"], poll_interval=float(values["POLL_INTERVAL"]),
+                                authorize=authorize, cache=values["CACHE"])
+    _resolved = (settings, resolved)
+    return resolved
+
+
+# -- which task ----------------------------------------------------------------------------------------
+
+
+def task_id_for(task: Any) -> str | None:
+    """The Task Badger id of ``task``, or None when it is not tracked.
+
+    ``task`` may be a Task Badger task id (a string), a ``taskbadger.Task`` (``taskbadger.create_task``), or
+    the result of publishing a Celery task (``.delay()``/``.apply_async()``: ``result.taskbadger_task_id``,
+    None when the task was published untracked). Anything else is a TypeError; a string that is not a
+    Task Badger id (letters, digits, ``-`` and ``_``) a ValueError.
+    """
+    if task is None or task == "":
+        return None
+    if isinstance(task, str):
+        if not is_task_id(task):
+            raise ValueError(f"{short(task, 80)} is not a Task Badger task id (letters, digits, - and _); pass "
+                             "result.taskbadger_task_id, a taskbadger.Task or its .id")
+        return task
+    if isinstance(task, taskbadger.Task):
+        return task_id_for(task.id)
+    tracked_id = getattr(task, "taskbadger_task_id", _MISSING)  # a Celery AsyncResult, or anything that says
+    if tracked_id is not _MISSING:
+        return task_id_for(tracked_id)
+    found = _django_tasks_task_id(task)
+    if found is not _MISSING:
+        return task_id_for(found)
+    raise TypeError(f"cannot tell the Task Badger task of a {type(task).__module__}.{type(task).__qualname__}: "
+                    "pass a Task Badger task id, a taskbadger.Task, or the result of a tracked Celery task's "
+                    ".delay()/.apply_async()")
+
+
+class _Missing:
+    pass
+
+
+_MISSING: Any = _Missing()
+
+
+def _django_tasks_task_id(result: Any) -> Any:
+    """The Task Badger id of a ``django.tasks`` ``TaskResult``, or ``_MISSING`` for anything else.
+
+    TODO(issue 22, the django.tasks integration): return the adapter's id for ``result`` here, e.g.
+    ``from .tasks import task_id_for_result; return task_id_for_result(result)``. What it must expose: a
+    function that takes a ``TaskResult`` (the one ``.enqueue()`` returned, in the enqueuing process, and one
+    fetched later with ``get_result(id)`` in any process) and returns its Task Badger id, or None when the
+    task is not tracked. Until then a ``TaskResult`` is refused with a message that says what to do.
+    """
+    module = type(result).__module__ or ""
+    if module == "django.tasks" or module.startswith(("django.tasks.", "django_tasks")):
+        raise TypeError("the Task Badger id of a django.tasks TaskResult is not available yet: create the task "
+                        "with taskbadger.create_task() and pass its id to the task")
+    return _MISSING
+
+
+# -- who watches ---------------------------------------------------------------------------------------
+
+
+def viewer(request: HttpRequest, create: bool = False) -> str | None:
+    """Who is looking: ``user:<pk>`` for an authenticated user, ``session:<marker>`` for an anonymous
+    visitor (``create``: make the marker if the session has none yet), None when neither can be told
+    (an anonymous visitor without ``SessionMiddleware``)."""
+    user = getattr(request, "user", None)
+    if user is not None and getattr(user, "is_authenticated", False):
+        return f"user:{user.pk}"
+    session = getattr(request, "session", None)
+    if session is None:
+        return None
+    marker = session.get(SESSION_KEY)
+    if not isinstance(marker, str) or not marker:
+        if not create:
+            return None
+        marker = secrets.token_urlsafe(18)
+        session[SESSION_KEY] = marker  # saved, and its cookie sent, by SessionMiddleware
+    return f"session:{marker}"
+
+
+def _binding(who: str) -> str:
+    """A keyed digest of the viewer: what the token holds instead of a user id or a session marker."""
+    return salted_hmac(f"{SALT}.viewer", who).hexdigest()[:32]
+
+
+def make_token(task_id: str, who: str) -> str:
+    return signing.dumps({"t": task_id, "v": _binding(who)}, salt=SALT)
+
+
+def token_task_id(request: HttpRequest, token: str, max_age: int) -> str | None:
+    """The task id a token names, if it is genuine, not older than ``max_age`` seconds, and was issued to
+    the viewer of ``request``; None otherwise (which one is not said: a 403 gives no detail)."""
+    try:
+        payload = signing.loads(token, salt=SALT, max_age=max_age)
+    except (signing.BadSignature, ValueError, TypeError):  # tampered, foreign, expired, or not a token at all
+        return None
+    if not isinstance(payload, Mapping):
+        return None
+    task_id, bound = payload.get("t"), payload.get("v")
+    if not is_task_id(task_id) or not isinstance(bound, str):
+        return None
+    who = viewer(request)
+    if who is None or not constant_time_compare(bound, _binding(who)):
+        return None
+    return task_id
+
+
+def authorized(request: HttpRequest, task_id: str, settings: ProgressSettings | None = None) -> bool:
+    """Whether the project's ``AUTHORIZE`` rule lets this request see ``task_id`` (True without a rule).
+    A rule that raises denies, and the error is logged with its traceback."""
+    rule = (settings or progress_settings()).authorize
+    if rule is None:
+        return True
+    try:
+        return bool(rule(request, task_id))
+    except Exception:
+        log.exception("Task Badger: TASKBADGER['PROGRESS']['AUTHORIZE'] raised for task %s; access denied.", task_id)
+        return False
+
+
+def progress_url(request: HttpRequest, task: Any) -> str | None:
+    """The URL a page's script polls for the progress of ``task`` (an id, a ``taskbadger.Task``, a Celery
+    result), for the viewer of ``request``: for code that draws its own bar (a React page, HTMX).
+
+    None when there is nothing to show: the task is not tracked (``result.taskbadger_task_id`` is None),
+    ``AUTHORIZE`` refuses, or the viewer cannot be told (an anonymous visitor without sessions). Raises
+    ``NoReverseMatch`` with what to add to ``urls.py`` when ``taskbadger_django.urls`` is not included.
+    """
+    task_id = task_id_for(task)
+    if task_id is None:
+        return None
+    settings = progress_settings()
+    if not authorized(request, task_id, settings):
+        return None
+    who = viewer(request, create=True)
+    if who is None:
+        log_once("progress-no-session", logging.WARNING,
+                 "Task Badger: a progress bar for an anonymous visitor needs sessions "
+                 "(django.contrib.sessions.middleware.SessionMiddleware); it shows 'not available'.")
+        return None
+    try:
+        return reverse(URL_NAME, args=[make_token(task_id, who)])
+    except NoReverseMatch as err:
+        raise NoReverseMatch('Task Badger progress bars need their URLs: add path("taskbadger/", '
+                             'include("taskbadger_django.urls")) to your urlpatterns.') from err
+
+
+# -- what the viewer sees ---------------------------------------------------------------------------------
+
+
+def progress_body(task: Any) -> dict[str, Any]:
+    """What the bar needs of a ``taskbadger.Task``, and nothing else."""
+    status = str(task.status)
+    value, value_max = task.value, task.value_max
+    if status == StatusEnum.SUCCESS.value:
+        percent: int | None = 100  # a finished task is complete, whatever it reported
+    elif isinstance(value, int) and isinstance(value_max, int) and value_max > 0:
+        percent = max(0, min(100, value * 100 // value_max))
+    else:
+        percent = None  # it never reported progress: an indeterminate bar, not 0 %
+    return {"status": status, "value": value, "value_max": value_max, "percent": percent,
+            "name": task.name if isinstance(task.name, str) else "", "done": task.status in TERMINAL_STATUSES}
+
+
+#: The body of "the first read is under way in another request": no status yet, poll again.
+LOADING: dict[str, Any] = {"status": None, "value": None, "value_max": None, "percent": None, "name": None,
+                           "done": False}
+UNAVAILABLE: dict[str, Any] = {"available": False}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer of the progress view: HTTP status, JSON body, its ETag."""
+
+    status: int
+    body: bytes
+    etag: str | None = None
+
+
+def _entry(status: int, body: Mapping[str, Any], at: float, final: bool) -> dict[str, Any]:
+    raw = json.dumps(body, separators=(",", ":"), sort_keys=True)
+    return {"status": status, "body": raw, "etag": f'"{hashlib.sha256(raw.encode()).hexdigest()[:24]}"', "at": at,
+            "final": final}
+
+
+def _answer(entry: Mapping[str, Any]) -> Answer:
+    return Answer(entry["status"], entry["body"].encode(), entry["etag"] if entry["status"] == 200 else None)
+
+
+def _fresh(entry: Any, now: float, interval: float) -> bool:
+    return isinstance(entry, Mapping) and (entry.get("final") is True or now - entry.get("at", 0) < interval)
+
+
+def _read(task_id: str, at: float) -> dict[str, Any]:
+    """Ask Task Badger (``taskbadger.get_task``). Never raises: a failure is an answer."""
+    try:
+        task = taskbadger.get_task(task_id)
+    except NotFound:
+        return _entry(404, UNAVAILABLE, at, final=False)
+    except ConfigurationError as err:  # the SDK is not configured (no key, ENABLED False, bad settings)
+        log_once("progress-unconfigured", logging.WARNING,
+                 "Task Badger: progress bars show 'unavailable': %s", err)
+        return _entry(503, UNAVAILABLE, at, final=False)
+    except TaskbadgerException as err:
+        log_throttled("progress-read", 60.0, logging.WARNING,
+                      "Task Badger: could not read a task's progress (%s); its bars show 'unavailable' "
+                      "and retry.", short(err, 200))
+        return _entry(503, UNAVAILABLE, at, final=False)
+    except Exception:
+        log.exception("Task Badger: internal error while reading a task's progress",
+                      extra={"taskbadger_internal_error": True})
+        return _entry(503, UNAVAILABLE, at, final=False)
+    body = progress_body(task)
+    return _entry(200, body, at, final=bool(body["done"]))
+
+
+def read_progress(task_id: str, settings: ProgressSettings | None = None) -> Answer:
+    """The progress answer for ``task_id``: from the cache when it was read less than one poll interval
+    ago (or is final), else read from Task Badger by this request, while concurrent requests keep
+    serving what the cache holds. At most one read of the API per task per interval for all the
+    processes that share the cache.
+
+    Never raises: when the cache itself fails (a Redis that is down), the answer is "unavailable", not a
+    read of the API for every poll of every viewer."""
+    settings = settings or progress_settings()
+    try:
+        return _read_through_cache(task_id, settings)
+    except Exception as err:
+        log_throttled("progress-cache", 60.0, logging.WARNING,
+                      "Task Badger: the progress bars' cache %s failed (%s); they show 'unavailable'.",
+                      short(settings.cache), short(err, 200))
+        return Answer(503, json.dumps(UNAVAILABLE).encode())
+
+
+def _read_through_cache(task_id: str, settings: ProgressSettings) -> Answer:
+    cache = caches[settings.cache]
+    interval = settings.poll_interval
+    key = f"taskbadger_django.progress:{task_id}"
+    lock = f"{key}:lock"
+    entry = cache.get(key)
+    if _fresh(entry, _clock(), interval):
+        return _answer(entry)
+    # add() is atomic in every cache backend: one request reads, the others answer with what the cache holds
+    if not cache.add(lock, 1, timeout=math.ceil(interval) + LOCK_SLACK):
+        return _answer(entry) if isinstance(entry, Mapping) else Answer(200, json.dumps(LOADING).encode())
+    try:
+        entry = cache.get(key)  # another request may have read it between our look and our lock
+        now = _clock()
+        if _fresh(entry, now, interval):
+            return _answer(entry)
+        entry = _read(task_id, at=now)
+        cache.set(key, entry, timeout=FINAL_TTL if entry["final"] else math.ceil(interval) + ENTRY_SLACK)
+        return _answer(entry)
+    finally:
+        cache.delete(lock)

@@ -1,0 +1,296 @@
+/* Task Badger progress bars: the script behind {% taskbadger_progress %}.
+ *
+ * It finds every element with a data-taskbadger-progress attribute (now, and whenever one is added
+ * later: an HTMX swap, a React render), polls its data-url and draws what the answer says. No
+ * framework, no build step, nothing inline: it runs under a Content-Security-Policy that allows only
+ * the site's own scripts and styles (the bar's width is set through the CSSOM, which CSP allows).
+ *
+ * Answers (see docs/progress.md):
+ *   200  {"status", "value", "value_max", "percent", "name", "done"}: draw it; stop when done
+ *   304  nothing changed (the script sends If-None-Match)
+ *   503  Task Badger is unavailable: say so, keep the bar as it was, retry with a growing delay
+ *   403, 404  no progress for this viewer (an expired or foreign token, an unknown task): say so, stop
+ * Events, on the element, bubbling: "taskbadger:progress" (every change), "taskbadger:done" (once, at
+ * the end; detail.status is the final status), "taskbadger:unavailable" (detail.httpStatus).
+ */
+(function () {
+  "use strict";
+  if (window.TaskBadgerProgress) {
+    window.TaskBadgerProgress.scan(document);
+    return;
+  }
+
+  var FINAL_STATES = { success: "done", error: "failed", cancelled: "cancelled", stale: "stale" };
+  var MAX_BACKOFF = 30; // seconds between two tries while Task Badger is failing
+  var HIDDEN_DELAY = 60; // at most this many seconds between two polls of a hidden tab...
+  var HIDDEN_FACTOR = 10; // ...and otherwise ten poll intervals
+  var REQUEST_TIMEOUT = 20000; // ms: a poll that gets no answer by then counts as a failure
+
+  function Bar(el) {
+    this.el = el;
+    this.url = el.getAttribute("data-url");
+    this.poll = Math.max(0.5, parseFloat(el.getAttribute("data-poll")) || 1);
+    this.hasLabel = el.hasAttribute("data-label");
+    this.words = {};
+    try {
+      this.words = JSON.parse(el.getAttribute("data-words") || "{}");
+    } catch (e) {
+      this.words = {};
+    }
+    this.nameEl = el.querySelector(".taskbadger-progress__name");
+    this.statusEl = el.querySelector(".taskbadger-progress__status");
+    this.percentEl = el.querySelector(".taskbadger-progress__percent");
+    this.track = el.querySelector(".taskbadger-progress__track");
+    this.fill = el.querySelector(".taskbadger-progress__fill");
+    this.etag = null;
+    this.last = null; // the last answer drawn
+    this.failures = 0;
+    this.timer = null;
+    this.stopped = false;
+    this.hiddenWait = false;
+  }
+
+  Bar.prototype.word = function (key, fallback) {
+    var word = this.words[key];
+    return typeof word === "string" ? word : fallback;
+  };
+
+  Bar.prototype.start = function () {
+    if (!this.url) {
+      this.unavailable(0, true);
+      return;
+    }
+    this.request();
+  };
+
+  Bar.prototype.schedule = function (seconds) {
+    var self = this;
+    if (this.stopped) {
+      return;
+    }
+    this.hiddenWait = document.hidden;
+    if (document.hidden) {
+      seconds = Math.max(seconds, Math.min(HIDDEN_DELAY, HIDDEN_FACTOR * this.poll));
+    }
+    var jitter = 0.9 + Math.random() * 0.2; // viewers who opened the page together spread out
+    this.timer = window.setTimeout(function () {
+      self.timer = null;
+      self.request();
+    }, seconds * jitter * 1000);
+  };
+
+  /* The tab became visible again: a poll delayed because it was hidden happens now. */
+  Bar.prototype.wake = function () {
+    if (this.timer !== null && this.hiddenWait && !document.hidden) {
+      window.clearTimeout(this.timer);
+      this.timer = null;
+      this.request();
+    }
+  };
+
+  Bar.prototype.request = function () {
+    var self = this;
+    var headers = { Accept: "application/json" };
+    if (this.etag) {
+      headers["If-None-Match"] = this.etag;
+    }
+    var controller = typeof AbortController === "function" ? new AbortController() : null;
+    var timeout = controller ? window.setTimeout(function () { controller.abort(); }, REQUEST_TIMEOUT) : null;
+    window.fetch(this.url, {
+      headers: headers,
+      credentials: "same-origin",
+      cache: "no-store",
+      signal: controller ? controller.signal : undefined,
+    }).then(function (response) {
+      if (response.status === 200) {
+        return response.json().then(function (body) {
+          self.etag = response.headers.get("ETag");
+          self.answered(body);
+        });
+      }
+      if (response.status === 304) {
+        self.failures = 0;
+        self.recovered();
+        self.schedule(self.poll);
+        return null;
+      }
+      if (response.status === 403 || response.status === 404 || response.status === 400 ||
+          response.status === 410) {
+        self.unavailable(response.status, true);
+        return null;
+      }
+      self.failed(response.status); // 503 (Task Badger is failing), 5xx, a proxy's error page...
+      return null;
+    }).catch(function () {
+      self.failed(0); // no answer: the network, or the time limit
+    }).then(function () {
+      if (timeout !== null) {
+        window.clearTimeout(timeout);
+      }
+    });
+  };
+
+  Bar.prototype.answered = function (body) {
+    this.failures = 0;
+    this.recovered();
+    if (!body || typeof body !== "object") {
+      this.failed(200);
+      return;
+    }
+    if (body.status === null || body.status === undefined) {
+      this.schedule(this.poll); // the first read of the task is under way elsewhere
+      return;
+    }
+    this.draw(body);
+    this.emit("taskbadger:progress", body);
+    if (body.done) {
+      this.stopped = true;
+      this.emit("taskbadger:done", body);
+      return;
+    }
+    this.schedule(this.poll);
+  };
+
+  Bar.prototype.draw = function (body) {
+    var status = String(body.status);
+    var percent = typeof body.percent === "number" && isFinite(body.percent) ?
+      Math.max(0, Math.min(100, Math.floor(body.percent))) : null;
+    var state = FINAL_STATES[status] || (body.done ? "done" : (percent === null ? "indeterminate" : "running"));
+    this.last = body;
+    this.el.setAttribute("data-state", state);
+    this.el.setAttribute("data-status", status);
+    if (!this.hasLabel && this.nameEl && typeof body.name === "string") {
+      this.nameEl.textContent = body.name; // text, never HTML
+    }
+    if (this.statusEl) {
+      this.statusEl.textContent = this.word(status, status);
+    }
+    if (this.percentEl) {
+      this.percentEl.textContent = percent === null ? "" : percent + "%";
+    }
+    if (this.track) {
+      if (percent === null) {
+        this.track.removeAttribute("aria-valuenow"); // an indeterminate progressbar has no value
+        this.track.removeAttribute("aria-valuetext");
+      } else {
+        this.track.setAttribute("aria-valuenow", String(percent));
+        this.track.setAttribute("aria-valuetext", percent + "%");
+      }
+    }
+    if (this.fill) {
+      // The CSSOM, not a style attribute: allowed under a strict Content-Security-Policy.
+      this.fill.style.width = percent === null ? "" : percent + "%";
+    }
+  };
+
+  Bar.prototype.failed = function (httpStatus) {
+    this.failures += 1;
+    this.el.setAttribute("data-unavailable", "");
+    if (this.statusEl) {
+      this.statusEl.textContent = this.word("_unavailable", "Progress is unavailable right now; retrying…");
+    }
+    if (this.failures === 1) {
+      this.emit("taskbadger:unavailable", { httpStatus: httpStatus, retrying: true });
+    }
+    this.schedule(Math.min(Math.max(MAX_BACKOFF, this.poll), this.poll * Math.pow(2, this.failures)));
+  };
+
+  Bar.prototype.recovered = function () {
+    if (this.el.hasAttribute("data-unavailable")) {
+      this.el.removeAttribute("data-unavailable");
+      if (this.last) {
+        this.draw(this.last);
+      }
+    }
+  };
+
+  Bar.prototype.unavailable = function (httpStatus, final) {
+    this.stopped = final;
+    this.el.setAttribute("data-state", "unavailable");
+    if (this.statusEl) {
+      this.statusEl.textContent = this.word("_gone", "Progress is not available.");
+    }
+    if (this.percentEl) {
+      this.percentEl.textContent = "";
+    }
+    if (this.track) {
+      this.track.removeAttribute("aria-valuenow");
+      this.track.removeAttribute("aria-valuetext");
+    }
+    if (this.fill) {
+      this.fill.style.width = "";
+    }
+    this.emit("taskbadger:unavailable", { httpStatus: httpStatus, retrying: false });
+  };
+
+  Bar.prototype.emit = function (name, body) {
+    var detail = {};
+    for (var key in body) {
+      if (Object.prototype.hasOwnProperty.call(body, key)) {
+        detail[key] = body[key];
+      }
+    }
+    var event;
+    if (typeof window.CustomEvent === "function") {
+      event = new window.CustomEvent(name, { bubbles: true, detail: detail });
+    } else {
+      event = document.createEvent("CustomEvent");
+      event.initCustomEvent(name, true, false, detail);
+    }
+    this.el.dispatchEvent(event);
+  };
+
+  var bars = [];
+
+  function attach(el) {
+    if (el.taskbadgerProgress) {
+      return;
+    }
+    var bar = new Bar(el);
+    el.taskbadgerProgress = bar;
+    bars.push(bar);
+    bar.start();
+  }
+
+  /* Start every bar under root (the document, or content added later). */
+  function scan(root) {
+    if (root.nodeType === 1 && root.hasAttribute("data-taskbadger-progress")) {
+      attach(root);
+    }
+    if (root.querySelectorAll) {
+      var found = root.querySelectorAll("[data-taskbadger-progress]");
+      for (var i = 0; i < found.length; i++) {
+        attach(found[i]);
+      }
+    }
+  }
+
+  document.addEventListener("visibilitychange", function () {
+    for (var i = 0; i < bars.length; i++) {
+      bars[i].wake();
+    }
+  });
+
+  function watch() {
+    scan(document);
+    if (typeof MutationObserver === "function") {
+      new MutationObserver(function (mutations) {
+        for (var i = 0; i < mutations.length; i++) {
+          var added = mutations[i].addedNodes;
+          for (var j = 0; j < added.length; j++) {
+            if (added[j].nodeType === 1) {
+              scan(added[j]);
+            }
+          }
+        }
+      }).observe(document.documentElement, { childList: true, subtree: true });
+    }
+  }
+
+  window.TaskBadgerProgress = { scan: scan };
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", watch);
+  } else {
+    watch();
+  }
+})();

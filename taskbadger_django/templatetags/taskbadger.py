@@ -1,0 +1,65 @@
+"""``{% load taskbadger %}``: ``{% taskbadger_progress tb_id %}`` draws a live progress bar of a Task Badger task.
+
+    {% taskbadger_progress tb_id %}
+    {% taskbadger_progress tb_id label=_("Your export") %}
+
+``tb_id`` is a Task Badger task id (``result.taskbadger_task_id``), a ``taskbadger.Task`` or a Celery
+result; None (a task published untracked) draws a bar that says progress is not available. ``label``
+is shown instead of the task's name. The page's stylesheet and script come with the first bar of a
+request (later bars reuse them); both are static files: no inline script or style.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from typing import Any
+
+from django import template
+from django.core.exceptions import ImproperlyConfigured
+from django.template.loader import render_to_string
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext
+
+from .. import progress
+
+register = template.Library()
+
+#: The request attribute that says this request's page already links the stylesheet and the script.
+ASSETS_MARK = "_taskbadger_progress_assets"
+
+
+def status_words() -> dict[str, str]:
+    """The words the bar shows, in the language of the page (the script has no catalog of its own)."""
+    return {
+        "pending": gettext("Queued"),
+        "pre_processing": gettext("Starting"),
+        "processing": gettext("Running"),
+        "post_processing": gettext("Finishing"),
+        "success": gettext("Done"),
+        "error": gettext("Failed"),
+        "cancelled": gettext("Cancelled"),
+        "stale": gettext("Stale: no news from the task"),
+        "_unavailable": gettext("Progress is unavailable right now; retrying…"),
+        "_gone": gettext("Progress is not available. Reload the page to try again."),
+    }
+
+
+@register.simple_tag(takes_context=True)
+def taskbadger_progress(context: template.Context, task: Any, label: str | None = None) -> SafeString:
+    request = getattr(context, "request", None) or context.get("request")
+    if request is None:
+        raise ImproperlyConfigured("{% taskbadger_progress %} needs the request: render the template with "
+                                   "render(request, ...) (or a RequestContext)")
+    url = progress.progress_url(request, task)
+    assets = not getattr(request, ASSETS_MARK, False)
+    if assets:
+        setattr(request, ASSETS_MARK, True)
+    return render_to_string("taskbadger_django/progress.html", {
+        "url": url,
+        "label": label,
+        "poll": progress.progress_settings().poll_interval,
+        "words": json.dumps(status_words(), ensure_ascii=False),
+        "element_id": f"taskbadger-progress-{secrets.token_hex(4)}",
+        "assets": assets,
+    }, request=None)

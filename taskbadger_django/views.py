@@ -1,0 +1,62 @@
+"""The progress view: what a ``{% taskbadger_progress %}`` bar polls (rules in ``progress``).
+
+=======  ============================================================================================
+status   body
+=======  ============================================================================================
+200      ``{"status", "value", "value_max", "percent", "name", "done"}`` (``status`` null while the
+         first read of the task is under way in another request); an ``ETag``
+304      nothing changed since the ``If-None-Match`` the script sent
+403      ``{"error": "forbidden"}``: no valid token for this viewer (tampered, expired, another user's),
+         or ``AUTHORIZE`` said no. Nothing about the task.
+404      ``{"available": false}``: Task Badger does not know the task
+503      ``{"available": false}`` and ``Retry-After``: Task Badger cannot be read right now (the script
+         keeps the bar, says so, and retries with a growing delay)
+=======  ============================================================================================
+
+Never an error page: a failure of the API is a 503 with that small body.
+"""
+
+from __future__ import annotations
+
+import math
+
+from django.http import HttpRequest, HttpResponse, HttpResponseNotModified
+from django.utils.cache import patch_vary_headers
+from django.utils.http import parse_etags
+from django.views.decorators.http import require_safe
+
+from . import progress as _progress
+
+FORBIDDEN = b'{"error":"forbidden"}'
+
+
+def _headers(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "private, no-cache"
+    response["X-Content-Type-Options"] = "nosniff"
+    patch_vary_headers(response, ["Cookie"])
+    return response
+
+
+def _json(body: bytes, status: int) -> HttpResponse:
+    return _headers(HttpResponse(body, status=status, content_type="application/json"))
+
+
+@require_safe
+def progress(request: HttpRequest, token: str) -> HttpResponse:
+    settings = _progress.progress_settings()
+    task_id = _progress.token_task_id(request, token, settings.token_max_age)
+    if task_id is None or not _progress.authorized(request, task_id, settings):
+        return _json(FORBIDDEN, 403)
+    answer = _progress.read_progress(task_id, settings)
+    if answer.etag is not None:
+        wanted = parse_etags(request.headers.get("If-None-Match", ""))
+        if answer.etag in wanted or "*" in wanted:
+            response = _headers(HttpResponseNotModified())
+            response["ETag"] = answer.etag
+            return response
+    response = _json(answer.body, answer.status)
+    if answer.etag is not None:
+        response["ETag"] = answer.etag
+    if answer.status == 503:
+        response["Retry-After"] = str(math.ceil(settings.poll_interval))
+    return response

@@ -1,0 +1,38 @@
+"""A URL configuration for the progress bar's tests: the test project's URLs, plus a page that shows the bar of
+any task id (as a view of the project would, after starting the task), served under a strict CSP."""
+
+from django.http import HttpResponse
+from django.template import engines
+from django.urls import include, path
+
+PAGE = engines["django"].from_string("""{% load taskbadger %}<!doctype html>
+<html lang="en">
+<head><meta charset="utf-8"><title>Export</title></head>
+<body>
+<h1>Preparing your export</h1>
+{% for tb_id in ids %}{% taskbadger_progress tb_id label=label %}{% endfor %}
+</body>
+</html>
+""")
+
+#: What the bars are built for: a page that allows only its own scripts and styles, no inline ones.
+CSP = "default-src 'self'; frame-ancestors 'none'"
+
+
+def bar(request, task_ids):
+    response = HttpResponse(PAGE.render({"ids": task_ids.split(","), "label": request.GET.get("label")}, request))
+    response["Content-Security-Policy"] = CSP
+    return response
+
+
+def blank(request):
+    response = HttpResponse("<!doctype html><html><head><title>blank</title></head><body></body></html>")
+    response["Content-Security-Policy"] = CSP
+    return response
+
+
+urlpatterns = [
+    path("", include("testproject.urls")),
+    path("bar/<str:task_ids>/", bar),
+    path("blank/", blank),
+]

@@ -1,0 +1,611 @@
+"""The progress bar's server side: the tag, the tokens, who may watch, what the view answers, the cache in front
+of the API, and the system checks of TASKBADGER["PROGRESS"]. Django's test client against the stand-in API;
+the browser tests are in test_progress_browser.py."""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import logging
+import re
+import threading
+import time
+
+import pytest
+from django.core import signing
+from django.core.cache import caches
+from django.core.cache.backends.base import BaseCache
+from django.core.checks import run_checks
+from django.core.exceptions import ImproperlyConfigured
+from django.template import Context, Template
+from django.test import Client, RequestFactory, override_settings
+from django.urls import NoReverseMatch
+
+import taskbadger
+import taskbadger_django
+from taskbadger_django import checks as tb_checks
+from taskbadger_django import conf
+from taskbadger_django import progress as tb_progress
+
+pytestmark = pytest.mark.urls("tests.progress_urls")
+
+HOSTILE = '<img src=x onerror="alert(1)">'
+FIELDS = {"status", "value", "value_max", "percent", "name", "done"}
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    conf.reset_state()
+    caches["default"].clear()
+    yield
+    caches["default"].clear()
+    conf.reset_state()
+
+
+@pytest.fixture
+def server(taskbadger_server):
+    """The stand-in API, and TASKBADGER pointing at it (overriding TASKBADGER reconfigures the SDK)."""
+    with settings_for(taskbadger_server):
+        yield taskbadger_server
+
+
+@contextlib.contextmanager
+def settings_for(server, **progress):
+    tb = {"API_KEY": server.api_key, "HOST": server.url, "PROGRESS": progress}
+    with override_settings(TASKBADGER=tb):
+        yield
+
+
+class Clock:
+    """The clock the progress cache stamps its entries with, moved by hand."""
+
+    def __init__(self):
+        self.now = 1_000_000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(tb_progress, "_clock", fake)
+    return fake
+
+
+def gets(server, task_id):
+    """The API reads of one task, from the stand-in's request log."""
+    return [r for r in server.requests if r.method == "GET" and r.task_id == task_id]
+
+
+def page(client, *task_ids, label=None):
+    response = client.get(f"/bar/{','.join(task_ids)}/", {"label": label} if label else {})
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def bar_urls(content):
+    return [html.unescape(u) for u in re.findall(r'data-url="([^"]+)"', content)]
+
+
+def poll(client, url, **headers):
+    return client.get(url, headers=headers)
+
+
+@pytest.fixture
+def users(django_user_model):
+    return (django_user_model.objects.create_user("ada", password="pw"),
+            django_user_model.objects.create_user("bob", password="pw"))
+
+
+def logged_in(user):
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+# -- the tag -----------------------------------------------------------------------------------------------
+
+
+def test_the_tag_draws_an_accessible_bar_with_its_assets_once_and_nothing_inline(server):
+    task = taskbadger.create_task("export rows")
+    content = page(Client(), task.id, task.id)
+    assert content.count('rel="stylesheet" href="/static/taskbadger_django/progress.css"') == 1
+    assert content.count('<script src="/static/taskbadger_django/progress.js" defer></script>') == 1
+    assert content.count("data-taskbadger-progress") == 2
+    assert len(set(bar_urls(content))) == 1  # the same viewer and task: the same token
+    # a strict Content-Security-Policy allows it: no inline script, no style attribute or element
+    assert re.findall(r"<script(?![^>]*\ssrc=)", content) == []
+    assert " style=" not in content and "<style" not in content
+    assert 'role="progressbar"' in content and 'aria-valuemin="0"' in content and 'aria-valuemax="100"' in content
+    assert 'role="status" aria-live="polite"' in content
+    assert "aria-valuenow" not in content  # no value until the first answer: not 0 %
+    words = json.loads(html.unescape(re.search(r'data-words="([^"]+)"', content).group(1)))
+    assert words["pending"] == "Queued" and words["error"] == "Failed" and words["stale"].startswith("Stale")
+
+
+def test_a_label_is_text(server):
+    task = taskbadger.create_task("export rows")
+    content = page(Client(), task.id, label=HOSTILE)
+    assert HOSTILE not in content and html.escape(HOSTILE, quote=True) in content
+    assert "data-label" in content
+
+
+@pytest.mark.parametrize("untracked", [None, ""])
+def test_an_untracked_task_draws_a_bar_that_says_progress_is_not_available(server, untracked):
+    content = Template("{% load taskbadger %}{% taskbadger_progress tb_id %}").render(
+        _request_context({"tb_id": untracked}))
+    assert "data-url" not in content and 'data-state="unavailable"' in content
+    assert "Progress is not available." in content
+
+
+def _request_context(values):
+    from django.contrib.auth.models import AnonymousUser
+    from django.contrib.sessions.backends.signed_cookies import SessionStore
+    from django.template import RequestContext
+
+    request = RequestFactory().get("/")
+    request.user, request.session = AnonymousUser(), SessionStore()
+    return RequestContext(request, values)
+
+
+def test_the_tag_needs_the_request():
+    with pytest.raises(ImproperlyConfigured, match=r"render\(request, \.\.\.\)"):
+        Template("{% load taskbadger %}{% taskbadger_progress 'abc' %}").render(Context({}))
+
+
+def test_the_tag_takes_a_task_or_a_celery_result_as_well_as_an_id(server):
+    task = taskbadger.create_task("export rows")
+
+    class Result:  # what .delay() returns for a tracked task
+        taskbadger_task_id = task.id
+
+    for value in (task.id, task, Result()):
+        content = Template("{% load taskbadger %}{% taskbadger_progress t %}").render(_request_context({"t": value}))
+        assert "data-url=" in content
+
+
+def test_without_the_urls_the_tag_says_what_to_add(server):
+    task = taskbadger.create_task("export rows")
+    with override_settings(ROOT_URLCONF="tests.debug_urls"), pytest.raises(NoReverseMatch, match="include"):
+        Template("{% load taskbadger %}{% taskbadger_progress t %}").render(_request_context({"t": task.id}))
+
+
+# -- what the view answers ---------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_view_answers_only_what_the_bar_needs(server, users):
+    task = taskbadger.create_task("export rows", status="processing", value=40, value_max=100,
+                                  data={"secret": "customer list"}, tags={"tenant": "acme-corp"})
+    client = logged_in(users[0])
+    [url] = bar_urls(page(client, task.id))
+    response = poll(client, url)
+    assert response.status_code == 200 and response["Content-Type"] == "application/json"
+    assert json.loads(response.content) == {"status": "processing", "value": 40, "value_max": 100, "percent": 40,
+                                            "name": "export rows", "done": False}
+    text = response.content.decode()
+    for leak in ("customer list", "acme-corp", server.key, server.api_key, task.id):
+        assert leak not in text
+    assert "private" in response["Cache-Control"] and "Cookie" in response["Vary"]
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"status": "pending"}, {"percent": None, "done": False}),  # never reported: indeterminate, not 0 %
+    ({"status": "processing"}, {"percent": None, "done": False}),
+    ({"status": "processing", "value": 0, "value_max": 10}, {"percent": 0, "done": False}),
+    ({"status": "processing", "value": 3, "value_max": 7}, {"percent": 42, "done": False}),
+    ({"status": "processing", "value": 90, "value_max": 60}, {"percent": 100, "done": False}),
+    ({"status": "processing", "value": 5, "value_max": 0}, {"percent": None, "done": False}),
+    ({"status": "success"}, {"percent": 100, "done": True}),  # finished: complete, whatever it reported
+    ({"status": "success", "value": 10, "value_max": 50}, {"percent": 100, "done": True}),
+    ({"status": "error", "value": 30, "value_max": 60}, {"percent": 50, "done": True}),  # where it stopped
+    ({"status": "error"}, {"percent": None, "done": True}),
+    ({"status": "cancelled", "value": 1}, {"percent": 1, "done": True}),
+    ({"status": "stale", "value": 20}, {"percent": 20, "done": True}),
+])
+def test_percent_and_done(server, fields, expected):
+    task = taskbadger.create_task("t", **fields)
+    [url] = bar_urls(page(client := Client(), task.id))
+    body = json.loads(poll(client, url).content)
+    assert {k: body[k] for k in expected} == expected and body["status"] == fields["status"]
+
+
+@pytest.mark.django_db
+def test_another_users_session_gets_403_and_nothing_about_the_task(server, users):
+    task = taskbadger.create_task("ada's payroll export", status="processing", value=5)
+    ada, bob = logged_in(users[0]), logged_in(users[1])
+    [url] = bar_urls(page(ada, task.id))
+    assert poll(ada, url).status_code == 200
+    reads = len(gets(server, task.id))
+    for client in (bob, Client()):  # another user; a visitor who is not logged in
+        response = poll(client, url)
+        assert response.status_code == 403
+        assert response.content == b'{"error":"forbidden"}'
+    assert len(gets(server, task.id)) == reads  # refused before anything was read
+    ada.logout()
+    assert poll(ada, url).status_code == 403  # the token was ada's, not the browser's
+
+
+def test_anonymous_visitors_are_told_apart_by_their_session(server):
+    task = taskbadger.create_task("export rows")
+    first, second = Client(), Client()
+    [url] = bar_urls(page(first, task.id))
+    assert first.cookies.get("sessionid")  # the tag gave the visitor a session
+    assert poll(first, url).status_code == 200
+    assert poll(second, url).status_code == 403
+    [other_url] = bar_urls(page(second, task.id))
+    assert other_url != url and poll(second, other_url).status_code == 200
+
+
+def test_the_token_holds_no_user_id_or_session(server, users, db):
+    task = taskbadger.create_task("export rows")
+    client = logged_in(users[0])
+    [url] = bar_urls(page(client, task.id))
+    token = url.rstrip("/").rsplit("/", 1)[1]
+    payload = signing.loads(token, salt=tb_progress.SALT)
+    assert payload["t"] == task.id and set(payload) == {"t", "v"}
+    assert str(users[0].pk) != payload["v"] and client.cookies["sessionid"].value not in token
+
+
+def test_tampered_and_expired_tokens_are_refused(server, monkeypatch):
+    task = taskbadger.create_task("export rows")
+    other = taskbadger.create_task("someone else's")
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    token = url.rstrip("/").rsplit("/", 1)[1]
+    forged = signing.dumps({"t": other.id, "v": signing.loads(token, salt=tb_progress.SALT)["v"]}, salt="other")
+    payload, rest = token.split(":", 1)  # another task's id in the payload, the signature left as it was
+    swapped = signing.b64_encode(signing.b64_decode(payload.encode()).replace(task.id.encode(), other.id.encode()))
+    swapped = f"{swapped.decode()}:{rest}"
+    assert swapped != token
+    flipped = token[:-3] + ("A" if token[-3] != "A" else "B") + token[-2:]
+    for bad in (forged, swapped, flipped, "not-a-token", token + "x"):
+        assert poll(client, f"/taskbadger/progress/{bad}/").status_code == 403, bad
+    # a token issued seven hours ago: the default TOKEN_MAX_AGE is six hours
+    real_timestamp = signing.TimestampSigner.timestamp
+    monkeypatch.setattr(signing.TimestampSigner, "timestamp",
+                        lambda self: signing.b62_encode(int(time.time()) - 7 * 3600))
+    [old_url] = bar_urls(page(client, task.id))
+    monkeypatch.setattr(signing.TimestampSigner, "timestamp", real_timestamp)
+    assert poll(client, old_url).status_code == 403
+    with settings_for(server, TOKEN_MAX_AGE=8 * 3600):
+        assert poll(client, old_url).status_code == 200
+    assert poll(client, url).status_code == 200
+
+
+def may_watch(request, task_id):
+    return request.GET.get("deny") is None and not request.path.startswith("/bar/deny")
+
+
+def raising_rule(request, task_id):
+    raise RuntimeError("the rule is broken")
+
+
+@pytest.mark.parametrize("rule", [may_watch, "tests.test_progress.may_watch"])
+def test_authorize_narrows_who_watches_at_render_and_at_every_poll(server, rule):
+    task = taskbadger.create_task("export rows")
+    client = Client()
+    with settings_for(server, AUTHORIZE=rule):
+        [url] = bar_urls(page(client, task.id))
+        assert poll(client, url).status_code == 200
+        assert poll(client, url + "?deny=1").status_code == 403
+        content = client.get(f"/bar/{task.id}/", {"deny": "1"}).content.decode()
+        assert "data-url" not in content and 'data-state="unavailable"' in content
+
+
+def test_an_authorize_rule_that_raises_cannot_be_imported_or_is_no_rule_denies(server, caplog):
+    task = taskbadger.create_task("export rows")
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    with settings_for(server, AUTHORIZE=raising_rule):
+        assert poll(client, url).status_code == 403
+    assert "the rule is broken" in caplog.text and "access denied" in caplog.text
+    with settings_for(server, AUTHORIZE="tests.test_progress.no_such_rule"):
+        assert poll(client, url).status_code == 403
+    assert "cannot be imported" in caplog.text
+    for not_a_rule in (42, "tests.test_progress.HOSTILE"):  # the wrong type; a path to something not callable
+        with settings_for(server, AUTHORIZE=not_a_rule):
+            assert poll(client, url).status_code == 403
+    assert "AUTHORIZE'] must be a callable or a dotted path to one, got int; using a rule that refuses" in caplog.text
+    with settings_for(server):
+        assert poll(client, url).status_code == 200
+
+
+def test_progress_url_for_code_that_draws_its_own_bar(server):
+    task = taskbadger.create_task("export rows", status="processing", value=7, value_max=10)
+    request = _request_context({}).request
+    url = taskbadger_django.progress_url(request, task.id)
+    assert url.startswith("/taskbadger/progress/")
+    assert taskbadger_django.progress_url(request, None) is None
+    client = Client()
+    client.cookies["sessionid"] = _session_cookie(request)
+    assert json.loads(poll(client, url).content)["percent"] == 70
+
+
+def _session_cookie(request):
+    request.session.save()
+    return request.session.session_key
+
+
+def test_task_id_for():
+    task = taskbadger.Task({"id": "abc123", "name": "x"})
+
+    class Result:
+        taskbadger_task_id = None  # published untracked
+
+    assert tb_progress.task_id_for("abc123") == "abc123"
+    assert tb_progress.task_id_for(task) == "abc123"
+    assert tb_progress.task_id_for(Result()) is None
+    assert tb_progress.task_id_for(None) is None
+    with pytest.raises(ValueError, match="not a Task Badger task id"):
+        tb_progress.task_id_for("../../etc")
+    with pytest.raises(TypeError, match="taskbadger.Task"):
+        tb_progress.task_id_for(42)
+    TaskResult = type("TaskResult", (), {"__module__": "django.tasks.base"})  # noqa: N806
+    with pytest.raises(TypeError, match="django.tasks"):
+        tb_progress.task_id_for(TaskResult())
+
+
+def test_an_anonymous_visitor_without_sessions_gets_no_bar_and_a_warning(server, caplog):
+    task = taskbadger.create_task("export rows")
+    from django.contrib.auth.models import AnonymousUser
+    from django.template import RequestContext
+
+    request = RequestFactory().get("/")
+    request.user = AnonymousUser()
+    template = Template("{% load taskbadger %}{% taskbadger_progress t %}")
+    content = template.render(RequestContext(request, {"t": task.id}))
+    assert "data-url" not in content and "SessionMiddleware" in caplog.text
+
+
+# -- the cache in front of the API ----------------------------------------------------------------------------
+
+
+def test_one_api_read_per_interval_however_many_polls(server, clock):
+    task = taskbadger.create_task("export rows", status="processing", value=1)
+    clients = [Client() for _ in range(10)]
+    urls = [bar_urls(page(c, task.id))[0] for c in clients]
+    for _ in range(5):
+        for client, url in zip(clients, urls, strict=True):
+            assert poll(client, url).status_code == 200
+        clock.now += 0.1875
+    assert len(gets(server, task.id)) == 1  # 50 polls in 0.94 s
+    task.update(value=2)
+    clock.now += 0.0625  # one interval after the first read
+    assert json.loads(poll(clients[3], urls[3]).content)["percent"] == 2
+    assert len(gets(server, task.id)) == 2
+    assert json.loads(poll(clients[7], urls[7]).content)["percent"] == 2
+    assert len(gets(server, task.id)) == 2
+
+
+def test_the_poll_interval_is_a_setting(server, clock):
+    task = taskbadger.create_task("export rows", status="processing")
+    client = Client()
+    with settings_for(server, POLL_INTERVAL=5):
+        [url] = bar_urls(page(client, task.id))
+        assert 'data-poll="5"' in page(client, task.id)
+        poll(client, url)
+        clock.now += 4.9
+        poll(client, url)
+        assert len(gets(server, task.id)) == 1
+        clock.now += 0.1
+        poll(client, url)
+        assert len(gets(server, task.id)) == 2
+
+
+def test_concurrent_first_polls_read_the_api_once(server):
+    task = taskbadger.create_task("export rows", status="processing", value=3)
+    clients = [Client() for _ in range(10)]
+    urls = [bar_urls(page(c, task.id))[0] for c in clients]
+    server.set_latency(0.5, method="GET")  # the first read is slow: the others arrive while it runs
+    bodies = []
+    start = threading.Barrier(len(clients))
+
+    def viewer(client, url):
+        start.wait()
+        bodies.append(json.loads(poll(client, url).content))
+
+    threads = [threading.Thread(target=viewer, args=pair) for pair in zip(clients, urls, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert len(gets(server, task.id)) == 1
+    assert sum(b["percent"] == 3 for b in bodies) >= 1  # the one that read
+    assert all(b["percent"] == 3 or b["status"] is None for b in bodies)  # the others: "loading", poll again
+    assert json.loads(poll(clients[0], urls[0]).content)["percent"] == 3
+    assert len(gets(server, task.id)) == 1
+
+
+def test_a_finished_task_is_not_read_again(server, clock):
+    task = taskbadger.create_task("export rows", status="processing", value=50)
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    poll(client, url)
+    task.success(value=100)
+    clock.now += 1
+    assert json.loads(poll(client, url).content)["done"] is True
+    for _ in range(3):
+        clock.now += 60
+        assert json.loads(poll(client, url).content)["status"] == "success"
+    assert len(gets(server, task.id)) == 2
+
+
+def test_unchanged_progress_is_a_304(server, clock):
+    task = taskbadger.create_task("export rows", status="processing", value=10)
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    first = poll(client, url)
+    etag = first["ETag"]
+    assert etag.startswith('"')
+    again = poll(client, url, if_none_match=etag)
+    assert again.status_code == 304 and again.content == b"" and again["ETag"] == etag
+    clock.now += 1
+    again = poll(client, url, if_none_match=etag)  # read again: the same progress
+    assert again.status_code == 304 and len(gets(server, task.id)) == 2
+    task.update(value=11)
+    clock.now += 1
+    changed = poll(client, url, if_none_match=etag)
+    assert changed.status_code == 200 and changed["ETag"] != etag
+    assert json.loads(changed.content)["percent"] == 11
+
+
+def test_the_api_down_and_back(server, clock, caplog):
+    task = taskbadger.create_task("export rows", status="processing", value=10)
+    clients = [Client() for _ in range(3)]
+    urls = [bar_urls(page(c, task.id))[0] for c in clients]
+    assert poll(clients[0], urls[0]).status_code == 200
+    server.refuse()
+    clock.now += 1
+    for client, url in zip(clients, urls, strict=True):
+        response = poll(client, url)
+        assert response.status_code == 503 and json.loads(response.content) == {"available": False}
+        assert response["Retry-After"] == "1" and "ETag" not in response
+    assert "could not read a task's progress" in caplog.text
+    server.clear_faults()
+    task.update(value=20)
+    clock.now += 1
+    assert json.loads(poll(clients[1], urls[1]).content)["percent"] == 20
+
+
+@pytest.mark.parametrize("status", [500, 503, 429, 401])
+def test_an_api_error_is_a_503_never_an_error_page(server, clock, status):
+    task = taskbadger.create_task("export rows")
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    server.fail(status, method="GET")
+    assert poll(client, url).status_code == 503
+
+
+class BrokenCache(BaseCache):
+    """A cache backend whose server is down."""
+
+    def __init__(self, location, params):
+        super().__init__(params)
+
+    def _down(self, *args, **kwargs):
+        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    get = add = set = delete = _down
+
+
+def test_a_failing_cache_is_a_503_not_an_error_page_nor_a_read_per_poll(server, caplog):
+    task = taskbadger.create_task("export rows")
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    broken = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+              "shared": {"BACKEND": "tests.test_progress.BrokenCache"}}
+    with override_settings(CACHES=broken), settings_for(server, CACHE="shared"):
+        for _ in range(3):
+            response = poll(client, url)
+            assert response.status_code == 503 and json.loads(response.content) == {"available": False}
+    assert gets(server, task.id) == []
+    assert "cache 'shared' failed" in caplog.text and "Connection refused" in caplog.text
+
+
+def test_an_unknown_cache_alias_falls_back_to_the_default(server, caplog):
+    task = taskbadger.create_task("export rows", status="processing", value=9)
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    with settings_for(server, CACHE="progress"):
+        assert json.loads(poll(client, url).content)["percent"] == 9
+    assert "'progress' is not an alias in CACHES; using 'default'" in caplog.text
+
+
+def test_a_task_the_api_does_not_know_is_a_404(server):
+    client = Client()
+    [url] = bar_urls(page(client, "NoSuchTask0000000000000000"))
+    response = poll(client, url)
+    assert response.status_code == 404 and json.loads(response.content) == {"available": False}
+
+
+def test_without_a_configured_sdk_the_bar_is_unavailable(taskbadger_server, caplog):
+    task = taskbadger.create_task("export rows")
+    with override_settings(TASKBADGER={"ENABLED": False}):
+        client = Client()
+        [url] = bar_urls(page(client, task.id))
+        assert poll(client, url).status_code == 503
+    assert "progress bars show 'unavailable'" in caplog.text
+
+
+def test_only_get_and_head(server):
+    task = taskbadger.create_task("export rows")
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    assert client.post(url).status_code == 405
+    assert client.head(url).status_code == 200
+
+
+# -- settings and checks -------------------------------------------------------------------------------------
+
+
+def test_progress_settings_defaults_and_bad_values_fall_back(caplog):
+    with override_settings(TASKBADGER={}):
+        resolved = tb_progress.progress_settings()
+    assert (resolved.token_max_age, resolved.poll_interval, resolved.authorize, resolved.cache) == (
+        6 * 3600, 1.0, None, "default")
+    with override_settings(TASKBADGER={"PROGRESS": {"POLL_INTERVAL": 0.01, "TOKEN_MAX_AGE": 60}}):
+        resolved = tb_progress.progress_settings()
+    assert (resolved.poll_interval, resolved.token_max_age) == (1.0, 60)
+    assert "POLL_INTERVAL'] must be a number of seconds from 0.5 to 300" in caplog.text
+
+
+def run(progress=None, **django_settings):
+    tb = {"API_KEY": None, "ENABLED": False}
+    if progress is not None:
+        tb["PROGRESS"] = progress
+    with override_settings(TASKBADGER=tb, **django_settings):
+        return [(m.id, m.obj) for m in run_checks(tags=[tb_checks.TAG]) if m.id.startswith("taskbadger.")]
+
+
+@pytest.mark.parametrize("bad, good, expected", [
+    ({"POLL_INTERVALL": 1}, {"POLL_INTERVAL": 1}, ("taskbadger.E011", "TASKBADGER['PROGRESS']")),
+    ({"POLL_INTERVAL": 0.1}, {"POLL_INTERVAL": 0.5}, ("taskbadger.E003", "TASKBADGER['PROGRESS']['POLL_INTERVAL']")),
+    ({"POLL_INTERVAL": "1"}, {"POLL_INTERVAL": 2}, ("taskbadger.E003", "TASKBADGER['PROGRESS']['POLL_INTERVAL']")),
+    ({"TOKEN_MAX_AGE": 1.5}, {"TOKEN_MAX_AGE": 3600}, ("taskbadger.E003", "TASKBADGER['PROGRESS']['TOKEN_MAX_AGE']")),
+    ({"AUTHORIZE": 3}, {"AUTHORIZE": may_watch}, ("taskbadger.E003", "TASKBADGER['PROGRESS']['AUTHORIZE']")),
+    ({"AUTHORIZE": "tests.test_progress.nope"}, {"AUTHORIZE": "tests.test_progress.may_watch"},
+     ("taskbadger.E012", "TASKBADGER['PROGRESS']['AUTHORIZE']")),
+    ({"AUTHORIZE": "tests.test_progress.HOSTILE"}, {"AUTHORIZE": "tests.test_progress.may_watch"},
+     ("taskbadger.E012", "TASKBADGER['PROGRESS']['AUTHORIZE']")),
+    ({"CACHE": "progress"}, {"CACHE": "default"}, ("taskbadger.E013", "TASKBADGER['PROGRESS']['CACHE']")),
+])
+def test_progress_setting_checks(bad, good, expected):
+    assert run(bad) == [expected]
+    assert run(good) == []
+
+
+def test_progress_is_a_dict():
+    assert run("fast") == [("taskbadger.E003", "TASKBADGER['PROGRESS']")]
+
+
+def test_wiring_checks_only_when_the_urls_are_included():
+    no_sessions = [m for m in __import__("django.conf").conf.settings.MIDDLEWARE if "Session" not in m]
+    no_auth = [m for m in no_sessions if "Authentication" not in m]
+    dummy = {"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}
+    assert run(MIDDLEWARE=no_auth) == [("taskbadger.W008", "MIDDLEWARE")]
+    assert run(CACHES=dummy) == [("taskbadger.W009", "TASKBADGER['PROGRESS']['CACHE']")]
+    both = {**dummy, "shared": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    assert run({"CACHE": "shared"}, CACHES=both) == []
+    with override_settings(ROOT_URLCONF="tests.debug_urls"):  # no progress URLs: no bars to warn about
+        assert run(MIDDLEWARE=no_auth, CACHES=dummy) == []
+
+
+def test_the_progress_checks_messages_say_what_to_do():
+    with override_settings(TASKBADGER={"ENABLED": False, "PROGRESS": {"CACHE": "nope"}},
+                           CACHES={"default": {"BACKEND": "django.core.cache.backends.dummy.DummyCache"}}):
+        messages = {m.id: m for m in run_checks(tags=[tb_checks.TAG])}
+    assert "'default'" in messages["taskbadger.E013"].hint
+    assert "LocMemCache" in messages["taskbadger.W009"].hint
+
+
+def test_the_log_names_no_secret(server, caplog):
+    caplog.set_level(logging.DEBUG, logger="taskbadger")
+    task = taskbadger.create_task("export rows")
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    server.fail(500, method="GET")
+    poll(client, url)
+    assert server.api_key not in caplog.text and server.key not in caplog.text

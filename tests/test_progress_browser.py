@@ -1,0 +1,478 @@
+"""The progress bar in a real browser (Debian's Chromium through Selenium): what a person sees, under a strict
+Content-Security-Policy, against the stand-in API and the test project served by pytest-django's live server."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+
+import pytest
+from django.test import Client, override_settings
+
+import taskbadger
+from taskbadger_django import conf
+
+from . import browser
+
+pytestmark = pytest.mark.urls("tests.progress_urls")
+
+HOSTILE = '<img src=x onerror="window.__pwned = 1">'
+PROGRESS_URL = "/taskbadger/progress/"
+
+#: Installed in every page of a tab before the page's own scripts: records the bars' events, any CSP violation,
+#: and when the page was hidden or shown (a tab in the background is hidden, as in a desktop browser).
+RECORDER = """
+window.__tbEvents = [];
+window.__csp = [];
+window.__visibility = [];
+["taskbadger:progress", "taskbadger:done", "taskbadger:unavailable"].forEach(function (name) {
+  document.addEventListener(name, function (e) { window.__tbEvents.push({type: name, detail: e.detail}); });
+});
+document.addEventListener("securitypolicyviolation", function (e) {
+  window.__csp.push(e.violatedDirective + " " + e.blockedURI);
+});
+document.addEventListener("visibilitychange", function () {
+  window.__visibility.push([document.visibilityState, performance.now()]);
+});
+"""
+#: A person looking at the page: it stays visible in a background tab (ten tabs stand for ten people).
+ON_SCREEN = """
+Object.defineProperty(Document.prototype, "hidden", {configurable: true, get: function () { return false; }});
+Object.defineProperty(Document.prototype, "visibilityState", {configurable: true,
+                                                              get: function () { return "visible"; }});
+"""
+
+
+def new_tab(driver, *scripts):
+    """Open a tab; `scripts` run in each of its pages before the page's own (RECORDER always)."""
+    driver.switch_to.new_window("tab")
+    for script in (RECORDER, *scripts):
+        driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": script})
+    return driver.current_window_handle
+
+
+@pytest.fixture(scope="module")
+def driver():
+    browser.require()
+    # Tabs in the background keep their timers at full rate: ten tabs are ten viewers polling as a shown page does.
+    driver = browser.start(1000, 700, arguments=("--disable-background-timer-throttling",
+                                                  "--disable-renderer-backgrounding"))
+    blank = driver.current_window_handle
+    recorded = new_tab(driver)
+    driver.switch_to.window(blank)
+    driver.close()
+    driver.switch_to.window(recorded)
+    yield driver
+    browser.stop(driver)
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    from django.core.cache import caches
+
+    conf.reset_state()
+    caches["default"].clear()
+    yield
+    conf.reset_state()
+
+
+@pytest.fixture
+def server(taskbadger_server):
+    with settings_for(taskbadger_server):
+        yield taskbadger_server
+
+
+def settings_for(server, **progress):
+    return override_settings(TASKBADGER={"API_KEY": server.api_key, "HOST": server.url,
+                                         "PROGRESS": {"POLL_INTERVAL": 0.5, **progress}})
+
+
+def wait(driver, predicate, timeout=10):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: predicate(d))
+
+
+def open_bar(driver, live_server, *task_ids, label=None):
+    driver.get(f"{live_server.url}/bar/{','.join(task_ids)}/" + (f"?label={label}" if label else ""))
+
+
+def bar(driver, index=0):
+    """What the bar shows: the fill's rendered width over the track's, its state, its words, its ARIA value."""
+    return driver.execute_script("""
+        var el = document.querySelectorAll("[data-taskbadger-progress]")[arguments[0]];
+        if (!el) { return null; }
+        var track = el.querySelector(".taskbadger-progress__track").getBoundingClientRect();
+        var fill = el.querySelector(".taskbadger-progress__fill").getBoundingClientRect();
+        var track_el = el.querySelector(".taskbadger-progress__track");
+        return {ratio: fill.width / track.width, fill: fill.width, track: track.width,
+                state: el.getAttribute("data-state"), unavailable: el.hasAttribute("data-unavailable"),
+                name: el.querySelector(".taskbadger-progress__name").textContent,
+                status: el.querySelector(".taskbadger-progress__status").textContent,
+                percent: el.querySelector(".taskbadger-progress__percent").textContent,
+                valuenow: track_el.getAttribute("aria-valuenow")};
+    """, index)
+
+
+def drawn_at(driver, percent, index=0):
+    """The bar's fill is drawn at `percent` of its track (within a pixel), its transition over."""
+    shown = bar(driver, index)
+    return shown is not None and abs(shown["fill"] - shown["track"] * percent / 100) <= 1.0
+
+
+def events(driver, kind=None):
+    found = driver.execute_script("return window.__tbEvents")
+    return [e for e in found if kind is None or e["type"] == kind]
+
+
+def polls(driver):
+    """How many times the page polled (the browser's own record of its requests)."""
+    return driver.execute_script("""
+        var url = arguments[0];
+        return performance.getEntriesByType("resource").filter(function (e) {
+            return e.name.indexOf(url) >= 0; }).length;""", PROGRESS_URL)
+
+
+def gets(server, task_id):
+    return [r for r in server.requests if r.method == "GET" and r.task_id == task_id]
+
+
+# -- what a person sees ----------------------------------------------------------------------------------
+
+
+def test_the_bar_is_drawn_at_the_tasks_percentage_and_moves_without_a_reload(server, driver, live_server):
+    task = taskbadger.create_task("export rows", status="processing", value=40, value_max=100)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: drawn_at(d, 40))
+    shown = bar(driver)
+    assert (shown["state"], shown["name"], shown["status"], shown["percent"], shown["valuenow"]) == (
+        "running", "export rows", "Running", "40%", "40")
+    assert shown["track"] > 300
+    driver.execute_script("window.__sameDocument = true")
+    task.update(value=75)
+    wait(driver, lambda d: drawn_at(d, 75))
+    assert driver.execute_script("return window.__sameDocument") is True  # no reload
+    task.success()
+    wait(driver, lambda d: bar(d)["state"] == "done")
+    wait(driver, lambda d: drawn_at(d, 100))
+    shown = bar(driver)
+    assert (shown["status"], shown["percent"], shown["valuenow"]) == ("Done", "100%", "100")
+    percents = [e["detail"]["percent"] for e in events(driver, "taskbadger:progress")]
+    assert percents[0] == 40 and 75 in percents and percents[-1] == 100
+    [done] = events(driver, "taskbadger:done")
+    assert done["detail"]["status"] == "success" and done["detail"]["done"] is True
+    assert driver.execute_script("return window.__csp") == []
+
+
+@pytest.mark.parametrize("end, fields, state, words, percent", [
+    ("error", {"value": 30, "value_max": 60}, "failed", "Failed", 50),
+    ("cancelled", {"value": 10}, "cancelled", "Cancelled", 10),
+    ("stale", {}, "stale", "Stale: no news from the task", None),
+])
+def test_each_final_state(server, driver, live_server, end, fields, state, words, percent):
+    task = taskbadger.create_task("export rows", status="processing", **fields)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: bar(d)["state"] in ("running", "indeterminate"))
+    taskbadger.update_task(task.id, status=end)
+    wait(driver, lambda d: bar(d)["state"] == state)
+    shown = bar(driver)
+    assert shown["status"] == words
+    if percent is None:
+        assert shown["valuenow"] is None and shown["percent"] == ""
+        wait(driver, lambda d: bar(d)["fill"] == 0)  # no sweep any more: it ended
+    else:
+        wait(driver, lambda d: drawn_at(d, percent))
+        assert shown["percent"] == f"{percent}%"
+    [done] = events(driver, "taskbadger:done")
+    assert done["detail"]["status"] == end
+
+
+def test_a_task_that_never_reported_progress_is_indeterminate_not_zero(server, driver, live_server):
+    task = taskbadger.create_task("export rows", status="pending")
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: bar(d)["status"] == "Queued")
+    shown = bar(driver)
+    assert shown["state"] == "indeterminate" and shown["valuenow"] is None and shown["percent"] == ""
+    assert shown["fill"] > 0  # the sweeping block, not an empty (0 %) bar
+    animation = driver.execute_script(
+        "return getComputedStyle(document.querySelector('.taskbadger-progress__fill')).animationName")
+    assert animation == "taskbadger-progress-sweep"
+    task.processing()
+    wait(driver, lambda d: bar(d)["status"] == "Running")
+    assert bar(driver)["state"] == "indeterminate"
+
+
+def test_the_name_is_text_never_html(server, driver, live_server):
+    from selenium.common.exceptions import NoAlertPresentException
+
+    task = taskbadger.create_task(HOSTILE, status="processing", value=5)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: bar(d)["name"] == HOSTILE)
+    assert driver.find_elements("css selector", "img") == []
+    assert driver.execute_script("return window.__pwned") is None
+    with pytest.raises(NoAlertPresentException):
+        driver.switch_to.alert.text  # noqa: B018 (reading it is what raises)
+    open_bar(driver, live_server, task.id, label="%3Cb%3Ebold%3C%2Fb%3E")  # a label: text as well
+    wait(driver, lambda d: bar(d)["state"] == "running")
+    assert bar(driver)["name"] == "<b>bold</b>" and driver.find_elements("css selector", "b") == []
+
+
+def test_several_bars_on_one_page(server, driver, live_server):
+    first = taskbadger.create_task("first", status="processing", value=20)
+    second = taskbadger.create_task("second", status="processing", value=60)
+    open_bar(driver, live_server, first.id, second.id)
+    wait(driver, lambda d: drawn_at(d, 20, 0) and drawn_at(d, 60, 1))
+    second.success()
+    wait(driver, lambda d: bar(d, 1)["state"] == "done")
+    assert bar(driver, 0)["state"] == "running"
+    assert [e["detail"]["name"] for e in events(driver, "taskbadger:done")] == ["second"]
+
+
+def test_no_inline_script_or_style_under_a_strict_csp(server, driver, live_server):
+    task = taskbadger.create_task("export rows", status="processing", value=33)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: drawn_at(d, 33))
+    assert driver.execute_script("return window.__csp") == []
+    # the recorder does see a violation: an inline script the page's policy refuses
+    driver.execute_script("var s = document.createElement('script'); s.textContent = 'window.__ran = 1';"
+                          "document.body.appendChild(s);")
+    wait(driver, lambda d: d.execute_script("return window.__csp").__len__() == 1)
+    assert driver.execute_script("return window.__ran") is None
+
+
+def test_readable_in_dark_mode(server, driver, live_server):
+    task = taskbadger.create_task("export rows", status="processing", value=50)
+    colors = {}
+    for scheme in ("light", "dark"):
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                               {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
+        open_bar(driver, live_server, task.id)
+        wait(driver, lambda d: drawn_at(d, 50))
+        colors[scheme] = driver.execute_script("""
+            var q = function (s) { return getComputedStyle(document.querySelector(s)).backgroundColor; };
+            return [q('.taskbadger-progress__track'), q('.taskbadger-progress__fill')];""")
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    assert colors["light"] != colors["dark"]
+    track, fill = (_luminance(c) for c in colors["dark"])
+    assert track < 0.1 and fill > 0.3  # a dark track and a light fill: the bar stands out on a dark page
+
+
+def _luminance(css_color):
+    r, g, b = (int(x) / 255 for x in css_color[css_color.index("(") + 1:-1].split(",")[:3])
+
+    def channel(c):
+        return c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b)
+
+
+# -- who may watch -------------------------------------------------------------------------------------------
+
+
+def _login(driver, live_server, user):
+    client = Client()
+    client.force_login(user)
+    driver.get(f"{live_server.url}/blank/")
+    driver.delete_all_cookies()
+    driver.add_cookie({"name": "sessionid", "value": client.cookies["sessionid"].value, "path": "/"})
+
+
+def _paste_bar(driver, live_server, page_html):
+    """Put a page's HTML as the server sent it (its bar, stylesheet link and script tag) into a page of this
+    browser, and run the script (a script tag set through innerHTML does not run)."""
+    driver.get(f"{live_server.url}/blank/")
+    driver.execute_script("""
+        document.body.innerHTML = arguments[0];
+        var s = document.createElement("script");
+        s.src = "/static/taskbadger_django/progress.js";
+        document.body.appendChild(s);""", page_html)
+
+
+def _served_html(driver):
+    """The current page's HTML as the server sends it to this browser (its cookies), before any script ran."""
+    return _fetch_status(driver, driver.current_url)[1]
+
+
+def _fetch_status(driver, url):
+    return driver.execute_async_script("""
+        var done = arguments[arguments.length - 1];
+        fetch(arguments[0], {credentials: "same-origin"}).then(function (r) {
+            return r.text().then(function (t) { done([r.status, t]); }); });""", url)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_another_users_session_gets_403_and_sees_nothing_of_the_task(server, driver, live_server,
+                                                                      django_user_model):
+    ada = django_user_model.objects.create_user("ada", password="pw")
+    bob = django_user_model.objects.create_user("bob", password="pw")
+    task = taskbadger.create_task("ada's payroll export", status="processing", value=64)
+    _login(driver, live_server, ada)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: drawn_at(d, 64))
+    ada_page = _served_html(driver)  # a page of ada's, with a token of hers
+    url = PROGRESS_URL + ada_page.split(PROGRESS_URL, 1)[1].split('"', 1)[0]
+    assert "payroll" not in ada_page  # the name comes with the polls
+    assert _fetch_status(driver, url)[0] == 200
+    _login(driver, live_server, bob)
+    _paste_bar(driver, live_server, ada_page)
+    wait(driver, lambda d: bar(d) is not None and bar(d)["state"] == "unavailable")
+    wait(driver, lambda d: bar(d)["fill"] == 0)  # the sweep of "loading" shrinks away
+    shown = bar(driver)
+    assert shown["valuenow"] is None and shown["percent"] == ""
+    assert "not available" in shown["status"]
+    assert "payroll" not in driver.find_element("tag name", "body").text
+    [refused] = events(driver, "taskbadger:unavailable")
+    assert refused["detail"]["httpStatus"] == 403
+    status, body = _fetch_status(driver, url)
+    assert status == 403 and "payroll" not in body and "64" not in body
+
+
+def test_a_tampered_token_and_an_expired_token(server, driver, live_server, monkeypatch):
+    from django.core import signing
+
+    task = taskbadger.create_task("export rows", status="processing", value=10)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: drawn_at(d, 10))
+    served = _served_html(driver)
+    token = served.split(PROGRESS_URL, 1)[1].split("/", 1)[0]
+    tampered = token[:-1] + ("A" if token[-1] != "A" else "B")
+    _paste_bar(driver, live_server, served.replace(token, tampered))
+    wait(driver, lambda d: bar(d) is not None and bar(d)["state"] == "unavailable")
+    assert events(driver, "taskbadger:unavailable")[0]["detail"]["httpStatus"] == 403
+    # a page rendered seven hours ago (tokens live six hours by default)
+    monkeypatch.setattr(signing.TimestampSigner, "timestamp",
+                        lambda self: signing.b62_encode(int(time.time()) - 7 * 3600))
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: bar(d)["state"] == "unavailable")
+    assert "Reload the page" in bar(driver)["status"]
+    assert events(driver, "taskbadger:progress") == []
+
+
+# -- the cost for the API, and its failures --------------------------------------------------------------------
+
+
+def test_ten_viewers_for_ten_seconds_cost_at_most_one_api_read_per_interval(server, driver, live_server):
+    interval = 0.5
+    task = taskbadger.create_task("export rows", status="processing", value=0)
+    first_tab = driver.current_window_handle
+    tabs = []
+    for _ in range(10):  # ten people, each with the page in front of them
+        tabs.append(new_tab(driver, ON_SCREEN))
+        open_bar(driver, live_server, task.id)
+    reported = [0]
+    stop = threading.Event()
+
+    def work():  # the task reports progress while they watch
+        while not stop.wait(0.25) and reported[0] < 99:
+            reported[0] += 1
+            task.update(value=reported[0])
+
+    worker = threading.Thread(target=work)
+    since = len(server.requests)
+    started = time.monotonic()
+    worker.start()
+    stop.wait(10)  # ten seconds of watching: the measurement itself
+    stop.set()
+    worker.join(5)
+    elapsed = time.monotonic() - started
+    reads = [r for r in server.requests[since:] if r.method == "GET" and r.task_id == task.id]
+    assert 0.5 * elapsed / interval <= len(reads) <= math.ceil(elapsed / interval) + 1, (len(reads), elapsed)
+    stamps = sorted(r.timestamp for r in reads)
+    # reads one interval apart, never together (the slack: a read is timed when it starts, logged when it arrives)
+    assert all(b - a >= interval * 0.5 for a, b in zip(stamps, stamps[1:], strict=False)), stamps
+    page_polls = []
+    for tab in tabs:
+        driver.switch_to.window(tab)
+        wait(driver, lambda d: drawn_at(d, reported[0]))  # every viewer sees the latest progress
+        page_polls.append(polls(driver))
+        driver.close()
+    driver.switch_to.window(first_tab)
+    assert min(page_polls) >= 10, page_polls  # each viewer polled about twice a second: the cache saved the API
+
+
+def test_the_api_down_and_back(server, driver, live_server):
+    task = taskbadger.create_task("export rows", status="processing", value=40)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: drawn_at(d, 40))
+    server.refuse()
+    wait(driver, lambda d: bar(d)["unavailable"])
+    first_failure = polls(driver)
+    shown = bar(driver)
+    assert "unavailable right now" in shown["status"] and drawn_at(driver, 40)  # the last known progress stays
+    assert [e["detail"]["retrying"] for e in events(driver, "taskbadger:unavailable")] == [True]
+    time.sleep(4)  # eight poll intervals of outage: the measurement itself
+    assert polls(driver) - first_failure <= 3  # it waited 1, 2, then 4 s: the script backs off
+    server.clear_faults()
+    task.update(value=70)
+    wait(driver, lambda d: drawn_at(d, 70) and not bar(d)["unavailable"], timeout=20)
+    assert bar(driver)["status"] == "Running"
+
+
+def test_a_hidden_tab_polls_rarely_and_at_once_when_shown_again(server, driver, live_server):
+    task = taskbadger.create_task("export rows", status="processing", value=1)
+    watched = driver.current_window_handle
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: polls(d) >= 3)  # polling every 0.5 s
+    other = new_tab(driver)  # another tab in front: the page is hidden
+    driver.get(f"{live_server.url}/blank/")
+    time.sleep(3)  # six poll intervals in the background: the measurement itself
+    task.update(value=90)
+    driver.close()
+    driver.switch_to.window(watched)  # shown again
+    wait(driver, lambda d: drawn_at(d, 90), timeout=2)
+    assert other not in driver.window_handles
+    (hidden_state, hidden_at), (shown_state, shown_at) = driver.execute_script("return window.__visibility")[-2:]
+    assert (hidden_state, shown_state) == ("hidden", "visible") and shown_at - hidden_at > 2900
+    starts = driver.execute_script("""
+        return performance.getEntriesByType("resource").filter(function (e) {
+            return e.name.indexOf("/taskbadger/progress/") >= 0; }).map(function (e) { return e.startTime; });""")
+    while_hidden = [t for t in starts if hidden_at < t < shown_at]
+    assert len(while_hidden) <= 1, while_hidden  # the poll already scheduled; the next waits ten intervals (5 s)
+    after = [t - shown_at for t in starts if t >= shown_at]
+    assert after and after[0] < 250  # shown again: it polls at once, not at the end of its long wait
+
+
+# -- the demo ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)  # a worker, beat and a web server: slow on a loaded machine
+def test_the_demo_serves_a_page_whose_bars_fill_live(driver):
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from .test_testproject import project_env
+    from .workers import ROOT
+
+    env = project_env(PROGRESS_POLL_INTERVAL="0.5")
+    demo = subprocess.Popen([sys.executable, "manage.py", "demo", "--keep-open"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    output = []
+    try:
+        for line in demo.stdout:
+            output.append(line)
+            found = re.search(r"progress page: (http://\S+)", line)
+            if found:
+                driver.get(found.group(1))
+                break
+        else:
+            pytest.fail("the demo printed no progress page:\n" + "".join(output))
+        names = [el.text for el in driver.find_elements("css selector", ".taskbadger-progress__name")]
+        assert names == ["Importing 200 contacts", "Charging a card", "Syncing the inventory (it retries twice)",
+                         "Writing an archive (the demo revokes it)"]
+        wait(driver, lambda d: [bar(d, i)["state"] for i in range(4)] == ["done", "failed", "done", "cancelled"],
+             timeout=60)
+        assert drawn_at(driver, 100, 0) and bar(driver, 1)["status"] == "Failed"
+        imported = [e["detail"]["percent"] for e in events(driver, "taskbadger:progress")
+                    if e["detail"]["name"] == "demo.tasks.import_contacts"]
+        assert any(p is not None and 0 < p < 100 for p in imported), imported  # it filled while watched
+        assert driver.execute_script("return window.__csp") == []  # the demo's page sends a strict policy
+    finally:
+        demo.send_signal(signal.SIGINT)
+        try:
+            demo.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
