@@ -180,7 +180,7 @@ def test_the_refusal_line_in_the_docs_is_the_one_logged(caplog):
             assert conf.configure() is None
     finally:
         conf.reset_state()
-    [logged] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    [logged] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "taskbadger.django"]
     assert quoted == logged
 
 
