@@ -369,6 +369,101 @@ def test_the_outcome_keeps_what_the_command_wrote_to_its_task(taskbadger_server,
     assert task["data"] == {"rows": 12, "return_code": 0} and task["value"] == 4 and task["status"] == "success"
 
 
+# -- run: the budget after the command, whatever the API does (issue: nothing lost, nothing slowed) ---------
+
+
+def fail_with(code: int) -> list[str]:
+    return ["sh", "-c", f"exit {code}"]
+
+
+def spooled_files(tmp_path) -> list:
+    spool = tmp_path / "home" / ".local" / "state" / "taskbadger" / "spool"
+    return sorted(p for p in spool.iterdir() if not p.name.startswith(".")) if spool.exists() else []
+
+
+@pytest.mark.parametrize("mode", ["slow_headers", "slow_body", "hang", "refused"])
+def test_after_the_command_tracking_keeps_its_budget_and_spools_the_rest(taskbadger_server, env, tmp_path, mode):
+    from taskbadger.cli.run import FINAL_UPDATE_BUDGET
+
+    if mode == "refused":
+        taskbadger_server.refuse()  # after the create: the API goes down while the command runs
+        taskbadger_server.accept()
+    launched = time.monotonic()
+    proc = subprocess.Popen([*CLI, "run", "trickled", "--", *python("""
+        import sys, time
+        time.sleep(0.3)
+        sys.exit(3)
+    """)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    taskbadger_server.wait_for(lambda: taskbadger_server.tasks_named("trickled"), timeout=15)
+    if mode == "refused":
+        taskbadger_server.refuse()
+    elif mode == "hang":
+        taskbadger_server.hang()
+    else:
+        taskbadger_server.misbehave(mode, seconds=1.0)  # one header line (or body byte) a second
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        taskbadger_server.clear_faults()
+    assert proc.returncode == 3  # the command's own status
+    assert time.monotonic() - launched < 0.3 + FINAL_UPDATE_BUDGET + 3  # was 80-100 s with a trickling API
+    assert "spooled in" in stderr and len(spooled_files(tmp_path)) == 1
+    # the next taskbadger command on this machine delivers it
+    assert cli("run", "next", "--", "true", env=env).returncode == 0
+    task = taskbadger_server.wait_for(lambda: [t for t in taskbadger_server.tasks_named("trickled")
+                                               if t["status"] == "error"])[0]
+    assert task["data"]["return_code"] == 3
+    assert spooled_files(tmp_path) == []
+
+
+def test_sigterm_while_the_outcome_waits_for_the_api_ends_at_once_with_the_commands_status(taskbadger_server, env,
+                                                                                             tmp_path):
+    taskbadger_server.misbehave("slow_headers", method="GET", seconds=1.0)  # the read before the final update
+    proc = subprocess.Popen([*CLI, "run", "stopped-late", "--", *fail_with(3)], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        taskbadger_server.wait_for(lambda: any(r.method == "GET" for r in taskbadger_server.requests), timeout=15)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - signalled
+    finally:
+        proc.kill()
+        taskbadger_server.clear_faults()
+    assert proc.returncode == 3 and stopped_in < 1.0  # not 137 after a SIGKILL: SIGTERM is enough now
+    assert "stopped by a signal" in stderr and len(spooled_files(tmp_path)) == 1
+
+
+def test_a_create_answered_too_late_still_gets_its_outcome(taskbadger_server, env):
+    # The API takes 7 s to answer the create (the call's deadline is 5 s after it is sent): the task exists,
+    # and used to stay processing for ever. Now the outcome reaches it: found by the run's external id.
+    taskbadger_server.set_latency(7.0, times=1, method="POST")
+    result = cli("run", "slow-create", "--", *fail_with(4), env=env)
+    assert result.returncode == 4
+    task = taskbadger_server.wait_for(lambda: [t for t in taskbadger_server.tasks_named("slow-create")
+                                               if t["status"] == "error"], timeout=20)[0]
+    assert task["data"]["return_code"] == 4 and task["external_id"].startswith("taskbadger-run-")
+
+
+def test_a_closed_pipe_reaches_the_command_under_capture(env):
+    script = (f"set -o pipefail; {shlex.join(CLI)} run pipe --capture-output -- yes | head -1; "
+              "echo \"${PIPESTATUS[0]}\"")
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    lines = done.stdout.splitlines()
+    assert lines[0] == "y" and lines[-1] == "141"  # yes got SIGPIPE, as it does without taskbadger
+
+
+def test_configure_says_why_the_key_should_not_be_on_the_command_line(taskbadger_server, tmp_path):
+    env = make_env(tmp_path)
+    helped = cli("configure", "--help", env=env)
+    assert "process list" in " ".join(helped.stdout.split())
+    given = cli("configure", "--key", taskbadger_server.api_key, env=env)
+    assert given.returncode == 0 and "process list" in given.stderr
+    assert "process list" not in cli("configure", "--key", "-", env=env, stdin=taskbadger_server.api_key).stderr
+
+
 def test_usage_errors(env):
     no_command, frequency, bad_tag = cli_all((("run", "x"), env),
                                              (("run", "x", "--update-frequency", "3", "--", "true"), env),

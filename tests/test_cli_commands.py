@@ -192,19 +192,20 @@ def test_run_command_in_process(taskbadger_server, capfd):
     assert task["data"] == {"stdout": "hi\n", "return_code": 0}
 
 
-def test_the_final_update_gives_up_within_its_budget(taskbadger_server, monkeypatch):
-    monkeypatch.setattr(run, "FINAL_UPDATE_BUDGET", 1.5)
+def test_the_final_update_gives_up_within_its_budget(taskbadger_server):
     tracker = run.Tracker(taskbadger.get_config(), "doomed", {"status": "processing"}, None)
     assert tracker.wait_created(5) and tracker.task_id
     taskbadger_server.fail(503, method="PATCH")
     started = time.monotonic()
-    failure = tracker.finish(1, {"return_code": 1}, threading.Event())
+    outcome = tracker.outcome(1, {"return_code": 1})
+    failure = tracker.deliver(outcome, time.monotonic() + 1.5, threading.Event())
     assert isinstance(failure, ServerError) and time.monotonic() - started < 1.5 + 1
     assert len([r for r in taskbadger_server.requests if r.method == "PATCH"]) >= 3
     abort = threading.Event()
     abort.set()  # a second Ctrl-C: stop retrying at once
     started = time.monotonic()
-    assert isinstance(tracker.finish(1, {}, abort), ServerError) and time.monotonic() - started < 1
+    assert isinstance(tracker.deliver(outcome, time.monotonic() + 10, abort), ServerError)
+    assert time.monotonic() - started < 1
 
 
 def test_outcome_lines_say_what_was_cut():

@@ -238,7 +238,11 @@ def list_command(
 def configure(
     ctx: typer.Context,
     key: Annotated[str | None, typer.Option(
-        "--key", metavar="KEY", help="The API key ('-' reads it from stdin). Without options, prompts.")] = None,
+        "--key", metavar="KEY",
+        help="The API key: '-' reads it from stdin (echo \"$KEY\" | taskbadger configure --key -). Without "
+             "options, configure prompts for it, hidden. Avoid the key itself here: a command line shows in "
+             "the process list (ps) to every user of the machine, and in your shell's history. Or store "
+             "nothing: TASKBADGER_API_KEY in the environment is read by every command.")] = None,
     org: Annotated[str | None, typer.Option("--org", metavar="ORG", help="Organization slug.")] = None,
     project: Annotated[str | None, typer.Option("--project", metavar="PROJECT", help="Project slug.")] = None,
     host: Annotated[str | None, typer.Option("--host", metavar="URL", help="The API's base URL.")] = None,
@@ -263,6 +267,9 @@ def configure(
         key, org, project = _prompt(current)
     elif key == "-":
         key = sys.stdin.readline().strip()
+    elif key:
+        typer.echo("Warning: a key given on the command line shows in the process list and your shell's history; "
+                   "next time let configure prompt for it, or use --key - to read it from stdin.", err=True)
     try:
         parts = settings.parse_project_key(key) if key else None
         for label, slug in (("organization", org), ("project", project)):

@@ -13,7 +13,9 @@
   process group): the terminal sent them to the child as well, and a second copy could interrupt the
   child's own cleanup.
 * **Output capture.** The child's stdout and stderr are pipes that two threads copy to ours as the
-  bytes arrive, keeping the last ``limit`` characters of each for the task (``Tail``).
+  bytes arrive, keeping the last ``limit`` characters of each for the task (``Tail``). When our own
+  output is gone (``… | head -1`` exited), the pipe from the child is closed too, so the child meets the
+  broken pipe on its next write, as it would have without capture (``yes`` ends with SIGPIPE).
 """
 
 from __future__ import annotations
@@ -137,16 +139,22 @@ class Pump:
                 chunk = os.read(fd, _CHUNK)
                 if not chunk:
                     break
+                self.tail.feed(chunk)
                 if target is not None:
                     try:
                         _write_all(target, chunk)
-                    except OSError:  # our stdout is gone (a closed pipe): keep capturing, stop copying
+                    except BrokenPipeError:  # our reader is gone: so is the child's, as without capture
+                        break
+                    except OSError:  # our stdout cannot be written (a full disk…): keep capturing, stop copying
                         target = None
-                self.tail.feed(chunk)
         except (OSError, ValueError):
             pass  # the pipe was closed under us: what was read is kept
         finally:
             self.tail.feed(b"", final=True)
+            try:
+                self._source.close()  # the child's next write to this pipe fails (SIGPIPE)
+            except OSError:
+                pass
 
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)

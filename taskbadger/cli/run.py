@@ -11,10 +11,16 @@ What a crontab line or a CI step can rely on:
   is then tracked as usual, but the command started without ``TASKBADGER_TASK_ID``.
 * **While it runs**, the task is pinged every ``--update-frequency`` seconds (its ``stale_timeout`` is
   twice that), with the captured output's tail under ``--capture-output``.
-* **The outcome is retried** through transient failures (no answer, 5xx, 429) with exponential
-  backoff (0.25 s doubling to 8 s, or the server's Retry-After) for at most ``FINAL_UPDATE_BUDGET``
-  (30 s) in all, so a network blip at the end of a nightly job does not lose its result. A second
-  signal after the command exited stops the retries at once.
+* **After the command ends, at most ``FINAL_UPDATE_BUDGET`` (10 s) for tracking, whatever the API
+  does.** The outcome is retried through transient failures (no answer, 5xx, 429) with exponential
+  backoff (0.25 s doubling to 8 s, or the server's Retry-After); every request has one deadline for
+  the whole exchange, so an API that trickles its answer cannot stretch it. What is not delivered by
+  then (the API down, hanging, refusing) is written to the local spool, and the next process that uses
+  Task Badger on this machine (the next ``taskbadger run``…) delivers it. A signal (SIGTERM, SIGINT…)
+  after the command exited ends us at once with the command's exit status, the outcome spooled.
+* **No run left** ``processing``: the run's task carries an ``external_id`` of its own; when its create
+  may have been carried out without an answer (a slow API), the outcome is recorded on the task found
+  by that id, now or, once the API answers, by whoever delivers the spool.
 * **Status follows the exit status**: 0 is ``success``, anything else ``error``, with
   ``data.return_code``. A command killed by a signal, including one forwarded from us (Ctrl-C, a CI
   runner's or systemd's SIGTERM), ends ``error`` rather than ``cancelled``: its work did not complete,
@@ -25,7 +31,6 @@ What a crontab line or a CI step can rely on:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import random
@@ -33,14 +38,16 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from taskbadger import endpoints, http
+from taskbadger import endpoints, http, spooling
 from taskbadger._runtime import start_daemon_thread
 from taskbadger.actions import Action, action_dicts
 from taskbadger.config import Config
-from taskbadger.exceptions import RateLimited, ServerError, TransportError
+from taskbadger.delivery.spool import Entry, Spool, api_key_of
+from taskbadger.exceptions import RateLimited, ServerError, TaskbadgerException, TransportError
 from taskbadger.models import TaskModel
 
 from . import process
@@ -48,7 +55,7 @@ from .commands import describe_error
 
 log = logging.getLogger("taskbadger")
 
-FINAL_UPDATE_BUDGET = 30.0
+FINAL_UPDATE_BUDGET = 10.0
 FIRST_BACKOFF, MAX_BACKOFF = 0.25, 8.0
 #: Characters of each captured stream kept on the task (the tail: where errors are).
 CAPTURE_LIMIT = 16_000
@@ -114,14 +121,15 @@ class _Run:
     def _track(self, configure: Callable[[], Config], monitor_id: str | None, tags: dict[str, str],
                action: Action | None) -> Tracker | None:
         config = configure()
-        fields: dict[str, Any] = {"status": "processing", "stale_timeout": 2 * self.frequency, "tags": tags or None}
+        fields: dict[str, Any] = {"status": "processing", "stale_timeout": 2 * self.frequency, "tags": tags or None,
+                                  "external_id": f"taskbadger-run-{uuid.uuid4()}"}
         actions = action_dicts([action]) if action else None
         if actions:
             fields["actions"] = actions
         tracker = Tracker(config, self.name, fields, monitor_id)
         if not tracker.wait_created(config.timeout[0]):
             return tracker  # still creating: it may finish in the background
-        if tracker.failure is not None:
+        if tracker.failure is not None and not tracker.maybe_created:
             self.note(f"not tracking this run: {describe_error(tracker.failure, config)}")
             return None
         if _is_terminal(self.err) and tracker.public_url:
@@ -157,15 +165,43 @@ class _Run:
         return code
 
     def _finish(self, code: int, data: dict[str, Any]) -> None:
-        if self.tracker is None:
-            return
-        try:
-            failure = self.tracker.finish(code, {**data, "return_code": code}, self.relay.after_exit)
-        except Exception as error:
-            failure = error
-        if failure is not None:
-            self.note(f"could not record the outcome (exit status {code}) in Task Badger: "
-                      f"{describe_error(failure, self.tracker.config)}")
+        """Record the outcome within ``FINAL_UPDATE_BUDGET``; spool it when the API does not take it by then,
+        or when a signal says not to wait. Then hand over whatever else this process holds (``spooling``)."""
+        deadline = time.monotonic() + FINAL_UPDATE_BUDGET
+        stop = self.relay.after_exit
+        if self.tracker is not None:
+            tracker = self.tracker
+            outcome = tracker.outcome(code, {**data, "return_code": code})
+            result: dict[str, BaseException | None] = {}
+            done = threading.Event()
+
+            def deliver() -> None:
+                try:
+                    result["failure"] = tracker.deliver(outcome, deadline, stop)
+                except Exception as error:
+                    result["failure"] = error
+                done.set()
+
+            start_daemon_thread(deliver, "taskbadger-cli-finish")
+            while not done.wait(0.05):
+                if stop.is_set() or time.monotonic() >= deadline:
+                    break
+            failure = result.get("failure") if done.is_set() else TimeoutError(
+                "stopped by a signal" if stop.is_set() else f"not delivered within {FINAL_UPDATE_BUDGET:g} s")
+            if failure is not None and tracker.task_id is None and not tracker.maybe_created:
+                self.note(f"this run was not tracked: {describe_error(failure, tracker.config)}")
+            elif failure is not None:
+                spooled = tracker.spool(outcome) if _transient(failure) else None
+                what = f"spooled in {spooled}; the next taskbadger command delivers it" if spooled else \
+                    "it is lost" if _transient(failure) else "it was refused"
+                self.note(f"could not record the outcome (exit status {code}) in Task Badger: "
+                          f"{describe_error(failure, tracker.config)}; {what}")
+        # updates this process took from the spool at start, still queued: deliver or spool them again
+        spooling.shutdown(max(0.0, deadline - time.monotonic()), give_up=stop.is_set)
+
+
+def _transient(failure: BaseException) -> bool:
+    return isinstance(failure, (*TRANSIENT, TimeoutError))
 
 
 def _wait(child: subprocess.Popen[bytes]) -> int:
@@ -201,14 +237,15 @@ def _captured(pumps: Sequence[process.Pump]) -> dict[str, Any] | None:
 
 
 class Tracker:
-    """One run's task: created in a background thread, pinged by another, finished with retries.
+    """One run's task: created in a background thread, pinged by another, its outcome delivered or spooled.
 
-    It talks to the endpoints directly with per-request timeouts, so that no request outlives the time
-    left to it."""
+    Every request has one deadline for the whole exchange (``taskbadger.http.Deadline``)."""
 
     def __init__(self, config: Config, name: str, fields: dict[str, Any], monitor_id: str | None) -> None:
         self.config = config
         self.failure: BaseException | None = None
+        self.maybe_created = False  # the create failed, but the API may have carried it out
+        self.external_id: str | None = fields.get("external_id")
         self._task: dict[str, Any] | None = None
         self._created = threading.Event()
         self._lock = threading.Lock()
@@ -218,13 +255,21 @@ class Tracker:
 
         def create() -> None:
             try:
-                self._remember(_create(config, name, fields, monitor_id))
+                self._remember(_create(config, name, fields, monitor_id, self._created_late))
             except BaseException as error:
                 self.failure = error
+                self.maybe_created = _maybe_created(error)
             finally:
                 self._created.set()
 
         start_daemon_thread(create, name="taskbadger-cli-create")
+
+    def _created_late(self, answer: http.Answer) -> None:
+        """The create's answer came after its deadline: the run is tracked after all."""
+        try:
+            self._remember(endpoints.task_answer(self.config, http.decode(*answer)))
+        except TaskbadgerException:
+            pass
 
     def _remember(self, task: TaskModel) -> None:
         with self._lock:
@@ -260,37 +305,46 @@ class Tracker:
                     body["data"] = {**self._known_data(), **output}
                     self._sent_output = output
                 try:
-                    self._remember(_send(self.config, "PATCH", task_id, body))
+                    self._remember(_send(self.config, "PATCH", task_id, body, http.Deadline.for_call(
+                        self.config.timeout)))
                 except Exception as error:
                     log.debug("Task Badger: ping of task %s failed: %s", task_id, error)
 
         self._heartbeat = start_daemon_thread(beat, name="taskbadger-cli-heartbeat")
 
-    def finish(self, code: int, data: dict[str, Any], abort: threading.Event) -> BaseException | None:
-        """Send the outcome, retrying transient failures within ``FINAL_UPDATE_BUDGET``; return the
-        failure that stopped it, or None once it was delivered (or there is no task)."""
-        deadline = time.monotonic() + FINAL_UPDATE_BUDGET
+    def outcome(self, code: int, data: dict[str, Any]) -> dict[str, Any]:
+        """The final update's fields (``data`` merged into the task's when the final update is sent)."""
+        fields: dict[str, Any] = {"status": "success" if code == 0 else "error", "merge_data": data}
+        if code == 0:
+            fields["value"] = None  # 100 %, or the task's value_max (resolved when sent)
+        return fields
+
+    def deliver(self, outcome: dict[str, Any], deadline: float, abort: threading.Event) -> BaseException | None:
+        """Send the outcome, retrying transient failures until ``deadline``; return the failure that
+        stopped it, or None once it was delivered (or there is no task to deliver it to)."""
         self._stop.set()
         if not self._created.wait(max(0.0, deadline - time.monotonic())):
             return TimeoutError("the task was still being created")
-        if self.failure is not None:
-            return self.failure
         if self._heartbeat is not None:  # a ping still in flight must not land after the outcome
-            self._heartbeat.join(min(sum(self.config.timeout), max(0.0, deadline - time.monotonic())))
+            self._heartbeat.join(max(0.0, min(sum(self.config.timeout), deadline - time.monotonic())))
         task_id = self.task_id
-        assert task_id is not None
-        try:  # the command may have written to its task (TASKBADGER_TASK_ID): keep what it wrote
-            self._remember(_send(self.config, "GET", task_id, None, _timeout(self.config, deadline)))
-        except Exception as error:
-            log.debug("Task Badger: could not read task %s before its final update: %s", task_id, error)
-        body: dict[str, Any] = {"status": "success" if code == 0 else "error", "data": {**self._known_data(), **data}}
-        if code == 0:
-            with self._lock:
-                body["value"] = (self._task or {}).get("value_max") or 100
+        if task_id is None and self.maybe_created and self.external_id:  # look for the task the create made
+            try:
+                found = endpoints.find_recent(self.external_id, _deadline(self.config, deadline))
+            except TaskbadgerException as error:
+                return error  # transient: spooled by external id, looked up again later
+            if found is not None:
+                self._remember(found)
+                task_id = found.id
+            else:
+                self.maybe_created = False  # looked for: the API did not create it
+        if task_id is None:
+            return self.failure
         delay = FIRST_BACKOFF
         while True:
-            try:
-                _send(self.config, "PATCH", task_id, body, _timeout(self.config, deadline))
+            try:  # the command may have written to its task (TASKBADGER_TASK_ID): keep what it wrote
+                self._remember(_send(self.config, "GET", task_id, None, _deadline(self.config, deadline)))
+                _send(self.config, "PATCH", task_id, self._body(outcome), _deadline(self.config, deadline))
                 return None
             except TRANSIENT as error:
                 hint = error.retry_after if isinstance(error, RateLimited) and error.retry_after else None
@@ -301,26 +355,61 @@ class Tracker:
             except Exception as error:  # refused for good (401, 404, 400): retrying cannot help
                 return error
 
+    def _body(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        body = {key: value for key, value in outcome.items() if key not in ("merge_data", "value")}
+        body["data"] = {**self._known_data(), **outcome["merge_data"]}
+        if "value" in outcome:
+            with self._lock:
+                body["value"] = (self._task or {}).get("value_max") or 100
+        return body
 
-def _timeout(config: Config, deadline: float) -> tuple[float, float]:
-    left = max(0.1, deadline - time.monotonic())
-    return min(config.timeout[0], left), min(config.timeout[1], left)
+    def spool(self, outcome: dict[str, Any]) -> str | None:
+        """Write the outcome to the spool (by task id, or by external id when the create may have made a
+        task we do not know); the directory, or None when it could not be written."""
+        if self.config.spool_dir is None:
+            return None
+        task_id = self.task_id
+        fields = dict(outcome)
+        if "value" in fields:
+            with self._lock:
+                fields["value"] = (self._task or {}).get("value_max") or 100
+        if task_id is not None:
+            entry = Entry(fields, task_id=task_id, final=True)
+        elif self.maybe_created and self.external_id:
+            entry = Entry(fields, external_id=self.external_id, final=True)
+        else:
+            return None
+        written, _ = Spool(self.config.spool_dir).write(api_key_of(self.config), [entry])
+        return self.config.spool_dir if written else None
 
 
-def _create(config: Config, name: str, fields: dict[str, Any], monitor_id: str | None) -> TaskModel:
+def _maybe_created(error: BaseException) -> bool:
+    """Whether the API may have created the task although the create failed."""
+    if isinstance(error, TransportError):
+        return error.reached_server
+    return isinstance(error, ServerError) and error.status_code != 503
+
+
+def _deadline(config: Config, until: float) -> http.Deadline:
+    """A call's deadline, cut to what is left until ``until`` (monotonic)."""
+    left = max(0.05, until - time.monotonic())
+    return http.Deadline(min(left, sum(config.timeout)), config.timeout[0], config.timeout[1])
+
+
+def _create(config: Config, name: str, fields: dict[str, Any], monitor_id: str | None,
+            late_answer: http.LateAnswer) -> TaskModel:
     # ``create_body`` adds the configured tags (the config file's [tags]) and applies before_create.
     from taskbadger.task import create_body
 
     body = create_body(name, fields)
     if body is None:
         raise ValueError("before_create declined to create the task")
-    return endpoints.create(body, monitor_id)
+    return endpoints.create(body, monitor_id, http.Deadline.for_call(config.timeout), late_answer)
 
 
 def _send(config: Config, method: str, task_id: str, body: dict[str, Any] | None,
-          timeout: tuple[float, float] | None = None) -> TaskModel:
-    if timeout is not None:
-        config = dataclasses.replace(config, timeout=timeout)
+          deadline: http.Deadline) -> TaskModel:
     json_body = None if body is None else endpoints.clean_body(body)
-    request = http.build_request(config, method, endpoints.task_path(task_id), json_body=json_body)
-    return TaskModel.from_dict(http.send(config, request))
+    request = http.build_request(config, method, endpoints.task_path(task_id), json_body=json_body,
+                                 expect=endpoints.expecting(task_id))
+    return endpoints.task_answer(config, http.send(config, request, deadline), task_id)
