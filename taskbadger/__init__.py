@@ -25,7 +25,7 @@ from .compat import Badger, Session
 from .config import Config, get_config, init, is_configured
 from .decorators import track
 from .delivery.merge import DefaultMergeStrategy
-from .delivery.sender import flush, stats
+from .delivery.sender import flush
 from .exceptions import (
     BadAnswer,
     ConfigurationError,
@@ -45,6 +45,7 @@ from .exceptions import (
 )
 from .models import StatusEnum, TaskModel
 from .scope import Scope, current_scope
+from .spooling import stats
 from .task import Task
 from .version import __version__
 

@@ -17,6 +17,7 @@ import ipaddress
 import logging
 import os
 import re
+import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
@@ -69,6 +70,8 @@ class Config:
     context_providers: tuple[Any, ...] = ()
     #: seconds an inline create may take in all (the create at publish, the worker's, ``@track``'s)
     publish_budget: float = DEFAULT_PUBLISH_BUDGET
+    #: where a process leaves what it could not deliver before it ended (None: nowhere, dropped)
+    spool_dir: str | None = None
 
     def __repr__(self) -> str:  # the token is a secret: never in a repr
         return (
@@ -94,6 +97,14 @@ class Config:
 _config: Config | None = None  # process-wide on purpose: a forked child keeps its parent's
 _unconfigured_reason: str | None = None  # why there is no configuration, when whoever decided said so
 _lock = ForkSafeLock()
+#: Called with the new configuration after each ``init()`` (the spool's delivery starts there).
+_listeners: list[Callable[[Config], None]] = []
+
+
+def when_configured(listener: Callable[[Config], None]) -> None:
+    """Call ``listener(config)`` after every successful ``init()`` in this process."""
+    if listener not in _listeners:
+        _listeners.append(listener)
 
 
 def get_config() -> Config | None:
@@ -222,6 +233,43 @@ def normalize_timeout(timeout: Any) -> tuple[float, float]:
     return float(pair[0]), float(pair[1])
 
 
+#: Values of ``TASKBADGER_SPOOL_DIR`` that turn the spool off.
+_OFF = frozenset({"off", "none", "false", "0", "no"})
+
+
+def default_spool_dir() -> str:
+    """Per user: ``$XDG_STATE_HOME/taskbadger/spool`` (``~/.local/state/…``); under the temporary
+    directory when the home directory cannot be written (a container's read-only home)."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    probe = state
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if probe and os.access(probe, os.W_OK):
+        return os.path.join(state, "taskbadger", "spool")
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return os.path.join(tempfile.gettempdir(), f"taskbadger-{user}", "spool")
+
+
+def resolve_spool_dir(spool_dir: Any) -> str | None:
+    """``spool_dir``: a directory; ``False`` turns the spool off; None means ``TASKBADGER_SPOOL_DIR``
+    (``off`` turns it off), then the per-user default."""
+    if spool_dir is False:
+        return None
+    if spool_dir is None:
+        env = os.environ.get("TASKBADGER_SPOOL_DIR", "").strip()
+        if not env:
+            return default_spool_dir()
+        if env.lower() in _OFF:
+            return None
+        spool_dir = env
+    if isinstance(spool_dir, (str, os.PathLike)) and os.fspath(spool_dir).strip():
+        text = os.fspath(spool_dir)
+        if any(not ch.isprintable() for ch in text):
+            raise ConfigurationError(f"spool_dir must be a directory path, got {spool_dir!r}.")
+        return os.path.abspath(os.path.expanduser(text))
+    raise ConfigurationError(f"spool_dir must be a directory path, or False to turn the spool off, got {spool_dir!r}.")
+
+
 def normalize_publish_budget(budget: Any) -> float:
     """Seconds, more than 0 and at most ``MAX_PUBLISH_BUDGET``."""
     if isinstance(budget, str):
@@ -283,6 +331,7 @@ def build_config(
     timeout: Timeout | None = None,
     context_providers: Iterable[Any] | None = None,
     publish_budget: float | None = None,
+    spool_dir: str | os.PathLike[str] | bool | None = None,
 ) -> Config:
     """Resolve arguments and environment into a validated Config (no I/O, no global change)."""
     env = os.environ
@@ -336,6 +385,7 @@ def build_config(
         context_providers=_check_providers(context_providers),
         publish_budget=normalize_publish_budget(_first_set(publish_budget, env.get("TASKBADGER_PUBLISH_BUDGET") or None,
                                                            DEFAULT_PUBLISH_BUDGET)),
+        spool_dir=resolve_spool_dir(spool_dir),
     )
 
 
@@ -365,6 +415,7 @@ def init(
     *,
     host: str | None = None,
     publish_budget: float | None = None,
+    spool_dir: str | os.PathLike[str] | bool | None = None,
 ) -> Config:
     """Configure Task Badger for this process (every thread sees it).
 
@@ -386,6 +437,9 @@ def init(
             worker for a task its publisher could not track, and ``@track``'s. Defaults to
             ``TASKBADGER_PUBLISH_BUDGET``, then 1. A create that misses it is given up: the task is
             published untracked and the worker creates it when it starts.
+        spool_dir: where a process that ends while the API is failing leaves the updates it could not
+            deliver, for the next process on this machine to deliver; ``False`` turns it off. Defaults
+            to ``TASKBADGER_SPOOL_DIR`` (``off`` turns it off), then ``~/.local/state/taskbadger/spool``.
 
     Raises:
         MissingConfiguration: naming each missing setting.
@@ -393,8 +447,10 @@ def init(
             provider.
     """
     config = build_config(token, organization_slug, project_slug, host, tags, systems, before_create, timeout,
-                          context_providers, publish_budget)
+                          context_providers, publish_budget, spool_dir)
     set_config(config)
+    for listener in list(_listeners):
+        listener(config)
     scope_state().tags = dict(config.tags)  # as the official SDK: init(tags=...) sets the scope's tags
     for system in config.systems.values():
         on_init = getattr(system, "on_init", None)

@@ -33,7 +33,7 @@ from .delivery import merge, sender
 from .delivery.breaker import publish_breaker
 from .delivery.sender import RETRY_HORIZON
 from .exceptions import CreateSkipped, RateLimited, ServerError, TaskbadgerException, TransportError
-from .models import StatusEnum, format_datetime
+from .models import TERMINAL_STATUSES, StatusEnum, format_datetime
 from .task import Task, create
 
 log = logging.getLogger("taskbadger")
@@ -94,11 +94,12 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
     return Created(task)
 
 
-def find(external_id: str) -> Found:
+def find(external_id: str, open_only: bool = False) -> Found:
     """The task a create that may have been carried out made, if it is still ``pending`` (nobody took it
     up, nobody closed it): looked up by ``external_id`` within the publish budget, through the breaker.
     ``Found.asked`` is False when the breaker skipped the lookup (the API is failing): ``settle_later``
-    then records the run's outcome on the task once the API answers again."""
+    then records the run's outcome on the task once the API answers again. ``open_only``: any task with
+    no final state yet (a run that was created ``processing``), not only a ``pending`` one."""
     config = get_config()
     if config is None:
         return Found(None, asked=True)
@@ -112,7 +113,9 @@ def find(external_id: str) -> Found:
         breaker.end(call, err)
         return Found(None, asked=False)
     breaker.end(call)
-    return Found(Task(model) if model is not None and model.status == StatusEnum.PENDING else None, asked=True)
+    usable = model is not None and (model.status not in TERMINAL_STATUSES if open_only else
+                                    model.status == StatusEnum.PENDING)
+    return Found(Task(model) if usable and model is not None else None, asked=True)
 
 
 @dataclass(frozen=True)
@@ -121,12 +124,24 @@ class Found:
     asked: bool
 
 
-def settle_later(external_id: str, fields: Mapping[str, Any]) -> None:
+def settle_later(external_id: str, fields: Mapping[str, Any], since: float | None = None) -> None:
     """A run that may have a task (its create was ambiguous, and the lookup could not be made when it
     started) has ended with ``fields`` (its final state): once the API answers again, find the task
     by ``external_id`` and, if it is still ``pending``, record them on it. Otherwise it would stay
     ``pending`` for ever."""
-    _settler.get().add(external_id, dict(fields))
+    _settler.get().add(external_id, dict(fields), since)
+
+
+def waiting_to_settle() -> bool:
+    settler = _settler.current()
+    return settler is not None and settler.busy()
+
+
+def unsettled() -> list[tuple[str, dict[str, Any], float]]:
+    """Take every run still waiting for its task (for the spool, when the process ends): (external id,
+    fields, since as wall-clock time)."""
+    settler = _settler.current()
+    return settler.take_all() if settler is not None else []
 
 
 class _Settler:
@@ -141,14 +156,16 @@ class _Settler:
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
-    def add(self, external_id: str, fields: dict[str, Any]) -> None:
+    def add(self, external_id: str, fields: dict[str, Any], since: float | None = None) -> None:
+        """``since``: when the run ended (wall clock), for a run taken back from the spool."""
+        started = time.monotonic() if since is None else time.monotonic() - max(0.0, time.time() - since)
         with self._cond:
             if len(self._waiting) >= self.MAX_SETTLING:
                 self.dropped += 1
                 log_throttled("settle:full", 60.0, logging.ERROR, "Task Badger: %d run(s) whose task could not be "
                               "found were dropped: too many waiting for the API", self.dropped)
                 return
-            self._waiting[external_id] = (fields, time.monotonic())
+            self._waiting[external_id] = (fields, started)
             if self._thread is None:
                 self._thread = start_daemon_thread(self._run, "taskbadger-settle")
             self._cond.notify()
@@ -163,13 +180,24 @@ class _Settler:
                 if time.monotonic() - since > RETRY_HORIZON:
                     self._forget(external_id)
                     continue
-                found = find(external_id)
+                found = find(external_id, open_only=True)
                 if not found.asked:  # the API is failing: wait until it answers again
                     publish_breaker().wait_until_up(SETTLE_WAIT)
                     break
-                if found.task is not None:
-                    sender.submit(found.task.id, {**fields, merge.ONLY_IF_PENDING: True}, final=True)
+                if found.task is not None:  # never over a final state (a late answer may have closed it)
+                    sender.submit(found.task.id, {**fields, merge.UNLESS_FINAL: True}, final=True)
                 self._forget(external_id)
+
+    def busy(self) -> bool:
+        with self._cond:
+            return bool(self._waiting)
+
+    def take_all(self) -> list[tuple[str, dict[str, Any], float]]:
+        offset = time.time() - time.monotonic()
+        with self._cond:
+            taken = [(external_id, fields, since + offset) for external_id, (fields, since) in self._waiting.items()]
+            self._waiting.clear()
+            return taken
 
     def _forget(self, external_id: str) -> None:
         with self._cond:

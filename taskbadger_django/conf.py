@@ -187,6 +187,7 @@ class TaskBadgerSettings:
             "before_create": self.BEFORE_CREATE,
             "timeout": self.TIMEOUT,
             "publish_budget": self.PUBLISH_BUDGET,
+            "spool_dir": self.SPOOL_DIR,
             "systems": [],
         }
         # Built (and so checked: monitor ids, patterns, intervals) even without Celery, so that the same

@@ -9,6 +9,7 @@ monitor ids, patterns), never with copies of them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,9 @@ TOP: dict[str, Setting] = {
                              '"BEFORE_CREATE": "myproject.taskbadger.before_create"'),
     "TIMEOUT": Setting(None, _is_timeout, "a positive number of seconds or a (connect, read) pair",
                        '"TIMEOUT": (2, 5)'),
+    "SPOOL_DIR": Setting(None, lambda v: v is False or (isinstance(v, (str, os.PathLike)) and bool(os.fspath(v))),
+                         "a directory path, or False to turn the spool off",
+                         '"SPOOL_DIR": BASE_DIR / "var" / "taskbadger-spool"'),
     "PUBLISH_BUDGET": Setting(None, lambda v: _is_positive(v) and v <= MAX_PUBLISH_BUDGET,
                               f"a positive number of seconds, at most {MAX_PUBLISH_BUDGET:g}", '"PUBLISH_BUDGET": 1.0'),
     "MONITORS": Setting({}, lambda v: isinstance(v, Mapping), "a dict of task name or pattern to monitor id",

@@ -61,9 +61,10 @@ def start_worker(server, **kwargs) -> Worker:
     return worker
 
 
-def stop_worker(worker: Worker) -> None:
+def stop_worker(worker: Worker) -> int | None:
+    """Warm shutdown; the worker's exit status."""
     try:
-        worker.stop()
+        return worker.stop()
     finally:
         if worker in _live_workers:
             _live_workers.remove(worker)

@@ -68,7 +68,7 @@ def test_tasks_publish_and_run_while_the_api_refuses_connections(taskbadger_serv
             "tests.celery_project.app.add[" + results[-1].id) >= 2, timeout=20)
     finally:
         taskbadger_server.accept()
-    assert len([r for r in tb_log.records if "tasks are published untracked;" in r.getMessage()]) == 1
+    assert len([r for r in tb_log.records if "new tasks are not tracked;" in r.getMessage()]) == 1
 
 
 @pytest.mark.parametrize("pool", ["solo", "threads", "gevent", "eventlet"])

@@ -67,13 +67,60 @@ def test_each_process_logs_its_counters_when_they_changed(taskbadger_server, mon
         return [r.getMessage() for r in tb_log.records if r.getMessage().startswith("Task Badger delivery (process")]
 
     d.submit(task.id, {"status": "success"}, final=True)
-    taskbadger_server.wait_for(lambda: lines(), timeout=5)  # logged by the sender thread, after the batch
-    assert lines() == [f"Task Badger delivery (process {os.getpid()}): submitted=1 sent=1 merged=0 retried=0 "
-                       "dropped=0 failed=0 queued=0 in_flight=0"]
+    sent_one = (f"Task Badger delivery (process {os.getpid()}): submitted 1 = sent 1 + merged 0 + claimed 0 + "
+                "dropped 0 + failed 0 + spooled 0 + queued 0 + in_flight 0 (retried 0, from the spool 0)")
+    taskbadger_server.wait_for(lambda: sent_one in lines(), timeout=5)  # logged by the sender thread
     d.submit(task.id, {"value": 1})
-    taskbadger_server.wait_for(lambda: len(lines()) == 2, timeout=5)
-    assert lines()[1].endswith("submitted=2 sent=2 merged=0 retried=0 dropped=0 failed=0 queued=0 in_flight=0")
+    taskbadger_server.wait_for(lambda: lines()[-1].endswith(
+        "submitted 2 = sent 2 + merged 0 + claimed 0 + dropped 0 + failed 0 + spooled 0 + queued 0 + in_flight 0 "
+        "(retried 0, from the spool 0)"), timeout=5)
+    assert all("submitted 1 =" in line or "submitted 2 =" in line for line in lines())
     assert d.flush(5)
+
+
+def test_an_idle_process_writes_its_line_a_minute_after_its_counters_changed(taskbadger_server, monkeypatch,
+                                                                             tb_log):
+    # The line used to wait for the next batch: after a burst of work, an idle worker never said it.
+    assert sender.flush(5)
+    monkeypatch.setattr(sender, "STATS_LOG_INTERVAL", 0.5)  # half a second instead of a minute
+    d = Dispatcher(linger=0.0)
+    task = taskbadger.create_task("counted")
+    for value in range(3):
+        d.submit(task.id, {"value": value})
+    d.submit(task.id, {"status": "success"}, final=True)
+    assert d.flush(5)
+
+    def lines():
+        return [r.getMessage() for r in tb_log.records if "submitted 4 = sent" in r.getMessage()]
+
+    taskbadger_server.wait_for(lambda: lines(), timeout=5)  # no new work came: the thread woke up by itself
+
+
+def assert_counters_add_up(stats):
+    ends = sum(stats[key] for key in ("sent", "merged", "claimed", "dropped", "failed", "spooled", "queued",
+                                      "in_flight"))
+    assert stats["submitted"] == ends, stats
+
+
+def test_the_counters_add_up_through_merges_claims_retries_and_drops(taskbadger_server):
+    from taskbadger.delivery.queue import PendingQueue
+    from taskbadger.delivery.sender import Sender
+
+    tasks = [taskbadger.create_task(f"t{i}") for i in range(6)]
+    s = Sender(PendingQueue(max_pending=4, linger=0.05), threads=1)
+    taskbadger_server.fail(503, times=2, method="PATCH")  # two attempts retried
+    for task in tasks:
+        for value in range(3):
+            s.submit(task.id, {"value": value})  # merged into each other, some dropped past the cap of 4
+    s.submit(tasks[0].id, {"status": "success"}, final=True)
+    with s.queue.cond:
+        assert_counters_add_up(s.queue.stats() | {"queued": len(s.queue._pending), "in_flight": len(s.queue._inflight)})
+    fields = s.queue.claim(tasks[1].id)  # a synchronous update took what was queued for its task
+    assert fields or s.queue.stats()["claimed"] == 0
+    assert s.flush(15)
+    stats = s.stats()
+    assert_counters_add_up(stats)
+    assert stats["merged"] and stats["dropped"] and stats["retried"]
 
 
 def test_non_final_updates_are_sent_after_the_linger(taskbadger_server, dispatcher):
@@ -237,7 +284,7 @@ def test_breaker_opens_after_repeated_failures_and_a_probe_closes_it(tb_log):
     breaker.end(trial)
     assert breaker.state() == "closed" and breaker.begin() is not None
     messages = [r.getMessage() for r in tb_log.records]
-    assert len([m for m in messages if "published untracked" in m]) == 1
+    assert len([m for m in messages if "new tasks are not tracked;" in m]) == 1
     assert len([m for m in messages if "tracking resumed" in m]) == 1
 
 

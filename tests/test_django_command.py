@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -43,10 +44,12 @@ def test_check_with_a_good_key(taskbadger_server):
     assert "organization: acme" in lines and "project:      demo" in lines
     assert f"host:         {taskbadger_server.url}" in lines
     assert "celery:       auto_track=False monitors=1" in lines
+    assert "breaker:      closed" in lines
     delivery = lines[-2]
-    assert delivery.startswith("delivery:     this process (manage.py): submitted=") and "dropped=0" in delivery \
-        and "breaker=closed" in delivery
-    assert "each worker process logs its own every minute" in lines[-1]
+    assert delivery.startswith("delivery:     this process (manage.py): submitted ")
+    numbers = [int(n) for n in re.findall(r"\b(\d+)\b", delivery.split("(retried")[0])]
+    assert numbers[0] == sum(numbers[1:])  # what became of each update adds up to what was submitted
+    assert "at most once a minute and only when its counters changed" in lines[-1]
     [request] = taskbadger_server.requests
     assert (request.method, request.query) == ("GET", {"page_size": "1"})
     assert taskbadger_server.key not in output
@@ -72,8 +75,24 @@ def test_check_with_an_unknown_project(taskbadger_server):
 def test_check_with_an_unreachable_host(taskbadger_server):
     taskbadger_server.refuse()
     with override_settings(TASKBADGER=settings_for(taskbadger_server)):
-        with pytest.raises(CommandError, match=f"Could not reach Task Badger at {taskbadger_server.url}"):
+        with pytest.raises(CommandError, match=f"Could not reach Task Badger at {taskbadger_server.url}") as info:
             command("check")
+    # in our words, as the worker says it, never urllib3's ("HTTPConnectionPool(host=…): Max retries exceeded")
+    assert f"Could not connect to {taskbadger_server.url}: [Errno 111] Connection refused" in str(info.value)
+    assert "HTTPConnectionPool" not in str(info.value) and "Max retries" not in str(info.value)
+
+
+def test_check_delivers_what_the_spool_holds(taskbadger_server, tmp_path):
+    from taskbadger.delivery.spool import Entry, Spool, api_key_of
+
+    task = taskbadger.create_task("left behind")
+    spool = tmp_path / "spool"
+    Spool(spool).write(api_key_of(taskbadger.get_config()), [Entry({"status": "success"}, task_id=task.id,
+                                                                     final=True)])
+    with override_settings(TASKBADGER=settings_for(taskbadger_server, SPOOL_DIR=str(spool))):
+        output = command("check")
+    assert f"spool:        {spool}: 0 update(s) waiting" in output and "all delivered)" in output
+    assert taskbadger_server.get_task(task.id)["status"] == "success"
 
 
 def test_check_when_not_configured():

@@ -152,6 +152,10 @@ def test_the_workers_create(api, worker, mode):
         assert body["started"] - published <= BUDGET + SLACK + 0.5, body["started"] - published
     api.clear_faults()
     assert_nothing_left_pending(api, [result.id for _, result in results])
+    # the worker says what it did: it could not create the task it started (the shell published it)
+    assert "published untracked" not in worker.log()
+    if mode in WAITING:
+        assert "when the worker started it, so it runs untracked" in worker.log()
 
 
 # -- the senders ------------------------------------------------------------------------------------------

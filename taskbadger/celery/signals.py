@@ -14,8 +14,8 @@ from typing import Any
 
 from celery import signals
 
+from .. import spooling
 from ..config import get_config, unconfigured_reason
-from ..delivery import sender
 from . import events, headers, publish
 from .state import publish_slot
 
@@ -109,7 +109,9 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 @guard
 def on_process_shutdown(**_: Any) -> None:
-    sender.flush()
+    """A pool child recycled or shutting down, or the worker's main process: deliver what is queued, or
+    spool it at once while the API is failing (``taskbadger.spooling``)."""
+    spooling.shutdown(10.0)
 
 
 def _is_worker_program(worker: Any) -> bool:

@@ -130,7 +130,7 @@ class Breaker:
     def _succeeded(self, duration: float) -> None:
         self._usual = duration if self._usual is None else (1 - EWMA_WEIGHT) * self._usual + EWMA_WEIGHT * duration
         if self._failures >= self.failure_threshold or self._skipped:
-            log.warning("Task Badger API answering again: tracking resumed (%d publishes were not tracked)",
+            log.warning("Task Badger API answering again: tracking resumed (%d new tasks were not tracked)",
                         self._skipped)
         self._failures, self._skipped, self._trial = 0, 0, False
         self._changed.notify_all()
@@ -140,7 +140,7 @@ class Breaker:
         pause = min(self.max_defer, max(0.0, retry_after))
         if now + pause > self._deferred_until:
             if self._deferred_until <= now:
-                log.warning("Task Badger API asked to slow down (429): tasks are published untracked for "
+                log.warning("Task Badger API asked to slow down (429): new tasks are not tracked for "
                             "the next %.1f s", pause)
             self._deferred_until = now + pause
         if self._failures >= self.failure_threshold:
@@ -157,7 +157,7 @@ class Breaker:
         if self._failures >= self.failure_threshold:
             self._cooldown = min(self.max_cooldown, max(self.min_cooldown, (now - self._failing_since) / 2))
             if self._failures == self.failure_threshold:
-                log.warning("Task Badger API failing (%s): tasks are published untracked; it is tried again in "
+                log.warning("Task Badger API failing (%s): new tasks are not tracked; it is tried again in "
                             "%.1f s, then further apart while it keeps failing (%.0f s at most)", err,
                             self._cooldown, self.max_cooldown)
             self._open_until = now + self._cooldown

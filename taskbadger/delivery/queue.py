@@ -39,7 +39,10 @@ BACKPRESSURE_TIMEOUT = 5.0
 DROP_LOG_INTERVAL = 10.0
 LINGER = 0.05
 FINAL_WINDOW = 0.02
-COUNTERS = ("submitted", "sent", "merged", "retried", "dropped", "failed")
+#: What became of every update submitted (the counters add up: ``submitted`` = ``sent`` + ``merged`` +
+#: ``claimed`` + ``dropped`` + ``failed`` + ``spooled`` + ``queued`` + ``in_flight``); ``retried`` counts
+#: attempts that will be made again, ``unspooled`` the submitted updates that came from the spool.
+COUNTERS = ("submitted", "sent", "merged", "claimed", "retried", "dropped", "failed", "spooled", "unspooled")
 
 
 @dataclass
@@ -60,7 +63,7 @@ class PendingQueue:
         self.linger = linger
         self.cond = threading.Condition()
         self._pending: OrderedDict[str, Entry] = OrderedDict()
-        self._inflight: set[str] = set()
+        self._inflight: dict[str, tuple[Entry, float]] = {}  # task id -> (entry, when its batch was taken)
         self._waiting: dict[int, float] = {}  # waiting sender thread -> when it wakes by itself
         self._progress_queued = 0  # bumped whenever a non-final entry is queued
         self._progress_scanned = -1  # value of _progress_queued at the last scan that found none
@@ -83,6 +86,7 @@ class PendingQueue:
                 self.drop(task_id, "the queue is full (the API is down or too slow)", final)
                 return False
             if self._merge_into_queued(task_id, fields, ready_at, final):  # queued while we waited
+                self.counters["merged"] += 1
                 return True
             self._put(task_id, Entry(dict(fields), ready_at, final))
             self._wake_if_needed(ready_at)
@@ -94,6 +98,8 @@ class PendingQueue:
         with self.cond:
             self.cond.wait_for(lambda: task_id not in self._inflight, timeout=timeout)
             entry = self._pending.pop(task_id, None)
+            if entry is not None:
+                self.counters["claimed"] += 1
             self.cond.notify_all()
             return entry.fields if entry else {}
 
@@ -102,6 +108,7 @@ class PendingQueue:
         if not fields:
             return
         with self.cond:
+            self.counters["claimed"] -= 1
             entry = self._pending.get(task_id)
             final = fields.get("status") in TERMINAL_STATUSES  # a str Enum: "success" matches
             if entry is None:
@@ -109,6 +116,7 @@ class PendingQueue:
             else:
                 entry.fields = merge.queued(fields, entry.fields)
                 entry.final = entry.final or final
+                self.counters["merged"] += 1
             self.cond.notify()
 
     # -- the senders' side (call with ``cond`` held) -----------------------------------------------------
@@ -120,16 +128,21 @@ class PendingQueue:
     def busy(self) -> bool:
         return bool(self._pending or self._inflight)
 
-    def take_batch(self, size: int) -> Batch:
-        """Wait for ready work, then take up to ``size`` tasks (marked in flight)."""
+    def take_batch(self, size: int, until: float | None = None) -> Batch:
+        """Wait for ready work, then take up to ``size`` tasks (marked in flight). ``until`` (monotonic):
+        return an empty batch if nothing is ready by then."""
         while True:
             now = time.monotonic()
             pause = self.paused_until - now
             item = self._next(now) if pause <= 0 else None
             if isinstance(item, tuple):
                 break
+            if until is not None and now >= until:
+                return []
             if item is not None:
                 pause = item - now
+            if until is not None:
+                pause = min(pause, until - now) if pause > 0 else until - now
             me = threading.get_ident()
             self._waiting[me] = now + pause if pause > 0 else float("inf")
             self.cond.wait(pause if pause > 0 else None)
@@ -140,8 +153,9 @@ class PendingQueue:
             if not isinstance(more, tuple):
                 break
             batch.append(more)
-        for task_id, _ in batch:
-            self._inflight.add(task_id)
+        taken = time.monotonic()
+        for task_id, entry in batch:
+            self._inflight[task_id] = (entry, taken)
         return batch
 
     def more_ready(self) -> bool:
@@ -150,15 +164,51 @@ class PendingQueue:
     def finish(self, batch: Batch, retry: list[bool]) -> None:
         """A batch's requests are done: entries to retry go back to the front of the queue."""
         for (task_id, entry), again in zip(batch, retry, strict=True):
-            self._inflight.discard(task_id)
+            held = self._inflight.get(task_id)
+            if held is None or held[0] is not entry:
+                continue  # spooled meanwhile (the process is ending): the spool has it
+            del self._inflight[task_id]
             if again:
                 existing = self._pending.pop(task_id, None)
                 if existing is not None:
                     entry.fields = merge.queued(entry.fields, existing.fields)
                     entry.final = entry.final or existing.final
+                    self.counters["merged"] += 1
                 entry.ready_at = 0.0
                 self._put(task_id, entry, front=True)
         self.cond.notify_all()
+
+    def holds(self, task_id: str) -> bool:
+        """Whether an update for ``task_id`` is queued or in flight."""
+        return task_id in self._pending or task_id in self._inflight
+
+    def backdate(self, task_id: str, age: float) -> None:
+        """The queued update for ``task_id`` was first queued ``age`` seconds ago (by the process that
+        spooled it): the retry horizon counts from then."""
+        entry = self._pending.get(task_id)
+        if entry is not None:
+            entry.first_queued = min(entry.first_queued, time.monotonic() - max(0.0, age))
+
+    def stuck_for(self) -> float:
+        """How long the oldest request in flight has been waiting for its answer (0 when none is)."""
+        if not self._inflight:
+            return 0.0
+        return time.monotonic() - min(taken for _, taken in self._inflight.values())
+
+    def take_all(self) -> list[tuple[str, dict[str, Any], bool, float]]:
+        """Everything held, taken out for the spool: (task id, fields, final, first queued as wall-clock
+        time). Updates in flight are included: their answer may never come before the process ends (if
+        it does, the spooled copy is sent again, which changes nothing)."""
+        offset = time.time() - time.monotonic()
+        taken = [(task_id, entry.fields, entry.final, entry.first_queued + offset)
+                 for task_id, (entry, _) in self._inflight.items()]
+        taken += [(task_id, entry.fields, entry.final, entry.first_queued + offset)
+                  for task_id, entry in self._pending.items()]
+        self._inflight.clear()
+        self._pending.clear()
+        self.counters["spooled"] += len(taken)
+        self.cond.notify_all()
+        return taken
 
     def send_everything_now(self) -> None:
         """A flush must not sit out a linger or a backoff pause."""
@@ -180,6 +230,11 @@ class PendingQueue:
     def stats(self) -> dict[str, int]:
         with self.cond:
             return {**self.counters, "queued": len(self._pending), "in_flight": len(self._inflight)}
+
+    def note_spool_write_failed(self, count: int) -> None:
+        """``count`` updates taken for the spool could not be written: they are lost, not spooled."""
+        self.counters["spooled"] -= count
+        self.counters["dropped"] += count
 
     # -- internals (``cond`` held) --------------------------------------------------------------------
 

@@ -6,19 +6,20 @@
 * A batch goes out on the pooled transport; connection errors, 429 (honouring ``Retry-After``) and
   5xx are retried with exponential backoff and jitter for up to ``RETRY_HORIZON``, then dropped with an
   error line; a refused update (4xx) is dropped with a warning. Everything is counted (``stats()``).
-* ``flush()`` sends everything now; it runs when a worker process shuts down and at exit. A forked
-  child starts with no threads and an empty queue of its own.
+* ``flush()`` sends everything now. When a process ends (``taskbadger.spooling.shutdown``), what the
+  API does not take in time is spooled instead. A forked child starts with no threads and an empty
+  queue of its own.
 """
 
 from __future__ import annotations
 
-import atexit
 import functools
 import logging
 import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .. import endpoints
@@ -27,7 +28,7 @@ from ..config import get_config, is_configured
 from ..exceptions import RateLimited, ServerError, TransportError, UnexpectedStatus
 from ..http import Deadline
 from . import breaker, merge
-from .queue import Batch, Entry, PendingQueue, pending_updates
+from .queue import COUNTERS, Batch, Entry, PendingQueue, pending_updates
 
 log = logging.getLogger("taskbadger")
 
@@ -68,8 +69,9 @@ class Sender:
     def stats(self) -> dict[str, int]:
         return self.queue.stats()
 
-    def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything queued has been sent (or dropped). False if time ran out."""
+    def flush(self, timeout: float = 10.0, give_up: Callable[[], bool] | None = None) -> bool:
+        """Wait until everything queued has been sent (or dropped). False if time ran out, or if
+        ``give_up()`` said there is no point waiting any longer (checked every 50 ms)."""
         deadline = time.monotonic() + timeout
         queue = self.queue
         with queue.cond:
@@ -78,10 +80,9 @@ class Sender:
                 queue.send_everything_now()
             while queue.busy():
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    log.warning("Task Badger: %d task update(s) not delivered before shutdown", queue.held())
+                if remaining <= 0 or (give_up is not None and give_up()):
                     return False
-                queue.cond.wait(min(remaining, 0.1))
+                queue.cond.wait(min(remaining, 0.05))
             return True
 
     # -- threads ------------------------------------------------------------------------------------
@@ -106,9 +107,12 @@ class Sender:
     def _run_once(self) -> None:
         queue = self.queue
         with queue.cond:
-            batch = queue.take_batch(self.batch_size)
+            batch = queue.take_batch(self.batch_size, self._next_stats_line())
             if len(batch) == self.batch_size and len(self.threads) < self.thread_count and queue.more_ready():
                 self._add_thread()  # a backlog: one more thread sends while this one waits for answers
+        if not batch:  # woke up to write the delivery line
+            self._log_stats()
+            return
         try:
             outcomes = self._send(batch)
         except Exception:  # never let the sender thread die
@@ -120,6 +124,14 @@ class Sender:
             queue.finish(batch, [outcome == RETRY for outcome in outcomes])
         self._log_stats()
 
+    def _next_stats_line(self) -> float | None:
+        """When the delivery line is due (with ``cond`` held): a minute after the last one, if the
+        counters changed since; None when nothing changed (no need to wake up for it)."""
+        last, counters = self._stats_logged
+        if self.queue.counters == {key: counters.get(key) for key in self.queue.counters}:
+            return None
+        return last + STATS_LOG_INTERVAL
+
     def _log_stats(self) -> None:
         last, counters = self._stats_logged
         now = time.monotonic()
@@ -127,8 +139,7 @@ class Sender:
             return
         current = self.queue.stats()
         if current != counters:
-            log.info("Task Badger delivery (process %d): %s", os.getpid(),
-                     " ".join(f"{key}={value}" for key, value in current.items()))
+            log.info("Task Badger delivery (process %d): %s", os.getpid(), delivery_line(current))
         self._stats_logged = (now, current)
 
     # -- one batch ----------------------------------------------------------------------------------
@@ -207,24 +218,34 @@ def submit(task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
     return _sender.get().submit(task_id, fields, final)
 
 
-def flush(timeout: float = 10.0) -> bool:
+def flush(timeout: float = 10.0, give_up: Callable[[], bool] | None = None) -> bool:
     """Wait until everything this process has queued for Task Badger has been sent (or dropped); False
     if ``timeout`` ran out first. Updates the senders send in the background (a tracked call's end, a
     worker's updates) are flushed when the process exits anyway."""
     sender = _sender.current()
     if sender is None or not is_configured():
         return True
-    return sender.flush(timeout)
+    return sender.flush(timeout, give_up)
+
+
+def delivery_line(stats: dict[str, int]) -> str:
+    """The counters as one line that adds up: ``submitted`` = the sum of what became of each update."""
+    ends = " + ".join(f"{key} {stats[key]}" for key in ("sent", "merged", "claimed", "dropped", "failed", "spooled",
+                                                        "queued", "in_flight"))
+    return (f"submitted {stats['submitted']} = {ends} (retried {stats['retried']}, from the spool "
+            f"{stats['unspooled']})")
+
+
+def current_sender() -> Sender | None:
+    """This process's sender, if it has one (never makes one)."""
+    return _sender.current()
 
 
 def stats() -> dict[str, Any]:
-    """Delivery counters of this process: submitted, sent, merged, retried, dropped, failed, queued,
-    in flight, plus the publish-side breaker's state."""
+    """Delivery counters of this process (see ``queue.COUNTERS``), queued and in flight, plus the
+    publish-side breaker's state."""
     sender = _sender.current()
     result: dict[str, Any] = sender.queue.stats() if sender is not None else {
-        **dict.fromkeys(("submitted", "sent", "merged", "retried", "dropped", "failed", "queued", "in_flight"), 0)}
+        **dict.fromkeys((*COUNTERS, "queued", "in_flight"), 0)}
     result["breaker"] = breaker.publish_breaker().state()
     return result
-
-
-atexit.register(flush, 5.0)

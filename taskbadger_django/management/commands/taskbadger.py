@@ -9,7 +9,9 @@ from typing import Any, TypeVar
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 import taskbadger
+from taskbadger import spooling
 from taskbadger.config import Config
+from taskbadger.delivery.sender import delivery_line
 from taskbadger.exceptions import (
     NotFound,
     TaskbadgerException,
@@ -77,8 +79,9 @@ class Command(BaseCommand):
 
     def _check(self, config: Config) -> None:
         self._call(config, lambda: taskbadger.list_tasks(page_size=1))
+        spooling.deliver_spooled()  # the API answers: deliver what ended processes left behind
+        delivered = taskbadger.flush(10.0)
         stats = taskbadger.stats()
-        counters = " ".join(f"{key}={value}" for key, value in stats.items())
         system = config.system("celery")
         write = self.stdout.write
         write(self.style.SUCCESS("Task Badger: the API accepted the key."))
@@ -88,9 +91,18 @@ class Command(BaseCommand):
         if system is not None:
             monitors = getattr(system, "monitors", {})
             write(f"celery:       auto_track={system.auto_track_tasks} monitors={len(monitors)}")
-        write(f"delivery:     this process (manage.py): {counters}")
-        write("              each worker process logs its own every minute, at INFO: "
-              "'Task Badger delivery (process N): submitted=… sent=… dropped=…'")
+        if config.spool_dir is None:
+            write("spool:        off (TASKBADGER['SPOOL_DIR'] is False): updates a process cannot deliver before "
+                  "it ends are lost")
+        else:
+            taken = stats["unspooled"]
+            now = f" ({taken} taken from it by this process, {'all' if delivered else 'not all'} delivered)" \
+                if taken else ""
+            write(f"spool:        {config.spool_dir}: {stats['spool']} update(s) waiting{now}")
+        write(f"breaker:      {stats['breaker']}")
+        write(f"delivery:     this process (manage.py): {delivery_line(stats)}")
+        write("              each worker process logs its own line at INFO, at most once a minute and only when its "
+              "counters changed")
 
     def _list(self, options: dict[str, Any]) -> None:
         """The ``taskbadger list`` command itself (one command layer, two entry points)."""

@@ -1,0 +1,288 @@
+"""The local spool: what a process could not deliver before it ended, kept on disk for the next one.
+
+A pool child recycled during an outage, a worker shutting down while the API hangs, ``taskbadger run``
+ending while the API trickles: waiting would only hold the process up, and dropping would leave tasks
+``processing`` for ever. So the updates still queued are written here in a few milliseconds, and any
+process that uses the SDK on this machine with the same API (a worker's next child or its main process,
+the next ``taskbadger run``, ``manage.py taskbadger check``) delivers them once the API answers again,
+within the retry horizon.
+
+* One file per spooling (``<api>-<time>-<pid>-<random>-<count>.jsonl``), written to a temporary name
+  and renamed into place: a reader sees a whole file or none. Files are 0600 in a 0700 directory that
+  must belong to this user (a directory anyone can write to is not used); they hold no key, only which
+  API they are for (a digest of host, organization and project).
+* Bounded: at most ``MAX_ENTRIES`` per file and ``MAX_BYTES`` in the directory; what does not fit is
+  dropped, counted and logged.
+* A file is claimed by renaming it (``….claimed-<pid>``): of two processes, one wins. A claim whose
+  process is gone (killed) is taken over; a claimed file is deleted once its updates left the queue
+  (sent, dropped, or spooled again at exit).
+* Entries are read as input from outside: a task id must be one, fields are kept only from a fixed set
+  of JSON types; a line that is not an entry is skipped, with one log line per file. Entries older than
+  the retry horizon are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import secrets
+import stat
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._runtime import log_throttled, short
+from ..config import Config
+from ..models import is_task_id
+
+log = logging.getLogger("taskbadger")
+
+#: Most entries in one file, and most bytes in the whole directory.
+MAX_ENTRIES = 10_000
+MAX_BYTES = 64 * 1024 * 1024
+#: A claim older than this is taken over even if its process seems alive (a recycled pid).
+STALE_CLAIM = 15 * 60.0
+#: Update fields an entry may carry (what the SDK sends, and its merge markers).
+_FIELDS = frozenset({"name", "status", "value", "value_max", "data", "max_runtime", "stale_timeout", "tags",
+                     "queue", "external_id", "parent", "start_time", "end_time", "actions", "merge_data",
+                     "_taskbadger_unless_final", "_taskbadger_only_if_pending"})
+_SUFFIX = ".jsonl"
+
+
+def api_key_of(config: Config) -> str:
+    """Which API entries are for: a digest of host, organization and project (never the key)."""
+    text = f"{config.host}\n{config.organization_slug}\n{config.project_slug}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Entry:
+    """One update on disk: for a task (``task_id``), or for the task a run may have (``external_id``,
+    looked up once the API answers: ``taskbadger.inline.settle_later``)."""
+
+    fields: dict[str, Any]
+    task_id: str | None = None
+    external_id: str | None = None
+    final: bool = False
+    since: float = field(default_factory=time.time)  # when it was first queued (wall clock)
+
+    def to_json(self) -> str:
+        record: dict[str, Any] = {"v": 1, "fields": self.fields, "final": self.final, "since": self.since}
+        if self.task_id is not None:
+            record["task_id"] = self.task_id
+        else:
+            record["external_id"] = self.external_id
+        return json.dumps(record, separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_json(cls, line: str) -> Entry:
+        """Raises ValueError for a line that is not an entry."""
+        record = json.loads(line)
+        if not isinstance(record, dict) or record.get("v") != 1:
+            raise ValueError("not an entry")
+        fields, task_id, external_id = record.get("fields"), record.get("task_id"), record.get("external_id")
+        since = record.get("since")
+        if not isinstance(fields, dict) or not isinstance(since, (int, float)) or isinstance(since, bool):
+            raise ValueError("not an entry")
+        if task_id is not None and not is_task_id(task_id):
+            raise ValueError(f"not a task id: {short(task_id, 40)}")
+        if task_id is None and not (isinstance(external_id, str) and 0 < len(external_id) <= 1000):
+            raise ValueError("neither a task id nor an external id")
+        kept = {key: value for key, value in fields.items() if key in _FIELDS and _plain(value)}
+        return cls(kept, task_id, external_id if task_id is None else None, record.get("final") is True, float(since))
+
+
+def _plain(value: Any, depth: int = 0) -> bool:
+    """JSON's own types only (what ``json.loads`` makes), not too deep."""
+    if depth > 32:
+        return False
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return True
+    if isinstance(value, list):
+        return all(_plain(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
+
+
+@dataclass
+class Claim:
+    """A spool file this process took: its entries, and its path (deleted once they left the queue)."""
+
+    path: pathlib.Path
+    entries: list[Entry]
+
+
+class Spool:
+    """One spool directory."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.directory = pathlib.Path(directory)
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def write(self, api: str, entries: Iterable[Entry]) -> tuple[int, int]:
+        """Write ``entries`` as one file; (written, dropped). Never raises."""
+        items = list(entries)
+        if not items:
+            return 0, 0
+        kept, dropped = items[:MAX_ENTRIES], len(items) - MAX_ENTRIES if len(items) > MAX_ENTRIES else 0
+        try:
+            self._ready()
+            data = ("\n".join(entry.to_json() for entry in kept) + "\n").encode()
+            room = MAX_BYTES - self._size()
+            if len(data) > room:
+                dropped, kept = len(items), []
+                log_throttled("spool:full", 60.0, logging.ERROR, "Task Badger: the spool %s is full (%d MB): %d "
+                              "update(s) dropped", self.directory, MAX_BYTES // 2**20, dropped)
+                return 0, dropped
+            name = f"{api}-{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}-{len(kept)}{_SUFFIX}"
+            temporary = self.directory / f".{name}.tmp"
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(data)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
+            os.replace(temporary, self.directory / name)
+        except OSError as err:
+            log_throttled("spool:write", 60.0, logging.ERROR, "Task Badger: could not write %d update(s) to the spool "
+                          "%s (%s); they are lost", len(items), self.directory, err)
+            return 0, len(items)
+        if dropped:
+            log.error("Task Badger: %d update(s) did not fit in one spool file and were dropped", dropped)
+        return len(kept), dropped
+
+    def _ready(self) -> None:
+        """Make the directory (0700) and check that it is ours and nobody else's to write."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = self.directory.stat()
+        if hasattr(os, "getuid") and info.st_uid != os.getuid():
+            raise PermissionError(f"{self.directory} belongs to another user")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise PermissionError(f"{self.directory} can be written by other users (make it 0700)")
+
+    def _size(self) -> int:
+        total = 0
+        for path in self.directory.iterdir():
+            try:
+                total += path.stat().st_size
+            except OSError:
+                continue
+        return total
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def waiting(self, api: str) -> int:
+        """Entries waiting for ``api`` (claimed ones included), from the file names: nothing is read."""
+        count = 0
+        for path in self._files(api, claimed=True):
+            try:
+                count += int(path.name.split(_SUFFIX)[0].rsplit("-", 1)[1])
+            except (IndexError, ValueError):
+                continue
+        return count
+
+    def claim(self, api: str, horizon: float) -> tuple[list[Claim], int]:
+        """Take every file for ``api`` nobody holds (and every claim whose process is gone); return them
+        with their entries, and how many entries were dropped (older than ``horizon`` seconds, or not
+        entries at all)."""
+        claims: list[Claim] = []
+        dropped = 0
+        for path in self._files(api, claimed=True):
+            if ".claimed-" in path.name and not _abandoned(path):
+                continue
+            mine = path.with_name(path.name.split(".claimed-")[0] + f".claimed-{os.getpid()}")
+            try:
+                os.replace(path, mine)
+            except FileNotFoundError:
+                continue  # another process took it first
+            except OSError as err:
+                log_throttled("spool:claim", 60.0, logging.WARNING, "Task Badger: cannot take %s: %s", path, err)
+                continue
+            entries, lost = _read(mine, horizon)
+            dropped += lost
+            claims.append(Claim(mine, entries))
+        return claims, dropped
+
+    def _files(self, api: str, claimed: bool) -> list[pathlib.Path]:
+        try:
+            names = sorted(os.listdir(self.directory))
+        except OSError:
+            return []
+        for name in names:  # a write cut short (the process was killed mid-write) is never read: remove it
+            if name.startswith(".") and name.endswith(".tmp"):
+                _remove_if_older(self.directory / name, STALE_CLAIM)
+        return [self.directory / name for name in names if name.startswith(f"{api}-") and (
+            name.endswith(_SUFFIX) or (claimed and f"{_SUFFIX}.claimed-" in name))]
+
+    @staticmethod
+    def release(claim: Claim) -> None:
+        claim.path.unlink(missing_ok=True)
+
+
+def _remove_if_older(path: pathlib.Path, age: float) -> None:
+    try:
+        if time.time() - path.stat().st_mtime > age:
+            path.unlink()
+    except OSError:
+        pass
+
+
+def _abandoned(path: pathlib.Path) -> bool:
+    """A claimed file whose process is gone, or that has been claimed for too long."""
+    try:
+        pid = int(path.name.rsplit(".claimed-", 1)[1])
+        age = time.time() - path.stat().st_mtime
+    except (ValueError, OSError):
+        return False
+    if pid == os.getpid():
+        return False  # ours: being delivered right now
+    if age > STALE_CLAIM:
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive, someone else's
+    return False
+
+
+def _read(path: pathlib.Path, horizon: float) -> tuple[list[Entry], int]:
+    entries: list[Entry] = []
+    dropped = corrupt = 0
+    oldest = time.time() - horizon
+    try:
+        with open(path, encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                try:
+                    entry = Entry.from_json(line)
+                except ValueError:
+                    corrupt += 1
+                    continue
+                if entry.since < oldest:
+                    dropped += 1
+                    continue
+                entries.append(entry)
+    except OSError as err:
+        log.warning("Task Badger: cannot read the spool file %s (%s); it is skipped", path, err)
+        return [], 0
+    if corrupt:
+        log.warning("Task Badger: %d line(s) of the spool file %s are not updates; they are skipped", corrupt,
+                    path.name)
+    if dropped:
+        log.error("Task Badger: %d spooled update(s) were older than %.0f s and are dropped", dropped, horizon)
+    return entries, dropped + corrupt
+
+
+def entries_from(items: Iterable[tuple[str, Mapping[str, Any], bool, float]]) -> list[Entry]:
+    """Spool entries for queued updates: (task id, fields, final, first queued, wall clock)."""
+    return [Entry(dict(fields), task_id=task_id, final=final, since=since) for task_id, fields, final, since in items]

@@ -1,0 +1,226 @@
+"""What a process does with undelivered updates when it ends, and how the next one picks them up.
+
+* ``shutdown(timeout)`` runs when a process ends: a worker process shutting down or recycled
+  (``--max-tasks-per-child``), a warm shutdown, ``taskbadger run`` finishing, any script at exit. With a
+  healthy API it flushes as before; while the API is failing it does not wait at all (the queue already
+  knows: its last request failed, the breaker is open, or a request has been waiting longer than
+  ``STUCK``), and whatever is still held is written to the spool (``delivery.spool``) in a few
+  milliseconds. Runs still waiting for their task to be found (``inline.settle_later``) go with them.
+* Every process that calls ``taskbadger.init()`` takes what the spool holds for its API, at once and
+  then every ``SCAN_INTERVAL`` seconds, and queues it as its own (``unspooled`` in the counters): the
+  senders deliver it, retry it, and spool it again if this process ends before the API answers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import inline
+from ._runtime import PerProcess, start_daemon_thread
+from .config import Config, get_config, when_configured
+from .delivery import breaker, sender
+from .delivery.queue import pending_updates
+from .delivery.sender import RETRY_HORIZON
+from .delivery.spool import Claim, Entry, Spool, api_key_of, entries_from
+
+log = logging.getLogger("taskbadger")
+
+#: A request waiting this long for its answer at shutdown means the API is not answering now.
+STUCK = 1.0
+#: Seconds between two looks at the spool in a process that uses the SDK.
+SCAN_INTERVAL = 10.0
+
+
+def api_failing() -> bool:
+    """Whether this process knows, now, that the API is not answering."""
+    queue = pending_updates()
+    with queue.cond:
+        if queue.failing or queue.stuck_for() > STUCK:
+            return True
+    return breaker.publish_breaker().state() in ("open", "half-open")
+
+
+def shutdown(timeout: float = 10.0, give_up: Callable[[], bool] | None = None) -> None:
+    """The process is ending: deliver what it holds within ``timeout``, or, when the API is failing, time
+    runs out or ``give_up()`` says so (a signal), spool it. Never raises."""
+    try:
+        _shutdown(timeout, give_up)
+    except Exception:
+        log.exception("Task Badger: internal error while flushing at shutdown",
+                      extra={"taskbadger_internal_error": True})
+
+
+def _shutdown(timeout: float, give_up: Callable[[], bool] | None) -> None:
+    started = time.monotonic()
+    drainer = _drainer.current()
+    if drainer is not None:
+        drainer.close()  # an ending process takes nothing more from the spool
+    config = get_config()
+    current = sender.current_sender()
+    held = current is not None and current.queue.busy()
+    if config is None or (not held and not inline.waiting_to_settle()):
+        _release_delivered()
+        return
+    why = "the API is not answering"
+    if held and not api_failing():
+        if sender.flush(timeout, give_up=lambda: api_failing() or (give_up is not None and give_up())):
+            held = False
+        elif not api_failing():
+            why = f"the API did not take them within {timeout:g} s"
+    entries: list[Entry] = []
+    if held and current is not None:
+        with current.queue.cond:
+            taken = current.queue.take_all()
+        entries += entries_from(taken)
+    entries += [Entry(fields, external_id=external_id, final=True, since=since)
+                for external_id, fields, since in inline.unsettled()]
+    if not entries:
+        _release_delivered()
+        return
+    if config.spool_dir is None:
+        log.error("Task Badger: %d update(s) could not be delivered before this process ended, and the spool is "
+                  "off: they are lost", len(entries))
+        _count_lost(current, entries)
+        return
+    written, dropped = Spool(config.spool_dir).write(api_key_of(config), entries)
+    if dropped:
+        _count_lost(current, entries[len(entries) - dropped:])
+    if written:
+        log.warning("Task Badger: %d update(s) not delivered before this process ended are spooled in %s (after "
+                    "%.2f s: %s); the next process that uses Task Badger on this machine delivers them", written,
+                    config.spool_dir, time.monotonic() - started, why)
+    _drainer.get().release_all()  # what this process had taken from the spool was just spooled again
+
+
+def _count_lost(current: sender.Sender | None, entries: list[Entry]) -> None:
+    lost = len([e for e in entries if e.task_id is not None])
+    if current is not None and lost:
+        with current.queue.cond:
+            current.queue.note_spool_write_failed(lost)
+
+
+def _release_delivered() -> None:
+    drainer = _drainer.current()
+    if drainer is not None:
+        drainer.release_delivered()
+
+
+def stats() -> dict[str, Any]:
+    """``taskbadger.stats()``: this process's delivery counters, the breaker's state, and ``spool``: the
+    updates waiting in the spool for this API (this process's and others')."""
+    result = sender.stats()
+    config = get_config()
+    _release_delivered()  # what this process took from the spool and delivered is not waiting any more
+    result["spool"] = Spool(config.spool_dir).waiting(api_key_of(config)) if config and config.spool_dir else 0
+    return result
+
+
+def deliver_spooled() -> int:
+    """Take what the spool holds for this process's API now and queue it (also done in the background
+    after ``init()``). Returns how many updates were taken."""
+    config = get_config()
+    if config is None or config.spool_dir is None:
+        return 0
+    return _drainer.get().scan(config)
+
+
+class _Drainer:
+    """This process's look at the spool: claims files for its API, queues their updates, and deletes
+    each file once its updates have left the queue."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._claims: list[tuple[Claim, list[str]]] = []  # file, task ids it queued
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+
+    def start(self) -> None:
+        """Look at the spool now and every ``SCAN_INTERVAL`` (again, after a ``close()``: a new ``init()``)."""
+        with self._lock:
+            self._closed = False
+            if self._thread is None:
+                self._thread = start_daemon_thread(self._run, "taskbadger-spool")
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait(SCAN_INTERVAL)
+            self._wake.clear()
+            config = get_config()
+            if config is None or config.spool_dir is None:
+                continue
+            try:
+                self.scan(config)
+                self.release_delivered()
+            except Exception:
+                log.exception("Task Badger: internal error while delivering the spool",
+                              extra={"taskbadger_internal_error": True})
+
+    def scan(self, config: Config) -> int:
+        with self._lock:
+            if self._closed:
+                return 0
+            claims, _ = Spool(config.spool_dir).claim(api_key_of(config), RETRY_HORIZON)  # type: ignore[arg-type]
+        taken = 0
+        for claim in claims:
+            queued: list[str] = []
+            for entry in claim.entries:
+                if entry.task_id is not None:
+                    _queue_from_spool(entry)
+                    queued.append(entry.task_id)
+                elif entry.external_id is not None:
+                    inline.settle_later(entry.external_id, entry.fields, entry.since)
+                taken += 1
+            with self._lock:
+                self._claims.append((claim, queued))
+        if taken:
+            log.info("Task Badger: %d update(s) taken from the spool %s", taken, config.spool_dir)
+        return taken
+
+    def release_delivered(self) -> None:
+        """Delete the claimed files none of whose updates is still queued or in flight."""
+        current = sender.current_sender()
+        with self._lock:
+            keep = []
+            for claim, task_ids in self._claims:
+                if current is not None and any(current.queue.holds(task_id) for task_id in task_ids):
+                    keep.append((claim, task_ids))
+                else:
+                    Spool.release(claim)
+            self._claims = keep
+
+    def release_all(self) -> None:
+        with self._lock:
+            for claim, _ in self._claims:
+                Spool.release(claim)
+            self._claims = []
+
+
+def _queue_from_spool(entry: Entry) -> None:
+    sender.submit(entry.task_id, entry.fields, entry.final)  # type: ignore[arg-type]
+    queue = pending_updates()
+    with queue.cond:
+        queue.counters["unspooled"] += 1
+        queue.backdate(entry.task_id, time.time() - entry.since)  # type: ignore[arg-type]
+
+
+_drainer: PerProcess[_Drainer] = PerProcess(_Drainer)
+
+
+def _on_configured(config: Config) -> None:
+    if config.spool_dir is not None:
+        _drainer.get().start()
+
+
+when_configured(_on_configured)
+atexit.register(shutdown, 5.0)

@@ -1,0 +1,329 @@
+"""The local spool: what a process could not deliver before it ended, delivered by the next one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import time
+
+import pytest
+
+import taskbadger
+from taskbadger import spooling
+from taskbadger.delivery import sender
+from taskbadger.delivery.queue import pending_updates
+from taskbadger.delivery.spool import Entry, Spool, api_key_of
+
+from .workers import ROOT
+
+
+@pytest.fixture
+def spool_dir(tmp_path):
+    return tmp_path / "spool"
+
+
+@pytest.fixture
+def api(taskbadger_server, spool_dir):
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, spool_dir=spool_dir,
+                    timeout=(0.5, 0.5))
+    assert sender.flush(5)  # this process's queue starts empty...
+    queue = pending_updates()
+    with queue.cond:
+        queue.failing = False  # ...and knows nothing of the API yet, as a new process
+    yield taskbadger_server
+    taskbadger_server.clear_faults()
+    sender.flush(5)
+
+
+def files(directory):
+    return sorted(p for p in directory.iterdir()) if directory.exists() else []
+
+
+def test_an_ending_process_spools_at_once_while_the_api_is_failing(api, spool_dir):
+    task = taskbadger.create_task("outage")
+    api.refuse()
+    sender.submit(task.id, {"status": "success", "value": 10}, final=True)
+    api.wait_for(lambda: taskbadger.stats()["retried"] >= 1)  # the queue knows the API is failing
+    started = time.monotonic()
+    spooling.shutdown(10.0)
+    assert time.monotonic() - started < 0.5  # not the 10 s flush
+    stats = taskbadger.stats()
+    assert (stats["spooled"], stats["queued"], stats["in_flight"], stats["spool"]) == (1, 0, 0, 1)
+    [written] = files(spool_dir)
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600 and stat.S_IMODE(spool_dir.stat().st_mode) == 0o700
+    content = written.read_bytes()
+    assert api.key.encode() not in content and api.api_key.encode() not in content  # no key on disk
+    assert json.loads(content)["task_id"] == task.id
+
+
+def test_a_healthy_api_still_gets_the_normal_flush(api, spool_dir):
+    task = taskbadger.create_task("healthy")
+    api.set_latency(0.3)
+    sender.submit(task.id, {"status": "success"}, final=True)
+    spooling.shutdown(10.0)
+    assert api.get_task(task.id)["status"] == "success" and files(spool_dir) == []
+
+
+def test_a_hanging_api_is_not_waited_for_either(api, spool_dir):
+    task = taskbadger.create_task("hang")
+    api.hang()
+    sender.submit(task.id, {"status": "success"}, final=True)
+    started = time.monotonic()
+    spooling.shutdown(10.0)  # its first request waits: after a second without an answer, it is spooled
+    assert time.monotonic() - started < 1.0 + 0.5
+    assert taskbadger.stats()["spool"] == 1
+
+
+DELIVER = """
+import sys, taskbadger
+from taskbadger import spooling
+taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
+print(spooling.deliver_spooled(), taskbadger.flush(10), taskbadger.stats()["spool"])
+"""
+
+
+def deliver_in_another_process(server, spool_dir):
+    done = subprocess.run([sys.executable, "-c", DELIVER, server.url, server.api_key, str(spool_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split()
+
+
+ENDING = """
+import sys, time, taskbadger
+from taskbadger.delivery import sender
+taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
+for task_id in sys.argv[4:]:
+    sender.submit(task_id, {"status": "error", "data": {"return_code": 3}}, final=True)
+deadline = time.monotonic() + 10
+while taskbadger.stats()["retried"] < 1 and time.monotonic() < deadline:
+    time.sleep(0.01)
+print("ending", flush=True)
+"""  # and the process ends: its atexit hands what it holds to the spool
+
+
+def end_a_process_during_an_outage(server, spool_dir, task_ids):
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", ENDING, server.url, server.api_key, str(spool_dir), *task_ids],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stdout.strip() == "ending", done.stderr
+    return time.monotonic() - started
+
+
+def test_the_next_process_delivers_what_was_spooled_once_the_api_answers(taskbadger_server, spool_dir):
+    tasks = [taskbadger.create_task(f"spooled {i}") for i in range(5)]
+    taskbadger_server.refuse()
+    end_a_process_during_an_outage(taskbadger_server, spool_dir, [t.id for t in tasks])
+    assert Spool(spool_dir).waiting(api_key_of(taskbadger.get_config())) == 5
+    taskbadger_server.accept()
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["5", "True", "0"]
+    assert [taskbadger_server.get_task(t.id)["status"] for t in tasks] == ["error"] * 5
+    assert [taskbadger_server.get_task(t.id)["data"] for t in tasks] == [{"return_code": 3}] * 5
+    assert files(spool_dir) == []  # delivered: the file is gone
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["0", "True", "0"]  # never twice
+
+
+def test_a_process_of_another_project_leaves_the_entries_alone(taskbadger_server, spool_dir):
+    task = taskbadger.create_task("mine")
+    taskbadger_server.refuse()
+    end_a_process_during_an_outage(taskbadger_server, spool_dir, [task.id])
+    taskbadger_server.accept()
+    import base64
+
+    other = base64.b64encode(b"acme/other-project/test-key").decode()
+    done = subprocess.run([sys.executable, "-c", DELIVER, taskbadger_server.url, other, str(spool_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["0", "True", "0"]
+    assert len(files(spool_dir)) == 1
+
+
+def test_spool_off_means_dropped_counted_and_said(taskbadger_server, tb_log):
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, spool_dir=False)
+    assert sender.flush(5)
+    task = taskbadger.create_task("nowhere")
+    taskbadger_server.refuse()
+    sender.submit(task.id, {"status": "success"}, final=True)
+    taskbadger_server.wait_for(lambda: taskbadger.stats()["retried"] >= 1)
+    before = taskbadger.stats()["dropped"]
+    spooling.shutdown(10.0)
+    taskbadger_server.accept()
+    assert taskbadger.stats()["dropped"] == before + 1
+    assert any("the spool is off" in r.getMessage() for r in tb_log.records)
+
+
+def test_a_directory_others_can_write_is_not_used(spool_dir, tb_log):
+    spool_dir.mkdir(mode=0o700)
+    os.chmod(spool_dir, 0o777)
+    written, dropped = Spool(spool_dir).write("a" * 16, [Entry({"status": "success"}, task_id="T" * 26)])
+    assert (written, dropped) == (0, 1)
+    assert any("can be written by other users" in r.getMessage() for r in tb_log.records)
+    assert list(spool_dir.iterdir()) == []
+
+
+def test_a_corrupt_line_is_skipped_with_one_log_line(spool_dir, tb_log):
+    spool = Spool(spool_dir)
+    spool.write("k" * 16, [Entry({"status": "success"}, task_id="A" * 26), Entry({"value": 2}, task_id="B" * 26)])
+    [path] = files(spool_dir)
+    good = path.read_text().splitlines()
+    path.write_text("\n".join([good[0], "{not json", '{"v": 1, "task_id": "../../x", "fields": {}, "since": 1}',
+                               '{"v": 1, "task_id": "C' + "C" * 25 + '", "fields": {"status": "success", '
+                               '"evil": "x", "data": {"ok": 1}}, "since": ' + str(time.time()) + "}", good[1]]))
+    claims, dropped = spool.claim("k" * 16, 900)
+    [claim] = claims
+    assert [(e.task_id, e.fields) for e in claim.entries] == [
+        ("A" * 26, {"status": "success"}), ("C" * 26, {"status": "success", "data": {"ok": 1}}),
+        ("B" * 26, {"value": 2})]  # an unknown field is not kept
+    assert dropped == 2
+    assert len([r for r in tb_log.records if "are not updates" in r.getMessage()]) == 1
+
+
+def test_entries_older_than_the_retry_horizon_are_dropped_and_counted(spool_dir, tb_log):
+    spool = Spool(spool_dir)
+    spool.write("k" * 16, [Entry({"status": "success"}, task_id="A" * 26, since=time.time() - 3600),
+                           Entry({"status": "success"}, task_id="B" * 26)])
+    [claim], dropped = spool.claim("k" * 16, 900)
+    assert [e.task_id for e in claim.entries] == ["B" * 26] and dropped == 1
+    assert any("older than 900 s" in r.getMessage() for r in tb_log.records)
+
+
+def _claim_all(directory, queue, done):
+    claims, _ = Spool(directory).claim("k" * 16, 900)
+    queue.put(sorted(e.task_id for claim in claims for e in claim.entries))
+    done.wait(20)  # a live process keeps its claims (one that died would have them taken over)
+
+
+def test_two_processes_never_take_the_same_file(spool_dir):
+    spool = Spool(spool_dir)
+    ids = [f"T{i:025d}" for i in range(40)]
+    for i in range(0, 40, 2):
+        spool.write("k" * 16, [Entry({"value": 1}, task_id=ids[i]), Entry({"value": 1}, task_id=ids[i + 1])])
+    context = multiprocessing.get_context("fork")
+    queue, done = context.Queue(), context.Event()
+    claimers = [context.Process(target=_claim_all, args=(spool_dir, queue, done)) for _ in range(4)]
+    for process in claimers:
+        process.start()
+    taken = [queue.get(timeout=20) for _ in claimers]
+    done.set()
+    for process in claimers:
+        process.join(10)
+    flat = sorted(task_id for part in taken for task_id in part)
+    assert flat == ids  # every update taken exactly once
+
+
+def test_a_claim_whose_process_died_is_taken_over(spool_dir):
+    spool = Spool(spool_dir)
+    spool.write("k" * 16, [Entry({"value": 1}, task_id="A" * 26)])
+    [path] = files(spool_dir)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    path.rename(path.with_name(path.name + f".claimed-{dead.pid}"))
+    [claim], _ = spool.claim("k" * 16, 900)
+    assert [e.task_id for e in claim.entries] == ["A" * 26]
+
+
+WRITER = """
+import sys, time
+from taskbadger.delivery.spool import Entry, Spool
+spool = Spool(sys.argv[1])
+n = 0
+print("ready", flush=True)
+while True:
+    spool.write("k" * 16, [Entry({"value": n, "data": {"pad": "x" * 2000}}, task_id=f"T{n:025d}") for _ in range(1)]
+                + [Entry({"value": n, "data": {"pad": "y" * 2000}}, task_id=f"U{n:025d}")])
+    n += 1
+"""
+
+
+def test_a_process_killed_while_it_writes_the_spool_leaves_only_whole_files(spool_dir):
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(spool_dir)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    assert writer.stdout.readline().strip() == "ready"
+    deadline = time.monotonic() + 10
+    while len(files(spool_dir)) < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the writer's progress, under a deadline
+    writer.send_signal(signal.SIGKILL)
+    writer.wait(10)
+    written = [p for p in files(spool_dir) if not p.name.startswith(".")]
+    claims, dropped = Spool(spool_dir).claim("k" * 16, 900)
+    entries = [e for claim in claims for e in claim.entries]
+    assert dropped == 0  # no half-written file is ever read
+    assert len(claims) == len(written) and len(entries) == 2 * len(written)
+    values = sorted(e.fields["value"] for e in entries if e.task_id.startswith("T"))
+    assert values == list(range(len(written)))  # each whole file once, none missing before the kill
+
+
+def test_check_logs_and_stats_say_what_is_spooled(api, spool_dir, caplog):
+    caplog.set_level(logging.WARNING, logger="taskbadger")
+    task = taskbadger.create_task("said")
+    api.refuse()
+    sender.submit(task.id, {"status": "success"}, final=True)
+    api.wait_for(lambda: taskbadger.stats()["retried"] >= 1)
+    spooling.shutdown(10.0)
+    assert any(f"are spooled in {spool_dir}" in r.getMessage() for r in caplog.records)
+    assert taskbadger.stats()["spool"] == 1
+    assert api_key_of(taskbadger.get_config()) in files(spool_dir)[0].name
+
+
+# -- real workers -------------------------------------------------------------------------------------------
+
+
+def successes(server, ids):
+    return [t for t in server.tasks.values() if t["id"] in ids and t["status"] == "success"]
+
+
+@pytest.mark.integration
+def test_recycled_pool_children_during_an_outage_neither_wait_nor_lose_their_final_states(taskbadger_server,
+                                                                                         taskbadger_server_session,
+                                                                                         spool_dir):
+    from .celery_project import app as tasks
+    from .conftest import start_worker, stop_worker
+
+    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=2,
+                          extra_args=["--max-tasks-per-child=1"], extra_env={"TASKBADGER_SPOOL_DIR": str(spool_dir)})
+    try:
+        results = [worker.send(tasks.add, i, i) for i in range(12)]  # created pending while the API is up
+        ids = {r.taskbadger_task_id for r in results}
+        assert None not in ids
+        taskbadger_server.refuse()  # then it goes down: every child ends with its final state undelivered
+        started = time.monotonic()
+        taskbadger_server.wait_for(lambda: worker.log().count("succeeded in") >= 12, timeout=60)
+        # each child used to wait 10 s for the API when recycled: 12 tasks on 2 children took a minute
+        assert time.monotonic() - started < 12.0
+        assert Spool(spool_dir).waiting(api_key_of(taskbadger.get_config())) >= 1
+        taskbadger_server.accept()
+        # the worker's main process takes the spool within its scan interval and delivers every final state
+        taskbadger_server.wait_for(lambda: len(successes(taskbadger_server, ids)) == 12, timeout=40)
+    finally:
+        taskbadger_server.accept()
+        stop_worker(worker)
+
+
+@pytest.mark.integration
+def test_a_warm_shutdown_during_an_outage_spools_instead_of_waiting(taskbadger_server, taskbadger_server_session,
+                                                                    spool_dir):
+    from .celery_project import app as tasks
+    from .conftest import start_worker, stop_worker
+
+    worker = start_worker(taskbadger_server_session, pool="solo", concurrency=1,
+                          extra_env={"TASKBADGER_SPOOL_DIR": str(spool_dir)})
+    try:
+        result = worker.send(tasks.add, 1, 1)
+        taskbadger_server.refuse()
+        taskbadger_server.wait_for(lambda: "succeeded in" in worker.log(), timeout=20)
+        taskbadger_server.wait_for(lambda: "updates are queued and retried" in worker.log(), timeout=10)
+        assert stop_worker(worker) == 0
+    finally:
+        taskbadger_server.accept()
+        stop_worker(worker)
+    # it used to wait 10 s (the flush), then 5 s more at exit; now it does not wait for the API at all
+    waited = re.findall(r"are spooled in .* \(after ([0-9.]+) s: the API is not answering\)", worker.log())
+    assert waited and all(float(seconds) < 0.5 for seconds in waited)
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
+    assert taskbadger_server.get_task(result.taskbadger_task_id)["status"] == "success"
