@@ -43,6 +43,7 @@ from .exceptions import (
     UnexpectedStatus,
     ValidationError,
 )
+from .lifecycle import current_task
 from .models import StatusEnum, TaskModel
 from .scope import Scope, current_scope
 from .spooling import stats
@@ -55,6 +56,6 @@ __all__ = [
     "MissingConfiguration", "NotFound", "RateLimited", "ReadTimeout", "Scope", "ServerError", "Session",
     "StatusEnum", "Task", "TaskList", "TaskModel", "TaskbadgerException", "TransportError", "Unauthorized",
     "UnexpectedStatus", "ValidationError", "__version__", "cancel_task", "create_task", "create_task_safe",
-    "current_scope", "flush", "get_config", "get_task", "init", "is_configured", "iter_tasks", "list_tasks", "stats",
-    "track", "update_task", "update_task_safe",
+    "current_scope", "current_task", "flush", "get_config", "get_task", "init", "is_configured", "iter_tasks",
+    "list_tasks", "stats", "track", "update_task", "update_task_safe",
 ]

@@ -12,17 +12,15 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
-from . import context_providers
+from . import lifecycle
 from ._runtime import PerProcess, log_once, short
 from .actions import action_dicts
 from .api import create_task
 from .config import is_configured
-from .context_providers import error_context
-from .delivery import merge, sender
 from .exceptions import MissingConfiguration
 from .inline import create_inline
-from .models import StatusEnum, completed_progress, exception_data, format_datetime
-from .scope import enter_task, exit_task, parent_for_new_task
+from .models import StatusEnum, format_datetime
+from .scope import parent_for_new_task
 from .task import Task
 
 log = logging.getLogger("taskbadger")
@@ -58,7 +56,8 @@ def track(
     Works bare (``@track``) or with options (``@track(name="nightly", monitor_id=...)``); extra
     keyword arguments are ``create_task``'s fields. The task starts ``processing`` and ends ``success``,
     or ``error`` with the exception, which is re-raised. Calls made inside a tracked call (other
-    ``@track`` functions, Celery tasks published from it) become its children.
+    ``@track`` functions, Celery tasks published from it) become its children; inside it,
+    ``taskbadger.current_task()`` is its task.
 
     The create waits at most the publish budget (``init(publish_budget=...)``), and not at all while
     the API is failing (the call then runs untracked); the final state is queued for the background
@@ -91,22 +90,25 @@ def track(
                 return None
             return create_inline(task_name, values, monitor_id, where="call", max_in_flight=max_in_flight).task
 
-        def begin(task: Task | None) -> Any:
+        def begin(task: Task | None) -> lifecycle.Run | None:
             if task is None:
                 return None
-            return enter_task(task.id, task.parent), context_providers.start()
+            run = lifecycle.Run.of_task(task)
+            lifecycle.enter(run)
+            return run
 
-        def finish(task: Task | None, tokens: Any, exc: BaseException | None) -> None:
-            if task is None:
+        def finish(run: lifecycle.Run | None, exc: BaseException | None) -> None:
+            if run is None:
                 return
-            running, snapshots = tokens
-            exit_task(running)
             try:
-                sender.submit(task.id, _final_fields(task, exc), final=True)
+                if exc is None:
+                    lifecycle.succeed(run)
+                else:
+                    lifecycle.fail(run, exc)
             except Exception as err:
                 log.warning("Task Badger: could not record the end of %s: %s", short(task_name), err)
             finally:
-                context_providers.stop(snapshots)
+                lifecycle.leave(run)
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
@@ -117,41 +119,28 @@ def track(
                 # creates may wait at once as there are threads to make them
                 task = await asyncio.get_running_loop().run_in_executor(_creators.get(), context.run, create, values,
                                                                         _CREATORS)
-                tokens = begin(task)
+                tracked = begin(task)
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
-                    finish(task, tokens, exc)
+                    finish(tracked, exc)
                     raise
-                finish(task, tokens, None)
+                finish(tracked, None)
                 return result
 
             return run_async
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            task = create(fields())
-            tokens = begin(task)
+            tracked = begin(create(fields()))
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
-                finish(task, tokens, exc)
+                finish(tracked, exc)
                 raise
-            finish(task, tokens, None)
+            finish(tracked, None)
             return result
 
         return run
 
     return decorate if func is None else decorate(func)
-
-
-def _final_fields(task: Task, exc: BaseException | None) -> dict[str, Any]:
-    """``success`` (with the finished-progress rule), or ``error`` with the exception and the context
-    providers' context merged into the task's data."""
-    fields: dict[str, Any] = {"end_time": format_datetime(dt.datetime.now(dt.timezone.utc))}
-    if exc is None:
-        fields.update(status=StatusEnum.SUCCESS.value, **completed_progress(task.value, task.value_max))
-    else:
-        failure = {**exception_data(exc), **error_context(exc)}
-        fields.update(status=StatusEnum.ERROR.value, data=merge.with_data(task.data, failure))
-    return fields

@@ -50,6 +50,14 @@ def test_body_access_builds_task_without_lookup(taskbadger_server, any_worker):
                             "name": "tests.celery_project.app.report_access"}
 
 
+def test_current_task_in_the_body_is_the_running_tasks(taskbadger_server, any_worker):
+    result = any_worker.send(tasks.report_current, "m2")
+    task = taskbadger_server.wait_for(
+        lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "success" and t)
+    assert task["data"] == {"current_id": result.taskbadger_task_id, "same_as_self": True, "marker": "m2"}
+    assert not [r for r in taskbadger_server.requests if r.method == "GET"]  # built from the headers
+
+
 def test_terminal_state_set_in_body_is_not_overwritten(taskbadger_server, any_worker):
     result = any_worker.send(tasks.finish_in_body, 42)
     task = taskbadger_server.wait_for_task(name="tests.celery_project.app.finish_in_body", status="success")

@@ -85,3 +85,50 @@ def test_async_functions(taskbadger_server):
     assert asyncio.run(job()) == 7
     [task] = final(taskbadger_server)
     assert (task["name"], task["status"]) == ("async job", "success")
+
+
+def test_current_task_is_the_tracked_call_and_none_outside(taskbadger_server):
+    seen = []
+
+    @track(name="outer call")
+    def outer_call():
+        seen.append(taskbadger.current_task())
+        inner_call()
+        seen.append(taskbadger.current_task())
+
+    @track(name="inner call")
+    def inner_call():
+        seen.append(taskbadger.current_task())
+
+    assert taskbadger.current_task() is None
+    outer_call()
+    assert taskbadger.current_task() is None
+    final(taskbadger_server, count=2)
+    outer_task, inner_task, outer_again = seen
+    assert outer_task.name == "outer call" and inner_task.name == "inner call"
+    assert outer_again is outer_task  # the enclosing call's task again once the inner one returned
+    assert inner_task.parent == outer_task.id
+
+
+def test_current_task_is_none_when_the_call_runs_untracked():
+    seen = []
+
+    @track
+    def untracked():
+        seen.append(taskbadger.current_task())
+
+    untracked()  # not configured: runs untracked
+    assert seen == [None]
+
+
+def test_a_final_state_set_in_the_body_is_not_overwritten(taskbadger_server):
+    @track(name="cancels itself")
+    def cancels_itself():
+        taskbadger.current_task().cancelled()
+        return "returned"
+
+    assert cancels_itself() == "returned"
+    task = taskbadger_server.wait_for(lambda: [t for t in taskbadger_server.tasks.values()
+                                               if t["status"] == "cancelled"] or None)[0]
+    taskbadger.flush()
+    assert taskbadger_server.get_task(task["id"])["status"] == "cancelled"

@@ -10,10 +10,12 @@ puts its id (plus what the worker needs) in the message headers; the worker mark
 when the task starts and ``success``/``error``/``cancelled`` when it ends. Worker-side updates go
 through the per-process queue of pending updates (``taskbadger.delivery``) and never block the task.
 
-Modules, from the top: ``signals`` (receivers, connected here once), ``base`` (the ``Task`` class),
-``events`` (worker-side: Celery event -> task operation), ``publish`` (publish-side events),
-``fields`` (what a task is created with; the inline create), ``state`` (per-run and main-process
-bookkeeping), ``headers`` (the message protocol) and ``options`` (``taskbadger_*`` options).
+What happens to the Task Badger task is ``taskbadger.lifecycle``'s, shared with every integration; this
+package holds only what is Celery's. Modules, from the top: ``signals`` (receivers, connected here once),
+``base`` (the ``Task`` class), ``events`` (worker-side: Celery event -> lifecycle call), ``publish``
+(publish-side events), ``fields`` (the Celery side of the create body: canvas names, workflow successors),
+``state`` (the run kept on the request, and main-process bookkeeping), ``headers`` (the message protocol)
+and ``options`` (``taskbadger_*`` options).
 
 Importing this package connects the receivers (``signals.connect()``, idempotent).
 """

@@ -11,25 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .. import context_providers
+from .. import lifecycle
 from ..config import get_config
-from ..context_providers import error_context
-from ..delivery import merge, sender
-from ..delivery.heartbeat import get_heartbeat
-from ..inline import find, settle_later
-from ..models import StatusEnum, completed_progress, exception_data
-from ..scope import enter_task, exit_task
-from .fields import (
-    checked_decorator_options,
-    create_fields,
-    create_now,
-    heartbeat_options,
-    now,
-    successor_names,
-    uses_base_class,
-)
-from .headers import Incoming, Meta, header_fields, read_incoming, read_task_id
-from .publish import data_fields, retry_fields
+from ..models import StatusEnum, exception_data
+from .fields import checked_decorator_options, create_fields, successor_names, uses_base_class
+from .headers import Incoming, Meta, read_incoming, read_task_id
+from .publish import retry_number
 from .state import SETTLE_ATTR, TRACKING_ATTR, Tracking, received, tracking_of
 
 log = logging.getLogger("taskbadger")
@@ -49,18 +36,7 @@ def on_start(celery_task: Any, request: Any) -> None:
     tracking = Tracking(request.id, meta)
     tracking.successors = successor_names(request)
     setattr(request, TRACKING_ATTR, tracking)
-    fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
-    if not getattr(request, "retries", 0):
-        fields["start_time"] = now()
-    if meta.stale_timeout:
-        fields["stale_timeout"] = meta.stale_timeout  # only once running: queued tasks never go stale
-    sender.submit(tracking.id, fields)
-    tracking.set_status(StatusEnum.PROCESSING)
-    tracking.token = enter_task(tracking.id, meta.task.get("parent"))
-    tracking.snapshots = context_providers.start()
-    if meta.heartbeat_interval:
-        get_heartbeat().start(tracking.id, meta.heartbeat_interval)
-        tracking.heartbeat = True
+    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0))
 
 
 def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta | None:
@@ -81,23 +57,14 @@ def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta
         return None
     options = {**checked_decorator_options(celery_task, name), **incoming.options}
     options.pop("track", None)
-    if incoming.maybe_created:  # the publisher's create may have been carried out: take it up if so
-        found = find(request.id)
-        if found.task is not None:
-            return Meta(header_fields(found.task.to_dict()), *heartbeat_options(options, system))
-        if not found.asked:  # the API is failing now: record the outcome on it once it answers again
-            setattr(request, SETTLE_ATTR, True)
-            return None
-    fields = create_fields(name, options, system, request.id, request.args, request.kwargs,
-                           (getattr(request, "delivery_info", None) or {}).get("routing_key"))
-    fields.update(status=StatusEnum.PROCESSING, start_time=now())
-    heartbeat, stale = heartbeat_options(options, system)
-    if stale:
-        fields["stale_timeout"] = stale
-    task = create_now(fields, "start").task
-    if task is None:
-        return None
-    return Meta(header_fields(task.to_dict()), heartbeat, None)
+    queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+    started = lifecycle.create_at_start(
+        request.id, options, system,
+        lambda: create_fields(name, options, system, request.id, request.args, request.kwargs, queue),
+        maybe_created=incoming.maybe_created)
+    if started.settle:  # the API is failing now: record the outcome on it once it answers again
+        setattr(request, SETTLE_ATTR, True)
+    return started.meta
 
 
 def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> None:
@@ -106,50 +73,39 @@ def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> No
         if getattr(request, SETTLE_ATTR, False):
             _settle(request, state, retval)
         return
-    if tracking.token is not None:
-        exit_task(tracking.token)
-        tracking.token = None
     try:
         _end(tracking, request, state, retval)
     finally:
-        context_providers.stop(tracking.snapshots)
-        tracking.snapshots = None
+        lifecycle.leave(tracking)
 
 
 def _end(tracking: Tracking, request: Any, state: str | None, retval: Any) -> None:
-    if tracking.heartbeat:
-        get_heartbeat().stop(tracking.id)
     received().forget(request.id)
     if tracking.finished or tracking.is_finished():
         return  # already final, e.g. set in the task body: never overwrite it
     if state == "SUCCESS":
-        _finish(tracking, StatusEnum.SUCCESS)
+        lifecycle.succeed(tracking)
     elif state == "FAILURE":  # normally already handled by on_failure, which has the traceback
-        _finish(tracking, StatusEnum.ERROR, data=_error_data(tracking, retval, None, request))
+        _fail(tracking, retval, None, request)
     elif state == "RETRY" and not tracking.retry_recorded:
-        sender.submit(tracking.id, retry_fields(tracking, request, getattr(retval, "exc", None)))
-    elif state == "IGNORED":
-        _finish(tracking, StatusEnum.CANCELLED)
-    elif state == "REJECTED":
-        if getattr(retval, "requeue", False):
-            sender.submit(tracking.id, {"status": StatusEnum.PENDING.value})  # it will run again
-        else:
-            _finish(tracking, StatusEnum.CANCELLED)
+        lifecycle.retry(tracking, retry_number(request), getattr(retval, "exc", None))
+    elif state == "REJECTED" and getattr(retval, "requeue", False):
+        lifecycle.back_to_pending(tracking)  # it will run again
+    elif state in ("IGNORED", "REJECTED"):
+        lifecycle.cancel(tracking)
+
+
+#: Celery's final states -> the task's (a retry is not one: the next attempt looks for the task again).
+_SETTLED = {"SUCCESS": StatusEnum.SUCCESS, "FAILURE": StatusEnum.ERROR, "IGNORED": StatusEnum.CANCELLED,
+            "REJECTED": StatusEnum.CANCELLED}
 
 
 def _settle(request: Any, state: str | None, retval: Any) -> None:
     """A run whose task may exist but could not be looked up when it started has ended: its outcome is
-    recorded on the task once the API answers (``inline.settle_later``)."""
-    statuses = {"SUCCESS": StatusEnum.SUCCESS, "FAILURE": StatusEnum.ERROR, "IGNORED": StatusEnum.CANCELLED,
-                "REJECTED": StatusEnum.CANCELLED}
-    status = statuses.get(state or "")
-    if status is None:
-        return  # a retry: the next attempt looks for it again
-    fields: dict[str, Any] = {"status": status.value, "end_time": now()}
-    if status is StatusEnum.ERROR:
-        exc = retval if isinstance(retval, BaseException) else RuntimeError(str(retval))
-        fields[merge.MERGE_DATA] = exception_data(exc)
-    settle_later(request.id, fields)
+    recorded on the task once the API answers (``lifecycle.settle``)."""
+    status = _SETTLED.get(state or "")
+    if status is not None:
+        lifecycle.settle(request.id, status, retval)
 
 
 def on_failure(celery_task: Any, task_id: str | None, exception: BaseException | None, einfo: Any) -> None:
@@ -160,8 +116,7 @@ def on_failure(celery_task: Any, task_id: str | None, exception: BaseException |
     request = getattr(celery_task, "request", None)
     tracking = tracking_of(request)
     if tracking is not None and tracking.celery_id == task_id:
-        if not tracking.finished and not tracking.is_finished():
-            _finish(tracking, StatusEnum.ERROR, data=_error_data(tracking, exception, einfo, request))
+        _fail(tracking, exception, einfo, request)
         return
     # The worker's main process reports hard time limits and lost pool children.
     if _lost_its_child(exception):
@@ -174,10 +129,8 @@ def on_failure(celery_task: Any, task_id: str | None, exception: BaseException |
         return
     received().forget(task_id)
     extra = exception_data(exception, _failure_text(exception, einfo, request)) if exception else {}
-    known = meta is not None and not meta.task.get("data_omitted")
-    fields: dict[str, Any] = {"status": StatusEnum.ERROR.value, "end_time": now(),
-                              **merge.data_fields(meta.task.get("data") if meta else None, extra, known)}
-    sender.submit(task_id_tb, fields, final=True)
+    lifecycle.close(task_id_tb, StatusEnum.ERROR, extra, known_data=meta.task.get("data") if meta else None,
+                    data_known=meta is not None and not meta.task.get("data_omitted"))
 
 
 def on_revoked(request: Any, terminated: bool, expired: bool) -> None:
@@ -187,8 +140,7 @@ def on_revoked(request: Any, terminated: bool, expired: bool) -> None:
         return
     received().forget(celery_id)
     reason = "expired" if expired else ("terminated" if terminated else "revoked")
-    sender.submit(task_id, {"status": StatusEnum.CANCELLED.value, "end_time": now(),
-                            merge.MERGE_DATA: {"celery_revoked": reason}}, final=True)
+    lifecycle.close(task_id, StatusEnum.CANCELLED, {"celery_revoked": reason})
 
 
 def on_received(request: Any) -> None:
@@ -198,25 +150,10 @@ def on_received(request: Any) -> None:
         received().remember(request.id, task_id)
 
 
-def _finish(tracking: Tracking, status: StatusEnum, data: dict[str, Any] | None = None) -> None:
-    fields: dict[str, Any] = {"status": status.value, "end_time": now()}
-    if status is StatusEnum.SUCCESS:
-        fields.update(completed_progress(tracking.value, tracking.value_max))
-    if data is not None:
-        fields.update(data)
-    sender.submit(tracking.id, fields, final=True)
-    tracking.finished = True
-    tracking.set_status(status)
-
-
-def _error_data(tracking: Tracking, exc: Any, einfo: Any, request: Any) -> dict[str, Any]:
-    if not isinstance(exc, BaseException):
-        exc = RuntimeError(str(exc))
-    extra: dict[str, Any] = {**exception_data(exc, _failure_text(exc, einfo, request)), **error_context(exc)}
+def _fail(tracking: Tracking, exc: Any, einfo: Any, request: Any) -> None:
     retries = getattr(request, "retries", 0) or 0
-    if retries:
-        extra["retries"] = retries
-    return data_fields(tracking, extra)
+    exc = exc if isinstance(exc, BaseException) else RuntimeError(str(exc))
+    lifecycle.fail(tracking, exc, _failure_text(exc, einfo, request), {"retries": retries} if retries else None)
 
 
 def _failure_text(exc: BaseException | None, einfo: Any, request: Any) -> str | None:
@@ -254,7 +191,7 @@ def close_recent_successes() -> None:
         return
     found = received().forget_all(recent)
     for _, task_id in found:
-        sender.submit(task_id, {"status": StatusEnum.SUCCESS.value, merge.UNLESS_FINAL: True}, final=True)
+        lifecycle.close(task_id, StatusEnum.SUCCESS, unless_final=True)
     if found:
         log.info("Task Badger: a worker child died; %d recent success(es) it may not have reported are being "
                  "checked", len(found))

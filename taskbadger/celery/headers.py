@@ -16,15 +16,15 @@ untracked). Nothing read from a message goes back into a message or onto the wir
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._runtime import log_throttled, short
-from ..models import MAX_NAME_LENGTH, StatusEnum, is_task_id, jsonable
+from ..lifecycle import carried
+from ..lifecycle.carried import Meta
+from ..models import is_task_id
 from .options import KWARGS_KEY, TRACK_KEY, validate
 
 META_KEY = "taskbadger_task"
@@ -33,59 +33,9 @@ ID_KEY = "taskbadger_task_id"
 # the worker must not create the task again, or it could exist twice.
 MAYBE_CREATED_KEY = "taskbadger_maybe_created"
 OUR_KEYS = (META_KEY, ID_KEY, KWARGS_KEY, TRACK_KEY, MAYBE_CREATED_KEY)
-#: ``data`` larger than this (as JSON) is not copied into the headers; the worker fetches it if needed.
-MAX_HEADER_DATA_CHARS = 8192
-#: Bounds on the seconds a header may carry (a day for heartbeats, the API's limit for stale_timeout).
-MAX_HEARTBEAT = 86_400.0
-MAX_SECONDS = 2_147_483_647
-_STATUSES = frozenset(s.value for s in StatusEnum)
 
-
-def _text(limit: int) -> Any:
-    return lambda v: v if isinstance(v, str) and len(v) <= limit else _invalid()
-
-
-def _count(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**63 - 1 else _invalid()
-
-
-def _invalid() -> Any:
-    raise ValueError
-
-
-#: header task field -> check returning the value to keep (raises ValueError when invalid)
-_TASK_FIELDS: dict[str, Any] = {
-    "id": lambda v: v if is_task_id(v) else _invalid(),
-    "name": _text(MAX_NAME_LENGTH * 4),
-    "status": lambda v: v if v in _STATUSES else _invalid(),
-    "value": lambda v: None if v is None else _count(v),
-    "value_max": _count,
-    "data": lambda v: jsonable(v),
-    "tags": lambda v: dict(v) if isinstance(v, Mapping) and all(
-        isinstance(k, str) and isinstance(x, str) for k, x in v.items()) else _invalid(),
-    "parent": lambda v: v if v is None or is_task_id(v) else _invalid(),
-    "queue": _text(1000),
-    "external_id": _text(1000),
-    "public_url": _text(2000),
-    "data_omitted": lambda v: v if isinstance(v, bool) else _invalid(),
-}
-
-
-@dataclass
-class Meta:
-    """What the ``taskbadger_task`` header says about the task: its created fields (``id`` always
-    valid), and the heartbeat and stale timeout to apply once it runs."""
-
-    task: dict[str, Any]
-    heartbeat_interval: float | None = None
-    stale_timeout: int | None = None
-
-    @property
-    def id(self) -> str:
-        return self.task["id"]
-
-    def to_header(self) -> dict[str, Any]:
-        return {"task": self.task, "heartbeat_interval": self.heartbeat_interval, "stale_timeout": self.stale_timeout}
+__all__ = ["Incoming", "Meta", "check_outgoing", "header_fields", "parse_meta", "read_incoming", "read_task_id",
+           "strip", "write_meta"]
 
 
 @dataclass
@@ -105,34 +55,7 @@ def _warn(task_name: str, header: str, problem: str) -> None:
 
 def parse_meta(raw: Any, task_name: str) -> Meta | None:
     """The checked ``taskbadger_task`` header, or None (with a warning) when it is unusable."""
-    if raw is None:
-        return None
-    task = raw.get("task") if isinstance(raw, Mapping) else None
-    if not isinstance(task, Mapping):
-        _warn(task_name, META_KEY, f"is not of the form {{'task': {{'id': ...}}}} ({short(raw, 60)})")
-        return None
-    if not is_task_id(task.get("id")):
-        _warn(task_name, META_KEY, f"has no valid task id ({short(task.get('id'), 60)})")
-        return None
-    fields: dict[str, Any] = {}
-    for key, value in task.items():
-        check = _TASK_FIELDS.get(key)
-        if check is None:
-            continue  # a field this version does not use
-        try:
-            fields[key] = check(value)
-        except (ValueError, TypeError):
-            _warn(task_name, f"{META_KEY}.task.{short(key, 40)}", f"has an invalid value {short(value, 60)}")
-    heartbeat = raw.get("heartbeat_interval")
-    if heartbeat is not None and not (isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool)
-                                      and math.isfinite(heartbeat) and 0 < heartbeat <= MAX_HEARTBEAT):
-        _warn(task_name, f"{META_KEY}.heartbeat_interval", f"is not a number of seconds ({short(heartbeat, 60)})")
-        heartbeat = None
-    stale = raw.get("stale_timeout")
-    if stale is not None and not (isinstance(stale, int) and not isinstance(stale, bool) and 1 <= stale <= MAX_SECONDS):
-        _warn(task_name, f"{META_KEY}.stale_timeout", f"is not a whole number of seconds ({short(stale, 60)})")
-        stale = None
-    return Meta(fields, float(heartbeat) if heartbeat is not None else None, stale)
+    return carried.parse_meta(raw, task_name, f"message header {META_KEY}")
 
 
 def parse_options(raw: Any, task_name: str) -> dict[str, Any]:
@@ -187,7 +110,7 @@ def strip(message: MutableMapping[str, Any]) -> None:
 
 
 def write_meta(message: MutableMapping[str, Any], meta: Meta) -> None:
-    header = meta.to_header()
+    header = meta.to_dict()
     message[META_KEY] = header
     message[ID_KEY] = meta.id
     nested = message.get("headers")
@@ -235,12 +158,4 @@ def read_task_id(request: Any) -> str | None:
 
 def header_fields(task_fields: Mapping[str, Any]) -> dict[str, Any]:
     """The fields of a created task that travel in the message (``data`` only while small)."""
-    keep = ("id", "name", "status", "value", "value_max", "tags", "parent", "queue", "external_id", "public_url")
-    fields = {k: task_fields[k] for k in keep if task_fields.get(k) is not None}
-    data = task_fields.get("data")
-    if data is not None:
-        if len(json.dumps(data, default=str)) <= MAX_HEADER_DATA_CHARS:
-            fields["data"] = data
-        else:
-            fields["data_omitted"] = True
-    return fields
+    return carried.carried_fields(task_fields)

@@ -1,5 +1,6 @@
 """Publish-side events: a message about to be published becomes a ``pending`` task (or stays untracked),
-a retry sends the task back to ``pending``, and a task whose message never left is cancelled.
+a retry sends the task back to ``pending``, and a task whose message never left is cancelled
+(``lifecycle.publish_failed``).
 """
 
 from __future__ import annotations
@@ -12,22 +13,13 @@ from collections import OrderedDict
 from collections.abc import Sized
 from typing import Any
 
+from .. import lifecycle
 from .._runtime import PerProcess, log_throttled, short, start_daemon_thread
 from ..config import is_configured
-from ..delivery import merge, sender
-from ..models import StatusEnum, exception_data
+from ..lifecycle import publish_failed
 from ..task import Task as TaskbadgerTask
-from .fields import (
-    celery_system,
-    checked_decorator_options,
-    create_fields,
-    create_now,
-    heartbeat_options,
-    now,
-    registered_task,
-    uses_base_class,
-)
-from .headers import KWARGS_KEY, MAYBE_CREATED_KEY, Meta, check_outgoing, header_fields, write_meta
+from .fields import celery_system, checked_decorator_options, create_fields, registered_task, uses_base_class
+from .headers import KWARGS_KEY, MAYBE_CREATED_KEY, check_outgoing, write_meta
 from .state import Tracking, running_tracking
 
 log = logging.getLogger("taskbadger")
@@ -83,15 +75,15 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     options.pop("track", None)
     fields = create_fields(tracked_name, options, system, celery_id, args, kwargs, _queue_name(declare, routing_key),
                            canvas_data, display_name)
-    heartbeat, stale_timeout = heartbeat_options(options, system)
-    created = create_now(fields, "publish")
+    heartbeat, stale_timeout = lifecycle.heartbeat_options(options, system)
+    created = lifecycle.enqueue(fields, "publish")
     task = created.task
     if task is None:
         if created.maybe_created:
             message[MAYBE_CREATED_KEY] = True
         return None
     message.pop(KWARGS_KEY, None)  # resolved into the created task
-    write_meta(message, Meta(header_fields(task.to_dict()), heartbeat, stale_timeout))
+    write_meta(message, lifecycle.created_meta(task, heartbeat, stale_timeout))
     if celery_id is not None and not _ignores_result(message, celery_task):
         _tell_result_backend(celery_task, celery_id, task.id)
     return task
@@ -141,47 +133,22 @@ def _queue_name(declare: Any, routing_key: str | None) -> str | None:
 # -- retries ----------------------------------------------------------------------------------------
 
 
-def retry_fields(tracking: Tracking, request: Any, exc: BaseException | None) -> dict[str, Any]:
-    """Back to ``pending``, with the attempt count and the exception that caused the retry."""
-    extra: dict[str, Any] = {"retries": (getattr(request, "retries", 0) or 0) + 1}
-    if exc is not None:
-        extra["last_exception"] = exception_data(exc)["exception"]
-    return {"status": StatusEnum.PENDING.value, **data_fields(tracking, extra)}
-
-
-def data_fields(tracking: Tracking, extra: dict[str, Any]) -> dict[str, Any]:
-    """The update fields that add ``extra`` to the run's data (see ``merge.data_fields``)."""
-    fields = merge.data_fields(tracking.data, extra, known_is_current=tracking.data_known)
-    if "data" in fields:
-        tracking.data = fields["data"]
-    return fields
-
-
 def record_retry(tracking: Tracking) -> None:
-    """Back to pending, sent synchronously *before* the retry message is published: the next attempt
-    may start at once in another worker process, whose updates must come after this one."""
+    """``task.retry()`` in the body is publishing the next attempt: back to ``pending`` now (see
+    ``lifecycle.retry``)."""
     import celery
 
-    fields = retry_fields(tracking, celery.current_task.request, tracking.retry_exc or sys.exc_info()[1])
     tracking.retry_recorded = True
-    try:
-        tracking.task.update(**fields)
-    except Exception as err:
-        log.warning("Task Badger: could not record the retry of task %s now (%s); it is queued", short(tracking.id),
-                    err)
-        sender.submit(tracking.id, fields)
+    lifecycle.retry(tracking, retry_number(celery.current_task.request), tracking.retry_exc or sys.exc_info()[1],
+                    wait=True)
+
+
+def retry_number(request: Any) -> int:
+    """The attempt the retry being published is (1 for the first retry)."""
+    return (getattr(request, "retries", 0) or 0) + 1
 
 
 # -- tasks whose message never left -----------------------------------------------------------------
-
-
-def publish_failed(task: TaskbadgerTask, reason: str) -> None:
-    """The task was created but its message was not published: it will never run. End it."""
-    sender.submit(task.id, {"status": StatusEnum.CANCELLED.value, "end_time": now(),
-                            "data": merge.with_data(task.data, {"publish_error": reason})}, final=True)
-    log_throttled(f"publish-failed:{task.name[:200]}", 60.0, logging.WARNING,
-                  "Task Badger: the message of task %s was not published (%s); the task is cancelled",
-                  short(task.name), short(reason, 200))
 
 
 class Confirmations:

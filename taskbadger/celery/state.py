@@ -1,6 +1,7 @@
 """Worker-side bookkeeping: the state of a tracked run, and what the worker's main process remembers.
 
-* ``Tracking``: one tracked run, kept on the Celery request while the task runs (``TRACKING_ATTR``).
+* ``Tracking``: one tracked run (a ``lifecycle.Run``), kept on the Celery request while the task runs
+  (``TRACKING_ATTR``).
 * The main process's map of tracked messages it received (Celery id -> Task Badger id), for the
   events that carry only the Celery id (hard time limits, lost children, revokes).
 * ``publish_slot``: where the publish handler leaves the task it created for ``Task.apply_async``.
@@ -13,10 +14,9 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
-from .._runtime import ForkSafeLock, PerProcess, short
-from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel
+from .._runtime import ForkSafeLock, PerProcess
+from ..lifecycle import Meta, Run
 from ..task import Task as TaskbadgerTask
-from .headers import Meta
 
 log = logging.getLogger("taskbadger")
 
@@ -32,68 +32,21 @@ publish_slot: contextvars.ContextVar[dict[str, TaskbadgerTask] | None] = context
 )
 
 
-class Tracking:
-    """State of one tracked run, kept on the Celery request. The ``taskbadger.Task`` is built from
-    the header fields only when something asks for it (most task bodies never do)."""
+class Tracking(Run):
+    """One tracked run of a Celery task (``lifecycle.Run``), kept on the Celery request, with what only
+    Celery has: the retry being published from the body, and the names of the tasks that follow it."""
 
-    __slots__ = ("celery_id", "meta", "_task", "_status", "token", "snapshots", "finished", "heartbeat",
-                 "retry_exc", "retry_recorded", "successors")
+    __slots__ = ("retry_exc", "retry_recorded", "successors")
 
     def __init__(self, celery_id: str, meta: Meta) -> None:
-        self.celery_id = celery_id
-        self.meta = meta
-        self._task: TaskbadgerTask | None = None
-        self._status: StatusEnum | str = meta.task.get("status") or StatusEnum.PENDING
-        self.token: Any = None  # the scope's running-task token while the body runs
-        self.snapshots: Any = None  # the context providers' snapshots (their token) while the body runs
-        self.finished = False
-        self.heartbeat = False
+        super().__init__(celery_id, meta)
         self.retry_exc: BaseException | None = None
         self.retry_recorded = False
         self.successors: frozenset[str] = frozenset()
 
     @property
-    def id(self) -> str:
-        return self.meta.id
-
-    @property
-    def task(self) -> TaskbadgerTask:
-        if self._task is None:
-            self._task = TaskbadgerTask(TaskModel.from_dict(self.meta.task))
-            self._task._task.status = self._status
-        return self._task
-
-    @property
-    def data(self) -> Any:
-        return self._task.data if self._task is not None else self.meta.task.get("data")
-
-    @data.setter
-    def data(self, value: Any) -> None:
-        self.meta.task["data"] = value
-        if self._task is not None:
-            self._task._task.data = value
-
-    @property
-    def value(self) -> Any:
-        return self._task.value if self._task is not None else self.meta.task.get("value")
-
-    @property
-    def value_max(self) -> Any:
-        return self._task.value_max if self._task is not None else self.meta.task.get("value_max")
-
-    @property
-    def data_known(self) -> bool:
-        """False when the data was too large for the headers and has not been fetched."""
-        return not (self.meta.task.get("data_omitted") and self.data is None)
-
-    def set_status(self, status: StatusEnum) -> None:
-        self._status = status
-        if self._task is not None:
-            self._task._task.status = status
-
-    def is_finished(self) -> bool:
-        status = self._task.status if self._task is not None else self._status
-        return status in TERMINAL_STATUSES
+    def celery_id(self) -> str | None:
+        return self.external_id
 
 
 def tracking_of(request: Any) -> Tracking | None:
@@ -110,15 +63,7 @@ def running_tracking() -> Tracking | None:
 def current_task(request: Any) -> TaskbadgerTask | None:
     """``self.taskbadger_task``: the run's task, its data fetched once if it was too large for the headers."""
     tracking = tracking_of(request)
-    if tracking is None:
-        return None
-    if not tracking.data_known:
-        try:
-            tracking.task._task = TaskbadgerTask.get(tracking.id)._task
-            tracking.meta.task["data_omitted"] = False
-        except Exception as err:
-            log.warning("Task Badger: could not fetch task %s: %s", short(tracking.id), err)
-    return tracking.task
+    return tracking.current_task() if tracking is not None else None
 
 
 def task_id_of(request: Any) -> str | None:

@@ -2,140 +2,25 @@
 
 from __future__ import annotations
 
-import logging
-import re
-from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .._runtime import short
-from ..exceptions import ConfigurationError
-from ..models import monitor_id
-from .base import System
+from .base import QueueIntegration, full_match, pattern_error
 
-log = logging.getLogger("taskbadger")
+__all__ = ["CelerySystemIntegration", "full_match", "pattern_error"]
 
 
-def pattern_error(pattern: str) -> re.error | None:
-    """Why ``pattern`` is not a valid regular expression, or None."""
-    try:
-        re.compile(pattern)
-    except re.error as err:
-        return err
-    return None
+class CelerySystemIntegration(QueueIntegration):
+    """Track Celery tasks by name; the arguments are ``QueueIntegration``'s.
 
-
-def full_match(pattern: str, task_name: str) -> bool:
-    """The one matching rule of task names: the exact name, or a regular expression matching all of it."""
-    return pattern == task_name or (pattern_error(pattern) is None and re.fullmatch(pattern, task_name) is not None)
-
-
-def _compile(patterns: Iterable[str] | None, what: str) -> list[re.Pattern[str]] | None:
-    if patterns is None:
-        return None
-    if isinstance(patterns, str):
-        patterns = [patterns]
-    compiled = []
-    for pattern in patterns:
-        err = pattern_error(pattern)
-        if err is not None:
-            raise ConfigurationError(f"{what} pattern {pattern!r} is not a valid regular expression: {err}")
-        compiled.append(re.compile(pattern))
-    return compiled
-
-
-def _checked_monitors(monitors: Mapping[str, str] | None) -> dict[str, str]:
-    """Task name or pattern -> canonical monitor id; ConfigurationError naming the first entry that is
-    not one. An entry whose value is None means "no monitor" (an id read from the environment, left unset)."""
-    checked = {}
-    for pattern, monitor in (monitors or {}).items():
-        if monitor is None:
-            continue
-        canonical = monitor_id(monitor)
-        if not isinstance(pattern, str) or canonical is None:
-            raise ConfigurationError(
-                f"monitors entry {short(pattern)} -> {short(monitor)}: the key must be a task name or pattern and the "
-                "value a monitor id (a UUID); copy the id from the monitor's page in Task Badger.")
-        checked[pattern] = canonical
-    return checked
-
-
-def _positive(value: Any, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-        raise ConfigurationError(f"{what} must be a positive number of seconds, got {value!r}")
-
-
-class CelerySystemIntegration(System):
-    """Track Celery tasks by name.
-
-    Arguments:
-        auto_track_tasks: track every task whose name passes ``includes``/``excludes`` (Celery's own
-            ``celery.*`` tasks never are). Tasks using the ``taskbadger.celery.Task`` base class are
-            tracked either way unless a call opts out with ``taskbadger_track=False``.
-        includes, excludes: task names or regular expressions, matched against the whole name.
-            Excludes win.
-        record_task_args: store each task's args and kwargs in its ``data``.
-        heartbeat_interval: seconds between automatic pings of running tasks.
-        stale_timeout: seconds without an update before Task Badger marks a running task stale;
-            defaults to twice ``heartbeat_interval``.
-        monitors: task name or regular expression -> monitor id, for tasks that do not set
-            ``taskbadger_monitor_id`` themselves.
-
-    Raises ConfigurationError for a value that cannot be used (a monitor id that is not a UUID, a
-    pattern that is not a regular expression, a negative interval): half a configuration is not applied.
+    Celery's own ``celery.*`` tasks are never tracked by name. Tasks using the ``taskbadger.celery.Task``
+    base class are tracked either way unless a call opts out with ``taskbadger_track=False``, and a task's
+    ``taskbadger_monitor_id`` wins over ``monitors``.
     """
 
     identifier = "celery"
-
-    def __init__(
-        self,
-        auto_track_tasks: bool = True,
-        includes: Iterable[str] | None = None,
-        excludes: Iterable[str] | None = None,
-        record_task_args: bool = False,
-        heartbeat_interval: float | None = None,
-        stale_timeout: int | None = None,
-        monitors: Mapping[str, str] | None = None,
-    ) -> None:
-        _positive(heartbeat_interval, "heartbeat_interval")
-        _positive(stale_timeout, "stale_timeout")
-        self.auto_track_tasks = auto_track_tasks
-        self.includes = includes
-        self.excludes = excludes
-        self.record_task_args = record_task_args
-        self.heartbeat_interval = heartbeat_interval
-        self.stale_timeout = stale_timeout
-        self.monitors = _checked_monitors(monitors)
-        self._includes = _compile(includes, "includes")
-        self._excludes = _compile(excludes, "excludes")
-        self._monitors = list(zip(_compile(list(self.monitors), "monitors") or [], self.monitors.values(), strict=True))
-
-    def track_task(self, task_name: str) -> bool:
-        """Whether auto-tracking applies to ``task_name``."""
-        if not self.auto_track_tasks or task_name.startswith("celery."):
-            return False
-        return self.matches(task_name)
-
-    def matches(self, task_name: str) -> bool:
-        if self._excludes and any(p.fullmatch(task_name) for p in self._excludes):
-            return False
-        if self._includes is not None:
-            return any(p.fullmatch(task_name) for p in self._includes)
-        return True
-
-    def monitor_for(self, task_name: str) -> str | None:
-        """The monitor id configured for ``task_name``: an exact name wins over a pattern."""
-        if task_name in self.monitors:
-            return self.monitors[task_name]
-        for pattern, monitor in self._monitors:
-            if pattern.fullmatch(task_name):
-                return monitor
-        return None
+    internal_prefix = "celery."
 
     def on_init(self, config: Any) -> None:
         from ..celery.signals import connect
 
         connect()  # idempotent
-
-    def __repr__(self) -> str:
-        return (f"CelerySystemIntegration(auto_track_tasks={self.auto_track_tasks!r}, includes={self.includes!r}, "
-                f"excludes={self.excludes!r})")

@@ -93,6 +93,16 @@ def report_access(self, marker):
         tb.update(data={"seen_id": self.taskbadger_task_id, "marker": marker, "name": tb.name})
 
 
+@app.task(bind=True, base=Task)
+def report_current(self, marker):
+    """Records what ``taskbadger.current_task()`` gives the body (the same task as ``self.taskbadger_task``)."""
+    import taskbadger
+
+    tb = taskbadger.current_task()
+    if tb is not None:
+        tb.update(data={"current_id": tb.id, "same_as_self": tb is self.taskbadger_task, "marker": marker})
+
+
 @app.task(bind=True, base=Task, max_retries=3)
 def flaky(self, failures):
     if self.request.retries < failures:

@@ -1,0 +1,418 @@
+"""What happens to a Task Badger task when a job is enqueued, starts, reports progress, ends, fails, is
+retried or runs again: one piece of code that every integration calls (Celery, ``django.tasks``,
+Procrastinate, ``@track``). It holds nothing about any queue: an adapter translates its queue's events
+into these calls, and carries ``Meta`` from the process that enqueues to the worker its own way.
+
+Publishing side
+    ``create_fields`` (the create body: name, ``external_id`` = the job's id, queue, options, the
+    integration's rules, recorded arguments, parent), then ``enqueue`` (the inline create, within the
+    publish budget, through the breaker: ``inline.create_inline``); ``created_meta`` is what to carry.
+    A job whose enqueue failed after its task was created: ``publish_failed``.
+
+Worker side
+    ``Run``: one tracked run. ``start`` (``processing``, ``start_time`` on the first attempt, the stale
+    timeout, then ``enter``: the running task for nesting and ``current_task()``, context providers,
+    heartbeat). A job its publisher could not track is created by the worker: ``create_at_start`` (which
+    takes up a create whose answer was lost, ``inline.find``). Then one outcome: ``succeed`` (the
+    finished-progress rule), ``fail`` (the exception's type, message and traceback, the context providers'
+    context), ``cancel``, or ``back_to_pending`` (a retry, a requeue: the same task runs again and goes
+    back to ``processing`` when it starts); and ``leave``. A run whose task may exist but could not be
+    looked up ends with ``settle``. Events that know only the task id (a worker's main process): ``close``.
+
+Every update goes to the per-process queue (``delivery.sender.submit``): nothing here waits for the API
+except the creates, which must be inline (the job's body may ask for its task). A final update is merged
+with a queued ``processing`` (a fast job costs one PATCH).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import logging
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .. import context_providers
+from .._runtime import log_throttled, short
+from ..context_providers import error_context
+from ..delivery import merge, sender
+from ..delivery.heartbeat import get_heartbeat
+from ..inline import Created, create_inline, find, settle_later
+from ..models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress, exception_data
+from ..scope import enter_task, exit_task, parent_for_new_task
+from ..task import Task
+from .carried import Meta, carried_fields, parse_meta
+from .options import OPTIONS, check_option, recorded_args, validate
+
+log = logging.getLogger("taskbadger")
+
+__all__ = ["OPTIONS", "AtStart", "Meta", "Rules", "Run", "back_to_pending", "cancel", "carried_fields", "check_option",
+           "close", "create_at_start", "create_fields", "created_meta", "current_run", "current_task", "enqueue",
+           "enter", "fail", "heartbeat_options", "leave", "now", "parse_meta", "publish_failed", "recorded_args",
+           "retry", "settle", "start", "succeed", "validate"]
+
+#: A task's stale timeout defaults to this many heartbeat intervals.
+STALE_TIMEOUT_FACTOR = 2
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+class Rules(Protocol):
+    """An integration's rules (``CelerySystemIntegration``, the ``django.tasks`` settings…)."""
+
+    record_task_args: bool
+    heartbeat_interval: float | None
+    stale_timeout: int | None
+
+    def monitor_for(self, task_name: str) -> str | None: ...
+
+
+# -- publishing side ---------------------------------------------------------------------------------------
+
+
+def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, external_id: Any, queue: str | None,
+                  recorded: Callable[[], dict[str, Any]] | None = None, extra_data: Mapping[str, Any] | None = None,
+                  display_name: str | None = None, inherit_parent: bool = True) -> dict[str, Any]:
+    """The create body of a job's task (``name`` and ``monitor_id`` included). ``name`` is the job's task
+    name (the rules apply to it), ``display_name`` the name shown when it differs; ``options`` are checked
+    options (``validate``); ``recorded()`` gives the job's arguments as data, asked only when they are to
+    be recorded; ``inherit_parent``: False when the job follows the running task rather than being its
+    child (a Celery chain's next link)."""
+    shown = display_name or name
+    fields: dict[str, Any] = {
+        "name": options.get("name", shown if len(shown) <= MAX_NAME_LENGTH else shown[:MAX_NAME_LENGTH - 1] + "…"),
+        "status": StatusEnum.PENDING,
+        "external_id": external_id if isinstance(external_id, str) else None,
+        "queue": queue,
+    }
+    for key in ("value", "value_max", "tags", "max_runtime", "actions"):
+        if key in options:
+            fields[key] = options[key]
+    data = dict(options.get("data") or {})
+    if extra_data:
+        data.update(extra_data)
+    if recorded is not None and options.get("record_task_args", rules.record_task_args if rules is not None else False):
+        data.update(recorded())
+    if data:
+        fields["data"] = data
+    if "parent" in options:
+        fields["parent"] = options["parent"]  # explicit, None included
+    elif inherit_parent:
+        fields["parent"] = parent_for_new_task()
+    monitor = options.get("monitor_id") or (rules.monitor_for(name) if rules is not None else None)
+    if monitor:
+        fields["monitor_id"] = monitor
+    return fields
+
+
+def heartbeat_options(options: Mapping[str, Any], rules: Rules | None) -> tuple[float | None, int | None]:
+    """(seconds between pings, stale_timeout) for a job: its options, else the integration's; the stale
+    timeout defaults to twice the heartbeat interval."""
+    interval = options.get("heartbeat_interval", rules.heartbeat_interval if rules is not None else None)
+    stale = options.get("stale_timeout", rules.stale_timeout if rules is not None else None)
+    if stale is None and interval:
+        stale = max(1, math.ceil(interval * STALE_TIMEOUT_FACTOR))
+    return interval, stale
+
+
+def enqueue(fields: Mapping[str, Any], where: str = "publish") -> Created:
+    """The inline create of a job's task (``fields`` from ``create_fields``), within the publish budget,
+    through the breaker; never raises. ``where``: "publish" (the job is being enqueued) or "start" (a
+    worker creates a job's task its publisher could not)."""
+    fields = dict(fields)
+    name = fields.pop("name")
+    return create_inline(name, fields, fields.pop("monitor_id", None), where=where)
+
+
+def created_meta(task: Task | Mapping[str, Any], heartbeat_interval: float | None = None,
+                 stale_timeout: int | None = None) -> Meta:
+    """What to carry to the worker about a created task."""
+    return Meta(carried_fields(task.to_dict() if isinstance(task, Task) else task), heartbeat_interval, stale_timeout)
+
+
+def publish_failed(task: Task, reason: str) -> None:
+    """The task was created but its job was never enqueued (the broker refused it): it will never run.
+    End it ``cancelled``, with ``data["publish_error"]``."""
+    sender.submit(task.id, {"status": StatusEnum.CANCELLED.value, "end_time": now(),
+                            "data": merge.with_data(task.data, {"publish_error": reason})}, final=True)
+    log_throttled(f"publish-failed:{task.name[:200]}", 60.0, logging.WARNING,
+                  "Task Badger: the message of task %s was not published (%s); the task is cancelled",
+                  short(task.name), short(reason, 200))
+
+
+# -- worker side: one tracked run ---------------------------------------------------------------------------
+
+
+class Run:
+    """One tracked run of a job, from its start to its end. The ``taskbadger.Task`` is built from what was
+    carried only when something asks for it (most job bodies never do)."""
+
+    __slots__ = ("external_id", "meta", "_task", "_status", "_tokens", "finished", "heartbeat")
+
+    def __init__(self, external_id: str | None, meta: Meta) -> None:
+        self.external_id = external_id
+        self.meta = meta
+        self._task: Task | None = None
+        self._status: StatusEnum | str = meta.task.get("status") or StatusEnum.PENDING
+        self._tokens: tuple[Any, Any, Any] | None = None  # scope, current run, context providers (while entered)
+        self.finished = False
+        self.heartbeat = False
+
+    @classmethod
+    def of_task(cls, task: Task, external_id: str | None = None) -> Run:
+        """A run of a task created just now, whose ``taskbadger.Task`` we hold (``@track``)."""
+        run = cls(external_id, created_meta(task))
+        run._task = task
+        run._status = task.status
+        return run
+
+    @property
+    def id(self) -> str:
+        return self.meta.id
+
+    @property
+    def task(self) -> Task:
+        if self._task is None:
+            self._task = Task(TaskModel.from_dict(self.meta.task))
+            self._task._task.status = self._status
+        return self._task
+
+    @property
+    def data(self) -> Any:
+        return self._task.data if self._task is not None else self.meta.task.get("data")
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        self.meta.task["data"] = value
+        if self._task is not None:
+            self._task._task.data = value
+
+    @property
+    def value(self) -> Any:
+        return self._task.value if self._task is not None else self.meta.task.get("value")
+
+    @property
+    def value_max(self) -> Any:
+        return self._task.value_max if self._task is not None else self.meta.task.get("value_max")
+
+    @property
+    def data_known(self) -> bool:
+        """False when the data was too large to carry and has not been fetched."""
+        return not (self.meta.task.get("data_omitted") and self.data is None)
+
+    def set_status(self, status: StatusEnum) -> None:
+        self._status = status
+        if self._task is not None:
+            self._task._task.status = status
+
+    def is_finished(self) -> bool:
+        status = self._task.status if self._task is not None else self._status
+        return status in TERMINAL_STATUSES
+
+    def current_task(self) -> Task:
+        """The run's ``taskbadger.Task`` for the job's body: its data fetched once if it was too large to carry."""
+        if not self.data_known:
+            try:
+                self.task._task = Task.get(self.id)._task
+                self.meta.task["data_omitted"] = False
+            except Exception as err:
+                log.warning("Task Badger: could not fetch task %s: %s", short(self.id), err)
+        return self.task
+
+
+_current: contextvars.ContextVar[Run | None] = contextvars.ContextVar("taskbadger_current_run", default=None)
+
+
+def current_run() -> Run | None:
+    """The tracked run executing in this context (thread, greenlet, coroutine), if any."""
+    return _current.get()
+
+
+def current_task() -> Task | None:
+    """The running task's ``taskbadger.Task``, or None when no tracked task runs here.
+
+    Inside a tracked Celery task, ``django.tasks`` task, Procrastinate job or ``@track`` call, this is its
+    Task Badger task, built without a request to the API; elsewhere (or when the run is untracked) None::
+
+        tb = taskbadger.current_task()
+        if tb:
+            tb.update(value=i, value_max=total)
+    """
+    run = _current.get()
+    return run.current_task() if run is not None else None
+
+
+def start(run: Run, first_attempt: bool = True) -> None:
+    """The job starts: ``processing`` (with ``start_time`` on its first attempt; a run again keeps its
+    first start), its stale timeout (only once running: a queued job never goes stale); then ``enter``."""
+    fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
+    if first_attempt:
+        fields["start_time"] = now()
+    if run.meta.stale_timeout:
+        fields["stale_timeout"] = run.meta.stale_timeout
+    sender.submit(run.id, fields)
+    run.set_status(StatusEnum.PROCESSING)
+    run.finished = False
+    enter(run)
+
+
+def enter(run: Run) -> None:
+    """The run's body executes here from now on: tasks created meanwhile are its children,
+    ``current_task()`` is its task, the context providers take their snapshots, its heartbeat starts."""
+    if run._tokens is not None:
+        return
+    run._tokens = (enter_task(run.id, run.meta.task.get("parent")), _current.set(run), context_providers.start())
+    if run.meta.heartbeat_interval:
+        get_heartbeat().start(run.id, run.meta.heartbeat_interval)
+        run.heartbeat = True
+
+
+def leave(run: Run) -> None:
+    """The run's body is over (whatever its outcome): undo ``enter``, in the same context. Idempotent."""
+    if run.heartbeat:
+        get_heartbeat().stop(run.id)
+        run.heartbeat = False
+    tokens, run._tokens = run._tokens, None
+    if tokens is None:
+        return
+    scope_token, current_token, snapshots = tokens
+    try:
+        exit_task(scope_token)
+        _current.reset(current_token)
+    finally:
+        context_providers.stop(snapshots)
+
+
+def data_fields(run: Run, extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The update fields that add ``extra`` to the run's data (see ``merge.data_fields``)."""
+    fields = merge.data_fields(run.data, extra, known_is_current=run.data_known)
+    if "data" in fields:
+        run.data = fields["data"]
+    return fields
+
+
+def _final(run: Run, status: StatusEnum, extra: Mapping[str, Any] | None = None) -> bool:
+    """Queue the run's final update, unless it already has a final state (set in the body: never
+    overwritten). Returns whether it was queued."""
+    if run.finished or run.is_finished():
+        return False
+    fields: dict[str, Any] = {"status": status.value, "end_time": now()}
+    if status is StatusEnum.SUCCESS:
+        fields.update(completed_progress(run.value, run.value_max))
+    if extra:
+        fields.update(data_fields(run, extra))
+    sender.submit(run.id, fields, final=True)
+    run.finished = True
+    run.set_status(status)
+    return True
+
+
+def succeed(run: Run) -> bool:
+    """The job returned: ``success`` (a job that reported progress ends complete)."""
+    return _final(run, StatusEnum.SUCCESS)
+
+
+def failure_data(exc: Any, formatted: str | None = None) -> dict[str, Any]:
+    """What a failure records in ``data``: the exception's type, message and traceback (``formatted``, when
+    the queue has the text), and the context providers' context."""
+    if not isinstance(exc, BaseException):
+        exc = RuntimeError(str(exc))
+    return {**exception_data(exc, formatted), **error_context(exc)}
+
+
+def fail(run: Run, exc: Any, formatted: str | None = None, extra: Mapping[str, Any] | None = None) -> bool:
+    """The job raised ``exc``: ``error``, with ``failure_data`` (and ``extra``) merged into the task's data."""
+    return _final(run, StatusEnum.ERROR, {**failure_data(exc, formatted), **(extra or {})})
+
+
+def cancel(run: Run, extra: Mapping[str, Any] | None = None) -> bool:
+    """The job will not complete (ignored, rejected, aborted): ``cancelled``."""
+    return _final(run, StatusEnum.CANCELLED, extra)
+
+
+def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None) -> None:
+    """The job will run again (a retry, a requeue): back to ``pending``, with ``extra`` (the attempt, the
+    exception that caused it) merged into its data. Its next start makes it ``processing`` again."""
+    fields: dict[str, Any] = {"status": StatusEnum.PENDING.value}
+    if extra:
+        fields.update(data_fields(run, extra))
+    sender.submit(run.id, fields)
+    run.set_status(StatusEnum.PENDING)
+
+
+@dataclass(frozen=True)
+class AtStart:
+    """What ``create_at_start`` came to: what to run the job with (None: untracked), and whether its
+    outcome is to be recorded later on a task that may exist (``settle``)."""
+
+    meta: Meta | None
+    settle: bool = False
+
+
+def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: Rules | None,
+                    make_fields: Callable[[], dict[str, Any]], maybe_created: bool = False) -> AtStart:
+    """A worker starts a job its publisher did not track (not configured there, or the API was failing then):
+    track it now. If the publisher's create may have been carried out without an answer (``maybe_created``),
+    take that task up when it is still ``pending``; if the API cannot be asked now, the run goes on untracked
+    and its outcome is recorded once the API answers (``AtStart.settle``). Else create it ``processing``, with
+    ``make_fields()`` (``create_fields``)."""
+    heartbeat, stale = heartbeat_options(options, rules)
+    if maybe_created and external_id:
+        found = find(external_id)
+        if found.task is not None:
+            return AtStart(created_meta(found.task, heartbeat, stale))
+        if not found.asked:
+            return AtStart(None, settle=True)
+    fields = make_fields()
+    fields.update(status=StatusEnum.PROCESSING, start_time=now())
+    if stale:
+        fields["stale_timeout"] = stale
+    task = enqueue(fields, "start").task
+    return AtStart(created_meta(task, heartbeat, None) if task is not None else None)
+
+
+def settle(external_id: str, status: StatusEnum, exc: Any = None) -> None:
+    """A run whose task may exist but could not be looked up when it started has ended with ``status``:
+    record it on the task once the API answers (``inline.settle_later``)."""
+    fields: dict[str, Any] = {"status": status.value, "end_time": now()}
+    if status is StatusEnum.ERROR:
+        fields[merge.MERGE_DATA] = exception_data(exc if isinstance(exc, BaseException) else RuntimeError(str(exc)))
+    settle_later(external_id, fields)
+
+
+def close(task_id: str, status: StatusEnum, data: Mapping[str, Any] | None = None, *, known_data: Any = None,
+          data_known: bool = False, unless_final: bool = False) -> None:
+    """End a task known only by its id (a worker's main process: a lost child, a revoke, a time limit).
+    ``data`` is merged into the task's data: into ``known_data`` when ``data_known``, else at send time.
+    ``unless_final``: only if Task Badger has no final state for it yet."""
+    fields: dict[str, Any] = {"status": status.value}
+    if unless_final:
+        fields[merge.UNLESS_FINAL] = True
+    else:
+        fields["end_time"] = now()
+    if data:
+        fields.update(merge.data_fields(known_data, data, data_known))
+    sender.submit(task_id, fields, final=True)
+
+
+def retry(run: Run, attempt: int, exc: BaseException | None = None, wait: bool = False) -> None:
+    """The job will be tried again (its ``attempt``-th retry): back to ``pending``, with ``data["retries"]``
+    and the exception that caused it (``data["last_exception"]``). ``wait``: send it now, from the job's
+    body, so that it reaches the API before the next attempt can start elsewhere (queued if it cannot)."""
+    extra: dict[str, Any] = {"retries": attempt}
+    if exc is not None:
+        extra["last_exception"] = exception_data(exc)["exception"]
+    if not wait:
+        back_to_pending(run, extra)
+        return
+    fields = {"status": StatusEnum.PENDING.value, **data_fields(run, extra)}
+    run.set_status(StatusEnum.PENDING)
+    try:
+        run.task.update(**fields)
+    except Exception as err:
+        log.warning("Task Badger: could not record the retry of task %s now (%s); it is queued", short(run.id), err)
+        sender.submit(run.id, fields)
