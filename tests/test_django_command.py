@@ -107,7 +107,8 @@ def test_check_when_not_configured():
             command("list")
 
 
-def test_list_prints_recent_tasks_as_the_console_script_does(taskbadger_server, tmp_path):
+def test_list_prints_recent_tasks_as_the_console_script_does(taskbadger_server, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")  # the pretty table fits its names whatever runs the tests
     with override_settings(TASKBADGER=settings_for(taskbadger_server)):
         taskbadger.create_task("oldest export", value=1, value_max=4)
         done = taskbadger.create_task("finished import")
