@@ -11,7 +11,6 @@ answer meant for another request (a confused server or proxy) never becomes some
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import http
 from ._runtime import short
 from .config import Config, get_config
-from .exceptions import BadAnswer, InvalidData, MissingConfiguration
+from .exceptions import BadAnswer, InvalidData, MissingConfiguration, TaskbadgerException
 from .models import StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id
 
 
@@ -38,34 +37,27 @@ def task_path(task_id: Any) -> str:
     return f"{task_id}/"
 
 
+#: The statuses as the API writes them.
+_STATUSES = frozenset(member.value for member in StatusEnum)
+
+
 def clean_body(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop None values, coerce the status, serialise datetimes, and check ``data`` and ``tags``."""
+    """Drop None values, coerce the status, serialise datetimes, and check ``tags``. (``data`` that JSON
+    cannot encode is refused when the body is encoded, by ``http.build_request``.)"""
     body: dict[str, Any] = {}
     for key, value in fields.items():
         if value is None:
             continue
         if key == "status":
-            value = StatusEnum.coerce(value).value
+            value = value if value.__class__ is str and value in _STATUSES else StatusEnum.coerce(value).value
         elif key in ("start_time", "end_time") and hasattr(value, "isoformat"):
             value = format_datetime(value)
-        elif key == "data":
-            check_json(value, "data")
         elif key == "tags":
             if not isinstance(value, Mapping):
                 raise InvalidData(f"tags must be a dict of str to str, got {type(value).__name__}")
             value = {str(k): str(v) for k, v in value.items()}
         body[key] = value
     return body
-
-
-def check_json(value: Any, what: str) -> None:
-    try:
-        json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as err:
-        raise InvalidData(
-            f"{what} cannot be encoded as JSON ({err}); convert such values (dates, sets, objects, NaN) "
-            "to strings, numbers, lists or dicts first"
-        ) from err
 
 
 #: Fields of a create that the API echoes unchanged: an answer that differs was meant for another request.
@@ -86,19 +78,38 @@ def _foreign(payload: Any, task_id: str | None, sent: Mapping[str, Any] | None) 
     return None
 
 
-def expecting(task_id: str | None = None, sent: Mapping[str, Any] | None = None) -> Callable[[http.Answer], bool]:
-    """For the transports: False for a successful answer that is another request's task."""
-    def expect(answer: http.Answer) -> bool:
-        status, _, body = answer
-        if not 200 <= status < 300 or not body:
-            return True
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return True  # not a task at all: ``task_answer`` says so
-        return _foreign(payload, task_id, sent) is None
+class _Expecting(http.JsonExpectation):
+    """For the transports: refuses a successful answer that is another request's task."""
 
-    return expect
+    __slots__ = ("task_id", "sent", "marks")
+
+    def __init__(self, task_id: str | None, sent: Mapping[str, Any] | None) -> None:
+        super().__init__()
+        self.task_id, self.sent = task_id, sent
+        self.marks: tuple[bytes, ...] | None = None
+
+    def accepts(self, payload: Any) -> bool:
+        return _foreign(payload, self.task_id, self.sent) is None
+
+    def says_so(self, body: bytes) -> bool:
+        """Whether ``body`` starts with this task's id, as the API writes it (with or without a space): then
+        it is the task's answer, known without parsing it (the senders' path reads thousands)."""
+        if self.marks is None:
+            task_id = self.task_id.encode() if self.task_id else b""
+            self.marks = (b'{"id":"%s"' % task_id, b'{"id": "%s"' % task_id) if task_id else ()
+        return body.startswith(self.marks) if self.marks else False
+
+    def __call__(self, answer: http.Answer) -> bool:
+        status, _, body = answer
+        if 200 <= status < 300 and self.says_so(body):
+            return True
+        return super().__call__(answer)
+
+
+def expecting(task_id: str | None = None, sent: Mapping[str, Any] | None = None) -> Callable[[http.Answer], bool]:
+    """For the transports: False for a successful answer that is another request's task (about ``task_id``,
+    or a create of ``sent``); the answer's JSON is parsed once, here."""
+    return _Expecting(task_id, sent)
 
 
 def task_answer(config: Config, payload: Any, task_id: str | None = None,
@@ -160,22 +171,31 @@ def update_many(updates: list[tuple[str, Mapping[str, Any]]], deadline: http.Dea
                                                expect=expecting(task_id)))
         except (InvalidData, ValueError) as err:
             errors[i] = err
-    answers = iter(http.send_many(config, requests, deadline) if requests else ())
+    sent = zip(requests, http.transport_for(config).exchange_many(config, requests, deadline) if requests else (),
+               strict=True)
     results: list[Exception | None] = []
     for i, (task_id, _) in enumerate(updates):
         if i in errors:
             results.append(errors[i])
             continue
-        answer = next(answers)
-        if isinstance(answer, Exception):
-            results.append(answer)
-            continue
-        try:
-            task_answer(config, answer, task_id)
-            results.append(None)
-        except BadAnswer as err:
-            results.append(err)
+        request, answer = next(sent)
+        results.append(_updated(config, task_id, request, answer))
     return results
+
+
+def _updated(config: Config, task_id: str, request: http.Request, answer: http.Answer | Exception) -> Exception | None:
+    """What a PATCH of the senders came to: None, or the error it met. Nothing in a successful answer is
+    needed, so none is parsed or turned into a model when it names its task (``_Expecting.says_so``)."""
+    if isinstance(answer, Exception):
+        return answer
+    expect = request.expect
+    if 200 <= answer[0] < 300 and isinstance(expect, _Expecting) and expect.says_so(answer[2]):
+        return None
+    try:
+        task_answer(config, http.parsed(request, answer), task_id)
+    except TaskbadgerException as err:
+        return err
+    return None
 
 
 #: How far back ``find_recent`` looks: the newest tasks, this many pages of ``FIND_PAGE_SIZE``.

@@ -12,6 +12,8 @@ the user's task must run with its own result, and no task may be left ``pending`
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 
@@ -38,6 +40,22 @@ CALL_DEADLINE = sum(TIMEOUT)
 #: What a loaded, shared machine may add to a deadline before the call returns.
 SLACK = 0.35
 NAME = "tests.celery_project.app."
+
+
+def report(entry: str, mode: str, longest: float, what: str) -> None:
+    """With ``TASKBADGER_MATRIX_REPORT`` set to a file, one line per test for the table in the closing
+    notes: the entry point, the mode, the longest wait, and what happened to the tasks."""
+    path = os.environ.get("TASKBADGER_MATRIX_REPORT")
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"entry": entry, "mode": mode, "longest": round(longest, 3), "what": what}) + "\n")
+
+
+def tracked_share(server, celery_ids) -> str:
+    ids = set(celery_ids)
+    tasks = [t for t in server.tasks.values() if t["external_id"] in ids]
+    final = sum(t["status"] in ("success", "error", "cancelled") for t in tasks)
+    return f"{len(ids)} ran; {final} tracked to a final state, {len(ids) - len(tasks)} untracked, 0 left pending"
 
 
 def misbehave(server, mode: str, method: str | None = None) -> None:
@@ -105,6 +123,7 @@ def test_publish_from_one_thread(api, worker, mode):
         assert wait_for_result(result.id)["value"] == f"v{i}"  # published, and ran with its own result
     api.clear_faults()
     assert_nothing_left_pending(api, [result.id for result, _ in sent])
+    report(".delay(), 1 thread (6 in a row)", mode, max(waits), tracked_share(api, [r.id for r, _ in sent]))
 
 
 @pytest.mark.integration
@@ -132,6 +151,8 @@ def test_publish_from_sixteen_threads_at_once(api, worker, mode):
         assert wait_for_result(result.id)["value"] == f"t{i}"
     api.clear_faults()
     assert_nothing_left_pending(api, [result.id for result, _ in sent.values()])
+    report(".delay(), 16 threads at once", mode, max(waits),
+           tracked_share(api, [r.id for r, _ in sent.values()]) + f"; {sum(w > BUDGET / 2 for w in waits)} waited")
 
 
 # -- the worker's create, for a task its publisher did not track ------------------------------------------
@@ -143,15 +164,19 @@ def test_the_workers_create(api, worker, mode):
     taskbadger.config.reset()  # this publisher tracks nothing: the worker creates each task as it starts
     misbehave(api, mode, "POST")
     results = []
+    delays = []
     for i in range(4):
         published = time.time()
         results.append((published, worker.send(tasks.clock, f"w{i}")))
         body = wait_for_result(results[-1][1].id)  # solo: one at a time, each started on its own
         assert body["value"] == f"w{i}"
         # picked up within a few polls of the broker, then at most the budget before the body starts
-        assert body["started"] - published <= BUDGET + SLACK + 0.5, body["started"] - published
+        delays.append(body["started"] - published)
+        assert delays[-1] <= BUDGET + SLACK + 0.5, delays[-1]
     api.clear_faults()
     assert_nothing_left_pending(api, [result.id for _, result in results])
+    report("the worker's create (4 in a row)", mode, max(delays),
+           tracked_share(api, [r.id for _, r in results]) + " (from publish to the body's start)")
     # the worker says what it did: it could not create the task it started (the shell published it)
     assert "published untracked" not in worker.log()
     if mode in WAITING:
@@ -176,10 +201,12 @@ def test_a_senders_batch_ends_within_its_deadline(api, mode, size):
         return stats["in_flight"] == 0 and stats["sent"] + stats["retried"] >= size
 
     api.wait_for(first_round_over, timeout=CALL_DEADLINE + SLACK + 0.1)
-    assert time.monotonic() - submitted <= CALL_DEADLINE + SLACK + 0.1  # its thread is free again
+    round_took = time.monotonic() - submitted
+    assert round_took <= CALL_DEADLINE + SLACK + 0.1  # its thread is free again
     api.clear_faults()
     assert sender.flush(15)
     assert [api.get_task(task.id)["status"] for task in created] == ["success"] * size
+    report(f"a sender batch of {size}", mode, round_took, "retried, then delivered once the API behaved")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -193,6 +220,7 @@ def test_flush_returns_by_its_deadline(api, mode):
     api.clear_faults()
     assert sender.flush(15)
     assert api.get_task(task.id)["status"] == "success"
+    report("flush(2 s)", mode, waited, "delivered once the API behaved")
 
 
 # -- the synchronous public API ----------------------------------------------------------------------------
@@ -236,6 +264,9 @@ def test_the_synchronous_api(api, mode, threads):
     for outcome, waited in outcomes:
         assert waited <= CALL_DEADLINE + SLACK, (mode, waited, outcome)
         check_sync_outcome(outcome, existing.id)
+    failed = sum(isinstance(outcome, TaskbadgerException) for outcome, _ in outcomes)
+    report(f"create_task / update_task / get_task, {threads} thread(s)", mode, max(w for _, w in outcomes),
+           f"{len(outcomes) - failed} answered (each its own answer), {failed} raised a TaskbadgerException")
 
 
 # -- the defects this matrix was written for, one by one ---------------------------------------------------
@@ -281,7 +312,8 @@ def test_a_huge_answer_is_refused_at_once_not_read(api):
     api.clear_faults()
     api.misbehave("endless_headers", method="GET")
     outcome, waited = timed(lambda: taskbadger.get_task(task.id))
-    assert isinstance(outcome, taskbadger.BadAnswer) and "headers are longer than" in str(outcome) and waited < 0.5
+    assert isinstance(outcome, taskbadger.BadAnswer) and waited < 0.5
+    assert "more than 100 header lines" in str(outcome) or "headers are longer than" in str(outcome)
 
 
 def test_a_trickled_answer_cannot_extend_the_deadline(api):

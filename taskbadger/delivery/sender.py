@@ -156,6 +156,7 @@ class Sender:
         deadline = Deadline.for_call(config.timeout)
         outcomes: list[str | None] = [None] * len(batch)
         ready: list[tuple[int, str, dict[str, Any]]] = []
+        done = 0  # delivered (or nothing left to say): counted once, under one lock, for the whole batch
         for i, (task_id, entry) in enumerate(batch):
             entry.attempts += 1
             try:
@@ -164,20 +165,29 @@ class Sender:
                 outcomes[i] = self._outcome(task_id, entry, problem)
                 continue
             if body is None:
-                outcomes[i] = self._outcome(task_id, entry, None)  # nothing left to say
+                outcomes[i], done = SENT, done + 1  # nothing left to say
             else:
                 ready.append((i, task_id, body))
         errors = endpoints.update_many([(task_id, body) for _, task_id, body in ready], deadline) if ready else []
         for (i, task_id, _), err in zip(ready, errors, strict=True):
-            outcomes[i] = self._outcome(task_id, batch[i][1], err)
+            if err is None:
+                outcomes[i], done = SENT, done + 1
+            else:
+                outcomes[i] = self._outcome(task_id, batch[i][1], err)
+        if done:
+            self._delivered(done)
         return outcomes  # type: ignore[return-value]
+
+    def _delivered(self, count: int) -> None:
+        queue = self.queue
+        with queue.cond:
+            queue.counters["sent"] += count
+            queue.failing, self._failures = False, 0
 
     def _outcome(self, task_id: str, entry: Entry, err: Exception | None) -> str:
         queue = self.queue
         if err is None:
-            with queue.cond:
-                queue.counters["sent"] += 1
-                queue.failing, self._failures = False, 0
+            self._delivered(1)
             return SENT
         if isinstance(err, (TransportError, RateLimited, ServerError)):
             return self._transient(task_id, entry, err)

@@ -22,11 +22,12 @@ from ..exceptions import TaskbadgerException, TransportError
 from .deadline import Deadline
 from .errors import Answer, decode
 from .pooled import LateAnswer, PooledTransport
-from .request import MONITOR_HEADER, USER_AGENT, Credential, Request, build_request
+from .request import MONITOR_HEADER, NOT_PARSED, USER_AGENT, Credential, JsonExpectation, Request, build_request
 from .requests_backend import RequestsTransport, session
 
-__all__ = ["MONITOR_HEADER", "USER_AGENT", "Answer", "Credential", "Deadline", "LateAnswer", "Request", "Transport",
-           "build_request", "decode", "send", "send_many", "session", "transport_for"]
+__all__ = ["MONITOR_HEADER", "NOT_PARSED", "USER_AGENT", "Answer", "Credential", "Deadline", "JsonExpectation",
+           "LateAnswer", "Request", "Transport", "build_request", "decode", "parsed", "send", "send_many", "session",
+           "transport_for"]
 
 
 class Transport(Protocol):
@@ -63,19 +64,30 @@ def send(config: Config, request: Request, deadline: Deadline | None = None,
     Raises TransportError subclasses when no usable answer came, UnexpectedStatus subclasses on an error
     status.
     """
-    return decode(*transport_for(config).exchange(config, request, deadline, late_answer))
+    return parsed(request, transport_for(config).exchange(config, request, deadline, late_answer))
+
+
+def parsed(request: Request, answer: Answer) -> Any:
+    """``decode(answer)``, reusing the JSON the request's expectation parsed already (a body parsed once)."""
+    status, headers, body = answer
+    if 200 <= status < 300 and isinstance(request.expect, JsonExpectation):
+        payload = request.expect.payload_of(body)
+        if payload is not NOT_PARSED:
+            return payload
+    return decode(status, headers, body)
 
 
 def send_many(config: Config, requests: Sequence[Request], deadline: Deadline | None = None) -> list[Any]:
     """Send ``requests`` together; per request, its decoded JSON answer (None for 204), or the error it met
     (an ``Exception`` instance)."""
     results: list[Any] = []
-    for answer in transport_for(config).exchange_many(config, requests, deadline):
+    for request, answer in zip(requests, transport_for(config).exchange_many(config, requests, deadline),
+                               strict=True):
         if isinstance(answer, TransportError):
             results.append(answer)
             continue
         try:
-            results.append(decode(*answer))
+            results.append(parsed(request, answer))
         except TaskbadgerException as err:
             results.append(err)
     return results

@@ -68,14 +68,19 @@ class _TooLarge(Exception):
     """Raised inside a parser callback; httptools wraps it, ``_take`` reports ``_Answers.problem``."""
 
 
+#: The answer headers anyone reads (the others are counted, not kept: decoding them costs per answer).
+KEPT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"retry-after", b"content-type"})
+
+
 class _Answer:
     """One answer as it is parsed."""
 
-    __slots__ = ("status", "headers", "chunks", "size", "head_done", "keep_alive")
+    __slots__ = ("status", "headers", "lines", "chunks", "size", "head_done", "keep_alive")
 
     def __init__(self) -> None:
         self.status = 0
-        self.headers: dict[str, str] = {}
+        self.lines = 0  # header lines seen
+        self.headers: dict[str, str] = {}  # the ones in KEPT_HEADERS, lower-case names
         self.chunks: list[bytes] = []
         self.size = 0  # body bytes so far
         self.head_done = False
@@ -107,10 +112,14 @@ class _Answers:
     def on_header(self, name: bytes, value: bytes) -> None:
         answer = self.current
         assert answer is not None
-        if len(answer.headers) >= MAX_HEADERS:
+        answer.lines += 1
+        if answer.lines > MAX_HEADERS:
             self.problem = f"the answer has more than {MAX_HEADERS} header lines"
             raise _TooLarge
-        answer.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        if name[:1] in b"cCtTrR":  # Date, Server, Vary, X-…: skipped at the first byte
+            name = name.lower()
+            if name in KEPT_HEADERS:
+                answer.headers[name.decode("latin-1")] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
         answer = self.current

@@ -42,6 +42,39 @@ class Credential(str):
         return (str, ("Bearer ***",))
 
 
+#: ``JsonExpectation.payload_of``: the answer's body was not parsed by the expectation.
+NOT_PARSED: Any = object()
+
+
+class JsonExpectation:
+    """Tells whether an answer is meant for its request by its JSON (``accepts``), and keeps what it parsed,
+    so the answer's body is parsed once, not once here and again by whoever reads it."""
+
+    __slots__ = ("_body", "_payload")
+
+    def __init__(self) -> None:
+        self._body: bytes | None = None
+        self._payload: Any = NOT_PARSED
+
+    def __call__(self, answer: Answer) -> bool:
+        status, _, body = answer
+        if not 200 <= status < 300 or not body:
+            return True
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            return True  # not JSON at all: whoever reads the answer says so
+        self._body, self._payload = body, payload
+        return self.accepts(payload)
+
+    def accepts(self, payload: Any) -> bool:
+        return True
+
+    def payload_of(self, body: bytes) -> Any:
+        """The JSON of ``body`` if this expectation parsed that very body, else ``NOT_PARSED``."""
+        return self._payload if body is self._body else NOT_PARSED
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One request, checked and ready for either transport."""
@@ -73,7 +106,11 @@ def build_request(config: Config, method: str, path: str = "", *, json_body: Any
     header value that could change the request's shape."""
     if not _PATH.fullmatch(path):
         raise InvalidData(f"{path[:80]!r} is not a Task Badger task path: task ids are letters, digits, - and _")
-    body = None if json_body is None else json.dumps(json_body, separators=(",", ":")).encode()
+    try:
+        body = None if json_body is None else json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as err:
+        raise InvalidData(f"the task's fields cannot be encoded as JSON ({err}); convert such values in data "
+                          "(dates, sets, objects, NaN) to strings, numbers, lists or dicts first") from None
     all_headers = _base_headers(config.token, body is not None)
     if headers:
         for name, value in headers.items():
