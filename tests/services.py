@@ -1,0 +1,55 @@
+"""The servers some integration tests need (Redis, RabbitMQ, PostgreSQL on loopback).
+
+Without one, the README's test command skips those tests and says why; `.ci/run` starts every server
+and sets TASKBADGER_REQUIRE_SERVICES=1, so there a missing server fails the test instead of skipping it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+PORTS = {"redis": 6379, "rabbitmq": 5672, "postgresql": 5432}
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def require(service: str) -> None:
+    """Skip the calling test when ``service`` is not running (fail instead under .ci/run)."""
+    if port_open(PORTS[service]):
+        return
+    message = f"{service} is not running on 127.0.0.1:{PORTS[service]}"
+    if os.environ.get("TASKBADGER_REQUIRE_SERVICES"):
+        pytest.fail(f"{message} (TASKBADGER_REQUIRE_SERVICES is set: .ci/run starts it)")
+    pytest.skip(message)
+
+
+def postgres_url(database: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/{database}"
+
+
+@contextlib.contextmanager
+def postgres_database(prefix: str = "taskbadger_test") -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test (or module); dropped afterwards. Yields its name."""
+    require("postgresql")
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_url("postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield name
+    finally:
+        with psycopg.connect(postgres_url("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
