@@ -45,12 +45,19 @@ def assert_wire_clean(server, foreign_ids: bool = False) -> None:
         assert monitor is None or str(uuid.UUID(monitor)) == monitor
 
 
-def open_breaker(server, worker) -> None:
-    """Open this process's breaker, then let the API answer again (the worker is not affected)."""
+def open_breaker(server, celery_app) -> None:
+    """Open this process's breaker, then let the API answer again. The tasks that open it go to a queue no
+    worker reads (then deleted): a worker that ran them while the API refused would open its own breaker
+    and run the next task untracked, which is right for it but not what these tests are about."""
+    queue = f"nobody-{uuid.uuid4().hex[:8]}"
     server.refuse()
-    for _ in range(3):
-        worker.send(tasks.add, 0, 0)
-    server.accept()
+    try:
+        for _ in range(3):
+            tasks.add.apply_async((0, 0), queue=queue)
+    finally:
+        server.accept()
+        with celery_app.connection_for_write() as conn:
+            conn.default_channel.queue_delete(queue)
     assert taskbadger.stats()["breaker"] == "open"
 
 
@@ -65,11 +72,12 @@ UNENCODABLE = [
 
 @pytest.mark.parametrize("options", UNENCODABLE)
 @pytest.mark.parametrize("publisher", ["tracking", "unconfigured", "breaker-open"])
-def test_options_json_cannot_encode_never_stop_the_publish(taskbadger_server, solo_worker, options, publisher):
+def test_options_json_cannot_encode_never_stop_the_publish(taskbadger_server, solo_worker, celery_app, options,
+                                                          publisher):
     if publisher == "unconfigured":
         taskbadger.config.reset()
     elif publisher == "breaker-open":
-        open_breaker(taskbadger_server, solo_worker)
+        open_breaker(taskbadger_server, celery_app)
     result = solo_worker.send(tasks.echo, "payload", **options)  # must not raise
     assert wait_for_result(result.id) == {"value": "payload", "tracked": True}
     task = taskbadger_server.wait_for_task(name=NAME + "echo", status="success")
