@@ -23,9 +23,13 @@ if BROKER == "filesystem" and "TB_BROKER_DIR" not in os.environ:
 
 @pytest.fixture(autouse=True)
 def _isolated_taskbadger(monkeypatch):
-    """Each test starts unconfigured, with no TASKBADGER_* variables from the environment."""
+    """Each test starts unconfigured, with no TASKBADGER_* variables from the environment but its own spool."""
     for name in ("TASKBADGER_API_KEY", "TASKBADGER_HOST", "TASKBADGER_ORG", "TASKBADGER_PROJECT"):
         monkeypatch.delenv(name, raising=False)
+    # What a process ends with during a test's outage is spooled in the test's own directory (the
+    # processes it starts inherit it), never in the user's ~/.local/state, where another test or a later
+    # run would pick it up.
+    monkeypatch.setenv("TASKBADGER_SPOOL_DIR", tempfile.mkdtemp(prefix="tbspool-"))
     config.reset()
     publish_breaker().reset()
     forget_logged()  # lines logged once per process are logged again in each test
