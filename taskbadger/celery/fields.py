@@ -57,11 +57,17 @@ def create_fields(name: str, options: dict[str, Any], system: Any, celery_id: st
                                    canvas_data, display_name, inherit_parent=not _is_workflow_successor(name))
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def successor_names(request: Any) -> frozenset[str]:
     """Names of the tasks Celery will publish after this one returns: its chain's next link and
     its ``link`` callbacks."""
+    chain, callbacks = getattr(request, "chain", None), getattr(request, "callbacks", None)
+    if not chain and not callbacks:
+        return _NONE
     names = set()
-    for signature in list(getattr(request, "chain", None) or []) + list(getattr(request, "callbacks", None) or []):
+    for signature in list(chain or []) + list(callbacks or []):
         name = signature.get("task") if isinstance(signature, dict) else getattr(signature, "task", None)
         if name:
             names.add(name)

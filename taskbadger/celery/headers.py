@@ -130,19 +130,20 @@ def _source(request: Any) -> tuple[Any, Any]:
 def read_incoming(request: Any, task_name: str) -> Incoming:
     """Our headers on a message a worker received (a worker Context or a main-process Request)."""
     get, nested = _source(request)
+    raw = {key: get(key, None) for key in _READ_KEYS}
+    if isinstance(nested, Mapping):  # some protocol paths keep custom headers only in the nested dict
+        for key, value in raw.items():
+            if value is None:
+                raw[key] = nested.get(key)
+    meta = parse_meta(raw[META_KEY], task_name)
+    options, track, maybe_created = raw[KWARGS_KEY], raw[TRACK_KEY], raw[MAYBE_CREATED_KEY]
+    if options is None and track is None and maybe_created is None:  # a tracked message: only the meta
+        return Incoming(meta)
+    return Incoming(meta, parse_options(options, task_name), parse_track(track, task_name),
+                    _maybe_created(maybe_created))
 
-    def header(key: str) -> Any:
-        value = get(key, None)
-        if value is None and isinstance(nested, Mapping):
-            value = nested.get(key)
-        return value
 
-    return Incoming(
-        meta=parse_meta(header(META_KEY), task_name),
-        options=parse_options(header(KWARGS_KEY), task_name),
-        track=parse_track(header(TRACK_KEY), task_name),
-        maybe_created=_maybe_created(header(MAYBE_CREATED_KEY)),
-    )
+_READ_KEYS = (META_KEY, KWARGS_KEY, TRACK_KEY, MAYBE_CREATED_KEY)
 
 
 def read_task_id(request: Any) -> str | None:

@@ -97,7 +97,7 @@ class Received:
                 self._ids.popitem(last=False)
 
     def forget(self, celery_id: Any) -> str | None:
-        if celery_id is None:
+        if celery_id is None or not self._ids:  # a pool child's map stays empty: its main process remembers
             return None
         with self._lock:
             return self._ids.pop(celery_id, None)
