@@ -61,7 +61,7 @@ class ProcrastinateWorker(Worker):
             "0.2",
         ]
         if self.django:
-            cmd = [sys.executable, "manage.py", "procrastinate", "--log-level", "info", *worker_args]
+            cmd = [sys.executable, "manage.py", "procrastinate", *worker_args]  # logging: Django's LOGGING
         else:
             cmd = [sys.executable, "-m", "procrastinate", "--app", APP, "--log-level", "info", *worker_args]
         self._log = open(self.log_path, "wb")
