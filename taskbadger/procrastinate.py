@@ -172,24 +172,26 @@ class TrackingJobManager(manager.JobManager):
     def _tracks(self, jobs_: list[jobs.Job]) -> bool:
         return is_configured() and any(tracking_of(self.app, job.task_name) is not None for job in jobs_)
 
-    async def batch_defer_jobs_async(self, jobs: list[jobs.Job], connection: Any | None = None) -> list[jobs.Job]:
+    # Arguments are passed on as given: their names differ between Procrastinate versions (``connection``).
+
+    async def batch_defer_jobs_async(self, jobs: list[jobs.Job], *args: Any, **kwargs: Any) -> list[jobs.Job]:
         if not self._tracks(jobs):
-            return await super().batch_defer_jobs_async(jobs=jobs, connection=connection)
+            return await super().batch_defer_jobs_async(jobs, *args, **kwargs)
         # the creates wait for the API (within the publish budget): not on the caller's event loop
         prepared, created = await asyncio.to_thread(_prepare, self.app, jobs)
         try:
-            inserted = await super().batch_defer_jobs_async(jobs=prepared, connection=connection)
+            inserted = await super().batch_defer_jobs_async(prepared, *args, **kwargs)
         except BaseException as exc:
             _not_deferred(created, exc)
             raise
         return _deferred(inserted, created, jobs)
 
-    def batch_defer_jobs(self, jobs: list[jobs.Job], connection: Any | None = None) -> list[jobs.Job]:
+    def batch_defer_jobs(self, jobs: list[jobs.Job], *args: Any, **kwargs: Any) -> list[jobs.Job]:
         if not self._tracks(jobs):
-            return super().batch_defer_jobs(jobs=jobs, connection=connection)
+            return super().batch_defer_jobs(jobs, *args, **kwargs)
         prepared, created = _prepare(self.app, jobs)
         try:
-            inserted = super().batch_defer_jobs(jobs=prepared, connection=connection)
+            inserted = super().batch_defer_jobs(prepared, *args, **kwargs)
         except BaseException as exc:
             _not_deferred(created, exc)
             raise
@@ -197,31 +199,44 @@ class TrackingJobManager(manager.JobManager):
 
     # -- a job cancelled before it starts: its task is cancelled (an aborted one is the worker's) ----------
 
-    def cancel_job_by_id(
-        self, job_id: int, abort: bool = False, delete_job: bool = False, connection: Any | None = None
-    ) -> bool:
-        task_id = self._queued_task_id(list(self.list_jobs(id=job_id))) if is_configured() else None
-        cancelled = super().cancel_job_by_id(job_id, abort=abort, delete_job=delete_job, connection=connection)
+    def cancel_job_by_id(self, job_id: int, *args: Any, **kwargs: Any) -> bool:
+        task_id = self._queued_task_id(lambda: list(self.list_jobs(id=job_id)))
+        cancelled = super().cancel_job_by_id(job_id, *args, **kwargs)
         _cancelled_before_start(task_id, cancelled)
         return cancelled
 
-    async def cancel_job_by_id_async(
-        self, job_id: int, abort: bool = False, delete_job: bool = False, connection: Any | None = None
-    ) -> bool:
-        task_id = self._queued_task_id(list(await self.list_jobs_async(id=job_id))) if is_configured() else None
-        cancelled = await super().cancel_job_by_id_async(
-            job_id, abort=abort, delete_job=delete_job, connection=connection
-        )
+    async def cancel_job_by_id_async(self, job_id: int, *args: Any, **kwargs: Any) -> bool:
+        found: list[jobs.Job] | Exception = []
+        if is_configured():
+            try:
+                found = list(await self.list_jobs_async(id=job_id))
+            except Exception as err:
+                found = err
+        task_id = self._queued_task_id(lambda: _raise_or(found))
+        cancelled = await super().cancel_job_by_id_async(job_id, *args, **kwargs)
         _cancelled_before_start(task_id, cancelled)
         return cancelled
 
     @staticmethod
-    def _queued_task_id(found: list[jobs.Job]) -> str | None:
+    def _queued_task_id(find: Callable[[], list[jobs.Job]]) -> str | None:
         """The task id a job still waiting in its queue carries (a started one is ended by its worker)."""
+        if not is_configured():
+            return None
+        try:
+            found = find()
+        except Exception:
+            _internal_error("looking up a job being cancelled")
+            return None
         if len(found) != 1 or found[0].status != "todo":
             return None
         task_id = (found[0].task_kwargs or {}).get(TB_TASK_ID_KWARG)
         return task_id if isinstance(task_id, str) and is_task_id(task_id) else None
+
+
+def _raise_or(found: list[jobs.Job] | Exception) -> list[jobs.Job]:
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
 def _cancelled_before_start(task_id: str | None, cancelled: bool) -> None:

@@ -63,7 +63,7 @@ class ProcrastinateWorker(Worker):
         if self.django:
             cmd = [sys.executable, "manage.py", "procrastinate", *worker_args]  # logging: Django's LOGGING
         else:
-            cmd = [sys.executable, "-m", "procrastinate", "--app", APP, "--log-level", "info", *worker_args]
+            cmd = [sys.executable, "-m", "procrastinate", "--app", APP, "-v", *worker_args]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
