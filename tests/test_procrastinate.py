@@ -314,11 +314,14 @@ def test_current_task_in_the_body(api, app, worker):
 
 
 def test_heartbeat_pings_while_the_job_runs(api, app, worker):
-    job_id = tasks.slow.configure(queue=worker.queue).defer(seconds=1.5)
+    job_id = tasks.slow.configure(queue=worker.queue).defer(seconds=2)
     assert wait_job(app, job_id).status == "succeeded"
     tb = task_of_job(api, job_id)
     patches = [r for r in api.requests if r.task_id == tb["id"] and r.method == "PATCH"]
-    assert len(patches) >= 4, [r.json for r in patches]  # processing, pings every 0.2 s, success
+    final = [r for r in patches if isinstance(r.json, dict) and r.json.get("status") == "success"]
+    during = [r for r in patches if r.timestamp < final[0].timestamp]
+    # pings every 0.2 s for 2 s (queued pings of one task may merge on a loaded machine: at least a few)
+    assert len(during) >= 3, [r.json for r in patches]
     assert tb["stale_timeout"] == 1  # twice the interval, rounded up
 
 
