@@ -132,6 +132,19 @@ def test_a_deferred_job_is_pending_with_its_job_id(api, app):
     assert isinstance(app.job_manager, TrackingJobManager)
 
 
+def test_a_job_that_cannot_be_inserted_raises_as_untracked_and_its_task_is_cancelled(api, app):
+    queue = f"unserved-{uuid.uuid4().hex[:6]}"
+    lock = f"lock-{uuid.uuid4().hex[:6]}"
+    tasks.echo.configure(queue=queue, queueing_lock=lock).defer(value="first")
+    with pytest.raises(procrastinate.exceptions.AlreadyEnqueued):
+        tasks.echo.configure(queue=queue, queueing_lock=lock).defer(value="second")
+    cancelled = api.wait_for(
+        lambda: next((t for t in api.tasks.values() if t["queue"] == queue and t["status"] == "cancelled"), None)
+    )
+    assert "AlreadyEnqueued" in cancelled["data"]["publish_error"]
+    assert [t["status"] for t in api.tasks.values() if t["queue"] == queue].count("pending") == 1
+
+
 @pytest.mark.parametrize(
     "how", ["defer", "defer_async", "configure_defer", "configure_defer_async", "app_configure_task"]
 )
