@@ -273,32 +273,43 @@ def _carried_meta(job: jobs.Job, raw: Any, options: dict[str, Any] | None) -> Me
     return meta
 
 
-async def _begin(context: job_context.JobContext, raw: Any) -> Run | None:
-    """The job's tracked run, started (``processing``), or None when it runs untracked."""
+async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
+    """The job's tracked run, started (``processing``); or the job's id when its outcome is to be settled
+    later (its task may exist but the API cannot be asked now); or None when it runs untracked."""
     job = context.job
     options = tracking_of(context.app, job.task_name)
     meta = _carried_meta(job, raw, options) if raw is not None else None
     if meta is None:
         if options is None:
             return None
-        system = procrastinate_system()
+        # A job its publisher did not track: created now. A retry of such a job takes up the task its
+        # first attempt created (found by the job id, still pending), so that it stays one task.
+        external_id = str(job.id)
         at = await asyncio.to_thread(
-            lifecycle.create_at_start, str(job.id), options, system, lambda: _fields(job, options, str(job.id))
+            lifecycle.create_at_start,
+            external_id,
+            options,
+            procrastinate_system(),
+            lambda: _fields(job, options, external_id),
+            job.attempts > 0,  # a retry: its first attempt's task may exist
+            True,  # pending, or still processing here when its pending is queued behind
         )
-        meta = at.meta
-        if meta is None:
-            return None
-        run = Run(str(job.id), meta)  # created processing, with its start_time
-        run.set_status(StatusEnum.PROCESSING)
-        lifecycle.enter(run)
+        if at.meta is None:
+            return external_id if at.settle else None
+        run = Run(external_id, at.meta)
+        if job.attempts > 0:  # a retry, its task taken up (or created): back to processing
+            lifecycle.start(run, first_attempt=False)
+        else:  # created processing, with its start_time
+            run.set_status(StatusEnum.PROCESSING)
+            lifecycle.enter(run)
         return run
     run = Run(str(job.id), meta)
     lifecycle.start(run, first_attempt=job.attempts == 0)
     return run
 
 
-def _outcome(run: Run, context: job_context.JobContext, exc: BaseException) -> None:
-    """The job raised ``exc`` (or was cancelled): what the worker will do with it, for its task."""
+def _retried_or_aborted(context: job_context.JobContext, exc: BaseException) -> tuple[bool, bool, Any]:
+    """(will the worker retry the job, was it aborted, the abort reason), as the worker decides them."""
     job = context.job
     aborted = isinstance(exc, (pexc.JobAborted, asyncio.CancelledError))
     reason = context.abort_reason() if hasattr(context, "abort_reason") else None
@@ -307,8 +318,14 @@ def _outcome(run: Run, context: job_context.JobContext, exc: BaseException) -> N
     retry = None
     if task is not None and (not aborted or shutdown):
         retry = task.get_retry_exception(exception=exc, job=job)
-    attempts = job.attempts + 1
-    if retry is not None:
+    return retry is not None, aborted, reason
+
+
+def _outcome(run: Run, context: job_context.JobContext, exc: BaseException) -> None:
+    """The job raised ``exc`` (or was cancelled): what the worker will do with it, for its task."""
+    retried, aborted, reason = _retried_or_aborted(context, exc)
+    attempts = context.job.attempts + 1
+    if retried:
         lifecycle.back_to_pending(run, {"attempts": attempts})
     elif aborted:
         lifecycle.cancel(run, {"attempts": attempts, "abort_reason": getattr(reason, "value", None) or "aborted"})
@@ -316,11 +333,21 @@ def _outcome(run: Run, context: job_context.JobContext, exc: BaseException) -> N
         lifecycle.fail(run, exc, extra={"attempts": attempts})
 
 
+def _settle(external_id: str, context: job_context.JobContext, exc: BaseException | None) -> None:
+    """The outcome of a run that went untracked because the API could not be asked when it started."""
+    if exc is None:
+        lifecycle.settle(external_id, StatusEnum.SUCCESS)
+        return
+    retried, aborted, _ = _retried_or_aborted(context, exc)
+    if not retried:
+        lifecycle.settle(external_id, StatusEnum.CANCELLED if aborted else StatusEnum.ERROR, None if aborted else exc)
+
+
 async def middleware(call_next: Callable[[], Any], context: job_context.JobContext, worker: Any) -> Any:
     """The worker middleware (``worker_middleware=[taskbadger.procrastinate.middleware]``; ``install`` adds it
     to the app's ``worker_defaults``). Never lets a tracking error reach the job."""
     raw = None
-    run = None
+    run: Run | str | None = None
     try:
         kwargs = context.job.task_kwargs
         if isinstance(kwargs, dict):
@@ -331,6 +358,8 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
         _internal_error(f"starting the task of job {getattr(context.job, 'id', None)}")
     if run is None:
         return await call_next()
+    if isinstance(run, str):
+        return await _settled(call_next, context, run)
     try:
         result = await call_next()
     except BaseException as exc:
@@ -347,6 +376,20 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
         return result
     finally:
         lifecycle.leave(run)
+
+
+async def _settled(call_next: Callable[[], Any], context: job_context.JobContext, external_id: str) -> Any:
+    outcome: BaseException | None = None
+    try:
+        return await call_next()
+    except BaseException as exc:
+        outcome = exc
+        raise
+    finally:
+        try:
+            _settle(external_id, context, outcome)
+        except Exception:
+            _internal_error("recording the outcome of a job")
 
 
 # -- hooking an app -----------------------------------------------------------------------------------------

@@ -245,6 +245,20 @@ def test_a_job_failing_its_last_attempt_ends_error_with_the_attempts(api, app, w
     assert len(tasks_for(api, job_id)) == 1
 
 
+@pytest.mark.parametrize("fail_times", [1, 10])
+def test_a_retried_job_its_worker_tracks_is_one_task(taskbadger_server, app, worker, tmp_path, fail_times):
+    """Deferred by a process without tracking (this one, not configured): the worker creates the task at the
+    first attempt and takes it up at each retry."""
+    job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=fail_times)
+    job = wait_job(app, job_id)
+    assert job.status == ("succeeded" if fail_times == 1 else "failed")
+    tb = task_of_job(taskbadger_server, job_id)
+    assert tb["status"] == ("success" if fail_times == 1 else "error")
+    assert len(tasks_for(taskbadger_server, job_id)) == 1, tasks_for(taskbadger_server, job_id)
+    if fail_times == 10:
+        assert tb["data"]["attempts"] == 4
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_a_job_cancelled_before_it_starts_is_cancelled(api, app, dsn, worker, asynchronous):
     job_id = tasks.echo.configure(queue=worker.queue, schedule_in={"hours": 1}).defer(value="never")
