@@ -28,6 +28,10 @@ taskbadger.W006    Warning  the Celery task modules could not be imported, so ta
 taskbadger.W007    Warning  ``CELERY_BROKER_URL``'s transport needs a package that is not installed
 taskbadger.W008    Warning  the progress URLs are included but ``SessionMiddleware`` is not installed
 taskbadger.W009    Warning  the progress URLs are included and their cache is a ``DummyCache``
+taskbadger.E016    Error    unknown key in ``TASKBADGER["PROCRASTINATE"]``
+taskbadger.E017    Error    ``procrastinate.contrib.django`` is installed but Procrastinate is older than 3.9
+taskbadger.W012    Warning  ``TASKBADGER["PROCRASTINATE"]`` is set but ``procrastinate.contrib.django`` is not installed
+taskbadger.W013    Warning  ``taskbadger_django`` comes before ``procrastinate.contrib.django``: jobs are not tracked
 taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no monitor id
 =================  =======  ==========================================================================
 """
@@ -62,7 +66,8 @@ def register() -> None:
 def check_taskbadger(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Every Task Badger check, settings first, in a stable order."""
     return (check_settings(app_configs, **kwargs) + check_progress(app_configs, **kwargs)
-            + check_broker(app_configs, **kwargs) + check_celery_tasks(app_configs, **kwargs))
+            + check_broker(app_configs, **kwargs) + check_celery_tasks(app_configs, **kwargs)
+            + check_procrastinate(app_configs, **kwargs))
 
 
 #: broker URL scheme -> (the module its kombu transport needs, what installs it)
@@ -142,18 +147,25 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         messages += _unknown(settings.unknown_celery_keys, conf.CELERY_DEFAULTS, "TASKBADGER['CELERY']",
                              "taskbadger.E002")
         messages += _type_errors(user_celery, schema.CELERY, "TASKBADGER['CELERY']")
+    user_pro = settings.user.get("PROCRASTINATE")
+    if isinstance(user_pro, Mapping):
+        messages += _unknown(settings.unknown_nested_keys("PROCRASTINATE"), conf.PROCRASTINATE_DEFAULTS,
+                             "TASKBADGER['PROCRASTINATE']", "taskbadger.E016")
+        messages += _type_errors(user_pro, schema.PROCRASTINATE, "TASKBADGER['PROCRASTINATE']")
     bad_types = {m.obj for m in messages if m.id == "taskbadger.E003"}
 
     messages += _check_key(settings, bad_types)
     messages += _check_host(settings, bad_types)
     if "TASKBADGER['MONITORS']" not in bad_types:
         messages += _check_monitors(settings.MONITORS)
-    if isinstance(user_celery, Mapping):
+    for section, user_section in (("CELERY", user_celery), ("PROCRASTINATE", user_pro)):
+        if not isinstance(user_section, Mapping):
+            continue
         for name in ("INCLUDES", "EXCLUDES"):
-            for pattern in _patterns(user_celery.get(name)):
+            for pattern in _patterns(user_section.get(name)):
                 err = _pattern_error(pattern) if isinstance(pattern, str) else None
                 if err is not None:
-                    obj = f"TASKBADGER['CELERY'][{name!r}]"
+                    obj = f"TASKBADGER[{section!r}][{name!r}]"
                     messages.append(checks.Error(
                         f"{obj} pattern {pattern!r} is not a valid regular expression: {err}.",
                         hint="Fix the pattern; it is matched against the whole task name.", obj=obj,
@@ -409,7 +421,10 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 id="taskbadger.W006")]
         monitors = settings.MONITORS if isinstance(settings.MONITORS, Mapping) else {}
         messages = _check_task_options(tasks)
-        messages += _check_monitor_targets(monitors, tasks)
+        pro_app = conf.procrastinate_app()  # a monitor may be for a Procrastinate task (periodic jobs)
+        pro_tasks = {name: task for name, task in (pro_app.tasks if pro_app is not None else {}).items()
+                     if not name.startswith(("builtin:", "procrastinate."))}
+        messages += _check_monitor_targets(monitors, {**tasks, **pro_tasks})
         if settings.ENABLED is not False:
             messages += _check_beat(app, monitors, tasks)
         return messages
@@ -494,3 +509,52 @@ def _check_beat(app: Any, monitors: Mapping[str, Any], tasks: Mapping[str, Any])
                      "TASKBADGER['MONITORS'] so that a missed or failed run raises an alert.",
                 obj="CELERY_BEAT_SCHEDULE", id="taskbadger.I001"))
     return messages
+
+
+# -- Procrastinate -------------------------------------------------------------------------------------
+
+#: The first Procrastinate with worker middleware, which the integration needs.
+PROCRASTINATE_MIN = (3, 9)
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for part in text.split(".")[:2]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def check_procrastinate(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W012: ``TASKBADGER["PROCRASTINATE"]`` without ``procrastinate.contrib.django``; E017: a Procrastinate
+    without worker middleware; W013: ``taskbadger_django`` ready before Procrastinate's app exists."""
+    from django.apps import apps
+
+    settings = conf.TaskBadgerSettings()
+    installed = apps.is_installed(conf.PROCRASTINATE_APP)
+    if not installed:
+        if settings.user.get("PROCRASTINATE") is not None:
+            return [checks.Warning(
+                "TASKBADGER['PROCRASTINATE'] is set but 'procrastinate.contrib.django' is not in INSTALLED_APPS, "
+                "so it applies to nothing.",
+                hint="Add 'procrastinate.contrib.django' to INSTALLED_APPS (before 'taskbadger_django'), or remove "
+                     "the setting. A Procrastinate app outside Django: taskbadger.init(systems=["
+                     "ProcrastinateSystemIntegration(app)]). See docs/procrastinate.md.",
+                obj="TASKBADGER['PROCRASTINATE']", id="taskbadger.W012")]
+        return []
+    from importlib.metadata import version
+
+    found = version("procrastinate")
+    if _version(found) < PROCRASTINATE_MIN:
+        return [checks.Error(
+            f"Procrastinate {found} is installed; tracking its jobs needs 3.9 or later (worker middleware).",
+            hint='pip install "django-taskbadger[procrastinate]"  (or: pip install "procrastinate>=3.9"). '
+                 "See docs/procrastinate.md.", obj=conf.PROCRASTINATE_APP, id="taskbadger.E017")]
+    order = [config.name for config in apps.get_app_configs()]
+    if order.index("taskbadger_django") < order.index(conf.PROCRASTINATE_APP):
+        return [checks.Warning(
+            "'taskbadger_django' is listed before 'procrastinate.contrib.django' in INSTALLED_APPS: Procrastinate's "
+            "app does not exist yet when Task Badger is configured, so its jobs are not tracked.",
+            hint="Move 'taskbadger_django' after 'procrastinate.contrib.django' in INSTALLED_APPS. "
+                 "See docs/procrastinate.md.", obj="INSTALLED_APPS", id="taskbadger.W013")]
+    return []

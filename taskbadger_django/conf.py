@@ -38,6 +38,7 @@ from taskbadger import config as sdk_config
 from taskbadger._runtime import ForkSafeLock
 from taskbadger.config import Config
 from taskbadger.exceptions import ConfigurationError, MissingConfiguration
+from taskbadger.systems.base import QueueIntegration
 
 from . import schema
 
@@ -48,8 +49,10 @@ SETTING_NAME = "TASKBADGER"
 #: Defaults of ``TASKBADGER["CELERY"]``, ``TASKBADGER["PROGRESS"]`` and ``TASKBADGER`` (from the one table, ``schema``).
 CELERY_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.CELERY.items()}
 PROGRESS_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.PROGRESS.items()}
+PROCRASTINATE_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.PROCRASTINATE.items()}
 #: The nested dicts: each is merged key by key over its defaults.
-NESTED: dict[str, dict[str, Any]] = {"CELERY": CELERY_DEFAULTS, "PROGRESS": PROGRESS_DEFAULTS}
+NESTED: dict[str, dict[str, Any]] = {"CELERY": CELERY_DEFAULTS, "PROGRESS": PROGRESS_DEFAULTS,
+                                     "PROCRASTINATE": PROCRASTINATE_DEFAULTS}
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.TOP.items()}
 #: Settings that fall back to an environment variable.
 ENV_VARS: dict[str, str] = {name: setting.env for name, setting in schema.TOP.items() if setting.env}
@@ -61,6 +64,24 @@ _SLUGS = {"organization_slug": "ORGANIZATION_SLUG", "project_slug": "PROJECT_SLU
 def celery_available() -> bool:
     """Whether Celery can be imported (without importing it)."""
     return importlib.util.find_spec("celery") is not None
+
+
+#: The Django app of Procrastinate, whose jobs ``TASKBADGER["PROCRASTINATE"]`` tracks.
+PROCRASTINATE_APP = "procrastinate.contrib.django"
+
+
+def procrastinate_app() -> Any:
+    """Procrastinate's Django app (a ``procrastinate.App``) when ``procrastinate.contrib.django`` is installed
+    and ready, else None (not installed, or listed after ``taskbadger_django``: check W013)."""
+    from django.apps import apps
+
+    if not apps.apps_ready or not apps.is_installed(PROCRASTINATE_APP):
+        return None
+    import procrastinate
+    from procrastinate.contrib.django import procrastinate_app as module
+
+    current = module.current_app
+    return current if isinstance(current, procrastinate.App) else None
 
 
 def closest(name: Any, choices: Iterable[str], upper: bool = True) -> str | None:
@@ -173,6 +194,7 @@ class TaskBadgerSettings:
         resolved = {name: self.resolve(name)[0] for name in schema.TOP}
         problems = schema.type_problems({**resolved, "CELERY": self.user.get("CELERY")}, schema.TOP, SETTING_NAME)
         problems += schema.type_problems(self.CELERY, schema.CELERY, f"{SETTING_NAME}['CELERY']")
+        problems += schema.type_problems(self.PROCRASTINATE, schema.PROCRASTINATE, f"{SETTING_NAME}['PROCRASTINATE']")
         if problems:
             raise ConfigurationError(problems[0].message)
         celery = self.CELERY
@@ -205,6 +227,16 @@ class TaskBadgerSettings:
         )
         if celery_available():
             kwargs["systems"].append(system)  # always present, so that MONITORS also apply to base=Task tasks
+        pro = self.PROCRASTINATE
+        rules = {"auto_track_tasks": pro["AUTO_TRACK"], "includes": pro["INCLUDES"], "excludes": pro["EXCLUDES"],
+                 "record_task_args": pro["RECORD_TASK_ARGS"], "heartbeat_interval": pro["HEARTBEAT_INTERVAL"],
+                 "stale_timeout": pro["STALE_TIMEOUT"], "monitors": monitors}
+        QueueIntegration(**rules)  # checked (patterns, intervals) whether Procrastinate is installed or not
+        app = procrastinate_app()
+        if app is not None:  # always present: @track tasks and MONITORS apply with AUTO_TRACK False too
+            from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
+
+            kwargs["systems"].append(ProcrastinateSystemIntegration(app, **rules))
         return kwargs
 
     def problems(self) -> list[str]:
@@ -215,10 +247,11 @@ class TaskBadgerSettings:
             suggestion = closest(key, DEFAULTS)
             found.append(f"unknown key {key!r} in {SETTING_NAME}" + (f" (did you mean {suggestion!r}?)" if suggestion
                                                                        else ""))
-        for key in self.unknown_celery_keys:
-            suggestion = closest(key, CELERY_DEFAULTS)
-            found.append(f"unknown key {key!r} in {SETTING_NAME}['CELERY']"
-                         + (f" (did you mean {suggestion!r}?)" if suggestion else ""))
+        for name, defaults in (("CELERY", CELERY_DEFAULTS), ("PROCRASTINATE", PROCRASTINATE_DEFAULTS)):
+            for key in self.unknown_nested_keys(name):
+                suggestion = closest(key, defaults)
+                found.append(f"unknown key {key!r} in {SETTING_NAME}[{name!r}]"
+                             + (f" (did you mean {suggestion!r}?)" if suggestion else ""))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # legacy keys: the checks say so (W004)

@@ -66,6 +66,15 @@ CELERY: dict[str, Setting] = {
                              "a positive integer number of seconds", '"STALE_TIMEOUT": 120'),
 }
 
+#: ``TASKBADGER["PROCRASTINATE"]``: the jobs of ``procrastinate.contrib.django`` (tracked by default)
+PROCRASTINATE: dict[str, Setting] = {
+    **CELERY,
+    "AUTO_TRACK": Setting(True, _is_bool, "True or False", '"AUTO_TRACK": True'),
+    "EXCLUDES": Setting(None, _is_str_list, "a list of task names or patterns",
+                        '"EXCLUDES": [r"myapp\\.cleanup\\..*"]'),
+}
+
+
 def _is_poll_interval(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_POLL_INTERVAL <= v <= MAX_POLL_INTERVAL
 
@@ -108,6 +117,8 @@ TOP: dict[str, Setting] = {
                         '"MONITORS": {"billing.tasks.nightly_invoices": "<monitor uuid>"}'),
     "CELERY": Setting({name: s.default for name, s in CELERY.items()}, lambda v: isinstance(v, Mapping), "a dict",
                       '"CELERY": {"AUTO_TRACK": True}'),
+    "PROCRASTINATE": Setting({name: s.default for name, s in PROCRASTINATE.items()}, lambda v: isinstance(v, Mapping),
+                             "a dict", '"PROCRASTINATE": {"EXCLUDES": [r"myapp\\.cleanup\\..*"]}'),
     "PROGRESS": Setting({name: s.default for name, s in PROGRESS.items()}, lambda v: isinstance(v, Mapping), "a dict",
                         '"PROGRESS": {"POLL_INTERVAL": 1.0}'),
 }

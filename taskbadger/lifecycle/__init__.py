@@ -354,15 +354,17 @@ class AtStart:
 
 
 def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: Rules | None,
-                    make_fields: Callable[[], dict[str, Any]], maybe_created: bool = False) -> AtStart:
+                    make_fields: Callable[[], dict[str, Any]], maybe_created: bool = False,
+                    open_only: bool = False) -> AtStart:
     """A worker starts a job its publisher did not track (not configured there, or the API was failing then):
     track it now. If the publisher's create may have been carried out without an answer (``maybe_created``),
     take that task up when it is still ``pending``; if the API cannot be asked now, the run goes on untracked
     and its outcome is recorded once the API answers (``AtStart.settle``). Else create it ``processing``, with
-    ``make_fields()`` (``create_fields``)."""
+    ``make_fields()`` (``create_fields``). ``open_only``: take up any task of the job without a final state, not
+    only a ``pending`` one (a retry of a job whose worker created its task: its ``pending`` may still be queued)."""
     heartbeat, stale = heartbeat_options(options, rules)
     if maybe_created and external_id:
-        found = find(external_id)
+        found = find(external_id, open_only=open_only)
         if found.task is not None:
             return AtStart(created_meta(found.task, heartbeat, stale))
         if not found.asked:

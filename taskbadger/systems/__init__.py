@@ -1,7 +1,7 @@
 """System integrations: ``taskbadger.init(systems=[CelerySystemIntegration()])``.
 
-``CelerySystemIntegration`` is imported on first access, so that ``import taskbadger.systems``
-does not import Celery.
+``CelerySystemIntegration`` and ``ProcrastinateSystemIntegration`` are imported on first access, so that
+``import taskbadger.systems`` imports neither Celery nor Procrastinate.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from .base import System
 
 if TYPE_CHECKING:
     from .celery import CelerySystemIntegration
+    from .procrastinate import ProcrastinateSystemIntegration
 
 
 def __getattr__(name: str) -> Any:
@@ -19,7 +20,11 @@ def __getattr__(name: str) -> Any:
         from .celery import CelerySystemIntegration
 
         return CelerySystemIntegration
+    if name == "ProcrastinateSystemIntegration":
+        from .procrastinate import ProcrastinateSystemIntegration
+
+        return ProcrastinateSystemIntegration
     raise AttributeError(name)
 
 
-__all__ = ["CelerySystemIntegration", "System"]
+__all__ = ["CelerySystemIntegration", "ProcrastinateSystemIntegration", "System"]

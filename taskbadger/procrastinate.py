@@ -1,0 +1,443 @@
+"""Procrastinate integration: a job's Task Badger task, on the shared lifecycle (``taskbadger.lifecycle``).
+
+The official SDK's names and meaning (``track``, ``current_task``, the job kwarg ``__taskbadger_task_id__``),
+hooked in through Procrastinate's own extension points where it has them:
+
+Publishing side
+    Every defer of an app goes through its job manager (``task.defer``/``defer_async``, ``configure().defer``,
+    ``batch_defer``/``batch_defer_async``, ``app.configure_task(name).defer``). ``install(app)`` gives the app a
+    ``TrackingJobManager`` (a ``JobManager`` subclass, on the same connector): before the jobs are inserted it
+    creates each tracked job's task (``pending``) and adds its id to the job's kwargs as
+    ``__taskbadger_task_id__``, the way the official SDK does (a worker running either SDK understands it);
+    once the insert gave the job ids, ``external_id`` = the job id is queued. Cancelling a job that has not
+    started (``cancel_job_by_id``) ends its task ``cancelled``.
+
+Worker side
+    A worker middleware (``worker_middleware``, Procrastinate >= 3.9), added to the app's ``worker_defaults``:
+    it removes ``__taskbadger_task_id__`` from the job's kwargs before the task function is called (always,
+    tracked or not), and maps the job's outcome to the lifecycle: ``processing``; ``success``; ``error`` with
+    the exception and ``data["attempts"]``; back to ``pending`` when the task's ``RetryStrategy`` retries it;
+    ``cancelled`` when it is aborted. A job deferred without a task (a periodic job, a publisher that was not
+    configured, the API failing at defer time) is created by the worker when it starts, if its task is tracked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import procrastinate
+from procrastinate import exceptions as pexc
+from procrastinate import manager
+
+from . import lifecycle
+from .config import get_config, is_configured
+from .delivery import sender
+from .lifecycle import Meta, Run
+from .models import StatusEnum, is_task_id
+from .task import Task as TaskbadgerTask
+
+if TYPE_CHECKING:
+    from procrastinate import job_context, jobs
+
+log = logging.getLogger("taskbadger")
+
+__all__ = ["TB_TASK_ID_KWARG", "TrackingJobManager", "current_task", "install", "middleware", "track"]
+
+#: The job kwarg that carries the Task Badger task id from the process that defers to the worker (the
+#: official SDK's name: jobs deferred by either SDK are understood by a worker running the other).
+TB_TASK_ID_KWARG = "__taskbadger_task_id__"
+#: Where ``track()`` keeps a task's checked options.
+OPTIONS_ATTR = "_taskbadger_options"
+#: The options ``track()`` accepts (the official SDK's).
+TRACK_OPTIONS = ("name", "value_max", "tags", "data", "record_task_args", "heartbeat_interval", "stale_timeout")
+#: Procrastinate's own tasks: never tracked by name.
+BUILTIN_PREFIXES = ("builtin:", "procrastinate.")
+_WHERE = f"job kwarg {TB_TASK_ID_KWARG}"
+
+T = TypeVar("T")
+
+
+def _internal_error(what: str) -> None:
+    log.exception("Task Badger: internal error while %s", what, extra={"taskbadger_internal_error": True})
+
+
+def procrastinate_system() -> Any:
+    config = get_config()
+    return config.system("procrastinate") if config else None
+
+
+def current_task() -> TaskbadgerTask | None:
+    """The Task Badger task of the Procrastinate job running here, or None (also ``taskbadger.current_task()``)."""
+    return lifecycle.current_task()
+
+
+# -- which jobs are tracked ------------------------------------------------------------------------------
+
+
+def _task_options(app: Any, task_name: str) -> dict[str, Any] | None:
+    task = getattr(app, "tasks", {}).get(task_name)
+    options = getattr(task, OPTIONS_ATTR, None)
+    return options if isinstance(options, dict) else None
+
+
+def tracking_of(app: Any, task_name: str) -> dict[str, Any] | None:
+    """The options to track a job of ``task_name`` with, or None when it is not tracked: ``@track``'s, or the
+    system integration's rules (never Procrastinate's own tasks)."""
+    options = _task_options(app, task_name)
+    if options is not None:
+        return options
+    if task_name.startswith(BUILTIN_PREFIXES):
+        return None
+    system = procrastinate_system()
+    if system is not None and system.track_task(task_name):
+        return {}
+    return None
+
+
+def _recorded(task_kwargs: Any) -> Callable[[], dict[str, Any]]:
+    def recorded() -> dict[str, Any]:
+        data = lifecycle.recorded_args((), task_kwargs, ("procrastinate_task_args", "procrastinate_task_kwargs"))
+        data.pop("procrastinate_task_args", None)
+        return data
+
+    return recorded
+
+
+def _fields(job: jobs.Job, options: dict[str, Any], external_id: str | None) -> dict[str, Any]:
+    kwargs = {k: v for k, v in (job.task_kwargs or {}).items() if k != TB_TASK_ID_KWARG}
+    return lifecycle.create_fields(
+        job.task_name, options, procrastinate_system(), external_id, job.queue, _recorded(kwargs)
+    )
+
+
+# -- publishing side -------------------------------------------------------------------------------------
+
+
+def _prepare(app: Any, jobs_: list[jobs.Job]) -> tuple[list[jobs.Job], list[TaskbadgerTask | None]]:
+    """The jobs to insert (tracked ones carry their task's id) and the task created for each (or None).
+    Never raises: a job whose tracking fails is inserted untracked (its worker may track it)."""
+    out, created = [], []
+    for job in jobs_:
+        task = None
+        try:
+            options = tracking_of(app, job.task_name) if is_configured() else None
+            if options is not None and TB_TASK_ID_KWARG not in (job.task_kwargs or {}):
+                task = lifecycle.enqueue(_fields(job, options, None), "publish").task
+                if task is not None:
+                    job = job.evolve(task_kwargs={**job.task_kwargs, TB_TASK_ID_KWARG: task.id})
+        except Exception:
+            _internal_error(f"tracking a deferred job of {job.task_name!r}")
+        out.append(job)
+        created.append(task)
+    return out, created
+
+
+def _deferred(
+    inserted: list[jobs.Job], created: list[TaskbadgerTask | None], originals: list[jobs.Job]
+) -> list[jobs.Job]:
+    """After the insert: queue each task's ``external_id`` (the job id); return the jobs as the caller
+    deferred them (without our kwarg)."""
+    result = []
+    for job, task, original in zip(inserted, created, originals, strict=True):
+        if task is not None:
+            try:
+                sender.submit(task.id, {"external_id": str(job.id)})
+            except Exception:
+                _internal_error("recording a job id")
+            job = job.evolve(task_kwargs=original.task_kwargs)
+        result.append(job)
+    return result
+
+
+def _not_deferred(created: list[TaskbadgerTask | None], exc: BaseException) -> None:
+    for task in created:
+        if task is not None:
+            try:
+                lifecycle.publish_failed(task, f"{type(exc).__name__}: {exc}")
+            except Exception:
+                _internal_error("cancelling the task of a job that was not deferred")
+
+
+class TrackingJobManager(manager.JobManager):
+    """The app's job manager, tracking the jobs it defers and cancels (see the module's docstring)."""
+
+    def __init__(self, connector: Any, app: Any) -> None:
+        super().__init__(connector)
+        self.app = app
+
+    def _tracks(self, jobs_: list[jobs.Job]) -> bool:
+        return is_configured() and any(tracking_of(self.app, job.task_name) is not None for job in jobs_)
+
+    # Arguments are passed on as given: their names differ between Procrastinate versions (``connection``).
+
+    async def batch_defer_jobs_async(self, jobs: list[jobs.Job], *args: Any, **kwargs: Any) -> list[jobs.Job]:
+        if not self._tracks(jobs):
+            return await super().batch_defer_jobs_async(jobs, *args, **kwargs)
+        # the creates wait for the API (within the publish budget): not on the caller's event loop
+        prepared, created = await asyncio.to_thread(_prepare, self.app, jobs)
+        try:
+            inserted = await super().batch_defer_jobs_async(prepared, *args, **kwargs)
+        except BaseException as exc:
+            _not_deferred(created, exc)
+            raise
+        return _deferred(inserted, created, jobs)
+
+    def batch_defer_jobs(self, jobs: list[jobs.Job], *args: Any, **kwargs: Any) -> list[jobs.Job]:
+        if not self._tracks(jobs):
+            return super().batch_defer_jobs(jobs, *args, **kwargs)
+        prepared, created = _prepare(self.app, jobs)
+        try:
+            inserted = super().batch_defer_jobs(prepared, *args, **kwargs)
+        except BaseException as exc:
+            _not_deferred(created, exc)
+            raise
+        return _deferred(inserted, created, jobs)
+
+    # -- a job cancelled before it starts: its task is cancelled (an aborted one is the worker's) ----------
+
+    def cancel_job_by_id(self, job_id: int, *args: Any, **kwargs: Any) -> bool:
+        task_id = self._queued_task_id(lambda: list(self.list_jobs(id=job_id)))
+        cancelled = super().cancel_job_by_id(job_id, *args, **kwargs)
+        _cancelled_before_start(task_id, cancelled)
+        return cancelled
+
+    async def cancel_job_by_id_async(self, job_id: int, *args: Any, **kwargs: Any) -> bool:
+        found: list[jobs.Job] | Exception = []
+        if is_configured():
+            try:
+                found = list(await self.list_jobs_async(id=job_id))
+            except Exception as err:
+                found = err
+        task_id = self._queued_task_id(lambda: _raise_or(found))
+        cancelled = await super().cancel_job_by_id_async(job_id, *args, **kwargs)
+        _cancelled_before_start(task_id, cancelled)
+        return cancelled
+
+    @staticmethod
+    def _queued_task_id(find: Callable[[], list[jobs.Job]]) -> str | None:
+        """The task id a job still waiting in its queue carries (a started one is ended by its worker)."""
+        if not is_configured():
+            return None
+        try:
+            found = find()
+        except Exception:
+            _internal_error("looking up a job being cancelled")
+            return None
+        if len(found) != 1 or found[0].status != "todo":
+            return None
+        task_id = (found[0].task_kwargs or {}).get(TB_TASK_ID_KWARG)
+        return task_id if isinstance(task_id, str) and is_task_id(task_id) else None
+
+
+def _raise_or(found: list[jobs.Job] | Exception) -> list[jobs.Job]:
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+def _cancelled_before_start(task_id: str | None, cancelled: bool) -> None:
+    if task_id is None or not cancelled:
+        return
+    try:
+        lifecycle.close(task_id, StatusEnum.CANCELLED, {"procrastinate_status": "cancelled"}, unless_final=True)
+    except Exception:
+        _internal_error("cancelling the task of a cancelled job")
+
+
+# -- worker side ------------------------------------------------------------------------------------------
+
+
+def _carried_meta(job: jobs.Job, raw: Any, options: dict[str, Any] | None) -> Meta | None:
+    """The run's ``Meta`` from the task id the job carries (checked here, whoever wrote it)."""
+    name = (options or {}).get("name") or job.task_name
+    meta = lifecycle.parse_meta(
+        {
+            "task": {
+                "id": raw,
+                "name": name,
+                "status": "pending",
+                "queue": job.queue,
+                "external_id": str(job.id),
+                "data_omitted": True,
+            }
+        },
+        job.task_name,
+        _WHERE,
+    )
+    if meta is not None:
+        meta.heartbeat_interval, meta.stale_timeout = lifecycle.heartbeat_options(options or {}, procrastinate_system())
+    return meta
+
+
+async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
+    """The job's tracked run, started (``processing``); or the job's id when its outcome is to be settled
+    later (its task may exist but the API cannot be asked now); or None when it runs untracked."""
+    job = context.job
+    options = tracking_of(context.app, job.task_name)
+    meta = _carried_meta(job, raw, options) if raw is not None else None
+    if meta is None:
+        if options is None:
+            return None
+        # A job its publisher did not track: created now. A retry of such a job takes up the task its
+        # first attempt created (found by the job id, still pending), so that it stays one task.
+        external_id = str(job.id)
+        at = await asyncio.to_thread(
+            lifecycle.create_at_start,
+            external_id,
+            options,
+            procrastinate_system(),
+            lambda: _fields(job, options, external_id),
+            job.attempts > 0,  # a retry: its first attempt's task may exist
+            True,  # pending, or still processing here when its pending is queued behind
+        )
+        if at.meta is None:
+            return external_id if at.settle else None
+        run = Run(external_id, at.meta)
+        if job.attempts > 0:  # a retry, its task taken up (or created): back to processing
+            lifecycle.start(run, first_attempt=False)
+        else:  # created processing, with its start_time
+            run.set_status(StatusEnum.PROCESSING)
+            lifecycle.enter(run)
+        return run
+    run = Run(str(job.id), meta)
+    lifecycle.start(run, first_attempt=job.attempts == 0)
+    return run
+
+
+def _retried_or_aborted(context: job_context.JobContext, exc: BaseException) -> tuple[bool, bool, Any]:
+    """(will the worker retry the job, was it aborted, the abort reason), as the worker decides them."""
+    job = context.job
+    aborted = isinstance(exc, (pexc.JobAborted, asyncio.CancelledError))
+    reason = context.abort_reason() if hasattr(context, "abort_reason") else None
+    shutdown = getattr(reason, "value", None) == "shutdown"
+    task = context.app.tasks.get(job.task_name)
+    retry = None
+    if task is not None and (not aborted or shutdown):
+        retry = task.get_retry_exception(exception=exc, job=job)
+    return retry is not None, aborted, reason
+
+
+def _outcome(run: Run, context: job_context.JobContext, exc: BaseException) -> None:
+    """The job raised ``exc`` (or was cancelled): what the worker will do with it, for its task."""
+    retried, aborted, reason = _retried_or_aborted(context, exc)
+    attempts = context.job.attempts + 1
+    if retried:
+        lifecycle.back_to_pending(run, {"attempts": attempts})
+    elif aborted:
+        lifecycle.cancel(run, {"attempts": attempts, "abort_reason": getattr(reason, "value", None) or "aborted"})
+    else:
+        lifecycle.fail(run, exc, extra={"attempts": attempts})
+
+
+def _settle(external_id: str, context: job_context.JobContext, exc: BaseException | None) -> None:
+    """The outcome of a run that went untracked because the API could not be asked when it started."""
+    if exc is None:
+        lifecycle.settle(external_id, StatusEnum.SUCCESS)
+        return
+    retried, aborted, _ = _retried_or_aborted(context, exc)
+    if not retried:
+        lifecycle.settle(external_id, StatusEnum.CANCELLED if aborted else StatusEnum.ERROR, None if aborted else exc)
+
+
+async def middleware(call_next: Callable[[], Any], context: job_context.JobContext, worker: Any) -> Any:
+    """The worker middleware (``worker_middleware=[taskbadger.procrastinate.middleware]``; ``install`` adds it
+    to the app's ``worker_defaults``). Never lets a tracking error reach the job."""
+    raw = None
+    run: Run | str | None = None
+    try:
+        kwargs = context.job.task_kwargs
+        if isinstance(kwargs, dict):
+            raw = kwargs.pop(TB_TASK_ID_KWARG, None)  # the task function never receives it
+        if is_configured():
+            run = await _begin(context, raw)
+    except Exception:
+        _internal_error(f"starting the task of job {getattr(context.job, 'id', None)}")
+    if run is None:
+        return await call_next()
+    if isinstance(run, str):
+        return await _settled(call_next, context, run)
+    try:
+        result = await call_next()
+    except BaseException as exc:
+        try:
+            _outcome(run, context, exc)
+        except Exception:
+            _internal_error("recording the outcome of a job")
+        raise
+    else:
+        try:
+            lifecycle.succeed(run)
+        except Exception:
+            _internal_error("recording the success of a job")
+        return result
+    finally:
+        lifecycle.leave(run)
+
+
+async def _settled(call_next: Callable[[], Any], context: job_context.JobContext, external_id: str) -> Any:
+    outcome: BaseException | None = None
+    try:
+        return await call_next()
+    except BaseException as exc:
+        outcome = exc
+        raise
+    finally:
+        try:
+            _settle(external_id, context, outcome)
+        except Exception:
+            _internal_error("recording the outcome of a job")
+
+
+# -- hooking an app -----------------------------------------------------------------------------------------
+
+
+def install(app: Any) -> bool:
+    """Make ``app`` track its jobs: its job manager and its workers' middleware. Idempotent. False (with a
+    warning) when ``app`` is not a Procrastinate ``App`` yet (a blueprint, Django's app before it is ready)."""
+    django_app = sys.modules.get("procrastinate.contrib.django.procrastinate_app")
+    if django_app is not None and isinstance(app, django_app.ProxyApp):
+        app = django_app.current_app  # Django's ``procrastinate.contrib.django.app``: the app behind it
+    if not isinstance(app, procrastinate.App):
+        return False
+    if not isinstance(app.job_manager, TrackingJobManager):
+        app.job_manager = TrackingJobManager(app.job_manager.connector, app)
+    defaults: dict[str, Any] = dict(app.worker_defaults or {})
+    middlewares: list[Any] = list(defaults.get("worker_middleware") or [])
+    if middleware not in middlewares:
+        defaults["worker_middleware"] = [middleware, *middlewares]  # outermost: sees every outcome
+        app.worker_defaults = defaults  # type: ignore[assignment]  # procrastinate's WorkerOptions
+    return True
+
+
+def _checked_track_options(opts: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(opts) - set(TRACK_OPTIONS))
+    if unknown:
+        raise TypeError(f"track() got unexpected keyword arguments: {unknown} (known: {', '.join(TRACK_OPTIONS)})")
+    checked = {}
+    for key, value in opts.items():
+        if value is None:
+            continue  # the official SDK's "not set"
+        ok, value = lifecycle.check_option(key, value)
+        if not ok:
+            raise ValueError(f"track({key}=...): expected {lifecycle.OPTIONS[key][1]}")
+        checked[key] = value
+    return checked
+
+
+def track(original_task: T | None = None, **opts: Any) -> Any:
+    """Track a Procrastinate task (applied above ``@app.task``): ``@track`` or ``@track(name=, value_max=,
+    tags=, data=, record_task_args=, heartbeat_interval=, stale_timeout=)``."""
+    options = _checked_track_options(opts)
+
+    def wrap(task: T) -> T:
+        setattr(task, OPTIONS_ATTR, {**(getattr(task, OPTIONS_ATTR, None) or {}), **options})
+        install(getattr(task, "blueprint", None))
+        return task
+
+    if original_task is None:
+        return wrap
+    return wrap(original_task)

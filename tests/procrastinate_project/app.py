@@ -1,0 +1,127 @@
+"""The Procrastinate app the integration tests run in real ``procrastinate worker`` processes.
+
+The worker is configured from the environment the test sets: ``TB_PROCRASTINATE_DSN`` (its database),
+``TASKBADGER_*`` (the stand-in API), ``TB_PRO_AUTO_TRACK``, ``TB_PRO_MONITORS`` (JSON: task name -> monitor
+id), ``TB_PRO_EXCLUDES`` (JSON list). The test process uses the same app with its own connector
+(``app.replace_connector``) and its own ``taskbadger.init``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+
+import procrastinate
+
+import taskbadger
+from taskbadger.procrastinate import current_task, track
+from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
+
+app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=os.environ.get("TB_PROCRASTINATE_DSN", "")))
+blueprint = procrastinate.Blueprint()
+
+
+@app.task(name="echo")
+def echo(value: str) -> str:
+    return value
+
+
+@app.task(name="aecho")
+async def aecho(value: str) -> str:
+    await asyncio.sleep(0)
+    return value
+
+
+@app.task(name="boom")
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(name="kwargs_seen")
+def kwargs_seen(**kwargs: object) -> None:
+    """Fails if it receives anything but ``value``: the task id kwarg must never reach the function."""
+    if set(kwargs) != {"value"}:
+        raise AssertionError(f"unexpected kwargs {sorted(kwargs)}")
+
+
+@app.task(name="flaky", retry=procrastinate.RetryStrategy(max_attempts=3, wait=0))
+def flaky(path: str, fail_times: int) -> str:
+    """Fails ``fail_times`` times (counted in the file at ``path``), then succeeds."""
+    count = int(open(path).read() or 0) if os.path.exists(path) else 0
+    with open(path, "w") as f:
+        f.write(str(count + 1))
+    if count < fail_times:
+        raise RuntimeError(f"attempt {count + 1} failed")
+    return "ok"
+
+
+@app.task(name="sync_abortable", pass_context=True)
+def sync_abortable(context: procrastinate.JobContext, path: str) -> None:
+    open(path, "w").close()  # started
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if context.should_abort():
+            raise procrastinate.exceptions.JobAborted()
+        time.sleep(0.05)
+
+
+@app.task(name="async_abortable")
+async def async_abortable(path: str) -> None:
+    open(path, "w").close()  # started
+    await asyncio.sleep(30)
+
+
+@track(heartbeat_interval=0.2)
+@app.task(name="slow")
+async def slow(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+@app.task(name="progress")
+def progress(total: int) -> None:
+    tb = current_task()
+    assert tb is not None and tb is taskbadger.current_task()
+    tb.update(value=total, value_max=total, data={"seen": "yes"})
+
+
+@track(name="manual report", value_max=10, tags={"env": "test"}, data={"k": "v"}, record_task_args=True)
+@app.task(name="manual")
+def manual(value: str) -> str:
+    return value
+
+
+@app.task(name="skipped.cleanup")
+def skipped_cleanup() -> None:
+    return None
+
+
+@app.task(name="tick")
+def tick(timestamp: int) -> int:
+    return timestamp
+
+
+if os.environ.get("TB_PRO_PERIODIC") == "1":
+    app.periodic(cron="* * * * * *", periodic_id="every-second", queue=os.environ["TB_PRO_QUEUE"])(tick)
+
+
+@blueprint.task(name="later")
+def later(value: str) -> str:
+    return value
+
+
+if os.environ.get("TB_PRO_WORKER") == "1" and os.environ.get("TASKBADGER_API_KEY"):
+    taskbadger.init(
+        systems=[
+            ProcrastinateSystemIntegration(
+                app,
+                auto_track_tasks=os.environ.get("TB_PRO_AUTO_TRACK", "1") == "1",
+                excludes=json.loads(os.environ.get("TB_PRO_EXCLUDES", '["skipped\\\\..*"]')),
+                monitors=json.loads(os.environ.get("TB_PRO_MONITORS", "{}")),
+            )
+        ]
+    )
+
+# registered after the integration: tracked all the same
+app.add_tasks_from(blueprint, namespace="bp")

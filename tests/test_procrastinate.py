@@ -1,0 +1,397 @@
+"""Procrastinate jobs tracked end to end: the process that defers them (this one) on a fresh PostgreSQL
+database, a real ``procrastinate worker`` process running them, the stand-in API over real HTTP.
+
+Every outcome a user relies on: pending while queued (name, queue, ``external_id`` = the job id), success,
+error with the exception and ``data["attempts"]``, a ``RetryStrategy`` retry (one task, back to pending,
+ending success without the old exception or error after the last attempt), cancelled before it starts,
+aborted (sync and async), periodic jobs with their monitor, Procrastinate's own tasks never tracked,
+includes/excludes, tasks registered after the integration, ``@track`` options, ``current_task()``, the
+heartbeat, and jobs deferred by the official SDK (the task id kwarg, never passed to the function).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import procrastinate
+import pytest
+
+import taskbadger
+from taskbadger.procrastinate import TB_TASK_ID_KWARG, TrackingJobManager, track
+from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
+
+from .conftest import _live_workers
+from .procrastinate_project import app as tasks
+from .procrastinate_workers import ProcrastinateWorker
+from .services import postgres_database, postgres_url
+
+pytestmark = pytest.mark.integration
+
+FINAL = ("success", "error", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def dsn():
+    with postgres_database("tb_procrastinate") as name:
+        url = postgres_url(name)
+        with tasks.app.replace_connector(procrastinate.PsycopgConnector(conninfo=url)) as app, app.open():
+            app.schema_manager.apply_schema()
+        yield url
+
+
+@pytest.fixture(scope="module")
+def app(dsn):
+    """The test project's app, on this module's database, open in this process."""
+    with tasks.app.replace_connector(procrastinate.PsycopgConnector(conninfo=dsn)) as app, app.open():
+        yield app
+
+
+def start(server, dsn, **kwargs) -> ProcrastinateWorker:
+    worker = ProcrastinateWorker(server, dsn, **kwargs).start()
+    _live_workers.append(worker)
+    return worker
+
+
+def stop(worker: ProcrastinateWorker) -> None:
+    try:
+        worker.stop()
+    finally:
+        if worker in _live_workers:
+            _live_workers.remove(worker)
+
+
+@pytest.fixture(scope="module")
+def worker(taskbadger_server_session, dsn):
+    started = start(taskbadger_server_session, dsn)
+    yield started
+    stop(started)
+
+
+@pytest.fixture
+def api(taskbadger_server, app):
+    taskbadger.init(
+        token=taskbadger_server.api_key,
+        host=taskbadger_server.url,
+        systems=[ProcrastinateSystemIntegration(app, excludes=[r"skipped\..*"])],
+    )
+    return taskbadger_server
+
+
+def job_of(app, job_id: int):
+    (job,) = app.job_manager.list_jobs(id=job_id)
+    return job
+
+
+def wait_job(app, job_id: int, statuses=("succeeded", "failed", "cancelled", "aborted"), timeout: float = 20.0):
+    """The job once Procrastinate has it in one of ``statuses``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = job_of(app, job_id)
+        if job.status in statuses:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+        time.sleep(0.05)  # polling the database, under a deadline
+
+
+def task_of_job(server, job_id: int, statuses=FINAL, timeout: float = 20.0) -> dict:
+    """The Task Badger task whose external_id is the job's id, once in one of ``statuses``."""
+
+    def find():
+        for task in server.tasks.values():
+            if task["external_id"] == str(job_id) and task["status"] in statuses:
+                return task
+        return None
+
+    try:
+        return server.wait_for(find, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(
+            f"no task for job {job_id} in {statuses}: "
+            f"{[(t['name'], t['external_id'], t['status']) for t in server.tasks.values()]}"
+        ) from None
+
+
+def tasks_for(server, job_id: int) -> list[dict]:
+    return [t for t in server.tasks.values() if t["external_id"] == str(job_id)]
+
+
+# -- publishing ------------------------------------------------------------------------------------------
+
+
+def test_a_deferred_job_is_pending_with_its_job_id(api, app):
+    """Nothing serves this queue: the task stays pending, named after the task, in the job's queue."""
+    queue = f"unserved-{uuid.uuid4().hex[:6]}"
+    job_id = tasks.echo.configure(queue=queue).defer(value="x")
+    task = task_of_job(api, job_id, statuses=("pending",))
+    assert (task["name"], task["queue"]) == ("echo", queue)
+    assert job_of(app, job_id).task_kwargs == {"value": "x", TB_TASK_ID_KWARG: task["id"]}  # as the official SDK
+    assert isinstance(app.job_manager, TrackingJobManager)
+
+
+def test_a_job_that_cannot_be_inserted_raises_as_untracked_and_its_task_is_cancelled(api, app):
+    queue = f"unserved-{uuid.uuid4().hex[:6]}"
+    lock = f"lock-{uuid.uuid4().hex[:6]}"
+    tasks.echo.configure(queue=queue, queueing_lock=lock).defer(value="first")
+    with pytest.raises(procrastinate.exceptions.AlreadyEnqueued):
+        tasks.echo.configure(queue=queue, queueing_lock=lock).defer(value="second")
+    cancelled = api.wait_for(
+        lambda: next((t for t in api.tasks.values() if t["queue"] == queue and t["status"] == "cancelled"), None)
+    )
+    assert "AlreadyEnqueued" in cancelled["data"]["publish_error"]
+    assert [t["status"] for t in api.tasks.values() if t["queue"] == queue].count("pending") == 1
+
+
+@pytest.mark.parametrize(
+    "how", ["defer", "defer_async", "configure_defer", "configure_defer_async", "app_configure_task"]
+)
+def test_every_way_to_defer_is_tracked_to_success(api, app, dsn, worker, how):
+    """Each job runs with only its own kwargs (``kwargs_seen`` fails otherwise) and ends ``success``."""
+    task, q = tasks.kwargs_seen, worker.queue
+    task.queue = q  # plain defer() uses the task's queue
+
+    if how == "defer":
+        job_ids = [task.defer(value=1)]
+    elif how == "defer_async":
+        job_ids = [asyncio.run(_defer_async(app, dsn, lambda: task.defer_async(value=1)))]
+    elif how == "configure_defer":
+        job_ids = [task.configure(queue=q, priority=3).defer(value=1)]
+    elif how == "configure_defer_async":
+        job_ids = [asyncio.run(_defer_async(app, dsn, lambda: task.configure(queue=q, lock="l").defer_async(value=1)))]
+    else:
+        job_ids = [app.configure_task("kwargs_seen", queue=q).defer(value=1)]
+    for job_id in job_ids:
+        assert wait_job(app, job_id).status == "succeeded"
+        tb = task_of_job(api, job_id)
+        assert tb["status"] == "success" and tb["name"] == "kwargs_seen"
+        assert len(tasks_for(api, job_id)) == 1
+
+
+async def _defer_async(app, dsn, defer):
+    """Defer from an event loop of our own: an async pool is opened on it."""
+    with app.replace_connector(procrastinate.PsycopgConnector(conninfo=dsn)):
+        async with app.open_async():
+            return await defer()
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_batch_defer_tracks_every_job(api, app, dsn, worker, asynchronous):
+    q = worker.queue
+    if asynchronous:
+        job_ids = asyncio.run(
+            _defer_async(
+                app,
+                dsn,
+                lambda: tasks.kwargs_seen.configure(queue=q).batch_defer_async(
+                    {"value": 1}, {"value": 2}, {"value": 3}
+                ),
+            )
+        )
+    else:
+        job_ids = tasks.kwargs_seen.configure(queue=q).batch_defer({"value": 1}, {"value": 2}, {"value": 3})
+    assert len(job_ids) == 3
+    for job_id in job_ids:
+        assert wait_job(app, job_id).status == "succeeded"
+        assert task_of_job(api, job_id)["status"] == "success"
+
+
+# -- outcomes --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("task", [tasks.echo, tasks.aecho], ids=["sync", "async"])
+def test_success(api, app, worker, task):
+    job_id = task.configure(queue=worker.queue).defer(value="v")
+    assert wait_job(app, job_id).status == "succeeded"
+    tb = task_of_job(api, job_id)
+    assert tb["status"] == "success" and tb["start_time"] and tb["end_time"]
+
+
+def test_error_records_the_exception_and_the_attempts(api, app, worker):
+    job_id = tasks.boom.configure(queue=worker.queue).defer(message="broken on purpose")
+    assert wait_job(app, job_id).status == "failed"
+    tb = task_of_job(api, job_id)
+    assert tb["status"] == "error"
+    assert tb["data"]["exception_type"] == "ValueError"
+    assert "broken on purpose" in tb["data"]["exception"]
+    assert tb["data"]["attempts"] == 1
+
+
+def test_a_retried_job_is_one_task_that_ends_success_without_the_old_exception(api, app, worker, tmp_path):
+    job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=1)
+    assert wait_job(app, job_id).status == "succeeded"
+    tb = task_of_job(api, job_id)
+    assert tb["status"] == "success"
+    assert "exception" not in (tb["data"] or {})
+    assert len(tasks_for(api, job_id)) == 1
+    statuses = [
+        r.json.get("status")
+        for r in api.requests
+        if r.task_id == tb["id"] and r.method == "PATCH" and isinstance(r.json, dict)
+    ]
+    assert "pending" in statuses  # went back to pending between the attempts (a fast attempt's
+    assert tb["data"]["attempts"] == 1  # processing is merged into its outcome)
+
+
+def test_a_job_failing_its_last_attempt_ends_error_with_the_attempts(api, app, worker, tmp_path):
+    job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=10)
+    assert wait_job(app, job_id).status == "failed"
+    tb = task_of_job(api, job_id)
+    assert tb["status"] == "error"
+    assert tb["data"]["attempts"] == 4  # RetryStrategy(max_attempts=3): the first attempt and 3 retries
+    assert "attempt 4 failed" in tb["data"]["exception"]
+    assert len(tasks_for(api, job_id)) == 1
+
+
+@pytest.mark.parametrize("fail_times", [1, 10])
+def test_a_retried_job_its_worker_tracks_is_one_task(taskbadger_server, app, worker, tmp_path, fail_times):
+    """Deferred by a process without tracking (this one, not configured): the worker creates the task at the
+    first attempt and takes it up at each retry."""
+    job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=fail_times)
+    job = wait_job(app, job_id)
+    assert job.status == ("succeeded" if fail_times == 1 else "failed")
+    tb = task_of_job(taskbadger_server, job_id)
+    assert tb["status"] == ("success" if fail_times == 1 else "error")
+    assert len(tasks_for(taskbadger_server, job_id)) == 1, tasks_for(taskbadger_server, job_id)
+    if fail_times == 10:
+        assert tb["data"]["attempts"] == 4
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_job_cancelled_before_it_starts_is_cancelled(api, app, dsn, worker, asynchronous):
+    job_id = tasks.echo.configure(queue=worker.queue, schedule_in={"hours": 1}).defer(value="never")
+    assert task_of_job(api, job_id, statuses=("pending",))
+    if asynchronous:
+        assert asyncio.run(_defer_async(app, dsn, lambda: app.job_manager.cancel_job_by_id_async(job_id)))
+    else:
+        assert app.job_manager.cancel_job_by_id(job_id)
+    assert job_of(app, job_id).status == "cancelled"
+    assert task_of_job(api, job_id)["status"] == "cancelled"
+
+
+@pytest.mark.parametrize("task", [tasks.sync_abortable, tasks.async_abortable], ids=["sync", "async"])
+def test_an_aborted_job_is_cancelled(api, app, worker, task, tmp_path):
+    started = tmp_path / "started"
+    job_id = task.configure(queue=worker.queue).defer(path=str(started))
+    api.wait_for(lambda: started.exists() or None, timeout=20)
+    assert app.job_manager.cancel_job_by_id(job_id, abort=True)
+    assert wait_job(app, job_id).status == "aborted"
+    tb = task_of_job(api, job_id)
+    assert tb["status"] == "cancelled"
+    assert tb["data"]["abort_reason"] == "user_request"
+
+
+# -- which tasks ------------------------------------------------------------------------------------------
+
+
+def test_builtin_tasks_are_never_tracked(api, app, worker):
+    job_id = app.configure_task("builtin:procrastinate.builtin_tasks.remove_old_jobs", queue=worker.queue).defer(
+        max_hours=1000
+    )
+    assert wait_job(app, job_id).status == "succeeded"
+    assert tasks_for(api, job_id) == []
+    assert all(not t["name"].startswith(("builtin:", "procrastinate.")) for t in api.tasks.values())
+
+
+def test_excluded_tasks_are_not_tracked(api, app, worker):
+    job_id = tasks.skipped_cleanup.configure(queue=worker.queue).defer()
+    assert wait_job(app, job_id).status == "succeeded"
+    assert tasks_for(api, job_id) == []
+
+
+def test_includes_and_excludes_match_whole_names_and_excludes_win(app):
+    system = ProcrastinateSystemIntegration(app, includes=[r"bp:.*", "echo"], excludes=[r"bp:l.*"])
+    assert system.track_task("echo") and not system.track_task("echo2")  # fullmatch, not search
+    assert not system.track_task("bp:later")  # excludes win
+    assert system.track_task("bp:other")
+    assert not system.track_task("builtin:procrastinate.builtin_tasks.remove_old_jobs")
+    assert not system.track_task("procrastinate.builtin_tasks.remove_old_jobs")
+
+
+def test_a_task_registered_after_the_integration_is_tracked(api, app, worker):
+    assert "bp:later" in app.tasks
+    job_id = app.tasks["bp:later"].configure(queue=worker.queue).defer(value="late")
+    assert wait_job(app, job_id).status == "succeeded"
+    assert task_of_job(api, job_id)["name"] == "bp:later"
+
+
+def test_track_options_and_recorded_kwargs(api, app, worker):
+    job_id = tasks.manual.configure(queue=worker.queue).defer(value="m")
+    assert wait_job(app, job_id).status == "succeeded"
+    tb = task_of_job(api, job_id)
+    assert (tb["name"], tb["value_max"], tb["tags"]) == ("manual report", 10, {"env": "test"})
+    assert tb["data"]["k"] == "v"
+    assert tb["data"]["procrastinate_task_kwargs"] == {"value": "m"}  # the official SDK's key
+
+
+def test_track_refuses_unknown_and_invalid_options():
+    with pytest.raises(TypeError):
+        track(colour="red")
+    with pytest.raises(ValueError):
+        track(value_max=-1)
+
+
+def test_current_task_in_the_body(api, app, worker):
+    job_id = tasks.progress.configure(queue=worker.queue).defer(total=7)
+    assert wait_job(app, job_id).status == "succeeded"  # the body asserts current_task() is its task
+    tb = task_of_job(api, job_id)
+    assert (tb["value"], tb["value_max"], tb["data"]["seen"]) == (7, 7, "yes")
+
+
+def test_heartbeat_pings_while_the_job_runs(api, app, worker):
+    job_id = tasks.slow.configure(queue=worker.queue).defer(seconds=2)
+    assert wait_job(app, job_id).status == "succeeded"
+    tb = task_of_job(api, job_id)
+    patches = [r for r in api.requests if r.task_id == tb["id"] and r.method == "PATCH"]
+    final = [r for r in patches if isinstance(r.json, dict) and r.json.get("status") == "success"]
+    during = [r for r in patches if r.timestamp < final[0].timestamp]
+    # pings every 0.2 s for 2 s (queued pings of one task may merge on a loaded machine: at least a few)
+    assert len(during) >= 3, [r.json for r in patches]
+    assert tb["stale_timeout"] == 1  # twice the interval, rounded up
+
+
+# -- mixed deployments ----------------------------------------------------------------------------------
+
+
+def test_a_job_deferred_by_the_official_sdk_is_understood(api, app, worker):
+    """The official SDK defers with ``__taskbadger_task_id__`` = the id of the task it created pending."""
+    created = taskbadger.Task.create("deferred elsewhere", status="pending")
+    job_id = tasks.kwargs_seen.configure(queue=worker.queue).defer(value=1, **{TB_TASK_ID_KWARG: created.id})
+    assert wait_job(app, job_id).status == "succeeded"  # the function never received the kwarg
+    assert api.get_task(created.id)["status"] == "success" or api.wait_for(
+        lambda: api.get_task(created.id)["status"] == "success" or None
+    )
+    assert job_of(app, job_id).task_kwargs[TB_TASK_ID_KWARG] == created.id
+
+
+def test_a_bad_task_id_in_the_kwargs_never_breaks_the_job(api, app, worker):
+    job_id = tasks.kwargs_seen.configure(queue=worker.queue).defer(value=1, **{TB_TASK_ID_KWARG: {"x": "y"}})
+    assert wait_job(app, job_id).status == "succeeded"
+    assert task_of_job(api, job_id)["status"] == "success"  # tracked by the worker, with a task of its own
+
+
+# -- periodic jobs ------------------------------------------------------------------------------------------
+
+
+def test_periodic_jobs_carry_their_monitor(taskbadger_server, dsn, app):
+    monitor = str(uuid.uuid4())
+    queue = f"periodic-{uuid.uuid4().hex[:6]}"
+    worker = start(
+        taskbadger_server,
+        dsn,
+        queue=queue,
+        extra_env={"TB_PRO_PERIODIC": "1", "TB_PRO_QUEUE": queue, "TB_PRO_MONITORS": json.dumps({"tick": monitor})},
+    )
+    try:
+        task = taskbadger_server.wait_for(
+            lambda: next(
+                (t for t in taskbadger_server.tasks.values() if t["name"] == "tick" and t["status"] == "success"), None
+            ),
+            timeout=20,
+        )
+    finally:
+        stop(worker)
+    assert task["monitor_id"] == monitor
+    assert task["queue"] == queue and task["external_id"]

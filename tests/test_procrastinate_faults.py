@@ -1,0 +1,98 @@
+"""Tracking never breaks a defer or a job: with the API refusing connections, hanging, or answering 500,
+``defer()`` and ``defer_async()`` return within the publish budget, every job runs in a real worker (which
+meets the same API), and its Procrastinate status is what it would be untracked. Once the API behaves
+again, no task created for these jobs is left pending or processing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import procrastinate
+import pytest
+
+import taskbadger
+from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
+
+from .procrastinate_project import app as tasks
+from .test_procrastinate import app, dsn, start, stop, wait_job  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+
+MODES = ["refused", "hang", "500"]
+BUDGET = 0.5  # the publish budget the tests configure (in this process and the worker)
+TIMEOUT = (0.5, 0.5)
+SLACK = 0.35  # what a loaded, shared machine may add before the call returns
+
+
+@pytest.fixture(scope="module")
+def worker(taskbadger_server_session, dsn):  # noqa: F811
+    started = start(taskbadger_server_session, dsn, extra_env={"TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    yield started
+    stop(started)
+
+
+@pytest.fixture
+def api(taskbadger_server, app):  # noqa: F811
+    taskbadger.init(
+        token=taskbadger_server.api_key,
+        host=taskbadger_server.url,
+        timeout=TIMEOUT,
+        publish_budget=BUDGET,
+        systems=[ProcrastinateSystemIntegration(app)],
+    )
+    yield taskbadger_server
+    taskbadger_server.clear_faults()
+
+
+def misbehave(server, mode: str) -> None:
+    if mode == "refused":
+        server.refuse()
+    elif mode == "hang":
+        server.hang()
+    else:
+        server.fail(500)
+
+
+def timed(call):
+    started = time.monotonic()
+    result = call()
+    return result, time.monotonic() - started
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_defer_keeps_its_budget_and_the_jobs_run_as_untracked(api, app, dsn, worker, mode):  # noqa: F811
+    misbehave(api, mode)
+    q = worker.queue
+    sent = [timed(lambda i=i: tasks.echo.configure(queue=q).defer(value=f"v{i}")) for i in range(4)]
+    sent.append(timed(lambda: tasks.boom.configure(queue=q).defer(message="fails as it would untracked")))
+
+    async def defer_async():
+        with app.replace_connector(procrastinate.PsycopgConnector(conninfo=dsn)):
+            async with app.open_async():
+                out = []
+                for i in range(3):
+                    started = time.monotonic()
+                    job_id = await tasks.aecho.configure(queue=q).defer_async(value=f"a{i}")
+                    out.append((job_id, time.monotonic() - started))
+                return out
+
+    sent += asyncio.run(defer_async())
+    waits = [seconds for _, seconds in sent]
+    assert max(waits) <= BUDGET + SLACK, waits
+    job_ids = [job_id for job_id, _ in sent]
+    statuses = [wait_job(app, job_id, timeout=30).status for job_id in job_ids]
+    assert statuses == ["succeeded"] * 4 + ["failed"] + ["succeeded"] * 3
+    api.clear_faults()
+
+    def open_tasks():  # every task of this worker's queue, whether its job id reached it or not
+        return [
+            (t["external_id"], t["status"])
+            for t in api.tasks.values()
+            if t["queue"] == q and t["status"] not in ("success", "error", "cancelled")
+        ]
+
+    try:
+        api.wait_for(lambda: not open_tasks() or None, timeout=20)
+    except AssertionError:
+        raise AssertionError(f"left open: {open_tasks()}") from None
