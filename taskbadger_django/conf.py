@@ -48,8 +48,10 @@ SETTING_NAME = "TASKBADGER"
 #: Defaults of ``TASKBADGER["CELERY"]``, ``TASKBADGER["PROGRESS"]`` and ``TASKBADGER`` (from the one table, ``schema``).
 CELERY_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.CELERY.items()}
 PROGRESS_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.PROGRESS.items()}
+DJANGO_TASKS_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.DJANGO_TASKS.items()}
 #: The nested dicts: each is merged key by key over its defaults.
-NESTED: dict[str, dict[str, Any]] = {"CELERY": CELERY_DEFAULTS, "PROGRESS": PROGRESS_DEFAULTS}
+NESTED: dict[str, dict[str, Any]] = {"CELERY": CELERY_DEFAULTS, "PROGRESS": PROGRESS_DEFAULTS,
+                                     "DJANGO_TASKS": DJANGO_TASKS_DEFAULTS}
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.TOP.items()}
 #: Settings that fall back to an environment variable.
 ENV_VARS: dict[str, str] = {name: setting.env for name, setting in schema.TOP.items() if setting.env}
@@ -61,6 +63,14 @@ _SLUGS = {"organization_slug": "ORGANIZATION_SLUG", "project_slug": "PROJECT_SLU
 def celery_available() -> bool:
     """Whether Celery can be imported (without importing it)."""
     return importlib.util.find_spec("celery") is not None
+
+
+def django_tasks_available() -> bool:
+    """Whether Django's tasks framework (6.0+) or the ``django_tasks`` backport can be imported."""
+    try:
+        return any(importlib.util.find_spec(name) is not None for name in ("django.tasks", "django_tasks"))
+    except (ImportError, ValueError):
+        return False
 
 
 def closest(name: Any, choices: Iterable[str], upper: bool = True) -> str | None:
@@ -171,8 +181,10 @@ class TaskBadgerSettings:
         if not isinstance(self.raw, (Mapping, type(None))):
             raise ConfigurationError(f"the {SETTING_NAME} setting must be a dict, got {type(self.raw).__name__}.")
         resolved = {name: self.resolve(name)[0] for name in schema.TOP}
-        problems = schema.type_problems({**resolved, "CELERY": self.user.get("CELERY")}, schema.TOP, SETTING_NAME)
+        problems = schema.type_problems({**resolved, "CELERY": self.user.get("CELERY"),
+                                         "DJANGO_TASKS": self.user.get("DJANGO_TASKS")}, schema.TOP, SETTING_NAME)
         problems += schema.type_problems(self.CELERY, schema.CELERY, f"{SETTING_NAME}['CELERY']")
+        problems += schema.type_problems(self.DJANGO_TASKS, schema.DJANGO_TASKS, f"{SETTING_NAME}['DJANGO_TASKS']")
         if problems:
             raise ConfigurationError(problems[0].message)
         celery = self.CELERY
@@ -205,6 +217,21 @@ class TaskBadgerSettings:
         )
         if celery_available():
             kwargs["systems"].append(system)  # always present, so that MONITORS also apply to base=Task tasks
+        from taskbadger.systems.django_tasks import DjangoTasksSystemIntegration
+
+        tasks = self.DJANGO_TASKS
+        django_tasks = DjangoTasksSystemIntegration(
+            auto_track_tasks=tasks["AUTO_TRACK"],
+            includes=tasks["INCLUDES"],
+            excludes=tasks["EXCLUDES"],
+            record_task_args=tasks["RECORD_TASK_ARGS"],
+            heartbeat_interval=tasks["HEARTBEAT_INTERVAL"],
+            stale_timeout=tasks["STALE_TIMEOUT"],
+            monitors=monitors,
+            channel=database_channel(),
+        )
+        if django_tasks_available():
+            kwargs["systems"].append(django_tasks)
         return kwargs
 
     def problems(self) -> list[str]:
@@ -218,6 +245,10 @@ class TaskBadgerSettings:
         for key in self.unknown_celery_keys:
             suggestion = closest(key, CELERY_DEFAULTS)
             found.append(f"unknown key {key!r} in {SETTING_NAME}['CELERY']"
+                         + (f" (did you mean {suggestion!r}?)" if suggestion else ""))
+        for key in self.unknown_nested_keys("DJANGO_TASKS"):
+            suggestion = closest(key, DJANGO_TASKS_DEFAULTS)
+            found.append(f"unknown key {key!r} in {SETTING_NAME}['DJANGO_TASKS']"
                          + (f" (did you mean {suggestion!r}?)" if suggestion else ""))
         try:
             with warnings.catch_warnings():
@@ -235,6 +266,19 @@ class TaskBadgerSettings:
 
     def __repr__(self) -> str:  # the key is a secret
         return f"<TaskBadgerSettings host={self.resolve('HOST')[0]!r} enabled={self.resolve('ENABLED')[0]!r}>"
+
+
+_channel: Any = None
+
+
+def database_channel() -> Any:
+    """This process's channel of ``django.tasks`` task ids through the database (``carried``)."""
+    global _channel
+    if _channel is None:
+        from .carried import DatabaseChannel
+
+        _channel = DatabaseChannel()
+    return _channel
 
 
 # -- this process's state: the cached settings, and what configure() applied ----------------------------

@@ -66,6 +66,18 @@ CELERY: dict[str, Setting] = {
                              "a positive integer number of seconds", '"STALE_TIMEOUT": 120'),
 }
 
+#: ``TASKBADGER["DJANGO_TASKS"]``: Django's tasks framework (``django.tasks``, or the ``django_tasks`` backport)
+DJANGO_TASKS: dict[str, Setting] = {
+    "AUTO_TRACK": Setting(True, _is_bool, "True or False", '"AUTO_TRACK": True'),
+    "INCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"INCLUDES": [r"billing\\..*"]'),
+    "EXCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"EXCLUDES": [r".*\\.ping"]'),
+    "RECORD_TASK_ARGS": Setting(False, _is_bool, "True or False", '"RECORD_TASK_ARGS": False'),
+    "HEARTBEAT_INTERVAL": Setting(None, _is_positive, "a positive number of seconds", '"HEARTBEAT_INTERVAL": 30'),
+    "STALE_TIMEOUT": Setting(None, lambda v: _is_positive(v) and isinstance(v, int),
+                             "a positive integer number of seconds", '"STALE_TIMEOUT": 120'),
+}
+
+
 def _is_poll_interval(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_POLL_INTERVAL <= v <= MAX_POLL_INTERVAL
 
@@ -108,6 +120,8 @@ TOP: dict[str, Setting] = {
                         '"MONITORS": {"billing.tasks.nightly_invoices": "<monitor uuid>"}'),
     "CELERY": Setting({name: s.default for name, s in CELERY.items()}, lambda v: isinstance(v, Mapping), "a dict",
                       '"CELERY": {"AUTO_TRACK": True}'),
+    "DJANGO_TASKS": Setting({name: s.default for name, s in DJANGO_TASKS.items()}, lambda v: isinstance(v, Mapping),
+                            "a dict", '"DJANGO_TASKS": {"AUTO_TRACK": True}'),
     "PROGRESS": Setting({name: s.default for name, s in PROGRESS.items()}, lambda v: isinstance(v, Mapping), "a dict",
                         '"PROGRESS": {"POLL_INTERVAL": 1.0}'),
 }
