@@ -203,7 +203,8 @@ def on_finished(task_result: Any) -> None:
         if failed:
             class_path, text = _error(task_result)
             exc = sys.exc_info()[1]  # the backends send task_finished while they handle the exception
-            if exc is not None and _class_path(exc) == class_path:
+            # (the RQ backend before it has recorded the error: nothing recorded yet, take the exception)
+            if exc is not None and (not _recorded(task_result) or _class_path(exc) == class_path):
                 lifecycle.fail(run, exc, text or None)
             else:
                 lifecycle.fail(run, _Failure(class_path, text), text or None, {"exception_type": class_path})
@@ -233,6 +234,10 @@ def _error(task_result: Any) -> tuple[str, str]:
         return "Exception", ""
     last = errors[-1]
     return str(getattr(last, "exception_class_path", "Exception")), str(getattr(last, "traceback", ""))
+
+
+def _recorded(task_result: Any) -> bool:
+    return bool(getattr(task_result, "errors", None))
 
 
 def _class_path(exc: BaseException) -> str:
