@@ -353,7 +353,8 @@ def test_full_run_checks_on_the_test_project():
             checks.Error(
                 "Unknown key 'MONITOR' in TASKBADGER.",
                 hint="Did you mean 'MONITORS'? Valid keys: API_KEY, HOST, ORGANIZATION_SLUG, PROJECT_SLUG, "
-                     "ENABLED, TAGS, BEFORE_CREATE, TIMEOUT, SPOOL_DIR, PUBLISH_BUDGET, MONITORS, CELERY, PROGRESS.",
+                     "ENABLED, TAGS, BEFORE_CREATE, TIMEOUT, SPOOL_DIR, PUBLISH_BUDGET, MONITORS, CELERY, "
+                     "DJANGO_TASKS, PROGRESS.",
                 obj="TASKBADGER", id="taskbadger.E001"),
             checks.Warning(
                 "No Task Badger API key: tasks run untracked.",

@@ -6,7 +6,6 @@ raises would make ``enqueue()`` raise, or fail the task before it runs.
 
 from __future__ import annotations
 
-import functools
 import importlib
 import logging
 from collections.abc import Callable
@@ -20,7 +19,7 @@ SIGNAL_MODULES = ("django.tasks.signals", "django_tasks.signals")
 
 
 def guard(handler: Callable[[Any], None]) -> Callable[..., None]:
-    @functools.wraps(handler)
+    # not functools.wraps: Django (with DEBUG) checks through __wrapped__ that a receiver takes **kwargs
     def receiver(sender: Any = None, task_result: Any = None, **_: Any) -> None:
         if task_result is None:
             return
@@ -30,6 +29,7 @@ def guard(handler: Callable[[Any], None]) -> Callable[..., None]:
             log.exception("Task Badger: internal error in %s; the django.tasks task is not affected",
                           handler.__name__, extra={"taskbadger_internal_error": True})
 
+    receiver.__name__ = receiver.__qualname__ = handler.__name__
     return receiver
 
 
