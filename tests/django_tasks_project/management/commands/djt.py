@@ -3,6 +3,8 @@
 ``djt enqueue TASK [JSON_ARGS] [--count N]``: enqueue (on ``DJT_QUEUE``) and print one JSON line per
 task: its TaskResult id and how long ``enqueue()`` took.  ``djt result ID``: the TaskResult as the
 backend reports it.  ``djt rerun ID``: make the backend run the same TaskResult again.
+``djt bench TASK [JSON_ARGS] --count N``: N enqueues, timed.
+``djt channel PREFIX --count N``: the database channel's queries alone, timed.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("action", choices=["enqueue", "result", "rerun", "bench"])
+        parser.add_argument("action", choices=["enqueue", "result", "rerun", "bench", "channel"])
         parser.add_argument("target")
         parser.add_argument("arguments", nargs="?", default="[]")
         parser.add_argument("--count", type=int, default=1)
@@ -40,6 +42,22 @@ class Command(BaseCommand):
             for _ in range(count):
                 task.enqueue(*json.loads(arguments))
             self.stdout.write(json.dumps({"count": count, "seconds": time.perf_counter() - started}))
+        elif action == "channel":  # the id channel alone: claim + write the created task's meta, then its end
+            from taskbadger.django_tasks import CREATED
+            from taskbadger_django.carried import DatabaseChannel
+
+            channel, meta = DatabaseChannel(), {"task": {"id": "x" * 26, "name": "bench"}}
+            started = time.perf_counter()
+            for i in range(count):
+                channel.claim(f"{target}-{i}")
+                channel.put(f"{target}-{i}", CREATED, meta)
+            enqueue_side = time.perf_counter() - started
+            started = time.perf_counter()
+            for i in range(count):
+                channel.get(f"{target}-{i}")
+                channel.finished(f"{target}-{i}", failed=False)
+            self.stdout.write(json.dumps({"count": count, "seconds": enqueue_side,
+                                          "worker_seconds": time.perf_counter() - started}))
         elif action == "result":
             result = tasks.add.get_backend().get_result(target)
             out: dict[str, Any] = {"status": str(result.status), "worker_ids": list(result.worker_ids),
