@@ -13,6 +13,7 @@ in a savepoint, so that a failure does not break that transaction.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -81,8 +82,9 @@ class DatabaseChannel:
         model = self._model()
 
         def update() -> None:
-            if not model.objects.filter(pk=result_id).update(state=state, meta=meta):
-                model.objects.create(result_id=result_id, state=state, meta=meta)
+            text = None if meta is None else json.dumps(meta, default=str)
+            if not model.objects.filter(pk=result_id).update(state=state, meta=text):
+                model.objects.create(result_id=result_id, state=state, meta=text)
 
         try:
             self._run("write", update, None)
@@ -94,7 +96,13 @@ class DatabaseChannel:
 
         def read() -> Entry | None:
             row = model.objects.filter(pk=result_id).values_list("state", "meta").first()
-            return Entry(row[0], row[1]) if row is not None else None
+            if row is None:
+                return None
+            try:
+                meta = json.loads(row[1]) if row[1] else None
+            except ValueError:
+                meta = None  # written by someone else: parse_meta reports what is unusable
+            return Entry(row[0], meta)
 
         return self._swallow("read", read)
 

@@ -11,7 +11,9 @@ class CarriedTask(models.Model):
 
     result_id = models.CharField(max_length=64, primary_key=True)  # TaskResult.id
     state = models.CharField(max_length=8)  # creating | created | maybe
-    meta = models.JSONField(null=True)  # lifecycle.Meta.to_dict(), checked where it is read
+    # lifecycle.Meta.to_dict() as JSON text, checked where it is read (a text column: no JSON support asked of
+    # the database, nor a connection at check time)
+    meta = models.TextField(null=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     finished_at = models.DateTimeField(null=True)
 

@@ -29,6 +29,20 @@ def _fresh_conf():
     conf.reset_state()
 
 
+@pytest.fixture(autouse=True)
+def _celery_app():
+    """A Celery app of our own, current during the test (the Celery checks import no task modules)."""
+    from celery import Celery
+    from celery import _state as celery_state
+
+    previous = celery_state._tls.current_app
+    Celery("tbdjango-tasks-checks", broker="memory://", set_as_current=False).set_current()
+    try:
+        yield
+    finally:
+        celery_state._set_current_app(previous)
+
+
 def run(**tb):
     with override_settings(TASKBADGER={**VALID, **tb}):
         return [m for m in run_checks(tags=[tb_checks.TAG]) if m.id not in ("taskbadger.I001",)]

@@ -131,3 +131,15 @@ def test_a_worker_that_starts_before_the_publisher_creates_the_task_itself(serve
     events.on_finished(result)
     task = server.wait_for_task(NAME + "add", status="success")
     assert task["external_id"] == "r-2" and len(posts(server)) == 1
+
+
+def test_an_entry_written_by_anyone_is_checked_where_it_is_read(server, caplog):
+    channel = LocalChannel()
+    taskbadger.init(token=server.api_key, host=server.url,
+                    systems=[DjangoTasksSystemIntegration(channel=channel)])
+    channel.put("r-3", CREATED, {"task": {"id": "'; DROP TABLE", "name": 7}, "heartbeat_interval": -1})
+    result = _result("r-3")
+    events.on_started(result)
+    events.on_finished(result)
+    assert server.requests == []  # nothing raw reached the wire: the run went untracked
+    assert any("has no valid task id" in r.getMessage() for r in caplog.records)

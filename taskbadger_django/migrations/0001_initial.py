@@ -12,7 +12,7 @@ class Migration(migrations.Migration):
             fields=[
                 ("result_id", models.CharField(max_length=64, primary_key=True, serialize=False)),
                 ("state", models.CharField(max_length=8)),
-                ("meta", models.JSONField(null=True)),
+                ("meta", models.TextField(null=True)),
                 ("created_at", models.DateTimeField(auto_now_add=True, db_index=True)),
                 ("finished_at", models.DateTimeField(null=True)),
             ],
