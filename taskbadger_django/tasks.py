@@ -40,3 +40,13 @@ def track_task(*, name: str | None = None, value_max: int | None = None, monitor
         return task
 
     return decorate
+
+
+def task_id_for_result(result: Any) -> str | None:
+    """The Task Badger id of a ``django.tasks`` ``TaskResult`` (the one ``.enqueue()`` returned, or one from
+    ``get_result(id)``): known in the process that enqueued it, and elsewhere while the task has not
+    succeeded yet (its entry in the app's table); None when it is not tracked or no longer known."""
+    from taskbadger.django_tasks.events import task_id_of
+
+    result_id = getattr(result, "id", None)
+    return task_id_of(result_id) if isinstance(result_id, str) else None

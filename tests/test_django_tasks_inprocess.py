@@ -143,3 +143,13 @@ def test_an_entry_written_by_anyone_is_checked_where_it_is_read(server, caplog):
     events.on_finished(result)
     assert server.requests == []  # nothing raw reached the wire: the run went untracked
     assert any("has no valid task id" in r.getMessage() for r in caplog.records)
+
+
+@override_settings(TASKS=IMMEDIATE)
+def test_the_progress_tag_takes_a_task_result(server):
+    from taskbadger_django import task_id_for
+
+    result = tasks.add.enqueue(1, 2)
+    task = server.wait_for_task(NAME + "add", status="success")
+    assert task_id_for(result) == task["id"]
+    assert task_id_for(tasks.opted_out.enqueue()) is None

@@ -23,7 +23,7 @@ from typing import Any
 from .. import lifecycle, spooling
 from .._runtime import ForkSafeLock
 from ..config import get_config
-from ..models import StatusEnum
+from ..models import StatusEnum, is_task_id
 from .channel import CREATED, CREATING, MAYBE, Channel, Entry, LocalChannel
 from .options import module_path, options_for
 
@@ -34,6 +34,9 @@ HORSE_FLUSH = 10.0
 #: How long past the publish budget a worker waits for a publisher that is creating the task.
 CLAIM_SLACK = 1.0
 _local = LocalChannel()
+#: TaskResult id -> Task Badger id of the tasks created in this process (the page that enqueued a task shows
+#: its progress bar: ``taskbadger_django.task_id_for``), the most recent kept.
+_created_here = LocalChannel(limit=1000)
 _runs: dict[str, lifecycle.Run] = {}  # TaskResult id -> its tracked run in this process
 _settle: set[str] = set()  # TaskResult ids whose outcome is settled later (``lifecycle.settle``)
 _runs_lock = ForkSafeLock()
@@ -115,6 +118,7 @@ def on_enqueued(task_result: Any) -> None:
         return
     heartbeat, stale = lifecycle.heartbeat_options(options, system)
     channel.put(task_result.id, CREATED, lifecycle.created_meta(created.task, heartbeat, stale).to_dict())
+    _created_here.put(task_result.id, CREATED, created.task.id)
 
 
 # -- the worker ----------------------------------------------------------------------------------------
@@ -252,3 +256,24 @@ def _error_text(task_result: Any) -> str:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def task_id_of(result_id: str) -> str | None:
+    """The Task Badger id of a ``TaskResult``'s task: created in this process, or still in the channel (until
+    the task succeeds); None when it is not tracked or no longer known here."""
+    entry = _created_here.get(result_id)
+    if entry is not None and is_task_id(entry.meta):
+        return str(entry.meta)
+    running = _runs.get(result_id)
+    if running is not None:
+        return running.id
+    system = _system()
+    channels = [_local] + ([system.channel] if system is not None and system.channel is not None else [])
+    for channel in channels:
+        entry = channel.get(result_id)
+        if entry is not None and entry.state == CREATED and isinstance(entry.meta, dict):
+            task = entry.meta.get("task")
+            task_id = task.get("id") if isinstance(task, dict) else None
+            if is_task_id(task_id):
+                return str(task_id)
+    return None
