@@ -206,30 +206,13 @@ class TaskBadgerSettings:
         # settings are refused with Celery installed or not; imports no Celery until a worker connects it.
         from taskbadger.systems.celery import CelerySystemIntegration
 
-        system = CelerySystemIntegration(
-            auto_track_tasks=celery["AUTO_TRACK"],
-            includes=celery["INCLUDES"],
-            excludes=celery["EXCLUDES"],
-            record_task_args=celery["RECORD_TASK_ARGS"],
-            heartbeat_interval=celery["HEARTBEAT_INTERVAL"],
-            stale_timeout=celery["STALE_TIMEOUT"],
-            monitors=monitors,
-        )
+        system = CelerySystemIntegration(**queue_rules(celery), monitors=monitors)
         if celery_available():
             kwargs["systems"].append(system)  # always present, so that MONITORS also apply to base=Task tasks
         from taskbadger.systems.django_tasks import DjangoTasksSystemIntegration
 
-        tasks = self.DJANGO_TASKS
-        django_tasks = DjangoTasksSystemIntegration(
-            auto_track_tasks=tasks["AUTO_TRACK"],
-            includes=tasks["INCLUDES"],
-            excludes=tasks["EXCLUDES"],
-            record_task_args=tasks["RECORD_TASK_ARGS"],
-            heartbeat_interval=tasks["HEARTBEAT_INTERVAL"],
-            stale_timeout=tasks["STALE_TIMEOUT"],
-            monitors=monitors,
-            channel=database_channel(),
-        )
+        django_tasks = DjangoTasksSystemIntegration(**queue_rules(self.DJANGO_TASKS), monitors=monitors,
+                                                    channel=database_channel())
         if django_tasks_available():
             kwargs["systems"].append(django_tasks)
         return kwargs
@@ -266,6 +249,13 @@ class TaskBadgerSettings:
 
     def __repr__(self) -> str:  # the key is a secret
         return f"<TaskBadgerSettings host={self.resolve('HOST')[0]!r} enabled={self.resolve('ENABLED')[0]!r}>"
+
+
+def queue_rules(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A queue integration's arguments from its nested dict (``CELERY``, ``DJANGO_TASKS``)."""
+    return {"auto_track_tasks": section["AUTO_TRACK"], "includes": section["INCLUDES"],
+            "excludes": section["EXCLUDES"], "record_task_args": section["RECORD_TASK_ARGS"],
+            "heartbeat_interval": section["HEARTBEAT_INTERVAL"], "stale_timeout": section["STALE_TIMEOUT"]}
 
 
 _channel: Any = None

@@ -16,31 +16,12 @@ from taskbadger_django import checks as tb_checks
 from taskbadger_django import conf, track_task
 
 from .django_tasks_project import tasks  # noqa: F401  (its tasks are found through track_task)
+# test_django_checks' autouse fixtures: fresh settings state, and a Celery app of our own (no task modules)
+from .test_django_checks import _fresh_conf, app  # noqa: F401
 
 KEY = base64.b64encode(b"acme/demo/s3cret").decode()
 VALID = {"API_KEY": KEY, "HOST": "https://taskbadger.net"}
 MONITOR = "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a11"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_conf():
-    conf.reset_state()
-    yield
-    conf.reset_state()
-
-
-@pytest.fixture(autouse=True)
-def _celery_app():
-    """A Celery app of our own, current during the test (the Celery checks import no task modules)."""
-    from celery import Celery
-    from celery import _state as celery_state
-
-    previous = celery_state._tls.current_app
-    Celery("tbdjango-tasks-checks", broker="memory://", set_as_current=False).set_current()
-    try:
-        yield
-    finally:
-        celery_state._set_current_app(previous)
 
 
 def run(**tb):
