@@ -16,6 +16,7 @@ from taskbadger_django import checks as tb_checks
 from taskbadger_django import conf, track_task
 
 from .django_tasks_project import tasks  # noqa: F401  (its tasks are found through track_task)
+
 # test_django_checks' autouse fixtures: fresh settings state, and a Celery app of our own (no task modules)
 from .test_django_checks import _fresh_conf, app  # noqa: F401
 
