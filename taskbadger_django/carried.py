@@ -5,9 +5,9 @@ Costs per tracked ``enqueue()``: one INSERT (the claim) and one UPDATE (the crea
 key. The worker reads the row by primary key and deletes it when the task succeeds; a failed task's
 row is kept ``FAILED_RETENTION`` (a requeue of the same ``TaskResult`` runs again as the same task),
 and rows older than ``MAX_AGE`` (tasks that never ran) are purged, at most once per ``PURGE_EVERY``
-per process. Every query is guarded: a database error never reaches the user's ``enqueue()`` or task
-(it runs untracked, or its worker creates its task), and inside the user's transaction each query is
-in a savepoint, so that a failure does not break that transaction.
+per process that enqueues or runs tracked tasks. Every query is guarded: a database error never reaches
+the user's ``enqueue()`` or task (it runs untracked, or its worker creates its task), and inside the
+user's transaction each query is in a savepoint, so that a failure does not break that transaction.
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ class DatabaseChannel:
             return self._run("write", insert, False)
         except IntegrityError:
             return False
+        finally:
+            self._purge()  # here too: rows a worker that tracks nothing would never clear
 
     def put(self, result_id: str, state: str, meta: Any = None) -> None:
         model = self._model()
