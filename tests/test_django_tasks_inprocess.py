@@ -153,3 +153,14 @@ def test_the_progress_tag_takes_a_task_result(server):
     task = server.wait_for_task(NAME + "add", status="success")
     assert task_id_for(result) == task["id"]
     assert task_id_for(tasks.opted_out.enqueue()) is None
+
+
+@override_settings(TASKS=IMMEDIATE)
+def test_heartbeat_settings_give_the_running_task_its_stale_timeout(taskbadger_server):
+    system = DjangoTasksSystemIntegration(heartbeat_interval=30, record_task_args=True)
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, systems=[system])
+    connect()
+    tasks.add.enqueue(3, 4)
+    task = taskbadger_server.wait_for_task(NAME + "add", status="success")
+    assert task["stale_timeout"] == 60  # twice the heartbeat interval, set once it runs
+    assert task["data"] == {"args": [3, 4], "kwargs": {}}
