@@ -5,6 +5,7 @@ import time
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
+import taskbadger
 from taskbadger_django import Task
 
 
@@ -69,3 +70,19 @@ def export_archive(self, seconds: int) -> None:
             time.sleep(0.1)  # stands for writing the archive
     except SoftTimeLimitExceeded:
         pass
+
+
+try:
+    from django.tasks import task  # Django 6: Django's own tasks framework
+except ImportError:
+    from django_tasks import task  # Django 5.2: the backport
+
+
+@task
+def send_receipt(order_id: int) -> str:
+    """A django.tasks task, next to the Celery ones: tracked from settings with no code (the test project's
+    default backend, ImmediateBackend, runs it in the process that enqueues it)."""
+    tb = taskbadger.current_task()
+    if tb:
+        tb.update(value=1, value_max=1)
+    return f"receipt for order {order_id}"

@@ -28,6 +28,10 @@ taskbadger.W006    Warning  the Celery task modules could not be imported, so ta
 taskbadger.W007    Warning  ``CELERY_BROKER_URL``'s transport needs a package that is not installed
 taskbadger.W008    Warning  the progress URLs are included but ``SessionMiddleware`` is not installed
 taskbadger.W009    Warning  the progress URLs are included and their cache is a ``DummyCache``
+taskbadger.E014    Error    unknown key in ``TASKBADGER["DJANGO_TASKS"]``
+taskbadger.E015    Error    ``TASKBADGER["DJANGO_TASKS"]`` is set but no tasks framework is installed
+taskbadger.W010    Warning  the installed apps' ``tasks`` modules could not be imported (django.tasks not checked)
+taskbadger.W011    Warning  a ``DJANGO_TASKS`` ``INCLUDES``/``EXCLUDES`` entry matches no django.tasks task
 taskbadger.E016    Error    unknown key in ``TASKBADGER["PROCRASTINATE"]``
 taskbadger.E017    Error    ``procrastinate.contrib.django`` is installed but Procrastinate is older than 3.9
 taskbadger.W012    Warning  ``TASKBADGER["PROCRASTINATE"]`` is set but ``procrastinate.contrib.django`` is not installed
@@ -67,7 +71,7 @@ def check_taskbadger(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     """Every Task Badger check, settings first, in a stable order."""
     return (check_settings(app_configs, **kwargs) + check_progress(app_configs, **kwargs)
             + check_broker(app_configs, **kwargs) + check_celery_tasks(app_configs, **kwargs)
-            + check_procrastinate(app_configs, **kwargs))
+            + check_django_tasks(app_configs, **kwargs) + check_procrastinate(app_configs, **kwargs))
 
 
 #: broker URL scheme -> (the module its kombu transport needs, what installs it)
@@ -158,7 +162,19 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
     messages += _check_host(settings, bad_types)
     if "TASKBADGER['MONITORS']" not in bad_types:
         messages += _check_monitors(settings.MONITORS)
-    for section, user_section in (("CELERY", user_celery), ("PROCRASTINATE", user_pro)):
+    user_tasks = settings.user.get("DJANGO_TASKS")
+    if isinstance(user_tasks, Mapping):
+        messages += _unknown(settings.unknown_nested_keys("DJANGO_TASKS"), conf.DJANGO_TASKS_DEFAULTS,
+                             "TASKBADGER['DJANGO_TASKS']", "taskbadger.E014")
+        messages += _type_errors(user_tasks, schema.DJANGO_TASKS, "TASKBADGER['DJANGO_TASKS']")
+        if not conf.django_tasks_available():
+            messages.append(checks.Error(
+                "TASKBADGER['DJANGO_TASKS'] is set, but neither django.tasks (Django 6.0+) nor the django_tasks "
+                "backport is installed, so there are no tasks to track.",
+                hint='pip install "django-taskbadger[django-tasks]" (on Django 5.2), or remove the key.',
+                obj="TASKBADGER['DJANGO_TASKS']", id="taskbadger.E015"))
+    for section, user_section in (("CELERY", user_celery), ("DJANGO_TASKS", user_tasks),
+                                  ("PROCRASTINATE", user_pro)):
         if not isinstance(user_section, Mapping):
             continue
         for name in ("INCLUDES", "EXCLUDES"):
@@ -421,10 +437,12 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                 id="taskbadger.W006")]
         monitors = settings.MONITORS if isinstance(settings.MONITORS, Mapping) else {}
         messages = _check_task_options(tasks)
-        pro_app = conf.procrastinate_app()  # a monitor may be for a Procrastinate task (periodic jobs)
-        pro_tasks = {name: task for name, task in (pro_app.tasks if pro_app is not None else {}).items()
-                     if not name.startswith(("builtin:", "procrastinate."))}
-        messages += _check_monitor_targets(monitors, {**tasks, **pro_tasks})
+        # a MONITORS entry may name a django.tasks task or a Procrastinate task (periodic jobs) as well
+        other_tasks = {name: None for name in django_tasks_found()[0]}
+        pro_app = conf.procrastinate_app()
+        other_tasks.update({name: task for name, task in (pro_app.tasks if pro_app is not None else {}).items()
+                            if not name.startswith(("builtin:", "procrastinate."))})
+        messages += _check_monitor_targets(monitors, {**other_tasks, **tasks})
         if settings.ENABLED is not False:
             messages += _check_beat(app, monitors, tasks)
         return messages
@@ -469,7 +487,8 @@ def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any]
         if not any(full_match(pattern, name) for name in tasks):
             suggestion = conf.closest(pattern, tasks, upper=False)
             messages.append(checks.Warning(
-                f"TASKBADGER['MONITORS'] entry {pattern!r} matches no registered Celery task.",
+                f"TASKBADGER['MONITORS'] entry {pattern!r} matches no registered Celery task"
+                + (" or django.tasks task." if conf.django_tasks_available() else "."),
                 hint=(f"Did you mean {suggestion!r}? " if suggestion else "")
                 + "Use the task's registered name (module.function unless name= is given) or a regular expression "
                 "that matches the whole name.", obj="TASKBADGER['MONITORS']", id="taskbadger.W003"))
@@ -558,3 +577,73 @@ def check_procrastinate(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             hint="Move 'taskbadger_django' after 'procrastinate.contrib.django' in INSTALLED_APPS. "
                  "See docs/procrastinate.md.", obj="INSTALLED_APPS", id="taskbadger.W013")]
     return []
+
+
+# -- django.tasks tasks --------------------------------------------------------------------------------
+
+
+def django_tasks_found() -> tuple[set[str], list[str]]:
+    """The module paths of the ``django.tasks`` tasks in the installed apps' ``tasks`` modules (imported,
+    as a worker would) and of those given ``track_task`` options; and the modules that failed to import."""
+    if not conf.django_tasks_available():
+        return set(), []
+    import importlib
+
+    from django.apps import apps
+
+    from taskbadger.django_tasks.options import registered
+
+    task_classes = []
+    for module_name in ("django.tasks.base", "django_tasks.base"):
+        try:
+            task_classes.append(importlib.import_module(module_name).Task)
+        except Exception:
+            continue
+    names, failed = set(registered()), []
+    for config in apps.get_app_configs():
+        module_name = f"{config.name}.tasks"
+        try:
+            if importlib.util.find_spec(module_name) is None:
+                continue
+            module = importlib.import_module(module_name)
+        except Exception as err:
+            failed.append(f"{module_name} ({type(err).__name__}: {err})")
+            continue
+        for value in vars(module).values():
+            if task_classes and isinstance(value, tuple(task_classes)):
+                names.add(str(getattr(value, "module_path", "")))
+    return names, failed
+
+
+def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W010: the apps' ``tasks`` modules could not be imported; W011: a ``DJANGO_TASKS`` ``INCLUDES`` or
+    ``EXCLUDES`` entry matches none of the ``django.tasks`` tasks found (a typo tracks everything, or nothing)."""
+    settings = conf.TaskBadgerSettings()
+    user_tasks = settings.user.get("DJANGO_TASKS") if isinstance(settings.raw, Mapping) else None
+    if not conf.django_tasks_available():
+        return []
+    names, failed = django_tasks_found()
+    messages: list[CheckMessage] = []
+    if failed:
+        messages.append(checks.Warning(
+            f"The tasks modules of these apps could not be imported, so Task Badger did not check their django.tasks "
+            f"tasks: {'; '.join(failed)}", hint="Fix the import error (a worker would fail on it too).",
+            obj="django.tasks", id="taskbadger.W010"))
+        return messages
+    if not isinstance(user_tasks, Mapping):
+        return messages
+    from taskbadger.systems.base import full_match
+
+    for key in ("INCLUDES", "EXCLUDES"):
+        for pattern in _patterns(user_tasks.get(key)):
+            if not isinstance(pattern, str) or _pattern_error(pattern) is not None:
+                continue  # E003 / E007
+            if not any(full_match(pattern, name) for name in names):
+                suggestion = conf.closest(pattern, names, upper=False)
+                messages.append(checks.Warning(
+                    f"TASKBADGER['DJANGO_TASKS'][{key!r}] entry {pattern!r} matches no django.tasks task.",
+                    hint=(f"Did you mean {suggestion!r}? " if suggestion else "")
+                    + "Use the task's module path (module.function) or a regular expression that matches all of it; "
+                    "tasks are found in the installed apps' tasks modules.",
+                    obj=f"TASKBADGER['DJANGO_TASKS'][{key!r}]", id="taskbadger.W011"))
+    return messages

@@ -49,9 +49,13 @@ SETTING_NAME = "TASKBADGER"
 #: Defaults of ``TASKBADGER["CELERY"]``, ``TASKBADGER["PROGRESS"]`` and ``TASKBADGER`` (from the one table, ``schema``).
 CELERY_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.CELERY.items()}
 PROGRESS_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.PROGRESS.items()}
+DJANGO_TASKS_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.DJANGO_TASKS.items()}
 PROCRASTINATE_DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.PROCRASTINATE.items()}
 #: The nested dicts: each is merged key by key over its defaults.
 NESTED: dict[str, dict[str, Any]] = {"CELERY": CELERY_DEFAULTS, "PROGRESS": PROGRESS_DEFAULTS,
+                                     "DJANGO_TASKS": DJANGO_TASKS_DEFAULTS, "PROCRASTINATE": PROCRASTINATE_DEFAULTS}
+#: The nested dicts of queue integrations, whose unknown keys are errors (E001, E014, E016).
+QUEUES: dict[str, dict[str, Any]] = {"CELERY": CELERY_DEFAULTS, "DJANGO_TASKS": DJANGO_TASKS_DEFAULTS,
                                      "PROCRASTINATE": PROCRASTINATE_DEFAULTS}
 DEFAULTS: dict[str, Any] = {name: setting.default for name, setting in schema.TOP.items()}
 #: Settings that fall back to an environment variable.
@@ -64,6 +68,14 @@ _SLUGS = {"organization_slug": "ORGANIZATION_SLUG", "project_slug": "PROJECT_SLU
 def celery_available() -> bool:
     """Whether Celery can be imported (without importing it)."""
     return importlib.util.find_spec("celery") is not None
+
+
+def django_tasks_available() -> bool:
+    """Whether Django's tasks framework (6.0+) or the ``django_tasks`` backport can be imported."""
+    try:
+        return any(importlib.util.find_spec(name) is not None for name in ("django.tasks", "django_tasks"))
+    except (ImportError, ValueError):
+        return False
 
 
 #: The Django app of Procrastinate, whose jobs ``TASKBADGER["PROCRASTINATE"]`` tracks.
@@ -192,8 +204,10 @@ class TaskBadgerSettings:
         if not isinstance(self.raw, (Mapping, type(None))):
             raise ConfigurationError(f"the {SETTING_NAME} setting must be a dict, got {type(self.raw).__name__}.")
         resolved = {name: self.resolve(name)[0] for name in schema.TOP}
-        problems = schema.type_problems({**resolved, "CELERY": self.user.get("CELERY")}, schema.TOP, SETTING_NAME)
+        problems = schema.type_problems({**resolved, **{name: self.user.get(name) for name in QUEUES}}, schema.TOP,
+                                        SETTING_NAME)
         problems += schema.type_problems(self.CELERY, schema.CELERY, f"{SETTING_NAME}['CELERY']")
+        problems += schema.type_problems(self.DJANGO_TASKS, schema.DJANGO_TASKS, f"{SETTING_NAME}['DJANGO_TASKS']")
         problems += schema.type_problems(self.PROCRASTINATE, schema.PROCRASTINATE, f"{SETTING_NAME}['PROCRASTINATE']")
         if problems:
             raise ConfigurationError(problems[0].message)
@@ -216,21 +230,16 @@ class TaskBadgerSettings:
         # settings are refused with Celery installed or not; imports no Celery until a worker connects it.
         from taskbadger.systems.celery import CelerySystemIntegration
 
-        system = CelerySystemIntegration(
-            auto_track_tasks=celery["AUTO_TRACK"],
-            includes=celery["INCLUDES"],
-            excludes=celery["EXCLUDES"],
-            record_task_args=celery["RECORD_TASK_ARGS"],
-            heartbeat_interval=celery["HEARTBEAT_INTERVAL"],
-            stale_timeout=celery["STALE_TIMEOUT"],
-            monitors=monitors,
-        )
+        system = CelerySystemIntegration(**queue_rules(celery), monitors=monitors)
         if celery_available():
             kwargs["systems"].append(system)  # always present, so that MONITORS also apply to base=Task tasks
-        pro = self.PROCRASTINATE
-        rules = {"auto_track_tasks": pro["AUTO_TRACK"], "includes": pro["INCLUDES"], "excludes": pro["EXCLUDES"],
-                 "record_task_args": pro["RECORD_TASK_ARGS"], "heartbeat_interval": pro["HEARTBEAT_INTERVAL"],
-                 "stale_timeout": pro["STALE_TIMEOUT"], "monitors": monitors}
+        from taskbadger.systems.django_tasks import DjangoTasksSystemIntegration
+
+        django_tasks = DjangoTasksSystemIntegration(**queue_rules(self.DJANGO_TASKS), monitors=monitors,
+                                                    channel=database_channel())
+        if django_tasks_available():
+            kwargs["systems"].append(django_tasks)
+        rules = {**queue_rules(self.PROCRASTINATE), "monitors": monitors}
         QueueIntegration(**rules)  # checked (patterns, intervals) whether Procrastinate is installed or not
         app = procrastinate_app()
         if app is not None:  # always present: @track tasks and MONITORS apply with AUTO_TRACK False too
@@ -247,7 +256,7 @@ class TaskBadgerSettings:
             suggestion = closest(key, DEFAULTS)
             found.append(f"unknown key {key!r} in {SETTING_NAME}" + (f" (did you mean {suggestion!r}?)" if suggestion
                                                                        else ""))
-        for name, defaults in (("CELERY", CELERY_DEFAULTS), ("PROCRASTINATE", PROCRASTINATE_DEFAULTS)):
+        for name, defaults in QUEUES.items():
             for key in self.unknown_nested_keys(name):
                 suggestion = closest(key, defaults)
                 found.append(f"unknown key {key!r} in {SETTING_NAME}[{name!r}]"
@@ -268,6 +277,26 @@ class TaskBadgerSettings:
 
     def __repr__(self) -> str:  # the key is a secret
         return f"<TaskBadgerSettings host={self.resolve('HOST')[0]!r} enabled={self.resolve('ENABLED')[0]!r}>"
+
+
+def queue_rules(section: Mapping[str, Any]) -> dict[str, Any]:
+    """A queue integration's arguments from its nested dict (``CELERY``, ``DJANGO_TASKS``, ``PROCRASTINATE``)."""
+    return {"auto_track_tasks": section["AUTO_TRACK"], "includes": section["INCLUDES"],
+            "excludes": section["EXCLUDES"], "record_task_args": section["RECORD_TASK_ARGS"],
+            "heartbeat_interval": section["HEARTBEAT_INTERVAL"], "stale_timeout": section["STALE_TIMEOUT"]}
+
+
+_channel: Any = None
+
+
+def database_channel() -> Any:
+    """This process's channel of ``django.tasks`` task ids through the database (``carried``)."""
+    global _channel
+    if _channel is None:
+        from .carried import DatabaseChannel
+
+        _channel = DatabaseChannel()
+    return _channel
 
 
 # -- this process's state: the cached settings, and what configure() applied ----------------------------

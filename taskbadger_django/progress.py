@@ -174,18 +174,13 @@ _MISSING: Any = _Missing()
 
 
 def _django_tasks_task_id(result: Any) -> Any:
-    """The Task Badger id of a ``django.tasks`` ``TaskResult``, or ``_MISSING`` for anything else.
-
-    TODO(issue 22, the django.tasks integration): return the adapter's id for ``result`` here, e.g.
-    ``from .tasks import task_id_for_result; return task_id_for_result(result)``. What it must expose: a
-    function that takes a ``TaskResult`` (the one ``.enqueue()`` returned, in the enqueuing process, and one
-    fetched later with ``get_result(id)`` in any process) and returns its Task Badger id, or None when the
-    task is not tracked. Until then a ``TaskResult`` is refused with a message that says what to do.
-    """
+    """The Task Badger id of a ``django.tasks`` ``TaskResult`` (None when it is not tracked, or no longer
+    known: see ``tasks.task_id_for_result``), or ``_MISSING`` for anything else."""
     module = type(result).__module__ or ""
     if module == "django.tasks" or module.startswith(("django.tasks.", "django_tasks")):
-        raise TypeError("the Task Badger id of a django.tasks TaskResult is not available yet: create the task "
-                        "with taskbadger.create_task() and pass its id to the task")
+        from .tasks import task_id_for_result
+
+        return task_id_for_result(result)
     return _MISSING
 
 

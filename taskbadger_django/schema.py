@@ -66,6 +66,14 @@ CELERY: dict[str, Setting] = {
                              "a positive integer number of seconds", '"STALE_TIMEOUT": 120'),
 }
 
+#: ``TASKBADGER["DJANGO_TASKS"]``: Django's tasks framework (``django.tasks``, or the ``django_tasks`` backport);
+#: tracked by default, the other keys as for Celery
+DJANGO_TASKS: dict[str, Setting] = {
+    **CELERY,
+    "AUTO_TRACK": Setting(True, _is_bool, "True or False", '"AUTO_TRACK": True'),
+    "EXCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"EXCLUDES": [r".*\\.ping"]'),
+}
+
 #: ``TASKBADGER["PROCRASTINATE"]``: the jobs of ``procrastinate.contrib.django`` (tracked by default)
 PROCRASTINATE: dict[str, Setting] = {
     **CELERY,
@@ -117,6 +125,8 @@ TOP: dict[str, Setting] = {
                         '"MONITORS": {"billing.tasks.nightly_invoices": "<monitor uuid>"}'),
     "CELERY": Setting({name: s.default for name, s in CELERY.items()}, lambda v: isinstance(v, Mapping), "a dict",
                       '"CELERY": {"AUTO_TRACK": True}'),
+    "DJANGO_TASKS": Setting({name: s.default for name, s in DJANGO_TASKS.items()}, lambda v: isinstance(v, Mapping),
+                            "a dict", '"DJANGO_TASKS": {"AUTO_TRACK": True}'),
     "PROCRASTINATE": Setting({name: s.default for name, s in PROCRASTINATE.items()}, lambda v: isinstance(v, Mapping),
                              "a dict", '"PROCRASTINATE": {"EXCLUDES": [r"myapp\\.cleanup\\..*"]}'),
     "PROGRESS": Setting({name: s.default for name, s in PROGRESS.items()}, lambda v: isinstance(v, Mapping), "a dict",

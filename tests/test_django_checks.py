@@ -354,7 +354,7 @@ def test_full_run_checks_on_the_test_project():
                 "Unknown key 'MONITOR' in TASKBADGER.",
                 hint="Did you mean 'MONITORS'? Valid keys: API_KEY, HOST, ORGANIZATION_SLUG, PROJECT_SLUG, "
                      "ENABLED, TAGS, BEFORE_CREATE, TIMEOUT, SPOOL_DIR, PUBLISH_BUDGET, MONITORS, CELERY, "
-                     "PROCRASTINATE, PROGRESS.",
+                     "DJANGO_TASKS, PROCRASTINATE, PROGRESS.",
                 obj="TASKBADGER", id="taskbadger.E001"),
             checks.Warning(
                 "No Task Badger API key: tasks run untracked.",

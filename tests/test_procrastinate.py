@@ -220,7 +220,7 @@ def test_error_records_the_exception_and_the_attempts(api, app, worker):
 
 
 def test_a_retried_job_is_one_task_that_ends_success_without_the_old_exception(api, app, worker, tmp_path):
-    job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=1)
+    job_id = tasks.flaky_later.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=1)
     assert wait_job(app, job_id).status == "succeeded"
     tb = task_of_job(api, job_id)
     assert tb["status"] == "success"
@@ -233,6 +233,14 @@ def test_a_retried_job_is_one_task_that_ends_success_without_the_old_exception(a
     ]
     assert "pending" in statuses  # went back to pending between the attempts (a fast attempt's
     assert tb["data"]["attempts"] == 1  # processing is merged into its outcome)
+
+
+def test_an_immediate_retry_is_one_task_that_ends_success(api, app, worker, tmp_path):
+    job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=1)
+    assert wait_job(app, job_id).status == "succeeded"
+    tb = task_of_job(api, job_id)
+    assert tb["status"] == "success" and "exception" not in (tb["data"] or {})
+    assert len(tasks_for(api, job_id)) == 1
 
 
 def test_a_job_failing_its_last_attempt_ends_error_with_the_attempts(api, app, worker, tmp_path):

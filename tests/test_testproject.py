@@ -39,7 +39,8 @@ def test_the_demo_command_runs_green_with_no_service_and_no_key():
     assert "charge_card            pending → error  (ValueError: card declined for 19.99 EUR)" in out
     for line in ("charge_card           error", "ValueError: card declined", "succeeded after 2 retries",
                  "  └ index_shard       success", "export_archive        cancelled", "nightly_report        success",
-                 "import_contacts       success    100%", "all 10 tasks finished: 1 cancelled, 1 error, 8 success"):
+                 "import_contacts       success    100%", "all 11 tasks finished: 1 cancelled, 1 error, 9 success",
+                 "send_receipt          success"):
         assert line in out, out
     stopping = next(i for i, line in enumerate(lines) if "stopping the worker and beat" in line)
     assert lines[stopping + 1].endswith("] stopped")

@@ -46,15 +46,26 @@ def kwargs_seen(**kwargs: object) -> None:
         raise AssertionError(f"unexpected kwargs {sorted(kwargs)}")
 
 
-@app.task(name="flaky", retry=procrastinate.RetryStrategy(max_attempts=3, wait=0))
-def flaky(path: str, fail_times: int) -> str:
-    """Fails ``fail_times`` times (counted in the file at ``path``), then succeeds."""
+def _fail_first(path: str, fail_times: int) -> str:
     count = int(open(path).read() or 0) if os.path.exists(path) else 0
     with open(path, "w") as f:
         f.write(str(count + 1))
     if count < fail_times:
         raise RuntimeError(f"attempt {count + 1} failed")
     return "ok"
+
+
+@app.task(name="flaky_later", retry=procrastinate.RetryStrategy(max_attempts=2, wait=1))
+def flaky_later(path: str, fail_times: int) -> str:
+    """As ``flaky``, retried a second later: long enough for the ``pending`` between attempts to be sent
+    on its own (an immediate retry merges it away with the next attempt's updates, which is right)."""
+    return _fail_first(path, fail_times)
+
+
+@app.task(name="flaky", retry=procrastinate.RetryStrategy(max_attempts=3, wait=0))
+def flaky(path: str, fail_times: int) -> str:
+    """Fails ``fail_times`` times (counted in the file at ``path``), then succeeds."""
+    return _fail_first(path, fail_times)
 
 
 @app.task(name="sync_abortable", pass_context=True)

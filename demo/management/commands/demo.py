@@ -37,11 +37,13 @@ EXPECTED = {
     "index_shard": "success",
     "export_archive": "cancelled",
     "nightly_report": "success",
+    "send_receipt": "success",
 }
 SHARDS = 3
 WORKER_NAME = "demo"
-#: the tasks the demo publishes, the shards rebuild_search_index publishes, and one run of beat's
-WATCHED = 6 + SHARDS + 1
+#: the tasks the demo publishes (6 Celery, 1 django.tasks), the shards rebuild_search_index publishes, and one
+#: run of beat's
+WATCHED = 7 + SHARDS + 1
 
 
 class Command(BaseCommand):
@@ -73,8 +75,8 @@ class Command(BaseCommand):
                                                     "--without-gossip", "--without-mingle"], env))
             processes.append(self._start("beat", ["beat", "--max-interval", "1"], env))
             self._wait_for_worker(app, processes[0])
-            self._say(f"worker and beat are up; watching {WATCHED} tasks: 6 published now, {SHARDS} that one of "
-                      "them publishes, and one that beat publishes")
+            self._say(f"worker and beat are up; watching {WATCHED} tasks: 7 published now (one a django.tasks "
+                      f"task), {SHARDS} that one of them publishes, and one that beat publishes")
             ids = self._publish(app)
             self._say(f"progress page: {page}  (open it now: the tasks' progress bars, as your users would see them)")
             rows = self._watch(ids, options["timeout"])
@@ -184,6 +186,9 @@ class Command(BaseCommand):
             "export_archive": tasks.export_archive.delay(60),
         }
         ids = {name: r.taskbadger_task_id for name, r in results.items()}
+        from taskbadger_django import task_id_for
+
+        ids["send_receipt"] = task_id_for(tasks.send_receipt.enqueue(7))  # django.tasks
         untracked = [name for name, task_id in ids.items() if not task_id]
         if untracked:
             raise CommandError(f"these tasks were published untracked: {', '.join(untracked)} "

@@ -1,0 +1,87 @@
+"""How the Task Badger id of a ``django.tasks`` task travels from the process that enqueues it to the
+worker that runs it: ``django.tasks`` carries no message headers, so each side writes and reads an
+entry keyed by the ``TaskResult`` id.
+
+An entry is in one of three states: ``creating`` (the publisher claimed the task and is creating it:
+a worker that starts it meanwhile waits for the answer, within the publish budget), ``created`` (its
+``Meta`` is there) or ``maybe`` (the create's answer was lost: the worker looks the task up before
+creating it). Whoever claims first (the publisher at enqueue, or a worker that starts the task before
+the publisher's signal ran, as the RQ backend allows) is the only one that creates it: one Task Badger
+task per ``TaskResult``.
+
+``LocalChannel`` keeps the entries in this process (the ``ImmediateBackend`` runs the task where it is
+enqueued); the Django app's table (``taskbadger_django.carried``) is shared by a web process and its
+workers.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .._runtime import ForkSafeLock
+
+CREATING, CREATED, MAYBE = "creating", "created", "maybe"
+
+
+@dataclass(frozen=True)
+class Entry:
+    state: str
+    meta: Any = None  # the raw Meta dict (checked by ``lifecycle.parse_meta`` where it is read)
+
+
+class Channel(Protocol):
+    def claim(self, result_id: str) -> bool:
+        """Record that this process creates the task; False when an entry exists already."""
+
+    def put(self, result_id: str, state: str, meta: Any = None) -> None:
+        """Set the entry's state (and meta)."""
+
+    def get(self, result_id: str) -> Entry | None: ...
+
+    def finished(self, result_id: str, failed: bool) -> None:
+        """The run ended: a success's entry goes; a failure's is kept a while (a requeue runs it again)."""
+
+    def discard(self, result_id: str) -> None: ...
+
+
+class LocalChannel:
+    """Entries in this process, the most recent ``limit`` kept."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._entries: OrderedDict[str, Entry] = OrderedDict()
+        self._lock = ForkSafeLock()
+        self._limit = limit
+
+    def claim(self, result_id: str) -> bool:
+        with self._lock:
+            if result_id in self._entries:
+                return False
+            self._set(result_id, Entry(CREATING))
+            return True
+
+    def put(self, result_id: str, state: str, meta: Any = None) -> None:
+        with self._lock:
+            self._set(result_id, Entry(state, meta))
+
+    def _set(self, result_id: str, entry: Entry) -> None:
+        self._entries[result_id] = entry
+        self._entries.move_to_end(result_id)
+        while len(self._entries) > self._limit:
+            self._entries.popitem(last=False)
+
+    def get(self, result_id: str) -> Entry | None:
+        with self._lock:
+            return self._entries.get(result_id)
+
+    def finished(self, result_id: str, failed: bool) -> None:
+        if not failed:
+            self.discard(result_id)
+
+    def discard(self, result_id: str) -> None:
+        with self._lock:
+            self._entries.pop(result_id, None)
+
+    def __len__(self) -> int:
+        return len(self._entries)

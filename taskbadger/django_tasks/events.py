@@ -1,0 +1,279 @@
+"""What each ``django.tasks`` signal means for the Task Badger task, on the shared lifecycle.
+
+* ``task_enqueued`` (``on_enqueued``): a tracked task is claimed in the channel, created ``pending``
+  (inline, within the publish budget) and its ``Meta`` written for the worker.
+* ``task_started`` (``on_started``): the worker reads the entry (waiting for a publisher that is creating
+  it right now), or claims and creates the task itself; then ``lifecycle.start`` (``processing``; a run
+  again of the same ``TaskResult`` goes back to ``processing`` without a new start time).
+* ``task_finished`` (``on_finished``): ``succeed`` or ``fail`` with the error the backend recorded, then
+  ``leave``.
+
+``ImmediateBackend`` runs the task in the process that enqueues it: its entries stay in this process.
+``DummyBackend`` runs nothing: nothing is created.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import Any
+
+from .. import lifecycle, spooling
+from .._runtime import ForkSafeLock
+from ..config import get_config
+from ..models import StatusEnum, is_task_id
+from .channel import CREATED, CREATING, MAYBE, Channel, Entry, LocalChannel
+from .options import module_path, options_for
+
+log = logging.getLogger("taskbadger")
+
+#: How long an RQ work horse waits for its updates to be delivered before it exits (then spooled).
+HORSE_FLUSH = 10.0
+#: How long past the publish budget a worker waits for a publisher that is creating the task.
+CLAIM_SLACK = 1.0
+_local = LocalChannel()
+#: TaskResult id -> Task Badger id of the tasks created in this process (the page that enqueued a task shows
+#: its progress bar: ``taskbadger_django.task_id_for``), the most recent kept.
+_created_here = LocalChannel(limit=1000)
+_runs: dict[str, lifecycle.Run] = {}  # TaskResult id -> its tracked run in this process
+_settle: set[str] = set()  # TaskResult ids whose outcome is settled later (``lifecycle.settle``)
+_runs_lock = ForkSafeLock()
+
+
+def _system() -> Any:
+    config = get_config()
+    return config.system("django_tasks") if config is not None else None
+
+
+def _backend_kind(task_result: Any) -> str:
+    """"immediate", "dummy", "rq" or "other", from the backend's class and its bases."""
+    try:
+        backend = task_result.task.get_backend()
+    except Exception:
+        return "other"
+    names = {cls.__name__ for cls in type(backend).__mro__}
+    for name, kind in (("ImmediateBackend", "immediate"), ("DummyBackend", "dummy"), ("RQBackend", "rq")):
+        if name in names:
+            return kind
+    return "other"
+
+
+#: The process that connected the receivers (an RQ worker's main process forks a work horse per job).
+_connected_pid = os.getpid()
+
+
+def connected_here() -> None:
+    global _connected_pid
+    _connected_pid = os.getpid()
+
+
+def _channel(system: Any, kind: str) -> Channel:
+    if kind == "immediate" or system is None or system.channel is None:
+        return _local
+    return system.channel
+
+
+def _tracked(system: Any, name: str, options: dict[str, Any]) -> bool:
+    track = options.get("track")
+    if track is not None:
+        return bool(track)
+    return system is not None and system.track_task(name)
+
+
+def _fields(task_result: Any, name: str, options: dict[str, Any], system: Any) -> dict[str, Any]:
+    return lifecycle.create_fields(
+        name, options, system, task_result.id, getattr(task_result.task, "queue_name", None),
+        lambda: lifecycle.recorded_args(task_result.args, task_result.kwargs, ("args", "kwargs")))
+
+
+def _options(name: str) -> dict[str, Any]:
+    options = dict(options_for(name))
+    options.pop("track", None)
+    return options
+
+
+# -- the process that enqueues -------------------------------------------------------------------------
+
+
+def on_enqueued(task_result: Any) -> None:
+    system = _system()
+    if system is None:
+        return
+    kind = _backend_kind(task_result)
+    name = module_path(task_result.task)
+    if kind == "dummy" or not _tracked(system, name, options_for(name)):
+        return
+    channel = _channel(system, kind)
+    if not channel.claim(task_result.id):
+        return  # a worker started it first and tracks it
+    options = _options(name)
+    created = lifecycle.enqueue(_fields(task_result, name, options, system), "publish")
+    if created.task is None:
+        if created.maybe_created:
+            channel.put(task_result.id, MAYBE)
+        else:
+            channel.discard(task_result.id)  # certainly not created: the worker may create it
+        return
+    heartbeat, stale = lifecycle.heartbeat_options(options, system)
+    channel.put(task_result.id, CREATED, lifecycle.created_meta(created.task, heartbeat, stale).to_dict())
+    _created_here.put(task_result.id, CREATED, created.task.id)
+
+
+# -- the worker ----------------------------------------------------------------------------------------
+
+
+def on_started(task_result: Any) -> None:
+    system = _system()
+    if system is None:
+        return
+    kind = _backend_kind(task_result)
+    if kind == "dummy":
+        return
+    name = module_path(task_result.task)
+    channel = _channel(system, kind)
+    entry = channel.get(task_result.id)
+    if entry is None:
+        if not _tracked(system, name, options_for(name)):
+            return
+        if channel.claim(task_result.id):
+            meta = _create_at_start(task_result, name, system, channel, maybe_created=False)
+        else:
+            meta = _meta_of(task_result, name, system, channel, _wait(channel, task_result.id))
+    else:
+        meta = _meta_of(task_result, name, system, channel, entry)
+    if meta is None:
+        return
+    run = lifecycle.Run(task_result.id, meta)
+    with _runs_lock:
+        _runs[task_result.id] = run
+    lifecycle.start(run, first_attempt=len(getattr(task_result, "worker_ids", None) or ()) <= 1)
+
+
+def _wait(channel: Channel, result_id: str) -> Entry | None:
+    """The entry once its creator has written the outcome of its create, or as it is at the deadline."""
+    config = get_config()
+    deadline = time.monotonic() + (config.publish_budget if config else 0.0) + CLAIM_SLACK
+    delay = 0.005
+    while True:
+        entry = channel.get(result_id)
+        if entry is None or entry.state != CREATING or time.monotonic() >= deadline:
+            return entry
+        time.sleep(delay)  # another process is creating the task: its answer comes within its budget
+        delay = min(delay * 2, 0.1)
+
+
+def _meta_of(task_result: Any, name: str, system: Any, channel: Channel, entry: Entry | None) -> lifecycle.Meta | None:
+    if entry is not None and entry.state == CREATING:
+        entry = _wait(channel, task_result.id)
+    if entry is not None and entry.state == CREATED:
+        return lifecycle.parse_meta(entry.meta, name, "django.tasks entry")
+    if not _tracked(system, name, options_for(name)):
+        return None
+    # the creator's answer was lost (maybe created), or it is still creating at the deadline: look it up
+    return _create_at_start(task_result, name, system, channel, maybe_created=entry is not None)
+
+
+def _create_at_start(task_result: Any, name: str, system: Any, channel: Channel,
+                     maybe_created: bool) -> lifecycle.Meta | None:
+    options = _options(name)
+    started = lifecycle.create_at_start(task_result.id, options, system,
+                                        lambda: _fields(task_result, name, options, system),
+                                        maybe_created=maybe_created)
+    if started.settle:
+        with _runs_lock:
+            _settle.add(task_result.id)
+    if started.meta is None:
+        if not maybe_created:
+            channel.discard(task_result.id)
+        return None
+    channel.put(task_result.id, CREATED, started.meta.to_dict())  # a run again finds its task
+    return started.meta
+
+
+def on_finished(task_result: Any) -> None:
+    with _runs_lock:
+        run = _runs.pop(task_result.id, None)
+        settle = task_result.id in _settle
+        _settle.discard(task_result.id)
+    failed = str(getattr(task_result, "status", "")) == "FAILED"
+    if run is None:
+        if settle:
+            lifecycle.settle(task_result.id, StatusEnum.ERROR if failed else StatusEnum.SUCCESS,
+                             _error_text(task_result) if failed else None)
+        return
+    try:
+        if failed:
+            class_path, text = _error(task_result)
+            exc = sys.exc_info()[1]  # the backends send task_finished while they handle the exception
+            # (the RQ backend before it has recorded the error: nothing recorded yet, take the exception)
+            if exc is not None and (not _recorded(task_result) or _class_path(exc) == class_path):
+                lifecycle.fail(run, exc, text or None)
+            else:
+                lifecycle.fail(run, _Failure(class_path, text), text or None, {"exception_type": class_path})
+        else:
+            lifecycle.succeed(run)
+    finally:
+        lifecycle.leave(run)
+        kind = _backend_kind(task_result)
+        _channel(_system(), kind).finished(task_result.id, failed)
+        if kind == "rq" and os.getpid() != _connected_pid:
+            # An RQ work horse leaves through os._exit as soon as the job's callbacks return: no atexit,
+            # no background sender. Deliver its updates now (spooled if the API is failing).
+            spooling.shutdown(HORSE_FLUSH)
+
+
+class _Failure(Exception):
+    """The error a backend recorded (a class path and a traceback: the exception itself is gone)."""
+
+    def __init__(self, class_path: str, text: str) -> None:
+        super().__init__(_last_line(text) or class_path)
+        self.class_path = class_path
+
+
+def _error(task_result: Any) -> tuple[str, str]:
+    errors = getattr(task_result, "errors", None) or []
+    if not errors:
+        return "Exception", ""
+    last = errors[-1]
+    return str(getattr(last, "exception_class_path", "Exception")), str(getattr(last, "traceback", ""))
+
+
+def _recorded(task_result: Any) -> bool:
+    return bool(getattr(task_result, "errors", None))
+
+
+def _class_path(exc: BaseException) -> str:
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+def _error_text(task_result: Any) -> str:
+    class_path, text = _error(task_result)
+    return _last_line(text) or class_path
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def task_id_of(result_id: str) -> str | None:
+    """The Task Badger id of a ``TaskResult``'s task: created in this process, or still in the channel (until
+    the task succeeds); None when it is not tracked or no longer known here."""
+    entry = _created_here.get(result_id)
+    if entry is not None and is_task_id(entry.meta):
+        return str(entry.meta)
+    running = _runs.get(result_id)
+    if running is not None:
+        return running.id
+    system = _system()
+    channels = [_local] + ([system.channel] if system is not None and system.channel is not None else [])
+    for channel in channels:
+        entry = channel.get(result_id)
+        if entry is not None and entry.state == CREATED and isinstance(entry.meta, dict):
+            task = entry.meta.get("task")
+            task_id = task.get("id") if isinstance(task, dict) else None
+            if is_task_id(task_id):
+                return str(task_id)
+    return None

@@ -1,0 +1,136 @@
+"""The channel of ``django.tasks`` tasks through the project's database (``CarriedTask``): the one thing
+a web process and its workers always share (a new project's cache is per process).
+
+Costs per tracked ``enqueue()``: one INSERT (the claim) and one UPDATE (the created task), by primary
+key. The worker reads the row by primary key and deletes it when the task succeeds; a failed task's
+row is kept ``FAILED_RETENTION`` (a requeue of the same ``TaskResult`` runs again as the same task),
+and rows older than ``MAX_AGE`` (tasks that never ran) are purged, at most once per ``PURGE_EVERY``
+per process that enqueues or runs tracked tasks. Every query is guarded: a database error never reaches
+the user's ``enqueue()`` or task (it runs untracked, or its worker creates its task), and inside the
+user's transaction each query is in a savepoint, so that a failure does not break that transaction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from django.db import IntegrityError, router, transaction
+from django.utils import timezone
+
+from taskbadger._runtime import log_throttled, short
+from taskbadger.django_tasks.channel import CREATING, Entry
+
+log = logging.getLogger("taskbadger")
+T = TypeVar("T")
+
+FAILED_RETENTION = dt.timedelta(days=1)
+MAX_AGE = dt.timedelta(days=30)
+PURGE_EVERY = 600.0
+
+
+class DatabaseChannel:
+    """``taskbadger.django_tasks.Channel`` on the ``CarriedTask`` table."""
+
+    def __init__(self) -> None:
+        self._next_purge = 0.0
+
+    @staticmethod
+    def _model() -> Any:
+        from .models import CarriedTask
+
+        return CarriedTask
+
+    @contextmanager
+    def _guarded(self, what: str) -> Iterator[None]:
+        model = self._model()
+        alias = router.db_for_write(model)
+        if transaction.get_connection(alias).in_atomic_block:
+            with transaction.atomic(using=alias):  # a savepoint: a failure leaves the user's transaction usable
+                yield
+        else:
+            yield
+
+    def _run(self, what: str, query: Callable[[], T], failed: T) -> T:
+        try:
+            with self._guarded(what):
+                return query()
+        except IntegrityError:
+            raise
+        except Exception as err:
+            log_throttled(f"django-tasks-channel:{what}", 60.0, logging.WARNING,
+                          "Task Badger: could not %s the django.tasks entry (%s); run `manage.py migrate "
+                          "taskbadger_django` if the table is missing", what, short(err, 200))
+            return failed
+
+    def claim(self, result_id: str) -> bool:
+        def insert() -> bool:
+            self._model().objects.create(result_id=result_id, state=CREATING)
+            return True
+
+        try:
+            return self._run("write", insert, False)
+        except IntegrityError:
+            return False
+        finally:
+            self._purge()  # here too: rows a worker that tracks nothing would never clear
+
+    def put(self, result_id: str, state: str, meta: Any = None) -> None:
+        model = self._model()
+
+        def update() -> None:
+            text = None if meta is None else json.dumps(meta, default=str)
+            if not model.objects.filter(pk=result_id).update(state=state, meta=text):
+                model.objects.create(result_id=result_id, state=state, meta=text)
+
+        try:
+            self._run("write", update, None)
+        except IntegrityError:
+            pass
+
+    def get(self, result_id: str) -> Entry | None:
+        model = self._model()
+
+        def read() -> Entry | None:
+            row = model.objects.filter(pk=result_id).values_list("state", "meta").first()
+            if row is None:
+                return None
+            try:
+                meta = json.loads(row[1]) if row[1] else None
+            except ValueError:
+                meta = None  # written by someone else: parse_meta reports what is unusable
+            return Entry(row[0], meta)
+
+        return self._swallow("read", read)
+
+    def finished(self, result_id: str, failed: bool) -> None:
+        model = self._model()
+        if failed:
+            self._swallow("write", lambda: model.objects.filter(pk=result_id).update(finished_at=timezone.now()))
+        else:
+            self.discard(result_id)
+        self._purge()
+
+    def discard(self, result_id: str) -> None:
+        model = self._model()
+        self._swallow("delete", lambda: model.objects.filter(pk=result_id).delete())
+
+    def _purge(self) -> None:
+        if time.monotonic() < self._next_purge:
+            return
+        self._next_purge = time.monotonic() + PURGE_EVERY
+        model = self._model()
+        now = timezone.now()
+        self._swallow("purge", lambda: (model.objects.filter(finished_at__lt=now - FAILED_RETENTION).delete(),
+                                        model.objects.filter(created_at__lt=now - MAX_AGE).delete()))
+
+    def _swallow(self, what: str, query: Callable[[], T]) -> T | None:
+        try:
+            return self._run(what, query, None)
+        except IntegrityError:
+            return None

@@ -1,0 +1,77 @@
+"""The web process's side in the django.tasks integration tests, as its own process:
+
+``djt enqueue TASK [JSON_ARGS] [--count N]``: enqueue (on ``DJT_QUEUE``) and print one JSON line per
+task: its TaskResult id and how long ``enqueue()`` took.  ``djt result ID``: the TaskResult as the
+backend reports it.  ``djt rerun ID``: make the backend run the same TaskResult again.
+``djt bench TASK [JSON_ARGS] --count N``: N enqueues, timed.
+``djt channel PREFIX --count N``: the database channel's queries alone, timed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+
+from tests.django_tasks_project import tasks
+
+
+class Command(BaseCommand):
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("action", choices=["enqueue", "result", "rerun", "bench", "channel"])
+        parser.add_argument("target")
+        parser.add_argument("arguments", nargs="?", default="[]")
+        parser.add_argument("--count", type=int, default=1)
+
+    def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, **_: Any) -> None:
+        if action == "enqueue":
+            task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
+            for _ in range(count):
+                started = time.perf_counter()
+                result = task.enqueue(*json.loads(arguments))
+                seconds = time.perf_counter() - started
+                self.stdout.write(json.dumps({"id": result.id, "seconds": seconds, "status": str(result.status)}))
+        elif action == "bench":
+            task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
+            started = time.perf_counter()
+            for _ in range(count):
+                task.enqueue(*json.loads(arguments))
+            self.stdout.write(json.dumps({"count": count, "seconds": time.perf_counter() - started}))
+        elif action == "channel":  # the id channel alone: claim + write the created task's meta, then its end
+            from taskbadger.django_tasks import CREATED
+            from taskbadger_django.carried import DatabaseChannel
+
+            channel, meta = DatabaseChannel(), {"task": {"id": "x" * 26, "name": "bench"}}
+            started = time.perf_counter()
+            for i in range(count):
+                channel.claim(f"{target}-{i}")
+                channel.put(f"{target}-{i}", CREATED, meta)
+            enqueue_side = time.perf_counter() - started
+            started = time.perf_counter()
+            for i in range(count):
+                channel.get(f"{target}-{i}")
+                channel.finished(f"{target}-{i}", failed=False)
+            self.stdout.write(json.dumps({"count": count, "seconds": enqueue_side,
+                                          "worker_seconds": time.perf_counter() - started}))
+        elif action == "result":
+            result = tasks.add.get_backend().get_result(target)
+            out: dict[str, Any] = {"status": str(result.status), "worker_ids": list(result.worker_ids),
+                                   "errors": [e.exception_class_path for e in result.errors]}
+            if str(result.status) == "SUCCESSFUL":
+                out["return_value"] = result.return_value
+            self.stdout.write(json.dumps(out))
+        elif action == "rerun":
+            if settings.DJT_BACKEND == "db":
+                from django_tasks_db.models import DBTaskResult
+
+                DBTaskResult.objects.filter(pk=target).update(status="READY", finished_at=None)
+            else:
+                import django_rq
+                from django_tasks_rq.backend import Job
+
+                Job.fetch(target, connection=django_rq.get_connection(settings.DJT_QUEUE)).requeue()

@@ -1,0 +1,60 @@
+"""The tests' django.tasks tasks."""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import taskbadger
+from taskbadger_django import track_task
+
+if importlib.util.find_spec("django.tasks") is not None:
+    from django.tasks import task
+else:
+    from django_tasks import task
+
+
+@task
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@task
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@task
+def progress(total: int) -> dict[str, Any]:
+    """Reports progress through ``taskbadger.current_task()``; returns its id (None when untracked)."""
+    tb = taskbadger.current_task()
+    for i in range(total):
+        if tb:
+            tb.update(value=i, value_max=total)
+    return {"task_id": tb.id if tb else None}
+
+
+@task(takes_context=True)
+def fails_first(context: Any) -> int:
+    """Fails on its first attempt; a run again of the same TaskResult succeeds."""
+    if context.attempt <= 1:
+        raise RuntimeError("first attempt fails")
+    return context.attempt
+
+
+@track_task(enabled=False)
+@task
+def opted_out() -> str:
+    return "ran"
+
+
+@task
+def untracked_by_rule() -> str:
+    return "ran"
+
+
+@track_task(name="Custom invoice run", value_max=10, tags={"team": "billing"}, data={"kind": "nightly"})
+@task
+def custom() -> str:
+    tb = taskbadger.current_task()
+    return tb.name if tb else ""

@@ -1,0 +1,94 @@
+"""The django.tasks test project, run as real processes: ``manage.py migrate``, the web process's side
+(``manage.py djt``: enqueue, read a result, run one again) and the workers (``manage.py db_worker``,
+``manage.py rqworker``), all with ``tests.django_tasks_project.settings`` on one database."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from typing import Any
+
+from .workers import INTERNAL_ERROR, ROOT
+
+SETTINGS = "tests.django_tasks_project.settings"
+
+
+class Project:
+    def __init__(self, server: Any, backend: str, database_url: str | None = None, **env: str) -> None:
+        self.server = server
+        self.backend = backend
+        self.dir = pathlib.Path(tempfile.mkdtemp(prefix="tbdjt-"))
+        self.queue = f"q-{uuid.uuid4().hex[:8]}" if backend == "rq" else "default"
+        self.env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": SETTINGS,
+            "PYTHONPATH": str(ROOT),
+            "TESTPROJECT_VAR_DIR": str(self.dir),
+            "DATABASE_URL": database_url or f"sqlite:///{self.dir / 'db.sqlite3'}",
+            "DJT_BACKEND": backend,
+            "DJT_QUEUE": self.queue,
+            "TASKBADGER_HOST": server.url,
+            "TASKBADGER_API_KEY": server.api_key,
+            "TASKBADGER_LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.workers: list[subprocess.Popen] = []
+        self.logs: list[pathlib.Path] = []
+
+    def manage(self, *args: str, timeout: float = 60.0, **env: str) -> str:
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**self.env, **env},
+                              capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise AssertionError(f"manage.py {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
+        assert INTERNAL_ERROR not in done.stderr, done.stderr
+        return done.stdout
+
+    def migrate(self) -> Project:
+        self.manage("migrate", "--noinput", "-v", "0")
+        return self
+
+    def enqueue(self, task: str, *args: Any, count: int = 1, **env: str) -> list[dict[str, Any]]:
+        out = self.manage("djt", "enqueue", task, json.dumps(list(args)), "--count", str(count), **env)
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    def result(self, result_id: str) -> dict[str, Any]:
+        return json.loads(self.manage("djt", "result", result_id).strip().splitlines()[-1])
+
+    def rerun(self, result_id: str) -> None:
+        self.manage("djt", "rerun", result_id)
+
+    def start_worker(self, **env: str) -> subprocess.Popen:
+        if self.backend == "db":
+            cmd = ["db_worker", "--queue-name", self.queue, "--interval", "0.05", "--no-startup-delay"]
+        else:
+            cmd = ["rqworker", "--job-class", "django_tasks_rq.Job", self.queue]
+        log = self.dir / f"worker-{len(self.workers)}.log"
+        self.logs.append(log)
+        with open(log, "wb") as out:
+            process = subprocess.Popen([sys.executable, "manage.py", *cmd], cwd=ROOT, env={**self.env, **env},
+                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                       start_new_session=True)
+        self.workers.append(process)
+        return process
+
+    def log(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
+
+    def stop(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.workers:
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: the worker and its work horses
+                process.wait(10)
+        self.workers.clear()
+        assert INTERNAL_ERROR not in self.log(), self.log()[-4000:]

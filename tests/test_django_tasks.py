@@ -1,0 +1,155 @@
+"""django.tasks tasks tracked end to end, per backend, with real processes: the web process's side
+(``manage.py djt enqueue``) and a real worker (``manage.py db_worker`` on SQLite and on PostgreSQL,
+``manage.py rqworker`` on Redis db 10), against the stand-in API over HTTP.
+
+What a user relies on: ``enqueue()`` makes one ``pending`` task (name = module path, external_id = the
+TaskResult id, queue, tags, monitor, recorded arguments); the worker makes it ``processing`` then
+``success`` or ``error`` with the exception; ``taskbadger.current_task()`` is that task in the body; a run
+again of the same TaskResult is the same task; opted-out and excluded tasks create nothing; a worker
+tracks a task its publisher could not. The TaskResult is what it would be untracked.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from .djt import Project
+from .services import postgres_database, postgres_url, require
+
+NAME = "tests.django_tasks_project.tasks."
+BACKENDS = ["sqlite", "postgresql", "rq"]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def project(request, taskbadger_server_session):
+    backend = request.param
+    if backend == "postgresql":
+        with postgres_database("taskbadger_djt") as database:
+            yield from _project(taskbadger_server_session, "db", postgres_url(database))
+        return
+    if backend == "rq":
+        require("redis")
+        yield from _project(taskbadger_server_session, "rq")
+        return
+    yield from _project(taskbadger_server_session, "db")
+
+
+def _project(server, backend, database_url=None):
+    project = Project(server, backend, database_url).migrate()
+    try:
+        yield project
+    finally:
+        project.stop()
+
+
+@pytest.fixture
+def worker(project):
+    """The module's worker, started on first use (a test may enqueue before any worker runs)."""
+    if not project.workers:
+        project.start_worker()
+    return project
+
+
+def by_external_id(server, result_id):
+    return [t for t in server.tasks.values() if t["external_id"] == result_id]
+
+
+def wait_final(server, result_id, status, timeout=30.0):
+    def found():
+        tasks = by_external_id(server, result_id)
+        return tasks if tasks and tasks[0]["status"] == status else None
+
+    try:
+        return server.wait_for(found, timeout=timeout)
+    except AssertionError:
+        raise AssertionError(f"task of {result_id} not {status}: {by_external_id(server, result_id)}") from None
+
+
+def wait_result(project, result_id, status, timeout=30.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = project.result(result_id)  # a process of its own: the poll is paced by its start-up
+        if result["status"] == status or time.monotonic() > deadline:
+            assert result["status"] == status, (result, project.log()[-3000:])
+            return result
+
+
+def test_enqueue_creates_one_pending_task_then_the_worker_ends_it(project, taskbadger_server):
+    (enqueued,) = project.enqueue("add", 2, 3)
+    if not project.workers:  # nothing runs it yet: it is pending, with what the issue lists
+        (task,) = by_external_id(taskbadger_server, enqueued["id"])
+        assert task["status"] == "pending"
+    project.start_worker() if not project.workers else None
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
+    assert task["name"] == NAME + "add"
+    assert task["queue"] == project.queue
+    assert task["tags"] == {"environment": "test"}
+    assert task["monitor_id"] == "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a12"
+    assert task["data"] == {"args": [2, 3], "kwargs": {}}  # RECORD_TASK_ARGS
+    assert task["start_time"] and task["end_time"] and task["start_time"] <= task["end_time"]
+    result = wait_result(project, enqueued["id"], "SUCCESSFUL")
+    assert result["return_value"] == 5 and result["errors"] == []
+    creates = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert len(creates) == 1, "one task per TaskResult"
+
+
+def test_a_task_that_raises_ends_in_error_with_its_exception(worker, taskbadger_server):
+    (enqueued,) = worker.enqueue("boom", "the invoice is missing")
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "error")
+    assert task["data"]["exception_type"] == "ValueError"
+    assert "the invoice is missing" in task["data"]["exception"]
+    assert "Traceback" in task["data"]["exception"]
+    assert task["end_time"]
+    result = wait_result(worker, enqueued["id"], "FAILED")
+    assert result["errors"] == ["builtins.ValueError"]
+
+
+def test_current_task_in_the_body_is_the_tracked_task(worker, taskbadger_server):
+    (enqueued,) = worker.enqueue("progress", 5)
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
+    result = wait_result(worker, enqueued["id"], "SUCCESSFUL")
+    assert result["return_value"] == {"task_id": task["id"]}
+    assert (task["value"], task["value_max"]) == (5, 5)  # progress reported, then complete
+
+
+def test_a_run_again_of_the_same_result_is_the_same_task(worker, taskbadger_server):
+    (enqueued,) = worker.enqueue("fails_first")
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "error")
+    first_start = task["start_time"]
+    wait_result(worker, enqueued["id"], "FAILED")
+    worker.rerun(enqueued["id"])
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
+    assert task["start_time"] == first_start  # the first start is kept
+    result = wait_result(worker, enqueued["id"], "SUCCESSFUL")
+    assert len(result["worker_ids"]) == 2
+    if worker.backend == "db":  # django-tasks-rq 0.12 reports the first attempt's return value (None) here
+        assert result["return_value"] == 2
+    assert len([r for r in taskbadger_server.requests if r.method == "POST"]) == 1
+
+
+@pytest.mark.parametrize("task_name", ["opted_out", "untracked_by_rule"])
+def test_opted_out_and_excluded_tasks_create_nothing(worker, taskbadger_server, task_name):
+    (enqueued,) = worker.enqueue(task_name)
+    result = wait_result(worker, enqueued["id"], "SUCCESSFUL")
+    assert result["return_value"] == "ran"
+    assert by_external_id(taskbadger_server, enqueued["id"]) == []
+
+
+def test_track_task_options(worker, taskbadger_server):
+    (enqueued,) = worker.enqueue("custom")
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
+    assert task["name"] == "Custom invoice run"
+    assert task["value_max"] == 10
+    assert task["tags"]["team"] == "billing"
+    assert task["data"]["kind"] == "nightly"
+    assert wait_result(worker, enqueued["id"], "SUCCESSFUL")["return_value"] == "Custom invoice run"
+
+
+def test_the_worker_tracks_a_task_its_publisher_did_not(worker, taskbadger_server):
+    (enqueued,) = worker.enqueue("add", 1, 1, TASKBADGER_API_KEY="")  # a web process without a key
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
+    assert task["name"] == NAME + "add" and task["start_time"]
+    assert wait_result(worker, enqueued["id"], "SUCCESSFUL")["return_value"] == 2
+    assert len([r for r in taskbadger_server.requests if r.method == "POST"]) == 1

@@ -1,0 +1,103 @@
+"""The django.tasks settings and checks: TASKBADGER["DJANGO_TASKS"] resolved and applied (E014, E015,
+W010, W011, and E003/E007 for its values), MONITORS entries naming django.tasks tasks, track_task."""
+
+from __future__ import annotations
+
+import base64
+import sys
+import types
+
+import pytest
+from django.core.checks import run_checks
+from django.test import override_settings
+
+import taskbadger
+from taskbadger_django import checks as tb_checks
+from taskbadger_django import conf, track_task
+
+from .django_tasks_project import tasks  # noqa: F401  (its tasks are found through track_task)
+
+# test_django_checks' autouse fixtures: fresh settings state, and a Celery app of our own (no task modules)
+from .test_django_checks import _fresh_conf, app  # noqa: F401
+
+KEY = base64.b64encode(b"acme/demo/s3cret").decode()
+VALID = {"API_KEY": KEY, "HOST": "https://taskbadger.net"}
+MONITOR = "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a11"
+
+
+def run(**tb):
+    with override_settings(TASKBADGER={**VALID, **tb}):
+        return [m for m in run_checks(tags=[tb_checks.TAG]) if m.id not in ("taskbadger.I001",)]
+
+
+def ids(messages):
+    return sorted(m.id for m in messages)
+
+
+def test_defaults_track_every_task_and_apply():
+    with override_settings(TASKBADGER=VALID):
+        system = taskbadger.config.get_config().system("django_tasks")
+    assert system.auto_track_tasks is True and system.record_task_args is False
+    assert system.channel is not None  # the database channel of the app
+    assert ids(run()) == []
+
+
+def test_settings_reach_the_integration():
+    with override_settings(TASKBADGER={**VALID, "DJANGO_TASKS": {"AUTO_TRACK": False, "HEARTBEAT_INTERVAL": 5,
+                                                                   "RECORD_TASK_ARGS": True}}):
+        system = taskbadger.config.get_config().system("django_tasks")
+    assert (system.auto_track_tasks, system.heartbeat_interval, system.record_task_args) == (False, 5, True)
+
+
+def test_unknown_key_is_e014_with_a_suggestion_and_nothing_is_applied():
+    messages = run(DJANGO_TASKS={"AUTO_TRAK": True})
+    assert ids(messages) == ["taskbadger.E014"]
+    assert "AUTO_TRACK" in messages[0].hint
+    with override_settings(TASKBADGER={**VALID, "DJANGO_TASKS": {"AUTO_TRAK": True}}):
+        assert taskbadger.config.get_config() is None
+
+
+def test_bad_values_are_e003_and_bad_patterns_e007():
+    assert ids(run(DJANGO_TASKS={"AUTO_TRACK": "yes", "STALE_TIMEOUT": -1})) == ["taskbadger.E003"] * 2
+    assert ids(run(DJANGO_TASKS={"INCLUDES": ["tests.("]})) == ["taskbadger.E007"]
+
+
+def test_e015_without_a_tasks_framework(monkeypatch):
+    monkeypatch.setattr(conf, "django_tasks_available", lambda: False)
+    assert ids(run(DJANGO_TASKS={"AUTO_TRACK": True})) == ["taskbadger.E015"]
+
+
+def test_w011_a_pattern_that_matches_no_task():
+    messages = run(DJANGO_TASKS={"EXCLUDES": ["tests.django_tasks_project.tasks.custon"]})
+    assert ids(messages) == ["taskbadger.W011"]
+    assert "tests.django_tasks_project.tasks.custom" in messages[0].hint
+    assert ids(run(DJANGO_TASKS={"EXCLUDES": [r"tests\.django_tasks_project\.tasks\..*"]})) == []
+
+
+def test_w010_when_a_tasks_module_cannot_be_imported(monkeypatch):
+    from django.apps import apps
+
+    config = types.SimpleNamespace(name="tests.broken_tasks_app")
+    monkeypatch.setattr(apps, "get_app_configs", lambda: [config])
+    broken = types.ModuleType("tests.broken_tasks_app")
+    broken.__path__ = []  # a package whose tasks module raises on import
+    monkeypatch.setitem(sys.modules, "tests.broken_tasks_app", broken)
+    monkeypatch.setitem(sys.modules, "tests.broken_tasks_app.tasks", None)  # import raises ImportError
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "tests.broken_tasks_app.tasks" else real(name, *a))
+    assert "taskbadger.W010" in ids(run(DJANGO_TASKS={"AUTO_TRACK": True}))
+
+
+def test_a_monitor_for_a_django_tasks_task_is_no_w003():
+    assert ids(run(MONITORS={"tests.django_tasks_project.tasks.custom": MONITOR})) == []
+    assert ids(run(MONITORS={"tests.django_tasks_project.tasks.nope": MONITOR})) == ["taskbadger.W003"]
+
+
+def test_track_task_refuses_bad_options_where_they_are_written():
+    with pytest.raises(TypeError, match="monitor_id"):
+        track_task(monitor_id="not-a-uuid")
+    with pytest.raises(TypeError, match="above @task"):
+        track_task(value_max=3)(lambda: None)

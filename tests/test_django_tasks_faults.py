@@ -1,0 +1,70 @@
+"""The promise with django.tasks: with the API refused, hung or answering 500, ``enqueue()`` returns within
+the publish budget, the task runs on a real worker and its TaskResult is exactly what it would be
+untracked (status, return value, errors). Database backend on SQLite, and RQ on Redis db 10."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from .djt import Project
+from .services import require
+from .test_django_tasks import wait_result
+
+BUDGET = 0.5  # the publish budget (and each call's connect and read timeout) the processes run with
+#: What a loaded, shared machine may add to the budget before enqueue() returns (the SQLite writes included).
+SLACK = 0.4
+MODES = ["refused", "hang", "500"]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "rq"])
+def project(request, taskbadger_server_session):
+    if request.param == "rq":
+        require("redis")
+    project = Project(taskbadger_server_session, "db" if request.param == "sqlite" else "rq",
+                      DJT_PUBLISH_BUDGET=str(BUDGET)).migrate()
+    project.start_worker()
+    try:
+        yield project
+    finally:
+        taskbadger_server_session.clear_faults()
+        taskbadger_server_session.accept()
+        project.stop()
+
+
+def misbehave(server, mode):
+    if mode == "refused":
+        server.refuse()
+    elif mode == "hang":
+        server.hang()
+    else:
+        server.fail(500)
+
+
+def report(mode, backend, longest):
+    path = os.environ.get("TASKBADGER_MATRIX_REPORT")
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"entry": f"django.tasks enqueue ({backend})", "mode": mode,
+                                  "longest": round(longest, 3), "what": "ran untracked, TaskResult unchanged"}) + "\n")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_failing_api_never_holds_up_enqueue_or_changes_the_result(project, taskbadger_server, mode):
+    misbehave(taskbadger_server, mode)
+    try:
+        enqueued = project.enqueue("add", 20, 22, count=3)
+        failing = project.enqueue("boom", "no invoice")
+        longest = max(e["seconds"] for e in enqueued + failing)
+        report(mode, project.backend, longest)
+        assert longest <= BUDGET + SLACK, [e["seconds"] for e in enqueued + failing]
+        for item in enqueued:
+            result = wait_result(project, item["id"], "SUCCESSFUL", timeout=45)
+            assert result["return_value"] == 42 and result["errors"] == []
+        result = wait_result(project, failing[0]["id"], "FAILED", timeout=45)
+        assert result["errors"] == ["builtins.ValueError"]
+    finally:
+        taskbadger_server.clear_faults()
+        taskbadger_server.accept()
