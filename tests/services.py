@@ -53,3 +53,19 @@ def postgres_database(prefix: str = "taskbadger_test") -> Iterator[str]:
     finally:
         with psycopg.connect(postgres_url("postgres"), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+#: The API faults every queue integration's fault matrix runs (the stand-in server's names).
+API_FAULTS = ("refused", "hang", "500")
+
+
+def api_fault(server, mode: str) -> None:
+    """Make the stand-in API misbehave as ``mode`` (one of ``API_FAULTS``) until ``accept``/``clear_faults``."""
+    if mode == "refused":
+        server.refuse()
+    elif mode == "hang":
+        server.hang()
+    elif mode == "500":
+        server.fail(500)
+    else:
+        raise ValueError(f"unknown API fault {mode!r}: use one of {API_FAULTS}")

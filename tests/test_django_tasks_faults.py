@@ -10,7 +10,7 @@ import os
 import pytest
 
 from .djt import Project
-from .services import require
+from .services import api_fault, require
 from .test_django_tasks import wait_result
 
 BUDGET = 0.5  # the publish budget (and each call's connect and read timeout) the processes run with
@@ -34,15 +34,6 @@ def project(request, taskbadger_server_session):
         project.stop()
 
 
-def misbehave(server, mode):
-    if mode == "refused":
-        server.refuse()
-    elif mode == "hang":
-        server.hang()
-    else:
-        server.fail(500)
-
-
 def report(mode, backend, longest):
     path = os.environ.get("TASKBADGER_MATRIX_REPORT")
     if path:
@@ -53,7 +44,7 @@ def report(mode, backend, longest):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_a_failing_api_never_holds_up_enqueue_or_changes_the_result(project, taskbadger_server, mode):
-    misbehave(taskbadger_server, mode)
+    api_fault(taskbadger_server, mode)
     try:
         enqueued = project.enqueue("add", 20, 22, count=3)
         failing = project.enqueue("boom", "no invoice")

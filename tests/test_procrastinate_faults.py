@@ -15,6 +15,7 @@ import taskbadger
 from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
 
 from .procrastinate_project import app as tasks
+from .services import api_fault
 from .test_procrastinate import app, dsn, start, stop, wait_job  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -45,15 +46,6 @@ def api(taskbadger_server, app):  # noqa: F811
     taskbadger_server.clear_faults()
 
 
-def misbehave(server, mode: str) -> None:
-    if mode == "refused":
-        server.refuse()
-    elif mode == "hang":
-        server.hang()
-    else:
-        server.fail(500)
-
-
 def timed(call):
     started = time.monotonic()
     result = call()
@@ -62,7 +54,7 @@ def timed(call):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_defer_keeps_its_budget_and_the_jobs_run_as_untracked(api, app, dsn, worker, mode):  # noqa: F811
-    misbehave(api, mode)
+    api_fault(api, mode)
     q = worker.queue
     sent = [timed(lambda i=i: tasks.echo.configure(queue=q).defer(value=f"v{i}")) for i in range(4)]
     sent.append(timed(lambda: tasks.boom.configure(queue=q).defer(message="fails as it would untracked")))
