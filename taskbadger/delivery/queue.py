@@ -148,8 +148,12 @@ class PendingQueue:
             self.cond.wait(pause if pause > 0 else None)
             self._waiting.pop(me, None)
         batch = [item]
+        # A sender that is awake anyway also takes the final updates still inside their window: they
+        # were only waiting so that one wake-up takes many (nothing merges into a final state). Without
+        # this, a busy worker's sender wakes once per task, and each wake-up takes the GIL from the tasks.
+        early = now + FINAL_WINDOW
         while len(batch) < size:
-            more = self._next(now)
+            more = self._next(now, final_ready_by=early)
             if not isinstance(more, tuple):
                 break
             batch.append(more)
@@ -279,14 +283,15 @@ class PendingQueue:
                 waiting[ident] = min(waiting[ident], ready_at)
             self.cond.notify()
 
-    def _next(self, now: float, take: bool = True) -> tuple[str, Entry] | float | None:
+    def _next(self, now: float, take: bool = True, final_ready_by: float = 0.0) -> tuple[str, Entry] | float | None:
         """The oldest ready task with no request in flight (taken out unless ``take`` is False), or
-        when the next one becomes ready (None if nothing is waiting)."""
+        when the next one becomes ready (None if nothing is waiting). ``final_ready_by``: a final update
+        that becomes ready by then counts as ready now."""
         soonest = None
         for task_id, entry in self._pending.items():
             if task_id in self._inflight:
                 continue
-            if entry.ready_at <= now:
+            if entry.ready_at <= now or (entry.final and entry.ready_at <= final_ready_by):
                 if take:
                     del self._pending[task_id]
                 return task_id, entry
