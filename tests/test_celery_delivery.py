@@ -75,8 +75,13 @@ def test_tasks_publish_and_run_while_the_api_refuses_connections(taskbadger_serv
 def test_final_states_are_flushed_on_warm_shutdown(taskbadger_server, taskbadger_server_session, pool):
     worker = start_worker(taskbadger_server_session, pool=pool, concurrency=1 if pool == "solo" else 4)
     try:
-        taskbadger_server.set_latency(1.0, method="PATCH")  # the worker's updates queue up
-        for i in range(8):
+        # The worker's updates queue up behind a slow one: the first task's final update is answered 0.9 s
+        # after it arrives (under the 1 s after which a shutdown takes the API for hung and spools instead),
+        # and the other seven run, and the shutdown begins, while the worker's sender waits for that answer.
+        taskbadger_server.set_latency(0.9, method="PATCH")
+        worker.send(tasks.add, 0, 0)
+        taskbadger_server.wait_for(lambda: len(successes(taskbadger_server)) == 1, timeout=20)
+        for i in range(1, 8):
             worker.send(tasks.add, i, i)
         taskbadger_server.wait_for(lambda: ran(worker, 8), timeout=20)
         assert len(successes(taskbadger_server)) < 8  # still queued when the shutdown begins
