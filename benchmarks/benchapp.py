@@ -9,6 +9,7 @@ Configured from the environment (``benchmarks/run.py`` sets it for every worker 
 * ``BENCH_API_URL``, ``BENCH_API_KEY``  the stand-in Task Badger API (tracked mode)
 * ``BENCH_TIMEOUT``  optional API timeout in seconds, ``"1,1"`` = (connect, read); SDK default if unset
 * ``BENCH_READY_FILE``  written with the worker's pid once it is ready
+* ``BENCH_VARIANT``  tracked workers only: part of our work cut out or moved (``variants.py``)
 * ``BENCH_NO_RESULT_BACKEND``  set: no result backend; ``BENCH_KEEP_RESULTS`` set: tasks keep their results
   (with both, run.py measures what ours' publish-time result hint costs a task that keeps results)
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 import time
 from typing import Any
 
@@ -58,6 +60,10 @@ if MODE == "tracked":
             parts = [float(p) for p in raw_timeout.split(",")]
             timeout = (parts[0], parts[1]) if len(parts) == 2 else parts[0]
         taskbadger.init(host=os.environ["BENCH_API_URL"], token=os.environ["BENCH_API_KEY"], timeout=timeout)
+        if os.environ.get("BENCH_VARIANT") and "worker" in sys.argv:  # benchmarks/locate.py: see variants.py
+            import variants
+
+            variants.apply(os.environ["BENCH_VARIANT"])
     else:  # the official SDK: its init() takes no host
         import taskbadger.sdk
 
