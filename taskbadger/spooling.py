@@ -7,7 +7,8 @@
   ``STUCK``), and whatever is still held is written to the spool (``delivery.spool``) in a few
   milliseconds. Runs still waiting for their task to be found (``inline.settle_later``) go with them.
 * Every process that calls ``taskbadger.init()`` takes what the spool holds for its API, at once and
-  then every ``SCAN_INTERVAL`` seconds, and queues it as its own (``unspooled`` in the counters): the
+  then every ``SCAN_INTERVAL`` seconds (or when it ends, if it ends before its first look), and queues it
+  as its own (``unspooled`` in the counters): the
   senders deliver it, retry it, and spool it again if this process ends before the API answers.
 """
 
@@ -57,10 +58,12 @@ def shutdown(timeout: float = 10.0, give_up: Callable[[], bool] | None = None) -
 
 def _shutdown(timeout: float, give_up: Callable[[], bool] | None) -> None:
     started = time.monotonic()
+    config = get_config()
     drainer = _drainer.current()
     if drainer is not None:
+        if config is not None and config.spool_dir is not None:
+            drainer.look_once(config)
         drainer.close()  # an ending process takes nothing more from the spool
-    config = get_config()
     current = sender.current_sender()
     held = current is not None and current.queue.busy()
     if config is None or (not held and not inline.waiting_to_settle()):
@@ -139,6 +142,7 @@ class _Drainer:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._closed = False
+        self._looked = False  # whether this process has taken its share of the spool yet
 
     def close(self) -> None:
         with self._lock:
@@ -147,7 +151,7 @@ class _Drainer:
     def start(self) -> None:
         """Look at the spool now and every ``SCAN_INTERVAL`` (again, after a ``close()``: a new ``init()``)."""
         with self._lock:
-            self._closed = False
+            self._closed, self._looked = False, False
             if self._thread is None:
                 self._thread = start_daemon_thread(self._run, "taskbadger-spool")
         self._wake.set()
@@ -166,10 +170,18 @@ class _Drainer:
                 log.exception("Task Badger: internal error while delivering the spool",
                               extra={"taskbadger_internal_error": True})
 
+    def look_once(self, config: Config) -> None:
+        """Take what the spool holds now unless this process already looked: one that ends before its
+        spool thread ran (``taskbadger run -- true`` on a busy machine) still delivers what an earlier
+        process spooled, within its own shutdown budget."""
+        if not self._looked:
+            self.scan(config)
+
     def scan(self, config: Config) -> int:
         with self._lock:
             if self._closed:
                 return 0
+            self._looked = True
             claims, _ = Spool(config.spool_dir).claim(api_key_of(config), RETRY_HORIZON)  # type: ignore[arg-type]
         taken = 0
         for claim in claims:

@@ -130,6 +130,28 @@ def test_the_next_process_delivers_what_was_spooled_once_the_api_answers(taskbad
     assert deliver_in_another_process(taskbadger_server, spool_dir) == ["0", "True", "0"]  # never twice
 
 
+SHORT_LIVED = """
+import sys, threading, taskbadger
+from taskbadger import spooling
+# this process ends before its spool thread gets to run, as a short command on a busy machine does
+spooling.start_daemon_thread = lambda target, name: threading.Thread(target=target, name=name, daemon=True)
+taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
+"""  # and the process ends: its shutdown looks at the spool once and delivers
+
+
+def test_a_process_that_ends_before_its_spool_thread_runs_still_delivers_the_spool(taskbadger_server, spool_dir):
+    task = taskbadger.create_task("spooled by a run")
+    taskbadger_server.refuse()
+    end_a_process_during_an_outage(taskbadger_server, spool_dir, [task.id])
+    taskbadger_server.accept()
+    done = subprocess.run([sys.executable, "-c", SHORT_LIVED, taskbadger_server.url, taskbadger_server.api_key,
+                           str(spool_dir)], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert taskbadger_server.get_task(task.id)["status"] == "error"
+    assert files(spool_dir) == []
+
+
 def test_a_process_of_another_project_leaves_the_entries_alone(taskbadger_server, spool_dir):
     task = taskbadger.create_task("mine")
     taskbadger_server.refuse()
