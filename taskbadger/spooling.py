@@ -46,22 +46,23 @@ def api_failing() -> bool:
     return breaker.publish_breaker().state() in ("open", "half-open")
 
 
-def shutdown(timeout: float = 10.0, give_up: Callable[[], bool] | None = None) -> None:
+def shutdown(timeout: float = 10.0, give_up: Callable[[], bool] | None = None, *, take_spool: bool = True) -> None:
     """The process is ending: deliver what it holds within ``timeout``, or, when the API is failing, time
-    runs out or ``give_up()`` says so (a signal), spool it. Never raises."""
+    runs out or ``give_up()`` says so (a signal), spool it. ``take_spool``: a process that has not looked
+    at the spool yet takes its share now (``look_once``). Never raises."""
     try:
-        _shutdown(timeout, give_up)
+        _shutdown(timeout, give_up, take_spool)
     except Exception:
         log.exception("Task Badger: internal error while flushing at shutdown",
                       extra={"taskbadger_internal_error": True})
 
 
-def _shutdown(timeout: float, give_up: Callable[[], bool] | None) -> None:
+def _shutdown(timeout: float, give_up: Callable[[], bool] | None, take_spool: bool) -> None:
     started = time.monotonic()
     config = get_config()
     drainer = _drainer.current()
     if drainer is not None:
-        if config is not None and config.spool_dir is not None:
+        if take_spool and config is not None and config.spool_dir is not None:
             drainer.look_once(config)
         drainer.close()  # an ending process takes nothing more from the spool
     current = sender.current_sender()
@@ -235,4 +236,6 @@ def _on_configured(config: Config) -> None:
 
 
 when_configured(_on_configured)
-atexit.register(shutdown, 5.0)
+# At interpreter exit Python 3.12+ starts no thread: senders that never started cannot deliver what the
+# spool holds then, so that is left for the next process.
+atexit.register(shutdown, 5.0, take_spool=False)

@@ -136,7 +136,8 @@ from taskbadger import spooling
 # this process ends before its spool thread gets to run, as a short command on a busy machine does
 spooling.start_daemon_thread = lambda target, name: threading.Thread(target=target, name=name, daemon=True)
 taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
-"""  # and the process ends: its shutdown looks at the spool once and delivers
+spooling.shutdown(5.0)  # as ``taskbadger run`` ends: it looks at the spool once and delivers
+"""
 
 
 def test_a_process_that_ends_before_its_spool_thread_runs_still_delivers_the_spool(taskbadger_server, spool_dir):
