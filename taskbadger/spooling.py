@@ -7,9 +7,9 @@
   ``STUCK``), and whatever is still held is written to the spool (``delivery.spool``) in a few
   milliseconds. Runs still waiting for their task to be found (``inline.settle_later``) go with them.
 * Every process that calls ``taskbadger.init()`` takes what the spool holds for its API, at once and
-  then every ``SCAN_INTERVAL`` seconds (or when it ends, if it ends before its first look), and queues it
-  as its own (``unspooled`` in the counters): the
-  senders deliver it, retry it, and spool it again if this process ends before the API answers.
+  then every ``SCAN_INTERVAL`` seconds (or in ``shutdown()`` if it ends before its first look; not at
+  interpreter exit), and queues it as its own (``unspooled`` in the counters): the senders deliver it,
+  retry it, and spool it again if this process ends before the API answers.
 """
 
 from __future__ import annotations
