@@ -36,7 +36,10 @@ def test_the_demo_command_runs_green_with_no_service_and_no_key():
     assert run.stderr == ""  # no contradicting "no API key" line, no second announcement of the URL
     assert re.search(r"\] progress page: http://127\.0\.0\.1:\d+/demo/  \(open it now", out)
     assert re.search(r"import_contacts +\[#+\.*\] \d+%", out)  # live progress
-    assert "charge_card            pending → error  (ValueError: card declined for 19.99 EUR)" in out
+    # The live line for the failure carries its exception; which states the 0.3 s polls saw before it (pending,
+    # processing, or none when the first poll came late) depends on the machine's load.
+    declined = r"\] charge_card +(?:(?:pending|processing) → )?error  \(ValueError: card declined for 19\.99 EUR\)"
+    assert re.search(declined, out), out
     for line in ("charge_card           error", "ValueError: card declined", "succeeded after 2 retries",
                  "  └ index_shard       success", "export_archive        cancelled", "nightly_report        success",
                  "import_contacts       success    100%", "all 11 tasks finished: 1 cancelled, 1 error, 9 success",
