@@ -92,10 +92,22 @@ def _session_worker_fixture(pool: str, concurrency: int):
     @pytest.fixture(scope="session", name=f"{pool}_worker")
     def worker(taskbadger_server_session, celery_app, request):
         started = start_worker(taskbadger_server_session, pool=pool, concurrency=concurrency)
-        request.addfinalizer(lambda: stop_worker(started))
+        _session_workers.append(started)
+        request.addfinalizer(lambda: _stop_session_worker(started))
         return started
 
     return worker
+
+
+_session_workers: list[Worker] = []
+
+
+def _stop_session_worker(worker: Worker) -> None:
+    # A warm shutdown takes seconds (a worker notices SIGTERM between two polls of its broker): the first
+    # of these finalizers starts every session worker's, so they stop together, not one after another.
+    for other in _session_workers:
+        other.request_stop()
+    stop_worker(worker)
 
 
 prefork_worker = _session_worker_fixture("prefork", POOLS["prefork"])

@@ -45,6 +45,7 @@ class Worker:
         self.log_path = self.dir / "worker.log"
         self.process: subprocess.Popen | None = None
         self._checked_upto = 0
+        self._stop_requested = False
 
     def start(self, timeout: float = 60.0) -> Worker:
         env = {
@@ -82,10 +83,18 @@ class Worker:
         new, self._checked_upto = text[self._checked_upto:], len(text)
         return "\n".join(line for line in new.splitlines() if INTERNAL_ERROR in line)
 
+    def request_stop(self) -> None:
+        """Start a warm shutdown (SIGTERM: finish running tasks, flush), once, without waiting for it."""
+        if self.process is not None and self.process.poll() is None and not self._stop_requested:
+            self.process.send_signal(signal.SIGTERM)
+            self._stop_requested = True
+
     def stop(self, timeout: float = 30.0) -> int | None:
         if self.process is None or self.process.poll() is not None:
+            if self.process is not None:
+                self._log.close()
             return self.process.returncode if self.process else None
-        self.process.send_signal(signal.SIGTERM)  # warm shutdown: finish running tasks, flush
+        self.request_stop()
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
