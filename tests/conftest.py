@@ -1,3 +1,4 @@
+import fnmatch
 import logging
 import os
 import tempfile
@@ -136,6 +137,20 @@ def memory_app():
         yield app
     finally:
         celery_state._set_current_app(previous)
+
+
+#: Modules whose worker tests also run in CI's Python 3.12 / Django 6.1 leg (``-m "not integration or
+#: version_matrix"``), beside every test that starts no worker: where Django 6's own django.tasks, the Django
+#: app and the newer Python meet real workers. The Celery fault and outcome matrix runs on Python 3.11 only
+#: (embedded broker, Redis, RabbitMQ): a second time on 3.12 took CI past 10 minutes.
+VERSION_MATRIX_MODULES = ("test_celery_lifecycle.py", "test_testproject.py", "test_spool.py", "test_procrastinate*.py",
+                          "test_progress_*.py")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if any(fnmatch.fnmatch(item.path.name, pattern) for pattern in VERSION_MATRIX_MODULES):
+            item.add_marker(pytest.mark.version_matrix)
 
 
 def pytest_sessionfinish(session, exitstatus):
