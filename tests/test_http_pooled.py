@@ -208,3 +208,29 @@ def test_greenlets_share_the_process_connections(taskbadger_server, kind):
     assert done.stdout.strip() == "done", done.stderr[-2000:]
     assert len(_connections_of(taskbadger_server, "POST")) == 20
     assert len(set(_connections_of(taskbadger_server, "POST"))) == 1
+
+
+EXIT_SCRIPT = """
+import sys
+import taskbadger
+from taskbadger.delivery import sender
+from taskbadger.http import requests_backend
+
+taskbadger.init(token=sys.argv[2], host=sys.argv[1])
+task = taskbadger.create_task("ends")
+task.update(value=1)  # the pooled transport keeps its connection for the next request
+requests_backend.session().get(sys.argv[1] + "/", timeout=10).raise_for_status()  # the requests transport's
+sender.submit(task.id, {"value": 2})  # queued: delivered by the flush at exit, before the connections close
+print("done")
+"""
+
+
+def test_a_process_ends_with_its_kept_alive_connections_closed(taskbadger_server):
+    # Left to the garbage collector at exit, they print a ResourceWarning into the user's own output
+    # (python -X dev, test runners that show warnings).
+    run = subprocess.run([sys.executable, "-X", "dev", "-c", EXIT_SCRIPT, taskbadger_server.url,
+                          taskbadger_server.api_key], capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert run.returncode == 0 and "done" in run.stdout, run.stderr
+    assert "ResourceWarning" not in run.stderr, run.stderr
+    assert taskbadger_server.get_task(next(r.task_id for r in taskbadger_server.requests if r.task_id))["value"] == 2

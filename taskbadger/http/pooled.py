@@ -23,6 +23,7 @@ gevent and eventlet pools) reuses them instead of opening one, and a TLS session
 
 from __future__ import annotations
 
+import atexit
 import select
 import threading
 import time
@@ -116,6 +117,12 @@ def close_idle() -> None:
         idle, pool.idle, pool.key = pool.idle, [], None
     for conn in idle:
         conn.close()
+
+
+# A process ends with its idle connections closed: left to the garbage collector they print a ResourceWarning
+# into the user's own output (python -X dev, test runners). Registered on import, before the flush at exit
+# (``taskbadger.spooling``), so it runs after it: atexit calls the last registered first.
+atexit.register(close_idle)
 
 
 def _close_unusable(conns: list[Connection]) -> None:
