@@ -39,7 +39,7 @@ def one_run(b: run.Bench, sdk: str, pool: str, n: int, variant: str = "") -> dic
     with b.worker(sdk, env, queue, pool) as w:
         cpu_start, api_start = run.thread_cpu(w.pid), run.pid_cpu_seconds(api_pid)
         ok = b.wait_tasks(key, n, interval=0.005)
-        if sdk != "untracked" and variant != "receivers-only":  # with the final updates delivered
+        if sdk != "untracked" and variant not in variants.UNDELIVERED:  # with the final updates delivered
             ok = ok and run.wait_until(lambda: b.api.call("terminal") >= n, 120, 0.1)
         cpu_end, api_end = run.thread_cpu(w.pid), run.pid_cpu_seconds(api_pid)
     stamps = sorted(float(x) for x in b.r.lrange(key, 0, -1))

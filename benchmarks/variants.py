@@ -9,6 +9,8 @@ moved, to locate where a tracked task's cost goes. Benchmark-only: the library n
   local socket, and an agent process (``python variants.py agent PATH``, started by the worker's main
   process, the API key on its stdin) queues it for its own senders. A prototype of the design, enough
   to measure it: no fallback when the agent is gone, nothing spooled.
+* ``no-http``  everything but the requests: the receivers queue their updates and the senders take them
+  in batches as they would, but each batch counts as delivered without a request;
 * ``pipelined``  HTTP/1.1 pipelining: a sender's batch goes out ``PIPELINE_DEPTH`` requests per
   connection, written in one ``send``; after the first answers arrive the reader sleeps for what the
   rest should take and reads each connection's answers with one ``recv``. A prototype, enough to
@@ -31,7 +33,9 @@ import threading
 import time
 from typing import Any
 
-VARIANTS = ("receivers-only", "agent", "pipelined")
+VARIANTS = ("receivers-only", "no-http", "agent", "pipelined")
+#: Variants whose updates never reach the API (the benchmark does not wait for them there).
+UNDELIVERED = ("receivers-only", "no-http")
 #: Requests written at once on one connection by the ``pipelined`` variant.
 PIPELINE_DEPTH = 4
 #: Updates of several tasks are never batched into one datagram: each submit is one write, as a
@@ -45,6 +49,10 @@ def apply(variant: str) -> None:
 
     if variant == "receivers-only":
         sender.submit = lambda task_id, fields, final=False: True  # type: ignore[assignment]
+    elif variant == "no-http":
+        from taskbadger import endpoints
+
+        endpoints.update_many = lambda updates, deadline=None: [None] * len(updates)  # type: ignore[assignment]
     elif variant == "agent":
         sender.submit = _agent_client(_start_agent())  # type: ignore[assignment]
     elif variant == "pipelined":
