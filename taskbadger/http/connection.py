@@ -70,6 +70,10 @@ class _TooLarge(Exception):
 
 #: The answer headers anyone reads (the others are counted, not kept: decoding them costs per answer).
 KEPT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"retry-after", b"content-type"})
+#: Their first bytes, either case: the other headers (Date, Server, Vary, X-…) are skipped at the first byte.
+#: A set of one-byte strings: ``name[:1] in b"cC…"`` would first try the name as a byte value, and raise and
+#: clear a TypeError inside, for every header line (callgrind: a third of what a header line cost).
+_KEPT_FIRST = frozenset(name[:1] for name in KEPT_HEADERS) | frozenset(name[:1].upper() for name in KEPT_HEADERS)
 
 
 class _Answer:
@@ -116,7 +120,7 @@ class _Answers:
         if answer.lines > MAX_HEADERS:
             self.problem = f"the answer has more than {MAX_HEADERS} header lines"
             raise _TooLarge
-        if name[:1] in b"cCtTrR":  # Date, Server, Vary, X-…: skipped at the first byte
+        if name[:1] in _KEPT_FIRST:
             name = name.lower()
             if name in KEPT_HEADERS:
                 answer.headers[name.decode("latin-1")] = value.decode("latin-1")

@@ -23,6 +23,9 @@ from .errors import Answer
 
 USER_AGENT = f"taskbadger-python/{__version__} (python {platform.python_version()})"
 MONITOR_HEADER = "X-TASKBADGER-MONITOR"
+#: Request bodies: compact, and NaN or infinity refused (the API's JSON has neither). One encoder for every
+#: request (it keeps no state between calls): ``json.dumps`` with options builds a new one per call.
+_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 #: Paths below the tasks URL: nothing but id segments, so no byte from a caller changes the request line.
 _PATH = re.compile(r"(?:[A-Za-z0-9_-]{1,64}/)*")
 
@@ -107,7 +110,7 @@ def build_request(config: Config, method: str, path: str = "", *, json_body: Any
     if not _PATH.fullmatch(path):
         raise InvalidData(f"{path[:80]!r} is not a Task Badger task path: task ids are letters, digits, - and _")
     try:
-        body = None if json_body is None else json.dumps(json_body, separators=(",", ":"), allow_nan=False).encode()
+        body = None if json_body is None else _BODY_ENCODER.encode(json_body).encode()
     except (TypeError, ValueError, RecursionError) as err:
         raise InvalidData(f"the task's fields cannot be encoded as JSON ({err}); convert such values in data "
                           "(dates, sets, objects, NaN) to strings, numbers, lists or dicts first") from None
