@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from ._runtime import ForkSafeLock
 from .exceptions import ConfigurationError, MissingConfiguration
-from .models import is_slug
+from .models import MAX_TAG_LENGTH, MIN_TAG_LENGTH, is_slug, is_tag_map
 from .scope import scope_state
 
 log = logging.getLogger("taskbadger")
@@ -34,6 +34,9 @@ DEFAULT_HOST = "https://taskbadger.net"
 #: (connect, read) seconds. An ordinary call (the public API, each batch of the senders) must be over
 #: within connect + read seconds, connecting within connect (``taskbadger.http.deadline``).
 DEFAULT_TIMEOUT: tuple[float, float] = (2.0, 5.0)
+#: The most either part of a timeout may be: a call a task's body or a sender waits on for longer is a
+#: mistake (and infinity, or a number too large for the system's clocks, cannot be a deadline at all).
+MAX_TIMEOUT = 600.0
 #: Seconds an inline create may take in all (at publish, in a worker for a task its publisher could not
 #: track, ``@track``): a web request waits for it. A healthy API answers a create in tens of milliseconds
 #: on a kept-alive connection, and a new TLS connection costs two more round trips; a second leaves room
@@ -228,8 +231,9 @@ def normalize_timeout(timeout: Any) -> tuple[float, float]:
                 DEFAULT_TIMEOUT[1] if timeout.read is None else timeout.read)
     else:
         raise ConfigurationError(f"timeout must be seconds or a (connect, read) pair, got {timeout!r}.")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pair):
-        raise ConfigurationError(f"timeout values must be positive numbers of seconds, got {timeout!r}.")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MAX_TIMEOUT for v in pair):
+        raise ConfigurationError(f"timeout values must be positive numbers of seconds, at most {MAX_TIMEOUT:g}, "
+                                 f"got {timeout!r}.")
     return float(pair[0]), float(pair[1])
 
 
@@ -362,10 +366,9 @@ def build_config(
             if not is_slug(value):
                 raise ConfigurationError(f"{name} must be a slug (letters, digits, - and _), got {value!r}.")
 
-    if tags is not None and (
-        not isinstance(tags, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
-    ):
-        raise ConfigurationError(f"tags must be a dict of str to str, got {tags!r}.")
+    if tags is not None and not is_tag_map(tags):
+        raise ConfigurationError(f"tags must be a dict of names to strings of {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} "
+                                 f"characters (the API refuses a task with other tags), got {tags!r}.")
     system_map = {}
     for system in systems or ():
         identifier = getattr(system, "identifier", None)

@@ -25,6 +25,12 @@ _SLUG = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: The API's limit on a task name.
 MAX_NAME_LENGTH = 255
+#: The API's limits on a tag's value, in characters.
+MIN_TAG_LENGTH, MAX_TAG_LENGTH = 2, 255
+#: The API's largest number of seconds (``stale_timeout``, ``max_runtime``: 32-bit integers).
+MAX_SECONDS = 2_147_483_647
+#: The longest heartbeat interval: a day (a task pinged less often is better watched with ``stale_timeout``).
+MAX_HEARTBEAT_INTERVAL = 86_400.0
 
 
 def is_task_id(value: Any) -> bool:
@@ -44,6 +50,25 @@ def monitor_id(value: Any) -> str | None:
         return str(uuid.UUID(value))
     except ValueError:
         return None
+
+
+def is_heartbeat_interval(value: Any) -> bool:
+    """A number of seconds between a running task's pings: more than 0, at most ``MAX_HEARTBEAT_INTERVAL``."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and 0 < value <= MAX_HEARTBEAT_INTERVAL
+
+
+def is_whole_seconds(value: Any) -> bool:
+    """A whole number of seconds the API takes (``stale_timeout``, ``max_runtime``): 1 to ``MAX_SECONDS``."""
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SECONDS
+
+
+def is_tag_map(value: Any) -> bool:
+    """Tags the API takes: a dict of non-empty names to values of ``MIN_TAG_LENGTH`` to ``MAX_TAG_LENGTH``
+    characters."""
+    return isinstance(value, Mapping) and all(
+        isinstance(k, str) and k and isinstance(v, str) and MIN_TAG_LENGTH <= len(v) <= MAX_TAG_LENGTH
+        for k, v in value.items())
 
 
 def has_control_characters(value: str) -> bool:

@@ -14,8 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskbadger.config import DEFAULT_HOST, MAX_PUBLISH_BUDGET, normalize_timeout
+from taskbadger.config import DEFAULT_HOST, MAX_PUBLISH_BUDGET, MAX_TIMEOUT, normalize_timeout
 from taskbadger.exceptions import ConfigurationError
+from taskbadger.models import (
+    MAX_HEARTBEAT_INTERVAL,
+    MAX_SECONDS,
+    MAX_TAG_LENGTH,
+    MIN_TAG_LENGTH,
+    is_heartbeat_interval,
+    is_tag_map,
+    is_whole_seconds,
+)
 
 
 @dataclass(frozen=True)
@@ -51,19 +60,17 @@ def _is_positive(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
 
-def _is_str_map(v: Any) -> bool:
-    return isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())
-
-
 #: ``TASKBADGER["CELERY"]``
 CELERY: dict[str, Setting] = {
     "AUTO_TRACK": Setting(False, _is_bool, "True or False", '"AUTO_TRACK": True'),
     "INCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"INCLUDES": [r"billing\\..*"]'),
     "EXCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"EXCLUDES": [r"celery\\..*"]'),
     "RECORD_TASK_ARGS": Setting(False, _is_bool, "True or False", '"RECORD_TASK_ARGS": False'),
-    "HEARTBEAT_INTERVAL": Setting(None, _is_positive, "a positive number of seconds", '"HEARTBEAT_INTERVAL": 30'),
-    "STALE_TIMEOUT": Setting(None, lambda v: _is_positive(v) and isinstance(v, int),
-                             "a positive integer number of seconds", '"STALE_TIMEOUT": 120'),
+    "HEARTBEAT_INTERVAL": Setting(None, is_heartbeat_interval,
+                                  f"a positive number of seconds, at most {MAX_HEARTBEAT_INTERVAL:g} (a day)",
+                                  '"HEARTBEAT_INTERVAL": 30'),
+    "STALE_TIMEOUT": Setting(None, is_whole_seconds, f"a whole number of seconds from 1 to {MAX_SECONDS}",
+                             '"STALE_TIMEOUT": 120'),
 }
 
 #: ``TASKBADGER["DJANGO_TASKS"]``: Django's tasks framework (``django.tasks``, or the ``django_tasks`` backport);
@@ -111,10 +118,12 @@ TOP: dict[str, Setting] = {
     "ORGANIZATION_SLUG": Setting(None, _is_str, "a string", '"ORGANIZATION_SLUG": "my-org"', env="TASKBADGER_ORG"),
     "PROJECT_SLUG": Setting(None, _is_str, "a string", '"PROJECT_SLUG": "my-project"', env="TASKBADGER_PROJECT"),
     "ENABLED": Setting(True, _is_bool, "True or False", '"ENABLED": env.bool("TASKBADGER_ENABLED", True)'),
-    "TAGS": Setting({}, _is_str_map, "a dict of strings to strings", '"TAGS": {"environment": "production"}'),
+    "TAGS": Setting({}, is_tag_map, f"a dict of names to strings of {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} characters",
+                    '"TAGS": {"environment": "production"}'),
     "BEFORE_CREATE": Setting(None, lambda v: callable(v) or isinstance(v, str), "a callable or a dotted path to one",
                              '"BEFORE_CREATE": "myproject.taskbadger.before_create"'),
-    "TIMEOUT": Setting(None, _is_timeout, "a positive number of seconds or a (connect, read) pair",
+    "TIMEOUT": Setting(None, _is_timeout, f"a positive number of seconds or a (connect, read) pair, each at most "
+                       f"{MAX_TIMEOUT:g}",
                        '"TIMEOUT": (2, 5)'),
     "SPOOL_DIR": Setting(None, lambda v: v is False or (isinstance(v, (str, os.PathLike)) and bool(os.fspath(v))),
                          "a directory path, or False to turn the spool off",

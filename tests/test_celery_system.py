@@ -103,6 +103,14 @@ def test_a_monitor_id_that_is_not_one_is_refused_with_a_clear_error():
 def test_bad_integration_settings_raise_clearly():
     with pytest.raises(taskbadger.ConfigurationError, match="heartbeat_interval"):
         CelerySystemIntegration(heartbeat_interval=-1)
+    # infinity broke every publish (no stale timeout can be derived from it); past a day the workers dropped it
+    for interval in (float("inf"), float("nan"), 86_401):
+        with pytest.raises(taskbadger.ConfigurationError, match="heartbeat_interval .* at most 86400"):
+            CelerySystemIntegration(heartbeat_interval=interval)
+    # the API refuses these: every task would run untracked
+    for stale in (3_000_000_000, 0, 1.5):
+        with pytest.raises(taskbadger.ConfigurationError, match="stale_timeout .* from 1 to 2147483647"):
+            CelerySystemIntegration(stale_timeout=stale)
     with pytest.raises(taskbadger.ConfigurationError, match="not a valid regular expression"):
         CelerySystemIntegration(includes=["(unclosed"])
 

@@ -91,10 +91,23 @@ def test_timeout_accepts_seconds_or_pair(timeout, expected):
     assert taskbadger.init(token=project_key(), timeout=timeout).timeout == expected
 
 
-@pytest.mark.parametrize("timeout", [0, -1, "5", (1, 2, 3), (1, None)])
+@pytest.mark.parametrize("timeout", [0, -1, "5", (1, 2, 3), (1, None), float("inf"), float("nan"), (1, 1e300), 601])
 def test_bad_timeout(timeout):
     with pytest.raises(ConfigurationError, match="timeout"):
         taskbadger.init(token=project_key(), timeout=timeout)
+
+
+def test_a_timeout_from_the_environment_that_cannot_be_a_deadline_is_refused(monkeypatch):
+    monkeypatch.setenv("TASKBADGER_HTTP_TIMEOUT", "inf")
+    with pytest.raises(ConfigurationError, match="timeout"):
+        taskbadger.init(token=project_key())
+
+
+@pytest.mark.parametrize("tags", [{"env": "p"}, {"env": ""}, {"env": "x" * 256}, {"": "prod"}])
+def test_tags_the_api_would_refuse_are_refused_at_init(tags):
+    # else every create of the process is refused by the API (400), and every task runs untracked
+    with pytest.raises(ConfigurationError, match="tags must be a dict of names to strings of 2 to 255 characters"):
+        taskbadger.init(token=project_key(), tags=tags)
 
 
 def test_publish_budget_from_argument_environment_or_default(monkeypatch):

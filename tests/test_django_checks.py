@@ -64,7 +64,7 @@ def no_secret(messages):
 
 def test_valid_settings_give_no_messages():
     assert run(VALID) == []
-    assert run(VALID, ENABLED=False, TAGS={"a": "b"}, TIMEOUT=5, BEFORE_CREATE="json.dumps",
+    assert run(VALID, ENABLED=False, TAGS={"a": "bc"}, TIMEOUT=5, BEFORE_CREATE="json.dumps",
                CELERY={"AUTO_TRACK": True, "INCLUDES": r"a\..*", "EXCLUDES": ["b"], "RECORD_TASK_ARGS": True,
                        "HEARTBEAT_INTERVAL": 2.5, "STALE_TIMEOUT": 10}) == []
 
@@ -76,8 +76,20 @@ SETTING_CASES = [
     ({"CELERY": {"AUTOTRACK": True}}, {"CELERY": {"AUTO_TRACK": True}}, "taskbadger.E002", "TASKBADGER['CELERY']",
      "Did you mean 'AUTO_TRACK'?"),
     ({"ENABLED": "yes"}, {"ENABLED": True}, "taskbadger.E003", "TASKBADGER['ENABLED']", "For example"),
-    ({"TAGS": {"n": 1}}, {"TAGS": {"n": "1"}}, "taskbadger.E003", "TASKBADGER['TAGS']", "environment"),
+    ({"TAGS": {"n": 1}}, {"TAGS": {"n": "12"}}, "taskbadger.E003", "TASKBADGER['TAGS']", "environment"),
     ({"TIMEOUT": -1}, {"TIMEOUT": (1, 2)}, "taskbadger.E003", "TASKBADGER['TIMEOUT']", "(2, 5)"),
+    # values the API or the clocks cannot take: passed by `check`, they lost every final update (or every task)
+    ({"TIMEOUT": float("inf")}, {"TIMEOUT": 600}, "taskbadger.E003", "TASKBADGER['TIMEOUT']", "(2, 5)"),
+    ({"TIMEOUT": (1, 1e300)}, {"TIMEOUT": (1, 30)}, "taskbadger.E003", "TASKBADGER['TIMEOUT']", "(2, 5)"),
+    ({"TAGS": {"env": "p"}}, {"TAGS": {"env": "pr"}}, "taskbadger.E003", "TASKBADGER['TAGS']", "environment"),
+    ({"TAGS": {"env": "x" * 256}}, {"TAGS": {"env": "x" * 255}}, "taskbadger.E003", "TASKBADGER['TAGS']",
+     "environment"),
+    ({"CELERY": {"HEARTBEAT_INTERVAL": float("inf")}}, {"CELERY": {"HEARTBEAT_INTERVAL": 86_400}}, "taskbadger.E003",
+     "TASKBADGER['CELERY']['HEARTBEAT_INTERVAL']", "30"),
+    ({"DJANGO_TASKS": {"HEARTBEAT_INTERVAL": 1e12}}, {"DJANGO_TASKS": {"HEARTBEAT_INTERVAL": 0.5}}, "taskbadger.E003",
+     "TASKBADGER['DJANGO_TASKS']['HEARTBEAT_INTERVAL']", "30"),
+    ({"CELERY": {"STALE_TIMEOUT": 3_000_000_000}}, {"CELERY": {"STALE_TIMEOUT": 2_147_483_647}}, "taskbadger.E003",
+     "TASKBADGER['CELERY']['STALE_TIMEOUT']", "120"),
     ({"BEFORE_CREATE": 3}, {"BEFORE_CREATE": len}, "taskbadger.E003", "TASKBADGER['BEFORE_CREATE']", "before_create"),
     ({"MONITORS": ["a"]}, {"MONITORS": {}}, "taskbadger.E003", "TASKBADGER['MONITORS']", "monitor"),
     ({"MONITORS": {"shop.nightly": 1}}, {"MONITORS": {}}, "taskbadger.E003", "TASKBADGER['MONITORS']", "monitor"),

@@ -173,7 +173,7 @@ def test_disabled_resets_the_sdk_and_nothing_is_sent(taskbadger_server):
 
 def test_no_key_runs_untracked_with_one_info_line_per_process(caplog):
     caplog.set_level(logging.DEBUG, logger="taskbadger")
-    with override_settings(TASKBADGER={"TAGS": {"a": "b"}}):
+    with override_settings(TASKBADGER={"TAGS": {"a": "bc"}}):
         assert conf.configure() is None
         assert conf.configure() is None
         assert not taskbadger.is_configured()

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .._runtime import log_throttled, short
-from ..models import MAX_NAME_LENGTH, StatusEnum, is_task_id, jsonable
+from ..models import MAX_NAME_LENGTH, StatusEnum, is_heartbeat_interval, is_task_id, is_whole_seconds, jsonable
 
 log = logging.getLogger("taskbadger")
 
 #: ``data`` larger than this (as JSON) is not carried; the worker fetches it if the job's body asks for it.
 MAX_CARRIED_DATA_CHARS = 8192
-#: Bounds on the seconds it may carry (a day for heartbeats, the API's limit for stale_timeout).
-MAX_HEARTBEAT = 86_400.0
-MAX_SECONDS = 2_147_483_647
 _STATUSES = frozenset(s.value for s in StatusEnum)
 
 
@@ -104,12 +100,11 @@ def parse_meta(raw: Any, task_name: str, where: str) -> Meta | None:
         except (ValueError, TypeError):
             _warn(task_name, f"{where}.task.{short(key, 40)}", f"has an invalid value {short(value, 60)}")
     heartbeat = raw.get("heartbeat_interval")
-    if heartbeat is not None and not (isinstance(heartbeat, (int, float)) and not isinstance(heartbeat, bool)
-                                      and math.isfinite(heartbeat) and 0 < heartbeat <= MAX_HEARTBEAT):
+    if heartbeat is not None and not is_heartbeat_interval(heartbeat):
         _warn(task_name, f"{where}.heartbeat_interval", f"is not a number of seconds ({short(heartbeat, 60)})")
         heartbeat = None
     stale = raw.get("stale_timeout")
-    if stale is not None and not (isinstance(stale, int) and not isinstance(stale, bool) and 1 <= stale <= MAX_SECONDS):
+    if stale is not None and not is_whole_seconds(stale):
         _warn(task_name, f"{where}.stale_timeout", f"is not a whole number of seconds ({short(stale, 60)})")
         stale = None
     return Meta(fields, float(heartbeat) if heartbeat is not None else None, stale)

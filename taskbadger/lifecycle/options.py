@@ -11,14 +11,25 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._runtime import log_once, short
 from ..actions import action_dicts
 from ..exceptions import TaskbadgerException
-from ..models import MAX_NAME_LENGTH, is_json, is_task_id, jsonable, monitor_id
+from ..models import (
+    MAX_HEARTBEAT_INTERVAL,
+    MAX_NAME_LENGTH,
+    MAX_SECONDS,
+    MAX_TAG_LENGTH,
+    MIN_TAG_LENGTH,
+    is_heartbeat_interval,
+    is_json,
+    is_tag_map,
+    is_task_id,
+    jsonable,
+    monitor_id,
+)
 
 log = logging.getLogger("taskbadger")
 
@@ -48,8 +59,7 @@ def _data(v: Any) -> dict[str, Any]:
 
 
 def _tags(v: Any) -> dict[str, str]:
-    if isinstance(v, Mapping) and v and all(isinstance(k, str) and k and isinstance(x, str) and 2 <= len(x) <= 255
-                                           for k, x in v.items()):
+    if v and is_tag_map(v):
         return dict(v)
     raise _Invalid
 
@@ -68,7 +78,7 @@ def _bool(v: Any) -> bool:
 
 
 def _heartbeat(v: Any) -> float:
-    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 86_400:
+    if is_heartbeat_interval(v):
         return v
     raise _Invalid
 
@@ -89,7 +99,7 @@ def _actions(v: Any) -> list[dict[str, Any]]:
     return jsonable(checked)
 
 
-_SECONDS = _int(1, 2_147_483_647)
+_SECONDS = _int(1, MAX_SECONDS)
 
 #: option -> (check returning the value to use, description of what is expected).
 OPTIONS: dict[str, tuple[Callable[[Any], Any], str]] = {
@@ -97,12 +107,12 @@ OPTIONS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "value": (_int(0, 2**63 - 1), "an integer >= 0"),
     "value_max": (_int(0, 2**63 - 1), "an integer >= 0"),
     "data": (_data, "a dict"),
-    "tags": (_tags, "a dict of strings to strings of 2 to 255 characters"),
+    "tags": (_tags, f"a dict of strings to strings of {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} characters"),
     "monitor_id": (_monitor, "a monitor id (a UUID)"),
     "max_runtime": (_SECONDS, "an integer number of seconds >= 1"),
     "stale_timeout": (_SECONDS, "an integer number of seconds >= 1"),
     "record_task_args": (_bool, "True or False"),
-    "heartbeat_interval": (_heartbeat, "a positive number of seconds (at most a day)"),
+    "heartbeat_interval": (_heartbeat, f"a positive number of seconds (at most {MAX_HEARTBEAT_INTERVAL:g}: a day)"),
     "parent": (_parent, "a Task Badger task id or None"),
     "track": (_bool, "True or False"),
     "actions": (_actions, "a list of taskbadger.Action (deprecated: prefer project-level actions)"),

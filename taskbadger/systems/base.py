@@ -11,7 +11,7 @@ from typing import Any
 
 from .._runtime import short
 from ..exceptions import ConfigurationError
-from ..models import monitor_id
+from ..models import MAX_HEARTBEAT_INTERVAL, MAX_SECONDS, is_heartbeat_interval, is_whole_seconds, monitor_id
 
 log = logging.getLogger("taskbadger")
 
@@ -69,9 +69,13 @@ def _checked_monitors(monitors: Mapping[str, str] | None) -> dict[str, str]:
     return checked
 
 
-def _positive(value: Any, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
-        raise ConfigurationError(f"{what} must be a positive number of seconds, got {value!r}")
+def _check_heartbeat(heartbeat_interval: Any, stale_timeout: Any) -> None:
+    if heartbeat_interval is not None and not is_heartbeat_interval(heartbeat_interval):
+        raise ConfigurationError(f"heartbeat_interval must be a positive number of seconds, at most "
+                                 f"{MAX_HEARTBEAT_INTERVAL:g} (a day), got {short(heartbeat_interval)}")
+    if stale_timeout is not None and not is_whole_seconds(stale_timeout):
+        raise ConfigurationError(f"stale_timeout must be a whole number of seconds from 1 to {MAX_SECONDS}, got "
+                                 f"{short(stale_timeout)}")
 
 
 class QueueIntegration(System):
@@ -105,8 +109,7 @@ class QueueIntegration(System):
         stale_timeout: int | None = None,
         monitors: Mapping[str, str] | None = None,
     ) -> None:
-        _positive(heartbeat_interval, "heartbeat_interval")
-        _positive(stale_timeout, "stale_timeout")
+        _check_heartbeat(heartbeat_interval, stale_timeout)
         self.auto_track_tasks = auto_track_tasks
         self.includes = includes
         self.excludes = excludes
