@@ -1,6 +1,7 @@
 """CelerySystemIntegration: rules, message headers for any task, recorded arguments, heartbeats."""
 
 import logging
+import time
 
 import pytest
 
@@ -135,3 +136,26 @@ def test_unconfigured_publisher_logs_nothing_and_publishes(prefork_worker, tb_lo
     result = prefork_worker.send(tasks.add, 1, 2, taskbadger_track=False)
     assert result.id
     assert not [r for r in tb_log.records if r.levelno >= logging.WARNING]
+
+
+def test_a_worker_without_tracking_runs_a_tracked_message_untracked(taskbadger_server):
+    """The publisher tracked the task (its id travels in the headers), the worker is not configured (the key
+    exported in the shell that publishes, not in the worker's): the body's ``if tb: tb.update(...)`` sees None
+    and the task succeeds (it failed with MissingConfiguration)."""
+    from .conftest import start_worker, stop_worker
+    from .foreign import wait_for_result
+
+    worker = start_worker(taskbadger_server, pool="solo", concurrency=1, extra_env={"TASKBADGER_API_KEY": ""})
+    try:
+        result = worker.send(tasks.report_progress, 7)
+        assert result.taskbadger_task_id is not None  # tracked at publish
+        assert wait_for_result(result.id) == {"value": 7, "tracked": False}
+        deadline = time.monotonic() + 10
+        while "succeeded in" not in worker.log():  # logged just after the body returned
+            assert time.monotonic() < deadline, worker.log()
+            time.sleep(0.05)  # polling the worker's log, under a deadline
+        assert "not tracking tasks in this worker" in worker.log()
+        assert "dropped" not in worker.log() and "MissingConfiguration" not in worker.log(), worker.log()
+        assert taskbadger_server.tasks[result.taskbadger_task_id]["status"] == "pending"  # no PATCH from the worker
+    finally:
+        stop_worker(worker)

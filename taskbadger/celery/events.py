@@ -29,6 +29,11 @@ RECENT_SUCCESSES = 64
 def on_start(celery_task: Any, request: Any) -> None:
     if getattr(request, "is_eager", False):
         return  # .apply() and task_always_eager are not tracked
+    if get_config() is None:
+        # Not configured in this worker (no key, settings with errors, ENABLED False), whatever the publisher
+        # was: the task runs untracked, and ``self.taskbadger_task`` is None, so that the body's
+        # ``if tb: tb.update(...)`` never calls an API this process cannot reach.
+        return
     incoming = read_incoming(request, getattr(celery_task, "name", None) or "")
     meta = incoming.meta or _create_at_start(celery_task, request, incoming)
     if meta is None:

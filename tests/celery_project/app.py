@@ -204,6 +204,20 @@ def echo(self, value):
 
 
 @app.task(bind=True, base=Task)
+def report_progress(self, value):
+    """The README's task body (``if tb: tb.update(...)``), then like ``echo``."""
+    tb = self.taskbadger_task
+    if tb:
+        tb.update(value=1, value_max=2)
+    folder = os.environ.get("TB_RESULTS_DIR")
+    if folder:
+        path = pathlib.Path(folder) / self.request.id
+        path.with_suffix(".partial").write_text(json.dumps({"value": value, "tracked": tb is not None}))
+        path.with_suffix(".partial").replace(path)
+    return value
+
+
+@app.task(bind=True, base=Task)
 def clock(self, value):
     """Like ``echo``, and says when its body started (``time.time()``)."""
     started = time.time()
