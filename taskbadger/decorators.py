@@ -68,6 +68,10 @@ def track(
     if unknown:
         raise TypeError(f"@track got unknown option(s) {sorted(unknown)}: it takes name, monitor_id, max_runtime "
                         f"and create_task's fields ({', '.join(sorted(_FIELDS))})")
+    if task_kwargs.get("actions"):
+        # Checked once, here, where the decorator is written: an action that is not one is a mistake in that
+        # line, not a failure of every call (which raised before the function ran, configured or not).
+        task_kwargs = {**task_kwargs, "actions": action_dicts(task_kwargs["actions"], stacklevel=2)}
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
@@ -79,8 +83,6 @@ def track(
                                       "parent": parent_for_new_task(),
                                       "start_time": format_datetime(dt.datetime.now(dt.timezone.utc))}
             values.update(task_kwargs)  # an explicit parent= wins over the enclosing call
-            if values.get("actions"):
-                values["actions"] = action_dicts(values["actions"], stacklevel=4)
             return {k: v for k, v in values.items() if v is not None}
 
         def create(values: dict[str, Any], max_in_flight: int | None = None) -> Task | None:

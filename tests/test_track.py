@@ -6,6 +6,7 @@ import pytest
 
 import taskbadger
 from taskbadger import StatusEnum, track
+from taskbadger.actions import EmailIntegration
 
 
 @track
@@ -132,3 +133,27 @@ def test_a_final_state_set_in_the_body_is_not_overwritten(taskbadger_server):
                                                if t["status"] == "cancelled"] or None)[0]
     taskbadger.flush()
     assert taskbadger_server.get_task(task["id"])["status"] == "cancelled"
+
+
+@pytest.mark.filterwarnings("ignore:.*actions.*:DeprecationWarning")
+def test_an_action_that_is_not_one_is_refused_where_the_decorator_is_written(taskbadger_server):
+    # it raised at every call instead, before the function ran, even with Task Badger not configured
+    with pytest.raises(taskbadger.TaskbadgerException, match="Not an action.*use taskbadger.Action"):
+        track(actions=[{"trigger": "success"}])
+
+
+@pytest.mark.filterwarnings("ignore:.*actions.*:DeprecationWarning")
+def test_valid_actions_reach_the_task_and_the_calls_run(taskbadger_server):
+    ran = []
+
+    @track(actions=[taskbadger.Action("success", EmailIntegration(to="ops@example.test"))])
+    def job(x):
+        ran.append(x)
+        return x
+
+    assert job(1) == 1 and job(2) == 2 and ran == [1, 2]
+    assert taskbadger.flush(5)
+    created = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert len(created) == 2
+    assert all(r.json["actions"] == [{"trigger": "success", "integration": "email",
+                                        "config": {"to": "ops@example.test"}}] for r in created)
