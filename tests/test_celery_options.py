@@ -120,3 +120,20 @@ def test_send_task_with_track_header_for_any_task(taskbadger_server, prefork_wor
                                                                                    "value_max": 7}})
     task = taskbadger_server.wait_for_task(name="by header", status="success")
     assert task["value_max"] == 7
+
+
+@pytest.mark.parametrize("given", ["name=x", [("name", "x")], 5])
+def test_a_kwargs_header_that_is_not_a_dict_beside_call_options_is_dropped_not_raised(
+        taskbadger_server, prefork_worker, tb_log, given):
+    # apply_async raised TypeError ('str' object is not a mapping) and the message was never published
+    result = prefork_worker.send(tasks.add, 1, 2, headers={"taskbadger_kwargs": given}, taskbadger_name="by call")
+    task = taskbadger_server.wait_for_task(name="by call", status="success")
+    assert task["id"] == result.taskbadger_task_id
+    [warning] = [r.getMessage() for r in tb_log.records if "taskbadger_kwargs" in r.getMessage()]
+    assert "is not a dict" in warning and "ignored" in warning
+
+
+def test_arguments_that_are_not_a_mapping_are_celerys_to_refuse(taskbadger_server):
+    # our apply_async raised "'int' object is not iterable" from its own line, not Celery's message
+    with pytest.raises(TypeError, match="must be a mapping"):
+        tasks.add.apply_async((1,), 2, taskbadger_name="x")

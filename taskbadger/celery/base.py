@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import celery
 
 from ..task import Task as TaskbadgerTask
 from .fields import BASE_CLASS_MARK
+from .headers import parse_options
 from .options import KWARGS_KEY, TRACK_KEY, pop_options
 from .publish import publish_failed
 from .state import current_task, note_retry_exception, publish_slot, task_id_of
@@ -39,7 +41,7 @@ class Task(celery.Task):
         # The options travel in a header, raw: the publish handler checks them (it checks every
         # producer's headers) and writes back only their checked form.
         call_options = {}
-        if kwargs:
+        if kwargs and isinstance(kwargs, Mapping):  # anything else is Celery's to refuse, with its own message
             kwargs = dict(kwargs)  # never mutate the caller's dict
             call_options.update(pop_options(kwargs))
         call_options.update(pop_options(options))
@@ -47,7 +49,10 @@ class Task(celery.Task):
             headers = dict(options.get("headers") or {})
             if "track" in call_options:
                 headers[TRACK_KEY] = call_options.pop("track")
-            headers[KWARGS_KEY] = {**(headers.get(KWARGS_KEY) or {}), **call_options}
+            given = headers.get(KWARGS_KEY)
+            if not isinstance(given, Mapping):  # not options at all: warned about and dropped, as on any message
+                given = parse_options(given, self.name)
+            headers[KWARGS_KEY] = {**given, **call_options}
             options["headers"] = headers
         slot: dict[str, TaskbadgerTask] = {}
         token = publish_slot.set(slot)
