@@ -19,7 +19,7 @@ from .context_providers import error_context
 from .delivery import merge
 from .delivery import queue as pending
 from .delivery.merge import DefaultMergeStrategy
-from .exceptions import CreateSkipped, InvalidData
+from .exceptions import CreateSkipped, InvalidData, ReadTimeout
 from .http import Deadline, LateAnswer
 from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, exception_data
 from .scope import scope_state
@@ -179,10 +179,18 @@ class Task:
             fields["actions"] = action_dicts(actions, stacklevel=2)
         fields = {k: v for k, v in fields.items() if v is not None}
         task_id = self._task.id
-        queued = pending.claim(task_id)
+        config = get_config()
+        # One deadline for the whole call, set now: the wait for the senders' request in flight for this task
+        # (sent first, to keep the order) is part of it, not on top of it.
+        deadline = Deadline.for_call(config.timeout) if config is not None else None
+        queued = pending.claim(task_id, deadline.remaining() if deadline is not None else 0.0)
+        if config is not None and deadline is not None and deadline.expired():
+            pending.unclaim(task_id, queued)  # still in flight: sending now could overtake it
+            raise ReadTimeout(f"{config.host} did not answer within {deadline.seconds:g} s: the update sent before "
+                              f"for task {short(task_id)} is still waiting for its answer, so this one was not sent")
         try:
             body = merge.resolve(merge.queued(queued, fields), lambda: self._task) if queued else fields
-            self._task = endpoints.update(task_id, body or {})
+            self._task = endpoints.update(task_id, body or {}, deadline)
         except Exception:
             pending.unclaim(task_id, queued)  # not lost: the senders send them later
             raise

@@ -156,6 +156,38 @@ def test_body_update_waits_for_a_request_already_in_flight(taskbadger_server, pr
     assert taskbadger_server.get_task(task.id)["value"] == 2
 
 
+def test_body_update_waits_for_a_hung_request_in_flight_within_its_own_deadline(taskbadger_server, process_queue):
+    """The wait for the senders' request is part of the call's one deadline (connect + read), not added to it
+    (it waited for the request, then had a whole deadline of its own: twice the time)."""
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(0.5, 1.0))
+    task = taskbadger.create_task("hung in flight")
+    taskbadger_server.hang(method="PATCH")
+    sender.submit(task.id, {"value": 1}, final=True)
+    taskbadger_server.wait_for(lambda: process_queue.stats()["in_flight"] == 1, timeout=5)
+    started = time.monotonic()
+    with pytest.raises(taskbadger.exceptions.ReadTimeout):
+        task.update(value=2)
+    assert time.monotonic() - started < 1.5 + 0.9  # the call's deadline, 0.5 + 1.0 s (it took 3 s)
+    taskbadger_server.clear_faults()
+
+
+def test_body_update_is_not_sent_while_a_request_for_its_task_is_still_in_flight(taskbadger_server, process_queue):
+    """When the call's deadline passes with the senders' request for the task still unanswered, the body's
+    update is not sent at all: it would overtake that request."""
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(0.5, 3.0))
+    task = taskbadger.create_task("long in flight")
+    taskbadger_server.hang(method="PATCH")
+    sender.submit(task.id, {"value": 1}, final=True)
+    taskbadger_server.wait_for(lambda: process_queue.stats()["in_flight"] == 1, timeout=5)
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, timeout=(0.5, 0.5))
+    started = time.monotonic()
+    with pytest.raises(taskbadger.exceptions.ReadTimeout, match="still waiting for its answer, so this one was not"):
+        task.update(value=2)
+    assert time.monotonic() - started < 1.0 + 0.9  # (it took 3.5 s, then sent it)
+    assert [p.json["value"] for p in patches(taskbadger_server, task.id)] == [1]
+    taskbadger_server.clear_faults()
+
+
 def test_retry_after_is_honoured(taskbadger_server, dispatcher):
     task = taskbadger.create_task("limited")
     taskbadger_server.fail(429, times=1, retry_after=1, method="PATCH")

@@ -307,10 +307,11 @@ def pending_updates() -> PendingQueue:
     return _queue.get()
 
 
-def claim(task_id: str) -> dict[str, Any]:
-    """The fields queued in this process for ``task_id``, taken out ({} when nothing is queued)."""
+def claim(task_id: str, timeout: float = 10.0) -> dict[str, Any]:
+    """The fields queued in this process for ``task_id``, taken out ({} when nothing is queued), after waiting
+    up to ``timeout`` for a request in flight for it (``PendingQueue.claim``)."""
     queue = _queue.current()
-    return queue.claim(task_id) if queue is not None else {}
+    return queue.claim(task_id, timeout) if queue is not None else {}
 
 
 def unclaim(task_id: str, fields: dict[str, Any]) -> None:
