@@ -46,6 +46,20 @@ def test_list_walks_the_pages_up_to_the_limit(taskbadger_server, monkeypatch):
     assert [line.split(",")[2] for line in out.splitlines()[1:]] == ["t1", "t0"] and err == ""
 
 
+@pytest.mark.parametrize("limit", [0, 10**21])
+def test_a_list_limit_out_of_range_is_a_usage_error_that_says_the_range(taskbadger_server, limit):
+    # 10**21 failed inside itertools.islice with its own words ("Stop argument for islice() must be ...")
+    code, out, err = call(commands.list_tasks, "csv", limit, None, is_terminal=False)
+    assert (code, out) == (commands.USAGE, "") and "--limit must be from 1 to 100000" in err
+    assert [r for r in taskbadger_server.requests if r.method == "GET"] == []
+
+
+def test_the_command_refuses_a_list_limit_out_of_range_before_running(tmp_path):
+    proc = subprocess.run([*CLI, "list", "--limit", str(10**21)], capture_output=True, text=True, timeout=60,
+                          env=make_env(tmp_path), stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2 and "--limit" in proc.stderr and "100000" in proc.stderr and "islice" not in proc.stderr
+
+
 def test_both_entry_points_print_the_same(taskbadger_server, tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
     finished_tasks(["alpha", "[bold]not markup[/bold]"])

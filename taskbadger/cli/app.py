@@ -226,7 +226,8 @@ def list_command(
     ctx: typer.Context,
     output_format: Annotated[Format | None, typer.Option(
         "--format", "-f", help="Output format [default: pretty on a terminal, csv otherwise]")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, help="Limit the number of results.")] = 100,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=commands.MAX_LIST_LIMIT,
+                                       help="Limit the number of results.")] = 100,
     start_token: Annotated[str | None, typer.Option("--start-token", help="Start token.")] = None,
 ) -> None:
     """List tasks."""

@@ -33,6 +33,8 @@ from .settings import Settings, SettingsError, file_mode_warning
 OK, FAILED, USAGE = 0, 1, 2
 #: The most tasks one list request asks for; longer lists walk the pages.
 PAGE_SIZE = 100
+#: The most tasks one ``list`` prints (a thousand pages); the next page's token lets a caller go on.
+MAX_LIST_LIMIT = 100_000
 
 
 class UsageError(ValueError):
@@ -165,8 +167,8 @@ def list_tasks(fmt: str | None = None, limit: int = 100, start_token: str | None
     if is_terminal is None:
         is_terminal = bool(getattr(out, "isatty", lambda: False)())
     fmt = fmt or ("pretty" if is_terminal else "csv")
-    if limit < 1:
-        return _fail(err, "--limit must be at least 1", USAGE)
+    if not 1 <= limit <= MAX_LIST_LIMIT:
+        return _fail(err, f"--limit must be from 1 to {MAX_LIST_LIMIT}", USAGE)
     config = _config(err)
     if config is None:
         return FAILED
