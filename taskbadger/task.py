@@ -70,6 +70,14 @@ class Task:
     def __init__(self, task: TaskModel | Mapping[str, Any]) -> None:
         self._task = task if isinstance(task, TaskModel) else TaskModel.from_dict(dict(task))
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # ``@app.task(base=taskbadger.Task)`` (a slip for ``taskbadger.celery.Task``): Celery builds the task's
+        # class on this one, and it failed at the first use with "missing 1 required positional argument".
+        if cls.__dict__.get("_decorated") is True and "run" in cls.__dict__:
+            raise TypeError(f"taskbadger.Task is a Task Badger task, not a Celery task class: write "
+                            f"@app.task(base=taskbadger.celery.Task) for {cls.__dict__.get('name') or cls.__name__}")
+        super().__init_subclass__(**kwargs)
+
     # -- construction ---------------------------------------------------------------------------
 
     @classmethod

@@ -124,3 +124,25 @@ def test_copy_and_pickle(taskbadger_server):
     restored = pickle.loads(pickle.dumps(task))
     restored.success()
     assert taskbadger.get_task(task.id).status == "success"
+
+
+def test_the_sdk_task_class_as_a_celery_base_says_which_class_to_use():
+    """``base=taskbadger.Task`` for ``base=taskbadger.celery.Task``: it failed at the first ``.delay()`` with
+    "missing 1 required positional argument: 'task'"."""
+    from celery import Celery
+
+    app = Celery("slip", broker="memory://", set_as_current=False)
+
+    @app.task(base=taskbadger.Task, name="billing.export")
+    def export():
+        return None
+
+    with pytest.raises(TypeError, match=r"write @app.task\(base=taskbadger.celery.Task\) for billing.export"):
+        export.delay()
+
+
+def test_the_sdk_task_class_can_still_be_subclassed():
+    class Mine(taskbadger.Task):
+        pass
+
+    assert Mine({"id": "a1", "name": "n", "status": "pending"}).name == "n"
