@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import re
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -484,7 +485,7 @@ def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any]
     for pattern in monitors:
         if not isinstance(pattern, str) or _pattern_error(pattern) is not None:
             continue  # reported as E003 / E007
-        if not any(full_match(pattern, name) for name in tasks):
+        if not any(full_match(pattern, name) for name in tasks) and not names_a_django_task(pattern):
             suggestion = conf.closest(pattern, tasks, upper=False)
             messages.append(checks.Warning(
                 f"TASKBADGER['MONITORS'] entry {pattern!r} matches no registered Celery task"
@@ -593,12 +594,7 @@ def django_tasks_found() -> tuple[set[str], list[str]]:
 
     from taskbadger.django_tasks.options import registered
 
-    task_classes = []
-    for module_name in ("django.tasks.base", "django_tasks.base"):
-        try:
-            task_classes.append(importlib.import_module(module_name).Task)
-        except Exception:
-            continue
+    task_classes = _task_classes()
     names, failed = set(registered()), []
     for config in apps.get_app_configs():
         module_name = f"{config.name}.tasks"
@@ -610,9 +606,40 @@ def django_tasks_found() -> tuple[set[str], list[str]]:
             failed.append(f"{module_name} ({type(err).__name__}: {err})")
             continue
         for value in vars(module).values():
-            if task_classes and isinstance(value, tuple(task_classes)):
+            if task_classes and isinstance(value, task_classes):
                 names.add(str(getattr(value, "module_path", "")))
     return names, failed
+
+
+def _task_classes() -> tuple[type, ...]:
+    """The ``Task`` classes of the tasks frameworks installed (Django's, the backport)."""
+    classes = []
+    for module_name in ("django.tasks.base", "django_tasks.base"):
+        try:
+            classes.append(importlib.import_module(module_name).Task)
+        except Exception:
+            continue
+    return tuple(classes)
+
+
+#: A task's module path: what a pattern is when it names one task rather than matching several.
+_MODULE_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)+")
+
+
+def names_a_django_task(pattern: str) -> bool:
+    """Whether ``pattern`` is the module path of a ``django.tasks`` task in a module other than an app's
+    ``tasks`` (``billing.jobs.nightly_report``): importing that module finds it, as a worker's import would."""
+    task_classes = _task_classes()
+    if not task_classes or _MODULE_PATH.fullmatch(pattern) is None:
+        return False
+    module_name, _, attribute = pattern.rpartition(".")
+    try:
+        if importlib.util.find_spec(module_name) is None:
+            return False
+        value = getattr(importlib.import_module(module_name), attribute, None)
+    except Exception:  # not a module, or one that fails to import: the warning stands
+        return False
+    return isinstance(value, task_classes) and str(getattr(value, "module_path", "")) == pattern
 
 
 def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -638,7 +665,7 @@ def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         for pattern in _patterns(user_tasks.get(key)):
             if not isinstance(pattern, str) or _pattern_error(pattern) is not None:
                 continue  # E003 / E007
-            if not any(full_match(pattern, name) for name in names):
+            if not any(full_match(pattern, name) for name in names) and not names_a_django_task(pattern):
                 suggestion = conf.closest(pattern, names, upper=False)
                 messages.append(checks.Warning(
                     f"TASKBADGER['DJANGO_TASKS'][{key!r}] entry {pattern!r} matches no django.tasks task.",

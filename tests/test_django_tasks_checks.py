@@ -96,6 +96,17 @@ def test_a_monitor_for_a_django_tasks_task_is_no_w003():
     assert ids(run(MONITORS={"tests.django_tasks_project.tasks.nope": MONITOR})) == ["taskbadger.W003"]
 
 
+def test_a_task_outside_the_tasks_modules_named_by_its_module_path_is_no_warning(monkeypatch):
+    """The README puts a django.tasks task in billing/jobs.py: a MONITORS or INCLUDES entry naming it gave
+    W003 and W011 (the checks looked only in the apps' tasks modules), though the entry applies."""
+    monkeypatch.delitem(sys.modules, "tests.django_tasks_project.jobs", raising=False)  # imported by nothing
+    name = "tests.django_tasks_project.jobs.nightly_report"
+    assert ids(run(MONITORS={name: MONITOR}, DJANGO_TASKS={"INCLUDES": [name]})) == []
+    assert ids(run(MONITORS={name[:-1]: MONITOR}, DJANGO_TASKS={"INCLUDES": [name[:-1]]})) == [
+        "taskbadger.W003", "taskbadger.W011"]
+    assert ids(run(MONITORS={"tests.django_tasks_project.nope.nightly_report": MONITOR})) == ["taskbadger.W003"]
+
+
 def test_track_task_refuses_bad_options_where_they_are_written():
     with pytest.raises(TypeError, match="monitor_id"):
         track_task(monitor_id="not-a-uuid")
