@@ -141,7 +141,7 @@ def test_unconfigured_publisher_logs_nothing_and_publishes(prefork_worker, tb_lo
 def test_a_worker_without_tracking_runs_a_tracked_message_untracked(taskbadger_server):
     """The publisher tracked the task (its id travels in the headers), the worker is not configured (the key
     exported in the shell that publishes, not in the worker's): the body's ``if tb: tb.update(...)`` sees None
-    and the task succeeds (it failed with MissingConfiguration)."""
+    and the task succeeds (it failed with MissingConfiguration), and the worker's start line says why."""
     from .conftest import start_worker, stop_worker
     from .foreign import wait_for_result
 
@@ -154,8 +154,28 @@ def test_a_worker_without_tracking_runs_a_tracked_message_untracked(taskbadger_s
         while "succeeded in" not in worker.log():  # logged just after the body returned
             assert time.monotonic() < deadline, worker.log()
             time.sleep(0.05)  # polling the worker's log, under a deadline
-        assert "not tracking tasks in this worker" in worker.log()
+        assert "Task Badger: not tracking tasks in this worker: no API key" in worker.log(), worker.log()
         assert "dropped" not in worker.log() and "MissingConfiguration" not in worker.log(), worker.log()
         assert taskbadger_server.tasks[result.taskbadger_task_id]["status"] == "pending"  # no PATCH from the worker
     finally:
         stop_worker(worker)
+
+
+@pytest.mark.parametrize(("key", "reason"), [
+    ("", "Task Badger is not configured (set TASKBADGER_API_KEY"),
+    ("a-key", "TASKBADGER_API_KEY is set, but nothing called taskbadger.init() in this worker"),
+])
+def test_a_worker_of_a_plain_celery_app_says_why_it_does_not_track(monkeypatch, caplog, key, reason):
+    """A Celery app without the Django app that never calls ``taskbadger.init()``: with the key exported,
+    the start line said to set it."""
+    from taskbadger.celery import signals
+
+    monkeypatch.setenv("TASKBADGER_API_KEY", key)
+    previous = taskbadger.config.set_config(None)
+    try:
+        with caplog.at_level(logging.INFO, logger="taskbadger"):
+            signals.log_start_line()
+    finally:
+        taskbadger.config.set_config(previous)
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"Task Badger: not tracking tasks in this worker: {reason}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -140,8 +141,11 @@ def log_start_line() -> None:
     shows it with default logging: tracking is on (where) or off (why)."""
     config = get_config()
     if config is None:
-        reason = unconfigured_reason() or ("Task Badger is not configured (set TASKBADGER_API_KEY, or the TASKBADGER "
-                                           "setting with the Django app, or call taskbadger.init())")
+        reason = unconfigured_reason() or (
+            "TASKBADGER_API_KEY is set, but nothing called taskbadger.init() in this worker (call it where the Celery "
+            "app is made, or add taskbadger_django to INSTALLED_APPS)" if os.environ.get("TASKBADGER_API_KEY")
+            else "Task Badger is not configured (set TASKBADGER_API_KEY, or the TASKBADGER setting with the Django "
+                 "app, or call taskbadger.init())")
         log.info("Task Badger: not tracking tasks in this worker: %s", reason)
         return
     system = config.system("celery")
