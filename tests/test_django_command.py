@@ -161,7 +161,7 @@ def test_list_empty_and_bad_limit(taskbadger_server):
     with override_settings(TASKBADGER=settings_for(taskbadger_server)):
         assert "No tasks." in command("list", "-f", "pretty")
         assert command("list").splitlines() == ["Task ID,Created,Name,Status,Percent,Value,Value Max,Duration (s)"]
-        with pytest.raises(CommandError, match="^--limit must be at least 1$"):
+        with pytest.raises(CommandError, match="^--limit must be from 1 to 100000$"):
             command("list", "--limit", "0")
         taskbadger_server.refuse()
         with pytest.raises(CommandError, match="^could not reach Task Badger"):

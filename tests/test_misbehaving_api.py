@@ -338,7 +338,7 @@ def test_an_unrequested_answer_never_becomes_another_creates_task(api):
 def test_track_on_a_coroutine_never_blocks_the_event_loop(api):
     import asyncio
 
-    api.set_latency(0.1)  # every answer takes 100 ms
+    api.set_latency(0.3)  # every answer takes 300 ms: one create made on the loop would stall it that long
 
     @taskbadger.track(name="async tracked")
     async def job(i):
@@ -361,8 +361,9 @@ def test_track_on_a_coroutine_never_blocks_the_event_loop(api):
 
     results, lateness = asyncio.run(main())
     assert results == list(range(20))
-    # the loop kept ticking while 20 creates waited 100 ms each (it stalled 2.2 s before)
-    assert max(lateness) < 0.05, max(lateness)
+    # the loop kept ticking while 20 creates waited 300 ms each (it stalled 2.2 s at 100 ms each before). The
+    # bound leaves room for a busy machine: a tick came 62 ms late once, with the CPUs oversubscribed.
+    assert max(lateness) < 0.2, max(lateness)
     api.set_latency(0)
     assert taskbadger.flush(10)
     assert sorted(t["status"] for t in api.tasks_named("async tracked")) == ["success"] * 20
