@@ -11,6 +11,8 @@ moved, to locate where a tracked task's cost goes. Benchmark-only: the library n
   to measure it: no fallback when the agent is gone, nothing spooled.
 * ``no-http``  everything but the requests: the receivers queue their updates and the senders take them
   in batches as they would, but each batch counts as delivered without a request;
+* ``headers-only``  our headers on the messages (the publisher tracks), our receivers disconnected in the
+  worker: what the larger messages cost Celery and kombu, without any of our work;
 * ``pipelined``  HTTP/1.1 pipelining: a sender's batch goes out ``PIPELINE_DEPTH`` requests per
   connection, written in one ``send``; after the first answers arrive the reader sleeps for what the
   rest should take and reads each connection's answers with one ``recv``. A prototype, enough to
@@ -33,9 +35,9 @@ import threading
 import time
 from typing import Any
 
-VARIANTS = ("receivers-only", "no-http", "agent", "pipelined")
+VARIANTS = ("receivers-only", "no-http", "agent", "pipelined", "headers-only")
 #: Variants whose updates never reach the API (the benchmark does not wait for them there).
-UNDELIVERED = ("receivers-only", "no-http")
+UNDELIVERED = ("receivers-only", "no-http", "headers-only")
 #: Requests written at once on one connection by the ``pipelined`` variant.
 PIPELINE_DEPTH = 4
 #: Updates of several tasks are never batched into one datagram: each submit is one write, as a
@@ -55,6 +57,11 @@ def apply(variant: str) -> None:
         endpoints.update_many = lambda updates, deadline=None: [None] * len(updates)  # type: ignore[assignment]
     elif variant == "agent":
         sender.submit = _agent_client(_start_agent())  # type: ignore[assignment]
+    elif variant == "headers-only":
+        from taskbadger.celery import signals
+
+        for signal, receiver in signals._RECEIVERS:
+            signal.disconnect(receiver, dispatch_uid=f"taskbadger.{receiver.__name__}")
     elif variant == "pipelined":
         from taskbadger.http import pooled
 
