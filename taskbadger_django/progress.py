@@ -142,8 +142,9 @@ def task_id_for(task: Any) -> str | None:
     """The Task Badger id of ``task``, or None when it is not tracked.
 
     ``task`` may be a Task Badger task id (a string), a ``taskbadger.Task`` (``taskbadger.create_task``), or
-    the result of publishing a Celery task (``.delay()``/``.apply_async()``: ``result.taskbadger_task_id``,
-    None when the task was published untracked). Anything else is a TypeError; a string that is not a
+    the result of publishing a Celery task (``.delay()``/``.apply_async()``: ``result.taskbadger_task_id``, or
+    for a task auto-tracked by name the task this process created when it published it; None when the task
+    was published untracked). Anything else is a TypeError; a string that is not a
     Task Badger id (letters, digits, ``-`` and ``_``) a ValueError.
     """
     if task is None or task == "":
@@ -158,7 +159,9 @@ def task_id_for(task: Any) -> str | None:
     tracked_id = getattr(task, "taskbadger_task_id", _MISSING)  # a Celery AsyncResult, or anything that says
     if tracked_id is not _MISSING:
         return task_id_for(tracked_id)
-    found = _django_tasks_task_id(task)
+    found = _celery_task_id(task)
+    if found is _MISSING:
+        found = _django_tasks_task_id(task)
     if found is not _MISSING:
         return task_id_for(found)
     raise TypeError(f"cannot tell the Task Badger task of a {type(task).__module__}.{type(task).__qualname__}: "
@@ -171,6 +174,17 @@ class _Missing:
 
 
 _MISSING: Any = _Missing()
+
+
+def _celery_task_id(result: Any) -> Any:
+    """The Task Badger id of a Celery result without ``taskbadger_task_id`` (its task auto-tracked by name, not
+    published through the base class): known in the process that published it, else None (not tracked, as far
+    as this process can tell); ``_MISSING`` for anything that is not a Celery result."""
+    if not (type(result).__module__ or "").startswith("celery.result"):
+        return _MISSING
+    from taskbadger.celery import task_id_of_result
+
+    return task_id_of_result(result)
 
 
 def _django_tasks_task_id(result: Any) -> Any:

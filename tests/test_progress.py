@@ -166,6 +166,29 @@ def test_the_tag_takes_a_task_or_a_celery_result_as_well_as_an_id(server):
         assert "data-url=" in content
 
 
+def test_the_tag_takes_the_result_of_a_task_auto_tracked_by_name(taskbadger_server):
+    """A plain ``@shared_task`` tracked by AUTO_TRACK: its result has no ``taskbadger_task_id`` (only the base
+    class sets it), and the tag raised TypeError (a 500 page) though the task was tracked."""
+    from celery import Celery
+
+    app = Celery("progress-auto", broker="memory://", set_as_current=False)
+
+    @app.task(name="shop.export_rows")
+    def export_rows():
+        return None
+
+    tb = {"API_KEY": taskbadger_server.api_key, "HOST": taskbadger_server.url, "CELERY": {"AUTO_TRACK": True}}
+    with override_settings(TASKBADGER=tb):
+        result = export_rows.delay()
+        untracked = app.AsyncResult("not-published")
+        [created] = [t for t in taskbadger_server.tasks.values() if t["name"] == "shop.export_rows"]
+        assert not hasattr(result, "taskbadger_task_id")
+        assert tb_progress.task_id_for(result) == created["id"]
+        assert tb_progress.task_id_for(untracked) is None  # a result this process did not track: no bar
+        content = Template("{% load taskbadger %}{% taskbadger_progress r %}").render(_request_context({"r": result}))
+        assert "data-url=" in content
+
+
 def test_without_the_urls_the_tag_says_what_to_add(server):
     task = taskbadger.create_task("export rows")
     with override_settings(ROOT_URLCONF="tests.debug_urls"), pytest.raises(NoReverseMatch, match="include"):

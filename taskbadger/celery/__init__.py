@@ -22,7 +22,8 @@ Importing this package connects the receivers (``signals.connect()``, idempotent
 
 from .base import Task
 from .signals import connect
+from .state import task_id_of_result
 
 connect()
 
-__all__ = ["Task", "connect"]
+__all__ = ["Task", "connect", "task_id_of_result"]

@@ -18,7 +18,7 @@ from celery import signals
 from .. import spooling
 from ..config import get_config, unconfigured_reason
 from . import events, headers, publish
-from .state import publish_slot
+from .state import publish_slot, published
 
 log = logging.getLogger("taskbadger")
 
@@ -58,6 +58,7 @@ def on_before_publish(sender: str | None = None, body: Any = None, headers: dict
         slot[celery_id] = created  # the base class's apply_async sees a failed publish itself
     else:
         publish.confirmations().expect(celery_id, created)
+        published().remember(celery_id, created.id)  # its result has no taskbadger_task_id: task_id_of_result
 
 
 def _strip(message: dict) -> None:

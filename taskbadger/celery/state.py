@@ -3,7 +3,9 @@
 * ``Tracking``: one tracked run (a ``lifecycle.Run``), kept on the Celery request while the task runs
   (``TRACKING_ATTR``).
 * The main process's map of tracked messages it received (Celery id -> Task Badger id), for the
-  events that carry only the Celery id (hard time limits, lost children, revokes).
+  events that carry only the Celery id (hard time limits, lost children, revokes); and the publishing
+  process's map of the tasks it tracked without the base class (auto-tracked by name), whose results
+  carry no ``taskbadger_task_id``.
 * ``publish_slot``: where the publish handler leaves the task it created for ``Task.apply_async``.
 """
 
@@ -84,17 +86,22 @@ MAX_RECEIVED = 10_000
 
 
 class Received:
-    """Celery id -> Task Badger id for the tracked messages this worker received."""
+    """Celery id -> Task Badger id for the tracked messages this worker received (or published)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_RECEIVED) -> None:
         self._ids: OrderedDict[str, str] = OrderedDict()
         self._lock = ForkSafeLock()
+        self._limit = limit
 
     def remember(self, celery_id: str, task_id: str) -> None:
         with self._lock:
             self._ids[celery_id] = task_id
-            while len(self._ids) > MAX_RECEIVED:
+            while len(self._ids) > self._limit:
                 self._ids.popitem(last=False)
+
+    def get(self, celery_id: Any) -> str | None:
+        with self._lock:
+            return self._ids.get(celery_id) if isinstance(celery_id, str) else None
 
     def forget(self, celery_id: Any) -> str | None:
         if celery_id is None or not self._ids:  # a pool child's map stays empty: its main process remembers
@@ -114,3 +121,23 @@ _received: PerProcess[Received] = PerProcess(Received)
 def received() -> Received:
     """This process's map (a forked pool child starts with an empty one: the parent's is the parent's)."""
     return _received.get()
+
+
+#: Most auto-tracked publishes remembered: a view renders the result it just published.
+MAX_PUBLISHED = 1_000
+_published: PerProcess[Received] = PerProcess(lambda: Received(MAX_PUBLISHED))
+
+
+def published() -> Received:
+    """This process's map of the tasks it tracked at publish without the base class (``task_id_of_result``)."""
+    return _published.get()
+
+
+def task_id_of_result(result: Any) -> str | None:
+    """The Task Badger id of a Celery ``AsyncResult``: its ``taskbadger_task_id`` (the base class sets it), else
+    the task this process created when it published that message (a task auto-tracked by name); None when
+    it was not tracked here."""
+    task_id = getattr(result, "taskbadger_task_id", None)
+    if isinstance(task_id, str):
+        return task_id
+    return published().get(getattr(result, "id", None))
