@@ -173,7 +173,7 @@ def test_the_tag_takes_the_result_of_a_task_auto_tracked_by_name(taskbadger_serv
 
     app = Celery("progress-auto", broker="memory://", set_as_current=False)
 
-    @app.task(name="shop.export_rows")
+    @app.task(name="shop.export_rows", shared=False)
     def export_rows():
         return None
 
