@@ -139,6 +139,9 @@ class _Drainer:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        # One whole scan at a time (claim, then queue): a caller that asks for the spool now
+        # (``deliver_spooled``, then a flush) must find queued what a scan already under way took.
+        self._scanning = threading.Lock()
         self._claims: list[tuple[Claim, list[str]]] = []  # file, task ids it queued
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
@@ -179,6 +182,10 @@ class _Drainer:
             self.scan(config)
 
     def scan(self, config: Config) -> int:
+        with self._scanning:
+            return self._scan(config)
+
+    def _scan(self, config: Config) -> int:
         with self._lock:
             if self._closed:
                 return 0

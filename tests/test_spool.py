@@ -11,6 +11,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -280,6 +281,32 @@ def test_a_process_killed_while_it_writes_the_spool_leaves_only_whole_files(spoo
     assert len(claims) == len(written) and len(entries) == 2 * len(written)
     values = sorted(e.fields["value"] for e in entries if e.task_id.startswith("T"))
     assert values == list(range(len(written)))  # each whole file once, none missing before the kill
+
+
+def test_delivering_the_spool_now_waits_for_a_scan_already_taking_it(api, spool_dir, monkeypatch):
+    """``manage.py taskbadger check`` delivers the spool, then flushes. When the background scan had just
+    claimed the file, the check found nothing, flushed an empty queue, and the update was still undelivered
+    when it reported (a CI failure)."""
+    task = taskbadger.create_task("spooled")
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()),
+                           [Entry({"status": "success"}, task_id=task.id, final=True)])
+    claimed, release = threading.Event(), threading.Event()
+    queue_from_spool = spooling._queue_from_spool
+
+    def held_back(entry):  # whichever scan claimed the file queues its update only once released
+        claimed.set()
+        assert release.wait(5)
+        queue_from_spool(entry)
+
+    monkeypatch.setattr(spooling, "_queue_from_spool", held_back)
+    background = threading.Thread(target=spooling._drainer.get().scan, args=(taskbadger.get_config(),))
+    background.start()
+    assert claimed.wait(5)
+    threading.Timer(0.2, release.set).start()  # the other scan goes on while this one asks for the spool
+    spooling.deliver_spooled()
+    assert taskbadger.flush(5)
+    assert api.get_task(task.id)["status"] == "success"
+    background.join(5)
 
 
 def test_check_logs_and_stats_say_what_is_spooled(api, spool_dir, caplog):
