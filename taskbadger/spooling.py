@@ -177,9 +177,11 @@ class _Drainer:
     def look_once(self, config: Config) -> None:
         """Take what the spool holds now unless this process already looked: one that ends before its
         spool thread ran (``taskbadger run -- true`` on a busy machine) still delivers what an earlier
-        process spooled, within its own shutdown budget."""
-        if not self._looked:
-            self.scan(config)
+        process spooled, within its own shutdown budget. A scan under way is waited for: what it claimed
+        must be queued before the shutdown flush looks at the queue."""
+        with self._scanning:
+            if not self._looked:
+                self._scan(config)
 
     def scan(self, config: Config) -> int:
         with self._scanning:

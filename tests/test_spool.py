@@ -309,6 +309,32 @@ def test_delivering_the_spool_now_waits_for_a_scan_already_taking_it(api, spool_
     background.join(5)
 
 
+def test_a_process_ending_during_a_scan_delivers_what_that_scan_took(api, spool_dir, monkeypatch):
+    """A short process (``taskbadger run next -- true``) ends while its background scan has claimed a file but
+    not yet queued it: the shutdown skipped the spool (already looked at), found its queue empty, and the
+    update stayed claimed by a dead process (a 3.12 CI failure)."""
+    task = taskbadger.create_task("spooled")
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()),
+                           [Entry({"status": "success"}, task_id=task.id, final=True)])
+    claimed, release = threading.Event(), threading.Event()
+    queue_from_spool = spooling._queue_from_spool
+
+    def held_back(entry):
+        claimed.set()
+        assert release.wait(5)
+        queue_from_spool(entry)
+
+    monkeypatch.setattr(spooling, "_queue_from_spool", held_back)
+    background = threading.Thread(target=spooling._drainer.get().scan, args=(taskbadger.get_config(),))
+    background.start()
+    assert claimed.wait(5)
+    threading.Timer(0.2, release.set).start()
+    spooling.shutdown(5)
+    assert api.get_task(task.id)["status"] == "success"
+    assert files(spool_dir) == []
+    background.join(5)
+
+
 def test_check_logs_and_stats_say_what_is_spooled(api, spool_dir, caplog):
     caplog.set_level(logging.WARNING, logger="taskbadger")
     task = taskbadger.create_task("said")
