@@ -241,6 +241,25 @@ def test_past_the_cap_a_final_update_takes_the_place_of_a_progress_update(taskba
     assert taskbadger_server.get_task(tasks[5].id)["status"] == "success"
 
 
+def test_past_the_cap_a_final_update_takes_the_place_of_a_progress_update_in_flight():
+    """During an outage every progress update may be in flight (an attempt under way) when a final one comes:
+    it was dropped, as no queued progress update could make room (a 3.12 CI run of the test above)."""
+    q = PendingQueue(max_pending=3, linger=0)
+    for i in range(3):
+        q.submit(f"progress-{i}", {"value": i})
+    with q.cond:
+        batch = q.take_batch(3)  # all three in flight
+        q.failing = True
+    assert len(batch) == 3
+    assert q.submit("done", {"status": "success"}, final=True) is True  # at once: no waiting while failing
+    stats = q.stats()
+    assert (stats["queued"], stats["in_flight"], stats["dropped"]) == (1, 2, 1)
+    with q.cond:
+        q.finish(batch, [True, True, True])  # the attempt failed: all come back, but the one given up
+        assert q.held() == 3 and q.holds("done")
+    assert q.stats()["queued"] == 3
+
+
 def test_past_the_cap_with_the_api_down_a_final_update_is_dropped_at_once_counted_and_logged(
         taskbadger_server, tb_log, monkeypatch):
     monkeypatch.setattr(queue, "BACKPRESSURE_TIMEOUT", 30)  # would show as a wait if it applied

@@ -64,6 +64,8 @@ class PendingQueue:
         self.cond = threading.Condition()
         self._pending: OrderedDict[str, Entry] = OrderedDict()
         self._inflight: dict[str, tuple[Entry, float]] = {}  # task id -> (entry, when its batch was taken)
+        #: progress updates in flight that a final update took the place of: not queued again when they return
+        self._evicted: set[str] = set()
         self._waiting: dict[int, float] = {}  # waiting sender thread -> when it wakes by itself
         self._progress_queued = 0  # bumped whenever a non-final entry is queued
         self._progress_scanned = -1  # value of _progress_queued at the last scan that found none
@@ -122,8 +124,8 @@ class PendingQueue:
     # -- the senders' side (call with ``cond`` held) -----------------------------------------------------
 
     def held(self) -> int:
-        """Every task with an update queued or in flight."""
-        return len(self._pending) + len(self._inflight)
+        """Every task with an update queued or in flight (not counting those given up for a final update)."""
+        return len(self._pending) + len(self._inflight) - len(self._evicted)
 
     def busy(self) -> bool:
         return bool(self._pending or self._inflight)
@@ -172,6 +174,9 @@ class PendingQueue:
             if held is None or held[0] is not entry:
                 continue  # spooled meanwhile (the process is ending): the spool has it
             del self._inflight[task_id]
+            if task_id in self._evicted:
+                self._evicted.discard(task_id)
+                continue  # a final update took its place while it was in flight (counted as dropped then)
             if again:
                 existing = self._pending.pop(task_id, None)
                 if existing is not None:
@@ -210,6 +215,7 @@ class PendingQueue:
                   for task_id, entry in self._pending.items()]
         self._inflight.clear()
         self._pending.clear()
+        self._evicted.clear()
         self.counters["spooled"] += len(taken)
         self.cond.notify_all()
         return taken
@@ -233,7 +239,8 @@ class PendingQueue:
 
     def stats(self) -> dict[str, int]:
         with self.cond:
-            return {**self.counters, "queued": len(self._pending), "in_flight": len(self._inflight)}
+            in_flight = len(self._inflight) - len(self._evicted)
+            return {**self.counters, "queued": len(self._pending), "in_flight": in_flight}
 
     def note_spool_write_failed(self, count: int) -> None:
         """``count`` updates taken for the spool could not be written: they are lost, not spooled."""
@@ -270,6 +277,13 @@ class PendingQueue:
                     self.drop(task_id, "the queue is full: a final update took its place", final=False)
                     return True
             self._progress_scanned = self._progress_queued
+        # Every progress update may be in flight (an attempt during an outage): one of them is given up, and
+        # not queued again when its request returns.
+        for task_id, (entry, _) in self._inflight.items():
+            if not entry.final and task_id not in self._evicted:
+                self._evicted.add(task_id)
+                self.drop(task_id, "the queue is full: a final update took its place", final=False)
+                return True
         if self.failing:
             return False  # the queue will not drain soon: do not hold the task up
         return self.cond.wait_for(lambda: self.held() < self.max_pending, timeout=BACKPRESSURE_TIMEOUT)
