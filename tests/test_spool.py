@@ -283,10 +283,9 @@ def test_a_process_killed_while_it_writes_the_spool_leaves_only_whole_files(spoo
     assert values == list(range(len(written)))  # each whole file once, none missing before the kill
 
 
-def test_delivering_the_spool_now_waits_for_a_scan_already_taking_it(api, spool_dir, monkeypatch):
-    """``manage.py taskbadger check`` delivers the spool, then flushes. When the background scan had just
-    claimed the file, the check found nothing, flushed an empty queue, and the update was still undelivered
-    when it reported (a CI failure)."""
+def scan_held_back_after_its_claim(spool_dir, monkeypatch):
+    """A spooled final update for a new task, and a background scan that has claimed its file and queues it
+    only 0.2 s later: (the task, the scan's thread)."""
     task = taskbadger.create_task("spooled")
     Spool(spool_dir).write(api_key_of(taskbadger.get_config()),
                            [Entry({"status": "success"}, task_id=task.id, final=True)])
@@ -302,7 +301,15 @@ def test_delivering_the_spool_now_waits_for_a_scan_already_taking_it(api, spool_
     background = threading.Thread(target=spooling._drainer.get().scan, args=(taskbadger.get_config(),))
     background.start()
     assert claimed.wait(5)
-    threading.Timer(0.2, release.set).start()  # the other scan goes on while this one asks for the spool
+    threading.Timer(0.2, release.set).start()  # the scan goes on while the test asks for the spool
+    return task, background
+
+
+def test_delivering_the_spool_now_waits_for_a_scan_already_taking_it(api, spool_dir, monkeypatch):
+    """``manage.py taskbadger check`` delivers the spool, then flushes. When the background scan had just
+    claimed the file, the check found nothing, flushed an empty queue, and the update was still undelivered
+    when it reported (a CI failure)."""
+    task, background = scan_held_back_after_its_claim(spool_dir, monkeypatch)
     spooling.deliver_spooled()
     assert taskbadger.flush(5)
     assert api.get_task(task.id)["status"] == "success"
@@ -313,22 +320,7 @@ def test_a_process_ending_during_a_scan_delivers_what_that_scan_took(api, spool_
     """A short process (``taskbadger run next -- true``) ends while its background scan has claimed a file but
     not yet queued it: the shutdown skipped the spool (already looked at), found its queue empty, and the
     update stayed claimed by a dead process (a 3.12 CI failure)."""
-    task = taskbadger.create_task("spooled")
-    Spool(spool_dir).write(api_key_of(taskbadger.get_config()),
-                           [Entry({"status": "success"}, task_id=task.id, final=True)])
-    claimed, release = threading.Event(), threading.Event()
-    queue_from_spool = spooling._queue_from_spool
-
-    def held_back(entry):
-        claimed.set()
-        assert release.wait(5)
-        queue_from_spool(entry)
-
-    monkeypatch.setattr(spooling, "_queue_from_spool", held_back)
-    background = threading.Thread(target=spooling._drainer.get().scan, args=(taskbadger.get_config(),))
-    background.start()
-    assert claimed.wait(5)
-    threading.Timer(0.2, release.set).start()
+    task, background = scan_held_back_after_its_claim(spool_dir, monkeypatch)
     spooling.shutdown(5)
     assert api.get_task(task.id)["status"] == "success"
     assert files(spool_dir) == []
