@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
+import json
 import os
 import subprocess
 import sys
@@ -232,3 +233,54 @@ def test_outcome_lines_say_what_was_cut():
     assert "Output (stdout, last 10 of 30 kept lines, 12,345 earlier characters not kept):" in lines
     assert lines[-1] == "  l29"
     assert outcome_lines(None) == outcome_lines({"rows": 3}) == outcome_lines(["not", "a", "dict"]) == []
+
+
+
+#: What a task's author could use to rewrite a terminal: carriage return, erase line, a window title (OSC ...
+#: BEL), clear screen, a newline that forges a field, a right-to-left override.
+HOSTILE = "export.csv\r\x1b[2KName: nightly\x1b]0;pwned\x07\nStatus: success \u202eevil"
+HOSTILE_SHOWN = "export.csv\\r\\x1b[2KName: nightly\\x1b]0;pwned\\x07\\nStatus: success \\u202eevil"
+
+
+@pytest.mark.parametrize("is_terminal", [True, False])
+def test_the_pretty_views_show_control_characters_instead_of_sending_them_to_the_terminal(
+        taskbadger_server, monkeypatch, is_terminal):
+    monkeypatch.setenv("COLUMNS", "250")
+    task = taskbadger.create_task(HOSTILE, status="processing", tags={"env\x1b[31m": "prod\r"})
+    task.error(data={"error": "ok\x1b[2J\x1b[H all fine", "stdout": "line\r\x1b[1Afaked\n"})
+    code, shown_task, _ = call(commands.get_task, task.id, "pretty")
+    assert code == 0
+    code, listed, _ = call(commands.list_tasks, "pretty", 5, None, is_terminal=is_terminal)
+    assert code == 0
+    for text in (shown_task, listed):
+        assert not any(char in text for char in ("\r", "\x07", "\u202e")), text
+        assert HOSTILE_SHOWN in text
+    # escape sequences: only rich's own colours on a terminal, none of the task's
+    assert "\x1b" not in shown_task and ("\x1b" in listed) == is_terminal
+    assert "\x1b[2K" not in listed and "\x1b]" not in listed
+    assert shown_task.count("\nStatus: ") == 1  # the forged field stays inside the name
+    assert f"Name: {HOSTILE_SHOWN}\n" in shown_task
+    assert "Tags: env\\x1b[31m=prod\\r" in shown_task
+    assert "Error: ok\\x1b[2J\\x1b[H all fine" in shown_task
+    assert "  line\n  \\x1b[1Afaked" in shown_task  # a \\r in captured output ends a line
+    # json and csv are for programs: json escapes them itself, csv keeps the data as it is
+    assert f'"name": {json.dumps(HOSTILE)}' in call(commands.get_task, task.id, "json")[1]
+
+
+@pytest.mark.parametrize("columns", [60, 80, 100, 140])
+def test_the_pretty_list_shows_whole_ids_and_the_names_in_a_narrow_terminal(taskbadger_server, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    name = "billing.tasks.generate_monthly_invoice_for_every_customer"
+    task = taskbadger.create_task(name, status="processing", value=3, value_max=4)
+    code, listed, _ = call(commands.list_tasks, "pretty", 5, None, is_terminal=False)
+    assert code == 0
+    lines = listed.splitlines()
+    assert max(len(line) for line in lines) <= columns
+    row = next(line for line in lines if task.id in line)  # the id whole, on one line
+    # the name, folded over the row's lines: every character of it in the Name column
+    start = lines.index(row)
+    cells = [line.split("│")[2].strip() for line in lines[start:] if line.startswith("│")
+             and (line is row or line.split("│")[1].strip() == "")]
+    assert "".join(cells).startswith(name) and len(cells[0]) >= 10
+    headers = next(line for line in lines if "Task ID" in line)
+    assert ("Created" in headers) == (columns >= 102) and ("Progress" in headers) == (columns >= 80)

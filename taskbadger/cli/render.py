@@ -13,6 +13,7 @@ import csv
 import datetime as dt
 import io
 import json
+import re
 import shlex
 import shutil
 from collections.abc import Iterable, Sequence
@@ -26,6 +27,27 @@ _STATUS_STYLES = {
     "success": "green", "error": "bold red", "cancelled": "magenta", "stale": "red",
     "processing": "yellow", "pre_processing": "yellow", "post_processing": "yellow", "pending": "dim",
 }
+
+
+#: What a terminal acts on rather than shows: C0 and C1 control characters (escape sequences that move the
+#: cursor, clear the screen or set the window title; carriage returns that overwrite a line) and the
+#: bidirectional overrides that show text in another order than it is. Tabs stay.
+_UNSHOWABLE = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def shown(value: Any) -> str:
+    """``value`` as text a terminal shows as it is: whoever can name a task (any producer, a name built
+    from user input) must not be able to rewrite the lines around it. Each character a terminal would
+    act on is written as its escape (``\\x1b``, ``\\n``, ``\\u202e``). For the pretty views only: ``json``
+    escapes them itself, and ``csv`` keeps the data as it is for programs."""
+    return _UNSHOWABLE.sub(_escape, str(value))
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in "\n\r":
+        return "\\n" if char == "\n" else "\\r"
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
 
 def status_text(task: Any) -> str:
@@ -128,14 +150,14 @@ def outcome_lines(data: Any) -> list[str]:
     for key, label in (("return_code", "Return code"), ("signal", "Signal"), ("forwarded_signal", "Forwarded signal"),
                        ("exception_type", "Exception type"), ("error", "Error")):
         if data.get(key) not in (None, ""):
-            lines.append(f"{label}: {data[key]}")
+            lines.append(f"{label}: {shown(data[key])}")
     exception = data.get("exception")
     if isinstance(exception, str) and exception.strip():
         tail, earlier = _tail(exception)
         if "error" not in data:
-            lines.append(f"Error: {tail[-1].strip()}")
+            lines.append(f"Error: {shown(tail[-1].strip())}")
         lines.append(f"Traceback (last {len(tail)} of {len(tail) + earlier} lines):" if earlier else "Traceback:")
-        lines += [f"  {line}" for line in tail]
+        lines += [f"  {shown(line)}" for line in tail]
     for stream in ("stdout", "stderr"):
         text = data.get(stream)
         if not isinstance(text, str) or not text:
@@ -146,7 +168,7 @@ def outcome_lines(data: Any) -> list[str]:
         if isinstance(cut, int) and cut > 0:
             notes.append(f"{cut:,} earlier characters not kept")
         lines.append(f"Output ({', '.join([stream, *notes])}):")
-        lines += [f"  {line}" for line in tail]
+        lines += [f"  {shown(line)}" for line in tail]
     return lines
 
 
@@ -159,16 +181,16 @@ def render_task(task: Any, fmt: str, now: dt.datetime | None = None) -> str:
     if fmt == "csv":
         return _csv([CSV_HEADER, _csv_row(task, now)])
     percent = "-" if task.value_percent is None else f"{task.value_percent}%"
-    lines = [f"Task ID: {task.id}", f"Created: {_created(task)}", f"Name: {task.name}",
-             f"Status: {status_text(task)}", f"Percent: {percent}"]
+    lines = [f"Task ID: {shown(task.id)}", f"Created: {_created(task)}", f"Name: {shown(task.name)}",
+             f"Status: {shown(status_text(task))}", f"Percent: {percent}"]
     if task.value is not None:
         lines.append(f"Value: {task.value}" + (f"/{task.value_max}" if task.value_max is not None else ""))
     lines.append(f"Duration: {format_duration(duration(task, now))}")
     tags = task.tags
     if tags:
-        lines.append("Tags: " + ", ".join(f"{k}={v}" for k, v in sorted(tags.items())))
+        lines.append("Tags: " + ", ".join(f"{shown(k)}={shown(v)}" for k, v in sorted(tags.items())))
     if task.public_url:
-        lines.append(f"URL: {task.public_url}")
+        lines.append(f"URL: {shown(task.public_url)}")
     outcome = outcome_lines(task.data)
     if outcome:
         lines += outcome + ["All data: -f json"]
@@ -184,8 +206,8 @@ def render_list(tasks: Sequence[Any], fmt: str, *, next_token: str | None, title
         return json.dumps({"next_token": next_token, "results": [task_json(t) for t in tasks]}, indent=2) + "\n"
     if fmt == "csv":
         return _csv([CSV_HEADER, *(_csv_row(task, now) for task in tasks)])
-    rows = [(task.id, task.name, status_text(task), progress(task), format_duration(duration(task, now)),
-             _created(task, local=True)) for task in tasks]
+    rows = [(shown(task.id), shown(task.name), shown(status_text(task)), shown(progress(task)),
+             format_duration(duration(task, now)), _created(task, local=True)) for task in tasks]
     text = _rich_table(rows, title, is_terminal)
     if text is None:
         text = _plain_table(rows, title)
@@ -195,6 +217,10 @@ def render_list(tasks: Sequence[Any], fmt: str, *, next_token: str | None, title
 
 
 _COLUMNS = ("Task ID", "Name", "Status", "Progress", "Duration", "Created")
+#: Characters each column takes in the pretty list (content, padding and border); the name gets the rest,
+#: at least ``_MIN_NAME``.
+_WIDTHS = {"Task ID": 29, "Name": 4, "Status": 13, "Progress": 11, "Duration": 11, "Created": 22}
+_MIN_NAME = 12
 
 
 def _plain_table(rows: Sequence[Sequence[str]], title: str) -> str:
@@ -223,14 +249,22 @@ def _rich_table(rows: Sequence[Sequence[str]], title: str, is_terminal: bool) ->
         console.print(Text("No tasks."))
         return buffer.getvalue()
     table = Table(title=title, title_justify="left")
-    for name in _COLUMNS:
-        # A long task name folds onto more lines rather than losing its end (the part that tells tasks apart).
+    # Rich squeezes the name to nothing when the other columns fill the width, so a narrow terminal goes
+    # without the last columns (creation time, then duration, then progress: ``get`` shows them).
+    columns = _COLUMNS
+    while len(columns) > 3 and sum(_WIDTHS[c] for c in columns) + _MIN_NAME > console.width:
+        columns = columns[:-1]
+    for name in columns:
+        # A long task name folds onto more lines rather than losing its end (the part that tells tasks apart);
+        # a task id is never cut (it is what ``get`` takes).
         table.add_column(name, no_wrap=name != "Name", overflow="fold" if name == "Name" else "ellipsis",
-                         justify="right" if name in ("Progress", "Duration") else "left")
+                         justify="right" if name in ("Progress", "Duration") else "left",
+                         min_width=len(max((row[0] for row in rows), key=len)) if name == "Task ID" else None)
     for task_id, name, status, prog, took, created in rows:
         # Text, never markup: a task called "[red]x" is shown as it is.
-        table.add_row(Text(task_id), Text(name), Text(status, style=_STATUS_STYLES.get(status, "")), Text(prog),
-                      Text(took), Text(created))
+        cells = [Text(task_id), Text(name), Text(status, style=_STATUS_STYLES.get(status, "")), Text(prog),
+                 Text(took), Text(created)]
+        table.add_row(*cells[:len(columns)])
     console.print(table)
     return buffer.getvalue()
 
