@@ -251,7 +251,7 @@ def _rich_table(rows: Sequence[Sequence[str]], title: str, is_terminal: bool) ->
     table = Table(title=title, title_justify="left")
     # Rich squeezes the name to nothing when the other columns fill the width, so a narrow terminal goes
     # without the last columns (creation time, then duration, then progress: ``get`` shows them).
-    columns = _COLUMNS
+    columns: tuple[str, ...] = _COLUMNS
     while len(columns) > 3 and sum(_WIDTHS[c] for c in columns) + _MIN_NAME > console.width:
         columns = columns[:-1]
     for name in columns:
