@@ -185,12 +185,17 @@ class Task:
         )
         if actions:
             fields["actions"] = action_dicts(actions, stacklevel=2)
-        fields = {k: v for k, v in fields.items() if v is not None}
+        self._send({k: v for k, v in fields.items() if v is not None})
+
+    def _send(self, fields: dict[str, Any], deadline: Deadline | None = None) -> None:
+        """PATCH ``fields`` (with what this process still has queued for the task, sent first) before
+        ``deadline`` (the configured call deadline when None), and refresh this object from the answer."""
         task_id = self._task.id
         config = get_config()
         # One deadline for the whole call, set now: the wait for the senders' request in flight for this task
         # (sent first, to keep the order) is part of it, not on top of it.
-        deadline = Deadline.for_call(config.timeout) if config is not None else None
+        if deadline is None and config is not None:
+            deadline = Deadline.for_call(config.timeout)
         queued = pending.claim(task_id, deadline.remaining() if deadline is not None else 0.0)
         if config is not None and deadline is not None and deadline.expired():
             pending.unclaim(task_id, queued)  # still in flight: sending now could overtake it

@@ -21,6 +21,7 @@ import pytest
 
 import taskbadger
 from taskbadger import TaskbadgerException
+from taskbadger.delivery.breaker import publish_breaker
 from taskbadger.delivery.queue import PendingQueue
 from taskbadger.delivery.sender import Sender
 
@@ -181,6 +182,76 @@ def test_the_workers_create(api, worker, mode):
     assert "published untracked" not in worker.log()
     if mode in WAITING:
         assert "when the worker started it, so it runs untracked" in worker.log()
+
+
+# -- updates from a job's body ------------------------------------------------------------------------------
+
+#: The body's updates against each mode, and against an API that answers them with an error.
+BODY_MODES = [*MODES, "503", "404"]
+
+
+def misbehave_on_updates(server, mode: str) -> None:
+    if mode in ("503", "404"):
+        server.fail(int(mode), method="PATCH")
+    else:
+        misbehave(server, mode, "PATCH")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", [mode for mode in BODY_MODES if mode != "refused"])
+def test_progress_from_a_celery_tasks_body(api, worker, mode):
+    """The docs' ``tb.update(value=i, value_max=n)`` in a loop, in a real worker, while the API misbehaves
+    with its updates: the task runs to its own result, its body is held up by a few budgets at most (then
+    the breaker skips the waits), and once the API behaves the task ends ``success`` with the progress the
+    body reported. (An API that refuses every connection refuses the task's create too: the ``@track`` test
+    below refuses them once the task exists.)"""
+    misbehave_on_updates(api, mode)
+    result = worker.send(tasks.progress_loop, 12)
+    body = wait_for_result(result.id, timeout=30)
+    assert body["value"] == 12 and body["tracked"] and body["shown"] == 12  # ran, and ``tb`` shows its updates
+    assert body["took"] <= 3 * BUDGET + SLACK, body["took"]
+    api.clear_faults()
+    if mode == "404":
+        return  # the API does not know the task: nothing to record it on
+    task = api.wait_for(lambda: next((t for t in api.tasks.values()
+                                      if t["external_id"] == result.id and t["status"] == "success"), None), timeout=20)
+    assert (task["value"], task["value_max"]) == (12, 12)
+    report("tb.update() in a Celery task's body (12 in a row)", mode, body["took"], "ran to its result; success")
+
+
+@pytest.mark.parametrize("mode", BODY_MODES)
+def test_progress_from_a_tracked_calls_body(api, mode, caplog):
+    """The same through ``@track`` and ``taskbadger.current_task()``, every method a body calls."""
+    waits: list[float] = []
+    budget = 1.0  # the create must not miss it on a loaded machine: this test is about the updates
+    taskbadger.init(token=api.api_key, host=api.url, timeout=TIMEOUT, publish_budget=budget)
+    publish_breaker().reset()
+
+    @taskbadger.track(name="body updates")
+    def job():
+        tb = taskbadger.current_task()
+        assert tb is not None and tb.name == "body updates", "the call's create did not make it in time"
+        misbehave_on_updates(api, mode)
+        calls = [lambda i=i: tb.update(value=i, value_max=10) for i in range(1, 5)]
+        calls += [lambda: tb.increment_value(2), lambda: tb.ping(), lambda: tb.tag({"step": "last"}),
+                  lambda: tb.update_value(10)]
+        for call in calls:
+            started = time.monotonic()
+            call()  # never raises into the body
+            waits.append(time.monotonic() - started)
+        return tb.value, tb.tags.get("step")
+
+    assert job() == (10, "last")
+    assert max(waits) <= budget + SLACK, waits
+    if mode in WAITING:
+        assert sum(w > budget / 2 for w in waits) <= 3, waits  # then the breaker skips at once
+    assert ("the job goes on" in caplog.text) == (mode != "extra_answer")  # it answers each update, and one more
+    api.clear_faults()
+    if mode != "404":
+        task = api.wait_for_task(name="body updates", status="success", timeout=20)
+        assert (task["value"], task["value_max"], task["tags"].get("step")) == (10, 10, "last")
+    report("tb.update() and friends in a @track body (8 in a row)", mode, max(waits),
+           "returned its result" + ("" if mode == "404" else "; success"))
 
 
 # -- the senders ------------------------------------------------------------------------------------------

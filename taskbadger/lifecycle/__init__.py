@@ -43,6 +43,7 @@ from ..inline import Created, create_inline, find, settle_later
 from ..models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress, exception_data
 from ..scope import enter_task, exit_task, parent_for_new_task
 from ..task import Task
+from .body import RunTask
 from .carried import Meta, carried_fields, parse_meta
 from .options import OPTIONS, check_option, recorded_args, validate
 
@@ -180,7 +181,7 @@ class Run:
     def of_task(cls, task: Task, external_id: str | None = None) -> Run:
         """A run of a task created just now, whose ``taskbadger.Task`` we hold (``@track``)."""
         run = cls(external_id, created_meta(task))
-        run._task = task
+        run._task = RunTask(task._task)
         run._status = task.status
         return run
 
@@ -190,8 +191,9 @@ class Run:
 
     @property
     def task(self) -> Task:
+        """The job's task as its body sees it: its updates never fail the job (``body.RunTask``)."""
         if self._task is None:
-            self._task = Task(TaskModel.from_dict(self.meta.task))
+            self._task = RunTask(TaskModel.from_dict(self.meta.task))
             self._task._task.status = self._status
         return self._task
 

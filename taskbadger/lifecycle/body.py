@@ -1,0 +1,80 @@
+"""The running job's task as its body sees it (``current_task()``, ``self.taskbadger_task``, a ``@track``
+call's task): a ``taskbadger.Task`` whose updates never fail the job.
+
+The official SDK's ``Task.update`` raises when the API cannot take an update, and a job's body calls it
+for its progress: an API that is down, hanging or answering errors would fail the user's job, or hold it
+for a whole timeout at every update. Here an update from the body is sent within the publish budget and
+through the publish breaker (while the API is failing, no update waits for it). One that cannot be sent
+now is queued for the senders (retried with backoff, spooled if the process ends); one the API refuses,
+or that cannot be sent at all, is dropped. Either way a warning says so, and the object shows the update
+(``tb.value``, ``tb.is_finished``), so the job's outcome is recorded as the body left it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .._runtime import log_throttled, short
+from ..config import get_config
+from ..delivery import sender
+from ..delivery.breaker import publish_breaker
+from ..exceptions import RateLimited, ServerError, TransportError
+from ..http import Deadline
+from ..models import TERMINAL_STATUSES, StatusEnum
+from ..task import Task
+
+log = logging.getLogger("taskbadger")
+
+#: At most one warning line per this many seconds per task: a body reports progress in a loop.
+WARN_INTERVAL = 60.0
+
+
+class RunTask(Task):
+    """``taskbadger.Task`` for a running job's body: ``update`` and every method built on it never raise
+    an API or delivery error into the job, and never wait longer than the publish budget."""
+
+    def _send(self, fields: dict[str, Any], deadline: Deadline | None = None) -> None:
+        config = get_config()
+        if config is None:  # tracking was switched off in this process meanwhile: nobody to send it to
+            self._show(fields)
+            return
+        breaker = publish_breaker()
+        call = breaker.begin()
+        if call is None:
+            self._queue(fields, "the Task Badger API is failing")
+            return
+        try:
+            super()._send(fields, deadline or Deadline(config.publish_budget, config.timeout[0]))
+        except (TransportError, ServerError, RateLimited) as err:  # not taken now: the senders retry it
+            breaker.end(call, err)
+            self._queue(fields, err)
+        except Exception as err:  # refused by the API (4xx), or fields that cannot be sent at all
+            breaker.end(call)
+            self._show(fields)
+            log_throttled(f"body-update-dropped:{self._task.id}", WARN_INTERVAL, logging.WARNING,
+                          "Task Badger: an update of task %s from the job's body was not taken and is dropped "
+                          "(%s); the job goes on", short(self._task.id), err)
+        else:
+            breaker.end(call)
+
+    def _queue(self, fields: dict[str, Any], reason: Any) -> None:
+        sender.submit(self._task.id, fields, final=fields.get("status") in TERMINAL_STATUSES)
+        self._show(fields)
+        log_throttled(f"body-update-queued:{self._task.id}", WARN_INTERVAL, logging.WARNING,
+                      "Task Badger: could not send an update of task %s from the job's body now (%s); it is "
+                      "queued and retried, and the job goes on", short(self._task.id), reason)
+
+    def _show(self, fields: dict[str, Any]) -> None:
+        """What the update says, on this object (the API's answer would have said it)."""
+        model = self._task
+        for key, value in fields.items():
+            if key == "status":
+                try:
+                    value = StatusEnum.coerce(value)
+                except ValueError:
+                    continue
+            elif key == "tags" and isinstance(value, dict):
+                value = {**(model.tags or {}), **value}  # the API merges tags too
+            if key in model.__dataclass_fields__:
+                setattr(model, key, value)
