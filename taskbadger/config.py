@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from ._runtime import ForkSafeLock
 from .exceptions import ConfigurationError, MissingConfiguration
-from .models import MAX_TAG_LENGTH, MIN_TAG_LENGTH, is_slug, is_tag_map
+from .models import MAX_TAG_LENGTH, MIN_TAG_LENGTH, is_slug, is_tag_map, tag_map_problem
 from .scope import scope_state
 
 log = logging.getLogger("taskbadger")
@@ -368,7 +368,7 @@ def build_config(
 
     if tags is not None and not is_tag_map(tags):
         raise ConfigurationError(f"tags must be a dict of names to strings of {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} "
-                                 f"characters (the API refuses a task with other tags), got {tags!r}.")
+                                 f"characters (the API refuses a task with other tags), {tag_map_problem(tags)}.")
     system_map = {}
     for system in systems or ():
         identifier = getattr(system, "identifier", None)

@@ -71,6 +71,25 @@ def is_tag_map(value: Any) -> bool:
         for k, v in value.items())
 
 
+def tag_map_problem(value: Any) -> str | None:
+    """What keeps ``value`` from being tags the API takes, naming the first bad entry; None when it is fine."""
+    if not isinstance(value, Mapping):
+        return f"got {type(value).__name__}"
+    for name, text in value.items():
+        if not isinstance(name, str) or not name:
+            return f"the name {name!r} is not a non-empty string"
+        if not isinstance(text, str):
+            return f"{name!r} is {type(text).__name__} {_shown(text)}"
+        if not MIN_TAG_LENGTH <= len(text) <= MAX_TAG_LENGTH:
+            return f"{name!r} is {_shown(text)}, {len(text)} characters"
+    return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def has_control_characters(value: str) -> bool:
     return _CONTROL.search(value) is not None
 

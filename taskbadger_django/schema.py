@@ -24,6 +24,7 @@ from taskbadger.models import (
     is_heartbeat_interval,
     is_tag_map,
     is_whole_seconds,
+    tag_map_problem,
 )
 
 
@@ -34,6 +35,8 @@ class Setting:
     expected: str  # what the value should be, for messages
     example: str  # a line of settings.py that sets it well
     env: str | None = None  # the TASKBADGER_* variable it falls back to
+    #: for a value it does not accept: what is wrong with it ("got <type>" when None)
+    explain: Callable[[Any], str | None] | None = None
 
 
 def _is_str(v: Any) -> bool:
@@ -119,7 +122,7 @@ TOP: dict[str, Setting] = {
     "PROJECT_SLUG": Setting(None, _is_str, "a string", '"PROJECT_SLUG": "my-project"', env="TASKBADGER_PROJECT"),
     "ENABLED": Setting(True, _is_bool, "True or False", '"ENABLED": env.bool("TASKBADGER_ENABLED", True)'),
     "TAGS": Setting({}, is_tag_map, f"a dict of names to strings of {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} characters",
-                    '"TAGS": {"environment": "production"}'),
+                    '"TAGS": {"environment": "production"}', explain=tag_map_problem),
     "BEFORE_CREATE": Setting(None, lambda v: callable(v) or isinstance(v, str), "a callable or a dotted path to one",
                              '"BEFORE_CREATE": "myproject.taskbadger.before_create"'),
     "TIMEOUT": Setting(None, _is_timeout, f"a positive number of seconds or a (connect, read) pair, each at most "
@@ -151,7 +154,8 @@ class Problem:
 
     @property
     def message(self) -> str:
-        return f"{self.label} must be {self.setting.expected}, got {type(self.value).__name__}."
+        detail = self.setting.explain(self.value) if self.setting.explain is not None else None
+        return f"{self.label} must be {self.setting.expected}, {detail or f'got {type(self.value).__name__}'}."
 
 
 def type_problems(values: Mapping[str, Any], table: Mapping[str, Setting], where: str) -> list[Problem]:

@@ -2,6 +2,7 @@
 
 import base64
 import logging
+import re
 
 import pytest
 from celery import Celery
@@ -10,7 +11,9 @@ from django.core import checks
 from django.core.checks import run_checks
 from django.test import override_settings
 
+import taskbadger
 from taskbadger.celery import Task
+from taskbadger.exceptions import ConfigurationError
 from taskbadger_django import checks as tb_checks
 from taskbadger_django import conf
 
@@ -385,3 +388,18 @@ def test_full_run_checks_on_the_test_project():
                      "TASKBADGER['MONITORS'] so that a missed or failed run raises an alert.",
                 obj="CELERY_BEAT_SCHEDULE", id="taskbadger.I001"),
         ]
+
+
+@pytest.mark.parametrize(("tags", "named"), [
+    ({"environment": "production", "version": 2}, "'version' is int 2"),
+    ({"team": ""}, "'team' is '', 0 characters"),
+    ({"region": "x" * 300}, "'region' is 'xxxx"),
+    ({7: "prod"}, "the name 7 is not a non-empty string"),
+    (["production"], "got list"),
+])
+def test_a_tags_error_names_the_entry_to_fix(tags, named):
+    [message] = [m for m in run(VALID, TAGS=tags) if m.id == "taskbadger.E003"]
+    assert message.msg.startswith("TASKBADGER['TAGS'] must be a dict of names to strings of 2 to 255 characters, ")
+    assert named in message.msg and "got dict" not in message.msg
+    with pytest.raises(ConfigurationError, match=re.escape(named)):
+        taskbadger.init(token=key(), tags=tags)
