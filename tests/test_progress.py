@@ -4,6 +4,7 @@ the browser tests are in test_progress_browser.py."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import html
 import json
@@ -631,3 +632,35 @@ def test_the_log_names_no_secret(server, caplog):
     server.fail(500, method="GET")
     poll(client, url)
     assert server.api_key not in caplog.text and server.key not in caplog.text
+
+
+
+def _strict_json(content: bytes):
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(content, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_an_api_answer_with_numbers_json_has_not_never_reaches_the_page(number, caplog):
+    # A confused API or proxy writes NaN or Infinity (Python's json reads them, and 1e999 as infinity): the view's
+    # own answer must stay JSON that a browser parses, or the bar retries for ever.
+    from .test_http_wire import RawServer
+
+    task_id = "NaNs0fAConfusedProxy000001"
+    body = b'{"id":"%s","name":"export rows","status":"processing","value":%s,"value_max":10}' % (
+        task_id.encode(), number)
+    api = RawServer([b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body)])
+    key = base64.b64encode(b"acme/demo/k").decode()
+    try:
+        with override_settings(TASKBADGER={"API_KEY": key, "HOST": api.url}):
+            [url] = bar_urls(page(client := Client(), task_id))
+            response = poll(client, url)
+    finally:
+        api.close()
+    assert len(api.requests) == 1  # the view asked the API
+    body = _strict_json(response.content)  # raises on NaN / Infinity
+    assert body == {"available": False} and response.status_code == 503
+    assert "not JSON" in caplog.text

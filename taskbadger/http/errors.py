@@ -8,6 +8,7 @@ chained exceptions too (``scrub``).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -33,13 +34,39 @@ class BadAnswerError(OSError):
 Answer = tuple[int, Mapping[str, str], bytes]
 
 
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text} is too large for a JSON number")
+    return number
+
+
+#: JSON as the standard has it: Python's ``json`` also takes ``NaN`` and ``Infinity``, and reads ``1e999`` as an
+#: infinity. An answer holding them is not the API's (a confused proxy): taken as it is, such a value would go
+#: on into what we write (the progress view's own JSON, which browsers refuse), so it is refused here.
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
+
+
+def loads(content: bytes | str) -> Any:
+    """The JSON value of ``content``; ValueError when it is not standard JSON."""
+    text = (content.decode("utf-8") if isinstance(content, bytes) else content).strip(" \t\n\r")
+    value, end = _DECODER.raw_decode(text)
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
 def decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool = True) -> Any:
     """The JSON body of a 2xx answer (None for 204, or when ``parse`` is False); an exception otherwise."""
     if 200 <= status < 300:
         if not parse or status == 204 or not content:
             return None
         try:
-            return json.loads(content)
+            return loads(content)
         except ValueError:
             raise BadAnswer(f"Task Badger API answered {status} with a body that is not JSON "
                             f"({_describe(repr(content[:60]))})") from None

@@ -19,7 +19,7 @@ from ..config import Config
 from ..exceptions import InvalidData
 from ..models import has_control_characters
 from ..version import __version__
-from .errors import Answer
+from .errors import Answer, loads
 
 USER_AGENT = f"taskbadger-python/{__version__} (python {platform.python_version()})"
 MONITOR_HEADER = "X-TASKBADGER-MONITOR"
@@ -64,7 +64,7 @@ class JsonExpectation:
         if not 200 <= status < 300 or not body:
             return True
         try:
-            payload = json.loads(body)
+            payload = loads(body)
         except ValueError:
             return True  # not JSON at all: whoever reads the answer says so
         self._body, self._payload = body, payload
