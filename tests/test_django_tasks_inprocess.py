@@ -164,3 +164,13 @@ def test_heartbeat_settings_give_the_running_task_its_stale_timeout(taskbadger_s
     task = taskbadger_server.wait_for_task(NAME + "add", status="success")
     assert task["stale_timeout"] == 60  # twice the heartbeat interval, set once it runs
     assert task["data"] == {"args": [3, 4], "kwargs": {}}
+
+
+def test_a_queue_name_longer_than_the_api_takes_is_shortened_not_untracked(server):
+    # The API takes queue names of up to 255 characters: the create was refused (400) and the task ran untracked.
+    queue = "reports-" + "q" * 300
+    with override_settings(TASKS={"default": {**IMMEDIATE["default"], "QUEUES": [queue]}}):
+        result = tasks.progress.using(queue_name=queue).enqueue(2)
+    assert str(result.status) == "SUCCESSFUL"
+    task = server.wait_for_task(NAME + "progress", status="success")
+    assert task["queue"] == queue[:254] + "…" and len(task["queue"]) == 255

@@ -97,12 +97,11 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     options (``validate``); ``recorded()`` gives the job's arguments as data, asked only when they are to
     be recorded; ``inherit_parent``: False when the job follows the running task rather than being its
     child (a Celery chain's next link)."""
-    shown = display_name or name
     fields: dict[str, Any] = {
-        "name": options.get("name", shown if len(shown) <= MAX_NAME_LENGTH else shown[:MAX_NAME_LENGTH - 1] + "…"),
+        "name": options.get("name", _fitted(display_name or name)),
         "status": StatusEnum.PENDING,
         "external_id": external_id if isinstance(external_id, str) else None,
-        "queue": queue,
+        "queue": _fitted(queue) if isinstance(queue, str) else None,
     }
     for key in ("value", "value_max", "tags", "max_runtime", "actions"):
         if key in options:
@@ -122,6 +121,12 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     if monitor:
         fields["monitor_id"] = monitor
     return fields
+
+
+def _fitted(text: str) -> str:
+    """``text`` cut to what the API takes for a name or a queue (``MAX_NAME_LENGTH``), marked with "…": a
+    queue's own name or a task's module path may be longer, and the API would refuse the create."""
+    return text if len(text) <= MAX_NAME_LENGTH else text[:MAX_NAME_LENGTH - 1] + "…"
 
 
 def heartbeat_options(options: Mapping[str, Any], rules: Rules | None) -> tuple[float | None, int | None]:
