@@ -186,11 +186,25 @@ def parse_project_key(token: str) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
+#: What a URL may hold before its host: ``user:password@``.
+_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
+
+
+def without_userinfo(host: str) -> str:
+    """``host`` with any ``user:password@`` masked, for showing it."""
+    return _USERINFO.sub("***@", host)
+
+
 def validate_host(host: str) -> str:
     """Return the host without a trailing slash, or raise ConfigurationError."""
     clean = isinstance(host, str) and host.strip().isascii() and not any(
         ch.isspace() or not ch.isprintable() for ch in host.strip())
     parts = urlsplit(host.strip()) if clean else None
+    if isinstance(host, str) and _USERINFO.search(host):
+        # shown wherever the host is (``taskbadger info``, every error message), and sent as the Host header
+        raise ConfigurationError(
+            f"Task Badger host must not hold a user or password, got {without_userinfo(host)!r}: the API key "
+            "is the only credential (TASKBADGER_API_KEY, or token=).")
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigurationError(
             f"Task Badger host must be a URL such as {DEFAULT_HOST!r}, got {host!r}."

@@ -1,6 +1,8 @@
 """taskbadger.init(): keys, environment fallbacks, clear errors, process-wide visibility."""
 
 import base64
+import subprocess
+import sys
 import threading
 import warnings
 
@@ -171,3 +173,17 @@ def test_a_key_that_is_neither_a_project_key_nor_a_legacy_key_says_so():
     assert legacy.value.missing == ["organization_slug", "project_slug"] and str(legacy.value).endswith("only).")
     with pytest.warns(DeprecationWarning):  # with an organization and a project, any key is used as a legacy key
         assert taskbadger.init(token="not-a-key", organization_slug="o", project_slug="p").token == "not-a-key"
+
+
+@pytest.mark.parametrize("host", ["https://user:hunter2@example.com", "https://hunter2@example.com/",
+                                  "http://:hunter2@127.0.0.1:8000"])
+def test_a_host_holding_a_user_or_password_is_refused_without_showing_it(host, monkeypatch):
+    # it was accepted, shown in full by `taskbadger info` and every error message, and sent as the Host header
+    with pytest.raises(ConfigurationError, match="must not hold a user or password") as refused:
+        taskbadger.init(token=project_key(), host=host)
+    assert "hunter2" not in str(refused.value)
+    monkeypatch.setenv("TASKBADGER_HOST", host)
+    monkeypatch.setenv("TASKBADGER_API_KEY", project_key())
+    info = subprocess.run([sys.executable, "-m", "taskbadger.cli", "info"], capture_output=True, text=True, timeout=60)
+    assert "Note: Task Badger host must not hold a user or password" in info.stdout
+    assert "hunter2" not in info.stdout + info.stderr

@@ -108,6 +108,8 @@ SETTING_CASES = [
     ({"API_KEY": SECRET}, {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['API_KEY']", "project key"),
     ({"HOST": "taskbadger.net"}, {"HOST": "https://taskbadger.net"}, "taskbadger.E005", "TASKBADGER['HOST']",
      "https://taskbadger.net"),
+    ({"HOST": f"https://user:{SECRET}@taskbadger.net"}, {"HOST": "https://taskbadger.net"}, "taskbadger.E005",
+     "TASKBADGER['HOST']", "https://taskbadger.net"),
     ({"MONITORS": {"shop.nightly": "monitor-1"}}, {"MONITORS": {"shop.nightly": MONITOR}}, "taskbadger.E006",
      "TASKBADGER['MONITORS']", "monitor's page"),
     ({"MONITORS": {"shop.(": MONITOR}}, {"MONITORS": {r"shop\..*": MONITOR}}, "taskbadger.E007",

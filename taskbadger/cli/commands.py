@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import taskbadger
 from taskbadger.actions import DEPRECATION, Action, EmailIntegration, Integration, WebhookIntegration
-from taskbadger.config import Config
+from taskbadger.config import Config, without_userinfo
 from taskbadger.exceptions import (
     ConfigurationError,
     NotFound,
@@ -269,7 +269,7 @@ def show_info(settings: Settings, out: TextIO | None = None) -> int:
     for label, value in (("Organization", settings.org), ("Project", settings.project)):
         rows.append((label, value.value or "-", value.source))
     rows.append(("API key", settings.describe_key(), settings.token.source))
-    rows.append(("Host", settings.host.value or "-", settings.host.source))
+    rows.append(("Host", without_userinfo(settings.host.value or "-"), settings.host.source))
     rows.append(("HTTP timeout", settings.timeout.value or "-", settings.timeout.source))
     tags = ", ".join(f"{k}={v}" for k, v in sorted(settings.tags.items()))
     rows.append(("Tags", tags or "-", "config file" if tags else "not set"))

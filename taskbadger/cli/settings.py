@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import taskbadger
-from taskbadger.config import DEFAULT_HOST, DEFAULT_TIMEOUT, Config, key_kind, parse_project_key
+from taskbadger.config import DEFAULT_HOST, DEFAULT_TIMEOUT, Config, key_kind, parse_project_key, validate_host
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import is_slug
 
@@ -199,6 +199,11 @@ class Settings:
         for name, value in (("organization", self.org), ("project", self.project)):
             if not is_slug(value.value):
                 return f"the {name} {value.value!r} ({value.source}) is not a slug (letters, digits, - and _)"
+        if self.host.value:
+            try:
+                validate_host(self.host.value)
+            except ConfigurationError as err:
+                return f"{str(err).rstrip('.')} ({self.host.source})"
         return None
 
     def configure_sdk(self) -> Config:
