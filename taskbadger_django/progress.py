@@ -156,13 +156,12 @@ def task_id_for(task: Any) -> str | None:
         return task
     if isinstance(task, taskbadger.Task):
         return task_id_for(task.id)
-    tracked_id = getattr(task, "taskbadger_task_id", _MISSING)  # a Celery AsyncResult, or anything that says
-    if tracked_id is not _MISSING:
-        return task_id_for(tracked_id)
-    found = _celery_task_id(task)
+    found = getattr(task, "taskbadger_task_id", _MISSING)  # a Celery AsyncResult, or anything that says
+    if found is _MISSING:
+        found = _celery_task_id(task)
     if found is _MISSING:
         found = _django_tasks_task_id(task)
-    if found is not _MISSING:
+    if found is None or isinstance(found, str):  # never an object again (a Mock gives itself without end)
         return task_id_for(found)
     raise TypeError(f"cannot tell the Task Badger task of a {type(task).__module__}.{type(task).__qualname__}: "
                     "pass a Task Badger task id, a taskbadger.Task, or the result of a tracked Celery task's "

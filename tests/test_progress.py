@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 import time
+import unittest.mock
 
 import pytest
 from django.core import signing
@@ -367,6 +368,8 @@ def test_task_id_for():
         tb_progress.task_id_for("../../etc")
     with pytest.raises(TypeError, match="taskbadger.Task"):
         tb_progress.task_id_for(42)
+    with pytest.raises(TypeError, match="taskbadger.Task"):  # its taskbadger_task_id is another Mock: no recursion
+        tb_progress.task_id_for(unittest.mock.MagicMock())
     TaskResult = type("TaskResult", (), {"__module__": "django.tasks.base", "id": "not-tracked"})  # noqa: N806
     assert tb_progress.task_id_for(TaskResult()) is None  # a django.tasks result nobody tracked
 
