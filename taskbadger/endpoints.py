@@ -203,12 +203,14 @@ FIND_PAGES = 3
 FIND_PAGE_SIZE = 100
 
 
-def find_recent(external_id: str, deadline: http.Deadline) -> TaskModel | None:
-    """The newest task with this ``external_id`` among the project's most recent ones, or None.
+def find_recent(external_id: str, deadline: http.Deadline, name: str | None = None) -> TaskModel | None:
+    """The newest task with this ``external_id`` (and this ``name``, when given) among the project's most
+    recent ones, or None.
 
     For a create whose answer was lost (given up at its deadline, a 5xx, an answer that could not be
     read): the API may hold the task, and only its ``external_id`` (a Celery id, a job id) can tell
-    it. Looks at the newest ``FIND_PAGES * FIND_PAGE_SIZE`` tasks at most, before ``deadline``."""
+    it; a job id that only counts up in one database (Procrastinate's) needs the name too. Looks at the
+    newest ``FIND_PAGES * FIND_PAGE_SIZE`` tasks at most, before ``deadline``."""
     config = current_config()
     cursor = None
     for _ in range(FIND_PAGES):
@@ -217,7 +219,8 @@ def find_recent(external_id: str, deadline: http.Deadline) -> TaskModel | None:
         if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):
             raise BadAnswer(f"{config.host} answered the task list with something that is not a page")
         for item in payload["results"]:
-            if isinstance(item, dict) and item.get("external_id") == external_id:
+            if isinstance(item, dict) and item.get("external_id") == external_id \
+                    and (name is None or item.get("name") == name):
                 return task_answer(config, item)
         cursor = cursor_of(payload.get("next"))
         if cursor is None:

@@ -94,12 +94,13 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
     return Created(task)
 
 
-def find(external_id: str, open_only: bool = False) -> Found:
+def find(external_id: str, open_only: bool = False, name: str | None = None) -> Found:
     """The task a create that may have been carried out made, if it is still ``pending`` (nobody took it
     up, nobody closed it): looked up by ``external_id`` within the publish budget, through the breaker.
     ``Found.asked`` is False when the breaker skipped the lookup (the API is failing): ``settle_later``
     then records the run's outcome on the task once the API answers again. ``open_only``: any task with
-    no final state yet (a run that was created ``processing``), not only a ``pending`` one."""
+    no final state yet (a run that was created ``processing``), not only a ``pending`` one. ``name``: only a
+    task of that name (for ids that repeat across databases)."""
     config = get_config()
     if config is None:
         return Found(None, asked=True)
@@ -108,7 +109,7 @@ def find(external_id: str, open_only: bool = False) -> Found:
     if call is None:
         return Found(None, asked=False)
     try:
-        model = endpoints.find_recent(external_id, http.Deadline(config.publish_budget, config.timeout[0]))
+        model = endpoints.find_recent(external_id, http.Deadline(config.publish_budget, config.timeout[0]), name)
     except TaskbadgerException as err:
         breaker.end(call, err)
         return Found(None, asked=False)

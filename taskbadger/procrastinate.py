@@ -293,6 +293,7 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
             lambda: _fields(job, options, external_id),
             job.attempts > 0,  # a retry: its first attempt's task may exist
             True,  # pending, or still processing here when its pending is queued behind
+            True,  # of this job's name: job ids count up from 1 in each database sharing the project
         )
         if at.meta is None:
             return external_id if at.settle else None

@@ -267,6 +267,19 @@ def test_a_retried_job_its_worker_tracks_is_one_task(taskbadger_server, app, wor
         assert tb["data"]["attempts"] == 4
 
 
+def test_a_retry_never_takes_up_another_databases_job_with_the_same_id(taskbadger_server, app, worker, tmp_path):
+    """Job ids count up from 1 in each database: another app sharing the Task Badger project has its own
+    job of this id. A retry looks its first attempt's task up by the job id; it took up the other job's
+    ``pending`` task (which then said ``success`` for a job that never ran) and left its own ``pending``."""
+    job_id = tasks.flaky_later.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=1)
+    own = task_of_job(taskbadger_server, job_id, statuses=("pending",))  # the first attempt failed: back to pending
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url)
+    other = taskbadger.create_task("billing.invoice", external_id=str(job_id))  # the other database's job
+    assert wait_job(app, job_id).status == "succeeded"
+    assert task_of_job(taskbadger_server, job_id)["id"] == own["id"]  # its own task, taken up, ends success
+    assert taskbadger.get_task(other.id).status == "pending"  # the other job's, untouched
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_a_job_cancelled_before_it_starts_is_cancelled(api, app, dsn, worker, asynchronous):
     job_id = tasks.echo.configure(queue=worker.queue, schedule_in={"hours": 1}).defer(value="never")

@@ -376,21 +376,25 @@ class AtStart:
 
 def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: Rules | None,
                     make_fields: Callable[[], dict[str, Any]], maybe_created: bool = False,
-                    open_only: bool = False) -> AtStart:
+                    open_only: bool = False, same_name: bool = False) -> AtStart:
     """A worker starts a job its publisher did not track (not configured there, or the API was failing then):
     track it now. If the publisher's create may have been carried out without an answer (``maybe_created``),
     take that task up when it is still ``pending``; if the API cannot be asked now, the run goes on untracked
     and its outcome is recorded once the API answers (``AtStart.settle``). Else create it ``processing``, with
     ``make_fields()`` (``create_fields``). ``open_only``: take up any task of the job without a final state, not
-    only a ``pending`` one (a retry of a job whose worker created its task: its ``pending`` may still be queued)."""
+    only a ``pending`` one (a retry of a job whose worker created its task: its ``pending`` may still be queued).
+    ``same_name``: take up only a task with the name ``make_fields()`` gives (a job id that other databases
+    also use: Procrastinate's count up from 1 in each)."""
     heartbeat, stale = heartbeat_options(options, rules)
+    fields = None
     if maybe_created and external_id:
-        found = find(external_id, open_only=open_only)
+        fields = make_fields() if same_name else None
+        found = find(external_id, open_only=open_only, name=fields["name"] if fields is not None else None)
         if found.task is not None:
             return AtStart(created_meta(found.task, heartbeat, stale))
         if not found.asked:
             return AtStart(None, settle=True)
-    fields = make_fields()
+    fields = fields if fields is not None else make_fields()
     fields.update(status=StatusEnum.PROCESSING, start_time=now())
     if stale:
         fields["stale_timeout"] = stale
