@@ -16,6 +16,7 @@ import datetime as dt
 import json
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -32,6 +33,27 @@ T = TypeVar("T")
 FAILED_RETENTION = dt.timedelta(days=1)
 MAX_AGE = dt.timedelta(days=30)
 PURGE_EVERY = 600.0
+
+
+class _Commit:
+    """Given to ``transaction.on_commit``: records that the transaction committed."""
+
+    __slots__ = ("done", "__weakref__")
+
+    def __init__(self) -> None:
+        self.done: list[bool] = []
+
+    def __call__(self) -> None:
+        self.done.append(True)
+
+
+def _unless_committed(done: list[bool], callback: Callable[[], None]) -> None:
+    if done:
+        return
+    try:
+        callback()
+    except Exception:  # called while Django rolls back: never let it fail there
+        log.exception("Task Badger: could not record that a django.tasks enqueue was rolled back")
 
 
 class DatabaseChannel:
@@ -92,6 +114,18 @@ class DatabaseChannel:
             self._run("write", update, None)
         except IntegrityError:
             pass
+
+    def if_rolled_back(self, result_id: str, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` if the transaction that wrote ``result_id``'s entry rolls back (the task's own row
+        in the database backend goes with it: the job never runs). Django has no hook for a rollback, but it
+        drops what ``on_commit`` was given without calling it: a commit calls ``_Commit``, a rollback only
+        frees it."""
+        alias = router.db_for_write(self._model())
+        if not transaction.get_connection(alias).in_atomic_block:
+            return  # written in autocommit: there is nothing to roll back
+        commit = _Commit()
+        weakref.finalize(commit, _unless_committed, commit.done, callback).atexit = False  # not for an open one
+        transaction.on_commit(commit, using=alias)
 
     def get(self, result_id: str) -> Entry | None:
         model = self._model()

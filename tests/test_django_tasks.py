@@ -153,3 +153,16 @@ def test_the_worker_tracks_a_task_its_publisher_did_not(worker, taskbadger_serve
     assert task["name"] == NAME + "add" and task["start_time"]
     assert wait_result(worker, enqueued["id"], "SUCCESSFUL")["return_value"] == 2
     assert len([r for r in taskbadger_server.requests if r.method == "POST"]) == 1
+
+
+def test_an_enqueue_rolled_back_with_its_transaction_is_cancelled_not_left_pending(worker, taskbadger_server):
+    """Enqueued inside ``transaction.atomic()`` that rolls back: the database backend's row goes with the
+    transaction, so the task never runs. Its Task Badger task, created at the enqueue, stayed ``pending``
+    for ever; it ends ``cancelled`` and says why. (RQ's job is in Redis whatever the transaction does.)"""
+    if worker.backend != "db":
+        pytest.skip("only the database backend's enqueue rolls back with the transaction")
+    (enqueued,) = worker.enqueue("add", 2, 3, rollback=True)
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "cancelled")
+    assert task["data"]["publish_error"] == "the transaction that enqueued it was rolled back"
+    (kept,) = worker.enqueue("add", 4, 5)  # one that commits runs as before
+    wait_final(taskbadger_server, kept["id"], "success")

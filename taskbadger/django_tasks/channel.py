@@ -45,6 +45,9 @@ class Channel(Protocol):
 
     def discard(self, result_id: str) -> None: ...
 
+    # Optional: ``if_rolled_back(result_id, callback)``, to call ``callback()`` if the transaction the entry was
+    # written in rolls back (the job was never enqueued). A channel without it never calls anything.
+
 
 class LocalChannel:
     """Entries in this process, the most recent ``limit`` kept."""

@@ -119,6 +119,11 @@ def on_enqueued(task_result: Any) -> None:
     heartbeat, stale = lifecycle.heartbeat_options(options, system)
     channel.put(task_result.id, CREATED, lifecycle.created_meta(created.task, heartbeat, stale).to_dict())
     _created_here.put(task_result.id, CREATED, created.task.id)
+    if_rolled_back = getattr(channel, "if_rolled_back", None)
+    if if_rolled_back is not None:  # enqueued inside a transaction that may yet roll back: then it never runs
+        task = created.task
+        if_rolled_back(task_result.id, lambda: lifecycle.publish_failed(
+            task, "the transaction that enqueued it was rolled back"))
 
 
 # -- the worker ----------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The web process's side in the django.tasks integration tests, as its own process:
 
-``djt enqueue TASK [JSON_ARGS] [--count N]``: enqueue (on ``DJT_QUEUE``) and print one JSON line per
-task: its TaskResult id and how long ``enqueue()`` took.  ``djt result ID``: the TaskResult as the
+``djt enqueue TASK [JSON_ARGS] [--count N] [--rollback]``: enqueue (on ``DJT_QUEUE``) and print one JSON line
+per task: its TaskResult id and how long ``enqueue()`` took; ``--rollback``: inside a ``transaction.atomic()``
+block that then rolls back.  ``djt result ID``: the TaskResult as the
 backend reports it.  ``djt rerun ID``: make the backend run the same TaskResult again.
 ``djt bench TASK [JSON_ARGS] --count N``: N enqueues, timed.
 ``djt channel PREFIX --count N``: the database channel's queries alone, timed.
@@ -9,12 +10,14 @@ backend reports it.  ``djt rerun ID``: make the backend run the same TaskResult 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import transaction
 
 from tests.django_tasks_project import tasks
 
@@ -27,15 +30,20 @@ class Command(BaseCommand):
         parser.add_argument("target")
         parser.add_argument("arguments", nargs="?", default="[]")
         parser.add_argument("--count", type=int, default=1)
+        parser.add_argument("--rollback", action="store_true")
 
-    def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, **_: Any) -> None:
+    def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, rollback: bool,
+               **_: Any) -> None:
         if action == "enqueue":
             task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
-            for _ in range(count):
-                started = time.perf_counter()
-                result = task.enqueue(*json.loads(arguments))
-                seconds = time.perf_counter() - started
-                self.stdout.write(json.dumps({"id": result.id, "seconds": seconds, "status": str(result.status)}))
+            with transaction.atomic() if rollback else contextlib.nullcontext():
+                for _ in range(count):
+                    started = time.perf_counter()
+                    result = task.enqueue(*json.loads(arguments))
+                    seconds = time.perf_counter() - started
+                    self.stdout.write(json.dumps({"id": result.id, "seconds": seconds, "status": str(result.status)}))
+                if rollback:
+                    transaction.set_rollback(True)
         elif action == "bench":
             task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
             started = time.perf_counter()
