@@ -175,3 +175,43 @@ def test_a_worker_of_a_plain_celery_app_says_why_it_does_not_track(monkeypatch, 
         taskbadger.config.set_config(previous)
     [line] = [r.getMessage() for r in caplog.records]
     assert line.startswith(f"Task Badger: not tracking tasks in this worker: {reason}")
+
+
+def test_a_publisher_that_nothing_configured_says_so_once(monkeypatch, caplog):
+    # The key is exported, but nothing called taskbadger.init() and taskbadger_django is not installed in this
+    # process: a base=Task task went out untracked without a word, and its progress bar said "not available".
+    from celery import Celery
+
+    from taskbadger.celery import Task
+
+    taskbadger.config.reset()
+    monkeypatch.setenv("TASKBADGER_API_KEY", "YWNtZS9kZW1vL2s=")
+    from celery import _state as celery_state
+
+    previous = celery_state.get_current_app()
+    app = Celery("unconfigured-publisher", broker="memory://", set_as_current=True)  # as in a project
+    restore_current = previous.set_current
+
+    @app.task(base=Task, shared=False, name="billing.jobs.refund")
+    def refund(order):
+        return order
+
+    @app.task(shared=False, name="billing.jobs.plain")
+    def plain(order):
+        return order
+
+    def ours():
+        return [r.getMessage() for r in caplog.records if r.name == "taskbadger"]
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="taskbadger"):
+            plain.delay(1)  # not asked to be tracked: nothing to say
+            assert not ours()
+            refund.delay(1)
+            refund.delay(2)
+    finally:
+        restore_current()
+    [line] = ours()
+    assert line == ("Task Badger: 'billing.jobs.refund' was published untracked: TASKBADGER_API_KEY is set, but "
+                    "nothing called taskbadger.init() in this process (call it where the Celery app is made, or add "
+                    "taskbadger_django to INSTALLED_APPS)")

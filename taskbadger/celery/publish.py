@@ -14,8 +14,8 @@ from collections.abc import Sized
 from typing import Any
 
 from .. import lifecycle
-from .._runtime import PerProcess, log_throttled, short, start_daemon_thread
-from ..config import is_configured
+from .._runtime import PerProcess, log_once, log_throttled, short, start_daemon_thread
+from ..config import is_configured, unconfigured_reason, why_unconfigured
 from ..lifecycle import publish_failed
 from ..task import Task as TaskbadgerTask
 from .fields import celery_system, checked_decorator_options, create_fields, registered_task, uses_base_class
@@ -49,7 +49,14 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
         return None  # already tracked (a re-publish of the same message)
     # The options stay on a message that is not tracked here: the worker honours them if it ends up
     # tracking the task itself (publisher not configured, or the API unreachable at publish time).
-    if incoming.track is False or not is_configured():
+    if incoming.track is False:
+        return None
+    if not is_configured():
+        if unconfigured_reason() is None and uses_base_class(registered_task(name)):
+            # nobody said why yet (the Django app logs its own reason): a task the code asks to track goes out
+            # untracked, and the bar on the page that published it would say "not available" with no hint
+            log_once("publish:unconfigured", logging.WARNING, "Task Badger: %s was published untracked: %s",
+                     short(name), why_unconfigured("this process"))
         return None
 
     args, kwargs = _message_args(body)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from celery import signals
 
 from .. import spooling
-from ..config import get_config, unconfigured_reason
+from ..config import get_config, why_unconfigured
 from . import events, headers, publish
 from .state import publish_slot, published
 
@@ -142,12 +141,7 @@ def log_start_line() -> None:
     shows it with default logging: tracking is on (where) or off (why)."""
     config = get_config()
     if config is None:
-        reason = unconfigured_reason() or (
-            "TASKBADGER_API_KEY is set, but nothing called taskbadger.init() in this worker (call it where the Celery "
-            "app is made, or add taskbadger_django to INSTALLED_APPS)" if os.environ.get("TASKBADGER_API_KEY")
-            else "Task Badger is not configured (set TASKBADGER_API_KEY, or the TASKBADGER setting with the Django "
-                 "app, or call taskbadger.init())")
-        log.info("Task Badger: not tracking tasks in this worker: %s", reason)
+        log.info("Task Badger: not tracking tasks in this worker: %s", why_unconfigured("this worker"))
         return
     system = config.system("celery")
     auto = "auto-tracking by name, and " if system is not None and system.auto_track_tasks else ""
