@@ -36,6 +36,8 @@ taskbadger.E016    Error    unknown key in ``TASKBADGER["PROCRASTINATE"]``
 taskbadger.E017    Error    ``procrastinate.contrib.django`` is installed but Procrastinate is older than 3.9
 taskbadger.W012    Warning  ``TASKBADGER["PROCRASTINATE"]`` is set but ``procrastinate.contrib.django`` is not installed
 taskbadger.W013    Warning  ``taskbadger_django`` comes before ``procrastinate.contrib.django``: jobs are not tracked
+taskbadger.W014    Warning  ``taskbadger.init()`` ran before Django started: the ``TASKBADGER`` setting is not applied
+taskbadger.W015    Warning  a setting whose name looks like a misspelled ``TASKBADGER`` (``TASK_BADGER``)
 taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no monitor id
 =================  =======  ==========================================================================
 """
@@ -43,6 +45,7 @@ taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no mo
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib.util
 import re
 import threading
@@ -137,9 +140,36 @@ def _pattern_error(pattern: str) -> Exception | None:
 # -- settings ----------------------------------------------------------------------------------------
 
 
+def _check_setting_name(settings: conf.TaskBadgerSettings) -> list[CheckMessage]:
+    """W014: code called ``taskbadger.init()`` before Django started, so the setting is not applied; W015: no
+    ``TASKBADGER`` setting, but one whose name is close to it (``TASK_BADGER``, ``TASKBADGERS``)."""
+    if settings.raw is not None and conf.init_before_django():
+        return [checks.Warning(
+            "taskbadger.init() was called before Django started, so the TASKBADGER setting is not applied (its "
+            "TAGS, MONITORS and integrations are not used).",
+            hint="Remove the taskbadger.init() call (often in the module that makes the Celery app): the Django "
+                 "app configures the SDK from TASKBADGER.", obj="TASKBADGER", id="taskbadger.W014")]
+    if settings.raw is not None:
+        return []
+    from django.conf import settings as django_settings
+
+    names = [name for name in dir(django_settings) if name.isupper() and name != conf.SETTING_NAME]
+    close = difflib.get_close_matches("TASKBADGER", names, n=1, cutoff=0.8) or [
+        name for name in names if name.replace("_", "") == "TASKBADGER"]
+    if not close:
+        return []
+    return [checks.Warning(f"There is no TASKBADGER setting, but there is {close[0]}: Task Badger reads only "
+                           "TASKBADGER.", hint=f"Rename {close[0]} to TASKBADGER.", obj=close[0],
+                           id="taskbadger.W015")]
+
+
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Check the ``TASKBADGER`` setting (and the ``TASKBADGER_*`` environment variables it falls back to)."""
     settings = conf.TaskBadgerSettings()
+    return _check_setting_name(settings) + _check_values(settings)
+
+
+def _check_values(settings: conf.TaskBadgerSettings) -> list[CheckMessage]:
     if not isinstance(settings.raw, (Mapping, type(None))):
         return [checks.Error(f"TASKBADGER must be a dict, got {type(settings.raw).__name__}.",
                              hint='For example: TASKBADGER = {"API_KEY": env.str("TASKBADGER_API_KEY", default=None)}. '

@@ -310,6 +310,7 @@ class _State:
     applied_signature: str | None = None
     restore_stack: list[tuple[Config | None, Config | None, str | None]] = field(default_factory=list)
     logged: set[str] = field(default_factory=set)
+    init_before_django: bool = False  # taskbadger.init() was called before Django started: settings not applied
 
 
 _state = _State()
@@ -408,10 +409,17 @@ def configure_at_startup() -> Config | None:
     (explicit arguments in code win)."""
     current = sdk_config.get_config()
     if current is not None and current is not _state.applied:
-        log.info("Task Badger was configured by taskbadger.init() before Django started; "
-                 "the TASKBADGER setting is not applied.")
+        _state.init_before_django = True
+        log.log(logging.WARNING if _user_settings() else logging.INFO,
+                "Task Badger was configured by taskbadger.init() before Django started; the TASKBADGER setting is "
+                "not applied.")
         return current
     return configure()
+
+
+def init_before_django() -> bool:
+    """Whether code called ``taskbadger.init()`` before Django started, so the settings were not applied."""
+    return _state.init_before_django
 
 
 def on_setting_changed(*, setting: str, enter: bool | None = None, **kwargs: Any) -> None:

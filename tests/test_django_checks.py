@@ -405,3 +405,27 @@ def test_a_tags_error_names_the_entry_to_fix(tags, named):
     assert named in message.msg and "got dict" not in message.msg
     with pytest.raises(ConfigurationError, match=re.escape(named)):
         taskbadger.init(token=key(), tags=tags)
+
+
+def test_an_init_call_before_django_started_is_a_warning_when_there_are_settings():
+    # A newcomer copied `taskbadger.init(token=...)` into mysite/celery.py: TAGS and MONITORS were silently lost.
+    from django.apps import apps
+
+    taskbadger.init(token=key())
+    conf.reset_state()
+    try:
+        apps.get_app_config("taskbadger_django").ready()
+        [warning] = [m for m in run(VALID, TAGS={"environment": "production"}) if m.id == "taskbadger.W014"]
+        assert "TASKBADGER setting is not applied" in warning.msg and "Remove the taskbadger.init()" in warning.hint
+    finally:
+        taskbadger.config.reset()
+        conf.reset_state()
+    assert "taskbadger.W014" not in ids(run(VALID))  # configured from the settings: nothing to say
+
+
+@pytest.mark.parametrize("name", ["TASK_BADGER", "TASKBADGERS", "TASKBAGDER", "TASK_BADGER_"])
+def test_a_misspelled_setting_name_is_a_warning(name):
+    with override_settings(**{name: {"API_KEY": key()}}):
+        [warning] = [m for m in run(None) if m.id == "taskbadger.W015"]
+    assert warning.obj == name and f"Rename {name} to TASKBADGER" in warning.hint
+    assert "taskbadger.W015" not in ids(run(VALID))
