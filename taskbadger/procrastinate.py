@@ -37,7 +37,7 @@ from . import lifecycle
 from .config import get_config, is_configured
 from .delivery import sender
 from .lifecycle import Meta, Run
-from .models import StatusEnum, is_task_id
+from .models import StatusEnum, exception_data, is_task_id
 from .task import Task as TaskbadgerTask
 
 if TYPE_CHECKING:
@@ -217,6 +217,13 @@ class TrackingJobManager(manager.JobManager):
         _cancelled_before_start(task_id, cancelled)
         return cancelled
 
+    async def finish_job(self, job: jobs.Job, status: Any, *args: Any, **kwargs: Any) -> None:
+        # A job whose task this worker does not know fails before any worker middleware runs (Procrastinate
+        # raises TaskNotFound first): its task, created when it was deferred, would stay pending for ever.
+        if job.task_name not in self.app.tasks and is_configured():
+            _failed_unknown(job)
+        await super().finish_job(job, status, *args, **kwargs)
+
     @staticmethod
     def _queued_task_id(find: Callable[[], list[jobs.Job]]) -> str | None:
         """The task id a job still waiting in its queue carries (a started one is ended by its worker)."""
@@ -246,6 +253,18 @@ def _cancelled_before_start(task_id: str | None, cancelled: bool) -> None:
         lifecycle.close(task_id, StatusEnum.CANCELLED, {"procrastinate_status": "cancelled"}, unless_final=True)
     except Exception:
         _internal_error("cancelling the task of a cancelled job")
+
+
+def _failed_unknown(job: jobs.Job) -> None:
+    raw = (job.task_kwargs or {}).get(TB_TASK_ID_KWARG)
+    if not (isinstance(raw, str) and is_task_id(raw)):
+        return  # deferred untracked: nothing was created
+    try:
+        problem = pexc.TaskNotFound(f"no task named {job.task_name!r} in the worker that took job {job.id} (a typo, "
+                                    "or a task removed while its jobs were queued)")
+        lifecycle.close(raw, StatusEnum.ERROR, exception_data(problem))
+    except Exception:
+        _internal_error("recording the failure of a job whose task is unknown")
 
 
 # -- worker side ------------------------------------------------------------------------------------------

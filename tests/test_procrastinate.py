@@ -267,6 +267,17 @@ def test_a_retried_job_its_worker_tracks_is_one_task(taskbadger_server, app, wor
         assert tb["data"]["attempts"] == 4
 
 
+def test_a_job_whose_task_the_worker_does_not_know_ends_error(api, app, worker):
+    """A typo in a task name, or a task removed in a deploy while its jobs were queued: Procrastinate fails the
+    job before any worker middleware runs, and its task, created when it was deferred, stayed pending."""
+    job_id = app.configure_task("reports.removed_in_the_last_deploy", queue=worker.queue).defer(month=11)
+    assert wait_job(app, job_id).status == "failed"
+    task = task_of_job(api, job_id)
+    assert task["status"] == "error" and task["name"] == "reports.removed_in_the_last_deploy"
+    assert task["data"]["exception_type"].endswith("TaskNotFound")
+    assert "no task named 'reports.removed_in_the_last_deploy'" in task["data"]["exception"]
+
+
 def test_a_retry_never_takes_up_another_databases_job_with_the_same_id(taskbadger_server, app, worker, tmp_path):
     """Job ids count up from 1 in each database: another app sharing the Task Badger project has its own
     job of this id. A retry looks its first attempt's task up by the job id; it took up the other job's
