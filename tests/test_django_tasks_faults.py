@@ -59,3 +59,24 @@ def test_a_failing_api_never_holds_up_enqueue_or_changes_the_result(project, tas
     finally:
         taskbadger_server.clear_faults()
         taskbadger_server.accept()
+
+
+@pytest.mark.parametrize("mode", ["hang", "503", "404"])
+def test_progress_from_a_tasks_body_never_fails_or_holds_up_the_task(project, taskbadger_server, mode):
+    """``tb.update()`` in a loop while the API misbehaves with updates: the TaskResult is SUCCESSFUL, the
+    body held up by a few budgets at most; once the API behaves, the task ends ``success`` with its progress."""
+    if mode == "hang":
+        taskbadger_server.hang(method="PATCH")
+    else:
+        taskbadger_server.fail(int(mode), method="PATCH")
+    try:
+        (item,) = project.enqueue("progress_loop", 12)
+        result = wait_result(project, item["id"], "SUCCESSFUL", timeout=45)
+        assert result["return_value"]["shown"] == 12 and result["errors"] == []
+        assert result["return_value"]["took"] <= 3 * BUDGET + SLACK, result["return_value"]
+    finally:
+        taskbadger_server.clear_faults()
+    if mode != "404":
+        taskbadger_server.wait_for(lambda: next((t for t in taskbadger_server.tasks.values()
+                                                 if t["external_id"] == item["id"] and t["status"] == "success"
+                                                 and t["value"] == 12), None), timeout=30)

@@ -6,6 +6,7 @@ again, no task created for these jobs is left pending or processing."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import procrastinate
@@ -88,3 +89,22 @@ def test_defer_keeps_its_budget_and_the_jobs_run_as_untracked(api, app, dsn, wor
         api.wait_for(lambda: not open_tasks() or None, timeout=20)
     except AssertionError:
         raise AssertionError(f"left open: {open_tasks()}") from None
+
+
+@pytest.mark.parametrize("mode", ["hang", "503", "404"])
+def test_progress_from_a_jobs_body_never_fails_or_holds_up_the_job(api, app, worker, mode, tmp_path):  # noqa: F811
+    """``tb.update()`` in a loop while the API misbehaves with updates: the job succeeds, held up by a few
+    budgets at most; once the API behaves, its task ends ``success`` with the progress it reported."""
+    if mode == "hang":
+        api.hang(method="PATCH")
+    else:
+        api.fail(int(mode), method="PATCH")
+    out = tmp_path / "body.json"
+    job_id = tasks.progress_loop.configure(queue=worker.queue).defer(path=str(out), steps=12)
+    assert wait_job(app, job_id, timeout=30).status == "succeeded"
+    body = json.loads(out.read_text())
+    assert body["shown"] == 12 and body["took"] <= 3 * BUDGET + SLACK, body
+    api.clear_faults()
+    if mode != "404":
+        api.wait_for(lambda: next((t for t in api.tasks.values() if t["external_id"] == str(job_id)
+                                   and t["status"] == "success" and t["value"] == 12), None), timeout=20)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import time
 from typing import Any
 
 import taskbadger
@@ -32,6 +33,16 @@ def progress(total: int) -> dict[str, Any]:
         if tb:
             tb.update(value=i, value_max=total)
     return {"task_id": tb.id if tb else None}
+
+
+@task
+def progress_loop(steps: int) -> dict[str, Any]:
+    """The docs' progress loop; returns how long the body took and what ``tb`` showed at its end."""
+    started = time.monotonic()
+    tb = taskbadger.current_task()
+    for i in range(1, steps + 1):
+        tb.update(value=i, value_max=steps)
+    return {"took": time.monotonic() - started, "shown": tb.value}
 
 
 @task(takes_context=True)

@@ -97,6 +97,17 @@ def progress(total: int) -> None:
     tb.update(value=total, value_max=total, data={"seen": "yes"})
 
 
+@app.task(name="progress_loop")
+def progress_loop(path: str, steps: int) -> None:
+    """The docs' progress loop; writes how long the body took and what ``tb`` showed at its end to ``path``."""
+    started = time.monotonic()
+    tb = current_task()
+    for i in range(1, steps + 1):
+        tb.update(value=i, value_max=steps)
+    with open(path, "w") as out:
+        json.dump({"took": time.monotonic() - started, "shown": tb.value}, out)
+
+
 @track(name="manual report", value_max=10, tags={"env": "test"}, data={"k": "v"}, record_task_args=True)
 @app.task(name="manual")
 def manual(value: str) -> str:
