@@ -722,3 +722,19 @@ def test_the_sdk_and_the_command_layer_import_no_cli_framework():
 def test_version(tmp_path):
     result = cli("--version", env=make_env(tmp_path))
     assert result.returncode == 0 and result.stdout.startswith("Task Badger CLI Version: ")
+
+
+def test_a_command_option_without_the_double_dash_says_to_add_it(env, tmp_path, taskbadger_server):
+    marker = tmp_path / "ran"
+    script = tmp_path / "backup.py"
+    script.write_text(f"import sys; open({str(marker)!r}, 'w').write(repr(sys.argv[1:]))")
+    slip = cli("run", "backup", sys.executable, str(script), "--full", env=env)
+    assert slip.returncode == 2 and not marker.exists()  # refused before anything ran, as any usage error
+    said = " ".join(slip.stderr.replace("│", " ").split())
+    assert "No such option: --full. If it is an option of the command to run, put -- before the command: " \
+           "taskbadger run NAME -- COMMAND --full ..." in said
+    assert not taskbadger_server.tasks
+    fixed = cli("run", "backup", "--", sys.executable, str(script), "--full", env=env)
+    assert fixed.returncode == 0 and marker.read_text() == "['--full']"
+    mistyped = cli("run", "--frequency", "9", "backup", "--", "true", env=env)  # our own option: click's message
+    assert mistyped.returncode == 2 and "put -- before" not in mistyped.stderr

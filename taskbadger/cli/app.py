@@ -12,9 +12,10 @@ import enum
 import os
 import sys
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand
 
 from taskbadger.config import validate_host
 from taskbadger.exceptions import ConfigurationError
@@ -119,7 +120,21 @@ def main_options(
     ctx.obj = State(org, project)
 
 
-@app.command(context_settings={"help_option_names": ["-h", "--help"]})
+class _RunCommand(TyperCommand):
+    """``run``, whose most common slip is a command option without ``--`` before the command."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except Exception as err:  # the click Typer runs on (its own copy in recent releases): NoSuchOption
+            name = getattr(err, "option_name", None)
+            if type(err).__name__ == "NoSuchOption" and isinstance(name, str) and "--" not in args:
+                err.message = (f"No such option: {name}. If it is an option of the command to run, put -- before "  # type: ignore[attr-defined]
+                               f"the command: taskbadger run NAME -- COMMAND {name} ...")
+            raise
+
+
+@app.command(cls=_RunCommand, context_settings={"help_option_names": ["-h", "--help"]})
 def run(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The task name")],
