@@ -72,7 +72,8 @@ def test_progress_from_a_tasks_body_never_fails_or_holds_up_the_task(project, ta
     try:
         (item,) = project.enqueue("progress_loop", 12)
         result = wait_result(project, item["id"], "SUCCESSFUL", timeout=45)
-        assert result["return_value"]["shown"] == 12 and result["errors"] == []
+        # a refused update is not shown, unless queued without asking (the worker's breaker open from an earlier mode)
+        assert result["return_value"]["shown"] in ((None, 12) if mode == "404" else (12,)) and result["errors"] == []
         assert result["return_value"]["took"] <= 3 * BUDGET + SLACK, result["return_value"]
     finally:
         taskbadger_server.clear_faults()

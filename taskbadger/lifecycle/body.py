@@ -3,11 +3,12 @@ call's task): a ``taskbadger.Task`` whose updates never fail the job.
 
 The official SDK's ``Task.update`` raises when the API cannot take an update, and a job's body calls it
 for its progress: an API that is down, hanging or answering errors would fail the user's job, or hold it
-for a whole timeout at every update. Here an update from the body is sent within the publish budget and
-through the publish breaker (while the API is failing, no update waits for it). One that cannot be sent
-now is queued for the senders (retried with backoff, spooled if the process ends); one the API refuses,
-or that cannot be sent at all, is dropped. Either way a warning says so, and the object shows the update
-(``tb.value``, ``tb.is_finished``), so the job's outcome is recorded as the body left it.
+for a whole timeout at every update. Here an update from the body is checked as a job's options are (a
+value the API would refuse is left out), then sent within the publish budget and through the publish
+breaker (while the API is failing, no update waits for it). One that cannot be sent now is queued for the
+senders (retried with backoff, spooled if the process ends) and shown on the object (``tb.value``,
+``tb.is_finished``), as the API will have it; one the API refuses anyway is dropped and not shown, so the
+run's automatic final state still goes out. A warning says what happened each time.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from ..delivery import sender
 from ..delivery.breaker import publish_breaker
 from ..exceptions import RateLimited, ServerError, TransportError
 from ..http import Deadline
-from ..models import TERMINAL_STATUSES, StatusEnum
+from ..models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum
 from ..task import Task
+from .options import OPTIONS, check_option
 
 log = logging.getLogger("taskbadger")
 
@@ -35,9 +37,9 @@ class RunTask(Task):
     an API or delivery error into the job, and never wait longer than the publish budget."""
 
     def _send(self, fields: dict[str, Any], deadline: Deadline | None = None) -> None:
+        fields = self._checked(fields)
         config = get_config()
         if config is None:  # tracking was switched off in this process meanwhile: nobody to send it to
-            self._show(fields)
             return
         breaker = publish_breaker()
         call = breaker.begin()
@@ -50,8 +52,7 @@ class RunTask(Task):
             breaker.end(call, err)
             self._queue(fields, err)
         except Exception as err:  # refused by the API (4xx), or fields that cannot be sent at all
-            breaker.end(call)
-            self._show(fields)
+            breaker.end(call)  # not shown either: the run's automatic final state must still go out
             log_throttled(f"body-update-dropped:{self._task.id}", WARN_INTERVAL, logging.WARNING,
                           "Task Badger: an update of task %s from the job's body was not taken and is dropped "
                           "(%s); the job goes on", short(self._task.id), err)
@@ -64,6 +65,31 @@ class RunTask(Task):
         log_throttled(f"body-update-queued:{self._task.id}", WARN_INTERVAL, logging.WARNING,
                       "Task Badger: could not send an update of task %s from the job's body now (%s); it is "
                       "queued and retried, and the job goes on", short(self._task.id), reason)
+
+    def _checked(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """The fields the API takes, as the options of a job are checked (``options.check_option``); the others
+        are left out with a warning. An update that cannot be sent now is queued, and the updates after it,
+        the run's final state included, merge into it: one value the API refuses would lose them all."""
+        checked: dict[str, Any] = {}
+        for key, value in fields.items():
+            ok = True
+            if key == "status":
+                try:
+                    StatusEnum.coerce(value)
+                except ValueError:
+                    ok = False
+            elif key in OPTIONS:
+                ok, value = check_option(key, value)
+            elif key in ("queue", "external_id"):
+                ok = isinstance(value, str) and len(value) <= MAX_NAME_LENGTH
+            if ok:
+                checked[key] = value
+            else:
+                log_throttled(f"body-update-invalid:{self._task.id}:{key[:40]}", WARN_INTERVAL, logging.WARNING,
+                              "Task Badger: an update of task %s from the job's body has an invalid %s (%s): it is "
+                              "left out, and the job goes on", short(self._task.id), short(key, 40)[1:-1],
+                              short(value, 80))
+        return checked
 
     def _show(self, fields: dict[str, Any]) -> None:
         """What the update says, on this object (the API's answer would have said it)."""
