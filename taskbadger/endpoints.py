@@ -220,12 +220,17 @@ def find_recent(external_id: str, deadline: http.Deadline, name: str | None = No
             raise BadAnswer(f"{config.host} answered the task list with something that is not a page")
         for item in payload["results"]:
             if isinstance(item, dict) and item.get("external_id") == external_id \
-                    and (name is None or item.get("name") == name):
+                    and (name is None or _same_name(item.get("name"), name)):
                 return task_answer(config, item)
         cursor = cursor_of(payload.get("next"))
         if cursor is None:
             return None
     return None
+
+
+def _same_name(stored: Any, name: str) -> bool:
+    # the API may trim the whitespace around a name as it stores it
+    return isinstance(stored, str) and stored.strip() == name.strip()
 
 
 def cursor_of(url: Any) -> str | None:

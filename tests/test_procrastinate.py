@@ -267,6 +267,27 @@ def test_a_retried_job_its_worker_tracks_is_one_task(taskbadger_server, app, wor
         assert tb["data"]["attempts"] == 4
 
 
+def test_a_retry_takes_up_its_task_when_before_create_renames_it(taskbadger_server):
+    """The retry's lookup matches the name it would create the task with; a ``before_create`` hook may have
+    renamed it, so then the job id alone is matched (as before the names were compared)."""
+    from taskbadger import lifecycle
+
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url,
+                    before_create=lambda body: {**body, "name": "[prod] " + body["name"]})
+
+    def attempt(number: int) -> lifecycle.AtStart:
+        return lifecycle.create_at_start("42", {}, None, lambda: lifecycle.create_fields("app.tasks.sync", {}, None,
+                                                                                         "42", "default"),
+                                         number > 1, True, True)
+
+    first = attempt(1)
+    lifecycle.back_to_pending(lifecycle.Run("42", first.meta))
+    assert taskbadger.flush(10)
+    second = attempt(2)
+    assert second.meta is not None and second.meta.id == first.meta.id
+    assert [t["name"] for t in taskbadger_server.tasks.values()] == ["[prod] app.tasks.sync"]
+
+
 def test_a_job_whose_task_the_worker_does_not_know_ends_error(api, app, worker):
     """A typo in a task name, or a task removed in a deploy while its jobs were queued: Procrastinate fails the
     job before any worker middleware runs, and its task, created when it was deferred, stayed pending."""

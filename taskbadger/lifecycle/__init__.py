@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from .. import context_providers
 from .._runtime import log_throttled, short
+from ..config import get_config
 from ..context_providers import error_context
 from ..delivery import merge, sender
 from ..delivery.heartbeat import get_heartbeat
@@ -384,12 +385,15 @@ def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: 
     ``make_fields()`` (``create_fields``). ``open_only``: take up any task of the job without a final state, not
     only a ``pending`` one (a retry of a job whose worker created its task: its ``pending`` may still be queued).
     ``same_name``: take up only a task with the name ``make_fields()`` gives (a job id that other databases
-    also use: Procrastinate's count up from 1 in each)."""
+    also use: Procrastinate's count up from 1 in each), unless ``before_create`` may have renamed it."""
     heartbeat, stale = heartbeat_options(options, rules)
     fields = None
     if maybe_created and external_id:
         fields = make_fields() if same_name else None
-        found = find(external_id, open_only=open_only, name=fields["name"] if fields is not None else None)
+        config = get_config()
+        renamed = config is not None and config.before_create is not None
+        found = find(external_id, open_only=open_only,
+                     name=fields["name"] if fields is not None and not renamed else None)
         if found.task is not None:
             return AtStart(created_meta(found.task, heartbeat, stale))
         if not found.asked:
