@@ -47,11 +47,11 @@ class _Commit:
         self.done.append(True)
 
 
-def _unless_committed(done: list[bool], callback: Callable[[], None]) -> None:
+def _unless_called(done: list[bool], confirm: Callable[[], None]) -> None:
     if done:
         return
     try:
-        callback()
+        confirm()
     except Exception:  # called while Django rolls back: never let it fail there
         log.exception("Task Badger: could not record that a django.tasks enqueue was rolled back")
 
@@ -119,13 +119,37 @@ class DatabaseChannel:
         """Call ``callback()`` if the transaction that wrote ``result_id``'s entry rolls back (the task's own row
         in the database backend goes with it: the job never runs). Django has no hook for a rollback, but it
         drops what ``on_commit`` was given without calling it: a commit calls ``_Commit``, a rollback only
-        frees it."""
+        frees it. Django also drops the hooks after one that raised on a commit, so a hook dropped uncalled
+        is confirmed by looking for the entry from a connection of its own: a committed one is there (until its
+        task succeeds; the callback closes only a task still ``pending``)."""
         alias = router.db_for_write(self._model())
         if not transaction.get_connection(alias).in_atomic_block:
             return  # written in autocommit: there is nothing to roll back
         commit = _Commit()
-        weakref.finalize(commit, _unless_committed, commit.done, callback).atexit = False  # not for an open one
+        weakref.finalize(commit, _unless_called, commit.done,
+                         lambda: None if self._committed(alias, result_id) else callback()).atexit = False
         transaction.on_commit(commit, using=alias)
+
+    def _committed(self, alias: str, result_id: str) -> bool:
+        """Whether ``result_id``'s entry is in the database, as a connection of its own sees it (this thread's may
+        be in the middle of a rollback). True when it cannot tell: closing a task whose job runs is worse."""
+        from django.db import connections
+
+        model = self._model()
+        wrapper = connections.create_connection(alias)
+        try:
+            quote = wrapper.ops.quote_name
+            with wrapper.cursor() as cursor:
+                cursor.execute(f"SELECT 1 FROM {quote(model._meta.db_table)} WHERE {quote(model._meta.pk.column)} = %s",
+                               [result_id])
+                return cursor.fetchone() is not None
+        except Exception as err:
+            log_throttled("django-tasks-channel:rollback", 60.0, logging.WARNING,
+                          "Task Badger: could not tell whether a django.tasks enqueue was rolled back (%s)",
+                          short(err, 200))
+            return True
+        finally:
+            wrapper.close()
 
     def get(self, result_id: str) -> Entry | None:
         model = self._model()

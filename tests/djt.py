@@ -53,10 +53,10 @@ class Project:
         self.manage("migrate", "--noinput", "-v", "0")
         return self
 
-    def enqueue(self, task: str, *args: Any, count: int = 1, rollback: bool = False,
+    def enqueue(self, task: str, *args: Any, count: int = 1, rollback: bool = False, failing_hook: bool = False,
                 **env: str) -> list[dict[str, Any]]:
         out = self.manage("djt", "enqueue", task, json.dumps(list(args)), "--count", str(count),
-                          *(["--rollback"] if rollback else []), **env)
+                          *(["--rollback"] if rollback else []), *(["--failing-hook"] if failing_hook else []), **env)
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     def result(self, result_id: str) -> dict[str, Any]:

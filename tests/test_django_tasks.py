@@ -166,3 +166,9 @@ def test_an_enqueue_rolled_back_with_its_transaction_is_cancelled_not_left_pendi
     assert task["data"]["publish_error"] == "the transaction that enqueued it was rolled back"
     (kept,) = worker.enqueue("add", 4, 5)  # one that commits runs as before
     wait_final(taskbadger_server, kept["id"], "success")
+    # committed, but an on_commit hook before ours raised, so Django dropped ours uncalled: not a rollback
+    (committed,) = worker.enqueue("add", 6, 7, failing_hook=True)
+    (task,) = wait_final(taskbadger_server, committed["id"], "success")
+    assert "publish_error" not in (task["data"] or {})
+    assert not [r for r in taskbadger_server.requests if r.method == "PATCH" and r.path.endswith(f"/{task['id']}/")
+                and (r.json or {}).get("status") == "cancelled"]

@@ -122,8 +122,9 @@ def on_enqueued(task_result: Any) -> None:
     if_rolled_back = getattr(channel, "if_rolled_back", None)
     if if_rolled_back is not None:  # enqueued inside a transaction that may yet roll back: then it never runs
         task = created.task
-        if_rolled_back(task_result.id, lambda: lifecycle.publish_failed(
-            task, "the transaction that enqueued it was rolled back"))
+        if_rolled_back(task_result.id, lambda: lifecycle.close(
+            task.id, StatusEnum.CANCELLED, {"publish_error": "the transaction that enqueued it was rolled back"},
+            known_data=task.data, data_known=True, only_if_pending=True))
 
 
 # -- the worker ----------------------------------------------------------------------------------------

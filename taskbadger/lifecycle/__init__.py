@@ -416,15 +416,18 @@ def settle(external_id: str, status: StatusEnum, exc: Any = None) -> None:
 
 
 def close(task_id: str, status: StatusEnum, data: Mapping[str, Any] | None = None, *, known_data: Any = None,
-          data_known: bool = False, unless_final: bool = False) -> None:
+          data_known: bool = False, unless_final: bool = False, only_if_pending: bool = False) -> None:
     """End a task known only by its id (a worker's main process: a lost child, a revoke, a time limit).
     ``data`` is merged into the task's data: into ``known_data`` when ``data_known``, else at send time.
-    ``unless_final``: only if Task Badger has no final state for it yet."""
+    ``unless_final``: only if Task Badger has no final state for it yet; ``only_if_pending``: only if it is
+    still ``pending`` (no worker has taken it up)."""
     fields: dict[str, Any] = {"status": status.value}
     if unless_final:
         fields[merge.UNLESS_FINAL] = True
     else:
         fields["end_time"] = now()
+    if only_if_pending:
+        fields[merge.ONLY_IF_PENDING] = True
     if data:
         fields.update(merge.data_fields(known_data, data, data_known))
     sender.submit(task_id, fields, final=True)

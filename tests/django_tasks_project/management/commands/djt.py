@@ -31,12 +31,17 @@ class Command(BaseCommand):
         parser.add_argument("arguments", nargs="?", default="[]")
         parser.add_argument("--count", type=int, default=1)
         parser.add_argument("--rollback", action="store_true")
+        parser.add_argument("--failing-hook", action="store_true",
+                            help="inside a transaction that commits, after an on_commit hook that raises")
 
     def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, rollback: bool,
-               **_: Any) -> None:
+               failing_hook: bool, **_: Any) -> None:
         if action == "enqueue":
             task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
-            with transaction.atomic() if rollback else contextlib.nullcontext():
+            with contextlib.suppress(ZeroDivisionError), \
+                    transaction.atomic() if rollback or failing_hook else contextlib.nullcontext():
+                if failing_hook:  # Django runs no hook after one that raises, ours included: yet it committed
+                    transaction.on_commit(lambda: 1 / 0)
                 for _ in range(count):
                     started = time.perf_counter()
                     result = task.enqueue(*json.loads(arguments))
