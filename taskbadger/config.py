@@ -198,13 +198,14 @@ def parse_project_key(token: str) -> tuple[str, str, str] | None:
     return parts[0], parts[1], parts[2]
 
 
-#: What a URL may hold before its host: ``user:password@``.
-_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
-
-
 def without_userinfo(host: str) -> str:
-    """``host`` with any ``user:password@`` masked, for showing it."""
-    return _USERINFO.sub("***@", host)
+    """``host`` with whatever comes before an ``@`` (``user:password@``) masked, for showing it, whether or not
+    the URL has a scheme (``admin:s3cret@host``, ``https:/user:pw@host``)."""
+    if "@" not in host:
+        return host
+    head, _, rest = host.rpartition("@")
+    scheme = head.split("//", 1)[0] + "//" if "//" in head else ""
+    return f"{scheme}***@{rest}"
 
 
 def validate_host(host: str) -> str:
@@ -212,7 +213,7 @@ def validate_host(host: str) -> str:
     clean = isinstance(host, str) and host.strip().isascii() and not any(
         ch.isspace() or not ch.isprintable() for ch in host.strip())
     parts = urlsplit(host.strip()) if clean else None
-    if isinstance(host, str) and _USERINFO.search(host):
+    if isinstance(host, str) and "@" in host:
         # shown wherever the host is (``taskbadger info``, every error message), and sent as the Host header
         raise ConfigurationError(
             f"Task Badger host must not hold a user or password, got {without_userinfo(host)!r}: the API key "

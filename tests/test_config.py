@@ -176,7 +176,8 @@ def test_a_key_that_is_neither_a_project_key_nor_a_legacy_key_says_so():
 
 
 @pytest.mark.parametrize("host", ["https://user:hunter2@example.com", "https://hunter2@example.com/",
-                                  "http://:hunter2@127.0.0.1:8000"])
+                                  "http://:hunter2@127.0.0.1:8000", "admin:hunter2@taskbadger.example.com",
+                                  "https:/user:hunter2@example.com", "https:user:hunter2@example.com"])
 def test_a_host_holding_a_user_or_password_is_refused_without_showing_it(host, monkeypatch):
     # it was accepted, shown in full by `taskbadger info` and every error message, and sent as the Host header
     with pytest.raises(ConfigurationError, match="must not hold a user or password") as refused:

@@ -110,3 +110,10 @@ def test_garbage_is_a_transport_error():
     server = RawServer([b"SSH-2.0-OpenSSH\r\n\r\n"])
     with pytest.raises(TransportError, match="not an HTTP answer"):
         call(server)
+
+
+def test_an_answer_that_starts_with_a_byte_order_mark_is_json():
+    # a proxy may add one; the JSON standard lets readers ignore it (Python's json.loads on bytes did)
+    from taskbadger.http import decode
+
+    assert decode(200, {}, b'\xef\xbb\xbf{"id": "abc"}') == {"id": "abc"}

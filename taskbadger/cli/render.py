@@ -250,9 +250,9 @@ def _rich_table(rows: Sequence[Sequence[str]], title: str, is_terminal: bool) ->
         return buffer.getvalue()
     table = Table(title=title, title_justify="left")
     # Rich squeezes the name to nothing when the other columns fill the width, so a narrow terminal goes
-    # without the last columns (creation time, then duration, then progress: ``get`` shows them).
+    # without the last columns (creation time, then duration, progress and status: ``get`` shows them).
     columns: tuple[str, ...] = _COLUMNS
-    while len(columns) > 3 and sum(_WIDTHS[c] for c in columns) + _MIN_NAME > console.width:
+    while len(columns) > 2 and sum(_WIDTHS[c] for c in columns) + _MIN_NAME > console.width:
         columns = columns[:-1]
     for name in columns:
         # A long task name folds onto more lines rather than losing its end (the part that tells tasks apart);

@@ -54,6 +54,8 @@ _DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 def loads(content: bytes | str) -> Any:
     """The JSON value of ``content``; ValueError when it is not standard JSON."""
     text = (content.decode("utf-8") if isinstance(content, bytes) else content).strip(" \t\n\r")
+    if text.startswith("\ufeff"):  # a byte order mark, which a proxy may add: readers may ignore it
+        text = text[1:].lstrip(" \t\n\r")
     value, end = _DECODER.raw_decode(text)
     if end != len(text):
         raise ValueError("extra data after the JSON value")
