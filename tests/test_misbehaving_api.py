@@ -444,6 +444,46 @@ def test_track_on_a_coroutine_never_blocks_the_event_loop(api):
     assert sorted(t["status"] for t in api.tasks_named("async tracked")) == ["success"] * 20
 
 
+def test_progress_from_a_coroutines_body_never_blocks_the_event_loop(api):
+    """``tb.update()`` in an ``async def`` body runs on the event loop: a request made there stalls every other
+    coroutine for its round trip (up to the publish budget with a failing API). It is queued for the senders."""
+    import asyncio
+
+    @taskbadger.track(name="async progress")
+    async def job(i):
+        tb = taskbadger.current_task()
+        for step in range(1, 6):
+            tb.update(value=step, value_max=5)
+            await asyncio.sleep(0)
+        return tb.value
+
+    async def main():
+        api.hang(method="PATCH")  # the creates go through; every update would wait for its deadline
+        lateness = []
+
+        async def ticker():
+            while True:
+                before = time.monotonic()
+                await asyncio.sleep(0.001)
+                lateness.append(time.monotonic() - before - 0.001)
+
+        tick = asyncio.create_task(ticker())
+        started = time.monotonic()
+        results = await asyncio.gather(*(job(i) for i in range(4)))
+        took = time.monotonic() - started
+        tick.cancel()
+        return results, lateness, took
+
+    results, lateness, took = asyncio.run(main())
+    assert results == [5] * 4  # each body saw its own updates
+    assert max(lateness) < 0.2 and took < BUDGET, (max(lateness), took)  # no update waited on the loop
+    api.clear_faults()
+    api.wait_for(lambda: [t for t in api.tasks_named("async progress")
+                          if t["status"] == "success" and t["value"] == 5] if len([
+                              t for t in api.tasks_named("async progress") if t["status"] == "success"]) == 4
+                 else None, timeout=20)
+
+
 def test_a_body_update_the_api_refuses_leaves_the_run_its_final_state(api, caplog):
     """The body's own ``tb.success()`` refused (4xx): it is dropped and not shown, so the run still ends with its
     automatic final state (it stayed ``processing``: the object said success and the final state was skipped)."""

@@ -5,14 +5,16 @@ The official SDK's ``Task.update`` raises when the API cannot take an update, an
 for its progress: an API that is down, hanging or answering errors would fail the user's job, or hold it
 for a whole timeout at every update. Here an update from the body is checked as a job's options are (a
 value the API would refuse is left out), then sent within the publish budget and through the publish
-breaker (while the API is failing, no update waits for it). One that cannot be sent now is queued for the
-senders (retried with backoff, spooled if the process ends) and shown on the object (``tb.value``,
-``tb.is_finished``), as the API will have it; one the API refuses anyway is dropped and not shown, so the
-run's automatic final state still goes out. A warning says what happened each time.
+breaker (while the API is failing, no update waits for it); on an event loop (a coroutine's body) it is
+queued for the senders at once, as a request would stall the loop's other coroutines. One that cannot be
+sent now is queued for the senders (retried with backoff, spooled if the process ends) and shown on the
+object (``tb.value``, ``tb.is_finished``), as the API will have it; one the API refuses anyway is dropped
+and not shown, so the run's automatic final state still goes out. A warning says what happened each time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -32,6 +34,14 @@ log = logging.getLogger("taskbadger")
 WARN_INTERVAL = 60.0
 
 
+def _on_an_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class RunTask(Task):
     """``taskbadger.Task`` for a running job's body: ``update`` and every method built on it never raise
     an API or delivery error into the job, and never wait longer than the publish budget."""
@@ -40,6 +50,13 @@ class RunTask(Task):
         fields = self._checked(fields)
         config = get_config()
         if config is None:  # tracking was switched off in this process meanwhile: nobody to send it to
+            return
+        if _on_an_event_loop():
+            # A coroutine's body (an async Procrastinate or django.tasks task, @track on async def): a request made
+            # here would stall every other coroutine of the loop for its round trip. The senders send it (merged
+            # with what follows, in order), as they do the run's own updates.
+            sender.submit(self._task.id, fields, final=fields.get("status") in TERMINAL_STATUSES)
+            self._show(fields)
             return
         breaker = publish_breaker()
         call = breaker.begin()
