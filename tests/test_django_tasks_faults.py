@@ -64,7 +64,10 @@ def test_a_failing_api_never_holds_up_enqueue_or_changes_the_result(project, tas
 @pytest.mark.parametrize("mode", ["hang", "503", "404"])
 def test_progress_from_a_tasks_body_never_fails_or_holds_up_the_task(project, taskbadger_server, mode):
     """``tb.update()`` in a loop while the API misbehaves with updates: the TaskResult is SUCCESSFUL, the
-    body held up by a few budgets at most; once the API behaves, the task ends ``success`` with its progress."""
+    body held up by a few budgets at most; once the API behaves, the task ends ``success`` with its progress.
+    (The body's updates take the same path on every backend: the database backend's worker is enough.)"""
+    if project.backend != "db":
+        pytest.skip("the body's updates are the same on every backend")
     if mode == "hang":
         taskbadger_server.hang(method="PATCH")
     else:
