@@ -55,8 +55,7 @@ class RunTask(Task):
             # A coroutine's body (an async Procrastinate or django.tasks task, @track on async def): a request made
             # here would stall every other coroutine of the loop for its round trip. The senders send it (merged
             # with what follows, in order), as they do the run's own updates.
-            sender.submit(self._task.id, fields, final=fields.get("status") in TERMINAL_STATUSES)
-            self._show(fields)
+            self._to_senders(fields)
             return
         breaker = publish_breaker()
         call = breaker.begin()
@@ -76,9 +75,13 @@ class RunTask(Task):
         else:
             breaker.end(call)
 
-    def _queue(self, fields: dict[str, Any], reason: Any) -> None:
+    def _to_senders(self, fields: dict[str, Any]) -> None:
+        """Queue the update for the senders, and show it on this object (the API will have it)."""
         sender.submit(self._task.id, fields, final=fields.get("status") in TERMINAL_STATUSES)
         self._show(fields)
+
+    def _queue(self, fields: dict[str, Any], reason: Any) -> None:
+        self._to_senders(fields)
         log_throttled(f"body-update-queued:{self._task.id}", WARN_INTERVAL, logging.WARNING,
                       "Task Badger: could not send an update of task %s from the job's body now (%s); it is "
                       "queued and retried, and the job goes on", short(self._task.id), reason)
