@@ -236,6 +236,8 @@ def _create_in_child(name, queue):
         queue.put(repr(err))
 
 
+# It forks a process that has threads, on purpose: billiard's prefork pool does (Python 3.12 warns about it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_a_forked_child_opens_its_own_connection(taskbadger_server):
     taskbadger.create_task("parent-before")
     ctx = multiprocessing.get_context("fork")

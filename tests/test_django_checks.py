@@ -137,7 +137,7 @@ SETTING_CASES = [
 
 
 @pytest.mark.parametrize("bad, good, expected_id, expected_obj, in_hint", SETTING_CASES)
-@pytest.mark.filterwarnings("ignore:Legacy Task Badger API keys:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Legacy API keys are deprecated:DeprecationWarning")
 def test_setting_check_triggered_and_silenced(app, bad, good, expected_id, expected_obj, in_hint):
     @app.task(shared=False, name="shop.nightly")
     def nightly():
@@ -189,7 +189,7 @@ def test_key_and_host_from_the_environment_are_checked_too(monkeypatch):
     assert run({}) == []
 
 
-@pytest.mark.filterwarnings("ignore:Legacy Task Badger API keys:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Legacy API keys are deprecated:DeprecationWarning")
 def test_the_key_never_appears_in_any_message():
     for bad_key in (SECRET, key() + " ", base64.b64encode(f"a/{SECRET}".encode()).decode(), 42, key(secret="")):
         messages = run(VALID, API_KEY=bad_key, TAGS={"k": 1}, HOST="ftp://x")

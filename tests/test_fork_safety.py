@@ -42,6 +42,8 @@ def _use_every_lock(queue_):
     queue_.put("done")
 
 
+# It forks a process that has threads, on purpose: billiard's prefork pool does (Python 3.12 warns about it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 @pytest.mark.parametrize("name", list(LOCKS))
 def test_child_forked_while_another_thread_holds_a_lock_does_not_hang(taskbadger_server, name):
     taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url)

@@ -114,6 +114,9 @@ def _update_in_child(task_id, queue):
         queue.put(repr(err))
 
 
+# It forks a process that has threads, on purpose: billiard's prefork pool does (Python 3.12 warns about it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Using fork.. is a bad idea:DeprecationWarning")  # eventlet, when loaded
 def test_a_forked_child_does_not_reuse_the_parents_socket(taskbadger_server):
     task = create("fork", {"status": "pending"})
     ctx = multiprocessing.get_context("fork")

@@ -223,6 +223,8 @@ def _claim_all(directory, queue, done):
     done.wait(20)  # a live process keeps its claims (one that died would have them taken over)
 
 
+# It forks a process that has threads, on purpose: billiard's prefork pool does (Python 3.12 warns about it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_two_processes_never_take_the_same_file(spool_dir):
     spool = Spool(spool_dir)
     ids = [f"T{i:025d}" for i in range(40)]
