@@ -23,7 +23,7 @@ _TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: Organization and project slugs: they become URL path segments.
 _SLUG = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-#: The API's limit on a task name.
+#: The API's limit on a task name (and on a queue's).
 MAX_NAME_LENGTH = 255
 #: The API's limits on a tag's value, in characters.
 MIN_TAG_LENGTH, MAX_TAG_LENGTH = 2, 255
@@ -31,6 +31,13 @@ MIN_TAG_LENGTH, MAX_TAG_LENGTH = 2, 255
 MAX_SECONDS = 2_147_483_647
 #: The longest heartbeat interval: a day (a task pinged less often is better watched with ``stale_timeout``).
 MAX_HEARTBEAT_INTERVAL = 86_400.0
+
+
+def fitted_name(text: str) -> str:
+    """``text`` cut to what the API takes for a name or a queue (``MAX_NAME_LENGTH``), marked with "…": a
+    job's module path, a queue's own name or a name given on a command line may be longer, and the API would
+    refuse the create (the job would run untracked)."""
+    return text if len(text) <= MAX_NAME_LENGTH else text[:MAX_NAME_LENGTH - 1] + "…"
 
 
 def is_task_id(value: Any) -> bool:

@@ -353,6 +353,14 @@ def test_a_slow_create_still_tracks_the_run(taskbadger_server, env, tmp_path):
     assert taskbadger_server.wait_for_task(name="slow", status="success")
 
 
+def test_a_name_longer_than_the_api_takes_is_shortened_and_the_run_tracked(taskbadger_server, env):
+    long_name = "nightly-export-" + "x" * 300  # e.g. built from a host name and arguments in a crontab line
+    result = cli("run", long_name, "--", "true", env=env)
+    assert result.returncode == 0 and result.stderr == ""
+    [task] = taskbadger_server.tasks.values()
+    assert task["name"] == long_name[:254] + "…" and task["status"] == "success"
+
+
 def test_the_outcome_is_retried_through_server_errors(taskbadger_server, env):
     taskbadger_server.fail(503, times=3, method="PATCH")
     result = cli("run", "flaky", "--", "sh", "-c", "exit 4", env=env)

@@ -48,7 +48,7 @@ from taskbadger.actions import Action, action_dicts
 from taskbadger.config import Config
 from taskbadger.delivery.spool import Entry, Spool, api_key_of
 from taskbadger.exceptions import RateLimited, ServerError, TaskbadgerException, TransportError
-from taskbadger.models import TaskModel
+from taskbadger.models import TaskModel, fitted_name
 
 from . import process
 from .commands import describe_error
@@ -81,7 +81,7 @@ def run_command(name: str, command: Sequence[str], *, configure: Callable[[], Co
 class _Run:
     def __init__(self, name: str, command: list[str], frequency: int, capture: bool, err: TextIO,
                  relay: process.SignalRelay) -> None:
-        self.name, self.command, self.frequency, self.capture = name, command, frequency, capture
+        self.name, self.command, self.frequency, self.capture = fitted_name(name), command, frequency, capture
         self.err, self.relay = err, relay
         self.tracker: Tracker | None = None
 

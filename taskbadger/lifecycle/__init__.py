@@ -41,7 +41,7 @@ from ..context_providers import error_context
 from ..delivery import merge, sender
 from ..delivery.heartbeat import get_heartbeat
 from ..inline import Created, create_inline, find, settle_later
-from ..models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress, exception_data
+from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress, exception_data, fitted_name
 from ..scope import enter_task, exit_task, parent_for_new_task
 from ..task import Task
 from .body import RunTask
@@ -99,10 +99,10 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     be recorded; ``inherit_parent``: False when the job follows the running task rather than being its
     child (a Celery chain's next link)."""
     fields: dict[str, Any] = {
-        "name": options.get("name", _fitted(display_name or name)),
+        "name": options.get("name", fitted_name(display_name or name)),
         "status": StatusEnum.PENDING,
         "external_id": external_id if isinstance(external_id, str) else None,
-        "queue": _fitted(queue) if isinstance(queue, str) else None,
+        "queue": fitted_name(queue) if isinstance(queue, str) else None,
     }
     for key in ("value", "value_max", "tags", "max_runtime", "actions"):
         if key in options:
@@ -122,12 +122,6 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     if monitor:
         fields["monitor_id"] = monitor
     return fields
-
-
-def _fitted(text: str) -> str:
-    """``text`` cut to what the API takes for a name or a queue (``MAX_NAME_LENGTH``), marked with "…": a
-    queue's own name or a task's module path may be longer, and the API would refuse the create."""
-    return text if len(text) <= MAX_NAME_LENGTH else text[:MAX_NAME_LENGTH - 1] + "…"
 
 
 def heartbeat_options(options: Mapping[str, Any], rules: Rules | None) -> tuple[float | None, int | None]:
