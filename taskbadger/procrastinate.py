@@ -24,6 +24,7 @@ Worker side
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -236,8 +237,7 @@ class TrackingJobManager(manager.JobManager):
             return None
         if len(found) != 1 or found[0].status != "todo":
             return None
-        task_id = (found[0].task_kwargs or {}).get(TB_TASK_ID_KWARG)
-        return task_id if isinstance(task_id, str) and is_task_id(task_id) else None
+        return _carried_task_id(found[0])
 
 
 def _raise_or(found: list[jobs.Job] | Exception) -> list[jobs.Job]:
@@ -255,9 +255,23 @@ def _cancelled_before_start(task_id: str | None, cancelled: bool) -> None:
         _internal_error("cancelling the task of a cancelled job")
 
 
+def _carried_task_id(job: jobs.Job) -> str | None:
+    """The valid task id a job read back from the database carries, if any. Its kwargs are a dict, or their
+    JSON text when they were read through Django's connection (``procrastinate.contrib.django``: Django's
+    PostgreSQL backend leaves ``jsonb`` unparsed)."""
+    kwargs: Any = job.task_kwargs
+    if isinstance(kwargs, str | bytes):
+        try:
+            kwargs = json.loads(kwargs)
+        except ValueError:
+            return None
+    raw = kwargs.get(TB_TASK_ID_KWARG) if isinstance(kwargs, dict) else None
+    return raw if isinstance(raw, str) and is_task_id(raw) else None
+
+
 def _failed_unknown(job: jobs.Job) -> None:
-    raw = (job.task_kwargs or {}).get(TB_TASK_ID_KWARG)
-    if not (isinstance(raw, str) and is_task_id(raw)):
+    raw = _carried_task_id(job)
+    if raw is None:
         return  # deferred untracked: nothing was created
     try:
         problem = pexc.TaskNotFound(f"no task named {job.task_name!r} in the worker that took job {job.id} (a typo, "

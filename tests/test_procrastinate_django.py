@@ -104,6 +104,25 @@ def test_manage_py_procrastinate_worker_tracks_jobs_from_settings_alone(taskbadg
 
 
 @pytest.mark.integration
+def test_a_job_cancelled_through_djangos_connection_is_cancelled_with_its_task(taskbadger_server, django_env):
+    """Jobs read back through Django's connection carry their kwargs as JSON text (Django's backend leaves
+    jsonb unparsed): the cancel raised AttributeError, and the job stayed queued."""
+    env, _ = django_env
+    cancel = (
+        "from procrastinate.contrib.django import app; from tests.procrastinate_django import tasks as t; "
+        "job = t.echo.configure(queue='dj-never-worked', schedule_in={'hours': 1}).defer(value='x'); "
+        "print(job, app.job_manager.cancel_job_by_id(job)); "
+        "from procrastinate.contrib.django.models import ProcrastinateJob as J; print(J.objects.get(id=job).status)"
+    )
+    job_id, cancelled, status = manage(env, "shell", "-c", cancel).stdout.split()[-3:]
+    assert (cancelled, status) == ("True", "cancelled")
+    task = taskbadger_server.wait_for(lambda: next(
+        (t for t in taskbadger_server.tasks.values() if t["external_id"] == job_id and t["status"] == "cancelled"),
+        None), timeout=20)
+    assert task["data"]["procrastinate_status"] == "cancelled"
+
+
+@pytest.mark.integration
 def test_w013_when_taskbadger_django_comes_first(django_env):
     env, _ = django_env
     out = manage({**env, "TB_DJANGO_TB_FIRST": "1"}, "check", check=False)
