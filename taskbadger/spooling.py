@@ -91,14 +91,17 @@ def _shutdown(timeout: float, give_up: Callable[[], bool] | None, take_spool: bo
                   "off: they are lost", len(entries))
         _count_lost(current, entries)
         return
-    written, dropped = Spool(config.spool_dir).write(api_key_of(config), entries)
-    if dropped:
-        _count_lost(current, entries[len(entries) - dropped:])
-    if written:
-        log.warning("Task Badger: %d update(s) not delivered before this process ended are spooled in %s (after "
-                    "%.2f s: %s); the next process that uses Task Badger on this machine delivers them", written,
-                    config.spool_dir, time.monotonic() - started, why)
-    _drainer.get().release_all()  # what this process had taken from the spool was just spooled again
+    written, _ = Spool(config.spool_dir).write(api_key_of(config), entries)
+    drainer = _drainer.get()
+    if not written:
+        # What this process had taken from the spool goes back there as it was; only its own updates are lost.
+        taken_back = drainer.unclaim_all()
+        _count_lost(current, [e for e in entries if e.task_id not in taken_back])
+        return
+    log.warning("Task Badger: %d update(s) not delivered before this process ended are spooled in %s (after "
+                "%.2f s: %s); the next process that uses Task Badger on this machine delivers them", written,
+                config.spool_dir, time.monotonic() - started, why)
+    drainer.release_all()  # what this process had taken from the spool was just spooled again
 
 
 def _count_lost(current: sender.Sender | None, entries: list[Entry]) -> None:
@@ -192,7 +195,15 @@ class _Drainer:
             if self._closed:
                 return 0
             self._looked = True
-            claims, _ = Spool(config.spool_dir).claim(api_key_of(config), RETRY_HORIZON)  # type: ignore[arg-type]
+            queue = pending_updates()
+            # Up to half the queue: the rest is for the updates of this process's own tasks, which must never
+            # wait for room. What is left in the spool is taken at a later look, as the queue drains.
+            room = queue.max_pending // 2 - queue.held()
+            claims, dropped = Spool(config.spool_dir).claim(  # type: ignore[arg-type]
+                api_key_of(config), RETRY_HORIZON, limit=room)
+        if dropped:
+            with queue.cond:
+                queue.counters["dropped"] += dropped
         taken = 0
         for claim in claims:
             queued: list[str] = []
@@ -226,6 +237,14 @@ class _Drainer:
             for claim, _ in self._claims:
                 Spool.release(claim)
             self._claims = []
+
+    def unclaim_all(self) -> set[str]:
+        """Give every claimed file back to the spool; returns the task ids they hold."""
+        with self._lock:
+            claims, self._claims = self._claims, []
+        for claim, _ in claims:
+            Spool.unclaim(claim)
+        return {task_id for _, task_ids in claims for task_id in task_ids}
 
 
 def _queue_from_spool(entry: Entry) -> None:

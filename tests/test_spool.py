@@ -19,8 +19,8 @@ import pytest
 import taskbadger
 from taskbadger import spooling
 from taskbadger.delivery import sender
-from taskbadger.delivery.queue import pending_updates
-from taskbadger.delivery.spool import Entry, Spool, api_key_of
+from taskbadger.delivery.queue import MAX_PENDING_TASKS, pending_updates
+from taskbadger.delivery.spool import MAX_BYTES, Entry, Spool, api_key_of
 
 from .workers import ROOT
 
@@ -339,6 +339,95 @@ def test_check_logs_and_stats_say_what_is_spooled(api, spool_dir, caplog):
     assert any(f"are spooled in {spool_dir}" in r.getMessage() for r in caplog.records)
     assert taskbadger.stats()["spool"] == 1
     assert api_key_of(taskbadger.get_config()) in files(spool_dir)[0].name
+
+
+# -- what a process took from the spool is never lost with it (found by a hunt with real processes) ---------
+
+
+def spooled_by_an_earlier_process(spool_dir, ids):
+    """Entries for ``ids`` as a process that ended during an outage left them."""
+    written, _ = Spool(spool_dir).write(api_key_of(taskbadger.get_config()),
+                                        [Entry({"status": "success"}, task_id=task_id, final=True) for task_id in ids])
+    assert written == len(ids)
+
+
+def fill(spool_dir, size):
+    """Another file takes ``size`` bytes of the spool's room (sparse: no disk is used)."""
+    with open(spool_dir / "zz-filler", "wb") as filler:
+        filler.truncate(size)
+
+
+def test_a_process_that_cannot_spool_again_gives_back_what_it_took(api, spool_dir, tb_log):
+    task = taskbadger.create_task("taken, then given back")
+    api.refuse()
+    spooled_by_an_earlier_process(spool_dir, [task.id])
+    [original] = files(spool_dir)
+    spooling.deliver_spooled()  # this process takes it (and the API is still down)
+    api.wait_for(lambda: taskbadger.stats()["retried"] >= 1)
+    fill(spool_dir, MAX_BYTES)  # ...and the spool is full when it ends: it could not be written again
+    spooling.shutdown(10.0)
+    assert any("is full" in r.getMessage() for r in tb_log.records)
+    assert original in files(spool_dir)  # given back as it was (it was deleted)
+    (spool_dir / "zz-filler").unlink()
+    api.accept()
+    assert deliver_in_another_process(api, spool_dir) == ["1", "True", "0"]
+    assert api.get_task(task.id)["status"] == "success"
+
+
+def test_what_a_process_took_does_not_count_against_the_room_to_spool_it_again(api, spool_dir):
+    tasks = [taskbadger.create_task(f"taken {i}") for i in range(20)]
+    api.refuse()
+    spooled_by_an_earlier_process(spool_dir, [t.id for t in tasks])
+    [taken] = files(spool_dir)
+    size = taken.stat().st_size
+    spooling.deliver_spooled()
+    api.wait_for(lambda: taskbadger.stats()["retried"] >= 1)
+    fill(spool_dir, MAX_BYTES - size * 3 // 2)  # room for the rewrite, once the claimed file is not counted
+    spooling.shutdown(10.0)
+    (spool_dir / "zz-filler").unlink()
+    assert Spool(spool_dir).waiting(api_key_of(taskbadger.get_config())) == 20
+
+
+def test_a_process_takes_no_more_from_the_spool_than_half_its_queue(api, spool_dir):
+    api.refuse()
+    ids = [f"S{i:025d}" for i in range(MAX_PENDING_TASKS + 2_000)]
+    before = taskbadger.stats()
+    spooled_by_an_earlier_process(spool_dir, ids)
+    spooling.deliver_spooled()  # or this process's spool thread, first
+    after = taskbadger.stats()
+    assert 0 < after["unspooled"] - before["unspooled"] <= MAX_PENDING_TASKS // 2
+    assert after["dropped"] == before["dropped"]  # 2,000 were dropped, and their files deleted
+    spooling.shutdown(10.0)
+    assert Spool(spool_dir).waiting(api_key_of(taskbadger.get_config())) == len(ids)
+
+
+def test_files_are_taken_while_they_fit_the_room_given(spool_dir):
+    spool = Spool(spool_dir)
+    spool.write("k" * 16, [Entry({"value": 1}, task_id=f"T{i:025d}") for i in range(2_500)])
+    assert [int(p.name.split("-")[-1].split(".")[0]) for p in files(spool_dir)] == [1000, 1000, 500]
+    first, _ = spool.claim("k" * 16, 900, limit=2_400)
+    second, _ = spool.claim("k" * 16, 900, limit=2_400)
+    assert [len(c.entries) for c in first] == [1000, 1000] and [len(c.entries) for c in second] == [500]
+
+
+def test_a_directory_others_can_write_is_not_read_either(spool_dir, tb_log):
+    Spool(spool_dir).write("k" * 16, [Entry({"status": "success"}, task_id="A" * 26)])
+    os.chmod(spool_dir, 0o777)  # e.g. made first under /tmp by another user, who put files in it
+    assert Spool(spool_dir).claim("k" * 16, 900) == ([], 0)
+    assert any("is not read" in r.getMessage() and "written by other users" in r.getMessage()
+               for r in tb_log.records)
+
+
+@pytest.mark.parametrize("suffix", ["-0badc0de", ""], ids=["earlier-process", "older-version"])
+def test_a_claim_left_by_an_earlier_process_with_this_pid_is_taken_over(spool_dir, suffix):
+    """A container's pid 1, restarted after it was killed, has the pid of the process that claimed the file."""
+    spool = Spool(spool_dir)
+    spool.write("k" * 16, [Entry({"value": 1}, task_id="A" * 26)])
+    [path] = files(spool_dir)
+    path.rename(path.with_name(path.name + f".claimed-{os.getpid()}{suffix}"))
+    [claim], _ = spool.claim("k" * 16, 900)
+    assert [e.task_id for e in claim.entries] == ["A" * 26]
+    assert spool.claim("k" * 16, 900) == ([], 0)  # now this process's own claim: not taken twice
 
 
 # -- real workers -------------------------------------------------------------------------------------------

@@ -11,11 +11,14 @@ within the retry horizon.
   and renamed into place: a reader sees a whole file or none. Files are 0600 in a 0700 directory that
   must belong to this user (a directory anyone can write to is not used); they hold no key, only which
   API they are for (a digest of host, organization and project).
-* Bounded: at most ``MAX_ENTRIES`` per file and ``MAX_BYTES`` in the directory; what does not fit is
-  dropped, counted and logged.
-* A file is claimed by renaming it (``….claimed-<pid>``): of two processes, one wins. A claim whose
-  process is gone (killed) is taken over; a claimed file is deleted once its updates left the queue
-  (sent, dropped, or spooled again at exit).
+* Bounded: at most ``MAX_BYTES`` in the directory, in files of at most ``MAX_ENTRIES`` (so that a process
+  takes no more than its queue has room for); what does not fit is dropped, counted and logged.
+* A file is claimed by renaming it (``….claimed-<pid>-<process token>``): of two processes, one wins. A
+  claim whose process is gone (killed; or an earlier process with the same pid, as a container's pid 1 is
+  after a restart) is taken over; a claimed file is deleted once its updates left the queue (sent, dropped,
+  or spooled again at exit), and given back (``unclaim``) when they could not be spooled again.
+* A directory that is not this user's, or that others can write to, is neither written nor read: its
+  files could be anyone's.
 * Entries are read as input from outside: a task id must be one, fields are kept only from a fixed set
   of JSON types; a line that is not an entry is skipped, with one log line per file. Entries older than
   the retry horizon are dropped and counted.
@@ -35,14 +38,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._runtime import log_throttled, short
+from .._runtime import PerProcess, log_throttled, short
 from ..config import Config
 from ..models import is_task_id
 
 log = logging.getLogger("taskbadger")
 
-#: Most entries in one file, and most bytes in the whole directory.
-MAX_ENTRIES = 10_000
+#: Most entries in one file (a process takes whole files, up to what its queue has room for), and most
+#: bytes in the whole directory.
+MAX_ENTRIES = 1_000
 MAX_BYTES = 64 * 1024 * 1024
 #: A claim older than this is taken over even if its process seems alive (a recycled pid).
 STALE_CLAIM = 15 * 60.0
@@ -51,6 +55,10 @@ _FIELDS = frozenset({"name", "status", "value", "value_max", "data", "max_runtim
                      "queue", "external_id", "parent", "start_time", "end_time", "actions", "merge_data",
                      "_taskbadger_unless_final", "_taskbadger_only_if_pending"})
 _SUFFIX = ".jsonl"
+_CLAIMED = ".claimed-"
+#: This process's claims are ``.claimed-<pid>-<token>``: the token tells its claims from those of an earlier
+#: process that had the same pid.
+_TOKEN: PerProcess[str] = PerProcess(lambda: secrets.token_hex(4))
 
 
 def api_key_of(config: Config) -> str:
@@ -126,41 +134,51 @@ class Spool:
     # -- writing -------------------------------------------------------------------------------------
 
     def write(self, api: str, entries: Iterable[Entry]) -> tuple[int, int]:
-        """Write ``entries`` as one file; (written, dropped). Never raises."""
+        """Write ``entries``, in files of at most ``MAX_ENTRIES``; (written, dropped). All or none: what was
+        written is removed again when the rest cannot be. Never raises."""
         items = list(entries)
         if not items:
             return 0, 0
-        kept, dropped = items[:MAX_ENTRIES], len(items) - MAX_ENTRIES if len(items) > MAX_ENTRIES else 0
+        written: list[pathlib.Path] = []
         try:
             self._ready()
-            data = ("\n".join(entry.to_json() for entry in kept) + "\n").encode()
-            room = MAX_BYTES - self._size()
-            if len(data) > room:
-                dropped, kept = len(items), []
+            chunks = [("\n".join(entry.to_json() for entry in items[i:i + MAX_ENTRIES]) + "\n").encode()
+                      for i in range(0, len(items), MAX_ENTRIES)]
+            if sum(len(chunk) for chunk in chunks) > MAX_BYTES - self._size():
                 log_throttled("spool:full", 60.0, logging.ERROR, "Task Badger: the spool %s is full (%d MB): %d "
-                              "update(s) dropped", self.directory, MAX_BYTES // 2**20, dropped)
-                return 0, dropped
-            name = f"{api}-{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}-{len(kept)}{_SUFFIX}"
-            temporary = self.directory / f".{name}.tmp"
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as out:
-                    out.write(data)
-            except BaseException:
-                temporary.unlink(missing_ok=True)
-                raise
-            os.replace(temporary, self.directory / name)
+                              "update(s) dropped", self.directory, MAX_BYTES // 2**20, len(items))
+                return 0, len(items)
+            for i, chunk in enumerate(chunks):
+                count = min(MAX_ENTRIES, len(items) - i * MAX_ENTRIES)
+                written.append(self._write_file(f"{api}-{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}-"
+                                                f"{count}{_SUFFIX}", chunk))
         except OSError as err:
+            for path in written:
+                path.unlink(missing_ok=True)
             log_throttled("spool:write", 60.0, logging.ERROR, "Task Badger: could not write %d update(s) to the spool "
                           "%s (%s); they are lost", len(items), self.directory, err)
             return 0, len(items)
-        if dropped:
-            log.error("Task Badger: %d update(s) did not fit in one spool file and were dropped", dropped)
-        return len(kept), dropped
+        return len(items), 0
+
+    def _write_file(self, name: str, data: bytes) -> pathlib.Path:
+        temporary = self.directory / f".{name}.tmp"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        os.replace(temporary, self.directory / name)
+        return self.directory / name
 
     def _ready(self) -> None:
         """Make the directory (0700) and check that it is ours and nobody else's to write."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._check_owner()
+
+    def _check_owner(self) -> None:
+        """Raise PermissionError unless the directory is this user's and nobody else's to write."""
         info = self.directory.stat()
         if hasattr(os, "getuid") and info.st_uid != os.getuid():
             raise PermissionError(f"{self.directory} belongs to another user")
@@ -168,8 +186,13 @@ class Spool:
             raise PermissionError(f"{self.directory} can be written by other users (make it 0700)")
 
     def _size(self) -> int:
+        """Bytes in the directory, but for this process's own claims (deleted once what they held is spooled
+        again, or given back if it cannot be)."""
         total = 0
+        mine = _claim_suffix()
         for path in self.directory.iterdir():
+            if path.name.endswith(mine):
+                continue
             try:
                 total += path.stat().st_size
             except OSError:
@@ -180,24 +203,30 @@ class Spool:
 
     def waiting(self, api: str) -> int:
         """Entries waiting for ``api`` (claimed ones included), from the file names: nothing is read."""
-        count = 0
-        for path in self._files(api, claimed=True):
-            try:
-                count += int(path.name.split(_SUFFIX)[0].rsplit("-", 1)[1])
-            except (IndexError, ValueError):
-                continue
-        return count
+        return sum(_count(path) for path in self._files(api, claimed=True))
 
-    def claim(self, api: str, horizon: float) -> tuple[list[Claim], int]:
-        """Take every file for ``api`` nobody holds (and every claim whose process is gone); return them
-        with their entries, and how many entries were dropped (older than ``horizon`` seconds, or not
-        entries at all)."""
+    def claim(self, api: str, horizon: float, limit: int = MAX_BYTES) -> tuple[list[Claim], int]:
+        """Take the files for ``api`` nobody holds (and the claims whose process is gone), oldest first, while
+        their entries add up to at most ``limit`` (what the taker's queue has room for: the rest stays for a
+        later look); return them with their entries, and how many entries were dropped (older than
+        ``horizon`` seconds, or not entries at all)."""
         claims: list[Claim] = []
-        dropped = 0
+        dropped = taken = 0
+        try:
+            self._check_owner()
+        except FileNotFoundError:
+            return [], 0  # nothing was ever spooled here
+        except OSError as err:
+            log_throttled("spool:owner", 60.0, logging.WARNING, "Task Badger: the spool %s is not read: %s",
+                          self.directory, err)
+            return [], 0
         for path in self._files(api, claimed=True):
-            if ".claimed-" in path.name and not _abandoned(path):
+            if _CLAIMED in path.name and not _abandoned(path):
                 continue
-            mine = path.with_name(path.name.split(".claimed-")[0] + f".claimed-{os.getpid()}")
+            taken += _count(path)
+            if taken > limit:
+                break
+            mine = path.with_name(path.name.split(_CLAIMED)[0] + _claim_suffix())
             try:
                 os.replace(path, mine)
             except FileNotFoundError:
@@ -219,11 +248,31 @@ class Spool:
             if name.startswith(".") and name.endswith(".tmp"):
                 _remove_if_older(self.directory / name, STALE_CLAIM)
         return [self.directory / name for name in names if name.startswith(f"{api}-") and (
-            name.endswith(_SUFFIX) or (claimed and f"{_SUFFIX}.claimed-" in name))]
+            name.endswith(_SUFFIX) or (claimed and f"{_SUFFIX}{_CLAIMED}" in name))]
 
     @staticmethod
     def release(claim: Claim) -> None:
         claim.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def unclaim(claim: Claim) -> None:
+        """Give a claimed file back, for the next process to take (what it held could not be spooled again)."""
+        try:
+            os.replace(claim.path, claim.path.with_name(claim.path.name.split(_CLAIMED)[0]))
+        except OSError as err:
+            log.error("Task Badger: could not give the spool file %s back (%s)", claim.path, err)
+
+
+def _claim_suffix() -> str:
+    return f"{_CLAIMED}{os.getpid()}-{_TOKEN.get()}"
+
+
+def _count(path: pathlib.Path) -> int:
+    """The number of entries a spool file holds, from its name."""
+    try:
+        return int(path.name.split(_SUFFIX)[0].rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 def _remove_if_older(path: pathlib.Path, age: float) -> None:
@@ -237,12 +286,14 @@ def _remove_if_older(path: pathlib.Path, age: float) -> None:
 def _abandoned(path: pathlib.Path) -> bool:
     """A claimed file whose process is gone, or that has been claimed for too long."""
     try:
-        pid = int(path.name.rsplit(".claimed-", 1)[1])
+        pid_text, _, token = path.name.rsplit(_CLAIMED, 1)[1].partition("-")
+        pid = int(pid_text)
         age = time.time() - path.stat().st_mtime
     except (ValueError, OSError):
         return False
     if pid == os.getpid():
-        return False  # ours: being delivered right now
+        # ours, being delivered right now; or an earlier process's with the same pid (a container's pid 1)
+        return token != _TOKEN.get()
     if age > STALE_CLAIM:
         return True
     try:
