@@ -105,7 +105,7 @@ def find(external_id: str, open_only: bool = False, name: str | None = None) -> 
     if config is None:
         return Found(None, asked=True)
     breaker = publish_breaker()
-    call = breaker.begin()
+    call = breaker.begin(creates=False)
     if call is None:
         return Found(None, asked=False)
     try:

@@ -79,14 +79,17 @@ class Breaker:
 
     # -- the calls --------------------------------------------------------------------------------
 
-    def begin(self, max_in_flight: int | None = None) -> int | None:
+    def begin(self, max_in_flight: int | None = None, *, creates: bool = True) -> int | None:
         """A call may go ahead: its handle for ``end()``. None: skip it (tracking is off for it).
         ``max_in_flight``: a caller whose wait blocks nobody else (a coroutine's create, made in a thread
-        of its own) may allow more calls at once than ``self.max_in_flight``."""
+        of its own) may allow more calls at once than ``self.max_in_flight``. ``creates``: whether the call
+        creates a task; a skipped create is a task not tracked, counted for the line that says when tracking
+        resumes (a skipped update or lookup is queued or settled later, not lost)."""
         with self._lock:
             now = time.monotonic()
             if now < self._deferred_until or not self._admits(now, max_in_flight or self.max_in_flight):
-                self._skipped += 1
+                if creates:
+                    self._skipped += 1
                 return None
             self._next_call += 1
             self._in_flight[self._next_call] = now

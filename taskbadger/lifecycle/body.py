@@ -58,7 +58,7 @@ class RunTask(Task):
             self._to_senders(fields)
             return
         breaker = publish_breaker()
-        call = breaker.begin()
+        call = breaker.begin(creates=False)
         if call is None:
             self._queue(fields, "the Task Badger API is failing")
             return
