@@ -404,7 +404,9 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
         raise
     else:
         try:
-            lifecycle.succeed(run)
+            attempts = context.job.attempts
+            # after retries, the attempts it took (its retries recorded the count up to then)
+            lifecycle.succeed(run, {"attempts": attempts + 1} if attempts else None)
         except Exception:
             _internal_error("recording the success of a job")
         return result

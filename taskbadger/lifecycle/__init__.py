@@ -327,9 +327,10 @@ def _final(run: Run, status: StatusEnum, extra: Mapping[str, Any] | None = None)
     return True
 
 
-def succeed(run: Run) -> bool:
-    """The job returned: ``success`` (a job that reported progress ends complete)."""
-    return _final(run, StatusEnum.SUCCESS)
+def succeed(run: Run, extra: Mapping[str, Any] | None = None) -> bool:
+    """The job returned: ``success`` (a job that reported progress ends complete), with ``extra`` merged into
+    its data."""
+    return _final(run, StatusEnum.SUCCESS, extra)
 
 
 def failure_data(exc: Any, formatted: str | None = None) -> dict[str, Any]:
