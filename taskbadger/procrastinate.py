@@ -24,6 +24,7 @@ Worker side
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sys
@@ -137,6 +138,26 @@ def _prepare(app: Any, jobs_: list[jobs.Job]) -> tuple[list[jobs.Job], list[Task
     return out, created
 
 
+def _watch_rollback(inserted: list[jobs.Job], created: list[TaskbadgerTask | None]) -> None:
+    """Jobs inserted inside a transaction that may roll back (deferred through Django's connection in an
+    ``atomic()`` block): if it does, they never run, and their tasks are closed ``cancelled`` (if still
+    ``pending``). The integration's ``if_rolled_back`` (set by ``taskbadger_django``) knows the transaction."""
+    system = procrastinate_system()
+    watch = getattr(system, "if_rolled_back", None)
+    if watch is None:
+        return
+    for job, task in zip(inserted, created, strict=True):
+        if task is None or job.id is None:
+            continue
+        try:
+            watch(job.id, functools.partial(
+                lifecycle.close, task.id, StatusEnum.CANCELLED,
+                {"publish_error": "the transaction that deferred it was rolled back"},
+                known_data=task.data, data_known=True, only_if_pending=True))
+        except Exception:
+            _internal_error("watching the transaction that deferred a job")
+
+
 def _deferred(
     inserted: list[jobs.Job], created: list[TaskbadgerTask | None], originals: list[jobs.Job]
 ) -> list[jobs.Job]:
@@ -196,6 +217,8 @@ class TrackingJobManager(manager.JobManager):
         except BaseException as exc:
             _not_deferred(created, exc)
             raise
+        if not args and kwargs.get("connection") is None:  # on the connector's connection: maybe the caller's
+            _watch_rollback(inserted, created)               # transaction (Django's)
         return _deferred(inserted, created, jobs)
 
     # -- a job cancelled before it starts: its task is cancelled (an aborted one is the worker's) ----------

@@ -16,7 +16,6 @@ import datetime as dt
 import json
 import logging
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -27,33 +26,14 @@ from django.utils import timezone
 from taskbadger._runtime import log_throttled, short
 from taskbadger.django_tasks.channel import CREATING, Entry
 
+from . import transactions
+
 log = logging.getLogger("taskbadger")
 T = TypeVar("T")
 
 FAILED_RETENTION = dt.timedelta(days=1)
 MAX_AGE = dt.timedelta(days=30)
 PURGE_EVERY = 600.0
-
-
-class _Commit:
-    """Given to ``transaction.on_commit``: records that the transaction committed."""
-
-    __slots__ = ("done", "__weakref__")
-
-    def __init__(self) -> None:
-        self.done: list[bool] = []
-
-    def __call__(self) -> None:
-        self.done.append(True)
-
-
-def _unless_called(done: list[bool], confirm: Callable[[], None]) -> None:
-    if done:
-        return
-    try:
-        confirm()
-    except Exception:  # called while Django rolls back: never let it fail there
-        log.exception("Task Badger: could not record that a django.tasks enqueue was rolled back")
 
 
 class DatabaseChannel:
@@ -117,39 +97,11 @@ class DatabaseChannel:
 
     def if_rolled_back(self, result_id: str, callback: Callable[[], None]) -> None:
         """Call ``callback()`` if the transaction that wrote ``result_id``'s entry rolls back (the task's own row
-        in the database backend goes with it: the job never runs). Django has no hook for a rollback, but it
-        drops what ``on_commit`` was given without calling it: a commit calls ``_Commit``, a rollback only
-        frees it. Django also drops the hooks after one that raised on a commit, so a hook dropped uncalled
-        is confirmed by looking for the entry from a connection of its own: a committed one is there (until its
-        task succeeds; the callback closes only a task still ``pending``)."""
-        alias = router.db_for_write(self._model())
-        if not transaction.get_connection(alias).in_atomic_block:
-            return  # written in autocommit: there is nothing to roll back
-        commit = _Commit()
-        weakref.finalize(commit, _unless_called, commit.done,
-                         lambda: None if self._committed(alias, result_id) else callback()).atexit = False
-        transaction.on_commit(commit, using=alias)
-
-    def _committed(self, alias: str, result_id: str) -> bool:
-        """Whether ``result_id``'s entry is in the database, as a connection of its own sees it (this thread's may
-        be in the middle of a rollback). True when it cannot tell: closing a task whose job runs is worse."""
-        from django.db import connections
-
+        in the database backend goes with it: the job never runs). A committed entry stays until its task
+        succeeds; the callback closes only a task still ``pending``."""
         model = self._model()
-        wrapper = connections.create_connection(alias)
-        try:
-            quote = wrapper.ops.quote_name
-            with wrapper.cursor() as cursor:
-                cursor.execute(f"SELECT 1 FROM {quote(model._meta.db_table)} WHERE {quote(model._meta.pk.column)} = %s",
-                               [result_id])
-                return cursor.fetchone() is not None
-        except Exception as err:
-            log_throttled("django-tasks-channel:rollback", 60.0, logging.WARNING,
-                          "Task Badger: could not tell whether a django.tasks enqueue was rolled back (%s)",
-                          short(err, 200))
-            return True
-        finally:
-            wrapper.close()
+        transactions.if_rolled_back(router.db_for_write(model), model._meta.db_table, model._meta.pk.column,
+                                    result_id, callback)
 
     def get(self, result_id: str) -> Entry | None:
         model = self._model()

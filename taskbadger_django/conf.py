@@ -30,7 +30,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,24 @@ def django_tasks_available() -> bool:
 
 #: The Django app of Procrastinate, whose jobs ``TASKBADGER["PROCRASTINATE"]`` tracks.
 PROCRASTINATE_APP = "procrastinate.contrib.django"
+
+
+def procrastinate_rollbacks(app: Any) -> Callable[[int, Callable[[], None]], None] | None:
+    """For an app deferring through Django's connection (``DjangoConnector``, in the user's ``atomic()`` blocks):
+    ``if_rolled_back(job_id, callback)``, which calls ``callback()`` when the job's row was rolled back."""
+    from procrastinate.contrib.django.django_connector import DjangoConnector
+
+    connector = getattr(app, "connector", None)
+    if not isinstance(connector, DjangoConnector):
+        return None
+    alias = connector.alias
+
+    def if_rolled_back(job_id: int, callback: Callable[[], None]) -> None:
+        from .transactions import if_rolled_back as watch
+
+        watch(alias, "procrastinate_jobs", "id", job_id, callback)
+
+    return if_rolled_back
 
 
 def procrastinate_app() -> Any:
@@ -245,7 +263,8 @@ class TaskBadgerSettings:
         if app is not None:  # always present: @track tasks and MONITORS apply with AUTO_TRACK False too
             from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
 
-            kwargs["systems"].append(ProcrastinateSystemIntegration(app, **rules))
+            kwargs["systems"].append(ProcrastinateSystemIntegration(app, **rules,
+                                                                    if_rolled_back=procrastinate_rollbacks(app)))
         return kwargs
 
     def problems(self) -> list[str]:

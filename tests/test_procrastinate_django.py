@@ -122,6 +122,35 @@ def test_a_job_cancelled_through_djangos_connection_is_cancelled_with_its_task(t
     assert task["data"]["procrastinate_status"] == "cancelled"
 
 
+ROLLED_BACK = """
+from django.db import transaction
+from tests.procrastinate_django import tasks as t
+try:
+    with transaction.atomic():
+        print(t.echo.configure(queue="dj-never-worked").defer(value="rolled back"))
+        raise RuntimeError("the view failed after the defer")
+except RuntimeError:
+    pass
+with transaction.atomic():
+    print(t.echo.configure(queue="dj-never-worked").defer(value="committed"))
+"""
+
+
+@pytest.mark.integration
+def test_a_job_deferred_in_a_transaction_that_rolls_back_has_its_task_cancelled(taskbadger_server, django_env):
+    """Its row went with the transaction: it never runs, and its task would stay pending for ever."""
+    env, _ = django_env
+    rolled_back, committed = manage(env, "shell", "-c", ROLLED_BACK).stdout.split()[-2:]
+
+    def task_of(job_id, status):
+        return next((t for t in taskbadger_server.tasks.values()
+                     if t["external_id"] == job_id and t["status"] == status), None)
+
+    task = taskbadger_server.wait_for(lambda: task_of(rolled_back, "cancelled"), timeout=20)
+    assert task["data"]["publish_error"] == "the transaction that deferred it was rolled back"
+    assert task_of(committed, "pending")  # the shell flushed everything at exit: the committed one is untouched
+
+
 @pytest.mark.integration
 def test_w013_when_taskbadger_django_comes_first(django_env):
     env, _ = django_env

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..exceptions import ConfigurationError
@@ -33,6 +33,8 @@ class ProcrastinateSystemIntegration(QueueIntegration):
         heartbeat_interval: float | None = None,
         stale_timeout: int | None = None,
         monitors: Mapping[str, str] | None = None,
+        *,
+        if_rolled_back: Callable[[int, Callable[[], None]], None] | None = None,
     ) -> None:
         super().__init__(
             auto_track_tasks=auto_track_tasks,
@@ -46,6 +48,9 @@ class ProcrastinateSystemIntegration(QueueIntegration):
         from ..procrastinate import install
 
         self.app = app
+        #: ``if_rolled_back(job_id, callback)``: call ``callback()`` if the transaction that inserted the job rolls
+        #: back (``taskbadger_django`` gives it for Django's connection); None: nobody can tell.
+        self.if_rolled_back = if_rolled_back
         if not install(app):
             raise ConfigurationError(f"ProcrastinateSystemIntegration(app=...) needs a procrastinate.App, got {app!r}")
 
