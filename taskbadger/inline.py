@@ -133,6 +133,12 @@ def settle_later(external_id: str, fields: Mapping[str, Any], since: float | Non
     _settler.get().add(external_id, dict(fields), since)
 
 
+def settle_dropped() -> int:
+    """Runs whose outcome was dropped because their task could not be looked up in time (or too many waited)."""
+    settler = _settler.current()
+    return settler.dropped if settler is not None else 0
+
+
 def waiting_to_settle() -> bool:
     settler = _settler.current()
     return settler is not None and settler.busy()
@@ -180,6 +186,10 @@ class _Settler:
             for external_id, (fields, since) in batch:
                 if time.monotonic() - since > RETRY_HORIZON:
                     self._forget(external_id)
+                    self.dropped += 1
+                    log_throttled("settle:horizon", 60.0, logging.ERROR, "Task Badger: the outcome of run %s was "
+                                  "dropped: its task could not be looked up for %.0f s (%d dropped so far)",
+                                  short(external_id), RETRY_HORIZON, self.dropped)
                     continue
                 found = find(external_id, open_only=True)
                 if not found.asked:  # the API is failing: wait until it answers again

@@ -121,6 +121,7 @@ def stats() -> dict[str, Any]:
     """``taskbadger.stats()``: this process's delivery counters, the breaker's state, and ``spool``: the
     updates waiting in the spool for this API (this process's and others')."""
     result = sender.stats()
+    result["dropped"] += inline.settle_dropped()  # outcomes that never found their task
     config = get_config()
     _release_delivered()  # what this process took from the spool and delivered is not waiting any more
     result["spool"] = Spool(config.spool_dir).waiting(api_key_of(config)) if config and config.spool_dir else 0

@@ -17,9 +17,10 @@ import time
 import pytest
 
 import taskbadger
-from taskbadger import spooling
+from taskbadger import inline, spooling
 from taskbadger.delivery import sender
 from taskbadger.delivery.queue import MAX_PENDING_TASKS, pending_updates
+from taskbadger.delivery.sender import RETRY_HORIZON
 from taskbadger.delivery.spool import MAX_BYTES, Entry, Spool, api_key_of
 
 from .workers import ROOT
@@ -84,7 +85,7 @@ def test_a_hanging_api_is_not_waited_for_either(api, spool_dir):
 
 DELIVER = """
 import sys, taskbadger
-from taskbadger import spooling
+from taskbadger import inline, spooling
 taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
 print(spooling.deliver_spooled(), taskbadger.flush(10), taskbadger.stats()["spool"])
 """
@@ -100,6 +101,7 @@ def deliver_in_another_process(server, spool_dir):
 ENDING = """
 import sys, time, taskbadger
 from taskbadger.delivery import sender
+from taskbadger.delivery.sender import RETRY_HORIZON
 taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
 for task_id in sys.argv[4:]:
     sender.submit(task_id, {"status": "error", "data": {"return_code": 3}}, final=True)
@@ -133,7 +135,7 @@ def test_the_next_process_delivers_what_was_spooled_once_the_api_answers(taskbad
 
 SHORT_LIVED = """
 import sys, threading, taskbadger
-from taskbadger import spooling
+from taskbadger import inline, spooling
 # this process ends before its spool thread gets to run, as a short command on a busy machine does
 spooling.start_daemon_thread = lambda target, name: threading.Thread(target=target, name=name, daemon=True)
 taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
@@ -428,6 +430,16 @@ def test_a_claim_left_by_an_earlier_process_with_this_pid_is_taken_over(spool_di
     [claim], _ = spool.claim("k" * 16, 900)
     assert [e.task_id for e in claim.entries] == ["A" * 26]
     assert spool.claim("k" * 16, 900) == ([], 0)  # now this process's own claim: not taken twice
+
+
+def test_a_run_whose_task_could_not_be_looked_up_in_time_is_dropped_counted_and_logged(api, tb_log):
+    """A run whose create's answer was lost waits for its task to be found by external_id (spooled with the rest
+    when its process ends); past the retry horizon it is given up, and that is said."""
+    api.refuse()
+    before = taskbadger.stats()["dropped"]
+    inline.settle_later("job-42", {"status": "success"}, since=time.time() - RETRY_HORIZON - 1)
+    api.wait_for(lambda: taskbadger.stats()["dropped"] == before + 1)
+    assert any("the outcome of run 'job-42' was dropped" in r.getMessage() for r in tb_log.records)
 
 
 # -- real workers -------------------------------------------------------------------------------------------
