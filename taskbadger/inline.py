@@ -125,12 +125,13 @@ class Found:
     asked: bool
 
 
-def settle_later(external_id: str, fields: Mapping[str, Any], since: float | None = None) -> None:
+def settle_later(external_id: str, fields: Mapping[str, Any], since: float | None = None,
+                 horizon: float = RETRY_HORIZON) -> None:
     """A run that may have a task (its create was ambiguous, and the lookup could not be made when it
     started) has ended with ``fields`` (its final state): once the API answers again, find the task
     by ``external_id`` and, if it is still ``pending``, record them on it. Otherwise it would stay
-    ``pending`` for ever."""
-    _settler.get().add(external_id, dict(fields), since)
+    ``pending`` for ever. Given up ``horizon`` seconds after ``since`` (now, by default)."""
+    _settler.get().add(external_id, dict(fields), since, horizon)
 
 
 def settle_dropped() -> int:
@@ -159,11 +160,12 @@ class _Settler:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._waiting: dict[str, tuple[dict[str, Any], float]] = {}  # external id -> (fields, first tried)
+        self._waiting: dict[str, tuple[dict[str, Any], float, float]] = {}  # external id -> (fields, since, horizon)
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
-    def add(self, external_id: str, fields: dict[str, Any], since: float | None = None) -> None:
+    def add(self, external_id: str, fields: dict[str, Any], since: float | None = None,
+            horizon: float = RETRY_HORIZON) -> None:
         """``since``: when the run ended (wall clock), for a run taken back from the spool."""
         started = time.monotonic() if since is None else time.monotonic() - max(0.0, time.time() - since)
         with self._cond:
@@ -172,7 +174,7 @@ class _Settler:
                 log_throttled("settle:full", 60.0, logging.ERROR, "Task Badger: %d run(s) whose task could not be "
                               "found were dropped: too many waiting for the API", self.dropped)
                 return
-            self._waiting[external_id] = (fields, started)
+            self._waiting[external_id] = (fields, started, horizon)
             if self._thread is None:
                 self._thread = start_daemon_thread(self._run, "taskbadger-settle")
             self._cond.notify()
@@ -183,13 +185,13 @@ class _Settler:
                 while not self._waiting:
                     self._cond.wait()
                 batch = list(self._waiting.items())
-            for external_id, (fields, since) in batch:
-                if time.monotonic() - since > RETRY_HORIZON:
+            for external_id, (fields, since, horizon) in batch:
+                if time.monotonic() - since > horizon:
                     self._forget(external_id)
                     self.dropped += 1
                     log_throttled("settle:horizon", 60.0, logging.ERROR, "Task Badger: the outcome of run %s was "
                                   "dropped: its task could not be looked up for %.0f s (%d dropped so far)",
-                                  short(external_id), RETRY_HORIZON, self.dropped)
+                                  short(external_id), horizon, self.dropped)
                     continue
                 found = find(external_id, open_only=True)
                 if not found.asked:  # the API is failing: wait until it answers again
@@ -206,7 +208,7 @@ class _Settler:
     def take_all(self) -> list[tuple[str, dict[str, Any], float]]:
         offset = time.time() - time.monotonic()
         with self._cond:
-            taken = [(external_id, fields, since + offset) for external_id, (fields, since) in self._waiting.items()]
+            taken = [(external_id, fields, since + offset) for external_id, (fields, since, _) in self._waiting.items()]
             self._waiting.clear()
             return taken
 

@@ -35,6 +35,10 @@ log = logging.getLogger("taskbadger")
 STUCK = 1.0
 #: Seconds between two looks at the spool in a process that uses the SDK.
 SCAN_INTERVAL = 10.0
+#: How long a spooled final state is kept and retried (a progress update: the retry horizon). The next process
+#: may come much later (``taskbadger run`` in an hourly crontab), and a late final state is still the truth:
+#: without it the task stays ``processing``.
+FINAL_HORIZON = 24 * 3600.0
 
 
 def api_failing() -> bool:
@@ -201,7 +205,7 @@ class _Drainer:
             # wait for room. What is left in the spool is taken at a later look, as the queue drains.
             room = queue.max_pending // 2 - queue.held()
             claims, dropped = Spool(config.spool_dir).claim(  # type: ignore[arg-type]
-                api_key_of(config), RETRY_HORIZON, limit=room)
+                api_key_of(config), RETRY_HORIZON, limit=room, final_horizon=FINAL_HORIZON)
         if dropped:
             with queue.cond:
                 queue.counters["dropped"] += dropped
@@ -213,7 +217,7 @@ class _Drainer:
                     _queue_from_spool(entry)
                     queued.append(entry.task_id)
                 elif entry.external_id is not None:
-                    inline.settle_later(entry.external_id, entry.fields, entry.since)
+                    inline.settle_later(entry.external_id, entry.fields, entry.since, horizon=FINAL_HORIZON)
                 taken += 1
             with self._lock:
                 self._claims.append((claim, queued))
@@ -253,7 +257,8 @@ def _queue_from_spool(entry: Entry) -> None:
     queue = pending_updates()
     with queue.cond:
         queue.counters["unspooled"] += 1
-        queue.backdate(entry.task_id, time.time() - entry.since)  # type: ignore[arg-type]
+        queue.backdate(entry.task_id, time.time() - entry.since,  # type: ignore[arg-type]
+                       FINAL_HORIZON if entry.final else 0.0)
 
 
 _drainer: PerProcess[_Drainer] = PerProcess(_Drainer)

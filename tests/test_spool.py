@@ -216,7 +216,31 @@ def test_entries_older_than_the_retry_horizon_are_dropped_and_counted(spool_dir,
                            Entry({"status": "success"}, task_id="B" * 26)])
     [claim], dropped = spool.claim("k" * 16, 900)
     assert [e.task_id for e in claim.entries] == ["B" * 26] and dropped == 1
-    assert any("older than 900 s" in r.getMessage() for r in tb_log.records)
+    assert any("too old (900 s" in r.getMessage() for r in tb_log.records)
+
+
+def test_a_final_state_is_kept_a_day(taskbadger_server, spool_dir):
+    """``taskbadger run`` in an hourly crontab spooled its outcome during an outage: the next run, an hour later,
+    delivers it (it was dropped as older than the retry horizon, and the task stayed processing)."""
+    task = taskbadger.create_task("hourly")
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
+        Entry({"status": "error", "data": {"return_code": 3}}, task_id=task.id, final=True, since=time.time() - 3600),
+        Entry({"value": 5}, task_id="P" * 26, since=time.time() - 3600)])  # progress: the retry horizon
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
+    assert taskbadger_server.get_task(task.id)["status"] == "error"
+
+
+def test_an_old_final_state_taken_from_the_spool_is_retried_not_dropped(api, spool_dir):
+    task = taskbadger.create_task("taken an hour later")
+    api.refuse()
+    before = taskbadger.stats()
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
+        Entry({"status": "success"}, task_id=task.id, final=True, since=time.time() - 3600)])
+    spooling.deliver_spooled()
+    api.wait_for(lambda: taskbadger.stats()["retried"] >= before["retried"] + 2)
+    assert taskbadger.stats()["dropped"] == before["dropped"]
+    api.accept()
+    assert sender.flush(10) and api.get_task(task.id)["status"] == "success"
 
 
 def _claim_all(directory, queue, done):

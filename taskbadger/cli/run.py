@@ -192,7 +192,7 @@ class _Run:
                 self.note(f"this run was not tracked: {describe_error(failure, tracker.config)}")
             elif failure is not None:
                 spooled = tracker.spool(outcome) if _transient(failure) else None
-                what = f"spooled in {spooled}; the next taskbadger command delivers it" if spooled else \
+                what = f"spooled in {spooled}; the next taskbadger command within a day delivers it" if spooled else \
                     "it is lost" if _transient(failure) else "it was refused"
                 self.note(f"could not record the outcome (exit status {code}) in Task Badger: "
                           f"{describe_error(failure, tracker.config)}; {what}")

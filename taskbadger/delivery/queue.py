@@ -52,6 +52,7 @@ class Entry:
     final: bool = False  # holds a final state (success, error, cancelled)
     first_queued: float = field(default_factory=time.monotonic)
     attempts: int = 0
+    horizon: float = 0.0  # retried until this long after first_queued; 0: the sender's retry horizon
 
 
 Batch = list[tuple[str, Entry]]
@@ -191,12 +192,13 @@ class PendingQueue:
         """Whether an update for ``task_id`` is queued or in flight."""
         return task_id in self._pending or task_id in self._inflight
 
-    def backdate(self, task_id: str, age: float) -> None:
+    def backdate(self, task_id: str, age: float, horizon: float = 0.0) -> None:
         """The queued update for ``task_id`` was first queued ``age`` seconds ago (by the process that
-        spooled it): the retry horizon counts from then."""
+        spooled it): its retry horizon (``horizon``, or the sender's) counts from then."""
         entry = self._pending.get(task_id)
         if entry is not None:
             entry.first_queued = min(entry.first_queued, time.monotonic() - max(0.0, age))
+            entry.horizon = max(entry.horizon, horizon)
 
     def stuck_for(self) -> float:
         """How long the oldest request in flight has been waiting for its answer (0 when none is)."""

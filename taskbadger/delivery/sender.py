@@ -202,8 +202,9 @@ class Sender:
     def _transient(self, task_id: str, entry: Entry, err: Exception) -> str:
         queue = self.queue
         with queue.cond:
-            if time.monotonic() - entry.first_queued > self.retry_horizon:
-                queue.drop(task_id, f"it could not be delivered for {self.retry_horizon:.0f} s ({err})", final=True)
+            horizon = entry.horizon or self.retry_horizon
+            if time.monotonic() - entry.first_queued > horizon:
+                queue.drop(task_id, f"it could not be delivered for {horizon:.0f} s ({err})", final=True)
                 return DROPPED
             escalated = queue.paused_until <= time.monotonic()  # once per round, not per update of a batch
             if escalated:

@@ -205,11 +205,12 @@ class Spool:
         """Entries waiting for ``api`` (claimed ones included), from the file names: nothing is read."""
         return sum(_count(path) for path in self._files(api, claimed=True))
 
-    def claim(self, api: str, horizon: float, limit: int = MAX_BYTES) -> tuple[list[Claim], int]:
+    def claim(self, api: str, horizon: float, limit: int = MAX_BYTES,
+              final_horizon: float | None = None) -> tuple[list[Claim], int]:
         """Take the files for ``api`` nobody holds (and the claims whose process is gone), oldest first, while
         their entries add up to at most ``limit`` (what the taker's queue has room for: the rest stays for a
         later look); return them with their entries, and how many entries were dropped (older than
-        ``horizon`` seconds, or not entries at all)."""
+        ``horizon`` seconds, ``final_horizon`` for a final state; or not entries at all)."""
         claims: list[Claim] = []
         dropped = taken = 0
         try:
@@ -234,7 +235,7 @@ class Spool:
             except OSError as err:
                 log_throttled("spool:claim", 60.0, logging.WARNING, "Task Badger: cannot take %s: %s", path, err)
                 continue
-            entries, lost = _read(mine, horizon)
+            entries, lost = _read(mine, horizon, horizon if final_horizon is None else final_horizon)
             dropped += lost
             claims.append(Claim(mine, entries))
         return claims, dropped
@@ -305,10 +306,10 @@ def _abandoned(path: pathlib.Path) -> bool:
     return False
 
 
-def _read(path: pathlib.Path, horizon: float) -> tuple[list[Entry], int]:
+def _read(path: pathlib.Path, horizon: float, final_horizon: float) -> tuple[list[Entry], int]:
     entries: list[Entry] = []
     dropped = corrupt = 0
-    oldest = time.time() - horizon
+    oldest, oldest_final = time.time() - horizon, time.time() - final_horizon
     try:
         with open(path, encoding="utf-8", errors="replace") as lines:
             for line in lines:
@@ -319,7 +320,7 @@ def _read(path: pathlib.Path, horizon: float) -> tuple[list[Entry], int]:
                 except ValueError:
                     corrupt += 1
                     continue
-                if entry.since < oldest:
+                if entry.since < (oldest_final if entry.final else oldest):
                     dropped += 1
                     continue
                 entries.append(entry)
@@ -330,7 +331,8 @@ def _read(path: pathlib.Path, horizon: float) -> tuple[list[Entry], int]:
         log.warning("Task Badger: %d line(s) of the spool file %s are not updates; they are skipped", corrupt,
                     path.name)
     if dropped:
-        log.error("Task Badger: %d spooled update(s) were older than %.0f s and are dropped", dropped, horizon)
+        log.error("Task Badger: %d spooled update(s) were too old (%.0f s, a final state %.0f s) and are dropped",
+                  dropped, horizon, final_horizon)
     return entries, dropped + corrupt
 
 
