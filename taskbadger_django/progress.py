@@ -61,7 +61,7 @@ URL_NAME = "taskbadger_django:progress"
 #: How long a read's lock may be held (seconds beyond the poll interval): the longest a read of the API
 #: may take. Only a process that dies while reading holds it that long.
 LOCK_SLACK = 30
-#: How long a final answer (success, error, cancelled, stale) stays in the cache: it no longer changes.
+#: How long a final answer (success, error, cancelled) stays in the cache: it no longer changes.
 FINAL_TTL = 600
 #: How long any other answer stays in the cache, beyond the poll interval (it is re-read after one interval).
 ENTRY_SLACK = 60
@@ -299,9 +299,12 @@ def progress_body(task: Any) -> dict[str, Any]:
         percent = max(0, min(100, value * 100 // value_max))
     else:
         percent = None  # it never reported progress: an indeterminate bar, not 0 %
+    # ``stale`` is not an end: Task Badger marks a task stale when it stops reporting, and it may report again
     return {"status": status, "value": value, "value_max": value_max, "percent": percent,
-            "name": task.name if isinstance(task.name, str) else "", "done": task.status in TERMINAL_STATUSES}
+            "name": task.name if isinstance(task.name, str) else "", "done": status in _ENDS}
 
+
+_ENDS = frozenset(s.value for s in TERMINAL_STATUSES if s is not StatusEnum.STALE)
 
 #: The body of "the first read is under way in another request": no status yet, poll again.
 LOADING: dict[str, Any] = {"status": None, "value": None, "value_max": None, "percent": None, "name": None,

@@ -20,7 +20,8 @@ CSP = "default-src 'self'; frame-ancestors 'none'"
 
 
 def bar(request, task_ids):
-    response = HttpResponse(PAGE.render({"ids": task_ids.split(","), "label": request.GET.get("label")}, request))
+    ids = [None if task_id == "untracked" else task_id for task_id in task_ids.split(",")]  # None: published untracked
+    response = HttpResponse(PAGE.render({"ids": ids, "label": request.GET.get("label")}, request))
     response["Content-Security-Policy"] = CSP
     return response
 

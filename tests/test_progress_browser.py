@@ -168,7 +168,6 @@ def test_the_bar_is_drawn_at_the_tasks_percentage_and_moves_without_a_reload(ser
 @pytest.mark.parametrize("end, fields, state, words, percent", [
     ("error", {"value": 30, "value_max": 60}, "failed", "Failed", 50),
     ("cancelled", {"value": 10}, "cancelled", "Cancelled", 10),
-    ("stale", {}, "stale", "Stale: no news from the task", None),
 ])
 def test_each_final_state(server, driver, live_server, end, fields, state, words, percent):
     task = taskbadger.create_task("export rows", status="processing", **fields)
@@ -186,6 +185,48 @@ def test_each_final_state(server, driver, live_server, end, fields, state, words
         assert shown["percent"] == f"{percent}%"
     [done] = events(driver, "taskbadger:done")
     assert done["detail"]["status"] == end
+
+
+def test_a_stale_task_is_shown_stale_and_followed_when_it_reports_again(server, driver, live_server):
+    """Task Badger marks a task stale when it stops reporting (a step longer than its stale timeout); it may
+    report again. The bar said 'Stale' for ever, and a reload kept saying it for ten minutes (cached as final)."""
+    task = taskbadger.create_task("export rows", status="processing", value=30)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: drawn_at(d, 30))
+    taskbadger.update_task(task.id, status="stale")
+    wait(driver, lambda d: bar(d)["state"] == "stale")
+    assert bar(driver)["status"] == "Stale: no news from the task" and drawn_at(driver, 30)  # where it stopped
+    taskbadger.update_task(task.id, status="processing", value=80)
+    wait(driver, lambda d: drawn_at(d, 80) and bar(d)["state"] == "running")
+    task.success()
+    wait(driver, lambda d: bar(d)["state"] == "done")
+    assert [e["detail"]["status"] for e in events(driver, "taskbadger:done")] == ["success"]
+
+
+def test_a_bar_replaced_by_a_swap_stops_polling(server, driver, live_server):
+    """An HTMX-style partial replaces the bar's element with a fresh copy of its HTML: the new bar polls, the old
+    one stops (each replaced bar went on polling: requests grew with every swap)."""
+    task = taskbadger.create_task("export rows", status="processing", value=10)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: drawn_at(d, 10))
+    for swap in range(6):
+        driver.execute_script("""
+            var el = document.querySelector("[data-taskbadger-progress]");
+            var copy = el.cloneNode(true);
+            copy.setAttribute("data-state", "loading");
+            copy.setAttribute("data-swap", arguments[0]);
+            el.replaceWith(copy);""", swap)
+        wait(driver, lambda d: bar(d)["state"] == "running")
+    before = polls(driver)
+    time.sleep(3)  # six poll intervals of one bar: the measurement itself
+    assert polls(driver) - before <= 9, polls(driver) - before  # one bar's polls (seven bars: about 40)
+
+
+def test_a_task_started_untracked_says_so_without_asking_for_a_reload(server, driver, live_server):
+    """Reloading a page that starts its task on GET starts another one: never advise it when it cannot help."""
+    open_bar(driver, live_server, "untracked")
+    wait(driver, lambda d: bar(d)["state"] == "unavailable")
+    assert bar(driver)["status"] == "Progress is not available for this task."
 
 
 def test_a_task_that_never_reported_progress_is_indeterminate_not_zero(server, driver, live_server):
@@ -407,6 +448,17 @@ def test_the_api_down_and_back(server, driver, live_server):
     task.update(value=70)
     wait(driver, lambda d: drawn_at(d, 70) and not bar(d)["unavailable"], timeout=20)
     assert bar(driver)["status"] == "Running"
+
+
+def test_an_indeterminate_bar_the_api_cannot_read_shows_no_block(server, driver, live_server):
+    """The sweeping block stopped where it was: a still grey block over 30 % read as '30 % done'."""
+    task = taskbadger.create_task("export rows", status="pending")
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: bar(d)["state"] == "indeterminate")
+    server.fail(500)
+    wait(driver, lambda d: bar(d)["unavailable"])
+    wait(driver, lambda d: bar(d)["fill"] == 0)
+    assert bar(driver)["status"] == "Progress is unavailable right now; retrying…"
 
 
 def test_a_hidden_tab_polls_rarely_and_at_once_when_shown_again(server, driver, live_server):

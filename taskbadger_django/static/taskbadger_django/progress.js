@@ -20,7 +20,8 @@
     return;
   }
 
-  var FINAL_STATES = { success: "done", error: "failed", cancelled: "cancelled", stale: "stale" };
+  // data-state of the statuses drawn their own way; "stale" is not an end (the task may report again)
+  var STATES = { success: "done", error: "failed", cancelled: "cancelled", stale: "stale" };
   var MAX_BACKOFF = 30; // seconds between two tries while Task Badger is failing
   var HIDDEN_DELAY = 60; // at most this many seconds between two polls of a hidden tab...
   var HIDDEN_FACTOR = 10; // ...and otherwise ten poll intervals
@@ -57,15 +58,26 @@
 
   Bar.prototype.start = function () {
     if (!this.url) {
-      this.unavailable(0, true);
+      this.unavailable(0, true); // the task was started untracked: there is no progress to follow
       return;
     }
     this.request();
   };
 
+  /* The bar's element left the page (a swap replaced it): it stops, and starts again if it comes back. */
+  Bar.prototype.detached = function () {
+    var inPage = typeof this.el.isConnected === "boolean" ? this.el.isConnected :
+      document.documentElement.contains(this.el);
+    if (!inPage) {
+      this.stopped = true;
+      forget(this);
+    }
+    return !inPage;
+  };
+
   Bar.prototype.schedule = function (seconds) {
     var self = this;
-    if (this.stopped) {
+    if (this.stopped || this.detached()) {
       return;
     }
     this.hiddenWait = document.hidden;
@@ -75,7 +87,9 @@
     var jitter = 0.9 + Math.random() * 0.2; // viewers who opened the page together spread out
     this.timer = window.setTimeout(function () {
       self.timer = null;
-      self.request();
+      if (!self.detached()) {
+        self.request();
+      }
     }, seconds * jitter * 1000);
   };
 
@@ -114,8 +128,11 @@
         self.schedule(self.poll);
         return null;
       }
-      if (response.status === 403 || response.status === 404 || response.status === 400 ||
-          response.status === 410) {
+      if (response.status === 404) {
+        self.unavailable(404, true); // no such task: reloading would not help
+        return null;
+      }
+      if (response.status === 403 || response.status === 400 || response.status === 410) {
         self.unavailable(response.status, true);
         return null;
       }
@@ -155,7 +172,7 @@
     var status = String(body.status);
     var percent = typeof body.percent === "number" && isFinite(body.percent) ?
       Math.max(0, Math.min(100, Math.floor(body.percent))) : null;
-    var state = FINAL_STATES[status] || (body.done ? "done" : (percent === null ? "indeterminate" : "running"));
+    var state = STATES[status] || (body.done ? "done" : (percent === null ? "indeterminate" : "running"));
     this.last = body;
     this.el.setAttribute("data-state", state);
     this.el.setAttribute("data-status", status);
@@ -208,7 +225,9 @@
     this.stopped = final;
     this.el.setAttribute("data-state", "unavailable");
     if (this.statusEl) {
-      this.statusEl.textContent = this.word("_gone", "Progress is not available.");
+      this.statusEl.textContent = httpStatus === 0 || httpStatus === 404 ?
+        this.word("_untracked", "Progress is not available for this task.") :
+        this.word("_gone", "Progress is not available.");
     }
     if (this.percentEl) {
       this.percentEl.textContent = "";
@@ -241,6 +260,16 @@
   };
 
   var bars = [];
+
+  function forget(bar) {
+    var at = bars.indexOf(bar);
+    if (at !== -1) {
+      bars.splice(at, 1);
+    }
+    if (bar.el.taskbadgerProgress === bar) {
+      delete bar.el.taskbadgerProgress;
+    }
+  }
 
   function attach(el) {
     if (el.taskbadgerProgress) {
