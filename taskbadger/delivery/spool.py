@@ -5,9 +5,9 @@ ending while the API trickles: waiting would only hold the process up, and dropp
 ``processing`` for ever. So the updates still queued are written here in a few milliseconds, and any
 process that uses the SDK on this machine with the same API (a worker's next child or its main process,
 the next ``taskbadger run``, ``manage.py taskbadger check``) delivers them once the API answers again,
-within the retry horizon.
+within the retry horizon (a day for a final state).
 
-* One file per spooling (``<api>-<time>-<pid>-<random>-<count>.jsonl``), written to a temporary name
+* Files per spooling (``<api>-<time>-<pid>-<random>-<count>.jsonl``), written to a temporary name
   and renamed into place: a reader sees a whole file or none. Files are 0600 in a 0700 directory that
   must belong to this user (a directory anyone can write to is not used); they hold no key, only which
   API they are for (a digest of host, organization and project).
@@ -21,7 +21,7 @@ within the retry horizon.
   files could be anyone's.
 * Entries are read as input from outside: a task id must be one, fields are kept only from a fixed set
   of JSON types; a line that is not an entry is skipped, with one log line per file. Entries older than
-  the retry horizon are dropped and counted.
+  their horizon are dropped and counted.
 """
 
 from __future__ import annotations
@@ -205,11 +205,11 @@ class Spool:
         """Entries waiting for ``api`` (claimed ones included), from the file names: nothing is read."""
         return sum(_count(path) for path in self._files(api, claimed=True))
 
-    def claim(self, api: str, horizon: float, limit: int = MAX_BYTES,
+    def claim(self, api: str, horizon: float, limit: int | None = None,
               final_horizon: float | None = None) -> tuple[list[Claim], int]:
         """Take the files for ``api`` nobody holds (and the claims whose process is gone), oldest first, while
         their entries add up to at most ``limit`` (what the taker's queue has room for: the rest stays for a
-        later look); return them with their entries, and how many entries were dropped (older than
+        later look; None: every file); return them with their entries, and how many entries were dropped (older than
         ``horizon`` seconds, ``final_horizon`` for a final state; or not entries at all)."""
         claims: list[Claim] = []
         dropped = taken = 0
@@ -225,7 +225,7 @@ class Spool:
             if _CLAIMED in path.name and not _abandoned(path):
                 continue
             taken += _count(path)
-            if taken > limit:
+            if limit is not None and taken > limit:
                 break
             mine = path.with_name(path.name.split(_CLAIMED)[0] + _claim_suffix())
             try:
