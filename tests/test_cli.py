@@ -435,6 +435,21 @@ def test_after_the_command_tracking_keeps_its_budget_and_spools_the_rest(taskbad
     assert spooled_files(tmp_path) == []
 
 
+def test_an_earlier_runs_outcome_dropped_by_a_later_run_is_said_on_stderr(taskbadger_server, env, tmp_path):
+    """What the SDK logs as an error (updates lost) reaches stderr, where a crontab's mail shows it: the
+    command line had silenced every SDK line."""
+    from taskbadger.delivery.spool import Entry, Spool, api_key_of
+
+    spool = tmp_path / "home" / ".local" / "state" / "taskbadger" / "spool"
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, spool_dir=False)  # as the CLI's
+    Spool(spool).write(api_key_of(taskbadger.get_config()),
+                       [Entry({"status": "success"}, task_id="A" * 26, since=time.time() - 2 * 86400)])
+    result = cli("run", "next", "--", "true", env=env)
+    assert result.returncode == 0
+    assert result.stderr == "taskbadger: 1 spooled update(s) were too old (900 s, a final state 86400 s) and are " \
+                            "dropped\n"
+
+
 def test_sigterm_while_the_outcome_waits_for_the_api_ends_at_once_with_the_commands_status(taskbadger_server, env,
                                                                                              tmp_path):
     taskbadger_server.misbehave("slow_headers", method="GET", seconds=1.0)  # the read before the final update

@@ -28,10 +28,12 @@ def main() -> None:
         sys.stderr.write(_MISSING.format(name=(err.name or "typer").split(".")[0]))
         sys.exit(1)
     # The SDK logs to the "taskbadger" logger; unconfigured, Python would print its warnings raw. What the
-    # command line has to say, it prints itself.
+    # command line has to say, it prints itself; of the SDK's lines, only the errors reach stderr: updates
+    # lost (an earlier run's spooled outcome dropped, a spool that cannot be written), which a crontab's
+    # mail must show.
     logger = logging.getLogger("taskbadger")
     if not logger.handlers:
-        logger.addHandler(logging.NullHandler())
+        logger.addHandler(_ErrorLines())
     from .app import app
 
     try:
@@ -46,6 +48,20 @@ def main() -> None:
         code = 1
     _flush_stdout()
     sys.exit(code)
+
+
+class _ErrorLines(logging.Handler):
+    """The SDK's ERROR lines on stderr, one line each, in the command line's words: never a traceback."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage().removeprefix("Task Badger: ").splitlines()[0]
+            sys.stderr.write(f"taskbadger: {message}\n")
+        except Exception:
+            pass  # a line about tracking is never worth failing the command
 
 
 def _flush_stdout() -> None:
