@@ -140,6 +140,12 @@ def settle_dropped() -> int:
     return settler.dropped if settler is not None else 0
 
 
+def settling(external_id: str) -> bool:
+    """Whether the run ``external_id`` is still waiting for its task to be found."""
+    settler = _settler.current()
+    return settler is not None and settler.holds(external_id)
+
+
 def waiting_to_settle() -> bool:
     settler = _settler.current()
     return settler is not None and settler.busy()
@@ -187,8 +193,9 @@ class _Settler:
                 batch = list(self._waiting.items())
             for external_id, (fields, since, horizon) in batch:
                 if time.monotonic() - since > horizon:
-                    self._forget(external_id)
-                    self.dropped += 1
+                    with self._cond:
+                        self._waiting.pop(external_id, None)
+                        self.dropped += 1
                     log_throttled("settle:horizon", 60.0, logging.ERROR, "Task Badger: the outcome of run %s was "
                                   "dropped: its task could not be looked up for %.0f s (%d dropped so far)",
                                   short(external_id), horizon, self.dropped)
@@ -204,6 +211,10 @@ class _Settler:
     def busy(self) -> bool:
         with self._cond:
             return bool(self._waiting)
+
+    def holds(self, external_id: str) -> bool:
+        with self._cond:
+            return external_id in self._waiting
 
     def take_all(self) -> list[tuple[str, dict[str, Any], float]]:
         offset = time.time() - time.monotonic()

@@ -138,13 +138,13 @@ def _prepare(app: Any, jobs_: list[jobs.Job]) -> tuple[list[jobs.Job], list[Task
     return out, created
 
 
-def _watch_rollback(inserted: list[jobs.Job], created: list[TaskbadgerTask | None]) -> None:
+def _watch_rollback(app: Any, inserted: list[jobs.Job], created: list[TaskbadgerTask | None]) -> None:
     """Jobs inserted inside a transaction that may roll back (deferred through Django's connection in an
     ``atomic()`` block): if it does, they never run, and their tasks are closed ``cancelled`` (if still
     ``pending``). The integration's ``if_rolled_back`` (set by ``taskbadger_django``) knows the transaction."""
     system = procrastinate_system()
     watch = getattr(system, "if_rolled_back", None)
-    if watch is None:
+    if watch is None or getattr(system, "app", None) is not app:  # it knows that app's connection only
         return
     for job, task in zip(inserted, created, strict=True):
         if task is None or job.id is None:
@@ -218,7 +218,7 @@ class TrackingJobManager(manager.JobManager):
             _not_deferred(created, exc)
             raise
         if not args and kwargs.get("connection") is None:  # on the connector's connection: maybe the caller's
-            _watch_rollback(inserted, created)               # transaction (Django's)
+            _watch_rollback(self.app, inserted, created)               # transaction (Django's)
         return _deferred(inserted, created, jobs)
 
     # -- a job cancelled before it starts: its task is cancelled (an aborted one is the worker's) ----------

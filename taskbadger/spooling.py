@@ -80,6 +80,9 @@ def _shutdown(timeout: float, give_up: Callable[[], bool] | None, take_spool: bo
             held = False
         elif not api_failing():
             why = f"the API did not take them within {timeout:g} s"
+    # What this process took from the spool is settled here, and nowhere else from now on: once the queue is
+    # emptied for the spool, another thread's release_delivered() would take it all for delivered.
+    claims = drainer.take_claims() if drainer is not None else []
     entries: list[Entry] = []
     if held and current is not None:
         with current.queue.cond:
@@ -88,7 +91,7 @@ def _shutdown(timeout: float, give_up: Callable[[], bool] | None, take_spool: bo
     entries += [Entry(fields, external_id=external_id, final=True, since=since)
                 for external_id, fields, since in inline.unsettled()]
     if not entries:
-        _release_delivered()
+        _release(claims)
         return
     if config.spool_dir is None:
         log.error("Task Badger: %d update(s) could not be delivered before this process ended, and the spool is "
@@ -96,16 +99,17 @@ def _shutdown(timeout: float, give_up: Callable[[], bool] | None, take_spool: bo
         _count_lost(current, entries)
         return
     written, _ = Spool(config.spool_dir).write(api_key_of(config), entries)
-    drainer = _drainer.get()
     if not written:
         # What this process had taken from the spool goes back there as it was; only its own updates are lost.
-        taken_back = drainer.unclaim_all()
-        _count_lost(current, [e for e in entries if e.task_id not in taken_back])
+        for claim, _ in claims:
+            Spool.unclaim(claim)
+        taken_back = {task_id for _, held_ids in claims for task_id in held_ids}
+        _count_lost(current, [e for e in entries if e.task_id not in taken_back and e.external_id not in taken_back])
         return
     log.warning("Task Badger: %d update(s) not delivered before this process ended are spooled in %s (after "
                 "%.2f s: %s); the next process that uses Task Badger on this machine delivers them", written,
                 config.spool_dir, time.monotonic() - started, why)
-    drainer.release_all()  # what this process had taken from the spool was just spooled again
+    _release(claims)  # what this process had taken from the spool was just spooled again
 
 
 def _count_lost(current: sender.Sender | None, entries: list[Entry]) -> None:
@@ -121,11 +125,19 @@ def _release_delivered() -> None:
         drainer.release_delivered()
 
 
+def _release(claims: list[tuple[Claim, set[str]]]) -> None:
+    for claim, _ in claims:
+        Spool.release(claim)
+
+
 def stats() -> dict[str, Any]:
     """``taskbadger.stats()``: this process's delivery counters, the breaker's state, and ``spool``: the
     updates waiting in the spool for this API (this process's and others')."""
     result = sender.stats()
-    result["dropped"] += inline.settle_dropped()  # outcomes that never found their task
+    drainer = _drainer.current()
+    # Besides the counters of what this process submitted: spooled entries given up when read (too old, not
+    # entries) and runs whose task was never found.
+    result["given_up"] = (drainer.given_up if drainer is not None else 0) + inline.settle_dropped()
     config = get_config()
     _release_delivered()  # what this process took from the spool and delivered is not waiting any more
     result["spool"] = Spool(config.spool_dir).waiting(api_key_of(config)) if config and config.spool_dir else 0
@@ -150,7 +162,9 @@ class _Drainer:
         # One whole scan at a time (claim, then queue): a caller that asks for the spool now
         # (``deliver_spooled``, then a flush) must find queued what a scan already under way took.
         self._scanning = threading.Lock()
-        self._claims: list[tuple[Claim, list[str]]] = []  # file, task ids it queued
+        # file, what it holds that is still in this process: task ids queued, external ids being settled
+        self._claims: list[tuple[Claim, set[str]]] = []
+        self.given_up = 0  # entries dropped when read: too old, or not entries
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._closed = False
@@ -207,49 +221,42 @@ class _Drainer:
             claims, dropped = Spool(config.spool_dir).claim(  # type: ignore[arg-type]
                 api_key_of(config), RETRY_HORIZON, limit=room, final_horizon=FINAL_HORIZON)
         if dropped:
-            with queue.cond:
-                queue.counters["dropped"] += dropped
+            with self._lock:
+                self.given_up += dropped
         taken = 0
         for claim in claims:
-            queued: list[str] = []
+            held: set[str] = set()
             for entry in claim.entries:
                 if entry.task_id is not None:
                     _queue_from_spool(entry)
-                    queued.append(entry.task_id)
+                    held.add(entry.task_id)
                 elif entry.external_id is not None:
                     inline.settle_later(entry.external_id, entry.fields, entry.since, horizon=FINAL_HORIZON)
+                    held.add(entry.external_id)
                 taken += 1
             with self._lock:
-                self._claims.append((claim, queued))
+                self._claims.append((claim, held))
         if taken:
             log.info("Task Badger: %d update(s) taken from the spool %s", taken, config.spool_dir)
         return taken
 
     def release_delivered(self) -> None:
-        """Delete the claimed files none of whose updates is still queued or in flight."""
+        """Delete the claimed files none of whose updates is still queued, in flight or being settled."""
         current = sender.current_sender()
         with self._lock:
             keep = []
-            for claim, task_ids in self._claims:
-                if current is not None and any(current.queue.holds(task_id) for task_id in task_ids):
-                    keep.append((claim, task_ids))
+            for claim, held in self._claims:
+                if any((current is not None and current.queue.holds(key)) or inline.settling(key) for key in held):
+                    keep.append((claim, held))
                 else:
                     Spool.release(claim)
             self._claims = keep
 
-    def release_all(self) -> None:
-        with self._lock:
-            for claim, _ in self._claims:
-                Spool.release(claim)
-            self._claims = []
-
-    def unclaim_all(self) -> set[str]:
-        """Give every claimed file back to the spool; returns the task ids they hold."""
+    def take_claims(self) -> list[tuple[Claim, set[str]]]:
+        """Every claimed file and what it holds, taken out: the ending process settles them itself."""
         with self._lock:
             claims, self._claims = self._claims, []
-        for claim, _ in claims:
-            Spool.unclaim(claim)
-        return {task_id for _, task_ids in claims for task_id in task_ids}
+        return claims
 
 
 def _queue_from_spool(entry: Entry) -> None:

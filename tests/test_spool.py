@@ -412,6 +412,7 @@ def test_what_a_process_took_does_not_count_against_the_room_to_spool_it_again(a
     spooling.shutdown(10.0)
     (spool_dir / "zz-filler").unlink()
     assert Spool(spool_dir).waiting(api_key_of(taskbadger.get_config())) == 20
+    assert taken not in files(spool_dir)  # written again (not given back as it was, for want of room)
 
 
 def test_a_process_takes_no_more_from_the_spool_than_half_its_queue(api, spool_dir):
@@ -427,6 +428,21 @@ def test_a_process_takes_no_more_from_the_spool_than_half_its_queue(api, spool_d
     assert Spool(spool_dir).waiting(api_key_of(taskbadger.get_config())) == len(ids)
 
 
+def test_a_file_of_an_earlier_version_too_big_to_take_is_split_not_left_blocking(spool_dir):
+    """The previous version wrote files of up to 10,000 entries: one over the room given was never taken, and
+    nor was any file after it (taken oldest first)."""
+    spool = Spool(spool_dir)
+    spool_dir.mkdir(mode=0o700)
+    lines = "".join(Entry({"value": 1}, task_id=f"T{i:025d}").to_json() + "\n" for i in range(6_000))
+    (spool_dir / f"{'k' * 16}-1-1-abcd-6000.jsonl").write_text(lines)
+    spool.write("k" * 16, [Entry({"value": 1}, task_id="N" * 26)])  # spooled after it
+    taken = []
+    for _ in range(4):
+        claims, _ = spool.claim("k" * 16, 900, limit=5_000)
+        taken += [e.task_id for claim in claims for e in claim.entries]
+    assert sorted(taken) == sorted([f"T{i:025d}" for i in range(6_000)] + ["N" * 26])
+
+
 def test_files_are_taken_while_they_fit_the_room_given(spool_dir):
     spool = Spool(spool_dir)
     spool.write("k" * 16, [Entry({"value": 1}, task_id=f"T{i:025d}") for i in range(2_500)])
@@ -434,6 +450,37 @@ def test_files_are_taken_while_they_fit_the_room_given(spool_dir):
     first, _ = spool.claim("k" * 16, 900, limit=2_400)
     second, _ = spool.claim("k" * 16, 900, limit=2_400)
     assert [len(c.entries) for c in first] == [1000, 1000] and [len(c.entries) for c in second] == [500]
+
+
+def test_what_waits_to_be_found_by_external_id_keeps_its_file(api, spool_dir):
+    """A run's outcome waiting for its task to be found (its create's answer was lost) lives in this process
+    only in memory: its spool file stays until it is settled (it was deleted at the next look)."""
+    api.refuse()
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()),
+                           [Entry({"status": "success"}, external_id="run-7", final=True)])
+    spooling.deliver_spooled()
+    assert inline.settling("run-7")
+    taskbadger.stats()  # what this process took and delivered is released here
+    assert len(files(spool_dir)) == 1 and ".claimed-" in files(spool_dir)[0].name
+
+
+def test_what_was_taken_is_given_back_even_if_another_thread_looks_during_shutdown(api, spool_dir, monkeypatch):
+    """Between emptying the queue for the spool and writing it, another thread's stats() took every claim for
+    delivered (the queue no longer held them) and deleted it: nothing was left to give back."""
+    task = taskbadger.create_task("raced")
+    api.refuse()
+    spooled_by_an_earlier_process(spool_dir, [task.id])
+    [original] = files(spool_dir)
+    spooling.deliver_spooled()
+    api.wait_for(lambda: taskbadger.stats()["retried"] >= 1)
+
+    def write_fails_after_a_look(self, key, entries):
+        taskbadger.stats()  # the spool thread or a check command, at that moment
+        return 0, len(list(entries))
+
+    monkeypatch.setattr(Spool, "write", write_fails_after_a_look)
+    spooling.shutdown(10.0)
+    assert original in files(spool_dir)
 
 
 def test_a_directory_others_can_write_is_not_read_either(spool_dir, tb_log):
@@ -460,9 +507,9 @@ def test_a_run_whose_task_could_not_be_looked_up_in_time_is_dropped_counted_and_
     """A run whose create's answer was lost waits for its task to be found by external_id (spooled with the rest
     when its process ends); past the retry horizon it is given up, and that is said."""
     api.refuse()
-    before = taskbadger.stats()["dropped"]
+    before = taskbadger.stats()["given_up"]
     inline.settle_later("job-42", {"status": "success"}, since=time.time() - RETRY_HORIZON - 1)
-    api.wait_for(lambda: taskbadger.stats()["dropped"] == before + 1)
+    api.wait_for(lambda: taskbadger.stats()["given_up"] == before + 1)
     assert any("the outcome of run 'job-42' was dropped" in r.getMessage() for r in tb_log.records)
 
 

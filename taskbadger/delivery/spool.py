@@ -221,24 +221,49 @@ class Spool:
             log_throttled("spool:owner", 60.0, logging.WARNING, "Task Badger: the spool %s is not read: %s",
                           self.directory, err)
             return [], 0
+        final_horizon = horizon if final_horizon is None else final_horizon
         for path in self._files(api, claimed=True):
             if _CLAIMED in path.name and not _abandoned(path):
                 continue
-            taken += _count(path)
+            count = _count(path)
+            if count > MAX_ENTRIES:  # written by an earlier version (files of up to 10,000): made into files of
+                dropped += self._split(api, path, horizon, final_horizon)  # this one's, taken at a later look
+                continue
+            taken += count
             if limit is not None and taken > limit:
                 break
-            mine = path.with_name(path.name.split(_CLAIMED)[0] + _claim_suffix())
-            try:
-                os.replace(path, mine)
-            except FileNotFoundError:
-                continue  # another process took it first
-            except OSError as err:
-                log_throttled("spool:claim", 60.0, logging.WARNING, "Task Badger: cannot take %s: %s", path, err)
+            mine = self._take(path)
+            if mine is None:
                 continue
-            entries, lost = _read(mine, horizon, horizon if final_horizon is None else final_horizon)
+            entries, lost = _read(mine, horizon, final_horizon)
             dropped += lost
             claims.append(Claim(mine, entries))
         return claims, dropped
+
+    def _take(self, path: pathlib.Path) -> pathlib.Path | None:
+        """Claim a file (rename it as this process's); None when another process took it first."""
+        mine = path.with_name(path.name.split(_CLAIMED)[0] + _claim_suffix())
+        try:
+            os.replace(path, mine)
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            log_throttled("spool:claim", 60.0, logging.WARNING, "Task Badger: cannot take %s: %s", path, err)
+            return None
+        return mine
+
+    def _split(self, api: str, path: pathlib.Path, horizon: float, final_horizon: float) -> int:
+        """Rewrite a file of more than ``MAX_ENTRIES`` as files of at most that; returns the entries dropped."""
+        mine = self._take(path)
+        if mine is None:
+            return 0
+        entries, lost = _read(mine, horizon, final_horizon)
+        written, _ = self.write(api, entries)
+        if written == len(entries):
+            mine.unlink(missing_ok=True)
+        else:
+            Spool.unclaim(Claim(mine, entries))
+        return lost
 
     def _files(self, api: str, claimed: bool) -> list[pathlib.Path]:
         try:
