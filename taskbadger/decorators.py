@@ -9,6 +9,7 @@ import datetime as dt
 import functools
 import inspect
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -16,7 +17,9 @@ from . import lifecycle
 from ._runtime import PerProcess, log_once, short
 from .actions import action_dicts
 from .api import create_task
-from .config import is_configured
+from .config import get_config, is_configured
+from .delivery import sender
+from .delivery.queue import pending_updates
 from .exceptions import MissingConfiguration
 from .inline import create_inline
 from .models import StatusEnum, format_datetime
@@ -111,6 +114,7 @@ def track(
                 log.warning("Task Badger: could not record the end of %s: %s", short(task_name), err)
             finally:
                 lifecycle.leave(run)
+            _deliver_in_a_pool_worker()
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
@@ -146,3 +150,25 @@ def track(
         return run
 
     return decorate if func is None else decorate(func)
+
+
+def _deliver_in_a_pool_worker() -> None:
+    """In a ``multiprocessing`` worker (a ``Pool``'s, a ``ProcessPoolExecutor``'s), the call's final update is
+    delivered before it returns, within the publish budget: the pool may end the worker as soon as it has the
+    result (``with Pool() as pool:`` terminates them), before the senders would send it; and a worker ends
+    through ``os._exit``. Not while the API is failing (it is not waited for: what is left is delivered or
+    spooled when the worker exits normally), nor on an event loop (it would stall the loop)."""
+    multiprocessing = sys.modules.get("multiprocessing")
+    if multiprocessing is None or multiprocessing.parent_process() is None or _asyncio_running():
+        return
+    config = get_config()
+    if config is not None:
+        sender.flush(config.publish_budget, give_up=lambda: pending_updates().failing)
+
+
+def _asyncio_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

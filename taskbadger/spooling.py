@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -280,3 +282,31 @@ when_configured(_on_configured)
 # At interpreter exit Python 3.12+ starts no thread: senders that never started cannot deliver what the
 # spool holds then, so that is left for the next process.
 atexit.register(shutdown, 5.0, take_spool=False)
+
+
+class _Forked:
+    """What ``multiprocessing`` keeps a weak reference to for our after-fork hook."""
+
+
+_FORKED = _Forked()
+
+
+def _in_a_forked_child() -> None:
+    """A process forked by ``multiprocessing`` (a ``Process``, a ``Pool``'s or a ``ProcessPoolExecutor``'s
+    worker) leaves through ``os._exit``: no atexit, so what its ``@track`` calls queued would be lost (their
+    tasks left ``processing``). It runs ``multiprocessing``'s finalizers first: deliver or spool there. The
+    finalizer is added by a ``multiprocessing`` after-fork hook, since the child clears the finalizers it
+    inherited after this runs. (Celery's and RQ's children have their own hooks: ``worker_process_shutdown``,
+    the work horse's flush.)"""
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None:
+        util.register_after_fork(_FORKED, _finalize_at_exit)
+
+
+def _finalize_at_exit(_: object) -> None:
+    util = sys.modules["multiprocessing.util"]
+    util.Finalize(None, shutdown, args=(5.0,), kwargs={"take_spool": False}, exitpriority=10)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_in_a_forked_child)

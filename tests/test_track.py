@@ -157,3 +157,34 @@ def test_valid_actions_reach_the_task_and_the_calls_run(taskbadger_server):
     assert len(created) == 2
     assert all(r.json["actions"] == [{"trigger": "success", "integration": "email",
                                         "config": {"to": "ops@example.test"}}] for r in created)
+
+
+# -- in multiprocessing's workers (they end through os._exit: no atexit) ---------------------------------------
+
+
+def _run_in(how):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("fork")
+    if how == "process":
+        child = context.Process(target=add, args=(1, 2))
+        child.start()
+        child.join(30)
+        return 1
+    if how == "pool":
+        with context.Pool(2) as pool:  # its __exit__ terminates the workers once it has the results
+            assert pool.starmap(add, [(i, 1) for i in range(4)]) == [1, 2, 3, 4]
+        return 4
+    with ProcessPoolExecutor(2, mp_context=context) as executor:
+        assert list(executor.map(add, range(3), [1] * 3)) == [1, 2, 3]
+    return 3
+
+
+# It forks a process that has threads, on purpose, as multiprocessing's users do (Python 3.12 warns about it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+@pytest.mark.parametrize("how", ["process", "pool", "executor"])
+def test_calls_in_forked_workers_end_with_their_final_state(taskbadger_server, how):
+    """Their final update was queued for senders that never sent it: the tasks stayed processing for ever."""
+    count = _run_in(how)
+    assert [t["status"] for t in final(taskbadger_server, count)] == ["success"] * count
