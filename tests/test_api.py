@@ -80,6 +80,17 @@ def test_list_pages_cursors_and_walking_all_pages(taskbadger_server):
     assert {t.id for t in taskbadger.list_tasks(page_size=2).iter_all()} == set(ids)
 
 
+def test_tasks_with_a_lot_of_data_are_read_back(taskbadger_server):
+    """The API echoes the data it was sent: a create with 1.1 MB of data was carried out and then reported as
+    failed (the answer was over a 1 MB read limit), and a page of 60 tasks with 20 KB each could not be read."""
+    big = taskbadger.create_task("big", data={"rows": "x" * 1_100_000})
+    assert taskbadger.get_task(big.id).data == {"rows": "x" * 1_100_000}
+    for i in range(60):
+        taskbadger.create_task(f"t{i}", data={"rows": "y" * 20_000})
+    page = taskbadger.list_tasks(page_size=100)
+    assert len(page.results) == 61
+
+
 def test_list_parent_filter(taskbadger_server):
     root = taskbadger.create_task("root")
     kids = {taskbadger.create_task(f"kid{i}", parent=root.id).id for i in range(3)}

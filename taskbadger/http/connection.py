@@ -6,7 +6,7 @@ the waits happen with ``poll``, once per batch where possible (``pooled``).
 
 Every wait is bounded by the call's ``Deadline`` (connect, TLS handshake, send, the whole answer), and
 what an answer may hold is bounded as ``http.client`` bounds it: at most ``MAX_HEADERS`` header lines
-and ``MAX_HEAD_BYTES`` before the body, at most ``MAX_BODY_BYTES`` of body (a task is a few KB). Bytes
+and ``MAX_HEAD_BYTES`` before the body, at most ``MAX_BODY_BYTES`` of body (16 MB). Bytes
 are kept in a list and joined once: reading an answer is linear in its size.
 """
 
@@ -30,8 +30,11 @@ WRITABLE = getattr(select, "POLLOUT", 4)
 MAX_HEADERS = 100
 #: Most bytes received before an answer's headers are complete (status line and headers).
 MAX_HEAD_BYTES = 64 * 1024
-#: Largest answer body read. A task with all its data is a few KB; the API caps ``data`` well below this.
-MAX_BODY_BYTES = 1024 * 1024
+#: Largest answer body read: a bound on memory (the call's deadline bounds its time). Not below what users
+#: legitimately get back: a task echoes the ``data`` it was sent (the official SDK reads any size), and a page
+#: of ``list_tasks`` holds up to 100 of them. At 1 MB, a create with 1.1 MB of data was carried out by the API
+#: and then reported as failed, and a page of 60 tasks with 20 KB each could not be read.
+MAX_BODY_BYTES = 16 * 1024 * 1024
 RECV_SIZE = 65536
 
 
