@@ -67,7 +67,9 @@ def update_task(
     end_time: Any = None,
 ) -> Task:
     """Send the given fields (None values are left out) and return the updated task. The positional
-    order is the official SDK's."""
+    order is the official SDK's; as there, empty ``data`` is left out (it does not wipe the task's data)."""
+    if not data and not isinstance(data, (int, float)):
+        data = None
     fields = dict(
         name=name, status=status, value=value, value_max=value_max, data=data, max_runtime=max_runtime,
         stale_timeout=stale_timeout, tags=tags, queue=queue, external_id=external_id, parent=parent,

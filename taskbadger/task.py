@@ -61,6 +61,10 @@ def create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None, 
     return Task(endpoints.create(body, monitor_id, deadline, late_answer))
 
 
+#: Fields ``Task.update`` takes besides its parameters: the lifecycle's (not the official SDK's API).
+_INTERNAL_FIELDS = frozenset({"start_time", "end_time", "merge_data"})
+
+
 class Task:
     """A Task Badger task. Field values (``task.status``, ``task.value``…) are attributes.
 
@@ -169,8 +173,14 @@ class Task:
         """Send the given fields (None means 'leave unchanged') and refresh this object.
 
         ``data`` replaces the task's data unless ``data_merge_strategy`` is ``"default"`` or an
-        object with a ``merge(existing, new)`` method.
+        object with a ``merge(existing, new)`` method; empty ``data`` leaves it unchanged, as in the official
+        SDK (``update(data=extra or {})`` must not wipe it). An unknown keyword is a TypeError.
         """
+        unknown = set(extra) - _INTERNAL_FIELDS
+        if unknown:
+            raise TypeError(f"update() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+        if not data and not isinstance(data, (int, float)):
+            data = None
         if data is not None and data_merge_strategy is not None:
             if hasattr(data_merge_strategy, "merge"):
                 data = data_merge_strategy.merge(self._task.data, data)

@@ -146,3 +146,22 @@ def test_the_sdk_task_class_can_still_be_subclassed():
         pass
 
     assert Mine({"id": "a1", "name": "n", "status": "pending"}).name == "n"
+
+
+def test_empty_data_leaves_the_tasks_data_as_the_official_sdk_does(taskbadger_server):
+    """update(data=extra or {}) sent {} and wiped the task's data (the official SDK sends nothing)."""
+    task = taskbadger.Task.create("kept", data={"a": 1})
+    task.update(value=2, data={})
+    taskbadger.update_task(task.id, data={})
+    assert taskbadger.get_task(task.id).data == {"a": 1} and task.value == 2
+    assert all("data" not in (r.json or {}) for r in taskbadger_server.requests if r.method == "PATCH")
+
+
+def test_an_unknown_keyword_is_a_type_error_not_a_lost_update(taskbadger_server, tb_log):
+    """update(valu=5), a typo, was sent as an unknown field (the API ignored it): the update was lost."""
+    task = taskbadger.Task.create("typo")
+    with pytest.raises(TypeError, match="'valu'"):
+        task.update(valu=5)
+    assert task.safe_update(bogus=1) is False
+    assert [r.method for r in taskbadger_server.requests] == ["POST"]
+
