@@ -77,6 +77,17 @@ def test_unknown_option_and_wrong_type_are_reported_once_and_task_still_runs(tas
     assert all("max_runtime" not in body for body in created(taskbadger_server))
 
 
+def test_a_queue_option_names_the_queue_and_external_id_says_why_it_is_not_one(taskbadger_server, prefork_worker,
+                                                                               tb_log):
+    """The official SDK forwards taskbadger_queue (it was ignored as unknown). external_id stays the Celery id:
+    tracking finds a task again by it."""
+    result = prefork_worker.send(tasks.add, 1, 2, taskbadger_queue="reports", taskbadger_external_id="mine")
+    task = taskbadger_server.wait_for_task(status="success")
+    assert (task["queue"], task["external_id"]) == ("reports", result.id)
+    [warning] = [r.getMessage() for r in tb_log.records if "taskbadger_external_id" in r.getMessage()]
+    assert "not an option" in warning and "put your id in data" in warning
+
+
 def test_apply_and_eager_and_direct_calls_are_not_tracked(taskbadger_server, celery_app):
     result = tasks.report_access.apply(("eager",), {"taskbadger_name": "ignored"})
     assert result.get() is None and result.taskbadger_task_id is None

@@ -102,7 +102,7 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
         "name": options.get("name", fitted_name(display_name or name)),
         "status": StatusEnum.PENDING,
         "external_id": external_id if isinstance(external_id, str) else None,
-        "queue": fitted_name(queue) if isinstance(queue, str) else None,
+        "queue": options.get("queue") or (fitted_name(queue) if isinstance(queue, str) else None),
     }
     for key in ("value", "value_max", "tags", "max_runtime", "actions"):
         if key in options:

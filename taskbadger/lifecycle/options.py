@@ -104,6 +104,7 @@ _SECONDS = _int(1, MAX_SECONDS)
 #: option -> (check returning the value to use, description of what is expected).
 OPTIONS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "name": (_name, f"a non-empty string of at most {MAX_NAME_LENGTH} characters"),
+    "queue": (_name, f"a non-empty string of at most {MAX_NAME_LENGTH} characters"),
     "value": (_int(0, 2**63 - 1), "an integer >= 0"),
     "value_max": (_int(0, 2**63 - 1), "an integer >= 0"),
     "data": (_data, "a dict"),
@@ -143,6 +144,10 @@ def validate(task_name: str, options: Mapping[str, Any], prefix: str = "") -> di
     arguments are: those values become their repr, with a warning."""
     valid: dict[str, Any] = {}
     for key, value in options.items():
+        if key == "external_id":
+            report_once(task_name, key, "not an option: a job's external_id is its own id (Celery's task id...), by "
+                                        "which its task is found again; put your id in data; ignored", prefix)
+            continue
         if not isinstance(key, str) or key not in OPTIONS:
             known = ", ".join(prefix + k for k in OPTIONS)
             report_once(task_name, str(key), f"unknown option, ignored (known options: {known})", prefix)
