@@ -42,6 +42,21 @@ def test_reject_is_not_an_error(taskbadger_server, any_worker):
     assert "error" not in statuses
 
 
+def test_reject_with_requeue_that_celery_cannot_requeue_ends_cancelled(taskbadger_server, prefork_worker):
+    """Without acks_late the message was acknowledged when it arrived: Celery cannot requeue it, it never runs
+    again, and its task stayed pending for ever."""
+    prefork_worker.send(tasks.reject_requeue_without_acks_late)
+    taskbadger_server.wait_for_task(name=NAME + "reject_requeue_without_acks_late", status="cancelled")
+
+
+def test_progress_reported_before_a_retry_ends_complete(taskbadger_server, prefork_worker):
+    """The retry's message carried the fields from when the task was created: the attempt that succeeded did
+    not know the progress, and the task ended success at 50 %."""
+    prefork_worker.send(tasks.progress_then_retry)
+    task = taskbadger_server.wait_for_task(name=NAME + "progress_then_retry", status="success")
+    assert (task["value"], task["value_max"]) == (100, 100)
+
+
 def test_revoked_before_execution_ends_cancelled(taskbadger_server, prefork_worker, celery_app):
     # Workers hold countdown tasks in memory; some brokers report the revoke only when it comes due.
     result = prefork_worker.send(tasks.add, 1, 1, countdown=3)

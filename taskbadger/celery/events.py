@@ -79,12 +79,12 @@ def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> No
             _settle(request, state, retval)
         return
     try:
-        _end(tracking, request, state, retval)
+        _end(tracking, request, state, retval, celery_task)
     finally:
         lifecycle.leave(tracking)
 
 
-def _end(tracking: Tracking, request: Any, state: str | None, retval: Any) -> None:
+def _end(tracking: Tracking, request: Any, state: str | None, retval: Any, celery_task: Any = None) -> None:
     received().forget(request.id)
     if tracking.finished or tracking.is_finished():
         return  # already final, e.g. set in the task body: never overwrite it
@@ -94,8 +94,8 @@ def _end(tracking: Tracking, request: Any, state: str | None, retval: Any) -> No
         _fail(tracking, retval, None, request)
     elif state == "RETRY" and not tracking.retry_recorded:
         lifecycle.retry(tracking, retry_number(request), getattr(retval, "exc", None))
-    elif state == "REJECTED" and getattr(retval, "requeue", False):
-        lifecycle.back_to_pending(tracking)  # it will run again
+    elif state == "REJECTED" and getattr(retval, "requeue", False) and getattr(celery_task, "acks_late", False):
+        lifecycle.back_to_pending(tracking)  # it will run again (a message acknowledged on receipt cannot)
     elif state in ("IGNORED", "REJECTED"):
         lifecycle.cancel(tracking)
 

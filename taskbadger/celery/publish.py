@@ -41,7 +41,7 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     incoming = check_outgoing(message, name)
     running = running_tracking()
     if running is not None and running.celery_id == celery_id:
-        write_meta(message, running.meta)  # task.retry(): same Celery id, same Task Badger task
+        write_meta(message, running.meta_for_next_attempt())  # task.retry(): same Celery id, same task
         if not running.retry_recorded:
             record_retry(running)
         return None

@@ -215,6 +215,15 @@ class Run:
     def value_max(self) -> Any:
         return self._task.value_max if self._task is not None else self.meta.task.get("value_max")
 
+    def meta_for_next_attempt(self) -> Meta:
+        """What to carry to the job's next attempt (a retry): the progress its body reported included, so that
+        the attempt that succeeds ends complete (the finished-progress rule needs ``value_max``)."""
+        task = dict(self.meta.task)
+        for key, value in (("value", self.value), ("value_max", self.value_max)):
+            if isinstance(value, int) and not isinstance(value, bool):
+                task[key] = value
+        return Meta(task, self.meta.heartbeat_interval, self.meta.stale_timeout)
+
     @property
     def data_known(self) -> bool:
         """False when the data was too large to carry and has not been fetched."""

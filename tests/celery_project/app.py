@@ -120,6 +120,19 @@ def reject_me():
     raise Reject("not for us", requeue=False)
 
 
+@app.task(base=Task)  # acks_late False (the default): the message was acknowledged on receipt
+def reject_requeue_without_acks_late():
+    raise Reject("again, please", requeue=True)
+
+
+@app.task(bind=True, base=Task)
+def progress_then_retry(self):
+    if self.request.retries < 1:
+        self.taskbadger_task.update(value=50, value_max=100)
+        raise self.retry(exc=RuntimeError("again"), countdown=0)
+    return "done"
+
+
 @app.task(base=Task)
 def sleep_for(seconds):
     deadline = time.monotonic() + seconds
