@@ -367,6 +367,13 @@ def build_config(
     """Resolve arguments and environment into a validated Config (no I/O, no global change)."""
     env = os.environ
     token = token or env.get("TASKBADGER_API_KEY") or None
+    if isinstance(token, bytes | bytearray):  # read from a file or a secret store: the official SDK takes it
+        try:
+            token = bytes(token).decode("ascii")
+        except UnicodeDecodeError:
+            raise ConfigurationError("the API key is not ASCII text: it is base64") from None
+    if token is not None and not isinstance(token, str):
+        raise ConfigurationError(f"the API key must be a string, got {type(token).__name__}")
     host = host or env.get("TASKBADGER_HOST") or DEFAULT_HOST
     organization_slug = organization_slug or env.get("TASKBADGER_ORG") or None
     project_slug = project_slug or env.get("TASKBADGER_PROJECT") or None

@@ -45,7 +45,7 @@ def create_body(name: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
     if tags:
         body["tags"] = tags
     if config and config.before_create:
-        return config.before_create(body)
+        return config.before_create(body) or None  # an empty dict skips too, as in the official SDK
     return body
 
 
@@ -57,7 +57,7 @@ def create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None, 
     Raises CreateSkipped when ``before_create`` says not to create it."""
     body = create_body(name, fields)
     if body is None:
-        raise CreateSkipped(f"before_create returned None: task {short(name)} was not created")
+        raise CreateSkipped(f"before_create returned nothing: task {short(name)} was not created")
     return Task(endpoints.create(body, monitor_id, deadline, late_answer))
 
 

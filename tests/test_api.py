@@ -192,6 +192,8 @@ def test_before_create_can_change_or_skip_or_fail(taskbadger_server, tb_log):
     def before(body):
         if body["name"] == "skip":
             return None
+        if body["name"] == "empty":
+            return {}  # skips as well, as in the official SDK (it was sent, and refused with a 400)
         if body["name"] == "boom":
             raise RuntimeError("hook broke")
         body["name"] = body["name"].upper()
@@ -201,6 +203,8 @@ def test_before_create_can_change_or_skip_or_fail(taskbadger_server, tb_log):
     assert taskbadger.create_task("changed").name == "CHANGED"
     with pytest.raises(CreateSkipped):
         taskbadger.create_task("skip")
+    with pytest.raises(CreateSkipped):
+        taskbadger.create_task("empty")
     tb_log.clear()
     assert taskbadger.create_task_safe("skip") is None
     assert not [r for r in tb_log.records if r.levelno >= logging.WARNING]

@@ -188,3 +188,13 @@ def test_a_host_holding_a_user_or_password_is_refused_without_showing_it(host, m
     info = subprocess.run([sys.executable, "-m", "taskbadger.cli", "info"], capture_output=True, text=True, timeout=60)
     assert "Note: Task Badger host must not hold a user or password" in info.stdout
     assert "hunter2" not in info.stdout + info.stderr
+
+
+def test_a_key_given_as_bytes_is_read_and_one_of_another_type_is_refused_clearly():
+    """As read from a file or a secret store (the official SDK takes bytes): it raised AttributeError."""
+    cfg = taskbadger.init(token=project_key().encode())
+    assert (cfg.organization_slug, cfg.project_slug, cfg.token) == ("acme", "demo", "secret-key-123")
+    with pytest.raises(ConfigurationError, match="must be a string, got int"):
+        taskbadger.init(token=12345)
+    with pytest.raises(ConfigurationError, match="not ASCII"):
+        taskbadger.init(token="clé".encode())
