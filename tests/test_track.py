@@ -183,6 +183,7 @@ def _run_in(how):
 
 # It forks a process that has threads, on purpose, as multiprocessing's users do (Python 3.12 warns about it).
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:Using fork.. is a bad idea:DeprecationWarning")  # eventlet, when loaded
 @pytest.mark.parametrize("how", ["process", "pool", "executor"])
 def test_calls_in_forked_workers_end_with_their_final_state(taskbadger_server, how):
     """Their final update was queued for senders that never sent it: the tasks stayed processing for ever."""
