@@ -60,8 +60,9 @@ def clean_body(fields: Mapping[str, Any]) -> dict[str, Any]:
     return body
 
 
-#: Fields of a create that the API echoes unchanged: an answer that differs was meant for another request.
-_ECHOED = ("name", "external_id")
+#: Fields of a create that the API echoes unchanged: an answer that differs was meant for another request
+#: (``status`` too: a stray answer to an update of a task with the same name says ``success``, not ``pending``).
+_ECHOED = ("name", "external_id", "status")
 
 
 def _foreign(payload: Any, task_id: str | None, sent: Mapping[str, Any] | None) -> str | None:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+import taskbadger
 from taskbadger import TransportError
 from taskbadger.config import build_config
 from taskbadger.http import build_request, pooled
@@ -117,3 +118,25 @@ def test_an_answer_that_starts_with_a_byte_order_mark_is_json():
     from taskbadger.http import decode
 
     assert decode(200, {}, b'\xef\xbb\xbf{"id": "abc"}') == {"id": "abc"}
+
+
+def test_a_stray_answer_about_a_task_of_the_same_name_is_not_taken_for_a_create():
+    """A stray answer to an update of a task named as the next create, arriving just before the create's own
+    answer (a CI run: the create got an earlier task, gone since, and its updates were refused with 404)."""
+    import json
+
+    def answer(status_line, task):
+        body = json.dumps(task).encode()
+        return f"HTTP/1.1 {status_line}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n" \
+            .encode() + body
+
+    stray = answer("200 OK", {"id": "A" * 26, "name": "same", "status": "success", "value": 7})
+    own = answer("201 Created", {"id": "B" * 26, "name": "same", "status": "pending"})
+    server = RawServer([stray + own])
+    try:
+        taskbadger.init(token=base64.b64encode(b"x/y/k").decode(), host=server.url)
+        task = taskbadger.create_task("same")
+        assert (task.id, task.status) == ("B" * 26, "pending")
+    finally:
+        server.close()
+
