@@ -9,6 +9,7 @@ and one hook, registered once, resets them all in a forked child.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -157,3 +158,13 @@ def forget_logged() -> None:
     """Forget which lines were logged, so once-per-process lines are logged again (for tests)."""
     with _last_logged_lock:
         _last_logged.clear()
+
+
+def on_an_event_loop() -> bool:
+    """Whether this code runs on an event loop (a coroutine's body): a blocking wait here stalls the loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+

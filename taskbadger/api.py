@@ -11,7 +11,7 @@ from ._runtime import log_once, short
 from .actions import action_dicts
 from .config import is_configured
 from .exceptions import CreateSkipped, MissingConfiguration
-from .models import StatusEnum
+from .models import StatusEnum, given_data
 from .task import Task, create
 
 log = logging.getLogger("taskbadger")
@@ -68,8 +68,7 @@ def update_task(
 ) -> Task:
     """Send the given fields (None values are left out) and return the updated task. The positional
     order is the official SDK's; as there, empty ``data`` is left out (it does not wipe the task's data)."""
-    if not data and not isinstance(data, (int, float)):
-        data = None
+    data = given_data(data)
     fields = dict(
         name=name, status=status, value=value, value_max=value_max, data=data, max_runtime=max_runtime,
         stale_timeout=stale_timeout, tags=tags, queue=queue, external_id=external_id, parent=parent,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
 from . import lifecycle
-from ._runtime import PerProcess, log_once, short
+from ._runtime import PerProcess, log_once, on_an_event_loop, short
 from .actions import action_dicts
 from .api import create_task
 from .config import get_config, is_configured
@@ -159,16 +159,8 @@ def _deliver_in_a_pool_worker() -> None:
     through ``os._exit``. Not while the API is failing (it is not waited for: what is left is delivered or
     spooled when the worker exits normally), nor on an event loop (it would stall the loop)."""
     multiprocessing = sys.modules.get("multiprocessing")
-    if multiprocessing is None or multiprocessing.parent_process() is None or _asyncio_running():
+    if multiprocessing is None or multiprocessing.parent_process() is None or on_an_event_loop():
         return
     config = get_config()
     if config is not None:
         sender.flush(config.publish_budget, give_up=lambda: pending_updates().failing)
-
-
-def _asyncio_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True

@@ -40,6 +40,12 @@ def fitted_name(text: str) -> str:
     return text if len(text) <= MAX_NAME_LENGTH else text[:MAX_NAME_LENGTH - 1] + "…"
 
 
+def given_data(data: Any) -> Any:
+    """``data`` as an update takes it: empty (``{}``, ``None``) means "leave the task's data unchanged", as in
+    the official SDK (``update(data=extra or {})`` must not wipe it)."""
+    return None if not data and not isinstance(data, (int, float)) else data
+
+
 def is_task_id(value: Any) -> bool:
     """True for a string shaped like an id the API issues (safe in a URL path)."""
     return isinstance(value, str) and _TASK_ID.fullmatch(value) is not None

@@ -21,7 +21,7 @@ from .delivery import queue as pending
 from .delivery.merge import DefaultMergeStrategy
 from .exceptions import CreateSkipped, InvalidData, ReadTimeout
 from .http import Deadline, LateAnswer
-from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, exception_data
+from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, exception_data, given_data
 from .scope import scope_state
 
 log = logging.getLogger("taskbadger")
@@ -179,8 +179,7 @@ class Task:
         unknown = set(extra) - _INTERNAL_FIELDS
         if unknown:
             raise TypeError(f"update() got an unexpected keyword argument {sorted(unknown)[0]!r}")
-        if not data and not isinstance(data, (int, float)):
-            data = None
+        data = given_data(data)
         if data is not None and data_merge_strategy is not None:
             if hasattr(data_merge_strategy, "merge"):
                 data = data_merge_strategy.merge(self._task.data, data)

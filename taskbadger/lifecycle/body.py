@@ -14,11 +14,10 @@ and not shown, so the run's automatic final state still goes out. A warning says
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
-from .._runtime import log_throttled, short
+from .._runtime import log_throttled, on_an_event_loop, short
 from ..config import get_config
 from ..delivery import sender
 from ..delivery.breaker import publish_breaker
@@ -34,14 +33,6 @@ log = logging.getLogger("taskbadger")
 WARN_INTERVAL = 60.0
 
 
-def _on_an_event_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
-
-
 class RunTask(Task):
     """``taskbadger.Task`` for a running job's body: ``update`` and every method built on it never raise
     an API or delivery error into the job, and never wait longer than the publish budget."""
@@ -51,7 +42,7 @@ class RunTask(Task):
         config = get_config()
         if config is None:  # tracking was switched off in this process meanwhile: nobody to send it to
             return
-        if _on_an_event_loop():
+        if on_an_event_loop():
             # A coroutine's body (an async Procrastinate or django.tasks task, @track on async def): a request made
             # here would stall every other coroutine of the loop for its round trip. The senders send it (merged
             # with what follows, in order), as they do the run's own updates.
