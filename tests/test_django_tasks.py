@@ -118,10 +118,12 @@ def test_a_run_again_of_the_same_result_is_the_same_task(worker, taskbadger_serv
     (enqueued,) = worker.enqueue("fails_first")
     (task,) = wait_final(taskbadger_server, enqueued["id"], "error")
     first_start = task["start_time"]
+    assert (task["value"], task["value_max"]) == (1, 4)
     wait_result(worker, enqueued["id"], "FAILED")
     worker.rerun(enqueued["id"])
     (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
     assert task["start_time"] == first_start  # the first start is kept
+    assert (task["value"], task["value_max"]) == (4, 4)  # the first attempt's progress, completed
     result = wait_result(worker, enqueued["id"], "SUCCESSFUL")
     assert len(result["worker_ids"]) == 2
     if worker.backend == "db":  # django-tasks-rq 0.12 reports the first attempt's return value (None) here

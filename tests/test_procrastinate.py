@@ -244,6 +244,15 @@ def test_an_immediate_retry_is_one_task_that_ends_success(api, app, worker, tmp_
     assert len(tasks_for(api, job_id)) == 1
 
 
+def test_a_retried_job_ends_success_with_the_progress_an_earlier_attempt_reported_completed(api, app, worker,
+                                                                                           tmp_path):
+    job_id = tasks.flaky_progress.configure(queue=worker.queue).defer(path=str(tmp_path / "count"))
+    assert wait_job(app, job_id).status == "succeeded"
+    tb = task_of_job(api, job_id)
+    assert tb["status"] == "success"
+    assert (tb["value"], tb["value_max"]) == (4, 4)  # 1 of 4 reported by the first attempt, then complete
+
+
 def test_a_job_failing_its_last_attempt_ends_error_with_the_attempts(api, app, worker, tmp_path):
     job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=10)
     assert wait_job(app, job_id).status == "failed"

@@ -18,7 +18,7 @@ import pytest
 
 import taskbadger
 from taskbadger import inline, spooling
-from taskbadger.delivery import sender
+from taskbadger.delivery import merge, sender
 from taskbadger.delivery.queue import MAX_PENDING_TASKS, pending_updates
 from taskbadger.delivery.sender import RETRY_HORIZON
 from taskbadger.delivery.spool import MAX_BYTES, Entry, Spool, api_key_of
@@ -100,7 +100,7 @@ def deliver_in_another_process(server, spool_dir):
 
 ENDING = """
 import sys, time, taskbadger
-from taskbadger.delivery import sender
+from taskbadger.delivery import merge, sender
 from taskbadger.delivery.sender import RETRY_HORIZON
 taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
 for task_id in sys.argv[4:]:
@@ -228,6 +228,17 @@ def test_a_final_state_is_kept_a_day(taskbadger_server, spool_dir):
         Entry({"value": 5}, task_id="P" * 26, since=time.time() - 3600)])  # progress: the retry horizon
     assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
     assert taskbadger_server.get_task(task.id)["status"] == "error"
+
+
+def test_a_spooled_success_still_completes_the_progress_of_an_earlier_attempt(taskbadger_server, spool_dir):
+    """A retried job's success that did not know what its first attempt reported (``COMPLETE_PROGRESS``) keeps
+    that through the spool: it ends at 4 of 4, not 1 of 4."""
+    task = taskbadger.create_task("retried", value=1, value_max=4)
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
+        Entry({"status": "success", merge.COMPLETE_PROGRESS: True}, task_id=task.id, final=True)])
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
+    delivered = taskbadger_server.get_task(task.id)
+    assert (delivered["status"], delivered["value"], delivered["value_max"]) == ("success", 4, 4)
 
 
 def test_an_old_final_state_taken_from_the_spool_is_retried_not_dropped(api, spool_dir):

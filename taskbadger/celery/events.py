@@ -41,7 +41,7 @@ def on_start(celery_task: Any, request: Any) -> None:
     tracking = Tracking(request.id, meta)
     tracking.successors = successor_names(request)
     setattr(request, TRACKING_ATTR, tracking)
-    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0))
+    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0), progress_carried=True)
 
 
 def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta | None:

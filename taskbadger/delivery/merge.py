@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel
+from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress
 
 #: Fields to merge into the task's current data before sending (not an API field).
 MERGE_DATA = "merge_data"
@@ -20,6 +20,10 @@ UNLESS_FINAL = "_taskbadger_unless_final"
 #: Marks an update that must be sent only if the task is still ``pending`` (not an API field): the
 #: closing of a task whose create was given up, unless a worker has taken it up meanwhile.
 ONLY_IF_PENDING = "_taskbadger_only_if_pending"
+#: Marks a ``success`` whose run does not know the progress an earlier attempt reported (not an API field):
+#: the finished-progress rule (``models.completed_progress``) is applied to the task's current value at send
+#: time, so that a job retried after reporting 5 of 10 does not end ``success`` at 50 %.
+COMPLETE_PROGRESS = "_taskbadger_complete_progress"
 
 
 def with_data(data: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -49,25 +53,31 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
     for condition in (UNLESS_FINAL, ONLY_IF_PENDING):
         if condition not in newer:
             merged.pop(condition, None)
+    if COMPLETE_PROGRESS not in newer and "status" in newer:
+        merged.pop(COMPLETE_PROGRESS, None)  # a newer state: the success it marked is no longer the last word
     return merged
 
 
 def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) -> dict[str, Any] | None:
     """The PATCH body for queued ``fields``, or None when there is nothing to send. ``fetch`` returns the
-    task's current state; it is called only when needed (``merge_data`` without ``data``, or a
-    conditional update). Without it, a conditional update is sent as an unconditional one."""
+    task's current state; it is called only when needed (``merge_data`` without ``data``, a conditional
+    update, or progress to complete). Without it, a conditional update is sent as an unconditional one."""
     body = dict(fields)
     unless_final = body.pop(UNLESS_FINAL, False) and fetch is not None
     only_if_pending = body.pop(ONLY_IF_PENDING, False) and fetch is not None
+    complete = body.pop(COMPLETE_PROGRESS, False) and fetch is not None
     extra = body.pop(MERGE_DATA, None)
-    if not unless_final and not only_if_pending and extra is None:
+    if not unless_final and not only_if_pending and not complete and extra is None:
         return body
     conditional = unless_final or only_if_pending
-    current = fetch() if fetch is not None and (conditional or body.get("data") is None) else None
+    current = fetch() if fetch is not None and (conditional or complete or (
+        extra is not None and body.get("data") is None)) else None
     if unless_final and current is not None and current.status in TERMINAL_STATUSES:
         return None
     if only_if_pending and current is not None and current.status != StatusEnum.PENDING:
         return None
+    if complete and current is not None:
+        body.update(completed_progress(body.get("value", current.value), body.get("value_max", current.value_max)))
     if extra is not None:
         base = body.get("data")
         body["data"] = with_data(current.data if base is None and current is not None else base, extra)

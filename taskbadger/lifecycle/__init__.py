@@ -166,7 +166,7 @@ class Run:
     """One tracked run of a job, from its start to its end. The ``taskbadger.Task`` is built from what was
     carried only when something asks for it (most job bodies never do)."""
 
-    __slots__ = ("external_id", "meta", "_task", "_status", "_tokens", "finished", "heartbeat")
+    __slots__ = ("external_id", "meta", "_task", "_status", "_tokens", "finished", "heartbeat", "progress_unknown")
 
     def __init__(self, external_id: str | None, meta: Meta) -> None:
         self.external_id = external_id
@@ -176,6 +176,7 @@ class Run:
         self._tokens: tuple[Any, Any, Any] | None = None  # scope, current run, context providers (while entered)
         self.finished = False
         self.heartbeat = False
+        self.progress_unknown = False  # an earlier attempt may have reported progress this run was not told of
 
     @classmethod
     def of_task(cls, task: Task, external_id: str | None = None) -> Run:
@@ -271,9 +272,11 @@ def current_task() -> Task | None:
     return run.current_task() if run is not None else None
 
 
-def start(run: Run, first_attempt: bool = True) -> None:
+def start(run: Run, first_attempt: bool = True, progress_carried: bool = False) -> None:
     """The job starts: ``processing`` (with ``start_time`` on its first attempt; a run again keeps its
-    first start), its stale timeout (only once running: a queued job never goes stale); then ``enter``."""
+    first start), its stale timeout (only once running: a queued job never goes stale); then ``enter``.
+    ``progress_carried``: a later attempt was given the progress the earlier ones reported (Celery's retry
+    message carries it); else its success completes the progress the task has when it is sent."""
     fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
     if first_attempt:
         fields["start_time"] = now()
@@ -282,6 +285,7 @@ def start(run: Run, first_attempt: bool = True) -> None:
     sender.submit(run.id, fields)
     run.set_status(StatusEnum.PROCESSING)
     run.finished = False
+    run.progress_unknown = not first_attempt and not progress_carried
     enter(run)
 
 
@@ -328,6 +332,8 @@ def _final(run: Run, status: StatusEnum, extra: Mapping[str, Any] | None = None)
     fields: dict[str, Any] = {"status": status.value, "end_time": now()}
     if status is StatusEnum.SUCCESS:
         fields.update(completed_progress(run.value, run.value_max))
+        if run.progress_unknown and not (isinstance(run.value, int) and isinstance(run.value_max, int)):
+            fields[merge.COMPLETE_PROGRESS] = True  # what an earlier attempt reported is read at send time
     if extra:
         fields.update(data_fields(run, extra))
     sender.submit(run.id, fields, final=True)

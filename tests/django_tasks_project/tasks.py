@@ -47,8 +47,12 @@ def progress_loop(steps: int) -> dict[str, Any]:
 
 @task(takes_context=True)
 def fails_first(context: Any) -> int:
-    """Fails on its first attempt; a run again of the same TaskResult succeeds."""
+    """Reports 1 of 4 and fails on its first attempt; a run again of the same TaskResult succeeds, reporting
+    nothing."""
     if context.attempt <= 1:
+        tb = taskbadger.current_task()
+        if tb:
+            tb.update(value=1, value_max=4)
         raise RuntimeError("first attempt fails")
     return context.attempt
 

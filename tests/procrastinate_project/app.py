@@ -62,6 +62,16 @@ def flaky_later(path: str, fail_times: int) -> str:
     return _fail_first(path, fail_times)
 
 
+@app.task(name="flaky_progress", retry=procrastinate.RetryStrategy(max_attempts=1, wait=0))
+def flaky_progress(path: str) -> str:
+    """Reports 1 of 4 and fails on its first attempt; its retry succeeds, reporting nothing."""
+    if not os.path.exists(path):  # the first attempt (the retry must not ask for its task: that fetches it)
+        tb = current_task()
+        assert tb is not None
+        tb.update(value=1, value_max=4)
+    return _fail_first(path, 1)
+
+
 @app.task(name="flaky", retry=procrastinate.RetryStrategy(max_attempts=3, wait=0))
 def flaky(path: str, fail_times: int) -> str:
     """Fails ``fail_times`` times (counted in the file at ``path``), then succeeds."""
