@@ -268,6 +268,10 @@ def exception_text(exc: BaseException, formatted: str | None = None) -> str:
     return text
 
 
+#: The ``data`` keys ``exception_data`` records.
+EXCEPTION_KEYS = ("exception", "exception_type")
+
+
 def exception_data(exc: BaseException, formatted: str | None = None) -> dict[str, str]:
     """The ``data`` keys recorded for a failure: ``exception`` (full text) and ``exception_type``."""
     return {

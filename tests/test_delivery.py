@@ -8,7 +8,7 @@ import time
 import pytest
 
 import taskbadger
-from taskbadger.delivery import queue, sender
+from taskbadger.delivery import merge, queue, sender
 from taskbadger.delivery.breaker import Breaker
 from taskbadger.delivery.queue import PendingQueue
 from taskbadger.delivery.sender import Sender
@@ -43,6 +43,29 @@ def test_queued_updates_for_one_task_merge_into_one_patch(taskbadger_server, dis
                           "end_time": "2026-01-01T00:00:01+00:00", "tags": {"a": "v1", "b": "v2"}}
     stats = dispatcher.stats()
     assert (stats["sent"], stats["merged"], stats["queued"]) == (1, 2, 0)
+
+
+def test_a_run_again_drops_the_old_error_and_completes_the_old_progress_at_send_time(taskbadger_server, dispatcher):
+    """A run again after an error, which knows neither the task's data nor its progress: the exception leaves the
+    data the task has on the server (what else it holds stays), and its success ends at 100 %."""
+    task = taskbadger.create_task("run again", value=1, value_max=4,
+                                  data={"args": [1], "exception": "Traceback...", "exception_type": "ValueError"})
+    dispatcher.submit(task.id, {"status": "processing", merge.DROP_DATA: ["exception", "exception_type"]})
+    dispatcher.submit(task.id, {"status": "success", merge.COMPLETE_PROGRESS: True, merge.MERGE_DATA: {"k": 2}},
+                      final=True)
+    assert dispatcher.flush(5)
+    [patch] = patches(taskbadger_server, task.id)
+    assert patch.json == {"status": "success", "value": 4, "data": {"args": [1], "k": 2}}
+
+
+def test_an_update_that_sends_the_whole_data_after_a_drop_is_sent_as_it_is(taskbadger_server, dispatcher):
+    task = taskbadger.create_task("run again", data={"exception": "old"})
+    dispatcher.submit(task.id, {"status": "processing", merge.DROP_DATA: ["exception"]})
+    dispatcher.submit(task.id, {"status": "error", "data": {"exception": "new"}}, final=True)
+    assert dispatcher.flush(5)
+    [patch] = patches(taskbadger_server, task.id)
+    assert patch.json == {"status": "error", "data": {"exception": "new"}}
+    assert [r.method for r in taskbadger_server.requests if r.task_id == task.id] == ["POST", "PATCH"]  # no GET
 
 
 def test_the_process_counters_are_one_call_away(taskbadger_server):

@@ -124,6 +124,8 @@ def test_a_run_again_of_the_same_result_is_the_same_task(worker, taskbadger_serv
     (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
     assert task["start_time"] == first_start  # the first start is kept
     assert (task["value"], task["value_max"]) == (4, 4)  # the first attempt's progress, completed
+    assert "exception" not in task["data"] and "exception_type" not in task["data"]  # nor its error
+    assert task["data"]["args"] == []  # what the task's data held before stays
     result = wait_result(worker, enqueued["id"], "SUCCESSFUL")
     assert len(result["worker_ids"]) == 2
     if worker.backend == "db":  # django-tasks-rq 0.12 reports the first attempt's return value (None) here

@@ -24,6 +24,9 @@ ONLY_IF_PENDING = "_taskbadger_only_if_pending"
 #: the finished-progress rule (``models.completed_progress``) is applied to the task's current value at send
 #: time, so that a job retried after reporting 5 of 10 does not end ``success`` at 50 %.
 COMPLETE_PROGRESS = "_taskbadger_complete_progress"
+#: Keys to remove from the task's current data at send time (not an API field): a run again of a job whose
+#: earlier attempt ended in error takes that error's exception out of the task's data.
+DROP_DATA = "_taskbadger_drop_data"
 
 
 def with_data(data: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,6 +56,10 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
     for condition in (UNLESS_FINAL, ONLY_IF_PENDING):
         if condition not in newer:
             merged.pop(condition, None)
+    if DROP_DATA in older and DROP_DATA in newer:
+        merged[DROP_DATA] = sorted({*older[DROP_DATA], *newer[DROP_DATA]})
+    elif "data" in newer and DROP_DATA not in newer:
+        merged.pop(DROP_DATA, None)  # the newer update sends the whole data: nothing older is left to drop
     if COMPLETE_PROGRESS not in newer and "status" in newer:
         merged.pop(COMPLETE_PROGRESS, None)  # a newer state: the success it marked is no longer the last word
     return merged
@@ -60,27 +67,33 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
 
 def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) -> dict[str, Any] | None:
     """The PATCH body for queued ``fields``, or None when there is nothing to send. ``fetch`` returns the
-    task's current state; it is called only when needed (``merge_data`` without ``data``, a conditional
-    update, or progress to complete). Without it, a conditional update is sent as an unconditional one."""
+    task's current state; it is called only when needed (``merge_data`` or keys to drop without ``data``, a
+    conditional update, or progress to complete). Without it, a conditional update is sent as an
+    unconditional one."""
     body = dict(fields)
     unless_final = body.pop(UNLESS_FINAL, False) and fetch is not None
     only_if_pending = body.pop(ONLY_IF_PENDING, False) and fetch is not None
     complete = body.pop(COMPLETE_PROGRESS, False) and fetch is not None
     extra = body.pop(MERGE_DATA, None)
-    if not unless_final and not only_if_pending and not complete and extra is None:
+    drop = body.pop(DROP_DATA, None)
+    if not unless_final and not only_if_pending and not complete and extra is None and drop is None:
         return body
     conditional = unless_final or only_if_pending
     current = fetch() if fetch is not None and (conditional or complete or (
-        extra is not None and body.get("data") is None)) else None
+        (extra is not None or drop) and body.get("data") is None)) else None
     if unless_final and current is not None and current.status in TERMINAL_STATUSES:
         return None
     if only_if_pending and current is not None and current.status != StatusEnum.PENDING:
         return None
     if complete and current is not None:
         body.update(completed_progress(body.get("value", current.value), body.get("value_max", current.value_max)))
+    base = body.get("data")
+    if base is None and current is not None:
+        base = current.data
+    if drop and isinstance(base, Mapping) and any(key in base for key in drop):
+        body["data"] = base = {key: value for key, value in base.items() if key not in drop}
     if extra is not None:
-        base = body.get("data")
-        body["data"] = with_data(current.data if base is None and current is not None else base, extra)
+        body["data"] = with_data(base, extra)
     return body
 
 

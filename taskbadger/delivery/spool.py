@@ -54,7 +54,7 @@ STALE_CLAIM = 15 * 60.0
 _FIELDS = frozenset({"name", "status", "value", "value_max", "data", "max_runtime", "stale_timeout", "tags",
                      "queue", "external_id", "parent", "start_time", "end_time", "actions", "merge_data",
                      "_taskbadger_unless_final", "_taskbadger_only_if_pending",
-                     "_taskbadger_complete_progress"})
+                     "_taskbadger_complete_progress", "_taskbadger_drop_data"})
 _SUFFIX = ".jsonl"
 _CLAIMED = ".claimed-"
 #: This process's claims are ``.claimed-<pid>-<token>``: the token tells its claims from those of an earlier

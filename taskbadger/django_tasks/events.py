@@ -154,7 +154,10 @@ def on_started(task_result: Any) -> None:
     run = lifecycle.Run(task_result.id, meta)
     with _runs_lock:
         _runs[task_result.id] = run
-    lifecycle.start(run, first_attempt=len(getattr(task_result, "worker_ids", None) or ()) <= 1)
+    # A run again of the same TaskResult follows an attempt that ended (in error, but for a lost worker): its
+    # exception leaves the task's data, so that a run again that succeeds does not show it.
+    again = len(getattr(task_result, "worker_ids", None) or ()) > 1
+    lifecycle.start(run, first_attempt=not again, after_error=again)
 
 
 def _wait(channel: Channel, result_id: str) -> Entry | None:

@@ -41,7 +41,15 @@ from ..context_providers import error_context
 from ..delivery import merge, sender
 from ..delivery.heartbeat import get_heartbeat
 from ..inline import Created, create_inline, find, settle_later
-from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress, exception_data, fitted_name
+from ..models import (
+    EXCEPTION_KEYS,
+    TERMINAL_STATUSES,
+    StatusEnum,
+    TaskModel,
+    completed_progress,
+    exception_data,
+    fitted_name,
+)
 from ..scope import enter_task, exit_task, parent_for_new_task
 from ..task import Task
 from .body import RunTask
@@ -272,16 +280,19 @@ def current_task() -> Task | None:
     return run.current_task() if run is not None else None
 
 
-def start(run: Run, first_attempt: bool = True, progress_carried: bool = False) -> None:
+def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, after_error: bool = False) -> None:
     """The job starts: ``processing`` (with ``start_time`` on its first attempt; a run again keeps its
     first start), its stale timeout (only once running: a queued job never goes stale); then ``enter``.
     ``progress_carried``: a later attempt was given the progress the earlier ones reported (Celery's retry
-    message carries it); else its success completes the progress the task has when it is sent."""
+    message carries it); else its success completes the progress the task has when it is sent. ``after_error``:
+    the attempt before this one ended the task in ``error``, whose exception leaves the task's data now."""
     fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
     if first_attempt:
         fields["start_time"] = now()
     if run.meta.stale_timeout:
         fields["stale_timeout"] = run.meta.stale_timeout
+    if after_error:
+        fields[merge.DROP_DATA] = list(EXCEPTION_KEYS)
     sender.submit(run.id, fields)
     run.set_status(StatusEnum.PROCESSING)
     run.finished = False
