@@ -4,6 +4,8 @@ import datetime as dt
 
 import pytest
 
+from taskbadger.celery import task_id_of_result
+
 from .celery_project import app as tasks
 
 pytestmark = pytest.mark.integration
@@ -47,6 +49,19 @@ def test_reject_with_requeue_that_celery_cannot_requeue_ends_cancelled(taskbadge
     again, and its task stayed pending for ever."""
     prefork_worker.send(tasks.reject_requeue_without_acks_late)
     taskbadger_server.wait_for_task(name=NAME + "reject_requeue_without_acks_late", status="cancelled")
+
+
+def test_a_task_the_worker_does_not_know_ends_error(taskbadger_server, prefork_worker, celery_app):
+    """A typo in ``send_task``'s name, or a worker running older code: Celery discards the message and records
+    NotRegistered; its task stayed pending for ever."""
+    result = celery_app.send_task(NAME + "no_such_task", (1,), queue=prefork_worker.queue,
+                                  headers={"taskbadger_track": True})
+    task = taskbadger_server.wait_for_task(name=NAME + "no_such_task", status="error")
+    assert task["id"] == task_id_of_result(result)
+    assert task["data"]["exception_type"] == "celery.exceptions.NotRegistered"
+    assert "no task named 'tests.celery_project.app.no_such_task'" in task["data"]["exception"]
+    prefork_worker.send(tasks.add, 1, 2)
+    taskbadger_server.wait_for_task(name=NAME + "add", status="success")  # the worker goes on
 
 
 def test_progress_reported_before_a_retry_ends_complete(taskbadger_server, prefork_worker):

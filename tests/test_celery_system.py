@@ -153,6 +153,14 @@ def test_a_worker_without_tracking_runs_a_tracked_message_untracked(taskbadger_s
         assert "Task Badger: not tracking tasks in this worker: no API key" in worker.log(), worker.log()
         assert "dropped" not in worker.log() and "MissingConfiguration" not in worker.log(), worker.log()
         assert taskbadger_server.tasks[result.taskbadger_task_id]["status"] == "pending"  # no PATCH from the worker
+        # a worker started with `-l warning` hides the start line: the first tracked message says it, once
+        second = worker.send(tasks.report_progress, 8)
+        assert wait_for_result(second.id) == {"value": 8, "tracked": False}
+        warning = (f"WARNING/MainProcess] Task Badger: this worker received task '{NAME}report_progress', which its "
+                   f"publisher tracks (Task Badger task {result.taskbadger_task_id}), but it does not track tasks "
+                   "itself: no API key")
+        assert warning in worker.log() and worker.log().count("WARNING/MainProcess] Task Badger: this worker") == 1, \
+            worker.log()
     finally:
         stop_worker(worker)
 

@@ -12,10 +12,11 @@ import logging
 from typing import Any
 
 from .. import lifecycle
-from ..config import get_config
+from .._runtime import log_once, short
+from ..config import get_config, why_unconfigured
 from ..models import StatusEnum, exception_data
 from .fields import checked_decorator_options, create_fields, successor_names, uses_base_class
-from .headers import Incoming, Meta, read_incoming, read_task_id
+from .headers import Incoming, Meta, read_incoming, read_message_meta, read_task_id
 from .publish import retry_number
 from .state import SETTLE_ATTR, TRACKING_ATTR, Tracking, received, tracking_of
 
@@ -148,11 +149,32 @@ def on_revoked(request: Any, terminated: bool, expired: bool) -> None:
     lifecycle.close(task_id, StatusEnum.CANCELLED, {"celery_revoked": reason})
 
 
+def on_unknown(message_headers: Any, name: Any, exc: BaseException | None) -> None:
+    """The worker received a message for a task it has no such name for (a typo, a worker running older
+    code): Celery discards it and records ``NotRegistered``. Its task ends ``error``, as Celery's result."""
+    name = name if isinstance(name, str) else ""
+    meta = read_message_meta(message_headers, name)
+    if meta is None:
+        return
+    from celery.exceptions import NotRegistered
+
+    text = (f"celery.exceptions.NotRegistered: no task named {short(name, 200)} is registered in the worker "
+            "that received it (a typo in the name, or a worker running older code); Celery discarded the message")
+    lifecycle.close(meta.id, StatusEnum.ERROR, exception_data(NotRegistered(name), text),
+                    known_data=meta.task.get("data"), data_known=not meta.task.get("data_omitted"))
+
+
 def on_received(request: Any) -> None:
     """The main process received a message: remember the tracked ones."""
     task_id = read_task_id(request)
     if task_id is not None:
         received().remember(request.id, task_id)
+        if get_config() is None:
+            log_once("received-unconfigured", logging.WARNING,
+                     "Task Badger: this worker received task %s, which its publisher tracks (Task Badger task %s), "
+                     "but it does not track tasks itself: %s. Such tasks stay pending in Task Badger; give the worker "
+                     "the same Task Badger settings as the process that publishes them.",
+                     short(getattr(request, "name", None) or "?"), task_id, why_unconfigured("this worker"))
 
 
 def _fail(tracking: Tracking, exc: Any, einfo: Any, request: Any) -> None:

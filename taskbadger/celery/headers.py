@@ -34,8 +34,8 @@ ID_KEY = "taskbadger_task_id"
 MAYBE_CREATED_KEY = "taskbadger_maybe_created"
 OUR_KEYS = (META_KEY, ID_KEY, KWARGS_KEY, TRACK_KEY, MAYBE_CREATED_KEY)
 
-__all__ = ["Incoming", "Meta", "check_outgoing", "header_fields", "parse_meta", "read_incoming", "read_task_id",
-           "strip", "write_meta"]
+__all__ = ["Incoming", "Meta", "check_outgoing", "header_fields", "parse_meta", "read_incoming", "read_message_meta",
+           "read_task_id", "strip", "write_meta"]
 
 
 @dataclass
@@ -152,6 +152,21 @@ def read_task_id(request: Any) -> str | None:
     raw = get(META_KEY, None)
     if raw is None and isinstance(nested, Mapping):
         raw = nested.get(META_KEY)
+    return _task_id_in(raw)
+
+
+def read_message_meta(message_headers: Any, task_name: str) -> Meta | None:
+    """Our ``taskbadger_task`` header on a message no task will run (its task is not registered here)."""
+    if not isinstance(message_headers, Mapping):
+        return None
+    raw = message_headers.get(META_KEY)
+    nested = message_headers.get("headers")
+    if raw is None and isinstance(nested, Mapping):
+        raw = nested.get(META_KEY)
+    return parse_meta(raw, task_name) if raw is not None else None
+
+
+def _task_id_in(raw: Any) -> str | None:
     task = raw.get("task") if isinstance(raw, Mapping) else None
     task_id = task.get("id") if isinstance(task, Mapping) else None
     return task_id if is_task_id(task_id) else None

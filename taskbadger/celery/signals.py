@@ -104,6 +104,12 @@ def on_revoked(sender: Any = None, request: Any = None, terminated: bool = False
 
 
 @guard
+def on_unknown(sender: Any = None, message: Any = None, exc: BaseException | None = None, name: Any = None,
+               **_: Any) -> None:
+    events.on_unknown(getattr(message, "headers", None), name, exc)
+
+
+@guard
 def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     events.on_received(request)
 
@@ -157,6 +163,7 @@ _RECEIVERS = (
     (signals.task_failure, on_failure),
     (signals.task_revoked, on_revoked),
     (signals.task_received, on_received),
+    (signals.task_unknown, on_unknown),
     (signals.worker_process_shutdown, on_process_shutdown),
     (signals.worker_shutdown, on_process_shutdown),
     (signals.worker_init, on_worker_init),
