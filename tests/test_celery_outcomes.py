@@ -139,3 +139,82 @@ def test_worker_child_killed_mid_task_ends_error(taskbadger_server, own_prefork_
     own_prefork_worker.send(tasks.kill_worker_child)
     task = taskbadger_server.wait_for_task(name=NAME + "kill_worker_child", status="error", timeout=20)
     assert "WorkerLostError" in task["data"]["exception"]
+
+
+FINAL = ("success", "error", "cancelled")
+
+
+def settled(server):
+    """Wait until every task has a final state; the tasks by name. (A task that publishes another creates it
+    before it ends, so a workflow has settled when every task it created so far has.)"""
+
+    def every_task_final():
+        tasks_ = list(server.tasks.values())
+        if not tasks_ or any(t["status"] not in FINAL for t in tasks_):
+            return None
+        by_name = {}
+        for task in tasks_:
+            by_name.setdefault(task["name"].removeprefix(NAME), []).append(task)
+        return by_name
+
+    return server.wait_for(every_task_final, timeout=20)
+
+
+def replaced_statuses(server, task_id):
+    return [r.json.get("status") for r in server.requests if r.method == "PATCH" and task_id in r.path]
+
+
+def test_a_task_replaced_by_another_ends_success_and_the_replacement_is_its_child(taskbadger_server, any_worker):
+    """``self.replace(sig)`` publishes the replacement with the replaced task's Celery id: it was taken for a
+    retry (``data["retries"]``, back to ``pending``), the replacement ran as the replaced task, which Celery's
+    ``Ignore`` made ``cancelled`` meanwhile."""
+    result = any_worker.send(tasks.replace_with, "task")
+    by_name = settled(taskbadger_server)
+    assert {name: len(found) for name, found in by_name.items()} == {"replace_with": 1, "add": 1}, by_name
+    [replaced], [replacement] = by_name["replace_with"], by_name["add"]
+    assert replaced["id"] == result.taskbadger_task_id
+    assert replaced["status"] == "success" and replaced["data"] == {"celery_replaced": True}
+    assert {"pending", "cancelled"}.isdisjoint(replaced_statuses(taskbadger_server, replaced["id"]))
+    assert replacement["status"] == "success" and replacement["parent"] == replaced["id"]
+    assert replacement["external_id"] == result.id  # Celery gives the replacement the replaced task's id
+    assert "retries" not in (replacement["data"] or {})
+
+
+def test_a_task_replaced_by_a_chain_ends_success_and_the_chain_is_tracked(taskbadger_server, prefork_worker):
+    """The chain's first task has a new Celery id, its last one the replaced task's: the replaced task ended
+    ``cancelled`` (``replace`` raises Celery's ``Ignore``)."""
+    result = prefork_worker.send(tasks.replace_with, "chain")
+    by_name = settled(taskbadger_server)
+    assert {name: len(found) for name, found in by_name.items()} == {"replace_with": 1, "add": 2}, by_name
+    [replaced], links = by_name["replace_with"], by_name["add"]
+    assert replaced["status"] == "success" and replaced["data"] == {"celery_replaced": True}
+    assert [link["status"] for link in links] == ["success", "success"]
+    first, last = sorted(links, key=lambda link: link["external_id"] == result.id)
+    assert first["parent"] == replaced["id"]  # published from the replaced task's body
+    assert last["external_id"] == result.id  # Celery gives the chain's last task the replaced task's id
+    assert last["parent"] is None  # a chain's next link follows its predecessor, it is not its child
+
+
+@pytest.fixture
+def worker_with_backend(taskbadger_server_session):
+    """Replacing a task by a group makes a chord, which needs a result backend (Redis, db 6)."""
+    from .conftest import start_worker, stop_worker
+    from .services import require
+
+    require("redis")
+    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=2,
+                          extra_env={"TB_RESULT_BACKEND": "redis://127.0.0.1:6379/6"})
+    yield worker
+    stop_worker(worker)
+
+
+def test_a_task_replaced_by_a_group_ends_success_and_the_group_is_its_children(taskbadger_server,
+                                                                                 worker_with_backend):
+    """Celery makes the group a chord whose body (``celery.accumulate``, untracked) takes the replaced task's
+    Celery id: the replaced task ended ``cancelled``."""
+    worker_with_backend.send(tasks.replace_with, "group")
+    by_name = settled(taskbadger_server)
+    assert {name: len(found) for name, found in by_name.items()} == {"replace_with": 1, "add": 2}, by_name
+    [replaced], members = by_name["replace_with"], by_name["add"]
+    assert replaced["status"] == "success" and replaced["data"] == {"celery_replaced": True}
+    assert [(m["status"], m["parent"]) for m in members] == [("success", replaced["id"])] * 2

@@ -1,9 +1,10 @@
 """Worker-side events: what each Celery event means for the Task Badger task.
 
 A task starts (``processing``), ends (``success``, ``error``, ``cancelled``, back to ``pending`` for a
-retry or a requeue), is revoked or expires, or loses its pool child. Every update goes to the queue of
-pending updates (``delivery``): nothing here waits for the API, except the create for a task its
-publisher could not track, which must be inline because the task's body may ask for it.
+retry or a requeue, ``success`` when it replaced itself), is revoked or expires, or loses its pool child.
+Every update goes to the queue of pending updates (``delivery``): nothing here waits for the API, except
+the create for a task its publisher could not track, which must be inline because the task's body may
+ask for it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ log = logging.getLogger("taskbadger")
 #: When a pool child dies, this many of the worker's most recent successes are checked: a task that
 #: finished just before the kill may have had its final update still queued in the dead child.
 RECENT_SUCCESSES = 64
+#: In the data of a task that replaced itself (``self.replace(sig)``): it ends ``success``, the tasks of ``sig``
+#: are tracked as tasks published from its body.
+REPLACED_KEY = "celery_replaced"
 
 
 def on_start(celery_task: Any, request: Any) -> None:
@@ -97,6 +101,8 @@ def _end(tracking: Tracking, request: Any, state: str | None, retval: Any, celer
         lifecycle.retry(tracking, retry_number(request), getattr(retval, "exc", None))
     elif state == "REJECTED" and getattr(retval, "requeue", False) and getattr(celery_task, "acks_late", False):
         lifecycle.back_to_pending(tracking)  # it will run again (a message acknowledged on receipt cannot)
+    elif state == "IGNORED" and tracking.replaced:  # self.replace(): its work goes on in the replacement
+        lifecycle.succeed(tracking, {REPLACED_KEY: True})
     elif state in ("IGNORED", "REJECTED"):
         lifecycle.cancel(tracking)
 

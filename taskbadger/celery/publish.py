@@ -1,6 +1,6 @@
 """Publish-side events: a message about to be published becomes a ``pending`` task (or stays untracked),
-a retry sends the task back to ``pending``, and a task whose message never left is cancelled
-(``lifecycle.publish_failed``).
+a retry sends the task back to ``pending``, a replacement (``self.replace``) is noted on the run it replaces,
+and a task whose message never left is cancelled (``lifecycle.publish_failed``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     """
     incoming = check_outgoing(message, name)
     running = running_tracking()
-    if running is not None and running.celery_id == celery_id:
+    if running is not None and _replaces_running_task(message, body):
+        running.replaced = True  # and the replacement is tracked as any task published from the body
+    elif running is not None and running.celery_id == celery_id:
         write_meta(message, running.meta_for_next_attempt())  # task.retry(): same Celery id, same task
         if not running.retry_recorded:
             record_retry(running)
@@ -137,7 +139,19 @@ def _queue_name(declare: Any, routing_key: str | None) -> str | None:
     return routing_key or None
 
 
-# -- retries ----------------------------------------------------------------------------------------
+# -- retries and replacements ----------------------------------------------------------------------
+
+
+def _replaces_running_task(message: dict[str, Any], body: Any) -> bool:
+    """Whether this message is (part of) the replacement of the running task: ``self.replace(sig)`` publishes
+    ``sig`` with the running task's ``replaced_task_nesting`` + 1 (a retry keeps it), the one task that takes
+    over its Celery id included (Celery 5.3+; protocol 2 carries it)."""
+    import celery
+
+    fields = message if "task" in message else body  # protocol 2 : protocol 1
+    nesting = fields.get("replaced_task_nesting") if isinstance(fields, dict) else None
+    running = getattr(getattr(celery.current_task, "request", None), "replaced_task_nesting", None) or 0
+    return isinstance(nesting, int) and isinstance(running, int) and nesting > running
 
 
 def record_retry(tracking: Tracking) -> None:

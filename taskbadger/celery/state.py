@@ -36,14 +36,16 @@ publish_slot: contextvars.ContextVar[dict[str, TaskbadgerTask] | None] = context
 
 class Tracking(Run):
     """One tracked run of a Celery task (``lifecycle.Run``), kept on the Celery request, with what only
-    Celery has: the retry being published from the body, and the names of the tasks that follow it."""
+    Celery has: the retry being published from the body, whether the body published its replacement
+    (``self.replace``), and the names of the tasks that follow it."""
 
-    __slots__ = ("retry_exc", "retry_recorded", "successors")
+    __slots__ = ("replaced", "retry_exc", "retry_recorded", "successors")
 
     def __init__(self, celery_id: str, meta: Meta) -> None:
         super().__init__(celery_id, meta)
         self.retry_exc: BaseException | None = None
         self.retry_recorded = False
+        self.replaced = False
         self.successors: frozenset[str] = frozenset()
 
     @property

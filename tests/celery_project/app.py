@@ -10,7 +10,7 @@ import pathlib
 import signal
 import time
 
-from celery import Celery, shared_task
+from celery import Celery, chain, group, shared_task
 from celery.exceptions import Ignore, Reject
 from celery.signals import worker_ready
 
@@ -32,6 +32,7 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     task_create_missing_queues=True,
+    result_backend=os.environ.get("TB_RESULT_BACKEND"),  # none unless a test's worker needs one (chords)
 )
 if os.environ.get("TB_BROKER_URL", "").startswith("filesystem"):
     app.conf.broker_transport = "taskbadger.testing.broker:FilesystemTransport"  # kombu issue 1551
@@ -180,6 +181,19 @@ def spawn_grandchild(self):
 @app.task(bind=True, base=Task)
 def spawn_nested(self):
     spawn_grandchild.apply_async(queue=_same_queue(self.request))
+
+
+@app.task(bind=True, base=Task)
+def replace_with(self, shape):
+    """Replaces itself (``self.replace``) with one task, a chain or a group, on this worker's queue."""
+    queue = _same_queue(self.request)
+    if shape == "task":
+        sig = add.s(2, 3).set(queue=queue)
+    elif shape == "chain":
+        sig = chain(add.s(1, 1).set(queue=queue), add.s(10).set(queue=queue))
+    else:
+        sig = group(add.s(1, 1).set(queue=queue), add.s(2, 2).set(queue=queue))
+    return self.replace(sig)
 
 
 @app.task(base=Task)
