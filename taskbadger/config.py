@@ -177,6 +177,11 @@ def parse_project_key(token: str) -> tuple[str, str, str] | None:
     Returns None for a legacy key (anything that is not base64 of something containing '/').
     Raises ConfigurationError for a key that is clearly damaged.
     """
+    if token and token != token.strip() and parse_project_key(token.strip()) is not None:
+        raise ConfigurationError(
+            "The Task Badger API key has whitespace around it (a key read from a file or a vault often ends "
+            "with a newline): strip it where it is read, e.g. open(path).read().strip()."
+        )
     if not token or not token.isascii() or any(ch.isspace() or not ch.isprintable() for ch in token):
         raise ConfigurationError(
             "The Task Badger API key contains whitespace, control or non-ASCII characters; "

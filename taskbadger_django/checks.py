@@ -38,6 +38,8 @@ taskbadger.W012    Warning  ``TASKBADGER["PROCRASTINATE"]`` is set but ``procras
 taskbadger.W013    Warning  ``taskbadger_django`` comes before ``procrastinate.contrib.django``: jobs are not tracked
 taskbadger.W014    Warning  ``taskbadger.init()`` ran before Django started: the ``TASKBADGER`` setting is not applied
 taskbadger.W015    Warning  a setting whose name looks like a misspelled ``TASKBADGER`` (``TASK_BADGER``)
+taskbadger.W016    Warning  a setting named for a ``TASKBADGER`` key (``TASKBADGER_API_KEY``): it belongs in the dict
+taskbadger.W017    Warning  ``HOST`` has a path: the API's URLs are made from the host (``/api/...``)
 taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no monitor id
 =================  =======  ==========================================================================
 """
@@ -141,26 +143,35 @@ def _pattern_error(pattern: str) -> Exception | None:
 
 
 def _check_setting_name(settings: conf.TaskBadgerSettings) -> list[CheckMessage]:
-    """W014: code called ``taskbadger.init()`` before Django started, so the setting is not applied; W015: no
-    ``TASKBADGER`` setting, but one whose name is close to it (``TASK_BADGER``, ``TASKBADGERS``)."""
+    """W014: code called ``taskbadger.init()`` before Django started, so the setting is not applied; W016: a
+    setting named for one of its keys (``TASKBADGER_API_KEY``); W015: no ``TASKBADGER`` setting, but one whose
+    name is close to it (``TASK_BADGER``, ``TASKBADGERS``)."""
     if settings.raw is not None and conf.init_before_django():
         return [checks.Warning(
             "taskbadger.init() was called before Django started, so the TASKBADGER setting is not applied (its "
             "TAGS, MONITORS and integrations are not used).",
             hint="Remove the taskbadger.init() call (often in the module that makes the Celery app): the Django "
                  "app configures the SDK from TASKBADGER.", obj="TASKBADGER", id="taskbadger.W014")]
-    if settings.raw is not None:
-        return []
     from django.conf import settings as django_settings
 
     names = [name for name in dir(django_settings) if name.isupper() and name != conf.SETTING_NAME]
+    prefix = conf.SETTING_NAME + "_"
+    stray = [name for name in names if name.startswith(prefix) and name[len(prefix):] in conf.DEFAULTS]
+    messages: list[CheckMessage] = [checks.Warning(
+        f"{name} is a Django setting of its own, which Task Badger does not read: its options live in the "
+        f"TASKBADGER dict.", hint=f"Move it into the dict: TASKBADGER = {{{name[len(prefix):]!r}: ...}} (the "
+        f"environment variables TASKBADGER_API_KEY and TASKBADGER_HOST are read, but not as settings).", obj=name,
+        id="taskbadger.W016") for name in stray]
+    if settings.raw is not None:
+        return messages
+    names = [name for name in names if name not in stray]
     close = difflib.get_close_matches("TASKBADGER", names, n=1, cutoff=0.8) or [
         name for name in names if name.replace("_", "") == "TASKBADGER"]
-    if not close:
-        return []
-    return [checks.Warning(f"There is no TASKBADGER setting, but there is {close[0]}: Task Badger reads only "
-                           "TASKBADGER.", hint=f"Rename {close[0]} to TASKBADGER.", obj=close[0],
-                           id="taskbadger.W015")]
+    if close:
+        messages.append(checks.Warning(
+            f"There is no TASKBADGER setting, but there is {close[0]}: Task Badger reads only TASKBADGER.",
+            hint=f"Rename {close[0]} to TASKBADGER.", obj=close[0], id="taskbadger.W015"))
+    return messages
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -295,6 +306,12 @@ def _check_host(settings: conf.TaskBadgerSettings, bad_types: set) -> list[Check
                              hint='Use the API\'s base URL, e.g. "https://taskbadger.net".', obj=where,
                              id="taskbadger.E005")]
     parts = urlsplit(host.strip())
+    if parts.path.strip("/"):
+        return [checks.Warning(
+            f"{where} has a path ({parts.path}): Task Badger's URLs are made from the host, starting with /api/, "
+            f"so requests go to {parts.path.rstrip('/')}/api/... and are answered 404.",
+            hint=f'Use the base URL, e.g. "{parts.scheme}://{parts.netloc}", unless a proxy serves the API under '
+                 "that path.", obj=where, id="taskbadger.W017")]
     if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
         return [checks.Warning(
             f"{where} uses plain HTTP to {parts.hostname}: the API key would travel unencrypted.",
@@ -317,9 +334,13 @@ def _check_monitors(monitors: Mapping[str, Any]) -> list[CheckMessage]:
                 id="taskbadger.E003"))
             continue
         if monitor_id(monitor) is None:
+            spaced = monitor != monitor.strip() and monitor_id(monitor.strip()) is not None
             messages.append(checks.Error(
-                f"{obj}[{pattern!r}] is {monitor!r}, which is not a monitor id (a UUID).",
-                hint="Copy the monitor id from the monitor's page in Task Badger.", obj=obj, id="taskbadger.E006"))
+                f"{obj}[{pattern!r}] is {monitor!r}, which is not a monitor id (a UUID)"
+                + (": it has whitespace around it." if spaced else "."),
+                hint="Remove the whitespace around it (a value read from a file or the environment often ends with "
+                     "a newline)." if spaced else "Copy the monitor id from the monitor's page in Task Badger.",
+                obj=obj, id="taskbadger.E006"))
         err = _pattern_error(pattern)
         if err is not None:
             messages.append(checks.Error(
@@ -473,7 +494,7 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         pro_app = conf.procrastinate_app()
         other_tasks.update({name: task for name, task in (pro_app.tasks if pro_app is not None else {}).items()
                             if not name.startswith(("builtin:", "procrastinate."))})
-        messages += _check_monitor_targets(monitors, {**other_tasks, **tasks})
+        messages += _check_monitor_targets(monitors, {**other_tasks, **tasks}, _no_project_app(app))
         if settings.ENABLED is not False:
             messages += _check_beat(app, monitors, tasks)
         return messages
@@ -508,7 +529,22 @@ def _check_task_options(tasks: Mapping[str, Any]) -> list[CheckMessage]:
     return messages
 
 
-def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any]) -> list[CheckMessage]:
+def _no_project_app(app: Any) -> bool:
+    """Whether ``app`` is Celery's own default app: no Celery app of the project was made in this process (its
+    module is not imported by the project package's ``__init__.py``, as Celery's Django guide has it)."""
+    from celery import _state
+
+    return getattr(_state, "default_app", None) is app
+
+
+#: What to say when the tasks were looked up in Celery's default app.
+NO_PROJECT_APP = ("No Celery app of this project is loaded in this process, so its tasks are not registered: "
+                  "import it in the project package's __init__.py (from .celery import app as celery_app), as "
+                  "Celery's Django guide does. Without it, .delay() also publishes on Celery's default app.")
+
+
+def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any],
+                           no_project_app: bool = False) -> list[CheckMessage]:
     from taskbadger.systems.celery import full_match
 
     messages = []
@@ -520,7 +556,7 @@ def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any]
             messages.append(checks.Warning(
                 f"TASKBADGER['MONITORS'] entry {pattern!r} matches no registered Celery task"
                 + (" or django.tasks task." if conf.django_tasks_available() else "."),
-                hint=(f"Did you mean {suggestion!r}? " if suggestion else "")
+                hint=NO_PROJECT_APP if no_project_app else (f"Did you mean {suggestion!r}? " if suggestion else "")
                 + "Use the task's registered name (module.function unless name= is given) or a regular expression "
                 "that matches the whole name.", obj="TASKBADGER['MONITORS']", id="taskbadger.W003"))
     return messages

@@ -31,6 +31,7 @@ a ``memory://`` broker without a worker gives you the ``pending`` task the publi
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -63,6 +64,18 @@ def use_server(server: TaskBadgerServer, **overrides: Any) -> Iterator[Config]:
     finally:
         sender.flush(5.0)
         sdk_config.set_config(previous)
+
+
+def _eager_note() -> str:
+    """Why nothing may have been tracked: Celery runs tasks eagerly (``CELERY_TASK_ALWAYS_EAGER``)."""
+    celery = sys.modules.get("celery")
+    app = getattr(celery, "current_app", None) if celery is not None else None
+    try:
+        eager = bool(app is not None and app.conf.task_always_eager)
+    except Exception:
+        return ""
+    return ("; Celery's task_always_eager is on (CELERY_TASK_ALWAYS_EAGER), and eager runs are not tracked: "
+            "publish to a memory:// broker instead" if eager else "")
 
 
 class TaskBadgerTestCaseMixin:
@@ -111,7 +124,7 @@ class TaskBadgerTestCaseMixin:
             tracked = [(t["name"], t["status"]) for t in self.taskbadger_server.tasks.values()]
             wanted = repr(name) + (f" with status {status!r}" if status else "")
             raise self.failureException(  # type: ignore[attr-defined]
-                f"No task {wanted} was tracked; tracked tasks (name, status): {tracked or 'none'}"
+                f"No task {wanted} was tracked; tracked tasks (name, status): {tracked or 'none'}{_eager_note()}"
             ) from None
 
     def assertTaskNotTracked(self, name: str) -> None:  # noqa: N802

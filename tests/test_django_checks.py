@@ -102,7 +102,9 @@ SETTING_CASES = [
     ({"CELERY": {"INCLUDES": [1]}}, {"CELERY": {"INCLUDES": ["a"]}}, "taskbadger.E003",
      "TASKBADGER['CELERY']['INCLUDES']", "INCLUDES"),
     ({"API_KEY": 12345}, {"API_KEY": key()}, "taskbadger.E003", "TASKBADGER['API_KEY']", "env.str"),
-    ({"API_KEY": key() + " "}, {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['API_KEY']", "copy it again"),
+    ({"API_KEY": key() + "\n"}, {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['API_KEY']", "strip it"),
+    ({"API_KEY": key()[:6] + " " + key()[6:]}, {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['API_KEY']",
+     "copy it again"),
     ({"API_KEY": base64.b64encode(f"acme/{SECRET}".encode()).decode()}, {"API_KEY": key()}, "taskbadger.E004",
      "TASKBADGER['API_KEY']", "organization/project/key"),
     ({"API_KEY": SECRET}, {"API_KEY": key()}, "taskbadger.E004", "TASKBADGER['API_KEY']", "project key"),
@@ -112,6 +114,10 @@ SETTING_CASES = [
      "TASKBADGER['HOST']", "https://taskbadger.net"),
     ({"MONITORS": {"shop.nightly": "monitor-1"}}, {"MONITORS": {"shop.nightly": MONITOR}}, "taskbadger.E006",
      "TASKBADGER['MONITORS']", "monitor's page"),
+    ({"MONITORS": {"shop.nightly": MONITOR + " "}}, {"MONITORS": {"shop.nightly": MONITOR}}, "taskbadger.E006",
+     "TASKBADGER['MONITORS']", "Remove the whitespace"),
+    ({"HOST": "https://taskbadger.net/api/"}, {"HOST": "https://taskbadger.net"}, "taskbadger.W017",
+     "TASKBADGER['HOST']", '"https://taskbadger.net"'),
     ({"MONITORS": {"shop.(": MONITOR}}, {"MONITORS": {r"shop\..*": MONITOR}}, "taskbadger.E007",
      "TASKBADGER['MONITORS']", "whole task name"),
     ({"CELERY": {"EXCLUDES": ["("]}}, {"CELERY": {"EXCLUDES": [r"celery\..*"]}}, "taskbadger.E007",
@@ -421,6 +427,28 @@ def test_an_init_call_before_django_started_is_a_warning_when_there_are_settings
         taskbadger.config.reset()
         conf.reset_state()
     assert "taskbadger.W014" not in ids(run(VALID))  # configured from the settings: nothing to say
+
+
+@pytest.mark.parametrize("with_dict", [False, True])
+def test_a_setting_named_for_a_key_of_the_dict_says_to_move_it(with_dict):
+    """``TASKBADGER_API_KEY = "..."`` in settings.py: W001 only (no key), and TASKBADGER_HOST was taken for a misspelled
+    TASKBADGER ("Rename TASKBADGER_HOST to TASKBADGER")."""
+    with override_settings(TASKBADGER_API_KEY=key(), TASKBADGER_HOST="https://taskbadger.net"):
+        messages = run(VALID if with_dict else None)
+    stray = sorted((m.obj, m.hint) for m in messages if m.id == "taskbadger.W016")
+    assert stray == [("TASKBADGER_API_KEY", stray[0][1]), ("TASKBADGER_HOST", stray[1][1])]
+    assert "TASKBADGER = {'API_KEY': ...}" in stray[0][1]
+    assert "taskbadger.W015" not in ids(messages)
+    no_secret(messages)
+
+
+def test_monitors_checked_in_celerys_default_app_say_to_import_the_projects_app():
+    """No Celery app of the project made (its module not imported by the project's __init__.py): W003 blamed
+    the task name."""
+    celery_state._set_current_app(None)  # as in a process that made no app: current_app is Celery's default
+    messages = run(VALID, MONITORS={"shop.nightly": MONITOR})
+    [warning] = [m for m in messages if m.id == "taskbadger.W003"]
+    assert "from .celery import app as celery_app" in warning.hint
 
 
 @pytest.mark.parametrize("name", ["TASK_BADGER", "TASKBADGERS", "TASKBAGDER", "TASK_BADGER_"])

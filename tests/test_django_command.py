@@ -72,6 +72,12 @@ def test_check_with_an_unknown_project(taskbadger_server):
             command("check")
 
 
+def test_check_with_a_host_that_has_a_path_says_the_path_may_be_why(taskbadger_server):
+    with override_settings(TASKBADGER=settings_for(taskbadger_server, HOST=taskbadger_server.url + "/api/")):
+        with pytest.raises(CommandError, match=r"TASKBADGER\['HOST'\], whose path \(api\) comes before"):
+            command("check")
+
+
 def test_check_with_an_unreachable_host(taskbadger_server):
     taskbadger_server.refuse()
     with override_settings(TASKBADGER=settings_for(taskbadger_server)):

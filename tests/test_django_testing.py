@@ -69,6 +69,19 @@ class MixinTests(TaskBadgerTestCaseMixin, SimpleTestCase):
         with self.assertRaises(self.failureException):
             self.assertTaskTracked("never", timeout=0)
 
+    def test_a_failure_under_eager_celery_says_eager_runs_are_not_tracked(self):
+        previous = celery_state._tls.current_app
+        app.set_current()
+        app.conf.task_always_eager = True
+        try:
+            nightly_invoices.delay([1, 2])
+            with self.assertRaises(self.failureException) as info:
+                self.assertTaskTracked("billing.tasks.nightly_invoices", timeout=0)
+        finally:
+            app.conf.task_always_eager = False
+            celery_state._set_current_app(previous)
+        self.assertIn("eager runs are not tracked", str(info.exception))
+
     def test_injected_faults(self):
         self.taskbadger_server.fail(503)
         self.assertIsNone(taskbadger.create_task_safe("lost"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -54,6 +55,7 @@ class Command(BaseCommand):
     def _call(self, config: Config, func: Callable[[], T]) -> T:
         """Call the API; turn its failures into a CommandError that says what to do (never the key)."""
         where = f"{config.host} (organization {config.organization_slug!r}, project {config.project_slug!r})"
+        path = urlsplit(config.host).path.strip("/")
         try:
             return func()
         except Unauthorized as err:
@@ -65,7 +67,8 @@ class Command(BaseCommand):
         except NotFound:
             raise CommandError(
                 f"Task Badger has no project at {where} (HTTP 404): check the key, or ORGANIZATION_SLUG and "
-                "PROJECT_SLUG for a legacy key."
+                "PROJECT_SLUG for a legacy key" + (f"; and TASKBADGER['HOST'], whose path ({path}) comes before "
+                                                  "the API's own /api/..." if path else "") + "."
             ) from None
         except TransportError as err:
             raise CommandError(
