@@ -262,9 +262,11 @@ class _Drainer:
 
 
 def _queue_from_spool(entry: Entry) -> None:
-    sender.submit(entry.task_id, entry.fields, entry.final)  # type: ignore[arg-type]
     queue = pending_updates()
+    # Queued and backdated under one hold of the queue's (re-entrant) lock: a sender never takes the entry with
+    # the horizon of an update queued just now.
     with queue.cond:
+        sender.submit(entry.task_id, entry.fields, entry.final)  # type: ignore[arg-type]
         queue.counters["unspooled"] += 1
         queue.backdate(entry.task_id, time.time() - entry.since,  # type: ignore[arg-type]
                        FINAL_HORIZON if entry.final else 0.0)
