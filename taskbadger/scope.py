@@ -117,3 +117,10 @@ def parent_for_new_task() -> str | None:
         return None
     task_id, parent = running
     return parent or task_id
+
+
+def parent_for_next_task() -> str | None:
+    """The parent of a task that follows the running one in a workflow (a chain's next link, a chord's body,
+    a callback): the running task's own parent, so that a workflow started inside a task is its children."""
+    running = _running.get()
+    return running[1] if running is not None else None

@@ -123,6 +123,18 @@ def any_worker(request):
     return request.getfixturevalue(f"{request.param}_worker")
 
 
+@pytest.fixture(scope="module")
+def backend_worker(taskbadger_server_session):
+    """A prefork worker with a result backend (Redis, db 6): chords need one."""
+    from .services import require
+
+    require("redis")
+    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=2,
+                          extra_env={"TB_RESULT_BACKEND": "redis://127.0.0.1:6379/6"})
+    yield worker
+    stop_worker(worker)
+
+
 @pytest.fixture
 def memory_app():
     """A Celery app on the in-memory broker, current for the test (publishing needs no worker)."""

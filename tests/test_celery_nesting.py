@@ -1,7 +1,7 @@
 """Parent/child nesting of tasks published from tracked tasks; chains, links and canvas."""
 
 import pytest
-from celery import chain
+from celery import chain, group
 
 from .celery_project import app as tasks
 
@@ -48,6 +48,38 @@ def test_chain_successors_and_link_callbacks_are_not_nested(taskbadger_server, p
     tasks.add.apply_async((2, 2), queue=q, link=tasks.add.s(5).set(queue=q))
     done(taskbadger_server, 4)
     assert all(t["parent"] is None for t in taskbadger_server.tasks.values())
+
+
+def test_a_chain_published_inside_a_task_is_its_children(taskbadger_server, prefork_worker):
+    """The second link is published by the first one's worker: it followed the first link, with no parent."""
+    root = prefork_worker.send(tasks.spawn_chain)
+    done(taskbadger_server, 3)
+    links = [t for t in taskbadger_server.tasks.values() if t["name"] == NAME + "add"]
+    assert [t["parent"] for t in links] == [root.taskbadger_task_id] * 2
+
+
+def test_a_group_in_a_chain_follows_the_link_before_it(taskbadger_server, prefork_worker):
+    """The group's tasks are published by the first link's worker: they were nested under it."""
+    q = prefork_worker.queue
+    chain(tasks.add.s(1, 1).set(queue=q), group(tasks.add.s(2).set(queue=q), tasks.add.s(3).set(queue=q))) \
+        .apply_async()
+    done(taskbadger_server, 3)
+    assert [t["parent"] for t in taskbadger_server.tasks.values()] == [None] * 3
+
+
+def test_a_chords_body_follows_its_header(taskbadger_server, backend_worker):
+    """The last header task to finish publishes the body: it was nested under that header task."""
+    backend_worker.send(tasks.start_chord)
+    done(taskbadger_server, 3)
+    assert {t["name"]: t["parent"] for t in taskbadger_server.tasks.values()} == {NAME + "add": None,
+                                                                                NAME + "record_me": None}
+
+
+def test_an_errback_follows_the_task_that_failed(taskbadger_server, prefork_worker):
+    q = prefork_worker.queue
+    tasks.fail.apply_async(("broken",), queue=q, link_error=tasks.on_error.s().set(queue=q))
+    errback = taskbadger_server.wait_for_task(name=NAME + "on_error", status="success")
+    assert errback["parent"] is None  # it was nested under the task that failed
 
 
 @pytest.mark.parametrize("kind", ["map", "starmap"])

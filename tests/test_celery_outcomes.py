@@ -192,27 +192,13 @@ def test_a_task_replaced_by_a_chain_ends_success_and_the_chain_is_tracked(taskba
     first, last = sorted(links, key=lambda link: link["external_id"] == result.id)
     assert first["parent"] == replaced["id"]  # published from the replaced task's body
     assert last["external_id"] == result.id  # Celery gives the chain's last task the replaced task's id
-    assert last["parent"] is None  # a chain's next link follows its predecessor, it is not its child
+    assert last["parent"] == replaced["id"]  # a chain's next link is its predecessor's sibling
 
 
-@pytest.fixture
-def worker_with_backend(taskbadger_server_session):
-    """Replacing a task by a group makes a chord, which needs a result backend (Redis, db 6)."""
-    from .conftest import start_worker, stop_worker
-    from .services import require
-
-    require("redis")
-    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=2,
-                          extra_env={"TB_RESULT_BACKEND": "redis://127.0.0.1:6379/6"})
-    yield worker
-    stop_worker(worker)
-
-
-def test_a_task_replaced_by_a_group_ends_success_and_the_group_is_its_children(taskbadger_server,
-                                                                                 worker_with_backend):
+def test_a_task_replaced_by_a_group_ends_success_and_the_group_is_its_children(taskbadger_server, backend_worker):
     """Celery makes the group a chord whose body (``celery.accumulate``, untracked) takes the replaced task's
     Celery id: the replaced task ended ``cancelled``."""
-    worker_with_backend.send(tasks.replace_with, "group")
+    backend_worker.send(tasks.replace_with, "group")
     by_name = settled(taskbadger_server)
     assert {name: len(found) for name, found in by_name.items()} == {"replace_with": 1, "add": 2}, by_name
     [replaced], members = by_name["replace_with"], by_name["add"]

@@ -61,17 +61,43 @@ _NONE: frozenset[str] = frozenset()
 
 
 def successor_names(request: Any) -> frozenset[str]:
-    """Names of the tasks Celery will publish after this one returns: its chain's next link and
-    its ``link`` callbacks."""
+    """Names of the tasks Celery will publish after this one ends: its chain's next link (a group or chord
+    there: their tasks), its ``link`` callbacks and old-style ``link_error`` errbacks, and the body of the chord
+    it is a header task of (the last one to finish publishes it)."""
     chain, callbacks = getattr(request, "chain", None), getattr(request, "callbacks", None)
-    if not chain and not callbacks:
+    errbacks, chord = getattr(request, "errbacks", None), getattr(request, "chord", None)
+    if not chain and not callbacks and not errbacks and not chord:
         return _NONE
-    names = set()
-    for signature in list(chain or []) + list(callbacks or []):
-        name = signature.get("task") if isinstance(signature, dict) else getattr(signature, "task", None)
-        if name:
-            names.add(name)
+    names: set[str] = set()
+    for signature in [*(chain or ()), *(callbacks or ()), *(errbacks or ()), chord]:
+        _collect_names(signature, names, 0)
     return frozenset(names)
+
+
+#: How deep canvas signatures nested in one another are looked into (their message is bounded anyway).
+_MAX_DEPTH = 8
+
+
+def _collect_names(signature: Any, names: set[str], depth: int) -> None:
+    """The task names of a signature, and of the tasks a group, chord or chain signature holds."""
+    if signature is None or depth > _MAX_DEPTH:
+        return
+    get = signature.get if isinstance(signature, dict) else lambda key, default=None: getattr(
+        signature, key, default)
+    name = get("task")
+    if isinstance(name, str) and name:
+        names.add(name)
+    kwargs = get("kwargs")
+    if not isinstance(kwargs, dict) or not isinstance(name, str) or not name.startswith("celery."):
+        return
+    for key in ("tasks", "header"):  # celery.group / celery.chain, celery.chord
+        inner = kwargs.get(key)
+        if isinstance(inner, dict):  # a chord's header may be a group signature
+            _collect_names(inner, names, depth + 1)
+        elif isinstance(inner, (list, tuple)):
+            for item in inner:
+                _collect_names(item, names, depth + 1)
+    _collect_names(kwargs.get("body"), names, depth + 1)
 
 
 def _is_workflow_successor(name: str) -> bool:

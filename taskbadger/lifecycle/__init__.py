@@ -50,7 +50,7 @@ from ..models import (
     exception_data,
     fitted_name,
 )
-from ..scope import enter_task, exit_task, parent_for_new_task
+from ..scope import enter_task, exit_task, parent_for_new_task, parent_for_next_task
 from ..task import Task
 from .body import RunTask
 from .carried import Meta, carried_fields, parse_meta
@@ -105,7 +105,7 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     name (the rules apply to it), ``display_name`` the name shown when it differs; ``options`` are checked
     options (``validate``); ``recorded()`` gives the job's arguments as data, asked only when they are to
     be recorded; ``inherit_parent``: False when the job follows the running task rather than being its
-    child (a Celery chain's next link)."""
+    child (a Celery chain's next link): it is then the running task's sibling."""
     fields: dict[str, Any] = {
         "name": options.get("name", fitted_name(display_name or name)),
         "status": StatusEnum.PENDING,
@@ -126,6 +126,8 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
         fields["parent"] = options["parent"]  # explicit, None included
     elif inherit_parent:
         fields["parent"] = parent_for_new_task()
+    elif parent_for_next_task() is not None:
+        fields["parent"] = parent_for_next_task()
     monitor = options.get("monitor_id") or (rules.monitor_for(name) if rules is not None else None)
     if monitor:
         fields["monitor_id"] = monitor

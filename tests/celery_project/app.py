@@ -10,7 +10,7 @@ import pathlib
 import signal
 import time
 
-from celery import Celery, chain, group, shared_task
+from celery import Celery, chain, chord, group, shared_task
 from celery.exceptions import Ignore, Reject
 from celery.signals import worker_ready
 
@@ -184,6 +184,21 @@ def spawn_nested(self):
 
 
 @app.task(bind=True, base=Task)
+def spawn_chain(self):
+    """Publishes a chain of two tasks: both are its children (the second is published by the first's worker)."""
+    queue = _same_queue(self.request)
+    chain(add.s(1, 1).set(queue=queue), add.s(10).set(queue=queue)).apply_async()
+
+
+@shared_task(bind=True)
+def start_chord(self):
+    """Untracked: publishes a chord of two ``add`` with a ``record_me`` body (a chord needs a result backend,
+    which this worker has and the tests' process does not)."""
+    queue = _same_queue(self.request)
+    chord([add.s(1, 1).set(queue=queue), add.s(2, 2).set(queue=queue)])(record_me.s().set(queue=queue))
+
+
+@app.task(bind=True, base=Task)
 def replace_with(self, shape):
     """Replaces itself (``self.replace``) with one task, a chain or a group, on this worker's queue."""
     queue = _same_queue(self.request)
@@ -194,6 +209,12 @@ def replace_with(self, shape):
     else:
         sig = group(add.s(1, 1).set(queue=queue), add.s(2, 2).set(queue=queue))
     return self.replace(sig)
+
+
+@app.task(base=Task)
+def on_error(failed_id):
+    """An old-style errback (``link_error``): Celery publishes it with the failed task's id."""
+    return failed_id
 
 
 @app.task(base=Task)
