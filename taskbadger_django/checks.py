@@ -156,7 +156,10 @@ def _check_setting_name(settings: conf.TaskBadgerSettings) -> list[CheckMessage]
 
     names = [name for name in dir(django_settings) if name.isupper() and name != conf.SETTING_NAME]
     prefix = conf.SETTING_NAME + "_"
-    stray = [name for name in names if name.startswith(prefix) and name[len(prefix):] in conf.DEFAULTS]
+    in_dict = settings.raw if isinstance(settings.raw, Mapping) else {}
+    # ``TASKBADGER_API_KEY = env(...)`` then ``TASKBADGER = {"API_KEY": TASKBADGER_API_KEY}`` is fine: the dict has it
+    stray = [name for name in names if name.startswith(prefix) and name[len(prefix):] in conf.DEFAULTS
+             and name[len(prefix):] not in in_dict]
     messages: list[CheckMessage] = [checks.Warning(
         f"{name} is a Django setting of its own, which Task Badger does not read: its options live in the "
         f"TASKBADGER dict.", hint=f"Move it into the dict: TASKBADGER = {{{name[len(prefix):]!r}: ...}} (the "
@@ -306,18 +309,19 @@ def _check_host(settings: conf.TaskBadgerSettings, bad_types: set) -> list[Check
                              hint='Use the API\'s base URL, e.g. "https://taskbadger.net".', obj=where,
                              id="taskbadger.E005")]
     parts = urlsplit(host.strip())
+    messages: list[CheckMessage] = []
     if parts.path.strip("/"):
-        return [checks.Warning(
+        messages.append(checks.Warning(
             f"{where} has a path ({parts.path}): Task Badger's URLs are made from the host, starting with /api/, "
             f"so requests go to {parts.path.rstrip('/')}/api/... and are answered 404.",
             hint=f'Use the base URL, e.g. "{parts.scheme}://{parts.netloc}", unless a proxy serves the API under '
-                 "that path.", obj=where, id="taskbadger.W017")]
+                 "that path.", obj=where, id="taskbadger.W017"))
     if parts.scheme == "http" and not is_loopback(parts.hostname or ""):
-        return [checks.Warning(
+        messages.append(checks.Warning(
             f"{where} uses plain HTTP to {parts.hostname}: the API key would travel unencrypted.",
             hint="Use https://, or plain HTTP only to a loopback host (127.0.0.1, localhost) in development.",
-            obj=where, id="taskbadger.W002")]
-    return []
+            obj=where, id="taskbadger.W002"))
+    return messages
 
 
 def _check_monitors(monitors: Mapping[str, Any]) -> list[CheckMessage]:

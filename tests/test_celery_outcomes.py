@@ -3,6 +3,7 @@
 import datetime as dt
 
 import pytest
+from celery import chain
 
 from taskbadger.celery import task_id_of_result
 
@@ -193,6 +194,18 @@ def test_a_task_replaced_by_a_chain_ends_success_and_the_chain_is_tracked(taskba
     assert first["parent"] == replaced["id"]  # published from the replaced task's body
     assert last["external_id"] == result.id  # Celery gives the chain's last task the replaced task's id
     assert last["parent"] == replaced["id"]  # a chain's next link is its predecessor's sibling
+
+
+def test_a_task_replaced_inside_a_chain_has_its_replacement_as_child(taskbadger_server, prefork_worker):
+    """The replacement shares its name with the chain's next link: it was taken for that successor, with no
+    parent."""
+    q = prefork_worker.queue
+    chain(tasks.replace_with.s("task").set(queue=q), tasks.add.s(10).set(queue=q)).apply_async()
+    by_name = settled(taskbadger_server)
+    assert {name: len(found) for name, found in by_name.items()} == {"replace_with": 1, "add": 2}, by_name
+    [replaced] = by_name["replace_with"]
+    assert replaced["data"] == {"celery_replaced": True}
+    assert [t["parent"] for t in by_name["add"]] == [replaced["id"]] * 2, by_name["add"]
 
 
 def test_a_task_replaced_by_a_group_ends_success_and_the_group_is_its_children(taskbadger_server, backend_worker):

@@ -169,6 +169,29 @@ def test_body_update_is_sent_after_queued_ones_and_carries_them(taskbadger_serve
     assert process_queue.stats()["queued"] == 0
 
 
+def test_a_body_update_that_carries_a_queued_drop_reads_the_task_on_the_server(taskbadger_server, process_queue):
+    """A run again's body reports progress while its ``processing`` (which drops the earlier error) is queued: the
+    drop was resolved against the task the body holds (what was carried, without the error), and so lost."""
+    created = taskbadger.create_task("run again", data={"args": [1], "exception": "Traceback", "exception_type": "E"})
+    task = taskbadger.Task.get(created.id)
+    task._task.data = {"args": [1]}  # what the message carried
+    sender.submit(task.id, {"status": "processing", merge.DROP_DATA: ["exception", "exception_type"]})
+    task.update(value=2, value_max=4)
+    [patch] = patches(taskbadger_server, task.id)
+    assert patch.json == {"status": "processing", "value": 2, "value_max": 4, "data": {"args": [1]}}
+
+
+def test_a_drop_takes_out_what_an_older_queued_update_would_add(taskbadger_server, dispatcher):
+    """An error still queued (the API was down) when the run again starts: its exception came back after the drop."""
+    task = taskbadger.create_task("run again", data={"args": [1]})
+    dispatcher.submit(task.id, {"status": "error", merge.MERGE_DATA: {"exception": "Traceback", "exception_type": "E"}},
+                      final=True)
+    dispatcher.submit(task.id, {"status": "processing", merge.DROP_DATA: ["exception", "exception_type"]})
+    dispatcher.submit(task.id, {"status": "success", merge.COMPLETE_PROGRESS: True}, final=True)
+    assert dispatcher.flush(5)
+    assert taskbadger_server.get_task(task.id)["data"] == {"args": [1]}
+
+
 def test_body_update_waits_for_a_request_already_in_flight(taskbadger_server, process_queue):
     task = taskbadger.create_task("inflight")
     taskbadger_server.set_latency(0.5, times=1, method="PATCH")

@@ -434,12 +434,22 @@ def test_a_setting_named_for_a_key_of_the_dict_says_to_move_it(with_dict):
     """``TASKBADGER_API_KEY = "..."`` in settings.py: W001 only (no key), and TASKBADGER_HOST was taken for a misspelled
     TASKBADGER ("Rename TASKBADGER_HOST to TASKBADGER")."""
     with override_settings(TASKBADGER_API_KEY=key(), TASKBADGER_HOST="https://taskbadger.net"):
-        messages = run(VALID if with_dict else None)
+        messages = run({"TAGS": {"env": "test"}} if with_dict else None)
     stray = sorted((m.obj, m.hint) for m in messages if m.id == "taskbadger.W016")
     assert stray == [("TASKBADGER_API_KEY", stray[0][1]), ("TASKBADGER_HOST", stray[1][1])]
     assert "TASKBADGER = {'API_KEY': ...}" in stray[0][1]
     assert "taskbadger.W015" not in ids(messages)
     no_secret(messages)
+
+
+def test_a_setting_the_dict_reads_its_key_from_is_no_warning():
+    with override_settings(TASKBADGER_API_KEY=key()):
+        assert "taskbadger.W016" not in ids(run(VALID))  # TASKBADGER = {"API_KEY": TASKBADGER_API_KEY, ...}
+
+
+def test_a_host_with_a_path_over_plain_http_gets_both_warnings():
+    messages = run(VALID, HOST="http://tb.example.com/taskbadger")
+    assert {"taskbadger.W002", "taskbadger.W017"} <= set(ids(messages))
 
 
 def test_monitors_checked_in_celerys_default_app_say_to_import_the_projects_app():

@@ -106,4 +106,5 @@ def _is_workflow_successor(name: str) -> bool:
     task starts, because some Celery versions pop the next link off ``request.chain`` before
     publishing it."""
     running = running_tracking()
-    return running is not None and name in running.successors
+    # once it replaced itself (``self.replace``), what it publishes is its replacement: its children
+    return running is not None and name in running.successors and not running.replaced

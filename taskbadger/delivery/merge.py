@@ -29,6 +29,15 @@ COMPLETE_PROGRESS = "_taskbadger_complete_progress"
 DROP_DATA = "_taskbadger_drop_data"
 
 
+#: The markers ``resolve`` reads the task's current state for.
+_READS_CURRENT = (MERGE_DATA, UNLESS_FINAL, ONLY_IF_PENDING, COMPLETE_PROGRESS, DROP_DATA)
+
+
+def reads_current(fields: Mapping[str, Any]) -> bool:
+    """Whether queued ``fields`` carry a marker resolved against the task's current state."""
+    return any(marker in fields for marker in _READS_CURRENT)
+
+
 def with_data(data: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     """``data`` (a dict, or nothing) with the keys of ``extra`` added; newer keys win."""
     return {**(data if isinstance(data, Mapping) else {}), **extra}
@@ -45,7 +54,9 @@ def data_fields(known: Any, extra: Mapping[str, Any], known_is_current: bool = T
 def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]:
     """Two queued PATCH bodies for one task as one: newer values win; tags and ``merge_data``
     accumulate (the API merges tags too); the earliest ``start_time`` is kept; an unconditional update
-    makes the whole request unconditional."""
+    makes the whole request unconditional; keys the newer one drops from the data leave the older one's."""
+    if DROP_DATA in newer:  # the drop comes after what the older update adds under those keys
+        older = _without_keys(older, newer[DROP_DATA])
     merged = {**older, **newer}
     if "tags" in older and "tags" in newer:
         merged["tags"] = {**older["tags"], **newer["tags"]}
@@ -63,6 +74,15 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
     if COMPLETE_PROGRESS not in newer and "status" in newer:
         merged.pop(COMPLETE_PROGRESS, None)  # a newer state: the success it marked is no longer the last word
     return merged
+
+
+def _without_keys(fields: Mapping[str, Any], keys: Any) -> Mapping[str, Any]:
+    """``fields`` with ``keys`` taken out of the data it sets or merges."""
+    trimmed = dict(fields)
+    for name in ("data", MERGE_DATA):
+        if isinstance(trimmed.get(name), Mapping):
+            trimmed[name] = {key: value for key, value in trimmed[name].items() if key not in keys}
+    return trimmed
 
 
 def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) -> dict[str, Any] | None:
