@@ -28,7 +28,7 @@ from ._runtime import PerProcess, start_daemon_thread
 from .config import Config, get_config, when_configured
 from .delivery import breaker, sender
 from .delivery.queue import pending_updates
-from .delivery.sender import RETRY_HORIZON
+from .delivery.sender import FINAL_HORIZON, RETRY_HORIZON
 from .delivery.spool import Claim, Entry, Spool, api_key_of, entries_from
 
 log = logging.getLogger("taskbadger")
@@ -37,10 +37,6 @@ log = logging.getLogger("taskbadger")
 STUCK = 1.0
 #: Seconds between two looks at the spool in a process that uses the SDK.
 SCAN_INTERVAL = 10.0
-#: How long a spooled final state is kept and retried (a progress update: the retry horizon). The next process
-#: may come much later (``taskbadger run`` in an hourly crontab), and a late final state is still the truth:
-#: without it the task stays ``processing``.
-FINAL_HORIZON = 24 * 3600.0
 
 
 def api_failing() -> bool:

@@ -15,9 +15,10 @@ from taskbadger.delivery.sender import Sender
 
 
 def Dispatcher(max_pending=queue.MAX_PENDING_TASKS, linger=queue.LINGER, threads=sender.SENDER_THREADS,  # noqa: N802
-               batch_size=sender.BATCH_SIZE) -> Sender:
+               batch_size=sender.BATCH_SIZE, retry_horizon=sender.RETRY_HORIZON) -> Sender:
     """A queue and its senders, of their own (not this process's)."""
-    return Sender(PendingQueue(max_pending, linger), threads=threads, batch_size=batch_size)
+    return Sender(PendingQueue(max_pending, linger), threads=threads, batch_size=batch_size,
+                  retry_horizon=retry_horizon)
 
 
 def patches(server, task_id=None):
@@ -348,6 +349,20 @@ def test_updates_survive_an_outage(taskbadger_server, dispatcher):
     taskbadger_server.accept()
     assert dispatcher.flush(20)
     assert taskbadger_server.get_task(task.id)["status"] == "success"
+
+
+def test_an_outage_longer_than_the_retry_horizon_drops_progress_but_keeps_final_states(taskbadger_server, tb_log):
+    """A live worker through an outage longer than 15 minutes (here: a 0.5 s horizon) dropped its final states."""
+    dispatcher = Dispatcher(linger=0.0, retry_horizon=0.5)
+    done, running = taskbadger.create_task("done"), taskbadger.create_task("running")
+    taskbadger_server.refuse()
+    dispatcher.submit(done.id, {"status": "success"}, final=True)
+    dispatcher.submit(running.id, {"value": 5})
+    taskbadger_server.wait_for(lambda: dispatcher.stats()["dropped"] == 1, timeout=20)  # the progress, past 0.5 s
+    taskbadger_server.accept()
+    assert dispatcher.flush(20)
+    assert taskbadger_server.get_task(done.id)["status"] == "success"
+    assert taskbadger_server.get_task(running.id)["value"] is None
 
 
 def fail_once(breaker, err=None):

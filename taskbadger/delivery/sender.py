@@ -4,8 +4,9 @@
   hands the GIL to it and back, and the task's thread waits each time, so fewer threads with bigger
   batches (``BATCH_SIZE``) slow the task less (figures in ``benchmarks/results.md``).
 * A batch goes out on the pooled transport; connection errors, 429 (honouring ``Retry-After``) and
-  5xx are retried with exponential backoff and jitter for up to ``RETRY_HORIZON``, then dropped with an
-  error line; a refused update (4xx) is dropped with a warning. Everything is counted (``stats()``).
+  5xx are retried with exponential backoff and jitter for up to ``RETRY_HORIZON`` (a final state: for
+  ``FINAL_HORIZON``), then dropped with an error line; a refused update (4xx) is dropped with a warning.
+  Everything is counted (``stats()``).
 * ``flush()`` sends everything now. When a process ends (``taskbadger.spooling.shutdown``), what the
   API does not take in time is spooled instead. A forked child starts with no threads and an empty
   queue of its own.
@@ -34,6 +35,9 @@ log = logging.getLogger("taskbadger")
 
 #: How long an update keeps being retried through API faults before it is dropped.
 RETRY_HORIZON = 15 * 60.0
+#: How long a final state is kept and retried, in this process's queue or in the spool: a late final state is
+#: still the truth (without it the task stays ``processing``), and an API outage can outlast the retry horizon.
+FINAL_HORIZON = 24 * 3600.0
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 10.0
 SENDER_THREADS = 2
@@ -50,11 +54,12 @@ class Sender:
     """The threads that send one queue."""
 
     def __init__(self, queue: PendingQueue, threads: int = SENDER_THREADS, batch_size: int = BATCH_SIZE,
-                 retry_horizon: float = RETRY_HORIZON) -> None:
+                 retry_horizon: float = RETRY_HORIZON, final_horizon: float = FINAL_HORIZON) -> None:
         self.queue = queue
         self.thread_count = threads
         self.batch_size = batch_size
         self.retry_horizon = retry_horizon
+        self.final_horizon = final_horizon
         self.threads: list[threading.Thread] = []
         self._failures = 0  # consecutive rounds of failed requests: the backoff's exponent
         self._stats_logged: tuple[float, dict[str, int]] = (time.monotonic(), {})
@@ -202,7 +207,7 @@ class Sender:
     def _transient(self, task_id: str, entry: Entry, err: Exception) -> str:
         queue = self.queue
         with queue.cond:
-            horizon = entry.horizon or self.retry_horizon
+            horizon = entry.horizon or (self.final_horizon if entry.final else self.retry_horizon)
             if time.monotonic() - entry.first_queued > horizon:
                 queue.drop(task_id, f"it could not be delivered for {horizon:.0f} s ({err})", final=True)
                 return DROPPED
