@@ -26,7 +26,7 @@ from typing import Any
 from . import inline
 from ._runtime import PerProcess, start_daemon_thread
 from .config import Config, get_config, when_configured
-from .delivery import breaker, sender
+from .delivery import breaker, merge, sender
 from .delivery.queue import pending_updates
 from .delivery.sender import FINAL_HORIZON, RETRY_HORIZON
 from .delivery.spool import Claim, Entry, Spool, api_key_of, entries_from
@@ -261,8 +261,11 @@ def _queue_from_spool(entry: Entry) -> None:
     queue = pending_updates()
     # Queued and backdated under one hold of the queue's (re-entrant) lock: a sender never takes the entry with
     # the horizon of an update queued just now.
+    # A spooled progress update may come from a process killed while its task was ended by another (the worker's
+    # main process closes a task whose pool child hit a hard time limit or was terminated): it must not undo that.
+    fields = entry.fields if entry.final else {**entry.fields, merge.UNLESS_FINAL: True}
     with queue.cond:
-        sender.submit(entry.task_id, entry.fields, entry.final)  # type: ignore[arg-type]
+        sender.submit(entry.task_id, fields, entry.final)  # type: ignore[arg-type]
         queue.counters["unspooled"] += 1
         queue.backdate(entry.task_id, time.time() - entry.since,  # type: ignore[arg-type]
                        FINAL_HORIZON if entry.final else 0.0)

@@ -241,6 +241,20 @@ def test_a_spooled_success_still_completes_the_progress_of_an_earlier_attempt(ta
     assert (delivered["status"], delivered["value"], delivered["value_max"]) == ("success", 4, 4)
 
 
+def test_a_spooled_progress_update_never_undoes_a_final_state_another_process_sent(taskbadger_server, spool_dir):
+    """A pool child killed by a hard time limit spooled its ``processing`` while the worker's main process ended the
+    task ``error``: delivered later, it put the task back to ``processing`` for good."""
+    ended, running = taskbadger.create_task("ended"), taskbadger.create_task("running")
+    ended.error()
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
+        Entry({"status": "processing", "value": 3}, task_id=ended.id),
+        Entry({"status": "processing", "value": 3}, task_id=running.id)])
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["2", "True", "0"]
+    assert taskbadger_server.get_task(ended.id)["status"] == "error"
+    assert (taskbadger_server.get_task(running.id)["status"], taskbadger_server.get_task(running.id)["value"]) == \
+        ("processing", 3)
+
+
 def test_an_old_final_state_taken_from_the_spool_is_retried_not_dropped(api, spool_dir):
     task = taskbadger.create_task("taken an hour later")
     api.refuse()

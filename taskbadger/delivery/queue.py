@@ -209,7 +209,8 @@ class PendingQueue:
     def take_all(self) -> list[tuple[str, dict[str, Any], bool, float]]:
         """Everything held, taken out for the spool: (task id, fields, final, first queued as wall-clock
         time). Updates in flight are included: their answer may never come before the process ends (if
-        it does, the spooled copy is sent again, which changes nothing)."""
+        it does, the spooled copy is sent again: a final state is the same truth again, and a progress update is
+        sent from the spool only while the task has no final state)."""
         offset = time.time() - time.monotonic()
         taken = [(task_id, entry.fields, entry.final, entry.first_queued + offset)
                  for task_id, (entry, _) in self._inflight.items()]
