@@ -146,9 +146,11 @@ def test_a_worker_without_tracking_runs_a_tracked_message_untracked(taskbadger_s
 
     worker = start_worker(taskbadger_server, pool="solo", concurrency=1, extra_env={"TASKBADGER_API_KEY": ""})
     try:
+        failed = worker.send(tasks.fail, "broken on purpose")  # its end is reported by the worker's main process
         result = worker.send(tasks.report_progress, 7)
         assert result.taskbadger_task_id is not None  # tracked at publish
         assert wait_for_result(result.id) == {"value": 7, "tracked": False}
+        taskbadger_server.wait_for(lambda: f"{failed.id}] raised unexpected" in worker.log(), timeout=10)
         taskbadger_server.wait_for(lambda: "succeeded in" in worker.log(), timeout=10)  # logged after the body
         assert "Task Badger: not tracking tasks in this worker: no API key" in worker.log(), worker.log()
         assert "dropped" not in worker.log() and "MissingConfiguration" not in worker.log(), worker.log()
@@ -156,8 +158,8 @@ def test_a_worker_without_tracking_runs_a_tracked_message_untracked(taskbadger_s
         # a worker started with `-l warning` hides the start line: the first tracked message says it, once
         second = worker.send(tasks.report_progress, 8)
         assert wait_for_result(second.id) == {"value": 8, "tracked": False}
-        warning = (f"WARNING/MainProcess] Task Badger: this worker received task '{NAME}report_progress', which its "
-                   f"publisher tracks (Task Badger task {result.taskbadger_task_id}), but it does not track tasks "
+        warning = (f"WARNING/MainProcess] Task Badger: this worker received task '{NAME}fail', which its "
+                   f"publisher tracks (Task Badger task {failed.taskbadger_task_id}), but it does not track tasks "
                    "itself: no API key")
         assert warning in worker.log() and worker.log().count("WARNING/MainProcess] Task Badger: this worker") == 1, \
             worker.log()

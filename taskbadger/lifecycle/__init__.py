@@ -443,7 +443,9 @@ def close(task_id: str, status: StatusEnum, data: Mapping[str, Any] | None = Non
     """End a task known only by its id (a worker's main process: a lost child, a revoke, a time limit).
     ``data`` is merged into the task's data: into ``known_data`` when ``data_known``, else at send time.
     ``unless_final``: only if Task Badger has no final state for it yet; ``only_if_pending``: only if it is
-    still ``pending`` (no worker has taken it up)."""
+    still ``pending`` (no worker has taken it up). Nothing in a process that does not track."""
+    if get_config() is None:
+        return  # a worker without the settings its publisher had: its tasks run untracked, and it says so once
     fields: dict[str, Any] = {"status": status.value}
     if unless_final:
         fields[merge.UNLESS_FINAL] = True
