@@ -142,6 +142,28 @@ def test_worker_child_killed_mid_task_ends_error(taskbadger_server, own_prefork_
     assert "WorkerLostError" in task["data"]["exception"]
 
 
+def test_a_cold_shutdown_ends_the_tasks_it_interrupted_error(taskbadger_server, taskbadger_server_session):
+    """SIGQUIT (or a second Ctrl-C) while a task runs in a pool child: Celery acknowledged its message on receipt
+    and reports no failure, so it never runs again, and its task stayed processing for ever. (The threads pool
+    cannot stop a running task: it finishes it.)"""
+    import signal
+
+    from .conftest import start_worker, stop_worker
+
+    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=2)
+    try:
+        worker.send(tasks.sleep_for, 30)
+        taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="processing", timeout=20)
+        worker.process.send_signal(signal.SIGQUIT)
+        assert worker.process.wait(30) is not None
+        task = taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="error", timeout=10)
+        assert "shut down cold" in task["data"]["exception"], task["data"]
+        assert "cancelled by a cold shutdown end in error" in worker.log()
+        assert task["data"]["exception_type"] == "billiard.exceptions.WorkerLostError"
+    finally:
+        stop_worker(worker)
+
+
 FINAL = ("success", "error", "cancelled")
 
 

@@ -9,6 +9,7 @@ ask for it.
 
 from __future__ import annotations
 
+import atexit
 import logging
 from typing import Any
 
@@ -168,6 +169,35 @@ def on_unknown(message_headers: Any, name: Any, exc: BaseException | None) -> No
             "that received it (a typo in the name, or a worker running older code); Celery discarded the message")
     lifecycle.close(meta.id, StatusEnum.ERROR, exception_data(NotRegistered(name), text),
                     known_data=meta.task.get("data"), data_known=not meta.task.get("data_omitted"))
+
+
+#: Tasks Celery cancelled while the worker shuts down (their ids), closed as the process exits.
+_interrupted: list[str] = []
+
+
+def on_cancelled(request: Any) -> None:
+    """Celery cancelled a running task: a cold shutdown (SIGQUIT, a second Ctrl-C) terminates the tasks still
+    running, and marks them for a retry that never comes (their messages were acknowledged on receipt; a task with
+    ``acks_late`` is redelivered and not announced). Without this their tasks stayed ``processing`` for ever.
+    Runs in Celery's signal handler: it only notes the task; it ends ``error`` as the main process exits
+    (unless its own final state came first)."""
+    task_id = read_task_id(request)
+    if task_id is None:
+        return
+    if not _interrupted:
+        atexit.register(_close_interrupted)  # before the flush at exit (the last registered runs first)
+    _interrupted.append(task_id)
+
+
+def _close_interrupted() -> None:
+    from billiard.exceptions import WorkerLostError
+
+    task_ids, _interrupted[:] = list(_interrupted), []
+    exc = WorkerLostError("the worker was shut down cold while the task ran (SIGQUIT, or Ctrl-C twice): Celery "
+                          "cancelled it and will not run it again")
+    for task_id in task_ids:
+        lifecycle.close(task_id, StatusEnum.ERROR, exception_data(exc, f"WorkerLostError: {exc}"), unless_final=True)
+    log.info("Task Badger: %d task(s) cancelled by a cold shutdown end in error", len(task_ids))
 
 
 def on_received(request: Any) -> None:

@@ -115,6 +115,14 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
 
 
 @guard
+def on_retry(sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
+    # A retry from a task's body (or its autoretry) comes with its reason and traceback, and is handled where the
+    # retry is published; Celery's cancellation of a running task (a cold shutdown) sends it with neither.
+    if reason is None and einfo is None and request is not None:
+        events.on_cancelled(request)
+
+
+@guard
 def on_process_shutdown(**_: Any) -> None:
     """A pool child recycled or shutting down, or the worker's main process: deliver what is queued, or
     spool it at once while the API is failing (``taskbadger.spooling``)."""
@@ -166,6 +174,7 @@ _RECEIVERS = (
     (signals.task_unknown, on_unknown),
     (signals.worker_process_shutdown, on_process_shutdown),
     (signals.worker_shutdown, on_process_shutdown),
+    (signals.task_retry, on_retry),
     (signals.worker_init, on_worker_init),
     (signals.celeryd_after_setup, on_worker_after_setup),
 )
