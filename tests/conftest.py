@@ -123,16 +123,18 @@ def any_worker(request):
     return request.getfixturevalue(f"{request.param}_worker")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def backend_worker(taskbadger_server_session):
-    """A prefork worker with a result backend (Redis, db 6): chords need one."""
+    """A prefork worker with a result backend (Redis, db 6): chords need one. Killed at the end (its warm
+    shutdown takes seconds, for nothing a test reads)."""
     from .services import require
 
     require("redis")
     worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=2,
                           extra_env={"TB_RESULT_BACKEND": "redis://127.0.0.1:6379/6"})
     yield worker
-    stop_worker(worker)
+    worker.kill()
+    _live_workers.remove(worker)
 
 
 @pytest.fixture

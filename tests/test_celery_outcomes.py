@@ -187,11 +187,12 @@ def replaced_statuses(server, task_id):
     return [r.json.get("status") for r in server.requests if r.method == "PATCH" and task_id in r.path]
 
 
-def test_a_task_replaced_by_another_ends_success_and_the_replacement_is_its_child(taskbadger_server, any_worker):
+def test_a_task_replaced_by_another_ends_success_and_the_replacement_is_its_child(taskbadger_server,
+                                                                                  prefork_worker):
     """``self.replace(sig)`` publishes the replacement with the replaced task's Celery id: it was taken for a
     retry (``data["retries"]``, back to ``pending``), the replacement ran as the replaced task, which Celery's
     ``Ignore`` made ``cancelled`` meanwhile."""
-    result = any_worker.send(tasks.replace_with, "task")
+    result = prefork_worker.send(tasks.replace_with, "task")
     by_name = settled(taskbadger_server)
     assert {name: len(found) for name, found in by_name.items()} == {"replace_with": 1, "add": 1}, by_name
     [replaced], [replacement] = by_name["replace_with"], by_name["add"]
