@@ -36,6 +36,7 @@ from procrastinate import exceptions as pexc
 from procrastinate import manager
 
 from . import lifecycle
+from ._runtime import log_once
 from .config import get_config, is_configured
 from .delivery import sender
 from .lifecycle import Meta, Run
@@ -241,11 +242,27 @@ class TrackingJobManager(manager.JobManager):
         _cancelled_before_start(task_id, cancelled)
         return cancelled
 
+    async def fetch_job(self, *args: Any, **kwargs: Any) -> jobs.Job | None:
+        # The task id leaves the job's kwargs here, before any middleware: the task function never receives it,
+        # even in a worker whose own ``worker_middleware=[...]`` replaced the default list that holds ours.
+        job = await super().fetch_job(*args, **kwargs)
+        task_kwargs = getattr(job, "task_kwargs", None)
+        if job is None or not isinstance(task_kwargs, dict) or TB_TASK_ID_KWARG not in task_kwargs:
+            return job
+        _fetched.put(job.id, task_kwargs[TB_TASK_ID_KWARG])
+        return job.evolve(task_kwargs={k: v for k, v in task_kwargs.items() if k != TB_TASK_ID_KWARG})
+
     async def finish_job(self, job: jobs.Job, status: Any, *args: Any, **kwargs: Any) -> None:
+        carried = _fetched.take(job.id)  # still here: no middleware of ours took it
         # A job whose task this worker does not know fails before any worker middleware runs (Procrastinate
         # raises TaskNotFound first): its task, created when it was deferred, would stay pending for ever.
         if job.task_name not in self.app.tasks and is_configured():
-            _failed_unknown(job)
+            _failed_unknown(job, carried)
+        elif carried is not _NOTHING and is_configured():
+            log_once("procrastinate-no-middleware", logging.WARNING,
+                     "Task Badger: job %s ran without taskbadger.procrastinate.middleware (a worker_middleware=[...] "
+                     "argument replaces the default list that has it), so its task is not tracked: put "
+                     "taskbadger.procrastinate.middleware first in that list.", job.id)
         await super().finish_job(job, status, *args, **kwargs)
 
     @staticmethod
@@ -278,6 +295,30 @@ def _cancelled_before_start(task_id: str | None, cancelled: bool) -> None:
         _internal_error("cancelling the task of a cancelled job")
 
 
+_NOTHING: Any = object()
+
+
+class _Fetched:
+    """What the jobs this process fetched carried in ``TB_TASK_ID_KWARG``, by job id, until their middleware (or
+    their end) takes it. Bounded: a worker without the middleware never takes it before the job ends."""
+
+    LIMIT = 10_000
+
+    def __init__(self) -> None:
+        self._carried: dict[Any, Any] = {}
+
+    def put(self, job_id: Any, raw: Any) -> None:
+        if len(self._carried) >= self.LIMIT:
+            self._carried.pop(next(iter(self._carried)), None)
+        self._carried[job_id] = raw
+
+    def take(self, job_id: Any) -> Any:
+        return self._carried.pop(job_id, _NOTHING)
+
+
+_fetched = _Fetched()
+
+
 def _carried_task_id(job: jobs.Job) -> str | None:
     """The valid task id a job read back from the database carries, if any. Its kwargs are a dict, or their
     JSON text when they were read through Django's connection (``procrastinate.contrib.django``: Django's
@@ -292,8 +333,9 @@ def _carried_task_id(job: jobs.Job) -> str | None:
     return raw if isinstance(raw, str) and is_task_id(raw) else None
 
 
-def _failed_unknown(job: jobs.Job) -> None:
-    raw = _carried_task_id(job)
+def _failed_unknown(job: jobs.Job, carried: Any) -> None:
+    raw = _carried_task_id(job) if carried is _NOTHING else (
+        carried if isinstance(carried, str) and is_task_id(carried) else None)
     if raw is None:
         return  # deferred untracked: nothing was created
     try:
@@ -406,9 +448,12 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
     raw = None
     run: Run | str | None = None
     try:
+        raw = _fetched.take(context.job.id)  # taken out of the kwargs when the job was fetched
         kwargs = context.job.task_kwargs
-        if isinstance(kwargs, dict):
-            raw = kwargs.pop(TB_TASK_ID_KWARG, None)  # the task function never receives it
+        if isinstance(kwargs, dict) and TB_TASK_ID_KWARG in kwargs:  # fetched by another job manager
+            raw = kwargs.pop(TB_TASK_ID_KWARG)  # the task function never receives it
+        elif raw is _NOTHING:
+            raw = None
         if is_configured():
             run = await _begin(context, raw)
     except Exception:

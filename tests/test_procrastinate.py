@@ -253,6 +253,18 @@ def test_a_retried_job_ends_success_with_the_progress_an_earlier_attempt_reporte
     assert (tb["value"], tb["value_max"]) == (4, 4)  # 1 of 4 reported by the first attempt, then complete
 
 
+def test_a_worker_whose_own_middleware_list_leaves_ours_out_still_runs_the_job(api, app, dsn, tmp_path):
+    """``worker_middleware=[...]`` replaces the default list that holds ours: the task id kwarg reached the task
+    function, which failed with TypeError. The job runs (untracked), and the worker says what to add."""
+    worker = start(api, dsn, extra_env={"TB_PRO_OWN_MIDDLEWARE": "1"})
+    try:
+        job_id = tasks.echo.configure(queue=worker.queue).defer(value="v")
+        assert wait_job(app, job_id).status == "succeeded", worker.log()[-3000:]
+        api.wait_for(lambda: "put taskbadger.procrastinate.middleware first" in worker.log(), timeout=10)
+    finally:
+        stop(worker)
+
+
 def test_a_job_failing_its_last_attempt_ends_error_with_the_attempts(api, app, worker, tmp_path):
     job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=10)
     assert wait_job(app, job_id).status == "failed"

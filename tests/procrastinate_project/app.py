@@ -157,3 +157,11 @@ if os.environ.get("TB_PRO_WORKER") == "1" and os.environ.get("TASKBADGER_API_KEY
 
 # registered after the integration: tracked all the same
 app.add_tasks_from(blueprint, namespace="bp")
+
+
+async def users_own_middleware(call_next, context, worker):
+    return await call_next()
+
+
+if os.environ.get("TB_PRO_OWN_MIDDLEWARE") == "1":  # as `run_worker(worker_middleware=[...])`: the default list goes
+    app.worker_defaults = {**(app.worker_defaults or {}), "worker_middleware": [users_own_middleware]}
