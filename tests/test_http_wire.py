@@ -120,6 +120,29 @@ def test_an_answer_that_starts_with_a_byte_order_mark_is_json():
     assert decode(200, {}, b'\xef\xbb\xbf{"id": "abc"}') == {"id": "abc"}
 
 
+DEEP = b"[" * 200_000 + b"]" * 200_000  # deeper than Python's JSON parser goes: RecursionError, not ValueError
+
+
+def test_json_nested_too_deeply_is_a_bad_answer_not_a_recursion_error():
+    """A confused proxy's 400 KB of brackets: the senders' batch failed as an internal error (none retried), and
+    the public API raised RecursionError."""
+    from taskbadger.http import decode
+    from taskbadger.http.errors import BadAnswer
+
+    with pytest.raises(BadAnswer):
+        decode(200, {}, DEEP)
+    assert "[[[" in str(pytest.raises(taskbadger.TaskbadgerException, decode, 400, {}, DEEP).value)
+    server = RawServer([b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nContent-Length: "
+                        + str(len(DEEP)).encode() + b"\r\n\r\n" + DEEP])
+    try:
+        taskbadger.init(token=base64.b64encode(b"x/y/k").decode(), host=server.url)
+        with pytest.raises(taskbadger.TaskbadgerException):
+            taskbadger.create_task("deep")
+    finally:
+        taskbadger.config.reset()
+        server.close()
+
+
 def test_a_stray_answer_about_a_task_of_the_same_name_is_not_taken_for_a_create():
     """A stray answer to an update of a task named as the next create, arriving just before the create's own
     answer (a CI run: the create got an earlier task, gone since, and its updates were refused with 404)."""

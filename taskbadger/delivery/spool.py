@@ -90,7 +90,10 @@ class Entry:
     @classmethod
     def from_json(cls, line: str) -> Entry:
         """Raises ValueError for a line that is not an entry."""
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
         if not isinstance(record, dict) or record.get("v") != 1:
             raise ValueError("not an entry")
         fields, task_id, external_id = record.get("fields"), record.get("task_id"), record.get("external_id")

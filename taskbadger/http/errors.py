@@ -56,7 +56,10 @@ def loads(content: bytes | str) -> Any:
     text = (content.decode("utf-8") if isinstance(content, bytes) else content).strip(" \t\n\r")
     if text.startswith("\ufeff"):  # a byte order mark, which a proxy may add: readers may ignore it
         text = text[1:].lstrip(" \t\n\r")
-    value, end = _DECODER.raw_decode(text)
+    try:
+        value, end = _DECODER.raw_decode(text)
+    except RecursionError:  # nested deeper than Python's parser goes: not an answer of the API's either
+        raise ValueError("JSON nested too deeply") from None
     if end != len(text):
         raise ValueError("extra data after the JSON value")
     return value
@@ -130,7 +133,7 @@ def _retry_after(value: str | None) -> float | None:
 def _error_message(content: bytes) -> tuple[str, dict[str, list[str]]]:
     text = content.decode("utf-8", "replace")
     try:
-        body = json.loads(text)
+        body = loads(text)
     except ValueError:
         return text[:500], {}
     if isinstance(body, dict):
