@@ -246,6 +246,17 @@ def test_retry_after_is_honoured(taskbadger_server, dispatcher):
     assert dispatcher.stats()["retried"] == 1
 
 
+def test_a_retry_after_of_a_billion_seconds_pauses_delivery_only_up_to_the_cap(taskbadger_server, dispatcher,
+                                                                             monkeypatch):
+    """One 429 with ``Retry-After: 1e9`` (or ``inf``) paused every update of the process for good."""
+    monkeypatch.setattr(sender, "RETRY_AFTER_CAP", 0.5)
+    task = taskbadger.create_task("limited")
+    taskbadger_server.fail(429, times=1, retry_after=1e9, method="PATCH")
+    dispatcher.submit(task.id, {"status": "success"}, final=True)
+    assert dispatcher.flush(10)
+    assert [r.status for r in patches(taskbadger_server, task.id)] == [429, 200]
+
+
 def test_server_errors_and_dropped_connections_are_retried_until_delivered(taskbadger_server, dispatcher):
     task = taskbadger.create_task("flaky api")
     taskbadger_server.fail(503, times=2, method="PATCH")

@@ -40,6 +40,8 @@ RETRY_HORIZON = 15 * 60.0
 FINAL_HORIZON = 24 * 3600.0
 BACKOFF_BASE = 0.25
 BACKOFF_CAP = 10.0
+#: The longest pause a ``Retry-After`` makes (an API asking for more, or for ``inf``, gets this, then is asked again).
+RETRY_AFTER_CAP = 60.0
 SENDER_THREADS = 2
 #: Most updates one sender thread sends before reading the answers (on as many connections).
 BATCH_SIZE = 32
@@ -219,7 +221,7 @@ class Sender:
             delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** min(self._failures - 1, 10)) * random.uniform(0.5, 1.0)
             retry_after = getattr(err, "retry_after", None)
             if retry_after is not None:
-                delay = max(delay, retry_after)
+                delay = max(delay, min(retry_after, RETRY_AFTER_CAP))
             queue.paused_until = max(queue.paused_until, time.monotonic() + delay)
             if escalated and self._failures == 1:
                 log.warning("Task Badger API unavailable (%s); updates are queued and retried", err)
