@@ -201,6 +201,7 @@ def test_a_corrupt_line_is_skipped_with_one_log_line(spool_dir, tb_log):
     path.write_text("\n".join([good[0], "{not json", '{"v": 1, "task_id": "../../x", "fields": {}, "since": 1}',
                                '{"v": 1, "task_id": "C' + "C" * 25 + '", "fields": {"status": "success", '
                                '"evil": "x", "data": {"ok": 1}}, "since": ' + str(time.time()) + "}", good[1]]))
+    path.rename(path.with_name(path.name.replace("-2.jsonl", "-5.jsonl")))  # five lines, as its name says
     claims, dropped = spool.claim("k" * 16, 900)
     [claim] = claims
     assert [(e.task_id, e.fields) for e in claim.entries] == [
@@ -253,6 +254,52 @@ def test_a_spooled_progress_update_never_undoes_a_final_state_another_process_se
     assert taskbadger_server.get_task(ended.id)["status"] == "error"
     assert (taskbadger_server.get_task(running.id)["status"], taskbadger_server.get_task(running.id)["value"]) == \
         ("processing", 3)
+
+
+def spool_file(spool_dir, count):
+    """A path named as a spool file of this API holding ``count`` entries (made the way the spool makes it)."""
+    spool_dir.mkdir(mode=0o700, exist_ok=True)
+    return spool_dir / f"{api_key_of(taskbadger.get_config())}-{time.time_ns()}-1-abcd-{count}.jsonl"
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_what_is_not_a_spool_file_is_not_read(taskbadger_server, spool_dir, kind):
+    """A FIFO named as a spool file hung the scan (and the process's shutdown) for ever; a link to /dev/zero took
+    gigabytes of memory."""
+    path = spool_file(spool_dir, 1)
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        os.symlink("/dev/zero", path)
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["0", "True", "0"]  # within its timeout
+    assert files(spool_dir) == []
+
+
+def test_a_file_holding_more_than_its_name_says_takes_no_more_than_that(taskbadger_server, spool_dir):
+    """Its name says 1 entry; it held 20,000 final states, which filled the taking process's whole queue (the half
+    kept for its own tasks too), and its own final states were dropped."""
+    tasks = [taskbadger.create_task(f"listed {i}") for i in range(3)]
+    path = spool_file(spool_dir, 1)
+    lines = [Entry({"status": "success"}, task_id=t.id, final=True).to_json() for t in tasks]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
+    assert [taskbadger_server.get_task(t.id)["status"] for t in tasks] == ["success", "pending", "pending"]
+
+
+def test_spooled_fields_of_the_wrong_type_are_left_out_and_the_rest_is_delivered(taskbadger_server, spool_dir):
+    """value "5", a start time with a line break or a 2 MB name were sent as they were, and the API's 400 lost the
+    whole update, its status with it; a string of keys to drop removed each of its letters."""
+    task = taskbadger.create_task("typed", data={"a": 1, "b": 2, "keep": 3})
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
+        Entry({"status": "success", "value": "5", "start_time": "2026-01-01\r\nX: y", "name": "n" * 2_000_000,
+               merge.DROP_DATA: "ab", merge.COMPLETE_PROGRESS: "yes"}, task_id=task.id, final=True)])
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
+    delivered = taskbadger_server.get_task(task.id)
+    assert (delivered["status"], delivered["name"]) == ("success", "typed")
+    assert delivered["data"] == {"a": 1, "b": 2, "keep": 3}
+    [patch] = [r for r in taskbadger_server.requests if r.method == "PATCH" and r.task_id == task.id]
+    assert patch.json == {"status": "success"}
 
 
 def test_an_old_final_state_taken_from_the_spool_is_retried_not_dropped(api, spool_dir):

@@ -19,9 +19,11 @@ within the retry horizon (a day for a final state).
   or spooled again at exit), and given back (``unclaim``) when they could not be spooled again.
 * A directory that is not this user's, or that others can write to, is neither written nor read: its
   files could be anyone's.
-* Entries are read as input from outside: a task id must be one, fields are kept only from a fixed set
-  of JSON types; a line that is not an entry is skipped, with one log line per file. Entries older than
-  their horizon are dropped and counted.
+* Entries are read as input from outside: only a regular file no larger than the spool may be is read, and
+  no more entries than its name says; a task id must be one, each field is kept only if its value has the
+  type and form the API takes (one that does not is left out, the rest of the update kept); a line that is
+  not an entry is skipped, with one log line per file. Entries older than their horizon are dropped and
+  counted.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 
 from .._runtime import PerProcess, log_throttled, short
 from ..config import Config
-from ..models import is_task_id
+from ..models import MAX_NAME_LENGTH, StatusEnum, has_control_characters, is_task_id
 
 log = logging.getLogger("taskbadger")
 
@@ -50,11 +52,38 @@ MAX_ENTRIES = 1_000
 MAX_BYTES = 64 * 1024 * 1024
 #: A claim older than this is taken over even if its process seems alive (a recycled pid).
 STALE_CLAIM = 15 * 60.0
-#: Update fields an entry may carry (what the SDK sends, and its merge markers).
-_FIELDS = frozenset({"name", "status", "value", "value_max", "data", "max_runtime", "stale_timeout", "tags",
-                     "queue", "external_id", "parent", "start_time", "end_time", "actions", "merge_data",
-                     "_taskbadger_unless_final", "_taskbadger_only_if_pending",
-                     "_taskbadger_complete_progress", "_taskbadger_drop_data"})
+
+
+def _text(limit: int) -> Any:
+    return lambda v: isinstance(v, str) and len(v) <= limit and not has_control_characters(v)
+
+
+def _whole(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**63 - 1
+
+
+def _dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+_STATUSES = frozenset(s.value for s in StatusEnum)
+#: Update fields an entry may carry (what the SDK sends, and its merge markers), each with the check its value
+#: must pass (a field that fails is left out; the rest of the update, its status above all, is kept).
+_FIELDS: dict[str, Any] = {
+    "name": _text(MAX_NAME_LENGTH * 4), "status": lambda v: isinstance(v, str) and v in _STATUSES,
+    "value": lambda v: v is None or _whole(v), "value_max": _whole, "max_runtime": _whole, "stale_timeout": _whole,
+    "data": lambda v: v is None or _dict(v),
+    "tags": lambda v: _dict(v) and all(isinstance(x, str) and not has_control_characters(x) for x in v.values()),
+    "queue": _text(1000), "external_id": _text(1000), "parent": lambda v: v is None or is_task_id(v),
+    "start_time": _text(64), "end_time": _text(64),
+    "actions": lambda v: isinstance(v, list) and all(_dict(a) for a in v), "merge_data": _dict,
+    "_taskbadger_unless_final": lambda v: v is True, "_taskbadger_only_if_pending": lambda v: v is True,
+    "_taskbadger_complete_progress": lambda v: v is True,
+    "_taskbadger_drop_data": lambda v: isinstance(v, list) and len(v) <= 100 and all(
+        isinstance(k, str) for k in v),
+}
+#: A file larger than the whole spool may be is not one of ours: it is not read.
+MAX_FILE_BYTES = MAX_BYTES
 _SUFFIX = ".jsonl"
 _CLAIMED = ".claimed-"
 #: This process's claims are ``.claimed-<pid>-<token>``: the token tells its claims from those of an earlier
@@ -104,7 +133,8 @@ class Entry:
             raise ValueError(f"not a task id: {short(task_id, 40)}")
         if task_id is None and not (isinstance(external_id, str) and 0 < len(external_id) <= 1000):
             raise ValueError("neither a task id nor an external id")
-        kept = {key: value for key, value in fields.items() if key in _FIELDS and _plain(value)}
+        kept = {key: value for key, value in fields.items()
+                if key in _FIELDS and _plain(value) and _FIELDS[key](value)}
         return cls(kept, task_id, external_id if task_id is None else None, record.get("final") is True, float(since))
 
 
@@ -239,7 +269,7 @@ class Spool:
             mine = self._take(path)
             if mine is None:
                 continue
-            entries, lost = _read(mine, horizon, final_horizon)
+            entries, lost = _read(mine, horizon, final_horizon, count)
             dropped += lost
             claims.append(Claim(mine, entries))
         return claims, dropped
@@ -261,7 +291,7 @@ class Spool:
         mine = self._take(path)
         if mine is None:
             return 0
-        entries, lost = _read(mine, horizon, final_horizon)
+        entries, lost = _read(mine, horizon, final_horizon, _count(path))
         written, _ = self.write(api, entries)
         if written == len(entries):
             mine.unlink(missing_ok=True)
@@ -335,14 +365,31 @@ def _abandoned(path: pathlib.Path) -> bool:
     return False
 
 
-def _read(path: pathlib.Path, horizon: float, final_horizon: float) -> tuple[list[Entry], int]:
+def _read(path: pathlib.Path, horizon: float, final_horizon: float, most: int) -> tuple[list[Entry], int]:
+    """The entries of a claimed file (at most ``most``: what its name says it holds), and how many were dropped.
+    Only a regular file no larger than the whole spool is read (not a FIFO, a device or a link to one)."""
     entries: list[Entry] = []
     dropped = corrupt = 0
     oldest, oldest_final = time.time() - horizon, time.time() - final_horizon
     try:
-        with open(path, encoding="utf-8", errors="replace") as lines:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        try:
+            info = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_FILE_BYTES:
+            os.close(fd)
+            log_throttled("spool:not-a-file", 60.0, logging.WARNING, "Task Badger: %s in the spool is not a spool file "
+                          "(not a regular file, or larger than the spool may be); it is removed", path.name)
+            path.unlink(missing_ok=True)
+            return [], 0
+        with open(fd, encoding="utf-8", errors="replace") as lines:
             for line in lines:
                 if not line.strip():
+                    continue
+                if len(entries) + dropped + corrupt >= most:
+                    corrupt += 1  # more than its name says: not a file this SDK wrote
                     continue
                 try:
                     entry = Entry.from_json(line)
