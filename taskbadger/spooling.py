@@ -259,16 +259,15 @@ class _Drainer:
 
 def _queue_from_spool(entry: Entry) -> None:
     queue = pending_updates()
-    # Queued and backdated under one hold of the queue's (re-entrant) lock: a sender never takes the entry with
-    # the horizon of an update queued just now.
-    # A spooled progress update may come from a process killed while its task was ended by another (the worker's
-    # main process closes a task whose pool child hit a hard time limit or was terminated): it must not undo that.
+    # Queued as of when it was (``submit_older``): what this process queued since for the task is newer. A spooled
+    # progress update may come from a process killed while its task was ended by another (the worker's main
+    # process closes a task whose pool child hit a hard time limit or was terminated): it must not undo that.
     fields = entry.fields if entry.final else {**entry.fields, merge.UNLESS_FINAL: True}
+    sender.ensure_started()
     with queue.cond:
-        sender.submit(entry.task_id, fields, entry.final)  # type: ignore[arg-type]
+        queue.submit_older(entry.task_id, fields, entry.final,  # type: ignore[arg-type]
+                           time.time() - entry.since, FINAL_HORIZON if entry.final else 0.0)
         queue.counters["unspooled"] += 1
-        queue.backdate(entry.task_id, time.time() - entry.since,  # type: ignore[arg-type]
-                       FINAL_HORIZON if entry.final else 0.0)
 
 
 _drainer: PerProcess[_Drainer] = PerProcess(_Drainer)

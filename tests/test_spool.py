@@ -302,6 +302,23 @@ def test_spooled_fields_of_the_wrong_type_are_left_out_and_the_rest_is_delivered
     assert patch.json == {"status": "success"}
 
 
+def test_a_spooled_update_never_replaces_a_newer_one_this_process_queued(api, spool_dir):
+    """A Procrastinate retry during an outage: worker A ended (its 'pending' spooled), worker B ran the next
+    attempt and queued its success; B then took A's spool, whose older 'pending' was merged over the success, and
+    the task stayed pending."""
+    task = taskbadger.create_task("retried")
+    api.refuse()
+    sender.submit(task.id, {"status": "success", "data": {"attempts": 2}}, final=True)
+    api.wait_for(lambda: taskbadger.stats()["retried"] >= 1, timeout=10)
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
+        Entry({"status": "pending", "data": {"attempts": 1}}, task_id=task.id, since=time.time() - 10)])
+    assert spooling.deliver_spooled() == 1
+    api.accept()
+    assert sender.flush(20)
+    delivered = api.get_task(task.id)
+    assert (delivered["status"], delivered["data"]) == ("success", {"attempts": 2})
+
+
 def test_an_old_final_state_taken_from_the_spool_is_retried_not_dropped(api, spool_dir):
     task = taskbadger.create_task("taken an hour later")
     api.refuse()

@@ -95,6 +95,23 @@ class PendingQueue:
             self._wake_if_needed(ready_at)
             return True
 
+    def submit_older(self, task_id: str, fields: dict[str, Any], final: bool, age: float, horizon: float = 0.0) -> bool:
+        """Queue an update first queued ``age`` seconds ago by another process (taken from the spool), retried
+        until ``horizon`` after then (0: the sender's horizon). An update this process queued since is newer: it
+        is merged over the older one, whose state never replaces it."""
+        with self.cond:
+            entry = self._pending.get(task_id)
+            if entry is not None and entry.first_queued > time.monotonic() - max(0.0, age):
+                self.counters["submitted"] += 1
+                self.counters["merged"] += 1
+                entry.fields = merge.queued(fields, entry.fields)
+                entry.final = entry.final or final
+                self.backdate(task_id, age, horizon)
+                return True
+            queued = self.submit(task_id, fields, final)
+            self.backdate(task_id, age, horizon)
+            return queued
+
     def claim(self, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
         """Take the fields queued for ``task_id`` so a synchronous update can send them first. Waits
         (up to ``timeout``) for a request already in flight for that task, so order is kept."""

@@ -236,6 +236,13 @@ def submit(task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
     return _sender.get().submit(task_id, fields, final)
 
 
+def ensure_started() -> None:
+    """Start this process's senders if they are not running, for an update queued other than by ``submit``."""
+    current = _sender.get()
+    with current.queue.cond:
+        current._ensure_started()
+
+
 def flush(timeout: float = 10.0, give_up: Callable[[], bool] | None = None) -> bool:
     """Wait until everything this process has queued for Task Badger has been sent (or dropped); False
     if ``timeout`` ran out first. Updates the senders send in the background (a tracked call's end, a
