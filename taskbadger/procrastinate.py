@@ -420,12 +420,16 @@ def _retried_or_aborted(context: job_context.JobContext, exc: BaseException) -> 
     return retry is not None, aborted, reason
 
 
-def _outcome(run: Run, context: job_context.JobContext, exc: BaseException) -> None:
+async def _outcome(run: Run, context: job_context.JobContext, exc: BaseException) -> None:
     """The job raised ``exc`` (or was cancelled): what the worker will do with it, for its task."""
     retried, aborted, reason = _retried_or_aborted(context, exc)
     attempts = context.job.attempts + 1
     if retried:
-        lifecycle.back_to_pending(run, {"attempts": attempts})
+        # Sent before the worker gives the job back to its queue: the next attempt may run in another worker and
+        # end before a queued 'pending' went out, which then left the task pending for good. Off the event loop
+        # (it waits for the API, within the publish budget); shielded, so that a second cancellation of the job
+        # leaves its thread to send it (or queue it) all the same.
+        await asyncio.shield(asyncio.to_thread(lifecycle.back_to_pending, run, {"attempts": attempts}, True))
     elif aborted:
         lifecycle.cancel(run, {"attempts": attempts, "abort_reason": getattr(reason, "value", None) or "aborted"})
     else:
@@ -466,7 +470,9 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
         result = await call_next()
     except BaseException as exc:
         try:
-            _outcome(run, context, exc)
+            await _outcome(run, context, exc)
+        except asyncio.CancelledError:
+            pass  # cancelled again while a retry's update is sent: its thread goes on; the job's outcome stands
         except Exception:
             _internal_error("recording the outcome of a job")
         raise

@@ -236,6 +236,19 @@ def test_a_retried_job_is_one_task_that_ends_success_without_the_old_exception(a
     assert tb["data"]["attempts"] == 2
 
 
+def test_retries_that_run_in_another_worker_end_success(api, app, dsn, worker, tmp_path):
+    """Two workers on one queue: the failing attempt's 'pending' was queued in its worker while the next attempt
+    ran in the other one and ended first, and the task stayed pending for good (21 of 40 in a hunt)."""
+    other = start(api, dsn, queue=worker.queue)
+    try:
+        job_ids = [tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / f"count-{i}"), fail_times=1)
+                   for i in range(16)]
+        assert [wait_job(app, job_id).status for job_id in job_ids] == ["succeeded"] * 16
+        assert [task_of_job(api, job_id)["status"] for job_id in job_ids] == ["success"] * 16
+    finally:
+        stop(other)
+
+
 def test_an_immediate_retry_is_one_task_that_ends_success(api, app, worker, tmp_path):
     job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=1)
     assert wait_job(app, job_id).status == "succeeded"

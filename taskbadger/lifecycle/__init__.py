@@ -379,14 +379,24 @@ def cancel(run: Run, extra: Mapping[str, Any] | None = None) -> bool:
     return _final(run, StatusEnum.CANCELLED, extra)
 
 
-def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None) -> None:
+def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None, wait: bool = False) -> None:
     """The job will run again (a retry, a requeue): back to ``pending``, with ``extra`` (the attempt, the
-    exception that caused it) merged into its data. Its next start makes it ``processing`` again."""
+    exception that caused it) merged into its data. Its next start makes it ``processing`` again. ``wait``: send
+    it now (within the publish budget), before the job is given back to its queue, so that it reaches the API
+    before the next attempt, which may start in another process and end first; queued if it cannot be sent
+    now, then sent only while the task has no final state."""
     fields: dict[str, Any] = {"status": StatusEnum.PENDING.value}
     if extra:
         fields.update(data_fields(run, extra))
-    sender.submit(run.id, fields)
     run.set_status(StatusEnum.PENDING)
+    if not wait:
+        sender.submit(run.id, fields)
+        return
+    try:
+        run.task.update(**fields)
+    except Exception as err:
+        log.warning("Task Badger: could not record the retry of task %s now (%s); it is queued", short(run.id), err)
+        sender.submit(run.id, {**fields, merge.UNLESS_FINAL: True})
 
 
 @dataclass(frozen=True)
@@ -465,13 +475,4 @@ def retry(run: Run, attempt: int, exc: BaseException | None = None, wait: bool =
     extra: dict[str, Any] = {"retries": attempt}
     if exc is not None:
         extra["last_exception"] = exception_data(exc)["exception"]
-    if not wait:
-        back_to_pending(run, extra)
-        return
-    fields = {"status": StatusEnum.PENDING.value, **data_fields(run, extra)}
-    run.set_status(StatusEnum.PENDING)
-    try:
-        run.task.update(**fields)
-    except Exception as err:
-        log.warning("Task Badger: could not record the retry of task %s now (%s); it is queued", short(run.id), err)
-        sender.submit(run.id, fields)
+    back_to_pending(run, extra, wait)
