@@ -9,12 +9,11 @@ monitor ids, patterns), never with copies of them.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskbadger.config import DEFAULT_HOST, MAX_PUBLISH_BUDGET, MAX_TIMEOUT, normalize_timeout
+from taskbadger.config import DEFAULT_HOST, MAX_PUBLISH_BUDGET, MAX_TIMEOUT, normalize_timeout, resolve_spool_dir
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import (
     MAX_HEARTBEAT_INTERVAL,
@@ -54,6 +53,16 @@ def _is_str_list(v: Any) -> bool:
 def _is_timeout(v: Any) -> bool:
     try:
         normalize_timeout(v)
+    except ConfigurationError:
+        return False
+    return True
+
+
+def _is_spool_dir(v: Any) -> bool:
+    if v is False:
+        return True
+    try:
+        resolve_spool_dir(v)
     except ConfigurationError:
         return False
     return True
@@ -128,8 +137,8 @@ TOP: dict[str, Setting] = {
     "TIMEOUT": Setting(None, _is_timeout, f"a positive number of seconds or a (connect, read) pair, each at most "
                        f"{MAX_TIMEOUT:g}",
                        '"TIMEOUT": (2, 5)'),
-    "SPOOL_DIR": Setting(None, lambda v: v is False or (isinstance(v, (str, os.PathLike)) and bool(os.fspath(v))),
-                         "a directory path, or False to turn the spool off",
+    "SPOOL_DIR": Setting(None, _is_spool_dir, "a directory path (no control characters), or False to turn the "
+                         "spool off",
                          '"SPOOL_DIR": BASE_DIR / "var" / "taskbadger-spool"'),
     "PUBLISH_BUDGET": Setting(None, lambda v: _is_positive(v) and v <= MAX_PUBLISH_BUDGET,
                               f"a positive number of seconds, at most {MAX_PUBLISH_BUDGET:g}", '"PUBLISH_BUDGET": 1.0'),

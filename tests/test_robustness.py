@@ -121,6 +121,27 @@ def test_headers_from_another_producer_never_fail_the_task(taskbadger_server, so
     assert_wire_clean(taskbadger_server, foreign_ids=True)
 
 
+def test_carried_data_larger_than_a_publisher_of_ours_carries_is_not_written_back(taskbadger_server, solo_worker,
+                                                                                  celery_app):
+    """Another producer's header carried 3 MB of data: the worker's final update sent it back as the task's data (a
+    3 MB PATCH), replacing what the task held."""
+    task = taskbadger.create_task("foreign", data={"orig": 1})
+    meta = {"task": {"id": task.id, "name": "foreign", "status": "pending", "data": {"blob": "x" * 3_000_000}}}
+    publish_foreign(celery_app, NAME + "fail", ("broken on purpose",), solo_worker.queue, {"taskbadger_task": meta})
+    ended = taskbadger_server.wait_for_task(name="foreign", status="error", timeout=20)
+    assert set(ended["data"]) == {"orig", "exception", "exception_type"}
+    assert max(len(r.body or b"") for r in taskbadger_server.requests if r.method == "PATCH") < 100_000
+
+
+@pytest.mark.parametrize(("nesting", "replaces"), [(1.5, True), (1, True), (True, False), ("2", False), (None, False)])
+def test_a_replacement_is_told_by_any_number_celery_adds_one_to(nesting, replaces):
+    """Celery computes a replacement's ``replaced_task_nesting`` from whatever the message said (1.5 + 1): a float
+    made ``self.replace()`` read as a retry."""
+    from taskbadger.celery.publish import _replaces_running_task
+
+    assert _replaces_running_task({"task": "t", "replaced_task_nesting": nesting}, None) is replaces
+
+
 # -- 3. no bytes injected into our requests ----------------------------------------------------------------
 
 SMUGGLED = ("x\r\nContent-Length: 0\r\n\r\nPOST /api/acme/demo/tasks/ HTTP/1.1\r\nHost: x\r\n"

@@ -151,7 +151,8 @@ def _replaces_running_task(message: dict[str, Any], body: Any) -> bool:
     fields = message if "task" in message else body  # protocol 2 : protocol 1
     nesting = fields.get("replaced_task_nesting") if isinstance(fields, dict) else None
     running = getattr(getattr(celery.current_task, "request", None), "replaced_task_nesting", None) or 0
-    return isinstance(nesting, int) and isinstance(running, int) and nesting > running
+    numbers = all(isinstance(n, (int, float)) and not isinstance(n, bool) for n in (nesting, running))
+    return numbers and nesting > running  # type: ignore[operator]  # Celery adds 1 to whatever it was given
 
 
 def record_retry(tracking: Tracking) -> None:

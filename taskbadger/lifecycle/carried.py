@@ -99,6 +99,12 @@ def parse_meta(raw: Any, task_name: str, where: str) -> Meta | None:
             fields[key] = check(value)
         except (ValueError, TypeError):
             _warn(task_name, f"{where}.task.{short(key, 40)}", f"has an invalid value {short(value, 60)}")
+    if fields.get("data") is not None and len(json.dumps(fields["data"])) > MAX_CARRIED_DATA_CHARS:
+        # more than a publisher of ours carries (another producer's): not written back from here; the body
+        # fetches the task's data if it asks for it, and keys added at the end are merged into it when sent
+        del fields["data"]
+        fields["data_omitted"] = True
+        _warn(task_name, f"{where}.task.data", f"is larger than {MAX_CARRIED_DATA_CHARS} characters")
     heartbeat = raw.get("heartbeat_interval")
     if heartbeat is not None and not is_heartbeat_interval(heartbeat):
         _warn(task_name, f"{where}.heartbeat_interval", f"is not a number of seconds ({short(heartbeat, 60)})")
