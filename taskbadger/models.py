@@ -71,6 +71,11 @@ def is_heartbeat_interval(value: Any) -> bool:
         and 0 < value <= MAX_HEARTBEAT_INTERVAL
 
 
+def is_count(value: Any) -> bool:
+    """A whole number the API stores in a 64-bit field (``value``, ``value_max``), not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**63 - 1
+
+
 def is_whole_seconds(value: Any) -> bool:
     """A whole number of seconds the API takes (``stale_timeout``, ``max_runtime``): 1 to ``MAX_SECONDS``."""
     return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SECONDS
@@ -167,6 +172,8 @@ class StatusEnum(str, enum.Enum):
 
 
 TERMINAL_STATUSES = frozenset({StatusEnum.SUCCESS, StatusEnum.ERROR, StatusEnum.CANCELLED, StatusEnum.STALE})
+#: Every status's text, as it travels (a value read from outside is one of these, or not a status).
+STATUS_VALUES = frozenset(s.value for s in StatusEnum)
 
 _DATETIME_FIELDS = ("created", "updated", "start_time", "end_time")
 

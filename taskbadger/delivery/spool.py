@@ -42,7 +42,7 @@ from typing import Any
 
 from .._runtime import PerProcess, log_throttled, short
 from ..config import Config
-from ..models import MAX_NAME_LENGTH, StatusEnum, has_control_characters, is_task_id
+from ..models import MAX_NAME_LENGTH, STATUS_VALUES, has_control_characters, is_count, is_task_id
 
 log = logging.getLogger("taskbadger")
 
@@ -58,20 +58,16 @@ def _text(limit: int) -> Any:
     return lambda v: isinstance(v, str) and len(v) <= limit and not has_control_characters(v)
 
 
-def _whole(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**63 - 1
-
-
 def _dict(v: Any) -> bool:
     return isinstance(v, dict)
 
 
-_STATUSES = frozenset(s.value for s in StatusEnum)
 #: Update fields an entry may carry (what the SDK sends, and its merge markers), each with the check its value
 #: must pass (a field that fails is left out; the rest of the update, its status above all, is kept).
 _FIELDS: dict[str, Any] = {
-    "name": _text(MAX_NAME_LENGTH * 4), "status": lambda v: isinstance(v, str) and v in _STATUSES,
-    "value": lambda v: v is None or _whole(v), "value_max": _whole, "max_runtime": _whole, "stale_timeout": _whole,
+    "name": _text(MAX_NAME_LENGTH * 4), "status": lambda v: isinstance(v, str) and v in STATUS_VALUES,
+    "value": lambda v: v is None or is_count(v), "value_max": is_count, "max_runtime": is_count,
+    "stale_timeout": is_count,
     "data": lambda v: v is None or _dict(v),
     "tags": lambda v: _dict(v) and all(isinstance(x, str) and not has_control_characters(x) for x in v.values()),
     "queue": _text(1000), "external_id": _text(1000), "parent": lambda v: v is None or is_task_id(v),

@@ -16,13 +16,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._runtime import log_throttled, short
-from ..models import MAX_NAME_LENGTH, StatusEnum, is_heartbeat_interval, is_task_id, is_whole_seconds, jsonable
+from ..models import (
+    MAX_NAME_LENGTH,
+    STATUS_VALUES,
+    is_count,
+    is_heartbeat_interval,
+    is_task_id,
+    is_whole_seconds,
+    jsonable,
+)
 
 log = logging.getLogger("taskbadger")
 
 #: ``data`` larger than this (as JSON) is not carried; the worker fetches it if the job's body asks for it.
 MAX_CARRIED_DATA_CHARS = 8192
-_STATUSES = frozenset(s.value for s in StatusEnum)
 
 
 def _text(limit: int) -> Any:
@@ -30,7 +37,7 @@ def _text(limit: int) -> Any:
 
 
 def _count(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 2**63 - 1 else _invalid()
+    return v if is_count(v) else _invalid()
 
 
 def _invalid() -> Any:
@@ -41,7 +48,7 @@ def _invalid() -> Any:
 _TASK_FIELDS: dict[str, Any] = {
     "id": lambda v: v if is_task_id(v) else _invalid(),
     "name": _text(MAX_NAME_LENGTH * 4),
-    "status": lambda v: v if v in _STATUSES else _invalid(),
+    "status": lambda v: v if isinstance(v, str) and v in STATUS_VALUES else _invalid(),
     "value": lambda v: None if v is None else _count(v),
     "value_max": _count,
     "data": lambda v: jsonable(v),
