@@ -124,10 +124,10 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
         fields["data"] = data
     if "parent" in options:
         fields["parent"] = options["parent"]  # explicit, None included
-    elif inherit_parent:
-        fields["parent"] = parent_for_new_task()
-    elif parent_for_next_task() is not None:
-        fields["parent"] = parent_for_next_task()
+    else:
+        parent = parent_for_new_task() if inherit_parent else parent_for_next_task()
+        if inherit_parent or parent is not None:
+            fields["parent"] = parent
     monitor = options.get("monitor_id") or (rules.monitor_for(name) if rules is not None else None)
     if monitor:
         fields["monitor_id"] = monitor
