@@ -36,6 +36,19 @@ MAX_AGE = dt.timedelta(days=30)
 PURGE_EVERY = 600.0
 
 
+def _task_result_model() -> Any:
+    """The database backend's model of a task result (``django_tasks_db``), when it is installed."""
+    from django.apps import apps
+
+    for config in apps.get_app_configs():
+        if config.name == "django_tasks_db":
+            try:
+                return config.get_model("DBTaskResult")
+            except LookupError:
+                return None
+    return None
+
+
 class DatabaseChannel:
     """``taskbadger.django_tasks.Channel`` on the ``CarriedTask`` table."""
 
@@ -100,8 +113,13 @@ class DatabaseChannel:
         in the database backend goes with it: the job never runs). A committed entry stays until its task
         succeeds; the callback closes only a task still ``pending``."""
         model = self._model()
-        transactions.if_rolled_back(router.db_for_write(model), model._meta.db_table, model._meta.pk.column,
-                                    result_id, callback)
+        alias = router.db_for_write(model)
+        # The database backend's own row of the task outlives the job (this entry goes once it succeeded): a job
+        # that ran before the look, which Django can make late, is not taken for a rollback.
+        result_model = _task_result_model()
+        models = [result_model] if result_model is not None and router.db_for_write(result_model) == alias else []
+        rows = [row for row in (transactions.model_row(m, result_id) for m in [*models, model]) if row is not None]
+        transactions.if_rolled_back(alias, rows, callback)
 
     def get(self, result_id: str) -> Entry | None:
         model = self._model()

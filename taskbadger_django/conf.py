@@ -95,7 +95,7 @@ def procrastinate_rollbacks(app: Any) -> Callable[[int, Callable[[], None]], Non
     def if_rolled_back(job_id: int, callback: Callable[[], None]) -> None:
         from .transactions import if_rolled_back as watch
 
-        watch(alias, "procrastinate_jobs", "id", job_id, callback)
+        watch(alias, [("procrastinate_jobs", "id", job_id)], callback)
 
     return if_rolled_back
 

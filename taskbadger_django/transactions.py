@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from django.db import connections, transaction
+from django.core.exceptions import ValidationError
+from django.db import connections, router, transaction
 
 from taskbadger._runtime import log_throttled, short
 
@@ -36,15 +37,21 @@ class _Commit:
         self.done.append(True)
 
 
-def if_rolled_back(alias: str, table: str, column: str, key: Any, callback: Callable[[], None]) -> None:
-    """Call ``callback()`` if the transaction open on database ``alias`` rolls back and takes the row of ``table``
-    whose ``column`` is ``key`` with it. Nothing when no transaction is open (autocommit: nothing to roll back)."""
+#: A row written in the transaction: (table, column, value as the database stores it).
+Row = tuple[str, str, Any]
+
+
+def if_rolled_back(alias: str, rows: Sequence[Row], callback: Callable[[], None]) -> None:
+    """Call ``callback()`` if the transaction open on database ``alias`` rolls back and takes ``rows`` with it
+    (none of them is there; give one that outlives the job when there is one: the job may have run and its
+    worker removed another before the look). Nothing when no transaction is open (autocommit: nothing to roll
+    back)."""
     if not transaction.get_connection(alias).in_atomic_block:
         return
     commit = _Commit()
 
     def confirm() -> None:
-        if not _row_exists(alias, table, column, key):
+        if not _any_row_exists(alias, rows):
             callback()
 
     weakref.finalize(commit, _unless_called, commit.done, confirm).atexit = False
@@ -60,15 +67,28 @@ def _unless_called(done: list[bool], confirm: Callable[[], None]) -> None:
         log.exception("Task Badger: could not record that an enqueue was rolled back")
 
 
-def _row_exists(alias: str, table: str, column: str, key: Any) -> bool:
-    """Whether the row is in the database, as a connection of our own sees it. True when it cannot tell:
+def model_row(model: Any, key: Any) -> Row | None:
+    """The ``Row`` of ``model`` whose primary key is ``key`` (None when ``key`` cannot be one)."""
+    pk = model._meta.pk
+    try:
+        value = pk.get_db_prep_value(key, connections[router.db_for_write(model)])
+    except (ValidationError, ValueError, TypeError):
+        return None
+    return model._meta.db_table, pk.column, value
+
+
+def _any_row_exists(alias: str, rows: Sequence[Row]) -> bool:
+    """Whether any of the rows is in the database, as a connection of our own sees it. True when it cannot tell:
     closing a task whose job runs is worse than leaving one ``pending``."""
     wrapper = connections.create_connection(alias)
     try:
         quote = wrapper.ops.quote_name
         with wrapper.cursor() as cursor:
-            cursor.execute(f"SELECT 1 FROM {quote(table)} WHERE {quote(column)} = %s", [key])
-            return cursor.fetchone() is not None
+            for table, column, key in rows:
+                cursor.execute(f"SELECT 1 FROM {quote(table)} WHERE {quote(column)} = %s", [key])
+                if cursor.fetchone() is not None:
+                    return True
+            return False
     except Exception as err:
         log_throttled("rollback-check", 60.0, logging.WARNING,
                       "Task Badger: could not tell whether an enqueue was rolled back (%s)", short(err, 200))
