@@ -57,7 +57,7 @@ class Command(BaseCommand):
                 deadline = time.monotonic() + 20
                 while result is not None and time.monotonic() < deadline and \
                         str(task.get_backend().get_result(result.id).status) != "SUCCESSFUL":
-                    time.sleep(0.05)
+                    time.sleep(0.05)  # polling the database for the job's result, under the deadline above
         elif action == "bench":
             task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
             started = time.perf_counter()
