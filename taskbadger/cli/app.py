@@ -243,7 +243,8 @@ def list_command(
         "--format", "-f", help="Output format [default: pretty on a terminal, csv otherwise]")] = None,
     limit: Annotated[int, typer.Option("--limit", min=1, max=commands.MAX_LIST_LIMIT,
                                        help="Limit the number of results.")] = 100,
-    start_token: Annotated[str | None, typer.Option("--start-token", help="Start token.")] = None,
+    start_token: Annotated[str | None, typer.Option(
+        "--start-token", help="Continue where an earlier list stopped: the token it printed as 'Next page'.")] = None,
 ) -> None:
     """List tasks."""
     _configure_or_exit(ctx)
