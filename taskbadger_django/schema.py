@@ -164,7 +164,22 @@ class Problem:
     @property
     def message(self) -> str:
         detail = self.setting.explain(self.value) if self.setting.explain is not None else None
-        return f"{self.label} must be {self.setting.expected}, {detail or f'got {type(self.value).__name__}'}."
+        return f"{self.label} must be {self.setting.expected}, {detail or f'got {_shown(self.value, self.setting)}'}."
+
+
+def _shown(value: Any, setting: Setting) -> str:
+    """A value's type, or the value itself when it is a number where the setting takes numbers: out of range, not
+    of the wrong type (other values, a key among them, are never shown)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and _takes_numbers(setting):
+        return repr(value)
+    return type(value).__name__
+
+
+def _takes_numbers(setting: Setting) -> bool:
+    try:
+        return bool(setting.accepts(1) or setting.accepts(1.0))
+    except Exception:
+        return False
 
 
 def type_problems(values: Mapping[str, Any], table: Mapping[str, Setting], where: str) -> list[Problem]:

@@ -112,3 +112,12 @@ def test_track_task_refuses_bad_options_where_they_are_written():
         track_task(monitor_id="not-a-uuid")
     with pytest.raises(TypeError, match="above @task"):
         track_task(value_max=3)(lambda: None)
+
+
+@pytest.mark.parametrize(("key", "value"), [("HEARTBEAT_INTERVAL", 0), ("HEARTBEAT_INTERVAL", 90000),
+                                            ("STALE_TIMEOUT", 0), ("STALE_TIMEOUT", 2.5)])
+def test_a_number_out_of_range_is_named_not_taken_for_a_wrong_type(key, value):
+    """``"HEARTBEAT_INTERVAL": 0`` was "must be a positive number of seconds, at most 86400 (a day), got int.": an
+    int is a number, so the message read as a type error. It shows the number."""
+    [message] = [m for m in run(DJANGO_TASKS={key: value}) if m.id == "taskbadger.E003"]
+    assert message.msg.endswith(f", got {value!r}."), message.msg
