@@ -4,7 +4,8 @@ a web process and its workers always share (a new project's cache is per process
 Costs per tracked ``enqueue()``: one INSERT (the claim) and one UPDATE (the created task), by primary
 key. The worker reads the row by primary key and deletes it when the task succeeds; a failed task's
 row is kept ``FAILED_RETENTION`` (a requeue of the same ``TaskResult`` runs again as the same task),
-and rows older than ``MAX_AGE`` (tasks that never ran) are purged, at most once per ``PURGE_EVERY``
+and rows older than ``MAX_AGE`` (tasks that never ran; not those whose job the database backend still holds
+waiting to run) are purged, at most once per ``PURGE_EVERY``
 per process that enqueues or runs tracked tasks. Every query is guarded: a database error never reaches
 the user's ``enqueue()`` or task (it runs untracked, or its worker creates its task), and inside the
 user's transaction each query is in a savepoint, so that a failure does not break that transaction.
@@ -20,6 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
@@ -34,6 +36,8 @@ T = TypeVar("T")
 FAILED_RETENTION = dt.timedelta(days=1)
 MAX_AGE = dt.timedelta(days=30)
 PURGE_EVERY = 600.0
+#: Old entries looked up at a time in the database backend's table when they are purged.
+PURGE_CHUNK = 500
 
 
 def _task_result_model() -> Any:
@@ -47,6 +51,28 @@ def _task_result_model() -> Any:
             except LookupError:
                 return None
     return None
+
+
+def _purge_old(model: Any, before: dt.datetime) -> None:
+    """Delete the entries written before ``before`` (tasks that never ran), but those whose job the database
+    backend still holds waiting to run (``run_after`` far ahead, or a long queue): it runs as its task."""
+    old = model.objects.filter(created_at__lt=before)
+    result_model = _task_result_model()
+    if result_model is None or router.db_for_write(result_model) != router.db_for_write(model):
+        old.delete()
+        return
+    result_ids = list(old.values_list("result_id", flat=True))
+    for start in range(0, len(result_ids), PURGE_CHUNK):
+        chunk = result_ids[start:start + PURGE_CHUNK]
+        keys: dict[Any, str] = {}
+        for result_id in chunk:
+            try:
+                keys[result_model._meta.pk.to_python(result_id)] = result_id
+            except ValidationError:
+                continue  # not one of the backend's ids
+        waiting = {keys[pk] for pk in result_model.objects.filter(pk__in=list(keys), status="READY")
+                   .values_list("pk", flat=True) if pk in keys}
+        model.objects.filter(pk__in=[result_id for result_id in chunk if result_id not in waiting]).delete()
 
 
 class DatabaseChannel:
@@ -154,8 +180,12 @@ class DatabaseChannel:
         self._next_purge = time.monotonic() + PURGE_EVERY
         model = self._model()
         now = timezone.now()
-        self._swallow("purge", lambda: (model.objects.filter(finished_at__lt=now - FAILED_RETENTION).delete(),
-                                        model.objects.filter(created_at__lt=now - MAX_AGE).delete()))
+
+        def purge() -> None:
+            model.objects.filter(finished_at__lt=now - FAILED_RETENTION).delete()
+            _purge_old(model, now - MAX_AGE)
+
+        self._swallow("purge", purge)
 
     def _swallow(self, what: str, query: Callable[[], T]) -> T | None:
         try:

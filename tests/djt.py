@@ -54,13 +54,18 @@ class Project:
         return self
 
     def enqueue(self, task: str, *args: Any, count: int = 1, rollback: bool = False, failing_hook: bool = False,
-                **env: str) -> list[dict[str, Any]]:
+                run_after_days: float | None = None, **env: str) -> list[dict[str, Any]]:
         out = self.manage("djt", "enqueue", task, json.dumps(list(args)), "--count", str(count),
-                          *(["--rollback"] if rollback else []), *(["--failing-hook"] if failing_hook else []), **env)
+                          *(["--rollback"] if rollback else []), *(["--failing-hook"] if failing_hook else []),
+                          *(["--run-after-days", str(run_after_days)] if run_after_days is not None else []), **env)
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     def result(self, result_id: str) -> dict[str, Any]:
         return json.loads(self.manage("djt", "result", result_id).strip().splitlines()[-1])
+
+    def age(self, result_id: str, days: float) -> None:
+        """``days`` pass for a task not due yet: its entry and its job's run_after are that much earlier."""
+        self.manage("djt", "age", result_id, str(days))
 
     def rerun(self, result_id: str) -> None:
         self.manage("djt", "rerun", result_id)

@@ -176,3 +176,25 @@ def test_an_enqueue_rolled_back_with_its_transaction_is_cancelled_not_left_pendi
     assert "publish_error" not in (task["data"] or {})
     assert not [r for r in taskbadger_server.requests if r.method == "PATCH" and r.path.endswith(f"/{task['id']}/")
                 and (r.json or {}).get("status") == "cancelled"]
+
+
+def test_a_task_due_after_a_month_runs_as_the_task_its_enqueue_created(worker, taskbadger_server):
+    """``run_after`` a month ahead (a reminder in six weeks): the task waits ``pending``, and when it is due the
+    worker runs it as that task. The entry of a task that had not run was purged after 30 days as if the task
+    never would: the worker created a second task for the TaskResult, and the first stayed ``pending`` for ever
+    (the one the page that enqueued it shows)."""
+    if worker.backend != "db":
+        pytest.skip("the database backend's run_after")
+    (deferred,) = worker.enqueue("add", 1, 2, run_after_days=32)
+    (task,) = by_external_id(taskbadger_server, deferred["id"])
+    assert task["status"] == "pending"
+    worker.age(deferred["id"], 31)  # a month passes
+    worker.enqueue("add", 3, 4)  # a process that enqueues purges the entries of tasks too old to have run
+    assert wait_result(worker, deferred["id"], "READY")
+    worker.age(deferred["id"], 1)  # the job is due now
+    assert wait_result(worker, deferred["id"], "SUCCESSFUL")["return_value"] == 3
+    taskbadger_server.wait_for(
+        lambda: [t for t in by_external_id(taskbadger_server, deferred["id"]) if t["status"] == "success"] or None,
+        timeout=30)
+    assert [(t["id"], t["status"]) for t in by_external_id(taskbadger_server, deferred["id"])] == [
+        (task["id"], "success")]

@@ -6,11 +6,14 @@ block that then rolls back.  ``djt result ID``: the TaskResult as the
 backend reports it.  ``djt rerun ID``: make the backend run the same TaskResult again.
 ``djt bench TASK [JSON_ARGS] --count N``: N enqueues, timed.
 ``djt channel PREFIX --count N``: the database channel's queries alone, timed.
+``djt enqueue ... --run-after-days N``: due N days from now.  ``djt age ID DAYS``: DAYS pass for a task that is
+not due yet (its entry and its job's run_after are that much earlier).
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import time
 from typing import Any
@@ -18,6 +21,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
 
 from tests.django_tasks_project import tasks
 
@@ -26,18 +31,21 @@ class Command(BaseCommand):
     requires_system_checks: list[str] = []
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("action", choices=["enqueue", "result", "rerun", "bench", "channel"])
+        parser.add_argument("action", choices=["enqueue", "result", "rerun", "bench", "channel", "age"])
         parser.add_argument("target")
         parser.add_argument("arguments", nargs="?", default="[]")
         parser.add_argument("--count", type=int, default=1)
         parser.add_argument("--rollback", action="store_true")
+        parser.add_argument("--run-after-days", type=float, default=None)
         parser.add_argument("--failing-hook", action="store_true",
                             help="inside a transaction that commits, after an on_commit hook that raises")
 
     def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, rollback: bool,
-               failing_hook: bool, **_: Any) -> None:
+               failing_hook: bool, run_after_days: float | None = None, **_: Any) -> None:
         if action == "enqueue":
             task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
+            if run_after_days is not None:
+                task = task.using(run_after=timezone.now() + dt.timedelta(days=run_after_days))
             result = None
             try:
                 with transaction.atomic() if rollback or failing_hook else contextlib.nullcontext():
@@ -87,6 +95,14 @@ class Command(BaseCommand):
             if str(result.status) == "SUCCESSFUL":
                 out["return_value"] = result.return_value
             self.stdout.write(json.dumps(out))
+        elif action == "age":  # the days pass: the entry is that much older, and the job that much nearer
+            from django_tasks_db.models import DBTaskResult
+
+            from taskbadger_django.models import CarriedTask
+
+            days = dt.timedelta(days=float(arguments))
+            CarriedTask.objects.filter(pk=target).update(created_at=F("created_at") - days)
+            DBTaskResult.objects.filter(pk=target).update(run_after=F("run_after") - days)
         elif action == "rerun":
             if settings.DJT_BACKEND == "db":
                 from django_tasks_db.models import DBTaskResult
