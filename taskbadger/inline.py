@@ -90,6 +90,18 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
         log_throttled(f"create:{name[:200]}:{type(err).__name__}", 60.0, logging.WARNING,
                       "Task Badger: " + _UNTRACKED.get(where, _UNTRACKED["call"]), short(name), err)
         return Created(None)
+    except BaseException as exc:
+        # Interrupted while the API may be carrying the create out (celery beat's SIGTERM handler raises SystemExit
+        # wherever beat is; Ctrl-C): the caller will not publish the job. Cancel the task if the API made it, once it
+        # can be found (from the spool if this process ends first), or it would stay pending for ever.
+        breaker.end(call)
+        external_id = fields.get("external_id")
+        if isinstance(external_id, str) and external_id:
+            reason = f"{type(exc).__name__}: interrupted while its task was created; the job was not published"
+            settle_later(external_id, {"status": StatusEnum.CANCELLED.value,
+                                       "end_time": format_datetime(dt.datetime.now(dt.timezone.utc)),
+                                       merge.MERGE_DATA: {"publish_error": reason}})
+        raise
     breaker.end(call)
     return Created(task)
 

@@ -49,8 +49,11 @@ class Snapshotting(ContextProvider):
         return {"snapshot": snapshot, "exception": type(exception).__name__}
 
 
+if os.environ.get("TB_BEAT_SCHEDULE"):  # JSON: entry -> {"task", "schedule" (seconds), "args", "options"}
+    app.conf.beat_schedule = json.loads(os.environ["TB_BEAT_SCHEDULE"])
 if os.environ.get("TASKBADGER_API_KEY"):
     taskbadger.init(systems=[CelerySystemIntegration(
+        monitors=json.loads(os.environ.get("TB_MONITORS") or "{}"),
         auto_track_tasks=os.environ.get("TB_AUTO_TRACK") == "1",
         includes=[r"tests\.celery_project\.app\.plain_.*"],
     )], context_providers=[Snapshotting()] if os.environ.get("TB_CONTEXT_PROVIDER") == "1" else None)
