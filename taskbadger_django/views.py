@@ -27,6 +27,13 @@ from django.views.decorators.http import require_safe
 
 from . import progress as _progress
 
+try:  # Django 5.1+: LoginRequiredMiddleware redirects every view that does not say it needs no login
+    from django.contrib.auth.decorators import login_not_required
+except ImportError:  # pragma: no cover (older Django has no such middleware)
+
+    def login_not_required(view):
+        return view
+
 FORBIDDEN = b'{"error":"forbidden"}'
 
 
@@ -41,6 +48,7 @@ def _json(body: bytes, status: int) -> HttpResponse:
     return _headers(HttpResponse(body, status=status, content_type="application/json"))
 
 
+@login_not_required  # the token says who may read the task; anonymous visitors hold one too (their session)
 @require_safe
 def progress(request: HttpRequest, token: str) -> HttpResponse:
     settings = _progress.progress_settings()
