@@ -6,7 +6,9 @@
 ``tb_id`` is a Task Badger task id (``result.taskbadger_task_id``), a ``taskbadger.Task`` or a Celery
 result; None (a task published untracked) draws a bar that says progress is not available. ``label``
 is shown instead of the task's name. The page's stylesheet and script come with the first bar of a
-request (later bars reuse them); both are static files: no inline script or style.
+request (later bars reuse them); both are static files: no inline script or style. Under a nonce-based policy
+('strict-dynamic', where 'self' counts for nothing) they carry the page's nonce: ``csp_nonce`` in the template
+context (Django 6.0's ``csp`` context processor) or ``request.csp_nonce`` (django-csp).
 """
 
 from __future__ import annotations
@@ -63,4 +65,11 @@ def taskbadger_progress(context: template.Context, task: Any, label: str | None 
         "words": json.dumps(status_words(), ensure_ascii=False),
         "element_id": f"taskbadger-progress-{secrets.token_hex(4)}",
         "assets": assets,
+        "nonce": _csp_nonce(context, request) if assets else None,
     }, request=None)
+
+
+def _csp_nonce(context: template.Context, request: Any) -> str | None:
+    """The nonce of this response's Content-Security-Policy, if the project's CSP middleware made one."""
+    nonce = context.get("csp_nonce") or getattr(request, "csp_nonce", None)
+    return str(nonce) if nonce else None
