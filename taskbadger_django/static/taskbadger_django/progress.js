@@ -51,6 +51,14 @@
     this.hiddenWait = false;
   }
 
+  /* Text, never HTML; written only when it changes: the status is a live region, and a screen reader
+   * announces its text again each time it is replaced, even by the same words. */
+  function setText(el, text) {
+    if (el && el.textContent !== text) {
+      el.textContent = text;
+    }
+  }
+
   Bar.prototype.word = function (key, fallback) {
     var word = this.words[key];
     return typeof word === "string" ? word : fallback;
@@ -176,15 +184,11 @@
     this.last = body;
     this.el.setAttribute("data-state", state);
     this.el.setAttribute("data-status", status);
-    if (!this.hasLabel && this.nameEl && typeof body.name === "string") {
-      this.nameEl.textContent = body.name; // text, never HTML
+    if (!this.hasLabel && typeof body.name === "string") {
+      setText(this.nameEl, body.name);
     }
-    if (this.statusEl) {
-      this.statusEl.textContent = this.word(status, status);
-    }
-    if (this.percentEl) {
-      this.percentEl.textContent = percent === null ? "" : percent + "%";
-    }
+    setText(this.statusEl, this.word(status, status));
+    setText(this.percentEl, percent === null ? "" : percent + "%");
     if (this.track) {
       if (percent === null) {
         this.track.removeAttribute("aria-valuenow"); // an indeterminate progressbar has no value
@@ -203,9 +207,7 @@
   Bar.prototype.failed = function (httpStatus) {
     this.failures += 1;
     this.el.setAttribute("data-unavailable", "");
-    if (this.statusEl) {
-      this.statusEl.textContent = this.word("_unavailable", "Progress is unavailable right now; retrying…");
-    }
+    setText(this.statusEl, this.word("_unavailable", "Progress is unavailable right now; retrying…"));
     if (this.failures === 1) {
       this.emit("taskbadger:unavailable", { httpStatus: httpStatus, retrying: true });
     }
@@ -224,14 +226,10 @@
   Bar.prototype.unavailable = function (httpStatus, final) {
     this.stopped = final;
     this.el.setAttribute("data-state", "unavailable");
-    if (this.statusEl) {
-      this.statusEl.textContent = httpStatus === 0 || httpStatus === 404 ?
-        this.word("_untracked", "Progress is not available for this task.") :
-        this.word("_gone", "Progress is not available.");
-    }
-    if (this.percentEl) {
-      this.percentEl.textContent = "";
-    }
+    setText(this.statusEl, httpStatus === 0 || httpStatus === 404 ?
+      this.word("_untracked", "Progress is not available for this task.") :
+      this.word("_gone", "Progress is not available."));
+    setText(this.percentEl, "");
     if (this.track) {
       this.track.removeAttribute("aria-valuenow");
       this.track.removeAttribute("aria-valuetext");
