@@ -211,10 +211,13 @@ class Task:
             raise ReadTimeout(f"{config.host} did not answer within {deadline.seconds:g} s: the update sent before "
                               f"for task {short(task_id)} is still waiting for its answer, so this one was not sent")
         try:
-            # Queued fields that say "as the task is now" (merge into its data, drop keys, only if...) are read
-            # against the task on the server: this object holds what was carried, which may not say it.
-            current = (lambda: endpoints.get(task_id, deadline)) if merge.reads_current(queued) else lambda: self._task
-            body = merge.resolve(merge.queued(queued, fields), current) if queued else fields
+            # Fields that say "as the task is now" (merge into its data, drop keys, only if...), queued or given
+            # here, are read against the task on the server: this object holds what was carried, which may not say
+            # it. None of them is an API field: they never go out as they are.
+            combined = merge.queued(queued, fields) if queued else fields
+            on_server = merge.reads_current(combined)
+            current = (lambda: endpoints.get(task_id, deadline)) if on_server else (lambda: self._task)
+            body = merge.resolve(combined, current)
             self._task = endpoints.update(task_id, body or {}, deadline)
         except Exception:
             pending.unclaim(task_id, queued)  # not lost: the senders send them later

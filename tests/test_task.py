@@ -165,3 +165,17 @@ def test_an_unknown_keyword_is_a_type_error_not_a_lost_update(taskbadger_server,
     assert task.safe_update(bogus=1) is False
     assert [r.method for r in taskbadger_server.requests] == ["POST"]
 
+
+
+def test_internal_merge_fields_sent_at_once_are_resolved_against_the_task_on_the_server(taskbadger_server):
+    """A retry recorded at once (``back_to_pending(wait=True)``) by a run that does not know the task's data (too
+    large to carry): its attempt is merged into the data the task has. With nothing else queued for the task, the
+    internal ``merge_data`` field went out as it was: the API ignored it and the attempt was lost."""
+    from taskbadger import lifecycle
+    from taskbadger.lifecycle.carried import Meta
+
+    task = Task.create("job", status="processing", data={"rows": 3})
+    run = lifecycle.Run("job-1", Meta({"id": task.id, "name": "job", "status": "processing", "data_omitted": True}))
+    lifecycle.back_to_pending(run, {"attempts": 1}, wait=True)
+    assert (Task.get(task.id).status, Task.get(task.id).data) == (StatusEnum.PENDING, {"rows": 3, "attempts": 1})
+    assert not [r for r in patches(taskbadger_server) if set(r.json or {}) - {"status", "data"}]
