@@ -172,3 +172,21 @@ def pytest_sessionfinish(session, exitstatus):
     # closes the captured streams that the test project's logging handlers write to, so a line logged
     # while the process ends would print "--- Logging error ---" noise. Nothing is asserted after this.
     logging.raiseExceptions = False
+
+
+#: Fields of ours that must never reach the API (``delivery.merge``'s markers, resolved at send time).
+def _internal_field(name: str) -> bool:
+    return name == "merge_data" or name.startswith("_taskbadger")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    """Every test that talks to the stand-in also checks that none of our internal fields reached it."""
+    result = yield
+    server = getattr(item, "funcargs", {}).get("taskbadger_server")
+    if server is not None:
+        leaked = {task_id: sorted(name for name in task.get("unknown_fields") or {} if _internal_field(name))
+                  for task_id, task in server.tasks.items()}
+        leaked = {task_id: names for task_id, names in leaked.items() if names}
+        assert not leaked, f"internal fields sent to the API: {leaked}"
+    return result
