@@ -1,6 +1,7 @@
 """How tasks end: retries, Ignore/Reject, revoke and expiry, time limits, lost worker children."""
 
 import datetime as dt
+import importlib.util
 
 import pytest
 from celery import chain
@@ -117,6 +118,17 @@ def own_prefork_worker(taskbadger_server_session):
 def test_hard_time_limit_ends_error_with_the_limit(taskbadger_server, own_prefork_worker):
     own_prefork_worker.send(tasks.sleep_for, 10, time_limit=1)
     task = taskbadger_server.wait_for_task(name=NAME + "sleep_for", status="error", timeout=20)
+    assert "hard time limit (1" in task["data"]["exception"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gevent") is None, reason="gevent is not installed")
+def test_hard_time_limit_on_the_gevent_pool_ends_error(taskbadger_server, gevent_worker):
+    # The gevent pool enforces hard time limits in the task's own greenlet (gevent.Timeout): Celery's tracer
+    # still sends task_postrun (with no state), then the worker reports the TimeLimitExceeded failure.
+    result = gevent_worker.send(tasks.sleep_for, 10, time_limit=1)
+    task = taskbadger_server.wait_for(
+        lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "error" and t,
+        timeout=20)
     assert "hard time limit (1" in task["data"]["exception"]
 
 

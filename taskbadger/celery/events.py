@@ -91,6 +91,11 @@ def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> No
 
 
 def _end(tracking: Tracking, request: Any, state: str | None, retval: Any, celery_task: Any = None) -> None:
+    if state is None:
+        # The body was interrupted by an exception Celery lets through (the gevent pool's hard time limit is a
+        # gevent.Timeout raised in the task's greenlet): no outcome yet. The worker reports it next (task_failure
+        # for TimeLimitExceeded), knowing the task only by its Celery id: keep it in the map of received tasks.
+        return
     received().forget(request.id)
     if tracking.finished or tracking.is_finished():
         return  # already final, e.g. set in the task body: never overwrite it
