@@ -148,3 +148,36 @@ def test_arguments_that_are_not_a_mapping_are_celerys_to_refuse(taskbadger_serve
     # our apply_async raised "'int' object is not iterable" from its own line, not Celery's message
     with pytest.raises(TypeError, match="must be a mapping"):
         tasks.add.apply_async((1,), 2, taskbadger_name="x")
+
+
+
+def test_a_countdown_on_rabbitmqs_native_delayed_delivery_names_the_queue(taskbadger_server, memory_app, monkeypatch):
+    # With quorum queues bound to a topic exchange, Celery (5.5+) publishes a countdown/ETA task through
+    # RabbitMQ's native delayed delivery: to the celery_delayed_27 exchange, with the delay's 28 bits before the
+    # queue's routing key ("0.0.….1.1.reports") and no queue to declare. Celery decides so only on an AMQP
+    # transport with quorum queues: the memory transport is told it is one.
+    import celery.app.base
+    from kombu import Exchange, Queue
+
+    from taskbadger.celery import Task
+
+    monkeypatch.setattr(celery.app.base, "detect_quorum_queues", lambda app, driver_type: (True, "reports"))
+    memory_app.conf.task_queues = [Queue("reports", Exchange("reports", type="topic"), routing_key="reports",
+                                         queue_arguments={"x-queue-type": "quorum"})]
+
+    @memory_app.task(shared=False, base=Task, name="reports.weekly_delayed")
+    def weekly():
+        return None
+
+    published, send = [], memory_app.amqp.send_task_message
+
+    def recording(producer, name, message, **kwargs):
+        published.append(kwargs)
+        return send(producer, name, message, **kwargs)
+
+    monkeypatch.setattr(memory_app.amqp, "send_task_message", recording)
+    result = weekly.apply_async(queue="reports", countdown=30)
+    assert published[0]["exchange"].name == "celery_delayed_27"  # what Celery does on RabbitMQ
+    assert published[0]["routing_key"].endswith(".1.1.1.1.0.reports") and published[0].get("queue") is None
+    task = taskbadger_server.get_task(result.taskbadger_task_id)
+    assert (task["status"], task["queue"]) == ("pending", "reports")

@@ -6,6 +6,7 @@ and a task whose message never left is cancelled (``lifecycle.publish_failed``).
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -131,12 +132,36 @@ def _message_args(body: Any) -> tuple[Any, Any]:
     return (), {}
 
 
+#: The delay RabbitMQ's native delayed delivery (Celery 5.5+, quorum queues) puts before the routing key of a
+#: countdown/ETA task's queue: 28 bits, "0.0.….1.0.", as kombu's ``calculate_routing_key`` writes it.
+_DELAY_BITS = re.compile(r"(?:[01]\.){28}")
+
+
 def _queue_name(declare: Any, routing_key: str | None) -> str | None:
     for queue in declare or ():
         name = getattr(queue, "name", None)
         if name:
             return name
+    delay = _DELAY_BITS.match(routing_key or "")
+    if delay and routing_key:
+        # through the delay queues (no queue declared): the message reaches the queue with the key after the bits
+        routing_key = routing_key[delay.end():]
+        return _queue_routed_by(routing_key) or routing_key or None
     return routing_key or None
+
+
+def _queue_routed_by(routing_key: str) -> str | None:
+    """The name of the configured queue whose routing key this is, if one is."""
+    import celery
+
+    try:
+        queues = list(celery.current_app.amqp.queues.values())
+    except Exception:
+        return None
+    for queue in queues:
+        if getattr(queue, "routing_key", None) == routing_key and isinstance(getattr(queue, "name", None), str):
+            return queue.name
+    return None
 
 
 # -- retries and replacements ----------------------------------------------------------------------
