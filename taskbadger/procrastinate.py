@@ -397,13 +397,17 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
             return external_id if at.settle else None
         run = Run(external_id, at.meta)
         if job.attempts > 0:  # a retry, its task taken up (or created): back to processing
-            lifecycle.start(run, first_attempt=False)
+            lifecycle.start(run, first_attempt=False, after_error=True)
         else:  # created processing, with its start_time
             run.set_status(StatusEnum.PROCESSING)
             lifecycle.enter(run)
         return run
     run = Run(str(job.id), meta)
-    lifecycle.start(run, first_attempt=job.attempts == 0)
+    # A later attempt may follow one that ended the task in ``error``: a failed job put back in its queue by hand
+    # (``retry_job_by_id``: the Django admin's Retry, the shell's ``retry``). That exception leaves the task's data,
+    # or the run that succeeds shows it. (A retry the worker decided kept none: nothing to drop, at no extra cost,
+    # the success after a retry reads the task anyway to complete its progress.)
+    lifecycle.start(run, first_attempt=job.attempts == 0, after_error=job.attempts > 0)
     return run
 
 

@@ -12,6 +12,7 @@ heartbeat, and jobs deferred by the official SDK (the task id kwarg, never passe
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import time
 import uuid
@@ -286,6 +287,22 @@ def test_a_job_failing_its_last_attempt_ends_error_with_the_attempts(api, app, w
     assert tb["data"]["attempts"] == 4  # RetryStrategy(max_attempts=3): the first attempt and 3 retries
     assert "attempt 4 failed" in tb["data"]["exception"]
     assert len(tasks_for(api, job_id)) == 1
+
+
+def test_a_failed_job_retried_by_hand_ends_success_without_the_old_exception(api, app, worker, tmp_path):
+    """Procrastinate's Django admin (Retry) and shell (``retry``) put a failed job back in its queue
+    (``retry_job_by_id``): the run that succeeded ended its task ``success`` with the exception of the attempt
+    that had failed still in its data."""
+    taskbadger_server = api
+    job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=4)
+    assert wait_job(app, job_id).status == "failed"
+    failed = task_of_job(taskbadger_server, job_id)
+    assert failed["status"] == "error" and "attempt 4 failed" in failed["data"]["exception"]
+    app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime.now(datetime.timezone.utc))
+    assert wait_job(app, job_id, statuses=("succeeded", "failed")).status == "succeeded"
+    tb = task_of_job(taskbadger_server, job_id, statuses=("success",))
+    assert not {"exception", "exception_type"} & set(tb["data"] or {}), tb["data"]
+    assert [t["id"] for t in tasks_for(taskbadger_server, job_id)] == [failed["id"]]
 
 
 @pytest.mark.parametrize("fail_times", [1, 10])
