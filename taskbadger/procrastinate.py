@@ -371,6 +371,16 @@ def _carried_meta(job: jobs.Job, raw: Any, options: dict[str, Any] | None) -> Me
     return meta
 
 
+class _StartInterrupted(Exception):
+    """The job was cancelled while its worker created its task: the run (or the job id to settle), and the
+    cancellation to raise once the outcome is recorded."""
+
+    def __init__(self, run: Run | str | None, cancellation: asyncio.CancelledError) -> None:
+        super().__init__("cancelled while its task was created")
+        self.run = run
+        self.cancellation = cancellation
+
+
 async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
     """The job's tracked run, started (``processing``); or the job's id when its outcome is to be settled
     later (its task may exist but the API cannot be asked now); or None when it runs untracked."""
@@ -383,7 +393,7 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
         # A job its publisher did not track: created now. A retry of such a job takes up the task its
         # first attempt created (found by the job id, still pending), so that it stays one task.
         external_id = str(job.id)
-        at = await asyncio.to_thread(
+        creating = asyncio.ensure_future(asyncio.to_thread(
             lifecycle.create_at_start,
             external_id,
             options,
@@ -392,7 +402,23 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
             job.attempts > 0,  # a retry: its first attempt's task may exist
             True,  # pending, or still processing here when its pending is queued behind
             True,  # of this job's name: job ids count up from 1 in each database sharing the project
-        )
+        ))
+        try:
+            at = await asyncio.shield(creating)
+        except asyncio.CancelledError as exc:
+            # Aborted (or the worker shutting down) while the create waits for the API: it goes on in its thread,
+            # within the publish budget. Its task is ended with the job's outcome, or it stays processing for ever.
+            await asyncio.wait({creating})
+            ended: Run | str | None = None
+            if creating.exception() is not None:  # ours: logged, and the cancellation goes on all the same
+                log.error("Task Badger: internal error while starting the task of job %s", job.id,
+                          exc_info=creating.exception(), extra={"taskbadger_internal_error": True})
+            else:
+                at = creating.result()
+                ended = Run(external_id, at.meta) if at.meta is not None else external_id if at.settle else None
+                if isinstance(ended, Run) and job.attempts == 0:
+                    ended.set_status(StatusEnum.PROCESSING)  # created processing
+            raise _StartInterrupted(ended, exc) from exc
         if at.meta is None:
             return external_id if at.settle else None
         run = Run(external_id, at.meta)
@@ -464,6 +490,9 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
             raw = None
         if is_configured():
             run = await _begin(context, raw)
+    except _StartInterrupted as interrupted:  # cancelled before the body ran: its outcome is the job's
+        await _ended_before_the_body(interrupted.run, context, interrupted.cancellation)
+        raise interrupted.cancellation from None
     except Exception:
         _internal_error(f"starting the task of job {getattr(context.job, 'id', None)}")
     if run is None:
@@ -490,6 +519,20 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
         return result
     finally:
         lifecycle.leave(run)
+
+
+async def _ended_before_the_body(run: Run | str | None, context: job_context.JobContext,
+                                 exc: asyncio.CancelledError) -> None:
+    """The outcome of a job cancelled before its body ran, as for one cancelled in its body."""
+    try:
+        if isinstance(run, Run):
+            await _outcome(run, context, exc)
+        elif isinstance(run, str):
+            _settle(run, context, exc)
+    except asyncio.CancelledError:
+        pass  # cancelled again: the job's outcome stands
+    except Exception:
+        _internal_error("recording the outcome of a job")
 
 
 async def _settled(call_next: Callable[[], Any], context: job_context.JobContext, external_id: str) -> Any:

@@ -388,6 +388,25 @@ def test_an_aborted_job_is_cancelled(api, app, worker, task, tmp_path):
     assert tb["data"]["abort_reason"] == "user_request"
 
 
+def test_a_job_aborted_while_its_worker_creates_its_task_is_cancelled(taskbadger_server, app, dsn, tmp_path):
+    """Deferred by a process without tracking: its worker creates the task as the job starts. An async job aborted
+    while that create waited for the API (here a slow one) was cancelled inside the middleware, before it knew the
+    task; the create went on in its thread and the task stayed ``processing`` for ever (the job: ``aborted``)."""
+    worker = start(taskbadger_server, dsn, extra_env={"TASKBADGER_PUBLISH_BUDGET": "5"})
+    try:
+        taskbadger_server.set_latency(1.5, method="POST")  # the worker's create (within its budget)
+        job_id = tasks.async_abortable.configure(queue=worker.queue).defer(path=str(tmp_path / "started"))
+        wait_job(app, job_id, statuses=("doing",))
+        assert app.job_manager.cancel_job_by_id(job_id, abort=True)
+        assert wait_job(app, job_id).status == "aborted"
+        assert not (tmp_path / "started").exists()  # aborted before its body ran
+        tb = task_of_job(taskbadger_server, job_id, timeout=10)
+    finally:
+        stop(worker)
+    assert tb["status"] == "cancelled" and tb["data"]["abort_reason"] == "user_request"
+    assert tb["end_time"] and len(tasks_for(taskbadger_server, job_id)) == 1
+
+
 # -- which tasks ------------------------------------------------------------------------------------------
 
 
