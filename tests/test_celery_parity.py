@@ -110,3 +110,14 @@ def test_with_a_result_backend_the_celery_id_leads_to_the_task(taskbadger_server
                    tracked.apply_async(producer=memory_producer(), ignore_result=True)):
         assert any(t["external_id"] == result.id for t in taskbadger_server.tasks.values())  # still tracked
         assert app.AsyncResult(result.id).info is None
+
+
+def test_apply_async_and_apply_take_celerys_positional_arguments(taskbadger_server):
+    """Celery's ``apply_async(args, kwargs, task_id, producer, link, link_error, shadow)`` and ``apply(args, kwargs,
+    link, link_error, task_id, ...)`` take their options positionally too; the official base class passes them on."""
+    result = tasks.add.apply_async((1, 2), {}, "positional-celery-id", memory_producer())
+    assert result.id == "positional-celery-id"
+    [created] = [t for t in taskbadger_server.tasks.values() if t["external_id"] == "positional-celery-id"]
+    assert result.taskbadger_task_id == created["id"]
+    eager = tasks.add.apply((2, 3), {}, None, None, "eager-celery-id")
+    assert (eager.id, eager.get()) == ("eager-celery-id", 5)

@@ -37,9 +37,10 @@ class Task(celery.Task):
     Not tracked: ``.apply()``, calling the task directly, and ``task_always_eager``.
     """
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        # The options travel in a header, raw: the publish handler checks them (it checks every
-        # producer's headers) and writes back only their checked form.
+    def apply_async(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
+        # ``rest``: Celery's own positional parameters after ``kwargs`` (task_id, producer, link, link_error,
+        # shadow), passed on as given. The options travel in a header, raw: the publish handler checks them (it
+        # checks every producer's headers) and writes back only their checked form.
         call_options = {}
         if kwargs and isinstance(kwargs, Mapping):  # anything else is Celery's to refuse, with its own message
             kwargs = dict(kwargs)  # never mutate the caller's dict
@@ -57,7 +58,7 @@ class Task(celery.Task):
         slot: dict[str, TaskbadgerTask] = {}
         token = publish_slot.set(slot)
         try:
-            result = super().apply_async(args, kwargs, **options)
+            result = super().apply_async(args, kwargs, *rest, **options)
         except BaseException as exc:
             for created in slot.values():  # created, but its message never left: it will never run
                 _publish_failed(created, exc)
@@ -67,13 +68,13 @@ class Task(celery.Task):
         _attach_to_result(result, slot.get(str(getattr(result, "id", ""))))
         return result
 
-    def apply(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply(self, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         # Synchronous runs are not tracked, but their taskbadger_* options must not reach the function.
         if kwargs:
             kwargs = dict(kwargs)
             pop_options(kwargs)
         pop_options(options)
-        result = super().apply(args, kwargs, **options)
+        result = super().apply(args, kwargs, *rest, **options)
         _attach_to_result(result, None)
         return result
 
