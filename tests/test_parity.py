@@ -272,3 +272,26 @@ def test_a_legacy_key_warns_with_the_official_words(taskbadger_server, monkeypat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         taskbadger.init(token=project_key)
+
+
+# -- the official SDK's module paths ------------------------------------------------------------------
+
+
+def test_the_official_module_paths_import(taskbadger_server):
+    """Code written for the official SDK imports from its modules, not only from ``taskbadger``."""
+    from taskbadger.integrations import Action as Action2
+    from taskbadger.integrations import EmailIntegration as Email2
+    from taskbadger.integrations import WebhookIntegration as Hook2
+    from taskbadger.mug import Badger as Badger2
+    from taskbadger.mug import Session as Session2
+    from taskbadger.safe_sdk import create_task_safe, update_task_safe
+    from taskbadger.sdk import DefaultMergeStrategy, TaskList, create_task, get_task, init, list_tasks
+    from taskbadger.sdk import Task as Task2
+
+    assert (Action2, Email2, Hook2, Task2) == (Action, EmailIntegration, WebhookIntegration, Task)
+    assert (Badger2, Session2) == (taskbadger.Badger, taskbadger.Session)
+    assert init is taskbadger.init and TaskList is taskbadger.TaskList
+    task = create_task("via sdk")
+    assert isinstance(get_task(task.id), Task2) and update_task_safe(task.id, status="success").status == "success"
+    assert create_task_safe("safe").name == "safe" and len(list_tasks()) == 2
+    assert DefaultMergeStrategy(append_keys=["log"]).merge({"log": "a"}, {"log": "b"}) == {"log": "ab"}
