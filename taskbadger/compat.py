@@ -9,6 +9,7 @@ import requests
 
 from .config import Config, get_config
 from .http import session
+from .scope import Scope, current_scope
 
 
 class Session(ContextDecorator):
@@ -37,6 +38,10 @@ class Badger(metaclass=_BadgerType):
     @property
     def settings(self) -> Config | None:
         return get_config()
+
+    def scope(self) -> Scope:
+        """The current scope: the official SDK's ``current_scope()`` is ``Badger.current.scope()``."""
+        return current_scope()
 
     @classmethod
     def is_configured(cls) -> bool:

@@ -295,3 +295,14 @@ def test_the_official_module_paths_import(taskbadger_server):
     assert isinstance(get_task(task.id), Task2) and update_task_safe(task.id, status="success").status == "success"
     assert create_task_safe("safe").name == "safe" and len(list_tasks()) == 2
     assert DefaultMergeStrategy(append_keys=["log"]).merge({"log": "a"}, {"log": "b"}) == {"log": "ab"}
+
+
+def test_badger_current_scope_is_the_current_scope(taskbadger_server):
+    """The official SDK's ``current_scope()`` is ``Badger.current.scope()``, and code uses either."""
+    with taskbadger.Badger.current.scope() as scope:
+        scope["host"] = "web-1"
+        scope.tag({"tenant": "acme"})
+        assert taskbadger.current_scope().tags == {"tenant": "acme"}
+        task = taskbadger.create_task("scoped")
+    assert (task.data, task.tags) == ({"host": "web-1"}, {"tenant": "acme"})
+    assert taskbadger.Badger.current.scope().context == {}
