@@ -54,10 +54,12 @@ class Project:
         return self
 
     def enqueue(self, task: str, *args: Any, count: int = 1, rollback: bool = False, failing_hook: bool = False,
-                run_after_days: float | None = None, **env: str) -> list[dict[str, Any]]:
+                run_after_days: float | None = None, hold_until_started: bool = False,
+                **env: str) -> list[dict[str, Any]]:
         out = self.manage("djt", "enqueue", task, json.dumps(list(args)), "--count", str(count),
                           *(["--rollback"] if rollback else []), *(["--failing-hook"] if failing_hook else []),
-                          *(["--run-after-days", str(run_after_days)] if run_after_days is not None else []), **env)
+                          *(["--run-after-days", str(run_after_days)] if run_after_days is not None else []),
+                          *(["--hold-until-started"] if hold_until_started else []), **env)
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     def result(self, result_id: str) -> dict[str, Any]:

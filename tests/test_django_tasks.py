@@ -198,3 +198,25 @@ def test_a_task_due_after_a_month_runs_as_the_task_its_enqueue_created(worker, t
         timeout=30)
     assert [(t["id"], t["status"]) for t in by_external_id(taskbadger_server, deferred["id"])] == [
         (task["id"], "success")]
+
+
+@pytest.mark.parametrize("hold", [False, True], ids=["worker-after", "worker-during"])
+def test_an_rq_job_enqueued_in_a_transaction_that_rolls_back_runs_as_the_task_its_enqueue_created(
+        worker, taskbadger_server, hold):
+    """RQ's job is in Redis whatever the transaction does (a view under ``ATOMIC_REQUESTS`` that enqueues then
+    raises): it runs. Its task was closed ``cancelled`` ("rolled back") and, the entry gone with the
+    transaction, the worker created a second task for the job, which ended ``success``. One task, the one the
+    enqueue created, that ends ``success``: whether the worker starts after the rollback, or while the
+    transaction is still open (it waits on the entry's lock)."""
+    if worker.backend != "rq":
+        pytest.skip("the database backend's job rolls back with the transaction")
+    (enqueued,) = worker.enqueue("add", 2, 3, rollback=True, hold_until_started=hold)
+    assert wait_result(worker, enqueued["id"], "SUCCESSFUL")["return_value"] == 5
+    (created,) = [r for r in taskbadger_server.requests if r.method == "POST"]  # at the enqueue, pending
+    taskbadger_server.wait_for(
+        lambda: [t for t in by_external_id(taskbadger_server, enqueued["id"]) if t["status"] == "success"] or None,
+        timeout=30)
+    (task,) = by_external_id(taskbadger_server, enqueued["id"])
+    assert (task["status"], task["external_id"]) == ("success", enqueued["id"]) and task["start_time"]
+    assert created.json["status"] == "pending" and "publish_error" not in (task["data"] or {})
+    assert len([r for r in taskbadger_server.requests if r.method == "POST"]) == 1

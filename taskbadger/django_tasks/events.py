@@ -60,6 +60,11 @@ def _backend_kind(task_result: Any) -> str:
     return "other"
 
 
+#: The backends whose enqueue does not roll back with the user's transaction (RQ's job is in Redis at once),
+#: while the channel's entry, written in that transaction, does.
+_ENQUEUE_NOT_TRANSACTIONAL = frozenset({"rq"})
+
+
 #: The process that connected the receivers (an RQ worker's main process forks a work horse per job).
 _connected_pid = os.getpid()
 
@@ -119,8 +124,11 @@ def on_enqueued(task_result: Any) -> None:
     heartbeat, stale = lifecycle.heartbeat_options(options, system)
     channel.put(task_result.id, CREATED, lifecycle.created_meta(created.task, heartbeat, stale).to_dict())
     _created_here.put(task_result.id, CREATED, created.task.id)
-    if_rolled_back = getattr(channel, "if_rolled_back", None)
-    if if_rolled_back is not None:  # enqueued inside a transaction that may yet roll back: then it never runs
+    # Enqueued inside a transaction that may yet roll back: the database backend's job goes with it and never
+    # runs. Not RQ's: its job is in Redis whatever the transaction does (only the entry goes; its worker then
+    # finds this task by external_id, ``on_started``).
+    if_rolled_back = getattr(channel, "if_rolled_back", None) if kind not in _ENQUEUE_NOT_TRANSACTIONAL else None
+    if if_rolled_back is not None:
         task = created.task
         if_rolled_back(task_result.id, lambda: lifecycle.close(
             task.id, StatusEnum.CANCELLED, {"publish_error": "the transaction that enqueued it was rolled back"},
@@ -143,10 +151,14 @@ def on_started(task_result: Any) -> None:
     if entry is None:
         if not _tracked(system, name, options_for(name)):
             return
+        # No entry for an RQ job: its publisher's entry may have gone with a transaction that rolled back while
+        # its job, in Redis, did not (or is not visible yet: SQLite's lock timed out). Its task, created at the
+        # enqueue, is looked up by external_id before one is created (a request only when there is no entry).
+        look_up = kind in _ENQUEUE_NOT_TRANSACTIONAL
         if channel.claim(task_result.id):
-            meta = _create_at_start(task_result, name, system, channel, maybe_created=False)
+            meta = _create_at_start(task_result, name, system, channel, maybe_created=False, look_up=look_up)
         else:
-            meta = _meta_of(task_result, name, system, channel, _wait(channel, task_result.id))
+            meta = _meta_of(task_result, name, system, channel, _wait(channel, task_result.id), look_up)
     else:
         meta = _meta_of(task_result, name, system, channel, entry)
     if meta is None:
@@ -173,7 +185,8 @@ def _wait(channel: Channel, result_id: str) -> Entry | None:
         delay = min(delay * 2, 0.1)
 
 
-def _meta_of(task_result: Any, name: str, system: Any, channel: Channel, entry: Entry | None) -> lifecycle.Meta | None:
+def _meta_of(task_result: Any, name: str, system: Any, channel: Channel, entry: Entry | None,
+             look_up: bool = False) -> lifecycle.Meta | None:
     if entry is not None and entry.state == CREATING:
         entry = _wait(channel, task_result.id)
     if entry is not None and entry.state == CREATED:
@@ -181,15 +194,15 @@ def _meta_of(task_result: Any, name: str, system: Any, channel: Channel, entry: 
     if not _tracked(system, name, options_for(name)):
         return None
     # the creator's answer was lost (maybe created), or it is still creating at the deadline: look it up
-    return _create_at_start(task_result, name, system, channel, maybe_created=entry is not None)
+    return _create_at_start(task_result, name, system, channel, maybe_created=entry is not None, look_up=look_up)
 
 
 def _create_at_start(task_result: Any, name: str, system: Any, channel: Channel,
-                     maybe_created: bool) -> lifecycle.Meta | None:
+                     maybe_created: bool, look_up: bool = False) -> lifecycle.Meta | None:
     options = _options(name)
     started = lifecycle.create_at_start(task_result.id, options, system,
                                         lambda: _fields(task_result, name, options, system),
-                                        maybe_created=maybe_created)
+                                        maybe_created=maybe_created or look_up)
     if started.settle:
         with _runs_lock:
             _settle.add(task_result.id)

@@ -39,16 +39,20 @@ class Command(BaseCommand):
         parser.add_argument("--run-after-days", type=float, default=None)
         parser.add_argument("--failing-hook", action="store_true",
                             help="inside a transaction that commits, after an on_commit hook that raises")
+        parser.add_argument("--hold-until-started", action="store_true",
+                            help="keep the transaction open until a worker has started the job (20 s at most)")
 
     def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, rollback: bool,
-               failing_hook: bool, run_after_days: float | None = None, **_: Any) -> None:
+               failing_hook: bool, run_after_days: float | None = None, hold_until_started: bool = False,
+               **_: Any) -> None:
         if action == "enqueue":
             task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
             if run_after_days is not None:
                 task = task.using(run_after=timezone.now() + dt.timedelta(days=run_after_days))
             result = None
             try:
-                with transaction.atomic() if rollback or failing_hook else contextlib.nullcontext():
+                in_transaction = rollback or failing_hook or hold_until_started
+                with transaction.atomic() if in_transaction else contextlib.nullcontext():
                     if failing_hook:  # Django runs no hook after one that raises, ours included: yet it committed
                         transaction.on_commit(lambda: 1 / 0)
                     for _ in range(count):
@@ -57,6 +61,8 @@ class Command(BaseCommand):
                         seconds = time.perf_counter() - started
                         self.stdout.write(json.dumps({"id": result.id, "seconds": seconds,
                                                       "status": str(result.status)}))
+                    if hold_until_started and result is not None:
+                        _wait_started(task, result.id)
                     if rollback:
                         transaction.set_rollback(True)
             except ZeroDivisionError:
@@ -113,3 +119,10 @@ class Command(BaseCommand):
                 from django_tasks_rq.backend import Job
 
                 Job.fetch(target, connection=django_rq.get_connection(settings.DJT_QUEUE)).requeue()
+
+
+def _wait_started(task: Any, result_id: str) -> None:
+    """Until a worker has started the job (its result is no longer READY), 20 s at most."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and str(task.get_backend().get_result(result_id).status) == "READY":
+        time.sleep(0.01)  # polling the backend for the job's status, under the deadline above
