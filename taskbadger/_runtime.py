@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -72,6 +73,40 @@ class ForkSafeLock:
 
     def _forget(self) -> None:
         self._lock = self._factory()
+
+
+class RecentIds:
+    """The Task Badger ids of the most recent ``limit`` jobs a process saw (a queue's id -> task id), the oldest
+    forgotten first: for the events and the pages that know a job only by its queue's id. Thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self._ids: OrderedDict[Any, str] = OrderedDict()
+        self._lock = ForkSafeLock()
+        self._limit = limit
+
+    def remember(self, job_id: Any, task_id: str) -> None:
+        with self._lock:
+            self._ids[job_id] = task_id
+            self._ids.move_to_end(job_id)
+            while len(self._ids) > self._limit:
+                self._ids.popitem(last=False)
+
+    def get(self, job_id: Any) -> str | None:
+        if not isinstance(job_id, (str, int)) or isinstance(job_id, bool):
+            return None
+        with self._lock:
+            return self._ids.get(job_id)
+
+    def forget(self, job_id: Any) -> str | None:
+        if job_id is None or not self._ids:  # a pool child's map stays empty: its main process remembers
+            return None
+        with self._lock:
+            return self._ids.pop(job_id, None)
+
+    def forget_all(self, job_ids: list[Any]) -> list[tuple[Any, str]]:
+        """(job id, task id) of those among ``job_ids`` still remembered, forgotten now."""
+        with self._lock:
+            return [(job_id, self._ids.pop(job_id)) for job_id in job_ids if job_id in self._ids]
 
 
 def _reset_after_fork() -> None:

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import contextvars
 import logging
-from collections import OrderedDict
 from typing import Any
 
-from .._runtime import ForkSafeLock, PerProcess
+from .._runtime import PerProcess, RecentIds
 from ..lifecycle import Meta, Run
 from ..task import Task as TaskbadgerTask
 
@@ -87,50 +86,25 @@ def note_retry_exception(request: Any, exc: BaseException | None) -> None:
 MAX_RECEIVED = 10_000
 
 
-class Received:
-    """Celery id -> Task Badger id for the tracked messages this worker received (or published)."""
-
-    def __init__(self, limit: int = MAX_RECEIVED) -> None:
-        self._ids: OrderedDict[str, str] = OrderedDict()
-        self._lock = ForkSafeLock()
-        self._limit = limit
-
-    def remember(self, celery_id: str, task_id: str) -> None:
-        with self._lock:
-            self._ids[celery_id] = task_id
-            while len(self._ids) > self._limit:
-                self._ids.popitem(last=False)
-
-    def get(self, celery_id: Any) -> str | None:
-        with self._lock:
-            return self._ids.get(celery_id) if isinstance(celery_id, str) else None
-
-    def forget(self, celery_id: Any) -> str | None:
-        if celery_id is None or not self._ids:  # a pool child's map stays empty: its main process remembers
-            return None
-        with self._lock:
-            return self._ids.pop(celery_id, None)
-
-    def forget_all(self, celery_ids: list[str]) -> list[tuple[str, str]]:
-        """(celery id, task id) of those among ``celery_ids`` still remembered, forgotten now."""
-        with self._lock:
-            return [(celery_id, self._ids.pop(celery_id)) for celery_id in celery_ids if celery_id in self._ids]
+def _received_map() -> RecentIds:
+    """Celery id -> Task Badger id for the tracked messages this worker received."""
+    return RecentIds(MAX_RECEIVED)
 
 
-_received: PerProcess[Received] = PerProcess(Received)
+_received: PerProcess[RecentIds] = PerProcess(_received_map)
 
 
-def received() -> Received:
+def received() -> RecentIds:
     """This process's map (a forked pool child starts with an empty one: the parent's is the parent's)."""
     return _received.get()
 
 
 #: Most auto-tracked publishes remembered: a view renders the result it just published.
 MAX_PUBLISHED = 1_000
-_published: PerProcess[Received] = PerProcess(lambda: Received(MAX_PUBLISHED))
+_published: PerProcess[RecentIds] = PerProcess(lambda: RecentIds(MAX_PUBLISHED))
 
 
-def published() -> Received:
+def published() -> RecentIds:
     """This process's map of the tasks it tracked at publish without the base class (``task_id_of_result``)."""
     return _published.get()
 
