@@ -36,7 +36,7 @@ from procrastinate import exceptions as pexc
 from procrastinate import manager
 
 from . import lifecycle
-from ._runtime import log_once
+from ._runtime import PerProcess, RecentIds, log_once
 from .config import get_config, is_configured
 from .delivery import sender
 from .lifecycle import Meta, Run
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskbadger")
 
-__all__ = ["TB_TASK_ID_KWARG", "TrackingJobManager", "current_task", "install", "middleware", "track"]
+__all__ = ["TB_TASK_ID_KWARG", "TrackingJobManager", "current_task", "install", "middleware", "task_id_of_job", "track"]
 
 #: The job kwarg that carries the Task Badger task id from the process that defers to the worker (the
 #: official SDK's name: jobs deferred by either SDK are understood by a worker running the other).
@@ -159,6 +159,18 @@ def _watch_rollback(app: Any, inserted: list[jobs.Job], created: list[Taskbadger
             _internal_error("watching the transaction that deferred a job")
 
 
+#: Most deferred jobs remembered for ``task_id_of_job``: a view renders the job it just deferred.
+MAX_DEFERRED = 1_000
+_deferred_ids: PerProcess[RecentIds] = PerProcess(lambda: RecentIds(MAX_DEFERRED))
+
+
+def task_id_of_job(job_id: int) -> str | None:
+    """The Task Badger id of the job ``job_id`` (what ``defer()`` returned), known in the process that deferred
+    it (its last 1,000 jobs); None when it was deferred untracked or elsewhere. Pass it to
+    ``{% taskbadger_progress %}``."""
+    return _deferred_ids.get().get(job_id)
+
+
 def _deferred(
     inserted: list[jobs.Job], created: list[TaskbadgerTask | None], originals: list[jobs.Job]
 ) -> list[jobs.Job]:
@@ -167,6 +179,8 @@ def _deferred(
     result = []
     for job, task, original in zip(inserted, created, originals, strict=True):
         if task is not None:
+            if job.id is not None:
+                _deferred_ids.get().remember(job.id, task.id)
             try:
                 sender.submit(task.id, {"external_id": str(job.id)})
             except Exception:

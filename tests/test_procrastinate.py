@@ -133,6 +133,16 @@ def test_a_deferred_job_is_pending_with_its_job_id(api, app):
     assert isinstance(app.job_manager, TrackingJobManager)
 
 
+def test_the_process_that_deferred_a_job_knows_its_task_id_for_a_progress_bar(api, app):
+    """docs/progress.md: `defer()` returns the job id; the page that shows the bar needs its Task Badger id."""
+    from taskbadger.procrastinate import task_id_of_job
+
+    job_id = tasks.echo.configure(queue=f"unserved-{uuid.uuid4().hex[:6]}").defer(value="x")
+    task = task_of_job(api, job_id, statuses=("pending",))
+    assert task_id_of_job(job_id) == task["id"]
+    assert task_id_of_job(job_id + 10_000) is None
+
+
 def test_a_job_that_cannot_be_inserted_raises_as_untracked_and_its_task_is_cancelled(api, app):
     queue = f"unserved-{uuid.uuid4().hex[:6]}"
     lock = f"lock-{uuid.uuid4().hex[:6]}"
