@@ -498,7 +498,9 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         pro_app = conf.procrastinate_app()
         other_tasks.update({name: task for name, task in (pro_app.tasks if pro_app is not None else {}).items()
                             if not name.startswith(("builtin:", "procrastinate."))})
-        messages += _check_monitor_targets(monitors, {**other_tasks, **tasks}, _no_project_app(app))
+        kinds = ["Celery task"] + (["django.tasks task"] if conf.django_tasks_available() else []) + (
+            ["Procrastinate task"] if pro_app is not None else [])
+        messages += _check_monitor_targets(monitors, {**other_tasks, **tasks}, _no_project_app(app), kinds)
         if settings.ENABLED is not False:
             messages += _check_beat(app, monitors, tasks)
         return messages
@@ -548,7 +550,7 @@ NO_PROJECT_APP = ("No Celery app of this project is loaded in this process, so i
 
 
 def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any],
-                           no_project_app: bool = False) -> list[CheckMessage]:
+                           no_project_app: bool = False, kinds: list[str] | None = None) -> list[CheckMessage]:
     from taskbadger.systems.celery import full_match
 
     messages = []
@@ -557,10 +559,13 @@ def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any]
             continue  # reported as E003 / E007
         if not any(full_match(pattern, name) for name in tasks) and not names_a_django_task(pattern):
             suggestion = conf.closest(pattern, tasks, upper=False)
+            names = kinds or ["Celery task"] + (["django.tasks task"] if conf.django_tasks_available() else [])
             messages.append(checks.Warning(
-                f"TASKBADGER['MONITORS'] entry {pattern!r} matches no registered Celery task"
-                + (" or django.tasks task." if conf.django_tasks_available() else "."),
-                hint=NO_PROJECT_APP if no_project_app else (f"Did you mean {suggestion!r}? " if suggestion else "")
+                f"TASKBADGER['MONITORS'] entry {pattern!r} matches no registered "
+                + (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + ".",
+                # a close name (a django.tasks or Procrastinate task) is the likelier mistake than no Celery app
+                hint=NO_PROJECT_APP if no_project_app and not suggestion else (
+                    f"Did you mean {suggestion!r}? " if suggestion else "")
                 + "Use the task's registered name (module.function unless name= is given) or a regular expression "
                 "that matches the whole name.", obj="TASKBADGER['MONITORS']", id="taskbadger.W003"))
     return messages

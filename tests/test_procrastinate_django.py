@@ -161,6 +161,18 @@ def test_w013_when_taskbadger_django_comes_first(django_env):
     assert "taskbadger.W003" not in good.stderr + good.stdout  # MONITORS names a Procrastinate task
 
 
+@pytest.mark.integration
+def test_w003_for_a_procrastinate_task_names_procrastinate_and_suggests_the_task(django_env):
+    """A typo in a MONITORS entry of a project that runs Procrastinate and no Celery: the warning says which
+    tasks it looked in and suggests the Procrastinate task, rather than telling the user to add a Celery app."""
+    env, _ = django_env
+    out = manage({**env, "TB_DJANGO_MONITOR_TASK": "dj.ecoh"}, "check", check=False)
+    text = out.stderr + out.stdout
+    assert "taskbadger.W003" in text, text
+    assert "Procrastinate task" in text and "Did you mean 'dj.echo'?" in text, text
+    assert "No Celery app of this project" not in text, text
+
+
 def _ids(messages) -> list[str]:
     return [m.id for m in messages if m.id != "taskbadger.W001"]  # W001: these settings have no key
 

@@ -21,7 +21,7 @@ DATABASES = {
     }
 }
 TASKBADGER = {
-    "MONITORS": {"dj.echo": os.environ.get("TB_DJANGO_MONITOR")},
+    "MONITORS": {os.environ.get("TB_DJANGO_MONITOR_TASK", "dj.echo"): os.environ.get("TB_DJANGO_MONITOR")},
     "PROCRASTINATE": {"EXCLUDES": [r"dj\.skip.*"], "RECORD_TASK_ARGS": True},
 }
 LOGGING = {
