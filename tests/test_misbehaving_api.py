@@ -507,3 +507,26 @@ def test_a_queued_body_update_with_a_value_the_api_refuses_cannot_sink_the_ones_
     task = api.wait_for_task(name="poisoned queue", status="success", timeout=20)
     assert (task["value"], task["value_max"]) == (10, 10) and "team" not in task["tags"]
     assert "has an invalid tags" in caplog.text
+
+
+@pytest.mark.integration
+def test_a_workers_create_cut_mid_answer_is_closed_when_the_lookup_fails_too(api):
+    # The worker's create of a task its publisher could not track was carried out (the task exists, processing), its
+    # answer cut by a reset, and the lookup by Celery id cut too: the run went on untracked and nothing ever
+    # recorded its outcome, so the task stayed processing for ever (a chaos soak: 5 of ~360 tasks).
+    taskbadger.config.reset()  # this publisher tracks nothing: the worker creates the task as it starts
+    fresh = start_worker(api, pool="solo", concurrency=1,  # its own worker: no breaker opened by earlier tests
+                         extra_env={"TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    try:
+        api.misbehave("reset")  # every request: the create is carried out, its answer cut; so is the lookup's
+        result = fresh.send(tasks.echo, "r")
+        assert wait_for_result(result.id)["value"] == "r"
+        api.wait_for(lambda: [t for t in api.tasks.values() if t["external_id"] == result.id], timeout=5)
+        api.clear_faults()
+        assert_nothing_left_pending(api, [result.id])
+    finally:
+        api.clear_faults()
+        stop_worker(fresh)
+    [task] = [t for t in api.tasks.values() if t["external_id"] == result.id]
+    assert task["status"] == "success"
+

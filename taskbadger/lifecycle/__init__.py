@@ -435,7 +435,12 @@ def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: 
     fields.update(status=StatusEnum.PROCESSING, start_time=now())
     if stale:
         fields["stale_timeout"] = stale
-    task = enqueue(fields, "start").task
+    created = enqueue(fields, "start")
+    if created.task is None and created.maybe_created and external_id:
+        # carried out perhaps (the answer was cut, a 5xx), and not found in time: the task may exist, processing,
+        # with nobody to end it; the run's outcome is recorded on it once the API answers (``settle``)
+        return AtStart(None, settle=True)
+    task = created.task
     return AtStart(created_meta(task, heartbeat, None) if task is not None else None)
 
 
