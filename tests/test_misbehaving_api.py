@@ -529,4 +529,3 @@ def test_a_workers_create_cut_mid_answer_is_closed_when_the_lookup_fails_too(api
         stop_worker(fresh)
     [task] = [t for t in api.tasks.values() if t["external_id"] == result.id]
     assert task["status"] == "success"
-
