@@ -285,3 +285,27 @@ def test_the_pretty_list_shows_whole_ids_and_the_names_in_a_narrow_terminal(task
     headers = next(line for line in lines if "Task ID" in line)
     assert ("Created" in headers) == (columns >= 102) and ("Progress" in headers) == (columns >= 80)
     assert ("Status" in headers) == (columns >= 58)
+
+
+@pytest.mark.parametrize("source", ["environment", "config file"])
+def test_settings_never_show_the_key(tmp_path, source):
+    """``Settings`` is in the frames of every command (``configure_sdk``, ``problem``, ``show_info``): a crash
+    reporter or a debug page shows it with ``repr``."""
+    import traceback
+
+    secret = "LEAKCANARY-cli-5d1e"
+    key = base64.b64encode(f"acme/demo/{secret}".encode()).decode()
+    path = tmp_path / "config"
+    environ = {"TASKBADGER_HOST": "ftp://not-a-host"}
+    if source == "environment":
+        environ["TASKBADGER_API_KEY"] = key
+    else:
+        path.write_text(f'[auth]\ntoken = "{key}"\n')
+    resolved = settings.resolve(environ=environ, path=path)
+    assert resolved.token.value == key and resolved.token.source == source
+    assert secret not in repr(resolved) and key not in repr(resolved)
+    with pytest.raises(settings.SettingsError) as raised:
+        resolved.configure_sdk()  # the host is refused
+    shown = "".join(traceback.TracebackException(type(raised.value), raised.value, raised.value.__traceback__.tb_next,
+                                                 capture_locals=True).format())
+    assert "configure_sdk" in shown and secret not in shown and key not in shown

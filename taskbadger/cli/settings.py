@@ -157,7 +157,9 @@ class Settings:
     path: Path
     org: Value
     project: Value
-    token: Value
+    #: never in the repr: a Settings is a local of every command's frames, which debug pages and crash reporters
+    #: show with ``repr``
+    token: Value = field(repr=False)
     host: Value
     timeout: Value
     tags: dict[str, str] = field(default_factory=dict)
