@@ -49,6 +49,57 @@ BeforeCreate = Callable[[dict], dict | None]
 Timeout = float | int | tuple[float, float]
 
 
+class Secret(str):
+    """The API key, or text that holds it: a ``str`` wherever it is used (sent as it is), masked wherever it is
+    printed with ``repr``. Django's debug page (``DEBUG = True``), ``traceback``'s ``capture_locals`` and crash
+    reporters show every frame's local variables, and the attributes of objects, with ``repr``: a key kept in a
+    plain string by the code that reads it (``init()`` and what it calls) is shown there whenever that code
+    raises (a typo in ``tags``, a bad host)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "'***'"
+
+
+class SecretBytes(bytes):
+    """A key given as bytes (read from a file or a secret store), masked in a ``repr`` as ``Secret`` is."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "b'***'"
+
+
+def secret(value: Any) -> Any:
+    """``value`` masked in a ``repr`` when it is text or bytes (a key); anything else as it is."""
+    if isinstance(value, str) and not isinstance(value, Secret):
+        return Secret(value)
+    if isinstance(value, bytes | bytearray) and not isinstance(value, SecretBytes):
+        return SecretBytes(value)
+    return value
+
+
+class _Environment(Mapping[str, str]):
+    """``os.environ`` for reading, shown without its contents: ``TASKBADGER_API_KEY`` is among them, and a local
+    variable holding ``os.environ`` itself shows every variable on a debug page or in a crash report."""
+
+    def __getitem__(self, name: str) -> str:
+        return os.environ[name]
+
+    def __iter__(self) -> Any:
+        return iter(os.environ)
+
+    def __len__(self) -> int:
+        return len(os.environ)
+
+    def __repr__(self) -> str:
+        return "<os.environ>"
+
+
+ENVIRON: Mapping[str, str] = _Environment()
+
+
 class Integration(Protocol):
     """What ``init(systems=[...])`` takes (``taskbadger.systems.System`` and its subclasses)."""
 
@@ -75,6 +126,21 @@ class Config:
     publish_budget: float = DEFAULT_PUBLISH_BUDGET
     #: where a process leaves what it could not deliver before it ended (None: nowhere, dropped)
     spool_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        # ``Config`` is public and ``dataclasses.replace`` makes one from another without ``init()``: what goes into
+        # every request line and header (the key, the host, the slugs in the path) is checked here too, so that a
+        # control character never reaches the wire (a CR LF in the key would add a header to every request).
+        token = self.token
+        if not isinstance(token, str) or not token or not token.isascii() \
+                or any(ch.isspace() or not ch.isprintable() for ch in token):
+            raise ConfigurationError("The Task Badger API key (Config.token) must be non-empty ASCII text without "
+                                     "whitespace or control characters.")
+        validate_host(self.host)
+        for name in ("organization_slug", "project_slug"):
+            value = getattr(self, name)
+            if not is_slug(value):
+                raise ConfigurationError(f"{name} must be a slug (letters, digits, - and _), got {value!r}.")
 
     def __repr__(self) -> str:  # the token is a secret: never in a repr
         return (
@@ -166,6 +232,7 @@ def key_kind(token: str) -> str:
     """``"project"`` (base64 of ``org/project/key``), ``"legacy"`` (shaped like a legacy key) or
     ``"unknown"`` (neither: a typo, a placeholder, another service's key). Raises ConfigurationError
     for a key that is clearly damaged, as ``parse_project_key`` does."""
+    token = secret(token)
     if parse_project_key(token) is not None:
         return "project"
     return "legacy" if _LEGACY_KEY.fullmatch(token) else "unknown"
@@ -175,9 +242,11 @@ def parse_project_key(token: str) -> tuple[str, str, str] | None:
     """Split a project key (base64 of ``org/project/key``) into its parts.
 
     Returns None for a legacy key (anything that is not base64 of something containing '/').
-    Raises ConfigurationError for a key that is clearly damaged.
+    Raises ConfigurationError for a key that is clearly damaged. The key's secret part is a ``Secret``, and so
+    is every local variable that holds it here: it raises, and its frame shows on debug pages.
     """
-    if token and token != token.strip() and parse_project_key(token.strip()) is not None:
+    token = secret(token)
+    if token and token != token.strip() and parse_project_key(secret(token.strip())) is not None:
         raise ConfigurationError(
             "The Task Badger API key has whitespace around it (a key read from a file or a vault often ends "
             "with a newline): strip it where it is read, e.g. open(path).read().strip()."
@@ -188,12 +257,12 @@ def parse_project_key(token: str) -> tuple[str, str, str] | None:
             "copy it again from the project settings page."
         )
     try:
-        decoded = base64.b64decode(token, validate=True).decode("utf-8")
+        decoded = secret(base64.b64decode(token, validate=True).decode("utf-8"))
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return None
     if "/" not in decoded:
         return None
-    parts = decoded.split("/")
+    parts = [part if i < 2 else secret(part) for i, part in enumerate(decoded.split("/"))]
     if len(parts) != 3 or not is_slug(parts[0]) or not is_slug(parts[1]) or not parts[2] or not parts[2].isascii() \
             or any(ch.isspace() or not ch.isprintable() for ch in parts[2]):
         raise ConfigurationError(
@@ -369,12 +438,13 @@ def build_config(
     publish_budget: float | None = None,
     spool_dir: str | os.PathLike[str] | bool | None = None,
 ) -> Config:
-    """Resolve arguments and environment into a validated Config (no I/O, no global change)."""
-    env = os.environ
-    token = token or env.get("TASKBADGER_API_KEY") or None
+    """Resolve arguments and environment into a validated Config (no I/O, no global change). The key is a
+    ``Secret`` from its first line on (this frame shows on debug pages when it raises)."""
+    env = ENVIRON
+    token = secret(token or env.get("TASKBADGER_API_KEY") or None)
     if isinstance(token, bytes | bytearray):  # read from a file or a secret store: the official SDK takes it
         try:
-            token = bytes(token).decode("ascii")
+            token = secret(bytes(token).decode("ascii"))
         except UnicodeDecodeError:
             raise ConfigurationError("the API key is not ASCII text: it is base64") from None
     if token is not None and not isinstance(token, str):
@@ -488,6 +558,7 @@ def init(
         ConfigurationError: a malformed key, host, timeout, publish budget, tags, before_create or context
             provider.
     """
+    token = secret(token)  # before anything can raise: this frame shows on debug pages too
     config = build_config(token, organization_slug, project_slug, host, tags, systems, before_create, timeout,
                           context_providers, publish_budget, spool_dir)
     set_config(config)

@@ -198,3 +198,62 @@ def test_a_key_given_as_bytes_is_read_and_one_of_another_type_is_refused_clearly
         taskbadger.init(token=12345)
     with pytest.raises(ConfigurationError, match="not ASCII"):
         taskbadger.init(token="clé".encode())
+
+
+CANARY = "LEAKCANARY-secret-7f3a"
+
+
+def _locals_of(err):
+    """What a crash reporter that captures frame locals (or Django's debug page) shows for ``err``, from the
+    SDK's frames on (the test's own frame holds the key it passed)."""
+    import traceback
+
+    inner = err.__traceback__.tb_next
+    return "".join(traceback.TracebackException(type(err), err, inner, capture_locals=True).format())
+
+
+@pytest.mark.parametrize("from_env", [False, True])
+@pytest.mark.parametrize("bad", [{"tags": {"a": 5}}, {"host": "ftp://example.com"}, {"timeout": -1},
+                                 {"before_create": "no.such.module.func"}, {"spool_dir": "\x01"}])
+def test_the_key_is_not_in_the_locals_of_a_configuration_error(bad, from_env, monkeypatch):
+    key = project_key(key=CANARY)
+    if from_env:
+        monkeypatch.setenv("TASKBADGER_API_KEY", key)
+    with pytest.raises(ConfigurationError) as raised:
+        taskbadger.init(**({} if from_env else {"token": key}), **bad)
+    shown = _locals_of(raised.value)
+    assert "build_config" in shown  # the frames are there, with their locals
+    assert CANARY not in shown and key not in shown
+
+
+@pytest.mark.parametrize("token", [project_key(key=CANARY + "\x01"), "legacy." + CANARY])
+def test_the_key_is_not_in_the_locals_of_a_refused_key(token):
+    with pytest.raises((ConfigurationError, MissingConfiguration)) as raised:
+        taskbadger.init(token=token)
+    assert CANARY not in _locals_of(raised.value)
+
+
+def test_the_key_is_not_in_vars_or_asdict_of_the_config():
+    import dataclasses
+
+    cfg = taskbadger.init(token=project_key(key=CANARY))
+    assert cfg.token == CANARY  # what is sent is the key itself
+    assert CANARY not in repr(vars(cfg)) and CANARY not in repr(dataclasses.asdict(cfg))
+    assert CANARY not in repr(config.parse_project_key(project_key(key=CANARY)))
+
+
+@pytest.mark.parametrize("field,value", [("token", "k\r\nX-Injected: yes"), ("token", "k\x00"), ("token", ""),
+                                         ("host", "http://127.0.0.1:1\r\nX-Injected: yes"),
+                                         ("organization_slug", "acme HTTP/1.1\r\nX-Injected: yes"),
+                                         ("project_slug", "demo\n")])
+def test_a_config_made_directly_refuses_what_would_change_a_request(field, value):
+    """``taskbadger.Config`` is public, and ``dataclasses.replace`` makes one from another: a value with a control
+    character (or one that is no key, host or slug) is refused there, and never reaches a request line or header
+    (a CR LF in the key added a header to every request)."""
+    import dataclasses
+
+    good = dict(host="http://127.0.0.1:1", organization_slug="acme", project_slug="demo", token="k")
+    with pytest.raises(ConfigurationError):
+        config.Config(**{**good, field: value})
+    with pytest.raises(ConfigurationError):
+        dataclasses.replace(config.Config(**good), **{field: value})
