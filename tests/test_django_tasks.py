@@ -183,8 +183,8 @@ def test_a_task_due_after_a_month_runs_as_the_task_its_enqueue_created(worker, t
     worker runs it as that task. The entry of a task that had not run was purged after 30 days as if the task
     never would: the worker created a second task for the TaskResult, and the first stayed ``pending`` for ever
     (the one the page that enqueued it shows)."""
-    if worker.backend != "db":
-        pytest.skip("the database backend's run_after")
+    if worker.backend != "db" or not worker.env["DATABASE_URL"].startswith("sqlite"):
+        pytest.skip("the database backend's run_after, on SQLite (the purge is ORM code: one database is enough)")
     (deferred,) = worker.enqueue("add", 1, 2, run_after_days=32)
     (task,) = by_external_id(taskbadger_server, deferred["id"])
     assert task["status"] == "pending"
