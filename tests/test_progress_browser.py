@@ -530,3 +530,80 @@ def test_the_demo_serves_a_page_whose_bars_fill_live(driver):
             demo.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             demo.kill()
+
+
+# -- what a screen reader hears --------------------------------------------------------------------------
+# The status words are a polite live region, announced when they change. Writing the same words again replaces
+# the region's text node, which screen readers announce again.
+
+WATCH_STATUS = """
+window.__announced = [];
+new MutationObserver(function (mutations) {
+  mutations.forEach(function (m) { window.__announced.push(m.target.textContent); });
+}).observe(document.querySelector(".taskbadger-progress__status"),
+           {childList: true, characterData: true, subtree: true});
+"""
+
+
+def announced(d):
+    return d.execute_script("return window.__announced")
+
+
+def test_the_live_region_changes_only_when_its_words_do(server, driver, live_server):
+    """Every progress change rewrote 'Running' (the docs promise 'not every percent'), and every retry of an
+    outage rewrote 'Progress is unavailable right now; retrying…'."""
+    task = taskbadger.create_task("export rows", status="processing", value=1)
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: drawn_at(d, 1))
+    driver.execute_script(WATCH_STATUS)
+    for value in (10, 20, 30):
+        task.update(value=value)
+        wait(driver, lambda d, value=value: drawn_at(d, value))
+    assert announced(driver) == []  # still "Running": nothing to announce
+    server.fail(500)
+    wait(driver, lambda d: bar(d)["unavailable"])
+    failed_at = polls(driver)
+    wait(driver, lambda d: polls(d) >= failed_at + 2)  # two more failed polls (after 1 s and 2 s)
+    server.clear_faults()
+    wait(driver, lambda d: not bar(d)["unavailable"], timeout=20)
+    assert bar(driver)["status"] == "Running"
+    assert announced(driver) == ["Progress is unavailable right now; retrying…", "Running"]
+
+
+# -- a right-to-left page --------------------------------------------------------------------------------
+# The bar on a right-to-left page (Arabic, Hebrew, Persian): it fills from the right, and the indeterminate block
+# sweeps across the whole track, from where the bar starts (the right) to where it ends.
+
+#: The sweeping block's left and right edges over one cycle (1.4 s) and a bit, as fractions of the track.
+SAMPLE_SWEEP = """
+var done = arguments[arguments.length - 1];
+var track = document.querySelector(".taskbadger-progress__track");
+var fill = document.querySelector(".taskbadger-progress__fill");
+var frames = [], until = performance.now() + 1600;
+(function frame(now) {
+  var t = track.getBoundingClientRect(), f = fill.getBoundingClientRect();
+  frames.push([(f.left - t.left) / t.width, (f.right - t.left) / t.width]);
+  if (now < until) { requestAnimationFrame(frame); } else { done(frames); }
+})(performance.now());
+"""
+
+
+def test_a_right_to_left_page(server, driver, live_server):
+    """In RTL the block started at 40 % of the track and swept rightwards out of it: the left 40 % of the track
+    (where an RTL bar ends) never showed it, and it moved against the reading direction."""
+    queued = taskbadger.create_task("تصدير الصفوف", status="pending")
+    running = taskbadger.create_task("تصدير الصفوف", status="processing", value=25)
+    open_bar(driver, live_server, queued.id, running.id)
+    driver.execute_script("document.documentElement.dir = 'rtl'")
+    wait(driver, lambda d: bar(d)["state"] == "indeterminate" and drawn_at(d, 25, 1))
+    running_fill = driver.execute_script("""
+        var els = document.querySelectorAll(".taskbadger-progress__track");
+        var t = els[1].getBoundingClientRect(), f = els[1].firstElementChild.getBoundingClientRect();
+        return [t.right - f.right, f.left - t.left];""")
+    assert abs(running_fill[0]) <= 1 and running_fill[1] > 0  # a determinate RTL bar fills from the right
+    frames = driver.execute_async_script(SAMPLE_SWEEP)
+    assert min(left for left, _ in frames) <= 0.05, frames  # it reaches the left end of the track...
+    assert max(right for _, right in frames) >= 0.95, frames  # ...and the right one
+    steps = [b[0] - a[0] for a, b in zip(frames, frames[1:], strict=False) if abs(b[0] - a[0]) < 0.5]
+    leftwards = sum(1 for s in steps if s < 0)
+    assert leftwards > 0.8 * len([s for s in steps if s != 0]), steps  # it moves as an RTL reader reads
