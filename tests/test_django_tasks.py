@@ -17,12 +17,17 @@ from .djt import Project
 from .services import postgres_database, postgres_url, require
 
 NAME = "tests.django_tasks_project.tasks."
-BACKENDS = ["sqlite", "postgresql", "rq"]
+#: The RQ backend runs the same tests from test_django_tasks_rq.py: a module of its own, so that the test run's
+#: parallel workers (one module each) take it beside the database backends'.
+BACKENDS = ["sqlite", "postgresql"]
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
 def project(request, taskbadger_server_session):
-    backend = request.param
+    yield from backend_project(request.param, taskbadger_server_session)
+
+
+def backend_project(backend, taskbadger_server_session):
     if backend == "postgresql":
         with postgres_database("taskbadger_djt") as database:
             yield from _project(taskbadger_server_session, "db", postgres_url(database))
