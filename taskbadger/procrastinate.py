@@ -445,8 +445,9 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
     run = Run(str(job.id), meta)
     # A later attempt may follow one that ended the task in ``error``: a failed job put back in its queue by hand
     # (``retry_job_by_id``: the Django admin's Retry, the shell's ``retry``). That exception leaves the task's data,
-    # or the run that succeeds shows it. (A retry the worker decided kept none: nothing to drop, at no extra cost,
-    # the success after a retry reads the task anyway to complete its progress.)
+    # or the run that succeeds shows it. (A retry the worker decided kept none: nothing to drop. The drop is
+    # resolved against the task on the server: one GET when this attempt's 'processing' is sent on its own; none
+    # when it merges with the attempt's success, which reads the task anyway to complete its progress.)
     lifecycle.start(run, first_attempt=job.attempts == 0, after_error=job.attempts > 0)
     return run
 
