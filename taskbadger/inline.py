@@ -33,7 +33,7 @@ from .delivery import merge, sender
 from .delivery.breaker import publish_breaker
 from .delivery.sender import RETRY_HORIZON
 from .exceptions import CreateSkipped, RateLimited, ServerError, TaskbadgerException, TransportError
-from .models import TERMINAL_STATUSES, StatusEnum, format_datetime
+from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime
 from .task import Task, create
 
 log = logging.getLogger("taskbadger")
@@ -129,6 +129,28 @@ def find(external_id: str, open_only: bool = False, name: str | None = None) -> 
     usable = model is not None and (model.status not in TERMINAL_STATUSES if open_only else
                                     model.status == StatusEnum.PENDING)
     return Found(Task(model) if usable and model is not None else None, asked=True)
+
+
+def fetch(task_id: str) -> TaskModel | None:
+    """The task's fields as the API has them, within the publish budget, through the breaker (a job's body
+    waits for it): None when the API is failing or did not answer in time (asked again at the next call)."""
+    config = get_config()
+    breaker = publish_breaker()
+    call = breaker.begin(creates=False) if config is not None else None
+    if config is None or call is None:
+        return None
+    try:
+        model = endpoints.get(task_id, http.Deadline(config.publish_budget, config.timeout[0]))
+    except (TransportError, ServerError, RateLimited) as err:
+        breaker.end(call, err)
+        log.warning("Task Badger: could not fetch task %s now: %s", short(task_id), err)
+        return None
+    except TaskbadgerException as err:  # refused (4xx): the API answered
+        breaker.end(call)
+        log.warning("Task Badger: could not fetch task %s: %s", short(task_id), err)
+        return None
+    breaker.end(call)
+    return model
 
 
 @dataclass(frozen=True)

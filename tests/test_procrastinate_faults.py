@@ -91,12 +91,15 @@ def test_defer_keeps_its_budget_and_the_jobs_run_as_untracked(api, app, dsn, wor
         raise AssertionError(f"left open: {open_tasks()}") from None
 
 
-@pytest.mark.parametrize("mode", ["hang", "503", "404"])
+@pytest.mark.parametrize("mode", ["hang", "hang GET", "503", "404"])
 def test_progress_from_a_jobs_body_never_fails_or_holds_up_the_job(api, app, worker, mode, tmp_path):  # noqa: F811
-    """``tb.update()`` in a loop while the API misbehaves with updates: the job succeeds, held up by a few
-    budgets at most; once the API behaves, its task ends ``success`` with the progress it reported."""
+    """``tb.update()`` in a loop while the API misbehaves with updates (or with the read of the task's data that
+    ``current_task()`` makes: it waited the whole request timeout): the job succeeds, held up by a few budgets at
+    most; once the API behaves, its task ends ``success`` with the progress it reported."""
     if mode == "hang":
         api.hang(method="PATCH")
+    elif mode == "hang GET":
+        api.hang(method="GET")
     else:
         api.fail(int(mode), method="PATCH")
     out = tmp_path / "body.json"
@@ -109,3 +112,24 @@ def test_progress_from_a_jobs_body_never_fails_or_holds_up_the_job(api, app, wor
     if mode != "404":
         api.wait_for(lambda: next((t for t in api.tasks.values() if t["external_id"] == str(job_id)
                                    and t["status"] == "success" and t["value"] == 12), None), timeout=20)
+
+
+def test_an_async_jobs_body_never_waits_for_the_api_on_the_workers_event_loop(api, app, worker, tmp_path):  # noqa: F811
+    """``current_task()`` and ``tb.update()`` in an ``async def`` job while the API hangs: they return at once, and
+    the other jobs on the worker's event loop are not held up (``current_task()`` fetched the task's data on the
+    loop, stalling every job of the worker for the whole request timeout). Its merge into the task's data is made
+    against the task's data once the API answers."""
+    api.hang(method="GET")
+    q, out, started = worker.queue, tmp_path / "body.json", tmp_path / "watch-started"
+    watch_id = tasks.loop_watch.configure(queue=q).defer(started=str(started), until=str(out))
+    job_id = tasks.async_progress.configure(queue=q).defer(path=str(out), after=str(started))
+    assert wait_job(app, job_id, timeout=30).status == "succeeded"
+    assert wait_job(app, watch_id, timeout=30).status == "succeeded"
+    body = json.loads(out.read_text())
+    worst = json.loads((tmp_path / "body.json.watch").read_text())["worst"]
+    assert body["tracked"] and body["took"] <= SLACK, body
+    assert worst <= SLACK, worst
+    api.clear_faults()
+    api.wait_for(lambda: next((t for t in api.tasks.values() if t["external_id"] == str(job_id)
+                               and t["status"] == "success" and t["value"] == 2
+                               and t["data"] == {"origin": "deferred", "seen": "async"}), None), timeout=20)

@@ -35,12 +35,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import context_providers
-from .._runtime import log_throttled, short
+from .._runtime import log_throttled, on_an_event_loop, short
 from ..config import get_config
 from ..context_providers import error_context
 from ..delivery import merge, sender
 from ..delivery.heartbeat import get_heartbeat
-from ..inline import Created, create_inline, find, settle_later
+from ..inline import Created, create_inline, fetch, find, settle_later
 from ..models import (
     EXCEPTION_KEYS,
     TERMINAL_STATUSES,
@@ -181,7 +181,7 @@ class Run:
     def __init__(self, external_id: str | None, meta: Meta) -> None:
         self.external_id = external_id
         self.meta = meta
-        self._task: Task | None = None
+        self._task: RunTask | None = None
         self._status: StatusEnum | str = meta.task.get("status") or StatusEnum.PENDING
         self._tokens: tuple[Any, Any, Any] | None = None  # scope, current run, context providers (while entered)
         self.finished = False
@@ -206,6 +206,7 @@ class Run:
         if self._task is None:
             self._task = RunTask(TaskModel.from_dict(self.meta.task))
             self._task._task.status = self._status
+        self._task.data_known = self.data_known
         return self._task
 
     @property
@@ -250,13 +251,15 @@ class Run:
         return status in TERMINAL_STATUSES
 
     def current_task(self) -> Task:
-        """The run's ``taskbadger.Task`` for the job's body: its data fetched once if it was too large to carry."""
-        if not self.data_known:
-            try:
-                self.task._task = Task.get(self.id)._task
+        """The run's ``taskbadger.Task`` for the job's body: its data fetched once if it was not carried (as a
+        body's update: within the publish budget, through the breaker). Not on an event loop (a coroutine's body):
+        the request would stall the loop's other coroutines. While the data is unknown, the body's merges into it
+        are made when they are sent (``RunTask.data_known``)."""
+        if not self.data_known and not on_an_event_loop():
+            model = fetch(self.id)  # within the publish budget, not while the API is failing (asked again later)
+            if model is not None:
+                self.task._task = model
                 self.meta.task["data_omitted"] = False
-            except Exception as err:
-                log.warning("Task Badger: could not fetch task %s: %s", short(self.id), err)
         return self.task
 
 

@@ -15,6 +15,7 @@ and not shown, so the run's automatic final state still goes out. A warning says
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from .._runtime import log_throttled, on_an_event_loop, short
@@ -36,6 +37,17 @@ WARN_INTERVAL = 60.0
 class RunTask(Task):
     """``taskbadger.Task`` for a running job's body: ``update`` and every method built on it never raise
     an API or delivery error into the job, and never wait longer than the publish budget."""
+
+    #: False while the task's data is not known here (not carried, and not fetched on an event loop): a merge
+    #: into it is then made against the task's data when the update is sent, not against nothing.
+    data_known = True
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        data = kwargs.get("data")
+        if (not self.data_known and kwargs.get("data_merge_strategy") == "default" and isinstance(data, Mapping)
+                and data):
+            kwargs.update(data=None, data_merge_strategy=None, merge_data=dict(data))
+        super().update(*args, **kwargs)
 
     def _send(self, fields: dict[str, Any], deadline: Deadline | None = None) -> None:
         fields = self._checked(fields)

@@ -118,6 +118,42 @@ def progress_loop(path: str, steps: int) -> None:
         json.dump({"took": time.monotonic() - started, "shown": tb.value}, out)
 
 
+async def _appears(path: str, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+
+
+@track(data={"origin": "deferred"})
+@app.task(name="async_progress")
+async def async_progress(path: str, after: str) -> None:
+    """An async body, once ``loop_watch`` runs beside it: ``current_task()`` and a progress update that merges
+    into the task's data, timed (neither may wait on the worker's event loop)."""
+    await _appears(after)
+    started = time.monotonic()
+    tb = current_task()
+    asked = time.monotonic() - started
+    if tb is not None:
+        tb.update(value=1, value_max=2, data={"seen": "async"}, data_merge_strategy="default")
+    with open(path, "w") as out:
+        json.dump({"asked": asked, "tracked": tb is not None, "took": time.monotonic() - started}, out)
+
+
+@app.task(name="loop_watch")
+async def loop_watch(started: str, until: str) -> float:
+    """Runs on the worker's event loop until ``until`` exists; writes ``started`` first, then the longest the
+    loop kept it waiting (in ``until`` + ".watch")."""
+    open(started, "w").close()
+    worst, deadline = 0.0, time.monotonic() + 30
+    while not os.path.exists(until) and time.monotonic() < deadline:
+        before = time.monotonic()
+        await asyncio.sleep(0.01)
+        worst = max(worst, time.monotonic() - before)
+    with open(until + ".watch", "w") as out:
+        json.dump({"worst": worst}, out)
+    return worst
+
+
 @track(name="manual report", value_max=10, tags={"env": "test"}, data={"k": "v"}, record_task_args=True)
 @app.task(name="manual")
 def manual(value: str) -> str:
