@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import contextvars
 import copy
+import logging
 import threading
+from collections.abc import Mapping
 from typing import Any
+
+from ._runtime import log_throttled
+from .models import MAX_TAG_LENGTH, MIN_TAG_LENGTH, tag_map_problem
+
+#: At most one warning per tag name this often about scope tags the API would refuse.
+TAG_WARN_INTERVAL = 300.0
 
 
 class _ScopeState:
@@ -76,7 +84,21 @@ class Scope:
         self.context.update(data)
 
     def tag(self, tags: dict[str, str]) -> None:
-        self.tags.update(tags)
+        """Add ``tags`` to every task created in this scope. A tag the API would refuse (not a string of
+        ``MIN_TAG_LENGTH`` to ``MAX_TAG_LENGTH`` characters: a user id ``"7"``) is left out with a warning: sent, it
+        would make the API refuse the whole create, and the task would run untracked."""
+        if not isinstance(tags, Mapping):
+            log_throttled("scope-tags", TAG_WARN_INTERVAL, logging.WARNING, "Task Badger: scope.tag() takes a dict "
+                          "of tag names to strings, not %s; nothing was tagged", type(tags).__name__)
+            return
+        for name, value in tags.items():
+            problem = tag_map_problem({name: value})
+            if problem is None:
+                self.tags[name] = value
+            else:
+                log_throttled(f"scope-tag:{name!r}", TAG_WARN_INTERVAL, logging.WARNING,
+                              "Task Badger: scope tag left out (%s): the API takes tags of %d to %d characters; "
+                              "tasks are created without it", problem, MIN_TAG_LENGTH, MAX_TAG_LENGTH)
 
     def clear(self) -> None:
         """Forget this scope's data and tags."""

@@ -265,3 +265,12 @@ def test_a_forked_child_opens_its_own_connection(taskbadger_server):
     taskbadger.create_task("parent-after")
     conns = [r.connection_id for r in taskbadger_server.requests]
     assert conns[0] == conns[2] != conns[1]
+
+
+def test_scope_tags_the_api_would_refuse_are_left_out_of_the_create(taskbadger_server, tb_log):
+    with taskbadger.current_scope() as scope:
+        scope.tag({"user": "7", "region": "eu", "": "no-name"})
+        scope.tag(["not", "a", "dict"])  # type: ignore[arg-type]
+        task = taskbadger.create_task("x")
+    assert task.tags == {"region": "eu"}
+    assert len([r for r in tb_log.records if r.levelno == logging.WARNING]) == 3

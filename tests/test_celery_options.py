@@ -181,3 +181,21 @@ def test_a_countdown_on_rabbitmqs_native_delayed_delivery_names_the_queue(taskba
     assert published[0]["routing_key"].endswith(".1.1.1.1.0.reports") and published[0].get("queue") is None
     task = taskbadger_server.get_task(result.taskbadger_task_id)
     assert (task["status"], task["queue"]) == ("pending", "reports")
+
+
+def test_a_scope_tag_the_api_refuses_is_left_out_and_the_task_still_tracked(taskbadger_server, memory_app, tb_log):
+    # A one-character value (a user id "7") made the API refuse the whole create: the task ran untracked, silently.
+    from taskbadger.celery import Task
+
+    @memory_app.task(shared=False, base=Task, name="reports.tagged")
+    def tagged():
+        return None
+
+    with taskbadger.current_scope() as scope:
+        scope.tag({"user": "7", "team": "billing", "count": 42})
+        result = tagged.delay()
+    task = taskbadger_server.get_task(result.taskbadger_task_id)
+    assert (task["status"], task["tags"]) == ("pending", {"team": "billing"})
+    warned = [r.getMessage() for r in tb_log.records if r.levelno == logging.WARNING]
+    assert any("'user'" in line and "left out" in line for line in warned), warned
+    assert any("'count'" in line and "int" in line for line in warned), warned
