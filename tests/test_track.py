@@ -135,6 +135,23 @@ def test_a_final_state_set_in_the_body_is_not_overwritten(taskbadger_server):
     assert taskbadger_server.get_task(task["id"])["status"] == "cancelled"
 
 
+def test_a_progress_value_the_api_would_refuse_is_named_in_the_warning(taskbadger_server, tb_log):
+    # The warning said "has an invalid value (None)" whatever the body passed: the checked value, not the given one.
+    @track(name="bad progress")
+    def job():
+        tb = taskbadger.current_task()
+        tb.update(value=-5, value_max=10)
+        tb.update(value_max=2.5)
+
+    job()
+    [task] = final(taskbadger_server)
+    assert (task["value"], task["value_max"]) == (None, 10)
+    warnings = [r.getMessage() for r in tb_log.records if "from the job's body has an invalid" in r.getMessage()]
+    assert len(warnings) == 2
+    assert "invalid value (-5; expected an integer >= 0)" in warnings[0]
+    assert "invalid value_max (2.5; expected an integer >= 0)" in warnings[1]
+
+
 @pytest.mark.filterwarnings("ignore:.*actions.*:DeprecationWarning")
 def test_an_action_that_is_not_one_is_refused_where_the_decorator_is_written(taskbadger_server):
     # it raised at every call instead, before the function ran, even with Task Badger not configured

@@ -95,23 +95,24 @@ class RunTask(Task):
         the run's final state included, merge into it: one value the API refuses would lose them all."""
         checked: dict[str, Any] = {}
         for key, value in fields.items():
-            ok = True
+            ok, use = True, value
             if key == "status":
                 try:
                     StatusEnum.coerce(value)
                 except ValueError:
                     ok = False
             elif key in OPTIONS:
-                ok, value = check_option(key, value)
+                ok, use = check_option(key, value)
             elif key in ("queue", "external_id"):
                 ok = isinstance(value, str) and len(value) <= MAX_NAME_LENGTH
             if ok:
-                checked[key] = value
+                checked[key] = use
             else:
+                expected = f"; expected {OPTIONS[key][1]}" if key in OPTIONS else ""
                 log_throttled(f"body-update-invalid:{self._task.id}:{key[:40]}", WARN_INTERVAL, logging.WARNING,
-                              "Task Badger: an update of task %s from the job's body has an invalid %s (%s): it is "
-                              "left out, and the job goes on", short(self._task.id), short(key, 40)[1:-1],
-                              short(value, 80))
+                              "Task Badger: an update of task %s from the job's body has an invalid %s (%s%s): it "
+                              "is left out, and the job goes on", short(self._task.id), short(key, 40)[1:-1],
+                              short(value, 80), expected)
         return checked
 
     def _show(self, fields: dict[str, Any]) -> None:
