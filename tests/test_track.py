@@ -1,6 +1,8 @@
 """@track for plain functions."""
 
 import asyncio
+import datetime
+import decimal
 
 import pytest
 
@@ -150,6 +152,20 @@ def test_a_progress_value_the_api_would_refuse_is_named_in_the_warning(taskbadge
     assert len(warnings) == 2
     assert "invalid value (-5; expected an integer >= 0)" in warnings[0]
     assert "invalid value_max (2.5; expected an integer >= 0)" in warnings[1]
+
+
+def test_data_json_cannot_encode_is_stored_as_its_repr_with_a_warning(taskbadger_server, tb_log):
+    # It was converted silently: the dashboard showed "Decimal('1.5')" and no log line said why.
+    @track(name="odd data")
+    def job():
+        taskbadger.current_task().update(data={"when": datetime.date(2026, 1, 2), "amount": decimal.Decimal("1.5"),
+                                               "ids": {7}, "rows": 3})
+
+    job()
+    [task] = final(taskbadger_server)
+    assert task["data"] == {"when": "datetime.date(2026, 1, 2)", "amount": "Decimal('1.5')", "ids": "{7}", "rows": 3}
+    [warning] = [r.getMessage() for r in tb_log.records if "JSON cannot encode" in r.getMessage()]
+    assert "stored as their repr; convert them to strings, numbers, lists or dicts" in warning
 
 
 @pytest.mark.filterwarnings("ignore:.*actions.*:DeprecationWarning")

@@ -24,7 +24,7 @@ from ..delivery import sender
 from ..delivery.breaker import publish_breaker
 from ..exceptions import RateLimited, ServerError, TransportError
 from ..http import Deadline
-from ..models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum
+from ..models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum, is_json
 from ..task import Task
 from .options import OPTIONS, check_option
 
@@ -102,6 +102,11 @@ class RunTask(Task):
                 except ValueError:
                     ok = False
             elif key in OPTIONS:
+                if key == "data" and isinstance(value, Mapping) and not is_json(value):
+                    log_throttled(f"body-update-repr:{self._task.id}", WARN_INTERVAL, logging.WARNING,
+                                  "Task Badger: the data of an update of task %s from the job's body has values JSON "
+                                  "cannot encode (sets, dates, decimals, objects): they were stored as their repr; "
+                                  "convert them to strings, numbers, lists or dicts", short(self._task.id))
                 ok, use = check_option(key, value)
             elif key in ("queue", "external_id"):
                 ok = isinstance(value, str) and len(value) <= MAX_NAME_LENGTH
