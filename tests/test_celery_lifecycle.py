@@ -1,5 +1,8 @@
 """The lifecycle of a tracked Celery task, with real workers, on every pool."""
 
+import os
+import pathlib
+
 import pytest
 
 from .celery_project import app as tasks
@@ -87,3 +90,16 @@ def test_the_worker_says_at_start_where_it_tracks(solo_worker, taskbadger_server
     lines = [line for line in solo_worker.log().splitlines() if "INFO/MainProcess] Task Badger: tracking" in line]
     assert len(lines) == 1, solo_worker.log()[-3000:]
     assert lines[0].endswith(f"tasks using taskbadger.celery.Task in acme/demo at {taskbadger_server_session.url}")
+
+
+@pytest.mark.parametrize("status", [None, "processing"])
+def test_an_update_after_the_end_does_not_change_the_outcome(taskbadger_server, prefork_worker, status):
+    # A thread the body started updates the task after the run ended: the run's success and its progress stand.
+    result = prefork_worker.send(tasks.update_after_the_end, status)
+    path = pathlib.Path(os.environ["TB_RESULTS_DIR"]) / result.id
+    taskbadger_server.wait_for(path.exists, timeout=30)  # the thread's update has returned
+    task = taskbadger_server.wait_for(lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id))
+                                      and t["end_time"] and t)
+    assert (task["status"], task["value"], task["value_max"]) == ("success", 100, 100)
+    for_task = [r.json for r in taskbadger_server.requests if r.path.endswith(f"/{result.taskbadger_task_id}/")]
+    assert not [body for body in for_task if body.get("value") == 57]

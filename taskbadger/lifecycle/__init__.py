@@ -316,11 +316,19 @@ def enter(run: Run) -> None:
         run.heartbeat = True
 
 
+def _end_body_updates(run: Run) -> None:
+    """The run's outcome is being recorded: from now on, the body's object (a thread the job started that
+    outlived it) no longer changes the task (``body.RunTask``)."""
+    if isinstance(run._task, RunTask):
+        run._task._ended = True
+
+
 def leave(run: Run) -> None:
     """The run's body is over (whatever its outcome): undo ``enter``, in the same context. Idempotent."""
     if run.heartbeat:
         get_heartbeat().stop(run.id)
         run.heartbeat = False
+    _end_body_updates(run)
     tokens, run._tokens = run._tokens, None
     if tokens is None:
         return
@@ -345,6 +353,7 @@ def _final(run: Run, status: StatusEnum, extra: Mapping[str, Any] | None = None)
     overwritten). Returns whether it was queued."""
     if run.finished or run.is_finished():
         return False
+    _end_body_updates(run)
     fields: dict[str, Any] = {"status": status.value, "end_time": now()}
     if status is StatusEnum.SUCCESS:
         fields.update(completed_progress(run.value, run.value_max))

@@ -49,7 +49,18 @@ class RunTask(Task):
             kwargs.update(data=None, data_merge_strategy=None, merge_data=dict(data))
         super().update(*args, **kwargs)
 
+    #: The run is over (its final state is queued, or ``lifecycle.leave``): an update from the body's object (a
+    #: thread the job started that outlived it) is dropped, as it would undo that outcome (``processing`` again
+    #: for good, or the progress of a finished task).
+    _ended = False
+
     def _send(self, fields: dict[str, Any], deadline: Deadline | None = None) -> None:
+        if self._ended:
+            log_throttled(f"body-update-late:{self._task.id}", WARN_INTERVAL, logging.WARNING,
+                          "Task Badger: an update of task %s came after its job ended and is dropped, as it would "
+                          "change the job's recorded outcome (a thread the job started outlived it: join it before "
+                          "the job returns)", short(self._task.id))
+            return
         fields = self._checked(fields)
         config = get_config()
         if config is None:  # tracking was switched off in this process meanwhile: nobody to send it to
