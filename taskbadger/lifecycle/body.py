@@ -15,6 +15,7 @@ and not shown, so the run's automatic final state still goes out. A warning says
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,12 @@ log = logging.getLogger("taskbadger")
 
 #: At most one warning line per this many seconds per task: a body reports progress in a loop.
 WARN_INTERVAL = 60.0
+
+#: A progress update (``value``, ``value_max``) within this many seconds of the last one the object sent itself is
+#: queued for the senders, merged with the ones after it, and shown on the object: a body that reports progress in a
+#: tight loop waits for the API at most once per interval, and the API gets a bounded number of requests.
+PROGRESS_INTERVAL = 1.0
+_PROGRESS_FIELDS = frozenset({"value", "value_max"})
 
 
 class RunTask(Task):
@@ -53,6 +60,8 @@ class RunTask(Task):
     #: thread the job started that outlived it) is dropped, as it would undo that outcome (``processing`` again
     #: for good, or the progress of a finished task).
     _ended = False
+    #: When this object last sent an update itself (``time.monotonic()``).
+    _sent_at = float("-inf")
 
     def _send(self, fields: dict[str, Any], deadline: Deadline | None = None) -> None:
         if self._ended:
@@ -64,6 +73,9 @@ class RunTask(Task):
         fields = self._checked(fields)
         config = get_config()
         if config is None:  # tracking was switched off in this process meanwhile: nobody to send it to
+            return
+        if fields and fields.keys() <= _PROGRESS_FIELDS and time.monotonic() - self._sent_at < PROGRESS_INTERVAL:
+            self._to_senders(fields)  # progress in a loop: one request per interval, not one per call
             return
         if on_an_event_loop():
             # A coroutine's body (an async Procrastinate or django.tasks task, @track on async def): a request made
@@ -88,6 +100,7 @@ class RunTask(Task):
                           "(%s); the job goes on", short(self._task.id), err)
         else:
             breaker.end(call)
+            self._sent_at = time.monotonic()
 
     def _to_senders(self, fields: dict[str, Any]) -> None:
         """Queue the update for the senders, and show it on this object (the API will have it)."""
