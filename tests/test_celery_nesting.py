@@ -75,6 +75,15 @@ def test_a_chords_body_follows_its_header(taskbadger_server, backend_worker):
                                                                                 NAME + "record_me": None}
 
 
+def test_a_chords_errback_follows_the_header_task_that_failed(taskbadger_server, backend_worker):
+    """A header task that fails publishes the errback of the chord's body after it ended: not its child."""
+    backend_worker.send(tasks.start_failing_chord)
+    errback = taskbadger_server.wait_for_task(name=NAME + "on_error", status="success", timeout=20)
+    failed = taskbadger_server.wait_for_task(name=NAME + "fail", status="error")
+    assert (errback["parent"], failed["parent"]) == (None, None)
+    assert not taskbadger_server.tasks_named(NAME + "record_me")  # the body never ran
+
+
 def test_an_errback_follows_the_task_that_failed(taskbadger_server, prefork_worker):
     q = prefork_worker.queue
     tasks.fail.apply_async(("broken",), queue=q, link_error=tasks.on_error.s().set(queue=q))

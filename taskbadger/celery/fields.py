@@ -63,15 +63,29 @@ _NONE: frozenset[str] = frozenset()
 def successor_names(request: Any) -> frozenset[str]:
     """Names of the tasks Celery will publish after this one ends: its chain's next link (a group or chord
     there: their tasks), its ``link`` callbacks and old-style ``link_error`` errbacks, and the body of the chord
-    it is a header task of (the last one to finish publishes it)."""
+    it is a header task of (the last one to finish publishes it; a header task that fails, the body's errbacks)."""
     chain, callbacks = getattr(request, "chain", None), getattr(request, "callbacks", None)
     errbacks, chord = getattr(request, "errbacks", None), getattr(request, "chord", None)
     if not chain and not callbacks and not errbacks and not chord:
         return _NONE
     names: set[str] = set()
-    for signature in [*(chain or ()), *(callbacks or ()), *(errbacks or ()), chord]:
+    for signature in [*(chain or ()), *(callbacks or ()), *(errbacks or ()), chord, *_chord_errbacks(chord)]:
         _collect_names(signature, names, 0)
     return frozenset(names)
+
+
+def _chord_errbacks(body: Any, depth: int = 0) -> list[Any]:
+    """The ``link_error`` errbacks of a chord's body (of each task of a group body): Celery publishes them from
+    the header task whose failure fails the chord."""
+    if body is None or depth > 1:
+        return []
+    get = body.get if isinstance(body, dict) else lambda key, default=None: getattr(body, key, default)
+    options, kwargs = get("options"), get("kwargs")
+    found = list((options.get("link_error") if isinstance(options, dict) else None) or ())
+    tasks = kwargs.get("tasks") if get("task") == "celery.group" and isinstance(kwargs, dict) else None
+    for task in tasks if isinstance(tasks, (list, tuple)) else ():
+        found.extend(_chord_errbacks(task, depth + 1))
+    return found
 
 
 #: How deep canvas signatures nested in one another are looked into (their message is bounded anyway).

@@ -201,6 +201,15 @@ def start_chord(self):
     chord([add.s(1, 1).set(queue=queue), add.s(2, 2).set(queue=queue)])(record_me.s().set(queue=queue))
 
 
+@shared_task(bind=True)
+def start_failing_chord(self):
+    """Untracked: publishes a chord whose second header task fails, with an old-style errback on its body (the
+    header task that fails publishes it, in the worker that has the result backend)."""
+    queue = _same_queue(self.request)
+    body = record_me.s().set(queue=queue).on_error(on_error.si("chord failed").set(queue=queue))
+    chord([add.s(1, 1).set(queue=queue), fail.si("header broke").set(queue=queue)])(body)
+
+
 @app.task(bind=True, base=Task)
 def replace_with(self, shape):
     """Replaces itself (``self.replace``) with one task, a chain or a group, on this worker's queue."""
