@@ -50,6 +50,17 @@ def test_chain_successors_and_link_callbacks_are_not_nested(taskbadger_server, p
     assert all(t["parent"] is None for t in taskbadger_server.tasks.values())
 
 
+def test_a_link_publishing_the_task_chained_after_it_keeps_its_children(taskbadger_server, prefork_worker):
+    """The next link is the task the body published too: those are still the body's children, the link is not."""
+    q = prefork_worker.queue
+    result = chain(tasks.spawn_children.si(2).set(queue=q), tasks.add.si(5, 5).set(queue=q)).apply_async()
+    done(taskbadger_server, 5)
+    [root] = taskbadger_server.tasks_named(NAME + "spawn_children")
+    parents = {t["external_id"]: t["parent"] for t in taskbadger_server.tasks_named(NAME + "add")}
+    assert parents.pop(result.id) is None  # the chain's next link
+    assert sorted(parents.values(), key=str) == sorted([root["id"], root["id"], None], key=str)
+
+
 def test_a_chain_published_inside_a_task_is_its_children(taskbadger_server, prefork_worker):
     """The second link is published by the first one's worker: it followed the first link, with no parent."""
     root = prefork_worker.send(tasks.spawn_chain)

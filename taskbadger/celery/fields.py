@@ -54,16 +54,19 @@ def create_fields(name: str, options: dict[str, Any], system: Any, celery_id: st
     """The create body of a task (see ``lifecycle.create_fields``). ``name`` is the Celery task's (the
     integration's rules apply to it); ``display_name`` the task's name when it differs."""
     return lifecycle.create_fields(name, options, system, celery_id, queue, lambda: recorded_args(args, kwargs),
-                                   canvas_data, display_name, inherit_parent=not _is_workflow_successor(name))
+                                   canvas_data, display_name,
+                                   inherit_parent=not _is_workflow_successor(name, celery_id))
 
 
 _NONE: frozenset[str] = frozenset()
 
 
 def successor_names(request: Any) -> frozenset[str]:
-    """Names of the tasks Celery will publish after this one ends: its chain's next link (a group or chord
-    there: their tasks), its ``link`` callbacks and old-style ``link_error`` errbacks, and the body of the chord
-    it is a header task of (the last one to finish publishes it; a header task that fails, the body's errbacks)."""
+    """The tasks Celery will publish after this one ends: its chain's next link (a group or chord there: their
+    tasks), its ``link`` callbacks and old-style ``link_error`` errbacks, and the body of the chord it is a header
+    task of (the last one to finish publishes it; a header task that fails, the body's errbacks). By Celery id
+    where Celery gave them one already (a chain's links, a chord's body), so that the same task published from
+    the body is still its child; else by name."""
     chain, callbacks = getattr(request, "chain", None), getattr(request, "callbacks", None)
     errbacks, chord = getattr(request, "errbacks", None), getattr(request, "chord", None)
     if not chain and not callbacks and not errbacks and not chord:
@@ -93,13 +96,16 @@ _MAX_DEPTH = 8
 
 
 def _collect_names(signature: Any, names: set[str], depth: int) -> None:
-    """The task names of a signature, and of the tasks a group, chord or chain signature holds."""
+    """The Celery ids (else task names) of a signature, and of the tasks a group, chord or chain signature holds."""
     if signature is None or depth > _MAX_DEPTH:
         return
     get = signature.get if isinstance(signature, dict) else lambda key, default=None: getattr(
         signature, key, default)
-    name = get("task")
-    if isinstance(name, str) and name:
+    name, options = get("task"), get("options")
+    celery_id = options.get("task_id") if isinstance(options, dict) else None
+    if isinstance(celery_id, str) and celery_id:
+        names.add(celery_id)
+    elif isinstance(name, str) and name:
         names.add(name)
     kwargs = get("kwargs")
     if not isinstance(kwargs, dict) or not isinstance(name, str) or not name.startswith("celery."):
@@ -114,11 +120,12 @@ def _collect_names(signature: Any, names: set[str], depth: int) -> None:
     _collect_names(kwargs.get("body"), names, depth + 1)
 
 
-def _is_workflow_successor(name: str) -> bool:
+def _is_workflow_successor(name: str, celery_id: str | None) -> bool:
     """A chain's next task and ``link`` callbacks are published by the worker after the body
     returned: they follow the running task, they are not its children. The names are taken when the
     task starts, because some Celery versions pop the next link off ``request.chain`` before
     publishing it."""
     running = running_tracking()
     # once it replaced itself (``self.replace``), what it publishes is its replacement: its children
-    return running is not None and name in running.successors and not running.replaced
+    return running is not None and (name in running.successors or celery_id in running.successors) \
+        and not running.replaced
