@@ -693,6 +693,33 @@ def test_main_refuses_an_address_beyond_loopback(host: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_pytest_plugin_fixture_restores_the_configuration_it_found(tmp_path: Path) -> None:
+    """A project's own configuration (its settings, with the key in the environment) is back for the tests after
+    one that used ``taskbadger_server``: whether a test tracks does not depend on the order the tests run in."""
+    (tmp_path / "conftest.py").write_text(textwrap.dedent("""
+        import taskbadger
+
+        taskbadger.init(token="YWNtZS9kZW1vL2tleQ==", host="https://tb.example.com")
+    """))
+    (tmp_path / "test_inner.py").write_text(textwrap.dedent("""
+        from taskbadger import config
+
+        def test_stand_in(taskbadger_server):
+            assert config.get_config().host == taskbadger_server.url
+
+        def test_after():
+            assert config.get_config() is not None and config.get_config().host == "https://tb.example.com"
+    """))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "taskbadger.testing.plugin", "-p", "no:cacheprovider",
+         str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+
+
 def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
     (tmp_path / "conftest.py").write_text(textwrap.dedent("""
         import types
@@ -704,7 +731,8 @@ def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
         @pytest.fixture(autouse=True)
         def fake_sdk(monkeypatch):
             monkeypatch.setattr(taskbadger, "init", lambda **kw: calls.append(("init", kw)), raising=False)
-            config = types.SimpleNamespace(reset=lambda: calls.append(("reset", None)))
+            config = types.SimpleNamespace(get_config=lambda: "the project's",
+                                           set_config=lambda previous: calls.append(("set_config", previous)))
             monkeypatch.setattr(taskbadger, "config", config, raising=False)
             return calls
     """))
@@ -721,7 +749,7 @@ def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
         def test_after(taskbadger_server, taskbadger_server_session, fake_sdk):
             assert taskbadger_server is taskbadger_server_session
             assert taskbadger_server.faults == [] and taskbadger_server.requests == []
-            assert ("reset", None) in fake_sdk
+            assert ("set_config", "the project's") in fake_sdk  # restored, not left unconfigured
     """))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
     result = subprocess.run(

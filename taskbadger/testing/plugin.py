@@ -22,15 +22,21 @@ def taskbadger_server_session() -> Iterator[TaskBadgerServer]:
 
 @pytest.fixture
 def taskbadger_server(taskbadger_server_session: TaskBadgerServer) -> Iterator[TaskBadgerServer]:
-    """The session server, reset, with the SDK pointed at it for the duration of the test."""
+    """The session server, reset, with the SDK pointed at it for the duration of the test; then the SDK's
+    configuration is the one it had before (the project's, for the tests that follow)."""
     import taskbadger  # imported lazily: the plugin loads before the code under test
 
+    config = getattr(taskbadger, "config", None) or importlib.import_module("taskbadger.config")
     server = taskbadger_server_session
     server.reset()
+    previous = config.get_config()
     taskbadger.init(token=server.api_key, host=server.url)
     try:
         yield server
     finally:
-        config = getattr(taskbadger, "config", None) or importlib.import_module("taskbadger.config")
-        config.reset()
+        # What the test queued goes to the stand-in now (its faults cleared), not later to the host of the
+        # configuration restored, with its key.
+        server.clear_faults()
+        importlib.import_module("taskbadger.delivery.sender").flush(5.0)
+        config.set_config(previous)
         server.reset()
