@@ -357,8 +357,11 @@ def _final(run: Run, status: StatusEnum, extra: Mapping[str, Any] | None = None)
     fields: dict[str, Any] = {"status": status.value, "end_time": now()}
     if status is StatusEnum.SUCCESS:
         fields.update(completed_progress(run.value, run.value_max))
-        if run.progress_unknown and not (isinstance(run.value, int) and isinstance(run.value_max, int)):
-            fields[merge.COMPLETE_PROGRESS] = True  # what an earlier attempt reported is read at send time
+        known = isinstance(run.value, int) and isinstance(run.value_max, int)
+        # read at send time: what an earlier attempt reported, or the value_max of a task whose fields were not
+        # carried (a Procrastinate job's: fetched only by a body's current_task(), never on an event loop)
+        if (run.progress_unknown and not known) or (isinstance(run.value, int) and not known and not run.data_known):
+            fields[merge.COMPLETE_PROGRESS] = True
     if extra:
         fields.update(data_fields(run, extra))
     sender.submit(run.id, fields, final=True)
