@@ -4,7 +4,9 @@ Celery's prefork pool forks its children from a supervisor thread. A child inher
 objects as they were at that instant: its sockets (which two processes must never share), its
 queues (the parent's to send), and its locks, possibly held by a parent thread that does not exist
 in the child. So every piece of per-process state lives in a ``PerProcess`` or a ``ForkSafeLock``,
-and one hook, registered once, resets them all in a forked child.
+and one hook, registered once, resets them all in a forked child. A process forked without Python's fork
+hooks (uWSGI's workers by default: ``fork(2)`` after the app is loaded, no ``PyOS_AfterFork_Child``) is
+noticed by its new pid the first time it uses any of them, and reset then.
 """
 
 from __future__ import annotations
@@ -25,6 +27,15 @@ log = logging.getLogger("taskbadger")
 
 # Everything reset in a forked child. Weak: a test's short-lived object does not stay here forever.
 _after_fork: weakref.WeakSet[Any] = weakref.WeakSet()
+#: The process the per-process state belongs to.
+_pid = os.getpid()
+
+
+def _same_process() -> None:
+    """Reset the per-process state if this process was forked without Python's fork hooks running (``getpid`` is
+    a system call that keeps the GIL)."""
+    if os.getpid() != _pid:
+        _reset_after_fork()
 
 
 class PerProcess(Generic[T]):
@@ -37,6 +48,7 @@ class PerProcess(Generic[T]):
         _after_fork.add(self)
 
     def get(self) -> T:
+        _same_process()
         value = self._value
         if value is not None:
             return value
@@ -47,9 +59,11 @@ class PerProcess(Generic[T]):
 
     def current(self) -> T | None:
         """The value, if this process made one (never makes one)."""
+        _same_process()
         return self._value
 
     def replace(self, value: T | None) -> None:
+        _same_process()
         with self._lock:
             self._value = value
 
@@ -66,6 +80,7 @@ class ForkSafeLock:
         _after_fork.add(self)
 
     def __enter__(self) -> bool:
+        _same_process()
         return self._lock.__enter__()
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -110,6 +125,8 @@ class RecentIds:
 
 
 def _reset_after_fork() -> None:
+    global _pid
+    _pid = os.getpid()
     for item in list(_after_fork):
         item._forget()
 

@@ -2,6 +2,10 @@
 must not leave the child with a lock nobody will ever release."""
 
 import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -68,3 +72,42 @@ def test_child_forked_while_another_thread_holds_a_lock_does_not_hang(taskbadger
     finally:
         release.set()
         holder.join()
+
+
+#: A uWSGI master as it runs by default (the app loaded, then fork(2) without Python's after-fork hooks: no
+#: ``--py-call-uwsgi-fork-hooks``), in a process of its own so that its only other threads are the SDK's, idle, as
+#: in a master; ``ctypes.PyDLL(None).fork()`` keeps the GIL, as uWSGI does. The worker's exit status says whether
+#: its update went out.
+UWSGI_STYLE_MASTER = """
+import ctypes, os, sys
+import taskbadger
+from taskbadger.delivery import sender
+
+taskbadger.init(token=os.environ["KEY"], host=os.environ["HOST"])
+before = taskbadger.create_task("before the fork")
+sender.submit(before.id, {"value": 1})
+assert taskbadger.flush(5)  # the master's sender thread ran; its kept-alive connection is pooled
+in_worker = taskbadger.create_task("in the worker")
+pid = ctypes.PyDLL(None).fork()
+if pid == 0:
+    sender.submit(in_worker.id, {"status": "success"}, final=True)
+    os._exit(0 if taskbadger.flush(5) else 3)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_child_forked_without_pythons_fork_hooks_sends_its_own_updates(taskbadger_server):
+    """uWSGI's default: a worker forked from a master that already used delivery (it took the spool's updates when
+    the project started, or tracked a call) inherited the master's senders, dead in the worker, and its final
+    states stayed queued for as long as the worker lived."""
+    env = {**os.environ, "KEY": taskbadger_server.api_key, "HOST": taskbadger_server.url}
+    proc = subprocess.Popen([sys.executable, "-c", UWSGI_STYLE_MASTER], env=env, start_new_session=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the worker too
+        output, _ = proc.communicate()
+    assert proc.returncode == 0, f"the worker's update stayed queued (exit {proc.returncode}):\n{output}"
+    taskbadger_server.wait_for_task(name="in the worker", status="success", timeout=5)
