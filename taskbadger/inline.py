@@ -12,8 +12,9 @@ its publisher could not track, and by ``@track``.
   taking the task up if it is still ``pending``, creating it otherwise.
 * A create given up at its deadline may be carried out later. Its late answer is read in the
   background (``taskbadger.http.late``), and the task it names is closed as ``cancelled`` with
-  ``data["abandoned"]`` saying why, unless a worker has taken it up meanwhile: no task stays
-  ``pending`` for ever because its creator stopped waiting.
+  ``data["abandoned"]`` saying why, unless a worker has taken it up meanwhile (after ``LATE_CLOSE_GRACE``, for a
+  publish: so that a worker taking it up now is seen): no task stays ``pending`` for ever because its creator
+  stopped waiting.
 """
 
 from __future__ import annotations
@@ -293,6 +294,11 @@ def _log_untracked(name: str, where: str, err: Exception) -> None:
                   "Task Badger: " + _UNTRACKED.get(where, _UNTRACKED["call"]), short(name), err)
 
 
+#: How long after a publish's late answer the task it names is closed if still ``pending``: time for a worker that
+#: took it up meanwhile to be seen (its first update sent) before the read that decides.
+LATE_CLOSE_GRACE = 30.0
+
+
 def _close_when_answered(config: Config, name: str, where: str) -> http.LateAnswer:
     """The callback for a create's late answer: close the task it names. A task created at publish is
     closed only if it is still ``pending``: a worker may have found it and taken it up. One created
@@ -312,7 +318,9 @@ def _close_when_answered(config: Config, name: str, where: str) -> http.LateAnsw
                                   "data": merge.with_data(task.data, {"abandoned": reason})}
         if where == "publish":
             fields[merge.ONLY_IF_PENDING] = True
-        sender.submit(task.id, fields, final=True)
+        # Not at once for a publish: its worker may be taking the task up right now (it looks it up when it starts),
+        # and a "still pending?" read made before its first update lands would cancel a task that is running.
+        sender.submit(task.id, fields, final=True, delay=LATE_CLOSE_GRACE if where == "publish" else None)
         log_throttled(f"late:{name[:200]}", 60.0, logging.INFO,
                       "Task Badger: task %s was created after its create was given up; it is closed as cancelled "
                       "unless a worker took it up", short(name))

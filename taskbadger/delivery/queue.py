@@ -77,11 +77,12 @@ class PendingQueue:
 
     # -- producers ----------------------------------------------------------------------------------
 
-    def submit(self, task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
-        """Queue ``fields`` for ``task_id``. Returns False if the update had to be dropped."""
+    def submit(self, task_id: str, fields: dict[str, Any], final: bool = False, delay: float | None = None) -> bool:
+        """Queue ``fields`` for ``task_id``, sent ``delay`` seconds from now at the earliest (by default the
+        merge window of its kind; a flush sends it at once). Returns False if the update had to be dropped."""
         with self.cond:
             self.counters["submitted"] += 1
-            ready_at = time.monotonic() + (FINAL_WINDOW if final else self.linger)
+            ready_at = time.monotonic() + (delay if delay is not None else FINAL_WINDOW if final else self.linger)
             if self._merge_into_queued(task_id, fields, ready_at, final):
                 self.counters["merged"] += 1
                 return True

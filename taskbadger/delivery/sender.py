@@ -66,12 +66,12 @@ class Sender:
         self._failures = 0  # consecutive rounds of failed requests: the backoff's exponent
         self._stats_logged: tuple[float, dict[str, int]] = (time.monotonic(), {})
 
-    def submit(self, task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
+    def submit(self, task_id: str, fields: dict[str, Any], final: bool = False, delay: float | None = None) -> bool:
         """Queue an update (see ``PendingQueue.submit``); starts the first thread on first use."""
         if not self.threads:
             with self.queue.cond:
                 self._ensure_started()
-        return self.queue.submit(task_id, fields, final)
+        return self.queue.submit(task_id, fields, final, delay)
 
     def stats(self) -> dict[str, int]:
         return self.queue.stats()
@@ -231,9 +231,10 @@ class Sender:
 _sender: PerProcess[Sender] = PerProcess(lambda: Sender(pending_updates()))
 
 
-def submit(task_id: str, fields: dict[str, Any], final: bool = False) -> bool:
-    """Queue an update for this process's senders. False if it had to be dropped (queue full)."""
-    return _sender.get().submit(task_id, fields, final)
+def submit(task_id: str, fields: dict[str, Any], final: bool = False, delay: float | None = None) -> bool:
+    """Queue an update for this process's senders (not sent before ``delay`` seconds from now, when given). False
+    if it had to be dropped (queue full)."""
+    return _sender.get().submit(task_id, fields, final, delay)
 
 
 def ensure_started() -> None:
