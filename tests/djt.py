@@ -62,8 +62,10 @@ class Project:
                           *(["--hold-until-started"] if hold_until_started else []), **env)
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
-    def result(self, result_id: str) -> dict[str, Any]:
-        return json.loads(self.manage("djt", "result", result_id).strip().splitlines()[-1])
+    def result(self, result_id: str, until: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
+        """The TaskResult as the backend reports it; with ``until``, once it has that status (or at ``timeout``)."""
+        wait = ["--until", until, "--timeout", str(timeout)] if until else []
+        return json.loads(self.manage("djt", "result", result_id, *wait, timeout=timeout + 60).strip().splitlines()[-1])
 
     def age(self, result_id: str, days: float) -> None:
         """``days`` pass for a task not due yet: its entry and its job's run_after are that much earlier."""

@@ -65,20 +65,18 @@ def wait_final(server, result_id, status, timeout=30.0):
         return tasks if tasks and tasks[0]["status"] == status else None
 
     try:
-        return server.wait_for(found, timeout=timeout)
+        tasks = server.wait_for(found, timeout=timeout)
     except AssertionError:
         raise AssertionError(f"task of {result_id} not {status}: {by_external_id(server, result_id)}") from None
+    assert len(tasks) == 1, (f"{len(tasks)} tasks for {result_id}: {tasks}\n" + "\n".join(
+        f"{r.method} {r.path} {r.json} -> {r.status}" for r in server.requests if r.method != "GET")[-6000:])
+    return tasks
 
 
 def wait_result(project, result_id, status, timeout=30.0):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = project.result(result_id)  # a process of its own: the poll is paced by its start-up
-        if result["status"] == status or time.monotonic() > deadline:
-            assert result["status"] == status, (result, project.log()[-3000:])
-            return result
+    result = project.result(result_id, until=status, timeout=timeout)  # polled in one process (a Django start each)
+    assert result["status"] == status, (result, project.log()[-3000:])
+    return result
 
 
 def test_enqueue_creates_one_pending_task_then_the_worker_ends_it(project, taskbadger_server):

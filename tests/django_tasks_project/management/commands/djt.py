@@ -2,8 +2,9 @@
 
 ``djt enqueue TASK [JSON_ARGS] [--count N] [--rollback]``: enqueue (on ``DJT_QUEUE``) and print one JSON line
 per task: its TaskResult id and how long ``enqueue()`` took; ``--rollback``: inside a ``transaction.atomic()``
-block that then rolls back.  ``djt result ID``: the TaskResult as the
-backend reports it.  ``djt rerun ID``: make the backend run the same TaskResult again.
+block that then rolls back.  ``djt result ID [--until STATUS --timeout S]``: the TaskResult as the
+backend reports it (once it has STATUS, or at the deadline: polled here, not by a process per poll).
+``djt rerun ID``: make the backend run the same TaskResult again.
 ``djt bench TASK [JSON_ARGS] --count N``: N enqueues, timed.
 ``djt channel PREFIX --count N``: the database channel's queries alone, timed.
 ``djt enqueue ... --run-after-days N``: due N days from now.  ``djt age ID DAYS``: DAYS pass for a task that is
@@ -39,12 +40,14 @@ class Command(BaseCommand):
         parser.add_argument("--run-after-days", type=float, default=None)
         parser.add_argument("--failing-hook", action="store_true",
                             help="inside a transaction that commits, after an on_commit hook that raises")
+        parser.add_argument("--until", default=None, help="result: wait (up to --timeout) for this status")
+        parser.add_argument("--timeout", type=float, default=30.0)
         parser.add_argument("--hold-until-started", action="store_true",
                             help="keep the transaction open until a worker has started the job (20 s at most)")
 
     def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, rollback: bool,
                failing_hook: bool, run_after_days: float | None = None, hold_until_started: bool = False,
-               **_: Any) -> None:
+               until: str | None = None, timeout: float = 30.0, **_: Any) -> None:
         if action == "enqueue":
             task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
             if run_after_days is not None:
@@ -95,7 +98,11 @@ class Command(BaseCommand):
             self.stdout.write(json.dumps({"count": count, "seconds": enqueue_side,
                                           "worker_seconds": time.perf_counter() - started}))
         elif action == "result":
+            deadline = time.monotonic() + timeout
             result = tasks.add.get_backend().get_result(target)
+            while until is not None and str(result.status) != until and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the backend for the job's status, under the deadline above
+                result = tasks.add.get_backend().get_result(target)
             out: dict[str, Any] = {"status": str(result.status), "worker_ids": list(result.worker_ids),
                                    "errors": [e.exception_class_path for e in result.errors]}
             if str(result.status) == "SUCCESSFUL":
