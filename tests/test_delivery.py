@@ -318,6 +318,29 @@ def test_past_the_cap_a_final_update_takes_the_place_of_a_progress_update_in_fli
     assert q.stats()["queued"] == 3
 
 
+def test_the_counters_add_up_while_a_batch_is_being_finished_and_when_it_is_spooled(taskbadger_server):
+    """The delivery line (``manage.py taskbadger check``, the log line every minute) read between a batch's outcome
+    being counted and the batch being finished counted its updates twice: sent, and still in flight (a CI run:
+    'submitted 5091' against 5095). An update given up while in flight, then answered, was counted dropped and
+    sent; spooled at exit, dropped and spooled."""
+    tasks = [taskbadger.create_task(f"t{i}") for i in range(3)]
+    s = Sender(PendingQueue(max_pending=3, linger=0), threads=1)
+    for task in tasks:
+        s.queue.submit(task.id, {"value": 1})
+    with s.queue.cond:
+        batch = s.queue.take_batch(3)
+        s.queue.failing = True
+    assert s.queue.submit(tasks[0].id, {"status": "success"}, final=True)  # takes the place of one in flight
+    outcomes = s._send(batch)  # the sender's step: sent, counted ...
+    assert outcomes == [sender.SENT] * 3
+    assert_counters_add_up(s.queue.stats())  # ... and the batch not finished yet
+    with s.queue.cond:
+        spooled = s.queue.take_all()  # the process ends now
+    assert [task_id for task_id, *_ in spooled] == [tasks[0].id]
+    assert_counters_add_up(s.queue.stats())
+    assert s.queue.stats()["spooled"] == 1  # the final update; not the ones whose answer was counted
+
+
 def test_past_the_cap_with_the_api_down_a_final_update_is_dropped_at_once_counted_and_logged(
         taskbadger_server, tb_log, monkeypatch):
     monkeypatch.setattr(queue, "BACKPRESSURE_TIMEOUT", 30)  # would show as a wait if it applied

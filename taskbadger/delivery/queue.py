@@ -53,6 +53,9 @@ class Entry:
     first_queued: float = field(default_factory=time.monotonic)
     attempts: int = 0
     horizon: float = 0.0  # retried until this long after first_queued; 0: the sender's retry horizon
+    #: in flight, and what became of it is counted already (sent or dropped; ``settle``) before its batch is
+    #: finished: no longer counted as in flight, never counted twice, never spooled
+    settled: bool = False
 
 
 Batch = list[tuple[str, Entry]]
@@ -231,7 +234,7 @@ class PendingQueue:
         sent from the spool only while the task has no final state)."""
         offset = time.time() - time.monotonic()
         taken = [(task_id, entry.fields, entry.final, entry.first_queued + offset)
-                 for task_id, (entry, _) in self._inflight.items()]
+                 for task_id, (entry, _) in self._inflight.items() if not entry.settled]
         taken += [(task_id, entry.fields, entry.final, entry.first_queued + offset)
                   for task_id, entry in self._pending.items()]
         self._inflight.clear()
@@ -248,8 +251,10 @@ class PendingQueue:
             entry.ready_at = 0.0
         self.cond.notify_all()
 
-    def drop(self, task_id: str, reason: str, final: bool) -> None:
-        self.counters["dropped"] += 1
+    def drop(self, task_id: str, reason: str, final: bool, counted: bool = False) -> None:
+        """An update is lost: counted (unless ``counted``: by ``settle``) and logged, at most one line per interval."""
+        if not counted:
+            self.counters["dropped"] += 1
         now = time.monotonic()
         # A lost final state is worth an error line, but an outage can drop hundreds a second:
         # one line per interval, each with the running count.
@@ -260,8 +265,18 @@ class PendingQueue:
 
     def stats(self) -> dict[str, int]:
         with self.cond:
-            in_flight = len(self._inflight) - len(self._evicted)
+            in_flight = sum(not entry.settled for entry, _ in self._inflight.values())
             return {**self.counters, "queued": len(self._pending), "in_flight": in_flight}
+
+    def settle(self, entries: list[Entry], counter: str) -> int:
+        """Count what became of in-flight ``entries`` (``counter``: sent, dropped or failed), each once, in the
+        same step that stops counting them as in flight, so that the counters always add up (``COUNTERS``).
+        Returns how many were counted now (an entry given up while in flight was counted then)."""
+        fresh = [entry for entry in entries if not entry.settled]
+        for entry in fresh:
+            entry.settled = True
+        self.counters[counter] += len(fresh)
+        return len(fresh)
 
     def note_spool_write_failed(self, count: int) -> None:
         """``count`` updates taken for the spool could not be written: they are lost, not spooled."""
@@ -303,6 +318,7 @@ class PendingQueue:
         for task_id, (entry, _) in self._inflight.items():
             if not entry.final and task_id not in self._evicted:
                 self._evicted.add(task_id)
+                entry.settled = True  # counted as dropped now, whatever its request's answer
                 self.drop(task_id, "the queue is full: a final update took its place", final=False)
                 return True
         if self.failing:

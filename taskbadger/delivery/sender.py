@@ -126,7 +126,7 @@ class Sender:
             log.exception("Task Badger: internal error while sending %d update(s)", len(batch))
             outcomes = [DROPPED] * len(batch)
             with queue.cond:
-                queue.counters["failed"] += len(batch)
+                queue.settle([entry for _, entry in batch], "failed")
         with queue.cond:
             queue.finish(batch, [outcome == RETRY for outcome in outcomes])
         self._log_stats()
@@ -156,14 +156,16 @@ class Sender:
         sent, retry or dropped."""
         config = get_config()
         if config is None:  # tracking was switched off (``taskbadger.config.reset()``): nobody to send them to
-            for task_id, _ in batch:
+            for task_id, entry in batch:
                 with self.queue.cond:
-                    self.queue.drop(task_id, "Task Badger is no longer configured in this process", final=True)
+                    if self.queue.settle([entry], "dropped"):
+                        self.queue.drop(task_id, "Task Badger is no longer configured in this process", final=True,
+                                        counted=True)
             return [DROPPED] * len(batch)
         deadline = Deadline.for_call(config.timeout)
         outcomes: list[str | None] = [None] * len(batch)
         ready: list[tuple[int, str, dict[str, Any]]] = []
-        done = 0  # delivered (or nothing left to say): counted once, under one lock, for the whole batch
+        done: list[Entry] = []  # delivered (or nothing left to say): counted once, under one lock, for the batch
         for i, (task_id, entry) in enumerate(batch):
             entry.attempts += 1
             try:
@@ -172,34 +174,36 @@ class Sender:
                 outcomes[i] = self._outcome(task_id, entry, problem)
                 continue
             if body is None:
-                outcomes[i], done = SENT, done + 1  # nothing left to say
+                outcomes[i] = SENT  # nothing left to say
+                done.append(entry)
             else:
                 ready.append((i, task_id, body))
         errors = endpoints.update_many([(task_id, body) for _, task_id, body in ready], deadline) if ready else []
         for (i, task_id, _), err in zip(ready, errors, strict=True):
             if err is None:
-                outcomes[i], done = SENT, done + 1
+                outcomes[i] = SENT
+                done.append(batch[i][1])
             else:
                 outcomes[i] = self._outcome(task_id, batch[i][1], err)
         if done:
             self._delivered(done)
         return outcomes  # type: ignore[return-value]
 
-    def _delivered(self, count: int) -> None:
+    def _delivered(self, entries: list[Entry]) -> None:
         queue = self.queue
         with queue.cond:
-            queue.counters["sent"] += count
+            queue.settle(entries, "sent")
             queue.failing, self._failures = False, 0
 
     def _outcome(self, task_id: str, entry: Entry, err: Exception | None) -> str:
         queue = self.queue
         if err is None:
-            self._delivered(1)
+            self._delivered([entry])
             return SENT
         if isinstance(err, (TransportError, RateLimited, ServerError)):
             return self._transient(task_id, entry, err)
         with queue.cond:
-            queue.counters["dropped"] += 1
+            queue.settle([entry], "dropped")
         if isinstance(err, UnexpectedStatus):
             log.warning("Task Badger refused an update for task %s (%s); it is dropped", short(task_id), err)
         else:
@@ -211,7 +215,9 @@ class Sender:
         with queue.cond:
             horizon = entry.horizon or (self.final_horizon if entry.final else self.retry_horizon)
             if time.monotonic() - entry.first_queued > horizon:
-                queue.drop(task_id, f"it could not be delivered for {horizon:.0f} s ({err})", final=True)
+                if queue.settle([entry], "dropped"):
+                    queue.drop(task_id, f"it could not be delivered for {horizon:.0f} s ({err})", final=True,
+                               counted=True)
                 return DROPPED
             escalated = queue.paused_until <= time.monotonic()  # once per round, not per update of a batch
             if escalated:
