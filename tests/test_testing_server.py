@@ -693,6 +693,18 @@ def test_main_refuses_an_address_beyond_loopback(host: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def run_with_the_plugin(tmp_path: Path) -> str:
+    """pytest on the project written in ``tmp_path``, with this package's plugin and no other: its output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "taskbadger.testing.plugin", "-p", "no:cacheprovider",
+         str(tmp_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def test_pytest_plugin_fixture_restores_the_configuration_it_found(tmp_path: Path) -> None:
     """A project's own configuration (its settings, with the key in the environment) is back for the tests after
     one that used ``taskbadger_server``: whether a test tracks does not depend on the order the tests run in."""
@@ -710,14 +722,7 @@ def test_pytest_plugin_fixture_restores_the_configuration_it_found(tmp_path: Pat
         def test_after():
             assert config.get_config() is not None and config.get_config().host == "https://tb.example.com"
     """))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "taskbadger.testing.plugin", "-p", "no:cacheprovider",
-         str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "2 passed" in result.stdout
+    assert "2 passed" in run_with_the_plugin(tmp_path)
 
 
 def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
@@ -751,11 +756,4 @@ def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
             assert taskbadger_server.faults == [] and taskbadger_server.requests == []
             assert ("set_config", "the project's") in fake_sdk  # restored, not left unconfigured
     """))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "taskbadger.testing.plugin", "-p", "no:cacheprovider",
-         str(tmp_path)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed" in result.stdout
+    assert "3 passed" in run_with_the_plugin(tmp_path)
