@@ -189,7 +189,16 @@ def parse_datetime(value: Any) -> dt.datetime | None:
     try:
         return dt.datetime.fromisoformat(text)
     except ValueError:
+        pass
+    # Python 3.10 takes only 3 or 6 digits of a second's fraction (3.11 takes any): the microseconds, written out
+    micro = _FRACTION.sub(lambda m: "." + (m.group(1) + "00000")[:6], text, count=1)
+    try:
+        return dt.datetime.fromisoformat(micro) if micro != text else None
+    except ValueError:
         return None
+
+
+_FRACTION = re.compile(r"\.(\d{1,9})(?=[+-]|$)")
 
 
 def format_datetime(value: dt.datetime) -> str:

@@ -179,3 +179,17 @@ def test_internal_merge_fields_sent_at_once_are_resolved_against_the_task_on_the
     lifecycle.back_to_pending(run, {"attempts": 1}, wait=True)
     assert (Task.get(task.id).status, Task.get(task.id).data) == (StatusEnum.PENDING, {"rows": 3, "attempts": 1})
     assert not [r for r in patches(taskbadger_server) if set(r.json or {}) - {"status", "data"}]
+
+
+@pytest.mark.parametrize("fraction, micro", [(".12", 120000), (".1234", 123400), (".12345", 123450), (".123", 123000),
+                                             (".1234567", 123456), ("", 0)])
+def test_the_apis_times_parse_whatever_digits_of_a_second_they_carry(fraction, micro):
+    # Python 3.10's fromisoformat takes only 3 or 6 digits: updated_at with 2, 4 or 5 was None there, and
+    # ping(rate_limit=...) and update_value(rate_limit=...) stopped limiting.
+    import datetime as dt
+
+    from taskbadger.models import parse_datetime
+
+    expected = dt.datetime(2026, 12, 6, 17, 0, 0, micro, tzinfo=dt.timezone.utc)
+    assert parse_datetime(f"2026-12-06T17:00:00{fraction}Z") == expected
+    assert parse_datetime(f"2026-12-06T18:00:00{fraction}+01:00") == expected
