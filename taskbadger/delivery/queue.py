@@ -251,10 +251,13 @@ class PendingQueue:
             entry.ready_at = 0.0
         self.cond.notify_all()
 
-    def drop(self, task_id: str, reason: str, final: bool, counted: bool = False) -> None:
-        """An update is lost: counted (unless ``counted``: by ``settle``) and logged, at most one line per interval."""
-        if not counted:
+    def drop(self, task_id: str, reason: str, final: bool, entry: Entry | None = None) -> None:
+        """An update is lost: counted and logged, at most one line per interval. ``entry``: the one in flight, counted
+        here unless its outcome was counted already (``settle``)."""
+        if entry is None:
             self.counters["dropped"] += 1
+        elif not self.settle([entry], "dropped"):
+            return
         now = time.monotonic()
         # A lost final state is worth an error line, but an outage can drop hundreds a second:
         # one line per interval, each with the running count.
@@ -316,10 +319,9 @@ class PendingQueue:
         # Every progress update may be in flight (an attempt during an outage): one of them is given up, and
         # not queued again when its request returns.
         for task_id, (entry, _) in self._inflight.items():
-            if not entry.final and task_id not in self._evicted:
+            if not entry.final and not entry.settled:  # not given up already, nor answered and counted
                 self._evicted.add(task_id)
-                entry.settled = True  # counted as dropped now, whatever its request's answer
-                self.drop(task_id, "the queue is full: a final update took its place", final=False)
+                self.drop(task_id, "the queue is full: a final update took its place", final=False, entry=entry)
                 return True
         if self.failing:
             return False  # the queue will not drain soon: do not hold the task up

@@ -158,9 +158,7 @@ class Sender:
         if config is None:  # tracking was switched off (``taskbadger.config.reset()``): nobody to send them to
             for task_id, entry in batch:
                 with self.queue.cond:
-                    if self.queue.settle([entry], "dropped"):
-                        self.queue.drop(task_id, "Task Badger is no longer configured in this process", final=True,
-                                        counted=True)
+                    self.queue.drop(task_id, "Task Badger is no longer configured in this process", True, entry)
             return [DROPPED] * len(batch)
         deadline = Deadline.for_call(config.timeout)
         outcomes: list[str | None] = [None] * len(batch)
@@ -215,9 +213,7 @@ class Sender:
         with queue.cond:
             horizon = entry.horizon or (self.final_horizon if entry.final else self.retry_horizon)
             if time.monotonic() - entry.first_queued > horizon:
-                if queue.settle([entry], "dropped"):
-                    queue.drop(task_id, f"it could not be delivered for {horizon:.0f} s ({err})", final=True,
-                               counted=True)
+                queue.drop(task_id, f"it could not be delivered for {horizon:.0f} s ({err})", True, entry)
                 return DROPPED
             escalated = queue.paused_until <= time.monotonic()  # once per round, not per update of a batch
             if escalated:
