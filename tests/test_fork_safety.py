@@ -97,12 +97,19 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def test_child_forked_without_pythons_fork_hooks_sends_its_own_updates(taskbadger_server):
+@pytest.mark.parametrize("noticed_by", ["wiped page", "pid"])
+def test_child_forked_without_pythons_fork_hooks_sends_its_own_updates(taskbadger_server, noticed_by):
     """uWSGI's default: a worker forked from a master that already used delivery (it took the spool's updates when
     the project started, or tracked a call) inherited the master's senders, dead in the worker, and its final
-    states stayed queued for as long as the worker lived."""
+    states stayed queued for as long as the worker lived. The child is noticed by a page the kernel wipes in it
+    (Linux), or by its pid where there is no such page."""
     env = {**os.environ, "KEY": taskbadger_server.api_key, "HOST": taskbadger_server.url}
-    proc = subprocess.Popen([sys.executable, "-c", UWSGI_STYLE_MASTER], env=env, start_new_session=True,
+    script = UWSGI_STYLE_MASTER
+    if noticed_by == "pid":
+        script = "import taskbadger._runtime\ntaskbadger._runtime._marker = None\n" + script
+    elif sys.platform == "linux":
+        script = "import taskbadger._runtime\nassert taskbadger._runtime._marker is not None\n" + script
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=30)
