@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from contextlib import ContextDecorator
-from typing import Any
-
-import requests
+from typing import TYPE_CHECKING, Any
 
 from .config import Config, get_config
 from .http import session
 from .scope import Scope, current_scope
+
+if TYPE_CHECKING:
+    import requests
 
 
 class Session(ContextDecorator):

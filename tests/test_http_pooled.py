@@ -10,6 +10,7 @@ import pytest
 
 import taskbadger
 from taskbadger import ConnectError, ReadTimeout, Unauthorized, endpoints, http
+from taskbadger.http import requests_backend
 
 
 def update(task_id, fields):
@@ -130,12 +131,27 @@ def test_a_forked_child_does_not_reuse_the_parents_socket(taskbadger_server):
     assert conns[0] == conns[2] != conns[1]
 
 
+def test_import_taskbadger_leaves_requests_out_until_a_proxy_may_apply():
+    """``requests`` is two fifths of ``import taskbadger``: a process whose API host no proxy serves never loads it,
+    and one with a proxy in its environment still sends through it."""
+    script = ("import sys, taskbadger, taskbadger.celery, taskbadger.procrastinate\n"
+              "taskbadger.init(organization_slug='o', project_slug='p', token='k', host='http://127.0.0.1:9')\n"
+              "from taskbadger import http\n"
+              "print(type(http.transport_for(taskbadger.get_config())).__name__, 'requests' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    plain = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert plain.stdout.split() == ["PooledTransport", "False"], plain.stderr
+    proxied = subprocess.run([sys.executable, "-c", script], env={**env, "https_proxy": "http://127.0.0.1:9"},
+                             capture_output=True, text=True, timeout=60)
+    assert proxied.stdout.split() == ["RequestsTransport", "True"], proxied.stderr
+
+
 def test_a_proxy_in_the_environment_sends_everything_through_requests(taskbadger_server, monkeypatch):
     http._proxied.cache_clear()
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
     monkeypatch.setenv("NO_PROXY", "")
     try:
-        assert isinstance(http.transport_for(taskbadger.get_config()), http.requests_backend.RequestsTransport)
+        assert isinstance(http.transport_for(taskbadger.get_config()), requests_backend.RequestsTransport)
         with pytest.raises(taskbadger.TransportError):
             update("any", {"value": 1})  # went to the (dead) proxy, through requests
         assert taskbadger_server.requests == []

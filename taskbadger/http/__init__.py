@@ -11,11 +11,11 @@ Two transports share that code:
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Protocol
-
-from requests.utils import get_environ_proxies
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..config import Config
 from ..exceptions import TaskbadgerException, TransportError
@@ -23,7 +23,9 @@ from .deadline import Deadline
 from .errors import Answer, decode
 from .pooled import LateAnswer, PooledTransport
 from .request import MONITOR_HEADER, NOT_PARSED, USER_AGENT, Credential, JsonExpectation, Request, build_request
-from .requests_backend import RequestsTransport, session
+
+if TYPE_CHECKING:
+    import requests
 
 __all__ = ["MONITOR_HEADER", "NOT_PARSED", "USER_AGENT", "Answer", "Credential", "Deadline", "JsonExpectation",
            "LateAnswer", "Request", "Transport", "build_request", "decode", "parsed", "send", "send_many", "session",
@@ -42,17 +44,33 @@ class Transport(Protocol):
         ...
 
 
-_requests_transport = RequestsTransport()
 _pooled_transport = PooledTransport()
 
 
 def transport_for(config: Config) -> Transport:
     """The pooled transport, unless a proxy from the environment applies to the API host."""
-    return _requests_transport if _proxied(config.host) else _pooled_transport
+    if _proxied(config.host):
+        from . import requests_backend
+
+        return requests_backend.transport
+    return _pooled_transport
 
 
+def session() -> requests.Session:
+    """The ``requests`` session of the requests transport (made on first use)."""
+    from . import requests_backend
+
+    return requests_backend.session()
+
+
+# `requests` is imported only where a proxy may apply: it is two fifths of the time `import taskbadger` takes
+# (65 of 150 ms), which every worker, web process and `taskbadger run` would pay for nothing.
 @lru_cache(maxsize=8)
 def _proxied(host: str) -> bool:
+    if sys.platform.startswith("linux") and not any(name.lower().endswith("_proxy") for name in os.environ):
+        return False  # on Linux, proxies come only from the environment (macOS and Windows have system settings)
+    from requests.utils import get_environ_proxies
+
     return bool(get_environ_proxies(host))
 
 

@@ -107,6 +107,10 @@ class RequestsTransport:
         return answers
 
 
+#: The one instance ``transport_for`` gives.
+transport = RequestsTransport()
+
+
 def _exchange(config: Config, request: Request, deadline: Deadline) -> Answer:
     left = max(0.001, deadline.remaining())
     timeout = (min(deadline.connect, left), left)
