@@ -11,7 +11,6 @@ noticed the first time it uses any of them, and reset then.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import mmap
 import os
@@ -243,6 +242,9 @@ def forget_logged() -> None:
 
 def on_an_event_loop() -> bool:
     """Whether this code runs on an event loop (a coroutine's body): a blocking wait here stalls the loop."""
+    asyncio = sys.modules.get("asyncio")  # not imported here: a sixth of `import taskbadger`'s time
+    if asyncio is None:
+        return False  # no event loop runs in a process that never imported asyncio
     try:
         asyncio.get_running_loop()
     except RuntimeError:

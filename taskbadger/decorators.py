@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import contextvars
 import datetime as dt
@@ -119,6 +118,8 @@ def track(
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
+                import asyncio  # loaded already: this runs on its event loop
+
                 values = fields()
                 context = contextvars.copy_context()  # the create reads the scope of this coroutine
                 # a coroutine waiting for its create blocks neither the loop nor other coroutines: as many

@@ -132,9 +132,11 @@ def test_a_forked_child_does_not_reuse_the_parents_socket(taskbadger_server):
 
 
 def test_import_taskbadger_leaves_requests_out_until_a_proxy_may_apply():
-    """``requests`` is two fifths of ``import taskbadger``: a process whose API host no proxy serves never loads it,
-    and one with a proxy in its environment still sends through it."""
-    script = ("import sys, taskbadger, taskbadger.celery, taskbadger.procrastinate\n"
+    """``requests`` was two fifths of ``import taskbadger`` and ``asyncio`` a sixth: a process whose API host no proxy
+    serves never loads requests, and one with a proxy in its environment still sends through it."""
+    script = ("import sys, taskbadger\n"
+              "assert 'asyncio' not in sys.modules and 'requests' not in sys.modules, 'loaded by import taskbadger'\n"
+              "import taskbadger.celery, taskbadger.procrastinate\n"
               "taskbadger.init(organization_slug='o', project_slug='p', token='k', host='http://127.0.0.1:9')\n"
               "from taskbadger import http\n"
               "print(type(http.transport_for(taskbadger.get_config())).__name__, 'requests' in sys.modules)")
