@@ -11,7 +11,7 @@ import binascii
 import bisect
 import copy
 import logging
-import secrets
+import random
 import string
 import threading
 import uuid
@@ -56,7 +56,9 @@ def _duration_string(duration: timedelta) -> str:
 
 
 def _new_id() -> str:
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(26))
+    # Unique, not secret: `random` is seeded from the system once (and again in a forked child), where
+    # secrets.choice made one system call per character, 26 for every create the stand-in answered.
+    return "".join(random.choices(_ID_ALPHABET, k=26))
 
 
 @dataclass
