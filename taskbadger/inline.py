@@ -15,6 +15,10 @@ its publisher could not track, and by ``@track``.
   ``data["abandoned"]`` saying why, unless a worker has taken it up meanwhile (after ``LATE_CLOSE_GRACE``, for a
   publish: so that a worker taking it up now is seen): no task stays ``pending`` for ever because its creator
   stopped waiting.
+* A create refused because of its monitor (an id the project does not hold: mistyped, deleted in Task Badger,
+  another project's: the API answers 404, or 400) is made again at once without it, within the same budget: the
+  task is tracked, without the monitor, and one warning says which setting to fix. The process then leaves that
+  monitor out of its creates (no request refused per task) for ``MONITOR_RECHECK`` seconds, then tries it again.
 """
 
 from __future__ import annotations
@@ -33,9 +37,18 @@ from .config import Config, get_config
 from .delivery import merge, sender
 from .delivery.breaker import publish_breaker
 from .delivery.sender import RETRY_HORIZON
-from .exceptions import CreateSkipped, RateLimited, ServerError, TaskbadgerException, TransportError
+from .exceptions import (
+    CreateSkipped,
+    NotFound,
+    RateLimited,
+    ServerError,
+    TaskbadgerException,
+    TransportError,
+    UnexpectedStatus,
+    ValidationError,
+)
 from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime
-from .task import Task, create
+from .task import Task, create_body
 
 log = logging.getLogger("taskbadger")
 
@@ -72,7 +85,7 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
         return Created(None)  # skipped: certainly not created
     deadline = http.Deadline(config.publish_budget, config.timeout[0])
     try:
-        task = create(name, fields, monitor_id, deadline, _close_when_answered(config, name, where))
+        task = _create(config, name, fields, monitor_id, deadline, _close_when_answered(config, name, where))
     except CreateSkipped:
         breaker.end(call)  # before_create said no: nothing was asked of the API
         return Created(None)
@@ -105,6 +118,67 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
         raise
     breaker.end(call)
     return Created(task)
+
+
+#: Seconds a process leaves out of its creates a monitor the API refused, before it tries it again (a monitor
+#: created meanwhile under that id, a refusal that was the API's mistake).
+MONITOR_RECHECK = 3600.0
+#: Monitor id -> (the configuration it was refused under, when): left out of this process's creates.
+_refused_monitors: dict[str, tuple[Config, float]] = {}
+_refused_lock = threading.Lock()
+
+
+def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, deadline: http.Deadline,
+            late_answer: http.LateAnswer) -> Task:
+    """``task.create``, with a monitor the API refuses left out (see the module's docstring)."""
+    body = create_body(name, fields)
+    if body is None:
+        raise CreateSkipped(f"before_create returned nothing: task {short(name)} was not created")
+    monitor = monitor_id if monitor_id and not _monitor_refused(config, monitor_id) else None
+    try:
+        return Task(endpoints.create(body, monitor, deadline, late_answer))
+    except (NotFound, ValidationError) as err:
+        if monitor is None:
+            raise
+        refusal = err
+    # Refused, so certainly not created: made again without the monitor. Refused again, the monitor was not the
+    # reason (a wrong project, a field): that error is the one reported, and the monitor is not blamed.
+    task = Task(endpoints.create(body, None, deadline, late_answer))
+    _refuse_monitor(config, monitor, name, refusal)
+    return task
+
+
+def _monitor_refused(config: Config, monitor_id: str) -> bool:
+    with _refused_lock:
+        refused = _refused_monitors.get(monitor_id)
+        if refused is None:
+            return False
+        if refused[0] is config and time.monotonic() - refused[1] < MONITOR_RECHECK:
+            return True
+        del _refused_monitors[monitor_id]  # another configuration (init() again), or time to try it again
+        return False
+
+
+def _refuse_monitor(config: Config, monitor_id: str, name: str, err: UnexpectedStatus) -> None:
+    with _refused_lock:
+        if len(_refused_monitors) > 1000:  # ids come from settings and options: keep the table bounded
+            _refused_monitors.clear()
+        _refused_monitors[monitor_id] = (config, time.monotonic())
+    log_throttled(f"monitor-refused:{monitor_id}", MONITOR_RECHECK, logging.WARNING,
+                  "Task Badger: monitor %s is not one of project %s/%s's monitors (the API answered %d: %s): task %s "
+                  "and every other task under that monitor are tracked without it. Fix the monitor id in %s: copy it "
+                  "from the monitor's page in Task Badger (a monitor deleted there must be created again).",
+                  monitor_id, config.organization_slug, config.project_slug, err.status_code,
+                  short(err.message, 200), short(name), _where_set(config, monitor_id))
+
+
+def _where_set(config: Config, monitor_id: str) -> str:
+    """Where the user set ``monitor_id``: an integration's rules (``TASKBADGER['MONITORS']``), else a task's option."""
+    for system in config.systems.values():
+        monitors = getattr(system, "monitors", None)
+        if isinstance(monitors, Mapping) and monitor_id in monitors.values():
+            return getattr(system, "monitors_setting", None) or f"the monitors of {type(system).__name__}"
+    return "the task's monitor_id option (taskbadger_monitor_id=, monitor_id=)"
 
 
 def find(external_id: str, open_only: bool = False, name: str | None = None) -> Found:

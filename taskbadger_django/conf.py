@@ -258,13 +258,15 @@ class TaskBadgerSettings:
         if django_tasks_available():
             kwargs["systems"].append(django_tasks)
         rules = {**queue_rules(self.PROCRASTINATE), "monitors": monitors}
+        system.monitors_setting = django_tasks.monitors_setting = f"{SETTING_NAME}['MONITORS']"  # for messages
         QueueIntegration(**rules)  # checked (patterns, intervals) whether Procrastinate is installed or not
         app = procrastinate_app()
         if app is not None:  # always present: @track tasks and MONITORS apply with AUTO_TRACK False too
             from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
 
-            kwargs["systems"].append(ProcrastinateSystemIntegration(app, **rules,
-                                                                    if_rolled_back=procrastinate_rollbacks(app)))
+            procrastinate = ProcrastinateSystemIntegration(app, **rules, if_rolled_back=procrastinate_rollbacks(app))
+            procrastinate.monitors_setting = system.monitors_setting
+            kwargs["systems"].append(procrastinate)
         return kwargs
 
     def problems(self) -> list[str]:

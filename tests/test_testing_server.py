@@ -302,6 +302,23 @@ def test_monitor_header(api: Api, server: TaskBadgerServer) -> None:
     assert len(server.tasks) == 1
 
 
+def test_a_monitor_the_project_does_not_hold_is_refused(api: Api, server: TaskBadgerServer) -> None:
+    """The contract is silent on it: the service looks the monitor up among the project's, so one it does not hold
+    (mistyped, deleted, another project's) is not found, and no task is made. Until a test gives the project a
+    monitor, any well-formed id is one (tests that use made-up ids keep working)."""
+    known = server.add_monitor()
+    assert server.add_monitor(known.upper()) == known
+    refused = api.request("POST", json={"name": "m"}, headers={"X-TASKBADGER-MONITOR": str(uuid.uuid4())})
+    assert refused.status_code == 404 and refused.json() == {"detail": "Not found."}
+    assert server.tasks == {}
+    created = api.request("POST", json={"name": "m"}, headers={"X-TASKBADGER-MONITOR": known.upper()})
+    assert created.status_code == 201 and server.get_task(created.json()["id"])["monitor_id"] == known
+    assert api.request("POST", json={"name": "m"}).status_code == 201  # no monitor: nothing to look up
+    server.reset()  # forgets the monitors: any id again
+    other = api.request("POST", json={"name": "m"}, headers={"X-TASKBADGER-MONITOR": str(uuid.uuid4())})
+    assert other.status_code == 201
+
+
 # -- auth and routing ---------------------------------------------------------------------------
 def test_auth(server: TaskBadgerServer) -> None:
     no_header = Api(server, token=None).request("GET")

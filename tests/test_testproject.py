@@ -81,3 +81,35 @@ def test_a_task_published_by_celery_beat_is_tracked_with_the_monitor_from_settin
     [post] = [r for r in server.requests if r.method == "POST"][:1]
     assert post.headers["X-TASKBADGER-MONITOR"] == monitor
     assert task["status"] == "pending"  # published, waiting for a worker
+
+
+def test_a_monitor_in_settings_the_api_does_not_know_still_tracks_beats_tasks(taskbadger_server_session):
+    """A monitor deleted in Task Badger (or mistyped, or another project's): beat's tasks are tracked without it,
+    run by the worker to the end, and beat says once which setting to fix (every task was untracked)."""
+    server = taskbadger_server_session
+    server.reset()
+    server.add_monitor()  # the project's only monitor: not the one in settings
+    env = project_env(TASKBADGER_API_KEY=server.api_key, TASKBADGER_HOST=server.url, DEMO_BEAT_INTERVAL="0.5")
+    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "testproject", "worker", "-P", "solo",
+                               "--without-gossip", "--without-mingle", "--loglevel=INFO"], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "testproject", "beat", "--max-interval", "1",
+                             "--loglevel=INFO"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    try:
+        # polls the stand-in under a deadline: beat sends the task every 0.5 s
+        server.wait_for(lambda: len([t for t in server.tasks_named("demo.tasks.nightly_report")
+                                     if t["status"] == "success"]) >= 2, timeout=60)
+    finally:
+        beat.terminate()
+        worker.terminate()
+        output = beat.communicate(timeout=20)[0].decode(errors="replace")
+        worker.communicate(timeout=30)
+    from testproject.settings import TASKBADGER
+
+    monitor = TASKBADGER["MONITORS"]["demo.tasks.nightly_report"]
+    assert all(t["monitor_id"] is None for t in server.tasks_named("demo.tasks.nightly_report")), output
+    # one record (printed by the project's console handler and by celery's, whose lines say "WARNING/")
+    warnings = [line for line in output.splitlines() if "is not one of project" in line and "WARNING/" in line]
+    assert len(warnings) == 1, output
+    assert monitor in warnings[0] and "Fix the monitor id in TASKBADGER['MONITORS']" in warnings[0]

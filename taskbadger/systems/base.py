@@ -98,6 +98,8 @@ class QueueIntegration(System):
 
     #: Names of the queue's own tasks, never tracked by name.
     internal_prefix: str | None = None
+    #: Where the user sets ``monitors`` (for messages): the Django app sets ``TASKBADGER['MONITORS']``.
+    monitors_setting: str | None = None
 
     def __init__(
         self,

@@ -15,6 +15,7 @@ import base64
 import ipaddress
 import logging
 import threading
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -219,6 +220,18 @@ class TaskBadgerServer:
         """Whether this server ever created ``task_id`` (also before the last ``reset()``)."""
         with self.app.store.lock:
             return task_id in self.app.store.issued
+
+    def add_monitor(self, monitor_id: str | None = None) -> str:
+        """Give the project a monitor (a new id unless ``monitor_id``) and return its id. Until the first one,
+        every well-formed monitor id is accepted; from then on, as the service does, a create under a monitor the
+        project does not hold (a typo, a deleted monitor, another project's) is refused: 404, no task.
+        ``reset()`` forgets the monitors."""
+        canonical = str(uuid.UUID(monitor_id)) if monitor_id is not None else str(uuid.uuid4())
+        with self.app.store.lock:
+            if self.app.store.monitors is None:
+                self.app.store.monitors = set()
+            self.app.store.monitors.add(canonical)
+        return canonical
 
     def tasks_named(self, name: str) -> list[dict[str, Any]]:
         """Tasks called ``name``, oldest first."""

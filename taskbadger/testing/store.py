@@ -115,11 +115,14 @@ class Store:
         self.issued: set[str] = set()  # every id this server ever created, kept across clear()
         self.actions = Actions()
         self._seq = 0
+        #: the project's monitors; None: every well-formed monitor id is one (see ``TaskBadgerServer.add_monitor``)
+        self.monitors: set[str] | None = None
 
     def clear(self) -> None:
         with self.lock:
             self.tasks.clear()
             self.children.clear()
+            self.monitors = None
             self.actions.clear()
 
     def represent(self, task: StoredTask, *, with_data: bool = True) -> dict[str, Any]:
@@ -218,6 +221,10 @@ class Store:
             self._check_parent(None, cleaned, errors)
             if errors:
                 return (400, errors, {}), None
+            if monitor is not None and self.monitors is not None and monitor not in self.monitors:
+                # The contract is silent; the service looks the monitor up among the project's: one it does not
+                # hold (a typo, deleted, another project's) is not found, and no task is created.
+                return _error(404, "Not found."), None
             now = _now()
             self._seq += 1
             task = StoredTask(id=_new_id(), seq=self._seq, name=cleaned["name"], created=now, updated=now)
