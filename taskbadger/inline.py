@@ -48,7 +48,7 @@ from .exceptions import (
     ValidationError,
 )
 from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime
-from .task import Task, create_body
+from .task import Task, create_body_or_skip
 
 log = logging.getLogger("taskbadger")
 
@@ -131,9 +131,7 @@ _refused_lock = threading.Lock()
 def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, deadline: http.Deadline,
             late_answer: http.LateAnswer) -> Task:
     """``task.create``, with a monitor the API refuses left out (see the module's docstring)."""
-    body = create_body(name, fields)
-    if body is None:
-        raise CreateSkipped(f"before_create returned nothing: task {short(name)} was not created")
+    body = create_body_or_skip(name, fields)
     monitor = monitor_id if monitor_id and not _monitor_refused(config, monitor_id) else None
     try:
         return Task(endpoints.create(body, monitor, deadline, late_answer))

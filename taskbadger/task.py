@@ -55,10 +55,15 @@ def create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None, 
     (the configured call deadline when None).
 
     Raises CreateSkipped when ``before_create`` says not to create it."""
+    return Task(endpoints.create(create_body_or_skip(name, fields), monitor_id, deadline, late_answer))
+
+
+def create_body_or_skip(name: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """``create_body``, or CreateSkipped when ``before_create`` says not to create the task."""
     body = create_body(name, fields)
     if body is None:
         raise CreateSkipped(f"before_create returned nothing: task {short(name)} was not created")
-    return Task(endpoints.create(body, monitor_id, deadline, late_answer))
+    return body
 
 
 #: Fields ``Task.update`` takes besides its parameters: the lifecycle's (not the official SDK's API).
