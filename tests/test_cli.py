@@ -126,6 +126,43 @@ def test_sigterm_is_forwarded_to_the_command(taskbadger_server, env, tmp_path):
     assert task["data"] == {"return_code": 143, "signal": "SIGTERM", "forwarded_signal": "SIGTERM"}
 
 
+def test_signals_we_were_started_with_ignored_stay_ignored_by_the_command(taskbadger_server, env, tmp_path):
+    """``nohup taskbadger run ...`` (SIGHUP ignored) or a script's ``taskbadger run ... &`` (SIGINT ignored):
+    the command must survive the hang-up or the Ctrl-C as it would without us. It used to be killed: we
+    replaced the ignored disposition with our forwarding handler, and the command inherited the default."""
+    ready, go = tmp_path / "ready", tmp_path / "go"
+    child = python(f"""
+        import json, os, pathlib, signal, sys, time
+        ignored = {{s.name: signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGHUP, signal.SIGINT)}}
+        pathlib.Path({str(ready)!r}).write_text(json.dumps(ignored))
+        deadline = time.monotonic() + 20  # polled: the test says when the signals were sent
+        while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sys.exit(0)
+    """)
+
+    def ignore_hup_and_int() -> None:  # what nohup and a non-interactive shell's background job do
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([*CLI, "run", "nohup", "--", *child], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ignore_hup_and_int)
+    try:
+        taskbadger_server.wait_for(ready.exists, timeout=15)
+        # a signal sent to a process that ignores it is discarded at once: nothing is pending after these
+        proc.send_signal(signal.SIGHUP)
+        proc.send_signal(signal.SIGINT)
+        go.touch()
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert json.loads(ready.read_text()) == {"SIGHUP": True, "SIGINT": True}
+    assert proc.returncode == 0, stderr
+    task = taskbadger_server.wait_for_task(name="nohup", status="success")
+    assert task["data"] == {"return_code": 0}
+
+
 def test_ctrl_c_on_a_terminal_reaches_the_command_once(taskbadger_server, env, tmp_path):
     import pty
 

@@ -11,7 +11,8 @@
   SIGUSR1 and SIGUSR2 sent to us are forwarded to the child, which decides when to exit; we wait for
   it. SIGINT and SIGQUIT are the exception when they come from the terminal (we are its foreground
   process group): the terminal sent them to the child as well, and a second copy could interrupt the
-  child's own cleanup.
+  child's own cleanup. A signal we were started with ignored (``nohup`` ignores SIGHUP, a shell ignores
+  SIGINT and SIGQUIT for a background job) stays ignored, by us and by the command, as without us.
 * **Output capture.** The child's stdout and stderr are pipes that two threads copy to ours as the
   bytes arrive, keeping the last ``limit`` characters of each for the task (``Tail``). When our own
   output is gone (``… | head -1`` exited), the pipe from the child is closed too, so the child meets the
@@ -218,6 +219,8 @@ class SignalRelay:
             return  # handlers can only be set from the main thread (an embedding caller's choice)
         for sig in forwarded_signals():
             try:
+                if signal.getsignal(sig) == signal.SIG_IGN:
+                    continue  # ignored by whoever started us (nohup, a background job): the command inherits that
                 self._previous[sig] = signal.signal(sig, self._handle)
             except (OSError, ValueError):
                 continue
