@@ -72,14 +72,14 @@ def no_traceback(result: subprocess.CompletedProcess) -> None:
 
 # -- run: exit status and the task's outcome ----------------------------------------------------------
 
-@pytest.mark.parametrize(("command", "code", "status"), [
-    (["true"], 0, "success"),
-    (["sh", "-c", "exit 1"], 1, "error"),
-    (["sh", "-c", "kill -INT $$"], 130, "error"),
+@pytest.mark.parametrize(("command", "code", "status", "returncode"), [
+    (["true"], 0, "success", 0),
+    (["sh", "-c", "exit 1"], 1, "error", 1),
+    (["sh", "-c", "kill -INT $$"], 130, "error", -signal.SIGINT),  # we die of it too: a shell's $? is 130
 ])
-def test_run_returns_the_exit_status_and_records_it(taskbadger_server, env, command, code, status):
+def test_run_returns_the_exit_status_and_records_it(taskbadger_server, env, command, code, status, returncode):
     result = cli("run", "job", "--", *command, env=env)
-    assert result.returncode == code, result.stderr
+    assert result.returncode == returncode, result.stderr
     assert result.stdout == "" and result.stderr == ""  # nothing of ours on a non-terminal
     task = only_task(taskbadger_server, "job")
     assert task["status"] == status and task["data"]["return_code"] == code
@@ -197,6 +197,33 @@ def test_ctrl_c_on_a_terminal_reaches_the_command_once(taskbadger_server, env, t
         os.close(leader)
     task = taskbadger_server.wait_for_task(name="interrupted", status="error")
     assert task["data"] == {"return_code": 11}
+
+
+def test_ctrl_c_stops_the_script_the_run_is_in_as_it_would_without_us(taskbadger_server, env, tmp_path):
+    """A shell waiting for a command goes on with the script after a Ctrl-C unless the command died of SIGINT
+    ("wait and cooperative exit"). The command died of it, but we exited 130: the script went on."""
+    ready = tmp_path / "ready"
+    child = python(f"""
+        import os, pathlib, signal, time
+        signal.signal(signal.SIGINT, signal.SIG_DFL)  # dies of Ctrl-C, as most programs do
+        pathlib.Path({str(ready)!r}).write_text("up")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+    """)
+    script = f"{shlex.join([*CLI, 'run', 'interrupted-script', '--', *child])}; echo went on with $?"
+    proc = subprocess.Popen(["bash", "-c", script], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        taskbadger_server.wait_for(ready.exists, timeout=15)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the foreground process group gets SIGINT
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert "went on" not in stdout and proc.returncode == -signal.SIGINT, (stdout, stderr)
+    no_traceback(subprocess.CompletedProcess([], 0, stdout, stderr))
+    task = taskbadger_server.wait_for_task(name="interrupted-script", status="error")
+    assert task["data"]["return_code"] == 130 and task["data"]["signal"] == "SIGINT"
 
 
 def test_a_signal_before_the_command_starts_stops_it_from_starting(taskbadger_server, env, tmp_path):

@@ -35,18 +35,28 @@ def main() -> None:
     if not logger.handlers:
         logger.addHandler(_ErrorLines())
     from .app import app
+    from .process import DieOfSignal, die_of
 
+    signum: int | None = None
     try:
         app(prog_name="taskbadger")
         code: int | str | None = 0
     except SystemExit as exit_:
         code = exit_.code
+    except DieOfSignal as death:  # ``run``: the command died of a signal we must die of as well
+        code, signum = death.code, death.signum
     except KeyboardInterrupt:
         code = 130
     except Exception as err:  # a bug of ours: one line, never a traceback
         sys.stderr.write(f"taskbadger: internal error: {type(err).__name__}: {err}\n")
         code = 1
     _flush_stdout()
+    if signum is not None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        die_of(signum)
     sys.exit(code)
 
 

@@ -22,7 +22,7 @@ from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import StatusEnum, is_slug
 from taskbadger.version import __version__
 
-from . import commands, settings
+from . import commands, process, settings
 from .run import run_command
 
 DOCS_URL = "https://docs.taskbadger.net"
@@ -176,6 +176,8 @@ def run(
     code = run_command(name, command, configure=lambda: settings.resolve(state.org, state.project).configure_sdk(),
                        update_frequency=update_frequency, monitor_id=monitor_id, tags=tags, action=parsed_action,
                        capture_output=capture_output)
+    if code.killed_by is not None and code.killed_by in process.RERAISED:
+        raise process.DieOfSignal(code.killed_by, int(code))  # ``main`` does, once our output is flushed
     raise typer.Exit(code)
 
 

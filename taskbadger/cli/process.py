@@ -5,7 +5,9 @@
   CLI ran every command that way, so crontab lines written for it keep working.
 * **Environment.** The child inherits ours; ``TASKBADGER_TASK_ID`` is added to it.
 * **Exit status.** A command that cannot be found exits 127 and one that cannot be executed 126, as in a
-  shell; a child killed by signal N gives 128 + N.
+  shell; a child killed by signal N gives 128 + N, and one killed by SIGINT ends us by SIGINT too
+  (``RERAISED``), once its outcome is recorded: the script we run in stops on a Ctrl-C as it would
+  without us.
 * **Signals.** The child stays in our process group, so the terminal's job control (Ctrl-Z, ``fg``,
   reading the terminal) works as if it had been started by the shell. SIGHUP, SIGINT, SIGQUIT, SIGTERM,
   SIGUSR1 and SIGUSR2 sent to us are forwarded to the child, which decides when to exit; we wait for
@@ -68,6 +70,49 @@ def shell_argv(command: Sequence[str]) -> list[str]:
 def exit_code(returncode: int) -> int:
     """A shell's exit status for a child's ``returncode`` (Popen's -N for "killed by signal N")."""
     return 128 - returncode if returncode < 0 else returncode
+
+
+class ExitStatus(int):
+    """A command's exit status (``exit_code``), and the signal that killed it (or stopped it from starting), if
+    one did (``killed_by``)."""
+
+    killed_by: int | None
+
+    def __new__(cls, code: int, killed_by: int | None = None) -> ExitStatus:
+        status = super().__new__(cls, code)
+        status.killed_by = killed_by
+        return status
+
+    @classmethod
+    def of(cls, returncode: int) -> ExitStatus:
+        """The status for a child's ``returncode`` (Popen's -N for "killed by signal N")."""
+        return cls(exit_code(returncode), -returncode if returncode < 0 else None)
+
+
+#: Signals we end by ourselves, once the outcome is recorded, when the command died of them. SIGINT: a shell
+#: running a script goes on with the script's next line after a Ctrl-C when the command it waited for exited
+#: (with whatever status, 130 included), and stops the script only when the command died of SIGINT too
+#: (the "wait and cooperative exit" every shell does): ``taskbadger run`` must not turn a Ctrl-C into a
+#: "go on" for the script it is in.
+RERAISED = frozenset(getattr(signal, name) for name in ("SIGINT",) if hasattr(signal, name))
+
+
+class DieOfSignal(Exception):
+    """Raised through the command line's framework to ``taskbadger.cli.main``: end by ``signum`` (``die_of``),
+    or exit ``code`` if that does not end us."""
+
+    def __init__(self, signum: int, code: int) -> None:
+        super().__init__(signum, code)
+        self.signum, self.code = signum, code
+
+
+def die_of(signum: int) -> None:
+    """End this process by ``signum``, with the signal's default action (returns if that did not end it)."""
+    try:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+    except (OSError, ValueError):
+        return
 
 
 def spawn_failure(err: OSError, program: str) -> tuple[int, str]:

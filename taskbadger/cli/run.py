@@ -64,8 +64,9 @@ TRANSIENT = (TransportError, ServerError, RateLimited)
 
 def run_command(name: str, command: Sequence[str], *, configure: Callable[[], Config], update_frequency: int = 5,
                 monitor_id: str | None = None, tags: Mapping[str, str] | None = None, action: Action | None = None,
-                capture_output: bool = False, err: TextIO | None = None) -> int:
-    """Run ``command`` tracked as task ``name``; return its exit status (see the module docstring).
+                capture_output: bool = False, err: TextIO | None = None) -> process.ExitStatus:
+    """Run ``command`` tracked as task ``name``; return its exit status (see the module docstring), with the
+    signal that killed it or stopped it from starting (``killed_by``).
 
     ``configure`` configures the SDK and returns its config, or raises an exception whose message says
     why it cannot (then the command runs untracked)."""
@@ -93,7 +94,7 @@ class _Run:
             pass
 
     def execute(self, configure: Callable[[], Config], monitor_id: str | None, tags: dict[str, str],
-                action: Action | None) -> int:
+                action: Action | None) -> process.ExitStatus:
         try:
             self.tracker = self._track(configure, monitor_id, tags, action)
         except Exception as error:  # whatever it is, the command still runs
@@ -102,7 +103,7 @@ class _Run:
             signum = self.relay.received[0]
             code = 128 + signum
             self._finish(code, {"signal": process.signal_name(signum), "error": "stopped before the command started"})
-            return code
+            return process.ExitStatus(code, signum)
         env = dict(os.environ)
         task_id = self.tracker.task_id if self.tracker else None
         if task_id:
@@ -115,7 +116,7 @@ class _Run:
             code, message = process.spawn_failure(error, argv[0])
             self.note(message)
             self._finish(code, {"error": message})
-            return code
+            return process.ExitStatus(code)
         return self._supervise(child, seen)
 
     def _track(self, configure: Callable[[], Config], monitor_id: str | None, tags: dict[str, str],
@@ -136,7 +137,7 @@ class _Run:
             self.note(f"Task created: {tracker.public_url}")
         return tracker
 
-    def _supervise(self, child: subprocess.Popen[bytes], seen: int) -> int:
+    def _supervise(self, child: subprocess.Popen[bytes], seen: int) -> process.ExitStatus:
         self.relay.attach(child, seen)
         pumps: list[process.Pump] = []
         try:
@@ -155,14 +156,15 @@ class _Run:
         deadline = time.monotonic() + process.DRAIN_GRACE
         for pump in pumps:
             pump.join(max(0.0, deadline - time.monotonic()))
-        code = process.exit_code(returncode)
+        status = process.ExitStatus.of(returncode)
+        code = int(status)
         data: dict[str, Any] = _captured(pumps) or {}
         if returncode < 0:
             data["signal"] = process.signal_name(-returncode)
         if self.relay.forwarded:
             data["forwarded_signal"] = process.signal_name(self.relay.forwarded[-1])
         self._finish(code, data)
-        return code
+        return status
 
     def _finish(self, code: int, data: dict[str, Any]) -> None:
         """Record the outcome within ``FINAL_UPDATE_BUDGET``; spool it when the API does not take it by then,
