@@ -258,6 +258,22 @@ def test_environment_is_added_to_and_arguments_are_passed_intact(taskbadger_serv
                            "TASKBADGER_TASK_ID": task["id"]}
 
 
+@pytest.mark.parametrize(("redirect", "capture"), [(">&-", False), (">&-", True), ("2>&-", False)])
+def test_the_command_runs_when_we_are_started_with_stdout_or_stderr_closed(taskbadger_server, env, tmp_path,
+                                                                          redirect, capture):
+    """``taskbadger run ... >&-``, or a daemon that closed its descriptors: Python gives sys.stdout (or
+    sys.stderr) as None. The command did not run, we exited 1 with a traceback, the task stayed processing."""
+    ran = tmp_path / "ran"
+    command = [*CLI, "run", "closed", *(["--capture-output"] if capture else []), "--", "sh", "-c",
+               f"touch {shlex.quote(str(ran))}; echo out; echo err >&2; exit 4"]
+    proc = subprocess.run(["sh", "-c", f'exec "$@" {redirect}', "sh", *command], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 4 and ran.exists(), proc.stderr
+    no_traceback(proc)
+    task = taskbadger_server.wait_for_task(name="closed", status="error")
+    assert task["data"]["return_code"] == 4
+
+
 def test_a_single_command_line_runs_through_the_shell(taskbadger_server, env):
     # what crontab lines written for the official CLI (which always used a shell) look like
     result = cli("run", "shell", "--", "echo abc | tr a x; exit 3", env=env)

@@ -21,6 +21,7 @@ Install the CLI extras with:
 
 def main() -> None:
     """Run the console script; exit with its status."""
+    _stand_in_for_closed_streams()
     try:
         import rich  # noqa: F401
         import typer  # noqa: F401
@@ -58,6 +59,19 @@ def main() -> None:
             pass
         die_of(signum)
     sys.exit(code)
+
+
+def _stand_in_for_closed_streams() -> None:
+    """Started with stdout or stderr closed (``taskbadger run ... >&-``, a daemon's closed descriptors),
+    Python gives ``sys.stdout``/``sys.stderr`` as None, and every write or flush of ours would fail, before
+    the command starts. What we would have written goes to the null device instead. The descriptor
+    opened for it is not inherited: the command still starts with that descriptor closed, as given."""
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            try:
+                setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # kept open: for the process's life
+            except OSError:
+                pass
 
 
 class _ErrorLines(logging.Handler):

@@ -220,7 +220,7 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], capture: bool) -> subproc
     for stream in (sys.stdout, sys.stderr):  # what we printed comes before what the child prints
         try:
             stream.flush()
-        except (OSError, ValueError):
+        except (AttributeError, OSError, ValueError):  # AttributeError: None, the descriptor was closed
             pass
     pipe = subprocess.PIPE if capture else None
     return subprocess.Popen(list(argv), env=dict(env), stdout=pipe, stderr=pipe, close_fds=True)
