@@ -530,6 +530,24 @@ def test_an_earlier_runs_outcome_dropped_by_a_later_run_is_said_on_stderr(taskba
                             "dropped\n"
 
 
+@pytest.mark.parametrize("command", [("get", "{other}"), ("list", "-f", "csv", "--limit", "1")])
+def test_the_next_command_of_any_kind_delivers_a_spooled_outcome(taskbadger_server, env, tmp_path, command):
+    """docs/cli.md: "the next taskbadger command on this machine within a day delivers it". A quick one
+    (``get``) claimed the spool file and ended before delivering it: the task stayed processing."""
+    from taskbadger.delivery.spool import Entry, Spool, api_key_of
+
+    tracked = taskbadger.create_task("spooled-run", status="processing")
+    other = taskbadger.create_task("other", status="success")
+    spool = tmp_path / "home" / ".local" / "state" / "taskbadger" / "spool"
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, spool_dir=False)  # as the CLI's
+    Spool(spool).write(api_key_of(taskbadger.get_config()),
+                       [Entry({"status": "error", "data": {"return_code": 3}}, task_id=tracked.id, final=True)])
+    result = cli(*[arg.format(other=other.id) for arg in command], env=env)
+    assert result.returncode == 0, result.stderr
+    assert taskbadger_server.tasks[tracked.id]["status"] == "error"  # delivered before the command ended
+    assert spooled_files(tmp_path) == []
+
+
 def test_sigterm_while_the_outcome_waits_for_the_api_ends_at_once_with_the_commands_status(taskbadger_server, env,
                                                                                              tmp_path):
     taskbadger_server.misbehave("slow_headers", method="GET", seconds=1.0)  # the read before the final update

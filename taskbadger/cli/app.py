@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+from taskbadger import spooling
 from taskbadger.config import validate_host
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import StatusEnum, is_slug
@@ -70,7 +71,15 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+#: Seconds a command other than ``run`` gives, at its end, to what it took from the spool.
+SPOOL_HANDOVER_BUDGET = 5.0
+
+
 def _exit(code: int) -> None:
+    # A command that configured the SDK took what the spool holds (an earlier run's outcome, the API down
+    # then): deliver it now, or spool it again. Left to the interpreter's exit, a command quicker than its
+    # look at the spool (``get``) left the file claimed, its outcome undelivered, the task processing.
+    spooling.shutdown(SPOOL_HANDOVER_BUDGET)
     if code:
         raise typer.Exit(code)
 
