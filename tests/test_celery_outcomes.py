@@ -252,3 +252,32 @@ def test_a_task_replaced_by_a_group_ends_success_and_the_group_is_its_children(t
     [replaced], members = by_name["replace_with"], by_name["add"]
     assert replaced["status"] == "success" and replaced["data"] == {"celery_replaced": True}
     assert [(m["status"], m["parent"]) for m in members] == [("success", replaced["id"])] * 2
+
+
+def test_retries_and_requeues_while_the_api_is_slow_end_in_their_final_state_across_two_workers(
+        taskbadger_server, taskbadger_server_session, tmp_path):
+    """Two workers on one queue, and an API slower than the publish budget: a retry's or a requeue's 'pending'
+    could not be sent at once and was queued in its worker, while the next attempt ran in the other worker and
+    ended first: the queued 'pending' (and the attempt's data) came after that final state, and the task stayed
+    pending for good (13 of 30 retried tasks in a hunt, 14 of 30 requeued ones)."""
+    from .conftest import start_worker, stop_worker
+
+    workers = [start_worker(taskbadger_server_session, pool="prefork", concurrency=2)]
+    try:
+        workers.append(start_worker(taskbadger_server_session, pool="solo", concurrency=1, queue=workers[0].queue))
+        taskbadger_server.set_latency(1.5, method="PATCH")  # every update outlasts the publish budget (1 s)
+        sent = [workers[0].send(tasks.flaky, 2) for _ in range(8)]
+        sent += [workers[0].send(tasks.flaky, 10) for _ in range(4)]  # max_retries=3: ends error
+        sent += [workers[0].send(tasks.reject_requeue_until, str(tmp_path / f"count-{i}"), 2) for i in range(8)]
+        ids = [result.taskbadger_task_id for result in sent]
+        # polled under a deadline: every task reaches a final state
+        taskbadger_server.wait_for(lambda: all(taskbadger_server.get_task(i)["status"] in ("success", "error")
+                                               for i in ids), timeout=60)
+    finally:
+        for worker in workers:
+            stop_worker(worker)  # a warm shutdown sends what each worker still had queued
+    statuses = [taskbadger_server.get_task(i)["status"] for i in ids]
+    expected = ["success"] * 8 + ["error"] * 4 + ["success"] * 8
+    wrong = [(i, status) for i, status, want in zip(ids, statuses, expected, strict=True) if status != want]
+    assert not wrong, f"{len(wrong)} of {len(ids)} tasks did not end in their final state: {wrong}"
+    assert [taskbadger_server.get_task(i)["data"]["retries"] for i in ids[:12]] == [2] * 8 + [3] * 4

@@ -16,6 +16,7 @@ from typing import Any
 from .. import lifecycle
 from .._runtime import log_once, short
 from ..config import get_config, why_unconfigured
+from ..delivery import merge, sender
 from ..models import StatusEnum, exception_data
 from .fields import checked_decorator_options, create_fields, successor_names, uses_base_class
 from .headers import Incoming, Meta, read_incoming, read_message_meta, read_task_id
@@ -106,11 +107,26 @@ def _end(tracking: Tracking, request: Any, state: str | None, retval: Any, celer
     elif state == "RETRY" and not tracking.retry_recorded:
         lifecycle.retry(tracking, retry_number(request), getattr(retval, "exc", None))
     elif state == "REJECTED" and getattr(retval, "requeue", False) and getattr(celery_task, "acks_late", False):
-        lifecycle.back_to_pending(tracking)  # it will run again (a message acknowledged on receipt cannot)
+        _requeued(tracking)  # it will run again (a message acknowledged on receipt cannot)
     elif state == "IGNORED" and tracking.replaced:  # self.replace(): its work goes on in the replacement
         lifecycle.succeed(tracking, {REPLACED_KEY: True})
     elif state in ("IGNORED", "REJECTED"):
         lifecycle.cancel(tracking)
+
+
+def _requeued(tracking: Tracking) -> None:
+    """``Reject(requeue=True)`` with ``acks_late``: back to ``pending``, sent now, before Celery gives the message
+    back to its queue (after this signal): the next attempt may run at once in another worker, and a ``pending``
+    queued here reached the API after its final state (the task stayed pending for good). If it cannot be sent
+    now, the status is left out (the message goes back as it came: nothing travels with it); what else this
+    attempt had queued (its start) is sent only while the task has no final state."""
+    left = lifecycle.back_to_pending(tracking, wait=True, hand_over=True)
+    if left is None:
+        return
+    log.warning("Task Badger: could not record the requeue of task %s now; it shows its next attempt when that "
+                "starts", short(tracking.id))
+    if left:
+        sender.submit(tracking.id, {**left, merge.UNLESS_FINAL: True})
 
 
 #: Celery's final states -> the task's (a retry is not one: the next attempt looks for the task again).

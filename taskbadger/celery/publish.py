@@ -44,9 +44,11 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     if running is not None and _replaces_running_task(message, body):
         running.replaced = True  # and the replacement is tracked as any task published from the body
     elif running is not None and running.celery_id == celery_id:
-        write_meta(message, running.meta_for_next_attempt())  # task.retry(): same Celery id, same task
+        # task.retry(): same Celery id, same task. Its retry is recorded first (its data then travels with the
+        # next attempt), and what could not be sent of it goes with the next attempt too (``retry_resend``)
         if not running.retry_recorded:
             record_retry(running)
+        write_meta(message, running.meta_for_next_attempt(running.retry_resend))
         return None
     if incoming.meta is not None:
         return None  # already tracked (a re-publish of the same message)
@@ -186,8 +188,14 @@ def record_retry(tracking: Tracking) -> None:
     import celery
 
     tracking.retry_recorded = True
-    lifecycle.retry(tracking, retry_number(celery.current_task.request), tracking.retry_exc or sys.exc_info()[1],
-                    wait=True)
+    # Sent now, before the message of the next attempt is published: that attempt may run at once in another
+    # worker. If it cannot be sent now, it is not queued here (it could reach the API after that attempt's final
+    # state, and the task stayed pending for good): the next attempt sends it when it starts.
+    tracking.retry_resend = lifecycle.retry(tracking, retry_number(celery.current_task.request),
+                                            tracking.retry_exc or sys.exc_info()[1], wait=True, hand_over=True)
+    if tracking.retry_resend is not None:
+        log.warning("Task Badger: could not record the retry of task %s now; its next attempt records it when it "
+                    "starts", short(tracking.id))
 
 
 def retry_number(request: Any) -> int:

@@ -38,12 +38,14 @@ class Tracking(Run):
     Celery has: the retry being published from the body, whether the body published its replacement
     (``self.replace``), and the names of the tasks that follow it."""
 
-    __slots__ = ("replaced", "retry_exc", "retry_recorded", "successors")
+    __slots__ = ("replaced", "retry_exc", "retry_recorded", "retry_resend", "successors")
 
     def __init__(self, celery_id: str, meta: Meta) -> None:
         super().__init__(celery_id, meta)
         self.retry_exc: BaseException | None = None
         self.retry_recorded = False
+        #: what of the recorded retry could not be sent: its next attempt sends it (``Meta.resend``)
+        self.retry_resend: dict[str, Any] | None = None
         self.replaced = False
         self.successors: frozenset[str] = frozenset()
 

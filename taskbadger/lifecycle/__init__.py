@@ -40,6 +40,7 @@ from ..config import get_config
 from ..context_providers import error_context
 from ..delivery import merge, sender
 from ..delivery.heartbeat import get_heartbeat
+from ..delivery.queue import claim as claim_queued
 from ..inline import Created, create_inline, fetch, find, settle_later
 from ..models import (
     EXCEPTION_KEYS,
@@ -201,7 +202,7 @@ class Run:
         return self.meta.id
 
     @property
-    def task(self) -> Task:
+    def task(self) -> RunTask:
         """The job's task as its body sees it: its updates never fail the job (``body.RunTask``)."""
         if self._task is None:
             self._task = RunTask(TaskModel.from_dict(self.meta.task))
@@ -227,14 +228,15 @@ class Run:
     def value_max(self) -> Any:
         return self._task.value_max if self._task is not None else self.meta.task.get("value_max")
 
-    def meta_for_next_attempt(self) -> Meta:
+    def meta_for_next_attempt(self, resend: Mapping[str, Any] | None = None) -> Meta:
         """What to carry to the job's next attempt (a retry): the progress its body reported included, so that
-        the attempt that succeeds ends complete (the finished-progress rule needs ``value_max``)."""
+        the attempt that succeeds ends complete (the finished-progress rule needs ``value_max``); ``resend``: the
+        fields of this attempt's retry that could not be sent (``back_to_pending``), for the next one to send."""
         task = dict(self.meta.task)
         for key, value in (("value", self.value), ("value_max", self.value_max)):
             if isinstance(value, int) and not isinstance(value, bool):
                 task[key] = value
-        return Meta(task, self.meta.heartbeat_interval, self.meta.stale_timeout)
+        return Meta(task, self.meta.heartbeat_interval, self.meta.stale_timeout, dict(resend) if resend else None)
 
     @property
     def data_known(self) -> bool:
@@ -298,6 +300,8 @@ def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, 
         fields["stale_timeout"] = run.meta.stale_timeout
     if after_error:
         fields[merge.DROP_DATA] = list(EXCEPTION_KEYS)
+    if run.meta.resend:  # the attempt before could not record its retry: this one does, before its own outcome
+        fields = merge.queued(run.meta.resend, fields)
     sender.submit(run.id, fields)
     run.set_status(StatusEnum.PROCESSING)
     run.finished = False
@@ -394,24 +398,34 @@ def cancel(run: Run, extra: Mapping[str, Any] | None = None) -> bool:
     return _final(run, StatusEnum.CANCELLED, extra)
 
 
-def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None, wait: bool = False) -> None:
+def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None, wait: bool = False,
+                    hand_over: bool = False) -> dict[str, Any] | None:
     """The job will run again (a retry, a requeue): back to ``pending``, with ``extra`` (the attempt, the
     exception that caused it) merged into its data. Its next start makes it ``processing`` again. ``wait``: send
     it now (within the publish budget), before the job is given back to its queue, so that it reaches the API
     before the next attempt, which may start in another process and end first; queued if it cannot be sent
-    now, then sent only while the task has no final state."""
+    now, then sent only while the task has no final state. ``hand_over`` (with ``wait``): when it cannot be sent
+    now, nothing of the task's is left queued here (a queued update of this attempt could still land after the
+    next attempt's final state, even one sent only while the task has none: that is read, then written): its
+    fields are returned, for the next attempt to send with its start (``Meta.resend``), in the process whose
+    final state comes after them (the caller says so). None when it was sent (or queued)."""
     fields: dict[str, Any] = {"status": StatusEnum.PENDING.value}
     if extra:
         fields.update(data_fields(run, extra))
     run.set_status(StatusEnum.PENDING)
     if not wait:
         sender.submit(run.id, fields)
-        return
-    try:
-        run.task.update(**fields)
-    except Exception as err:
-        log.warning("Task Badger: could not record the retry of task %s now (%s); it is queued", short(run.id), err)
-        sender.submit(run.id, {**fields, merge.UNLESS_FINAL: True})
+        return None
+    if run.task.send_now(fields):
+        return None
+    if hand_over:
+        # what this attempt had queued (its start, progress), given back by the failed send, goes with it
+        carried = merge.queued(claim_queued(run.id, timeout=0.0), fields)
+        carried.pop("status", None)
+        return carried
+    log.warning("Task Badger: could not record the retry of task %s now; it is queued", short(run.id))
+    sender.submit(run.id, {**fields, merge.UNLESS_FINAL: True})
+    return None
 
 
 @dataclass(frozen=True)
@@ -488,11 +502,13 @@ def close(task_id: str, status: StatusEnum, data: Mapping[str, Any] | None = Non
     sender.submit(task_id, fields, final=True)
 
 
-def retry(run: Run, attempt: int, exc: BaseException | None = None, wait: bool = False) -> None:
+def retry(run: Run, attempt: int, exc: BaseException | None = None, wait: bool = False,
+          hand_over: bool = False) -> dict[str, Any] | None:
     """The job will be tried again (its ``attempt``-th retry): back to ``pending``, with ``data["retries"]``
     and the exception that caused it (``data["last_exception"]``). ``wait``: send it now, from the job's
-    body, so that it reaches the API before the next attempt can start elsewhere (queued if it cannot)."""
+    body, so that it reaches the API before the next attempt can start elsewhere (queued if it cannot, or with
+    ``hand_over`` returned for the next attempt to send: see ``back_to_pending``)."""
     extra: dict[str, Any] = {"retries": attempt}
     if exc is not None:
         extra["last_exception"] = exception_data(exc)["exception"]
-    back_to_pending(run, extra, wait)
+    return back_to_pending(run, extra, wait, hand_over)

@@ -83,16 +83,31 @@ class RunTask(Task):
             # with what follows, in order), as they do the run's own updates.
             self._to_senders(fields)
             return
+        problem = self._try_now(fields, deadline or Deadline(config.publish_budget, config.timeout[0]))
+        if problem is not None:  # not taken now: the senders retry it
+            self._queue(fields, problem)
+
+    def send_now(self, fields: dict[str, Any]) -> bool:
+        """Send ``fields`` (the run's own, checked) now, within the publish budget and through the breaker, and
+        queue nothing when they cannot be: True when the API took them (or refused them: dropped, with a
+        warning), False when they were not sent (what this process had queued for the task stays queued)."""
+        config = get_config()
+        if config is None:
+            return True  # tracking was switched off in this process meanwhile: nobody to send them to
+        return self._try_now(fields, Deadline(config.publish_budget, config.timeout[0])) is None
+
+    def _try_now(self, fields: dict[str, Any], deadline: Deadline) -> Any:
+        """Send ``fields`` now through the breaker: None when the API answered (a refusal is dropped, with a
+        warning), else why they could not be sent now (nothing is queued here)."""
         breaker = publish_breaker()
         call = breaker.begin(creates=False)
         if call is None:
-            self._queue(fields, "the Task Badger API is failing")
-            return
+            return "the Task Badger API is failing"
         try:
-            super()._send(fields, deadline or Deadline(config.publish_budget, config.timeout[0]))
-        except (TransportError, ServerError, RateLimited) as err:  # not taken now: the senders retry it
+            super()._send(fields, deadline)
+        except (TransportError, ServerError, RateLimited) as err:
             breaker.end(call, err)
-            self._queue(fields, err)
+            return err
         except Exception as err:  # refused by the API (4xx), or fields that cannot be sent at all
             breaker.end(call)  # not shown either: the run's automatic final state must still go out
             log_throttled(f"body-update-dropped:{self._task.id}", WARN_INTERVAL, logging.WARNING,
@@ -101,6 +116,7 @@ class RunTask(Task):
         else:
             breaker.end(call)
             self._sent_at = time.monotonic()
+        return None
 
     def _to_senders(self, fields: dict[str, Any]) -> None:
         """Queue the update for the senders, and show it on this object (the API will have it)."""

@@ -70,13 +70,20 @@ class Meta:
     task: dict[str, Any]
     heartbeat_interval: float | None = None
     stale_timeout: int | None = None
+    #: The update an earlier attempt could not send when it was retried (its data, its start): the next attempt
+    #: sends it with its own start, so that it can never reach the API after that attempt's final state.
+    resend: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
         return self.task["id"]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "heartbeat_interval": self.heartbeat_interval, "stale_timeout": self.stale_timeout}
+        carried = {"task": self.task, "heartbeat_interval": self.heartbeat_interval,
+                   "stale_timeout": self.stale_timeout}
+        if self.resend:
+            carried["resend"] = self.resend
+        return carried
 
 
 def _warn(task_name: str, where: str, problem: str) -> None:
@@ -120,7 +127,42 @@ def parse_meta(raw: Any, task_name: str, where: str) -> Meta | None:
     if stale is not None and not is_whole_seconds(stale):
         _warn(task_name, f"{where}.stale_timeout", f"is not a whole number of seconds ({short(stale, 60)})")
         stale = None
-    return Meta(fields, float(heartbeat) if heartbeat is not None else None, stale)
+    return Meta(fields, float(heartbeat) if heartbeat is not None else None, stale,
+                _resend(raw.get("resend"), task_name, where))
+
+
+def _mapping(v: Any) -> dict[str, Any]:
+    return dict(jsonable(v)) if isinstance(v, Mapping) else _invalid()
+
+
+#: the fields of an earlier attempt's update that its next attempt may send (``Meta.resend``) -> their check
+_RESEND_FIELDS: dict[str, Any] = {
+    "data": _mapping,
+    "merge_data": _mapping,
+    "value": _count,
+    "value_max": _count,
+    "start_time": _text(64),
+    "stale_timeout": lambda v: v if is_whole_seconds(v) else _invalid(),
+}
+
+
+def _resend(raw: Any, task_name: str, where: str) -> dict[str, Any] | None:
+    """The checked ``resend`` fields (``Meta.resend``): only those listed, each valid; None when there are none."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        _warn(task_name, f"{where}.resend", f"is not a dict ({short(raw, 60)})")
+        return None
+    fields: dict[str, Any] = {}
+    for key, value in raw.items():
+        check = _RESEND_FIELDS.get(key)
+        if check is None:
+            continue  # a field this version does not send again
+        try:
+            fields[key] = check(value)
+        except (ValueError, TypeError):
+            _warn(task_name, f"{where}.resend.{short(key, 40)}", f"has an invalid value {short(value, 60)}")
+    return fields or None
 
 
 def carried_fields(task_fields: Mapping[str, Any]) -> dict[str, Any]:

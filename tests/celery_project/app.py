@@ -339,3 +339,28 @@ def beat_tick():
 @shared_task
 def plain_fail(message):
     raise ValueError(message)
+
+
+@app.task(bind=True, base=Task, max_retries=3, autoretry_for=(ConnectionError,), retry_kwargs={"countdown": 0})
+def auto_flaky(self, failures):
+    if self.request.retries < failures:
+        raise ConnectionError(f"attempt {self.request.retries} failed")
+    return "ok"
+
+
+@app.task(bind=True, base=Task, max_retries=3, acks_late=True)
+def late_flaky(self, failures):
+    if self.request.retries < failures:
+        raise self.retry(exc=ConnectionError(f"attempt {self.request.retries} failed"), countdown=0)
+    return "ok"
+
+
+@app.task(base=Task, acks_late=True)
+def reject_requeue_until(path, failures):
+    """Reject (requeue) the first ``failures`` deliveries, counted in the file at ``path``."""
+    counter = pathlib.Path(path)
+    seen = int(counter.read_text() or 0) if counter.exists() else 0
+    counter.write_text(str(seen + 1))
+    if seen < failures:
+        raise Reject("again, please", requeue=True)
+    return "ok"
