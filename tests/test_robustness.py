@@ -133,6 +133,23 @@ def test_carried_data_larger_than_a_publisher_of_ours_carries_is_not_written_bac
     assert max(len(r.body or b"") for r in taskbadger_server.requests if r.method == "PATCH") < 100_000
 
 
+@pytest.mark.parametrize("resend", [{"data": {"blob": "x" * 3_000_000}, "value": 5},
+                                    {"status": "success", "end_time": "2020-01-01T00:00:00Z", "value": 5}],
+                         ids=["too large", "fields it may not carry"])
+def test_a_retry_s_resend_fields_are_taken_only_within_bounds(taskbadger_server, solo_worker, celery_app, resend):
+    """``resend`` (what an attempt could not send when it was retried, for the next attempt to send) is read from
+    the message like the rest of it: only the fields listed, each checked, and not up to any size."""
+    task = taskbadger.create_task("foreign", data={"orig": 1})
+    meta = {"task": {"id": task.id, "name": "foreign", "status": "pending", "data": {"orig": 1}}, "resend": resend}
+    publish_foreign(celery_app, NAME + "fail", ("broken on purpose",), solo_worker.queue, {"taskbadger_task": meta})
+    ended = taskbadger_server.wait_for_task(name="foreign", status="error", timeout=20)
+    assert set(ended["data"]) == {"orig", "exception", "exception_type"}
+    assert ended["end_time"] != "2020-01-01T00:00:00Z"
+    assert max(len(r.body or b"") for r in taskbadger_server.requests if r.method == "PATCH") < 100_000
+    # the checked fields of a resend within bounds are sent with the start
+    assert ended["value"] == (None if "data" in resend else 5)
+
+
 @pytest.mark.parametrize(("nesting", "replaces"), [(1.5, True), (1, True), (True, False), ("2", False), (None, False)])
 def test_a_replacement_is_told_by_any_number_celery_adds_one_to(nesting, replaces):
     """Celery computes a replacement's ``replaced_task_nesting`` from whatever the message said (1.5 + 1): a float

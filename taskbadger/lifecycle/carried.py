@@ -30,6 +30,9 @@ log = logging.getLogger("taskbadger")
 
 #: ``data`` larger than this (as JSON) is not carried; the worker fetches it if the job's body asks for it.
 MAX_CARRIED_DATA_CHARS = 8192
+#: Most a retry's ``resend`` fields may hold (JSON characters): the data of a task its body filled, with the retry's
+#: count and exception, fits; a message written by another producer is not taken up to any size.
+MAX_RESEND_CHARS = 65536
 
 
 def _text(limit: int) -> Any:
@@ -162,6 +165,9 @@ def _resend(raw: Any, task_name: str, where: str) -> dict[str, Any] | None:
             fields[key] = check(value)
         except (ValueError, TypeError):
             _warn(task_name, f"{where}.resend.{short(key, 40)}", f"has an invalid value {short(value, 60)}")
+    if fields and len(json.dumps(fields, default=str)) > MAX_RESEND_CHARS:
+        _warn(task_name, f"{where}.resend", f"is larger than {MAX_RESEND_CHARS} characters")
+        return None
     return fields or None
 
 
