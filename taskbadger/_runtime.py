@@ -251,3 +251,39 @@ def on_an_event_loop() -> bool:
         return False
     return True
 
+
+def raised_by_signal_handler(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, came out of a signal handler installed in this
+    process: a queue's time limit, raised into the job wherever the job is (RQ's ``JobTimeoutException`` on
+    SIGALRM, Celery's ``SoftTimeLimitExceeded``), maybe in the middle of a request of ours. It is the job's to
+    see: tracking re-raises it where it catches its own errors."""
+    handlers: set[Any] | None = None
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        tb = current.__traceback__
+        while tb is not None:
+            if handlers is None:
+                handlers = _signal_handler_codes()
+                if not handlers:
+                    return False
+            if tb.tb_frame.f_code in handlers:
+                return True
+            tb = tb.tb_next
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _signal_handler_codes() -> set[Any]:
+    """The code objects of the Python signal handlers installed now."""
+    codes = set()
+    for signum in signal.valid_signals():
+        try:
+            handler = signal.getsignal(signum)
+        except (ValueError, OSError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from .._runtime import raised_by_signal_handler
 from . import events
 
 log = logging.getLogger("taskbadger")
@@ -25,7 +26,9 @@ def guard(handler: Callable[[Any], None]) -> Callable[..., None]:
             return
         try:
             handler(task_result)
-        except Exception:
+        except Exception as exc:
+            if raised_by_signal_handler(exc):
+                raise  # the job's time limit (RQ's JobTimeoutException) struck while tracking it: the job's
             log.exception("Task Badger: internal error in %s; the django.tasks task is not affected",
                           handler.__name__, extra={"taskbadger_internal_error": True})
 

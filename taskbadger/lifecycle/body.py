@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .._runtime import log_throttled, on_an_event_loop, short
+from .._runtime import log_throttled, on_an_event_loop, raised_by_signal_handler, short
 from ..config import get_config
 from ..delivery import sender
 from ..delivery.breaker import publish_breaker
@@ -83,7 +83,11 @@ class RunTask(Task):
             # with what follows, in order), as they do the run's own updates.
             self._to_senders(fields)
             return
-        problem = self._try_now(fields, deadline or Deadline(config.publish_budget, config.timeout[0]))
+        try:
+            problem = self._try_now(fields, deadline or Deadline(config.publish_budget, config.timeout[0]))
+        except Exception:  # the job's time limit, raised from a signal handler during the request
+            self._to_senders(fields)  # not sent: the senders send it, before the job's outcome
+            raise
         if problem is not None:  # not taken now: the senders retry it
             self._queue(fields, problem)
 
@@ -98,7 +102,8 @@ class RunTask(Task):
 
     def _try_now(self, fields: dict[str, Any], deadline: Deadline) -> Any:
         """Send ``fields`` now through the breaker: None when the API answered (a refusal is dropped, with a
-        warning), else why they could not be sent now (nothing is queued here)."""
+        warning), else why they could not be sent now (nothing is queued here). A queue's time limit raised from a
+        signal handler during the request (RQ's ``JobTimeoutException``) is raised: it is the job's."""
         breaker = publish_breaker()
         call = breaker.begin(creates=False)
         if call is None:
@@ -107,9 +112,13 @@ class RunTask(Task):
             super()._send(fields, deadline)
         except (TransportError, ServerError, RateLimited) as err:
             breaker.end(call, err)
+            if raised_by_signal_handler(err):
+                raise  # the job's time limit struck during the request: the job's, as anywhere in its body
             return err
         except Exception as err:  # refused by the API (4xx), or fields that cannot be sent at all
             breaker.end(call)  # not shown either: the run's automatic final state must still go out
+            if raised_by_signal_handler(err):
+                raise  # the job's time limit (RQ's JobTimeoutException...) struck during the request: the job's
             log_throttled(f"body-update-dropped:{self._task.id}", WARN_INTERVAL, logging.WARNING,
                           "Task Badger: an update of task %s from the job's body was not taken and is dropped "
                           "(%s); the job goes on", short(self._task.id), err)

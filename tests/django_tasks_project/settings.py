@@ -25,7 +25,11 @@ _BACKENDS = {
               else "django_tasks.backends.dummy.DummyBackend"),
 }
 TASKS = {"default": {"BACKEND": _BACKENDS[DJT_BACKEND], "QUEUES": sorted({"default", DJT_QUEUE})}}
-RQ_QUEUES = {name: {"URL": "redis://127.0.0.1:6379/10", "DEFAULT_TIMEOUT": 60} for name in {"default", DJT_QUEUE}}
+#: The Redis database of the RQ queues (``DJT_REDIS_URL``: a test run beside another one uses its own database).
+DJT_REDIS_URL = env.str("DJT_REDIS_URL", default="redis://127.0.0.1:6379/10")
+#: RQ's job timeout (``DJT_RQ_TIMEOUT``, seconds): when the work horse raises ``JobTimeoutException`` in the job.
+RQ_QUEUES = {name: {"URL": DJT_REDIS_URL, "DEFAULT_TIMEOUT": env.int("DJT_RQ_TIMEOUT", default=60)}
+             for name in {"default", DJT_QUEUE}}
 
 TASKBADGER = {
     **TASKBADGER,

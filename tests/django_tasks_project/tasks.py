@@ -73,3 +73,13 @@ def untracked_by_rule() -> str:
 def custom() -> str:
     tb = taskbadger.current_task()
     return tb.name if tb else ""
+
+
+@task
+def updates_data(steps: int) -> int:
+    """Sends ``steps`` updates of its task's data from its body, one after another (each a request: RQ's job timeout
+    strikes during one when the API is slow)."""
+    tb = taskbadger.current_task()
+    for i in range(steps):
+        tb.update(data={"step": i})
+    return steps
