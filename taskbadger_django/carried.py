@@ -147,6 +147,20 @@ class DatabaseChannel:
         rows = [row for row in (transactions.model_row(m, result_id) for m in [*models, model]) if row is not None]
         transactions.if_rolled_back(alias, rows, callback)
 
+    def release(self) -> None:
+        """Close this process's connection to the entries' database, unless a transaction is open on it: an RQ
+        worker's main process forks a work horse per job, which must not inherit it (``django_rq`` closes the
+        connections once, before the worker starts). The next query opens one again."""
+        def close() -> None:
+            connection = transaction.get_connection(router.db_for_write(self._model()))
+            if not connection.in_atomic_block:
+                connection.close()
+
+        try:
+            close()
+        except Exception as err:
+            log.debug("Task Badger: could not close the django.tasks entries' connection: %s", err)
+
     def get(self, result_id: str) -> Entry | None:
         model = self._model()
 

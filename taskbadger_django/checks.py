@@ -40,6 +40,7 @@ taskbadger.W014    Warning  ``taskbadger.init()`` ran before Django started: the
 taskbadger.W015    Warning  a setting whose name looks like a misspelled ``TASKBADGER`` (``TASK_BADGER``)
 taskbadger.W016    Warning  a setting named for a ``TASKBADGER`` key (``TASKBADGER_API_KEY``): it belongs in the dict
 taskbadger.W017    Warning  ``HOST`` has a path: the API's URLs are made from the host (``/api/...``)
+taskbadger.W018    Warning  a ``TASKS`` backend is RQ's but ``RQ["WORKER_CLASS"]`` is not Task Badger's worker class
 taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no monitor id
 =================  =======  ==========================================================================
 """
@@ -77,7 +78,8 @@ def check_taskbadger(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
     """Every Task Badger check, settings first, in a stable order."""
     return (check_settings(app_configs, **kwargs) + check_progress(app_configs, **kwargs)
             + check_broker(app_configs, **kwargs) + check_celery_tasks(app_configs, **kwargs)
-            + check_django_tasks(app_configs, **kwargs) + check_procrastinate(app_configs, **kwargs))
+            + check_django_tasks(app_configs, **kwargs) + check_django_tasks_rq(app_configs, **kwargs)
+            + check_procrastinate(app_configs, **kwargs))
 
 
 #: broker URL scheme -> (the module its kombu transport needs, what installs it)
@@ -618,6 +620,76 @@ def _version(text: str) -> tuple[int, ...]:
         digits = "".join(c for c in part if c.isdigit())
         parts.append(int(digits) if digits else 0)
     return tuple(parts)
+
+
+#: The RQ worker class that ends the tasks of jobs whose work horse was killed or stopped (docs/django-tasks.md).
+RQ_WORKER_CLASS = "taskbadger.django_tasks.rq.Worker"
+
+
+def check_django_tasks_rq(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W018: a ``TASKS`` backend is ``django_tasks_rq``'s and ``RQ["WORKER_CLASS"]`` (``django_rq``'s setting, which
+    ``manage.py rqworker`` reads) is not ``taskbadger.django_tasks.rq.Worker`` or a subclass of it: the task of a job
+    whose work horse is killed, or that is stopped on request, stays ``processing`` for ever."""
+    from django.conf import settings as django_settings
+
+    if conf.TaskBadgerSettings().ENABLED is False:
+        return []
+    tasks = getattr(django_settings, "TASKS", None)
+    if not isinstance(tasks, Mapping):
+        return []
+    aliases = [alias for alias, backend in tasks.items()
+               if isinstance(backend, Mapping) and _is_rq_backend(backend.get("BACKEND"))]
+    if not aliases:
+        return []
+    rq_setting = getattr(django_settings, "RQ", None)
+    worker_class = rq_setting.get("WORKER_CLASS") if isinstance(rq_setting, Mapping) else None
+    if _is_our_rq_worker(worker_class):
+        return []
+    if worker_class is None:
+        fix = (f'Add RQ = {{"WORKER_CLASS": "{RQ_WORKER_CLASS}"}} to your settings (or "WORKER_CLASS": '
+               f'"{RQ_WORKER_CLASS}" to your RQ setting).')
+    else:
+        name = worker_class if isinstance(worker_class, str) else f"{worker_class.__module__}.{worker_class.__name__}"
+        fix = (f'Make your worker class {name} a subclass of {RQ_WORKER_CLASS}, or set RQ["WORKER_CLASS"] = '
+               f'"{RQ_WORKER_CLASS}".')
+    return [checks.Warning(
+        f"TASKS[{aliases[0]!r}] is django_tasks_rq's RQ backend, but RQ['WORKER_CLASS'] is not Task Badger's RQ "
+        f"worker class: the Task Badger task of a job whose work horse is killed (SIGKILL, the kernel's OOM killer, "
+        f"RQ at the job's timeout + 60 s) or that is stopped with RQ's stop-job command stays 'processing' for ever.",
+        hint=f"{fix} A worker started with rqworker --worker-class {RQ_WORKER_CLASS} has it too (silence this check "
+             f"with SILENCED_SYSTEM_CHECKS = ['taskbadger.W018'] then). See docs/django-tasks.md.",
+        obj="RQ['WORKER_CLASS']", id="taskbadger.W018")]
+
+
+def _is_rq_backend(backend: Any) -> bool:
+    """Whether a ``TASKS`` ``BACKEND`` is ``django_tasks_rq``'s ``RQBackend`` or a subclass of it."""
+    if not isinstance(backend, str):
+        return False
+    if backend.startswith("django_tasks_rq."):
+        return True
+    try:
+        from django_tasks_rq import RQBackend
+
+        cls = import_string(backend)
+        return isinstance(cls, type) and issubclass(cls, RQBackend)
+    except Exception:  # no django_tasks_rq, or a backend that cannot be imported (Django reports that itself)
+        return False
+
+
+def _is_our_rq_worker(worker_class: Any) -> bool:
+    """Whether ``RQ["WORKER_CLASS"]`` (a class or its dotted path) is ours or a subclass of ours; also when it cannot
+    be told (it cannot be imported: ``rqworker`` fails on it anyway)."""
+    if worker_class is None:
+        return False
+    if worker_class == RQ_WORKER_CLASS:
+        return True
+    try:
+        from taskbadger.django_tasks.rq import Worker
+
+        cls = import_string(worker_class) if isinstance(worker_class, str) else worker_class
+    except Exception:
+        return True
+    return isinstance(cls, type) and issubclass(cls, Worker)
 
 
 def check_procrastinate(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

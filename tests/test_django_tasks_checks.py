@@ -121,3 +121,56 @@ def test_a_number_out_of_range_is_named_not_taken_for_a_wrong_type(key, value):
     int is a number, so the message read as a type error. It shows the number."""
     [message] = [m for m in run(DJANGO_TASKS={key: value}) if m.id == "taskbadger.E003"]
     assert message.msg.endswith(f", got {value!r}."), message.msg
+
+
+# -- W018: django.tasks on RQ without Task Badger's worker class ---------------------------------------------------
+
+RQ_TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
+RQ_LINE = 'RQ = {"WORKER_CLASS": "taskbadger.django_tasks.rq.Worker"}'
+
+
+def run_rq(rq=None, backends=RQ_TASKS, **tb):
+    """The checks with ``TASKS`` and ``RQ`` as given (no ``RQ`` setting when ``rq`` is None)."""
+    with override_settings(TASKS=backends, RQ_QUEUES={"default": {"URL": "redis://127.0.0.1:6379/12"}}):
+        if rq is None:
+            with override_settings():
+                from django.conf import settings
+
+                del settings.RQ
+                return run(**tb)
+        with override_settings(RQ=rq):
+            return run(**tb)
+
+
+def test_w018_an_rq_backend_without_our_worker_class_says_what_is_lost_and_the_line_to_add():
+    """A killed work horse's or a stopped job's task stays processing with RQ's own worker class: the user who
+    did not name ours is told what they lose and the exact setting."""
+    (message,) = run_rq()
+    assert message.id == "taskbadger.W018"
+    assert "stays 'processing'" in message.msg and "killed" in message.msg and "stop-job" in message.msg
+    assert RQ_LINE in message.hint
+    (message,) = run_rq({"WORKER_CLASS": "rq.worker.Worker"})  # another worker class: make it a subclass of ours
+    assert message.id == "taskbadger.W018"
+    assert "rq.worker.Worker a subclass of taskbadger.django_tasks.rq.Worker" in message.hint
+    assert ids(run_rq({"DEFAULT_RESULT_TTL": 60})) == ["taskbadger.W018"]  # an RQ setting without the key
+    from rq.worker import SimpleWorker
+
+    assert ids(run_rq({"WORKER_CLASS": SimpleWorker})) == ["taskbadger.W018"]  # a class, not a path
+
+
+def test_w018_is_silent_with_our_worker_class_or_a_subclass_of_it():
+    from taskbadger.django_tasks.rq import Worker
+
+    from .django_tasks_project.rq_workers import OwnWorker
+
+    assert ids(run_rq({"WORKER_CLASS": "taskbadger.django_tasks.rq.Worker"})) == []
+    assert ids(run_rq({"WORKER_CLASS": Worker})) == []
+    assert ids(run_rq({"WORKER_CLASS": OwnWorker})) == []
+    assert ids(run_rq({"WORKER_CLASS": "tests.django_tasks_project.rq_workers.OwnWorker"})) == []
+
+
+def test_w018_is_silent_without_an_rq_backend_or_with_tracking_off():
+    assert ids(run_rq(backends={"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}})) == []
+    assert ids(run_rq(backends={})) == []
+    with override_settings(TASKBADGER={**VALID, "ENABLED": False}, TASKS=RQ_TASKS):
+        assert "taskbadger.W018" not in ids(run_checks(tags=[tb_checks.TAG]))

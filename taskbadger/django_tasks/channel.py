@@ -45,6 +45,7 @@ class Channel(Protocol):
 
     def discard(self, result_id: str) -> None: ...
 
+    # Optional: ``release()``, to let go of what this process holds open (a database connection) before it forks.
     # Optional: ``if_rolled_back(result_id, callback)``, to call ``callback()`` if the transaction the entry was
     # written in rolls back (the job was never enqueued). A channel without it never calls anything.
 

@@ -23,7 +23,7 @@ from typing import Any
 from .. import lifecycle, spooling
 from .._runtime import ForkSafeLock
 from ..config import get_config
-from ..models import StatusEnum, is_task_id
+from ..models import StatusEnum, exception_data, is_task_id
 from .channel import CREATED, CREATING, MAYBE, Channel, Entry, LocalChannel
 from .options import module_path, options_for
 
@@ -224,6 +224,10 @@ def on_finished(task_result: Any) -> None:
         if settle:
             lifecycle.settle(task_result.id, StatusEnum.ERROR if failed else StatusEnum.SUCCESS,
                              _error_text(task_result) if failed else None)
+        elif failed and _backend_kind(task_result) == "rq":
+            # Not run here: RQ failed a job it found abandoned in its started jobs (its worker shut down cold, or
+            # killed), in the process that cleaned them up (a worker's main process, a django_rq page).
+            on_lost(task_result.id, module_path(task_result.task), StatusEnum.ERROR, ABANDONED)
         return
     try:
         if failed:
@@ -244,6 +248,51 @@ def on_finished(task_result: Any) -> None:
             # An RQ work horse leaves through os._exit as soon as the job's callbacks return: no atexit,
             # no background sender. Deliver its updates now (spooled if the API is failing).
             spooling.shutdown(HORSE_FLUSH)
+
+
+#: Why RQ failed a job it found abandoned.
+ABANDONED = ("RQ found the job abandoned in its started jobs (its worker was shut down cold, or killed, while it ran) "
+             "and failed it")
+
+
+class WorkHorseLost(Exception):
+    """An RQ job ended without its work horse reporting its outcome (``on_lost``)."""
+
+
+def on_lost(result_id: str, task_name: str, status: StatusEnum, reason: str) -> None:
+    """An RQ job ended without its work horse reporting it: the horse was killed (SIGKILL, the kernel's OOM killer,
+    RQ at the job's timeout + 60 s), crashed, or was stopped on request, or its worker was shut down cold and RQ
+    failed the abandoned job later. Its task, left ``processing``, ends ``status`` (with ``reason``), unless it has
+    a final state already. Runs where RQ notices it (the worker's main process: ``taskbadger.django_tasks.rq.Worker``,
+    or the job's failure callback for an abandoned job), which knows the task from the channel's entry."""
+    system = _system()
+    if system is None:
+        return
+    channel = _channel(system, "rq")
+    try:
+        _lost(channel, result_id, task_name, status, reason)
+    finally:
+        release = getattr(channel, "release", None)
+        if release is not None:
+            release()  # the worker's main process forks the next work horse: not with this connection
+
+
+def _lost(channel: Channel, result_id: str, task_name: str, status: StatusEnum, reason: str) -> None:
+    entry = channel.get(result_id)
+    if entry is None or entry.state != CREATED:
+        return
+    meta = lifecycle.parse_meta(entry.meta, task_name, "django.tasks entry")
+    if meta is None:
+        return
+    if status is StatusEnum.ERROR:
+        data = exception_data(WorkHorseLost(reason), f"{WorkHorseLost.__module__}.WorkHorseLost: {reason}")
+    else:
+        data = {"rq_stopped": reason}
+    # the task's data is merged into when the update is sent (the body may have changed it in the horse)
+    lifecycle.close(meta.id, status, data, unless_final=True)
+    channel.finished(result_id, failed=True)
+    log.info("Task Badger: RQ job %s ended without its work horse reporting it (%s): its task %s ends %s",
+             result_id, reason, meta.id, status.value)
 
 
 class _Failure(Exception):

@@ -30,6 +30,8 @@ DJT_REDIS_URL = env.str("DJT_REDIS_URL", default="redis://127.0.0.1:6379/10")
 #: RQ's job timeout (``DJT_RQ_TIMEOUT``, seconds): when the work horse raises ``JobTimeoutException`` in the job.
 RQ_QUEUES = {name: {"URL": DJT_REDIS_URL, "DEFAULT_TIMEOUT": env.int("DJT_RQ_TIMEOUT", default=60)}
              for name in {"default", DJT_QUEUE}}
+#: The worker class the docs tell RQ users to name (docs/django-tasks.md): every RQ test runs with it.
+RQ = {"WORKER_CLASS": "taskbadger.django_tasks.rq.Worker"}
 
 TASKBADGER = {
     **TASKBADGER,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import time
 from typing import Any
 
@@ -83,3 +84,15 @@ def updates_data(steps: int) -> int:
     for i in range(steps):
         tb.update(data={"step": i})
     return steps
+
+
+@task
+def sleepy(seconds: float, pid_file: str = "") -> float:
+    """Sleeps (a long job: a killed work horse, a job stopped, a worker shut down mid-task); writes the pid of the
+    process that runs it to ``pid_file`` first, when given."""
+    if pid_file:
+        with open(pid_file + ".tmp", "w") as out:
+            out.write(str(os.getpid()))
+        os.replace(pid_file + ".tmp", pid_file)
+    time.sleep(seconds)
+    return seconds
