@@ -104,6 +104,19 @@ def test_soft_time_limit_ends_error_with_the_limit(taskbadger_server, prefork_wo
     assert "soft time limit (1 s) exceeded" in task["data"]["exception"]
 
 
+def test_soft_time_limit_strikes_even_during_an_update_from_the_body(taskbadger_server, prefork_worker):
+    """Celery raises SoftTimeLimitExceeded from a signal handler, wherever the body is: inside a request of
+    ``tb.update()`` with a slow API, tracking took it for one of its own errors and swallowed it, and the task ran
+    on past its limit and ended success."""
+    taskbadger_server.set_latency(0.4, method="PATCH")  # each update of the body takes 0.4 s: 15 take 6 s
+    prefork_worker.send(tasks.update_data, 15, soft_time_limit=1)
+    # polls the stand-in under a deadline for the task's final state, whichever it is
+    [task] = taskbadger_server.wait_for(lambda: [t for t in taskbadger_server.tasks_named(NAME + "update_data")
+                                                 if t["status"] in ("error", "success")], timeout=30)
+    assert task["status"] == "error", task["data"]
+    assert "soft time limit (1 s) exceeded" in task["data"]["exception"]
+
+
 @pytest.fixture
 def own_prefork_worker(taskbadger_server_session):
     """Tests that kill pool children get a worker of their own: the shared one would spend its time

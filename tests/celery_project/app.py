@@ -79,6 +79,15 @@ def progress(self, steps):
     return steps
 
 
+@app.task(bind=True, base=Task)
+def update_data(self, steps):
+    """Updates its task's data ``steps`` times from its body, one request each."""
+    tb = self.taskbadger_task
+    for i in range(steps):
+        tb.update(data={"step": i})
+    return steps
+
+
 @app.task(base=Task)
 def fail(message):
     raise ValueError(message)
