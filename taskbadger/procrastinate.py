@@ -28,7 +28,7 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import procrastinate
@@ -36,9 +36,9 @@ from procrastinate import exceptions as pexc
 from procrastinate import manager
 
 from . import lifecycle
-from ._runtime import PerProcess, RecentIds, log_once
+from ._runtime import PerProcess, RecentIds, log_once, short
 from .config import get_config, is_configured
-from .delivery import sender
+from .delivery import merge, sender
 from .lifecycle import Meta, Run
 from .models import StatusEnum, exception_data, is_task_id
 from .task import Task as TaskbadgerTask
@@ -437,7 +437,7 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
             return external_id if at.settle else None
         run = Run(external_id, at.meta)
         if job.attempts > 0:  # a retry, its task taken up (or created): back to processing
-            lifecycle.start(run, first_attempt=False, after_error=True)
+            lifecycle.start(run, first_attempt=False, after_error=True, extra=_attempts_so_far(job))
         else:  # created processing, with its start_time
             run.set_status(StatusEnum.PROCESSING)
             lifecycle.enter(run)
@@ -448,8 +448,14 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
     # or the run that succeeds shows it. (A retry the worker decided kept none: nothing to drop. The drop is
     # resolved against the task on the server: one GET when this attempt's 'processing' is sent on its own; none
     # when it merges with the attempt's success, which reads the task anyway to complete its progress.)
-    lifecycle.start(run, first_attempt=job.attempts == 0, after_error=job.attempts > 0)
+    lifecycle.start(run, first_attempt=job.attempts == 0, after_error=job.attempts > 0, extra=_attempts_so_far(job))
     return run
+
+
+def _attempts_so_far(job: jobs.Job) -> dict[str, Any] | None:
+    """What a later attempt records with its start: ``data["attempts"]`` of the attempts before it, which the
+    one before may not have recorded (``_back_to_pending``). The same value when it did: nothing changes."""
+    return {"attempts": job.attempts} if job.attempts > 0 else None
 
 
 def _retried_or_aborted(context: job_context.JobContext, exc: BaseException) -> tuple[bool, bool, Any]:
@@ -473,12 +479,42 @@ async def _outcome(run: Run, context: job_context.JobContext, exc: BaseException
         # Sent before the worker gives the job back to its queue: the next attempt may run in another worker and
         # end before a queued 'pending' went out, which then left the task pending for good. Off the event loop
         # (it waits for the API, within the publish budget); shielded, so that a second cancellation of the job
-        # leaves its thread to send it (or queue it) all the same.
-        await asyncio.shield(asyncio.to_thread(lifecycle.back_to_pending, run, {"attempts": attempts}, True))
+        # leaves its thread to send it all the same.
+        await asyncio.shield(asyncio.to_thread(_back_to_pending, run, attempts))
     elif aborted:
         lifecycle.cancel(run, {"attempts": attempts, "abort_reason": getattr(reason, "value", None) or "aborted"})
     else:
         lifecycle.fail(run, exc, extra={"attempts": attempts})
+
+
+#: What a failed attempt had queued for its task that may still go out after the job went back to its queue: these
+#: cannot undo a later attempt's outcome (only the first attempt sets ``start_time``; a finished task never goes
+#: stale). Its status, data and progress could, and are not sent.
+_LATE_SAFE = ("start_time", "stale_timeout")
+
+
+def _back_to_pending(run: Run, attempts: int) -> None:
+    """The job will be retried: ``pending`` with ``data["attempts"]``, sent now (within the publish budget). If
+    it cannot be, nothing of it is queued: a queued update (even one sent only while the task has no final state:
+    that is read, then written) could reach the API after the next attempt's outcome, recorded by another worker,
+    and leave the task pending for good, or with this attempt's count. The job row cannot carry it to the next
+    attempt (as Celery's retry message does): the task shows ``processing`` until that attempt starts, which
+    records ``data["attempts"]`` with its start (``_attempts_so_far``)."""
+    left = lifecycle.back_to_pending(run, {"attempts": attempts}, wait=True, hand_over=True)
+    if left is None:
+        return
+    late_safe = {key: left[key] for key in _LATE_SAFE if key in left}
+    if late_safe:
+        sender.submit(run.id, late_safe)
+    # what is left out besides its status and data["attempts"] (the next attempt drops the same keys again)
+    lost = sorted(key for key in left if key not in late_safe and key not in ("data", merge.MERGE_DATA,
+                                                                              merge.DROP_DATA))
+    merged = left.get(merge.MERGE_DATA)  # keys the body added to the task's data (when its data was not known)
+    lost += sorted(f"data[{short(key, 40)}]" for key in (merged if isinstance(merged, Mapping) else ())
+                   if key != "attempts")
+    log.warning("Task Badger: could not record the retry of task %s now; its next attempt records it when it starts "
+                "(until then the task may show processing)%s", short(run.id),
+                f"; not recorded, as it could come after that attempt's outcome: {', '.join(lost)}" if lost else "")
 
 
 def _settle(external_id: str, context: job_context.JobContext, exc: BaseException | None) -> None:

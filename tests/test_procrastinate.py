@@ -12,6 +12,7 @@ heartbeat, and jobs deferred by the official SDK (the task id kwarg, never passe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
 import time
@@ -258,6 +259,36 @@ def test_retries_that_run_in_another_worker_end_success(api, app, dsn, worker, t
         assert [task_of_job(api, job_id)["status"] for job_id in job_ids] == ["success"] * 16
     finally:
         stop(other)
+
+
+def test_retries_while_the_api_is_slow_end_in_their_final_state_across_two_workers(api, app, dsn, tmp_path):
+    """Two workers on one queue, and an API slower than the publish budget: a retry's 'pending' that could not be
+    sent at once was queued in its worker, to be sent only while the task had no final state, but that is read,
+    then written: the other worker's final state came in between, and the task stayed pending for good, with an
+    earlier attempt's count (7 to 9 of 30 in a hunt). The next attempt now records the count with its start."""
+    workers = [start(api, dsn)]
+    try:
+        workers.append(start(api, dsn, queue=workers[0].queue))
+        api.set_latency(1.5, method="PATCH")  # every update outlasts the publish budget (1 s)
+        api.set_latency(0.2, method="GET")  # a conditional update reads the task first: the window widens
+        fail_times = [1, 2, 10] * 10  # flaky retries 3 times: 10 failures end in error after 4 attempts
+        job_ids = [tasks.flaky.configure(queue=workers[0].queue).defer(path=str(tmp_path / f"count-{i}"),
+                                                                         fail_times=n)
+                   for i, n in enumerate(fail_times)]
+        task_ids = [job_of(app, job_id).task_kwargs[TB_TASK_ID_KWARG] for job_id in job_ids]
+        statuses = [wait_job(app, job_id, timeout=90).status for job_id in job_ids]  # polled under a deadline
+        # polled under a deadline: every task reaches a final state (a late 'pending' may still undo it)
+        with contextlib.suppress(AssertionError):  # the tasks that did not are named below
+            api.wait_for(lambda: all(api.get_task(task_id)["status"] in FINAL for task_id in task_ids), timeout=30)
+    finally:
+        for worker in workers:
+            stop(worker)  # a graceful stop sends what each worker still had queued
+    assert statuses == ["succeeded" if n < 4 else "failed" for n in fail_times]
+    ended = [(api.get_task(task_id)["status"], (api.get_task(task_id)["data"] or {}).get("attempts"))
+             for task_id in task_ids]
+    expected = [("success", n + 1) if n < 4 else ("error", 4) for n in fail_times]
+    wrong = [(job_id, got) for job_id, got, want in zip(job_ids, ended, expected, strict=True) if got != want]
+    assert not wrong, f"{len(wrong)} of {len(job_ids)} tasks did not end in their final state: {wrong}"
 
 
 def test_an_immediate_retry_is_one_task_that_ends_success(api, app, worker, tmp_path):

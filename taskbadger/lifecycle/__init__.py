@@ -287,12 +287,14 @@ def current_task() -> Task | None:
     return run.current_task() if run is not None else None
 
 
-def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, after_error: bool = False) -> None:
+def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, after_error: bool = False,
+          extra: Mapping[str, Any] | None = None) -> None:
     """The job starts: ``processing`` (with ``start_time`` on its first attempt; a run again keeps its
     first start), its stale timeout (only once running: a queued job never goes stale); then ``enter``.
     ``progress_carried``: a later attempt was given the progress the earlier ones reported (Celery's retry
     message carries it); else its success completes the progress the task has when it is sent. ``after_error``:
-    the attempt before this one ended the task in ``error``, whose exception leaves the task's data now."""
+    the attempt before this one ended the task in ``error``, whose exception leaves the task's data now.
+    ``extra``: merged into the task's data with the start (what an earlier attempt may not have recorded)."""
     fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
     if first_attempt:
         fields["start_time"] = now()
@@ -300,6 +302,8 @@ def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, 
         fields["stale_timeout"] = run.meta.stale_timeout
     if after_error:
         fields[merge.DROP_DATA] = list(EXCEPTION_KEYS)
+    if extra:
+        fields.update(data_fields(run, extra))
     if run.meta.resend:  # the attempt before could not record its retry: this one does, before its own outcome
         fields = merge.queued(run.meta.resend, fields)
     sender.submit(run.id, fields)
@@ -407,8 +411,9 @@ def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None, wait: bool
     now, then sent only while the task has no final state. ``hand_over`` (with ``wait``): when it cannot be sent
     now, nothing of the task's is left queued here (a queued update of this attempt could still land after the
     next attempt's final state, even one sent only while the task has none: that is read, then written): its
-    fields are returned, for the next attempt to send with its start (``Meta.resend``), in the process whose
-    final state comes after them (the caller says so). None when it was sent (or queued)."""
+    fields are returned (without the status), for the next attempt to send with its start (Celery's
+    ``Meta.resend``), in the process whose final state comes after them, or for the caller to leave out what
+    the next attempt records itself (Procrastinate). None when it was sent (or queued)."""
     fields: dict[str, Any] = {"status": StatusEnum.PENDING.value}
     if extra:
         fields.update(data_fields(run, extra))
