@@ -151,6 +151,24 @@ def get(task_id: str, deadline: http.Deadline | None = None) -> TaskModel:
     return task_answer(config, http.send(config, request, deadline), task_id)
 
 
+def get_many(task_ids: list[str], deadline: http.Deadline | None = None) -> list[TaskModel | Exception]:
+    """GET several tasks at once (on parallel connections, as ``update_many``), all before one ``deadline``.
+    Returns, per task, its model or the error its read met."""
+    config = current_config()
+    requests = [http.build_request(config, "GET", task_path(task_id), expect=expecting(task_id))
+                for task_id in task_ids]
+    results: list[TaskModel | Exception] = []
+    for task_id, answer in zip(task_ids, http.send_many(config, requests, deadline), strict=True):
+        if isinstance(answer, Exception):
+            results.append(answer)
+            continue
+        try:
+            results.append(task_answer(config, answer, task_id))
+        except TaskbadgerException as err:
+            results.append(err)
+    return results
+
+
 def update(task_id: str, fields: Mapping[str, Any], deadline: http.Deadline | None = None) -> TaskModel:
     """PATCH: send the given fields (None values are left out)."""
     config = current_config()

@@ -38,6 +38,12 @@ def reads_current(fields: Mapping[str, Any]) -> bool:
     return any(marker in fields for marker in _READS_CURRENT)
 
 
+def needs_current(fields: Mapping[str, Any]) -> bool:
+    """Whether ``resolve`` reads the task's current state for queued ``fields`` (its ``fetch`` is called)."""
+    return bool(fields.get(UNLESS_FINAL) or fields.get(ONLY_IF_PENDING) or fields.get(COMPLETE_PROGRESS) or (
+        (fields.get(MERGE_DATA) is not None or fields.get(DROP_DATA)) and fields.get("data") is None))
+
+
 def with_data(data: Any, extra: Mapping[str, Any]) -> dict[str, Any]:
     """``data`` (a dict, or nothing) with the keys of ``extra`` added; newer keys win."""
     return {**(data if isinstance(data, Mapping) else {}), **extra}
@@ -98,9 +104,7 @@ def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) ->
     drop = body.pop(DROP_DATA, None)
     if not unless_final and not only_if_pending and not complete and extra is None and drop is None:
         return body
-    conditional = unless_final or only_if_pending
-    current = fetch() if fetch is not None and (conditional or complete or (
-        (extra is not None or drop) and body.get("data") is None)) else None
+    current = fetch() if fetch is not None and needs_current(fields) else None
     if unless_final and current is not None and current.status in TERMINAL_STATUSES:
         return None
     if only_if_pending and current is not None and current.status != StatusEnum.PENDING:

@@ -21,7 +21,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import endpoints
 from .._runtime import PerProcess, short, start_daemon_thread
@@ -30,6 +30,9 @@ from ..exceptions import RateLimited, ServerError, TransportError, UnexpectedSta
 from ..http import Deadline
 from . import breaker, merge
 from .queue import COUNTERS, Batch, Entry, PendingQueue, pending_updates
+
+if TYPE_CHECKING:
+    from ..models import TaskModel
 
 log = logging.getLogger("taskbadger")
 
@@ -164,10 +167,15 @@ class Sender:
         outcomes: list[str | None] = [None] * len(batch)
         ready: list[tuple[int, str, dict[str, Any]]] = []
         done: list[Entry] = []  # delivered (or nothing left to say): counted once, under one lock, for the batch
+        # The tasks whose current state the updates are resolved against, read together (parallel connections, as
+        # the PATCHes): one after another, a batch of reads at a slow API used up the deadline its PATCHes share,
+        # and the batch was retried, read and timed out again, for ever.
+        reads = [task_id for task_id, entry in batch if merge.needs_current(entry.fields)]
+        current = dict(zip(reads, endpoints.get_many(reads, deadline), strict=True)) if reads else {}
         for i, (task_id, entry) in enumerate(batch):
             entry.attempts += 1
             try:
-                body = merge.resolve(entry.fields, functools.partial(endpoints.get, task_id, deadline))
+                body = merge.resolve(entry.fields, functools.partial(_read, current, task_id))
             except Exception as problem:
                 outcomes[i] = self._outcome(task_id, entry, problem)
                 continue
@@ -228,6 +236,14 @@ class Sender:
             if escalated and self._failures == 1:
                 log.warning("Task Badger API unavailable (%s); updates are queued and retried", err)
         return RETRY
+
+
+def _read(current: dict[str, TaskModel | Exception], task_id: str) -> TaskModel:
+    """The task's state as the batch read it, or the error its read met."""
+    found = current[task_id]
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
 _sender: PerProcess[Sender] = PerProcess(lambda: Sender(pending_updates()))
