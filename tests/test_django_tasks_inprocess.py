@@ -166,6 +166,21 @@ def test_heartbeat_settings_give_the_running_task_its_stale_timeout(taskbadger_s
     assert task["data"] == {"args": [3, 4], "kwargs": {}}
 
 
+@override_settings(TASKS=IMMEDIATE)
+def test_a_long_heartbeat_keeps_nothing_of_the_tasks_that_ended(taskbadger_server):
+    # Fast tasks with a long heartbeat (here ten minutes; a day at most): the process kept a scheduled ping for
+    # every task it had run within the last interval, 400 here, a worker's memory growing with its task count.
+    from taskbadger.delivery.heartbeat import get_heartbeat
+
+    system = DjangoTasksSystemIntegration(heartbeat_interval=600)
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, systems=[system])
+    connect()
+    for i in range(400):
+        assert str(tasks.add.enqueue(i, 1).status) == "SUCCESSFUL"
+    assert len(get_heartbeat()._due) <= 100  # nothing is running now
+    taskbadger_server.wait_for_task(NAME + "add", status="success")
+
+
 def test_a_queue_name_longer_than_the_api_takes_is_shortened_not_untracked(server):
     # The API takes queue names of up to 255 characters: the create was refused (400) and the task ran untracked.
     queue = "reports-" + "q" * 300

@@ -16,18 +16,23 @@ from . import sender
 
 log = logging.getLogger("taskbadger")
 
+#: Scheduled pings of stopped tasks kept beyond twice the running tasks' before they are swept out.
+COMPACT_SLACK = 64
+
 
 class Heartbeat:
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._intervals: dict[str, float] = {}
-        self._due: list[tuple[float, str]] = []  # heap of (next ping, task id)
+        self._intervals: dict[str, tuple[float, int]] = {}  # running task id -> (interval, its start's number)
+        self._due: list[tuple[float, int, str]] = []  # heap of (next ping, start's number, task id)
+        self._starts = 0
         self._thread: threading.Thread | None = None
 
     def start(self, task_id: str, interval: float) -> None:
         with self._cond:
-            self._intervals[task_id] = interval
-            heapq.heappush(self._due, (time.monotonic() + interval, task_id))
+            self._starts += 1
+            self._intervals[task_id] = (interval, self._starts)
+            heapq.heappush(self._due, (time.monotonic() + interval, self._starts, task_id))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = start_daemon_thread(self._run, "taskbadger-heartbeat")
             self._cond.notify()
@@ -35,6 +40,15 @@ class Heartbeat:
     def stop(self, task_id: str) -> None:
         with self._cond:
             self._intervals.pop(task_id, None)  # its heap entry is skipped when it comes up
+            if len(self._due) > 2 * len(self._intervals) + COMPACT_SLACK:
+                # Entries of stopped tasks stay until their next ping was due, up to a whole interval (a day at
+                # most): a worker running fast tasks with a long heartbeat held one per task it ran in that time.
+                self._due = [entry for entry in self._due if self._live(entry)]
+                heapq.heapify(self._due)
+
+    def _live(self, entry: tuple[float, int, str]) -> bool:
+        running = self._intervals.get(entry[2])
+        return running is not None and running[1] == entry[1]
 
     def _run(self) -> None:
         while True:
@@ -42,11 +56,12 @@ class Heartbeat:
                 while not self._due or self._due[0][0] > time.monotonic():
                     timeout = self._due[0][0] - time.monotonic() if self._due else None
                     self._cond.wait(timeout)
-                due_at, task_id = heapq.heappop(self._due)
-                interval = self._intervals.get(task_id)
-                if interval is None:
-                    continue
-                heapq.heappush(self._due, (max(due_at + interval, time.monotonic()), task_id))
+                entry = heapq.heappop(self._due)
+                if not self._live(entry):
+                    continue  # stopped, or started again (a retry in this process): that start has its own
+                due_at, start, task_id = entry
+                interval = self._intervals[task_id][0]
+                heapq.heappush(self._due, (max(due_at + interval, time.monotonic()), start, task_id))
             try:
                 sender.submit(task_id, {})
             except Exception:
