@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import endpoints, http
-from ._runtime import PerProcess, log_throttled, short, start_daemon_thread
+from ._runtime import PerProcess, log_throttled, raised_by_signal_handler, short, start_daemon_thread
 from .config import Config, get_config
 from .delivery import merge, sender
 from .delivery.breaker import publish_breaker
@@ -90,6 +90,9 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
         breaker.end(call)  # before_create said no: nothing was asked of the API
         return Created(None)
     except (TransportError, ServerError, RateLimited) as err:
+        if raised_by_signal_handler(err):
+            _interrupted(call, fields, err)
+            raise
         breaker.end(call, err)
         if not _maybe_created(err):
             _log_untracked(name, where, err)
@@ -100,24 +103,32 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
         _log_untracked(name, where, err)
         return Created(None, maybe_created=True)
     except Exception as err:  # our side (data JSON cannot encode…): the API was not asked
+        if raised_by_signal_handler(err):
+            _interrupted(call, fields, err)
+            raise
         breaker.end(call)
         log_throttled(f"create:{name[:200]}:{type(err).__name__}", 60.0, logging.WARNING,
                       "Task Badger: " + _UNTRACKED.get(where, _UNTRACKED["call"]), short(name), err)
         return Created(None)
     except BaseException as exc:
-        # Interrupted while the API may be carrying the create out (celery beat's SIGTERM handler raises SystemExit
-        # wherever beat is; Ctrl-C): the caller will not publish the job. Cancel the task if the API made it, once it
-        # can be found (from the spool if this process ends first), or it would stay pending for ever.
-        breaker.end(call)
-        external_id = fields.get("external_id")
-        if isinstance(external_id, str) and external_id:
-            reason = f"{type(exc).__name__}: interrupted while its task was created; the job was not published"
-            settle_later(external_id, {"status": StatusEnum.CANCELLED.value,
-                                       "end_time": format_datetime(dt.datetime.now(dt.timezone.utc)),
-                                       merge.MERGE_DATA: {"publish_error": reason}})
+        _interrupted(call, fields, exc)
         raise
     breaker.end(call)
     return Created(task)
+
+
+def _interrupted(call: int, fields: Mapping[str, Any], exc: BaseException) -> None:
+    """A create interrupted while the API may be carrying it out (celery beat's SIGTERM handler raises SystemExit
+    wherever beat is; Ctrl-C; a job's time limit raised by a signal handler, which the job must see): the caller will
+    not publish the job. Its task is cancelled if the API made it, once it can be found (from the spool if this
+    process ends first), or it would stay pending for ever."""
+    publish_breaker().abandon(call)
+    external_id = fields.get("external_id")
+    if isinstance(external_id, str) and external_id:
+        reason = f"{type(exc).__name__}: interrupted while its task was created; the job was not published"
+        settle_later(external_id, {"status": StatusEnum.CANCELLED.value,
+                                   "end_time": format_datetime(dt.datetime.now(dt.timezone.utc)),
+                                   merge.MERGE_DATA: {"publish_error": reason}})
 
 
 #: Seconds a process leaves out of its creates a monitor the API refused, before it tries it again (a monitor
@@ -196,8 +207,14 @@ def find(external_id: str, open_only: bool = False, name: str | None = None) -> 
     try:
         model = endpoints.find_recent(external_id, http.Deadline(config.publish_budget, config.timeout[0]), name)
     except TaskbadgerException as err:
+        if raised_by_signal_handler(err):
+            breaker.abandon(call)
+            raise  # a time limit struck the job during the request: the job's
         breaker.end(call, err)
         return Found(None, asked=False)
+    except BaseException:
+        breaker.abandon(call)  # interrupted on our side (see Breaker.abandon)
+        raise
     breaker.end(call)
     usable = model is not None and (model.status not in TERMINAL_STATUSES if open_only else
                                     model.status == StatusEnum.PENDING)
@@ -215,6 +232,9 @@ def fetch(task_id: str) -> TaskModel | None:
     try:
         model = endpoints.get(task_id, http.Deadline(config.publish_budget, config.timeout[0]))
     except (TransportError, ServerError, RateLimited) as err:
+        if raised_by_signal_handler(err):
+            breaker.abandon(call)
+            raise  # a time limit struck the job during the request: the job's
         breaker.end(call, err)
         log.warning("Task Badger: could not fetch task %s now: %s", short(task_id), err)
         return None
@@ -222,6 +242,9 @@ def fetch(task_id: str) -> TaskModel | None:
         breaker.end(call)
         log.warning("Task Badger: could not fetch task %s: %s", short(task_id), err)
         return None
+    except BaseException:
+        breaker.abandon(call)  # interrupted on our side (see Breaker.abandon)
+        raise
     breaker.end(call)
     return model
 

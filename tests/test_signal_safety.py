@@ -42,3 +42,43 @@ def test_a_signal_blocked_by_the_main_thread_waits_for_it(taskbadger_server):
     assert "survived while blocked" in proc.stdout, (proc.returncode, proc.stdout, proc.stderr)
     assert "not reached" not in proc.stdout
     assert proc.returncode == -signal.SIGTERM
+
+
+class TimeLimit(Exception):
+    """A queue's time limit, raised into the job by a signal handler (RQ's JobTimeoutException on SIGALRM, Celery's
+    SoftTimeLimitExceeded on SIGUSR1) wherever the job is: here, inside a request of ours."""
+
+
+@pytest.mark.parametrize("call", ["create", "fetch", "find", "update"])
+def test_a_time_limit_striking_during_a_request_is_the_jobs_and_frees_the_breaker(taskbadger_server, call):
+    """A time limit that struck while a job's body waited on the API was swallowed by a create (``@track``, a
+    ``.delay()`` from the body: the job ran on past its limit), and a read it interrupted stayed in the breaker's
+    calls in flight: looking hung, it made every later call of the process skip, so the process tracked nothing."""
+    import taskbadger
+    from taskbadger import inline
+    from taskbadger.delivery.breaker import publish_breaker
+    from taskbadger.lifecycle.body import RunTask
+
+    task = taskbadger.create_task("target")
+    calls = {
+        "create": lambda: inline.create_inline("interrupted", {"external_id": "ext-1"}),
+        "fetch": lambda: inline.fetch(task.id),
+        "find": lambda: inline.find("ext-1"),
+        "update": lambda: RunTask(task._task).update(data={"step": 1}),
+    }
+
+    def on_alarm(signum, frame):
+        raise TimeLimit("the job's time limit")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    taskbadger_server.set_latency(0.6)  # within the publish budget (1 s): the alarm strikes while we wait
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(TimeLimit):
+            calls[call]()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert publish_breaker()._in_flight == {}
+    taskbadger_server.set_latency(0)
+    assert inline.fetch(task.id) is not None  # the process still tracks

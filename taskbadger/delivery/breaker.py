@@ -109,6 +109,13 @@ class Breaker:
             else:
                 self._failed(started, now, err)
 
+    def abandon(self, call: int) -> None:
+        """The call was interrupted on our side (a time limit raised into the job by a signal handler, a greenlet's
+        timeout, Ctrl-C): it says nothing of the API, and it no longer holds a place among the calls in flight
+        (left there, it would look hung, and every later call in this process would skip)."""
+        with self._lock:
+            self._in_flight.pop(call, None)
+
     def _admits(self, now: float, max_in_flight: int) -> bool:
         if self._failures >= self.failure_threshold:
             if self._trial and not self._in_flight:

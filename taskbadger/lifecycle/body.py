@@ -85,7 +85,7 @@ class RunTask(Task):
             return
         try:
             problem = self._try_now(fields, deadline or Deadline(config.publish_budget, config.timeout[0]))
-        except Exception:  # the job's time limit, raised from a signal handler during the request
+        except BaseException:  # the job's time limit raised from a signal handler, a greenlet's timeout, Ctrl-C
             self._to_senders(fields)  # not sent: the senders send it, before the job's outcome
             raise
         if problem is not None:  # not taken now: the senders retry it
@@ -111,17 +111,22 @@ class RunTask(Task):
         try:
             super()._send(fields, deadline)
         except (TransportError, ServerError, RateLimited) as err:
-            breaker.end(call, err)
             if raised_by_signal_handler(err):
+                breaker.abandon(call)
                 raise  # the job's time limit struck during the request: the job's, as anywhere in its body
+            breaker.end(call, err)
             return err
         except Exception as err:  # refused by the API (4xx), or fields that cannot be sent at all
-            breaker.end(call)  # not shown either: the run's automatic final state must still go out
             if raised_by_signal_handler(err):
+                breaker.abandon(call)
                 raise  # the job's time limit (RQ's JobTimeoutException...) struck during the request: the job's
+            breaker.end(call)  # not shown either: the run's automatic final state must still go out
             log_throttled(f"body-update-dropped:{self._task.id}", WARN_INTERVAL, logging.WARNING,
                           "Task Badger: an update of task %s from the job's body was not taken and is dropped "
                           "(%s); the job goes on", short(self._task.id), err)
+        except BaseException:
+            breaker.abandon(call)  # interrupted on our side (a greenlet's timeout, Ctrl-C): see Breaker.abandon
+            raise
         else:
             breaker.end(call)
             self._sent_at = time.monotonic()
