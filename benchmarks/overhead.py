@@ -1,6 +1,6 @@
 """Our CPU per tracked Celery task in a worker, without Celery's own: the receivers and the senders.
 
-    python benchmarks/overhead.py [--tasks 20000] [--latency 0.010] [--profile]
+    python benchmarks/overhead.py [--tasks 20000] [--latency 0.010] [--profile] [--fork-check getpid]
 
 Drives the Celery signal receivers the way a solo worker's tracer does for a tracked no-op task
 (``task_received``, ``task_prerun``, ``task_postrun`` with a request carrying the headers the publisher
@@ -60,7 +60,14 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=1000.0,
                         help="tasks per second, as a worker draining no-op tasks runs them (0: as fast as possible)")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--fork-check", choices=("page", "getpid"), default="page",
+                        help="how per-process state notices a fork: the wiped page (the default where Linux has it) "
+                             "or a getpid system call per use (as before 1919ce9, and where there is no such page)")
     args = parser.parse_args()
+    if args.fork_check == "getpid":
+        from taskbadger import _runtime
+
+        _runtime._marker = None
 
     api, url, key = start_api(args.latency)
     try:
