@@ -294,3 +294,31 @@ def test_retries_and_requeues_while_the_api_is_slow_end_in_their_final_state_acr
     wrong = [(i, status) for i, status, want in zip(ids, statuses, expected, strict=True) if status != want]
     assert not wrong, f"{len(wrong)} of {len(ids)} tasks did not end in their final state: {wrong}"
     assert [taskbadger_server.get_task(i)["data"]["retries"] for i in ids[:12]] == [2] * 8 + [3] * 4
+
+
+def test_a_retry_handed_over_while_its_start_is_in_flight_ends_success(taskbadger_server,
+                                                                         taskbadger_server_session):
+    """The first attempt's 'processing' hung in the API while its retry could not be sent either: the retry went
+    to the next attempt (another worker), which ended success; the hung 'processing' was then sent again as it
+    was, after that success, and the task looked running for good (threads pool, one of 16 in a hunt)."""
+    from .conftest import start_worker, stop_worker
+
+    workers = [start_worker(taskbadger_server_session, pool="threads", concurrency=2)]
+    try:
+        workers.append(start_worker(taskbadger_server_session, pool="solo", concurrency=1, queue=workers[0].queue))
+        taskbadger_server.hang(times=1, method="PATCH")  # the first attempt's start: in flight at its retry
+        task_id = workers[0].send(tasks.retry_after, 0.5).taskbadger_task_id
+        # polled under a deadline: the next attempt's success reaches the API
+        taskbadger_server.wait_for(lambda: (taskbadger_server.get_task(task_id) or {}).get("status") == "success",
+                                   timeout=30)
+        patches = len([r for r in taskbadger_server.requests if r.method == "PATCH" and r.task_id == task_id])
+        taskbadger_server.clear_faults()  # the hung request is closed unanswered: its sender tries it again
+        # polled under a deadline: the first attempt's sender has sent its start again (or dropped it)
+        taskbadger_server.wait_for(lambda: len([r for r in taskbadger_server.requests if r.method in ("PATCH", "GET")
+                                                and r.task_id == task_id]) > patches, timeout=30)
+    finally:
+        for worker in workers:
+            stop_worker(worker)  # a warm shutdown sends what each worker still had queued
+    task = taskbadger_server.get_task(task_id)
+    assert (task["status"], task["data"]["retries"]) == ("success", 1)
+    assert not any(worker.new_internal_errors() for worker in workers)

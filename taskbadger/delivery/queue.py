@@ -68,6 +68,9 @@ class PendingQueue:
         self.cond = threading.Condition()
         self._pending: OrderedDict[str, Entry] = OrderedDict()
         self._inflight: dict[str, tuple[Entry, float]] = {}  # task id -> (entry, when its batch was taken)
+        #: tasks handed over to another process while an update of theirs was in flight (``hand_over``): that
+        #: update, if it must be sent again, is sent only while the task has no final state
+        self._handed_over: set[str] = set()
         #: progress updates in flight that a final update took the place of: not queued again when they return
         self._evicted: set[str] = set()
         self._waiting: dict[int, float] = {}  # waiting sender thread -> when it wakes by itself
@@ -124,6 +127,20 @@ class PendingQueue:
             entry = self._pending.pop(task_id, None)
             if entry is not None:
                 self.counters["claimed"] += 1
+            self.cond.notify_all()
+            return entry.fields if entry else {}
+
+    def hand_over(self, task_id: str) -> dict[str, Any]:
+        """Take the fields queued for ``task_id`` (another process sends them now: a retry's next attempt), without
+        waiting for a request in flight for it: if that request fails and must be sent again, it is sent only
+        while the task has no final state (sent as it was, it could land after the next attempt's final state,
+        and the task would look running for good)."""
+        with self.cond:
+            entry = self._pending.pop(task_id, None)
+            if entry is not None:
+                self.counters["claimed"] += 1
+            if task_id in self._inflight:
+                self._handed_over.add(task_id)
             self.cond.notify_all()
             return entry.fields if entry else {}
 
@@ -196,6 +213,10 @@ class PendingQueue:
             if held is None or held[0] is not entry:
                 continue  # spooled meanwhile (the process is ending): the spool has it
             del self._inflight[task_id]
+            if task_id in self._handed_over:
+                self._handed_over.discard(task_id)
+                if again and not entry.final:
+                    entry.fields = {**entry.fields, merge.UNLESS_FINAL: True}
             if task_id in self._evicted:
                 self._evicted.discard(task_id)
                 continue  # a final update took its place while it was in flight (counted as dropped then)
@@ -365,6 +386,13 @@ def claim(task_id: str, timeout: float = 10.0) -> dict[str, Any]:
     up to ``timeout`` for a request in flight for it (``PendingQueue.claim``)."""
     queue = _queue.current()
     return queue.claim(task_id, timeout) if queue is not None else {}
+
+
+def hand_over(task_id: str) -> dict[str, Any]:
+    """The fields queued in this process for ``task_id``, taken out for another process to send
+    (``PendingQueue.hand_over``)."""
+    queue = _queue.current()
+    return queue.hand_over(task_id) if queue is not None else {}
 
 
 def unclaim(task_id: str, fields: dict[str, Any]) -> None:

@@ -40,7 +40,7 @@ from ..config import get_config
 from ..context_providers import error_context
 from ..delivery import merge, sender
 from ..delivery.heartbeat import get_heartbeat
-from ..delivery.queue import claim as claim_queued
+from ..delivery.queue import hand_over as hand_over_queued
 from ..inline import Created, create_inline, fetch, find, settle_later
 from ..models import (
     EXCEPTION_KEYS,
@@ -425,7 +425,7 @@ def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None, wait: bool
         return None
     if hand_over:
         # what this attempt had queued (its start, progress), given back by the failed send, goes with it
-        carried = merge.queued(claim_queued(run.id, timeout=0.0), fields)
+        carried = merge.queued(hand_over_queued(run.id), fields)
         carried.pop("status", None)
         return carried
     log.warning("Task Badger: could not record the retry of task %s now; it is queued", short(run.id))

@@ -373,3 +373,12 @@ def reject_requeue_until(path, failures):
     if seen < failures:
         raise Reject("again, please", requeue=True)
     return "ok"
+
+
+@app.task(bind=True, base=Task, max_retries=3)
+def retry_after(self, seconds):
+    """Retried once (countdown 0), ``seconds`` into its first attempt."""
+    if self.request.retries < 1:
+        time.sleep(seconds)
+        raise self.retry(exc=ConnectionError("first attempt failed"), countdown=0)
+    return "ok"
