@@ -18,7 +18,9 @@ its publisher could not track, and by ``@track``.
 * A create refused because of its monitor (an id the project does not hold: mistyped, deleted in Task Badger,
   another project's: the API answers 404, or 400) is made again at once without it, within the same budget: the
   task is tracked, without the monitor, and one warning says which setting to fix. The process then leaves that
-  monitor out of its creates (no request refused per task) for ``MONITOR_RECHECK`` seconds, then tries it again.
+  monitor out of its creates (no request refused per task) for ``MONITOR_RECHECK`` seconds, then tries it again;
+  so do the other processes of the machine that share its spool directory (a record there): RQ forks a work horse
+  per job, which would otherwise be refused, and warn, once per job.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .config import Config, get_config
 from .delivery import merge, sender
 from .delivery.breaker import publish_breaker
 from .delivery.sender import RETRY_HORIZON
+from .delivery.spool import Spool, api_key_of
 from .exceptions import (
     CreateSkipped,
     NotFound,
@@ -160,12 +163,39 @@ def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: st
 def _monitor_refused(config: Config, monitor_id: str) -> bool:
     with _refused_lock:
         refused = _refused_monitors.get(monitor_id)
-        if refused is None:
+        if refused is not None:
+            if refused[0] is config and time.monotonic() - refused[1] < MONITOR_RECHECK:
+                return True
+            del _refused_monitors[monitor_id]  # another configuration (init() again), or time to try it again
+        # Another process of this machine may have been refused it: a work horse RQ forked for one job, a Celery
+        # child recycled after its tasks, the next web process. Left out here too, without a request or a warning.
+        when = _shared_refusals(config).get(monitor_id)
+        age = time.time() - when if isinstance(when, (int, float)) else MONITOR_RECHECK
+        if not 0 <= age < MONITOR_RECHECK:
             return False
-        if refused[0] is config and time.monotonic() - refused[1] < MONITOR_RECHECK:
-            return True
-        del _refused_monitors[monitor_id]  # another configuration (init() again), or time to try it again
-        return False
+        _refused_monitors[monitor_id] = (config, time.monotonic() - age)
+        return True
+
+
+#: The record of refused monitors in the spool directory, per API (``api_key_of``): monitor id -> when (wall clock).
+_SHARED_NAME = "monitors-refused-{api}.json"
+#: The shared record as last read: (spool directory, API, mtime) -> its refusals.
+_shared_cache: list[Any] = [None, {}]
+
+
+def _shared_refusals(config: Config) -> dict[str, Any]:
+    """The refusals other processes recorded for ``config``'s API (``_refused_lock`` held): one stat per look,
+    the record read again only when it changed."""
+    if not config.spool_dir:
+        return {}
+    api = api_key_of(config)
+    found = Spool(config.spool_dir).read_record(_SHARED_NAME.format(api=api))
+    if found is None:
+        return {}
+    key = (config.spool_dir, api, found[0])
+    if _shared_cache[0] != key:
+        _shared_cache[:] = [key, found[1]]
+    return _shared_cache[1]
 
 
 def _refuse_monitor(config: Config, monitor_id: str, name: str, err: UnexpectedStatus) -> None:
@@ -173,6 +203,12 @@ def _refuse_monitor(config: Config, monitor_id: str, name: str, err: UnexpectedS
         if len(_refused_monitors) > 1000:  # ids come from settings and options: keep the table bounded
             _refused_monitors.clear()
         _refused_monitors[monitor_id] = (config, time.monotonic())
+        if config.spool_dir:  # for this machine's other processes (see _monitor_refused)
+            now = time.time()
+            shared = {m: t for m, t in _shared_refusals(config).items()
+                      if isinstance(t, (int, float)) and 0 <= now - t < MONITOR_RECHECK}
+            Spool(config.spool_dir).write_record(_SHARED_NAME.format(api=api_key_of(config)),
+                                                 {**dict(list(shared.items())[-999:]), monitor_id: now})
     log_throttled(f"monitor-refused:{monitor_id}", MONITOR_RECHECK, logging.WARNING,
                   "Task Badger: monitor %s is not one of project %s/%s's monitors (the API answered %d: %s): task %s "
                   "and every other task under that monitor are tracked without it. Fix the monitor id in %s: copy it "

@@ -229,6 +229,29 @@ class Spool:
                 continue
         return total
 
+    # -- a small record the processes of one machine share (not an update: never claimed) -------------
+
+    def read_record(self, name: str) -> tuple[int, dict[str, Any]] | None:
+        """The JSON object in the record ``name`` and the record's mtime (ns); None when there is none, or it
+        cannot be read. Never raises."""
+        path = self.directory / name
+        try:
+            mtime = path.stat().st_mtime_ns
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        return (mtime, data) if isinstance(data, dict) else None
+
+    def write_record(self, name: str, data: Mapping[str, Any]) -> bool:
+        """Replace the record ``name`` with ``data`` (JSON), at once for its readers; whether it was written.
+        Never raises."""
+        try:
+            self._ready()
+            self._write_file(name, json.dumps(data).encode())
+        except (OSError, ValueError, TypeError):
+            return False
+        return True
+
     # -- reading -------------------------------------------------------------------------------------
 
     def waiting(self, api: str) -> int:

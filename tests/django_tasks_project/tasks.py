@@ -96,3 +96,13 @@ def sleepy(seconds: float, pid_file: str = "") -> float:
         os.replace(pid_file + ".tmp", pid_file)
     time.sleep(seconds)
     return seconds
+
+
+#: The monitor ``monitored_by_option`` names in its own option (``track_task(monitor_id=...)``).
+OPTION_MONITOR = "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a13"
+
+
+@track_task(monitor_id=OPTION_MONITOR)
+@task
+def monitored_by_option(a: int, b: int) -> int:
+    return a + b
