@@ -189,12 +189,14 @@ def _shared_refusals(config: Config) -> dict[str, Any]:
     if not config.spool_dir:
         return {}
     api = api_key_of(config)
-    found = Spool(config.spool_dir).read_record(_SHARED_NAME.format(api=api))
+    cached = _shared_cache[0]
+    known = cached[2] if cached is not None and cached[:2] == (config.spool_dir, api) else None
+    found = Spool(config.spool_dir).read_record(_SHARED_NAME.format(api=api), unless_mtime=known)
     if found is None:
         return {}
-    key = (config.spool_dir, api, found[0])
-    if _shared_cache[0] != key:
-        _shared_cache[:] = [key, found[1]]
+    mtime, refusals = found
+    if refusals is not None:
+        _shared_cache[:] = [(config.spool_dir, api, mtime), refusals]
     return _shared_cache[1]
 
 

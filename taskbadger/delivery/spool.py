@@ -231,12 +231,15 @@ class Spool:
 
     # -- a small record the processes of one machine share (not an update: never claimed) -------------
 
-    def read_record(self, name: str) -> tuple[int, dict[str, Any]] | None:
-        """The JSON object in the record ``name`` and the record's mtime (ns); None when there is none, or it
-        cannot be read. Never raises."""
+    def read_record(self, name: str, unless_mtime: int | None = None) -> tuple[int, dict[str, Any] | None] | None:
+        """The record ``name``'s mtime (ns) and the JSON object in it; None when there is none, or it cannot be
+        read. When its mtime is ``unless_mtime`` (the reader has it already) the object is not read: None in its
+        place (one ``stat``). Never raises."""
         path = self.directory / name
         try:
             mtime = path.stat().st_mtime_ns
+            if mtime == unless_mtime:
+                return mtime, None
             data = json.loads(path.read_bytes())
         except (OSError, ValueError):
             return None
