@@ -311,14 +311,10 @@ def test_a_retry_handed_over_while_its_start_is_in_flight_ends_success(taskbadge
         # polled under a deadline: the next attempt's success reaches the API
         taskbadger_server.wait_for(lambda: (taskbadger_server.get_task(task_id) or {}).get("status") == "success",
                                    timeout=30)
-        patches = len([r for r in taskbadger_server.requests if r.method == "PATCH" and r.task_id == task_id])
-        taskbadger_server.clear_faults()  # the hung request is closed unanswered: its sender tries it again
-        # polled under a deadline: the first attempt's sender has sent its start again (or dropped it)
-        taskbadger_server.wait_for(lambda: len([r for r in taskbadger_server.requests if r.method in ("PATCH", "GET")
-                                                and r.task_id == task_id]) > patches, timeout=30)
+        taskbadger_server.clear_faults()  # the hung request is given up unanswered: its sender tries it again
     finally:
         for worker in workers:
-            stop_worker(worker)  # a warm shutdown sends what each worker still had queued
+            stop_worker(worker)  # a warm shutdown sends what each worker still had queued or in flight
     task = taskbadger_server.get_task(task_id)
     assert (task["status"], task["data"]["retries"]) == ("success", 1)
     assert not any(worker.new_internal_errors() for worker in workers)
