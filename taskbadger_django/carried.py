@@ -2,8 +2,9 @@
 a web process and its workers always share (a new project's cache is per process).
 
 Costs per tracked ``enqueue()``: one INSERT (the claim) and one UPDATE (the created task), by primary
-key. The worker reads the row by primary key and deletes it when the task succeeds; a failed task's
-row is kept ``FAILED_RETENTION`` (a requeue of the same ``TaskResult`` runs again as the same task),
+key. The worker reads the row by primary key and marks it ``DONE`` when the task succeeds, kept ``DONE_RETENTION``
+(an enqueue whose signal comes after a fast worker ran the job finds it claimed, and creates no second task); a
+failed task's row is kept ``FAILED_RETENTION`` (a requeue of the same ``TaskResult`` runs again as the same task),
 and rows older than ``MAX_AGE`` (tasks that never ran; not those whose job the database backend still holds
 waiting to run) are purged, at most once per ``PURGE_EVERY``
 per process that enqueues or runs tracked tasks. Every query is guarded: a database error never reaches
@@ -26,7 +27,7 @@ from django.db import IntegrityError, router, transaction
 from django.utils import timezone
 
 from taskbadger._runtime import log_throttled, short
-from taskbadger.django_tasks.channel import CREATING, Entry
+from taskbadger.django_tasks.channel import CREATING, DONE, Entry
 
 from . import transactions
 
@@ -34,6 +35,7 @@ log = logging.getLogger("taskbadger")
 T = TypeVar("T")
 
 FAILED_RETENTION = dt.timedelta(days=1)
+DONE_RETENTION = dt.timedelta(minutes=10)
 MAX_AGE = dt.timedelta(days=30)
 PURGE_EVERY = 600.0
 #: Old entries looked up at a time in the database backend's table when they are purged.
@@ -181,7 +183,8 @@ class DatabaseChannel:
         if failed:
             self._swallow("write", lambda: model.objects.filter(pk=result_id).update(finished_at=timezone.now()))
         else:
-            self.discard(result_id)
+            self._swallow("write", lambda: model.objects.filter(pk=result_id).update(
+                state=DONE, meta=None, finished_at=timezone.now()))
         self._purge()
 
     def discard(self, result_id: str) -> None:
@@ -196,6 +199,7 @@ class DatabaseChannel:
         now = timezone.now()
 
         def purge() -> None:
+            model.objects.filter(state=DONE, finished_at__lt=now - DONE_RETENTION).delete()
             model.objects.filter(finished_at__lt=now - FAILED_RETENTION).delete()
             _purge_old(model, now - MAX_AGE)
 

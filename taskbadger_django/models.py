@@ -7,10 +7,11 @@ from django.db import models
 
 
 class CarriedTask(models.Model):
-    """One tracked ``django.tasks`` task between its enqueue and its end (a failed one a day longer)."""
+    """One tracked ``django.tasks`` task between its enqueue and its end (a succeeded one ten minutes longer, a
+    failed one a day)."""
 
     result_id = models.CharField(max_length=64, primary_key=True)  # TaskResult.id
-    state = models.CharField(max_length=8)  # creating | created | maybe
+    state = models.CharField(max_length=8)  # creating | created | maybe | done
     # lifecycle.Meta.to_dict() as JSON text, checked where it is read (a text column: no JSON support asked of
     # the database, nor a connection at check time)
     meta = models.TextField(null=True)

@@ -12,8 +12,8 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import connection, transaction
 from django.utils import timezone
 
-from taskbadger.django_tasks import CREATED, CREATING, Entry
-from taskbadger_django.carried import MAX_AGE, DatabaseChannel
+from taskbadger.django_tasks import CREATED, CREATING, DONE, Entry
+from taskbadger_django.carried import DONE_RETENTION, MAX_AGE, DatabaseChannel
 from taskbadger_django.models import CarriedTask
 
 META = {"task": {"id": "abc123", "name": "billing.tasks.nightly_invoices"}, "heartbeat_interval": None}
@@ -31,6 +31,13 @@ def test_claimed_once_read_back_and_cleared():
     assert CarriedTask.objects.get(pk="r-1").finished_at is not None
     channel.put("r-2", CREATED, META)
     channel.finished("r-2", failed=False)
+    # kept a while: an enqueue whose signal comes after a fast worker ran its job finds it claimed (a second task
+    # was created: the enqueue's claim came after the row was deleted)
+    assert channel.get("r-2") == Entry(DONE)
+    assert channel.claim("r-2") is False
+    CarriedTask.objects.filter(pk="r-2").update(finished_at=timezone.now() - DONE_RETENTION - dt.timedelta(minutes=1))
+    channel._next_purge = 0.0
+    channel.claim("another")
     assert channel.get("r-2") is None
 
 

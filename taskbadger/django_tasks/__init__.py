@@ -5,7 +5,7 @@ See docs/django-tasks.md."""
 
 from __future__ import annotations
 
-from .channel import CREATED, CREATING, MAYBE, Channel, Entry, LocalChannel
+from .channel import CREATED, CREATING, DONE, MAYBE, Channel, Entry, LocalChannel
 from .options import TRACK_TASK_OPTIONS
 
-__all__ = ["CREATED", "CREATING", "MAYBE", "TRACK_TASK_OPTIONS", "Channel", "Entry", "LocalChannel"]
+__all__ = ["CREATED", "CREATING", "DONE", "MAYBE", "TRACK_TASK_OPTIONS", "Channel", "Entry", "LocalChannel"]

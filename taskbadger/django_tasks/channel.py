@@ -23,6 +23,9 @@ from typing import Any, Protocol
 from .._runtime import ForkSafeLock
 
 CREATING, CREATED, MAYBE = "creating", "created", "maybe"
+#: A task that ended in success: its entry stays a little while, so that an enqueue whose signal comes after its
+#: job already ran (a fast RQ worker) finds it claimed and does not create a second task.
+DONE = "done"
 
 
 @dataclass(frozen=True)
