@@ -10,24 +10,12 @@ import sys
 
 import pytest
 
-from .djt import Project
-from .services import require
 from .test_django_tasks import wait_final, wait_result
-from .test_django_tasks_rq import _running
+from .test_django_tasks_rq import _running, rq_project  # noqa: F401 (a fixture: a project of its own per test)
 from .workers import ROOT
 
 pytestmark = pytest.mark.integration
 OWN_WORKER = "tests.django_tasks_project.rq_workers.OwnWorker"
-
-
-@pytest.fixture
-def rq_project(taskbadger_server_session):
-    require("redis")
-    project = Project(taskbadger_server_session, "rq").migrate()
-    try:
-        yield project
-    finally:
-        project.stop()
 
 
 def rqworker(project, *options, command="rqworker", **env):
@@ -51,7 +39,7 @@ def closes(server, task_id, status):
 @pytest.mark.parametrize(("command", "options"), [
     ("rqworker", ("--worker-class", OWN_WORKER)), ("rqworker", ("--burst",)), ("rqworker", ("--with-scheduler",)),
     ("rqworker-pool", ("--num-workers", "2"))])
-def test_a_killed_work_horse_ends_its_task_in_error_once(rq_project, taskbadger_server, command, options):
+def test_a_killed_work_horse_ends_its_task_in_error_once(rq_project, taskbadger_server, command, options):  # noqa: F811 - fixture
     pid_file = rq_project.dir / "horse.pid"
     (enqueued,) = rq_project.enqueue("sleepy", 120, str(pid_file))
     rqworker(rq_project, *options, command=command)
@@ -71,7 +59,7 @@ def test_a_killed_work_horse_ends_its_task_in_error_once(rq_project, taskbadger_
 
 @pytest.mark.parametrize("options", [("--worker-class", OWN_WORKER), ("--burst",), ("--with-scheduler",),
                                      ("--burst", "--with-scheduler", "--worker-class", OWN_WORKER)])
-def test_jobs_run_and_end_their_tasks(rq_project, taskbadger_server, options):
+def test_jobs_run_and_end_their_tasks(rq_project, taskbadger_server, options):  # noqa: F811 - fixture
     enqueued = rq_project.enqueue("add", 1, 2, count=3) + rq_project.enqueue("boom", "no")
     rqworker(rq_project, *options)
     for item in enqueued[:3]:
@@ -83,7 +71,7 @@ def test_jobs_run_and_end_their_tasks(rq_project, taskbadger_server, options):
     assert "Task Badger: internal error" not in rq_project.log()
 
 
-def test_a_job_due_later_runs_from_the_scheduler_and_ends_its_task(rq_project, taskbadger_server):
+def test_a_job_due_later_runs_from_the_scheduler_and_ends_its_task(rq_project, taskbadger_server):  # noqa: F811 - fixture
     (enqueued,) = rq_project.enqueue("add", 2, 2, run_after_days=3 / 86400)  # due in 3 s: RQ's scheduled jobs
     rqworker(rq_project, "--with-scheduler")
     (task,) = wait_final(taskbadger_server, enqueued["id"], "success", timeout=60)

@@ -21,7 +21,7 @@ from . import test_procrastinate_django
 from .conftest import _live_workers
 from .procrastinate_project import app as tasks
 from .procrastinate_workers import ProcrastinateWorker
-from .services import postgres_database, postgres_url
+from .test_procrastinate import dsn  # noqa: F401 (a fixture: a database with Procrastinate's schema)
 from .test_procrastinate_django import manage
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def warnings_in(output):
 
 def test_jobs_under_a_monitor_in_settings_the_api_does_not_know_are_tracked_without_it(taskbadger_server,
                                                                                         django_env):
-    env, dsn = django_env
+    env, database = django_env
     env = {**env, "TASKBADGER_SPOOL_DIR": f"{tempfile.mkdtemp()}/spool"}  # one machine's processes, this test's own
     taskbadger_server.add_monitor()  # the project's only monitor: from now on the stand-in refuses the others
     unknown = env["TB_DJANGO_MONITOR"]  # TASKBADGER['MONITORS'] of dj.echo
@@ -54,7 +54,7 @@ def test_jobs_under_a_monitor_in_settings_the_api_does_not_know_are_tracked_with
     defer = (f"from tests.procrastinate_django import tasks as t; "
              f"[print(t.echo.configure(queue={queue!r}).defer(value=i)) for i in range(3)]")
     unpublished = manage({**env, "TASKBADGER_API_KEY": ""}, "shell", "-c", defer)  # the worker creates these
-    worker = ProcrastinateWorker(taskbadger_server, dsn, extra_env=env, django=True, queue=queue).start()
+    worker = ProcrastinateWorker(taskbadger_server, database, extra_env=env, django=True, queue=queue).start()
     _live_workers.append(worker)
     try:
         def done(job_ids):
@@ -80,17 +80,8 @@ def test_jobs_under_a_monitor_in_settings_the_api_does_not_know_are_tracked_with
     assert not warnings_in(published.stderr) and "untracked" not in published.stderr + worker.log()
 
 
-@pytest.fixture
-def dsn():
-    with postgres_database("tb_pro_monitor") as name:
-        url = postgres_url(name)
-        with tasks.app.replace_connector(procrastinate.PsycopgConnector(conninfo=url)) as app, app.open():
-            app.schema_manager.apply_schema()
-        yield url
-
-
-def test_periodic_and_deferred_jobs_under_a_refused_monitor_rule_are_tracked_without_it(taskbadger_server, dsn,
-                                                                                         tb_log):
+def test_periodic_and_deferred_jobs_under_a_refused_monitor_rule_are_tracked_without_it(
+        taskbadger_server, dsn, tb_log):  # noqa: F811 - fixture
     taskbadger_server.add_monitor()
     unknown = str(uuid.uuid4())
     queue = f"periodic-{uuid.uuid4().hex[:6]}"
