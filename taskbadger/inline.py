@@ -29,7 +29,7 @@ import datetime as dt
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,60 +231,63 @@ def _where_set(config: Config, monitor_id: str) -> str:
 def find(external_id: str, open_only: bool = False, name: str | None = None) -> Found:
     """The task a create that may have been carried out made, if it is still ``pending`` (nobody took it
     up, nobody closed it): looked up by ``external_id`` within the publish budget, through the breaker.
-    ``Found.asked`` is False when the breaker skipped the lookup (the API is failing): ``settle_later``
+    ``Found.asked`` is False when the lookup was skipped or failed (the API is failing): ``settle_later``
     then records the run's outcome on the task once the API answers again. ``open_only``: any task with
     no final state yet (a run that was created ``processing``), not only a ``pending`` one. ``name``: only a
     task of that name (for ids that repeat across databases)."""
-    config = get_config()
-    if config is None:
-        return Found(None, asked=True)
-    breaker = publish_breaker()
-    call = breaker.begin(creates=False)
-    if call is None:
-        return Found(None, asked=False)
-    try:
-        model = endpoints.find_recent(external_id, http.Deadline(config.publish_budget, config.timeout[0]), name)
-    except TaskbadgerException as err:
-        if raised_by_signal_handler(err):
-            breaker.abandon(call)
-            raise  # a time limit struck the job during the request: the job's
-        breaker.end(call, err)
-        return Found(None, asked=False)
-    except BaseException:
-        breaker.abandon(call)  # interrupted on our side (see Breaker.abandon)
-        raise
-    breaker.end(call)
+    read = _read(lambda deadline: endpoints.find_recent(external_id, deadline, name))
+    model = read.model
     usable = model is not None and (model.status not in TERMINAL_STATUSES if open_only else
                                     model.status == StatusEnum.PENDING)
-    return Found(Task(model) if usable and model is not None else None, asked=True)
+    return Found(Task(model) if usable and model is not None else None, asked=read.answered)
 
 
 def fetch(task_id: str) -> TaskModel | None:
     """The task's fields as the API has them, within the publish budget, through the breaker (a job's body
     waits for it): None when the API is failing or did not answer in time (asked again at the next call)."""
+    read = _read(lambda deadline: endpoints.get(task_id, deadline))
+    if read.error is not None:
+        log.warning("Task Badger: could not fetch task %s%s: %s", short(task_id), "" if read.answered else " now",
+                    read.error)
+    return read.model
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What an inline read came to. ``answered``: the API answered (``model``, or a refusal in ``error``), or
+    tracking is off; False when it was skipped (the breaker) or failed (``error``): worth asking again later."""
+
+    model: TaskModel | None
+    answered: bool
+    error: TaskbadgerException | None = None
+
+
+def _read(request: Callable[[http.Deadline], TaskModel | None]) -> _Read:
+    """``request``, made now within the publish budget through the breaker (a job's body, or a worker's start,
+    waits for it); never raises, except what interrupts it (see ``Breaker.abandon``)."""
     config = get_config()
+    if config is None:
+        return _Read(None, answered=True)
     breaker = publish_breaker()
-    call = breaker.begin(creates=False) if config is not None else None
-    if config is None or call is None:
-        return None
+    call = breaker.begin(creates=False)
+    if call is None:
+        return _Read(None, answered=False)
     try:
-        model = endpoints.get(task_id, http.Deadline(config.publish_budget, config.timeout[0]))
+        model = request(http.Deadline(config.publish_budget, config.timeout[0]))
     except (TransportError, ServerError, RateLimited) as err:
         if raised_by_signal_handler(err):
             breaker.abandon(call)
             raise  # a time limit struck the job during the request: the job's
         breaker.end(call, err)
-        log.warning("Task Badger: could not fetch task %s now: %s", short(task_id), err)
-        return None
+        return _Read(None, answered=False, error=err)
     except TaskbadgerException as err:  # refused (4xx): the API answered
         breaker.end(call)
-        log.warning("Task Badger: could not fetch task %s: %s", short(task_id), err)
-        return None
+        return _Read(None, answered=True, error=err)
     except BaseException:
         breaker.abandon(call)  # interrupted on our side (see Breaker.abandon)
         raise
     breaker.end(call)
-    return model
+    return _Read(model, answered=True)
 
 
 @dataclass(frozen=True)

@@ -403,3 +403,17 @@ def test_successes_queued_in_a_child_killed_by_a_hard_time_limit_are_recorded(ta
     assert limited.taskbadger_task_id is None  # published while the API was down
     taskbadger_server.wait_for(lambda: all(taskbadger_server.get_task(r.taskbadger_task_id)["status"] == "success"
                                            for r in results), timeout=30)
+
+
+def test_a_lookup_the_api_refuses_is_an_answer_not_an_outage(taskbadger_server):
+    """A worker looks up the task a publish may have created; the API refusing that read (a 4xx) has answered. It
+    counted as a failure: three such refusals opened the breaker, and the process's creates were skipped (its tasks
+    untracked) while the API was up."""
+    from taskbadger import inline
+
+    taskbadger_server.fail(400, method="GET", detail="no such filter")
+    for _ in range(4):
+        found = inline.find("ext-1")
+        assert found.task is None and found.asked  # the worker creates its task, rather than settle it later
+    taskbadger_server.clear_faults()
+    assert inline.create_inline("after the refusals", {"external_id": "ext-2"}).task is not None
