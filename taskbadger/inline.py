@@ -15,12 +15,9 @@ its publisher could not track, and by ``@track``.
   ``data["abandoned"]`` saying why, unless a worker has taken it up meanwhile (after ``LATE_CLOSE_GRACE``, for a
   publish: so that a worker taking it up now is seen): no task stays ``pending`` for ever because its creator
   stopped waiting.
-* A create refused because of its monitor (an id the project does not hold: mistyped, deleted in Task Badger,
-  another project's: the API answers 404, or 400) is made again at once without it, within the same budget: the
-  task is tracked, without the monitor, and one warning says which setting to fix. The process then leaves that
-  monitor out of its creates (no request refused per task) for ``MONITOR_RECHECK`` seconds, then tries it again;
-  so do the other processes of the machine that share its spool directory (a record there): RQ forks a work horse
-  per job, which would otherwise be refused, and warn, once per job.
+* A create refused because of its monitor is made again at once without it, within the same budget, and the
+  monitor is left out of later creates for a while (``taskbadger.monitors``): the task is tracked, without the
+  monitor, and one warning says which setting to fix.
 """
 
 from __future__ import annotations
@@ -33,13 +30,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from . import endpoints, http
+from . import endpoints, http, monitors
 from ._runtime import PerProcess, log_throttled, raised_by_signal_handler, short, start_daemon_thread
 from .config import Config, get_config
 from .delivery import merge, sender
 from .delivery.breaker import publish_breaker
 from .delivery.sender import RETRY_HORIZON
-from .delivery.spool import Spool, api_key_of
 from .exceptions import (
     CreateSkipped,
     NotFound,
@@ -47,7 +43,6 @@ from .exceptions import (
     ServerError,
     TaskbadgerException,
     TransportError,
-    UnexpectedStatus,
     ValidationError,
 )
 from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime
@@ -134,19 +129,11 @@ def _interrupted(call: int, fields: Mapping[str, Any], exc: BaseException) -> No
                                    merge.MERGE_DATA: {"publish_error": reason}})
 
 
-#: Seconds a process leaves out of its creates a monitor the API refused, before it tries it again (a monitor
-#: created meanwhile under that id, a refusal that was the API's mistake).
-MONITOR_RECHECK = 3600.0
-#: Monitor id -> (the configuration it was refused under, when): left out of this process's creates.
-_refused_monitors: dict[str, tuple[Config, float]] = {}
-_refused_lock = threading.Lock()
-
-
 def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, deadline: http.Deadline,
             late_answer: http.LateAnswer) -> Task:
     """``task.create``, with a monitor the API refuses left out (see the module's docstring)."""
     body = create_body_or_skip(name, fields)
-    monitor = monitor_id if monitor_id and not _monitor_refused(config, monitor_id) else None
+    monitor = monitor_id if monitor_id and not monitors.refused(config, monitor_id) else None
     try:
         return Task(endpoints.create(body, monitor, deadline, late_answer))
     except (NotFound, ValidationError) as err:
@@ -156,76 +143,8 @@ def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: st
     # Refused, so certainly not created: made again without the monitor. Refused again, the monitor was not the
     # reason (a wrong project, a field): that error is the one reported, and the monitor is not blamed.
     task = Task(endpoints.create(body, None, deadline, late_answer))
-    _refuse_monitor(config, monitor, name, refusal)
+    monitors.refuse(config, monitor, name, refusal)
     return task
-
-
-def _monitor_refused(config: Config, monitor_id: str) -> bool:
-    with _refused_lock:
-        refused = _refused_monitors.get(monitor_id)
-        if refused is not None:
-            if refused[0] is config and time.monotonic() - refused[1] < MONITOR_RECHECK:
-                return True
-            del _refused_monitors[monitor_id]  # another configuration (init() again), or time to try it again
-        # Another process of this machine may have been refused it: a work horse RQ forked for one job, a Celery
-        # child recycled after its tasks, the next web process. Left out here too, without a request or a warning.
-        when = _shared_refusals(config).get(monitor_id)
-        age = time.time() - when if isinstance(when, (int, float)) else MONITOR_RECHECK
-        if not 0 <= age < MONITOR_RECHECK:
-            return False
-        _refused_monitors[monitor_id] = (config, time.monotonic() - age)
-        return True
-
-
-#: The record of refused monitors in the spool directory, per API (``api_key_of``): monitor id -> when (wall clock).
-_SHARED_NAME = "monitors-refused-{api}.json"
-#: The shared record as last read: (spool directory, API, mtime) -> its refusals.
-_shared_cache: list[Any] = [None, {}]
-
-
-def _shared_refusals(config: Config) -> dict[str, Any]:
-    """The refusals other processes recorded for ``config``'s API (``_refused_lock`` held): one stat per look,
-    the record read again only when it changed."""
-    if not config.spool_dir:
-        return {}
-    api = api_key_of(config)
-    cached = _shared_cache[0]
-    known = cached[2] if cached is not None and cached[:2] == (config.spool_dir, api) else None
-    found = Spool(config.spool_dir).read_record(_SHARED_NAME.format(api=api), unless_mtime=known)
-    if found is None:
-        return {}
-    mtime, refusals = found
-    if refusals is not None:
-        _shared_cache[:] = [(config.spool_dir, api, mtime), refusals]
-    return _shared_cache[1]
-
-
-def _refuse_monitor(config: Config, monitor_id: str, name: str, err: UnexpectedStatus) -> None:
-    with _refused_lock:
-        if len(_refused_monitors) > 1000:  # ids come from settings and options: keep the table bounded
-            _refused_monitors.clear()
-        _refused_monitors[monitor_id] = (config, time.monotonic())
-        if config.spool_dir:  # for this machine's other processes (see _monitor_refused)
-            now = time.time()
-            shared = {m: t for m, t in _shared_refusals(config).items()
-                      if isinstance(t, (int, float)) and 0 <= now - t < MONITOR_RECHECK}
-            Spool(config.spool_dir).write_record(_SHARED_NAME.format(api=api_key_of(config)),
-                                                 {**dict(list(shared.items())[-999:]), monitor_id: now})
-    log_throttled(f"monitor-refused:{monitor_id}", MONITOR_RECHECK, logging.WARNING,
-                  "Task Badger: monitor %s is not one of project %s/%s's monitors (the API answered %d: %s): task %s "
-                  "and every other task under that monitor are tracked without it. Fix the monitor id in %s: copy it "
-                  "from the monitor's page in Task Badger (a monitor deleted there must be created again).",
-                  monitor_id, config.organization_slug, config.project_slug, err.status_code,
-                  short(err.message, 200), short(name), _where_set(config, monitor_id))
-
-
-def _where_set(config: Config, monitor_id: str) -> str:
-    """Where the user set ``monitor_id``: an integration's rules (``TASKBADGER['MONITORS']``), else a task's option."""
-    for system in config.systems.values():
-        monitors = getattr(system, "monitors", None)
-        if isinstance(monitors, Mapping) and monitor_id in monitors.values():
-            return getattr(system, "monitors_setting", None) or f"the monitors of {type(system).__name__}"
-    return "the task's monitor_id option (taskbadger_monitor_id=, monitor_id=)"
 
 
 def find(external_id: str, open_only: bool = False, name: str | None = None) -> Found:
