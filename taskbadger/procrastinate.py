@@ -385,17 +385,65 @@ def _carried_meta(job: jobs.Job, raw: Any, options: dict[str, Any] | None) -> Me
     return meta
 
 
+#: How many times a job was put back in its queue out of ``failed`` (``retry_job_by_id``: the Django admin's Retry,
+#: the shell's ``retry``): Procrastinate records each as a ``retried`` event (``procrastinate_events``).
+_RETRIED_BY_HAND = "SELECT count(*) AS retried FROM procrastinate_events WHERE job_id = %(job_id)s AND type = 'retried'"
+
+
+class _Attempt:
+    """Which run of its job this is: ``number`` (1 for the first), and whether the job was put back in its queue
+    by hand after it had failed (``by_hand``)."""
+
+    __slots__ = ("number", "by_hand")
+
+    def __init__(self, number: int, by_hand: bool) -> None:
+        self.number = number
+        self.by_hand = by_hand
+
+
+async def _attempt(context: job_context.JobContext) -> tuple[_Attempt, asyncio.CancelledError | None]:
+    """This run's attempt. Procrastinate's ``job.attempts`` (the runs before this one) counts a retry by hand twice:
+    its failed run when it ended (``procrastinate_finish_job_v1``), then the retry out of ``failed``
+    (``procrastinate_retry_job_v2``); a retry its ``RetryStrategy`` decided, once. The retries by hand are read
+    from its events: one query, for a job that ran before only. When they cannot be read, ``job.attempts``.
+    A cancellation (an abort) while the query runs is returned, to be raised once the run is known."""
+    job = context.job
+    attempts = job.attempts if isinstance(job.attempts, int) and job.attempts > 0 else 0
+    if not attempts:
+        return _Attempt(1, False), None
+    cancelled: asyncio.CancelledError | None = None
+    query = asyncio.ensure_future(context.app.connector.execute_query_one_async(query=_RETRIED_BY_HAND, job_id=job.id))
+    try:
+        try:
+            row = await asyncio.shield(query)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+            await asyncio.wait({query})
+            row = query.result()
+        by_hand = min(int(row["retried"]), attempts)
+    except asyncio.CancelledError as exc:  # cancelled again while it runs
+        query.cancel()
+        return _Attempt(attempts + 1, False), cancelled or exc
+    except Exception as err:
+        log_once("procrastinate-retried-events", logging.WARNING,
+                 "Task Badger: could not read the events of job %s (%s): the attempt count recorded on the tasks of "
+                 "jobs retried by hand may be too high", job.id, short(str(err), 200))
+        return _Attempt(attempts + 1, False), cancelled
+    return _Attempt(attempts - by_hand + 1, by_hand > 0), cancelled
+
+
 class _StartInterrupted(Exception):
     """The job was cancelled while its worker created its task: the run (or the job id to settle), and the
     cancellation to raise once the outcome is recorded."""
 
-    def __init__(self, run: Run | str | None, cancellation: asyncio.CancelledError) -> None:
+    def __init__(self, run: Run | str | None, cancellation: asyncio.CancelledError, attempt: _Attempt) -> None:
         super().__init__("cancelled while its task was created")
         self.run = run
         self.cancellation = cancellation
+        self.attempt = attempt
 
 
-async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
+async def _begin(context: job_context.JobContext, raw: Any, attempt: _Attempt) -> Run | str | None:
     """The job's tracked run, started (``processing``); or the job's id when its outcome is to be settled
     later (its task may exist but the API cannot be asked now); or None when it runs untracked."""
     job = context.job
@@ -432,12 +480,12 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
                 ended = Run(external_id, at.meta) if at.meta is not None else external_id if at.settle else None
                 if isinstance(ended, Run) and job.attempts == 0:
                     ended.set_status(StatusEnum.PROCESSING)  # created processing
-            raise _StartInterrupted(ended, exc) from exc
+            raise _StartInterrupted(ended, exc, attempt) from exc
         if at.meta is None:
             return external_id if at.settle else None
         run = Run(external_id, at.meta)
         if job.attempts > 0:  # a retry, its task taken up (or created): back to processing
-            lifecycle.start(run, first_attempt=False, after_error=True, extra=_attempts_so_far(job))
+            lifecycle.start(run, first_attempt=False, after_error=True, extra=_attempts_so_far(attempt))
         else:  # created processing, with its start_time
             run.set_status(StatusEnum.PROCESSING)
             lifecycle.enter(run)
@@ -448,14 +496,15 @@ async def _begin(context: job_context.JobContext, raw: Any) -> Run | str | None:
     # or the run that succeeds shows it. (A retry the worker decided kept none: nothing to drop. The drop is
     # resolved against the task on the server: one GET when this attempt's 'processing' is sent on its own; none
     # when it merges with the attempt's success, which reads the task anyway to complete its progress.)
-    lifecycle.start(run, first_attempt=job.attempts == 0, after_error=job.attempts > 0, extra=_attempts_so_far(job))
+    lifecycle.start(run, first_attempt=job.attempts == 0, after_error=job.attempts > 0,
+                    extra=_attempts_so_far(attempt))
     return run
 
 
-def _attempts_so_far(job: jobs.Job) -> dict[str, Any] | None:
+def _attempts_so_far(attempt: _Attempt) -> dict[str, Any] | None:
     """What a later attempt records with its start: ``data["attempts"]`` of the attempts before it, which the
     one before may not have recorded (``_back_to_pending``). The same value when it did: nothing changes."""
-    return {"attempts": job.attempts} if job.attempts > 0 else None
+    return {"attempts": attempt.number - 1} if attempt.number > 1 else None
 
 
 def _retried_or_aborted(context: job_context.JobContext, exc: BaseException) -> tuple[bool, bool, Any]:
@@ -471,10 +520,10 @@ def _retried_or_aborted(context: job_context.JobContext, exc: BaseException) -> 
     return retry is not None, aborted, reason
 
 
-async def _outcome(run: Run, context: job_context.JobContext, exc: BaseException) -> None:
+async def _outcome(run: Run, context: job_context.JobContext, exc: BaseException, attempt: _Attempt) -> None:
     """The job raised ``exc`` (or was cancelled): what the worker will do with it, for its task."""
     retried, aborted, reason = _retried_or_aborted(context, exc)
-    attempts = context.job.attempts + 1
+    attempts = attempt.number
     if retried:
         # Sent before the worker gives the job back to its queue: the next attempt may run in another worker and
         # end before a queued 'pending' went out, which then left the task pending for good. Off the event loop
@@ -532,6 +581,8 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
     to the app's ``worker_defaults``). Never lets a tracking error reach the job."""
     raw = None
     run: Run | str | None = None
+    attempt = _Attempt(1, False)
+    cancelled: asyncio.CancelledError | None = None  # while the attempt was read: raised once the run is known
     try:
         raw = _fetched.take(context.job.id)  # taken out of the kwargs when the job was fetched
         kwargs = context.job.task_kwargs
@@ -540,21 +591,26 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
         elif raw is _NOTHING:
             raw = None
         if is_configured():
-            run = await _begin(context, raw)
+            attempt, cancelled = await _attempt(context)
+            run = await _begin(context, raw, attempt)
     except _StartInterrupted as interrupted:  # cancelled before the body ran: its outcome is the job's
-        await _ended_before_the_body(interrupted.run, context, interrupted.cancellation)
+        await _ended_before_the_body(interrupted.run, context, interrupted.cancellation, interrupted.attempt)
         raise interrupted.cancellation from None
     except Exception:
         _internal_error(f"starting the task of job {getattr(context.job, 'id', None)}")
     if run is None:
+        if cancelled is not None:
+            raise cancelled
         return await call_next()
     if isinstance(run, str):
-        return await _settled(call_next, context, run)
+        return await _settled(call_next, context, run, cancelled)
     try:
+        if cancelled is not None:
+            raise cancelled
         result = await call_next()
     except BaseException as exc:
         try:
-            await _outcome(run, context, exc)
+            await _outcome(run, context, exc, attempt)
         except asyncio.CancelledError:
             pass  # cancelled again while a retry's update is sent: its thread goes on; the job's outcome stands
         except Exception:
@@ -562,9 +618,8 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
         raise
     else:
         try:
-            attempts = context.job.attempts
             # after retries, the attempts it took (its retries recorded the count up to then)
-            lifecycle.succeed(run, {"attempts": attempts + 1} if attempts else None)
+            lifecycle.succeed(run, {"attempts": attempt.number} if attempt.number > 1 else None)
         except Exception:
             _internal_error("recording the success of a job")
         return result
@@ -573,11 +628,11 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
 
 
 async def _ended_before_the_body(run: Run | str | None, context: job_context.JobContext,
-                                 exc: asyncio.CancelledError) -> None:
+                                 exc: asyncio.CancelledError, attempt: _Attempt) -> None:
     """The outcome of a job cancelled before its body ran, as for one cancelled in its body."""
     try:
         if isinstance(run, Run):
-            await _outcome(run, context, exc)
+            await _outcome(run, context, exc, attempt)
         elif isinstance(run, str):
             _settle(run, context, exc)
     except asyncio.CancelledError:
@@ -586,9 +641,12 @@ async def _ended_before_the_body(run: Run | str | None, context: job_context.Job
         _internal_error("recording the outcome of a job")
 
 
-async def _settled(call_next: Callable[[], Any], context: job_context.JobContext, external_id: str) -> Any:
+async def _settled(call_next: Callable[[], Any], context: job_context.JobContext, external_id: str,
+                   cancelled: asyncio.CancelledError | None = None) -> Any:
     outcome: BaseException | None = None
     try:
+        if cancelled is not None:
+            raise cancelled
         return await call_next()
     except BaseException as exc:
         outcome = exc

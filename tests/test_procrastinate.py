@@ -344,6 +344,35 @@ def test_a_failed_job_retried_by_hand_ends_success_without_the_old_exception(api
     tb = task_of_job(taskbadger_server, job_id, statuses=("success",))
     assert not {"exception", "exception_type"} & set(tb["data"] or {}), tb["data"]
     assert [t["id"] for t in tasks_for(taskbadger_server, job_id)] == [failed["id"]]
+    # its fifth run (Procrastinate's own count says 6: the retry by hand adds one to the failed run's count)
+    assert tb["data"]["attempts"] == 5
+
+
+def retried_by_hand(app, job_id: int) -> None:
+    app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime.now(datetime.timezone.utc))
+
+
+@pytest.mark.parametrize("tracked_by", ["deferring process"])
+def test_a_failed_job_retried_by_hand_counts_its_runs(taskbadger_server, app, worker, tracked_by):
+    """A job that failed (one run), retried by hand twice, failing each time: three runs. Procrastinate's
+    ``attempts`` counts a retry by hand twice (the failed run, then the retry out of ``failed``), and the task said
+    3 after the second run and 5 after the third."""
+    if tracked_by == "deferring process":
+        taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url,
+                        systems=[ProcrastinateSystemIntegration(app)])
+    job_id = tasks.boom.configure(queue=worker.queue).defer(message="still broken")
+    assert wait_job(app, job_id).status == "failed"
+    task_of_job(taskbadger_server, job_id)  # its error reached the API
+    for _ in range(2):
+        sent = len(taskbadger_server.requests)
+        retried_by_hand(app, job_id)
+        # polled under a deadline: the next run's error was sent
+        taskbadger_server.wait_for(lambda sent=sent: any(
+            r.method == "PATCH" and isinstance(r.json, dict) and r.json.get("status") == "error"
+            for r in taskbadger_server.requests[sent:]) or None, timeout=20)
+    tb = task_of_job(taskbadger_server, job_id)
+    assert (tb["status"], tb["data"]["attempts"]) == ("error", 3), tb["data"]
+    assert len(tasks_for(taskbadger_server, job_id)) == 1, tasks_for(taskbadger_server, job_id)
 
 
 @pytest.mark.parametrize("fail_times", [1, 10])
