@@ -147,17 +147,18 @@ def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: st
     return task
 
 
-def find(external_id: str, open_only: bool = False, name: str | None = None) -> Found:
+def find(external_id: str, open_only: bool = False, name: str | None = None, ended_too: bool = False) -> Found:
     """The task a create that may have been carried out made, if it is still ``pending`` (nobody took it
     up, nobody closed it): looked up by ``external_id`` within the publish budget, through the breaker.
     ``Found.asked`` is False when the lookup was skipped or failed (the API is failing): ``settle_later``
     then records the run's outcome on the task once the API answers again. ``open_only``: any task with
     no final state yet (a run that was created ``processing``), not only a ``pending`` one. ``name``: only a
-    task of that name (for ids that repeat across databases)."""
+    task of that name (for ids that repeat across databases). ``ended_too``: whatever its status (a job put back
+    in its queue by hand after it failed: its task ended ``error``)."""
     read = _read(lambda deadline: endpoints.find_recent(external_id, deadline, name))
     model = read.model
-    usable = model is not None and (model.status not in TERMINAL_STATUSES if open_only else
-                                    model.status == StatusEnum.PENDING)
+    usable = model is not None and (ended_too or (model.status not in TERMINAL_STATUSES if open_only else
+                                                  model.status == StatusEnum.PENDING))
     return Found(Task(model) if usable and model is not None else None, asked=read.answered)
 
 

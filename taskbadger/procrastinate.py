@@ -453,7 +453,8 @@ async def _begin(context: job_context.JobContext, raw: Any, attempt: _Attempt) -
         if options is None:
             return None
         # A job its publisher did not track: created now. A retry of such a job takes up the task its
-        # first attempt created (found by the job id, still pending), so that it stays one task.
+        # first attempt created (found by the job id, still open; or ended, after a retry by hand out of
+        # ``failed``), so that it stays one task.
         external_id = str(job.id)
         creating = asyncio.ensure_future(asyncio.to_thread(
             lifecycle.create_at_start,
@@ -464,6 +465,7 @@ async def _begin(context: job_context.JobContext, raw: Any, attempt: _Attempt) -
             job.attempts > 0,  # a retry: its first attempt's task may exist
             True,  # pending, or still processing here when its pending is queued behind
             True,  # of this job's name: job ids count up from 1 in each database sharing the project
+            attempt.by_hand,  # put back in its queue by hand after it failed: its task ended error, continued here
         ))
         try:
             at = await asyncio.shield(creating)

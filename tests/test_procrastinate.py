@@ -352,7 +352,7 @@ def retried_by_hand(app, job_id: int) -> None:
     app.job_manager.retry_job_by_id(job_id, retry_at=datetime.datetime.now(datetime.timezone.utc))
 
 
-@pytest.mark.parametrize("tracked_by", ["deferring process"])
+@pytest.mark.parametrize("tracked_by", ["deferring process", "worker"])
 def test_a_failed_job_retried_by_hand_counts_its_runs(taskbadger_server, app, worker, tracked_by):
     """A job that failed (one run), retried by hand twice, failing each time: three runs. Procrastinate's
     ``attempts`` counts a retry by hand twice (the failed run, then the retry out of ``failed``), and the task said
@@ -373,6 +373,22 @@ def test_a_failed_job_retried_by_hand_counts_its_runs(taskbadger_server, app, wo
     tb = task_of_job(taskbadger_server, job_id)
     assert (tb["status"], tb["data"]["attempts"]) == ("error", 3), tb["data"]
     assert len(tasks_for(taskbadger_server, job_id)) == 1, tasks_for(taskbadger_server, job_id)
+
+
+def test_a_failed_job_its_worker_tracks_retried_by_hand_is_one_task(taskbadger_server, app, worker, tmp_path):
+    """Deferred by a process without tracking (this one, not configured): the worker created the task at the first
+    run, which ended ``error``; the run after a retry by hand created a second task (its lookup took up only a
+    task still open), and the first stayed ``error`` for a job that succeeded."""
+    job_id = tasks.flaky.configure(queue=worker.queue).defer(path=str(tmp_path / "count"), fail_times=4)
+    assert wait_job(app, job_id).status == "failed"
+    failed = task_of_job(taskbadger_server, job_id)  # its error reached the API
+    retried_by_hand(app, job_id)
+    assert wait_job(app, job_id, statuses=("succeeded", "failed")).status == "succeeded"
+    tb = task_of_job(taskbadger_server, job_id, statuses=("success",))
+    assert [t["id"] for t in tasks_for(taskbadger_server, job_id)] == [failed["id"]], tasks_for(taskbadger_server,
+                                                                                               job_id)
+    assert not {"exception", "exception_type"} & set(tb["data"] or {}), tb["data"]
+    assert tb["data"]["attempts"] == 5
 
 
 @pytest.mark.parametrize("fail_times", [1, 10])

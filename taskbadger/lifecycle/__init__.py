@@ -302,6 +302,10 @@ def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, 
         fields["stale_timeout"] = run.meta.stale_timeout
     if after_error:
         fields[merge.DROP_DATA] = list(EXCEPTION_KEYS)
+        known = run.data
+        if run.data_known and isinstance(known, Mapping) and any(key in known for key in EXCEPTION_KEYS):
+            # the task was read (taken up by its worker): later updates that send its whole data leave them out too
+            run.data = {key: value for key, value in known.items() if key not in EXCEPTION_KEYS}
     if extra:
         fields.update(data_fields(run, extra))
     if run.meta.resend:  # the attempt before could not record its retry: this one does, before its own outcome
@@ -444,7 +448,7 @@ class AtStart:
 
 def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: Rules | None,
                     make_fields: Callable[[], dict[str, Any]], maybe_created: bool = False,
-                    open_only: bool = False, same_name: bool = False) -> AtStart:
+                    open_only: bool = False, same_name: bool = False, ended_too: bool = False) -> AtStart:
     """A worker starts a job its publisher did not track (not configured there, or the API was failing then):
     track it now. If the publisher's create may have been carried out without an answer (``maybe_created``),
     take that task up when it is still ``pending``; if the API cannot be asked now, the run goes on untracked
@@ -452,7 +456,9 @@ def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: 
     ``make_fields()`` (``create_fields``). ``open_only``: take up any task of the job without a final state, not
     only a ``pending`` one (a retry of a job whose worker created its task: its ``pending`` may still be queued).
     ``same_name``: take up only a task with the name ``make_fields()`` gives (a job id that other databases
-    also use: Procrastinate's count up from 1 in each), unless ``before_create`` may have renamed it."""
+    also use: Procrastinate's count up from 1 in each), unless ``before_create`` may have renamed it.
+    ``ended_too``: take up the job's task whatever its status (a job put back in its queue by hand after it
+    failed: its first attempts' task ended ``error``, and this run continues it)."""
     heartbeat, stale = heartbeat_options(options, rules)
     fields = None
     if maybe_created and external_id:
@@ -460,7 +466,7 @@ def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: 
         config = get_config()
         renamed = config is not None and config.before_create is not None
         found = find(external_id, open_only=open_only,
-                     name=fields["name"] if fields is not None and not renamed else None)
+                     name=fields["name"] if fields is not None and not renamed else None, ended_too=ended_too)
         if found.task is not None:
             return AtStart(created_meta(found.task, heartbeat, stale))
         if not found.asked:
