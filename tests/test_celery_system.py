@@ -92,6 +92,22 @@ def test_heartbeat_pings_running_task_and_stale_timeout_applies_once_running(tas
     assert len(pings) >= 2, [p.json for p in patches]
 
 
+@pytest.mark.parametrize("pool", ["threads", "gevent"])
+def test_a_retry_running_while_its_first_attempt_ends_keeps_its_heartbeat(taskbadger_server, pool, request,
+                                                                          tmp_path):
+    """A retry's next attempt started in the same process (threads, green pools) before the first attempt had
+    ended: the first attempt's end stopped the heartbeat of the task, which the next attempt was running (no ping
+    in its 3 s, with pings due every 0.5 s)."""
+    worker = request.getfixturevalue(f"{pool}_worker")
+    result = worker.send(tasks.retry_overlapping, str(tmp_path / "started"), 3.0)
+    taskbadger_server.wait_for_task(name=NAME + "retry_overlapping", status="success", timeout=30)
+    patches = [r for r in taskbadger_server.requests
+               if r.method == "PATCH" and r.path.endswith(f"/{result.taskbadger_task_id}/")]
+    last_start = max(i for i, p in enumerate(patches) if p.json.get("status") == "processing")
+    pings = [p for p in patches[last_start:] if p.json == {}]  # the next attempt's
+    assert pings, [p.json for p in patches]
+
+
 def test_a_monitor_id_that_is_not_one_is_refused_with_a_clear_error():
     good = "0B0B5C86-4A43-4C3C-9A53-7D3E6F1C2A11"
     assert CelerySystemIntegration(monitors={"a.task": good, "b.task": None}).monitors == {"a.task": good.lower()}

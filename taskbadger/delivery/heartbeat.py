@@ -28,7 +28,8 @@ class Heartbeat:
         self._starts = 0
         self._thread: threading.Thread | None = None
 
-    def start(self, task_id: str, interval: float) -> None:
+    def start(self, task_id: str, interval: float) -> int:
+        """Ping ``task_id`` every ``interval`` seconds until ``stop``: this start's number, for ``stop``."""
         with self._cond:
             self._starts += 1
             self._intervals[task_id] = (interval, self._starts)
@@ -36,10 +37,16 @@ class Heartbeat:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = start_daemon_thread(self._run, "taskbadger-heartbeat")
             self._cond.notify()
+            return self._starts
 
-    def stop(self, task_id: str) -> None:
+    def stop(self, task_id: str, start: int | None = None) -> None:
+        """Stop pinging ``task_id``; with ``start`` (what ``start`` returned), only if that start is still the
+        task's: another run of the task started since in this process (a retry's next attempt, run in another
+        thread or greenlet before this one ended) keeps its pings."""
         with self._cond:
-            self._intervals.pop(task_id, None)  # its heap entry is skipped when it comes up
+            running = self._intervals.get(task_id)
+            if running is not None and (start is None or running[1] == start):
+                del self._intervals[task_id]  # its heap entry is skipped when it comes up
             if len(self._due) > 2 * len(self._intervals) + COMPACT_SLACK:
                 # Entries of stopped tasks stay until their next ping was due, up to a whole interval (a day at
                 # most): a worker running fast tasks with a long heartbeat held one per task it ran in that time.

@@ -186,7 +186,7 @@ class Run:
         self._status: StatusEnum | str = meta.task.get("status") or StatusEnum.PENDING
         self._tokens: tuple[Any, Any, Any] | None = None  # scope, current run, context providers (while entered)
         self.finished = False
-        self.heartbeat = False
+        self.heartbeat: int | None = None  # this run's start of the heartbeat (``Heartbeat.start``)
         self.progress_unknown = False  # an earlier attempt may have reported progress this run was not told of
 
     @classmethod
@@ -324,8 +324,7 @@ def enter(run: Run) -> None:
         return
     run._tokens = (enter_task(run.id, run.meta.task.get("parent")), _current.set(run), context_providers.start())
     if run.meta.heartbeat_interval:
-        get_heartbeat().start(run.id, run.meta.heartbeat_interval)
-        run.heartbeat = True
+        run.heartbeat = get_heartbeat().start(run.id, run.meta.heartbeat_interval)
 
 
 def _end_body_updates(run: Run) -> None:
@@ -337,9 +336,9 @@ def _end_body_updates(run: Run) -> None:
 
 def leave(run: Run) -> None:
     """The run's body is over (whatever its outcome): undo ``enter``, in the same context. Idempotent."""
-    if run.heartbeat:
-        get_heartbeat().stop(run.id)
-        run.heartbeat = False
+    if run.heartbeat is not None:
+        get_heartbeat().stop(run.id, run.heartbeat)
+        run.heartbeat = None
     _end_body_updates(run)
     tokens, run._tokens = run._tokens, None
     if tokens is None:

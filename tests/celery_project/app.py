@@ -375,6 +375,25 @@ def reject_requeue_until(path, failures):
     return "ok"
 
 
+@app.task(bind=True, base=Task, max_retries=1, taskbadger_heartbeat_interval=0.5)
+def retry_overlapping(self, path, seconds):
+    """Retried at once; its first attempt ends only once the next has started (a ``finally`` after ``self.retry()``,
+    cleaning up), which then runs ``seconds`` (in the same process in the threads and green pools)."""
+    started = pathlib.Path(path)
+    if self.request.retries < 1:
+        try:
+            raise self.retry(exc=ConnectionError("first attempt failed"), countdown=0)
+        finally:
+            deadline = time.monotonic() + 30
+            while not started.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)  # the first attempt's clean-up, until the next attempt runs
+    started.write_text("started")
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # the next attempt's work
+    return "ok"
+
+
 @app.task(bind=True, base=Task, max_retries=3)
 def retry_after(self, seconds):
     """Retried once (countdown 0), ``seconds`` into its first attempt."""
