@@ -9,6 +9,7 @@ from celery import chain
 from taskbadger.celery import task_id_of_result
 
 from .celery_project import app as tasks
+from .conftest import BROKER
 
 pytestmark = pytest.mark.integration
 
@@ -192,6 +193,38 @@ def test_a_cold_shutdown_ends_the_tasks_it_interrupted_error(taskbadger_server, 
         assert task["data"]["exception_type"] == "billiard.exceptions.WorkerLostError"
     finally:
         stop_worker(worker)
+
+
+@pytest.mark.skipif(BROKER == "filesystem", reason="kombu's virtual transports do not flag a message delivered again")
+def test_a_task_delivered_again_after_a_cold_shutdown_keeps_its_first_start(taskbadger_server,
+                                                                            taskbadger_server_session, tmp_path):
+    """``acks_late``: a cold shutdown while the task runs gives its message back to the broker, which delivers it
+    again (flagged so); the same Task Badger task runs again, and its ``start_time`` stays its first start, as a
+    retry's does (it was the second one's)."""
+    import signal
+
+    from .conftest import start_worker, stop_worker
+
+    counter = tmp_path / "deliveries"
+    first = start_worker(taskbadger_server_session, pool="prefork", concurrency=1)
+    try:
+        result = first.send(tasks.late_until_redelivered, str(counter))
+        started = taskbadger_server.wait_for(
+            lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "processing"
+            and t["start_time"] and t, timeout=20)
+        first.process.send_signal(signal.SIGQUIT)
+        assert first.process.wait(30) is not None
+    finally:
+        stop_worker(first)
+    second = start_worker(taskbadger_server_session, pool="prefork", concurrency=1, queue=first.queue)
+    try:
+        task = taskbadger_server.wait_for(
+            lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "success" and t,
+            timeout=30)
+    finally:
+        stop_worker(second)
+    assert counter.read_text() == "2"  # it ran again
+    assert task["start_time"] == started["start_time"]
 
 
 FINAL = ("success", "error", "cancelled")

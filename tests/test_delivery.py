@@ -59,6 +59,22 @@ def test_a_run_again_drops_the_old_error_and_completes_the_old_progress_at_send_
     assert patch.json == {"status": "success", "value": 4, "data": {"args": [1], "k": 2}}
 
 
+def test_a_start_kept_if_the_task_has_one_is_left_out_merged_or_not(taskbadger_server, dispatcher):
+    """A message delivered again (its worker was lost) starts the same task again: its ``start_time`` is sent only
+    when the task has none, also when merged with the run's success; a task that never started gets it."""
+    started = taskbadger.create_task("started", status="processing")
+    taskbadger.update_task(started.id, start_time="2026-01-01T00:00:00+00:00")
+    never = taskbadger.create_task("never started")
+    for task in (started, never):
+        dispatcher.submit(task.id, {"status": "processing", "start_time": "2026-01-01T00:05:00+00:00",
+                                    merge.KEEP_START: True})
+        dispatcher.submit(task.id, {"status": "success", "end_time": "2026-01-01T00:05:01+00:00"}, final=True)
+    assert dispatcher.flush(5)
+    assert taskbadger_server.get_task(started.id)["start_time"].startswith("2026-01-01T00:00:00")
+    assert taskbadger_server.get_task(never.id)["start_time"].startswith("2026-01-01T00:05:00")
+    assert all(merge.KEEP_START not in p.json for p in patches(taskbadger_server))
+
+
 def test_an_update_that_sends_the_whole_data_after_a_drop_is_sent_as_it_is(taskbadger_server, dispatcher):
     task = taskbadger.create_task("run again", data={"exception": "old"})
     dispatcher.submit(task.id, {"status": "processing", merge.DROP_DATA: ["exception"]})

@@ -48,7 +48,15 @@ def on_start(celery_task: Any, request: Any) -> None:
     tracking = Tracking(request.id, meta)
     tracking.successors = successor_names(request)
     setattr(request, TRACKING_ATTR, tracking)
-    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0), progress_carried=True)
+    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0), progress_carried=True,
+                    run_again=_redelivered(request))
+
+
+def _redelivered(request: Any) -> bool:
+    """Whether the broker delivers this message again (``acks_late``: its worker was lost or shut down cold while
+    it ran, or before it started): the same task runs again and keeps its first start."""
+    delivery_info = getattr(request, "delivery_info", None)
+    return isinstance(delivery_info, dict) and delivery_info.get("redelivered") is True
 
 
 def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta | None:

@@ -27,10 +27,13 @@ COMPLETE_PROGRESS = "_taskbadger_complete_progress"
 #: Keys to remove from the task's current data at send time (not an API field): a run again of a job whose
 #: earlier attempt ended in error takes that error's exception out of the task's data.
 DROP_DATA = "_taskbadger_drop_data"
+#: Marks a ``start_time`` to send only if the task has none yet (not an API field): a message redelivered after
+#: its worker was lost runs the same task again, whose first start is kept.
+KEEP_START = "_taskbadger_keep_start"
 
 
 #: The markers ``resolve`` reads the task's current state for.
-_READS_CURRENT = (MERGE_DATA, UNLESS_FINAL, ONLY_IF_PENDING, COMPLETE_PROGRESS, DROP_DATA)
+_READS_CURRENT = (MERGE_DATA, UNLESS_FINAL, ONLY_IF_PENDING, COMPLETE_PROGRESS, DROP_DATA, KEEP_START)
 
 
 def reads_current(fields: Mapping[str, Any]) -> bool:
@@ -41,6 +44,7 @@ def reads_current(fields: Mapping[str, Any]) -> bool:
 def needs_current(fields: Mapping[str, Any]) -> bool:
     """Whether ``resolve`` reads the task's current state for queued ``fields`` (its ``fetch`` is called)."""
     return bool(fields.get(UNLESS_FINAL) or fields.get(ONLY_IF_PENDING) or fields.get(COMPLETE_PROGRESS) or (
+        fields.get(KEEP_START) and "start_time" in fields) or (
         (fields.get(MERGE_DATA) is not None or fields.get(DROP_DATA)) and fields.get("data") is None))
 
 
@@ -68,6 +72,9 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
         merged["tags"] = {**older["tags"], **newer["tags"]}
     if "start_time" in older:
         merged["start_time"] = older["start_time"]
+        merged.pop(KEEP_START, None)
+        if older.get(KEEP_START):  # the start kept is the older one's, with its condition
+            merged[KEEP_START] = True
     if MERGE_DATA in older and MERGE_DATA in newer:
         merged[MERGE_DATA] = {**older[MERGE_DATA], **newer[MERGE_DATA]}
     for condition in (UNLESS_FINAL, ONLY_IF_PENDING):
@@ -102,13 +109,17 @@ def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) ->
     complete = body.pop(COMPLETE_PROGRESS, False) and fetch is not None
     extra = body.pop(MERGE_DATA, None)
     drop = body.pop(DROP_DATA, None)
-    if not unless_final and not only_if_pending and not complete and extra is None and drop is None:
+    keep_start = body.pop(KEEP_START, False) and fetch is not None and "start_time" in body
+    if not unless_final and not only_if_pending and not complete and extra is None and drop is None \
+            and not keep_start:
         return body
     current = fetch() if fetch is not None and needs_current(fields) else None
     if unless_final and current is not None and current.status in TERMINAL_STATUSES:
         return None
     if only_if_pending and current is not None and current.status != StatusEnum.PENDING:
         return None
+    if keep_start and current is not None and current.start_time is not None:
+        del body["start_time"]  # its first start is kept
     if complete and current is not None:
         body.update(completed_progress(body.get("value", current.value), body.get("value_max", current.value_max)))
     base = body.get("data")

@@ -288,16 +288,20 @@ def current_task() -> Task | None:
 
 
 def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, after_error: bool = False,
-          extra: Mapping[str, Any] | None = None) -> None:
+          extra: Mapping[str, Any] | None = None, run_again: bool = False) -> None:
     """The job starts: ``processing`` (with ``start_time`` on its first attempt; a run again keeps its
     first start), its stale timeout (only once running: a queued job never goes stale); then ``enter``.
     ``progress_carried``: a later attempt was given the progress the earlier ones reported (Celery's retry
     message carries it); else its success completes the progress the task has when it is sent. ``after_error``:
     the attempt before this one ended the task in ``error``, whose exception leaves the task's data now.
-    ``extra``: merged into the task's data with the start (what an earlier attempt may not have recorded)."""
+    ``extra``: merged into the task's data with the start (what an earlier attempt may not have recorded).
+    ``run_again``: the queue gives the same attempt again (a message redelivered after its worker was lost): its
+    ``start_time`` is sent only if the task has none (the run before may have been lost before it started)."""
     fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
     if first_attempt:
         fields["start_time"] = now()
+        if run_again:
+            fields[merge.KEEP_START] = True
     if run.meta.stale_timeout:
         fields["stale_timeout"] = run.meta.stale_timeout
     if after_error:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .._runtime import log_throttled, short
+from ..delivery import merge
 from ..models import (
     MAX_NAME_LENGTH,
     STATUS_VALUES,
@@ -145,6 +146,7 @@ _RESEND_FIELDS: dict[str, Any] = {
     "value": _count,
     "value_max": _count,
     "start_time": _text(64),
+    merge.KEEP_START: lambda v: v if v is True else _invalid(),
     "stale_timeout": lambda v: v if is_whole_seconds(v) else _invalid(),
 }
 

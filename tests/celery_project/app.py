@@ -375,6 +375,19 @@ def reject_requeue_until(path, failures):
     return "ok"
 
 
+@app.task(base=Task, acks_late=True)
+def late_until_redelivered(path):
+    """``acks_late``: its first delivery runs until its worker is stopped (60 s at most); a delivery again returns
+    at once. Deliveries are counted in the file at ``path``."""
+    counter = pathlib.Path(path)
+    seen = int(counter.read_text() or 0) if counter.exists() else 0
+    counter.write_text(str(seen + 1))
+    deadline = time.monotonic() + (60 if seen == 0 else 0)
+    while time.monotonic() < deadline:
+        time.sleep(0.05)  # the task's own work, until its worker is shut down cold
+    return seen
+
+
 @app.task(bind=True, base=Task, max_retries=1, taskbadger_heartbeat_interval=0.5)
 def retry_overlapping(self, path, seconds):
     """Retried at once; its first attempt ends only once the next has started (a ``finally`` after ``self.retry()``,
