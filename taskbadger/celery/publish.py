@@ -193,9 +193,9 @@ def record_retry(tracking: Tracking) -> None:
     # state, and the task stayed pending for good): the next attempt sends it when it starts.
     tracking.retry_resend = lifecycle.retry(tracking, retry_number(celery.current_task.request),
                                             tracking.retry_exc or sys.exc_info()[1], wait=True, hand_over=True)
-    if tracking.retry_resend is not None:
-        log.warning("Task Badger: could not record the retry of task %s now; its next attempt records it when it "
-                    "starts", short(tracking.id))
+    if tracking.retry_resend is not None:  # nothing is lost: an info line (the breaker says when the API fails)
+        log.info("Task Badger: could not record the retry of task %s now; its next attempt records it when it starts",
+                 short(tracking.id))
 
 
 def retry_number(request: Any) -> int:

@@ -232,9 +232,12 @@ def _back_to_pending(run: Run, attempts: int) -> None:
     merged = left.get(merge.MERGE_DATA)  # keys the body added to the task's data (when its data was not known)
     lost += sorted(f"data[{short(key, 40)}]" for key in (merged if isinstance(merged, Mapping) else ())
                    if key != "attempts")
-    log.warning("Task Badger: could not record the retry of task %s now; its next attempt records it when it starts "
-                "(until then the task may show processing)%s", short(run.id),
-                f"; not recorded, as it could come after that attempt's outcome: {', '.join(lost)}" if lost else "")
+    # a warning only when something is lost (a pool of many coroutines may find the breaker's calls all in flight
+    # while the API is healthy: the next attempt records the retry, and nothing is wrong)
+    log.log(logging.WARNING if lost else logging.INFO,
+            "Task Badger: could not record the retry of task %s now; its next attempt records it when it starts "
+            "(until then the task may show processing)%s", short(run.id),
+            f"; not recorded, as it could come after that attempt's outcome: {', '.join(lost)}" if lost else "")
 
 
 def _settle(external_id: str, context: job_context.JobContext, exc: BaseException | None) -> None:
