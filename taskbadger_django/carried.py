@@ -136,18 +136,39 @@ class DatabaseChannel:
         except IntegrityError:
             pass
 
-    def if_rolled_back(self, result_id: str, callback: Callable[[], None]) -> None:
-        """Call ``callback()`` if the transaction that wrote ``result_id``'s entry rolls back (the task's own row
-        in the database backend goes with it: the job never runs). A committed entry stays until its task
-        succeeds; the callback closes only a task still ``pending``."""
+    def if_rolled_back(self, result_id: str, callback: Callable[[], None], database_job: bool = False) -> None:
+        """Call ``callback()`` if the transaction that enqueued ``result_id`` rolls back and takes its job with it:
+        the job never runs. A committed entry stays until its task succeeds; the callback closes only a task still
+        ``pending``.
+
+        ``database_job``: the job is a row of the database backend's table (``django_tasks_db``), which may be on
+        another database than this entry (a router): the transaction watched is the one on the job's database, as
+        the job goes or stays with it (this entry may commit, or go, apart from it). Otherwise the entry's."""
         model = self._model()
         alias = router.db_for_write(model)
         # The database backend's own row of the task outlives the job (this entry goes once it succeeded): a job
         # that ran before the look, which Django can make late, is not taken for a rollback.
         result_model = _task_result_model()
-        models = [result_model] if result_model is not None and router.db_for_write(result_model) == alias else []
-        rows = [row for row in (transactions.model_row(m, result_id) for m in [*models, model]) if row is not None]
+        if database_job and result_model is not None:
+            job_alias = router.db_for_write(result_model)
+            models = [result_model] + ([model] if job_alias == alias else [])
+            alias = job_alias
+        else:
+            models = [result_model] if result_model is not None and router.db_for_write(result_model) == alias else []
+            models.append(model)
+        rows = [row for row in (transactions.model_row(m, result_id) for m in models) if row is not None]
         transactions.if_rolled_back(alias, rows, callback)
+
+    def apart_from_jobs(self) -> bool:
+        """Whether the entries are on another database than the database backend's jobs (a router): an entry then
+        rolls back with its transaction while its job, committed on the other database, runs."""
+        result_model = _task_result_model()
+        try:
+            return result_model is not None and router.db_for_write(result_model) != router.db_for_write(self._model())
+        except Exception as err:  # a router that fails: look the task up, as when apart
+            log_throttled("django-tasks-channel:router", 60.0, logging.WARNING,
+                          "Task Badger: could not tell the database of the django.tasks entries (%s)", short(err, 200))
+            return True
 
     def release(self) -> None:
         """Close this process's connection to the entries' database, unless a transaction is open on it: an RQ

@@ -51,13 +51,18 @@ class Project:
 
     def migrate(self) -> Project:
         self.manage("migrate", "--noinput", "-v", "0")
+        if self.env.get("DJT_JOBS_DATABASE_URL"):  # the second database (tests.django_tasks_project.routers)
+            self.manage("migrate", "--noinput", "-v", "0", "--database", "jobs")
         return self
 
     def enqueue(self, task: str, *args: Any, count: int = 1, rollback: bool = False, failing_hook: bool = False,
-                run_after_days: float | None = None, hold_until_started: bool = False,
-                **env: str) -> list[dict[str, Any]]:
+                run_after_days: float | None = None, hold_until_started: bool = False, using: str | None = None,
+                hold: float = 0.0, **env: str) -> list[dict[str, Any]]:
+        """``using``: the alias of the transaction (with ``rollback``, ``hold_until_started`` or ``hold``);
+        ``hold``: seconds the transaction stays open after the enqueue."""
         out = self.manage("djt", "enqueue", task, json.dumps(list(args)), "--count", str(count),
                           *(["--rollback"] if rollback else []), *(["--failing-hook"] if failing_hook else []),
+                          *(["--using", using] if using else []), *(["--hold", str(hold)] if hold else []),
                           *(["--run-after-days", str(run_after_days)] if run_after_days is not None else []),
                           *(["--hold-until-started"] if hold_until_started else []), **env)
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

@@ -45,7 +45,8 @@ def postgres_database(prefix: str = "taskbadger_test") -> Iterator[str]:
     require("postgresql")
     import psycopg
 
-    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    # TASKBADGER_TEST_PG_PREFIX: a run beside others on one server names its databases apart
+    name = f"{os.environ.get('TASKBADGER_TEST_PG_PREFIX', '')}{prefix}_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_url("postgres"), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:

@@ -49,8 +49,12 @@ class Channel(Protocol):
     def discard(self, result_id: str) -> None: ...
 
     # Optional: ``release()``, to let go of what this process holds open (a database connection) before it forks.
-    # Optional: ``if_rolled_back(result_id, callback)``, to call ``callback()`` if the transaction the entry was
-    # written in rolls back (the job was never enqueued). A channel without it never calls anything.
+    # Optional: ``if_rolled_back(result_id, callback, database_job=False)``, to call ``callback()`` if the
+    # transaction that enqueued the job rolls back and takes it with it (the job was never enqueued): the entry's
+    # transaction, or with ``database_job`` the one on the database backend's table. A channel without it never
+    # calls anything.
+    # Optional: ``apart_from_jobs()``: True when the entries may roll back apart from the database backend's jobs
+    # (another database): a worker that finds no entry looks the task up before it creates one.
 
 
 class LocalChannel:

@@ -48,13 +48,15 @@ def _system() -> Any:
 
 
 def _backend_kind(task_result: Any) -> str:
-    """"immediate", "dummy", "rq" or "other", from the backend's class and its bases."""
+    """"immediate", "dummy", "rq", "database" (``django_tasks_db``) or "other", from the backend's class and its
+    bases."""
     try:
         backend = task_result.task.get_backend()
     except Exception:
         return "other"
     names = {cls.__name__ for cls in type(backend).__mro__}
-    for name, kind in (("ImmediateBackend", "immediate"), ("DummyBackend", "dummy"), ("RQBackend", "rq")):
+    for name, kind in (("ImmediateBackend", "immediate"), ("DummyBackend", "dummy"), ("RQBackend", "rq"),
+                       ("DatabaseBackend", "database")):
         if name in names:
             return kind
     return "other"
@@ -127,12 +129,21 @@ def on_enqueued(task_result: Any) -> None:
     # Enqueued inside a transaction that may yet roll back: the database backend's job goes with it and never
     # runs. Not RQ's: its job is in Redis whatever the transaction does (only the entry goes; its worker then
     # finds this task by external_id, ``on_started``).
+    # The database backend's job may be on another database than the entry (a router): the transaction watched is
+    # the job's (``database_job``).
     if_rolled_back = getattr(channel, "if_rolled_back", None) if kind not in _ENQUEUE_NOT_TRANSACTIONAL else None
     if if_rolled_back is not None:
         task = created.task
-        if_rolled_back(task_result.id, lambda: lifecycle.close(
-            task.id, StatusEnum.CANCELLED, {"publish_error": "the transaction that enqueued it was rolled back"},
-            known_data=task.data, data_known=True, only_if_pending=True))
+
+        def cancel() -> None:
+            lifecycle.close(
+                task.id, StatusEnum.CANCELLED, {"publish_error": "the transaction that enqueued it was rolled back"},
+                known_data=task.data, data_known=True, only_if_pending=True)
+
+        if kind == "database":
+            if_rolled_back(task_result.id, cancel, database_job=True)
+        else:
+            if_rolled_back(task_result.id, cancel)
 
 
 # -- the worker ----------------------------------------------------------------------------------------
@@ -154,7 +165,9 @@ def on_started(task_result: Any) -> None:
         # No entry for an RQ job: its publisher's entry may have gone with a transaction that rolled back while
         # its job, in Redis, did not (or is not visible yet: SQLite's lock timed out). Its task, created at the
         # enqueue, is looked up by external_id before one is created (a request only when there is no entry).
-        look_up = kind in _ENQUEUE_NOT_TRANSACTIONAL
+        # Likewise for a database job on another database than the entry (a router): the entry's transaction may
+        # have rolled back while the job's committed.
+        look_up = kind in _ENQUEUE_NOT_TRANSACTIONAL or (kind == "database" and _apart_from_jobs(channel))
         if channel.claim(task_result.id):
             meta = _create_at_start(task_result, name, system, channel, maybe_created=False, look_up=look_up)
         else:
@@ -170,6 +183,11 @@ def on_started(task_result: Any) -> None:
     # exception leaves the task's data, so that a run again that succeeds does not show it.
     again = len(getattr(task_result, "worker_ids", None) or ()) > 1
     lifecycle.start(run, first_attempt=not again, after_error=again)
+
+
+def _apart_from_jobs(channel: Channel) -> bool:
+    apart = getattr(channel, "apart_from_jobs", None)
+    return bool(apart()) if apart is not None else False
 
 
 def _wait(channel: Channel, result_id: str) -> Entry | None:

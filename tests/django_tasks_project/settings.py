@@ -42,3 +42,9 @@ TASKBADGER = {
 if env.float("DJT_PUBLISH_BUDGET", default=0):
     TASKBADGER["PUBLISH_BUDGET"] = env.float("DJT_PUBLISH_BUDGET")
     TASKBADGER["TIMEOUT"] = (env.float("DJT_PUBLISH_BUDGET"), env.float("DJT_PUBLISH_BUDGET"))
+
+#: A second database (``DJT_JOBS_DATABASE_URL``), and the apps whose tables a router puts there (``DJT_ON_JOBS``).
+if env.str("DJT_JOBS_DATABASE_URL", default=""):
+    DATABASES = {**DATABASES, "jobs": env.db("DJT_JOBS_DATABASE_URL")}  # noqa: F405
+    DATABASE_ROUTERS = ["tests.django_tasks_project.routers.JobsRouter"]
+DJT_ON_JOBS = [label for label in env.str("DJT_ON_JOBS", default="").split(",") if label]

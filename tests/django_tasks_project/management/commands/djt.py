@@ -37,6 +37,10 @@ class Command(BaseCommand):
         parser.add_argument("arguments", nargs="?", default="[]")
         parser.add_argument("--count", type=int, default=1)
         parser.add_argument("--rollback", action="store_true")
+        parser.add_argument("--using", default=None,
+                            help="the database alias of the transaction (--rollback, --hold-until-started)")
+        parser.add_argument("--hold", type=float, default=0.0,
+                            help="keep the transaction open this many seconds after the enqueue")
         parser.add_argument("--run-after-days", type=float, default=None)
         parser.add_argument("--failing-hook", action="store_true",
                             help="inside a transaction that commits, after an on_commit hook that raises")
@@ -47,15 +51,16 @@ class Command(BaseCommand):
 
     def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, rollback: bool,
                failing_hook: bool, run_after_days: float | None = None, hold_until_started: bool = False,
-               until: str | None = None, timeout: float = 30.0, **_: Any) -> None:
+               until: str | None = None, timeout: float = 30.0, using: str | None = None, hold: float = 0.0,
+               **_: Any) -> None:
         if action == "enqueue":
             task = getattr(tasks, target).using(queue_name=settings.DJT_QUEUE)
             if run_after_days is not None:
                 task = task.using(run_after=timezone.now() + dt.timedelta(days=run_after_days))
             result = None
             try:
-                in_transaction = rollback or failing_hook or hold_until_started
-                with transaction.atomic() if in_transaction else contextlib.nullcontext():
+                in_transaction = rollback or failing_hook or hold_until_started or hold
+                with transaction.atomic(using=using) if in_transaction else contextlib.nullcontext():
                     if failing_hook:  # Django runs no hook after one that raises, ours included: yet it committed
                         transaction.on_commit(lambda: 1 / 0)
                     for _ in range(count):
@@ -66,8 +71,10 @@ class Command(BaseCommand):
                                                       "status": str(result.status)}))
                     if hold_until_started and result is not None:
                         _wait_started(task, result.id)
+                    if hold:
+                        time.sleep(hold)  # a long transaction (what a worker that started the job meanwhile sees)
                     if rollback:
-                        transaction.set_rollback(True)
+                        transaction.set_rollback(True, using=using)
             except ZeroDivisionError:
                 # The dropped hooks live on in this exception's traceback until this block ends: Django lets go of
                 # them late. Hold on until the worker has run the job, as a busy process may.

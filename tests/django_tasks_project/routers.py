@@ -1,0 +1,27 @@
+"""A project with a second database, ``jobs`` (``DJT_JOBS_DATABASE_URL``), and a router that puts tables on it
+(``DJT_ON_JOBS``: comma-separated app labels, e.g. ``django_tasks_database`` for the database backend's job table,
+``taskbadger_django`` for Task Badger's own table)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+
+def _alias(model: Any) -> str:
+    return "jobs" if model._meta.app_label in settings.DJT_ON_JOBS else "default"
+
+
+class JobsRouter:
+    def db_for_read(self, model: Any, **hints: Any) -> str:
+        return _alias(model)
+
+    def db_for_write(self, model: Any, **hints: Any) -> str:
+        return _alias(model)
+
+    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
+        return None
+
+    def allow_migrate(self, db: str, app_label: str, **hints: Any) -> bool:
+        return db == ("jobs" if app_label in settings.DJT_ON_JOBS else "default")
