@@ -58,9 +58,10 @@ def _task_result_model() -> Any:
 def _purge_old(model: Any, before: dt.datetime) -> None:
     """Delete the entries written before ``before`` (tasks that never ran), but those whose job the database
     backend still holds waiting to run (``run_after`` far ahead, or a long queue): it runs as its task."""
-    old = model.objects.filter(created_at__lt=before)
+    alias = router.db_for_write(model)  # read where it is written (not a replica that lags): see DatabaseChannel.get
+    old = model.objects.using(alias).filter(created_at__lt=before)
     result_model = _task_result_model()
-    if result_model is None or router.db_for_write(result_model) != router.db_for_write(model):
+    if result_model is None or router.db_for_write(result_model) != alias:
         old.delete()
         return
     result_ids = list(old.values_list("result_id", flat=True))
@@ -72,9 +73,10 @@ def _purge_old(model: Any, before: dt.datetime) -> None:
                 keys[result_model._meta.pk.to_python(result_id)] = result_id
             except ValidationError:
                 continue  # not one of the backend's ids
-        waiting = {keys[pk] for pk in result_model.objects.filter(pk__in=list(keys), status="READY")
+        waiting = {keys[pk] for pk in result_model.objects.using(alias).filter(pk__in=list(keys), status="READY")
                    .values_list("pk", flat=True) if pk in keys}
-        model.objects.filter(pk__in=[result_id for result_id in chunk if result_id not in waiting]).delete()
+        gone = [result_id for result_id in chunk if result_id not in waiting]
+        model.objects.using(alias).filter(pk__in=gone).delete()
 
 
 class DatabaseChannel:
@@ -188,7 +190,10 @@ class DatabaseChannel:
         model = self._model()
 
         def read() -> Entry | None:
-            row = model.objects.filter(pk=result_id).values_list("state", "meta").first()
+            # From the database it is written to, not the router's database for reads: a replica that lags behind
+            # the publisher's write would show no entry, and the worker would create a second task.
+            alias = router.db_for_write(model)
+            row = model.objects.using(alias).filter(pk=result_id).values_list("state", "meta").first()
             if row is None:
                 return None
             try:

@@ -53,6 +53,8 @@ class Project:
         self.manage("migrate", "--noinput", "-v", "0")
         if self.env.get("DJT_JOBS_DATABASE_URL"):  # the second database (tests.django_tasks_project.routers)
             self.manage("migrate", "--noinput", "-v", "0", "--database", "jobs")
+        if self.env.get("DJT_REPLICA_DATABASE_URL"):
+            self.manage("migrate", "--noinput", "-v", "0", "--database", "replica")
         return self
 
     def enqueue(self, task: str, *args: Any, count: int = 1, rollback: bool = False, failing_hook: bool = False,

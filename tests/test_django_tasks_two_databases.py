@@ -74,3 +74,27 @@ def test_an_enqueue_rolled_back_ends_cancelled_if_its_job_went_with_it_else_as_i
         assert "publish_error" not in (task["data"] or {})
         assert wait_result(project, enqueued["id"], "SUCCESSFUL")["return_value"] == 5
         assert len(creates(taskbadger_server)) == 1
+
+
+@pytest.fixture(scope="module")
+def replica_project(taskbadger_server_session):
+    """Everything on SQLite ``default``, but the router reads Task Badger's table from a PostgreSQL ``replica`` that
+    has not caught up (nothing is written to it): Django's primary/replica router, with replication lag."""
+    with postgres_database("taskbadger_djt2r") as database:
+        project = Project(taskbadger_server_session, "db", DJT_REPLICA_DATABASE_URL=postgres_url(database),
+                          DJT_READ_FROM_REPLICA="taskbadger_django").migrate()
+        try:
+            project.start_worker()
+            yield project
+        finally:
+            project.stop()
+
+
+@pytest.mark.parametrize("in_transaction", [False, True], ids=["autocommit", "atomic"])
+def test_reads_of_the_entries_are_not_sent_to_a_replica_that_lags(replica_project, taskbadger_server, in_transaction):
+    """The worker read the entry from the router's database for reads: a replica that lags showed none, so the worker
+    created a second task for the job, and the enqueue's stayed ``pending`` for ever."""
+    (enqueued,) = replica_project.enqueue("add", 2, 3, hold=0.2 if in_transaction else 0.0)
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
+    assert wait_result(replica_project, enqueued["id"], "SUCCESSFUL")["return_value"] == 5
+    assert len(creates(taskbadger_server)) == 1

@@ -48,3 +48,9 @@ if env.str("DJT_JOBS_DATABASE_URL", default=""):
     DATABASES = {**DATABASES, "jobs": env.db("DJT_JOBS_DATABASE_URL")}  # noqa: F405
     DATABASE_ROUTERS = ["tests.django_tasks_project.routers.JobsRouter"]
 DJT_ON_JOBS = [label for label in env.str("DJT_ON_JOBS", default="").split(",") if label]
+#: A third database, a read replica that lags (``DJT_REPLICA_DATABASE_URL``), read for the apps in
+#: ``DJT_READ_FROM_REPLICA`` (``tests.django_tasks_project.routers``).
+if env.str("DJT_REPLICA_DATABASE_URL", default=""):
+    DATABASES = {**DATABASES, "replica": env.db("DJT_REPLICA_DATABASE_URL")}  # noqa: F405
+    DATABASE_ROUTERS = ["tests.django_tasks_project.routers.JobsRouter"]
+DJT_READ_FROM_REPLICA = [label for label in env.str("DJT_READ_FROM_REPLICA", default="").split(",") if label]
