@@ -1,0 +1,209 @@
+"""Celery: the broker's transport (W007), the tasks' ``taskbadger_*`` options (E009, E010), ``MONITORS`` entries
+that match no task (W003) and beat entries without a monitor (I001)."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from django.core import checks
+from django.core.checks import CheckMessage
+
+from taskbadger.models import monitor_id
+
+from .. import conf
+from .common import pattern_error
+from .queues import django_tasks_found, names_a_django_task
+
+#: broker URL scheme -> (the module its kombu transport needs, what installs it)
+BROKER_PACKAGES: dict[str, tuple[str, str]] = {
+    "redis": ("redis", 'pip install "django-taskbadger[redis]"  (or: pip install "celery[redis]")'),
+    "rediss": ("redis", 'pip install "django-taskbadger[redis]"  (or: pip install "celery[redis]")'),
+    "sentinel": ("redis", 'pip install "django-taskbadger[redis]"  (or: pip install "celery[redis]")'),
+    "sqs": ("boto3", 'pip install "celery[sqs]"'),
+    "mongodb": ("pymongo", 'pip install "celery[mongodb]"'),
+    "zookeeper": ("kazoo", 'pip install "celery[zookeeper]"'),
+    "consul": ("consul", 'pip install "celery[consul]"'),
+    "azureservicebus": ("azure.servicebus", 'pip install "celery[azureservicebus]"'),
+    "confluentkafka": ("confluent_kafka", 'pip install "celery[confluentkafka]"'),
+}
+
+
+def check_broker(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """W007: the Celery broker's transport needs a package that is not installed (the worker would
+    die at start with a long traceback about a missing module)."""
+    from django.conf import settings
+
+    url = getattr(settings, "CELERY_BROKER_URL", None)
+    if not isinstance(url, str) or "://" not in url:
+        return []
+    scheme = url.split("://", 1)[0].split("+")[0].lower()
+    needed = BROKER_PACKAGES.get(scheme)
+    if needed is None or importlib.util.find_spec(needed[0].split(".")[0]) is not None:
+        return []
+    return [checks.Warning(
+        f"CELERY_BROKER_URL uses the {scheme!r} transport, which needs the {needed[0]!r} package; it is not "
+        "installed, so Celery workers cannot start.", hint=f"Install it: {needed[1]}", obj="CELERY_BROKER_URL",
+        id="taskbadger.W007")]
+
+
+
+
+
+_loading = threading.local()
+
+
+@contextlib.contextmanager
+def _not_reentrant() -> Iterator[bool]:
+    # Celery's Django fixup runs the system checks while it imports the task modules, which is what
+    # these checks trigger: the nested run skips the task checks instead of recursing.
+    if getattr(_loading, "active", False):
+        yield False
+        return
+    _loading.active = True
+    try:
+        yield True
+    finally:
+        _loading.active = False
+
+
+def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Check the registered Celery tasks against ``MONITORS``, the beat schedule and the ``taskbadger_*``
+    options. Silent when Celery is not installed."""
+    if not conf.celery_available():
+        return []
+    settings = conf.TaskBadgerSettings()
+    if not isinstance(settings.raw, (Mapping, type(None))):
+        return []
+    with _not_reentrant() as first:
+        if not first:
+            return []
+        from celery import current_app
+
+        app = current_app._get_current_object()
+        try:
+            app.loader.import_default_modules()
+            tasks = {name: task for name, task in app.tasks.items() if not name.startswith("celery.")}
+        except Exception as err:
+            return [checks.Warning(
+                f"The Celery task modules of app {app.main!r} could not be imported, so Task Badger did not check "
+                f"the tasks: {type(err).__name__}: {err}",
+                hint="Fix the import error (try `celery -A <project> inspect registered`).", obj="celery",
+                id="taskbadger.W006")]
+        monitors = settings.MONITORS if isinstance(settings.MONITORS, Mapping) else {}
+        messages = _check_task_options(tasks)
+        # a MONITORS entry may name a django.tasks task or a Procrastinate task (periodic jobs) as well
+        other_tasks = {name: None for name in django_tasks_found()[0]}
+        pro_app = conf.procrastinate_app()
+        other_tasks.update({name: task for name, task in (pro_app.tasks if pro_app is not None else {}).items()
+                            if not name.startswith(("builtin:", "procrastinate."))})
+        kinds = ["Celery task"] + (["django.tasks task"] if conf.django_tasks_available() else []) + (
+            ["Procrastinate task"] if pro_app is not None else [])
+        messages += _check_monitor_targets(monitors, {**other_tasks, **tasks}, _no_project_app(app), kinds)
+        if settings.ENABLED is not False:
+            messages += _check_beat(app, monitors, tasks)
+        return messages
+
+
+def _check_task_options(tasks: Mapping[str, Any]) -> list[CheckMessage]:
+    from taskbadger.celery.options import KWARGS_KEY, OPTIONS, PREFIX, check_option, decorator_options
+
+    messages = []
+    for name, task in sorted(tasks.items()):
+        bundle = getattr(task, KWARGS_KEY, None)
+        if bundle is not None and not isinstance(bundle, Mapping):
+            messages.append(checks.Error(f"Task {name!r}: {KWARGS_KEY} must be a dict, got {type(bundle).__name__}.",
+                                         hint=f'For example: {KWARGS_KEY}={{"value_max": 100}}.', obj=name,
+                                         id="taskbadger.E010"))
+        try:
+            options = decorator_options(task)
+        except Exception:
+            continue
+        for option, value in options.items():
+            spec = OPTIONS.get(option)
+            if spec is None:
+                match = conf.closest(option, OPTIONS, upper=False)
+                hint = (f"Did you mean {PREFIX}{match}? " if match else "") + "Known options: " + ", ".join(
+                    PREFIX + o for o in OPTIONS) + "."
+                messages.append(checks.Error(f"Task {name!r} has an unknown option {PREFIX}{option}.", hint=hint,
+                                             obj=name, id="taskbadger.E009"))
+            elif not check_option(option, value)[0]:
+                messages.append(checks.Error(f"Task {name!r}: {PREFIX}{option} must be {spec[1]}, got {value!r}.",
+                                             hint=f"Fix the {PREFIX}{option} argument of the task decorator.",
+                                             obj=name, id="taskbadger.E010"))
+    return messages
+
+
+def _no_project_app(app: Any) -> bool:
+    """Whether ``app`` is Celery's own default app: no Celery app of the project was made in this process (its
+    module is not imported by the project package's ``__init__.py``, as Celery's Django guide has it)."""
+    from celery import _state
+
+    return getattr(_state, "default_app", None) is app
+
+
+#: What to say when the tasks were looked up in Celery's default app.
+NO_PROJECT_APP = ("No Celery app of this project is loaded in this process, so its tasks are not registered: "
+                  "import it in the project package's __init__.py (from .celery import app as celery_app), as "
+                  "Celery's Django guide does. Without it, .delay() also publishes on Celery's default app.")
+
+
+def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any],
+                           no_project_app: bool = False, kinds: list[str] | None = None) -> list[CheckMessage]:
+    from taskbadger.systems.celery import full_match
+
+    messages = []
+    for pattern in monitors:
+        if not isinstance(pattern, str) or pattern_error(pattern) is not None:
+            continue  # reported as E003 / E007
+        if not any(full_match(pattern, name) for name in tasks) and not names_a_django_task(pattern):
+            suggestion = conf.closest(pattern, tasks, upper=False)
+            names = kinds or ["Celery task"] + (["django.tasks task"] if conf.django_tasks_available() else [])
+            messages.append(checks.Warning(
+                f"TASKBADGER['MONITORS'] entry {pattern!r} matches no registered "
+                + (", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]) + ".",
+                # a close name (a django.tasks or Procrastinate task) is the likelier mistake than no Celery app
+                hint=NO_PROJECT_APP if no_project_app and not suggestion else (
+                    f"Did you mean {suggestion!r}? " if suggestion else "")
+                + "Use the task's registered name (module.function unless name= is given) or a regular expression "
+                "that matches the whole name.", obj="TASKBADGER['MONITORS']", id="taskbadger.W003"))
+    return messages
+
+
+def _monitor_for(task_name: str, monitors: Mapping[str, Any], tasks: Mapping[str, Any]) -> Any:
+    """The monitor a task would be tracked with: its own option, else the integration's rule."""
+    from taskbadger.celery.options import decorator_options
+    from taskbadger.systems.celery import CelerySystemIntegration, full_match
+
+    task = tasks.get(task_name)
+    if task is not None:
+        try:
+            monitor = decorator_options(task).get("monitor_id")
+        except Exception:
+            monitor = None
+        if monitor:
+            return monitor
+    usable = {p: m for p, m in monitors.items() if isinstance(p, str) and pattern_error(p) is None}
+    valid = {p: m for p, m in usable.items() if monitor_id(m) is not None}
+    if any(full_match(p, task_name) for p in usable if p not in valid):
+        return True  # declared: left unset on purpose (None), or not an id (E006 says so)
+    return CelerySystemIntegration(monitors=valid).monitor_for(task_name)
+
+
+def _check_beat(app: Any, monitors: Mapping[str, Any], tasks: Mapping[str, Any]) -> list[CheckMessage]:
+    schedule = app.conf.beat_schedule or {}
+    messages = []
+    for entry, spec in schedule.items():
+        task_name = spec.get("task") if isinstance(spec, Mapping) else None
+        if isinstance(task_name, str) and not task_name.startswith("celery.") and \
+                not _monitor_for(task_name, monitors, tasks):
+            messages.append(checks.Info(
+                f"Celery beat runs {task_name!r} (entry {entry!r}) with no Task Badger monitor.",
+                hint=f"Create a monitor in Task Badger and add {task_name!r}: '<monitor id>' to "
+                     "TASKBADGER['MONITORS'] so that a missed or failed run raises an alert.",
+                obj="CELERY_BEAT_SCHEDULE", id="taskbadger.I001"))
+    return messages
