@@ -104,6 +104,10 @@ class _Expecting(http.JsonExpectation):
         status, _, body = answer
         if 200 <= status < 300 and self.says_so(body):
             return True
+        if self.task_id is None and self.sent is not None and 200 <= status < 300 and status != 201:
+            # A create is answered 201 (the contract): a 200 is a copy of an earlier answer on the connection that
+            # came after the create was written (a confused proxy), too late for the check at checkout.
+            return False
         return super().__call__(answer)
 
 

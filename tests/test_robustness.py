@@ -417,3 +417,49 @@ def test_a_lookup_the_api_refuses_is_an_answer_not_an_outage(taskbadger_server):
         assert found.task is None and found.asked  # the worker creates its task, rather than settle it later
     taskbadger_server.clear_faults()
     assert inline.create_inline("after the refusals", {"external_id": "ext-2"}).task is not None
+
+
+def test_a_stray_answer_that_comes_after_a_create_was_written_is_not_its_answer(taskbadger_server):
+    """A confused proxy sends a copy of an earlier answer on a kept-alive connection after the next request, a
+    create, went out on it (too late for the check at checkout): the copy names a task of the same name and status,
+    so nothing in its body tells it apart. It was taken as the create's answer: the task looked created, with
+    another task's id (a CI run: the body's updates of it were answered 404). A create is answered 201."""
+    import socket
+
+    from taskbadger import inline
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def answer(status: bytes, task_id: str) -> bytes:
+        body = json.dumps({"id": task_id, "name": "same name", "status": "processing"}).encode()
+        return b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            status, len(body), body)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            for serial in range(2):
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, data = data.partition(b"\r\n\r\n")
+                length = int(m[1]) if (m := re.search(rb"(?i)content-length: *(\d+)", head)) else 0
+                while len(data) < length:
+                    data += conn.recv(65536)
+                data = data[length:]
+                if serial == 0:  # a read of task A
+                    conn.sendall(answer(b"200 OK", "A" * 26))
+                else:  # the create: a copy of the read's answer first, then its own
+                    conn.sendall(answer(b"200 OK", "A" * 26) + answer(b"201 Created", "B" * 26))
+            conn.recv(65536)  # open until the client closes it
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        taskbadger.init(token=taskbadger_server.api_key, host=f"http://127.0.0.1:{port}")
+        assert inline.fetch("A" * 26) is not None  # the connection is kept alive, idle, nothing to read
+        created = inline.create_inline("same name", {"status": "processing"})
+        assert created.task is not None and created.task.id == "B" * 26
+    finally:
+        listener.close()
