@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, router, transaction
+from django.db import IntegrityError, OperationalError, router, transaction
 from django.utils import timezone
 
 from taskbadger._runtime import log_throttled, short
@@ -79,6 +79,38 @@ def _purge_old(model: Any, before: dt.datetime) -> None:
         model.objects.using(alias).filter(pk__in=gone).delete()
 
 
+def _claim_wait() -> float:
+    from taskbadger.django_tasks.events import claim_wait
+
+    return claim_wait()
+
+
+@contextmanager
+def _lock_wait(alias: str, seconds: float) -> Iterator[None]:
+    """Outside any transaction, on PostgreSQL: the query in the block waits at most ``seconds`` for a lock (a row
+    another transaction has written and not committed), in a short transaction of its own (SQLite's busy timeout
+    bounds it there). Inside a transaction (the user's), nothing changes: ``SET LOCAL`` in a savepoint would last
+    until that transaction ends."""
+    connection = transaction.get_connection(alias)
+    if connection.in_atomic_block or connection.vendor != "postgresql":
+        yield
+        return
+    with transaction.atomic(using=alias):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('lock_timeout', %s, true)", [f"{max(1, round(seconds * 1000))}ms"])
+        yield
+
+
+def _locked(err: BaseException) -> bool:
+    """Whether a database error is a lock that was waited for in vain: PostgreSQL's ``lock_timeout``, SQLite's
+    "database is locked" (another connection's transaction holds its write lock)."""
+    if not isinstance(err, OperationalError):
+        return False
+    cause = err.__cause__
+    code = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return code == "55P03" or "database is locked" in str(err)
+
+
 class DatabaseChannel:
     """``taskbadger.django_tasks.Channel`` on the ``CarriedTask`` table."""
 
@@ -108,10 +140,18 @@ class DatabaseChannel:
         except IntegrityError:
             raise
         except Exception as err:
-            log_throttled(f"django-tasks-channel:{what}", 60.0, logging.WARNING,
-                          "Task Badger: could not %s the django.tasks entry (%s); run `manage.py migrate "
-                          "taskbadger_django` if the table is missing", what, short(err, 200))
+            self._report(what, err)
             return failed
+
+    @staticmethod
+    def _report(what: str, err: Exception) -> None:
+        if _locked(err):  # not a missing table: another transaction holds the entry (or SQLite's database)
+            log.info("Task Badger: could not %s the django.tasks entry: a transaction still open holds it (%s)",
+                     what, short(err, 200))
+            return
+        log_throttled(f"django-tasks-channel:{what}", 60.0, logging.WARNING,
+                      "Task Badger: could not %s the django.tasks entry (%s); run `manage.py migrate "
+                      "taskbadger_django` if the table is missing", what, short(err, 200))
 
     def claim(self, result_id: str) -> bool:
         def insert() -> bool:
@@ -125,13 +165,40 @@ class DatabaseChannel:
         finally:
             self._purge()  # here too: rows a worker that tracks nothing would never clear
 
+    def claim_waiting(self, result_id: str, wait: float) -> bool | None:
+        """``claim``, by a worker that starts the job: an entry that another transaction has written and not
+        committed (an enqueue inside ``transaction.atomic()`` whose transaction goes on) is waited for at most
+        ``wait`` seconds, not until that transaction ends. None when it still holds the entry then: not claimed,
+        and the entry cannot be read (its creator's create has answered by then: its task can be looked up)."""
+        model = self._model()
+        held = False
+        try:
+            with self._guarded("write"), _lock_wait(router.db_for_write(model), wait):
+                model.objects.create(result_id=result_id, state=CREATING)
+            return True
+        except IntegrityError:
+            return False
+        except Exception as err:
+            if not _locked(err):
+                self._report("write", err)
+                return False
+            log.info("Task Badger: the django.tasks entry of %s is held by the transaction that enqueued it, still "
+                     "open: its task is looked up (%s)", result_id, short(err, 200))
+            held = True
+            return None
+        finally:
+            if not held:  # (SQLite's lock is on the whole database: the purge would wait on it again)
+                self._purge()
+
     def put(self, result_id: str, state: str, meta: Any = None) -> None:
         model = self._model()
 
         def update() -> None:
             text = None if meta is None else json.dumps(meta, default=str)
             if not model.objects.filter(pk=result_id).update(state=state, meta=text):
-                model.objects.create(result_id=result_id, state=state, meta=text)
+                # an UPDATE never waits on a row that another transaction has not committed; an INSERT of it does
+                with _lock_wait(router.db_for_write(model), _claim_wait()):
+                    model.objects.create(result_id=result_id, state=state, meta=text)
 
         try:
             self._run("write", update, None)

@@ -59,14 +59,16 @@ class Project:
 
     def enqueue(self, task: str, *args: Any, count: int = 1, rollback: bool = False, failing_hook: bool = False,
                 run_after_days: float | None = None, hold_until_started: bool = False, using: str | None = None,
-                hold: float = 0.0, **env: str) -> list[dict[str, Any]]:
+                hold: float = 0.0, hold_until_finished: bool = False, **env: str) -> list[dict[str, Any]]:
         """``using``: the alias of the transaction (with ``rollback``, ``hold_until_started`` or ``hold``);
-        ``hold``: seconds the transaction stays open after the enqueue."""
+        ``hold``: seconds the transaction stays open after the enqueue; ``hold_until_finished``: until the job has
+        finished (30 s at most), and the last line says how the hold ended (``{"hold": "finished" or "deadline"}``)."""
         out = self.manage("djt", "enqueue", task, json.dumps(list(args)), "--count", str(count),
                           *(["--rollback"] if rollback else []), *(["--failing-hook"] if failing_hook else []),
                           *(["--using", using] if using else []), *(["--hold", str(hold)] if hold else []),
                           *(["--run-after-days", str(run_after_days)] if run_after_days is not None else []),
-                          *(["--hold-until-started"] if hold_until_started else []), **env)
+                          *(["--hold-until-started"] if hold_until_started else []),
+                          *(["--hold-until-finished"] if hold_until_finished else []), **env)
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
     def result(self, result_id: str, until: str | None = None, timeout: float = 30.0) -> dict[str, Any]:

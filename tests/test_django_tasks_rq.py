@@ -4,6 +4,7 @@ backends'."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -12,7 +13,7 @@ import pytest
 
 from . import test_django_tasks as base
 from .djt import Project
-from .services import require
+from .services import postgres_database, postgres_url, require
 from .test_django_tasks import *  # noqa: F403  (the tests, and the fixtures they use)
 from .test_django_tasks import by_external_id, wait_final, wait_result
 
@@ -20,6 +21,41 @@ from .test_django_tasks import by_external_id, wait_final, wait_result
 @pytest.fixture(scope="module", params=["rq"])
 def project(request, taskbadger_server_session):
     yield from base.backend_project(request.param, taskbadger_server_session)
+
+
+# -- a job enqueued in a transaction that stays open -----------------------------------------------------------------
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def held_project(request, taskbadger_server_session):
+    """A project of its own, on PostgreSQL or SQLite, with its worker."""
+    require("redis")
+    with contextlib.ExitStack() as stack:
+        url = None
+        if request.param == "postgresql":
+            url = postgres_url(stack.enter_context(postgres_database("taskbadger_djtrq")))
+        project = Project(taskbadger_server_session, "rq", url).migrate()
+        stack.callback(project.stop)
+        project.start_worker()
+        yield project
+
+
+def test_a_job_enqueued_in_a_transaction_that_stays_open_runs_meanwhile_as_its_task(held_project, taskbadger_server):
+    """A view enqueues inside ``transaction.atomic()`` and goes on working: RQ's job is in Redis and its worker starts
+    it at once. The worker's claim of the entry (an INSERT of the row the open transaction wrote) waited on that
+    transaction's lock until it ended (PostgreSQL: the job and every job behind it held for the whole transaction;
+    SQLite: its busy timeout, and a warning to run ``migrate``). It waits at most the publisher's budget, then takes up
+    the task the enqueue created: the job finishes while the transaction is still open, as one task, which ends
+    ``success``; the transaction then commits."""
+    enqueued, hold = held_project.enqueue("add", 2, 3, hold_until_finished=True)  # commits after the hold
+    assert hold["hold"] == "finished", (hold, held_project.log()[-3000:])  # not the hold's deadline (30 s)
+    assert wait_result(held_project, enqueued["id"], "SUCCESSFUL")["return_value"] == 5
+    (task,) = wait_final(taskbadger_server, enqueued["id"], "success")
+    assert task["start_time"] and "publish_error" not in (task["data"] or {})
+    assert len([r for r in taskbadger_server.requests if r.method == "POST"]) == 1  # the enqueue's, taken up
+    assert "manage.py migrate" not in held_project.log()
+    (after,) = held_project.enqueue("add", 1, 1)  # the entry committed with the transaction: tracking goes on
+    wait_final(taskbadger_server, after["id"], "success")
 
 
 # -- RQ's own ways for a job to end without its work horse reporting it --------------------------------------------

@@ -53,6 +53,9 @@ class Channel(Protocol):
     # transaction that enqueued the job rolls back and takes it with it (the job was never enqueued): the entry's
     # transaction, or with ``database_job`` the one on the database backend's table. A channel without it never
     # calls anything.
+    # Optional: ``claim_waiting(result_id, wait)``: ``claim`` by a worker, which waits at most ``wait`` seconds for an
+    # entry another transaction holds (written, not committed: an enqueue in a transaction that goes on); None when
+    # it is still held then (not claimed, not readable). Without it, the worker's ``claim`` waits as it does.
     # Optional: ``apart_from_jobs()``: True when the entries may roll back apart from the database backend's jobs
     # (another database): a worker that finds no entry looks the task up before it creates one.
 

@@ -168,7 +168,14 @@ def on_started(task_result: Any) -> None:
         # Likewise for a database job on another database than the entry (a router): the entry's transaction may
         # have rolled back while the job's committed.
         look_up = kind in _ENQUEUE_NOT_TRANSACTIONAL or (kind == "database" and _apart_from_jobs(channel))
-        if channel.claim(task_result.id):
+        claimed = _claim_at_start(channel, task_result.id)
+        if claimed is None:
+            # The transaction that enqueued it holds its entry, still open (a view that goes on working): the job is
+            # not held until it ends. Its publisher's create has answered by now: its task is looked up and taken up.
+            # The entry stays that transaction's (writing it would wait on it again).
+            meta = _create_at_start(task_result, name, system, channel, maybe_created=False, look_up=True,
+                                    held=True)
+        elif claimed:
             meta = _create_at_start(task_result, name, system, channel, maybe_created=False, look_up=look_up)
         else:
             meta = _meta_of(task_result, name, system, channel, _wait(channel, task_result.id), look_up)
@@ -190,10 +197,25 @@ def _apart_from_jobs(channel: Channel) -> bool:
     return bool(apart()) if apart is not None else False
 
 
+def claim_wait() -> float:
+    """How long a worker waits for a publisher that is creating the task: its create answers within its budget."""
+    config = get_config()
+    return (config.publish_budget if config else 0.0) + CLAIM_SLACK
+
+
+def _claim_at_start(channel: Channel, result_id: str) -> bool | None:
+    """The worker's claim; None when the entry is held by a transaction still open past ``claim_wait()`` (a channel
+    with ``claim_waiting``), which its enqueue may keep open long after it created the task."""
+    claim_waiting = getattr(channel, "claim_waiting", None)
+    if claim_waiting is None:
+        return channel.claim(result_id)
+    claimed = claim_waiting(result_id, claim_wait())
+    return None if claimed is None else bool(claimed)
+
+
 def _wait(channel: Channel, result_id: str) -> Entry | None:
     """The entry once its creator has written the outcome of its create, or as it is at the deadline."""
-    config = get_config()
-    deadline = time.monotonic() + (config.publish_budget if config else 0.0) + CLAIM_SLACK
+    deadline = time.monotonic() + claim_wait()
     delay = 0.005
     while True:
         entry = channel.get(result_id)
@@ -216,7 +238,7 @@ def _meta_of(task_result: Any, name: str, system: Any, channel: Channel, entry: 
 
 
 def _create_at_start(task_result: Any, name: str, system: Any, channel: Channel,
-                     maybe_created: bool, look_up: bool = False) -> lifecycle.Meta | None:
+                     maybe_created: bool, look_up: bool = False, held: bool = False) -> lifecycle.Meta | None:
     options = _options(name)
     started = lifecycle.create_at_start(task_result.id, options, system,
                                         lambda: _fields(task_result, name, options, system),
@@ -225,10 +247,11 @@ def _create_at_start(task_result: Any, name: str, system: Any, channel: Channel,
         with _runs_lock:
             _settle.add(task_result.id)
     if started.meta is None:
-        if not maybe_created:
+        if not maybe_created and not held:
             channel.discard(task_result.id)
         return None
-    channel.put(task_result.id, CREATED, started.meta.to_dict())  # a run again finds its task
+    if not held:  # (a held entry is its transaction's: it commits with its publisher's task, or goes)
+        channel.put(task_result.id, CREATED, started.meta.to_dict())  # a run again finds its task
     return started.meta
 
 

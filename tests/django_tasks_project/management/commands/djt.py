@@ -7,6 +7,8 @@ backend reports it (once it has STATUS, or at the deadline: polled here, not by 
 ``djt rerun ID``: make the backend run the same TaskResult again.
 ``djt bench TASK [JSON_ARGS] --count N``: N enqueues, timed.
 ``djt channel PREFIX --count N``: the database channel's queries alone, timed.
+``djt enqueue ... --hold-until-finished``: the transaction stays open until the job has finished (30 s at most),
+then commits; one more JSON line says how the hold ended.
 ``djt enqueue ... --run-after-days N``: due N days from now.  ``djt age ID DAYS``: DAYS pass for a task that is
 not due yet (its entry and its job's run_after are that much earlier).
 """
@@ -48,9 +50,13 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=30.0)
         parser.add_argument("--hold-until-started", action="store_true",
                             help="keep the transaction open until a worker has started the job (20 s at most)")
+        parser.add_argument("--hold-until-finished", action="store_true",
+                            help="keep the transaction open until the job has finished (30 s at most), then print "
+                                 "how the hold ended: {\"hold\": \"finished\" or \"deadline\", \"seconds\": ...}")
 
     def handle(self, *_args: Any, action: str, target: str, arguments: str, count: int, rollback: bool,
                failing_hook: bool, run_after_days: float | None = None, hold_until_started: bool = False,
+               hold_until_finished: bool = False,
                until: str | None = None, timeout: float = 30.0, using: str | None = None, hold: float = 0.0,
                **_: Any) -> None:
         if action == "enqueue":
@@ -59,7 +65,7 @@ class Command(BaseCommand):
                 task = task.using(run_after=timezone.now() + dt.timedelta(days=run_after_days))
             result = None
             try:
-                in_transaction = rollback or failing_hook or hold_until_started or hold
+                in_transaction = rollback or failing_hook or hold_until_started or hold or hold_until_finished
                 with transaction.atomic(using=using) if in_transaction else contextlib.nullcontext():
                     if failing_hook:  # Django runs no hook after one that raises, ours included: yet it committed
                         transaction.on_commit(lambda: 1 / 0)
@@ -71,6 +77,11 @@ class Command(BaseCommand):
                                                       "status": str(result.status)}))
                     if hold_until_started and result is not None:
                         _wait_started(task, result.id)
+                    if hold_until_finished and result is not None:
+                        started = time.perf_counter()
+                        finished = _wait_finished(task, result.id)
+                        self.stdout.write(json.dumps({"hold": "finished" if finished else "deadline",
+                                                      "seconds": time.perf_counter() - started}))
                     if hold:
                         time.sleep(hold)  # a long transaction (what a worker that started the job meanwhile sees)
                     if rollback:
@@ -140,3 +151,13 @@ def _wait_started(task: Any, result_id: str) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and str(task.get_backend().get_result(result_id).status) == "READY":
         time.sleep(0.01)  # polling the backend for the job's status, under the deadline above
+
+
+def _wait_finished(task: Any, result_id: str) -> bool:
+    """Until the job has finished (its result SUCCESSFUL or FAILED), 30 s at most: whether it did."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if str(task.get_backend().get_result(result_id).status) in ("SUCCESSFUL", "FAILED"):
+            return True
+        time.sleep(0.02)  # polling the backend for the job's status, under the deadline above
+    return False
