@@ -27,13 +27,14 @@ def project(request, taskbadger_server_session):
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def held_project(request, taskbadger_server_session):
-    """A project of its own, on PostgreSQL or SQLite, with its worker."""
+def held_project(request, project, taskbadger_server_session):
+    """On PostgreSQL, a project of its own with its worker; on SQLite, the module's."""
+    if request.param == "sqlite":
+        yield project
+        return
     require("redis")
     with contextlib.ExitStack() as stack:
-        url = None
-        if request.param == "postgresql":
-            url = postgres_url(stack.enter_context(postgres_database("taskbadger_djtrq")))
+        url = postgres_url(stack.enter_context(postgres_database("taskbadger_djtrq")))
         project = Project(taskbadger_server_session, "rq", url).migrate()
         stack.callback(project.stop)
         project.start_worker()
