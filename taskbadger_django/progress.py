@@ -10,11 +10,12 @@ issue a token; the view (``views.progress``) answers the bar's polls. This modul
 * **Authorization.** A valid token of the same viewer, and ``AUTHORIZE(request, task_id)`` when the
   project sets one: it is asked when a token is issued and at every poll, so it can only narrow who
   watches.
-* **Reading.** ``taskbadger.get_task`` (the SDK's public API), at most once per poll interval per task
-  however many people watch: Django's cache holds the answer, and an ``add()`` lock lets one request read
-  while the others serve what the cache holds (``LocMemCache``: per process; a shared cache such as Redis:
-  across processes). A failure of the API is an answer too (``unavailable``), cached the same way, so an
-  outage costs the API no more than a healthy service does.
+* **Reading.** A GET of the task within the SDK's publish budget, as a ``.delay()``'s create (a web request
+  waits on both), at most once per poll interval per task however many people watch: Django's cache holds
+  the answer, and an ``add()`` lock lets one request read while the others serve what the cache holds
+  (``LocMemCache``: per process; a shared cache such as Redis: across processes). A failure of the API is
+  an answer too (``unavailable``), cached the same way, so an outage costs the API no more than a healthy
+  service does.
 * **What a viewer gets.** Only ``status``, ``value``, ``value_max``, ``percent``, ``name`` and ``done``:
   never the task's data, tags or any key. A successful task shows 100 %; a task that never reported
   progress has no percentage (the bar is indeterminate), not 0 %.
@@ -40,9 +41,11 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 import taskbadger
+from taskbadger import endpoints
 from taskbadger._runtime import log_once, log_throttled, short
-from taskbadger.config import import_string
-from taskbadger.exceptions import ConfigurationError, NotFound, TaskbadgerException
+from taskbadger.config import get_config, import_string
+from taskbadger.exceptions import ConfigurationError, MissingConfiguration, NotFound, TaskbadgerException
+from taskbadger.http import Deadline
 from taskbadger.models import TERMINAL_STATUSES, StatusEnum, is_task_id
 
 from . import conf, schema
@@ -336,9 +339,15 @@ def _fresh(entry: Any, now: float, interval: float) -> bool:
 
 
 def _read(task_id: str, at: float) -> dict[str, Any]:
-    """Ask Task Badger (``taskbadger.get_task``). Never raises: a failure is an answer."""
+    """Ask Task Badger, within the SDK's publish budget (``PUBLISH_BUDGET``, 1 s by default): a poll holds a
+    web worker, and an API that hangs must not hold one for the SDK's whole timeout at every poll of every
+    task being watched. Never raises: a failure is an answer."""
     try:
-        task = taskbadger.get_task(task_id)
+        config = get_config()
+        if config is None:
+            raise MissingConfiguration(["token"])
+        # a web request waits on this read, as on a .delay()'s create: the publish budget, not the SDK's timeout
+        task = taskbadger.Task(endpoints.get(task_id, Deadline(config.publish_budget, config.timeout[0])))
     except NotFound:
         return _entry(404, UNAVAILABLE, at, final=False)
     except ConfigurationError as err:  # the SDK is not configured (no key, ENABLED False, bad settings)

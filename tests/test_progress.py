@@ -496,6 +496,26 @@ def test_the_api_down_and_back(server, clock, caplog):
     assert json.loads(poll(clients[1], urls[1]).content)["percent"] == 20
 
 
+def test_a_hanging_api_holds_a_poll_for_the_publish_budget_not_the_sdks_timeout(server):
+    """People waiting on different tasks while Task Badger hangs: each poll holds a web worker thread. It answers
+    503 within the publish budget (1 s, as a .delay() waits), not after the SDK's read timeout (5 s here, up to
+    600 s as configured), so a few open pages cannot hold every worker of the site."""
+    tasks = [taskbadger.create_task(f"export {i}", status="processing", value=i) for i in range(3)]
+    clients = [Client() for _ in tasks]
+    urls = [bar_urls(page(c, t.id))[0] for c, t in zip(clients, tasks, strict=True)]
+    server.hang(method="GET")
+    took = []
+    try:
+        for client, url in zip(clients, urls, strict=True):
+            started = time.monotonic()
+            response = poll(client, url)
+            took.append(time.monotonic() - started)
+            assert response.status_code == 503 and json.loads(response.content) == {"available": False}
+    finally:
+        server.clear_faults()
+    assert max(took) < 3, took  # the budget and a margin for a busy machine, well under the 5 s timeout
+
+
 @pytest.mark.parametrize("status", [500, 503, 429, 401])
 def test_an_api_error_is_a_503_never_an_error_page(server, clock, status):
     task = taskbadger.create_task("export rows")
