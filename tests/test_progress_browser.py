@@ -260,6 +260,18 @@ def test_the_name_is_text_never_html(server, driver, live_server):
     assert bar(driver)["name"] == "<b>bold</b>" and driver.find_elements("css selector", "b") == []
 
 
+def test_the_pages_own_deferred_script_hears_the_end_of_a_task_that_had_already_ended(server, driver, live_server):
+    """The docs' listener in a module script (deferred, as every module script is) after the bar: the page is
+    opened (or reloaded) once the task has ended. The bar fired "taskbadger:done" as soon as its first answer
+    came, before the page's script had arrived, and the page never moved on."""
+    task = taskbadger.create_task("export rows", status="processing", value=10)
+    task.success()
+    driver.get(f"{live_server.url}/bar/{task.id}/?listener=0.5")
+    wait(driver, lambda d: d.execute_script("return window.__listener !== undefined"))
+    wait(driver, lambda d: bar(d)["state"] == "done")
+    wait(driver, lambda d: d.execute_script("return window.__listener") == ["success"], timeout=5)
+
+
 def test_several_bars_on_one_page(server, driver, live_server):
     first = taskbadger.create_task("first", status="processing", value=20)
     second = taskbadger.create_task("second", status="processing", value=60)

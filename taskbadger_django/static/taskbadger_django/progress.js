@@ -11,7 +11,8 @@
  *   503  Task Badger is unavailable: say so, keep the bar as it was, retry with a growing delay
  *   403, 404  no progress for this viewer (an expired or foreign token, an unknown task): say so, stop
  * Events, on the element, bubbling: "taskbadger:progress" (every change), "taskbadger:done" (once, at
- * the end; detail.status is the final status), "taskbadger:unavailable" (detail.httpStatus).
+ * the end; detail.status is the final status), "taskbadger:unavailable" (detail.httpStatus); none before
+ * DOMContentLoaded (they wait for it), so that the page's own deferred scripts hear them all.
  */
 (function () {
   "use strict";
@@ -247,6 +248,14 @@
         detail[key] = body[key];
       }
     }
+    if (held !== null && !contentLoaded()) {
+      held.push([this.el, name, detail]); // sent at DOMContentLoaded, once the page's own scripts listen
+      return;
+    }
+    dispatch(this.el, name, detail);
+  };
+
+  function dispatch(el, name, detail) {
     var event;
     if (typeof window.CustomEvent === "function") {
       event = new window.CustomEvent(name, { bubbles: true, detail: detail });
@@ -254,8 +263,38 @@
       event = document.createEvent("CustomEvent");
       event.initCustomEvent(name, true, false, detail);
     }
-    this.el.dispatchEvent(event);
-  };
+    el.dispatchEvent(event);
+  }
+
+  /* Events are held until DOMContentLoaded: the page's own deferred and module scripts (its "taskbadger:done"
+   * listeners) run before it, but after this script when they come later in the page, and a bar whose task
+   * had already ended would fire its events before anyone listened. The bars draw at once all the same. */
+  var held = [];
+
+  function contentLoaded() {
+    if (document.readyState !== "interactive") {
+      return document.readyState === "complete";
+    }
+    // "interactive": deferred scripts are running, or DOMContentLoaded has fired and "load" has not
+    var perf = window.performance;
+    var nav = perf && perf.getEntriesByType ? perf.getEntriesByType("navigation")[0] : null;
+    var timing = nav || (perf && perf.timing);
+    return !timing || timing.domContentLoadedEventStart > 0;
+  }
+
+  function release() {
+    var events = held;
+    held = null;
+    for (var i = 0; events && i < events.length; i++) {
+      dispatch(events[i][0], events[i][1], events[i][2]);
+    }
+  }
+
+  if (contentLoaded()) {
+    held = null;
+  } else {
+    document.addEventListener("DOMContentLoaded", release);
+  }
 
   var bars = [];
 
