@@ -312,6 +312,33 @@ def test_readable_in_dark_mode(server, driver, live_server):
     assert track < 0.1 and fill > 0.3  # a dark track and a light fill: the bar stands out on a dark page
 
 
+def test_visible_in_forced_colors(server, driver, live_server):
+    """Windows' contrast themes force every background to the system's Canvas colour: the bar, track and fill,
+    was drawn as blank page (only the words were left) for the people who use them."""
+
+    def pixel(x, y):  # what is drawn at one point of the page, as PNG bytes: equal bytes, equal colour
+        clip = {"x": x, "y": y, "width": 1, "height": 1, "scale": 1}
+        return driver.execute_cdp_cmd("Page.captureScreenshot", {"clip": clip})["data"]
+
+    task = taskbadger.create_task("export rows", status="processing", value=40)
+    driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                           {"features": [{"name": "forced-colors", "value": "active"}]})
+    try:
+        open_bar(driver, live_server, task.id)
+        wait(driver, lambda d: bar(d)["state"] == "running")
+        wait(driver, lambda d: abs(bar(d)["fill"] / bar(d)["track"] - 0.4) < 0.02)
+        track = driver.execute_script("""var r = document.querySelector('.taskbadger-progress__track')
+            .getBoundingClientRect(); return [r.left, r.top, r.width, r.height];""")
+        left, top, width, height = track
+        middle = top + height / 2
+        page, filled, empty = pixel(left + width + 20, middle), pixel(left + width * 0.2, middle), pixel(
+            left + width * 0.7, middle)
+        assert filled != empty and filled != page  # the fill is drawn, and where it ends shows
+        assert pixel(left + 0.5, middle) != page  # the track's own edge is drawn
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
+
 def _luminance(css_color):
     r, g, b = (int(x) / 255 for x in css_color[css_color.index("(") + 1:-1].split(",")[:3])
 
