@@ -57,7 +57,9 @@ def progress(request: HttpRequest, token: str) -> HttpResponse:
         return _json(FORBIDDEN, 403)
     answer = _progress.read_progress(task_id, settings)
     if answer.etag is not None:
-        wanted = parse_etags(request.headers.get("If-None-Match", ""))
+        # If-None-Match compares weakly (RFC 9110 13.1.2): a proxy that compresses the answer (nginx's gzip,
+        # Django's GZipMiddleware) marks its ETag weak, and the browser sends it back so
+        wanted = {tag.removeprefix("W/") for tag in parse_etags(request.headers.get("If-None-Match", ""))}
         if answer.etag in wanted or "*" in wanted:
             response = _headers(HttpResponseNotModified())
             response["ETag"] = answer.etag

@@ -478,6 +478,20 @@ def test_unchanged_progress_is_a_304(server, clock):
     assert json.loads(changed.content)["percent"] == 11
 
 
+def test_an_etag_a_compressing_proxy_made_weak_still_gets_a_304(server, clock):
+    """nginx's gzip and Django's GZipMiddleware turn the ETag of an answer they compress into W/"…", and the
+    browser sends that back: If-None-Match compares weakly, so it is still a 304, not the whole answer again."""
+    task = taskbadger.create_task("export rows", status="processing", value=10)
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    etag = poll(client, url)["ETag"]
+    again = poll(client, url, if_none_match=f"W/{etag}")
+    assert again.status_code == 304 and again["ETag"] == etag
+    task.update(value=11)
+    clock.now += 1
+    assert poll(client, url, if_none_match=f"W/{etag}").status_code == 200
+
+
 def test_the_api_down_and_back(server, clock, caplog):
     task = taskbadger.create_task("export rows", status="processing", value=10)
     clients = [Client() for _ in range(3)]
