@@ -243,10 +243,22 @@ def token_task_id(request: HttpRequest, token: str, max_age: int) -> str | None:
     task_id, bound = payload.get("t"), payload.get("v")
     if not is_task_id(task_id) or not isinstance(bound, str):
         return None
-    who = viewer(request)
-    if who is None or not constant_time_compare(bound, _binding(who)):
+    if not any(constant_time_compare(bound, _binding(who)) for who in _viewers(request)):
         return None
     return task_id
+
+
+def _viewers(request: HttpRequest) -> list[str]:
+    """Who may hold a token in this request: the viewer, and for an authenticated user the anonymous visitor
+    this session was before logging in (Django's ``login()`` keeps the session's data, the marker with it), so
+    that a page shown before the login goes on following its task after it. A logout flushes the session."""
+    who = viewer(request)
+    found = [] if who is None else [who]
+    session = getattr(request, "session", None)
+    marker = session.get(SESSION_KEY) if session is not None and who is not None and who.startswith("user:") else None
+    if isinstance(marker, str) and marker:
+        found.append(f"session:{marker}")
+    return found
 
 
 def authorized(request: HttpRequest, task_id: str, settings: ProgressSettings | None = None) -> bool:

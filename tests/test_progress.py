@@ -264,6 +264,20 @@ def test_anonymous_visitors_are_told_apart_by_their_session(server):
     assert other_url != url and poll(second, other_url).status_code == 200
 
 
+def test_a_visitor_who_logs_in_keeps_following_the_task_they_were_shown(server, users):
+    """A guest starts a task and is shown its bar, then signs in (in another tab) while it runs: the same browser
+    session, now a user's. The bar said "not available, reload" (and reloading may start the task again)."""
+    task = taskbadger.create_task("export rows", status="processing", value=7)
+    visitor = Client()
+    [url] = bar_urls(page(visitor, task.id))
+    visitor.force_login(users[0])  # django.contrib.auth's login(): the session's data is kept
+    response = poll(visitor, url)
+    assert response.status_code == 200 and json.loads(response.content)["percent"] == 7
+    visitor.logout()  # a flushed session: the token is no one's any more
+    assert poll(visitor, url).status_code == 403
+    assert poll(logged_in(users[1]), url).status_code == 403
+
+
 def test_the_token_holds_no_user_id_or_session(server, users, db):
     task = taskbadger.create_task("export rows")
     client = logged_in(users[0])
