@@ -148,7 +148,7 @@ SETTING_CASES = [
 @pytest.mark.parametrize("bad, good, expected_id, expected_obj, in_hint", SETTING_CASES)
 @pytest.mark.filterwarnings("ignore:Legacy API keys are deprecated:DeprecationWarning")
 def test_setting_check_triggered_and_silenced(app, bad, good, expected_id, expected_obj, in_hint):
-    @app.task(shared=False, name="shop.nightly")
+    @app.task(shared=False, name="shop.nightly", base=Task)
     def nightly():
         return None
 
@@ -249,7 +249,7 @@ def test_task_options_silenced_when_valid(app):
 
 
 def test_monitor_that_matches_no_task(app):
-    @app.task(shared=False, name="shop.nightly_report")
+    @app.task(shared=False, name="shop.nightly_report", base=Task)
     def nightly_report():
         return None
 
@@ -289,7 +289,7 @@ def test_a_broker_whose_transport_package_is_missing(url, expected):
 
 
 def test_beat_task_without_monitor(app):
-    @app.task(shared=False, name="shop.nightly")
+    @app.task(shared=False, name="shop.nightly", base=Task)
     def nightly():
         return None
 
@@ -311,6 +311,37 @@ def test_beat_task_without_monitor(app):
     assert run(VALID, MONITORS={"shop.nightly": MONITOR}) == []
     assert run(VALID, MONITORS={r"shop\..*": MONITOR}) == []
     assert run(VALID, ENABLED=False) == []
+
+
+def test_a_monitored_task_that_is_never_tracked(app):
+    """A monitor on a task that is not tracked (plain @shared_task, AUTO_TRACK off by default): beat runs it, no
+    task is ever created, and the monitor reports every run as missed; the check says so, and how to track it."""
+
+    @app.task(shared=False, name="shop.nightly")
+    def nightly():
+        return None
+
+    @app.task(shared=False, name="shop.tracked", base=Task)
+    def tracked():
+        return None
+
+    @app.task(shared=False, name="shop.opted_out", base=Task, taskbadger_track=False)
+    def opted_out():
+        return None
+
+    app.conf.beat_schedule = {"nightly": {"task": "shop.nightly", "schedule": 86400}}
+    monitors = {"shop.nightly": MONITOR, "shop.tracked": MONITOR, "shop.opted_out": MONITOR}
+    messages = run(VALID, MONITORS=monitors)
+    assert [(m.id, m.obj) for m in messages] == [("taskbadger.W019", "shop.nightly"),
+                                                 ("taskbadger.W019", "shop.opted_out")]
+    assert "is not tracked (it does not use base=Task" in messages[0].msg
+    assert "@shared_task(base=Task)" in messages[0].hint and "AUTO_TRACK" in messages[0].hint
+    assert "taskbadger_track=False" in messages[1].msg
+    # tracked by the Celery rules: no warning
+    assert run(VALID, MONITORS={"shop.nightly": MONITOR}, CELERY={"AUTO_TRACK": True}) == []
+    assert ids(run(VALID, MONITORS={"shop.nightly": MONITOR},
+                   CELERY={"AUTO_TRACK": True, "EXCLUDES": [r"shop\..*"]})) == ["taskbadger.W019"]
+    assert run(VALID, MONITORS={"shop.nightly": None, "shop.tracked": MONITOR}) == []
 
 
 def test_task_modules_that_cannot_be_imported(app):

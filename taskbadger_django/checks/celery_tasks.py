@@ -1,5 +1,5 @@
 """Celery: the broker's transport (W007), the tasks' ``taskbadger_*`` options (E009, E010), ``MONITORS`` entries
-that match no task (W003) and beat entries without a monitor (I001)."""
+that match no task (W003) or a task that is never tracked (W019), and beat entries without a monitor (I001)."""
 
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         kinds = ["Celery task"] + (["django.tasks task"] if conf.django_tasks_available() else []) + (
             ["Procrastinate task"] if pro_app is not None else [])
         messages += _check_monitor_targets(monitors, {**other_tasks, **tasks}, _no_project_app(app), kinds)
+        messages += _check_monitored_untracked(settings.CELERY, monitors, tasks)
         if settings.ENABLED is not False:
             messages += _check_beat(app, monitors, tasks)
         return messages
@@ -171,6 +172,44 @@ def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any]
                     f"Did you mean {suggestion!r}? " if suggestion else "")
                 + "Use the task's registered name (module.function unless name= is given) or a regular expression "
                 "that matches the whole name.", obj="TASKBADGER['MONITORS']", id="taskbadger.W003"))
+    return messages
+
+
+def _check_monitored_untracked(celery: Any, monitors: Mapping[str, Any],
+                               tasks: Mapping[str, Any]) -> list[CheckMessage]:
+    """A Celery task with a monitor that is never tracked (no ``base=Task``, not auto-tracked, or
+    ``taskbadger_track=False``): no run of it is created in Task Badger, so its monitor never hears from it."""
+    from taskbadger.celery.fields import uses_base_class
+    from taskbadger.celery.options import decorator_options
+    from taskbadger.exceptions import ConfigurationError
+    from taskbadger.systems.celery import CelerySystemIntegration
+
+    if not isinstance(celery, Mapping):
+        return []  # E003
+    try:
+        system = CelerySystemIntegration(**conf.queue_rules(celery))
+    except (ConfigurationError, TypeError):
+        return []  # E003 / E007 say what is wrong with CELERY
+    messages = []
+    for name, task in sorted(tasks.items()):
+        monitor = _monitor_for(name, monitors, tasks)
+        if not isinstance(monitor, str):
+            continue  # no monitor, or one left unset on purpose
+        try:
+            track = decorator_options(task).get("track")
+        except Exception:
+            track = None
+        if track is True or (track is not False and (uses_base_class(task) or system.track_task(name))):
+            continue
+        why = ("its decorator has taskbadger_track=False" if track is False else
+               "it does not use base=Task and TASKBADGER['CELERY'] does not auto-track it")
+        messages.append(checks.Warning(
+            f"Celery task {name!r} has a Task Badger monitor but is not tracked ({why}): its runs are never "
+            "created in Task Badger, so the monitor never hears from it and reports every run as missed.",
+            hint="Track it: @shared_task(base=Task) (from taskbadger_django import Task), or "
+                 "TASKBADGER['CELERY']['AUTO_TRACK'] = True with INCLUDES/EXCLUDES that let it through; or remove "
+                 "its monitor.",
+            obj=name, id="taskbadger.W019"))
     return messages
 
 
