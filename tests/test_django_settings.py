@@ -298,3 +298,32 @@ def test_monitors_from_settings_apply_to_base_class_tasks(taskbadger_server, mem
     assert (task["name"], task["status"], task["monitor_id"], task["tags"]) == (
         "billing.tasks.nightly_invoices", "pending", exact, {"env": "test"})
     assert taskbadger_server.tasks_named("reports.weekly")[0]["monitor_id"] == pattern
+
+
+def test_a_monitor_left_unset_is_not_replaced_by_a_pattern(taskbadger_server, memory_app):
+    """README: a MONITORS value of None means no monitor (an id read from the environment, unset in development).
+    A broader pattern further on must not give that task its monitor instead: the catch-all monitor would get
+    check-ins at the wrong times."""
+
+    @memory_app.task(shared=False, base=Task, name="billing.tasks.nightly_invoices")
+    def nightly_invoices():
+        return None
+
+    @memory_app.task(shared=False, base=Task, name="billing.tasks.hourly_sync")
+    def hourly_sync():
+        return None
+
+    @memory_app.task(shared=False, base=Task, name="billing.tasks.weekly_digest")
+    def weekly_digest():
+        return None
+
+    catch_all = str(uuid.uuid4())
+    settings = {"API_KEY": taskbadger_server.api_key, "HOST": taskbadger_server.url,
+                "MONITORS": {"billing.tasks.nightly_invoices": None,  # env.str("NIGHTLY_MONITOR", default=None)
+                             r"billing\.tasks\.weekly_.*": None, r"billing\.tasks\..*": catch_all}}
+    with override_settings(TASKBADGER=settings):
+        for task in (nightly_invoices, hourly_sync, weekly_digest):
+            task.delay()
+    monitors = {t["name"]: t["monitor_id"] for t in taskbadger_server.tasks.values()}
+    assert monitors == {"billing.tasks.nightly_invoices": None, "billing.tasks.hourly_sync": catch_all,
+                        "billing.tasks.weekly_digest": None}

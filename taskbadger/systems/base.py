@@ -121,7 +121,13 @@ class QueueIntegration(System):
         self.monitors = _checked_monitors(monitors)
         self._includes = _compile(includes, "includes")
         self._excludes = _compile(excludes, "excludes")
-        self._monitors = list(zip(_compile(list(self.monitors), "monitors") or [], self.monitors.values(), strict=True))
+        # Every entry in its order, those left unset (None: "no monitor") too: such an entry means no monitor for
+        # the tasks it names, rather than letting a broader pattern further on give them one.
+        declared: dict[str, str | None] = {
+            pattern: self.monitors.get(pattern) for pattern, monitor in (monitors or {}).items()
+            if pattern in self.monitors or (isinstance(pattern, str) and monitor is None)}
+        self._declared = declared
+        self._monitors = list(zip(_compile(list(declared), "monitors") or [], declared.values(), strict=True))
 
     def track_task(self, task_name: str) -> bool:
         """Whether auto-tracking applies to ``task_name``."""
@@ -137,9 +143,10 @@ class QueueIntegration(System):
         return True
 
     def monitor_for(self, task_name: str) -> str | None:
-        """The monitor id configured for ``task_name``: an exact name wins over a pattern."""
-        if task_name in self.monitors:
-            return self.monitors[task_name]
+        """The monitor id configured for ``task_name``: an exact name wins over a pattern, and patterns are tried in
+        their order; an entry left unset (None) gives no monitor."""
+        if task_name in self._declared:
+            return self._declared[task_name]
         for pattern, monitor in self._monitors:
             if pattern.fullmatch(task_name):
                 return monitor
