@@ -242,6 +242,15 @@ def waiting_to_settle() -> bool:
     return settler is not None and settler.busy()
 
 
+def settle_now(give_up: Callable[[], bool]) -> None:
+    """The process is ending while the API answers: look up now the runs waiting for their task, and queue the
+    outcome of those found (the caller flushes it). A run whose task is not found, or not looked up before
+    ``give_up()``, stays waiting (for the spool): its create may still be under way at the API."""
+    settler = _settler.current()
+    if settler is not None:
+        settler.settle_now(give_up)
+
+
 def unsettled() -> list[tuple[str, dict[str, Any], float]]:
     """Take every run still waiting for its task (for the spool, when the process ends): (external id,
     fields, since as wall-clock time)."""
@@ -297,6 +306,19 @@ class _Settler:
                     break
                 if found.task is not None:  # never over a final state (a late answer may have closed it)
                     sender.submit(found.task.id, {**fields, merge.UNLESS_FINAL: True}, final=True)
+                self._forget(external_id)
+
+    def settle_now(self, give_up: Callable[[], bool]) -> None:
+        with self._cond:
+            batch = list(self._waiting.items())
+        for external_id, (fields, _, _) in batch:
+            if give_up():
+                return
+            found = find(external_id, open_only=True)
+            if not found.asked:
+                return
+            if found.task is not None:
+                sender.submit(found.task.id, {**fields, merge.UNLESS_FINAL: True}, final=True)
                 self._forget(external_id)
 
     def busy(self) -> bool:

@@ -67,14 +67,21 @@ def _shutdown(timeout: float, give_up: Callable[[], bool] | None, take_spool: bo
         if take_spool and config is not None and config.spool_dir is not None:
             drainer.look_once(config)
         drainer.close()  # an ending process takes nothing more from the spool
+    if config is not None and inline.waiting_to_settle() and not api_failing():
+        # Runs waiting for their task (a create interrupted by this very shutdown: celery beat's SIGTERM): the API
+        # answers, so they are settled now rather than left to the next process on this machine, which may never
+        # come (a container replaced), and which nobody asks for when the spool is off.
+        inline.settle_now(lambda: api_failing() or time.monotonic() - started >= timeout
+                          or (give_up is not None and give_up()))
     current = sender.current_sender()
     held = current is not None and current.queue.busy()
     if config is None or (not held and not inline.waiting_to_settle()):
         _release_delivered()
         return
-    why = "the API is not answering"
+    why = "the API is not answering" if api_failing() else "their tasks could not be found in time"
     if held and not api_failing():
-        if sender.flush(timeout, give_up=lambda: api_failing() or (give_up is not None and give_up())):
+        left = max(0.0, timeout - (time.monotonic() - started))
+        if sender.flush(left, give_up=lambda: api_failing() or (give_up is not None and give_up())):
             held = False
         elif not api_failing():
             why = f"the API did not take them within {timeout:g} s"
