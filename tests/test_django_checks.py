@@ -313,6 +313,23 @@ def test_beat_task_without_monitor(app):
     assert run(VALID, ENABLED=False) == []
 
 
+def test_a_wrong_monitor_value_says_which_entry_and_what_to_use(app):
+    @app.task(shared=False, name="shop.nightly", base=Task)
+    def nightly():
+        return None
+
+    @app.task(shared=False, name="shop.hourly", base=Task)
+    def hourly():
+        return None
+
+    page = f"https://taskbadger.net/a/acme/monitors/{MONITOR}/"
+    messages = run(VALID, MONITORS={"shop.nightly": MONITOR, "shop.hourly": 12})
+    assert [m.id for m in messages] == ["taskbadger.E003"]
+    assert "'shop.hourly'" in messages[0].msg
+    [message] = run(VALID, MONITORS={"shop.nightly": page})
+    assert message.id == "taskbadger.E006" and message.hint == f"Use the monitor id it contains: {MONITOR!r}."
+
+
 def test_a_monitored_task_that_is_never_tracked(app):
     """A monitor on a task that is not tracked (plain @shared_task, AUTO_TRACK off by default): beat runs it, no
     task is ever created, and the monitor reports every run as missed; the check says so, and how to track it."""

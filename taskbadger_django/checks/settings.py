@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -200,6 +201,10 @@ def _check_host(settings: conf.TaskBadgerSettings, bad_types: set) -> list[Check
     return messages
 
 
+#: A monitor id inside a longer value (the monitor page's address).
+_UUID_IN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
 def _check_monitors(monitors: Mapping[str, Any]) -> list[CheckMessage]:
     messages = []
     obj = "TASKBADGER['MONITORS']"
@@ -209,17 +214,19 @@ def _check_monitors(monitors: Mapping[str, Any]) -> list[CheckMessage]:
         if not isinstance(pattern, str) or not isinstance(monitor, str):
             messages.append(checks.Error(
                 f"{obj} must map task names or patterns (strings) to monitor ids (strings); "
-                f"got {type(pattern).__name__} -> {type(monitor).__name__}.",
+                f"got {type(pattern).__name__} -> {type(monitor).__name__} in the entry {pattern!r}.",
                 hint='For example: {"billing.tasks.nightly_invoices": "<monitor uuid>"}.', obj=obj,
                 id="taskbadger.E003"))
             continue
         if monitor_id(monitor) is None:
             spaced = monitor != monitor.strip() and monitor_id(monitor.strip()) is not None
+            inside = None if spaced else _UUID_IN.search(monitor)  # the monitor page's URL, pasted whole
             messages.append(checks.Error(
                 f"{obj}[{pattern!r}] is {monitor!r}, which is not a monitor id (a UUID)"
                 + (": it has whitespace around it." if spaced else "."),
                 hint="Remove the whitespace around it (a value read from a file or the environment often ends with "
-                     "a newline)." if spaced else "Copy the monitor id from the monitor's page in Task Badger.",
+                     "a newline)." if spaced else f"Use the monitor id it contains: {inside.group(0)!r}." if inside
+                else "Copy the monitor id from the monitor's page in Task Badger.",
                 obj=obj, id="taskbadger.E006"))
         err = pattern_error(pattern)
         if err is not None:
