@@ -396,6 +396,10 @@ def _close_when_answered(config: Config, name: str, where: str) -> http.LateAnsw
                                   "data": merge.with_data(task.data, {"abandoned": reason})}
         if where == "publish":
             fields[merge.ONLY_IF_PENDING] = True
+        else:
+            # The run it was made for may have ended meanwhile, and its outcome been recorded on it (``settle``: the
+            # worker looks the task up when the run ends): that is the last word, not this closing.
+            fields[merge.UNLESS_FINAL] = True
         # Not at once for a publish: its worker may be taking the task up right now (it looks it up when it starts),
         # and a "still pending?" read made before its first update lands would cancel a task that is running.
         sender.submit(task.id, fields, final=True, delay=LATE_CLOSE_GRACE if where == "publish" else None)

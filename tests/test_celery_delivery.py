@@ -79,6 +79,32 @@ def test_a_task_a_worker_takes_up_just_after_the_late_answer_is_not_cancelled(ta
     assert "abandoned" not in (taskbadger_server.get_task(task["id"])["data"] or {})
 
 
+def test_a_run_whose_start_create_was_answered_late_keeps_the_outcome_it_recorded(taskbadger_server,
+                                                                                 taskbadger_server_session):
+    # Published untracked (503, refused before any work), so the worker creates the task when the run starts; that
+    # create is carried out at once and answered after the worker's publish budget. The run ends first and its
+    # outcome is recorded on the task (looked up by its Celery id); the late answer then closed it as cancelled
+    # ("abandoned... the run untracked"), over its success: a monitor's check-in cancelled for a run that succeeded.
+    taskbadger_server.fail(503, times=1, method="POST")
+    queue = f"late-start-{uuid.uuid4().hex}"
+    result = tasks.add.apply_async((3, 4), queue=queue)
+    assert result.taskbadger_task_id is None
+    taskbadger_server.set_latency(2.5, times=1, method="POST")
+    worker = start_worker(taskbadger_server_session, pool="solo", concurrency=1, queue=queue)
+    try:
+        task = taskbadger_server.wait_for_task(name=NAME + "add", status="success", timeout=30)
+        [post] = [r for r in taskbadger_server.requests if r.method == "POST" and r.task_id == task["id"]]
+        # the late answer reached the worker and was acted on: a read of the task (the fix) or its closing (the bug)
+        taskbadger_server.wait_for(lambda: [r for r in taskbadger_server.requests if r.task_id == task["id"]
+                                            and r.method in ("GET", "PATCH") and r.timestamp >= post.timestamp + 2.5],
+                                   timeout=30)
+    finally:
+        stop_worker(worker)  # flushes what the worker still holds
+    final = taskbadger_server.get_task(task["id"])
+    assert (final["status"], final["external_id"]) == ("success", result.id)
+    assert "abandoned" not in (final["data"] or {})
+
+
 def test_tasks_publish_and_run_while_the_api_refuses_connections(taskbadger_server, solo_worker, tb_log):
     taskbadger_server.refuse()
     try:
