@@ -311,6 +311,21 @@ def test_beat_task_without_monitor(app):
     assert run(VALID, MONITORS={"shop.nightly": MONITOR}) == []
     assert run(VALID, MONITORS={r"shop\..*": MONITOR}) == []
     assert run(VALID, ENABLED=False) == []
+    # an entry with a monitor of its own (two entries of one task, each with its monitor)
+    app.conf.beat_schedule = {
+        "nightly-eu": {"task": "shop.nightly", "schedule": 86400, "options": {"taskbadger_monitor_id": MONITOR}},
+        "nightly-us": {"task": "shop.nightly", "schedule": 86400,
+                       "options": {"taskbadger_kwargs": {"monitor_id": MONITOR}}},
+        "nightly-asia": {"task": "shop.nightly", "schedule": 86400,
+                         "options": {"headers": {"taskbadger_kwargs": {"monitor_id": MONITOR}}}},
+    }
+    assert run(VALID) == []
+    # one that is not a monitor id is ignored at run time (logged once): an error here
+    app.conf.beat_schedule = {"nightly": {"task": "shop.nightly", "schedule": 86400,
+                                          "options": {"taskbadger_monitor_id": "nightly"}}}
+    [message] = run(VALID)
+    assert (message.id, message.obj) == ("taskbadger.E010", "CELERY_BEAT_SCHEDULE")
+    assert "entry 'nightly'" in message.msg and "'nightly'" in message.msg
 
 
 def test_a_wrong_monitor_value_says_which_entry_and_what_to_use(app):
@@ -359,6 +374,10 @@ def test_a_monitored_task_that_is_never_tracked(app):
     assert ids(run(VALID, MONITORS={"shop.nightly": MONITOR},
                    CELERY={"AUTO_TRACK": True, "EXCLUDES": [r"shop\..*"]})) == ["taskbadger.W019"]
     assert run(VALID, MONITORS={"shop.nightly": None, "shop.tracked": MONITOR}) == []
+    # its beat entry tracks it
+    app.conf.beat_schedule = {"nightly": {"task": "shop.nightly", "schedule": 86400,
+                                          "options": {"headers": {"taskbadger_track": True}}}}
+    assert run(VALID, MONITORS={"shop.nightly": MONITOR}) == []
 
 
 def test_task_modules_that_cannot_be_imported(app):

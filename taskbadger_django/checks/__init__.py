@@ -15,7 +15,7 @@ taskbadger.E006    Error    a ``MONITORS`` monitor id is not a UUID
 taskbadger.E007    Error    a ``MONITORS``/``INCLUDES``/``EXCLUDES`` pattern is not a valid regular expression
 taskbadger.E008    Error    ``BEFORE_CREATE`` cannot be imported or is not callable
 taskbadger.E009    Error    a Celery task has an unknown ``taskbadger_*`` option
-taskbadger.E010    Error    a Celery task has a ``taskbadger_*`` option with an invalid value
+taskbadger.E010    Error    a Celery task (or a beat entry) has a ``taskbadger_*`` option with an invalid value
 taskbadger.E011    Error    unknown key in ``TASKBADGER["PROGRESS"]``
 taskbadger.E012    Error    ``PROGRESS["AUTHORIZE"]`` cannot be imported or is not callable
 taskbadger.E013    Error    ``PROGRESS["CACHE"]`` is not an alias in ``CACHES``

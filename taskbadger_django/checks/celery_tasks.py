@@ -104,7 +104,7 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         kinds = ["Celery task"] + (["django.tasks task"] if conf.django_tasks_available() else []) + (
             ["Procrastinate task"] if pro_app is not None else [])
         messages += _check_monitor_targets(monitors, {**other_tasks, **tasks}, _no_project_app(app), kinds)
-        messages += _check_monitored_untracked(settings.CELERY, monitors, tasks)
+        messages += _check_monitored_untracked(settings.CELERY, monitors, tasks, app.conf.beat_schedule or {})
         if settings.ENABLED is not False:
             messages += _check_beat(app, monitors, tasks)
         return messages
@@ -175,8 +175,8 @@ def _check_monitor_targets(monitors: Mapping[str, Any], tasks: Mapping[str, Any]
     return messages
 
 
-def _check_monitored_untracked(celery: Any, monitors: Mapping[str, Any],
-                               tasks: Mapping[str, Any]) -> list[CheckMessage]:
+def _check_monitored_untracked(celery: Any, monitors: Mapping[str, Any], tasks: Mapping[str, Any],
+                               schedule: Any = None) -> list[CheckMessage]:
     """A Celery task with a monitor that is never tracked (no ``base=Task``, not auto-tracked, or
     ``taskbadger_track=False``): no run of it is created in Task Badger, so its monitor never hears from it."""
     from taskbadger.celery.fields import uses_base_class
@@ -190,8 +190,13 @@ def _check_monitored_untracked(celery: Any, monitors: Mapping[str, Any],
         system = CelerySystemIntegration(**conf.queue_rules(celery))
     except (ConfigurationError, TypeError):
         return []  # E003 / E007 say what is wrong with CELERY
+    # tasks whose beat entries track them (``"options": {"headers": {"taskbadger_track": True}}``)
+    tracked_by_beat = {spec.get("task") for spec in (schedule or {}).values()
+                       if isinstance(spec, Mapping) and _entry_options(spec).get("track") is True}
     messages = []
     for name, task in sorted(tasks.items()):
+        if name in tracked_by_beat:
+            continue
         monitor = _monitor_for(name, monitors, tasks)
         if not isinstance(monitor, str):
             continue  # no monitor, or one left unset on purpose
@@ -233,13 +238,35 @@ def _monitor_for(task_name: str, monitors: Mapping[str, Any], tasks: Mapping[str
     return CelerySystemIntegration(monitors=valid).monitor_for(task_name)
 
 
+def _entry_options(spec: Any) -> dict[str, Any]:
+    """The ``taskbadger_*`` options a beat entry gives its runs (``options``: the base class's arguments, or our
+    headers, which any task takes), as ``apply_async`` reads them."""
+    from taskbadger.celery.options import pop_options
+
+    options = spec.get("options") if isinstance(spec, Mapping) else None
+    if not isinstance(options, Mapping):
+        return {}
+    headers = options.get("headers")
+    found = pop_options(dict(headers)) if isinstance(headers, Mapping) else {}
+    found.update(pop_options(dict(options)))
+    return found
+
+
 def _check_beat(app: Any, monitors: Mapping[str, Any], tasks: Mapping[str, Any]) -> list[CheckMessage]:
     schedule = app.conf.beat_schedule or {}
     messages = []
     for entry, spec in schedule.items():
         task_name = spec.get("task") if isinstance(spec, Mapping) else None
+        own = _entry_options(spec).get("monitor_id")
+        if own is not None and monitor_id(own) is None:
+            messages.append(checks.Error(
+                f"Celery beat entry {entry!r}: its taskbadger monitor_id must be a monitor id (a UUID), got {own!r}; "
+                "its runs are tracked without it.",
+                hint="Copy the monitor id from the monitor's page in Task Badger.", obj="CELERY_BEAT_SCHEDULE",
+                id="taskbadger.E010"))
+            continue
         if isinstance(task_name, str) and not task_name.startswith("celery.") and \
-                not _monitor_for(task_name, monitors, tasks):
+                not own and not _monitor_for(task_name, monitors, tasks):
             messages.append(checks.Info(
                 f"Celery beat runs {task_name!r} (entry {entry!r}) with no Task Badger monitor.",
                 hint=f"Create a monitor in Task Badger and add {task_name!r}: '<monitor id>' to "
