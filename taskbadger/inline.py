@@ -141,8 +141,16 @@ def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: st
             raise
         refusal = err
     # Refused, so certainly not created: made again without the monitor. Refused again, the monitor was not the
-    # reason (a wrong project, a field): that error is the one reported, and the monitor is not blamed.
-    task = Task(endpoints.create(body, None, deadline, late_answer))
+    # reason (a wrong project, a field): that error is the one reported, and the monitor is not blamed. Not
+    # answered in time (a slow API: two creates do not fit in the budget), nothing says it was not the monitor:
+    # left out from now on all the same, or every create would be refused first and given up.
+    try:
+        task = Task(endpoints.create(body, None, deadline, late_answer))
+    except (NotFound, ValidationError):
+        raise
+    except Exception:
+        monitors.refuse(config, monitor, name, refusal)
+        raise
     monitors.refuse(config, monitor, name, refusal)
     return task
 

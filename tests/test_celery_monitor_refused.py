@@ -98,3 +98,23 @@ def test_a_create_refused_for_another_reason_does_not_blame_the_monitor(taskbadg
     messages = [r.getMessage() for r in tb_log.records]
     assert not [m for m in messages if "is not one of project" in m]
     assert [m for m in messages if "published untracked: Task Badger API answered 404" in m]
+
+
+def test_a_refused_monitor_is_left_out_even_when_the_create_made_without_it_is_not_answered_in_time(
+        taskbadger_server, tb_log):
+    # A slow API: the refused create and the one made again without the monitor do not both fit in the publish
+    # budget. The monitor was not left out, so every create was refused first and given up ("did not answer"):
+    # every run untracked, and the warning that names the monitor never came.
+    import taskbadger
+    from taskbadger.inline import create_inline
+
+    taskbadger_server.add_monitor()
+    unknown = str(uuid.uuid4())
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, publish_budget=1.5)
+    taskbadger_server.set_latency(1.0)
+    create_inline("job", {"status": "pending"}, unknown)  # refused after 1 s; made again, given up at 1.5 s
+    assert create_inline("job", {"status": "pending"}, unknown).task is not None  # one create, without it
+    posts = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert [r.headers.get("X-TASKBADGER-MONITOR") for r in posts] == [unknown, None, None]
+    [warning] = [r.getMessage() for r in tb_log.records if "is not one of project" in r.getMessage()]
+    assert unknown in warning
