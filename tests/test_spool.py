@@ -319,6 +319,26 @@ def test_a_spooled_update_never_replaces_a_newer_one_this_process_queued(api, sp
     assert (delivered["status"], delivered["data"]) == ("success", {"attempts": 2})
 
 
+def test_a_spooled_update_never_replaces_a_newer_one_this_process_has_in_flight(api, spool_dir):
+    """A prefork child killed by a hard time limit while the API hung spooled its 'processing'; the worker's main
+    process took it from the spool while its own 'error' for the task was in flight. That request timed out, and
+    when it was queued again the older 'processing' was merged over the error: the task stayed processing for good
+    (3 of 3 runs with a real worker)."""
+    taskbadger.init(token=api.api_key, host=api.url, spool_dir=spool_dir, timeout=(0.5, 5.0))
+    task = taskbadger.create_task("time limit")
+    api.hang(times=1, method="PATCH")
+    retried = taskbadger.stats()["retried"]
+    sender.submit(task.id, {"status": "error", "data": {"exception": "TimeLimitExceeded"}}, final=True)
+    api.wait_for(lambda: taskbadger.stats()["in_flight"] == 1)
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
+        Entry({"status": "processing", "value": 3}, task_id=task.id, since=time.time() - 10)])
+    assert spooling.deliver_spooled() == 1
+    assert taskbadger.stats()["in_flight"] == 1  # taken while the error was in flight (for 5 s)
+    assert sender.flush(20) and taskbadger.stats()["retried"] == retried + 1  # it timed out, and was sent again
+    delivered = api.get_task(task.id)
+    assert (delivered["status"], delivered["value"]) == ("error", 3)
+
+
 def test_an_old_final_state_taken_from_the_spool_is_retried_not_dropped(api, spool_dir):
     task = taskbadger.create_task("taken an hour later")
     api.refuse()

@@ -56,6 +56,9 @@ class Entry:
     #: in flight, and what became of it is counted already (sent or dropped; ``settle``) before its batch is
     #: finished: no longer counted as in flight, never counted twice, never spooled
     settled: bool = False
+    #: taken from the spool while a newer update of its task was in flight (``submit_older``): if that one must be
+    #: sent again, it is merged over this one, not under it
+    older_than_in_flight: bool = False
 
 
 Batch = list[tuple[str, Entry]]
@@ -105,10 +108,11 @@ class PendingQueue:
     def submit_older(self, task_id: str, fields: dict[str, Any], final: bool, age: float, horizon: float = 0.0) -> bool:
         """Queue an update first queued ``age`` seconds ago by another process (taken from the spool), retried
         until ``horizon`` after then (0: the sender's horizon). An update this process queued since is newer: it
-        is merged over the older one, whose state never replaces it."""
+        is merged over the older one, whose state never replaces it, whether it is queued or in flight."""
         with self.cond:
+            since = time.monotonic() - max(0.0, age)
             entry = self._pending.get(task_id)
-            if entry is not None and entry.first_queued > time.monotonic() - max(0.0, age):
+            if entry is not None and entry.first_queued > since:
                 self.counters["submitted"] += 1
                 self.counters["merged"] += 1
                 entry.fields = merge.queued(fields, entry.fields)
@@ -117,6 +121,9 @@ class PendingQueue:
                 return True
             queued = self.submit(task_id, fields, final)
             self.backdate(task_id, age, horizon)
+            flying, queued_now = self._inflight.get(task_id), self._pending.get(task_id)
+            if entry is None and queued_now is not None and flying is not None and flying[0].first_queued > since:
+                queued_now.older_than_in_flight = True  # see ``finish``
             return queued
 
     def claim(self, task_id: str, timeout: float = 10.0) -> dict[str, Any]:
@@ -223,7 +230,9 @@ class PendingQueue:
             if again:
                 existing = self._pending.pop(task_id, None)
                 if existing is not None:
-                    entry.fields = merge.queued(entry.fields, existing.fields)
+                    # What was queued meanwhile is newer, but for an update taken from the spool that is older
+                    entry.fields = merge.queued(existing.fields, entry.fields) if existing.older_than_in_flight \
+                        else merge.queued(entry.fields, existing.fields)
                     entry.final = entry.final or existing.final
                     self.counters["merged"] += 1
                 entry.ready_at = 0.0
@@ -321,6 +330,7 @@ class PendingQueue:
         if entry is None:
             return False
         entry.fields = merge.queued(entry.fields, fields)
+        entry.older_than_in_flight = False  # it holds a newer update now
         entry.ready_at = min(entry.ready_at, ready_at)
         entry.final = entry.final or final
         self._wake_if_needed(entry.ready_at)
