@@ -211,6 +211,25 @@ def test_a_corrupt_line_is_skipped_with_one_log_line(spool_dir, tb_log):
     assert len([r for r in tb_log.records if "are not updates" in r.getMessage()]) == 1
 
 
+@pytest.mark.parametrize("left", [0, 1])
+def test_a_file_cut_short_says_what_it_lost(taskbadger_server, spool_dir, left):
+    """A file renamed into place whose data never reached the disk (the machine stopped: it is empty, or holds
+    its first lines only) lost its missing final states without a word or a count."""
+    tasks = [taskbadger.create_task(f"cut short {i}") for i in range(3)]
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()),
+                           [Entry({"status": "success"}, task_id=task.id, final=True) for task in tasks])
+    [path] = files(spool_dir)
+    path.write_bytes(b"".join(path.read_bytes().splitlines(keepends=True)[:left]))
+    done = subprocess.run([sys.executable, "-c", DELIVER + "print(taskbadger.stats()['given_up'])",
+                           taskbadger_server.url, taskbadger_server.api_key, str(spool_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(left), "True", "0", str(3 - left)]  # taken, flushed, left, given up
+    assert f"holds {3 - left} update(s) fewer than its name says (3); they are lost" in done.stderr
+    assert [t["status"] for t in map(taskbadger_server.get_task, (task.id for task in tasks))] == \
+        ["success"] * left + ["pending"] * (3 - left)
+
+
 def test_entries_older_than_the_retry_horizon_are_dropped_and_counted(spool_dir, tb_log):
     spool = Spool(spool_dir)
     spool.write("k" * 16, [Entry({"status": "success"}, task_id="A" * 26, since=time.time() - 3600),

@@ -22,8 +22,9 @@ within the retry horizon (a day for a final state).
 * Entries are read as input from outside: only a regular file no larger than the spool may be is read, and
   no more entries than its name says; a task id must be one, each field is kept only if its value has the
   type and form the API takes (one that does not is left out, the rest of the update kept); a line that is
-  not an entry is skipped, with one log line per file. Entries older than their horizon are dropped and
-  counted.
+  not an entry is skipped, with one log line per file, and so is a file holding fewer entries than its name
+  says (one cut short by a machine that stopped before its data reached the disk). Entries older than their
+  horizon are dropped and counted.
 """
 
 from __future__ import annotations
@@ -428,6 +429,11 @@ def _read(path: pathlib.Path, horizon: float, final_horizon: float, most: int) -
     if corrupt:
         log.warning("Task Badger: %d line(s) of the spool file %s are not updates; they are skipped", corrupt,
                     path.name)
+    missing = most - len(entries) - dropped - corrupt
+    if missing > 0:  # cut short after it was renamed into place: the machine stopped before its data was on disk
+        log.error("Task Badger: the spool file %s holds %d update(s) fewer than its name says (%d); they are lost",
+                  path.name, missing, most)
+        corrupt += missing
     if dropped:
         log.error("Task Badger: %d spooled update(s) were too old (%.0f s, a final state %.0f s) and are dropped",
                   dropped, horizon, final_horizon)
