@@ -197,6 +197,7 @@ class _Drainer:
             try:
                 self.scan(config)
                 self.release_delivered()
+                self.keep_claims()
             except Exception:
                 log.exception("Task Badger: internal error while delivering the spool",
                               extra={"taskbadger_internal_error": True})
@@ -256,6 +257,14 @@ class _Drainer:
                 else:
                     Spool.release(claim)
             self._claims = keep
+
+    def keep_claims(self) -> None:
+        """Touch the files this process holds: a live holder's claim is never taken for abandoned (``STALE_CLAIM``
+        counts from its holder's last touch; other processes would take it, and queue and spool again, copies)."""
+        with self._lock:
+            paths = [claim.path for claim, _ in self._claims]
+        for path in paths:
+            Spool.keep(path)
 
     def take_claims(self) -> list[tuple[Claim, set[str]]]:
         """Every claimed file and what it holds, taken out: the ending process settles them itself."""

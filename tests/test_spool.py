@@ -408,6 +408,40 @@ def test_a_claim_whose_process_died_is_taken_over(spool_dir):
     assert [e.task_id for e in claim.entries] == ["A" * 26]
 
 
+HOLD = """
+import sys, taskbadger
+from taskbadger import spooling
+taskbadger.init(host=sys.argv[1], token=sys.argv[2], spool_dir=sys.argv[3])
+print(spooling.deliver_spooled(), flush=True)
+sys.stdin.readline()  # it holds what it took (the API is down) until it is told to end
+"""
+
+
+def test_a_live_process_keeps_what_it_took_however_old_the_file(taskbadger_server, spool_dir):
+    """A claim's age was the age of its file (a rename keeps the mtime): a file written more than ``STALE_CLAIM``
+    ago (an outage that began 20 minutes earlier) was taken from the live process that had just taken it by the
+    next process that looked, and the next: each queued the same updates, and each spooled them again when it
+    ended, so that the copies multiplied. A live holder keeps its claims fresh."""
+    task = taskbadger.create_task("an outage 20 minutes long")
+    taskbadger_server.refuse()
+    api, old = api_key_of(taskbadger.get_config()), time.time() - 1200
+    Spool(spool_dir).write(api, [Entry({"status": "success"}, task_id=task.id, final=True, since=old)])
+    [path] = files(spool_dir)
+    os.utime(path, (old, old))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, taskbadger_server.url, taskbadger_server.api_key,
+                               str(spool_dir)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        assert Spool(spool_dir).claim(api, 900, final_horizon=86400) == ([], 0)  # left to its live holder
+        [claimed] = files(spool_dir)
+        os.utime(claimed, (old, old))  # as if it had held it for 20 minutes: it touches it at each look
+        taskbadger_server.wait_for(lambda: time.time() - claimed.stat().st_mtime < 60, timeout=30)
+        assert Spool(spool_dir).claim(api, 900, final_horizon=86400) == ([], 0)
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert Spool(spool_dir).waiting(api) == 1  # spooled again by its holder: one copy
+
+
 WRITER = """
 import sys, time
 from taskbadger.delivery.spool import Entry, Spool

@@ -13,9 +13,10 @@ within the retry horizon (a day for a final state).
   API they are for (a digest of host, organization and project).
 * Bounded: at most ``MAX_BYTES`` in the directory, in files of at most ``MAX_ENTRIES`` (so that a process
   takes no more than its queue has room for); what does not fit is dropped, counted and logged.
-* A file is claimed by renaming it (``….claimed-<pid>-<process token>``): of two processes, one wins. A
-  claim whose process is gone (killed; or an earlier process with the same pid, as a container's pid 1 is
-  after a restart) is taken over; a claimed file is deleted once its updates left the queue (sent, dropped,
+* A file is claimed by renaming it (``….claimed-<pid>-<process token>``): of two processes, one wins. Its
+  holder touches it while it holds it (``keep``). A claim whose process is gone (killed; or an earlier process
+  with the same pid, as a container's pid 1 is after a restart), or left untouched for ``STALE_CLAIM``, is
+  taken over; a claimed file is deleted once its updates left the queue (sent, dropped,
   or spooled again at exit), and given back (``unclaim``) when they could not be spooled again.
 * A directory that is not this user's, or that others can write to, is neither written nor read: its
   files could be anyone's.
@@ -51,7 +52,8 @@ log = logging.getLogger("taskbadger")
 #: bytes in the whole directory.
 MAX_ENTRIES = 1_000
 MAX_BYTES = 64 * 1024 * 1024
-#: A claim older than this is taken over even if its process seems alive (a recycled pid).
+#: A claim its holder has not touched for this long is taken over even if its process seems alive (a recycled
+#: pid).
 STALE_CLAIM = 15 * 60.0
 
 
@@ -307,6 +309,7 @@ class Spool:
         except OSError as err:
             log_throttled("spool:claim", 60.0, logging.WARNING, "Task Badger: cannot take %s: %s", path, err)
             return None
+        Spool.keep(mine)  # a rename keeps the time the file was written: a claim's age counts from now
         return mine
 
     def _split(self, api: str, path: pathlib.Path, horizon: float, final_horizon: float) -> int:
@@ -332,6 +335,14 @@ class Spool:
                 _remove_if_older(self.directory / name, STALE_CLAIM)
         return [self.directory / name for name in names if name.startswith(f"{api}-") and (
             name.endswith(_SUFFIX) or (claimed and f"{_SUFFIX}{_CLAIMED}" in name))]
+
+    @staticmethod
+    def keep(path: pathlib.Path) -> None:
+        """Mark a claimed file as held now (its mtime): a claim untouched for ``STALE_CLAIM`` is taken over."""
+        try:
+            os.utime(path)
+        except OSError:
+            pass  # given back, released or taken over meanwhile
 
     @staticmethod
     def release(claim: Claim) -> None:
@@ -367,7 +378,7 @@ def _remove_if_older(path: pathlib.Path, age: float) -> None:
 
 
 def _abandoned(path: pathlib.Path) -> bool:
-    """A claimed file whose process is gone, or that has been claimed for too long."""
+    """A claimed file whose process is gone, or that its holder has not touched for too long."""
     try:
         pid_text, _, token = path.name.rsplit(_CLAIMED, 1)[1].partition("-")
         pid = int(pid_text)
