@@ -373,6 +373,25 @@ def test_the_counters_add_up_while_a_batch_is_being_finished_and_when_it_is_spoo
     assert s.queue.stats()["spooled"] == 1  # the final update; not the ones whose answer was counted
 
 
+def test_the_counters_add_up_when_a_batch_is_answered_after_it_was_spooled(taskbadger_server):
+    """The process ends while a batch is in flight: its updates are spooled (sent again by the next process), and
+    the answers may still come in before it exits. Each was counted spooled, then sent as well (a CI run of
+    ``manage.py taskbadger check``: 'submitted 5131' against 5138)."""
+    tasks = [taskbadger.create_task(f"t{i}") for i in range(3)]
+    s = Sender(PendingQueue(max_pending=3, linger=0), threads=1)
+    for task in tasks:
+        s.queue.submit(task.id, {"value": 1})
+    with s.queue.cond:
+        batch = s.queue.take_batch(3)
+        spooled = s.queue.take_all()  # the process ends now, the batch still in flight
+    assert len(spooled) == 3
+    assert s._send(batch) == [sender.SENT] * 3  # the answers come in after all
+    with s.queue.cond:
+        s.queue.finish(batch, [False] * 3)
+    assert_counters_add_up(s.queue.stats())
+    assert (s.queue.stats()["spooled"], s.queue.stats()["sent"]) == (3, 0)
+
+
 def test_past_the_cap_with_the_api_down_a_final_update_is_dropped_at_once_counted_and_logged(
         taskbadger_server, tb_log, monkeypatch):
     monkeypatch.setattr(queue, "BACKPRESSURE_TIMEOUT", 30)  # would show as a wait if it applied

@@ -263,8 +263,10 @@ class PendingQueue:
         it does, the spooled copy is sent again: a final state is the same truth again, and a progress update is
         sent from the spool only while the task has no final state)."""
         offset = time.time() - time.monotonic()
-        taken = [(task_id, entry.fields, entry.final, entry.first_queued + offset)
-                 for task_id, (entry, _) in self._inflight.items() if not entry.settled]
+        flying = [(task_id, entry) for task_id, (entry, _) in self._inflight.items() if not entry.settled]
+        for _, entry in flying:
+            entry.settled = True  # counted as spooled: an answer that still comes in is not counted again
+        taken = [(task_id, entry.fields, entry.final, entry.first_queued + offset) for task_id, entry in flying]
         taken += [(task_id, entry.fields, entry.final, entry.first_queued + offset)
                   for task_id, entry in self._pending.items()]
         self._inflight.clear()
