@@ -195,9 +195,9 @@ class _Drainer:
             if config is None or config.spool_dir is None:
                 continue
             try:
+                self.keep_claims()  # first: a scan that fails must not leave its claims to be taken over
                 self.scan(config)
                 self.release_delivered()
-                self.keep_claims()
             except Exception:
                 log.exception("Task Badger: internal error while delivering the spool",
                               extra={"taskbadger_internal_error": True})

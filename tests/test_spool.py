@@ -21,7 +21,7 @@ from taskbadger import inline, spooling
 from taskbadger.delivery import merge, sender
 from taskbadger.delivery.queue import MAX_PENDING_TASKS, pending_updates
 from taskbadger.delivery.sender import RETRY_HORIZON
-from taskbadger.delivery.spool import MAX_BYTES, Entry, Spool, api_key_of
+from taskbadger.delivery.spool import _NAMESPACE, MAX_BYTES, STALE_FOREIGN_CLAIM, Entry, Spool, api_key_of
 
 from .workers import ROOT
 
@@ -442,6 +442,64 @@ def test_a_live_process_keeps_what_it_took_however_old_the_file(taskbadger_serve
     assert Spool(spool_dir).waiting(api) == 1  # spooled again by its holder: one copy
 
 
+CLAIM_NOW = """
+import sys
+from taskbadger.delivery.spool import Spool
+claims, _ = Spool(sys.argv[1]).claim(sys.argv[2], 900, final_horizon=86400)
+print(len(claims))
+"""
+
+
+def _unshare_pid():
+    """The command that runs a process as pid 1 of a new pid namespace (a container's), or None where it cannot."""
+    try:
+        done = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except OSError:
+        return None
+    return ["unshare", "--pid", "--fork"] if done.returncode == 0 and done.stdout.strip() == "1" else None
+
+
+def test_a_process_in_another_container_leaves_a_live_holders_claim(taskbadger_server, spool_dir):
+    """Containers sharing a spool volume, each with its pid 1: a claim names a pid, and a pid means nothing in
+    another pid namespace. The other container's pid 1 took the claim of the live holder for "an earlier process
+    with its pid", queued the same updates and spooled them again: copies, passed back and forth every 10 s."""
+    unshare = _unshare_pid()
+    if unshare is None:
+        pytest.skip("cannot make a pid namespace here (unshare --pid needs root or user namespaces)")
+    task = taskbadger.create_task("two containers, one spool")
+    taskbadger_server.refuse()
+    api = api_key_of(taskbadger.get_config())
+    Spool(spool_dir).write(api, [Entry({"status": "success"}, task_id=task.id, final=True)])
+    holder = subprocess.Popen([*unshare, sys.executable, "-c", HOLD, taskbadger_server.url,
+                               taskbadger_server.api_key, str(spool_dir)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "1"
+        [claimed] = files(spool_dir)
+        assert ".claimed-1-" in claimed.name  # the holder is pid 1, as the other container's process is
+        other = subprocess.run([*unshare, sys.executable, "-c", CLAIM_NOW, str(spool_dir), api], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        assert other.returncode == 0, other.stderr
+        assert other.stdout.strip() == "0"  # left to its live holder
+        assert files(spool_dir) == [claimed]
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert Spool(spool_dir).waiting(api) == 1  # spooled again by its holder: one copy
+
+
+def test_a_claim_from_another_pid_namespace_is_taken_once_its_holder_stops_touching_it(spool_dir):
+    spool = Spool(spool_dir)
+    spool.write("k" * 16, [Entry({"value": 1}, task_id="A" * 26)])
+    [path] = files(spool_dir)
+    claimed = path.rename(path.with_name(path.name + f".claimed-{os.getpid()}-0badc0de-ffffffff"))
+    assert spool.claim("k" * 16, 900) == ([], 0)  # touched just now: its holder lives, whatever its pid is here
+    old = time.time() - STALE_FOREIGN_CLAIM - 5
+    os.utime(claimed, (old, old))  # a container killed a minute ago
+    [claim], _ = spool.claim("k" * 16, 900)
+    assert [e.task_id for e in claim.entries] == ["A" * 26]
+
+
 WRITER = """
 import sys, time
 from taskbadger.delivery.spool import Entry, Spool
@@ -653,13 +711,14 @@ def test_a_directory_others_can_write_is_not_read_either(spool_dir, tb_log):
                for r in tb_log.records)
 
 
-@pytest.mark.parametrize("suffix", ["-0badc0de", ""], ids=["earlier-process", "older-version"])
+@pytest.mark.parametrize("suffix", ["-0badc0de-{namespace}", "-0badc0de", ""],
+                         ids=["earlier-process", "earlier-version", "older-version"])
 def test_a_claim_left_by_an_earlier_process_with_this_pid_is_taken_over(spool_dir, suffix):
     """A container's pid 1, restarted after it was killed, has the pid of the process that claimed the file."""
     spool = Spool(spool_dir)
     spool.write("k" * 16, [Entry({"value": 1}, task_id="A" * 26)])
     [path] = files(spool_dir)
-    path.rename(path.with_name(path.name + f".claimed-{os.getpid()}{suffix}"))
+    path.rename(path.with_name(path.name + f".claimed-{os.getpid()}" + suffix.format(namespace=_NAMESPACE.get())))
     [claim], _ = spool.claim("k" * 16, 900)
     assert [e.task_id for e in claim.entries] == ["A" * 26]
     assert spool.claim("k" * 16, 900) == ([], 0)  # now this process's own claim: not taken twice

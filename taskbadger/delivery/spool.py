@@ -13,10 +13,12 @@ within the retry horizon (a day for a final state).
   API they are for (a digest of host, organization and project).
 * Bounded: at most ``MAX_BYTES`` in the directory, in files of at most ``MAX_ENTRIES`` (so that a process
   takes no more than its queue has room for); what does not fit is dropped, counted and logged.
-* A file is claimed by renaming it (``….claimed-<pid>-<process token>``): of two processes, one wins. Its
-  holder touches it while it holds it (``keep``). A claim whose process is gone (killed; or an earlier process
-  with the same pid, as a container's pid 1 is after a restart), or left untouched for ``STALE_CLAIM``, is
-  taken over; a claimed file is deleted once its updates left the queue (sent, dropped,
+* A file is claimed by renaming it (``….claimed-<pid>-<process token>-<pid namespace>``): of two processes,
+  one wins. Its holder touches it while it holds it (``keep``). A claim whose process is gone (killed; or an
+  earlier process with the same pid, as a container's pid 1 is after a restart), or left untouched for
+  ``STALE_CLAIM``, is taken over; a pid means nothing in another pid namespace (another container sharing the
+  directory, or another machine), so a claim made in one is taken over only once its holder has left it untouched
+  for ``STALE_FOREIGN_CLAIM``; a claimed file is deleted once its updates left the queue (sent, dropped,
   or spooled again at exit), and given back (``unclaim``) when they could not be spooled again.
 * A directory that is not this user's, or that others can write to, is neither written nor read: its
   files could be anyone's.
@@ -55,6 +57,10 @@ MAX_BYTES = 64 * 1024 * 1024
 #: A claim its holder has not touched for this long is taken over even if its process seems alive (a recycled
 #: pid).
 STALE_CLAIM = 15 * 60.0
+#: A claim made in another pid namespace (another container sharing the directory, another machine) cannot be
+#: judged by its pid: it is taken over once its holder has not touched it for this long (a holder touches its
+#: claims every ``spooling.SCAN_INTERVAL``, 10 s).
+STALE_FOREIGN_CLAIM = 60.0
 
 
 def _text(limit: int) -> Any:
@@ -85,9 +91,28 @@ _FIELDS: dict[str, Any] = {
 MAX_FILE_BYTES = MAX_BYTES
 _SUFFIX = ".jsonl"
 _CLAIMED = ".claimed-"
-#: This process's claims are ``.claimed-<pid>-<token>``: the token tells its claims from those of an earlier
-#: process that had the same pid.
+#: This process's claims are ``.claimed-<pid>-<token>-<namespace>``: the token tells its claims from those of an
+#: earlier process that had the same pid, the namespace (``_pid_namespace``) where that pid means something.
 _TOKEN: PerProcess[str] = PerProcess(lambda: secrets.token_hex(4))
+
+
+def _pid_namespace() -> str:
+    """Which pids this process's pid is one of: its pid namespace on this boot of this machine (a digest of the
+    boot id and the namespace's inode; two containers, each with its pid 1, have two). "" where that is not
+    known (not Linux): claims are then judged by their pid alone, as those of earlier versions are."""
+    try:
+        inode = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return ""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as boot:
+            boot_id = boot.read(64).strip()
+    except OSError:
+        boot_id = b""  # the namespace alone, then
+    return hashlib.sha256(boot_id + b"/" + str(inode).encode()).hexdigest()[:8]
+
+
+_NAMESPACE: PerProcess[str] = PerProcess(_pid_namespace)
 
 
 def api_key_of(config: Config) -> str:
@@ -358,7 +383,8 @@ class Spool:
 
 
 def _claim_suffix() -> str:
-    return f"{_CLAIMED}{os.getpid()}-{_TOKEN.get()}"
+    namespace = _NAMESPACE.get()
+    return f"{_CLAIMED}{os.getpid()}-{_TOKEN.get()}" + (f"-{namespace}" if namespace else "")
 
 
 def _count(path: pathlib.Path) -> int:
@@ -378,13 +404,18 @@ def _remove_if_older(path: pathlib.Path, age: float) -> None:
 
 
 def _abandoned(path: pathlib.Path) -> bool:
-    """A claimed file whose process is gone, or that its holder has not touched for too long."""
+    """A claimed file whose process is gone, or that its holder has not touched for too long. Its name says which
+    process: ``<pid>-<token>-<pid namespace>`` (``<pid>-<token>`` or ``<pid>`` by earlier versions)."""
     try:
-        pid_text, _, token = path.name.rsplit(_CLAIMED, 1)[1].partition("-")
+        pid_text, _, rest = path.name.rsplit(_CLAIMED, 1)[1].partition("-")
+        token, _, namespace = rest.partition("-")
         pid = int(pid_text)
         age = time.time() - path.stat().st_mtime
     except (ValueError, OSError):
         return False
+    if namespace and namespace != _NAMESPACE.get():
+        # another container's, or another machine's: its pid says nothing here, only its holder's touches do
+        return age > STALE_FOREIGN_CLAIM
     if pid == os.getpid():
         # ours, being delivered right now; or an earlier process's with the same pid (a container's pid 1)
         return token != _TOKEN.get()
