@@ -211,6 +211,31 @@ def test_a_corrupt_line_is_skipped_with_one_log_line(spool_dir, tb_log):
     assert len([r for r in tb_log.records if "are not updates" in r.getMessage()]) == 1
 
 
+def test_a_file_of_a_newer_format_is_left_as_it_is(taskbadger_server, spool_dir):
+    """A newer SDK sharing the spool (a rolling deploy, two images on one volume) writes a format this one does not
+    know: it was taken, its lines skipped as "not updates" and the file deleted, its final states lost for the
+    newer processes that could have delivered them. It is now left as it is, with one log line."""
+    task = taskbadger.create_task("newer")
+    api = api_key_of(taskbadger.get_config())
+    spool = Spool(spool_dir)
+    spool.write(api, [Entry({"status": "success"}, task_id=task.id, final=True)])
+    [ours] = files(spool_dir)
+    newer = spool_dir / ours.name.replace(ours.name.split("-")[1], str(int(ours.name.split("-")[1]) - 1), 1)
+    lines = [json.dumps({"v": 2, "task": task.id, "patch": {"status": "error"}, "at": time.time()})] * 2
+    newer.write_text("\n".join(lines) + "\n")
+    newer = newer.rename(newer.with_name(newer.name.replace("-1.jsonl", "-2.jsonl")))
+    content = newer.read_bytes()
+    done = subprocess.run([sys.executable, "-c", DELIVER + "spooling.deliver_spooled()\n"
+                           "print(taskbadger.stats()['given_up'])",
+                           taskbadger_server.url, taskbadger_server.api_key, str(spool_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "True", "2", "0"]  # taken (ours), flushed, left waiting, given up
+    assert files(spool_dir) == [newer] and newer.read_bytes() == content
+    assert done.stderr.count("newer version") == 1, done.stderr  # once, not at each look
+    assert taskbadger_server.get_task(task.id)["status"] == "success"
+
+
 @pytest.mark.parametrize("left", [0, 1])
 def test_a_file_cut_short_says_what_it_lost(taskbadger_server, spool_dir, left):
     """A file renamed into place whose data never reached the disk (the machine stopped: it is empty, or holds

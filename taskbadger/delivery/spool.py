@@ -26,8 +26,9 @@ within the retry horizon (a day for a final state).
   no more entries than its name says; a task id must be one, each field is kept only if its value has the
   type and form the API takes (one that does not is left out, the rest of the update kept); a line that is
   not an entry is skipped, with one log line per file, and so is a file holding fewer entries than its name
-  says (one cut short by a machine that stopped before its data reached the disk). Entries older than their
-  horizon are dropped and counted.
+  says (one cut short by a machine that stopped before its data reached the disk). A file holding a line of a
+  newer format (``"v"`` above 1: a newer version of the SDK shares the directory) is left as it is, with one
+  log line. Entries older than their horizon are dropped and counted.
 """
 
 from __future__ import annotations
@@ -147,6 +148,8 @@ class Entry:
             record = json.loads(line)
         except RecursionError:
             raise ValueError("nested too deeply") from None
+        if isinstance(record, dict) and _newer(record.get("v")):
+            raise NewerFormat(record["v"])
         if not isinstance(record, dict) or record.get("v") != 1:
             raise ValueError("not an entry")
         fields, task_id, external_id = record.get("fields"), record.get("task_id"), record.get("external_id")
@@ -160,6 +163,19 @@ class Entry:
         kept = {key: value for key, value in fields.items()
                 if key in _FIELDS and _plain(value) and _FIELDS[key](value)}
         return cls(kept, task_id, external_id if task_id is None else None, record.get("final") is True, float(since))
+
+
+class NewerFormat(ValueError):
+    """A line written by a newer version of the SDK, in a format this one does not know: the whole file is left
+    as it is, for a process that knows it."""
+
+
+def _newer(version: Any) -> bool:
+    return isinstance(version, int) and not isinstance(version, bool) and version > 1
+
+
+#: Spool files of a newer format this process left as they are (their names, as unclaimed), not taken again.
+_NEWER: set[str] = set()
 
 
 def _plain(value: Any, depth: int = 0) -> bool:
@@ -307,7 +323,7 @@ class Spool:
             return [], 0
         final_horizon = horizon if final_horizon is None else final_horizon
         for path in self._files(api, claimed=True):
-            if _CLAIMED in path.name and not _abandoned(path):
+            if path.name.split(_CLAIMED)[0] in _NEWER or (_CLAIMED in path.name and not _abandoned(path)):
                 continue
             count = _count(path)
             if count > MAX_ENTRIES:  # written by an earlier version (files of up to 10,000): made into files of
@@ -319,7 +335,12 @@ class Spool:
             mine = self._take(path)
             if mine is None:
                 continue
-            entries, lost = _read(mine, horizon, final_horizon, count)
+            try:
+                entries, lost = _read(mine, horizon, final_horizon, count)
+            except NewerFormat as newer:
+                _leave_newer(mine, newer)
+                taken -= count
+                continue
             dropped += lost
             claims.append(Claim(mine, entries))
         return claims, dropped
@@ -342,7 +363,11 @@ class Spool:
         mine = self._take(path)
         if mine is None:
             return 0
-        entries, lost = _read(mine, horizon, final_horizon, _count(path))
+        try:
+            entries, lost = _read(mine, horizon, final_horizon, _count(path))
+        except NewerFormat as newer:
+            _leave_newer(mine, newer)
+            return 0
         written, _ = self.write(api, entries)
         if written == len(entries):
             mine.unlink(missing_ok=True)
@@ -380,6 +405,17 @@ class Spool:
             os.replace(claim.path, claim.path.with_name(claim.path.name.split(_CLAIMED)[0]))
         except OSError as err:
             log.error("Task Badger: could not give the spool file %s back (%s)", claim.path, err)
+
+
+def _leave_newer(mine: pathlib.Path, newer: NewerFormat) -> None:
+    """Give back a file of a newer format, and never take it again (it is said once)."""
+    Spool.unclaim(Claim(mine, []))
+    name = mine.name.split(_CLAIMED)[0]
+    if len(_NEWER) > 100_000:
+        _NEWER.clear()
+    _NEWER.add(name)
+    log.warning("Task Badger: the spool file %s was written by a newer version of Task Badger (format %s); it is left "
+                "for a process that reads it", name, newer)
 
 
 def _claim_suffix() -> str:
@@ -458,6 +494,8 @@ def _read(path: pathlib.Path, horizon: float, final_horizon: float, most: int) -
                     continue
                 try:
                     entry = Entry.from_json(line)
+                except NewerFormat:
+                    raise
                 except ValueError:
                     corrupt += 1
                     continue
