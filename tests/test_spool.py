@@ -7,6 +7,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import stat
 import subprocess
@@ -554,6 +555,37 @@ def test_a_process_killed_while_it_writes_the_spool_leaves_only_whole_files(spoo
     assert len(claims) == len(written) and len(entries) == 2 * len(written)
     values = sorted(e.fields["value"] for e in entries if e.task_id.startswith("T"))
     assert values == list(range(len(written)))  # each whole file once, none missing before the kill
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_spool_file_is_on_disk_before_it_is_renamed_into_place(spool_dir, tmp_path):
+    """A file renamed into place before its data reached the disk is left empty or cut short by a machine that
+    stops right after (a host crash, a power cut: its final states lost); and a rename not on disk leaves the
+    temporary file, removed unread later. The file is synced before its rename, and the directory after it."""
+    trace = tmp_path / "trace"
+    done = subprocess.run(["strace", "-f", "-qq", "-e", "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
+                           "-o", str(trace), sys.executable, "-c", WRITE_ONE, str(spool_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    if done.returncode != 0 and "ptrace" in done.stderr:
+        pytest.skip(f"strace cannot trace here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    calls = [line.split(None, 1)[1] for line in trace.read_text().splitlines() if " " in line]
+    opened = next(i for i, call in enumerate(calls) if call.startswith("openat(") and ".jsonl.tmp" in call)
+    renamed = next(i for i, call in enumerate(calls) if call.startswith("rename") and ".jsonl.tmp" in call)
+    made = [call.split(" =")[0].rstrip() for call in calls]  # the calls, without their results
+    assert f"fsync({calls[opened].rsplit('= ', 1)[1]})" in made[opened:renamed]  # its data first
+    directory_fds = {call.rsplit("= ", 1)[1] for call in calls[renamed:]
+                     if call.startswith("openat(") and f'"{spool_dir}"' in call and "O_DIRECTORY" in call}
+    assert {f"fsync({fd})" for fd in directory_fds} & set(made[renamed:])  # then the rename
+    [path] = files(spool_dir)
+    assert path.name.endswith("-1.jsonl")
+
+
+WRITE_ONE = """
+import sys
+from taskbadger.delivery.spool import Entry, Spool
+assert Spool(sys.argv[1]).write("k" * 16, [Entry({"status": "success"}, task_id="A" * 26, final=True)]) == (1, 0)
+"""
 
 
 def scan_held_back_after_its_claim(spool_dir, monkeypatch):

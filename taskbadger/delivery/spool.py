@@ -7,10 +7,10 @@ process that uses the SDK on this machine with the same API (a worker's next chi
 the next ``taskbadger run``, ``manage.py taskbadger check``) delivers them once the API answers again,
 within the retry horizon (a day for a final state).
 
-* Files per spooling (``<api>-<time>-<pid>-<random>-<count>.jsonl``), written to a temporary name
-  and renamed into place: a reader sees a whole file or none. Files are 0600 in a 0700 directory that
-  must belong to this user (a directory anyone can write to is not used); they hold no key, only which
-  API they are for (a digest of host, organization and project).
+* Files per spooling (``<api>-<time>-<pid>-<random>-<count>.jsonl``), written to a temporary name, synced,
+  and renamed into place: a reader sees a whole file or none, after a crash of the machine too. Files are
+  0600 in a 0700 directory that must belong to this user (a directory anyone can write to is not used);
+  they hold no key, only which API they are for (a digest of host, organization and project).
 * Bounded: at most ``MAX_BYTES`` in the directory, in files of at most ``MAX_ENTRIES`` (so that a process
   takes no more than its queue has room for); what does not fit is dropped, counted and logged.
 * A file is claimed by renaming it (``….claimed-<pid>-<process token>-<pid namespace>``): of two processes,
@@ -225,7 +225,7 @@ class Spool:
             for i, chunk in enumerate(chunks):
                 count = min(MAX_ENTRIES, len(items) - i * MAX_ENTRIES)
                 written.append(self._write_file(f"{api}-{time.time_ns()}-{os.getpid()}-{secrets.token_hex(4)}-"
-                                                f"{count}{_SUFFIX}", chunk))
+                                                f"{count}{_SUFFIX}", chunk, durable=True))
         except OSError as err:
             for path in written:
                 path.unlink(missing_ok=True)
@@ -234,16 +234,24 @@ class Spool:
             return 0, len(items)
         return len(items), 0
 
-    def _write_file(self, name: str, data: bytes) -> pathlib.Path:
+    def _write_file(self, name: str, data: bytes, durable: bool = False) -> pathlib.Path:
+        """Write ``name`` under a temporary name and rename it into place. ``durable``: its data reaches the disk
+        before the rename, and the rename before this returns (a machine that stops right after, a host crash or a
+        power cut, leaves the whole file, not an empty one or a temporary one removed unread; a few ms)."""
         temporary = self.directory / f".{name}.tmp"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
+                if durable:
+                    out.flush()
+                    os.fsync(out.fileno())
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
         os.replace(temporary, self.directory / name)
+        if durable:
+            _sync_directory(self.directory)
         return self.directory / name
 
     def _ready(self) -> None:
@@ -416,6 +424,20 @@ def _leave_newer(mine: pathlib.Path, newer: NewerFormat) -> None:
     _NEWER.add(name)
     log.warning("Task Badger: the spool file %s was written by a newer version of Task Badger (format %s); it is left "
                 "for a process that reads it", name, newer)
+
+
+def _sync_directory(directory: pathlib.Path) -> None:
+    """Put a rename in ``directory`` on disk (where a directory can be opened: not on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # a file system that cannot sync a directory: the file's own data is on disk
+    finally:
+        os.close(fd)
 
 
 def _claim_suffix() -> str:
