@@ -301,6 +301,28 @@ def test_a_spooled_progress_update_never_undoes_a_final_state_another_process_se
         ("processing", 3)
 
 
+def test_a_spooled_run_again_keeps_the_first_start_of_its_task(taskbadger_server, spool_dir):
+    """A message redelivered after its worker was lost runs its task again, whose first start is kept (its
+    ``start_time`` is sent only if the task has none). Spooled, that condition was left out as an unknown field:
+    the run again's start replaced the first one (the task's time to start and duration misreported)."""
+    task = taskbadger.create_task("redelivered")
+    sender.submit(task.id, {"status": "processing", "start_time": "2026-01-01T10:00:00Z"})
+    assert sender.flush(5)
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [Entry(
+        {"status": "success", "start_time": "2026-01-01T11:00:00Z", merge.KEEP_START: True,
+         "end_time": "2026-01-01T11:00:05Z"}, task_id=task.id, final=True)])
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
+    delivered = taskbadger_server.get_task(task.id)
+    assert (delivered["status"], delivered["start_time"][:19]) == ("success", "2026-01-01T10:00:00")
+
+
+def test_every_condition_an_update_may_carry_is_kept_in_the_spool():
+    markers = {value for name, value in vars(merge).items() if name.isupper() and isinstance(value, str)}
+    fields = {marker: ["x"] if marker == merge.DROP_DATA else {"a": 1} if marker == merge.MERGE_DATA else True
+              for marker in markers}
+    assert set(Entry.from_json(Entry(fields, task_id="A" * 26).to_json()).fields) == markers
+
+
 def spool_file(spool_dir, count):
     """A path named as a spool file of this API holding ``count`` entries (made the way the spool makes it)."""
     spool_dir.mkdir(mode=0o700, exist_ok=True)
