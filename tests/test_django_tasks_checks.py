@@ -71,7 +71,7 @@ def test_w011_a_pattern_that_matches_no_task():
     messages = run(DJANGO_TASKS={"EXCLUDES": ["tests.django_tasks_project.tasks.custon"]})
     assert ids(messages) == ["taskbadger.W011"]
     assert "tests.django_tasks_project.tasks.custom" in messages[0].hint
-    assert ids(run(DJANGO_TASKS={"EXCLUDES": [r"tests\.django_tasks_project\.tasks\..*"]})) == []
+    assert ids(run(DJANGO_TASKS={"EXCLUDES": [r"tests\.django_tasks_project\.tasks\.cu.*"]})) == []
 
 
 def test_w010_when_a_tasks_module_cannot_be_imported(monkeypatch):
@@ -101,10 +101,35 @@ def test_a_task_outside_the_tasks_modules_named_by_its_module_path_is_no_warning
     W003 and W011 (the checks looked only in the apps' tasks modules), though the entry applies."""
     monkeypatch.delitem(sys.modules, "tests.django_tasks_project.jobs", raising=False)  # imported by nothing
     name = "tests.django_tasks_project.jobs.nightly_report"
-    assert ids(run(MONITORS={name: MONITOR}, DJANGO_TASKS={"INCLUDES": [name]})) == []
-    assert ids(run(MONITORS={name[:-1]: MONITOR}, DJANGO_TASKS={"INCLUDES": [name[:-1]]})) == [
+    monitored = "tests.django_tasks_project.tasks.monitored_by_option"  # has a monitor: W019 unless included
+    assert ids(run(MONITORS={name: MONITOR}, DJANGO_TASKS={"INCLUDES": [name, monitored]})) == []
+    assert ids(run(MONITORS={name[:-1]: MONITOR}, DJANGO_TASKS={"INCLUDES": [name[:-1], monitored]})) == [
         "taskbadger.W003", "taskbadger.W011"]
     assert ids(run(MONITORS={"tests.django_tasks_project.nope.nightly_report": MONITOR})) == ["taskbadger.W003"]
+
+
+def test_w019_a_monitored_task_that_is_never_tracked():
+    """A MONITORS entry for a django.tasks task that DJANGO_TASKS keeps from being tracked (EXCLUDES, AUTO_TRACK
+    False, INCLUDES, track_task(enabled=False)): db_worker runs it, no task is ever created, and its monitor reports
+    every run as missed; the check names the task, the rule that leaves it out, and how to track it."""
+    path = "tests.django_tasks_project.tasks."
+    messages = run(MONITORS={path + "custom": MONITOR, path + "opted_out": MONITOR, path + "add": MONITOR},
+                   DJANGO_TASKS={"EXCLUDES": [r".*\.custom"]})
+    assert [(m.id, m.obj) for m in messages] == [("taskbadger.W019", path + "custom"),
+                                                 ("taskbadger.W019", path + "opted_out")]
+    assert "django.tasks task" in messages[1].msg and "track_task(enabled=False)" in messages[1].msg
+    assert r"matches TASKBADGER['DJANGO_TASKS']['EXCLUDES'] entry '.*\\.custom'" in messages[0].msg
+    assert "reports every run as missed" in messages[0].msg and "@track_task(enabled=True)" in messages[0].hint
+    # AUTO_TRACK False: a pattern's tasks and a task's own monitor (track_task(monitor_id=...)) alike
+    messages = run(MONITORS={path + "add": MONITOR}, DJANGO_TASKS={"AUTO_TRACK": False})
+    assert [m.obj for m in messages] == [path + "add", path + "monitored_by_option"]
+    assert "TASKBADGER['DJANGO_TASKS']['AUTO_TRACK'] is False" in messages[0].msg
+    [message] = run(MONITORS={path + "add": MONITOR}, DJANGO_TASKS={"INCLUDES": [path + "monitored_by_option"]})
+    assert message.obj == path + "add" and "matches no TASKBADGER['DJANGO_TASKS']['INCLUDES'] entry" in message.msg
+    # tracked, or no monitor (left unset, even under a broader pattern further on): nothing to say
+    assert ids(run(MONITORS={path + "add": MONITOR, path + "custom": MONITOR})) == []
+    assert ids(run(MONITORS={path + "opted_out": None,
+                             r"tests\.django_tasks_project\.tasks\.(custom|opted_out)": MONITOR})) == []
 
 
 def test_track_task_refuses_bad_options_where_they_are_written():

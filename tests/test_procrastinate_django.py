@@ -173,6 +173,22 @@ def test_w003_for_a_procrastinate_task_names_procrastinate_and_suggests_the_task
     assert "No Celery app of this project" not in text, text
 
 
+@pytest.mark.integration
+def test_w019_a_monitored_procrastinate_task_that_is_never_tracked(django_env):
+    r"""A MONITORS entry for a job that TASKBADGER['PROCRASTINATE'] keeps from being tracked (here its EXCLUDES,
+    r"dj\.skip.*"): the worker runs it (a periodic job every time it is due), no task is ever created, and its
+    monitor reports every run as missed. The check names the task and the entry that leaves it out; a task tracked
+    by @track whatever the rules (dj.skip_but_tracked) is fine."""
+    env, _ = django_env
+    out = manage({**env, "TB_DJANGO_MONITOR_TASK": r"dj\.skip.*"}, "check", check=False)
+    text = out.stderr + out.stdout
+    [line] = [line for line in text.splitlines() if "taskbadger.W019" in line]
+    assert "Procrastinate task 'dj.skipped'" in line and r"EXCLUDES'] entry 'dj\\.skip.*'" in line, text
+    assert "@track (from taskbadger.procrastinate import track)" in text, text
+    good = manage(env, "check", check=False)  # dj.echo, tracked
+    assert "taskbadger.W019" not in good.stderr + good.stdout
+
+
 def _ids(messages) -> list[str]:
     return [m.id for m in messages if m.id != "taskbadger.W001"]  # W001: these settings have no key
 

@@ -41,7 +41,8 @@ taskbadger.W015    Warning  a setting whose name looks like a misspelled ``TASKB
 taskbadger.W016    Warning  a setting named for a ``TASKBADGER`` key (``TASKBADGER_API_KEY``): it belongs in the dict
 taskbadger.W017    Warning  ``HOST`` has a path: the API's URLs are made from the host (``/api/...``)
 taskbadger.W018    Warning  a ``TASKS`` backend is RQ's but ``RQ["WORKER_CLASS"]`` is not Task Badger's worker class
-taskbadger.W019    Warning  a Celery task with a monitor is not tracked (no ``base=Task``, not auto-tracked)
+taskbadger.W019    Warning  a task with a monitor is not tracked (Celery: no ``base=Task``, not auto-tracked;
+                           django.tasks, Procrastinate: ``AUTO_TRACK``/``INCLUDES``/``EXCLUDES`` leave it out)
 taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no monitor id
 =================  =======  ==========================================================================
 """

@@ -38,3 +38,15 @@ def pattern_error(pattern: str) -> Exception | None:
     from taskbadger.systems.celery import pattern_error as compile_error  # no Celery import: it only compiles
 
     return compile_error(pattern)
+
+
+def configured_monitor(task_name: str, monitors: Mapping[Any, Any]) -> str | None:
+    """The monitor id ``MONITORS`` gives ``task_name``, as the integrations read it (an exact name first, then the
+    patterns in their order; an entry left unset, None, gives none); an entry that is not an id (E006) counts as
+    unset: such settings are not applied at all."""
+    from taskbadger.models import monitor_id
+    from taskbadger.systems.base import QueueIntegration
+
+    entries: dict[str, Any] = {p: monitor_id(m) for p, m in monitors.items()
+                               if isinstance(p, str) and pattern_error(p) is None}
+    return QueueIntegration(monitors=entries).monitor_for(task_name)

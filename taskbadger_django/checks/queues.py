@@ -1,12 +1,12 @@
-"""The other queues: Procrastinate (W012, W013, E017), django.tasks on RQ (W018) and django.tasks' patterns
-(W010, W011)."""
+"""The other queues: Procrastinate (W012, W013, E017), django.tasks on RQ (W018), django.tasks' patterns
+(W010, W011), and their tasks with a monitor that are never tracked (W019)."""
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from django.core import checks
@@ -15,7 +15,7 @@ from django.core.checks import CheckMessage
 from taskbadger.config import import_string
 
 from .. import conf
-from .common import pattern_error, patterns
+from .common import configured_monitor, pattern_error, patterns
 
 #: The first Procrastinate with worker middleware, which the integration needs.
 PROCRASTINATE_MIN = (3, 9)
@@ -131,7 +131,17 @@ def check_procrastinate(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
             "app does not exist yet when Task Badger is configured, so its jobs are not tracked.",
             hint="Move 'taskbadger_django' after 'procrastinate.contrib.django' in INSTALLED_APPS. "
                  "See docs/procrastinate.md.", obj="INSTALLED_APPS", id="taskbadger.W013")]
-    return []
+    app = conf.procrastinate_app()
+    if app is None:
+        return []
+    from taskbadger.procrastinate.tracked import BUILTIN_PREFIXES, OPTIONS_ATTR
+
+    tasks = {name: task for name, task in app.tasks.items() if not name.startswith(BUILTIN_PREFIXES)}
+    # a task decorated with taskbadger.procrastinate.track is tracked whatever the rules (it takes no monitor)
+    return monitored_untracked("PROCRASTINATE", "Procrastinate task", tasks,
+                               lambda name: {"track": True} if getattr(tasks[name], OPTIONS_ATTR, None) is not None
+                               else {},
+                               "decorate it with @track (from taskbadger.procrastinate import track)")
 
 
 
@@ -212,6 +222,14 @@ def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
             f"tasks: {'; '.join(failed)}", hint="Fix the import error (a worker would fail on it too).",
             obj="django.tasks", id="taskbadger.W010"))
         return messages
+    from taskbadger.django_tasks.options import options_for
+
+    monitors = settings.MONITORS if isinstance(settings.raw, (Mapping, type(None))) else None
+    outside = {p for p in monitors if isinstance(p, str) and names_a_django_task(p)} if isinstance(
+        monitors, Mapping) else set()  # a task outside the apps' tasks modules, named by its module path
+    messages += monitored_untracked("DJANGO_TASKS", "django.tasks task", names | outside, options_for,
+                                    "decorate it with @track_task(enabled=True) (from taskbadger_django import "
+                                    "track_task)")
     if not isinstance(user_tasks, Mapping):
         return messages
     from taskbadger.systems.base import full_match
@@ -228,4 +246,47 @@ def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
                     + "Use the task's module path (module.function) or a regular expression that matches all of it; "
                     "tasks are found in the installed apps' tasks modules.",
                     obj=f"TASKBADGER['DJANGO_TASKS'][{key!r}]", id="taskbadger.W011"))
+    return messages
+
+
+def monitored_untracked(queue: str, kind: str, names: Iterable[str], options_of: Callable[[str], Mapping[str, Any]],
+                        opt_in: str) -> list[CheckMessage]:
+    """W019: a task of ``TASKBADGER[queue]`` with a monitor (``MONITORS``, or its own ``monitor_id`` option) that is
+    never tracked (``AUTO_TRACK`` False, ``EXCLUDES``, ``INCLUDES``, or its own ``track`` option False): no run of it
+    is created in Task Badger, so its monitor never hears from it and reports every run as missed (a periodic job's
+    too). ``options_of(name)``: the task's own options (``track``, ``monitor_id``); ``opt_in``: how to track it."""
+    from taskbadger.exceptions import ConfigurationError
+    from taskbadger.systems.base import QueueIntegration, full_match
+
+    settings = conf.TaskBadgerSettings()
+    if not isinstance(settings.raw, (Mapping, type(None))):
+        return []
+    section, monitors = settings.user.get(queue), settings.MONITORS
+    if not isinstance(section, (Mapping, type(None))) or not isinstance(monitors, Mapping):
+        return []  # E003
+    try:
+        rules = QueueIntegration(**conf.queue_rules(getattr(settings, queue)))
+    except (ConfigurationError, TypeError, re.error):
+        return []  # E003 / E007 say what is wrong with the section
+    where = f"TASKBADGER[{queue!r}]"
+    messages = []
+    for name in sorted(names):
+        options = options_of(name)
+        monitor = options.get("monitor_id") or configured_monitor(name, monitors)
+        if not monitor:
+            continue  # no monitor, or one left unset on purpose (None), or not an id (E006)
+        track = options.get("track")
+        if track is True or (track is None and rules.track_task(name)):
+            continue
+        excluded = next((p for p in patterns(rules.excludes) if full_match(p, name)), None)
+        why = ("its own option turns tracking off (track_task(enabled=False))" if track is False
+               else f"{where}['AUTO_TRACK'] is False" if not rules.auto_track_tasks
+               else f"it matches {where}['EXCLUDES'] entry {excluded!r}" if excluded is not None
+               else f"it matches no {where}['INCLUDES'] entry")
+        messages.append(checks.Warning(
+            f"{kind} {name!r} has a Task Badger monitor but is not "
+            f"tracked ({why}): its runs are never created in Task Badger, so the monitor never hears from it and "
+            "reports every run as missed.",
+            hint=f"Track it: change {where} so that it lets the task through, or {opt_in}; or remove its monitor.",
+            obj=name, id="taskbadger.W019"))
     return messages
