@@ -38,12 +38,11 @@ from .delivery.breaker import publish_breaker
 from .delivery.sender import RETRY_HORIZON
 from .exceptions import (
     CreateSkipped,
-    NotFound,
     RateLimited,
     ServerError,
     TaskbadgerException,
     TransportError,
-    ValidationError,
+    UnexpectedStatus,
 )
 from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime
 from .task import Task, create_body_or_skip
@@ -136,8 +135,8 @@ def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: st
     monitor = monitor_id if monitor_id and not monitors.refused(config, monitor_id) else None
     try:
         return Task(endpoints.create(body, monitor, deadline, late_answer))
-    except (NotFound, ValidationError) as err:
-        if monitor is None:
+    except UnexpectedStatus as err:
+        if monitor is None or not monitors.may_be_refused(err):
             raise
         refusal = err
     # Refused, so certainly not created: made again without the monitor. Refused again, the monitor was not the
@@ -146,7 +145,9 @@ def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: st
     # left out from now on all the same, or every create would be refused first and given up.
     try:
         task = Task(endpoints.create(body, None, deadline, late_answer))
-    except (NotFound, ValidationError):
+    except UnexpectedStatus as err:
+        if not monitors.may_be_refused(err):
+            monitors.refuse(config, monitor, name, refusal)  # answered otherwise (a 5xx): as not answered in time
         raise
     except Exception:
         monitors.refuse(config, monitor, name, refusal)

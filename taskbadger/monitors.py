@@ -1,5 +1,6 @@
 """Monitors the API refused: a create refused because of its monitor (an id the project does not hold: mistyped,
-deleted in Task Badger, another project's; the API answers 404, or 400) is made again without it
+deleted in Task Badger, another project's; the API answers 404, 400, or 403: the contract lists no error answer for a
+create, and the service may refuse another project's monitor as forbidden) is made again without it
 (``inline._create``), and the monitor is left out of this process's creates (no request refused per task) for
 ``MONITOR_RECHECK`` seconds, then tried again. So do the other processes of the machine that share its spool
 directory (a record there): RQ forks a work horse per job, which would otherwise be refused, and warn, once per job.
@@ -25,6 +26,16 @@ MONITOR_RECHECK = 3600.0
 #: Monitor id -> (the configuration it was refused under, when): left out of this process's creates.
 _refused_monitors: dict[str, tuple[Config, float]] = {}
 _refused_lock = threading.Lock()
+
+
+#: The answers to a create with a monitor that may mean the monitor was refused (``may_be_refused``).
+REFUSED_STATUSES = (400, 403, 404)
+
+
+def may_be_refused(err: UnexpectedStatus) -> bool:
+    """Whether the API's answer ``err`` to a create with a monitor may be a refusal of the monitor: the create is
+    made again without it, and the monitor is blamed only if that one is not refused too."""
+    return err.status_code in REFUSED_STATUSES
 
 
 def refused(config: Config, monitor_id: str) -> bool:

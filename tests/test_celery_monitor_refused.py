@@ -100,6 +100,36 @@ def test_a_create_refused_for_another_reason_does_not_blame_the_monitor(taskbadg
     assert [m for m in messages if "published untracked: Task Badger API answered 404" in m]
 
 
+def test_a_monitor_of_another_project_answered_403_is_left_out(taskbadger_server, tb_log):
+    """The service may answer 403 for another project's monitor (the contract lists no error answer for a create):
+    only 404 and 400 were taken for a refused monitor, so every create under it was given up ("published
+    untracked: ... 403") and every run of the monitored task went untracked, with no warning naming the monitor."""
+    import taskbadger
+    from taskbadger.inline import create_inline
+
+    foreign = taskbadger_server.foreign_monitor()
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url)
+    assert all(create_inline("job", {"status": "pending"}, foreign).task is not None for _ in range(3))
+    posts = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert [r.headers.get("X-TASKBADGER-MONITOR") for r in posts] == [foreign, None, None, None]
+    [warning] = [r.getMessage() for r in tb_log.records if "is not one of project" in r.getMessage()]
+    assert foreign in warning and "answered 403" in warning
+
+
+def test_a_create_refused_403_with_or_without_the_monitor_does_not_blame_it(taskbadger_server, tb_log):
+    import taskbadger
+    from taskbadger.inline import create_inline
+
+    monitor = taskbadger_server.add_monitor()
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url)
+    taskbadger_server.fail(403, method="POST")  # a key that may not create tasks: the monitor is not the reason
+    for _ in range(2):
+        assert create_inline("job", {"status": "pending"}, monitor).task is None
+    posts = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert [r.headers.get("X-TASKBADGER-MONITOR") for r in posts] == [monitor, None, monitor, None]
+    assert not [r for r in tb_log.records if "is not one of project" in r.getMessage()]
+
+
 def test_a_refused_monitor_is_left_out_even_when_the_create_made_without_it_is_not_answered_in_time(
         taskbadger_server, tb_log):
     # A slow API: the refused create and the one made again without the monitor do not both fit in the publish

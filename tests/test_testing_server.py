@@ -317,6 +317,11 @@ def test_a_monitor_the_project_does_not_hold_is_refused(api: Api, server: TaskBa
     server.reset()  # forgets the monitors: any id again
     other = api.request("POST", json={"name": "m"}, headers={"X-TASKBADGER-MONITOR": str(uuid.uuid4())})
     assert other.status_code == 201
+    foreign = server.foreign_monitor()  # another project's: 403, no task, whatever the project holds
+    refused = api.request("POST", json={"name": "m"}, headers={"X-TASKBADGER-MONITOR": foreign})
+    assert refused.status_code == 403 and len(server.tasks) == 1
+    server.reset()
+    assert api.request("POST", json={"name": "m"}, headers={"X-TASKBADGER-MONITOR": foreign}).status_code == 201
 
 
 # -- auth and routing ---------------------------------------------------------------------------

@@ -233,6 +233,15 @@ class TaskBadgerServer:
             self.app.store.monitors.add(canonical)
         return canonical
 
+    def foreign_monitor(self, monitor_id: str | None = None) -> str:
+        """Make a monitor of another project (a new id unless ``monitor_id``) and return its id: a create under it is
+        refused with 403, as the service may answer it (the contract is silent), and no task is made.
+        ``reset()`` forgets it."""
+        canonical = str(uuid.UUID(monitor_id)) if monitor_id is not None else str(uuid.uuid4())
+        with self.app.store.lock:
+            self.app.store.foreign_monitors.add(canonical)
+        return canonical
+
     def tasks_named(self, name: str) -> list[dict[str, Any]]:
         """Tasks called ``name``, oldest first."""
         return [t for t in self.tasks.values() if t["name"] == name]

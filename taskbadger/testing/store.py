@@ -117,12 +117,15 @@ class Store:
         self._seq = 0
         #: the project's monitors; None: every well-formed monitor id is one (see ``TaskBadgerServer.add_monitor``)
         self.monitors: set[str] | None = None
+        #: monitors of another project, which the service may answer 403 for (``TaskBadgerServer.foreign_monitor``)
+        self.foreign_monitors: set[str] = set()
 
     def clear(self) -> None:
         with self.lock:
             self.tasks.clear()
             self.children.clear()
             self.monitors = None
+            self.foreign_monitors.clear()
             self.actions.clear()
 
     def represent(self, task: StoredTask, *, with_data: bool = True) -> dict[str, Any]:
@@ -221,6 +224,8 @@ class Store:
             self._check_parent(None, cleaned, errors)
             if errors:
                 return (400, errors, {}), None
+            if monitor in self.foreign_monitors:
+                return _error(403, "You do not have permission to perform this action."), None
             if monitor is not None and self.monitors is not None and monitor not in self.monitors:
                 # The contract is silent; the service looks the monitor up among the project's: one it does not
                 # hold (a typo, deleted, another project's) is not found, and no task is created.
