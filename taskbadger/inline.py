@@ -14,7 +14,8 @@ its publisher could not track, and by ``@track``.
   background (``taskbadger.http.late``), and the task it names is closed as ``cancelled`` with
   ``data["abandoned"]`` saying why, unless a worker has taken it up meanwhile (after ``LATE_CLOSE_GRACE``, for a
   publish: so that a worker taking it up now is seen): no task stays ``pending`` for ever because its creator
-  stopped waiting.
+  stopped waiting. A worker's create for a run that has started is not closed: the run's outcome is recorded on
+  it (at once if the run has ended, else when it ends: ``settle_later``).
 * A create refused because of its monitor is made again at once without it, within the same budget, and the
   monitor is left out of later creates for a while (``taskbadger.monitors``): the task is tracked, without the
   monitor, and one warning says which setting to fix.
@@ -82,7 +83,8 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
         return Created(None)  # skipped: certainly not created
     deadline = http.Deadline(config.publish_budget, config.timeout[0])
     try:
-        task = _create(config, name, fields, monitor_id, deadline, _close_when_answered(config, name, where))
+        task = _create(config, name, fields, monitor_id, deadline,
+                       _close_when_answered(config, name, where, fields.get("external_id")))
     except CreateSkipped:
         breaker.end(call)  # before_create said no: nothing was asked of the API
         return Created(None)
@@ -276,6 +278,9 @@ class _Settler:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._waiting: dict[str, tuple[dict[str, Any], float, float]] = {}  # external id -> (fields, since, horizon)
+        #: runs looked up and not found (their create not carried out yet, perhaps): external id -> fields, for a
+        #: late answer to their create (``late_answer``)
+        self._unfound: dict[str, dict[str, Any]] = {}
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
@@ -315,7 +320,26 @@ class _Settler:
                     break
                 if found.task is not None:  # never over a final state (a late answer may have closed it)
                     sender.submit(found.task.id, {**fields, merge.UNLESS_FINAL: True}, final=True)
+                else:
+                    self._not_found(external_id, fields)
                 self._forget(external_id)
+
+    def late_answer(self, external_id: str, task_id: str) -> bool:
+        """The create of run ``external_id`` was answered late with ``task_id``: if the run has ended (its outcome
+        waits here, or was looked up before the create was carried out), record its outcome on that task."""
+        with self._cond:
+            waiting = self._waiting.pop(external_id, None)
+            fields = waiting[0] if waiting is not None else self._unfound.pop(external_id, None)
+        if fields is None:
+            return False
+        sender.submit(task_id, {**fields, merge.UNLESS_FINAL: True}, final=True)
+        return True
+
+    def _not_found(self, external_id: str, fields: dict[str, Any]) -> None:
+        with self._cond:
+            if len(self._unfound) >= self.MAX_SETTLING:
+                self._unfound.pop(next(iter(self._unfound)))
+            self._unfound[external_id] = fields
 
     def settle_now(self, give_up: Callable[[], bool]) -> None:
         with self._cond:
@@ -386,17 +410,28 @@ def _log_untracked(name: str, where: str, err: Exception) -> None:
 LATE_CLOSE_GRACE = 30.0
 
 
-def _close_when_answered(config: Config, name: str, where: str) -> http.LateAnswer:
+def _close_when_answered(config: Config, name: str, where: str, external_id: Any = None) -> http.LateAnswer:
     """The callback for a create's late answer: close the task it names. A task created at publish is
-    closed only if it is still ``pending``: a worker may have found it and taken it up. One created
-    for a run that has started (by a worker, by ``@track``) is nobody else's to take up: the run went
-    on untracked."""
+    closed only if it is still ``pending``: a worker may have found it and taken it up. One a worker created
+    for a run that has started, with an ``external_id``, is the run's: it records its outcome on it
+    (``create_at_start`` settles it). Another (``@track``) is nobody else's to take up: the run went on
+    untracked."""
 
     def close(answer: http.Answer) -> None:
         try:
             task = endpoints.task_answer(config, http.decode(*answer))
         except Exception:
             return  # an error status, or not a task: nothing was created that we could close
+        if where == "start" and isinstance(external_id, str) and external_id:
+            # Made for a run that has started: the run records its outcome on it (``settle``, or the lookup made after
+            # the create was given up found it); its outcome is recorded now if it has ended. Closing it would
+            # cancel a run that went on, and its monitor's check-in.
+            settler = _settler.get()
+            if not settler.late_answer(external_id, task.id):
+                log_throttled(f"late:{name[:200]}", 60.0, logging.INFO,
+                              "Task Badger: task %s was created after its create was given up; its run records its "
+                              "outcome on it", short(name))
+            return
         reason = (f"Task Badger answered this create after the {config.publish_budget:g} s its caller could "
                   "wait; the caller went on without it" + (" (the run, if it happens, is tracked as another task)"
                                                           if where == "publish" else ", and the run untracked"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 
 import procrastinate
 import pytest
@@ -133,3 +134,28 @@ def test_an_async_jobs_body_never_waits_for_the_api_on_the_workers_event_loop(ap
     api.wait_for(lambda: next((t for t in api.tasks.values() if t["external_id"] == str(job_id)
                                and t["status"] == "success" and t["value"] == 2
                                and t["data"] == {"origin": "deferred", "seen": "async"}), None), timeout=20)
+
+
+def test_a_periodic_run_whose_create_is_answered_late_keeps_its_outcome(taskbadger_server, dsn):  # noqa: F811
+    """Every answer slow, past the worker's publish budget: the worker's create of a periodic run is carried out and
+    answered late, after the run has ended. The run's outcome waited to be recorded on the task (looked up by its job
+    id once the API answers within the budget), but the late answer closed the task first, as cancelled ("abandoned…
+    the run untracked"): a monitored run that succeeded checked in as cancelled."""
+    monitor = str(uuid.uuid4())
+    queue = f"late-{uuid.uuid4().hex[:6]}"
+    taskbadger_server.set_latency(BUDGET + 0.6)
+    worker = start(taskbadger_server, dsn, queue=queue, extra_env={
+        "TB_PRO_PERIODIC": "1", "TB_PRO_QUEUE": queue, "TB_PRO_MONITORS": json.dumps({"tick": monitor}),
+        "TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    try:
+        def first_ended():  # polls the stand-in under a deadline
+            ticks = taskbadger_server.tasks_named("tick")
+            return ticks[0] if ticks and ticks[0]["status"] in ("success", "error", "cancelled") else None
+
+        first = taskbadger_server.wait_for(first_ended, timeout=30)
+    finally:
+        stop(worker)
+        taskbadger_server.set_latency(0)
+    assert (first["status"], first["monitor_id"]) == ("success", monitor), first
+    assert "abandoned" not in (first["data"] or {})
+    assert not [t for t in taskbadger_server.tasks_named("tick") if t["status"] == "cancelled"]
