@@ -45,6 +45,7 @@ def status_words() -> dict[str, str]:
         "_unavailable": gettext("Progress is unavailable right now; retrying…"),
         "_gone": gettext("Progress is not available. Reload the page to try again."),
         "_untracked": gettext("Progress is not available for this task."),
+        "_signin": gettext("Sign in again to see progress."),
     }
 
 

@@ -10,8 +10,12 @@
  *   304  nothing changed (the script sends If-None-Match)
  *   503  Task Badger is unavailable: say so, keep the bar as it was, retry with a growing delay
  *   403, 404  no progress for this viewer (an expired or foreign token, an unknown task): say so, stop
+ *   a redirect, 401  a login wall in front of the URL (a login-required middleware, a single-sign-on proxy)
+ *             wants the viewer to sign in: say so, stop (the redirect is not followed: it leads to a login
+ *             page, HTML, or to another origin the script may not read)
  * Events, on the element, bubbling: "taskbadger:progress" (every change), "taskbadger:done" (once, at
- * the end; detail.status is the final status), "taskbadger:unavailable" (detail.httpStatus); none before
+ * the end; detail.status is the final status), "taskbadger:unavailable" (detail.httpStatus, detail.retrying,
+ * detail.signIn when a login wall stopped the poll); none before
  * DOMContentLoaded (they wait for it), so that the page's own deferred scripts hear them all.
  */
 (function () {
@@ -123,6 +127,7 @@
       headers: headers,
       credentials: "same-origin",
       cache: "no-store",
+      redirect: "manual", // the progress URL never redirects: a redirect is a login wall (see below)
       signal: controller ? controller.signal : undefined,
     }).then(function (response) {
       if (response.status === 200) {
@@ -139,6 +144,16 @@
       }
       if (response.status === 404) {
         self.unavailable(404, true); // no such task: reloading would not help
+        return null;
+      }
+      if (response.type === "opaqueredirect" || response.status === 401) {
+        // Sent to sign in: by a login-required middleware or a single-sign-on proxy that does not exempt this
+        // URL, or because the viewer's session there ended. Polling again would only poll the login page.
+        if (window.console && window.console.warn) {
+          window.console.warn("Task Badger progress: " + self.url + " was sent to sign in (" +
+            (response.status || "a redirect") + "); a login wall in front of the site must let it through.");
+        }
+        self.unavailable(response.status, true, true);
         return null;
       }
       if (response.status === 403 || response.status === 400 || response.status === 410) {
@@ -224,12 +239,13 @@
     }
   };
 
-  Bar.prototype.unavailable = function (httpStatus, final) {
+  Bar.prototype.unavailable = function (httpStatus, final, signIn) {
     this.stopped = final;
     this.el.setAttribute("data-state", "unavailable");
-    setText(this.statusEl, httpStatus === 0 || httpStatus === 404 ?
-      this.word("_untracked", "Progress is not available for this task.") :
-      this.word("_gone", "Progress is not available."));
+    setText(this.statusEl, signIn ? this.word("_signin", "Sign in again to see progress.") :
+      httpStatus === 0 || httpStatus === 404 ?
+        this.word("_untracked", "Progress is not available for this task.") :
+        this.word("_gone", "Progress is not available."));
     setText(this.percentEl, "");
     if (this.track) {
       this.track.removeAttribute("aria-valuenow");
@@ -238,7 +254,11 @@
     if (this.fill) {
       this.fill.style.width = "";
     }
-    this.emit("taskbadger:unavailable", { httpStatus: httpStatus, retrying: false });
+    var detail = { httpStatus: httpStatus, retrying: false };
+    if (signIn) {
+      detail.signIn = true;
+    }
+    this.emit("taskbadger:unavailable", detail);
   };
 
   Bar.prototype.emit = function (name, body) {
