@@ -303,6 +303,29 @@ def test_capture_output_reaches_the_terminal_entirely_and_the_task_keeps_a_tail(
     assert data["return_code"] == 0
 
 
+def test_the_api_key_the_command_prints_is_not_kept_on_its_task(taskbadger_server, env):
+    """A script that prints its environment (a CI step's debugging), or ``curl -v`` with the key in its header,
+    put the API key into the task's data: on the task's page, and to every reader of the project's tasks. What
+    reaches the terminal is the command's output as it is; only what the task keeps is redacted, the key whole,
+    as its secret part (a Bearer header), and what is left of it where the kept tail begins."""
+    key = taskbadger_server.api_key
+    bearer = base64.b64decode(key).decode().split("/")[2]
+    child = python(f"""
+        import os, sys
+        print("TASKBADGER_API_KEY=" + os.environ["TASKBADGER_API_KEY"])
+        sys.stderr.write("> Authorization: Bearer {bearer}\\n")
+        sys.stderr.write("x" * {CAPTURE_LIMIT} + "{key}" + "y" * ({CAPTURE_LIMIT} - 9))
+    """)
+    result = subprocess.run([*CLI, "run", "debug env", "--capture-output", "--", *child], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"TASKBADGER_API_KEY={key}\n" and f"Bearer {bearer}" in result.stderr  # as printed
+    data = only_task(taskbadger_server, "debug env")["data"]
+    assert data["stdout"] == "TASKBADGER_API_KEY=[redacted: API key]\n"
+    assert not data["stderr"].startswith(key[-9:]) and data["stderr"].endswith("y" * 100)
+    assert bearer not in json.dumps(data) and key[-9:] not in json.dumps(data)
+
+
 def test_get_shows_why_a_run_failed_without_json(taskbadger_server, env):
     """Issue 21, item 8: the pretty view showed `Status: error` and nothing of the return code, the error or
     the output."""

@@ -31,6 +31,7 @@ What a crontab line or a CI step can rely on:
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import random
@@ -60,6 +61,8 @@ FIRST_BACKOFF, MAX_BACKOFF = 0.25, 8.0
 #: Characters of each captured stream kept on the task (the tail: where errors are).
 CAPTURE_LIMIT = 16_000
 TRANSIENT = (TransportError, ServerError, RateLimited)
+#: What the captured output keeps of the API key, when the command printed it (``env``, ``curl -v``).
+REDACTED = "[redacted: API key]"
 
 
 def run_command(name: str, command: Sequence[str], *, configure: Callable[[], Config], update_frequency: int = 5,
@@ -149,7 +152,8 @@ class _Run:
                     pipe.close()
         try:
             if self.tracker:
-                self.tracker.start_heartbeat(self.frequency, lambda: _captured(pumps))
+                secrets = _secrets(self.tracker.config)
+                self.tracker.start_heartbeat(self.frequency, lambda: _captured(pumps, secrets))
         except Exception as error:
             self.note(f"tracking stopped: {describe_error(error)}")
         returncode = _wait(child)
@@ -158,7 +162,7 @@ class _Run:
             pump.join(max(0.0, deadline - time.monotonic()))
         status = process.ExitStatus.of(returncode)
         code = int(status)
-        data: dict[str, Any] = _captured(pumps) or {}
+        data: dict[str, Any] = _captured(pumps, _secrets(self.tracker.config) if self.tracker else ()) or {}
         if returncode < 0:
             data["signal"] = process.signal_name(-returncode)
         if self.relay.forwarded:
@@ -225,17 +229,41 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-def _captured(pumps: Sequence[process.Pump]) -> dict[str, Any] | None:
+def _captured(pumps: Sequence[process.Pump], secrets: Sequence[str]) -> dict[str, Any] | None:
     if not pumps:
         return None
     data: dict[str, Any] = {}
     for pump in pumps:
         text, cut = pump.tail.snapshot()
         if text:
-            data[pump.name] = text
+            data[pump.name] = _redact(text, secrets, cut_before=bool(cut))
         if cut:
             data[f"{pump.name}_truncated_chars"] = cut
     return data
+
+
+def _secrets(config: Config) -> tuple[str, ...]:
+    """The API key in the forms a command may print it, longest first: as it is configured (the project key,
+    base64 of "org/project/secret", with or without its padding; ``TASKBADGER_API_KEY`` as it is set) and its
+    secret part (what an ``Authorization: Bearer`` header carries)."""
+    token = str(config.token)
+    forms = {token, os.environ.get("TASKBADGER_API_KEY", "").strip()}
+    if config.organization_slug and config.project_slug:
+        key = base64.b64encode(f"{config.organization_slug}/{config.project_slug}/{token}".encode()).decode()
+        forms |= {key, key.rstrip("=")}
+    return tuple(sorted((form for form in forms if len(form) >= 8), key=len, reverse=True))
+
+
+def _redact(text: str, secrets: Sequence[str], cut_before: bool) -> str:
+    """``text`` without the key; when characters were cut before it (``cut_before``), the kept tail may begin
+    inside a key: what is left of it goes too."""
+    for form in secrets:
+        text = text.replace(form, REDACTED)
+    for form in secrets if cut_before else ():
+        for length in range(len(form) - 1, 3, -1):
+            if text.startswith(form[-length:]):
+                return REDACTED + text[length:]
+    return text
 
 
 class Tracker:
