@@ -274,6 +274,22 @@ def test_the_command_runs_when_we_are_started_with_stdout_or_stderr_closed(taskb
     assert task["data"]["return_code"] == 4
 
 
+@pytest.mark.skipif(os.name != "posix", reason="descriptors are inherited by number on POSIX")
+def test_the_command_gets_the_file_descriptors_we_were_given(taskbadger_server, env, tmp_path):
+    """A descriptor the crontab line or the caller opened for the command (``3>>log``, a make jobserver's,
+    systemd's sockets) was closed for it: the command failed ('3: Bad file descriptor', status 2) where it
+    succeeded without taskbadger. The SDK's own descriptors are not inheritable (PEP 446): none of ours leak."""
+    log = tmp_path / "fd3.log"
+    inner = shlex.join([*CLI, "run", "fd3", "--", "sh", "-c", "echo wrapped >&3; ls /proc/$$/fd"])
+    result = subprocess.run(["sh", "-c", f"{inner} 3>>{shlex.quote(str(log))}"], env=env, stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert log.read_text() == "wrapped\n"
+    if os.path.isdir("/proc/self/fd"):  # the command has its three, the one it was given, and ls's own
+        assert sorted(int(fd) for fd in result.stdout.split()) == [0, 1, 2, 3]
+    assert only_task(taskbadger_server, "fd3")["status"] == "success"
+
+
 def test_a_single_command_line_runs_through_the_shell(taskbadger_server, env):
     # what crontab lines written for the official CLI (which always used a shell) look like
     result = cli("run", "shell", "--", "echo abc | tr a x; exit 3", env=env)

@@ -3,7 +3,8 @@
 * **Arguments.** Several arguments are an argv, run as given (no shell). A single argument that reads
   like a shell command line (``'./backup.sh --full | gzip'``) runs through ``/bin/sh -c``: the official
   CLI ran every command that way, so crontab lines written for it keep working.
-* **Environment.** The child inherits ours; ``TASKBADGER_TASK_ID`` is added to it.
+* **Environment.** The child inherits ours; ``TASKBADGER_TASK_ID`` is added to it. It gets the file
+  descriptors we were given (``3>>log``), not ours.
 * **Exit status.** A command that cannot be found exits 127 and one that cannot be executed 126, as in a
   shell; a child killed by signal N gives 128 + N, and one killed by SIGINT ends us by SIGINT too
   (``RERAISED``), once its outcome is recorded: the script we run in stops on a Ctrl-C as it would
@@ -223,7 +224,9 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], capture: bool) -> subproc
         except (AttributeError, OSError, ValueError):  # AttributeError: None, the descriptor was closed
             pass
     pipe = subprocess.PIPE if capture else None
-    return subprocess.Popen(list(argv), env=dict(env), stdout=pipe, stderr=pipe, close_fds=True)
+    # close_fds=False: the descriptors we were given for the command (``3>>log``, a jobserver's, systemd's
+    # sockets) reach it, as without us; those Python opened here are not inheritable (PEP 446) and stay ours.
+    return subprocess.Popen(list(argv), env=dict(env), stdout=pipe, stderr=pipe, close_fds=False)
 
 
 def start_pumps(child: subprocess.Popen[bytes], limit: int) -> list[Pump]:
