@@ -495,6 +495,26 @@ def test_a_trial_call_that_fails_reopens_the_breaker():
     assert breaker.state() == "open" and breaker.begin() is None
 
 
+def test_a_trial_call_that_fails_after_a_quiet_spell_still_reopens_the_breaker(monkeypatch, tb_log):
+    # An outage, then nothing published for a minute; the API now answers reads but hangs on creates. The
+    # trial call's failure reopens the breaker (a fresh outage: a short pause), instead of starting a new
+    # count that lets four more creates wait their whole budget (a CI run saw five after one probe).
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    breaker = Breaker(failure_threshold=3, min_cooldown=0.25)
+    for _ in range(3):
+        fail_once(breaker)
+    clock[0] += 60.0
+    trial = breaker.begin()
+    assert trial is not None and breaker.begin() is None  # one call finds out
+    clock[0] += 0.5
+    breaker.end(trial, TimeoutError("did not answer within 0.5 s"))
+    assert breaker.state() == "open" and breaker.begin() is None
+    clock[0] += 0.3  # counted from the trial: a fresh outage pauses a quarter second, not 30 s
+    assert breaker.state() == "half-open"
+    assert len([m for m in tb_log.messages if "new tasks are not tracked;" in m]) == 1  # said once
+
+
 def test_without_a_probe_one_call_finds_out_after_the_cooldown():
     breaker = Breaker(failure_threshold=3, min_cooldown=0.05)
     for _ in range(3):

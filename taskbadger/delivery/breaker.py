@@ -157,8 +157,13 @@ class Breaker:
             self._trial = True  # it answered: it is up
 
     def _failed(self, started: float, now: float, err: Exception) -> None:
+        was_open = self._failures >= self.failure_threshold
         if self._failures and started - self._last_failure > max(4 * self._cooldown, 5.0):
-            self._failures = 0  # nothing tried for a while: what we knew is stale, start counting again
+            # Nothing tried for a while: what we knew is stale, so the failing is counted from this call. A trial
+            # call (open, and a probe found the API answering) still reopens the breaker when it fails: the probe
+            # is fresh news, and this failure says the API answers reads but not our calls.
+            self._failures = self.failure_threshold - 1 if was_open else 0
+            self._failing_since = started
         if self._failures == 0:
             self._failing_since = started
         self._last_failure = now
@@ -166,7 +171,7 @@ class Breaker:
         self._trial = False
         if self._failures >= self.failure_threshold:
             self._cooldown = min(self.max_cooldown, max(self.min_cooldown, (now - self._failing_since) / 2))
-            if self._failures == self.failure_threshold:
+            if not was_open:
                 log.warning("Task Badger API failing (%s): new tasks are not tracked; it is tried again in "
                             "%.1f s, then further apart while it keeps failing (%.0f s at most)", err,
                             self._cooldown, self.max_cooldown)
