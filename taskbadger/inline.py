@@ -314,15 +314,25 @@ class _Settler:
                                   "dropped: its task could not be looked up for %.0f s (%d dropped so far)",
                                   short(external_id), horizon, self.dropped)
                     continue
-                found = find(external_id, open_only=True)
-                if not found.asked:  # the API is failing: wait until it answers again
+                settled = self._settle(external_id, fields)
+                if settled is None:  # the API is failing: wait until it answers again
                     publish_breaker().wait_until_up(SETTLE_WAIT)
                     break
-                if found.task is not None:  # never over a final state (a late answer may have closed it)
-                    sender.submit(found.task.id, {**fields, merge.UNLESS_FINAL: True}, final=True)
-                else:
+                if not settled:
                     self._not_found(external_id, fields)
-                self._forget(external_id)
+                    self._forget(external_id)
+
+    def _settle(self, external_id: str, fields: dict[str, Any]) -> bool | None:
+        """Look up the task of run ``external_id``; if found, record the run's outcome on it and stop waiting for it.
+        True: found; False: the API holds no open task for it (yet); None: the API was not asked (failing)."""
+        found = find(external_id, open_only=True)
+        if not found.asked:
+            return None
+        if found.task is None:
+            return False
+        _record(found.task.id, fields)
+        self._forget(external_id)
+        return True
 
     def late_answer(self, external_id: str, task_id: str) -> bool:
         """The create of run ``external_id`` was answered late with ``task_id``: if the run has ended (its outcome
@@ -332,7 +342,7 @@ class _Settler:
             fields = waiting[0] if waiting is not None else self._unfound.pop(external_id, None)
         if fields is None:
             return False
-        sender.submit(task_id, {**fields, merge.UNLESS_FINAL: True}, final=True)
+        _record(task_id, fields)
         return True
 
     def _not_found(self, external_id: str, fields: dict[str, Any]) -> None:
@@ -345,14 +355,8 @@ class _Settler:
         with self._cond:
             batch = list(self._waiting.items())
         for external_id, (fields, _, _) in batch:
-            if give_up():
-                return
-            found = find(external_id, open_only=True)
-            if not found.asked:
-                return
-            if found.task is not None:
-                sender.submit(found.task.id, {**fields, merge.UNLESS_FINAL: True}, final=True)
-                self._forget(external_id)
+            if give_up() or self._settle(external_id, fields) is None:
+                return  # a run not found stays waiting (for the spool): its create may still be under way
 
     def busy(self) -> bool:
         with self._cond:
@@ -372,6 +376,11 @@ class _Settler:
     def _forget(self, external_id: str) -> None:
         with self._cond:
             self._waiting.pop(external_id, None)
+
+
+def _record(task_id: str, fields: dict[str, Any]) -> None:
+    """Queue a run's outcome, found late, on its task: never over a final state (a late answer may have closed it)."""
+    sender.submit(task_id, {**fields, merge.UNLESS_FINAL: True}, final=True)
 
 
 #: Most seconds between tries of runs waiting for their task while the API is failing (a try is made
