@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import mmap
 import os
+import pathlib
 import signal
 import sys
 import threading
@@ -197,6 +198,22 @@ def start_daemon_thread(target: Callable[[], object], name: str) -> threading.Th
 #: Longest piece of outside text quoted in one log line: a 10,000-character task name must not make
 #: every warning 10 KB long.
 MAX_LOGGED_CHARS = 120
+
+
+def make_private_dirs(directory: str | os.PathLike[str]) -> None:
+    """``mkdir -p`` where each directory made is 0700, as the XDG base directory rule asks: plain ``mkdir -p`` makes
+    the ones above with the umask's mode (0777 under umask 0), and another user could then swap what lies below
+    them (the spool, the CLI's config file with its API key). Directories already there are left as they are."""
+    path = pathlib.Path(directory)
+    missing = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=0o700)  # the umask can only take bits away
+        except FileExistsError:
+            pass  # made by another process meanwhile: whoever uses it checks it
 
 
 def short(value: Any, limit: int = MAX_LOGGED_CHARS) -> str:

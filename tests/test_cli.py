@@ -823,6 +823,19 @@ def test_configure_in_a_new_home_and_without_a_terminal(tmp_path):
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
 
+def test_configure_under_umask_0_makes_private_directories(tmp_path):
+    # The config file holds the API key: under umask 0 (some containers and supervisors), the directories made above
+    # it must not be writable by every user (one could swap in a config file that sends the key elsewhere).
+    env = make_env(tmp_path, XDG_CONFIG_HOME=str(tmp_path / "home" / ".config"))
+    result = subprocess.run([*CLI, "configure", "--key", "legacy-key", "--org", "acme", "--project", "demo"], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30,
+                            umask=0)
+    assert result.returncode == 0, result.stderr
+    for made in (tmp_path / "home" / ".config", tmp_path / "home" / ".config" / "taskbadger"):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+    assert stat.S_IMODE((tmp_path / "home" / ".config" / "taskbadger" / "config").stat().st_mode) == 0o600
+
+
 def converse(argv: list[str], env: dict[str, str], answers: list[tuple[str, str]], timeout: float = 15) -> str:
     """Run ``argv`` on a terminal of its own; type each answer once its prompt shows. Returns the transcript."""
     import pty

@@ -185,6 +185,21 @@ def test_spool_off_means_dropped_counted_and_said(taskbadger_server, tb_log):
     assert any("the spool is off" in r.getMessage() for r in tb_log.records)
 
 
+def test_the_directories_the_spool_makes_are_private_whatever_the_umask(tmp_path):
+    # A process started with umask 0 (some containers and supervisors do): the directories made above the spool's
+    # own must not be left writable by every user.
+    spool_dir = tmp_path / "state" / "taskbadger" / "spool"
+    mode_before = stat.S_IMODE(tmp_path.stat().st_mode)
+    code = ("import sys; from taskbadger.delivery.spool import Entry, Spool; "
+            "print(Spool(sys.argv[1]).write('a' * 16, [Entry({'status': 'success'}, task_id='T' * 26)]))")
+    out = subprocess.run([sys.executable, "-c", code, str(spool_dir)], capture_output=True, text=True, check=True,
+                         umask=0)
+    assert out.stdout.strip() == "(1, 0)", out
+    for made in (tmp_path / "state", tmp_path / "state" / "taskbadger", spool_dir):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o700, made
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == mode_before  # there before: left as it was
+
+
 def test_a_directory_others_can_write_is_not_used(spool_dir, tb_log):
     spool_dir.mkdir(mode=0o700)
     os.chmod(spool_dir, 0o777)

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import taskbadger
+from taskbadger._runtime import make_private_dirs
 from taskbadger.config import DEFAULT_HOST, DEFAULT_TIMEOUT, Config, key_kind, parse_project_key, validate_host
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import is_slug
@@ -101,7 +102,7 @@ def write_file(path: Path, document: Mapping[str, Any]) -> None:
     except ModuleNotFoundError:
         raise SettingsError(f"writing the config file needs the 'tomli-w' package: {INSTALL_HINT}") from None
     payload = tomli_w.dumps(dict(document)).encode("utf-8")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     # mkstemp creates the file 0600, so the key is never readable by others, not even for an instant.
     fd, temporary = tempfile.mkstemp(prefix=".config-", dir=path.parent)
     try:

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._runtime import PerProcess, log_throttled, short
+from .._runtime import PerProcess, log_throttled, make_private_dirs, short
 from ..config import Config
 from ..models import MAX_NAME_LENGTH, STATUS_VALUES, has_control_characters, is_count, is_task_id
 
@@ -256,8 +256,9 @@ class Spool:
         return self.directory / name
 
     def _ready(self) -> None:
-        """Make the directory (0700) and check that it is ours and nobody else's to write."""
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        """Make the directory, and each missing one above it, 0700; check that it is ours and nobody else's to
+        write."""
+        make_private_dirs(self.directory)
         self._check_owner()
 
     def _check_owner(self) -> None:
