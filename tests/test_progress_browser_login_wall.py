@@ -1,7 +1,8 @@
 """The progress bar behind a login wall that does not exempt its polls: a project's own login-required middleware
 (what many wrote before Django 5.1's, usually with a list of public paths), or a single-sign-on proxy in front of
 the site. A poll is then sent to a login page, on the site (a redirect the browser follows, to HTML) or at the
-proxy's sign-in host (another origin), or refused with a 401. The bar must say so and stop, not retry for ever."""
+proxy's sign-in host (another origin), refused with a 401, or answered with the sign-in page itself (200 or 403,
+HTML). The bar must say so and stop, not retry for ever."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from .test_progress_browser import _fresh, bar, driver, events, server, wait  # 
 pytestmark = pytest.mark.urls("tests.test_progress_browser_login_wall")
 
 LOGIN_PAGE = "<!doctype html><html><head><title>Sign in</title></head><body><form>Sign in</form></body></html>"
-#: Where the wall sends the polls it stops ("login", "sso" or "401"), and how many it stopped.
+#: Where the wall sends the polls it stops ("login", "sso"; or "401", "200", "403": the sign-in page with that status),
+#: and how many it stopped.
 WALL = {"mode": "login", "sso": None, "stopped": 0}
 
 
@@ -42,8 +44,8 @@ class LoginWall:
         if request.user.is_authenticated or request.path.startswith(self.PUBLIC):
             return self.get_response(request)
         WALL["stopped"] += request.path.startswith("/taskbadger/progress/")  # the bar's polls (not the favicon)
-        if WALL["mode"] == "401":
-            return HttpResponse(LOGIN_PAGE, status=401)
+        if WALL["mode"] in ("401", "200", "403"):  # a sign-in page where the poll asked (as some proxies do)
+            return HttpResponse(LOGIN_PAGE, status=int(WALL["mode"]))
         login_url = WALL["sso"] if WALL["mode"] == "sso" else settings.LOGIN_URL
         return redirect_to_login(request.get_full_path(), login_url)
 
@@ -104,9 +106,9 @@ def walled_site():
                 thread.join(10)
 
 
-@pytest.mark.parametrize("mode", ["login", "sso", "401"])
+@pytest.mark.parametrize("mode", ["login", "sso", "401", "200", "403"])
 @pytest.mark.django_db(transaction=True)
-def test_a_poll_sent_to_sign_in_says_so_and_stops(server, driver, walled_site, mode):  # noqa: F811 (fixtures)
+def test_a_poll_sent_to_sign_in_says_so_and_stops(server, driver, walled_site, mode, tmp_path):  # noqa: F811
     """It said 'Progress is unavailable right now; retrying…' for ever, polling the login page every 30 seconds,
     and nothing anywhere said why."""
     WALL["mode"] = mode
@@ -116,7 +118,7 @@ def test_a_poll_sent_to_sign_in_says_so_and_stops(server, driver, walled_site, m
     wait(driver, lambda d: bar(d)["state"] == "unavailable" or bar(d)["unavailable"])
     wait(driver, lambda d: bar(d)["fill"] == 0)  # the loading sweep gone: nothing is going on (no transition left)
     shown = bar(driver)
-    driver.save_screenshot(f"/tmp/h6-shots/login_wall_{mode}.png")
+    driver.save_screenshot(str(tmp_path / f"login_wall_{mode}.png"))  # to look at: pytest --basetemp
     assert (shown["state"], shown["status"], shown["percent"], shown["valuenow"]) == (
         "unavailable",
         "Sign in again to see progress.",
@@ -124,7 +126,8 @@ def test_a_poll_sent_to_sign_in_says_so_and_stops(server, driver, walled_site, m
         None,
     ), shown
     [unavailable] = events(driver, "taskbadger:unavailable")
-    assert unavailable["detail"] == {"httpStatus": 401 if mode == "401" else 0, "retrying": False, "signIn": True}
+    assert unavailable["detail"] == {"httpStatus": int(mode) if mode.isdigit() else 0, "retrying": False,
+                                     "signIn": True}
     stopped = WALL["stopped"]
     assert stopped == 1
     time.sleep(2.5)  # five poll intervals, and the first retry's delay: a window in which no poll may come

@@ -13,6 +13,8 @@
  *   a redirect, 401  a login wall in front of the URL (a login-required middleware, a single-sign-on proxy)
  *             wants the viewer to sign in: say so, stop (the redirect is not followed: it leads to a login
  *             page, HTML, or to another origin the script may not read)
+ *   200, 403 that are not JSON  not the view's (it always answers JSON) but a page served in its place: a
+ *             sign-in page (a single-sign-on proxy that shows its form without redirecting): the same
  * Events, on the element, bubbling: "taskbadger:progress" (every change), "taskbadger:done" (once, at
  * the end; detail.status is the final status), "taskbadger:unavailable" (detail.httpStatus, detail.retrying,
  * detail.signIn when a login wall stopped the poll); none before
@@ -23,6 +25,10 @@
   if (window.TaskBadgerProgress) {
     window.TaskBadgerProgress.scan(document);
     return;
+  }
+
+  function isJson(response) {
+    return /^application\/([\w.-]+\+)?json\s*(;|$)/i.test(response.headers.get("Content-Type") || "");
   }
 
   // data-state of the statuses drawn their own way; "stale" is not an end (the task may report again)
@@ -130,6 +136,10 @@
       redirect: "manual", // the progress URL never redirects: a redirect is a login wall (see below)
       signal: controller ? controller.signal : undefined,
     }).then(function (response) {
+      if ((response.status === 200 || response.status === 403) && !isJson(response)) {
+        self.sentToSignIn(response.status, "a page that is not progress");
+        return null;
+      }
       if (response.status === 200) {
         return response.json().then(function (body) {
           self.etag = response.headers.get("ETag");
@@ -147,13 +157,7 @@
         return null;
       }
       if (response.type === "opaqueredirect" || response.status === 401) {
-        // Sent to sign in: by a login-required middleware or a single-sign-on proxy that does not exempt this
-        // URL, or because the viewer's session there ended. Polling again would only poll the login page.
-        if (window.console && window.console.warn) {
-          window.console.warn("Task Badger progress: " + self.url + " was sent to sign in (" +
-            (response.status || "a redirect") + "); a login wall in front of the site must let it through.");
-        }
-        self.unavailable(response.status, true, true);
+        self.sentToSignIn(response.status, response.status ? String(response.status) : "a redirect");
         return null;
       }
       if (response.status === 403 || response.status === 400 || response.status === 410) {
@@ -237,6 +241,16 @@
         this.draw(this.last);
       }
     }
+  };
+
+  /* Sent to sign in: by a login-required middleware or a single-sign-on proxy that does not exempt this URL, or
+   * because the viewer's session there ended. Polling again would only poll the login page. */
+  Bar.prototype.sentToSignIn = function (httpStatus, how) {
+    if (window.console && window.console.warn) {
+      window.console.warn("Task Badger progress: " + this.url + " was sent to sign in (" + how +
+        "); a login wall in front of the site must let it through.");
+    }
+    this.unavailable(httpStatus, true, true);
   };
 
   Bar.prototype.unavailable = function (httpStatus, final, signIn) {
