@@ -200,6 +200,25 @@ def test_the_directories_the_spool_makes_are_private_whatever_the_umask(tmp_path
     assert stat.S_IMODE(tmp_path.stat().st_mode) == mode_before  # there before: left as it was
 
 
+def test_files_of_a_rotated_api_key_expire_after_the_final_horizon(spool_dir, tb_log):
+    # The key was rotated after an outage: nobody reads the old key's files any more. Left for ever, they held the
+    # spool's room until it refused every write. Expired ones go; a newer format's, and recent ones, stay.
+    old_key, new_key, day = "o" * 16, "n" * 16, 24 * 3600.0
+    spool = Spool(spool_dir)
+    spool.write(old_key, [Entry({"status": "success"}, task_id="A" * 26, final=True, since=time.time() - 2 * day)])
+    [expired] = files(spool_dir)
+    spool.write(old_key, [Entry({"status": "success"}, task_id="B" * 26, final=True)])
+    [recent] = [p for p in files(spool_dir) if p != expired]
+    newer = spool_dir / expired.name.replace("o" * 16, "o" * 15 + "p")  # another old key's, by a newer version
+    newer.write_text('{"v":2,"fields":{},"since":0}\n')
+    for path in (expired, newer):
+        os.utime(path, (time.time() - 2 * day, time.time() - 2 * day))
+    claims, dropped = Spool(spool_dir).claim(new_key, 900, final_horizon=day)
+    assert (claims, dropped) == ([], 0)
+    assert files(spool_dir) == sorted([recent, newer])
+    assert any("1 spool file(s) of another API key" in m for m in tb_log.messages)
+
+
 def test_a_directory_others_can_write_is_not_used(spool_dir, tb_log):
     spool_dir.mkdir(mode=0o700)
     os.chmod(spool_dir, 0o777)

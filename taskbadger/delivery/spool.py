@@ -332,6 +332,7 @@ class Spool:
                           self.directory, err)
             return [], 0
         final_horizon = horizon if final_horizon is None else final_horizon
+        self._expire(api, final_horizon)
         for path in self._files(api, claimed=True):
             if path.name.split(_CLAIMED)[0] in _NEWER or (_CLAIMED in path.name and not _abandoned(path)):
                 continue
@@ -354,6 +355,33 @@ class Spool:
             dropped += lost
             claims.append(Claim(mine, entries))
         return claims, dropped
+
+    def _expire(self, api: str, final_horizon: float) -> None:
+        """Remove the files of other API keys that nobody has written for ``final_horizon`` (a key rotated away:
+        nobody reads them any more, and they would hold the spool's room for ever, until it refused every write).
+        Every update in them is older than that, so a reader would drop it too. Only files in this version's format:
+        a newer version may keep its updates longer."""
+        try:
+            names = os.listdir(self.directory)
+        except OSError:
+            return
+        removed = 0
+        oldest = time.time() - final_horizon
+        for name in names:
+            path = self.directory / name
+            if name.startswith(f"{api}-") or name.split(_CLAIMED)[0] in _NEWER or not (
+                    name.endswith(_SUFFIX) or (f"{_SUFFIX}{_CLAIMED}" in name and _abandoned(path))):
+                continue
+            try:
+                if path.lstat().st_mtime >= oldest or not _in_this_format(path):
+                    continue
+                path.unlink()
+            except OSError:
+                continue
+            removed += 1
+        if removed:
+            log.warning("Task Badger: %d spool file(s) of another API key, not written for %.0f h, were removed (every "
+                        "update in them was too old to send)", removed, final_horizon / 3600)
 
     def _take(self, path: pathlib.Path) -> pathlib.Path | None:
         """Claim a file (rename it as this process's); None when another process took it first."""
@@ -453,6 +481,15 @@ def _count(path: pathlib.Path) -> int:
         return int(path.name.split(_SUFFIX)[0].rsplit("-", 1)[1])
     except (IndexError, ValueError):
         return 0
+
+
+def _in_this_format(path: pathlib.Path) -> bool:
+    """Whether a spool file (a regular file) starts with a line this version writes (``Entry.to_json``)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    try:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and os.read(fd, 7) == b'{"v":1,'
+    finally:
+        os.close(fd)
 
 
 def _remove_if_older(path: pathlib.Path, age: float) -> None:
