@@ -2,6 +2,8 @@
 
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -624,3 +626,27 @@ def test_a_final_update_given_back_by_a_failed_synchronous_send_is_not_evicted(t
     assert small.queue.claim("task-a")["status"] == "success"
     taskbadger_server.accept()
     assert small.flush(20)  # task-b: unknown to the server, refused and dropped
+
+
+AT_EXIT = """
+import atexit, sys
+import taskbadger
+
+taskbadger.init(token=sys.argv[2], host=sys.argv[1])
+
+@taskbadger.track(name="cleanup at exit")
+def cleanup():
+    return 1
+
+atexit.register(cleanup)  # runs before Task Badger's own flush at exit (registered at import, so later)
+"""
+
+
+def test_a_tracked_call_made_at_exit_is_delivered_by_the_flush_at_exit(taskbadger_server):
+    # Python 3.12+ refuses to start a thread in an atexit handler: the sender's first thread could not start, the
+    # final state was neither queued nor sent (a traceback instead), and the flush at exit failed the same way (an
+    # internal error). The flush now sends from its own thread.
+    done = subprocess.run([sys.executable, "-c", AT_EXIT, taskbadger_server.url, taskbadger_server.api_key],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    taskbadger_server.wait_for_task(name="cleanup at exit", status="success", timeout=10)

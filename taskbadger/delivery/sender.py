@@ -86,8 +86,9 @@ class Sender:
         queue = self.queue
         with queue.cond:
             if queue.busy():
-                self._ensure_started()
                 queue.send_everything_now()
+                if not self._ensure_started():
+                    return self._flush_here(deadline, give_up)
             while queue.busy():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or (give_up is not None and give_up()):
@@ -97,14 +98,35 @@ class Sender:
 
     # -- threads ------------------------------------------------------------------------------------
 
-    def _ensure_started(self) -> None:
-        # Called with the queue's lock held. A thread takes itself off the list when it ends (only on an
-        # error outside its loop's guard), so no liveness check on every submit.
-        if not self.threads:
-            self._add_thread()
+    def _flush_here(self, deadline: float, give_up: Callable[[], bool] | None) -> bool:
+        """``flush`` from the calling thread, called with the queue's lock held: no thread could be started (Python
+        3.12+ refuses new threads in atexit handlers, where an ending process flushes; and nothing else will send)."""
+        queue = self.queue
+        while queue.busy():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (give_up is not None and give_up()):
+                return False
+            batch = queue.take_batch(self.batch_size, time.monotonic() + min(remaining, 0.05))
+            if batch:
+                queue.cond.release()
+                try:
+                    self._deliver(batch)
+                finally:
+                    queue.cond.acquire()
+        return True
 
-    def _add_thread(self) -> None:
-        self.threads.append(start_daemon_thread(self._run, f"taskbadger-sender-{len(self.threads)}"))
+    def _ensure_started(self) -> bool:
+        """Whether a thread sends (started now if none was). Called with the queue's lock held. A thread takes
+        itself off the list when it ends (only on an error outside its loop's guard), so no liveness check on
+        every submit."""
+        return bool(self.threads) or self._add_thread()
+
+    def _add_thread(self) -> bool:
+        try:
+            self.threads.append(start_daemon_thread(self._run, f"taskbadger-sender-{len(self.threads)}"))
+        except RuntimeError:  # the interpreter is shutting down (3.12+: an atexit handler): flush() sends instead
+            return False
+        return True
 
     def _run(self) -> None:
         try:
@@ -123,6 +145,10 @@ class Sender:
         if not batch:  # woke up to write the delivery line
             self._log_stats()
             return
+        self._deliver(batch)
+
+    def _deliver(self, batch: Batch) -> None:
+        queue = self.queue
         try:
             outcomes = self._send(batch)
         except Exception:  # never let the sender thread die

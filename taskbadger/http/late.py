@@ -48,9 +48,13 @@ class LateReader:
             if len(self._waiting) >= MAX_WAITING:
                 conn.close()
                 return
-            self._waiting[conn.sock.fileno()] = (conn, callback, expect, time.monotonic() + HORIZON)
             if self._thread is None:
-                self._thread = start_daemon_thread(self._run, "taskbadger-late-answers")
+                try:
+                    self._thread = start_daemon_thread(self._run, "taskbadger-late-answers")
+                except RuntimeError:  # the interpreter is shutting down (3.12+: an atexit handler): nobody would
+                    conn.close()  # be left to hear the answer anyway
+                    return
+            self._waiting[conn.sock.fileno()] = (conn, callback, expect, time.monotonic() + HORIZON)
         _poke(self._wake_w)
 
     def waiting(self) -> int:
