@@ -296,7 +296,10 @@ class _Settler:
                 return
             self._waiting[external_id] = (fields, started, horizon)
             if self._thread is None:
-                self._thread = start_daemon_thread(self._run, "taskbadger-settle")
+                try:
+                    self._thread = start_daemon_thread(self._run, "taskbadger-settle")
+                except RuntimeError:  # the interpreter is shutting down (3.12+: an atexit handler): the run stays
+                    pass  # here, for the flush at exit to settle or spool
             self._cond.notify()
 
     def _run(self) -> None:

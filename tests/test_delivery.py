@@ -650,3 +650,27 @@ def test_a_tracked_call_made_at_exit_is_delivered_by_the_flush_at_exit(taskbadge
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     taskbadger_server.wait_for_task(name="cleanup at exit", status="success", timeout=10)
+
+
+SETTLE_AT_EXIT = """
+import atexit, sys
+import taskbadger
+from taskbadger import inline
+
+taskbadger.init(token=sys.argv[2], host=sys.argv[1])
+task = taskbadger.create_task("settled at exit", external_id="run-at-exit")
+
+def interrupted():  # as a create interrupted during an atexit handler: its outcome waits for its task to be found
+    inline.settle_later("run-at-exit", {"status": "cancelled"})
+
+atexit.register(interrupted)
+"""
+
+
+def test_a_run_left_to_settle_at_exit_is_settled_by_the_flush_at_exit(taskbadger_server):
+    # On Python 3.12+ the settler's thread cannot start in an atexit handler: settle_later raised from there (in
+    # place of the exception that interrupted the create). The run now waits for the flush at exit, which finds it.
+    done = subprocess.run([sys.executable, "-c", SETTLE_AT_EXIT, taskbadger_server.url, taskbadger_server.api_key],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    taskbadger_server.wait_for_task(name="settled at exit", status="cancelled", timeout=10)
