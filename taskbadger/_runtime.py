@@ -179,17 +179,23 @@ _SYNCHRONOUS = {getattr(signal, name) for name in ("SIGSEGV", "SIGBUS", "SIGFPE"
                                                    "SIGABRT", "SIGSYS") if hasattr(signal, name)}
 
 
-def start_daemon_thread(target: Callable[[], object], name: str) -> threading.Thread:
-    """Start a daemon thread that never receives the process's asynchronous signals."""
+def start_daemon_thread(target: Callable[[], object], name: str) -> threading.Thread | None:
+    """Start a daemon thread that never receives the process's asynchronous signals.
+
+    None when no thread could start, and the caller says what happens instead: Python 3.12+ refuses new
+    threads once the interpreter is shutting down, in every thread (the atexit handlers run then: ours
+    flushes, and a user's may run tracked code), and a process may be out of threads. Raising would put
+    our bookkeeping's failure into the user's code."""
     thread = threading.Thread(target=target, name=name, daemon=True)
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: no per-thread masks
-        thread.start()
-        return thread
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS)
+    masks = hasattr(signal, "pthread_sigmask")  # Windows: no per-thread masks
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _SYNCHRONOUS) if masks else None
     try:
         thread.start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown", "can't start new thread"
+        return None
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if previous is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
     return thread
 
 

@@ -296,10 +296,9 @@ class _Settler:
                 return
             self._waiting[external_id] = (fields, started, horizon)
             if self._thread is None:
-                try:
-                    self._thread = start_daemon_thread(self._run, "taskbadger-settle")
-                except RuntimeError:  # the interpreter is shutting down (3.12+: an atexit handler): the run stays
-                    pass  # here, for the flush at exit to settle or spool
+                # None when the interpreter is shutting down (3.12+: an atexit handler): the run stays here, for
+                # the flush at exit to settle or spool
+                self._thread = start_daemon_thread(self._run, "taskbadger-settle")
             self._cond.notify()
 
     def _run(self) -> None:

@@ -183,7 +183,7 @@ class _Drainer:
         """Look at the spool now and every ``SCAN_INTERVAL`` (again, after a ``close()``: a new ``init()``)."""
         with self._lock:
             self._closed, self._looked = False, False
-            if self._thread is None:
+            if self._thread is None:  # None also when no thread could start: tried again at the next start()
                 self._thread = start_daemon_thread(self._run, "taskbadger-spool")
         self._wake.set()
 

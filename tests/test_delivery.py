@@ -10,6 +10,7 @@ import time
 import pytest
 
 import taskbadger
+from taskbadger.delivery import breaker as breaker_module
 from taskbadger.delivery import merge, queue, sender
 from taskbadger.delivery.breaker import Breaker
 from taskbadger.delivery.queue import PendingQueue
@@ -529,6 +530,25 @@ def test_without_a_probe_one_call_finds_out_after_the_cooldown():
     assert breaker.state() == "closed"
 
 
+def test_when_no_thread_can_probe_one_call_finds_out_after_the_cooldown(monkeypatch):
+    # Python 3.12+ at interpreter shutdown (the flush at exit, a user's atexit handler) starts no thread: the
+    # probe's start failed inside the call that opened the breaker, and raised into the caller.
+    monkeypatch.setattr(breaker_module, "start_daemon_thread", lambda target, name: None)
+    clock = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    probes = []
+    breaker = Breaker(failure_threshold=3, min_cooldown=0.25, probe=lambda: probes.append(1))
+    for _ in range(3):
+        fail_once(breaker)
+    assert breaker.state() == "open" and breaker.begin() is None
+    clock[0] += 0.3
+    assert breaker.state() == "half-open"
+    trial = breaker.begin()
+    assert trial is not None and breaker.begin() is None and probes == []
+    breaker.end(trial)
+    assert breaker.state() == "closed"
+
+
 def test_a_429_defers_for_its_retry_after_without_opening_the_breaker():
     from taskbadger.exceptions import RateLimited
 
@@ -674,3 +694,62 @@ def test_a_run_left_to_settle_at_exit_is_settled_by_the_flush_at_exit(taskbadger
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     taskbadger_server.wait_for_task(name="settled at exit", status="cancelled", timeout=10)
+
+
+FAILING_AT_EXIT = """
+import atexit, sys
+import taskbadger
+
+taskbadger.init(token=sys.argv[2], host=sys.argv[1])
+
+@taskbadger.track(name="cleanup step")
+def step(i):
+    return i
+
+def cleanup():
+    done = [step(i) for i in range(10)]
+    print("cleanup ran", len(done), "steps", flush=True)
+
+atexit.register(cleanup)
+"""
+
+
+def test_an_api_failing_at_exit_does_not_break_the_users_atexit_code(taskbadger_server):
+    # Python 3.12+ refuses new threads at interpreter shutdown: the fifth failed create opened the breaker, whose
+    # probe thread could not start, and the RuntimeError went into the user's atexit function (its last five
+    # steps never ran). Without a probe, the breaker lets one call find out after the cool-down.
+    taskbadger_server.fail(503)
+    done = subprocess.run([sys.executable, "-c", FAILING_AT_EXIT, taskbadger_server.url, taskbadger_server.api_key],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "cleanup ran 10 steps", done.stderr
+    creates = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert 1 <= len(creates) <= 6  # the breaker still held back the calls it should
+
+
+PROXIED_SCRIPT = """
+import sys
+import taskbadger
+
+taskbadger.init(token=sys.argv[2], host=sys.argv[1])
+
+@taskbadger.track(name="nightly report")
+def report():
+    return 1
+
+report()  # its final update is queued; the process ends at once, and the flush at exit sends it
+"""
+
+
+def test_behind_a_proxy_a_scripts_last_update_is_sent_by_the_flush_at_exit(taskbadger_server):
+    # With a proxy in the environment every exchange goes through requests, in a thread of its own (for the
+    # deadline). Python 3.12+ refuses that thread at exit: each final update the flush at exit sent failed with an
+    # internal error, and every short script's task stayed "processing". The exchange now runs in the flushing
+    # thread. The API host is a port nothing listens on: only the proxy (the stand-in, which serves a proxy's
+    # absolute-form requests itself) can have delivered it.
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update(HTTP_PROXY=taskbadger_server.url, NO_PROXY="")
+    done = subprocess.run([sys.executable, "-c", PROXIED_SCRIPT, "http://127.0.0.1:9", taskbadger_server.api_key],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    taskbadger_server.wait_for_task(name="nightly report", status="success", timeout=10)

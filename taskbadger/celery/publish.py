@@ -217,7 +217,7 @@ class Confirmations:
     def expect(self, celery_id: str, task: TaskbadgerTask) -> None:
         with self._cond:
             self._waiting[celery_id] = (task, time.monotonic() + CONFIRM_WINDOW)
-            if self._thread is None:
+            if self._thread is None:  # None also when no thread could start: tried again at the next expect()
                 self._thread = start_daemon_thread(self._run, "taskbadger-publish-confirmations")
             self._cond.notify()
 

@@ -176,7 +176,10 @@ class Pump:
 
     def __init__(self, source: IO[bytes], target_fd: int | None, tail: Tail, name: str) -> None:
         self._source, self._target_fd, self.tail, self.name = source, target_fd, tail, name
-        self._thread = start_daemon_thread(self._run, name=f"taskbadger-cli-{name}")
+        thread = start_daemon_thread(self._run, name=f"taskbadger-cli-{name}")
+        if thread is None:  # the process is out of threads: nothing would drain the child's pipe
+            raise RuntimeError(f"no thread could start to copy the command's {name}")
+        self._thread = thread
 
     def _run(self) -> None:
         fd = self._source.fileno()

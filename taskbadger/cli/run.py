@@ -188,7 +188,8 @@ class _Run:
                     result["failure"] = error
                 done.set()
 
-            start_daemon_thread(deliver, "taskbadger-cli-finish")
+            if start_daemon_thread(deliver, "taskbadger-cli-finish") is None:
+                deliver()  # no thread to spare: the deadline still bounds each request
             while not done.wait(0.05):
                 if stop.is_set() or time.monotonic() >= deadline:
                     break
@@ -292,7 +293,8 @@ class Tracker:
             finally:
                 self._created.set()
 
-        start_daemon_thread(create, name="taskbadger-cli-create")
+        if start_daemon_thread(create, name="taskbadger-cli-create") is None:
+            create()  # no thread to spare: the command starts once the create is answered or its budget spent
 
     def _created_late(self, answer: http.Answer) -> None:
         """The create's answer came after its deadline: the run is tracked after all."""

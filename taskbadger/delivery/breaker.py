@@ -120,9 +120,8 @@ class Breaker:
         if self._failures >= self.failure_threshold:
             if self._trial and not self._in_flight:
                 return True
-            if not self._trial and self.probe is None and now >= self._open_until and not self._in_flight:
-                return True  # nobody probes for us: one call finds out
-            self._start_prober()
+            if not self._start_prober() and not self._trial and now >= self._open_until and not self._in_flight:
+                return True  # nobody probes for us (no probe, or no thread for it): one call finds out
             return False
         if len(self._in_flight) >= max_in_flight:
             return False
@@ -180,10 +179,13 @@ class Breaker:
 
     # -- the probe ----------------------------------------------------------------------------------
 
-    def _start_prober(self) -> None:
-        # with the lock held
+    def _start_prober(self) -> bool:
+        """Whether a probe runs (started now if none did). With the lock held. False without a probe, or when
+        no thread could start (Python 3.12+ at interpreter shutdown: the flush at exit or a user's atexit handler
+        met a failing API)."""
         if self.probe is not None and (self._prober is None or not self._prober.is_alive()):
             self._prober = start_daemon_thread(self._probe_until_up, "taskbadger-breaker-probe")
+        return self._prober is not None
 
     def _probe_until_up(self) -> None:
         while True:
@@ -235,7 +237,7 @@ class Breaker:
                 return "deferred"
             if self._failures < self.failure_threshold:
                 return "closed"
-            if self._trial or (self.probe is None and now >= self._open_until):
+            if self._trial or (self._prober is None and now >= self._open_until):  # nobody probes: a call finds out
                 return "half-open"
             return "open"
 

@@ -35,6 +35,8 @@ class Heartbeat:
             self._intervals[task_id] = (interval, self._starts)
             heapq.heappush(self._due, (time.monotonic() + interval, self._starts, task_id))
             if self._thread is None or not self._thread.is_alive():
+                # None when no thread can start (3.12+: the interpreter shutting down): no pings, tried again at
+                # the next start
                 self._thread = start_daemon_thread(self._run, "taskbadger-heartbeat")
             self._cond.notify()
             return self._starts

@@ -122,10 +122,10 @@ class Sender:
         return bool(self.threads) or self._add_thread()
 
     def _add_thread(self) -> bool:
-        try:
-            self.threads.append(start_daemon_thread(self._run, f"taskbadger-sender-{len(self.threads)}"))
-        except RuntimeError:  # the interpreter is shutting down (3.12+: an atexit handler): flush() sends instead
+        thread = start_daemon_thread(self._run, f"taskbadger-sender-{len(self.threads)}")
+        if thread is None:  # the interpreter is shutting down (3.12+: an atexit handler): flush() sends instead
             return False
+        self.threads.append(thread)
         return True
 
     def _run(self) -> None:

@@ -49,10 +49,9 @@ class LateReader:
                 conn.close()
                 return
             if self._thread is None:
-                try:
-                    self._thread = start_daemon_thread(self._run, "taskbadger-late-answers")
-                except RuntimeError:  # the interpreter is shutting down (3.12+: an atexit handler): nobody would
-                    conn.close()  # be left to hear the answer anyway
+                self._thread = start_daemon_thread(self._run, "taskbadger-late-answers")
+                if self._thread is None:  # the interpreter is shutting down (3.12+: an atexit handler): nobody
+                    conn.close()  # would be left to hear the answer anyway
                     return
             self._waiting[conn.sock.fileno()] = (conn, callback, expect, time.monotonic() + HORIZON)
         _poke(self._wake_w)

@@ -9,6 +9,9 @@ parent must never be written by two processes.
 call going for ever. So the exchange runs in a thread of its own and the caller waits for it only until
 its ``Deadline``; the thread ends when ``requests`` gives up (or the answer comes, which is then handed
 to ``late_answer`` if the caller asked for it). At most ``MAX_STRAGGLERS`` such threads per process.
+When no thread can start (Python 3.12+ refuses them while the interpreter shuts down, when the flush at
+exit runs), the exchange runs in the caller's thread: a trickling proxy could then hold the exit past the
+deadline, one timed socket operation at a time; refusing would lose the update.
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ class RequestsTransport:
             busy = OSError(f"{MAX_STRAGGLERS} calls are still waiting for the API")
             raise failure(config.host, busy, connected=False)
         call = _Exchange(config, request, deadline)
-        start_daemon_thread(call.run, "taskbadger-request")
+        if start_daemon_thread(call.run, "taskbadger-request") is None:
+            # No thread: Python 3.12+ at interpreter shutdown (the flush at exit sends a short script's last
+            # update then). The exchange runs here, each socket operation timed to the deadline.
+            call.run()
         finished = call.done.wait(deadline.remaining())
         with call.lock:
             if not finished and not call.done.is_set():
