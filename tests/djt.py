@@ -1,16 +1,23 @@
 """The django.tasks test project, run as real processes: ``manage.py migrate``, the web process's side
 (``manage.py djt``: enqueue, read a result, run one again) and the workers (``manage.py db_worker``,
-``manage.py rqworker``), all with ``tests.django_tasks_project.settings`` on one database."""
+``manage.py rqworker``), all with ``tests.django_tasks_project.settings`` on one database.
+
+Each enqueue is a process of its own (a web process's tracking state starts fresh: the fault tests' breaker must
+not carry over from one mode to the next). What only reads or writes the backend's storage (a result, a job made
+older or run again) goes to one long-lived ``manage.py djt serve`` per project: a Django start costs about a
+second of CPU, and a test module polls results dozens of times."""
 
 from __future__ import annotations
 
 import json
 import os
 import pathlib
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from typing import Any
 
@@ -40,6 +47,7 @@ class Project:
         }
         self.workers: list[subprocess.Popen] = []
         self.logs: list[pathlib.Path] = []
+        self._helper: subprocess.Popen | None = None
 
     def manage(self, *args: str, timeout: float = 60.0, **env: str) -> str:
         done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env={**self.env, **env},
@@ -48,6 +56,32 @@ class Project:
             raise AssertionError(f"manage.py {' '.join(args)} exited {done.returncode}:\n{done.stderr[-4000:]}")
         assert INTERNAL_ERROR not in done.stderr, done.stderr
         return done.stdout
+
+    def served(self, *args: str, timeout: float = 60.0) -> str:
+        """``manage.py djt ARGS`` run by the project's ``djt serve`` process (started on first use)."""
+        if self._helper is None or self._helper.poll() is not None:
+            log = self.dir / "djt-serve.log"
+            self.logs.append(log)
+            with open(log, "ab") as err:
+                self._helper = subprocess.Popen([sys.executable, "manage.py", "djt", "serve", "-"], cwd=ROOT,
+                                                env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                                stderr=err, text=True, bufsize=1)
+        helper = self._helper
+        assert helper.stdin is not None and helper.stdout is not None
+        helper.stdin.write(json.dumps(args) + "\n")
+        helper.stdin.flush()
+        deadline = time.monotonic() + timeout
+        while not select.select([helper.stdout], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            if time.monotonic() >= deadline:
+                helper.kill()  # its answer would be read as the next command's
+                raise AssertionError(f"djt serve: no answer to {args} within {timeout} s:\n{self.log()[-4000:]}")
+        line = helper.stdout.readline()
+        if not line:
+            raise AssertionError(f"djt serve exited {helper.wait()}:\n{self.log()[-4000:]}")
+        answer = json.loads(line)
+        if "error" in answer:
+            raise AssertionError(f"manage.py djt {' '.join(args)} failed:\n{answer['error']}")
+        return str(answer["out"])
 
     def migrate(self) -> Project:
         self.manage("migrate", "--noinput", "-v", "0")
@@ -74,14 +108,14 @@ class Project:
     def result(self, result_id: str, until: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
         """The TaskResult as the backend reports it; with ``until``, once it has that status (or at ``timeout``)."""
         wait = ["--until", until, "--timeout", str(timeout)] if until else []
-        return json.loads(self.manage("djt", "result", result_id, *wait, timeout=timeout + 60).strip().splitlines()[-1])
+        return json.loads(self.served("result", result_id, *wait, timeout=timeout + 60).strip().splitlines()[-1])
 
     def age(self, result_id: str, days: float) -> None:
         """``days`` pass for a task not due yet: its entry and its job's run_after are that much earlier."""
-        self.manage("djt", "age", result_id, str(days))
+        self.served("age", result_id, str(days))
 
     def rerun(self, result_id: str) -> None:
-        self.manage("djt", "rerun", result_id)
+        self.served("rerun", result_id)
 
     def start_worker(self, **env: str) -> subprocess.Popen:
         if self.backend == "db":
@@ -101,6 +135,14 @@ class Project:
         return "\n".join(p.read_text(errors="replace") for p in self.logs if p.exists())
 
     def stop(self) -> None:
+        if self._helper is not None:
+            self._helper.stdin.close()  # type: ignore[union-attr]  (its loop ends at end of input)
+            try:
+                self._helper.wait(20)
+            except subprocess.TimeoutExpired:
+                self._helper.kill()
+                self._helper.wait(10)
+            self._helper = None
         for process in self.workers:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
