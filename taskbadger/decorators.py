@@ -124,8 +124,16 @@ def track(
                 context = contextvars.copy_context()  # the create reads the scope of this coroutine
                 # a coroutine waiting for its create blocks neither the loop nor other coroutines: as many
                 # creates may wait at once as there are threads to make them
-                task = await asyncio.get_running_loop().run_in_executor(_creators.get(), context.run, create, values,
-                                                                        _CREATORS)
+                try:
+                    made = asyncio.get_running_loop().run_in_executor(_creators.get(), context.run, create, values,
+                                                                      _CREATORS)
+                except RuntimeError:
+                    # No thread to make it in: the interpreter is shutting down (this coroutine runs in an atexit
+                    # handler, or in a thread that outlived the main one), and a thread pool refuses work then. Made
+                    # here: the loop waits for it, at most the create's budget.
+                    task = context.run(create, values, _CREATORS)
+                else:
+                    task = await made
                 tracked = begin(task)
                 try:
                     result = await fn(*args, **kwargs)

@@ -3,6 +3,8 @@
 import asyncio
 import datetime
 import decimal
+import subprocess
+import sys
 
 import pytest
 
@@ -222,3 +224,28 @@ def test_calls_in_forked_workers_end_with_their_final_state(taskbadger_server, h
     """Their final update was queued for senders that never sent it: the tasks stayed processing for ever."""
     count = _run_in(how)
     assert [t["status"] for t in final(taskbadger_server, count)] == ["success"] * count
+
+
+ASYNC_AT_EXIT = """
+import asyncio, atexit, sys
+import taskbadger
+
+taskbadger.init(token=sys.argv[2], host=sys.argv[1])
+
+@taskbadger.track(name="async cleanup")
+async def cleanup():
+    return 7
+
+atexit.register(lambda: print("cleanup returned", asyncio.run(cleanup()), flush=True))
+"""
+
+
+def test_a_tracked_coroutine_run_at_exit_runs_and_is_tracked(taskbadger_server):
+    # A tracked coroutine makes its create in a thread pool, so that the event loop never waits for the API. Once
+    # the interpreter is shutting down (an atexit handler) the pool cannot even be made: the RuntimeError went into
+    # the user's coroutine, which never ran. The create is now made on the loop's thread then.
+    done = subprocess.run([sys.executable, "-c", ASYNC_AT_EXIT, taskbadger_server.url, taskbadger_server.api_key],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.strip() == "cleanup returned 7", done.stderr
+    taskbadger_server.wait_for_task(name="async cleanup", status="success", timeout=10)
