@@ -2,7 +2,7 @@
 depend on what else the machine runs (the throughput ratios of ``run.py`` and ``locate.py`` move by ±0.1
 between runs on a shared machine; these counts by well under 1 %).
 
-    python benchmarks/instructions.py [--tasks 300] [--kind untracked --kind receivers-only --kind ours ...]
+    python benchmarks/instructions.py [--tasks 300] [--kind untracked --kind receivers-only --kind ours] [--keep DIR]
 
 Each kind publishes ``WARM + tasks`` no-op tasks to Redis (db 9), starts ``celery worker -P solo`` under
 callgrind with counting off, turns counting on once the warm-up tasks are done (caches, connections and
@@ -40,8 +40,9 @@ import variants
 WARM = 100
 
 
-def count(b: run.Bench, kind: str, n: int) -> tuple[float, float, float]:
-    """(main thread's instructions per task, other threads' per task, updates sent per task) for one kind."""
+def count(b: run.Bench, kind: str, n: int, keep: pathlib.Path | None = None) -> tuple[float, float, float]:
+    """(main thread's instructions per task, other threads' per task, updates sent per task) for one kind.
+    ``keep``: a directory to move callgrind's per-thread files to (``callgrind_annotate`` reads them)."""
     sdk = "untracked" if kind == "untracked" else "ours"
     variant = "" if kind in ("untracked", "ours") else kind
     delivered = sdk == "ours" and variant not in variants.UNDELIVERED
@@ -86,6 +87,10 @@ def count(b: run.Bench, kind: str, n: int) -> tuple[float, float, float]:
             main += total
         else:
             other += total
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        for path in glob.glob(f"{out_dir}/callgrind.out.*"):
+            shutil.move(path, keep / f"{kind}.{pathlib.Path(path).name}")
     shutil.rmtree(out_dir, ignore_errors=True)
     return main / counted, other / counted, patches / counted
 
@@ -108,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency", type=float, default=0.010)
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/9")
     parser.add_argument("--kind", action="append", choices=("untracked", "ours", *variants.VARIANTS))
+    parser.add_argument("--keep", type=pathlib.Path, help="keep callgrind's files here, for callgrind_annotate")
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, tuple[float, float, float]] = {}
     try:
         for kind in kinds:
-            results[kind] = count(b, kind, args.tasks)
+            results[kind] = count(b, kind, args.tasks, args.keep)
             main_i, other_i, patches = results[kind]
             run.log(f"{kind}: {main_i / 1e3:.0f}k + {other_i / 1e3:.0f}k instructions per task, {patches:.2f} PATCH")
     finally:
