@@ -296,8 +296,8 @@ def validate_host(host: str) -> str:
         raise ConfigurationError(
             f"Task Badger host must be a URL such as {DEFAULT_HOST!r}, got {host!r}."
         )
-    if parts.query or parts.fragment:
-        raise ConfigurationError(f"Task Badger host must not have a query or fragment, got {host!r}.")
+    if "?" in host or "#" in host:  # even an empty one: the path after it would be dropped from every request
+        raise ConfigurationError(f"Task Badger host must not have a query or fragment ('?' or '#'), got {host!r}.")
     try:
         parts.port  # noqa: B018  (raises for a port that is not a number from 0 to 65535)
     except ValueError:

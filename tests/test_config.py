@@ -82,6 +82,7 @@ def test_malformed_key_is_a_clear_configuration_error(token):
 
 
 @pytest.mark.parametrize("host", ["taskbadger.net", "ftp://x.test", "http://", "https://x.test/?a=1",
+                                  "http://127.0.0.1:1#", "http://127.0.0.1:1?", "http://127.0.0.1:1/#/",
                                   "http://127.0.0.1:188110", "http://127.0.0.1:0", "http://127.0.0.1:80x"])
 def test_malformed_host(host):
     with pytest.raises(ConfigurationError, match="host"):
