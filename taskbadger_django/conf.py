@@ -8,7 +8,8 @@ Every setting is decided here, with one precedence, highest first:
    ``TASKBADGER_ORG``, ``TASKBADGER_PROJECT``), read with django-environ;
 4. the default in ``DEFAULTS``.
 
-A value of ``None`` counts as "not set" at every level. The resolved settings are cached and the
+A value of ``None`` counts as "not set" at every level, and so does a blank string for a setting with an
+environment variable. The resolved settings are cached and the
 cache is dropped when ``TASKBADGER`` changes (``override_settings`` sends ``setting_changed``),
 and the SDK configuration follows: entering an override applies it, leaving it restores the
 configuration that was active before.
@@ -127,6 +128,15 @@ def closest(name: Any, choices: Iterable[str], upper: bool = True) -> str | None
     return matches[0] if matches else None
 
 
+def _given(name: str, value: Any) -> bool:
+    """Whether a level sets ``name``: None never does, nor a blank string for a setting with an environment variable
+    (``"API_KEY": os.environ.get("MY_KEY", "")`` must not hide an exported ``TASKBADGER_API_KEY``, as an empty
+    ``token=`` does not in ``taskbadger.init()``)."""
+    if value is None:
+        return False
+    return not (name in ENV_VARS and isinstance(value, str) and not value.strip())
+
+
 def _read_env(name: str) -> str | None:
     try:
         import environ
@@ -173,9 +183,9 @@ class TaskBadgerSettings:
         return self._cache[name]
 
     def _resolve(self, name: str) -> tuple[Any, str]:
-        if self.overrides.get(name) is not None:
+        if _given(name, self.overrides.get(name)):
             value, source = self.overrides[name], ARGUMENT
-        elif self.user.get(name) is not None:
+        elif _given(name, self.user.get(name)):
             value, source = self.user[name], SETTINGS
         elif name in ENV_VARS and _read_env(ENV_VARS[name]) is not None:
             value, source = _read_env(ENV_VARS[name]), ENVIRONMENT

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.apps import apps
+from django.core.checks import run_checks
 from django.test import override_settings
 
 import taskbadger
@@ -72,6 +73,22 @@ def test_env_only_configuration(monkeypatch):
         assert conf.get_settings().source("API_KEY") == conf.ENVIRONMENT
     with override_settings(TASKBADGER=None):  # no TASKBADGER setting at all: env only
         assert taskbadger.get_config().organization_slug == "envorg"
+
+
+def test_a_blank_key_or_host_in_the_dict_falls_back_to_the_environment(monkeypatch):
+    """``"API_KEY": os.environ.get("MY_KEY", "")`` in settings.py, with TASKBADGER_API_KEY exported: the exported key
+    is used (as ``taskbadger.init(token="")`` does), and the no-key warning is not given."""
+    monkeypatch.setenv("TASKBADGER_API_KEY", key(org="envorg"))
+    monkeypatch.setenv("TASKBADGER_HOST", "http://127.0.0.1:9")
+    with override_settings(TASKBADGER={"API_KEY": "", "HOST": "  "}):
+        config = taskbadger.get_config()
+        assert config is not None and (config.organization_slug, config.host) == ("envorg", "http://127.0.0.1:9")
+        assert conf.get_settings().source("API_KEY") == conf.ENVIRONMENT
+        assert not [m for m in run_checks() if m.id == "taskbadger.W001"]
+    monkeypatch.delenv("TASKBADGER_API_KEY")
+    with override_settings(TASKBADGER={"API_KEY": ""}):  # blank and nothing exported: no key, said as such
+        assert taskbadger.get_config() is None
+        assert [m for m in run_checks() if m.id == "taskbadger.W001"]
 
 
 def test_dict_wins_over_env_and_explicit_arguments_win_over_dict(monkeypatch):
