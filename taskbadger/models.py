@@ -31,6 +31,11 @@ MIN_TAG_LENGTH, MAX_TAG_LENGTH = 2, 255
 MAX_SECONDS = 2_147_483_647
 #: The longest heartbeat interval: a day (a task pinged less often is better watched with ``stale_timeout``).
 MAX_HEARTBEAT_INTERVAL = 86_400.0
+#: The shortest: a stale timeout is whole seconds, so closer pings tell the API nothing more, and an interval of
+#: 1e-9 (from a setting, an option, or a message another producer wrote) kept a thread pinging without a pause.
+MIN_HEARTBEAT_INTERVAL = 0.1
+#: How the heartbeat interval's range reads in an error message.
+HEARTBEAT_RANGE = f"a number of seconds from {MIN_HEARTBEAT_INTERVAL:g} to {MAX_HEARTBEAT_INTERVAL:g} (a day)"
 
 
 def fitted_name(text: str) -> str:
@@ -66,9 +71,9 @@ def monitor_id(value: Any) -> str | None:
 
 
 def is_heartbeat_interval(value: Any) -> bool:
-    """A number of seconds between a running task's pings: more than 0, at most ``MAX_HEARTBEAT_INTERVAL``."""
+    """Seconds between a running task's pings, from ``MIN_HEARTBEAT_INTERVAL`` to ``MAX_HEARTBEAT_INTERVAL``."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and 0 < value <= MAX_HEARTBEAT_INTERVAL
+        and MIN_HEARTBEAT_INTERVAL <= value <= MAX_HEARTBEAT_INTERVAL
 
 
 def is_count(value: Any) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 from taskbadger.config import DEFAULT_HOST, MAX_PUBLISH_BUDGET, MAX_TIMEOUT, normalize_timeout, resolve_spool_dir
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import (
-    MAX_HEARTBEAT_INTERVAL,
+    HEARTBEAT_RANGE,
     MAX_SECONDS,
     MAX_TAG_LENGTH,
     MIN_TAG_LENGTH,
@@ -78,9 +78,7 @@ CELERY: dict[str, Setting] = {
     "INCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"INCLUDES": [r"billing\\..*"]'),
     "EXCLUDES": Setting(None, _is_str_list, "a list of task names or patterns", '"EXCLUDES": [r"celery\\..*"]'),
     "RECORD_TASK_ARGS": Setting(False, _is_bool, "True or False", '"RECORD_TASK_ARGS": False'),
-    "HEARTBEAT_INTERVAL": Setting(None, is_heartbeat_interval,
-                                  f"a positive number of seconds, at most {MAX_HEARTBEAT_INTERVAL:g} (a day)",
-                                  '"HEARTBEAT_INTERVAL": 30'),
+    "HEARTBEAT_INTERVAL": Setting(None, is_heartbeat_interval, HEARTBEAT_RANGE, '"HEARTBEAT_INTERVAL": 30'),
     "STALE_TIMEOUT": Setting(None, is_whole_seconds, f"a whole number of seconds from 1 to {MAX_SECONDS}",
                              '"STALE_TIMEOUT": 120'),
 }

@@ -116,12 +116,30 @@ def test_a_monitor_id_that_is_not_one_is_refused_with_a_clear_error():
     assert "'b.task'" in str(info.value) and "\r\n" not in str(info.value) and "a UUID" in str(info.value)
 
 
+@pytest.mark.parametrize("interval", [1e-9, 0.05, 5e-324])
+def test_a_heartbeat_interval_too_short_to_mean_anything_is_refused_wherever_it_enters(interval, caplog):
+    """1e-9 passed every check and the heartbeat thread pinged without a pause (2 s of CPU and 37 PATCHes in a task
+    that slept 2 s): from a setting, a task's option, or the header another producer wrote on a message."""
+    from taskbadger.lifecycle import carried
+    from taskbadger.lifecycle.options import OPTIONS, check_option
+
+    with pytest.raises(taskbadger.ConfigurationError, match="heartbeat_interval .* from 0.1 to 86400"):
+        CelerySystemIntegration(heartbeat_interval=interval)
+    assert check_option("heartbeat_interval", interval) == (False, None)
+    assert "0.1 to 86400" in OPTIONS["heartbeat_interval"][1]  # what the warning about the option says
+    with caplog.at_level(logging.WARNING, logger="taskbadger"):
+        meta = carried.parse_meta({"task": {"id": "t-1"}, "heartbeat_interval": interval}, "app.task", "header")
+    assert meta is not None and meta.heartbeat_interval is None
+    assert "heartbeat_interval on task 'app.task' is not a number of seconds from 0.1 to 86400" in caplog.text
+    assert check_option("heartbeat_interval", 0.1) == (True, 0.1)
+
+
 def test_bad_integration_settings_raise_clearly():
     with pytest.raises(taskbadger.ConfigurationError, match="heartbeat_interval"):
         CelerySystemIntegration(heartbeat_interval=-1)
     # infinity broke every publish (no stale timeout can be derived from it); past a day the workers dropped it
     for interval in (float("inf"), float("nan"), 86_401):
-        with pytest.raises(taskbadger.ConfigurationError, match="heartbeat_interval .* at most 86400"):
+        with pytest.raises(taskbadger.ConfigurationError, match="heartbeat_interval .* from 0.1 to 86400"):
             CelerySystemIntegration(heartbeat_interval=interval)
     # the API refuses these: every task would run untracked
     for stale in (3_000_000_000, 0, 1.5):

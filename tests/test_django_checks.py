@@ -89,6 +89,9 @@ SETTING_CASES = [
      "environment"),
     ({"CELERY": {"HEARTBEAT_INTERVAL": float("inf")}}, {"CELERY": {"HEARTBEAT_INTERVAL": 86_400}}, "taskbadger.E003",
      "TASKBADGER['CELERY']['HEARTBEAT_INTERVAL']", "30"),
+    # an interval of 1e-9 kept a thread pinging without a pause while each task ran
+    ({"CELERY": {"HEARTBEAT_INTERVAL": 1e-9}}, {"CELERY": {"HEARTBEAT_INTERVAL": 0.1}}, "taskbadger.E003",
+     "TASKBADGER['CELERY']['HEARTBEAT_INTERVAL']", "30"),
     ({"DJANGO_TASKS": {"HEARTBEAT_INTERVAL": 1e12}}, {"DJANGO_TASKS": {"HEARTBEAT_INTERVAL": 0.5}}, "taskbadger.E003",
      "TASKBADGER['DJANGO_TASKS']['HEARTBEAT_INTERVAL']", "30"),
     ({"CELERY": {"STALE_TIMEOUT": 3_000_000_000}}, {"CELERY": {"STALE_TIMEOUT": 2_147_483_647}}, "taskbadger.E003",

@@ -18,6 +18,7 @@ from typing import Any
 from .._runtime import log_throttled, short
 from ..delivery import merge
 from ..models import (
+    HEARTBEAT_RANGE,
     MAX_NAME_LENGTH,
     STATUS_VALUES,
     is_count,
@@ -125,7 +126,7 @@ def parse_meta(raw: Any, task_name: str, where: str) -> Meta | None:
         _warn(task_name, f"{where}.task.data", f"is larger than {MAX_CARRIED_DATA_CHARS} characters")
     heartbeat = raw.get("heartbeat_interval")
     if heartbeat is not None and not is_heartbeat_interval(heartbeat):
-        _warn(task_name, f"{where}.heartbeat_interval", f"is not a number of seconds ({short(heartbeat, 60)})")
+        _warn(task_name, f"{where}.heartbeat_interval", f"is not {HEARTBEAT_RANGE} ({short(heartbeat, 60)})")
         heartbeat = None
     stale = raw.get("stale_timeout")
     if stale is not None and not is_whole_seconds(stale):

@@ -18,7 +18,7 @@ from .._runtime import log_once, short
 from ..actions import action_dicts
 from ..exceptions import TaskbadgerException
 from ..models import (
-    MAX_HEARTBEAT_INTERVAL,
+    HEARTBEAT_RANGE,
     MAX_NAME_LENGTH,
     MAX_SECONDS,
     MAX_TAG_LENGTH,
@@ -113,7 +113,7 @@ OPTIONS: dict[str, tuple[Callable[[Any], Any], str]] = {
     "max_runtime": (_SECONDS, "an integer number of seconds >= 1"),
     "stale_timeout": (_SECONDS, "an integer number of seconds >= 1"),
     "record_task_args": (_bool, "True or False"),
-    "heartbeat_interval": (_heartbeat, f"a positive number of seconds (at most {MAX_HEARTBEAT_INTERVAL:g}: a day)"),
+    "heartbeat_interval": (_heartbeat, HEARTBEAT_RANGE),
     "parent": (_parent, "a Task Badger task id or None"),
     "track": (_bool, "True or False"),
     "actions": (_actions, "a list of taskbadger.Action (deprecated: prefer project-level actions)"),

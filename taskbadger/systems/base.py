@@ -11,7 +11,7 @@ from typing import Any
 
 from .._runtime import short
 from ..exceptions import ConfigurationError
-from ..models import MAX_HEARTBEAT_INTERVAL, MAX_SECONDS, is_heartbeat_interval, is_whole_seconds, monitor_id
+from ..models import HEARTBEAT_RANGE, MAX_SECONDS, is_heartbeat_interval, is_whole_seconds, monitor_id
 
 log = logging.getLogger("taskbadger")
 
@@ -71,8 +71,7 @@ def _checked_monitors(monitors: Mapping[str, str] | None) -> dict[str, str]:
 
 def _check_heartbeat(heartbeat_interval: Any, stale_timeout: Any) -> None:
     if heartbeat_interval is not None and not is_heartbeat_interval(heartbeat_interval):
-        raise ConfigurationError(f"heartbeat_interval must be a positive number of seconds, at most "
-                                 f"{MAX_HEARTBEAT_INTERVAL:g} (a day), got {short(heartbeat_interval)}")
+        raise ConfigurationError(f"heartbeat_interval must be {HEARTBEAT_RANGE}, got {short(heartbeat_interval)}")
     if stale_timeout is not None and not is_whole_seconds(stale_timeout):
         raise ConfigurationError(f"stale_timeout must be a whole number of seconds from 1 to {MAX_SECONDS}, got "
                                  f"{short(stale_timeout)}")
