@@ -39,6 +39,7 @@ from taskbadger import config as sdk_config
 from taskbadger._runtime import ForkSafeLock
 from taskbadger.config import Config
 from taskbadger.exceptions import ConfigurationError, MissingConfiguration
+from taskbadger.scope import scope_state
 from taskbadger.systems.base import QueueIntegration
 
 from . import schema
@@ -339,7 +340,8 @@ class _State:
     overrides: dict[str, Any] = field(default_factory=dict)  # from configure(**overrides), kept for reloads
     applied: Config | None = None  # the SDK config configure() set last
     applied_signature: str | None = None
-    restore_stack: list[tuple[Config | None, Config | None, str | None]] = field(default_factory=list)
+    #: per override entered: the SDK configuration, what configure() had applied, and the scope's tags before it
+    restore_stack: list[tuple[Config | None, Config | None, str | None, dict[str, str]]] = field(default_factory=list)
     logged: set[str] = field(default_factory=set)
     init_before_django: bool = False  # taskbadger.init() was called before Django started: settings not applied
 
@@ -461,11 +463,13 @@ def on_setting_changed(*, setting: str, enter: bool | None = None, **kwargs: Any
     reload_settings()
     with _lock:
         if enter is False and _state.restore_stack:
-            previous, _state.applied, _state.applied_signature = _state.restore_stack.pop()
+            previous, _state.applied, _state.applied_signature, tags = _state.restore_stack.pop()
             sdk_config.set_config(previous)
+            scope_state().tags = tags  # init(tags=...) set the scope's tags too: the override's stayed on every task
             return
         if enter:
-            _state.restore_stack.append((sdk_config.get_config(), _state.applied, _state.applied_signature))
+            _state.restore_stack.append((sdk_config.get_config(), _state.applied, _state.applied_signature,
+                                         dict(scope_state().tags)))
         configure()
 
 

@@ -91,6 +91,18 @@ def test_a_blank_key_or_host_in_the_dict_falls_back_to_the_environment(monkeypat
         assert [m for m in run_checks() if m.id == "taskbadger.W001"]
 
 
+def test_leaving_an_override_restores_the_tags_tasks_are_created_with(taskbadger_server):
+    """``init(tags=...)`` also sets the scope's tags: leaving ``override_settings`` restored the configuration, but
+    tasks created after it still carried the override's tags."""
+    base = {"API_KEY": taskbadger_server.api_key, "HOST": taskbadger_server.url, "TAGS": {"env": "base"}}
+    with override_settings(TASKBADGER=base):
+        taskbadger.current_scope().tag({"request": "r1"})  # a scope tag of the code's own, from before the override
+        with override_settings(TASKBADGER={**base, "TAGS": {"env": "ov", "tenant": "t1"}}):
+            assert taskbadger.create_task("inside").tags == {"env": "ov", "tenant": "t1"}
+        assert taskbadger.create_task("after").tags == {"env": "base", "request": "r1"}
+        assert taskbadger_server.tasks_named("after")[0]["tags"] == {"env": "base", "request": "r1"}
+
+
 def test_dict_wins_over_env_and_explicit_arguments_win_over_dict(monkeypatch):
     monkeypatch.setenv("TASKBADGER_API_KEY", key(org="envorg"))
     with override_settings(TASKBADGER={"API_KEY": key(org="dictorg"), "TAGS": {"from": "dict"}}):
