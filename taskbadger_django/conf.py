@@ -129,6 +129,15 @@ def closest(name: Any, choices: Iterable[str], upper: bool = True) -> str | None
     return matches[0] if matches else None
 
 
+def _masked(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Explicit values by upper-case setting name, the API key masked wherever it is shown with ``repr`` (a debug
+    page's locals, a crash report: ``config.Secret``)."""
+    upper = {str(name).upper(): value for name, value in overrides.items()}
+    if "API_KEY" in upper:
+        upper["API_KEY"] = sdk_config.secret(upper["API_KEY"])
+    return upper
+
+
 def _given(name: str, value: Any) -> bool:
     """Whether a level sets ``name``: None never does, nor a blank string for a setting with an environment variable
     (``"API_KEY": os.environ.get("MY_KEY", "")`` must not hide an exported ``TASKBADGER_API_KEY``, as an empty
@@ -169,11 +178,14 @@ class TaskBadgerSettings:
         #: the raw setting, whatever its type (the checks report a wrong one)
         self.raw: Any = user_settings
         self.user: dict[str, Any] = dict(user_settings) if isinstance(user_settings, Mapping) else {}
-        self.overrides: dict[str, Any] = {str(k).upper(): v for k, v in (overrides or {}).items()}
-        unknown = set(self.overrides) - set(DEFAULTS)
+        self.overrides: dict[str, Any] = _masked(overrides or {})
+        self._cache: dict[str, tuple[Any, str]] = {}  # before anything can raise: a traceback's locals show self
+        unknown = sorted(set(self.overrides) - set(DEFAULTS))
         if unknown:
-            raise TypeError(f"unknown Task Badger setting(s): {', '.join(sorted(unknown))}")
-        self._cache: dict[str, tuple[Any, str]] = {}
+            hints = [f"{name.lower()} (did you mean {close.lower()}?)" if (close := closest(name, DEFAULTS)) else
+                     name.lower() for name in unknown]
+            raise TypeError(f"unknown Task Badger setting(s): {', '.join(hints)}; the names are TASKBADGER's keys in "
+                            "lower case (api_key=, tags=, enabled=...)")
 
     def resolve(self, name: str) -> tuple[Any, str]:
         """``(value, source)`` for a top-level setting; source is argument/settings/environment/default."""
@@ -409,10 +421,13 @@ def configure(**overrides: Any) -> Config | None:
     any ``TASKBADGER`` key in lower case); they are remembered for later reloads.
     Calling it again with the same settings changes nothing.
     """
+    overrides = _masked(overrides)  # this frame's locals show on a debug page when a bad name raises below
     with _lock:
         if overrides:
-            _state.overrides = dict(overrides)
-        settings = TaskBadgerSettings(overrides=_state.overrides) if _state.overrides else get_settings()
+            settings = TaskBadgerSettings(overrides=overrides)  # raises for a name that is no setting, remembering none
+            _state.overrides = overrides
+        else:
+            settings = TaskBadgerSettings(overrides=_state.overrides) if _state.overrides else get_settings()
         signature = settings.signature()
         if _state.applied is not None and _state.applied_signature == signature \
                 and sdk_config.get_config() is _state.applied:

@@ -103,6 +103,24 @@ def test_leaving_an_override_restores_the_tags_tasks_are_created_with(taskbadger
         assert taskbadger_server.tasks_named("after")[0]["tags"] == {"env": "base", "request": "r1"}
 
 
+def test_a_typo_in_configure_names_the_setting_shows_no_key_and_leaves_nothing_behind(taskbadger_server):
+    """``configure(api_key=..., tag=...)``: the TypeError's frames showed the key in their locals (a debug page, a
+    crash reporter), and the bad name was remembered, so every later configure() (an override entered) raised too."""
+    import traceback
+
+    api_key = taskbadger_server.api_key
+    secret_part = base64.b64decode(api_key).decode().rsplit("/", 1)[-1]
+    with pytest.raises(TypeError, match=r"tag \(did you mean tags\?\)") as info:
+        conf.configure(api_key=str(api_key), tag={"env": "prod"})
+    frames = [frame for frame in traceback.TracebackException.from_exception(info.value, capture_locals=True).stack
+              if frame.filename.endswith("conf.py")]  # ours: configure() and TaskBadgerSettings.__init__
+    shown = repr([frame.locals for frame in frames])
+    assert len(frames) == 2 and "overrides" in shown  # the frames and their locals are there...
+    assert api_key not in shown and secret_part not in shown  # ...the key is not
+    with override_settings(TASKBADGER={"API_KEY": api_key, "HOST": taskbadger_server.url, "TAGS": {"env": "ok"}}):
+        assert taskbadger.get_config().tags == {"env": "ok"}
+
+
 def test_dict_wins_over_env_and_explicit_arguments_win_over_dict(monkeypatch):
     monkeypatch.setenv("TASKBADGER_API_KEY", key(org="envorg"))
     with override_settings(TASKBADGER={"API_KEY": key(org="dictorg"), "TAGS": {"from": "dict"}}):
@@ -112,7 +130,7 @@ def test_dict_wins_over_env_and_explicit_arguments_win_over_dict(monkeypatch):
         assert config.organization_slug == "argorg"
         assert config.tags == {"from": "dict"}  # the other settings still come from the dict
     assert conf.TaskBadgerSettings({"HOST": "https://a.test"}, {"host": "https://b.test"}).HOST == "https://b.test"
-    with pytest.raises(TypeError, match="NOPE"):
+    with pytest.raises(TypeError, match="nope"):
         conf.TaskBadgerSettings({}, {"nope": 1})
 
 
