@@ -425,6 +425,25 @@ def timeout_from_environment() -> Timeout | None:
         raise ConfigurationError(f"TASKBADGER_HTTP_TIMEOUT must be a number, got {text!r}") from None
 
 
+def environment_problems() -> dict[str, str]:
+    """The ``TASKBADGER_*`` variables for timing and the spool that ``init()`` falls back to (when not given) and
+    would refuse: name -> why. ``manage.py check`` reports them (the ERROR line of a process that refused one
+    sends its reader there)."""
+    checks: dict[str, Callable[[], Any]] = {
+        "TASKBADGER_HTTP_TIMEOUT": lambda: normalize_timeout(_first_set(timeout_from_environment(), DEFAULT_TIMEOUT)),
+        "TASKBADGER_PUBLISH_BUDGET": lambda: normalize_publish_budget(
+            os.environ.get("TASKBADGER_PUBLISH_BUDGET") or DEFAULT_PUBLISH_BUDGET),
+        "TASKBADGER_SPOOL_DIR": lambda: resolve_spool_dir(None),
+    }
+    problems = {}
+    for name, check in checks.items():
+        try:
+            check()
+        except ConfigurationError as err:
+            problems[name] = str(err).rstrip(". ")
+    return problems
+
+
 def build_config(
     token: str | None = None,
     organization_slug: str | None = None,

@@ -163,6 +163,27 @@ def test_setting_check_triggered_and_silenced(app, bad, good, expected_id, expec
     assert run(VALID, **good) == []
 
 
+@pytest.mark.parametrize(("variable", "value", "setting", "fixed"), [
+    ("TASKBADGER_HTTP_TIMEOUT", "abc", "TIMEOUT", (2, 5)),
+    ("TASKBADGER_HTTP_TIMEOUT", "nan", "TIMEOUT", (2, 5)),
+    ("TASKBADGER_PUBLISH_BUDGET", "60", "PUBLISH_BUDGET", 1.0),
+    ("TASKBADGER_SPOOL_DIR", "/tmp/spool\x01", "SPOOL_DIR", False),
+])
+def test_an_environment_variable_the_sdk_refuses_is_reported_where_the_error_line_sends_its_reader(
+        monkeypatch, caplog, variable, value, setting, fixed):
+    """The SDK reads these itself when the setting is unset: a bad one left tasks untracked with an ERROR line saying
+    "run manage.py check", and the check said "no issues"."""
+    monkeypatch.setenv(variable, value)
+    messages = run(VALID)
+    assert [(m.id, m.obj) for m in messages] == [("taskbadger.E018", variable)], messages
+    assert f"TASKBADGER[{setting!r}]" in messages[0].hint and messages[0].level == checks.ERROR
+    no_secret(messages)
+    with caplog.at_level(logging.ERROR, logger="taskbadger"), override_settings(TASKBADGER=VALID):
+        assert taskbadger.get_config() is None  # what the check is about: the process refuses it
+    assert "manage.py check" in caplog.text
+    assert run(VALID, **{setting: fixed}) == []  # the setting wins over the variable: nothing to report
+
+
 @pytest.mark.parametrize("bad, good, expected_id, expected_obj, in_hint", SETTING_CASES)
 @pytest.mark.filterwarnings("ignore:Legacy:DeprecationWarning")
 def test_settings_with_a_check_error_are_not_applied_at_all(caplog, bad, good, expected_id, expected_obj, in_hint):

@@ -34,6 +34,7 @@ taskbadger.W010    Warning  the installed apps' ``tasks`` modules could not be i
 taskbadger.W011    Warning  a ``DJANGO_TASKS`` ``INCLUDES``/``EXCLUDES`` entry matches no django.tasks task
 taskbadger.E016    Error    unknown key in ``TASKBADGER["PROCRASTINATE"]``
 taskbadger.E017    Error    ``procrastinate.contrib.django`` is installed but Procrastinate is older than 3.9
+taskbadger.E018    Error    env ``TASKBADGER_HTTP_TIMEOUT``/``_PUBLISH_BUDGET``/``_SPOOL_DIR`` is refused by init()
 taskbadger.W012    Warning  ``TASKBADGER["PROCRASTINATE"]`` is set but ``procrastinate.contrib.django`` is not installed
 taskbadger.W013    Warning  ``taskbadger_django`` comes before ``procrastinate.contrib.django``: jobs are not tracked
 taskbadger.W014    Warning  ``taskbadger.init()`` ran before Django started: the ``TASKBADGER`` setting is not applied

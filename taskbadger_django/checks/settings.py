@@ -11,7 +11,15 @@ from urllib.parse import urlsplit
 from django.core import checks
 from django.core.checks import CheckMessage
 
-from taskbadger.config import NOT_A_KEY, import_string, is_loopback, key_kind, parse_project_key, validate_host
+from taskbadger.config import (
+    NOT_A_KEY,
+    environment_problems,
+    import_string,
+    is_loopback,
+    key_kind,
+    parse_project_key,
+    validate_host,
+)
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import is_slug, monitor_id
 
@@ -82,6 +90,7 @@ def _check_values(settings: conf.TaskBadgerSettings) -> list[CheckMessage]:
 
     messages += _check_key(settings, bad_types)
     messages += _check_host(settings, bad_types)
+    messages += _check_sdk_environment(settings)
     if "TASKBADGER['MONITORS']" not in bad_types:
         messages += _check_monitors(settings.MONITORS)
     user_tasks = settings.user.get("DJANGO_TASKS")
@@ -172,6 +181,22 @@ def _check_key(settings: conf.TaskBadgerSettings, bad_types: set) -> list[CheckM
             f"TASKBADGER {' and '.join(slugs)} ignored: the project key names the organization and project.",
             hint=f"Remove {' and '.join(slugs)} from TASKBADGER.", obj="TASKBADGER", id="taskbadger.W005")]
     return []
+
+
+#: Settings that, left unset, ``init()`` takes from an environment variable of its own -> that variable.
+_SDK_ENVIRONMENT = {"TIMEOUT": "TASKBADGER_HTTP_TIMEOUT", "PUBLISH_BUDGET": "TASKBADGER_PUBLISH_BUDGET",
+                    "SPOOL_DIR": "TASKBADGER_SPOOL_DIR"}
+
+
+def _check_sdk_environment(settings: conf.TaskBadgerSettings) -> list[CheckMessage]:
+    """E018: such a variable with a value ``init()`` refuses, while the setting leaves it in charge: tasks run
+    untracked, and the process's ERROR line sends its reader here."""
+    problems = environment_problems()
+    return [checks.Error(
+        f"The environment variable {variable} is refused: {problems[variable]}.",
+        hint=f"Fix or unset {variable} in this process's environment, or set TASKBADGER[{name!r}], which wins over "
+             f"it. Until then tasks run untracked. {DOCS}", obj=variable, id="taskbadger.E018")
+        for name, variable in _SDK_ENVIRONMENT.items() if variable in problems and settings.resolve(name)[0] is None]
 
 
 def _check_host(settings: conf.TaskBadgerSettings, bad_types: set) -> list[CheckMessage]:
