@@ -62,7 +62,10 @@ def is_slug(value: Any) -> bool:
 
 def monitor_id(value: Any) -> str | None:
     """The canonical form of a monitor id (a UUID), or None when ``value`` is not one."""
-    if not isinstance(value, str) or len(value) > 64:
+    if not isinstance(value, str) or len(value) > 64 or not value.isascii() or "_" in value \
+            or any(ch.isspace() for ch in value):
+        # uuid.UUID reads the digits with int(), which takes spaces, underscores and non-ASCII digits: an id cut short
+        # by one character and followed by a newline became another id, sent as it was
         return None
     try:
         return str(uuid.UUID(value))

@@ -134,6 +134,23 @@ def test_a_heartbeat_interval_too_short_to_mean_anything_is_refused_wherever_it_
     assert check_option("heartbeat_interval", 0.1) == (True, 0.1)
 
 
+def test_a_monitor_id_is_read_strictly_not_as_int_reads_digits():
+    """uuid.UUID reads the hex digits with int(), which takes spaces, underscores and non-ASCII digits: an id missing
+    its last character and followed by a newline passed every check and another id was sent."""
+    from taskbadger.models import monitor_id
+
+    good = "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a11"
+    for same in (good, good.upper(), "{" + good + "}", "urn:uuid:" + good, good.replace("-", "")):
+        assert monitor_id(same) == good
+    digits = good.replace("-", "")
+    arabic_indic = good.translate({ord(d): chr(0x660 + int(d)) for d in "0123456789"})
+    for bad in (" " + good[:-1], good[:-1] + "\n", "_".join([digits[:16], digits[16:]]), arabic_indic,
+                good[:-1] + "\t"):
+        assert monitor_id(bad) is None, bad
+        with pytest.raises(taskbadger.ConfigurationError, match="monitor id"):
+            CelerySystemIntegration(monitors={"a.task": bad})
+
+
 def test_bad_integration_settings_raise_clearly():
     with pytest.raises(taskbadger.ConfigurationError, match="heartbeat_interval"):
         CelerySystemIntegration(heartbeat_interval=-1)
