@@ -549,10 +549,28 @@ def test_a_host_with_a_path_over_plain_http_gets_both_warnings():
 def test_monitors_checked_in_celerys_default_app_say_to_import_the_projects_app():
     """No Celery app of the project made (its module not imported by the project's __init__.py): W003 blamed
     the task name."""
-    celery_state._set_current_app(None)  # as in a process that made no app: current_app is Celery's default
-    messages = run(VALID, MONITORS={"shop.nightly": MONITOR})
+    previous_default = celery_state.default_app
+    celery_state._set_current_app(None)  # as in a process that made no app: current_app is the one Celery makes
+    celery_state.default_app = None
+    try:
+        messages = run(VALID, MONITORS={"shop.nightly": MONITOR})
+    finally:
+        celery_state.default_app = previous_default
     [warning] = [m for m in messages if m.id == "taskbadger.W003"]
     assert "from .celery import app as celery_app" in warning.hint
+
+
+def test_a_projects_app_made_the_default_one_is_not_taken_for_celerys_own(app):
+    """Celery's Django fixup makes the project's app the default app (set_default) in every project laid out as
+    Celery's guide has it: W003 said "no Celery app of this project is loaded" there, for any name matching no task."""
+    previous_default = celery_state.default_app
+    app.set_default()
+    try:
+        messages = run(VALID, MONITORS={"nightly_invoices": MONITOR})
+    finally:
+        celery_state.default_app = previous_default
+    [warning] = [m for m in messages if m.id == "taskbadger.W003"]
+    assert "from .celery import app as celery_app" not in warning.hint
 
 
 @pytest.mark.parametrize("name", ["TASK_BADGER", "TASKBADGERS", "TASKBAGDER", "TASK_BADGER_"])

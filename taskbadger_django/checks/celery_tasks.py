@@ -140,11 +140,11 @@ def _check_task_options(tasks: Mapping[str, Any]) -> list[CheckMessage]:
 
 
 def _no_project_app(app: Any) -> bool:
-    """Whether ``app`` is Celery's own default app: no Celery app of the project was made in this process (its
-    module is not imported by the project package's ``__init__.py``, as Celery's Django guide has it)."""
-    from celery import _state
-
-    return getattr(_state, "default_app", None) is app
+    """Whether ``app`` is the app Celery makes when no app was made in this process (the project's module is not
+    imported by the project package's ``__init__.py``, as Celery's Django guide has it): named ``default``, with no
+    fixups. Not "Celery's default app": the Django fixup makes the project's app the default one in every project
+    laid out as the guide says, and the hint was given there too."""
+    return getattr(app, "main", None) == "default" and not getattr(app, "fixups", None)
 
 
 #: What to say when the tasks were looked up in Celery's default app.
