@@ -64,6 +64,26 @@ def test_track_false_header_overrides_auto_tracking(taskbadger_server, prefork_w
     assert len(taskbadger_server.tasks) == 1
 
 
+def test_call_options_on_a_task_without_the_base_class_are_honoured_and_never_sent_as_properties(
+        taskbadger_server, prefork_worker):
+    """A beat entry's ``options={"taskbadger_monitor_id": ...}`` (apply_async's options) on an auto-tracked task
+    without ``base=Task``: Celery hands options it does not know to the message's properties, no one read them
+    there, and the runs were tracked without their monitor."""
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url,
+                    systems=[CelerySystemIntegration(auto_track_tasks=True)])
+    monitor = taskbadger_server.add_monitor()
+    result = prefork_worker.send(tasks.plain_add, 1, 2, taskbadger_monitor_id=monitor.upper(),
+                                 taskbadger_name="plain, with call options", taskbadger_kwargs={"value_max": 7},
+                                 headers={"taskbadger_kwargs": {"value_max": 9}})  # the call's own headers win
+    task = taskbadger_server.wait_for_task(name="plain, with call options", status="success")
+    assert (task["monitor_id"], task["value_max"], task["external_id"]) == (monitor, 9, result.id)
+    prefork_worker.send(tasks.plain_add, 3, 4, taskbadger_track=False)
+    marker = prefork_worker.send(tasks.plain_add, 5, 6)
+    taskbadger_server.wait_for(lambda: any(t["external_id"] == marker.id and t["status"] == "success"
+                                           for t in taskbadger_server.tasks.values()))
+    assert len(taskbadger_server.tasks) == 2  # taskbadger_track=False in the call opted that one out
+
+
 def test_unknown_option_and_wrong_type_are_reported_once_and_task_still_runs(taskbadger_server, prefork_worker,
                                                                             tb_log):
     for _ in range(2):

@@ -25,7 +25,7 @@ from .._runtime import log_throttled, short
 from ..lifecycle import carried
 from ..lifecycle.carried import Meta
 from ..models import is_task_id
-from .options import KWARGS_KEY, TRACK_KEY, validate
+from .options import KWARGS_KEY, TRACK_KEY, pop_options, validate
 
 META_KEY = "taskbadger_task"
 ID_KEY = "taskbadger_task_id"
@@ -97,6 +97,24 @@ def check_outgoing(message: MutableMapping[str, Any], task_name: str) -> Incomin
     if incoming.maybe_created:
         message[MAYBE_CREATED_KEY] = True
     return incoming
+
+
+def take_call_options(properties: MutableMapping[str, Any], message: MutableMapping[str, Any]) -> None:
+    """``apply_async(taskbadger_<option>=...)`` on a task without the base class (whose ``apply_async`` takes them
+    itself), or a beat entry's ``options``: Celery hands the options it does not know to the message's properties,
+    where no one read them (a beat entry's monitor was lost). They become our headers, checked with the rest by
+    ``check_outgoing``, and never go out as properties. Headers the call wrote itself win."""
+    found = pop_options(properties)
+    if not found:
+        return
+    track = found.pop("track", None)
+    if track is not None and message.get(TRACK_KEY) is None:
+        message[TRACK_KEY] = track
+    given = message.get(KWARGS_KEY)
+    if found and given is None:
+        message[KWARGS_KEY] = found
+    elif found and isinstance(given, Mapping):
+        message[KWARGS_KEY] = {**found, **given}
 
 
 def strip(message: MutableMapping[str, Any]) -> None:

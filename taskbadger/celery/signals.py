@@ -17,6 +17,7 @@ from celery import signals
 from .. import spooling
 from ..config import get_config, why_unconfigured
 from . import events, headers, publish
+from .headers import take_call_options
 from .state import publish_slot, published
 
 log = logging.getLogger("taskbadger")
@@ -39,11 +40,14 @@ def guard(handler: Callable[..., Any]) -> Callable[..., Any]:
 
 @guard
 def on_before_publish(sender: str | None = None, body: Any = None, headers: dict | None = None,
-                      routing_key: str | None = None, declare: Any = None, **_: Any) -> None:
+                      routing_key: str | None = None, declare: Any = None, properties: dict | None = None,
+                      **_: Any) -> None:
     # Protocol 2 keeps the task's fields in the message headers; protocol 1 in the body. Custom
     # headers (ours included) travel in the message headers with both, so that is where we write.
     if not isinstance(headers, dict) or sender is None:
         return
+    if isinstance(properties, dict):
+        take_call_options(properties, headers)
     celery_id = _celery_id(headers, body)
     try:
         created = publish.on_publish(sender, headers, celery_id, body, routing_key, declare)
