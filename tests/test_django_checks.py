@@ -404,6 +404,33 @@ def test_a_monitored_task_that_is_never_tracked(app):
     assert run(VALID, MONITORS={"shop.nightly": MONITOR}) == []
 
 
+def test_a_beat_entry_whose_own_options_leave_its_monitored_runs_untracked(app):
+    """A beat entry's own options decide for its runs: a monitor given there to a task nothing tracks, or
+    taskbadger_track=False on the entry of a task that has a monitor, was not reported; the monitor heard nothing."""
+
+    @app.task(shared=False, name="shop.nightly")
+    def nightly():
+        return None
+
+    @app.task(shared=False, name="shop.tracked", base=Task)
+    def tracked():
+        return None
+
+    own = {"nightly": {"task": "shop.nightly", "schedule": 86400,
+                       "options": {"headers": {"taskbadger_kwargs": {"monitor_id": MONITOR}}}}}
+    opted_out = {"tracked": {"task": "shop.tracked", "schedule": 86400, "options": {"taskbadger_track": False}}}
+    for schedule, why in ((own, "does not use base=Task"), (opted_out, "its options have taskbadger_track=False")):
+        app.conf.beat_schedule = schedule
+        messages = run(VALID, MONITORS={"shop.tracked": MONITOR})
+        assert [(m.id, m.obj) for m in messages] == [("taskbadger.W019", "CELERY_BEAT_SCHEDULE")], messages
+        assert why in messages[0].msg and repr(next(iter(schedule))) in messages[0].msg
+    # tracked after all: the task by the Celery rules, or the entry's runs by its own options
+    app.conf.beat_schedule = own
+    assert run(VALID, MONITORS={"shop.tracked": MONITOR}, CELERY={"AUTO_TRACK": True}) == []
+    own["nightly"]["options"]["headers"]["taskbadger_track"] = True
+    assert run(VALID, MONITORS={"shop.tracked": MONITOR}) == []
+
+
 def test_task_modules_that_cannot_be_imported(app):
     app.conf.imports = ["tests.no_such_tasks_module"]
     messages = run(VALID)

@@ -215,6 +215,45 @@ def _check_monitored_untracked(celery: Any, monitors: Mapping[str, Any], tasks: 
                  "TASKBADGER['CELERY']['AUTO_TRACK'] = True with INCLUDES/EXCLUDES that let it through; or remove "
                  "its monitor.",
             obj=name, id="taskbadger.W019"))
+    messages += _check_beat_entries_untracked(system, monitors, tasks, schedule or {})
+    return messages
+
+
+def _check_beat_entries_untracked(system: Any, monitors: Mapping[str, Any], tasks: Mapping[str, Any],
+                                  schedule: Mapping[str, Any]) -> list[CheckMessage]:
+    """W019 for a beat entry whose own options give its runs a monitor, or opt them out of tracking while the task
+    has one: the task's own rules (checked above) are not what decides for those runs."""
+    from taskbadger.celery.fields import uses_base_class
+    from taskbadger.celery.options import decorator_options
+
+    messages = []
+    for entry, spec in sorted(schedule.items()):
+        name = spec.get("task") if isinstance(spec, Mapping) else None
+        if not isinstance(name, str) or name not in tasks:
+            continue  # not a task of this process: W003 and E010 speak of what can be known
+        options = _entry_options(spec)
+        own, track = options.get("monitor_id"), options.get("track")
+        if own is None and track is not False:
+            continue
+        monitor = own if own is not None else _monitor_for(name, monitors, tasks)
+        if not isinstance(monitor, str) or monitor_id(monitor) is None:
+            continue  # no monitor, or one that is no id (E006, E010)
+        if track is None:
+            try:
+                track = decorator_options(tasks[name]).get("track")
+            except Exception:
+                track = None
+        if track is True or (track is not False and (uses_base_class(tasks[name]) or system.track_task(name))):
+            continue
+        why = ("its options have taskbadger_track=False" if options.get("track") is False else
+               "its decorator has taskbadger_track=False" if track is False else
+               "it does not use base=Task and TASKBADGER['CELERY'] does not auto-track it")
+        messages.append(checks.Warning(
+            f"Celery beat entry {entry!r} runs {name!r} with a Task Badger monitor, but those runs are not tracked "
+            f"({why}): the monitor never hears from them and reports every run as missed.",
+            hint="Track the task (@shared_task(base=Task), or AUTO_TRACK with INCLUDES that let it through), or "
+                 "give the entry options={'headers': {'taskbadger_track': True}}; or remove the monitor.",
+            obj="CELERY_BEAT_SCHEDULE", id="taskbadger.W019"))
     return messages
 
 
