@@ -369,9 +369,8 @@ def test_a_wrong_monitor_value_says_which_entry_and_what_to_use(app):
     assert message.id == "taskbadger.E006" and message.hint == f"Use the monitor id it contains: {MONITOR!r}."
 
 
-def test_a_monitored_task_that_is_never_tracked(app):
-    """A monitor on a task that is not tracked (plain @shared_task, AUTO_TRACK off by default): beat runs it, no
-    task is ever created, and the monitor reports every run as missed; the check says so, and how to track it."""
+def plain_and_tracked_tasks(app):
+    """``shop.nightly``, a plain task (not tracked unless auto-tracked), and ``shop.tracked``, with ``base=Task``."""
 
     @app.task(shared=False, name="shop.nightly")
     def nightly():
@@ -380,6 +379,13 @@ def test_a_monitored_task_that_is_never_tracked(app):
     @app.task(shared=False, name="shop.tracked", base=Task)
     def tracked():
         return None
+
+
+def test_a_monitored_task_that_is_never_tracked(app):
+    """A monitor on a task that is not tracked (plain @shared_task, AUTO_TRACK off by default): beat runs it, no
+    task is ever created, and the monitor reports every run as missed; the check says so, and how to track it."""
+
+    plain_and_tracked_tasks(app)
 
     @app.task(shared=False, name="shop.opted_out", base=Task, taskbadger_track=False)
     def opted_out():
@@ -408,13 +414,7 @@ def test_a_beat_entry_whose_own_options_leave_its_monitored_runs_untracked(app):
     """A beat entry's own options decide for its runs: a monitor given there to a task nothing tracks, or
     taskbadger_track=False on the entry of a task that has a monitor, was not reported; the monitor heard nothing."""
 
-    @app.task(shared=False, name="shop.nightly")
-    def nightly():
-        return None
-
-    @app.task(shared=False, name="shop.tracked", base=Task)
-    def tracked():
-        return None
+    plain_and_tracked_tasks(app)
 
     own = {"nightly": {"task": "shop.nightly", "schedule": 86400,
                        "options": {"headers": {"taskbadger_kwargs": {"monitor_id": MONITOR}}}}}
