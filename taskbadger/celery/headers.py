@@ -105,15 +105,15 @@ def take_call_options(properties: MutableMapping[str, Any], message: MutableMapp
     where no one read them (a beat entry's monitor was lost). They become our headers, checked with the rest by
     ``check_outgoing``, and never go out as properties. Headers the call wrote itself win."""
     found = pop_options(properties)
-    if not found:
-        return
     track = found.pop("track", None)
     if track is not None and message.get(TRACK_KEY) is None:
         message[TRACK_KEY] = track
+    if not found:
+        return
     given = message.get(KWARGS_KEY)
-    if found and given is None:
+    if given is None:
         message[KWARGS_KEY] = found
-    elif found and isinstance(given, Mapping):
+    elif isinstance(given, Mapping):
         message[KWARGS_KEY] = {**found, **given}
 
 

@@ -179,8 +179,6 @@ def _check_monitored_untracked(celery: Any, monitors: Mapping[str, Any], tasks: 
                                schedule: Any = None) -> list[CheckMessage]:
     """A Celery task with a monitor that is never tracked (no ``base=Task``, not auto-tracked, or
     ``taskbadger_track=False``): no run of it is created in Task Badger, so its monitor never hears from it."""
-    from taskbadger.celery.fields import uses_base_class
-    from taskbadger.celery.options import decorator_options
     from taskbadger.exceptions import ConfigurationError
     from taskbadger.systems.celery import CelerySystemIntegration
 
@@ -200,14 +198,9 @@ def _check_monitored_untracked(celery: Any, monitors: Mapping[str, Any], tasks: 
         monitor = _monitor_for(name, monitors, tasks)
         if not isinstance(monitor, str):
             continue  # no monitor, or one left unset on purpose
-        try:
-            track = decorator_options(task).get("track")
-        except Exception:
-            track = None
-        if track is True or (track is not False and (uses_base_class(task) or system.track_task(name))):
+        why = _why_untracked(system, name, task)
+        if why is None:
             continue
-        why = ("its decorator has taskbadger_track=False" if track is False else
-               "it does not use base=Task and TASKBADGER['CELERY'] does not auto-track it")
         messages.append(checks.Warning(
             f"Celery task {name!r} has a Task Badger monitor but is not tracked ({why}): its runs are never "
             "created in Task Badger, so the monitor never hears from it and reports every run as missed.",
@@ -223,9 +216,6 @@ def _check_beat_entries_untracked(system: Any, monitors: Mapping[str, Any], task
                                   schedule: Mapping[str, Any]) -> list[CheckMessage]:
     """W019 for a beat entry whose own options give its runs a monitor, or opt them out of tracking while the task
     has one: the task's own rules (checked above) are not what decides for those runs."""
-    from taskbadger.celery.fields import uses_base_class
-    from taskbadger.celery.options import decorator_options
-
     messages = []
     for entry, spec in sorted(schedule.items()):
         name = spec.get("task") if isinstance(spec, Mapping) else None
@@ -238,16 +228,9 @@ def _check_beat_entries_untracked(system: Any, monitors: Mapping[str, Any], task
         monitor = own if own is not None else _monitor_for(name, monitors, tasks)
         if not isinstance(monitor, str) or monitor_id(monitor) is None:
             continue  # no monitor, or one that is no id (E006, E010)
-        if track is None:
-            try:
-                track = decorator_options(tasks[name]).get("track")
-            except Exception:
-                track = None
-        if track is True or (track is not False and (uses_base_class(tasks[name]) or system.track_task(name))):
+        why = _why_untracked(system, name, tasks[name], track)
+        if why is None:
             continue
-        why = ("its options have taskbadger_track=False" if options.get("track") is False else
-               "its decorator has taskbadger_track=False" if track is False else
-               "it does not use base=Task and TASKBADGER['CELERY'] does not auto-track it")
         messages.append(checks.Warning(
             f"Celery beat entry {entry!r} runs {name!r} with a Task Badger monitor, but those runs are not tracked "
             f"({why}): the monitor never hears from them and reports every run as missed.",
@@ -255,6 +238,27 @@ def _check_beat_entries_untracked(system: Any, monitors: Mapping[str, Any], task
                  "give the entry options={'headers': {'taskbadger_track': True}}; or remove the monitor.",
             obj="CELERY_BEAT_SCHEDULE", id="taskbadger.W019"))
     return messages
+
+
+def _why_untracked(system: Any, name: str, task: Any, entry_track: Any = None) -> str | None:
+    """Why the runs of ``task`` are not tracked, or None when they are: a beat entry's ``taskbadger_track`` decides
+    for its runs, else the decorator's, else ``base=Task`` and the ``CELERY`` rules."""
+    from taskbadger.celery.fields import uses_base_class
+    from taskbadger.celery.options import decorator_options
+
+    if entry_track is not None:
+        track, whose = entry_track, "its options have"
+    else:
+        try:
+            track = decorator_options(task).get("track")
+        except Exception:
+            track = None
+        whose = "its decorator has"
+    if track is True or (track is not False and (uses_base_class(task) or system.track_task(name))):
+        return None
+    if track is False:
+        return f"{whose} taskbadger_track=False"
+    return "it does not use base=Task and TASKBADGER['CELERY'] does not auto-track it"
 
 
 def _monitor_for(task_name: str, monitors: Mapping[str, Any], tasks: Mapping[str, Any]) -> Any:
