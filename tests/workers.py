@@ -89,7 +89,13 @@ class Worker:
             self.process.send_signal(signal.SIGTERM)
             self._stop_requested = True
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    #: Longer than billiard's own wait: a prefork child whose task ended as the warm shutdown began waits up to 30 s
+    #: for the main process to take its result (``Worker._ensure_messages_consumed``, 300 x 0.1 s; billiard 4.3), and
+    #: the main process, joining its children, no longer takes results. Seen in a CI run (RabbitMQ leg) and
+    #: reproduced with py-spy: the child in that wait, the main process in ``Pool.join``. Celery's, not ours.
+    STOP_TIMEOUT = 45.0
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
         if self.process is None or self.process.poll() is not None:
             if self.process is not None:
                 self._log.close()
