@@ -6,6 +6,7 @@ sends that signal after the job is in Redis)."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import threading
 import types
 
@@ -164,6 +165,23 @@ def test_heartbeat_settings_give_the_running_task_its_stale_timeout(taskbadger_s
     task = taskbadger_server.wait_for_task(NAME + "add", status="success")
     assert task["stale_timeout"] == 60  # twice the heartbeat interval, set once it runs
     assert task["data"] == {"args": [3, 4], "kwargs": {}}
+
+
+@override_settings(TASKS=IMMEDIATE)
+def test_a_stale_timeout_within_the_heartbeat_interval_is_kept_and_logged_once(taskbadger_server, caplog):
+    """Task Badger would mark the running task stale between two heartbeats: the user chose the value, so it is
+    kept, but said once, naming the task (before, nothing said it)."""
+    system = DjangoTasksSystemIntegration(heartbeat_interval=30, stale_timeout=20)
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, systems=[system])
+    connect()
+    with caplog.at_level(logging.WARNING, logger="taskbadger"):
+        tasks.add.enqueue(3, 4)
+        tasks.add.enqueue(5, 6)
+    task = taskbadger_server.wait_for_task(NAME + "add", status="success")
+    assert task["stale_timeout"] == 20
+    [line] = [r.getMessage() for r in caplog.records if "stale_timeout" in r.getMessage()]
+    assert f"task '{NAME}add' has a stale_timeout of 20 s, not longer than its heartbeat interval of 30 s" in line
+    assert "at least 60 s" in line
 
 
 @override_settings(TASKS=IMMEDIATE)

@@ -87,7 +87,7 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     options.pop("track", None)
     fields = create_fields(tracked_name, options, system, celery_id, args, kwargs, _queue_name(declare, routing_key),
                            canvas_data, display_name)
-    heartbeat, stale_timeout = lifecycle.heartbeat_options(options, system)
+    heartbeat, stale_timeout = lifecycle.heartbeat_options(options, system, tracked_name)
     created = lifecycle.enqueue(fields, "publish")
     task = created.task
     if task is None:

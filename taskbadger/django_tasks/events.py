@@ -123,7 +123,7 @@ def on_enqueued(task_result: Any) -> None:
         else:
             channel.discard(task_result.id)  # certainly not created: the worker may create it
         return
-    heartbeat, stale = lifecycle.heartbeat_options(options, system)
+    heartbeat, stale = lifecycle.heartbeat_options(options, system, name)
     channel.put(task_result.id, CREATED, lifecycle.created_meta(created.task, heartbeat, stale).to_dict())
     _created_here.put(task_result.id, CREATED, created.task.id)
     # Enqueued inside a transaction that may yet roll back: the database backend's job goes with it and never

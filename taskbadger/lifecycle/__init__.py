@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import context_providers
-from .._runtime import log_throttled, on_an_event_loop, short
+from .._runtime import log_once, log_throttled, on_an_event_loop, short
 from ..config import get_config
 from ..context_providers import error_context
 from ..delivery import merge, sender
@@ -135,13 +135,22 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     return fields
 
 
-def heartbeat_options(options: Mapping[str, Any], rules: Rules | None) -> tuple[float | None, int | None]:
+def heartbeat_options(options: Mapping[str, Any], rules: Rules | None,
+                      name: str = "") -> tuple[float | None, int | None]:
     """(seconds between pings, stale_timeout) for a job: its options, else the integration's; the stale
-    timeout defaults to twice the heartbeat interval."""
+    timeout defaults to twice the heartbeat interval. A stale timeout that is not longer than the interval is
+    kept (the user chose it) but logged once: Task Badger would mark the job stale between two pings."""
     interval = options.get("heartbeat_interval", rules.heartbeat_interval if rules is not None else None)
     stale = options.get("stale_timeout", rules.stale_timeout if rules is not None else None)
     if stale is None and interval:
         stale = max(1, math.ceil(interval * STALE_TIMEOUT_FACTOR))
+    elif stale is not None and interval and stale <= interval:
+        log_once(f"stale-before-heartbeat:{name}:{interval}:{stale}", logging.WARNING,
+                 "Task Badger: %s has a stale_timeout of %s s, not longer than its heartbeat interval of %s s, so "
+                 "Task Badger marks it stale between two heartbeats while it runs. Leave stale_timeout unset (it "
+                 "is then twice the interval) or make it at least %s s.",
+                 f"task {short(name)}" if name else "a task", stale, interval,
+                 math.ceil(interval * STALE_TIMEOUT_FACTOR))
     return interval, stale
 
 

@@ -50,7 +50,8 @@ def _carried_meta(job: jobs.Job, raw: Any, options: dict[str, Any] | None) -> Me
         WHERE,
     )
     if meta is not None:
-        meta.heartbeat_interval, meta.stale_timeout = lifecycle.heartbeat_options(options or {}, procrastinate_system())
+        meta.heartbeat_interval, meta.stale_timeout = lifecycle.heartbeat_options(
+            options or {}, procrastinate_system(), job.task_name)
     return meta
 
 

@@ -44,6 +44,7 @@ taskbadger.W017    Warning  ``HOST`` has a path: the API's URLs are made from th
 taskbadger.W018    Warning  a ``TASKS`` backend is RQ's but ``RQ["WORKER_CLASS"]`` is not Task Badger's worker class
 taskbadger.W019    Warning  a task with a monitor is not tracked (Celery: no ``base=Task``, not auto-tracked;
                            django.tasks, Procrastinate: ``AUTO_TRACK``/``INCLUDES``/``EXCLUDES`` leave it out)
+taskbadger.W020    Warning  a queue's ``STALE_TIMEOUT`` is not longer than its ``HEARTBEAT_INTERVAL``
 taskbadger.I001    Info     a ``beat_schedule`` entry runs a task that has no monitor id
 =================  =======  ==========================================================================
 """

@@ -1,4 +1,4 @@
-"""The ``TASKBADGER`` setting: its name, keys, types and values (E001-E008, W001-W005, W014-W017)."""
+"""The ``TASKBADGER`` setting: its name, keys, types and values (E001-E008, E018, W001-W005, W014-W017, W020)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from taskbadger.config import (
     validate_host,
 )
 from taskbadger.exceptions import ConfigurationError
-from taskbadger.models import is_slug, monitor_id
+from taskbadger.models import is_heartbeat_interval, is_slug, is_whole_seconds, monitor_id
 
 from .. import conf, schema
 from .common import DOCS, pattern_error, patterns, type_errors, unknown_keys
@@ -117,6 +117,7 @@ def _check_values(settings: conf.TaskBadgerSettings) -> list[CheckMessage]:
                         f"{obj} pattern {pattern!r} is not a valid regular expression: {err}.",
                         hint="Fix the pattern; it is matched against the whole task name.", obj=obj,
                         id="taskbadger.E007"))
+    messages += _check_stale_timeouts(settings.user)
     if "TASKBADGER['BEFORE_CREATE']" not in bad_types:
         messages += _check_before_create(settings.BEFORE_CREATE)
     user_progress = settings.user.get("PROGRESS")
@@ -124,6 +125,27 @@ def _check_values(settings: conf.TaskBadgerSettings) -> list[CheckMessage]:
         messages += unknown_keys(settings.unknown_nested_keys("PROGRESS"), conf.PROGRESS_DEFAULTS,
                              "TASKBADGER['PROGRESS']", "taskbadger.E011")
         messages += type_errors(user_progress, schema.PROGRESS, "TASKBADGER['PROGRESS']")
+    return messages
+
+
+def _check_stale_timeouts(user: Mapping[str, Any]) -> list[CheckMessage]:
+    """W020: a queue's ``STALE_TIMEOUT`` is not longer than its ``HEARTBEAT_INTERVAL``: every long task it tracks is
+    marked stale between two heartbeats while it runs (the API marks it; nothing in the worker fails)."""
+    messages: list[CheckMessage] = []
+    for section in conf.QUEUES:
+        values = user.get(section)
+        if not isinstance(values, Mapping):
+            continue
+        obj = f"TASKBADGER[{section!r}]"
+        interval: Any = values.get("HEARTBEAT_INTERVAL")
+        stale: Any = values.get("STALE_TIMEOUT")
+        if is_heartbeat_interval(interval) and is_whole_seconds(stale) and stale <= interval:  # else E003 or fine
+            messages.append(checks.Warning(
+                f"{obj}['STALE_TIMEOUT'] ({stale} s) is not longer than its HEARTBEAT_INTERVAL ({interval} s): Task "
+                f"Badger marks every running task stale between two heartbeats.",
+                hint="Remove STALE_TIMEOUT (it is then twice HEARTBEAT_INTERVAL), or make it at least twice "
+                     "HEARTBEAT_INTERVAL: a heartbeat can reach the API a little late.", obj=f"{obj}['STALE_TIMEOUT']",
+                id="taskbadger.W020"))
     return messages
 
 
