@@ -120,6 +120,8 @@ SETTING_CASES = [
      "TASKBADGER['HOST']", "https://taskbadger.net"),
     ({"MONITORS": {"shop.nightly": "monitor-1"}}, {"MONITORS": {"shop.nightly": MONITOR}}, "taskbadger.E006",
      "TASKBADGER['MONITORS']", "monitor's page"),
+    ({"MONITORS": {"shop.nightly": ""}}, {"MONITORS": {"shop.nightly": None}}, "taskbadger.E006",
+     "TASKBADGER['MONITORS']", "give None, not an empty string"),
     ({"MONITORS": {"shop.nightly": MONITOR + " "}}, {"MONITORS": {"shop.nightly": MONITOR}}, "taskbadger.E006",
      "TASKBADGER['MONITORS']", "Remove the whitespace"),
     ({"HOST": "https://taskbadger.net/api/"}, {"HOST": "https://taskbadger.net"}, "taskbadger.W017",

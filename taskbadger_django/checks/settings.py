@@ -252,6 +252,12 @@ def _check_host(settings: conf.TaskBadgerSettings, bad_types: set) -> list[Check
 _UUID_IN = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
+#: E006's hint for a blank monitor id: most often an environment variable not set in this environment.
+_BLANK_MONITOR = ("For no monitor in this environment, give None, not an empty string (e.g. "
+                  "os.environ.get(\"NIGHTLY_MONITOR\") or None); until then the settings are not applied and no task "
+                  "is tracked. Otherwise copy the monitor id from the monitor's page in Task Badger.")
+
+
 def _check_monitors(monitors: Mapping[str, Any]) -> list[CheckMessage]:
     messages = []
     obj = "TASKBADGER['MONITORS']"
@@ -273,7 +279,8 @@ def _check_monitors(monitors: Mapping[str, Any]) -> list[CheckMessage]:
                 + (": it has whitespace around it." if spaced else "."),
                 hint="Remove the whitespace around it (a value read from a file or the environment often ends with "
                      "a newline)." if spaced else f"Use the monitor id it contains: {inside.group(0)!r}." if inside
-                else "Copy the monitor id from the monitor's page in Task Badger.",
+                else _BLANK_MONITOR if not monitor.strip() else "Copy the monitor id from the monitor's page in Task "
+                "Badger.",
                 obj=obj, id="taskbadger.E006"))
         err = pattern_error(pattern)
         if err is not None:
