@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import endpoints
-from ._runtime import short
+from ._runtime import log_once, short
 from .actions import action_dicts
 from .config import get_config
 from .context_providers import error_context
@@ -21,7 +21,21 @@ from .delivery import queue as pending
 from .delivery.merge import DefaultMergeStrategy
 from .exceptions import CreateSkipped, InvalidData, ReadTimeout
 from .http import Deadline, LateAnswer
-from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, exception_data, given_data
+from .models import (
+    TERMINAL_STATUSES,
+    StatusEnum,
+    TaskModel,
+    exception_data,
+    fitted_name,
+    given_data,
+    has_control_characters,
+    is_count,
+    is_json,
+    is_tag_map,
+    is_whole_seconds,
+    jsonable,
+    tag_map_problem,
+)
 from .scope import scope_state
 
 log = logging.getLogger("taskbadger")
@@ -45,8 +59,71 @@ def create_body(name: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
     if tags:
         body["tags"] = tags
     if config and config.before_create:
-        return config.before_create(body) or None  # an empty dict skips too, as in the official SDK
+        given = dict(body)  # the hook may change ``body`` itself: what it changed is checked
+        changed = config.before_create(body)
+        return _hook_fields(name, given, changed) if changed else None  # {} skips too, as in the official SDK
     return body
+
+
+def _is_status(value: Any) -> bool:
+    try:
+        StatusEnum.coerce(value)
+    except ValueError:
+        return False
+    return True
+
+
+#: A field ``before_create`` may set -> (whether the API takes the value, what it takes).
+_HOOK_CHECKS: dict[str, tuple[Any, str]] = {
+    "value": (is_count, "a whole number of 0 or more"),
+    "value_max": (is_count, "a whole number of 0 or more"),
+    "stale_timeout": (is_whole_seconds, "a whole number of seconds of 1 or more"),
+    "max_runtime": (is_whole_seconds, "a whole number of seconds of 1 or more"),
+    "status": (_is_status, "a status: " + ", ".join(s.value for s in StatusEnum)),
+}
+
+
+def _hook_fields(name: str, given: Mapping[str, Any], returned: Any) -> dict[str, Any]:
+    """What ``before_create`` returned, as fields the API takes. The hook is the user's code, so each field it set
+    is checked here: what the API would refuse is left out (for a name, the task's own is kept; in data, what JSON
+    cannot encode is sent as text), said once per field, naming the hook, and the task is still created. Before,
+    the create was refused with a 400 that named the field (``value``, which the caller gave right) but not the
+    hook. Nothing else the hook removed comes back: it may remove what must not leave the process."""
+    if not isinstance(returned, Mapping):
+        raise InvalidData(f"before_create returned {type(returned).__name__}; it must return the task's fields (a "
+                          "dict), or None to skip the task")
+    fields = dict(returned)
+    for key, value in returned.items():
+        if value is None or (key in given and given[key] is value):
+            continue  # unset, or not the hook's
+        if key == "name":
+            if isinstance(value, str) and value.strip() and not has_control_characters(value):
+                fields[key] = fitted_name(value)
+                continue
+            why, fields[key] = "which is not a name (a non-empty text without control characters): the task's own " \
+                "name is used", name
+        elif key == "data":
+            if is_json(value):
+                continue
+            why, fields[key] = "which JSON cannot encode: what it cannot is sent as text", jsonable(value)
+        elif key == "tags":
+            problem = tag_map_problem(value)
+            if problem is None:
+                continue
+            kept = {k: v for k, v in value.items() if is_tag_map({k: v})} if isinstance(value, Mapping) else {}
+            why = f"which the API refuses ({problem}; it takes names to texts of 2 to 255 characters): " + (
+                "the other tags are sent" if kept else "no tags are sent")
+            fields[key] = kept or None
+        elif key in _HOOK_CHECKS and not _HOOK_CHECKS[key][0](value):
+            why = f"which the API refuses (it takes {_HOOK_CHECKS[key][1]}): the field is left out"
+            del fields[key]
+        else:
+            continue
+        log_once(f"before-create:{key}", logging.ERROR, "Task Badger: before_create set %s to %s, %s. Fix the hook "
+                 "(TASKBADGER['BEFORE_CREATE'] or init(before_create=...)).", key, short(value, 80), why)
+    if not fields.get("name"):
+        fields["name"] = name  # required: the API refuses a task without one
+    return fields
 
 
 def create(name: str, fields: Mapping[str, Any], monitor_id: str | None = None, deadline: Deadline | None = None,

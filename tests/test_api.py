@@ -213,6 +213,41 @@ def test_before_create_can_change_or_skip_or_fail(taskbadger_server, tb_log):
     assert len(posts(taskbadger_server)) == 1
 
 
+@pytest.mark.parametrize("changes, sent, in_line", [
+    ({"value": "abc"}, {"value": None}, "set value to 'abc', which the API refuses (it takes a whole number"),
+    ({"status": "weird"}, {"status": "pending"}, "set status to 'weird', which the API refuses"),
+    ({"stale_timeout": 0}, {"stale_timeout": None}, "set stale_timeout to 0"),
+    ({"name": ""}, {"name": "export"}, "the task's own name is used"),
+    ({"name": "x" * 300}, {"name": "x" * 254 + "…"}, None),  # too long: shortened, as a job's module path is
+    ({"data": {"ids": {1}}}, {"data": {"ids": "{1}"}}, "set data to {'ids': {1}}, which JSON cannot encode"),
+    ({"tags": {"team": "ops", "bad": "v" * 300}}, {"tags": {"team": "ops"}}, "'bad' is 'vvv"),
+])
+def test_a_before_create_hook_that_sets_a_field_the_api_refuses_loses_that_field_not_the_task(
+        taskbadger_server, tb_log, changes, sent, in_line):
+    """The hook's own mistake used to cost the whole create (a 400 naming `value`, which the caller gave right, and
+    not the hook), so the task ran untracked: now that field is left out, said once, naming the hook."""
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url,
+                    before_create=lambda body: {**body, **changes})
+    for _ in range(2):
+        task = taskbadger.create_task("export", value=3)
+    stored = taskbadger_server.get_task(task.id)
+    for key, value in sent.items():
+        assert stored.get(key) == value, key
+    lines = [r.getMessage() for r in tb_log.records if r.levelno >= logging.WARNING]
+    if in_line is None:
+        assert lines == []
+    else:
+        [line] = lines  # once, not per task
+        assert in_line in line and "Fix the hook (TASKBADGER['BEFORE_CREATE'] or init(before_create=...))" in line
+
+
+def test_a_before_create_hook_that_returns_no_dict_gets_a_clear_error(taskbadger_server):
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, before_create=lambda body: True)
+    with pytest.raises(InvalidData, match="before_create returned bool; it must return the task's fields"):
+        taskbadger.create_task("export")
+    assert posts(taskbadger_server) == []
+
+
 def test_global_scope_and_explicit_tags_merge_explicit_wins(taskbadger_server):
     taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url, tags={"env": "prod", "team": "a1"})
     with taskbadger.current_scope() as scope:
