@@ -37,6 +37,8 @@ DEFAULT_TIMEOUT: tuple[float, float] = (2.0, 5.0)
 #: The most either part of a timeout may be: a call a task's body or a sender waits on for longer is a
 #: mistake (and infinity, or a number too large for the system's clocks, cannot be a deadline at all).
 MAX_TIMEOUT = 600.0
+#: Less than this is no timeout a request can meet, even on loopback: every call would fail.
+MIN_TIMEOUT = 0.01
 #: Seconds an inline create may take in all (at publish, in a worker for a task its publisher could not
 #: track, ``@track``): a web request waits for it. A healthy API answers a create in tens of milliseconds
 #: on a kept-alive connection, and a new TLS connection costs two more round trips; a second leaves room
@@ -332,8 +334,9 @@ def normalize_timeout(timeout: Any) -> tuple[float, float]:
                 DEFAULT_TIMEOUT[1] if timeout.read is None else timeout.read)
     else:
         raise ConfigurationError(f"timeout must be seconds or a (connect, read) pair, got {timeout!r}.")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= MAX_TIMEOUT for v in pair):
-        raise ConfigurationError(f"timeout values must be positive numbers of seconds, at most {MAX_TIMEOUT:g}, "
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and MIN_TIMEOUT <= v <= MAX_TIMEOUT
+               for v in pair):
+        raise ConfigurationError(f"timeout values must be numbers of seconds from {MIN_TIMEOUT:g} to {MAX_TIMEOUT:g}, "
                                  f"got {timeout!r}.")
     return float(pair[0]), float(pair[1])
 

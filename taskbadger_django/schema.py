@@ -13,7 +13,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskbadger.config import DEFAULT_HOST, MAX_PUBLISH_BUDGET, MAX_TIMEOUT, normalize_timeout, resolve_spool_dir
+from taskbadger.config import (
+    DEFAULT_HOST,
+    MAX_PUBLISH_BUDGET,
+    MAX_TIMEOUT,
+    MIN_TIMEOUT,
+    normalize_timeout,
+    resolve_spool_dir,
+)
 from taskbadger.exceptions import ConfigurationError
 from taskbadger.models import (
     HEARTBEAT_RANGE,
@@ -132,8 +139,8 @@ TOP: dict[str, Setting] = {
                     '"TAGS": {"environment": "production"}', explain=tag_map_problem),
     "BEFORE_CREATE": Setting(None, lambda v: callable(v) or isinstance(v, str), "a callable or a dotted path to one",
                              '"BEFORE_CREATE": "myproject.taskbadger.before_create"'),
-    "TIMEOUT": Setting(None, _is_timeout, f"a positive number of seconds or a (connect, read) pair, each at most "
-                       f"{MAX_TIMEOUT:g}",
+    "TIMEOUT": Setting(None, _is_timeout, f"a number of seconds or a (connect, read) pair, each from {MIN_TIMEOUT:g} "
+                       f"to {MAX_TIMEOUT:g}",
                        '"TIMEOUT": (2, 5)'),
     "SPOOL_DIR": Setting(None, _is_spool_dir, "a directory path (no control characters), or False to turn the "
                          "spool off",

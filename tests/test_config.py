@@ -94,7 +94,8 @@ def test_timeout_accepts_seconds_or_pair(timeout, expected):
     assert taskbadger.init(token=project_key(), timeout=timeout).timeout == expected
 
 
-@pytest.mark.parametrize("timeout", [0, -1, "5", (1, 2, 3), (1, None), float("inf"), float("nan"), (1, 1e300), 601])
+@pytest.mark.parametrize("timeout", [0, -1, "5", (1, 2, 3), (1, None), float("inf"), float("nan"), (1, 1e300), 601,
+                                     (1e-300, 1e-300), (2, 0.001)])
 def test_bad_timeout(timeout):
     with pytest.raises(ConfigurationError, match="timeout"):
         taskbadger.init(token=project_key(), timeout=timeout)
