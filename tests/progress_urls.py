@@ -9,7 +9,8 @@ from django.urls import include, path
 
 PAGE = engines["django"].from_string("""{% load taskbadger %}<!doctype html>
 <html lang="en">
-<head><meta charset="utf-8"><title>Export</title></head>
+<head><meta charset="utf-8"><title>Export</title>{% if scheme %}
+<meta name="color-scheme" content="{{ scheme }}">{% endif %}</head>
 <body>
 <h1>Preparing your export</h1>
 {% for tb_id in ids %}{% taskbadger_progress tb_id label=label %}{% endfor %}
@@ -25,7 +26,8 @@ CSP = "default-src 'self'; frame-ancestors 'none'"
 def bar(request, task_ids):
     ids = [None if task_id == "untracked" else task_id for task_id in task_ids.split(",")]  # None: published untracked
     response = HttpResponse(PAGE.render({"ids": ids, "label": request.GET.get("label"),
-                                         "listener": request.GET.get("listener")}, request))
+                                         "listener": request.GET.get("listener"),
+                                         "scheme": request.GET.get("scheme")}, request))
     response["Content-Security-Policy"] = CSP
     return response
 

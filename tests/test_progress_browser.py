@@ -295,21 +295,38 @@ def test_no_inline_script_or_style_under_a_strict_csp(server, driver, live_serve
     assert driver.execute_script("return window.__ran") is None
 
 
-def test_readable_in_dark_mode(server, driver, live_server):
+def _contrast(a, b):
+    high, low = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
+
+
+def test_dark_on_a_dark_page_and_light_on_a_light_one_whatever_the_system_prefers(server, driver, live_server):
+    """A light-only page (no `color-scheme`, as most Django sites and the docs' own example) seen with the system in
+    dark mode got the dark palette: a slate track on white, and grey status words at 2.6:1 (WCAG asks 4.5:1). The
+    bar now follows the page's `color-scheme`; a page that opts into dark still gets the dark one."""
     task = taskbadger.create_task("export rows", status="processing", value=50)
-    colors = {}
-    for scheme in ("light", "dark"):
-        driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
-                               {"features": [{"name": "prefers-color-scheme", "value": scheme}]})
-        open_bar(driver, live_server, task.id)
-        wait(driver, lambda d: drawn_at(d, 50))
-        colors[scheme] = driver.execute_script("""
-            var q = function (s) { return getComputedStyle(document.querySelector(s)).backgroundColor; };
-            return [q('.taskbadger-progress__track'), q('.taskbadger-progress__fill')];""")
-    driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
-    assert colors["light"] != colors["dark"]
-    track, fill = (_luminance(c) for c in colors["dark"])
-    assert track < 0.1 and fill > 0.3  # a dark track and a light fill: the bar stands out on a dark page
+    seen = {}
+    try:
+        for system, page in (("light", None), ("dark", None), ("dark", "light dark"), ("light", "light dark")):
+            driver.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                                   {"features": [{"name": "prefers-color-scheme", "value": system}]})
+            driver.get(f"{live_server.url}/bar/{task.id}/" + (f"?scheme={page}" if page else ""))
+            wait(driver, lambda d: drawn_at(d, 50))
+            seen[system, page] = driver.execute_script("""
+                var q = function (s, p) { return getComputedStyle(document.querySelector(s))[p]; };
+                return {track: q('.taskbadger-progress__track', 'backgroundColor'),
+                        fill: q('.taskbadger-progress__fill', 'backgroundColor'),
+                        words: q('.taskbadger-progress__status', 'color'), page: q('body', 'color')};""")
+    finally:
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    white, black = "rgb(255, 255, 255)", "rgb(0, 0, 0)"
+    for key in (("light", None), ("dark", None), ("light", "light dark")):  # light pages, white behind the bar
+        assert seen[key] == seen["light", None], key
+        assert _luminance(seen[key]["track"]) > 0.7 and _contrast(seen[key]["words"], white) >= 4.5, key
+    dark = seen["dark", "light dark"]  # the page's own background is the browser's dark canvas
+    assert _luminance(dark["page"]) > 0.7  # (the page's text is light: it is dark behind it)
+    assert _luminance(dark["track"]) < 0.1 and _luminance(dark["fill"]) > 0.3
+    assert _contrast(dark["words"], black) >= 4.5
 
 
 def test_visible_in_forced_colors(server, driver, live_server):
@@ -627,6 +644,28 @@ var frames = [], until = performance.now() + 1600;
 """
 
 
+def test_in_a_flex_row_the_bar_keeps_its_length_as_its_words_change(server, driver, live_server):
+    """Beside an icon in a flex row (Bootstrap's `d-flex`, a card's header) the bar was only as long as its words,
+    and its length jumped with them: 118 px queued, 153 px running, 140 px done, in an 884 px row."""
+    task = taskbadger.create_task("export", status="pending")
+    open_bar(driver, live_server, task.id)
+    wait(driver, lambda d: bar(d)["state"] == "indeterminate")
+    driver.execute_script("""
+        var el = document.querySelector('[data-taskbadger-progress]'), row = document.createElement('div');
+        row.style.cssText = 'display: flex; gap: 8px; width: 500px';
+        var icon = document.createElement('span'); icon.textContent = 'icon';
+        el.parentNode.insertBefore(row, el); row.appendChild(icon); row.appendChild(el);""")
+    widths = {"indeterminate": bar(driver)["track"]}
+    task.update(status="processing", value=40)
+    wait(driver, lambda d: drawn_at(d, 40))
+    widths["running"] = bar(driver)["track"]
+    task.success()
+    wait(driver, lambda d: bar(d)["state"] == "done")
+    widths["done"] = bar(driver)["track"]
+    icon = driver.execute_script("return document.querySelector('span').getBoundingClientRect().width")
+    assert all(abs(width - (500 - 8 - icon)) <= 1 for width in widths.values()), (widths, icon)
+
+
 def test_a_right_to_left_page(server, driver, live_server):
     """In RTL the block started at 40 % of the track and swept rightwards out of it: the left 40 % of the track
     (where an RTL bar ends) never showed it, and it moved against the reading direction."""
@@ -640,6 +679,11 @@ def test_a_right_to_left_page(server, driver, live_server):
         var t = els[1].getBoundingClientRect(), f = els[1].firstElementChild.getBoundingClientRect();
         return [t.right - f.right, f.left - t.left];""")
     assert abs(running_fill[0]) <= 1 and running_fill[1] > 0  # a determinate RTL bar fills from the right
+    percent_gap = driver.execute_script("""
+        var el = document.querySelectorAll("[data-taskbadger-progress]")[1];
+        var t = el.querySelector(".taskbadger-progress__track").getBoundingClientRect();
+        return el.querySelector(".taskbadger-progress__percent").getBoundingClientRect().left - t.left;""")
+    assert abs(percent_gap) <= 1  # the percentage at the bar's end, as in LTR (it sat beside the words)
     frames = driver.execute_async_script(SAMPLE_SWEEP)
     assert min(left for left, _ in frames) <= 0.05, frames  # it reaches the left end of the track...
     assert max(right for _, right in frames) >= 0.95, frames  # ...and the right one
