@@ -222,9 +222,18 @@ def viewer(request: HttpRequest, create: bool = False) -> str | None:
     return f"session:{marker}"
 
 
-def _binding(who: str) -> str:
-    """A keyed digest of the viewer: what the token holds instead of a user id or a session marker."""
-    return salted_hmac(f"{SALT}.viewer", who, algorithm="sha256").hexdigest()[:32]  # explicit: Django 6.1 warns
+def _binding(who: str, secret: Any = None) -> str:
+    """A keyed digest of the viewer: what the token holds instead of a user id or a session marker (``secret``:
+    ``SECRET_KEY`` when None)."""
+    return salted_hmac(f"{SALT}.viewer", who, secret=secret, algorithm="sha256").hexdigest()[:32]  # Django 6.1 warns
+
+
+def _bindings(who: str) -> list[str]:
+    """The viewer's digest under ``SECRET_KEY`` and each of ``SECRET_KEY_FALLBACKS``: a token issued before the key
+    was rotated (the old key kept as a fallback, as Django's docs have it) stays good, as its signature does."""
+    from django.conf import settings
+
+    return [_binding(who)] + [_binding(who, old) for old in getattr(settings, "SECRET_KEY_FALLBACKS", None) or ()]
 
 
 def make_token(task_id: str, who: str) -> str:
@@ -243,7 +252,7 @@ def token_task_id(request: HttpRequest, token: str, max_age: int) -> str | None:
     task_id, bound = payload.get("t"), payload.get("v")
     if not is_task_id(task_id) or not isinstance(bound, str):
         return None
-    if not any(constant_time_compare(bound, _binding(who)) for who in _viewers(request)):
+    if not any(constant_time_compare(bound, binding) for who in _viewers(request) for binding in _bindings(who)):
         return None
     return task_id
 

@@ -314,6 +314,25 @@ def test_tampered_and_expired_tokens_are_refused(server, monkeypatch):
     assert poll(client, url).status_code == 200
 
 
+def test_a_bar_shown_before_the_secret_key_was_rotated_keeps_following_its_task(server, users):
+    """Django's way to rotate SECRET_KEY keeps the old one in SECRET_KEY_FALLBACKS: sessions, logins and signatures
+    stay good, but every bar open at the deploy got 403 ("reload the page"), its viewer's digest being checked
+    against the new key alone. Once the old key is dropped, its tokens are refused."""
+    from django.conf import settings as django_settings
+
+    task = taskbadger.create_task("export rows", status="processing", value=9)
+    visitor, user = Client(), logged_in(users[0])
+    [visitor_url], [user_url] = bar_urls(page(visitor, task.id)), bar_urls(page(user, task.id))
+    old = django_settings.SECRET_KEY
+    with override_settings(SECRET_KEY="rotated-" + old, SECRET_KEY_FALLBACKS=[old]):
+        for client, url in ((visitor, visitor_url), (user, user_url)):
+            response = poll(client, url)
+            assert response.status_code == 200 and json.loads(response.content)["percent"] == 9
+        assert poll(Client(), visitor_url).status_code == 403  # still bound to its viewer
+    with override_settings(SECRET_KEY="rotated-" + old, SECRET_KEY_FALLBACKS=[]):
+        assert poll(visitor, visitor_url).status_code == 403
+
+
 def may_watch(request, task_id):
     return request.GET.get("deny") is None and not request.path.startswith("/bar/deny")
 
