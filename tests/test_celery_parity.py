@@ -112,6 +112,31 @@ def test_with_a_result_backend_the_celery_id_leads_to_the_task(taskbadger_server
         assert app.AsyncResult(result.id).info is None
 
 
+def test_a_result_rebuilt_from_the_celery_id_leads_to_the_task_in_any_process(taskbadger_server, app_with_backend):
+    """A view starts a task on a POST and redirects to a page that has only the Celery id: `AsyncResult(celery_id)`
+    there has no `taskbadger_task_id`, and the progress tag said "not available" for a base=Task task, in the
+    publishing process too, though the result backend held the id."""
+    from taskbadger.celery import state, task_id_of_result
+
+    app, tracked, plain, ignored = app_with_backend
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url,
+                    systems=[CelerySystemIntegration(includes=["backend.plain"])])
+    for task in (tracked, plain, ignored):
+        result = task.apply_async(producer=memory_producer())
+        [tb_task] = [t for t in taskbadger_server.tasks.values() if t["external_id"] == result.id]
+        assert task_id_of_result(app.AsyncResult(result.id)) == tb_task["id"]  # this process remembers it
+        state.published().forget(result.id)  # as another process (another web worker) sees it: the backend
+        expected = None if task is ignored else tb_task["id"]  # (an ignored result writes nothing there)
+        assert task_id_of_result(app.AsyncResult(result.id)) == expected
+    app.backend.store_result(result.id, {"taskbadger_task_id": "../../x"}, "PENDING")  # a value written by anyone
+    assert task_id_of_result(app.AsyncResult(result.id)) is None
+    done = tracked.apply_async(producer=memory_producer())
+    state.published().forget(done.id)
+    app.backend.store_result(done.id, {"taskbadger_task_id": "a" * 26}, "SUCCESS")  # its own return value
+    assert task_id_of_result(app.AsyncResult(done.id)) is None
+    assert task_id_of_result(app.AsyncResult("never-published")) is None
+
+
 def test_apply_async_and_apply_take_celerys_positional_arguments(taskbadger_server):
     """Celery's ``apply_async(args, kwargs, task_id, producer, link, link_error, shadow)`` and ``apply(args, kwargs,
     link, link_error, task_id, ...)`` take their options positionally too; the official base class passes them on."""

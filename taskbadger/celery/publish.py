@@ -20,7 +20,7 @@ from ..config import is_configured, unconfigured_reason, why_unconfigured
 from ..lifecycle import publish_failed
 from ..task import Task as TaskbadgerTask
 from .fields import celery_system, checked_decorator_options, create_fields, registered_task, uses_base_class
-from .headers import KWARGS_KEY, MAYBE_CREATED_KEY, check_outgoing, write_meta
+from .headers import ID_KEY, KWARGS_KEY, MAYBE_CREATED_KEY, check_outgoing, write_meta
 from .state import Tracking, running_tracking
 
 log = logging.getLogger("taskbadger")
@@ -120,7 +120,7 @@ def _tell_result_backend(celery_task: Any, celery_id: str, task_id: str) -> None
     try:
         backend = app.backend
         if not isinstance(backend, DisabledBackend):
-            backend.store_result(celery_id, {"taskbadger_task_id": task_id}, "PENDING")
+            backend.store_result(celery_id, {ID_KEY: task_id}, "PENDING")
     except Exception as err:  # the backend's trouble must not stop the publish
         log_throttled("result-backend", 60.0, logging.WARNING,
                       "Task Badger: could not store the task id in the result backend: %s", short(err, 200))

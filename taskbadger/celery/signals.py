@@ -56,12 +56,12 @@ def on_before_publish(sender: str | None = None, body: Any = None, headers: dict
         raise
     if created is None or celery_id is None:
         return
+    published().remember(celery_id, created.id)  # for task_id_of_result(AsyncResult(celery_id)) in this process
     slot = publish_slot.get()
     if slot is not None:
         slot[celery_id] = created  # the base class's apply_async sees a failed publish itself
     else:
         publish.confirmations().expect(celery_id, created)
-        published().remember(celery_id, created.id)  # its result has no taskbadger_task_id: task_id_of_result
 
 
 def _strip(message: dict) -> None:

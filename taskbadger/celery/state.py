@@ -17,7 +17,9 @@ from typing import Any
 
 from .._runtime import PerProcess, RecentIds
 from ..lifecycle import Meta, Run
+from ..models import is_task_id
 from ..task import Task as TaskbadgerTask
+from .headers import ID_KEY
 
 log = logging.getLogger("taskbadger")
 
@@ -113,9 +115,24 @@ def published() -> RecentIds:
 
 def task_id_of_result(result: Any) -> str | None:
     """The Task Badger id of a Celery ``AsyncResult``: its ``taskbadger_task_id`` (the base class sets it), else
-    the task this process created when it published that message (a task auto-tracked by name); None when
-    it was not tracked here."""
+    the task this process created when it published that message, else what the publisher left in the result
+    backend (``{"taskbadger_task_id": ...}`` while the task is ``PENDING`` there: until it ends, or starts under
+    ``task_track_started``). So ``AsyncResult(celery_id)``, rebuilt on the page a POST redirected to, finds it
+    in any process. None when nothing says it is tracked."""
     task_id = getattr(result, "taskbadger_task_id", None)
     if isinstance(task_id, str):
         return task_id
-    return published().get(getattr(result, "id", None))
+    celery_id = getattr(result, "id", None)
+    return published().get(celery_id) or _stored_task_id(result, celery_id)
+
+
+def _stored_task_id(result: Any, celery_id: Any) -> str | None:
+    if not isinstance(celery_id, str):
+        return None
+    try:
+        meta = result.backend.get_task_meta(celery_id)  # one read; a disabled backend raises
+    except Exception:
+        return None
+    stored = meta.get("result") if isinstance(meta, dict) and meta.get("status") == "PENDING" else None
+    task_id = stored.get(ID_KEY) if isinstance(stored, dict) else None
+    return task_id if is_task_id(task_id) else None
