@@ -64,7 +64,7 @@ URL_NAME = "taskbadger_django:progress"
 #: How long a read's lock may be held (seconds beyond the poll interval): the longest a read of the API
 #: may take. Only a process that dies while reading holds it that long.
 LOCK_SLACK = 30
-#: How long a final answer (success, error, cancelled) stays in the cache: it no longer changes.
+#: How long a final answer (success, cancelled) stays in the cache: it no longer changes.
 FINAL_TTL = 600
 #: How long any other answer stays in the cache, beyond the poll interval (it is re-read after one interval).
 ENTRY_SLACK = 60
@@ -385,7 +385,10 @@ def _read(task_id: str, at: float) -> dict[str, Any]:
                       extra={"taskbadger_internal_error": True})
         return _entry(503, UNAVAILABLE, at, final=False)
     body = progress_body(task)
-    return _entry(200, body, at, final=bool(body["done"]))
+    # An error is not kept as final: the same task can run again (a message redelivered after a cold shutdown or
+    # a lost child, a failed job re-run by hand), and a page reloaded then showed "Failed" for ten minutes while
+    # Task Badger said processing, then success.
+    return _entry(200, body, at, final=bool(body["done"]) and body["status"] != StatusEnum.ERROR.value)
 
 
 def read_progress(task_id: str, settings: ProgressSettings | None = None) -> Answer:

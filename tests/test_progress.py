@@ -439,6 +439,25 @@ def test_one_api_read_per_interval_however_many_polls(server, clock):
     assert len(gets(server, task.id)) == 2
 
 
+def test_an_error_is_read_again_after_an_interval_a_success_is_kept(server, clock):
+    """A task in error can run again (a Celery message redelivered after a cold shutdown, a failed job re-run by
+    hand): its error was cached as final for ten minutes, and a reloaded page showed "Failed" while the task ran
+    again, then succeeded. A success does not change: it is read once."""
+    task = taskbadger.create_task("export rows", status="error", value=3)
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    assert json.loads(poll(client, url).content)["status"] == "error"
+    task.update(status="processing", value=4)  # the redelivered message runs it again
+    clock.now += 1.0  # one poll interval
+    assert json.loads(poll(client, url).content)["status"] == "processing"
+    task.update(status="success", value=10)
+    clock.now += 1.0
+    assert json.loads(poll(client, url).content)["status"] == "success"
+    reads = len(gets(server, task.id))
+    clock.now += 120
+    assert json.loads(poll(client, url).content)["status"] == "success" and len(gets(server, task.id)) == reads
+
+
 def test_the_poll_interval_is_a_setting(server, clock):
     task = taskbadger.create_task("export rows", status="processing")
     client = Client()
