@@ -20,6 +20,7 @@ import uuid
 
 import procrastinate
 import pytest
+from procrastinate.testing import InMemoryConnector
 
 import taskbadger
 from taskbadger.procrastinate import TB_TASK_ID_KWARG, TrackingJobManager, track
@@ -541,6 +542,19 @@ def test_track_refuses_unknown_and_invalid_options():
         track(colour="red")
     with pytest.raises(ValueError):
         track(value_max=-1)
+
+
+@pytest.mark.parametrize("bare", [True, False], ids=["@track", "@track(...)"])
+def test_track_below_app_task_is_an_error_saying_where_it_goes(bare):
+    """Below ``@app.task``, ``track`` got the plain function: its options were set where nothing reads them, and
+    the task was silently untracked (``AUTO_TRACK`` off) or tracked without them."""
+    own = procrastinate.App(connector=InMemoryConnector())
+    with pytest.raises(TypeError, match=r"above @app\.task"):
+        @own.task(name="wrong_order")
+        @(track if bare else track(name="wrong order"))
+        def wrong_order() -> None:
+            return None
+    assert getattr(own.tasks.get("wrong_order"), "_taskbadger_options", None) is None
 
 
 def test_current_task_in_the_body(api, app, worker):

@@ -30,6 +30,7 @@ import sys
 from typing import Any, TypeVar
 
 import procrastinate
+from procrastinate import tasks as ptasks
 
 from .. import lifecycle
 from ..task import Task as TaskbadgerTask
@@ -82,10 +83,16 @@ def _checked_track_options(opts: dict[str, Any]) -> dict[str, Any]:
 
 def track(original_task: T | None = None, **opts: Any) -> Any:
     """Track a Procrastinate task (applied above ``@app.task``): ``@track`` or ``@track(name=, value_max=,
-    tags=, data=, record_task_args=, heartbeat_interval=, stale_timeout=)``."""
+    tags=, data=, record_task_args=, heartbeat_interval=, stale_timeout=)``. Anything but a Procrastinate task (the
+    plain function, when it is written below ``@app.task``) is a TypeError."""
     options = _checked_track_options(opts)
 
     def wrap(task: T) -> T:
+        if not isinstance(task, ptasks.Task):
+            # below @app.task it gets the plain function, which Procrastinate then wraps: the options would be
+            # set where nothing reads them, and the task silently tracked without them (or not at all)
+            raise TypeError("track() is applied above @app.task: @track(...) then @app.task(...) then def "
+                            f"(it got {type(task).__module__}.{type(task).__qualname__})")
         setattr(task, OPTIONS_ATTR, {**(getattr(task, OPTIONS_ATTR, None) or {}), **options})
         install(getattr(task, "blueprint", None))
         return task
