@@ -70,18 +70,71 @@ class Created:
     maybe_created: bool = False
 
 
+class SharedBudget:
+    """One publish budget for the creates of one publish of several jobs (``batch_defer()``): that publish waits at
+    most its budget, as one job's does, not one budget per job. A create starts only while the time left is longer
+    than the longest one of the batch took so far: one that started later would most likely be given up at the
+    deadline, leaving the API a task nobody tracks. The creates that do not fit are not made (``skipped``): those
+    jobs go untracked at publish, as one whose create missed its budget does, and their workers create their tasks
+    when they start."""
+
+    def __init__(self) -> None:
+        self._deadline: http.Deadline | None = None  # set by the first create: the budget starts with the publish
+        self._longest = 0.0
+        self.tried = 0
+        self.skipped = 0
+
+    def next_deadline(self, config: Config) -> http.Deadline | None:
+        """The deadline of the batch's next create, or None when it does not fit in what is left."""
+        if self._deadline is None:
+            self._deadline = http.Deadline(config.publish_budget, config.timeout[0])
+        elif self._deadline.remaining() <= self._longest or self._deadline.expired():
+            self.skipped += 1
+            return None
+        self.tried += 1
+        return self._deadline
+
+    def took(self, seconds: float) -> None:
+        self._longest = max(self._longest, seconds)
+
+    def report(self, what: str) -> None:
+        """One warning (throttled) when some creates did not fit: ``what`` names the publish (``batch_defer()``)."""
+        if self.skipped and self._deadline is not None:
+            log_throttled(f"shared-budget:{what[:100]}", 60.0, logging.WARNING,
+                          "Task Badger: %d of the %d jobs of a %s were published untracked: their creates did not fit "
+                          "in the publish budget (%.3g s) with the %d before them (the API answers slowly); the "
+                          "worker that runs each one creates its task when it starts", self.skipped,
+                          self.skipped + self.tried, what, self._deadline.seconds, self.tried)
+
+
 def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None = None,
-                  where: str = "publish", max_in_flight: int | None = None) -> Created:
+                  where: str = "publish", max_in_flight: int | None = None,
+                  budget: SharedBudget | None = None) -> Created:
     """Create now, within the publish budget, through the breaker; never raises. ``max_in_flight``: see
-    ``Breaker.begin``."""
+    ``Breaker.begin``. ``budget``: the budget this create shares with others of the same publish (not tried
+    when it does not fit in what is left of it)."""
     config = get_config()
     if config is None:
         return Created(None)
+    if budget is None:
+        return _create_within(config, name, fields, monitor_id, where, max_in_flight,
+                              http.Deadline(config.publish_budget, config.timeout[0]))
+    deadline = budget.next_deadline(config)
+    if deadline is None:
+        return Created(None)  # not tried: certainly not created
+    started = time.monotonic()
+    try:
+        return _create_within(config, name, fields, monitor_id, where, max_in_flight, deadline)
+    finally:
+        budget.took(time.monotonic() - started)
+
+
+def _create_within(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, where: str,
+                   max_in_flight: int | None, deadline: http.Deadline) -> Created:
     breaker = publish_breaker()
     call = breaker.begin(max_in_flight)
     if call is None:
         return Created(None)  # skipped: certainly not created
-    deadline = http.Deadline(config.publish_budget, config.timeout[0])
     try:
         task = _create(config, name, fields, monitor_id, deadline,
                        _close_when_answered(config, name, where, fields.get("external_id")))

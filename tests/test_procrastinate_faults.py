@@ -14,11 +14,12 @@ import procrastinate
 import pytest
 
 import taskbadger
+from taskbadger.procrastinate import TB_TASK_ID_KWARG
 from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
 
 from .procrastinate_project import app as tasks
 from .services import api_fault
-from .test_procrastinate import app, dsn, start, stop, wait_job  # noqa: F401 - fixtures
+from .test_procrastinate import app, dsn, job_of, start, stop, wait_job  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +91,45 @@ def test_defer_keeps_its_budget_and_the_jobs_run_as_untracked(api, app, dsn, wor
         api.wait_for(lambda: not open_tasks() or None, timeout=20)
     except AssertionError:
         raise AssertionError(f"left open: {open_tasks()}") from None
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_batch_defer_waits_one_budget_and_every_job_is_tracked(api, app, dsn, asynchronous):  # noqa: F811
+    """An API that answers each create in 0.2 s (within the budget, so the breaker never opens): a batch of 20 jobs
+    made 20 creates one after the other, each with a budget of its own, and ``batch_defer()`` waited 4 s (50 jobs
+    at 0.5 s: 25 s). Its creates now share one budget: the jobs whose create did not fit are deferred untracked,
+    and their worker creates their tasks; every job ends ``success`` in one task of its own."""
+    api.set_latency(0.2, method="POST")
+    queue = f"batch-{uuid.uuid4().hex[:6]}"
+    deferred = tasks.echo.configure(queue=queue)
+    values = [{"value": f"v{i}"} for i in range(20)]
+    if asynchronous:
+        async def batch_defer_async():
+            with app.replace_connector(procrastinate.PsycopgConnector(conninfo=dsn)):
+                async with app.open_async():
+                    return await deferred.batch_defer_async(*values)
+
+        job_ids, took = timed(lambda: asyncio.run(batch_defer_async()))
+    else:
+        job_ids, took = timed(lambda: deferred.batch_defer(*values))
+    assert took <= BUDGET + 2 * SLACK, took  # the creates' budget, and the insert of 20 jobs on a loaded machine
+    tracked_at_defer = [job_id for job_id in job_ids if TB_TASK_ID_KWARG in job_of(app, job_id).task_kwargs]
+    assert 1 <= len(tracked_at_defer) < len(job_ids), tracked_at_defer  # the first create fits, not all of them
+    # The jobs run in a worker of their own, once the API answers at its usual speed: this test is about the defer,
+    # and the module's worker carries its breaker's state from the faults above.
+    api.clear_faults()
+    worker = start(api, dsn, queue=queue, extra_env={"TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    try:
+        assert [wait_job(app, job_id, timeout=30).status for job_id in job_ids] == ["succeeded"] * len(job_ids)
+
+        def ended():  # polls the stand-in under a deadline
+            found = [t for t in api.tasks.values() if t["queue"] == queue]
+            return found if len(found) >= len(job_ids) and all(t["status"] == "success" for t in found) else None
+
+        found = api.wait_for(ended, timeout=30)
+    finally:
+        stop(worker)
+    assert sorted(int(t["external_id"]) for t in found) == sorted(job_ids)  # one task per job, none left behind
 
 
 @pytest.mark.parametrize("mode", ["hang", "hang GET", "503", "404"])

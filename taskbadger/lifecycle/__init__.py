@@ -6,7 +6,8 @@ into these calls, and carries ``Meta`` from the process that enqueues to the wor
 Publishing side
     ``create_fields`` (the create body: name, ``external_id`` = the job's id, queue, options, the
     integration's rules, recorded arguments, parent), then ``enqueue`` (the inline create, within the
-    publish budget, through the breaker: ``inline.create_inline``); ``created_meta`` is what to carry.
+    publish budget, through the breaker: ``inline.create_inline``; the jobs of one publish share one budget:
+    ``SharedBudget``); ``created_meta`` is what to carry.
     A job whose enqueue failed after its task was created: ``publish_failed``.
 
 Worker side
@@ -41,7 +42,7 @@ from ..context_providers import error_context
 from ..delivery import merge, sender
 from ..delivery.heartbeat import get_heartbeat
 from ..delivery.queue import hand_over as hand_over_queued
-from ..inline import Created, create_inline, fetch, find, settle_later
+from ..inline import Created, SharedBudget, create_inline, fetch, find, settle_later
 from ..models import (
     EXCEPTION_KEYS,
     TERMINAL_STATUSES,
@@ -59,10 +60,10 @@ from .options import OPTIONS, check_option, recorded_args, validate
 
 log = logging.getLogger("taskbadger")
 
-__all__ = ["OPTIONS", "AtStart", "Meta", "Rules", "Run", "back_to_pending", "cancel", "carried_fields", "check_option",
-           "close", "create_at_start", "create_fields", "created_meta", "current_run", "current_task", "enqueue",
-           "enter", "fail", "heartbeat_options", "leave", "now", "parse_meta", "publish_failed", "recorded_args",
-           "retry", "settle", "start", "succeed", "validate"]
+__all__ = ["OPTIONS", "AtStart", "Meta", "Rules", "Run", "SharedBudget", "back_to_pending", "cancel", "carried_fields",
+           "check_option", "close", "create_at_start", "create_fields", "created_meta", "current_run", "current_task",
+           "enqueue", "enter", "fail", "heartbeat_options", "leave", "now", "parse_meta", "publish_failed",
+           "recorded_args", "retry", "settle", "start", "succeed", "validate"]
 
 #: A task's stale timeout defaults to this many heartbeat intervals.
 STALE_TIMEOUT_FACTOR = 2
@@ -154,13 +155,14 @@ def heartbeat_options(options: Mapping[str, Any], rules: Rules | None,
     return interval, stale
 
 
-def enqueue(fields: Mapping[str, Any], where: str = "publish") -> Created:
+def enqueue(fields: Mapping[str, Any], where: str = "publish", budget: SharedBudget | None = None) -> Created:
     """The inline create of a job's task (``fields`` from ``create_fields``), within the publish budget,
     through the breaker; never raises. ``where``: "publish" (the job is being enqueued) or "start" (a
-    worker creates a job's task its publisher could not)."""
+    worker creates a job's task its publisher could not). ``budget``: the one budget of a publish of several
+    jobs (``SharedBudget``); not tried (``Created(None)``) when this create does not fit in what is left."""
     fields = dict(fields)
     name = fields.pop("name")
-    return create_inline(name, fields, fields.pop("monitor_id", None), where=where)
+    return create_inline(name, fields, fields.pop("monitor_id", None), where=where, budget=budget)
 
 
 def created_meta(task: Task | Mapping[str, Any], heartbeat_interval: float | None = None,

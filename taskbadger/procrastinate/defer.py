@@ -38,20 +38,23 @@ log = logging.getLogger("taskbadger")
 
 def _prepare(app: Any, jobs_: list[jobs.Job]) -> tuple[list[jobs.Job], list[TaskbadgerTask | None]]:
     """The jobs to insert (tracked ones carry their task's id) and the task created for each (or None).
-    Never raises: a job whose tracking fails is inserted untracked (its worker may track it)."""
+    Never raises: a job whose tracking fails is inserted untracked (its worker may track it). The creates of a
+    batch share one publish budget (``lifecycle.SharedBudget``): a batch of 50 jobs waited 50 budgets."""
     out, created = [], []
+    budget = lifecycle.SharedBudget()
     for job in jobs_:
         task = None
         try:
             options = tracking_of(app, job.task_name) if is_configured() else None
             if options is not None and TB_TASK_ID_KWARG not in (job.task_kwargs or {}):
-                task = lifecycle.enqueue(job_fields(job, options, None), "publish").task
+                task = lifecycle.enqueue(job_fields(job, options, None), "publish", budget).task
                 if task is not None:
                     job = job.evolve(task_kwargs={**job.task_kwargs, TB_TASK_ID_KWARG: task.id})
         except Exception:
             internal_error(f"tracking a deferred job of {job.task_name!r}")
         out.append(job)
         created.append(task)
+    budget.report("batch_defer()")  # only a batch has creates after the first
     return out, created
 
 
