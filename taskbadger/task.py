@@ -337,10 +337,14 @@ class Task:
         ``data["exception"]`` (a string, as the official SDK's) and ``data["exception_type"]``, and each
         context provider's context under its identifier; keys in ``data`` win; the task's existing data
         is kept."""
-        if exception is not None or data is not None:
-            failure = {**exception_data(exception), **error_context(exception)} if exception is not None else {}
-            data = merge.with_data(merge.with_data(self._task.data, failure), data or {})
-        self.update(status=StatusEnum.ERROR, value=value, data=data)
+        if exception is None and data is None:
+            self.update(status=StatusEnum.ERROR, value=value)
+            return
+        failure = {**exception_data(exception), **error_context(exception)} if exception is not None else {}
+        # merged into the task's data as update(data_merge_strategy="default") does (a running job's task whose data
+        # was not carried merges it at send time: ``lifecycle.body.RunTask``)
+        self.update(status=StatusEnum.ERROR, value=value, data={**failure, **(data or {})},
+                    data_merge_strategy="default")
 
     def canceled(self) -> None:
         self.update(status=StatusEnum.CANCELLED)

@@ -193,3 +193,38 @@ def test_the_apis_times_parse_whatever_digits_of_a_second_they_carry(fraction, m
     expected = dt.datetime(2026, 12, 6, 17, 0, 0, micro, tzinfo=dt.timezone.utc)
     assert parse_datetime(f"2026-12-06T17:00:00{fraction}Z") == expected
     assert parse_datetime(f"2026-12-06T18:00:00{fraction}+01:00") == expected
+
+
+def test_a_running_tasks_fields_that_were_not_carried_are_read_only_when_the_body_needs_them(taskbadger_server):
+    """A Procrastinate job carries only its task's id: ``current_task()`` read the task from the API (a GET on the
+    job's critical path) although most bodies only report progress. It is built from what was carried; a field it
+    does not hold is read once, when the body reads it or calls a method that needs it; a failure recorded by the
+    body is merged into the data the task has."""
+    from taskbadger import lifecycle
+    from taskbadger.lifecycle.carried import Meta
+
+    def run_of(task):
+        return lifecycle.Run("job-1", Meta({"id": task.id, "name": "job", "status": "processing",
+                                            "data_omitted": True}))
+
+    task = Task.create("job", status="processing", value=3, value_max=10, data={"rows": 3}, tags={"team": "ab"})
+    run = run_of(task)
+    lifecycle.enter(run)
+    try:
+        tb = taskbadger.current_task()
+        assert [r.method for r in taskbadger_server.requests] == ["POST"]  # built from what was carried
+        tb.increment_value(2)  # from the value the task has: read once
+        assert (tb.value, tb.value_max, tb.data, tb.tags) == (5, 10, {"rows": 3}, {"team": "ab"})
+        assert [r.method for r in taskbadger_server.requests] == ["POST", "GET", "PATCH"]
+    finally:
+        lifecycle.leave(run)
+
+    failed = Task.create("job", status="processing", data={"rows": 4})
+    run = run_of(failed)
+    lifecycle.enter(run)
+    try:
+        taskbadger.current_task().error(exception=ValueError("no more rows"), data={"at": 2})
+    finally:
+        lifecycle.leave(run)
+    data = Task.get(failed.id).data
+    assert (data["rows"], data["at"], data["exception_type"]) == (4, 2, "ValueError"), data

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import context_providers
-from .._runtime import log_once, log_throttled, on_an_event_loop, short
+from .._runtime import log_once, log_throttled, short
 from ..config import get_config
 from ..context_providers import error_context
 from ..delivery import merge, sender
@@ -218,12 +218,23 @@ class Run:
         if self._task is None:
             self._task = RunTask(TaskModel.from_dict(self.meta.task))
             self._task._task.status = self._status
+            if not self.data_known:
+                self._task._fetch = self._fetch  # read only when the body needs a field that was not carried
         self._task.data_known = self.data_known
         return self._task
 
+    def _fetch(self) -> TaskModel | None:
+        model = fetch(self.id)  # within the publish budget, not while the API is failing (asked again later)
+        if model is not None:
+            self.meta.task["data_omitted"] = False
+        return model
+
+    # What the run holds, read from the body's object's fields (``RunTask``'s attributes read the API for a field
+    # that was not carried: the run's own bookkeeping never does).
+
     @property
     def data(self) -> Any:
-        return self._task.data if self._task is not None else self.meta.task.get("data")
+        return self._task._task.data if self._task is not None else self.meta.task.get("data")
 
     @data.setter
     def data(self, value: Any) -> None:
@@ -233,11 +244,11 @@ class Run:
 
     @property
     def value(self) -> Any:
-        return self._task.value if self._task is not None else self.meta.task.get("value")
+        return self._task._task.value if self._task is not None else self.meta.task.get("value")
 
     @property
     def value_max(self) -> Any:
-        return self._task.value_max if self._task is not None else self.meta.task.get("value_max")
+        return self._task._task.value_max if self._task is not None else self.meta.task.get("value_max")
 
     def meta_for_next_attempt(self, resend: Mapping[str, Any] | None = None) -> Meta:
         """What to carry to the job's next attempt (a retry): the progress its body reported included, so that
@@ -264,15 +275,10 @@ class Run:
         return status in TERMINAL_STATUSES
 
     def current_task(self) -> Task:
-        """The run's ``taskbadger.Task`` for the job's body: its data fetched once if it was not carried (as a
-        body's update: within the publish budget, through the breaker). Not on an event loop (a coroutine's body):
-        the request would stall the loop's other coroutines. While the data is unknown, the body's merges into it
+        """The run's ``taskbadger.Task`` for the job's body, built from what was carried: no request to the API.
+        Fields that were not carried (a Procrastinate job carries only its task's id; data too large to carry) are
+        read once when the body reads one (``RunTask._fetched``); until then the body's merges into the task's data
         are made when they are sent (``RunTask.data_known``)."""
-        if not self.data_known and not on_an_event_loop():
-            model = fetch(self.id)  # within the publish budget, not while the API is failing (asked again later)
-            if model is not None:
-                self.task._task = model
-                self.meta.task["data_omitted"] = False
         return self.task
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._runtime import log_throttled, on_an_event_loop, raised_by_signal_handler, short
@@ -25,7 +25,7 @@ from ..delivery import sender
 from ..delivery.breaker import publish_breaker
 from ..exceptions import RateLimited, ServerError, TransportError
 from ..http import Deadline
-from ..models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum, is_json
+from ..models import MAX_NAME_LENGTH, TERMINAL_STATUSES, StatusEnum, TaskModel, is_json
 from ..task import Task
 from .options import OPTIONS, check_option
 
@@ -45,16 +45,61 @@ class RunTask(Task):
     """``taskbadger.Task`` for a running job's body: ``update`` and every method built on it never raise
     an API or delivery error into the job, and never wait longer than the publish budget."""
 
-    #: False while the task's data is not known here (not carried, and not fetched on an event loop): a merge
-    #: into it is then made against the task's data when the update is sent, not against nothing.
+    #: False while the task's data is not known here (not carried, and not fetched): a merge into it is then made
+    #: against the task's data when the update is sent, not against nothing.
     data_known = True
+    #: While the task's fields were not carried (a Procrastinate job carries only its task's id): reads them from the
+    #: API (None when it cannot answer now). Called only when the body reads a field this object does not hold, or
+    #: calls a method that needs one: ``current_task()`` and updates make no request to learn the task.
+    _fetch: Callable[[], TaskModel | None] | None = None
+
+    def __getattr__(self, item: str) -> Any:
+        value = super().__getattr__(item)
+        if value is None and self._fetch is not None and self._fetched():
+            value = super().__getattr__(item)
+        return value
+
+    @property
+    def tags(self) -> dict[str, str]:
+        if self._task.tags is None and self._fetch is not None:
+            self._fetched()
+        return dict(self._task.tags or {})
+
+    def _fetched(self) -> bool:
+        """Fill in the fields this object does not hold from the API, once: within the publish budget, not while the
+        API is failing (asked again at the next read), not on an event loop (a request would stall its other
+        coroutines). What the body set meanwhile (progress shown while queued) is kept. Whether it was read."""
+        fetch = self._fetch
+        if fetch is None or on_an_event_loop():
+            return False
+        model = fetch()
+        if model is None:
+            return False
+        self._fetch = None
+        for name in model.__dataclass_fields__:
+            if getattr(self._task, name) is None:
+                setattr(self._task, name, getattr(model, name))
+        self.data_known = True
+        return True
 
     def update(self, *args: Any, **kwargs: Any) -> None:
         data = kwargs.get("data")
-        if (not self.data_known and kwargs.get("data_merge_strategy") == "default" and isinstance(data, Mapping)
-                and data):
+        strategy = kwargs.get("data_merge_strategy")
+        if not self.data_known and hasattr(strategy, "merge") and data:
+            self._fetched()  # a merge of the caller's own: only here, against the task's data
+        if not self.data_known and strategy == "default" and isinstance(data, Mapping) and data:
             kwargs.update(data=None, data_merge_strategy=None, merge_data=dict(data))
         super().update(*args, **kwargs)
+
+    def increment_value(self, amount: int) -> None:
+        if self._task.value is None and self._fetch is not None:
+            self._fetched()  # from the value the task has (an earlier attempt's progress), not from 0
+        super().increment_value(amount)
+
+    def update_value(self, value: int, value_step: int | None = None, rate_limit: float | None = None) -> bool:
+        if value_step and self._task.value is None and self._fetch is not None:
+            self._fetched()
+        return super().update_value(value, value_step, rate_limit)
 
     #: The run is over (its final state is queued, or ``lifecycle.leave``): an update from the body's object (a
     #: thread the job started that outlived it) is dropped, as it would undo that outcome (``processing`` again

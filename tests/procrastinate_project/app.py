@@ -65,7 +65,7 @@ def flaky_later(path: str, fail_times: int) -> str:
 @app.task(name="flaky_progress", retry=procrastinate.RetryStrategy(max_attempts=1, wait=0))
 def flaky_progress(path: str) -> str:
     """Reports 1 of 4 and fails on its first attempt; its retry succeeds, reporting nothing."""
-    if not os.path.exists(path):  # the first attempt (the retry must not ask for its task: that fetches it)
+    if not os.path.exists(path):  # the first attempt
         tb = current_task()
         assert tb is not None
         tb.update(value=1, value_max=4)
@@ -105,6 +105,21 @@ def progress(total: int) -> None:
     tb = current_task()
     assert tb is not None and tb is taskbadger.current_task()
     tb.update(value=total, value_max=total, data={"seen": "yes"})
+
+
+@track(data={"origin": "deferred"})
+@app.task(name="sync_progress")
+def sync_progress(path: str) -> None:
+    """``current_task()`` and a progress update, timed (the job carries only its task's id: neither needs the task's
+    other fields), then a merge into the task's data; writes the times and the data ``tb`` shows to ``path``."""
+    started = time.monotonic()
+    tb = current_task()
+    asked = time.monotonic() - started
+    tb.update(value=1, value_max=2)
+    progressed = time.monotonic() - started - asked
+    tb.update(data={"seen": "sync"}, data_merge_strategy="default")
+    with open(path, "w") as out:
+        json.dump({"asked": asked, "progressed": progressed, "data": tb.data}, out)
 
 
 @app.task(name="progress_loop")
