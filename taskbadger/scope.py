@@ -13,7 +13,7 @@ import contextvars
 import copy
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._runtime import log_throttled
@@ -115,13 +115,14 @@ def current_scope() -> Scope:
 # -- the tracked task running in this context (for parent/child nesting) --------------------------
 
 # (id of the running task, id of its parent or None)
-_running: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar(
+_running: contextvars.ContextVar[tuple[str, str | None | Callable[[], str | None]] | None] = contextvars.ContextVar(
     "taskbadger_running_task", default=None
 )
 
 
-def enter_task(task_id: str, parent: str | None = None) -> contextvars.Token:
-    """Mark ``task_id`` as running here; tasks created meanwhile become its children."""
+def enter_task(task_id: str, parent: str | None | Callable[[], str | None] = None) -> contextvars.Token:
+    """Mark ``task_id`` as running here; tasks created meanwhile become its children. ``parent``: its own parent, or
+    what gives it when it was not carried to this process (asked only when a task is created here)."""
     return _running.set((task_id, parent))
 
 
@@ -138,11 +139,15 @@ def parent_for_new_task() -> str | None:
     if running is None:
         return None
     task_id, parent = running
-    return parent or task_id
+    return _resolved(parent) or task_id
 
 
 def parent_for_next_task() -> str | None:
     """The parent of a task that follows the running one in a workflow (a chain's next link, a chord's body,
     a callback): the running task's own parent, so that a workflow started inside a task is its children."""
     running = _running.get()
-    return running[1] if running is not None else None
+    return _resolved(running[1]) if running is not None else None
+
+
+def _resolved(parent: Any) -> str | None:
+    return parent() if callable(parent) else parent

@@ -584,6 +584,23 @@ def test_current_task_in_a_sync_body_makes_no_request_and_merges_into_the_tasks_
         "success", {"origin": "deferred", "seen": "sync"}, 2, 2)
 
 
+def test_a_job_deferred_from_a_child_job_nests_under_the_root(api, app, worker):
+    """Tasks nest one level deep: a job deferred from the body of a job that was itself deferred from a tracked job
+    is the root's child too. The job carries only its task's id, so the child's run did not know its own parent: the
+    grandchild's create named the child, the API refused it (400), and its worker created it with no parent."""
+    root_id = tasks.nested.configure(queue=worker.queue).defer(levels=2, queue=worker.queue)
+
+    def three_ended():  # polls the stand-in under a deadline
+        found = [t for t in api.tasks.values() if t["name"] == "nested" and t["queue"] == worker.queue]
+        return found if len(found) == 3 and all(t["status"] == "success" for t in found) else None
+
+    root, child, grandchild = sorted(api.wait_for(three_ended, timeout=30), key=lambda t: int(t["external_id"]))
+    assert root["external_id"] == str(root_id) and root["parent"] is None
+    assert (child["parent"], grandchild["parent"]) == (root["id"], root["id"])
+    assert not [r for r in api.requests if r.status == 400], [(r.method, r.path) for r in api.requests
+                                                               if r.status == 400]
+
+
 def test_heartbeat_pings_while_the_job_runs(api, app, worker):
     job_id = tasks.slow.configure(queue=worker.queue).defer(seconds=2)
     assert wait_job(app, job_id).status == "succeeded"

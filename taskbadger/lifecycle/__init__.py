@@ -223,6 +223,19 @@ class Run:
         self._task.data_known = self.data_known
         return self._task
 
+    def parent(self) -> str | None:
+        """The task's parent when it was not carried (``parent_omitted``), asked when a task is created under the run:
+        tasks nest one level deep, so a task created in a child is the child's sibling, and the API refuses it as the
+        child's child. Read with the task's other fields (``RunTask._fetched``), once; None while the API cannot
+        answer (the new task is then made this one's child, as if it had no parent)."""
+        task = self.task
+        if task._fetch is not None:
+            task._fetched()
+        if task._fetch is not None:
+            return None
+        self.meta.task.update(parent=task._task.parent, parent_omitted=False)
+        return task._task.parent
+
     def _fetch(self) -> TaskModel | None:
         model = fetch(self.id)  # within the publish budget, not while the API is failing (asked again later)
         if model is not None:
@@ -343,7 +356,8 @@ def enter(run: Run) -> None:
     ``current_task()`` is its task, the context providers take their snapshots, its heartbeat starts."""
     if run._tokens is not None:
         return
-    run._tokens = (enter_task(run.id, run.meta.task.get("parent")), _current.set(run), context_providers.start())
+    parent = run.parent if run.meta.task.get("parent_omitted") else run.meta.task.get("parent")
+    run._tokens = (enter_task(run.id, parent), _current.set(run), context_providers.start())
     if run.meta.heartbeat_interval:
         run.heartbeat = get_heartbeat().start(run.id, run.meta.heartbeat_interval)
 

@@ -175,6 +175,7 @@ class RunTask(Task):
         else:
             breaker.end(call)
             self._sent_at = time.monotonic()
+            self._fetch = None  # the API's answer is the whole task: nothing left to read
         return None
 
     def _to_senders(self, fields: dict[str, Any]) -> None:

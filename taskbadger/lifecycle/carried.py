@@ -64,6 +64,8 @@ _TASK_FIELDS: dict[str, Any] = {
     "external_id": _text(1000),
     "public_url": _text(2000),
     "data_omitted": lambda v: v if isinstance(v, bool) else _invalid(),
+    # the task's parent was not carried (a Procrastinate job carries only its task's id): read when it is needed
+    "parent_omitted": lambda v: v if isinstance(v, bool) else _invalid(),
 }
 
 

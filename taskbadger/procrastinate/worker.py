@@ -44,6 +44,7 @@ def _carried_meta(job: jobs.Job, raw: Any, options: dict[str, Any] | None) -> Me
                 "queue": job.queue,
                 "external_id": str(job.id),
                 "data_omitted": True,
+                "parent_omitted": True,  # read if the job creates a task: it nests under this one's parent, if any
             }
         },
         job.task_name,

@@ -169,6 +169,14 @@ async def loop_watch(started: str, until: str) -> float:
     return worst
 
 
+@app.task(name="nested")
+def nested(levels: int, queue: str) -> int:
+    """Defers itself ``levels`` more times, each job from the body of the one before: a child, a grandchild..."""
+    if levels > 0:
+        nested.configure(queue=queue).defer(levels=levels - 1, queue=queue)
+    return levels
+
+
 @track(name="manual report", value_max=10, tags={"env": "test"}, data={"k": "v"}, record_task_args=True)
 @app.task(name="manual")
 def manual(value: str) -> str:
