@@ -5,6 +5,7 @@ checks run in this process (``override_settings``) and in ``manage.py check``.""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -187,6 +188,20 @@ def test_w019_a_monitored_procrastinate_task_that_is_never_tracked(django_env):
     assert "@track (from taskbadger.procrastinate import track)" in text, text
     good = manage(env, "check", check=False)  # dj.echo, tracked
     assert "taskbadger.W019" not in good.stderr + good.stdout
+
+
+@pytest.mark.integration
+def test_w011_a_procrastinate_pattern_that_matches_no_task(django_env):
+    """An EXCLUDES (or INCLUDES) entry with a typo matches none of the app's tasks: the job it meant is tracked after
+    all (or, in INCLUDES, no job is), and manage.py check said nothing, as it does for DJANGO_TASKS (W011)."""
+    env, _ = django_env
+    out = manage({**env, "TB_DJANGO_EXCLUDES": json.dumps([r"dj\.ecoh"])}, "check", check=False)
+    text = out.stderr + out.stdout
+    [line] = [line for line in text.splitlines() if "taskbadger.W011" in line]
+    assert "TASKBADGER['PROCRASTINATE']['EXCLUDES'] entry 'dj\\\\.ecoh' matches no Procrastinate task" in line, text
+    assert "Did you mean 'dj.echo'?" in text, text
+    good = manage(env, "check", check=False)  # dj\.skip.* matches dj.skipped
+    assert "taskbadger.W011" not in good.stderr + good.stdout
 
 
 def _ids(messages) -> list[str]:

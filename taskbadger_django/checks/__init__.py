@@ -31,7 +31,7 @@ taskbadger.W009    Warning  the progress URLs are included and their cache is a 
 taskbadger.E014    Error    unknown key in ``TASKBADGER["DJANGO_TASKS"]``
 taskbadger.E015    Error    ``TASKBADGER["DJANGO_TASKS"]`` is set but no tasks framework is installed
 taskbadger.W010    Warning  the installed apps' ``tasks`` modules could not be imported (django.tasks not checked)
-taskbadger.W011    Warning  a ``DJANGO_TASKS`` ``INCLUDES``/``EXCLUDES`` entry matches no django.tasks task
+taskbadger.W011    Warning  a ``DJANGO_TASKS``/``PROCRASTINATE`` ``INCLUDES``/``EXCLUDES`` entry matches no task
 taskbadger.E016    Error    unknown key in ``TASKBADGER["PROCRASTINATE"]``
 taskbadger.E017    Error    ``procrastinate.contrib.django`` is installed but Procrastinate is older than 3.9
 taskbadger.E018    Error    env ``TASKBADGER_HTTP_TIMEOUT``/``_PUBLISH_BUDGET``/``_SPOOL_DIR`` is refused by init()

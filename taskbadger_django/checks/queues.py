@@ -1,5 +1,6 @@
-"""The other queues: Procrastinate (W012, W013, E017), django.tasks on RQ (W018), django.tasks' patterns
-(W010, W011), and their tasks with a monitor that are never tracked (W019)."""
+"""The other queues: Procrastinate (W012, W013, E017), django.tasks on RQ (W018), django.tasks' tasks modules
+(W010), patterns that match no task (W011, both queues), and their tasks with a monitor that are never tracked
+(W019)."""
 
 from __future__ import annotations
 
@@ -141,7 +142,12 @@ def check_procrastinate(app_configs: Any = None, **kwargs: Any) -> list[CheckMes
     return monitored_untracked("PROCRASTINATE", "Procrastinate task", tasks,
                                lambda name: {"track": True} if getattr(tasks[name], OPTIONS_ATTR, None) is not None
                                else {},
-                               "decorate it with @track (from taskbadger.procrastinate import track)")
+                               "decorate it with @track (from taskbadger.procrastinate import track)") + (
+        # matched against every task of the app: an entry for Procrastinate's own (never tracked) is no typo
+        unmatched_patterns("PROCRASTINATE", "Procrastinate task", app.tasks, "Use the task's name as Procrastinate "
+                           "registers it (@app.task(name=...), else module.function) or a regular expression that "
+                           "matches all of it; tasks are found in Procrastinate's app (the installed apps' tasks "
+                           "modules)."))
 
 
 
@@ -211,7 +217,6 @@ def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     """W010: the apps' ``tasks`` modules could not be imported; W011: a ``DJANGO_TASKS`` ``INCLUDES`` or
     ``EXCLUDES`` entry matches none of the ``django.tasks`` tasks found (a typo tracks everything, or nothing)."""
     settings = conf.TaskBadgerSettings()
-    user_tasks = settings.user.get("DJANGO_TASKS") if isinstance(settings.raw, Mapping) else None
     if not conf.django_tasks_available():
         return []
     names, failed = django_tasks_found()
@@ -230,22 +235,34 @@ def check_django_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
     messages += monitored_untracked("DJANGO_TASKS", "django.tasks task", names | outside, options_for,
                                     "decorate it with @track_task(enabled=True) (from taskbadger_django import "
                                     "track_task)")
-    if not isinstance(user_tasks, Mapping):
-        return messages
+    return messages + unmatched_patterns(
+        "DJANGO_TASKS", "django.tasks task", names, "Use the task's module path (module.function) or a regular "
+        "expression that matches all of it; tasks are found in the installed apps' tasks modules.",
+        names_a_django_task)
+
+
+def unmatched_patterns(queue: str, kind: str, names: Iterable[str], hint: str,
+                       found_elsewhere: Callable[[str], bool] = lambda pattern: False) -> list[CheckMessage]:
+    """W011: an ``INCLUDES`` or ``EXCLUDES`` entry of ``TASKBADGER[queue]`` that matches none of the task names found
+    (``names``), nor names a task ``found_elsewhere``: a typo tracks everything, or nothing, and nothing said so."""
     from taskbadger.systems.base import full_match
 
+    settings = conf.TaskBadgerSettings()
+    section = settings.user.get(queue) if isinstance(settings.raw, Mapping) else None
+    if not isinstance(section, Mapping):
+        return []
+    names = set(names)
+    messages: list[CheckMessage] = []
     for key in ("INCLUDES", "EXCLUDES"):
-        for pattern in patterns(user_tasks.get(key)):
+        for pattern in patterns(section.get(key)):
             if not isinstance(pattern, str) or pattern_error(pattern) is not None:
                 continue  # E003 / E007
-            if not any(full_match(pattern, name) for name in names) and not names_a_django_task(pattern):
+            if not any(full_match(pattern, name) for name in names) and not found_elsewhere(pattern):
                 suggestion = conf.closest(pattern, names, upper=False)
                 messages.append(checks.Warning(
-                    f"TASKBADGER['DJANGO_TASKS'][{key!r}] entry {pattern!r} matches no django.tasks task.",
-                    hint=(f"Did you mean {suggestion!r}? " if suggestion else "")
-                    + "Use the task's module path (module.function) or a regular expression that matches all of it; "
-                    "tasks are found in the installed apps' tasks modules.",
-                    obj=f"TASKBADGER['DJANGO_TASKS'][{key!r}]", id="taskbadger.W011"))
+                    f"TASKBADGER[{queue!r}][{key!r}] entry {pattern!r} matches no {kind}.",
+                    hint=(f"Did you mean {suggestion!r}? " if suggestion else "") + hint,
+                    obj=f"TASKBADGER[{queue!r}][{key!r}]", id="taskbadger.W011"))
     return messages
 
 

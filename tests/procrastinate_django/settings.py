@@ -2,6 +2,7 @@
 (``DJANGO_SETTINGS_MODULE=tests.procrastinate_django.settings``; its database from ``TB_DJANGO_PG_NAME``).
 Task Badger is configured from settings alone; the key and host come from the environment."""
 
+import json
 import os
 
 SECRET_KEY = "procrastinate-tests"
@@ -22,7 +23,8 @@ DATABASES = {
 }
 TASKBADGER = {
     "MONITORS": {os.environ.get("TB_DJANGO_MONITOR_TASK", "dj.echo"): os.environ.get("TB_DJANGO_MONITOR")},
-    "PROCRASTINATE": {"EXCLUDES": [r"dj\.skip.*"], "RECORD_TASK_ARGS": True},
+    "PROCRASTINATE": {"EXCLUDES": [r"dj\.skip.*", *json.loads(os.environ.get("TB_DJANGO_EXCLUDES", "[]"))],
+                      "RECORD_TASK_ARGS": True},
 }
 LOGGING = {
     "version": 1,
