@@ -37,6 +37,7 @@ from .config import Config, get_config
 from .delivery import merge, sender
 from .delivery.breaker import publish_breaker
 from .delivery.sender import RETRY_HORIZON
+from .delivery.spool import CREATE_TASK
 from .exceptions import (
     CreateSkipped,
     RateLimited,
@@ -186,7 +187,11 @@ def _interrupted(call: int, fields: Mapping[str, Any], exc: BaseException) -> No
 def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, deadline: http.Deadline,
             late_answer: http.LateAnswer) -> Task:
     """``task.create``, with a monitor the API refuses left out (see the module's docstring)."""
-    body = create_body_or_skip(name, fields)
+    return _create_from_body(config, name, create_body_or_skip(name, fields), monitor_id, deadline, late_answer)
+
+
+def _create_from_body(config: Config, name: str, body: Mapping[str, Any], monitor_id: str | None,
+                      deadline: http.Deadline, late_answer: http.LateAnswer | None) -> Task:
     monitor = monitor_id if monitor_id and not monitors.refused(config, monitor_id) else None
     try:
         return Task(endpoints.create(body, monitor, deadline, late_answer))
@@ -335,6 +340,7 @@ class _Settler:
         #: late answer to their create (``late_answer``)
         self._unfound: dict[str, dict[str, Any]] = {}
         self._thread: threading.Thread | None = None
+        self._one_at_a_time = threading.Lock()
         self.dropped = 0
 
     def add(self, external_id: str, fields: dict[str, Any], since: float | None = None,
@@ -379,12 +385,32 @@ class _Settler:
 
     def _settle(self, external_id: str, fields: dict[str, Any]) -> bool | None:
         """Look up the task of run ``external_id``; if found, record the run's outcome on it and stop waiting for it.
-        True: found; False: the API holds no open task for it (yet); None: the API was not asked (failing)."""
-        found = find(external_id, open_only=True)
+        True: found (or created, see ``CREATE_TASK``; or settled meanwhile); False: the API holds no open task for it
+        (yet); None: the API was not asked (failing)."""
+        # One at a time: the background thread and an ending process's ``settle_now`` may both take a run, and two
+        # lookups made before either create lands would create its task twice.
+        with self._one_at_a_time:
+            if not self.holds(external_id):
+                return True  # settled by the other caller meanwhile
+            return self._settle_held(external_id, fields)
+
+    def _settle_held(self, external_id: str, fields: dict[str, Any]) -> bool | None:
+        create = fields.get(CREATE_TASK)
+        # A run that can be created: any task of its id is its own (one ended meanwhile too), or it would be made twice.
+        found = find(external_id, open_only=True, ended_too=create is not None)
         if not found.asked:
             return None
         if found.task is None:
-            return False
+            if create is None:
+                return False
+            created = _create_spooled(external_id, create)
+            if created is None:
+                return None  # the lookup comes first again next time: this create may have been carried out
+            if not created:
+                with self._cond:
+                    self.dropped += 1
+            self._forget(external_id)
+            return True
         _record(found.task.id, fields)
         self._forget(external_id)
         return True
@@ -435,7 +461,40 @@ class _Settler:
 
 def _record(task_id: str, fields: dict[str, Any]) -> None:
     """Queue a run's outcome, found late, on its task: never over a final state (a late answer may have closed it)."""
+    fields = {key: value for key, value in fields.items() if key != CREATE_TASK}
     sender.submit(task_id, {**fields, merge.UNLESS_FINAL: True}, final=True)
+
+
+def _create_spooled(external_id: str, create: Mapping[str, Any]) -> bool | None:
+    """Create the task of a run that ended with no task (its create failed during an outage, in a process gone since),
+    from the body that process spooled (its final state set), within the publish budget through the breaker. True:
+    created; False: refused for good (said, and dropped); None: the API is failing (tried again later)."""
+    config = get_config()
+    body = create["body"]
+    if config is None:
+        return None
+    breaker = publish_breaker()
+    call = breaker.begin(creates=False)  # skipped while the API fails: tried again, not lost
+    if call is None:
+        return None
+    try:
+        _create_from_body(config, body["name"], body, create.get("monitor_id"),
+                          http.Deadline(config.publish_budget, config.timeout[0]), None)
+    except (TransportError, ServerError, RateLimited) as err:
+        breaker.end(call, err)
+        return None
+    except TaskbadgerException as err:
+        breaker.end(call)
+        log.error("Task Badger: the outcome of run %s (task %s) was dropped: Task Badger refused to create its task: "
+                  "%s", short(external_id), short(body["name"]), err)
+        return False
+    except BaseException:
+        breaker.abandon(call)
+        raise
+    breaker.end(call)
+    log.info("Task Badger: task %s, whose create failed when it ran, was created with its outcome",
+             short(body["name"]))
+    return True
 
 
 #: Most seconds between tries of runs waiting for their task while the API is failing (a try is made

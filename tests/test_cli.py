@@ -554,6 +554,30 @@ def test_after_the_command_tracking_keeps_its_budget_and_spools_the_rest(taskbad
     assert spooled_files(tmp_path) == []
 
 
+@pytest.mark.parametrize("fault", ["502", "hang"])
+def test_a_run_whose_create_failed_in_an_outage_is_created_by_the_next_command(taskbadger_server, env, tmp_path, fault):
+    """A create answered 502 (a proxy in front of a down API), or never answered, may or may not have been carried
+    out: the outcome was spooled by external id only, and when the next command found no task by that id it dropped
+    the outcome without a word, although stderr had promised its delivery: the run, and its monitor's check-in, lost."""
+    monitor = taskbadger_server.add_monitor()
+    if fault == "502":
+        taskbadger_server.fail(502)
+    else:
+        taskbadger_server.hang()
+    outage = cli("run", "nightly", "--monitor-id", monitor, "--tag", "host=web1", "--", *fail_with(3), env=env)
+    assert outage.returncode == 3 and "spooled in" in outage.stderr
+    assert not taskbadger_server.tasks
+    taskbadger_server.clear_faults()
+    delivered = cli("list", env=env)  # "the next taskbadger command within a day delivers it"
+    assert delivered.returncode == 0 and len(taskbadger_server.tasks) == 1, (delivered.stderr, spooled_files(tmp_path))
+    [task] = taskbadger_server.tasks.values()
+    assert task["name"] == "nightly" and task["status"] == "error" and task["data"] == {"return_code": 3}
+    assert task["monitor_id"] == monitor and task["tags"] == {"host": "web1"}
+    assert task["external_id"].startswith("taskbadger-run-") and task["start_time"] <= task["end_time"]
+    assert spooled_files(tmp_path) == []
+    assert cli("list", env=env).returncode == 0 and len(taskbadger_server.tasks) == 1  # made once
+
+
 def test_an_earlier_runs_outcome_dropped_by_a_later_run_is_said_on_stderr(taskbadger_server, env, tmp_path):
     """What the SDK logs as an error (updates lost) reaches stderr, where a crontab's mail shows it: the
     command line had silenced every SDK line."""

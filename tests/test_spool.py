@@ -357,6 +357,21 @@ def test_every_condition_an_update_may_carry_is_kept_in_the_spool():
     assert set(Entry.from_json(Entry(fields, task_id="A" * 26).to_json()).fields) == markers
 
 
+def test_how_to_create_a_runs_task_is_kept_in_the_spool_only_as_the_api_takes_it():
+    from taskbadger.delivery.spool import CREATE_TASK
+
+    body = {"name": "nightly", "status": "error", "data": {"return_code": 3}, "tags": {"host": "web1"},
+            "external_id": "taskbadger-run-1", "start_time": "2026-01-01T10:00:00+00:00"}
+    spec = {"body": body, "monitor_id": "6f1c0a4e-8a2b-4f0e-9a55-0c6f2b1d9e11"}
+    for kept in (spec, {**spec, "monitor_id": None}):
+        entry = Entry.from_json(Entry({"status": "error", CREATE_TASK: kept}, external_id="taskbadger-run-1").to_json())
+        assert entry.fields == {"status": "error", CREATE_TASK: kept}
+    for refused in ({**spec, "monitor_id": "not-a-uuid"}, {"body": {**body, "status": "done"}},
+                    {"body": {**body, "_taskbadger_unless_final": True}}, {"body": {"status": "error"}}):
+        entry = Entry.from_json(Entry({"status": "error", CREATE_TASK: refused}, external_id="r").to_json())
+        assert entry.fields == {"status": "error"}  # left out, the outcome kept: as an earlier version reads it
+
+
 def spool_file(spool_dir, count):
     """A path named as a spool file of this API holding ``count`` entries (made the way the spool makes it)."""
     spool_dir.mkdir(mode=0o700, exist_ok=True)

@@ -20,7 +20,9 @@ What a crontab line or a CI step can rely on:
   after the command exited ends us at once with the command's exit status, the outcome spooled.
 * **No run left** ``processing``: the run's task carries an ``external_id`` of its own; when its create
   may have been carried out without an answer (a slow API), the outcome is recorded on the task found
-  by that id, now or, once the API answers, by whoever delivers the spool.
+  by that id, now or, once the API answers, by whoever delivers the spool; when the API holds no such
+  task (the create was never carried out: a 5xx, a hang), whoever delivers the spool creates it, ended,
+  under its monitor.
 * **Status follows the exit status**: 0 is ``success``, anything else ``error``, with
   ``data.return_code``. A command killed by a signal, including one forwarded from us (Ctrl-C, a CI
   runner's or systemd's SIGTERM), ends ``error`` rather than ``cancelled``: its work did not complete,
@@ -32,6 +34,7 @@ What a crontab line or a CI step can rely on:
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import logging
 import os
 import random
@@ -47,9 +50,9 @@ from taskbadger import endpoints, http, spooling
 from taskbadger._runtime import start_daemon_thread
 from taskbadger.actions import Action, action_dicts
 from taskbadger.config import Config
-from taskbadger.delivery.spool import Entry, Spool, api_key_of
+from taskbadger.delivery.spool import CREATE_TASK, Entry, Spool, api_key_of
 from taskbadger.exceptions import RateLimited, ServerError, TaskbadgerException, TransportError
-from taskbadger.models import TaskModel, fitted_name
+from taskbadger.models import TaskModel, fitted_name, format_datetime
 
 from . import process
 from .commands import describe_error
@@ -277,6 +280,10 @@ class Tracker:
         self.failure: BaseException | None = None
         self.maybe_created = False  # the create failed, but the API may have carried it out
         self.external_id: str | None = fields.get("external_id")
+        self.monitor_id = monitor_id
+        self.started = format_datetime(dt.datetime.now(dt.timezone.utc))
+        #: the create's body as sent: what the spool needs to create the task later, should the create never happen
+        self._create_sent: dict[str, Any] | None = None
         self._task: dict[str, Any] | None = None
         self._created = threading.Event()
         self._lock = threading.Lock()
@@ -286,7 +293,9 @@ class Tracker:
 
         def create() -> None:
             try:
-                self._remember(_create(config, name, fields, monitor_id, self._created_late))
+                self._create_sent = _create_body(name, fields)
+                self._remember(endpoints.create(self._create_sent, monitor_id, http.Deadline.for_call(config.timeout),
+                                                self._created_late))
             except BaseException as error:
                 self.failure = error
                 self.maybe_created = _maybe_created(error)
@@ -408,11 +417,25 @@ class Tracker:
         if task_id is not None:
             entry = Entry(fields, task_id=task_id, final=True)
         elif self.maybe_created and self.external_id:
+            # Found by its external id if the create was carried out; created from the spool if it was not
+            # (a 5xx, an API that hung): otherwise the run, and its monitor's check-in, would be lost.
+            if self._create_sent is not None:
+                fields[CREATE_TASK] = {"body": self._final_body(fields), "monitor_id": self.monitor_id}
             entry = Entry(fields, external_id=self.external_id, final=True)
         else:
             return None
         written, _ = Spool(self.config.spool_dir).write(api_key_of(self.config), [entry])
         return self.config.spool_dir if written else None
+
+
+    def _final_body(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        """The create body with the run's outcome: the task as it would be now, had its create been carried out."""
+        body = dict(self._create_sent or {})
+        known = body.get("data")
+        body.update({key: value for key, value in outcome.items() if key != "merge_data"})
+        body["data"] = {**(known if isinstance(known, dict) else {}), **outcome["merge_data"]}
+        body["start_time"], body["end_time"] = self.started, format_datetime(dt.datetime.now(dt.timezone.utc))
+        return body
 
 
 def _maybe_created(error: BaseException) -> bool:
@@ -428,15 +451,14 @@ def _deadline(config: Config, until: float) -> http.Deadline:
     return http.Deadline(min(left, sum(config.timeout)), config.timeout[0], config.timeout[1])
 
 
-def _create(config: Config, name: str, fields: dict[str, Any], monitor_id: str | None,
-            late_answer: http.LateAnswer) -> TaskModel:
+def _create_body(name: str, fields: dict[str, Any]) -> dict[str, Any]:
     # ``create_body`` adds the configured tags (the config file's [tags]) and applies before_create.
     from taskbadger.task import create_body
 
     body = create_body(name, fields)
     if body is None:
         raise ValueError("before_create declined to create the task")
-    return endpoints.create(body, monitor_id, http.Deadline.for_call(config.timeout), late_answer)
+    return body
 
 
 def _send(config: Config, method: str, task_id: str, body: dict[str, Any] | None,

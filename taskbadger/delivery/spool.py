@@ -47,7 +47,7 @@ from typing import Any
 
 from .._runtime import PerProcess, log_throttled, make_private_dirs, short
 from ..config import Config
-from ..models import MAX_NAME_LENGTH, STATUS_VALUES, has_control_characters, is_count, is_task_id
+from ..models import MAX_NAME_LENGTH, STATUS_VALUES, has_control_characters, is_count, is_task_id, monitor_id
 
 log = logging.getLogger("taskbadger")
 
@@ -89,6 +89,24 @@ _FIELDS: dict[str, Any] = {
     "_taskbadger_drop_data": lambda v: isinstance(v, list) and len(v) <= 100 and all(
         isinstance(k, str) for k in v),
 }
+#: The fields of a task's create body an entry may carry (``CREATE_TASK``): the API's, none of the markers.
+_BODY_FIELDS = {key: check for key, check in _FIELDS.items() if key != "merge_data" and not key.startswith("_")}
+#: An entry for a run's task by external id may carry how to create that task (``{"body": <create body, name
+#: included, final status set>, "monitor_id": <id or None>}``): a run whose create failed during an outage (a 5xx, no
+#: answer) may have no task at all, and its outcome, found by nobody, would be lost with its monitor's check-in. Not an
+#: API field. An earlier version reading it leaves it out (an unknown field), as it did before.
+CREATE_TASK = "_taskbadger_create"
+
+
+def _create_spec(value: Any) -> bool:
+    if not _dict(value) or set(value) - {"body", "monitor_id"} or not _dict(value.get("body")):
+        return False
+    body, monitor = value["body"], value.get("monitor_id")
+    return "name" in body and all(key in _BODY_FIELDS and _BODY_FIELDS[key](v) for key, v in body.items()) and (
+        monitor is None or monitor_id(monitor) is not None)
+
+
+_FIELDS[CREATE_TASK] = _create_spec
 #: A file larger than the whole spool may be is not one of ours: it is not read.
 MAX_FILE_BYTES = MAX_BYTES
 _SUFFIX = ".jsonl"
