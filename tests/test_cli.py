@@ -480,6 +480,21 @@ def test_a_name_longer_than_the_api_takes_is_shortened_and_the_run_tracked(taskb
     assert task["name"] == long_name[:254] + "…" and task["status"] == "success"
 
 
+@pytest.mark.parametrize("why", ["refused", "slow"])
+def test_a_run_without_a_task_does_not_pass_on_an_outer_runs_task_id(taskbadger_server, env, why):
+    """A tracked script running a tracked step: when the step's run has no task (its create refused, or not
+    answered before the command starts), its command got the outer run's TASKBADGER_TASK_ID, and its reports
+    (``taskbadger update "$TASKBADGER_TASK_ID" --status success``) changed the outer task."""
+    outer = taskbadger.create_task("deploy", status="processing")
+    env = {**env, "TASKBADGER_TASK_ID": outer.id}
+    if why == "refused":
+        env["TASKBADGER_API_KEY"] = WRONG_KEY
+    else:
+        taskbadger_server.set_latency(2.5, times=1, method="POST")  # answered after the command started
+    result = cli("run", "step", "--", *python("import os; print(os.environ.get('TASKBADGER_TASK_ID'))"), env=env)
+    assert result.returncode == 0 and result.stdout == "None\n", result.stderr
+
+
 def test_the_outcome_is_retried_through_server_errors(taskbadger_server, env):
     taskbadger_server.fail(503, times=3, method="PATCH")
     result = cli("run", "flaky", "--", "sh", "-c", "exit 4", env=env)

@@ -3,7 +3,8 @@
 * **Arguments.** Several arguments are an argv, run as given (no shell). A single argument that reads
   like a shell command line (``'./backup.sh --full | gzip'``) runs through ``/bin/sh -c``: the official
   CLI ran every command that way, so crontab lines written for it keep working.
-* **Environment.** The child inherits ours; ``TASKBADGER_TASK_ID`` is added to it. It gets the file
+* **Environment.** The child inherits ours; ``TASKBADGER_TASK_ID`` is added to it (taken out of it when
+  the run has no task: an outer run's would be the wrong task). It gets the file
   descriptors we were given (``3>>log``), not ours.
 * **Exit status.** A command that cannot be found exits 127 and one that cannot be executed 126, as in a
   shell; a child killed by signal N gives 128 + N, and one killed by SIGINT ends us by SIGINT too

@@ -114,6 +114,8 @@ class _Run:
         task_id = self.tracker.task_id if self.tracker else None
         if task_id:
             env["TASKBADGER_TASK_ID"] = task_id
+        else:  # inherited from an outer run (a tracked script running a step): the command's reports would land there
+            env.pop("TASKBADGER_TASK_ID", None)
         argv = process.shell_argv(self.command)
         seen = len(self.relay.received)
         try:
