@@ -480,6 +480,22 @@ def test_a_name_longer_than_the_api_takes_is_shortened_and_the_run_tracked(taskb
     assert task["name"] == long_name[:254] + "…" and task["status"] == "success"
 
 
+def test_a_tag_value_longer_than_the_api_takes_is_shortened_and_the_run_tracked(taskbadger_server, env):
+    long_value = "x" * 300  # e.g. a commit message; the API takes 2 to 255 characters and refused the create
+    result = cli("run", "migrate", "--tag", f"commit={long_value}", "--", "true", env=env)
+    assert result.returncode == 0 and result.stderr == ""
+    task = only_task(taskbadger_server, "migrate")
+    assert task["tags"] == {"commit": long_value[:254] + "…"} and task["status"] == "success"
+
+
+def test_a_tag_value_too_short_for_the_api_is_refused_before_anything_runs(taskbadger_server, env, tmp_path):
+    for command in (("run", "short", "--tag", "env=a", "--", *started_at(tmp_path)),
+                    ("create", "short", "--tag", "env=")):
+        result = cli(*command, env=env)
+        assert result.returncode == 2 and "a tag's value takes 2 to 255 characters" in result.stderr, result.stderr
+    assert not (tmp_path / "stamp").exists() and not taskbadger_server.tasks
+
+
 @pytest.mark.parametrize("why", ["refused", "slow"])
 def test_a_run_without_a_task_does_not_pass_on_an_outer_runs_task_id(taskbadger_server, env, why):
     """A tracked script running a tracked step: when the step's run has no task (its create refused, or not

@@ -174,7 +174,7 @@ def run(
         typer.echo("Error: no command given: taskbadger run NAME -- COMMAND [ARGS]...", err=True)
         raise typer.Exit(2)
     try:
-        tags = commands.parse_pairs(tag, "--tag")
+        tags = commands.fitted_tags(commands.parse_pairs(tag, "--tag"), "--tag")
         parsed_action = commands.parse_action(action)
     except commands.UsageError as err:
         typer.echo(f"Error: {err}", err=True)
@@ -282,7 +282,7 @@ def configure(
     path = settings.config_path()
     try:
         document = settings.read_file(path)
-        tags = commands.parse_pairs(tag, "--tag")
+        tags = commands.fitted_tags(commands.parse_pairs(tag, "--tag"), "--tag")
     except (settings.SettingsError, commands.UsageError) as err:
         typer.echo(f"Error: {err}", err=True)
         raise typer.Exit(1 if isinstance(err, settings.SettingsError) else 2) from None

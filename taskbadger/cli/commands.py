@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import taskbadger
@@ -26,6 +26,7 @@ from taskbadger.exceptions import (
     UnexpectedStatus,
     ValidationError,
 )
+from taskbadger.models import MAX_TAG_LENGTH, MIN_TAG_LENGTH
 
 from . import render
 from .settings import Settings, SettingsError, file_mode_warning
@@ -51,6 +52,19 @@ def parse_pairs(pairs: Sequence[str] | None, what: str) -> dict[str, str]:
         if not sep or not key:
             raise UsageError(f"{what} must be 'name=value', got {pair!r}")
         result[key] = value
+    return result
+
+
+def fitted_tags(tags: Mapping[str, Any], what: str) -> dict[str, str]:
+    """``tags`` as the API takes them: a value longer than it takes is shortened, ending in "…", as a name is (the
+    task is still tracked); a value too short to be one (none or one character) is a UsageError saying so."""
+    result: dict[str, str] = {}
+    for name, value in tags.items():
+        text = str(value)
+        if len(text) < MIN_TAG_LENGTH:
+            raise UsageError(f"{what} {name}={text!r}: a tag's value takes {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} "
+                             "characters (Task Badger refuses shorter ones)")
+        result[str(name)] = text if len(text) <= MAX_TAG_LENGTH else text[:MAX_TAG_LENGTH - 1] + "…"
     return result
 
 
@@ -257,7 +271,7 @@ def _fields(status: str | None, metadata: Sequence[str] | None, metadata_json: s
     if parsed_action is not None:
         err.write(f"Warning: {DEPRECATION}\n")
     return {"status": status_value(status), "data": data or None,
-            "tags": {str(k): str(v) for k, v in tag_values.items()} or None,
+            "tags": fitted_tags(tag_values, "--tag") or None,
             "actions": [parsed_action] if parsed_action else None}
 
 
