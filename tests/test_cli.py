@@ -958,17 +958,27 @@ def test_version(tmp_path):
     assert result.returncode == 0 and result.stdout.startswith("Task Badger CLI Version: ")
 
 
-def test_a_command_option_without_the_double_dash_says_to_add_it(env, tmp_path, taskbadger_server):
+def test_without_the_double_dash_what_follows_the_command_is_the_commands_own(env, tmp_path, taskbadger_server):
+    """``taskbadger run "disk report" df -h`` (no ``--``, as crontab lines for the official CLI are written): options
+    of ours after the command's first word (-h, --tag, --capture-output...) were taken as ours: our help was
+    printed, exit 0, and the command never ran."""
     marker = tmp_path / "ran"
     script = tmp_path / "backup.py"
     script.write_text(f"import sys; open({str(marker)!r}, 'w').write(repr(sys.argv[1:]))")
-    slip = cli("run", "backup", sys.executable, str(script), "--full", env=env)
-    assert slip.returncode == 2 and not marker.exists()  # refused before anything ran, as any usage error
+    args = ["--full", "-h", "--help", "--tag", "x=yz", "--capture-output", "--", "-a"]
+    ran = cli("run", "--tag", "host=web1", "backup", sys.executable, str(script), *args, env=env)
+    assert ran.returncode == 0 and ran.stdout == "" and ran.stderr == "", (ran.stdout, ran.stderr)
+    assert marker.read_text() == repr(args)
+    task = only_task(taskbadger_server, "backup")
+    assert task["status"] == "success" and task["tags"] == {"host": "web1"}
+
+
+def test_an_unknown_option_before_the_command_says_to_put_the_double_dash(env, tmp_path, taskbadger_server):
+    slip = cli("run", "backup", "--full", "true", env=env)
+    assert slip.returncode == 2  # refused before anything ran, as any usage error
     said = " ".join(slip.stderr.replace("│", " ").split())
     assert "No such option: --full. If it is an option of the command to run, put -- before the command: " \
            "taskbadger run NAME -- COMMAND --full ..." in said
     assert not taskbadger_server.tasks
-    fixed = cli("run", "backup", "--", sys.executable, str(script), "--full", env=env)
-    assert fixed.returncode == 0 and marker.read_text() == "['--full']"
     mistyped = cli("run", "--frequency", "9", "backup", "--", "true", env=env)  # our own option: click's message
     assert mistyped.returncode == 2 and "put -- before" not in mistyped.stderr

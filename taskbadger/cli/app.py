@@ -133,6 +133,7 @@ class _RunCommand(TyperCommand):
     """``run``, whose most common slip is a command option without ``--`` before the command."""
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        args = self._command_marked(ctx, args)
         try:
             return super().parse_args(ctx, args)
         except Exception as err:  # the click Typer runs on (its own copy in recent releases): NoSuchOption
@@ -142,13 +143,42 @@ class _RunCommand(TyperCommand):
                                f"the command: taskbadger run NAME -- COMMAND {name} ...")
             raise
 
+    def _command_marked(self, ctx: Any, args: list[str]) -> list[str]:
+        """``args`` with ``--`` before the command's first word (the word after NAME), when it has none: what follows
+        that word is the command's own, never an option of ours. ``taskbadger run "disk report" df -h`` (a crontab
+        line written for the official CLI) printed our help and exited 0: df never ran, and cron saw success."""
+        values: dict[str, int] = {}  # our options -> how many words each takes after it
+        for param in self.get_params(ctx):
+            if getattr(param, "param_type_name", None) == "option":
+                taken = 0 if getattr(param, "is_flag", False) or getattr(param, "count", False) else param.nargs
+                values.update(dict.fromkeys([*param.opts, *param.secondary_opts], taken))
+        positionals, index = 0, 0
+        while index < len(args):
+            word = args[index]
+            if word == "--":
+                return args
+            if word.startswith("-") and word != "-":
+                long = word.startswith("--")
+                name = word.split("=", 1)[0] if long else word[:2]
+                if name not in values:
+                    return args  # not ours, before the command: click says so (``parse_args``)
+                attached = ("=" in word) if long else len(word) > 2
+                index += 1 + max(0, values[name] - attached)
+                continue
+            positionals += 1
+            if positionals == 2:  # NAME, then the command
+                return [*args[:index], "--", *args[index:]]
+            index += 1
+        return args
+
 
 @app.command(cls=_RunCommand, context_settings={"help_option_names": ["-h", "--help"]})
 def run(
     ctx: typer.Context,
     name: Annotated[str, typer.Argument(metavar="NAME", help="The task name")],
     command: Annotated[list[str] | None, typer.Argument(
-        metavar="-- COMMAND [ARGS]...", help="The command to run and its arguments, after '--'.")] = None,
+        metavar="-- COMMAND [ARGS]...", help="The command to run and its arguments, after '--' (without it, "
+        "every word from the command's first on is the command's, options too).")] = None,
     monitor_id: MonitorId = None,
     update_frequency: Annotated[int, typer.Option(
         "--update-frequency", metavar="SECONDS", min=5, max=300, help="Seconds between updates.")] = 5,
