@@ -822,6 +822,28 @@ def test_precedence_option_then_environment_then_file(taskbadger_server, tmp_pat
     assert taskbadger_server.key not in info
 
 
+def test_org_and_project_options_ignored_for_a_project_key_say_so(taskbadger_server, env):
+    """A project key carries its organization and project: -o/-p were ignored without a word (only ``info`` said
+    it), while --help said they override: the user asked for another project and never knew they did not get it."""
+    warning = ("Warning: -o/--org 'other-org' and -p/--project 'staging' are ignored: the API key is a project key, "
+               "for acme/demo, which sets the organization and the project; to use another project, use that "
+               "project's key\n")
+    ran, listed, same, one = cli_all(
+        (("-o", "other-org", "-p", "staging", "run", "deploy", "--", "true"), env),
+        (("-o", "other-org", "-p", "staging", "list", "-f", "csv"), env),
+        (("-o", "acme", "-p", "demo", "list"), env),  # what the key says: nothing to warn about
+        (("-p", "staging", "create", "one", "-q"), env))
+    assert ran.returncode == 0 and ran.stderr == warning
+    assert listed.returncode == 0 and listed.stderr == warning  # (run alongside: the list may not show deploy yet)
+    assert same.returncode == 0 and same.stderr == ""
+    assert one.returncode == 0 and one.stderr == "Warning: -p/--project 'staging' is ignored: the API key is a " \
+        "project key, for acme/demo, which sets the organization and the project; to use another project, use " \
+        "that project's key\n"
+    assert {(t["organization"], t["project"]) for t in taskbadger_server.tasks.values()} == {("acme", "demo")}
+    helped = " ".join(cli("--help", env=env).stdout.replace("│", " ").split())
+    assert "A project key carries its own: this is then ignored, with a warning." in helped
+
+
 def test_info_never_shows_the_key(taskbadger_server, env):
     result = cli("-o", "someone-else", "info", env=env)
     assert result.returncode == 0

@@ -84,11 +84,21 @@ def _exit(code: int) -> None:
         raise typer.Exit(code)
 
 
+def _settings(state: State) -> settings.Settings:
+    """The settings from the options, environment and config file; a warning line when -o/-p are ignored (a project
+    key carries its own): the user asked for another project, and would otherwise not know they did not get it."""
+    resolved = settings.resolve(state.org, state.project)
+    ignored = resolved.ignored()
+    if ignored:
+        typer.echo(f"Warning: {ignored}", err=True)
+    return resolved
+
+
 def _configure_or_exit(ctx: typer.Context) -> None:
     """Configure the SDK from the options, environment and config file, or exit 1 saying why."""
     state = _state(ctx)
     try:
-        settings.resolve(state.org, state.project).configure_sdk()
+        _settings(state).configure_sdk()
     except settings.SettingsError as err:
         typer.echo(f"Error: Task Badger is not configured: {err}", err=True)
         raise typer.Exit(1) from None
@@ -96,10 +106,12 @@ def _configure_or_exit(ctx: typer.Context) -> None:
 
 Org = Annotated[str | None, typer.Option(
     "--org", "-o", metavar="TASKBADGER_ORG",
-    help="Organization Slug. This will override values from the config file and environment variables.")]
+    help="Organization slug, for a legacy API key: overrides the environment and the config file. A project key "
+         "carries its own: this is then ignored, with a warning.")]
 Project = Annotated[str | None, typer.Option(
     "--project", "-p", metavar="TASKBADGER_PROJECT",
-    help="Project Slug. This will override values from the config file and environment variables.")]
+    help="Project slug, for a legacy API key: overrides the environment and the config file. A project key "
+         "carries its own: this is then ignored, with a warning.")]
 MonitorId = Annotated[str | None, typer.Option("--monitor-id", help="Associate this task with a monitor.")]
 ActionOption = Annotated[tuple[str, str, str] | None, typer.Option(
     "--action", "-a", metavar="TRIGGER INTEGRATION CONFIG",
@@ -212,7 +224,7 @@ def run(
     if parsed_action is not None:
         typer.echo(f"Warning: {commands.DEPRECATION}", err=True)
     state = _state(ctx)
-    code = run_command(name, command, configure=lambda: settings.resolve(state.org, state.project).configure_sdk(),
+    code = run_command(name, command, configure=lambda: _settings(state).configure_sdk(),
                        update_frequency=update_frequency, monitor_id=monitor_id, tags=tags, action=parsed_action,
                        capture_output=capture_output)
     if code.killed_by is not None and code.killed_by in process.RERAISED:

@@ -172,6 +172,18 @@ class Settings:
     key_error: str | None = None
     #: options or variables the project key overrode
     overridden: list[str] = field(default_factory=list)
+    #: of those, the command-line options (``-o/--org 'x'``): said on every command that uses them (``ignored``)
+    ignored_options: list[str] = field(default_factory=list)
+
+    def ignored(self) -> str | None:
+        """The warning for ``-o``/``-p`` given with a project key, which carries its own (the API would refuse any
+        other); None when there is nothing to say."""
+        if not self.ignored_options or not self.key_parts:
+            return None
+        verb = "is" if len(self.ignored_options) == 1 else "are"
+        return (f"{' and '.join(self.ignored_options)} {verb} ignored: the API key is a project key, for "
+                f"{self.key_parts[0]}/{self.key_parts[1]}, which sets the organization and the project; to use "
+                "another project, use that project's key")
 
     def describe_key(self) -> str:
         """What ``info`` shows for the key: never the key itself."""
@@ -255,10 +267,12 @@ def resolve(org: str | None = None, project: str | None = None, environ: Mapping
         if parts:
             settings.key_parts = (parts[0], parts[1])
             origin = f"{PROJECT_KEY}, {settings.token.source}"
-            for name, given, from_key in (("organization", settings.org, parts[0]),
-                                          ("project", settings.project, parts[1])):
+            for name, flag, given, from_key in (("organization", "-o/--org", settings.org, parts[0]),
+                                                ("project", "-p/--project", settings.project, parts[1])):
                 if given.value and given.value != from_key:
                     settings.overridden.append(f"{name} {given.value!r} ({given.source})")
+                    if given.source == OPTION:
+                        settings.ignored_options.append(f"{flag} {given.value!r}")
             settings.org, settings.project = Value(parts[0], origin), Value(parts[1], origin)
     return settings
 
