@@ -241,6 +241,32 @@ def test_a_signal_before_the_command_starts_stops_it_from_starting(taskbadger_se
     assert len(stderr.splitlines()) == 1
 
 
+def test_a_signal_while_the_create_hangs_ends_us_at_once_and_the_run_is_recorded_later(taskbadger_server, env,
+                                                                                       tmp_path):
+    """docs/cli.md: a signal ends taskbadger at once. One that came while the create hung, before the command
+    started, was acted on only after the wait for the create (the connect timeout) and the whole 10 s budget for
+    the outcome; every further SIGTERM or Ctrl-C was ignored meanwhile."""
+    taskbadger_server.hang(method="POST")
+    proc = subprocess.Popen([*CLI, "run", "stopped", "--", *started_at(tmp_path)], stdin=subprocess.DEVNULL,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        taskbadger_server.wait_for(lambda: taskbadger_server.requests, timeout=15)  # waiting on the create
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - signalled
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and stopped_in < 1.0 and not (tmp_path / "stamp").exists()
+    [line] = stderr.splitlines()
+    assert "stopped by a signal; spooled in" in line
+    taskbadger_server.clear_faults()  # the hung create was never carried out: the next command makes the task
+    assert cli("list", env=env).returncode == 0
+    task = only_task(taskbadger_server, "stopped")
+    assert task["status"] == "error" and task["data"] == {
+        "return_code": 143, "signal": "SIGTERM", "error": "stopped before the command started"}
+
+
 def test_environment_is_added_to_and_arguments_are_passed_intact(taskbadger_server, env):
     env = {**env, "MY_VAR": "hello world"}
     child = python("""

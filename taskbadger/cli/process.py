@@ -263,6 +263,8 @@ class SignalRelay:
         self.received: list[int] = []
         self.forwarded: list[int] = []
         self.after_exit = threading.Event()
+        #: set by every signal we take: a wait before the command starts (its task's create) ends at once
+        self.signalled = threading.Event()
         self._child: subprocess.Popen[bytes] | None = None
         self._previous: dict[int, Any] = {}
 
@@ -294,6 +296,7 @@ class SignalRelay:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received.append(signum)
+        self.signalled.set()
         child = self._child
         if child is None:
             return

@@ -106,6 +106,7 @@ class _Run:
         except Exception as error:  # whatever it is, the command still runs
             self.note(f"not tracking this run: {describe_error(error)}")
         if self.relay.received:  # told to stop before the command started: do not start it
+            self.relay.after_exit.set()  # nor wait for the API: the outcome is spooled if not taken at once
             signum = self.relay.received[0]
             code = 128 + signum
             self._finish(code, {"signal": process.signal_name(signum), "error": "stopped before the command started"})
@@ -136,7 +137,7 @@ class _Run:
         if actions:
             fields["actions"] = actions
         tracker = Tracker(config, self.name, fields, monitor_id)
-        if not tracker.wait_created(config.timeout[0]):
+        if not tracker.wait_created(config.timeout[0], self.relay.signalled):
             return tracker  # still creating: it may finish in the background
         if tracker.failure is not None and not tracker.maybe_created:
             self.note(f"not tracking this run: {describe_error(tracker.failure, config)}")
@@ -200,7 +201,7 @@ class _Run:
                     break
             failure = result.get("failure") if done.is_set() else TimeoutError(
                 "stopped by a signal" if stop.is_set() else f"not delivered within {FINAL_UPDATE_BUDGET:g} s")
-            if failure is not None and tracker.task_id is None and not tracker.maybe_created:
+            if failure is not None and tracker.task_id is None and not (tracker.maybe_created or tracker.creating):
                 self.note(f"this run was not tracked: {describe_error(failure, tracker.config)}")
             elif failure is not None:
                 spooled = tracker.spool(outcome) if _transient(failure) else None
@@ -318,8 +319,20 @@ class Tracker:
         with self._lock:
             self._task = task.to_dict()
 
-    def wait_created(self, timeout: float) -> bool:
-        return self._created.wait(max(0.0, timeout))
+    def wait_created(self, timeout: float, interrupt: threading.Event | None = None) -> bool:
+        """Whether the create was answered within ``timeout``; a wait ``interrupt`` ends at once (a signal: the
+        command will not start, and whoever sent it expects us to end now). Polled: a signal handler cannot wake
+        an ``Event.wait`` of the main thread."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while not self._created.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if (interrupt is not None and interrupt.is_set()) or time.monotonic() >= deadline:
+                return False
+        return True
+
+    @property
+    def creating(self) -> bool:
+        """The create is still in flight: the API may carry it out yet."""
+        return not self._created.is_set()
 
     @property
     def task_id(self) -> str | None:
@@ -418,7 +431,7 @@ class Tracker:
                 fields["value"] = (self._task or {}).get("value_max") or 100
         if task_id is not None:
             entry = Entry(fields, task_id=task_id, final=True)
-        elif self.maybe_created and self.external_id:
+        elif (self.maybe_created or self.creating) and self.external_id:
             # Found by its external id if the create was carried out; created from the spool if it was not
             # (a 5xx, an API that hung): otherwise the run, and its monitor's check-in, would be lost.
             if self._create_sent is not None:
