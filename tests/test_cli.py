@@ -432,6 +432,36 @@ def test_pings_carry_the_captured_output_while_the_command_runs(taskbadger_serve
     assert task["status"] == "success" and task["data"] == {"stdout": "tick\n", "return_code": 0}
 
 
+def test_pings_with_the_captured_output_keep_what_the_command_wrote_to_its_task(taskbadger_server, env, tmp_path):
+    """A ping sent the task's data as it was when it was created, plus the output's tail: what the command had
+    written to its task meanwhile (`taskbadger update "$TASKBADGER_TASK_ID" --metadata rows=42`) was wiped."""
+    release = tmp_path / "release"
+    child = python(f"""
+        import os, pathlib, time, taskbadger
+        taskbadger.init()
+        taskbadger.update_task(os.environ["TASKBADGER_TASK_ID"], data={{"rows": 42}})
+        print("tick", flush=True)
+        while not pathlib.Path({str(release)!r}).exists():
+            time.sleep(0.05)
+    """)
+    proc = subprocess.Popen([*CLI, "run", "reporting", "--capture-output", "--", *child], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def pinged():
+            return [r for r in taskbadger_server.requests
+                    if r.method == "PATCH" and (r.json or {}).get("data", {}).get("stdout") == "tick\n"]
+
+        [ping] = taskbadger_server.wait_for(pinged, timeout=15)
+        assert ping.json["data"] == {"rows": 42, "stdout": "tick\n"}
+        assert only_task(taskbadger_server, "reporting")["data"] == {"rows": 42, "stdout": "tick\n"}
+        release.write_text("go")
+        assert proc.wait(timeout=15) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert only_task(taskbadger_server, "reporting")["data"] == {"rows": 42, "stdout": "tick\n", "return_code": 0}
+
+
 # -- run: whatever happens to Task Badger, the command runs ----------------------------------------
 
 def started_at(tmp_path) -> list[str]:

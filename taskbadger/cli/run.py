@@ -357,12 +357,17 @@ class Tracker:
                     continue
                 body: dict[str, Any] = {}
                 output = captured()
-                if output and output != self._sent_output:  # the tail, sent when it changed
-                    body["data"] = {**self._known_data(), **output}
-                    self._sent_output = output
                 try:
+                    if output and output != self._sent_output:  # the tail, sent when it changed
+                        # The task's data as it is now: the command may have written to it (TASKBADGER_TASK_ID), and
+                        # a PATCH of data replaces it (a ping wiped a script's own `taskbadger update --metadata`).
+                        self._remember(_send(self.config, "GET", task_id, None, http.Deadline.for_call(
+                            self.config.timeout)))
+                        body["data"] = {**self._known_data(), **output}
                     self._remember(_send(self.config, "PATCH", task_id, body, http.Deadline.for_call(
                         self.config.timeout)))
+                    if "data" in body:
+                        self._sent_output = output
                 except Exception as error:
                     log.debug("Task Badger: ping of task %s failed: %s", task_id, error)
 
