@@ -477,9 +477,19 @@ def test_api_refusing_connections(taskbadger_server, env, tmp_path):
     taskbadger_server.refuse()
     result = cli("run", "down", "--", *started_at(tmp_path), env=env)
     assert result.returncode == 5
-    [line] = result.stderr.splitlines()
-    assert line.startswith("taskbadger: not tracking this run: could not reach Task Badger")
+    first, last = result.stderr.splitlines()
+    assert first.startswith("taskbadger: not tracked yet: could not reach Task Badger")
+    assert "spooled in" in last  # its task is made by the next command (test_a_run_whose_create_failed_in_an_outage)
     assert (tmp_path / "stamp").exists()
+
+
+def test_a_run_whose_create_failed_for_a_moment_is_created_when_it_ends(taskbadger_server, env):
+    """A 503 at the create (the API restarting) left the run untracked, though the API was back when it ended."""
+    taskbadger_server.fail(503, times=1)
+    result = cli("run", "restart", "--", *fail_with(4), env=env)
+    assert result.returncode == 4 and result.stderr.startswith("taskbadger: not tracked yet:")
+    task = only_task(taskbadger_server, "restart")
+    assert task["status"] == "error" and task["data"] == {"return_code": 4} and task["start_time"] <= task["end_time"]
 
 
 def wait_before_the_command(server, tmp_path) -> float:
@@ -641,20 +651,24 @@ def test_after_the_command_tracking_keeps_its_budget_and_spools_the_rest(taskbad
     assert spooled_files(tmp_path) == []
 
 
-@pytest.mark.parametrize("fault", ["502", "hang"])
+@pytest.mark.parametrize("fault", ["502", "hang", "503", "429", "refused"])
 def test_a_run_whose_create_failed_in_an_outage_is_created_by_the_next_command(taskbadger_server, env, tmp_path, fault):
     """A create answered 502 (a proxy in front of a down API), or never answered, may or may not have been carried
     out: the outcome was spooled by external id only, and when the next command found no task by that id it dropped
-    the outcome without a word, although stderr had promised its delivery: the run, and its monitor's check-in, lost."""
+    the outcome without a word, although stderr had promised its delivery: the run, and its monitor's check-in, lost.
+    A create that certainly failed for a while (503, 429, no connection) left the run untracked altogether."""
     monitor = taskbadger_server.add_monitor()
-    if fault == "502":
-        taskbadger_server.fail(502)
+    if fault in ("502", "503", "429"):
+        taskbadger_server.fail(int(fault))
+    elif fault == "refused":
+        taskbadger_server.refuse()
     else:
         taskbadger_server.hang()
     outage = cli("run", "nightly", "--monitor-id", monitor, "--tag", "host=web1", "--", *fail_with(3), env=env)
     assert outage.returncode == 3 and "spooled in" in outage.stderr
     assert not taskbadger_server.tasks
     taskbadger_server.clear_faults()
+    taskbadger_server.accept()
     delivered = cli("list", env=env)  # "the next taskbadger command within a day delivers it"
     assert delivered.returncode == 0 and len(taskbadger_server.tasks) == 1, (delivered.stderr, spooled_files(tmp_path))
     [task] = taskbadger_server.tasks.values()

@@ -139,7 +139,10 @@ class _Run:
         tracker = Tracker(config, self.name, fields, monitor_id)
         if not tracker.wait_created(config.timeout[0], self.relay.signalled):
             return tracker  # still creating: it may finish in the background
-        if tracker.failure is not None and not tracker.maybe_created:
+        if tracker.failure is not None and tracker.create_later:
+            self.note(f"not tracked yet: {describe_error(tracker.failure, config)}; the run is recorded when it "
+                      "ends, or later")
+        elif tracker.failure is not None and not tracker.maybe_created:
             self.note(f"not tracking this run: {describe_error(tracker.failure, config)}")
             return None
         if _is_terminal(self.err) and tracker.public_url:
@@ -201,7 +204,8 @@ class _Run:
                     break
             failure = result.get("failure") if done.is_set() else TimeoutError(
                 "stopped by a signal" if stop.is_set() else f"not delivered within {FINAL_UPDATE_BUDGET:g} s")
-            if failure is not None and tracker.task_id is None and not (tracker.maybe_created or tracker.creating):
+            if failure is not None and tracker.task_id is None and not (tracker.maybe_created or tracker.creating
+                                                                         or tracker.create_later):
                 self.note(f"this run was not tracked: {describe_error(failure, tracker.config)}")
             elif failure is not None:
                 spooled = tracker.spool(outcome) if _transient(failure) else None
@@ -282,6 +286,9 @@ class Tracker:
         self.config = config
         self.failure: BaseException | None = None
         self.maybe_created = False  # the create failed, but the API may have carried it out
+        #: the create certainly failed, for a while (a 503, a 429, no connection): the task is created, ended, when the
+        #: outcome is delivered, or by whoever delivers the spool; the run is not lost, nor its monitor's check-in
+        self.create_later = False
         self.external_id: str | None = fields.get("external_id")
         self.monitor_id = monitor_id
         self.started = format_datetime(dt.datetime.now(dt.timezone.utc))
@@ -302,6 +309,8 @@ class Tracker:
             except BaseException as error:
                 self.failure = error
                 self.maybe_created = _maybe_created(error)
+                self.create_later = not self.maybe_created and isinstance(error, TRANSIENT) and \
+                    self._create_sent is not None
             finally:
                 self._created.set()
 
@@ -399,8 +408,15 @@ class Tracker:
                 task_id = found.id
             else:
                 self.maybe_created = False  # looked for: the API did not create it
-        if task_id is None:
+        if task_id is None and not self.create_later:
             return self.failure
+        if task_id is None:  # its create never reached Task Badger: made now, ended, or spooled at the first failure
+            try:  # (the API failed before the command ran: no retries, that could hold a cron job its whole budget)
+                self._remember(endpoints.create(self._final_body(self._resolved(outcome)), self.monitor_id,
+                                                _deadline(self.config, deadline)))
+            except Exception as error:
+                return error
+            return None
         delay = FIRST_BACKOFF
         while True:
             try:  # the command may have written to its task (TASKBADGER_TASK_ID): keep what it wrote
@@ -430,13 +446,10 @@ class Tracker:
         if self.config.spool_dir is None:
             return None
         task_id = self.task_id
-        fields = dict(outcome)
-        if "value" in fields:
-            with self._lock:
-                fields["value"] = (self._task or {}).get("value_max") or 100
+        fields = self._resolved(outcome)
         if task_id is not None:
             entry = Entry(fields, task_id=task_id, final=True)
-        elif (self.maybe_created or self.creating) and self.external_id:
+        elif (self.maybe_created or self.creating or self.create_later) and self.external_id:
             # Found by its external id if the create was carried out; created from the spool if it was not
             # (a 5xx, an API that hung): otherwise the run, and its monitor's check-in, would be lost.
             if self._create_sent is not None:
@@ -447,6 +460,14 @@ class Tracker:
         written, _ = Spool(self.config.spool_dir).write(api_key_of(self.config), [entry])
         return self.config.spool_dir if written else None
 
+
+    def _resolved(self, outcome: dict[str, Any]) -> dict[str, Any]:
+        """The outcome with a success's value resolved (100 %, or the task's value_max)."""
+        fields = dict(outcome)
+        if "value" in fields:
+            with self._lock:
+                fields["value"] = (self._task or {}).get("value_max") or 100
+        return fields
 
     def _final_body(self, outcome: dict[str, Any]) -> dict[str, Any]:
         """The create body with the run's outcome: the task as it would be now, had its create been carried out."""
