@@ -37,7 +37,7 @@ class Project:
         self.server = server
         self.backend = backend
         self.dir = pathlib.Path(tempfile.mkdtemp(prefix="tbdjt-"))
-        self.queue = f"q-{uuid.uuid4().hex[:8]}" if backend == "rq" else "default"
+        self.queue = f"q-{uuid.uuid4().hex[:8]}" if backend in ("rq", "broker") else "default"
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": SETTINGS,
@@ -131,6 +131,9 @@ class Project:
     def start_worker(self, **env: str) -> subprocess.Popen:
         if self.backend == "db":
             cmd = ["db_worker", "--queue-name", self.queue, "--interval", "0.05", "--no-startup-delay"]
+        elif self.backend == "broker":  # its jobs run in the worker's process (no work horse to flush)
+            cmd = ["rqworker", "--worker-class", "rq.worker.SimpleWorker", "--job-class", "django_tasks_rq.Job",
+                   self.queue]
         else:
             cmd = ["rqworker", "--job-class", "django_tasks_rq.Job", self.queue]
         log = self.dir / f"worker-{len(self.workers)}.log"

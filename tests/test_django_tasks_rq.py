@@ -177,3 +177,25 @@ def test_the_job_timeout_strikes_even_during_an_update_from_the_body(taskbadger_
     finally:
         taskbadger_server.clear_faults()
         project.stop()
+
+
+def test_a_job_of_a_backend_task_badger_does_not_know_runs_as_its_enqueues_task_after_a_rollback(
+        taskbadger_server_session):
+    """A third party's backend keeps its jobs in a broker, apart from the database (here Redis, through RQ's backend
+    used by one of its own): a view that enqueues then raises leaves the job, which runs. Any backend the integration
+    did not know was watched as if its job rolled back with the transaction: the enqueue's task was closed
+    `cancelled` ("rolled back"), and the worker, finding no entry, made a second task for the job, which ended
+    `success`."""
+    require("redis")
+    server = taskbadger_server_session
+    project = Project(server, "broker").migrate()
+    try:
+        (enqueued,) = project.enqueue("add", 2, 3, rollback=True)
+        project.start_worker()
+        assert wait_result(project, enqueued["id"], "SUCCESSFUL")["return_value"] == 5
+        server.wait_for(lambda: [t for t in by_external_id(server, enqueued["id"]) if t["status"] == "success"] or None,
+                        timeout=30)
+        (task,) = by_external_id(server, enqueued["id"])
+        assert "publish_error" not in (task["data"] or {}) and task["start_time"]
+    finally:
+        project.stop()

@@ -62,9 +62,10 @@ def _backend_kind(task_result: Any) -> str:
     return "other"
 
 
-#: The backends whose enqueue does not roll back with the user's transaction (RQ's job is in Redis at once),
-#: while the channel's entry, written in that transaction, does.
-_ENQUEUE_NOT_TRANSACTIONAL = frozenset({"rq"})
+#: The backends whose job rolls back with the user's transaction, as the channel's entry written in it does:
+#: django-tasks-db's (a row). Any other (RQ's, whose job is in Redis at once; a third party's, which keeps its jobs
+#: in a broker) is taken not to: its entry may go while its job runs.
+_ENQUEUE_TRANSACTIONAL = frozenset({"database"})
 
 
 #: The process that connected the receivers (an RQ worker's main process forks a work horse per job).
@@ -127,11 +128,12 @@ def on_enqueued(task_result: Any) -> None:
     channel.put(task_result.id, CREATED, lifecycle.created_meta(created.task, heartbeat, stale).to_dict())
     _created_here.put(task_result.id, CREATED, created.task.id)
     # Enqueued inside a transaction that may yet roll back: the database backend's job goes with it and never
-    # runs. Not RQ's: its job is in Redis whatever the transaction does (only the entry goes; its worker then
-    # finds this task by external_id, ``on_started``).
+    # runs. Not RQ's, nor a broker's: its job is in Redis whatever the transaction does (only the entry goes; its
+    # worker then finds this task by external_id, ``on_started``). Before, a backend of a kind not known here was
+    # watched as the database's: its task was closed "rolled back" and its worker made a second one for the job.
     # The database backend's job may be on another database than the entry (a router): the transaction watched is
     # the job's (``database_job``).
-    if_rolled_back = getattr(channel, "if_rolled_back", None) if kind not in _ENQUEUE_NOT_TRANSACTIONAL else None
+    if_rolled_back = getattr(channel, "if_rolled_back", None) if kind in _ENQUEUE_TRANSACTIONAL else None
     if if_rolled_back is not None:
         task = created.task
 
@@ -162,12 +164,12 @@ def on_started(task_result: Any) -> None:
     if entry is None:
         if not _tracked(system, name, options_for(name)):
             return
-        # No entry for an RQ job: its publisher's entry may have gone with a transaction that rolled back while
-        # its job, in Redis, did not (or is not visible yet: SQLite's lock timed out). Its task, created at the
-        # enqueue, is looked up by external_id before one is created (a request only when there is no entry).
+        # No entry for an RQ job (or a broker's): its publisher's entry may have gone with a transaction that rolled
+        # back while its job, in Redis, did not (or is not visible yet: SQLite's lock timed out). Its task, created at
+        # the enqueue, is looked up by external_id before one is created (a request only when there is no entry).
         # Likewise for a database job on another database than the entry (a router): the entry's transaction may
         # have rolled back while the job's committed.
-        look_up = kind in _ENQUEUE_NOT_TRANSACTIONAL or (kind == "database" and _apart_from_jobs(channel))
+        look_up = (kind != "immediate" and kind not in _ENQUEUE_TRANSACTIONAL) or _apart_from_jobs(channel)
         claimed = _claim_at_start(channel, task_result.id)
         if claimed is None:
             # The transaction that enqueued it holds its entry, still open (a view that goes on working): the job is

@@ -19,6 +19,7 @@ if importlib.util.find_spec("django.tasks") is None:
 _BACKENDS = {
     "db": "django_tasks_db.DatabaseBackend",
     "rq": "django_tasks_rq.RQBackend",
+    "broker": "tests.django_tasks_project.broker.BrokerBackend",  # a kind Task Badger does not know
     "immediate": ("django.tasks.backends.immediate.ImmediateBackend" if importlib.util.find_spec("django.tasks")
                   else "django_tasks.backends.immediate.ImmediateBackend"),
     "dummy": ("django.tasks.backends.dummy.DummyBackend" if importlib.util.find_spec("django.tasks")
