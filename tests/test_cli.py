@@ -559,6 +559,8 @@ def test_a_tag_value_too_short_for_the_api_is_refused_before_anything_runs(taskb
                     ("create", "short", "--tag", "env=")):
         result = cli(*command, env=env)
         assert result.returncode == 2 and "a tag's value takes 2 to 255 characters" in result.stderr, result.stderr
+    json_tags = cli("create", "short", "--tags-json", '{"env": "a"}', env=env)  # said as the option it came from
+    assert json_tags.returncode == 2 and "--tags-json env='a': a tag's value" in json_tags.stderr, json_tags.stderr
     assert not (tmp_path / "stamp").exists() and not taskbadger_server.tasks
 
 

@@ -266,12 +266,13 @@ def _fields(status: str | None, metadata: Sequence[str] | None, metadata_json: s
             tags: Sequence[str] | None, tags_json: str | None, action: Sequence[str] | None,
             err: TextIO) -> dict[str, Any]:
     data = {**parse_pairs(metadata, "--metadata"), **parse_json_object(metadata_json, "--metadata-json")}
-    tag_values = {**parse_pairs(tags, "--tag"), **parse_json_object(tags_json, "--tags-json")}
+    tag_values = {**fitted_tags(parse_pairs(tags, "--tag"), "--tag"),
+                  **fitted_tags(parse_json_object(tags_json, "--tags-json"), "--tags-json")}
     parsed_action = parse_action(action)
     if parsed_action is not None:
         err.write(f"Warning: {DEPRECATION}\n")
     return {"status": status_value(status), "data": data or None,
-            "tags": fitted_tags(tag_values, "--tag") or None,
+            "tags": tag_values or None,
             "actions": [parsed_action] if parsed_action else None}
 
 
