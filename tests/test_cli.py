@@ -7,6 +7,7 @@ file is read, and waits on conditions (``taskbadger_server.wait_for``), never on
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shlex
@@ -405,29 +406,38 @@ def test_get_shows_a_celery_error_and_the_end_of_its_traceback(taskbadger_server
     assert shown[traceback_at + 1].startswith("  Traceback") and shown[-2] == "  ValueError: customer 42 has no address"
 
 
-def test_pings_carry_the_captured_output_while_the_command_runs(taskbadger_server, env, tmp_path):
+@contextlib.contextmanager
+def pinged_run(server, env, tmp_path, name, before=""):
+    """`taskbadger run NAME --capture-output` of a command that runs ``before``, prints "tick" and waits to be released:
+    yields the first ping that carries the tick; on leaving, releases the command and checks it ended well."""
     release = tmp_path / "release"
     child = python(f"""
-        import os, pathlib, sys, time
+        import os, pathlib, time, taskbadger
+        {before}
         print("tick", flush=True)
         while not pathlib.Path({str(release)!r}).exists():
-            time.sleep(0.05)
+            time.sleep(0.05)  # the command's own work, until the test releases it
     """)
-    proc = subprocess.Popen([*CLI, "run", "pinged", "--capture-output", "--", *child], env=env,
+    proc = subprocess.Popen([*CLI, "run", name, "--capture-output", "--", *child], env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         def pinged():
-            return [r for r in taskbadger_server.requests
+            return [r for r in server.requests
                     if r.method == "PATCH" and (r.json or {}).get("data", {}).get("stdout") == "tick\n"]
 
-        [ping] = taskbadger_server.wait_for(pinged, timeout=15)
-        assert set(ping.json) == {"data"}  # a ping: no status, no return code yet
-        assert only_task(taskbadger_server, "pinged")["status"] == "processing"
+        [ping] = server.wait_for(pinged, timeout=15)
+        yield ping
         release.write_text("go")
         assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_pings_carry_the_captured_output_while_the_command_runs(taskbadger_server, env, tmp_path):
+    with pinged_run(taskbadger_server, env, tmp_path, "pinged") as ping:
+        assert set(ping.json) == {"data"}  # a ping: no status, no return code yet
+        assert only_task(taskbadger_server, "pinged")["status"] == "processing"
     task = only_task(taskbadger_server, "pinged")
     assert task["status"] == "success" and task["data"] == {"stdout": "tick\n", "return_code": 0}
 
@@ -435,30 +445,10 @@ def test_pings_carry_the_captured_output_while_the_command_runs(taskbadger_serve
 def test_pings_with_the_captured_output_keep_what_the_command_wrote_to_its_task(taskbadger_server, env, tmp_path):
     """A ping sent the task's data as it was when it was created, plus the output's tail: what the command had
     written to its task meanwhile (`taskbadger update "$TASKBADGER_TASK_ID" --metadata rows=42`) was wiped."""
-    release = tmp_path / "release"
-    child = python(f"""
-        import os, pathlib, time, taskbadger
-        taskbadger.init()
-        taskbadger.update_task(os.environ["TASKBADGER_TASK_ID"], data={{"rows": 42}})
-        print("tick", flush=True)
-        while not pathlib.Path({str(release)!r}).exists():
-            time.sleep(0.05)
-    """)
-    proc = subprocess.Popen([*CLI, "run", "reporting", "--capture-output", "--", *child], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        def pinged():
-            return [r for r in taskbadger_server.requests
-                    if r.method == "PATCH" and (r.json or {}).get("data", {}).get("stdout") == "tick\n"]
-
-        [ping] = taskbadger_server.wait_for(pinged, timeout=15)
+    before = 'taskbadger.init(); taskbadger.update_task(os.environ["TASKBADGER_TASK_ID"], data={"rows": 42})'
+    with pinged_run(taskbadger_server, env, tmp_path, "reporting", before) as ping:
         assert ping.json["data"] == {"rows": 42, "stdout": "tick\n"}
         assert only_task(taskbadger_server, "reporting")["data"] == {"rows": 42, "stdout": "tick\n"}
-        release.write_text("go")
-        assert proc.wait(timeout=15) == 0
-    finally:
-        proc.kill()
-        proc.communicate()
     assert only_task(taskbadger_server, "reporting")["data"] == {"rows": 42, "stdout": "tick\n", "return_code": 0}
 
 
