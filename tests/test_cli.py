@@ -242,23 +242,31 @@ def test_a_signal_before_the_command_starts_stops_it_from_starting(taskbadger_se
     assert len(stderr.splitlines()) == 1
 
 
+def sigterm_when(server, env, args, ready) -> tuple[int, str, float]:
+    """Start `taskbadger ARGS`, send it SIGTERM once the stand-in API has seen what ``ready()`` waits for; its exit
+    status, its stderr, and the seconds it took to stop after the signal."""
+    proc = subprocess.Popen([*CLI, *args], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        server.wait_for(ready, timeout=15)
+        signalled = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+        return proc.returncode, stderr, time.monotonic() - signalled
+    finally:
+        proc.kill()
+
+
 def test_a_signal_while_the_create_hangs_ends_us_at_once_and_the_run_is_recorded_later(taskbadger_server, env,
                                                                                        tmp_path):
     """docs/cli.md: a signal ends taskbadger at once. One that came while the create hung, before the command
     started, was acted on only after the wait for the create (the connect timeout) and the whole 10 s budget for
     the outcome; every further SIGTERM or Ctrl-C was ignored meanwhile."""
     taskbadger_server.hang(method="POST")
-    proc = subprocess.Popen([*CLI, "run", "stopped", "--", *started_at(tmp_path)], stdin=subprocess.DEVNULL,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        taskbadger_server.wait_for(lambda: taskbadger_server.requests, timeout=15)  # waiting on the create
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-        stopped_in = time.monotonic() - signalled
-    finally:
-        proc.kill()
-    assert proc.returncode == 143 and stopped_in < 1.0 and not (tmp_path / "stamp").exists()
+    returncode, stderr, stopped_in = sigterm_when(
+        taskbadger_server, env, ("run", "stopped", "--", *started_at(tmp_path)),
+        lambda: taskbadger_server.requests)  # waiting on the create
+    assert returncode == 143 and stopped_in < 1.0 and not (tmp_path / "stamp").exists()
     [line] = stderr.splitlines()
     assert "stopped by a signal; spooled in" in line
     taskbadger_server.clear_faults()  # the hung create was never carried out: the next command makes the task
@@ -407,19 +415,18 @@ def test_get_shows_a_celery_error_and_the_end_of_its_traceback(taskbadger_server
 
 
 @contextlib.contextmanager
-def pinged_run(server, env, tmp_path, name, before=""):
-    """`taskbadger run NAME --capture-output` of a command that runs ``before``, prints "tick" and waits to be released:
-    yields the first ping that carries the tick; on leaving, releases the command and checks it ended well."""
-    release = tmp_path / "release"
+def pinged_run(server, env, name, before=""):
+    """`taskbadger run NAME --capture-output` of a command that runs ``before``, prints "tick" and waits to be released
+    (its stdin, ours, closed): yields the first ping that carries the tick; on leaving, releases the command and checks
+    it ended well."""
     child = python(f"""
-        import os, pathlib, time, taskbadger
+        import os, sys, taskbadger
         {before}
         print("tick", flush=True)
-        while not pathlib.Path({str(release)!r}).exists():
-            time.sleep(0.05)  # the command's own work, until the test releases it
+        sys.stdin.read()
     """)
     proc = subprocess.Popen([*CLI, "run", name, "--capture-output", "--", *child], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         def pinged():
             return [r for r in server.requests
@@ -427,15 +434,15 @@ def pinged_run(server, env, tmp_path, name, before=""):
 
         [ping] = server.wait_for(pinged, timeout=15)
         yield ping
-        release.write_text("go")
-        assert proc.wait(timeout=15) == 0
+        proc.communicate(timeout=15)  # closes its stdin: the command ends
+        assert proc.returncode == 0
     finally:
         proc.kill()
         proc.communicate()
 
 
 def test_pings_carry_the_captured_output_while_the_command_runs(taskbadger_server, env, tmp_path):
-    with pinged_run(taskbadger_server, env, tmp_path, "pinged") as ping:
+    with pinged_run(taskbadger_server, env, "pinged") as ping:
         assert set(ping.json) == {"data"}  # a ping: no status, no return code yet
         assert only_task(taskbadger_server, "pinged")["status"] == "processing"
     task = only_task(taskbadger_server, "pinged")
@@ -446,7 +453,7 @@ def test_pings_with_the_captured_output_keep_what_the_command_wrote_to_its_task(
     """A ping sent the task's data as it was when it was created, plus the output's tail: what the command had
     written to its task meanwhile (`taskbadger update "$TASKBADGER_TASK_ID" --metadata rows=42`) was wiped."""
     before = 'taskbadger.init(); taskbadger.update_task(os.environ["TASKBADGER_TASK_ID"], data={"rows": 42})'
-    with pinged_run(taskbadger_server, env, tmp_path, "reporting", before) as ping:
+    with pinged_run(taskbadger_server, env, "reporting", before) as ping:
         assert ping.json["data"] == {"rows": 42, "stdout": "tick\n"}
         assert only_task(taskbadger_server, "reporting")["data"] == {"rows": 42, "stdout": "tick\n"}
     assert only_task(taskbadger_server, "reporting")["data"] == {"rows": 42, "stdout": "tick\n", "return_code": 0}
@@ -707,18 +714,13 @@ def test_the_next_command_of_any_kind_delivers_a_spooled_outcome(taskbadger_serv
 def test_sigterm_while_the_outcome_waits_for_the_api_ends_at_once_with_the_commands_status(taskbadger_server, env,
                                                                                              tmp_path):
     taskbadger_server.misbehave("slow_headers", method="GET", seconds=1.0)  # the read before the final update
-    proc = subprocess.Popen([*CLI, "run", "stopped-late", "--", *fail_with(3)], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        taskbadger_server.wait_for(lambda: any(r.method == "GET" for r in taskbadger_server.requests), timeout=15)
-        signalled = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=30)
-        stopped_in = time.monotonic() - signalled
+        returncode, stderr, stopped_in = sigterm_when(
+            taskbadger_server, env, ("run", "stopped-late", "--", *fail_with(3)),
+            lambda: any(r.method == "GET" for r in taskbadger_server.requests))
     finally:
-        proc.kill()
         taskbadger_server.clear_faults()
-    assert proc.returncode == 3 and stopped_in < 1.0  # not 137 after a SIGKILL: SIGTERM is enough now
+    assert returncode == 3 and stopped_in < 1.0  # not 137 after a SIGKILL: SIGTERM is enough now
     assert "stopped by a signal" in stderr and len(spooled_files(tmp_path)) == 1
 
 
