@@ -584,10 +584,13 @@ def test_current_task_in_a_sync_body_makes_no_request_and_merges_into_the_tasks_
         "success", {"origin": "deferred", "seen": "sync"}, 2, 2)
 
 
-def test_a_job_deferred_from_a_child_job_nests_under_the_root(api, app, worker):
+def test_a_job_deferred_from_a_child_job_nests_under_the_root(taskbadger_server, app, worker):
     """Tasks nest one level deep: a job deferred from the body of a job that was itself deferred from a tracked job
     is the root's child too. The job carries only its task's id, so the child's run did not know its own parent: the
-    grandchild's create named the child, the API refused it (400), and its worker created it with no parent."""
+    grandchild's create named the child, the API refused it (400), and its worker created it with no parent. (Deferred
+    from a process that does not track: the worker tracks all three, and nothing here depends on this process's
+    delivery.)"""
+    api = taskbadger_server
     root_id = tasks.nested.configure(queue=worker.queue).defer(levels=2, queue=worker.queue)
 
     def three_ended():  # polls the stand-in under a deadline
