@@ -66,7 +66,6 @@ def test_an_anonymous_visitors_bar_fills_under_login_required_middleware(server,
     driver.get(f"{login_required_site}/public/{task.id}/")
     wait(driver, lambda d: drawn_at(d, 40) or bar(d)["unavailable"] or bar(d)["state"] == "unavailable")
     shown = bar(driver)
-    driver.save_screenshot("/tmp/h2/shots/login_required.png")
     assert not shown["unavailable"] and shown["state"] != "unavailable", shown
     assert (shown["state"], shown["status"], shown["valuenow"]) == ("running", "Running", "40")
     task.success()
