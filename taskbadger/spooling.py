@@ -278,7 +278,10 @@ def _queue_from_spool(entry: Entry) -> None:
     # Queued as of when it was (``submit_older``): what this process queued since for the task is newer. A spooled
     # progress update may come from a process killed while its task was ended by another (the worker's main
     # process closes a task whose pool child hit a hard time limit or was terminated): it must not undo that.
-    fields = entry.fields if entry.final else {**entry.fields, merge.UNLESS_FINAL: True}
+    # A spooled final state may be older than the task's: run again meanwhile (retried by hand, redelivered), it
+    # may have ended since, and that outcome stands.
+    fields = {**entry.fields, merge.UNLESS_ENDED_LATER: True} if entry.final else \
+        {**entry.fields, merge.UNLESS_FINAL: True}
     sender.ensure_started()
     with queue.cond:
         queue.submit_older(entry.task_id, fields, entry.final,  # type: ignore[arg-type]

@@ -335,6 +335,23 @@ def test_a_spooled_progress_update_never_undoes_a_final_state_another_process_se
         ("processing", 3)
 
 
+def test_a_spooled_final_state_never_replaces_a_later_run_of_its_task(taskbadger_server, spool_dir):
+    """A worker spooled its job's ``error`` during an outage; the job, retried by hand, ran again elsewhere and ended
+    ``success``; the spool, delivered after, put the task back to ``error`` for good. An outcome spooled after the
+    task's last end (the run again's own, spooled in turn) is still delivered."""
+    rerun, later = taskbadger.create_task("retried by hand"), taskbadger.create_task("spooled last")
+    rerun.update(status="success", end_time="2026-01-01T11:00:05+00:00")
+    later.update(status="error", end_time="2026-01-01T10:00:05+00:00")
+    Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
+        Entry({"status": "error", "end_time": "2026-01-01T10:00:05+00:00", "data": {"exception": "boom"}},
+              task_id=rerun.id, final=True),
+        Entry({"status": "success", "end_time": "2026-01-01T11:00:05Z"}, task_id=later.id, final=True)])
+    assert deliver_in_another_process(taskbadger_server, spool_dir) == ["2", "True", "0"]
+    assert (taskbadger_server.get_task(rerun.id)["status"], taskbadger_server.get_task(rerun.id)["data"]) == \
+        ("success", None)
+    assert taskbadger_server.get_task(later.id)["status"] == "success"
+
+
 def test_a_spooled_run_again_keeps_the_first_start_of_its_task(taskbadger_server, spool_dir):
     """A message redelivered after its worker was lost runs its task again, whose first start is kept (its
     ``start_time`` is sent only if the task has none). Spooled, that condition was left out as an unknown field:

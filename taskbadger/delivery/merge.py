@@ -7,10 +7,11 @@ task's current data is fetched and merged right before the request goes out (``r
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress
+from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress, parse_datetime
 
 #: Fields to merge into the task's current data before sending (not an API field).
 MERGE_DATA = "merge_data"
@@ -30,10 +31,15 @@ DROP_DATA = "_taskbadger_drop_data"
 #: Marks a ``start_time`` to send only if the task has none yet (not an API field): a message redelivered after
 #: its worker was lost runs the same task again, whose first start is kept.
 KEEP_START = "_taskbadger_keep_start"
+#: Marks a final update taken from the spool, to send only if the task has not ended later than its ``end_time``
+#: (not an API field): while it waited in the spool, the task may have been run again (a job retried by hand, a
+#: message redelivered) and have ended since; the older run's outcome must not replace the newer one's.
+UNLESS_ENDED_LATER = "_taskbadger_unless_ended_later"
 
 
 #: The markers ``resolve`` reads the task's current state for.
-_READS_CURRENT = (MERGE_DATA, UNLESS_FINAL, ONLY_IF_PENDING, COMPLETE_PROGRESS, DROP_DATA, KEEP_START)
+_READS_CURRENT = (MERGE_DATA, UNLESS_FINAL, ONLY_IF_PENDING, COMPLETE_PROGRESS, DROP_DATA, KEEP_START,
+                  UNLESS_ENDED_LATER)
 
 
 def reads_current(fields: Mapping[str, Any]) -> bool:
@@ -45,6 +51,7 @@ def needs_current(fields: Mapping[str, Any]) -> bool:
     """Whether ``resolve`` reads the task's current state for queued ``fields`` (its ``fetch`` is called)."""
     return bool(fields.get(UNLESS_FINAL) or fields.get(ONLY_IF_PENDING) or fields.get(COMPLETE_PROGRESS) or (
         fields.get(KEEP_START) and "start_time" in fields) or (
+        fields.get(UNLESS_ENDED_LATER) and "end_time" in fields) or (
         (fields.get(MERGE_DATA) is not None or fields.get(DROP_DATA)) and fields.get("data") is None))
 
 
@@ -77,7 +84,7 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
             merged[KEEP_START] = True
     if MERGE_DATA in older and MERGE_DATA in newer:
         merged[MERGE_DATA] = {**older[MERGE_DATA], **newer[MERGE_DATA]}
-    for condition in (UNLESS_FINAL, ONLY_IF_PENDING):
+    for condition in (UNLESS_FINAL, ONLY_IF_PENDING, UNLESS_ENDED_LATER):
         if condition not in newer:
             merged.pop(condition, None)
     if DROP_DATA in older and DROP_DATA in newer:
@@ -87,6 +94,17 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
     if COMPLETE_PROGRESS not in newer and "status" in newer:
         merged.pop(COMPLETE_PROGRESS, None)  # a newer state: the success it marked is no longer the last word
     return merged
+
+
+def _ended_later(current: TaskModel, end_time: Any) -> bool:
+    """Whether the task, as it is now, ended later than ``end_time`` (an update's, as sent)."""
+    ended, then = current.end_time, parse_datetime(end_time)
+    if current.status not in TERMINAL_STATUSES or ended is None or then is None:
+        return False
+    if (ended.tzinfo is None) != (then.tzinfo is None):  # a naive time is UTC, as ``format_datetime`` writes it
+        ended, then = (value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value
+                       for value in (ended, then))
+    return ended > then
 
 
 def _without_keys(fields: Mapping[str, Any], keys: Any) -> Mapping[str, Any]:
@@ -110,11 +128,14 @@ def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) ->
     extra = body.pop(MERGE_DATA, None)
     drop = body.pop(DROP_DATA, None)
     keep_start = body.pop(KEEP_START, False) and fetch is not None and "start_time" in body
+    unless_later = body.pop(UNLESS_ENDED_LATER, False) and fetch is not None and "end_time" in body
     if not unless_final and not only_if_pending and not complete and extra is None and drop is None \
-            and not keep_start:
+            and not keep_start and not unless_later:
         return body
     current = fetch() if fetch is not None and needs_current(fields) else None
     if unless_final and current is not None and current.status in TERMINAL_STATUSES:
+        return None
+    if unless_later and current is not None and _ended_later(current, body["end_time"]):
         return None
     if only_if_pending and current is not None and current.status != StatusEnum.PENDING:
         return None

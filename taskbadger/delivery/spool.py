@@ -85,7 +85,7 @@ _FIELDS: dict[str, Any] = {
     "actions": lambda v: isinstance(v, list) and all(_dict(a) for a in v), "merge_data": _dict,
     "_taskbadger_unless_final": lambda v: v is True, "_taskbadger_only_if_pending": lambda v: v is True,
     "_taskbadger_complete_progress": lambda v: v is True,
-    "_taskbadger_keep_start": lambda v: v is True,
+    "_taskbadger_keep_start": lambda v: v is True, "_taskbadger_unless_ended_later": lambda v: v is True,
     "_taskbadger_drop_data": lambda v: isinstance(v, list) and len(v) <= 100 and all(
         isinstance(k, str) for k in v),
 }
