@@ -187,11 +187,14 @@ def _interrupted(call: int, fields: Mapping[str, Any], exc: BaseException) -> No
 def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, deadline: http.Deadline,
             late_answer: http.LateAnswer) -> Task:
     """``task.create``, with a monitor the API refuses left out (see the module's docstring)."""
-    return _create_from_body(config, name, create_body_or_skip(name, fields), monitor_id, deadline, late_answer)
+    return create_from_body(config, name, create_body_or_skip(name, fields), monitor_id, deadline, late_answer)
 
 
-def _create_from_body(config: Config, name: str, body: Mapping[str, Any], monitor_id: str | None,
-                      deadline: http.Deadline, late_answer: http.LateAnswer | None) -> Task:
+def create_from_body(config: Config, name: str, body: Mapping[str, Any], monitor_id: str | None,
+                     deadline: http.Deadline, late_answer: http.LateAnswer | None) -> Task:
+    """Create the task ``body`` describes (``create_body`` already applied), under ``monitor_id`` unless the API
+    refuses it (see the module's docstring), before ``deadline``; no breaker, no retries: the caller's. The one
+    path for every create from a ready body: the spool's creates and the command line's run."""
     monitor = monitor_id if monitor_id and not monitors.refused(config, monitor_id) else None
     try:
         return Task(endpoints.create(body, monitor, deadline, late_answer))
@@ -478,7 +481,7 @@ def _create_spooled(external_id: str, create: Mapping[str, Any]) -> bool | None:
     if call is None:
         return None
     try:
-        _create_from_body(config, body["name"], body, create.get("monitor_id"),
+        create_from_body(config, body["name"], body, create.get("monitor_id"),
                           http.Deadline(config.publish_budget, config.timeout[0]), None)
     except (TransportError, ServerError, RateLimited) as err:
         breaker.end(call, err)

@@ -678,6 +678,26 @@ def test_a_run_whose_create_failed_in_an_outage_is_created_by_the_next_command(t
     assert cli("list", env=env).returncode == 0 and len(taskbadger_server.tasks) == 1  # made once
 
 
+@pytest.mark.parametrize("when", ["start", "end"])
+def test_a_run_under_a_monitor_the_api_refuses_is_tracked_without_it(taskbadger_server, env, when):
+    """A mistyped --monitor-id (or a monitor deleted in Task Badger): the API refuses the create (404). The CLI made
+    its creates itself, not through the SDK's path that leaves a refused monitor out: the run went untracked, or, when
+    the create was made at the end (the first one failed for a moment: a 503), its outcome was "refused" and lost,
+    although the spool's creates of the same run would have left the monitor out."""
+    taskbadger_server.add_monitor()  # from now on, a create under any other monitor is refused
+    unknown = "0b2c6a4e-5d1f-4c1e-9f43-3c0a1d2b7e55"
+    if when == "end":
+        taskbadger_server.fail(503, times=1, method="POST")  # the create at the start: tried again at the end
+    result = cli("run", "nightly", "--monitor-id", unknown, "--", *fail_with(3), env=env)
+    assert result.returncode == 3
+    task = only_task(taskbadger_server, "nightly")
+    assert task["status"] == "error" and task["data"] == {"return_code": 3} and task["monitor_id"] is None
+    posts = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert [(r.headers.get("X-TASKBADGER-MONITOR"), r.status) for r in posts][-2:] == [(unknown, 404), (None, 201)]
+    assert f"monitor {unknown} is not one of project acme/demo's monitors" in result.stderr, result.stderr
+    assert "check --monitor-id" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_an_earlier_runs_outcome_dropped_by_a_later_run_is_said_on_stderr(taskbadger_server, env, tmp_path):
     """What the SDK logs as an error (updates lost) reaches stderr, where a crontab's mail shows it: the
     command line had silenced every SDK line."""

@@ -46,13 +46,14 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from taskbadger import endpoints, http, spooling
+from taskbadger import endpoints, http, inline, monitors, spooling
 from taskbadger._runtime import start_daemon_thread
 from taskbadger.actions import Action, action_dicts
 from taskbadger.config import Config
 from taskbadger.delivery.spool import CREATE_TASK, Entry, Spool, api_key_of
 from taskbadger.exceptions import RateLimited, ServerError, TaskbadgerException, TransportError
 from taskbadger.models import TaskModel, fitted_name, format_datetime
+from taskbadger.task import Task
 
 from . import process
 from .commands import describe_error
@@ -91,6 +92,7 @@ class _Run:
         self.name, self.command, self.frequency, self.capture = fitted_name(name), command, frequency, capture
         self.err, self.relay = err, relay
         self.tracker: Tracker | None = None
+        self.monitor_noted = False
 
     def note(self, message: str) -> None:
         try:
@@ -145,9 +147,21 @@ class _Run:
         elif tracker.failure is not None and not tracker.maybe_created:
             self.note(f"not tracking this run: {describe_error(tracker.failure, config)}")
             return None
+        if tracker.task_id is not None:
+            self._monitor_note(tracker)
         if _is_terminal(self.err) and tracker.public_url:
             self.note(f"Task created: {tracker.public_url}")
         return tracker
+
+    def _monitor_note(self, tracker: Tracker) -> None:
+        """Once: the run's monitor was refused, and its task made without it (the SDK's warning does not reach
+        stderr; a crontab's mail must say which option to fix, or the monitor's check-ins are missed unexplained)."""
+        if self.monitor_noted or not tracker.monitor_left_out:
+            return
+        self.monitor_noted = True
+        self.note(f"monitor {tracker.monitor_id} is not one of project {tracker.config.organization_slug}/"
+                  f"{tracker.config.project_slug}'s monitors (Task Badger refused it): the run is tracked without it; "
+                  "check --monitor-id")
 
     def _supervise(self, child: subprocess.Popen[bytes], seen: int) -> process.ExitStatus:
         self.relay.attach(child, seen)
@@ -204,6 +218,8 @@ class _Run:
                     break
             failure = result.get("failure") if done.is_set() else TimeoutError(
                 "stopped by a signal" if stop.is_set() else f"not delivered within {FINAL_UPDATE_BUDGET:g} s")
+            if failure is None and tracker.task_id is not None:
+                self._monitor_note(tracker)
             if failure is not None and tracker.task_id is None and not (tracker.maybe_created or tracker.creating
                                                                          or tracker.create_later):
                 self.note(f"this run was not tracked: {describe_error(failure, tracker.config)}")
@@ -304,8 +320,8 @@ class Tracker:
         def create() -> None:
             try:
                 self._create_sent = _create_body(name, fields)
-                self._remember(endpoints.create(self._create_sent, monitor_id, http.Deadline.for_call(config.timeout),
-                                                self._created_late))
+                self._remember(inline.create_from_body(config, name, self._create_sent, monitor_id,
+                                                       http.Deadline.for_call(config.timeout), self._created_late))
             except BaseException as error:
                 self.failure = error
                 self.maybe_created = _maybe_created(error)
@@ -324,7 +340,7 @@ class Tracker:
         except TaskbadgerException:
             pass
 
-    def _remember(self, task: TaskModel) -> None:
+    def _remember(self, task: TaskModel | Task) -> None:
         with self._lock:
             self._task = task.to_dict()
 
@@ -337,6 +353,11 @@ class Tracker:
             if (interrupt is not None and interrupt.is_set()) or time.monotonic() >= deadline:
                 return False
         return True
+
+    @property
+    def monitor_left_out(self) -> bool:
+        """The run's monitor was refused by the API (not one of the project's): its task is made without it."""
+        return bool(self.monitor_id) and monitors.refused(self.config, str(self.monitor_id))
 
     @property
     def creating(self) -> bool:
@@ -412,8 +433,9 @@ class Tracker:
             return self.failure
         if task_id is None:  # its create never reached Task Badger: made now, ended, or spooled at the first failure
             try:  # (the API failed before the command ran: no retries, that could hold a cron job its whole budget)
-                self._remember(endpoints.create(self._final_body(self._resolved(outcome)), self.monitor_id,
-                                                _deadline(self.config, deadline)))
+                body = self._final_body(self._resolved(outcome))  # the spool's path: a refused monitor is left out
+                self._remember(inline.create_from_body(self.config, body["name"], body, self.monitor_id,
+                                                       _deadline(self.config, deadline), None))
             except Exception as error:
                 return error
             return None
