@@ -561,6 +561,36 @@ def test_a_tag_value_too_short_for_the_api_is_refused_before_anything_runs(taskb
     assert not (tmp_path / "stamp").exists() and not taskbadger_server.tasks
 
 
+def test_the_config_files_tags_are_fitted_as_the_command_lines_are(taskbadger_server, env, tmp_path):
+    """The config file's [tags] (added to every task the CLI creates) were not shortened to the API's 255 characters
+    as a --tag value is: init() refused them, and every run went untracked until the file was fixed. One too short
+    for the API (``env = "a"``) is said as on the command line, naming the file; the command still runs."""
+    long_value = "x" * 300
+    write_config(tmp_path, f"""
+        [tags]
+        commit = "{long_value}"
+        host = "web1"
+    """)
+    result = cli("run", "migrate", "--tag", "env=prod", "--", "true", env=env)
+    assert result.returncode == 0 and result.stderr == ""
+    task = only_task(taskbadger_server, "migrate")
+    assert task["tags"] == {"commit": long_value[:254] + "…", "host": "web1", "env": "prod"}
+    assert task["status"] == "success"
+
+    write_config(tmp_path, """
+        [tags]
+        env = "a"
+    """)
+    path = tmp_path / "xdg" / "taskbadger" / "config"
+    said = f"the config file {path}, [tags] env='a': a tag's value takes 2 to 255 characters"
+    ran, created = cli_all((("run", "short", "--", *started_at(tmp_path)), env), (("create", "short"), env))
+    assert ran.returncode == 5 and (tmp_path / "stamp").exists()  # the command runs, untracked
+    assert ran.stderr.splitlines() == [f"taskbadger: not tracking this run: {said} (Task Badger refuses shorter ones)"]
+    assert created.returncode == 1 and said in created.stderr, created.stderr
+    no_traceback(ran)
+    assert not taskbadger_server.tasks_named("short")
+
+
 @pytest.mark.parametrize("why", ["refused", "slow"])
 def test_a_run_without_a_task_does_not_pass_on_an_outer_runs_task_id(taskbadger_server, env, why):
     """A tracked script running a tracked step: when the step's run has no task (its create refused, or not

@@ -128,11 +128,11 @@ def test_parse_action_rejects(action):
 def test_settings_precedence(tmp_path):
     path = tmp_path / "config"
     path.write_text('[defaults]\norg = "fileorg"\nproject = "fileproj"\n'
-                    '[auth]\ntoken = "legacy-token"\nhost = "https://file.example.com"\n[tags]\nenv = 1\n')
+                    '[auth]\ntoken = "legacy-token"\nhost = "https://file.example.com"\n[tags]\nenv = 42\n')
     resolved = settings.resolve(environ={}, path=path)
     assert (resolved.org, resolved.host) == (settings.Value("fileorg", "config file"),
                                              settings.Value("https://file.example.com", "config file"))
-    assert resolved.tags == {"env": "1"} and resolved.describe_key() == "set (legacy key lega…)"
+    assert resolved.tags == {"env": "42"} and resolved.describe_key() == "set (legacy key lega…)"
     env = {"TASKBADGER_ORG": "envorg", "TASKBADGER_HOST": "https://env.example.com", "TASKBADGER_API_KEY": "k2"}
     resolved = settings.resolve(environ=env, path=path)
     assert resolved.org.source == "environment" and resolved.host.value == "https://env.example.com"

@@ -26,10 +26,10 @@ from taskbadger.exceptions import (
     UnexpectedStatus,
     ValidationError,
 )
-from taskbadger.models import MAX_TAG_LENGTH, MIN_TAG_LENGTH
 
 from . import render
-from .settings import Settings, SettingsError, file_mode_warning
+from .settings import Settings, SettingsError, TagError, file_mode_warning
+from .settings import fitted_tags as settings_fitted_tags
 
 OK, FAILED, USAGE = 0, 1, 2
 #: The most tasks one list request asks for; longer lists walk the pages.
@@ -56,16 +56,12 @@ def parse_pairs(pairs: Sequence[str] | None, what: str) -> dict[str, str]:
 
 
 def fitted_tags(tags: Mapping[str, Any], what: str) -> dict[str, str]:
-    """``tags`` as the API takes them: a value longer than it takes is shortened, ending in "…", as a name is (the
-    task is still tracked); a value too short to be one (none or one character) is a UsageError saying so."""
-    result: dict[str, str] = {}
-    for name, value in tags.items():
-        text = str(value)
-        if len(text) < MIN_TAG_LENGTH:
-            raise UsageError(f"{what} {name}={text!r}: a tag's value takes {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} "
-                             "characters (Task Badger refuses shorter ones)")
-        result[str(name)] = text if len(text) <= MAX_TAG_LENGTH else text[:MAX_TAG_LENGTH - 1] + "…"
-    return result
+    """``tags`` as the API takes them (``settings.fitted_tags``: a long value shortened); a value too short to be one
+    is a UsageError saying so."""
+    try:
+        return settings_fitted_tags(tags, what)
+    except TagError as err:
+        raise UsageError(str(err)) from None
 
 
 def parse_json_object(text: str | None, what: str) -> dict[str, Any]:

@@ -37,7 +37,7 @@ import taskbadger
 from taskbadger._runtime import make_private_dirs
 from taskbadger.config import DEFAULT_HOST, DEFAULT_TIMEOUT, Config, key_kind, parse_project_key, validate_host
 from taskbadger.exceptions import ConfigurationError
-from taskbadger.models import is_slug
+from taskbadger.models import MAX_TAG_LENGTH, MIN_TAG_LENGTH, is_slug
 
 # Where a value came from, as ``info`` shows it.
 OPTION, ENVIRONMENT, CONFIG_FILE, DEFAULT = "option", "environment", "config file", "default"
@@ -47,6 +47,24 @@ INSTALL_HINT = 'pip install "django-taskbadger[cli]"'
 
 class SettingsError(Exception):
     """The settings cannot be used; the message says what to do."""
+
+
+class TagError(ValueError):
+    """A tag's value the API cannot take, wherever it was given (``fitted_tags``)."""
+
+
+def fitted_tags(tags: Mapping[str, Any], what: str) -> dict[str, str]:
+    """``tags`` as the API takes them: a value longer than it takes is shortened, ending in "…", as a name is (the
+    task is still tracked); a value too short to be one (none or one character) is a TagError saying so, naming
+    ``what`` gave it (``--tag``, the config file's ``[tags]``)."""
+    result: dict[str, str] = {}
+    for name, value in tags.items():
+        text = str(value)
+        if len(text) < MIN_TAG_LENGTH:
+            raise TagError(f"{what} {name}={text!r}: a tag's value takes {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} "
+                           "characters (Task Badger refuses shorter ones)")
+        result[str(name)] = text if len(text) <= MAX_TAG_LENGTH else text[:MAX_TAG_LENGTH - 1] + "…"
+    return result
 
 
 def config_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -166,6 +184,8 @@ class Settings:
     tags: dict[str, str] = field(default_factory=dict)
     #: why the config file was not used, if it could not be
     file_error: str | None = None
+    #: why the config file's ``[tags]`` cannot be used (a value too short for the API)
+    tags_error: str | None = None
     #: organization/project parts of a project key; None for a legacy key or no key
     key_parts: tuple[str, str] | None = None
     #: why the key cannot be used (a damaged key)
@@ -199,6 +219,8 @@ class Settings:
         """Why the SDK cannot be configured from these settings, or None."""
         if self.file_error:
             return self.file_error
+        if self.tags_error:
+            return self.tags_error
         if self.token.value is None:
             return "no API key: set TASKBADGER_API_KEY or run `taskbadger configure`"
         if self.key_error:
@@ -255,9 +277,12 @@ def resolve(org: str | None = None, project: str | None = None, environ: Mapping
         host=_first((env.get("TASKBADGER_HOST"), ENVIRONMENT), (auth.get("host"), CONFIG_FILE),
                     (DEFAULT_HOST, DEFAULT)),
         timeout=_timeout(env),
-        tags={str(k): str(v) for k, v in section(document, "tags").items()},
         file_error=file_error,
     )
+    try:  # as the API takes them, as a --tag value is: a long one shortened, a short one said (with the file's path)
+        settings.tags = fitted_tags(section(document, "tags"), f"the config file {path}, [tags]")
+    except TagError as err:
+        settings.tags_error = str(err)
     if settings.token.value:
         try:
             parts = parse_project_key(settings.token.value)
