@@ -354,6 +354,25 @@ def test_capture_output_reaches_the_terminal_entirely_and_the_task_keeps_a_tail(
     assert data["return_code"] == 0
 
 
+def test_capture_output_keeps_the_order_of_stdout_and_stderr_going_to_one_file(taskbadger_server, env, tmp_path):
+    """``taskbadger run ... --capture-output > log 2>&1``: the command's stdout and stderr were two pipes, copied by
+    two threads, so its lines reached the log, and the task, in another order than it wrote them. One file, one
+    pipe: the order is the command's, and the task keeps the lines as they are in the log."""
+    child = python("""
+        import os
+        for i in range(1000):  # unbuffered, alternating: the order is only kept if nothing reorders it
+            os.write(1 if i % 2 == 0 else 2, f"{'out' if i % 2 == 0 else 'err'} {i}\\n".encode())
+    """)
+    expected = "".join(f"{'out' if i % 2 == 0 else 'err'} {i}\n" for i in range(1000))
+    log = tmp_path / "log"
+    with log.open("wb") as out:
+        result = subprocess.run([*CLI, "run", "both", "--capture-output", "--", *child], env=env,
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=60)
+    assert result.returncode == 0, log.read_text()
+    assert log.read_text() == expected
+    assert only_task(taskbadger_server, "both")["data"] == {"stdout": expected, "return_code": 0}
+
+
 def test_the_api_key_the_command_prints_is_not_kept_on_its_task(taskbadger_server, env):
     """A script that prints its environment (a CI step's debugging), or ``curl -v`` with the key in its header,
     put the API key into the task's data: on the task's page, and to every reader of the project's tasks. What

@@ -18,7 +18,9 @@
   child's own cleanup. A signal we were started with ignored (``nohup`` ignores SIGHUP, a shell ignores
   SIGINT and SIGQUIT for a background job) stays ignored, by us and by the command, as without us.
 * **Output capture.** The child's stdout and stderr are pipes that two threads copy to ours as the
-  bytes arrive, keeping the last ``limit`` characters of each for the task (``Tail``). When our own
+  bytes arrive, keeping the last ``limit`` characters of each for the task (``Tail``). When our stdout and
+  stderr are one file (``> log 2>&1``, a terminal), the child gets one pipe for both, as ``2>&1`` gives it one
+  file: its lines keep their order, and the task keeps them as its stdout. When our own
   output is gone (``… | head -1`` exited), the pipe from the child is closed too, so the child meets the
   broken pipe on its next write, as it would have without capture (``yes`` ends with SIGPIPE).
 """
@@ -228,9 +230,22 @@ def spawn(argv: Sequence[str], env: Mapping[str, str], capture: bool) -> subproc
         except (AttributeError, OSError, ValueError):  # AttributeError: None, the descriptor was closed
             pass
     pipe = subprocess.PIPE if capture else None
+    # Our stdout and stderr one file (``> log 2>&1``, a terminal, ``2>&1 | mail``): one pipe for both, copied by one
+    # thread, so the command's lines keep the order it wrote them in, in the file and on the task (two pipes, copied
+    # by two threads, interleaved them at random).
+    errors = subprocess.STDOUT if capture and _same_file(sys.stdout, sys.stderr) else pipe
     # close_fds=False: the descriptors we were given for the command (``3>>log``, a jobserver's, systemd's
     # sockets) reach it, as without us; those Python opened here are not inheritable (PEP 446) and stay ours.
-    return subprocess.Popen(list(argv), env=dict(env), stdout=pipe, stderr=pipe, close_fds=False)
+    return subprocess.Popen(list(argv), env=dict(env), stdout=pipe, stderr=errors, close_fds=False)
+
+
+def _same_file(first: Any, second: Any) -> bool:
+    """Whether two of our streams write to the same file (same device and inode: one file, one pipe, one terminal)."""
+    try:
+        one, other = os.fstat(first.fileno()), os.fstat(second.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return bool(one.st_ino) and (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino)
 
 
 def start_pumps(child: subprocess.Popen[bytes], limit: int) -> list[Pump]:
