@@ -699,6 +699,44 @@ def test_after_the_command_tracking_keeps_its_budget_and_spools_the_rest(taskbad
     assert spooled_files(tmp_path) == []
 
 
+def left_running(tmp_path, code: int) -> list[str]:
+    """A command that leaves a process running with its stdout and stderr (``server &``), which writes ``late``
+    once the file ``go`` exists, then ``survived`` in its folder; before exiting with ``code`` it stamps the time."""
+    background = python(f"""
+        import os, sys, time
+        deadline = time.monotonic() + 30
+        while not os.path.exists({str(tmp_path / "go")!r}) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        print("late", flush=True)
+        open({str(tmp_path / "survived")!r}, "w").close()
+    """)
+    return python(f"""
+        import pathlib, subprocess, sys, time
+        subprocess.Popen({background!r})
+        print("done", flush=True)
+        pathlib.Path({str(tmp_path / "stamp")!r}).write_text(repr(time.time()))
+        sys.exit({code})
+    """)
+
+
+def test_the_output_drain_is_part_of_the_budget_after_the_command(taskbadger_server, env, tmp_path):
+    """docs/cli.md: after the command ends, tracking takes at most 10 s. With --capture-output and a process the
+    command left holding its output, we waited 5 s for that output, then gave the outcome 10 s more: 15 s."""
+    from taskbadger.cli.run import FINAL_UPDATE_BUDGET
+
+    taskbadger_server.hang(method="GET")  # the read before the final update: the outcome waits its whole budget
+    try:
+        with (tmp_path / "out").open("wb") as out:
+            result = subprocess.run([*CLI, "run", "left", "--capture-output", "--", *left_running(tmp_path, 3)],
+                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, timeout=60)
+        took = time.time() - float((tmp_path / "stamp").read_text())
+    finally:
+        (tmp_path / "go").touch()
+        taskbadger_server.clear_faults()
+    assert result.returncode == 3 and b"spooled in" in result.stderr
+    assert took < FINAL_UPDATE_BUDGET + 3, took  # was 15 s and more
+
+
 @pytest.mark.parametrize("fault", ["502", "hang", "503", "429", "refused"])
 def test_a_run_whose_create_failed_in_an_outage_is_created_by_the_next_command(taskbadger_server, env, tmp_path, fault):
     """A create answered 502 (a proxy in front of a down API), or never answered, may or may not have been carried

@@ -44,7 +44,8 @@ from taskbadger._runtime import start_daemon_thread
 #: Characters that make a lone argument a shell command line rather than a program's name.
 _SHELL_SYNTAX = frozenset(" \t\n|&;<>()$`\\\"'*?[]#~={}%!")
 COMMAND_NOT_FOUND, NOT_EXECUTABLE = 127, 126
-#: How long, after the child exits, its output may still be drained (a grandchild may hold the pipes).
+#: How long, after the child exits, its output may still be drained (a grandchild may hold the pipes): part of the
+#: budget after the command (``run.FINAL_UPDATE_BUDGET``), not added to it.
 DRAIN_GRACE = 5.0
 _CHUNK = 65536
 

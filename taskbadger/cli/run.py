@@ -180,7 +180,8 @@ class _Run:
         except Exception as error:
             self.note(f"tracking stopped: {describe_error(error)}")
         returncode = _wait(child)
-        deadline = time.monotonic() + process.DRAIN_GRACE
+        ended = time.monotonic()  # the budget after the command starts now: the drain is part of it
+        deadline = ended + process.DRAIN_GRACE
         for pump in pumps:
             pump.join(max(0.0, deadline - time.monotonic()))
         status = process.ExitStatus.of(returncode)
@@ -190,13 +191,14 @@ class _Run:
             data["signal"] = process.signal_name(-returncode)
         if self.relay.forwarded:
             data["forwarded_signal"] = process.signal_name(self.relay.forwarded[-1])
-        self._finish(code, data)
+        self._finish(code, data, ended)
         return status
 
-    def _finish(self, code: int, data: dict[str, Any]) -> None:
-        """Record the outcome within ``FINAL_UPDATE_BUDGET``; spool it when the API does not take it by then,
-        or when a signal says not to wait. Then hand over whatever else this process holds (``spooling``)."""
-        deadline = time.monotonic() + FINAL_UPDATE_BUDGET
+    def _finish(self, code: int, data: dict[str, Any], ended: float | None = None) -> None:
+        """Record the outcome within ``FINAL_UPDATE_BUDGET`` of the command's end (``ended``, monotonic; now by
+        default); spool it when the API does not take it by then, or when a signal says not to wait. Then hand over
+        whatever else this process holds (``spooling``)."""
+        deadline = (time.monotonic() if ended is None else ended) + FINAL_UPDATE_BUDGET
         stop = self.relay.after_exit
         if self.tracker is not None:
             tracker = self.tracker
