@@ -719,6 +719,14 @@ def left_running(tmp_path, code: int) -> list[str]:
     """)
 
 
+def run_leaving(env, tmp_path, code: int) -> subprocess.CompletedProcess:
+    """`taskbadger run left --capture-output` of ``left_running``, its stdout and stderr to files (``out``, ``err``):
+    what the command left running holds them after we exit, as it would hold a pipe."""
+    with (tmp_path / "out").open("wb") as out, (tmp_path / "err").open("wb") as err:
+        return subprocess.run([*CLI, "run", "left", "--capture-output", "--", *left_running(tmp_path, code)], env=env,
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=60)
+
+
 def test_the_output_drain_is_part_of_the_budget_after_the_command(taskbadger_server, env, tmp_path):
     """docs/cli.md: after the command ends, tracking takes at most 10 s. With --capture-output and a process the
     command left holding its output, we waited 5 s for that output, then gave the outcome 10 s more: 15 s."""
@@ -726,15 +734,28 @@ def test_the_output_drain_is_part_of_the_budget_after_the_command(taskbadger_ser
 
     taskbadger_server.hang(method="GET")  # the read before the final update: the outcome waits its whole budget
     try:
-        with (tmp_path / "out").open("wb") as out:
-            result = subprocess.run([*CLI, "run", "left", "--capture-output", "--", *left_running(tmp_path, 3)],
-                                    env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE, timeout=60)
+        result = run_leaving(env, tmp_path, 3)
         took = time.time() - float((tmp_path / "stamp").read_text())
     finally:
         (tmp_path / "go").touch()
         taskbadger_server.clear_faults()
-    assert result.returncode == 3 and b"spooled in" in result.stderr
+    assert result.returncode == 3 and "spooled in" in (tmp_path / "err").read_text()
     assert took < FINAL_UPDATE_BUDGET + 3, took  # was 15 s and more
+
+
+def test_a_process_the_command_left_running_outlives_us_under_capture(taskbadger_server, env, tmp_path):
+    """``taskbadger run --capture-output -- sh -c 'server &'``: the process left running writes to the command's
+    output, a pipe of ours. We waited for it a while, then exited, closing the pipe: its next write died of
+    SIGPIPE (BrokenPipeError in Python). Without capture, or without taskbadger, it lives on and its output reaches
+    our stdout: so it does now, copied on by a process of its own."""
+    try:
+        result = run_leaving(env, tmp_path, 0)
+        assert result.returncode == 0 and (tmp_path / "err").read_text() == ""
+    finally:
+        (tmp_path / "go").touch()  # now that we are gone, it writes
+    taskbadger_server.wait_for((tmp_path / "survived").exists, timeout=15)
+    assert taskbadger_server.wait_for(lambda: (tmp_path / "out").read_text() == "done\nlate\n", timeout=15)
+    assert only_task(taskbadger_server, "left")["data"] == {"stdout": "done\n", "return_code": 0}
 
 
 @pytest.mark.parametrize("fault", ["502", "hang", "503", "429", "refused"])

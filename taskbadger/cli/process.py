@@ -22,7 +22,10 @@
   stderr are one file (``> log 2>&1``, a terminal), the child gets one pipe for both, as ``2>&1`` gives it one
   file: its lines keep their order, and the task keeps them as its stdout. When our own
   output is gone (``… | head -1`` exited), the pipe from the child is closed too, so the child meets the
-  broken pipe on its next write, as it would have without capture (``yes`` ends with SIGPIPE).
+  broken pipe on its next write, as it would have without capture (``yes`` ends with SIGPIPE). A process the
+  command left running (``server &``) may hold the pipes after the command exits: its output is drained for
+  ``DRAIN_GRACE`` at most, then the copy is handed to a ``cat`` of its own (``keep_copying``), which outlives us:
+  that process writes on to our stdout, as it would without us, instead of dying of SIGPIPE when we exit.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import codecs
 import errno
 import os
 import select
+import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,43 +181,112 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 class Pump:
-    """Copies one of the child's pipes to one of our file descriptors, keeping a ``Tail``."""
+    """Copies one of the child's pipes to one of our file descriptors, keeping a ``Tail``. On POSIX it can stop
+    copying without closing the pipe (``hand_over``), for a process of its own to carry on (``keep_copying``)."""
 
     def __init__(self, source: IO[bytes], target_fd: int | None, tail: Tail, name: str) -> None:
         self._source, self._target_fd, self.tail, self.name = source, target_fd, tail, name
+        self._handed_over = False
+        self._wake: tuple[int, int] | None = None  # a byte written here stops the copy (``hand_over``)
+        if os.name == "posix":
+            try:
+                self._wake = os.pipe()  # not inheritable (PEP 446): the command never holds it
+            except OSError:
+                pass
         thread = start_daemon_thread(self._run, name=f"taskbadger-cli-{name}")
         if thread is None:  # the process is out of threads: nothing would drain the child's pipe
+            self._close_wake()
             raise RuntimeError(f"no thread could start to copy the command's {name}")
         self._thread = thread
 
     def _run(self) -> None:
         fd = self._source.fileno()
-        target = self._target_fd
+        selector = None
         try:
+            if self._wake is not None:
+                selector = selectors.DefaultSelector()
+                selector.register(fd, selectors.EVENT_READ)
+                selector.register(self._wake[0], selectors.EVENT_READ)
             while True:
+                if selector is not None and any(key.fd != fd for key, _ in selector.select()):
+                    self._handed_over = True  # what is still in the pipe is left there, for whoever carries on
+                    return
                 chunk = os.read(fd, _CHUNK)
                 if not chunk:
                     break
                 self.tail.feed(chunk)
-                if target is not None:
+                if self._target_fd is not None:
                     try:
-                        _write_all(target, chunk)
+                        _write_all(self._target_fd, chunk)
                     except BrokenPipeError:  # our reader is gone: so is the child's, as without capture
                         break
                     except OSError:  # our stdout cannot be written (a full disk…): keep capturing, stop copying
-                        target = None
+                        self._target_fd = None
         except (OSError, ValueError):
             pass  # the pipe was closed under us: what was read is kept
         finally:
+            if selector is not None:
+                selector.close()
             self.tail.feed(b"", final=True)
+            if not self._handed_over:
+                self._close_source()  # the child's next write to this pipe fails (SIGPIPE)
+                self._close_wake()
+
+    def _close_source(self) -> None:
+        try:
+            self._source.close()
+        except OSError:
+            pass
+
+    def _close_wake(self) -> None:
+        wake, self._wake = self._wake, None
+        for fd in wake or ():
             try:
-                self._source.close()  # the child's next write to this pipe fails (SIGPIPE)
+                os.close(fd)
             except OSError:
                 pass
 
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def carry_on(self, cat: str, timeout: float) -> bool:
+        """Stop copying (within ``timeout``) without closing the pipe, and leave the copy to a ``cat`` of its own,
+        which outlives us; whether it does. Not when the copy has ended, nor when it cannot stop so (not POSIX, our
+        stdout not taking what it writes)."""
+        wake = self._wake
+        if wake is None or not self._thread.is_alive():
+            return False
+        try:
+            os.write(wake[1], b"!")
+        except OSError:
+            return False
+        if not self.join(timeout) or not self._handed_over:
+            return False  # stuck writing to our stdout, or the pipe ended meanwhile (then closed as usual)
+        self._close_wake()
+        target = subprocess.DEVNULL if self._target_fd is None else self._target_fd
+        try:  # in our process group, as the process it copies for: the terminal's signals reach both
+            _carrying_on.append(subprocess.Popen([cat], stdin=self._source.fileno(), stdout=target,
+                                                 stderr=subprocess.DEVNULL, close_fds=True))
+            return True
+        except OSError:
+            return False  # nothing to carry on: the pipe closes, as it did before
+        finally:
+            self._close_source()
+
+
+#: The ``cat`` processes carrying on copies (``Pump.carry_on``): they outlive us, and are not waited for.
+_carrying_on: list[subprocess.Popen[bytes]] = []
+
+
+def keep_copying(pumps: Sequence[Pump], timeout: float) -> None:
+    """The copies of pipes a process the command left running still holds (``server &``), once we stop waiting for
+    its output: each is handed to a ``cat`` of its own (``Pump.carry_on``). Without us that process would write to
+    our stdout; with the pipe closed at our exit it died of SIGPIPE at its next write."""
+    cat = shutil.which("cat") if os.name == "posix" else None
+    for pump in pumps:
+        if cat is not None and not pump.join(0):
+            pump.carry_on(cat, timeout)
 
 
 def _target_fd(stream: Any) -> int | None:

@@ -191,6 +191,8 @@ class _Run:
             data["signal"] = process.signal_name(-returncode)
         if self.relay.forwarded:
             data["forwarded_signal"] = process.signal_name(self.relay.forwarded[-1])
+        # what the command left running still writes to its output: not killed by SIGPIPE when we exit
+        process.keep_copying(pumps, min(1.0, max(0.0, ended + FINAL_UPDATE_BUDGET - time.monotonic())))
         self._finish(code, data, ended)
         return status
 
