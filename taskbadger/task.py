@@ -34,6 +34,7 @@ from .models import (
     is_tag_map,
     is_whole_seconds,
     jsonable,
+    safe_repr,
     tag_map_problem,
 )
 from .scope import scope_state
@@ -332,15 +333,25 @@ class Task:
     def success(self, value: int | None = None, data: Any = None) -> None:
         self.update(status=StatusEnum.SUCCESS, value=value, data=data)
 
-    def error(self, value: int | None = None, data: Any = None, exception: BaseException | None = None) -> None:
+    def error(self, value: int | None = None, data: Any = None, exception: BaseException | str | None = None) -> None:
         """Mark the task failed. With ``exception``, its type, message and traceback go into
         ``data["exception"]`` (a string, as the official SDK's) and ``data["exception_type"]``, and each
         context provider's context under its identifier; keys in ``data`` win; the task's existing data
-        is kept."""
+        is kept. An ``exception`` that is not an exception (a message: ``exception=str(err)``) is recorded as
+        ``data["exception"]``, its text, as the official SDK records any."""
         if exception is None and data is None:
             self.update(status=StatusEnum.ERROR, value=value)
             return
-        failure = {**exception_data(exception), **error_context(exception)} if exception is not None else {}
+        if exception is None:
+            failure: dict[str, Any] = {}
+        elif isinstance(exception, BaseException):
+            failure = {**exception_data(exception), **error_context(exception)}
+        else:
+            try:
+                text = str(exception)
+            except Exception:
+                text = safe_repr(exception)
+            failure = {"exception": text}
         # merged into the task's data as update(data_merge_strategy="default") does (a running job's task whose data
         # was not carried merges it at send time: ``lifecycle.body.RunTask``)
         self.update(status=StatusEnum.ERROR, value=value, data={**failure, **(data or {})},

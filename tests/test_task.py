@@ -65,6 +65,15 @@ def test_error_records_type_message_traceback_and_keeps_data(taskbadger_server):
     assert task.status == StatusEnum.ERROR
 
 
+def test_error_with_a_message_for_exception_records_it_as_the_official_sdk_does(taskbadger_server):
+    # upstream code passes the message (task.error(exception=str(err))): it raised AttributeError here
+    task = Task.create("e", data={"input": "file.csv"})
+    task.error(exception="disk full")
+    data = taskbadger_server.get_task(task.id)["data"]
+    assert data == {"input": "file.csv", "exception": "disk full"}
+    assert task.status == StatusEnum.ERROR
+
+
 def test_update_value_respects_value_step_and_rate_limit(taskbadger_server):
     task = Task.create("p", value=0)
     assert task.update_value(5, value_step=10) is True  # 0 counts as unset, as in the official SDK
