@@ -19,9 +19,10 @@ from .api import create_task
 from .config import get_config, is_configured
 from .delivery import sender
 from .delivery.queue import pending_updates
-from .exceptions import MissingConfiguration
+from .exceptions import InvalidData, MissingConfiguration
 from .inline import create_inline
-from .models import StatusEnum, format_datetime
+from .lifecycle.options import OPTIONS, check_option
+from .models import StatusEnum, fitted_name, format_datetime, is_json
 from .scope import parent_for_new_task
 from .task import Task
 
@@ -70,6 +71,7 @@ def track(
     if unknown:
         raise TypeError(f"@track got unknown option(s) {sorted(unknown)}: it takes name, monitor_id, max_runtime "
                         f"and create_task's fields ({', '.join(sorted(_FIELDS))})")
+    _check_options({"name": name or None, "monitor_id": monitor_id, "max_runtime": max_runtime, **task_kwargs})
     if task_kwargs.get("actions"):
         # Checked once, here, where the decorator is written: an action that is not one is a mistake in that
         # line, not a failure of every call (which raised before the function ran, configured or not).
@@ -78,7 +80,7 @@ def track(
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise TypeError(f"@track needs a function, got {fn!r}")
-        task_name = name or f"{fn.__module__}.{fn.__qualname__}"
+        task_name = name or _default_name(fn)
 
         def fields() -> dict[str, Any]:
             values: dict[str, Any] = {"status": StatusEnum.PROCESSING, "max_runtime": max_runtime,
@@ -159,6 +161,42 @@ def track(
         return run
 
     return decorate if func is None else decorate(func)
+
+
+def _default_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname`` of ``fn``; for a callable that has neither (a ``functools.partial``, an instance with
+    ``__call__``), its type's, or the function it wraps'."""
+    inner = getattr(fn, "func", fn)  # functools.partial
+    module = getattr(inner, "__module__", None) or type(inner).__module__
+    qualname = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    return fitted_name(f"{module}.{qualname}")
+
+
+#: ``@track``'s options checked where the decorator is written: each is the same on every call, so a value the API
+#: would refuse is a mistake in that line (``lifecycle.options`` says what each takes).
+_NOT_CHECKED = frozenset({"actions", "external_id", "start_time", "end_time"})
+
+
+def _check_options(options: dict[str, Any]) -> None:
+    """Raise InvalidData, naming the option and what it takes, for an option of ``@track`` the API would refuse.
+    Before, such a call ran untracked every time, with a warning at most once a minute (a monitor id, a status, a tag
+    of one character), or the user's call itself raised (a name that is not text)."""
+    for option, value in options.items():
+        if value is None or option in _NOT_CHECKED or (option == "tags" and value == {}):
+            continue
+        if option == "status":
+            try:
+                StatusEnum.coerce(value)
+            except ValueError as err:
+                raise InvalidData(f"@track({option}={short(value, 80)}): {err}") from None
+            continue
+        if option == "data":
+            if not is_json(value):
+                raise InvalidData(f"@track(data={short(value, 80)}): data must be what JSON encodes (a dict of "
+                                  "strings, numbers, lists and dicts): convert dates, sets, decimals and objects first")
+            continue
+        if option in OPTIONS and not check_option(option, value)[0]:
+            raise InvalidData(f"@track({option}={short(value, 80)}): {option} must be {OPTIONS[option][1]}")
 
 
 def _deliver_in_a_pool_worker() -> None:

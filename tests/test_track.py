@@ -3,6 +3,7 @@
 import asyncio
 import datetime
 import decimal
+import functools
 import subprocess
 import sys
 
@@ -175,6 +176,31 @@ def test_an_action_that_is_not_one_is_refused_where_the_decorator_is_written(tas
     # it raised at every call instead, before the function ran, even with Task Badger not configured
     with pytest.raises(taskbadger.TaskbadgerException, match="Not an action.*use taskbadger.Action"):
         track(actions=[{"trigger": "success"}])
+
+
+@pytest.mark.parametrize(("options", "says"), [
+    ({"name": 5}, "name must be a non-empty string"),
+    ({"name": "x" * 300}, "name must be a non-empty string of at most 255"),
+    ({"monitor_id": "nightly"}, "monitor_id must be a monitor id"),
+    ({"max_runtime": "60"}, "max_runtime must be an integer number of seconds"),
+    ({"status": "done"}, "Unknown task status 'done'"),
+    ({"tags": {"user": "7"}}, "tags must be a dict of strings to strings of 2 to 255"),
+    ({"value_max": -1}, "value_max must be an integer >= 0"),
+    ({"data": {"ids": {7}}}, "data must be what JSON encodes"),
+])
+def test_an_option_the_api_would_refuse_is_refused_where_the_decorator_is_written(taskbadger_server, options, says):
+    # Each call ran untracked instead, warned about at most once a minute; with a name that is not text the
+    # user's own call raised TypeError ('int' object is not subscriptable) from our logging.
+    with pytest.raises(taskbadger.InvalidData, match=f"@track\\({next(iter(options))}=.*{says}"):
+        track(**options)
+
+
+def test_a_callable_without_a_qualname_is_tracked_under_its_function_s_name(taskbadger_server):
+    # a functools.partial has no __qualname__: @track raised AttributeError where it was applied
+    tracked = track(functools.partial(add.__wrapped__, 1))
+    assert tracked(2) == 3
+    [task] = final(taskbadger_server)
+    assert task["name"] == f"{__name__}.add" and task["status"] == "success"
 
 
 @pytest.mark.filterwarnings("ignore:.*actions.*:DeprecationWarning")
