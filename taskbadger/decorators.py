@@ -117,26 +117,27 @@ def track(
                 lifecycle.leave(run)
             _deliver_in_a_pool_worker()
 
+        async def create_off_the_loop(values: dict[str, Any], context: contextvars.Context) -> Task | None:
+            import asyncio  # loaded already: this runs on its event loop
+
+            # a coroutine waiting for its create blocks neither the loop nor other coroutines: as many
+            # creates may wait at once as there are threads to make them
+            try:
+                made = asyncio.get_running_loop().run_in_executor(_creators.get(), context.run, create, values,
+                                                                  _CREATORS)
+            except RuntimeError:
+                # No thread to make it in: the interpreter is shutting down (this coroutine runs in an atexit
+                # handler, or in a thread that outlived the main one), and a thread pool refuses work then. Made
+                # here: the loop waits for it, at most the create's budget.
+                return context.run(create, values, _CREATORS)
+            return await made
+
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                import asyncio  # loaded already: this runs on its event loop
-
                 values = fields()
                 context = contextvars.copy_context()  # the create reads the scope of this coroutine
-                # a coroutine waiting for its create blocks neither the loop nor other coroutines: as many
-                # creates may wait at once as there are threads to make them
-                try:
-                    made = asyncio.get_running_loop().run_in_executor(_creators.get(), context.run, create, values,
-                                                                      _CREATORS)
-                except RuntimeError:
-                    # No thread to make it in: the interpreter is shutting down (this coroutine runs in an atexit
-                    # handler, or in a thread that outlived the main one), and a thread pool refuses work then. Made
-                    # here: the loop waits for it, at most the create's budget.
-                    task = context.run(create, values, _CREATORS)
-                else:
-                    task = await made
-                tracked = begin(task)
+                tracked = begin(await create_off_the_loop(values, context))
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
@@ -146,6 +147,82 @@ def track(
                 return result
 
             return run_async
+
+        # A generator's body runs when it is iterated, not when it is called: its task is created at its first
+        # step and ended when it is exhausted, raises or is closed (a consumer that stops early, a ``break``: what
+        # the body did so far is a success). Each step runs in the run's own context, so that ``current_task()`` is
+        # its task in the body, and the caller's code between two steps is not inside the run.
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def run_async_generator(*args: Any, **kwargs: Any) -> Any:
+                import asyncio
+
+                agen = fn(*args, **kwargs)
+                context = contextvars.copy_context()
+                tracked = context.run(begin, await create_off_the_loop(fields(), context))
+                sent: Any = None
+                thrown: BaseException | None = None
+                while True:
+                    step = agen.athrow(thrown) if thrown is not None else agen.asend(sent)
+                    try:
+                        # a task made in the run's context runs the step in (a copy of) it
+                        item = await context.run(asyncio.ensure_future, step)
+                    except StopAsyncIteration:
+                        context.run(finish, tracked, None)
+                        return
+                    except BaseException as exc:
+                        context.run(finish, tracked, exc)
+                        raise
+                    sent, thrown = None, None
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        try:
+                            await context.run(asyncio.ensure_future, agen.aclose())
+                        except BaseException as exc:
+                            context.run(finish, tracked, exc)
+                            raise
+                        context.run(finish, tracked, None)
+                        raise
+                    except BaseException as exc:
+                        thrown = exc
+
+            return run_async_generator
+
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def run_generator(*args: Any, **kwargs: Any) -> Any:
+                gen = fn(*args, **kwargs)
+                context = contextvars.copy_context()
+                tracked = context.run(lambda: begin(create(fields())))
+                if tracked is None:
+                    return (yield from gen)
+                sent: Any = None
+                thrown: BaseException | None = None
+                while True:
+                    try:
+                        item = context.run(gen.throw, thrown) if thrown is not None else context.run(gen.send, sent)
+                    except StopIteration as stop:
+                        context.run(finish, tracked, None)
+                        return stop.value
+                    except BaseException as exc:
+                        context.run(finish, tracked, exc)
+                        raise
+                    sent, thrown = None, None
+                    try:
+                        sent = yield item
+                    except GeneratorExit:
+                        try:
+                            context.run(gen.close)
+                        except BaseException as exc:
+                            context.run(finish, tracked, exc)
+                            raise
+                        context.run(finish, tracked, None)
+                        raise
+                    except BaseException as exc:
+                        thrown = exc
+
+            return run_generator
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:

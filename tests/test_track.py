@@ -4,6 +4,7 @@ import asyncio
 import datetime
 import decimal
 import functools
+import inspect
 import subprocess
 import sys
 
@@ -91,6 +92,80 @@ def test_async_functions(taskbadger_server):
     assert asyncio.run(job()) == 7
     [task] = final(taskbadger_server)
     assert (task["name"], task["status"]) == ("async job", "success")
+
+
+# -- generators: the body runs while it is iterated, not when it is called ------------------------------------------
+# Before, the task was created when the generator was made and ended 'success' before its body ran: the body was
+# untracked (current_task() None), and a body that raised left the task 'success'.
+
+
+def test_a_generator_is_tracked_while_it_is_iterated(taskbadger_server):
+    seen = []
+
+    @track(name="rows")
+    def rows(n):
+        for i in range(n):
+            tb = taskbadger.current_task()
+            seen.append(tb and (tb.name, tb.status))
+            received = yield i
+            seen.append(received)
+        return "all sent"
+
+    gen = rows(2)
+    assert inspect.isgeneratorfunction(rows) and taskbadger_server.tasks == {}  # nothing ran yet
+    assert next(gen) == 0
+    assert taskbadger.current_task() is None  # the caller, between two steps, is not inside the run
+    assert gen.send("a") == 1
+    with pytest.raises(StopIteration) as stop:
+        gen.send("b")
+    assert stop.value.value == "all sent"
+    assert seen == [("rows", StatusEnum.PROCESSING), "a", ("rows", StatusEnum.PROCESSING), "b"]
+    [task] = final(taskbadger_server)
+    assert task["status"] == "success"
+
+
+def test_a_generator_that_raises_ends_error_and_one_closed_early_success(taskbadger_server):
+    @track(name="fails")
+    def fails():
+        yield 1
+        raise ValueError("row 2 is bad")
+
+    @track(name="stopped early")
+    def endless():
+        while True:
+            yield 1
+
+    with pytest.raises(ValueError, match="row 2 is bad"):
+        list(fails())
+    for _ in zip(range(3), endless(), strict=False):
+        pass
+    tasks = {t["name"]: t for t in final(taskbadger_server, count=2)}
+    assert tasks["fails"]["status"] == "error" and tasks["fails"]["data"]["exception_type"] == "ValueError"
+    assert tasks["stopped early"]["status"] == "success"
+
+
+def test_an_async_generator_is_tracked_while_it_is_iterated(taskbadger_server):
+    @track(name="async rows")
+    async def rows():
+        for i in range(2):
+            tb = taskbadger.current_task()
+            yield i, tb and tb.status
+
+    @track(name="async fails")
+    async def fails():
+        yield 1
+        raise KeyError("gone")
+
+    async def consume():
+        got = [item async for item in rows()]
+        with pytest.raises(KeyError):
+            [item async for item in fails()]
+        return got
+
+    assert inspect.isasyncgenfunction(rows)
+    assert asyncio.run(consume()) == [(0, StatusEnum.PROCESSING), (1, StatusEnum.PROCESSING)]
+    tasks = {t["name"]: t["status"] for t in final(taskbadger_server, count=2)}
+    assert tasks == {"async rows": "success", "async fails": "error"}
 
 
 def test_current_task_is_the_tracked_call_and_none_outside(taskbadger_server):
