@@ -47,6 +47,16 @@ def test_list_walks_the_pages_up_to_the_limit(taskbadger_server, monkeypatch):
     assert [line.split(",")[2] for line in out.splitlines()[1:]] == ["t1", "t0"] and err == ""
 
 
+@pytest.mark.parametrize("token", ["not-a-token", "a\rb"])
+def test_a_start_token_the_api_cannot_read_is_a_usage_error_about_the_token(taskbadger_server, token):
+    # it said "not found ... (HTTP 404): check the task id, the organization and the project": no task id was given
+    finished_tasks(["t0"])
+    code, out, err = call(commands.list_tasks, "csv", 10, token, is_terminal=False)
+    assert (code, out) == (commands.USAGE, "")
+    assert f"--start-token {token!r} is not a page of the task list of acme/demo" in err
+    assert "copy the token an earlier list printed as 'Next page'" in err and "task id" not in err
+
+
 @pytest.mark.parametrize("limit", [0, 10**21])
 def test_a_list_limit_out_of_range_is_a_usage_error_that_says_the_range(taskbadger_server, limit):
     # 10**21 failed inside itertools.islice with its own words ("Stop argument for islice() must be ...")

@@ -191,6 +191,14 @@ def list_tasks(fmt: str | None = None, limit: int = 100, start_token: str | None
             next_token = page.next_cursor
             if not next_token or not len(page):
                 break
+    except NotFound as error:
+        if start_token is not None and next_token == start_token and "cursor" in str(error.message).lower():
+            # the API answers 404 to a cursor it cannot read ("Invalid cursor"): the token, not a task, is wrong
+            return _fail(err, f"--start-token {start_token!r} is not a page of the task list of "
+                              f"{config.organization_slug}/{config.project_slug}: copy the token an earlier list "
+                              "printed as 'Next page', whole, or leave --start-token out to start from the newest",
+                         USAGE)
+        return _fail(err, describe_error(error, config))
     except Exception as error:
         return _fail(err, describe_error(error, config))
     title = f"Project: {config.project_slug}, Organization: {config.organization_slug}"
