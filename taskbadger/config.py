@@ -463,7 +463,13 @@ def build_config(
     """Resolve arguments and environment into a validated Config (no I/O, no global change). The key is a
     ``Secret`` from its first line on (this frame shows on debug pages when it raises)."""
     env = ENVIRON
-    token = secret(token or env.get("TASKBADGER_API_KEY") or None)
+    # The TASKBADGER_* variable a value came from, when it did: a value refused is said to come from there (a
+    # search of the code that calls init() finds nothing).
+    token_from = None if token else "TASKBADGER_API_KEY"
+    host_from = None if host else "TASKBADGER_HOST"
+    slugs_from = {"organization_slug": None if organization_slug else "TASKBADGER_ORG",
+                  "project_slug": None if project_slug else "TASKBADGER_PROJECT"}
+    token = secret(token or _set_in(env, "TASKBADGER_API_KEY"))
     if isinstance(token, bytes | bytearray):  # read from a file or a secret store: the official SDK takes it
         try:
             token = secret(bytes(token).decode("ascii"))
@@ -471,13 +477,14 @@ def build_config(
             raise ConfigurationError("the API key is not ASCII text: it is base64") from None
     if token is not None and not isinstance(token, str):
         raise ConfigurationError(f"the API key must be a string, got {type(token).__name__}")
-    host = host or env.get("TASKBADGER_HOST") or DEFAULT_HOST
-    organization_slug = organization_slug or env.get("TASKBADGER_ORG") or None
-    project_slug = project_slug or env.get("TASKBADGER_PROJECT") or None
+    host = host or _set_in(env, "TASKBADGER_HOST") or DEFAULT_HOST
+    organization_slug = organization_slug or _set_in(env, "TASKBADGER_ORG")
+    project_slug = project_slug or _set_in(env, "TASKBADGER_PROJECT")
 
     if not token:
         raise MissingConfiguration(["token"])
-    parsed = parse_project_key(token)
+    key: str = token
+    parsed = _from_variable(token_from, lambda: parse_project_key(key))
     if parsed:
         organization_slug, project_slug, token = parsed
     else:
@@ -487,7 +494,7 @@ def build_config(
         if len(missing) == 2 and key_kind(token) == "unknown":
             # Neither a project key nor a legacy one, and no organization or project given to use it as one:
             # a typo or a placeholder, not a legacy key.
-            raise ConfigurationError(NOT_A_KEY)
+            _from_variable(token_from, lambda: _raise(ConfigurationError(NOT_A_KEY)))
         # The official SDK's words: users' warning filters match them.
         warnings.warn("Legacy API keys are deprecated. Please switch to a project API key.", DeprecationWarning,
                       stacklevel=3)
@@ -495,32 +502,84 @@ def build_config(
             raise MissingConfiguration(missing)
         for name, value in (("organization_slug", organization_slug), ("project_slug", project_slug)):
             if not is_slug(value):
-                raise ConfigurationError(f"{name} must be a slug (letters, digits, - and _), got {value!r}.")
+                _from_variable(slugs_from[name], lambda: _raise(ConfigurationError(
+                    f"{name} must be a slug (letters, digits, - and _), got {value!r}.")))  # noqa: B023
 
     if tags is not None and not is_tag_map(tags):
         raise ConfigurationError(f"tags must be a dict of names to strings of {MIN_TAG_LENGTH} to {MAX_TAG_LENGTH} "
                                  f"characters (the API refuses a task with other tags), {tag_map_problem(tags)}.")
     system_map = {}
-    for system in systems or ():
+    for system in _listed("systems", systems, "[CelerySystemIntegration()]"):
         identifier = getattr(system, "identifier", None)
         if not identifier:
             raise ConfigurationError(f"{system!r} is not a Task Badger system integration.")
         system_map[identifier] = system
 
+    given_host: str = host
+    host = _from_variable(host_from, lambda: validate_host(given_host))
+    timeout_from = "TASKBADGER_HTTP_TIMEOUT" if timeout is None else None
+    timeouts: tuple[float, float] = _from_variable(timeout_from, lambda: normalize_timeout(
+        _first_set(timeout, timeout_from_environment(), DEFAULT_TIMEOUT)))
+    budget_from = "TASKBADGER_PUBLISH_BUDGET" if publish_budget is None else None
+    publish_budget = _from_variable(budget_from, lambda: normalize_publish_budget(
+        _first_set(publish_budget, _set_in(env, "TASKBADGER_PUBLISH_BUDGET"), DEFAULT_PUBLISH_BUDGET)))
+    spool_from = "TASKBADGER_SPOOL_DIR" if spool_dir is None else None
+    spool: str | None = _from_variable(spool_from, lambda: resolve_spool_dir(spool_dir))
+
     return Config(
-        host=validate_host(host),
+        host=host,
         organization_slug=str(organization_slug),
         project_slug=str(project_slug),
         token=token,
         tags=dict(tags or {}),
         systems=system_map,
         before_create=resolve_before_create(before_create),
-        timeout=normalize_timeout(_first_set(timeout, timeout_from_environment(), DEFAULT_TIMEOUT)),
+        timeout=timeouts,
         context_providers=_check_providers(context_providers),
-        publish_budget=normalize_publish_budget(_first_set(publish_budget, env.get("TASKBADGER_PUBLISH_BUDGET") or None,
-                                                           DEFAULT_PUBLISH_BUDGET)),
-        spool_dir=resolve_spool_dir(spool_dir),
+        publish_budget=publish_budget,
+        spool_dir=spool,
     )
+
+
+def _listed(name: str, values: Any, example: str) -> list[Any]:
+    """``values`` (an iterable, or None) as a list; ConfigurationError for one integration not in a list."""
+    if values is None:
+        return []
+    try:
+        return list(values)
+    except TypeError:
+        raise ConfigurationError(f"{name} must be a list, e.g. {name}={example}, got {short_repr(values)}.") from None
+
+
+def short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:80] + "…"
+
+
+def _set_in(env: Mapping[str, str], variable: str) -> str | None:
+    """The value of ``variable``, or None when it is unset or blank (``TASKBADGER_HOST=`` in a compose file, a
+    template that left it empty): blank counts as not set, as in the Django app's settings."""
+    value = env.get(variable)
+    return value if value and value.strip() else None
+
+
+def _raise(err: Exception) -> Any:
+    raise err
+
+
+def _from_variable(variable: str | None, check: Callable[[], Any]) -> Any:
+    """``check()``; a ConfigurationError it raises about a value read from the environment variable ``variable`` (None:
+    the value was given as an argument) says so, unless it names the variable already."""
+    try:
+        return check()
+    except ConfigurationError as err:
+        if variable is None or isinstance(err, MissingConfiguration) or variable in str(err) \
+                or not (os.environ.get(variable) or "").strip():
+            raise
+        raise ConfigurationError(f"{str(err).rstrip('.')} (from the environment variable {variable}).") from None
 
 
 def _first_set(*values: Any) -> Any:
@@ -528,7 +587,7 @@ def _first_set(*values: Any) -> Any:
 
 
 def _check_providers(providers: Iterable[Any] | None) -> tuple[Any, ...]:
-    checked = tuple(providers or ())
+    checked = tuple(_listed("context_providers", providers, "[SentryContextProvider()]"))
     for provider in checked:
         if not getattr(provider, "identifier", None) or not callable(getattr(provider, "capture_error_context", None)):
             raise ConfigurationError(f"{provider!r} is not a context provider: give it an identifier and a "

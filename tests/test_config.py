@@ -57,6 +57,47 @@ def test_env_vars_are_fallbacks_and_arguments_win(monkeypatch):
     assert (cfg.organization_slug, cfg.host) == ("argorg", "https://example.test")
 
 
+@pytest.mark.parametrize(("variable", "value", "says"), [
+    ("TASKBADGER_HOST", "taskbadger.net", "Task Badger host must be a URL"),
+    ("TASKBADGER_PUBLISH_BUDGET", "0", "publish_budget must be seconds"),
+    ("TASKBADGER_HTTP_TIMEOUT", "inf", "timeout values must be numbers of seconds"),
+    ("TASKBADGER_SPOOL_DIR", "/tmp/x\x07y", "spool_dir must be a directory path"),
+    ("TASKBADGER_API_KEY", project_key() + "\n", "The Task Badger API key has whitespace around it"),
+    ("TASKBADGER_API_KEY", "changeme", "This does not look like a Task Badger API key"),
+])
+def test_a_value_refused_from_the_environment_names_its_variable(monkeypatch, variable, value, says):
+    # The message named the argument (host, publish_budget...) that the code calling init() never passed.
+    if variable != "TASKBADGER_API_KEY":
+        monkeypatch.setenv("TASKBADGER_API_KEY", project_key())
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as info:
+        taskbadger.init()
+    assert says in str(info.value) and f"(from the environment variable {variable})" in str(info.value)
+    assert "secret-key-123" not in str(info.value)
+
+
+def test_the_same_value_given_as_an_argument_is_not_said_to_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("TASKBADGER_HOST", "taskbadger.net")
+    with pytest.raises(ConfigurationError) as info:
+        taskbadger.init(token=project_key(), host="taskbadger.net")
+    assert "environment" not in str(info.value)
+
+
+@pytest.mark.parametrize("variable", ["TASKBADGER_HOST", "TASKBADGER_PUBLISH_BUDGET"])
+def test_a_blank_variable_counts_as_not_set_as_in_the_django_app(monkeypatch, variable):
+    # TASKBADGER_HOST=" " (a template that left it empty) raised "host must be a URL ..., got '  '"
+    monkeypatch.setenv(variable, "  ")
+    cfg = taskbadger.init(token=project_key())
+    assert (cfg.host, cfg.organization_slug, cfg.publish_budget) == ("https://taskbadger.net", "acme", 1.0)
+
+
+@pytest.mark.parametrize("name", ["systems", "context_providers"])
+def test_one_integration_not_in_a_list_is_a_configuration_error(name):
+    # init(systems=CelerySystemIntegration()) raised TypeError: 'CelerySystemIntegration' object is not iterable
+    with pytest.raises(ConfigurationError, match=f"{name} must be a list, e.g. {name}=\\["):
+        taskbadger.init(token=project_key(), **{name: 5})
+
+
 def test_legacy_env_slugs(monkeypatch):
     monkeypatch.setenv("TASKBADGER_ORG", "o")
     monkeypatch.setenv("TASKBADGER_PROJECT", "p")
