@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from . import endpoints
-from ._runtime import log_once, short
+from ._runtime import log_once, log_throttled, short
 from .actions import action_dicts
 from .config import get_config
 from .context_providers import error_context
@@ -52,10 +52,11 @@ def create_body(name: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
     body: dict[str, Any] = {"name": name, **{k: v for k, v in fields.items() if v is not None}}
     data = body.get("data")
     if scope.context:
+        context = _scope_data(scope.context)
         if data is None:
-            body["data"] = dict(scope.context)
+            body["data"] = context
         elif isinstance(data, Mapping):
-            body["data"] = {**scope.context, **data}
+            body["data"] = {**context, **data}
     tags = {**(config.tags if config else {}), **scope.tags, **(body.get("tags") or {})}
     if tags:
         body["tags"] = tags
@@ -64,6 +65,19 @@ def create_body(name: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
         changed = config.before_create(body)
         return _hook_fields(name, given, changed) if changed else None  # {} skips too, as in the official SDK
     return body
+
+
+def _scope_data(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The scope's data as JSON can send it. A value JSON cannot encode (a ``uuid.UUID`` request id, a date) is sent
+    as its repr, with a warning: set in a scope, it would make every create in it fail (``create_task`` raised
+    InvalidData about data its caller never gave; ``@track`` and ``.delay()`` ran untracked)."""
+    if is_json(context):
+        return dict(context)
+    odd = sorted(short(key, 60) for key, value in context.items() if not is_json(value))
+    log_throttled(f"scope-data:{','.join(odd)[:200]}", 300.0, logging.WARNING, "Task Badger: scope data %s cannot be "
+                  "encoded as JSON: each is stored as its repr; set strings, numbers, lists or dicts in the scope "
+                  "(scope[key] = str(value))", ", ".join(odd) or "(a key that is not text)")
+    return jsonable(dict(context))
 
 
 def _is_status(value: Any) -> bool:

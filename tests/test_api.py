@@ -309,3 +309,21 @@ def test_scope_tags_the_api_would_refuse_are_left_out_of_the_create(taskbadger_s
         task = taskbadger.create_task("x")
     assert task.tags == {"region": "eu"}
     assert len([r for r in tb_log.records if r.levelno == logging.WARNING]) == 3
+
+
+def test_scope_data_json_cannot_encode_is_sent_as_its_repr_and_every_create_in_the_scope_works(taskbadger_server,
+                                                                                                 tb_log):
+    # A uuid.UUID request id in the scope made every create in it fail: create_task raised InvalidData about data
+    # it was never given, @track ran untracked.
+    @taskbadger.track(name="tracked in scope")
+    def job():
+        return taskbadger.current_task()
+
+    with taskbadger.current_scope() as scope:
+        scope["request_id"] = uuid.UUID(int=5)
+        scope["user"] = "u-1"
+        task = taskbadger.create_task("x", data={"rows": 3})
+        assert job() is not None
+    assert task.data == {"request_id": "UUID('00000000-0000-0000-0000-000000000005')", "user": "u-1", "rows": 3}
+    [warning] = [r.getMessage() for r in tb_log.records if "scope data" in r.getMessage()]
+    assert "'request_id' cannot be encoded as JSON" in warning and "scope[key] = str(value)" in warning
