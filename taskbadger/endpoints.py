@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import http
 from ._runtime import short
 from .config import Config, get_config
-from .exceptions import BadAnswer, InvalidData, MissingConfiguration, TaskbadgerException
+from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException
 from .models import StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id
 
 
@@ -152,7 +152,19 @@ def create(body: Mapping[str, Any], monitor: str | None = None, deadline: http.D
 def get(task_id: str, deadline: http.Deadline | None = None) -> TaskModel:
     config = current_config()
     request = http.build_request(config, "GET", task_path(task_id), expect=expecting(task_id))
-    return task_answer(config, http.send(config, request, deadline), task_id)
+    try:
+        return task_answer(config, http.send(config, request, deadline), task_id)
+    except NotFound as err:
+        raise _no_such_task(err, config, task_id) from None
+
+
+def _no_such_task(err: NotFound, config: Config, task_id: str) -> NotFound:
+    """``err``, a 404 about one task, saying which task, in which project, and what to check."""
+    if err.args and isinstance(err.args[0], str):
+        err.args = (f"{err.args[0].rstrip('.')}: no task {short(task_id)} in project {config.organization_slug}/"
+                    f"{config.project_slug}. Check the task id, and that the API key is the key of the project that "
+                    "holds the task.",)
+    return err
 
 
 def get_many(task_ids: list[str], deadline: http.Deadline | None = None) -> list[TaskModel | Exception]:
@@ -178,7 +190,10 @@ def update(task_id: str, fields: Mapping[str, Any], deadline: http.Deadline | No
     config = current_config()
     request = http.build_request(config, "PATCH", task_path(task_id), json_body=clean_body(fields),
                                  expect=expecting(task_id))
-    return task_answer(config, http.send(config, request, deadline), task_id)
+    try:
+        return task_answer(config, http.send(config, request, deadline), task_id)
+    except NotFound as err:
+        raise _no_such_task(err, config, task_id) from None
 
 
 def update_many(updates: list[tuple[str, Mapping[str, Any]]], deadline: http.Deadline | None = None
@@ -275,7 +290,10 @@ def probe(deadline: http.Deadline) -> None:
 def cancel(task_id: str) -> None:
     """DELETE: the task's status becomes ``cancelled``."""
     config = current_config()
-    http.send(config, http.build_request(config, "DELETE", task_path(task_id)))
+    try:
+        http.send(config, http.build_request(config, "DELETE", task_path(task_id)))
+    except NotFound as err:
+        raise _no_such_task(err, config, task_id) from None
 
 
 @dataclass

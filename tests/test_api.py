@@ -109,12 +109,19 @@ def test_wrong_key_raises_unauthorized_without_the_key(taskbadger_server):
         taskbadger.create_task("x")
     assert info.value.status_code == 401
     assert "not-the-key-xyz" not in str(info.value) and bad not in str(info.value)
+    # it said only "Task Badger API answered 401: Invalid token."
+    assert "Check the API key (TASKBADGER_API_KEY, init(token=...) or TASKBADGER['API_KEY'])" in str(info.value)
 
 
-def test_not_found(taskbadger_server):
+@pytest.mark.parametrize("call", [taskbadger.get_task, lambda task_id: taskbadger.update_task(task_id, value=1),
+                                  taskbadger.cancel_task])
+def test_not_found_says_which_task_in_which_project(taskbadger_server, call):
+    # it said only "Task Badger API answered 404: Not found."
     with pytest.raises(NotFound) as info:
-        taskbadger.get_task("doesnotexist")
-    assert info.value.status_code == 404
+        call("doesnotexist")
+    assert info.value.status_code == 404 and info.value.message == "Not found."
+    assert "no task 'doesnotexist' in project acme/demo. Check the task id, and that the API key is the key of the " \
+        "project that holds the task." in str(info.value)
 
 
 @pytest.mark.parametrize(
