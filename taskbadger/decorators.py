@@ -80,7 +80,7 @@ def track(
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         if not callable(fn):
             raise TypeError(f"@track needs a function, got {fn!r}")
-        task_name = name or _default_name(fn)
+        task_name = fitted_name(name) if name else _default_name(fn)  # a long name is cut, as a queue's job's
 
         def fields() -> dict[str, Any]:
             values: dict[str, Any] = {"status": StatusEnum.PROCESSING, "max_runtime": max_runtime,
@@ -267,6 +267,8 @@ def _check_options(options: dict[str, Any]) -> None:
             except ValueError as err:
                 raise InvalidData(f"@track({option}={short(value, 80)}): {err}") from None
             continue
+        if option == "name" and isinstance(value, str) and value.strip():
+            continue  # cut to what the API takes where the decorator is applied
         if option == "data":
             if not is_json(value):
                 raise InvalidData(f"@track(data={short(value, 80)}): data must be what JSON encodes (a dict of "
