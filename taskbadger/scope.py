@@ -24,11 +24,34 @@ TAG_WARN_INTERVAL = 300.0
 
 
 class _ScopeState:
-    __slots__ = ("context", "tags")
+    __slots__ = ("context", "tags", "deferred")
 
-    def __init__(self, context: dict[str, Any] | None = None, tags: dict[str, str] | None = None) -> None:
+    def __init__(self, context: dict[str, Any] | None = None, tags: dict[str, str] | None = None,
+                 deferred: dict[str, Callable[[], Any]] | None = None) -> None:
         self.context = context if context is not None else {}
         self.tags = tags if tags is not None else {}
+        #: data whose value is computed only when a task is created (``Scope.defer``)
+        self.deferred = deferred if deferred is not None else {}
+
+    def data(self) -> dict[str, Any]:
+        """The scope's data for a task created now: the deferred values computed (one that raises or gives None is
+        left out), then the values set."""
+        if not self.deferred:
+            return self.context
+        computed = {}
+        for key, compute in self.deferred.items():
+            if key in self.context:
+                continue
+            try:
+                value = compute()
+            except Exception as err:
+                log_throttled(f"scope-deferred:{key!r}"[:200], TAG_WARN_INTERVAL, logging.WARNING,
+                              "Task Badger: scope data %r could not be computed (%s: %s): tasks are created without it",
+                              key, type(err).__name__, err)
+                continue
+            if value is not None:
+                computed[key] = value
+        return {**computed, **self.context}
 
 
 _scope_state: contextvars.ContextVar[_ScopeState] = contextvars.ContextVar("taskbadger_scope")
@@ -42,7 +65,7 @@ def scope_state() -> _ScopeState:
         if threading.current_thread() is threading.main_thread():
             state = _main
         else:
-            state = _ScopeState(copy.deepcopy(_main.context), dict(_main.tags))
+            state = _ScopeState(copy.deepcopy(_main.context), dict(_main.tags), dict(_main.deferred))
         _scope_state.set(state)
         return state
 
@@ -67,7 +90,7 @@ class Scope:
 
     def __enter__(self) -> Scope:
         outer = scope_state()
-        inner = _ScopeState(copy.deepcopy(outer.context), dict(outer.tags))
+        inner = _ScopeState(copy.deepcopy(outer.context), dict(outer.tags), dict(outer.deferred))
         self._tokens.append(_scope_state.set(inner))
         return self
 
@@ -82,6 +105,12 @@ class Scope:
 
     def update(self, data: dict[str, Any]) -> None:
         self.context.update(data)
+
+    def defer(self, key: str, compute: Callable[[], Any]) -> None:
+        """Give tasks created in this scope ``key`` in their data, computed by ``compute()`` only when one is created
+        (not at all when none is): a value that costs something to get (a request's user, which loads the session).
+        A value set with ``scope[key]`` wins; one that is None, or whose ``compute`` raises, is left out."""
+        scope_state().deferred[key] = compute
 
     def tag(self, tags: dict[str, str]) -> None:
         """Add ``tags`` to every task created in this scope. A tag the API would refuse (not a string of
@@ -105,6 +134,7 @@ class Scope:
         state = scope_state()
         state.context.clear()
         state.tags.clear()
+        state.deferred.clear()
 
 
 def current_scope() -> Scope:

@@ -51,8 +51,8 @@ def create_body(name: str, fields: Mapping[str, Any]) -> dict[str, Any] | None:
     scope = scope_state()
     body: dict[str, Any] = {"name": name, **{k: v for k, v in fields.items() if v is not None}}
     data = body.get("data")
-    if scope.context:
-        context = _scope_data(scope.context)
+    if scope.context or scope.deferred:
+        context = _scope_data(scope.data())
         if data is None:
             body["data"] = context
         elif isinstance(data, Mapping):

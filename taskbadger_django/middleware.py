@@ -51,9 +51,12 @@ class TaskBadgerScopeMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self._async:
             return self.__acall__(request)
-        # ``request.user`` is only there after AuthenticationMiddleware; reading it loads the user.
+        # ``request.user`` is only there after AuthenticationMiddleware; reading it loads the session and the user:
+        # done only when a task is created. Read here, every request paid a session read (and a query for a
+        # logged-in user), and every response said ``Vary: Cookie``, which keeps caches from sharing public pages.
         with taskbadger.current_scope() as scope:
-            scope.update(request_context(request, getattr(request, "user", None)))
+            scope.update(request_context(request))
+            scope.defer("user_id", lambda: _user_id(getattr(request, "user", None)))
             return self.get_response(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:

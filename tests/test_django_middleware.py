@@ -10,6 +10,7 @@ from celery import _state as celery_state
 from django.http import HttpResponse
 from django.test import AsyncClient, Client, override_settings
 from django.urls import path
+from django.utils.functional import SimpleLazyObject
 
 import taskbadger
 from taskbadger.celery import Task
@@ -109,6 +110,54 @@ def test_with_djangos_auth_middleware_for_an_anonymous_user(taskbadger_server):
     with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=middleware):
         Client().get("/sync/")
     assert data_of(taskbadger_server, "from sync view") == {"request_path": "/sync/", "request_method": "GET"}
+
+
+def quiet_view(request):
+    return HttpResponse("a public page")
+
+
+urlpatterns.append(path("quiet/", quiet_view))
+
+
+def test_a_request_that_creates_no_task_reads_neither_the_session_nor_the_user(taskbadger_server):
+    # The middleware read request.user on every request: a session read (and a query for a logged-in user) per
+    # request, and every response said "Vary: Cookie", so a cache could not share public pages between visitors.
+    middleware = ["django.contrib.sessions.middleware.SessionMiddleware",
+                  "django.contrib.auth.middleware.AuthenticationMiddleware", MIDDLEWARE]
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=middleware):
+        quiet = Client().get("/quiet/")
+        busy = Client().get("/sync/")
+    assert quiet.status_code == 200 and not quiet.has_header("Vary")
+    assert busy.has_header("Vary")  # this one created tasks: its user was read for them
+
+
+#: The paths of the requests whose user was loaded (``lazy_auth``).
+USER_LOADS: list[str] = []
+
+
+def lazy_auth(get_response):
+    """Sets request.user as AuthenticationMiddleware does: loaded (recorded in USER_LOADS) when first read."""
+
+    def middleware(request):
+        def load():
+            USER_LOADS.append(request.path)
+            return types.SimpleNamespace(is_authenticated=True, pk=9)
+
+        request.user = SimpleLazyObject(load)
+        return get_response(request)
+
+    return middleware
+
+
+def test_the_user_is_read_once_a_task_is_created_and_only_then(taskbadger_server):
+    USER_LOADS.clear()
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.lazy_auth", MIDDLEWARE]):
+        Client().get("/quiet/")
+        assert USER_LOADS == []
+        Client().get("/sync/")
+    assert USER_LOADS == ["/sync/"]
+    assert data_of(taskbadger_server, "from sync view") == {"request_path": "/sync/", "request_method": "GET",
+                                                            "user_id": 9}
 
 
 def test_celery_task_published_from_a_view_carries_the_request(wired):
