@@ -60,8 +60,12 @@ class TaskBadgerScopeMiddleware:
             return self.get_response(request)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        auser = getattr(request, "auser", None)
-        user = await auser() if auser is not None else getattr(request, "user", None)
+        # The user cannot be read later, when a task is created: that may be on the event loop, where Django refuses
+        # a query. So it is read here, but only when tasks can be created (not with ENABLED False or without a key).
+        user = None
+        if taskbadger.is_configured():
+            auser = getattr(request, "auser", None)
+            user = await auser() if auser is not None else getattr(request, "user", None)
         with taskbadger.current_scope() as scope:
             scope.update(request_context(request, user))
             return await self.get_response(request)

@@ -160,6 +160,28 @@ def test_the_user_is_read_once_a_task_is_created_and_only_then(taskbadger_server
                                                             "user_id": 9}
 
 
+async def quiet_async_view(request):
+    return HttpResponse("a public page")
+
+
+urlpatterns.append(path("quiet-async/", quiet_async_view))
+
+
+def test_an_async_request_reads_no_session_when_nothing_can_be_tracked(taskbadger_server):
+    # With ENABLED False (or no key) the async path still awaited request.auser(): a session read per request and
+    # "Vary: Cookie" on every response, for tasks that could not be created.
+    middleware = ["django.contrib.sessions.middleware.SessionMiddleware",
+                  "django.contrib.auth.middleware.AuthenticationMiddleware", MIDDLEWARE]
+    taskbadger.config.reset()
+
+    async def call():
+        return await AsyncClient().get("/quiet-async/")
+
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=middleware):
+        response = asyncio.run(call())
+    assert response.status_code == 200 and not response.has_header("Vary")
+
+
 def test_celery_task_published_from_a_view_carries_the_request(wired):
     previous = celery_state._tls.current_app
     app.set_current()
