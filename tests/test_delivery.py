@@ -1,6 +1,7 @@
 """Delivery against the stand-in API: the queue of pending updates and its senders, and the breaker."""
 
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -753,3 +754,24 @@ def test_behind_a_proxy_a_scripts_last_update_is_sent_by_the_flush_at_exit(taskb
     env.update(HTTP_PROXY=taskbadger_server.url, NO_PROXY="")
     run_clean(PROXIED_SCRIPT, "http://127.0.0.1:9", taskbadger_server.api_key, env=env)
     taskbadger_server.wait_for_task(name="nightly report", status="success", timeout=10)
+
+
+@pytest.mark.parametrize(("timeout", "error"), [("5", TypeError), (math.nan, ValueError), (True, TypeError)])
+def test_flush_refuses_a_timeout_that_is_no_number_of_seconds_even_with_nothing_queued(taskbadger_server, timeout,
+                                                                                        error):
+    # It returned True with nothing queued, and raised (a str) or waited for ever (NaN) only when something was:
+    # in production, not in the tests.
+    with pytest.raises(error, match=r"flush\(timeout\) takes seconds"):
+        taskbadger.flush(timeout)
+
+
+def test_flush_with_none_waits_the_default(taskbadger_server):
+    @taskbadger.track(name="queued end")
+    def job():
+        return 1
+
+    job()
+    taskbadger_server.set_latency(0.3)  # the call's end is still queued or in flight when flush() is called
+    job()
+    assert taskbadger.flush(None) is True  # it raised TypeError when something was queued
+    assert taskbadger_server.wait_for_task(name="queued end", status="success")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import random
 import threading
@@ -288,10 +289,18 @@ def ensure_started() -> None:
         current._ensure_started()
 
 
-def flush(timeout: float = 10.0, give_up: Callable[[], bool] | None = None) -> bool:
+def flush(timeout: float | None = 10.0, give_up: Callable[[], bool] | None = None) -> bool:
     """Wait until everything this process has queued for Task Badger has been sent (or dropped); False
-    if ``timeout`` ran out first. Updates the senders send in the background (a tracked call's end, a
-    worker's updates) are flushed when the process exits anyway."""
+    if ``timeout`` ran out first (None: the default, 10 s). Updates the senders send in the background (a tracked
+    call's end, a worker's updates) are flushed when the process exits anyway."""
+    if timeout is None:
+        timeout = 10.0
+    # checked whether or not something is queued: a wrong timeout failed only when there was (in production, not in
+    # the tests), and NaN waited for ever
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"flush(timeout) takes seconds (a number), got {type(timeout).__name__}")
+    if math.isnan(timeout):
+        raise ValueError("flush(timeout) takes seconds, got NaN")
     sender = _sender.current()
     if sender is None or not is_configured():
         return True
