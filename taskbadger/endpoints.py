@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 from . import http
 from ._runtime import short
 from .config import Config, get_config
-from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException
+from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException, UnexpectedStatus
 from .models import StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id
 
 
@@ -146,7 +146,19 @@ def create(body: Mapping[str, Any], monitor: str | None = None, deadline: http.D
         headers = {http.MONITOR_HEADER: canonical}
     cleaned = clean_body(body)
     request = http.build_request(config, "POST", json_body=cleaned, headers=headers, expect=expecting(sent=cleaned))
-    return task_answer(config, http.send(config, request, deadline, late_answer), sent=cleaned)
+    try:
+        return task_answer(config, http.send(config, request, deadline, late_answer), sent=cleaned)
+    except UnexpectedStatus as err:
+        about_a_field = bool(getattr(err, "errors", None)) and not any(
+            "monitor" in str(key) for key in err.errors)  # type: ignore[attr-defined]
+        if headers and err.status_code in (400, 403, 404) and not about_a_field and err.args \
+                and isinstance(err.args[0], str):
+            # the API refuses a create under a monitor that is not one of the project's (mistyped, deleted, another
+            # project's) with one of these, which name neither the monitor nor what to do
+            err.args = (f"{err.args[0].rstrip('.')}. The task was to be created under monitor "
+                        f"{headers[http.MONITOR_HEADER]}: if it is not one of project {config.organization_slug}/"
+                        f"{config.project_slug}'s monitors, copy the id from the monitor's page in Task Badger.",)
+        raise
 
 
 def get(task_id: str, deadline: http.Deadline | None = None) -> TaskModel:

@@ -334,3 +334,22 @@ def test_scope_data_json_cannot_encode_is_sent_as_its_repr_and_every_create_in_t
     assert task.data == {"request_id": "UUID('00000000-0000-0000-0000-000000000005')", "user": "u-1", "rows": 3}
     [warning] = [r.getMessage() for r in tb_log.records if "scope data" in r.getMessage()]
     assert "'request_id' cannot be encoded as JSON" in warning and "scope[key] = str(value)" in warning
+
+
+@pytest.mark.parametrize("foreign", [False, True])
+def test_a_create_refused_under_a_monitor_says_the_monitor_may_be_why(taskbadger_server, foreign):
+    # it said only "Task Badger API answered 404: Not found." (or 403: "You do not have permission"), naming neither
+    # the monitor nor what to do; a 403 must not send the reader to the key, which is right
+    taskbadger_server.add_monitor()
+    monitor = taskbadger_server.foreign_monitor() if foreign else str(uuid.uuid4())
+    with pytest.raises(NotFound if not foreign else Unauthorized) as info:
+        taskbadger.create_task("nightly", monitor_id=monitor)
+    assert f"The task was to be created under monitor {monitor}: if it is not one of project acme/demo's monitors, " \
+        "copy the id from the monitor's page in Task Badger." in str(info.value)
+    assert "Check the API key" not in str(info.value)
+
+
+def test_a_create_refused_for_a_field_under_a_monitor_does_not_blame_the_monitor(taskbadger_server):
+    with pytest.raises(ValidationError) as info:
+        taskbadger.create_task("nightly", value=-1, monitor_id=str(uuid.uuid4()))
+    assert "monitor" not in str(info.value)

@@ -78,12 +78,14 @@ def decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool 
     message, errors = _error_message(content)
     if status == 400:
         raise ValidationError(status, content, message, errors=errors)
-    if status in (401, 403):
+    if status == 401:
         refused = Unauthorized(status, content, message or "the API key was refused")
         refused.args = (f"{refused.args[0].rstrip('.')}. Check the API key (TASKBADGER_API_KEY, init(token=...) "
                         "or TASKBADGER['API_KEY']): copy the project key from the project's settings page in Task "
                         "Badger.",)
         raise refused
+    if status == 403:
+        raise Unauthorized(status, content, message or "the API key was refused")
     if status == 404:
         raise NotFound(status, content, message)
     if status == 429:
