@@ -40,6 +40,7 @@ from taskbadger.config import Config
 from taskbadger.delivery import sender
 from taskbadger.delivery.breaker import publish_breaker
 from taskbadger.exceptions import ConfigurationError
+from taskbadger.scope import scope_state
 from taskbadger.testing import TaskBadgerServer
 
 from . import conf
@@ -56,14 +57,20 @@ def use_server(server: TaskBadgerServer, **overrides: Any) -> Iterator[Config]:
                                                   "host": server.url})
     problems = settings.problems()
     if problems:  # as at start-up: settings with errors are not applied in part
-        raise ConfigurationError(conf.refusal(problems))
+        given = ", ".join(sorted(overrides))
+        raise ConfigurationError(conf.refusal(problems) + (
+            f" The values given to use_server() or taskbadger_overrides ({given}) are among these settings: "
+            "`manage.py check` does not see them." if given else ""))
     publish_breaker().reset()
+    scope = scope_state()
+    previous_tags = dict(scope.tags)  # init() sets the scope's tags to the configuration's
     config = sdk_config.init(**settings.init_kwargs())
     try:
         yield config
     finally:
         sender.flush(5.0)
         sdk_config.set_config(previous)
+        scope.tags = previous_tags  # the tags of this block's settings do not follow the tests after it
 
 
 def _eager_note() -> str:

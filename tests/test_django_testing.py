@@ -121,3 +121,23 @@ def test_use_server_refuses_settings_with_errors_as_start_up_does(taskbadger_ser
             with use_server(taskbadger_server):
                 pass
     assert taskbadger.get_config() is fixture_config
+
+
+def test_use_server_s_tags_do_not_follow_the_tests_after_it(taskbadger_server):
+    # init() sets the scope's tags: after the block, tasks created under the configuration restored carried the
+    # block's tags ({"run": "ci"}) too
+    outer = taskbadger.get_config()
+    with use_server(taskbadger_server, tags={"run": "ci"}):
+        pass
+    assert taskbadger.get_config() is outer
+    task = taskbadger.create_task("after the block")
+    assert task.tags == {}
+
+
+def test_use_server_says_a_bad_value_it_was_given_is_not_from_the_settings(taskbadger_server):
+    # the refusal sent the reader to `manage.py check`, which does not see the values given to use_server()
+    with pytest.raises(taskbadger.ConfigurationError) as info:
+        with use_server(taskbadger_server, tags={"team": "b"}):
+            pass
+    assert "The values given to use_server() or taskbadger_overrides (tags) are among these settings: " \
+        "`manage.py check` does not see them." in str(info.value)
