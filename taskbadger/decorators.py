@@ -259,7 +259,8 @@ def _check_options(options: dict[str, Any]) -> None:
     Before, such a call ran untracked every time, with a warning at most once a minute (a monitor id, a status, a tag
     of one character), or the user's call itself raised (a name that is not text)."""
     for option, value in options.items():
-        if value is None or option in _NOT_CHECKED or (option == "tags" and value == {}):
+        if value is None or option in _NOT_CHECKED or (option == "tags" and value == {}) \
+                or (option == "queue" and value == ""):  # the API's own default
             continue
         if option == "status":
             try:

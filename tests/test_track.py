@@ -270,6 +270,16 @@ def test_an_option_the_api_would_refuse_is_refused_where_the_decorator_is_writte
         track(**options)
 
 
+def test_options_the_api_takes_are_not_refused(taskbadger_server):
+    @track(queue="", tags={}, parent=None, data=[1, 2], status="pre_processing")
+    def job():
+        return 1
+
+    assert job() == 1
+    [task] = final(taskbadger_server)
+    assert (task["queue"], task["data"]) == ("", [1, 2])
+
+
 def test_a_name_longer_than_the_api_takes_is_cut_and_the_call_tracked(taskbadger_server):
     # upstream and here before: the create was refused (400) and every call ran untracked
     assert track(name="x" * 300)(lambda: 1)() == 1
