@@ -132,7 +132,7 @@ def track(
                 return context.run(create, values, _CREATORS)
             return await made
 
-        if inspect.iscoroutinefunction(fn):
+        if _is_coroutine_function(fn):
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 values = fields()
@@ -233,11 +233,26 @@ def track(
                 finish(tracked, exc)
                 raise
             finish(tracked, None)
+            if tracked is not None and inspect.isawaitable(result):
+                log_once(f"track:awaitable:{task_name[:200]}", logging.WARNING, "Task Badger: @track: %s returned an "
+                         "awaitable, not its result: its task ended when the call returned, before the awaitable ran. "
+                         "Decorate the async function itself (put @track below the decorator that wraps it).",
+                         short(task_name))
             return result
 
         return run
 
     return decorate if func is None else decorate(func)
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    """Whether calling ``fn`` gives a coroutine: an ``async def``, or a callable marked as one, as asgiref's
+    ``sync_to_async`` is (before Python 3.12 with asyncio's marker, which ``inspect`` does not see)."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    asyncio = sys.modules.get("asyncio")  # a callable marked with its marker was made after it was loaded
+    marker = getattr(getattr(asyncio, "coroutines", None), "_is_coroutine", None)
+    return marker is not None and getattr(fn, "_is_coroutine", None) is marker
 
 
 def _default_name(fn: Callable[..., Any]) -> str:

@@ -168,6 +168,37 @@ def test_an_async_generator_is_tracked_while_it_is_iterated(taskbadger_server):
     assert tasks == {"async rows": "success", "async fails": "error"}
 
 
+def test_a_function_made_async_by_sync_to_async_is_tracked_while_it_runs(taskbadger_server):
+    # @track above asgiref's @sync_to_async (marked with asyncio's marker before Python 3.12, which inspect does not
+    # see) ended the task 'success' when the coroutine was made: the body ran untracked and its failure was lost
+    from asgiref.sync import sync_to_async
+
+    @track(name="made async")
+    @sync_to_async
+    def fails():
+        assert taskbadger.current_task() is not None
+        raise ValueError("in the thread")
+
+    assert inspect.iscoroutinefunction(fails)
+    with pytest.raises(ValueError, match="in the thread"):
+        asyncio.run(fails())
+    [task] = final(taskbadger_server)
+    assert task["status"] == "error" and task["data"]["exception_type"] == "ValueError"
+
+
+def test_a_function_that_returns_an_awaitable_gets_a_warning_that_says_where_track_goes(taskbadger_server, tb_log):
+    async def later():
+        return 5
+
+    @track(name="returns a coroutine")
+    def starts():
+        return later()
+
+    assert asyncio.run(starts()) == 5
+    [warning] = [r.getMessage() for r in tb_log.records if "returned an awaitable" in r.getMessage()]
+    assert "'returns a coroutine'" in warning and "Decorate the async function itself" in warning
+
+
 def test_current_task_is_the_tracked_call_and_none_outside(taskbadger_server):
     seen = []
 
