@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 import requests
 
+import taskbadger
 from taskbadger.testing import TaskBadgerServer, http11
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -779,3 +780,17 @@ def test_pytest_plugin_fixtures(tmp_path: Path) -> None:
             assert ("set_config", "the project's") in fake_sdk  # restored, not left unconfigured
     """))
     assert "3 passed" in run_with_the_plugin(tmp_path)
+
+
+@pytest.fixture
+def project_scope_tags():
+    """Tags the project set in the main thread's scope (at import, say), checked after ``taskbadger_server`` ends."""
+    taskbadger.current_scope().tag({"team": "ops"})
+    yield
+    # the fixture's init() set the scope's tags to none, and they stayed so for the tests after it
+    assert taskbadger.current_scope().tags == {"team": "ops"}
+
+
+def test_the_fixture_gives_the_project_its_scope_tags_back(project_scope_tags, taskbadger_server):
+    taskbadger.create_task("in the test")
+    assert taskbadger_server.tasks_named("in the test")

@@ -30,6 +30,8 @@ def taskbadger_server(taskbadger_server_session: TaskBadgerServer) -> Iterator[T
     server = taskbadger_server_session
     server.reset()
     previous = config.get_config()
+    scope = importlib.import_module("taskbadger.scope").scope_state()
+    previous_tags = dict(scope.tags)  # init() sets the scope's tags (to none here)
     taskbadger.init(token=server.api_key, host=server.url)
     try:
         yield server
@@ -39,4 +41,5 @@ def taskbadger_server(taskbadger_server_session: TaskBadgerServer) -> Iterator[T
         server.clear_faults()
         importlib.import_module("taskbadger.delivery.sender").flush(5.0)
         config.set_config(previous)
+        scope.tags = previous_tags  # the tags the project set in its scope are its own again
         server.reset()
