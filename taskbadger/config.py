@@ -189,14 +189,15 @@ def unconfigured_reason() -> str | None:
     return None if _config is not None else _unconfigured_reason
 
 
-def why_unconfigured(where: str) -> str:
-    """Why tasks run untracked in ``where`` ("this worker", "this process"), as a sentence that says what to do."""
+def why_unconfigured(where: str, app: str = "Celery") -> str:
+    """Why tasks run untracked in ``where`` ("this worker", "this process"), as a sentence that says what to do
+    (``app``: the queue whose app the call to ``taskbadger.init()`` goes beside)."""
     reason = unconfigured_reason()
     if reason is not None:
         return reason
     if os.environ.get("TASKBADGER_API_KEY"):
         return (f"TASKBADGER_API_KEY is set, but nothing called taskbadger.init() in {where} (call it where the "
-                "Celery app is made, or add taskbadger_django to INSTALLED_APPS)")
+                f"{app} app is made, or add taskbadger_django to INSTALLED_APPS)")
     return ("Task Badger is not configured (set TASKBADGER_API_KEY, or the TASKBADGER setting with the Django app, "
             "or call taskbadger.init())")
 

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import datetime
 import json
+import logging
 import time
 import uuid
 
@@ -23,7 +24,7 @@ import pytest
 from procrastinate.testing import InMemoryConnector
 
 import taskbadger
-from taskbadger.procrastinate import TB_TASK_ID_KWARG, TrackingJobManager, track
+from taskbadger.procrastinate import TB_TASK_ID_KWARG, TrackingJobManager, current_task, install, track
 from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
 
 from .conftest import _live_workers
@@ -558,6 +559,62 @@ def test_track_below_app_task_is_an_error_saying_where_it_goes(bare):
         def wrong_order() -> None:
             return None
     assert getattr(own.tasks.get("wrong_order"), "_taskbadger_options", None) is None
+
+
+def _run_in_memory(app) -> None:
+    """Every job queued on ``app`` (an ``InMemoryConnector``), run by a worker in this process."""
+    app.run_worker(wait=False, install_signal_handlers=False, listen_notify=False)
+
+
+def _taskbadger_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "taskbadger"]
+
+
+def test_a_track_task_deferred_and_run_without_init_says_once_to_call_it(monkeypatch, caplog):
+    """The key exported, ``taskbadger.init()`` never called (docs/procrastinate.md's first example left it out):
+    the jobs went untracked, ``current_task()`` None in the body, and neither the process that deferred them nor
+    the worker said a word."""
+    monkeypatch.setenv("TASKBADGER_API_KEY", "a-key")
+    own = procrastinate.App(connector=InMemoryConnector())
+    seen = []
+
+    @track
+    @own.task(name="not_initialised")
+    def not_initialised() -> None:
+        seen.append(current_task())
+
+    caplog.set_level(logging.WARNING, logger="taskbadger")
+    with own.open():
+        not_initialised.defer()
+        not_initialised.defer()
+        _run_in_memory(own)
+    assert seen == [None, None]
+    how = ("TASKBADGER_API_KEY is set, but nothing called taskbadger.init() in {} (call it where the Procrastinate "
+           "app is made, or add taskbadger_django to INSTALLED_APPS)")
+    assert _taskbadger_lines(caplog) == [
+        "Task Badger: 'not_initialised' (@track) was deferred untracked: " + how.format("this process"),
+        "Task Badger: 'not_initialised' (@track) was run untracked: " + how.format("this worker"),
+    ]
+
+
+def test_a_worker_without_init_running_a_job_its_publisher_tracked_says_its_task_stays_pending(caplog):
+    own = procrastinate.App(connector=InMemoryConnector())
+    install(own)
+    kwargs_seen = []
+
+    @own.task(name="published_tracked")
+    def published_tracked(**kwargs) -> None:
+        kwargs_seen.append(kwargs)
+
+    caplog.set_level(logging.WARNING, logger="taskbadger")
+    with own.open():
+        published_tracked.defer(**{TB_TASK_ID_KWARG: "dJPiJlp59t4rdu4cIp0gS10ahZ"})  # as a tracking publisher does
+        _run_in_memory(own)
+    assert kwargs_seen == [{}]
+    (line,) = _taskbadger_lines(caplog)
+    assert line.startswith("Task Badger: this worker runs job 'published_tracked', which its publisher tracks (Task "
+                           "Badger task 'dJPiJlp59t4rdu4cIp0gS10ahZ'), untracked: Task Badger is not configured"), line
+    assert "Such tasks stay pending in Task Badger" in line
 
 
 def test_current_task_in_the_body(api, app, worker):

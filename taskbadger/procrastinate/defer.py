@@ -27,6 +27,7 @@ from .tracked import (
     internal_error,
     job_fields,
     procrastinate_system,
+    say_untracked,
     tracking_of,
 )
 
@@ -126,7 +127,14 @@ class TrackingJobManager(manager.JobManager):
         self.app = app
 
     def _tracks(self, jobs_: list[jobs.Job]) -> bool:
-        return is_configured() and any(tracking_of(self.app, job.task_name) is not None for job in jobs_)
+        if not is_configured():
+            try:
+                for job in jobs_:
+                    say_untracked(self.app, job.task_name, "this process")
+            except Exception:
+                internal_error("saying why a deferred job is untracked")
+            return False
+        return any(tracking_of(self.app, job.task_name) is not None for job in jobs_)
 
     # Arguments are passed on as given: their names differ between Procrastinate versions (``connection``).
 

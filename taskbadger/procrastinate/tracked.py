@@ -9,7 +9,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import lifecycle
-from ..config import get_config
+from .._runtime import log_once, short
+from ..config import get_config, unconfigured_reason, why_unconfigured
 from ..models import is_task_id
 
 if TYPE_CHECKING:
@@ -42,6 +43,23 @@ def _task_options(app: Any, task_name: str) -> dict[str, Any] | None:
     task = getattr(app, "tasks", {}).get(task_name)
     options = getattr(task, OPTIONS_ATTR, None)
     return options if isinstance(options, dict) else None
+
+
+def say_untracked(app: Any, task_name: str, where: str, carried: Any = None) -> None:
+    """A job is deferred (``where`` "this process") or run ("this worker") where the SDK is not configured: when
+    the code asks for its task to be tracked (``@track``) or its publisher tracked it (``carried``: the task id the
+    job carries), say once per process why it goes untracked and what to do. (With ``@track`` alone, only when
+    nobody said why yet: the Django app logs its own reason.)"""
+    if carried is not None:
+        log_once("procrastinate:run-unconfigured", logging.WARNING,
+                 "Task Badger: this worker runs job %s, which its publisher tracks (Task Badger task %s), untracked: "
+                 "%s. Such tasks stay pending in Task Badger; give the worker the same Task Badger settings as the "
+                 "process that defers them.", short(task_name), short(carried),
+                 why_unconfigured(where, "Procrastinate"))
+    elif _task_options(app, task_name) is not None and unconfigured_reason() is None:
+        verb = "deferred" if where == "this process" else "run"
+        log_once(f"procrastinate:{verb}-unconfigured", logging.WARNING, "Task Badger: %s (@track) was %s untracked: %s",
+                 short(task_name), verb, why_unconfigured(where, "Procrastinate"))
 
 
 def tracking_of(app: Any, task_name: str) -> dict[str, Any] | None:

@@ -23,6 +23,7 @@ from .tracked import (
     internal_error,
     job_fields,
     procrastinate_system,
+    say_untracked,
     tracking_of,
 )
 
@@ -269,6 +270,8 @@ async def middleware(call_next: Callable[[], Any], context: job_context.JobConte
         if is_configured():
             attempt, cancelled = await _attempt(context)
             run = await _begin(context, raw, attempt)
+        else:
+            say_untracked(context.app, context.job.task_name, "this worker", raw)
     except _StartInterrupted as interrupted:  # cancelled before the body ran: its outcome is the job's
         await _ended_before_the_body(interrupted.run, context, interrupted.cancellation, interrupted.attempt)
         raise interrupted.cancellation from None
