@@ -716,6 +716,20 @@ def test_main_refuses_an_address_beyond_loopback(host: str) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_main_on_a_port_in_use_says_what_to_do_without_a_traceback() -> None:
+    """The docs start it with ``--port 8700``; one started earlier (another terminal) holds the port. It used to
+    end in an OSError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "taskbadger.testing", "--port", str(port)], capture_output=True,
+                                text=True, env=env, timeout=30)
+    assert result.returncode == 1 and result.stdout == ""
+    assert f"cannot listen on 127.0.0.1 port {port}" in result.stderr, result.stderr
+    assert "another process listens there" in result.stderr and "--port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def run_with_the_plugin(tmp_path: Path) -> str:
     """pytest on the project written in ``tmp_path``, with this package's plugin and no other: its output."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import signal
 import threading
 
@@ -50,7 +52,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as err:
         parser.error(str(err))
-    server.start()
+    try:
+        server.start()
+    except OSError as err:  # the port taken (a stand-in started earlier, in another terminal), or not ours to take
+        server.stop()
+        what = {errno.EADDRINUSE: "another process listens there (a stand-in started earlier?): stop it, or choose "
+                                  "another --port (0: any free port)",
+                errno.EACCES: "this user may not listen on that port: choose a --port above 1023 (0: any free port)"}
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        parser.exit(1, f"{parser.prog}: cannot listen on {args.host} port {args.port}: {reason}; "
+                       f"{what.get(err.errno or 0, 'choose another --host or --port')}\n")
     try:
         if not is_loopback(args.host):
             print(f"Task Badger test server listening on {args.host or '0.0.0.0'} port {server.port}; "
