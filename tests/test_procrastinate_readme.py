@@ -112,3 +112,7 @@ def test_our_pages_first_example_runs_as_written(taskbadger_server, tmp_path):
     report = tasks["report"]
     assert (report["value_max"], report["tags"], report["value"]) == (100, {"env": "prod"}, 100)
     assert tasks["myjobs.add"]["queue"] == "default"
+    # without a key (development) the module still imports: its processes run the jobs untracked
+    keyless = {k: v for k, v in os.environ.items() if not k.startswith("TASKBADGER_")}
+    subprocess.run([sys.executable, "-c", "import myjobs"], cwd=tmp_path, check=True, timeout=60,
+                   env={**keyless, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
