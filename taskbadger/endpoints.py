@@ -11,6 +11,7 @@ answer meant for another request (a confused server or proxy) never becomes some
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import http
 from ._runtime import short
-from .config import Config, get_config
+from .config import Config, get_config, unconfigured_reason
 from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException, UnexpectedStatus
 from .models import StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id
 
@@ -26,7 +27,14 @@ from .models import StatusEnum, TaskModel, format_datetime, is_task_id, monitor_
 def current_config() -> Config:
     config = get_config()
     if config is None:
-        raise MissingConfiguration(["token"])
+        missing = MissingConfiguration(["token"])
+        # "set TASKBADGER_API_KEY" would send the reader to what is done already, when init() is what is missing
+        # (or the reason the Django app gave for not configuring the SDK)
+        missing.hint = unconfigured_reason() or (
+            "TASKBADGER_API_KEY is set, but taskbadger.init() was not called in this process: call it once where the "
+            "process starts (with Django, add taskbadger_django to INSTALLED_APPS)"
+            if (os.environ.get("TASKBADGER_API_KEY") or "").strip() else None)
+        raise missing
     return config
 
 

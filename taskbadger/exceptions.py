@@ -35,7 +35,12 @@ class MissingConfiguration(ConfigurationError):
         self.missing = list(missing or []) + [name for name, value in values.items() if value is None]
         super().__init__(str(self))
 
+    #: What is missing when it is not a setting (set after construction: ``init()`` was never called).
+    hint: str | None = None
+
     def __str__(self) -> str:
+        if self.hint:
+            return f"Missing Task Badger configuration: {self.hint}."
         parts = [f"{name} ({self._HOW.get(name, 'required')})" for name in self.missing]
         return "Missing Task Badger configuration: " + "; ".join(parts) + "."
 

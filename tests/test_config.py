@@ -301,3 +301,17 @@ def test_a_config_made_directly_refuses_what_would_change_a_request(field, value
         config.Config(**{**good, field: value})
     with pytest.raises(ConfigurationError):
         dataclasses.replace(config.Config(**good), **{field: value})
+
+
+def test_a_call_before_init_says_init_is_missing_when_the_key_is_set(monkeypatch):
+    """TASKBADGER_API_KEY exported, taskbadger.init() never called (docs/procrastinate.md's first example before it
+    was fixed): the error said to set TASKBADGER_API_KEY, which was set."""
+    monkeypatch.setenv("TASKBADGER_API_KEY", project_key())
+    with pytest.raises(MissingConfiguration) as raised:
+        taskbadger.create_task("report")
+    assert "taskbadger.init() was not called" in str(raised.value)
+    assert "set TASKBADGER_API_KEY" not in str(raised.value)
+    monkeypatch.delenv("TASKBADGER_API_KEY")
+    with pytest.raises(MissingConfiguration, match=r"token \(pass token= to taskbadger.init\(\) or set "
+                                                   r"TASKBADGER_API_KEY\)"):
+        taskbadger.create_task("report")
