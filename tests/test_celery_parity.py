@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import logging
 
 import kombu
 import pytest
@@ -146,3 +147,38 @@ def test_apply_async_and_apply_take_celerys_positional_arguments(taskbadger_serv
     assert result.taskbadger_task_id == created["id"]
     eager = tasks.add.apply((2, 3), {}, None, None, "eager-celery-id")
     assert (eager.id, eager.get()) == ("eager-celery-id", 5)
+
+
+def test_the_rpc_backend_is_not_told_the_task_id(taskbadger_server, tb_log):
+    """``rpc://`` results are messages to the publisher's own reply queue: asked with no running task, it raised,
+    and every publish of a web process logged a warning about the result backend."""
+    app = Celery("rpc-publisher", broker="memory://", backend="rpc://")
+
+    @app.task(base=BaseTask, name="rpc.tracked")
+    def tracked():
+        return None
+
+    result = tracked.apply_async(producer=memory_producer())
+    assert any(t["external_id"] == result.id for t in taskbadger_server.tasks.values())
+    assert not [r.getMessage() for r in tb_log.records if r.levelno >= logging.WARNING]
+
+
+def test_with_the_rpc_backend_a_task_publishing_a_tracked_one_reports_only_its_own_states(taskbadger_server):
+    """A task's worker publishes a tracked task: the PENDING state telling its Task Badger id went, with the rpc
+    backend and no request, to the caller of the task running there, as that task's state (its caller saw it
+    go back to PENDING, its ``info`` the child's Task Badger id)."""
+    from .services import require
+
+    require("redis")
+    broker = "redis://127.0.0.1:6379/7"
+    worker = start_worker(taskbadger_server, pool="prefork", concurrency=2,
+                          extra_env={"TB_BROKER_URL": broker, "TB_RESULT_BACKEND": "rpc://"})
+    try:
+        client = Celery("rpc-client", broker=broker, backend="rpc://")
+        result = client.send_task(NAME + "untracked_publishes_tracked", queue=worker.queue)
+        seen = []
+        assert result.get(timeout=30, on_message=seen.append) == "parent done"
+        taskbadger_server.wait_for_task(name=NAME + "add", status="success")  # the child was tracked
+        assert [(m["task_id"], m["status"]) for m in seen] == [(result.id, "SUCCESS")]
+    finally:
+        stop_worker(worker)

@@ -112,14 +112,18 @@ def _tell_result_backend(celery_task: Any, celery_id: str, task_id: str) -> None
     ``{"taskbadger_task_id": ...}`` until the worker records its own state, so that another process
     finds the Task Badger task from the Celery id. Without a backend, nothing (none is needed); nor
     for a task that ignores its result: its user asked for no writes to the backend (the official SDK
-    writes anyway, a backend round trip on every ``.delay()``)."""
+    writes anyway, a backend round trip on every ``.delay()``). Nor for the ``rpc://`` backend: its states are
+    messages to the reply queue of the process that published the task, which has the id already; asked without a
+    request, it addresses the state to the caller of the task running here (the child's ``PENDING`` reached the
+    parent's caller as the parent's own state), and in a process running none it raises."""
     import celery
     from celery.backends.base import DisabledBackend
+    from celery.backends.rpc import RPCBackend
 
     app = getattr(celery_task, "app", None) or celery.current_app
     try:
         backend = app.backend
-        if not isinstance(backend, DisabledBackend):
+        if not isinstance(backend, (DisabledBackend, RPCBackend)):
             backend.store_result(celery_id, {ID_KEY: task_id}, "PENDING")
     except Exception as err:  # the backend's trouble must not stop the publish
         log_throttled("result-backend", 60.0, logging.WARNING,

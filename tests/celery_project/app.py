@@ -414,3 +414,10 @@ def retry_after(self, seconds):
         time.sleep(seconds)
         raise self.retry(exc=ConnectionError("first attempt failed"), countdown=0)
     return "ok"
+
+
+@shared_task(bind=True)
+def untracked_publishes_tracked(self):
+    """Untracked: publishes a tracked ``add`` to this worker's queue, then returns."""
+    add.apply_async((1, 1), queue=_same_queue(self.request))
+    return "parent done"
