@@ -161,3 +161,29 @@ def test_each_prefork_child_has_its_own_connection(taskbadger_server, prefork_wo
             by_task.setdefault(r.path, set()).add(r.connection_id)
     worker_connections = set().union(*by_task.values())
     assert len(worker_connections) >= 2 and not worker_connections & publisher
+
+
+def test_a_groups_tasks_share_one_publish_budget_and_every_task_is_tracked(taskbadger_server, solo_worker, tb_log):
+    """An API that answers each create in 0.4 s (within the budget, so the breaker never opens): a group of 12 tasks
+    made 12 creates one after the other, each with a budget of its own, and ``apply_async()`` waited 4.8 s. Its
+    creates now share one budget: the tasks whose create did not fit go out untracked, and their worker creates
+    their tasks; every task ends ``success`` in one Task Badger task of its own."""
+    from celery import group
+
+    queue = solo_worker.queue
+    taskbadger_server.set_latency(0.4, method="POST")
+    started = time.monotonic()
+    result = group(tasks.add.si(i, i).set(queue=queue) for i in range(12)).apply_async()
+    took = time.monotonic() - started
+    taskbadger_server.clear_faults()
+    assert took < 2.0, took  # one budget of 1 s, and twelve publishes on a loaded machine
+    at_publish = [r for r in taskbadger_server.requests if r.method == "POST" and r.json["status"] == "pending"]
+    assert 1 <= len(at_publish) < 12  # the first creates fit, not all of them (the worker creates the others)
+    assert any("tasks of a Celery group" in r.getMessage() for r in tb_log.records)
+
+    def ended():  # polls the stand-in under a deadline
+        found = successes(taskbadger_server)
+        return found if len(found) >= 12 else None
+
+    found = taskbadger_server.wait_for(ended, timeout=30)
+    assert sorted(t["external_id"] for t in found) == sorted(r.id for r in result.results)  # one task per task

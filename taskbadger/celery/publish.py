@@ -5,6 +5,7 @@ and a task whose message never left is cancelled (``lifecycle.publish_failed``).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
@@ -16,7 +17,8 @@ from typing import Any
 
 from .. import lifecycle
 from .._runtime import PerProcess, log_once, log_throttled, short, start_daemon_thread
-from ..config import is_configured, unconfigured_reason, why_unconfigured
+from ..config import get_config, is_configured, unconfigured_reason, why_unconfigured
+from ..inline import Created
 from ..lifecycle import publish_failed
 from ..task import Task as TaskbadgerTask
 from .fields import celery_system, checked_decorator_options, create_fields, registered_task, uses_base_class
@@ -88,7 +90,7 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     fields = create_fields(tracked_name, options, system, celery_id, args, kwargs, _queue_name(declare, routing_key),
                            canvas_data, display_name)
     heartbeat, stale_timeout = lifecycle.heartbeat_options(options, system, tracked_name)
-    created = lifecycle.enqueue(fields, "publish")
+    created = _create(fields, message, body, tracked_name)
     task = created.task
     if task is None:
         if created.maybe_created:
@@ -99,6 +101,70 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     if celery_id is not None and not _ignores_result(message, celery_task):
         _tell_result_backend(celery_task, celery_id, task.id)
     return task
+
+
+# -- the tasks of a group share one publish budget ---------------------------------------------------------
+
+#: Two tasks of one group are taken for one publish (``group.apply_async()``, a chord's header) when the second's
+#: create starts within this many seconds of the first's end, in the same thread, with a later ``group_index``: Celery
+#: publishes them one after another. A group's later chain links, published by workers as tasks end, are not.
+GROUP_GAP = 0.25
+
+
+class _GroupPublish:
+    """The group being published in this context, and the budget its creates share (``lifecycle.SharedBudget``)."""
+
+    __slots__ = ("budget", "ended", "group_id", "index")
+
+    def __init__(self, group_id: str, index: int) -> None:
+        self.group_id, self.index = group_id, index
+        self.budget = lifecycle.SharedBudget()
+        self.ended = time.monotonic()
+
+
+_group_publish: contextvars.ContextVar[_GroupPublish | None] = contextvars.ContextVar(
+    "taskbadger_celery_group_publish", default=None)
+
+
+def _create(fields: dict[str, Any], message: dict[str, Any], body: Any, name: str) -> Created:
+    """The inline create of a task being published; the tasks of a group share one publish budget, as a
+    Procrastinate ``batch_defer()``'s jobs do: each had a budget of its own, and a group of 20 tasks waited 20 of
+    them while the API answered slowly. The tasks whose create does not fit go out untracked (one warning), and
+    the worker that runs each one creates its task when it starts."""
+    group = _group_of(message, body)
+    if group is None:
+        return lifecycle.enqueue(fields, "publish")
+    skipped = group.budget.skipped
+    try:
+        created = lifecycle.enqueue(fields, "publish", group.budget)
+    finally:
+        group.ended = time.monotonic()
+    if group.budget.skipped > skipped:
+        config = get_config()
+        log_throttled(f"group-budget:{name[:200]}", 60.0, logging.WARNING,
+                      "Task Badger: tasks of a Celery group of %s were published untracked from its task %d on: "
+                      "their creates did not fit in the publish budget (%.3g s) the group's tasks share, with the %d "
+                      "before them (the API answers slowly); the worker that runs each one creates its task when it "
+                      "starts", short(name), group.index + 1, config.publish_budget if config else 0.0,
+                      group.budget.tried)
+    return created
+
+
+def _group_of(message: dict[str, Any], body: Any) -> _GroupPublish | None:
+    """The group publish this message is part of (protocol 2: its ``group`` and ``group_index`` headers), or None."""
+    fields = message if "task" in message else body
+    group_id = fields.get("group") if isinstance(fields, dict) else None
+    index = fields.get("group_index") if isinstance(fields, dict) else None
+    if not isinstance(group_id, str) or not group_id or not isinstance(index, int) or isinstance(index, bool):
+        return None
+    current = _group_publish.get()
+    if (current is not None and current.group_id == group_id and index > current.index
+            and time.monotonic() - current.ended < GROUP_GAP):
+        current.index = index
+        return current
+    current = _GroupPublish(group_id, index)
+    _group_publish.set(current)
+    return current
 
 
 def _ignores_result(message: dict[str, Any], celery_task: Any) -> bool:
