@@ -173,6 +173,23 @@ def test_worker_child_killed_mid_task_ends_error(taskbadger_server, own_prefork_
     assert "WorkerLostError" in task["data"]["exception"]
 
 
+def test_a_task_the_worker_retries_after_its_child_was_lost_waits_pending(taskbadger_server, own_prefork_worker):
+    """``retry_on_worker_lost``: the worker's main process publishes the next attempt itself (``default_retry_delay``
+    later, three minutes by default) and announces the retry. The task showed ``processing`` meanwhile, and nothing
+    said it was retried."""
+    result = own_prefork_worker.send(tasks.lost_then_retried)
+
+    def waiting():  # polls the stand-in under a deadline
+        task = taskbadger_server.get_task(result.taskbadger_task_id)
+        return task if task and task["status"] == "pending" and (task["data"] or {}).get("retries") == 1 else None
+
+    task = taskbadger_server.wait_for(waiting, timeout=30)  # the worker notices its lost child within seconds
+    assert "WorkerLostError: Worker exited prematurely: signal 9" in task["data"]["last_exception"]
+    task = taskbadger_server.wait_for_task(name=NAME + "lost_then_retried", status="success", timeout=20)
+    assert task["data"]["retries"] == 1
+    assert list(taskbadger_server.tasks) == [result.taskbadger_task_id]
+
+
 def test_a_cold_shutdown_ends_the_tasks_it_interrupted_error(taskbadger_server, taskbadger_server_session):
     """SIGQUIT (or a second Ctrl-C) while a task runs in a pool child: Celery acknowledged its message on receipt
     and reports no failure, so it never runs again, and its task stayed processing for ever. (The threads pool

@@ -229,6 +229,21 @@ def _close_interrupted() -> None:
     log.info("Task Badger: %d task(s) cancelled by a cold shutdown end in error", len(task_ids))
 
 
+def on_retried_by_worker(request: Any, reason: Any) -> None:
+    """The worker's main process retried a task whose pool child was lost (``retry_on_worker_lost``): it publishes
+    the next attempt itself, in ``default_retry_delay`` seconds, and announces the retry. Its task showed
+    ``processing`` meanwhile (three minutes by default), with nothing saying it was retried; it is ``pending``
+    now, with ``data["retries"]`` and the lost child as ``data["last_exception"]``. A
+    retry from a task's body (it has its run here) was recorded when its message was published."""
+    if tracking_of(request) is not None:
+        return
+    task_id = read_task_id(request)
+    if task_id is None:
+        return
+    exc = getattr(reason, "exc", None)
+    lifecycle.retried(task_id, retry_number(request), exc if isinstance(exc, BaseException) else None)
+
+
 def on_received(request: Any) -> None:
     """The main process received a message: remember the tracked ones."""
     task_id = read_task_id(request)

@@ -121,9 +121,14 @@ def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
 @guard
 def on_retry(sender: Any = None, request: Any = None, reason: Any = None, einfo: Any = None, **_: Any) -> None:
     # A retry from a task's body (or its autoretry) comes with its reason and traceback, and is handled where the
-    # retry is published; Celery's cancellation of a running task (a cold shutdown) sends it with neither.
-    if reason is None and einfo is None and request is not None:
+    # retry is published, as is the worker's retry of a task whose pool child was lost (retry_on_worker_lost);
+    # Celery's cancellation of a running task (a cold shutdown) sends it with neither.
+    if request is None:
+        return
+    if reason is None and einfo is None:
         events.on_cancelled(request)
+    else:
+        events.on_retried_by_worker(request, reason)
 
 
 @guard

@@ -63,7 +63,7 @@ log = logging.getLogger("taskbadger")
 __all__ = ["OPTIONS", "AtStart", "Meta", "Rules", "Run", "SharedBudget", "back_to_pending", "cancel", "carried_fields",
            "check_option", "close", "create_at_start", "create_fields", "created_meta", "current_run", "current_task",
            "enqueue", "enter", "fail", "heartbeat_options", "leave", "now", "parse_meta", "publish_failed",
-           "recorded_args", "retry", "settle", "start", "succeed", "validate"]
+           "recorded_args", "retried", "retry", "settle", "start", "succeed", "validate"]
 
 #: A task's stale timeout defaults to this many heartbeat intervals.
 STALE_TIMEOUT_FACTOR = 2
@@ -553,7 +553,22 @@ def retry(run: Run, attempt: int, exc: BaseException | None = None, wait: bool =
     and the exception that caused it (``data["last_exception"]``). ``wait``: send it now, from the job's
     body, so that it reaches the API before the next attempt can start elsewhere (queued if it cannot, or with
     ``hand_over`` returned for the next attempt to send: see ``back_to_pending``)."""
+    return back_to_pending(run, _retry_data(attempt, exc), wait, hand_over)
+
+
+def _retry_data(attempt: int, exc: BaseException | None) -> dict[str, Any]:
     extra: dict[str, Any] = {"retries": attempt}
     if exc is not None:
         extra["last_exception"] = exception_data(exc)["exception"]
-    return back_to_pending(run, extra, wait, hand_over)
+    return extra
+
+
+def retried(task_id: str, attempt: int, exc: BaseException | None = None) -> None:
+    """A job known only by its task's id will be tried again (a worker's main process retries a job whose pool
+    child was lost): back to ``pending``, as ``retry``, unless Task Badger has a final state for it already (its
+    next attempt may have ended). Nothing in a process that does not track."""
+    if get_config() is None:
+        return
+    fields: dict[str, Any] = {"status": StatusEnum.PENDING.value, merge.UNLESS_FINAL: True}
+    fields.update(merge.data_fields(None, _retry_data(attempt, exc), False))
+    sender.submit(task_id, fields)

@@ -416,6 +416,16 @@ def retry_after(self, seconds):
     return "ok"
 
 
+@app.task(bind=True, base=Task, retry_on_worker_lost=True, max_retries=1, default_retry_delay=3)
+def lost_then_retried(self):
+    """Its first attempt reports progress, then its pool child dies (SIGKILL): the worker retries it
+    (``retry_on_worker_lost``) 3 s later, and that attempt returns."""
+    if self.request.retries < 1:
+        self.taskbadger_task.update(value=1, value_max=2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "ok"
+
+
 @shared_task(bind=True)
 def untracked_publishes_tracked(self):
     """Untracked: publishes a tracked ``add`` to this worker's queue, then returns."""
