@@ -34,6 +34,23 @@ def test_retries_exhausted_end_error_with_the_last_exception(taskbadger_server, 
     assert task["data"]["retries"] == 3
 
 
+def test_a_retry_published_without_raising_is_pending_until_its_next_attempt_ends(taskbadger_server, prefork_worker):
+    """``self.retry(throw=False)``, then the body returns: the task ended ``success`` while its retry waited in the
+    queue (an action on success fired, a page showed it done), and its next attempt ran it again."""
+    result = prefork_worker.send(tasks.retry_without_raising)
+
+    def ended():  # polls the stand-in under a deadline: the next attempt's success completes its progress
+        task = taskbadger_server.get_task(result.taskbadger_task_id)
+        return task if task and task["status"] == "success" and task["value"] == 2 else None
+
+    task = taskbadger_server.wait_for(ended, timeout=20)
+    assert task["data"]["retries"] == 1
+    statuses = [r.json.get("status") for r in taskbadger_server.requests
+                if r.method == "PATCH" and r.path.endswith(f"/{result.taskbadger_task_id}/")]
+    assert statuses.count("success") == 1 and statuses[-1] == "success", statuses
+    assert "pending" in statuses
+
+
 def test_ignore_is_not_an_error(taskbadger_server, any_worker):
     any_worker.send(tasks.ignore_me)
     task = taskbadger_server.wait_for_task(name=NAME + "ignore_me", status="cancelled")

@@ -108,6 +108,8 @@ def _end(tracking: Tracking, request: Any, state: str | None, retval: Any, celer
     received().forget(request.id)
     if tracking.finished or tracking.is_finished():
         return  # already final, e.g. set in the task body: never overwrite it
+    if state == "SUCCESS" and tracking.retry_recorded:
+        return  # ``self.retry(throw=False)`` and the body returned: its next attempt is published, and ends the task
     if state == "SUCCESS":
         lifecycle.succeed(tracking)
     elif state == "FAILURE":  # normally already handled by on_failure, which has the traceback

@@ -431,3 +431,14 @@ def untracked_publishes_tracked(self):
     """Untracked: publishes a tracked ``add`` to this worker's queue, then returns."""
     add.apply_async((1, 1), queue=_same_queue(self.request))
     return "parent done"
+
+
+@app.task(bind=True, base=Task, max_retries=1)
+def retry_without_raising(self):
+    """Its first attempt publishes its retry (2 s later) with ``throw=False`` and returns; the next one reports
+    progress and returns."""
+    if self.request.retries < 1:
+        self.retry(countdown=2, throw=False)
+        return "retrying"
+    self.taskbadger_task.update(value=1, value_max=2)
+    return "ok"
