@@ -21,7 +21,7 @@ from . import http
 from ._runtime import short
 from .config import Config, get_config, unconfigured_reason
 from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException, UnexpectedStatus
-from .models import StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id
+from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id
 
 
 def current_config() -> Config:
@@ -50,10 +50,13 @@ _STATUSES = frozenset(member.value for member in StatusEnum)
 
 
 def clean_body(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop None values, coerce the status, serialise datetimes, and check ``tags``. (``data`` that JSON
-    cannot encode is refused when the body is encoded, by ``http.build_request``.)"""
+    """Drop None values, coerce the status, serialise datetimes, and check ``tags``; ``models.NULL`` is sent as
+    ``null``. (``data`` that JSON cannot encode is refused when the body is encoded, by ``http.build_request``.)"""
     body: dict[str, Any] = {}
     for key, value in fields.items():
+        if value is NULL:
+            body[key] = None
+            continue
         if value is None:
             continue
         if key == "status":

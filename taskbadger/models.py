@@ -209,6 +209,19 @@ def parse_datetime(value: Any) -> dt.datetime | None:
 _FRACTION = re.compile(r"\.(\d{1,9})(?=[+-]|$)")
 
 
+class _Null:
+    """JSON ``null`` in an update's body (``NULL``): ``None`` means a field left out of a PATCH everywhere else."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "null"
+
+
+#: A field sent as JSON ``null`` (``delivery.merge.SEND_NULL``): a value the task had is taken off.
+NULL = _Null()
+
+
 def format_datetime(value: dt.datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)

@@ -202,6 +202,7 @@ def test_a_task_the_worker_retries_after_its_child_was_lost_waits_pending(taskba
 
     task = taskbadger_server.wait_for(waiting, timeout=30)  # the worker notices its lost child within seconds
     assert "WorkerLostError: Worker exited prematurely: signal 9" in task["data"]["last_exception"]
+    assert task["stale_timeout"] is None  # no heartbeat comes until its next attempt runs
     task = taskbadger_server.wait_for_task(name=NAME + "lost_then_retried", status="success", timeout=20)
     assert task["data"]["retries"] == 1
     assert list(taskbadger_server.tasks) == [result.taskbadger_task_id]

@@ -92,6 +92,23 @@ def test_heartbeat_pings_running_task_and_stale_timeout_applies_once_running(tas
     assert len(pings) >= 2, [p.json for p in patches]
 
 
+def test_a_task_waiting_for_its_retry_has_no_stale_timeout(taskbadger_server, prefork_worker):
+    """A retry's countdown (its backoff) is a wait in the queue: no heartbeat comes. The stale timeout its first
+    attempt ran with stayed on the pending task, and Task Badger marked it stale before its next attempt began."""
+    result = prefork_worker.send(tasks.retry_later, 3)
+
+    def waiting():  # polls the stand-in under a deadline
+        task = taskbadger_server.get_task(result.taskbadger_task_id)
+        return task if task and task["status"] == "pending" and (task["data"] or {}).get("retries") == 1 else None
+
+    assert taskbadger_server.wait_for(waiting)["stale_timeout"] is None
+    first = next(r for r in taskbadger_server.requests if r.method == "PATCH")
+    assert (first.json["status"], first.json["stale_timeout"]) == ("processing", 1)  # it ran with one
+    task = taskbadger_server.wait_for_task(name=NAME + "retry_later", status="success", timeout=20)
+    assert task["stale_timeout"] == 1  # applied again once its next attempt runs
+    assert list(taskbadger_server.tasks) == [result.taskbadger_task_id]
+
+
 @pytest.mark.parametrize("pool", ["threads", "gevent"])
 def test_a_retry_running_while_its_first_attempt_ends_keeps_its_heartbeat(taskbadger_server, pool, request,
                                                                           tmp_path):

@@ -63,6 +63,21 @@ def test_a_run_again_drops_the_old_error_and_completes_the_old_progress_at_send_
     assert patch.json == {"status": "success", "value": 4, "data": {"args": [1], "k": 2}}
 
 
+def test_a_field_taken_off_is_sent_as_null_and_the_later_of_a_value_and_its_removal_wins(taskbadger_server,
+                                                                                         dispatcher):
+    """``None`` leaves a field out of a PATCH; a task waiting for its retry takes its stale timeout off (null). Merged
+    with the updates around it, the later one wins: the next attempt's start sets it again."""
+    tasks = [taskbadger.create_task(f"t{i}", stale_timeout=5) for i in range(3)]
+    dispatcher.submit(tasks[0].id, {"status": "pending", merge.SEND_NULL: ["stale_timeout"]})
+    dispatcher.submit(tasks[1].id, {"status": "processing", "stale_timeout": 3})
+    dispatcher.submit(tasks[1].id, {"status": "pending", merge.SEND_NULL: ["stale_timeout"]})
+    dispatcher.submit(tasks[2].id, {"status": "pending", merge.SEND_NULL: ["stale_timeout"]})
+    dispatcher.submit(tasks[2].id, {"status": "processing", "stale_timeout": 4})
+    assert dispatcher.flush(5)
+    assert [taskbadger_server.get_task(t.id)["stale_timeout"] for t in tasks] == [None, None, 4]
+    assert [p.json for p in patches(taskbadger_server, tasks[0].id)] == [{"status": "pending", "stale_timeout": None}]
+
+
 def test_a_start_kept_if_the_task_has_one_is_left_out_merged_or_not(taskbadger_server, dispatcher):
     """A message delivered again (its worker was lost) starts the same task again: its ``start_time`` is sent only
     when the task has none, also when merged with the run's success; a task that never started gets it."""

@@ -369,8 +369,8 @@ def test_a_spooled_run_again_keeps_the_first_start_of_its_task(taskbadger_server
 
 def test_every_condition_an_update_may_carry_is_kept_in_the_spool():
     markers = {value for name, value in vars(merge).items() if name.isupper() and isinstance(value, str)}
-    fields = {marker: ["x"] if marker == merge.DROP_DATA else {"a": 1} if marker == merge.MERGE_DATA else True
-              for marker in markers}
+    values = {merge.DROP_DATA: ["x"], merge.MERGE_DATA: {"a": 1}, merge.SEND_NULL: ["stale_timeout"]}
+    fields = {marker: values.get(marker, True) for marker in markers}
     assert set(Entry.from_json(Entry(fields, task_id="A" * 26).to_json()).fields) == markers
 
 

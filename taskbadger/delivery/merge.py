@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..models import TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress, parse_datetime
+from ..models import NULL, TERMINAL_STATUSES, StatusEnum, TaskModel, completed_progress, parse_datetime
 
 #: Fields to merge into the task's current data before sending (not an API field).
 MERGE_DATA = "merge_data"
@@ -35,6 +35,11 @@ KEEP_START = "_taskbadger_keep_start"
 #: (not an API field): while it waited in the spool, the task may have been run again (a job retried by hand, a
 #: message redelivered) and have ended since; the older run's outcome must not replace the newer one's.
 UNLESS_ENDED_LATER = "_taskbadger_unless_ended_later"
+#: Fields to send as JSON ``null`` (not an API field), among ``NULLABLE``: a value the task had is taken off (a job
+#: waiting for its next attempt has no stale timeout). ``None`` means "not set" in every other field.
+SEND_NULL = "_taskbadger_send_null"
+#: The fields ``SEND_NULL`` may name.
+NULLABLE = frozenset({"stale_timeout"})
 
 
 #: The markers ``resolve`` reads the task's current state for.
@@ -93,6 +98,13 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
         merged.pop(DROP_DATA, None)  # the newer update sends the whole data: nothing older is left to drop
     if COMPLETE_PROGRESS not in newer and "status" in newer:
         merged.pop(COMPLETE_PROGRESS, None)  # a newer state: the success it marked is no longer the last word
+    nulls = {key for key in older.get(SEND_NULL, ()) if key not in newer} | set(newer.get(SEND_NULL, ()))
+    for key in newer.get(SEND_NULL, ()):
+        merged.pop(key, None)  # taken off after the older update set it
+    if nulls:
+        merged[SEND_NULL] = sorted(nulls)
+    else:
+        merged.pop(SEND_NULL, None)
     return merged
 
 
@@ -122,6 +134,9 @@ def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) ->
     conditional update, or progress to complete). Without it, a conditional update is sent as an
     unconditional one."""
     body = dict(fields)
+    for key in body.pop(SEND_NULL, None) or ():
+        if key in NULLABLE and key not in body:
+            body[key] = NULL
     unless_final = body.pop(UNLESS_FINAL, False) and fetch is not None
     only_if_pending = body.pop(ONLY_IF_PENDING, False) and fetch is not None
     complete = body.pop(COMPLETE_PROGRESS, False) and fetch is not None

@@ -48,6 +48,7 @@ from typing import Any
 from .._runtime import PerProcess, log_throttled, make_private_dirs, short
 from ..config import Config
 from ..models import MAX_NAME_LENGTH, STATUS_VALUES, has_control_characters, is_count, is_task_id, monitor_id
+from .merge import NULLABLE
 
 log = logging.getLogger("taskbadger")
 
@@ -86,6 +87,7 @@ _FIELDS: dict[str, Any] = {
     "_taskbadger_unless_final": lambda v: v is True, "_taskbadger_only_if_pending": lambda v: v is True,
     "_taskbadger_complete_progress": lambda v: v is True,
     "_taskbadger_keep_start": lambda v: v is True, "_taskbadger_unless_ended_later": lambda v: v is True,
+    "_taskbadger_send_null": lambda v: isinstance(v, list) and all(k in NULLABLE for k in v),
     "_taskbadger_drop_data": lambda v: isinstance(v, list) and len(v) <= 100 and all(
         isinstance(k, str) for k in v),
 }

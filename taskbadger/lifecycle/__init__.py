@@ -453,6 +453,10 @@ def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None, wait: bool
     ``Meta.resend``), in the process whose final state comes after them, or for the caller to leave out what
     the next attempt records itself (Procrastinate). None when it was sent (or queued)."""
     fields: dict[str, Any] = {"status": StatusEnum.PENDING.value}
+    if run.meta.stale_timeout:
+        # applied only while the job runs (``start`` sets it again): waiting for its next attempt (a retry's
+        # countdown, its backoff) it is queued, no heartbeat comes, and Task Badger marked it stale meanwhile
+        fields[merge.SEND_NULL] = ["stale_timeout"]
     if extra:
         fields.update(data_fields(run, extra))
     run.set_status(StatusEnum.PENDING)
@@ -465,6 +469,7 @@ def back_to_pending(run: Run, extra: Mapping[str, Any] | None = None, wait: bool
         # what this attempt had queued (its start, progress), given back by the failed send, goes with it
         carried = merge.queued(hand_over_queued(run.id), fields)
         carried.pop("status", None)
+        carried.pop(merge.SEND_NULL, None)  # sent late, it would take the next attempt's stale timeout away
         return carried
     log.warning("Task Badger: could not record the retry of task %s now; it is queued", short(run.id))
     sender.submit(run.id, {**fields, merge.UNLESS_FINAL: True})
@@ -566,9 +571,11 @@ def _retry_data(attempt: int, exc: BaseException | None) -> dict[str, Any]:
 def retried(task_id: str, attempt: int, exc: BaseException | None = None) -> None:
     """A job known only by its task's id will be tried again (a worker's main process retries a job whose pool
     child was lost): back to ``pending``, as ``retry``, unless Task Badger has a final state for it already (its
-    next attempt may have ended). Nothing in a process that does not track."""
+    next attempt may have ended). Its stale timeout is taken off until that attempt starts (no heartbeat comes
+    meanwhile). Nothing in a process that does not track."""
     if get_config() is None:
         return
-    fields: dict[str, Any] = {"status": StatusEnum.PENDING.value, merge.UNLESS_FINAL: True}
+    fields: dict[str, Any] = {"status": StatusEnum.PENDING.value, merge.SEND_NULL: ["stale_timeout"],
+                              merge.UNLESS_FINAL: True}
     fields.update(merge.data_fields(None, _retry_data(attempt, exc), False))
     sender.submit(task_id, fields)

@@ -416,7 +416,18 @@ def retry_after(self, seconds):
     return "ok"
 
 
-@app.task(bind=True, base=Task, retry_on_worker_lost=True, max_retries=1, default_retry_delay=3)
+@app.task(bind=True, base=Task, max_retries=1, taskbadger_heartbeat_interval=0.5)
+def retry_later(self, countdown):
+    """Reports progress (its stale timeout is on its task by then), then is retried ``countdown`` seconds later; it
+    has a heartbeat, so a stale timeout while it runs."""
+    if self.request.retries < 1:
+        self.taskbadger_task.update(value=1, value_max=2)
+        raise self.retry(exc=ConnectionError("first attempt failed"), countdown=countdown)
+    return "ok"
+
+
+@app.task(bind=True, base=Task, retry_on_worker_lost=True, max_retries=1, default_retry_delay=3,
+          taskbadger_heartbeat_interval=0.5)
 def lost_then_retried(self):
     """Its first attempt reports progress, then its pool child dies (SIGKILL): the worker retries it
     (``retry_on_worker_lost``) 3 s later, and that attempt returns."""
