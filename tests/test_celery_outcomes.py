@@ -190,6 +190,40 @@ def test_worker_child_killed_mid_task_ends_error(taskbadger_server, own_prefork_
     assert "WorkerLostError" in task["data"]["exception"]
 
 
+@pytest.mark.parametrize("tracked_at_publish", [True, False])
+def test_a_task_delivered_again_after_its_child_was_lost_is_one_task_that_ends_complete(
+        taskbadger_server, taskbadger_server_session, tmp_path, tracked_at_publish):
+    """``acks_late`` with ``reject_on_worker_lost``: the lost run's message goes back to its queue and runs again (Redis
+    flags it delivered again). A task its publisher did not track was created a second time by the run again, and
+    the first one, created by the lost run, stayed processing for good; one its publisher tracked ended success at the
+    progress the lost run reported (1 of 2)."""
+    from celery import Celery
+
+    from taskbadger import config
+
+    from .conftest import start_worker, stop_worker
+    from .services import require
+
+    require("redis")
+    broker = "redis://127.0.0.1:6379/7"
+    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=2, extra_env={"TB_BROKER_URL": broker})
+    try:
+        client = Celery("redelivery-client", broker=broker, set_as_current=False)
+        if not tracked_at_publish:
+            config.reset()  # as another service publishes it: its worker creates its task
+        result = client.send_task(NAME + "late_lost_once", (str(tmp_path / "deliveries"),), queue=worker.queue)
+
+        def ended():  # polls the stand-in under a deadline
+            found = [t for t in taskbadger_server.tasks.values() if t["external_id"] == result.id]
+            return found if any(t["status"] == "success" for t in found) else None
+
+        found = taskbadger_server.wait_for(ended, timeout=30)
+    finally:
+        stop_worker(worker)
+    assert (tmp_path / "deliveries").read_text() == "2"
+    assert [(t["status"], t["value"], t["value_max"]) for t in found] == [("success", 2, 2)]
+
+
 def test_a_task_the_worker_retries_after_its_child_was_lost_waits_pending(taskbadger_server, own_prefork_worker):
     """``retry_on_worker_lost``: the worker's main process publishes the next attempt itself (``default_retry_delay``
     later, three minutes by default) and announces the retry. The task showed ``processing`` meanwhile, and nothing

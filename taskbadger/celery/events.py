@@ -48,8 +48,10 @@ def on_start(celery_task: Any, request: Any) -> None:
     tracking = Tracking(request.id, meta)
     tracking.successors = successor_names(request)
     setattr(request, TRACKING_ATTR, tracking)
-    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0), progress_carried=True,
-                    run_again=_redelivered(request))
+    redelivered = _redelivered(request)
+    # a message delivered again carries what its publisher wrote, not the progress the lost run reported
+    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0), progress_carried=not redelivered,
+                    run_again=redelivered)
 
 
 def _redelivered(request: Any) -> bool:
@@ -78,10 +80,13 @@ def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta
     options = {**checked_decorator_options(celery_task, name), **incoming.options}
     options.pop("track", None)
     queue = (getattr(request, "delivery_info", None) or {}).get("routing_key")
+    # Delivered again (``acks_late``: its worker was lost, or shut down cold), it was created by the run that was
+    # lost, which nobody ended: that task is taken up (two tasks for one message, the first processing for good)
+    redelivered = _redelivered(request)
     started = lifecycle.create_at_start(
         request.id, options, system,
         lambda: create_fields(name, options, system, request.id, request.args, request.kwargs, queue),
-        maybe_created=incoming.maybe_created)
+        maybe_created=incoming.maybe_created or redelivered, open_only=redelivered)
     if started.settle:  # the API is failing now: record the outcome on it once it answers again
         setattr(request, SETTLE_ATTR, True)
     return started.meta

@@ -326,7 +326,8 @@ def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, 
     the attempt before this one ended the task in ``error``, whose exception leaves the task's data now.
     ``extra``: merged into the task's data with the start (what an earlier attempt may not have recorded).
     ``run_again``: the queue gives the same attempt again (a message redelivered after its worker was lost): its
-    ``start_time`` is sent only if the task has none (the run before may have been lost before it started)."""
+    ``start_time`` is sent only if the task has none (the run before may have been lost before it started), and its
+    success completes the progress the task has then, unless ``progress_carried``."""
     fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
     if first_attempt:
         fields["start_time"] = now()
@@ -347,7 +348,7 @@ def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, 
     sender.submit(run.id, fields)
     run.set_status(StatusEnum.PROCESSING)
     run.finished = False
-    run.progress_unknown = not first_attempt and not progress_carried
+    run.progress_unknown = (not first_attempt or run_again) and not progress_carried
     enter(run)
 
 

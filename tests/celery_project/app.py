@@ -437,6 +437,20 @@ def lost_then_retried(self):
     return "ok"
 
 
+@app.task(bind=True, base=Task, acks_late=True, reject_on_worker_lost=True)
+def late_lost_once(self, path):
+    """``acks_late`` and ``reject_on_worker_lost``: its first delivery reports progress, then its pool child dies
+    (SIGKILL) and Celery puts the message back in its queue; a delivery again returns. Deliveries are counted in the
+    file at ``path``."""
+    counter = pathlib.Path(path)
+    seen = int(counter.read_text() or 0) if counter.exists() else 0
+    counter.write_text(str(seen + 1))
+    if seen == 0:
+        self.taskbadger_task.update(value=1, value_max=2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    return seen
+
+
 @shared_task(bind=True)
 def untracked_publishes_tracked(self):
     """Untracked: publishes a tracked ``add`` to this worker's queue, then returns."""
