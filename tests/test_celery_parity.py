@@ -152,13 +152,16 @@ def test_apply_async_and_apply_take_celerys_positional_arguments(taskbadger_serv
 def test_the_rpc_backend_is_not_told_the_task_id(taskbadger_server, tb_log):
     """``rpc://`` results are messages to the publisher's own reply queue: asked with no running task, it raised,
     and every publish of a web process logged a warning about the result backend."""
-    app = Celery("rpc-publisher", broker="memory://", backend="rpc://")
+    app = Celery("rpc-publisher", broker="memory://", backend="rpc://")  # current while the test runs
 
     @app.task(base=BaseTask, name="rpc.tracked")
     def tracked():
         return None
 
-    result = tracked.apply_async(producer=memory_producer())
+    try:
+        result = tracked.apply_async(producer=memory_producer())
+    finally:
+        tasks.app.set_current()
     assert any(t["external_id"] == result.id for t in taskbadger_server.tasks.values())
     assert not [r.getMessage() for r in tb_log.records if r.levelno >= logging.WARNING]
 
@@ -174,7 +177,7 @@ def test_with_the_rpc_backend_a_task_publishing_a_tracked_one_reports_only_its_o
     worker = start_worker(taskbadger_server, pool="prefork", concurrency=2,
                           extra_env={"TB_BROKER_URL": broker, "TB_RESULT_BACKEND": "rpc://"})
     try:
-        client = Celery("rpc-client", broker=broker, backend="rpc://")
+        client = Celery("rpc-client", broker=broker, backend="rpc://", set_as_current=False)
         result = client.send_task(NAME + "untracked_publishes_tracked", queue=worker.queue)
         seen = []
         assert result.get(timeout=30, on_message=seen.append) == "parent done"
