@@ -84,6 +84,18 @@ def test_a_task_the_worker_does_not_know_ends_error(taskbadger_server, prefork_w
     taskbadger_server.wait_for_task(name=NAME + "add", status="success")  # the worker goes on
 
 
+def test_a_task_the_worker_cannot_read_ends_error(taskbadger_server, prefork_worker):
+    """Published with a serializer the worker does not accept (pickle, to a worker that takes JSON only): Celery
+    discards the message and logs it, and the task never runs; its task stayed pending for ever."""
+    result = prefork_worker.send(tasks.add, 1, 2, serializer="pickle")
+    task = taskbadger_server.wait_for_task(name=NAME + "add", status="error", timeout=20)
+    assert task["id"] == result.taskbadger_task_id
+    assert task["data"]["exception_type"] == "kombu.exceptions.ContentDisallowed"
+    assert "discarded it without running the task" in task["data"]["exception"]
+    again = prefork_worker.send(tasks.add, 1, 2)
+    assert taskbadger_server.wait_for_task(name=NAME + "add", status="success")["id"] == again.taskbadger_task_id
+
+
 def test_progress_reported_before_a_retry_ends_complete(taskbadger_server, prefork_worker):
     """The retry's message carried the fields from when the task was created: the attempt that succeeded did
     not know the progress, and the task ended success at 50 %."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from .. import lifecycle
@@ -205,6 +206,21 @@ def on_unknown(message_headers: Any, name: Any, exc: BaseException | None) -> No
             "that received it (a typo in the name, or a worker running older code); Celery discarded the message")
     lifecycle.close(meta.id, StatusEnum.ERROR, exception_data(NotRegistered(name), text),
                     known_data=meta.task.get("data"), data_known=not meta.task.get("data_omitted"))
+
+
+def on_rejected(message_headers: Any, exc: BaseException | None) -> None:
+    """The worker received a message it cannot run and discarded it: a serializer it does not accept
+    (``apply_async(serializer="pickle")`` to a worker that accepts JSON only), a body that does not decode. Celery logs
+    it, and the task never runs: its task ends ``error`` with the reason (it stayed ``pending`` for ever)."""
+    name = message_headers.get("task") if isinstance(message_headers, Mapping) else None
+    meta = read_message_meta(message_headers, name if isinstance(name, str) else "")
+    if meta is None:
+        return
+    reason = f"{type(exc).__name__}: {exc}" if exc is not None else "it is not a Celery task message"
+    error = exc if exc is not None else RuntimeError(reason)
+    text = f"{short(reason, 500)}\nthe worker that received the message discarded it without running the task"
+    lifecycle.close(meta.id, StatusEnum.ERROR, exception_data(error, text), known_data=meta.task.get("data"),
+                    data_known=not meta.task.get("data_omitted"))
 
 
 #: Tasks Celery cancelled while the worker shuts down (their ids), closed as the process exits.

@@ -114,6 +114,11 @@ def on_unknown(sender: Any = None, message: Any = None, exc: BaseException | Non
 
 
 @guard
+def on_rejected(sender: Any = None, message: Any = None, exc: BaseException | None = None, **_: Any) -> None:
+    events.on_rejected(getattr(message, "headers", None), exc)
+
+
+@guard
 def on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     events.on_received(request)
 
@@ -181,6 +186,7 @@ _RECEIVERS = (
     (signals.task_revoked, on_revoked),
     (signals.task_received, on_received),
     (signals.task_unknown, on_unknown),
+    (signals.task_rejected, on_rejected),
     (signals.worker_process_shutdown, on_process_shutdown),
     (signals.worker_shutdown, on_process_shutdown),
     (signals.task_retry, on_retry),
