@@ -144,9 +144,9 @@ def _create(fields: dict[str, Any], message: dict[str, Any], body: Any, name: st
         log_throttled(f"group-budget:{name[:200]}", 60.0, logging.WARNING,
                       "Task Badger: tasks of a Celery group of %s were published untracked from its task %d on: "
                       "their creates did not fit in the publish budget (%.3g s) the group's tasks share, with the %d "
-                      "before them (the API answers slowly); the worker that runs each one creates its task when it "
-                      "starts", short(name), group.index + 1, config.publish_budget if config else 0.0,
-                      group.budget.tried)
+                      "before them (a large group, or an API that answers slowly); the worker that runs each one "
+                      "creates its task when it starts", short(name), group.index + 1,
+                      config.publish_budget if config else 0.0, group.budget.tried)
     return created
 
 
