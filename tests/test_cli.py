@@ -701,12 +701,11 @@ def test_after_the_command_tracking_keeps_its_budget_and_spools_the_rest(taskbad
 
 def left_running(tmp_path, code: int) -> list[str]:
     """A command that leaves a process running with its stdout and stderr (``server &``), which writes ``late``
-    once the file ``go`` exists, then ``survived`` in its folder; before exiting with ``code`` it stamps the time."""
+    once its stdin (the test's pipe) is closed, then ``survived`` in its folder; before exiting with ``code`` it
+    stamps the time."""
     background = python(f"""
-        import os, sys, time
-        deadline = time.monotonic() + 30
-        while not os.path.exists({str(tmp_path / "go")!r}) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        import sys
+        sys.stdin.read()
         print("late", flush=True)
         open({str(tmp_path / "survived")!r}, "w").close()
     """)
@@ -719,12 +718,20 @@ def left_running(tmp_path, code: int) -> list[str]:
     """)
 
 
-def run_leaving(env, tmp_path, code: int) -> subprocess.CompletedProcess:
-    """`taskbadger run left --capture-output` of ``left_running``, its stdout and stderr to files (``out``, ``err``):
-    what the command left running holds them after we exit, as it would hold a pipe."""
+def run_leaving(env, tmp_path, code: int) -> subprocess.Popen:
+    """`taskbadger run left --capture-output` of ``left_running``, its stdout and stderr to files (``out``, ``err``),
+    once it has exited: what the command left running holds them after we exit, as it would hold a pipe. Closing the
+    returned process's ``stdin`` lets what was left running write."""
     with (tmp_path / "out").open("wb") as out, (tmp_path / "err").open("wb") as err:
-        return subprocess.run([*CLI, "run", "left", "--capture-output", "--", *left_running(tmp_path, code)], env=env,
-                              stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=60)
+        ran = subprocess.Popen([*CLI, "run", "left", "--capture-output", "--", *left_running(tmp_path, code)], env=env,
+                               stdin=subprocess.PIPE, stdout=out, stderr=err)
+    try:
+        ran.wait(timeout=60)
+    except BaseException:
+        ran.kill()
+        ran.stdin.close()
+        raise
+    return ran
 
 
 def test_the_output_drain_is_part_of_the_budget_after_the_command(taskbadger_server, env, tmp_path):
@@ -736,8 +743,8 @@ def test_the_output_drain_is_part_of_the_budget_after_the_command(taskbadger_ser
     try:
         result = run_leaving(env, tmp_path, 3)
         took = time.time() - float((tmp_path / "stamp").read_text())
+        result.stdin.close()
     finally:
-        (tmp_path / "go").touch()
         taskbadger_server.clear_faults()
     assert result.returncode == 3 and "spooled in" in (tmp_path / "err").read_text()
     assert took < FINAL_UPDATE_BUDGET + 3, took  # was 15 s and more
@@ -748,11 +755,9 @@ def test_a_process_the_command_left_running_outlives_us_under_capture(taskbadger
     output, a pipe of ours. We waited for it a while, then exited, closing the pipe: its next write died of
     SIGPIPE (BrokenPipeError in Python). Without capture, or without taskbadger, it lives on and its output reaches
     our stdout: so it does now, copied on by a process of its own."""
-    try:
-        result = run_leaving(env, tmp_path, 0)
-        assert result.returncode == 0 and (tmp_path / "err").read_text() == ""
-    finally:
-        (tmp_path / "go").touch()  # now that we are gone, it writes
+    result = run_leaving(env, tmp_path, 0)
+    result.stdin.close()  # now that we are gone, it writes
+    assert result.returncode == 0 and (tmp_path / "err").read_text() == ""
     taskbadger_server.wait_for((tmp_path / "survived").exists, timeout=15)
     assert taskbadger_server.wait_for(lambda: (tmp_path / "out").read_text() == "done\nlate\n", timeout=15)
     assert only_task(taskbadger_server, "left")["data"] == {"stdout": "done\n", "return_code": 0}
