@@ -168,6 +168,30 @@ def test_an_async_generator_is_tracked_while_it_is_iterated(taskbadger_server):
     assert tasks == {"async rows": "success", "async fails": "error"}
 
 
+def test_what_an_async_generators_step_sets_in_a_context_variable_its_next_step_sees():
+    """As in the generator without @track (and in a tracked sync generator): each step ran in a copy of the run's
+    context, so a value one step set (a logging context bound mid-body) was gone at the next."""
+    import contextvars
+
+    if sys.version_info < (3, 11):
+        pytest.skip("a task runs in a given context from Python 3.11 on; before, each step runs in a copy of it")
+    stage = contextvars.ContextVar("stage", default="none")
+
+    def body():
+        async def steps():
+            stage.set("opened")
+            yield 1
+            yield stage.get()
+        return steps
+
+    async def consume(gen):
+        return [item async for item in gen()]
+
+    plain = body()
+    assert asyncio.run(consume(plain)) == [1, "opened"]
+    assert asyncio.run(consume(track(name="staged")(body()))) == [1, "opened"]
+
+
 def test_a_function_made_async_by_sync_to_async_is_tracked_while_it_runs(taskbadger_server):
     # @track above asgiref's @sync_to_async (marked with asyncio's marker before Python 3.12, which inspect does not
     # see) ended the task 'success' when the coroutine was made: the body ran untracked and its failure was lost
