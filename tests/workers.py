@@ -1,7 +1,7 @@
 """Real Celery worker processes for the integration tests.
 
-A worker is started with ``python -m celery -A tests.celery_project.app worker``, on its own queue,
-with the stand-in API's URL and key in its environment. Readiness is a file the worker writes from
+A worker is started with ``python -m celery -A tests.celery_project.app worker`` (or another test app), on its own
+queue, with the stand-in API's URL and key in its environment. Readiness is a file the worker writes from
 its ``worker_ready`` signal; stopping is a warm shutdown (SIGTERM) with a deadline.
 """
 
@@ -32,8 +32,10 @@ def broker_url(kind: str) -> str:
 
 class Worker:
     def __init__(self, server, pool: str = "prefork", concurrency: int = 2, extra_env: dict | None = None,
-                 extra_args: list[str] | None = None, name: str | None = None, queue: str | None = None) -> None:
+                 extra_args: list[str] | None = None, name: str | None = None, queue: str | None = None,
+                 app: str = "tests.celery_project.app") -> None:
         self.server = server
+        self.app = app
         self.pool = pool
         self.concurrency = concurrency
         self.queue = queue or f"q-{pool}-{uuid.uuid4().hex[:8]}"
@@ -56,7 +58,7 @@ class Worker:
             "PYTHONPATH": str(ROOT),
             **self.extra_env,
         }
-        cmd = [sys.executable, "-m", "celery", "-A", "tests.celery_project.app", "worker", "-P", self.pool,
+        cmd = [sys.executable, "-m", "celery", "-A", self.app, "worker", "-P", self.pool,
                "-c", str(self.concurrency), "-n", self.name, "-Q", self.queue, "--loglevel=INFO",
                "--without-gossip", "--without-mingle", *self.extra_args]
         self._log = open(self.log_path, "wb")

@@ -22,7 +22,8 @@ from ..inline import Created
 from ..lifecycle import publish_failed
 from ..task import Task as TaskbadgerTask
 from .fields import celery_system, checked_decorator_options, create_fields, registered_task, uses_base_class
-from .headers import ID_KEY, KWARGS_KEY, MAYBE_CREATED_KEY, check_outgoing, write_meta
+from .headers import KWARGS_KEY, MAYBE_CREATED_KEY, check_outgoing, write_meta
+from .result_backend import tell_result_backend
 from .state import Tracking, running_tracking
 
 log = logging.getLogger("taskbadger")
@@ -99,7 +100,7 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     message.pop(KWARGS_KEY, None)  # resolved into the created task
     write_meta(message, lifecycle.created_meta(task, heartbeat, stale_timeout))
     if celery_id is not None and not _ignores_result(message, celery_task):
-        _tell_result_backend(celery_task, celery_id, task.id)
+        tell_result_backend(celery_task, celery_id, task.id)
     return task
 
 
@@ -171,29 +172,6 @@ def _ignores_result(message: dict[str, Any], celery_task: Any) -> bool:
     """The task's ``ignore_result``, as ``apply_async`` resolved it into the message (else the task's)."""
     ignore = message.get("ignore_result")
     return ignore if isinstance(ignore, bool) else getattr(celery_task, "ignore_result", None) is True
-
-
-def _tell_result_backend(celery_task: Any, celery_id: str, task_id: str) -> None:
-    """As the official SDK: with a result backend, ``AsyncResult(celery_id).info`` is
-    ``{"taskbadger_task_id": ...}`` until the worker records its own state, so that another process
-    finds the Task Badger task from the Celery id. Without a backend, nothing (none is needed); nor
-    for a task that ignores its result: its user asked for no writes to the backend (the official SDK
-    writes anyway, a backend round trip on every ``.delay()``). Nor for the ``rpc://`` backend: its states are
-    messages to the reply queue of the process that published the task, which has the id already; asked without a
-    request, it addresses the state to the caller of the task running here (the child's ``PENDING`` reached the
-    parent's caller as the parent's own state), and in a process running none it raises."""
-    import celery
-    from celery.backends.base import DisabledBackend
-    from celery.backends.rpc import RPCBackend
-
-    app = getattr(celery_task, "app", None) or celery.current_app
-    try:
-        backend = app.backend
-        if not isinstance(backend, (DisabledBackend, RPCBackend)):
-            backend.store_result(celery_id, {ID_KEY: task_id}, "PENDING")
-    except Exception as err:  # the backend's trouble must not stop the publish
-        log_throttled("result-backend", 60.0, logging.WARNING,
-                      "Task Badger: could not store the task id in the result backend: %s", short(err, 200))
 
 
 def _message_args(body: Any) -> tuple[Any, Any]:

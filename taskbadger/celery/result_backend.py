@@ -1,0 +1,100 @@
+"""What the publisher tells the result backend: ``{"taskbadger_task_id": ...}`` as the ``PENDING`` state of the
+Celery id, so that ``task_id_of_result(app.AsyncResult(celery_id))`` finds the Task Badger task in any process
+(``state.task_id_of_result`` reads it back) until the worker records its own state over it.
+
+With django-celery-results (``CELERY_RESULT_BACKEND = "django-db"``) the backend writes through the publishing
+thread's own Django connection, and a ``.delay()`` inside ``transaction.atomic()`` (or with ``ATOMIC_REQUESTS``)
+wrote the ``TaskResult`` row inside the user's transaction, before the message left. The worker, on its own
+connection, inserts the same ``task_id`` (unique) when it stores ``STARTED`` or ``SUCCESS``, and waited on the
+uncommitted row until the request's transaction ended: a worker slot held for the rest of the request (the body
+itself held back under ``task_track_started``), an ``AsyncResult.get()`` in the request waiting for a worker that
+waited for the request (a timeout, or for ever), and on SQLite, whose writers lock the whole database, a task ended
+``FAILURE`` with ``OperationalError: database is locked`` after 15 s though its body returned. Celery alone writes
+nothing at publish, and none of that happened without Task Badger.
+
+So for that backend the row is written when the transaction commits (``on_commit``; at once in autocommit): no
+other process could see it earlier anyway, and the process that published the task knows its id without it
+(``state.published``). It is one ``INSERT`` that never overwrites a row that is there (``ON CONFLICT DO NOTHING``):
+by the commit the worker may have stored the task's state, which a ``PENDING`` written after it would hide (the
+user's ``AsyncResult.get()`` would wait for a task that has ended). A rolled back transaction writes nothing, as
+Celery alone. One round trip where the backend's own ``store_result`` made two to four (``SELECT``, then a
+savepoint around an ``INSERT``).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from .._runtime import log_throttled, short
+from .headers import ID_KEY
+
+log = logging.getLogger("taskbadger")
+
+
+def tell_result_backend(celery_task: Any, celery_id: str, task_id: str) -> None:
+    """As the official SDK: with a result backend, ``AsyncResult(celery_id).info`` is
+    ``{"taskbadger_task_id": ...}`` until the worker records its own state, so that another process
+    finds the Task Badger task from the Celery id. Without a backend, nothing (none is needed). Nor for the
+    ``rpc://`` backend: its states are messages to the reply queue of the process that published the task, which
+    has the id already; asked without a request, it addresses the state to the caller of the task running here
+    (the child's ``PENDING`` reached the parent's caller as the parent's own state), and in a process running none
+    it raises. The caller leaves out a task that ignores its result: its user asked for no writes to the backend
+    (the official SDK writes anyway, a backend round trip on every ``.delay()``)."""
+    import celery
+    from celery.backends.base import DisabledBackend
+    from celery.backends.rpc import RPCBackend
+
+    app = getattr(celery_task, "app", None) or celery.current_app
+    try:
+        backend = app.backend
+        if isinstance(backend, (DisabledBackend, RPCBackend)):
+            return
+        if _is_django_database(backend):
+            _tell_django_database(backend, celery_id, task_id)
+        else:
+            backend.store_result(celery_id, {ID_KEY: task_id}, "PENDING")
+    except Exception as err:  # the backend's trouble must not stop the publish
+        _could_not(err)
+
+
+def _could_not(err: BaseException) -> None:
+    log_throttled("result-backend", 60.0, logging.WARNING,
+                  "Task Badger: could not store the task id in the result backend: %s", short(err, 200))
+
+
+def _is_django_database(backend: Any) -> bool:
+    """Whether ``backend`` is django-celery-results' database backend (``django-db``): imported already when it is."""
+    module = sys.modules.get("django_celery_results.backends.database")
+    return module is not None and isinstance(backend, module.DatabaseBackend)
+
+
+def _tell_django_database(backend: Any, celery_id: str, task_id: str) -> None:
+    """The ``PENDING`` row of ``celery_id``, written when the transaction open on its database commits (at once
+    in autocommit), and only if no row of that id is there by then (see the module's docstring)."""
+    from django.db import router, transaction
+
+    model = backend.TaskModel
+    alias = router.db_for_write(model)
+    content_type, content_encoding, result = backend.encode_content({ID_KEY: task_id})
+    _, _, meta = backend.encode_content({"children": []})  # as the backend's own store of a state with none
+    row = model(task_id=celery_id, status="PENDING", result=result, content_type=content_type,
+                content_encoding=content_encoding, meta=meta)
+
+    def write() -> None:
+        try:
+            manager = model._default_manager.using(alias)
+            if transaction.get_connection(alias).features.supports_ignore_conflicts:
+                manager.bulk_create([row], ignore_conflicts=True)
+            else:  # Oracle: the same, in two statements
+                manager.get_or_create(task_id=celery_id, defaults={
+                    "status": row.status, "result": row.result, "content_type": row.content_type,
+                    "content_encoding": row.content_encoding, "meta": row.meta})
+        except Exception as err:  # after the user's commit: nothing of it may fail
+            _could_not(err)
+
+    if transaction.get_connection(alias).in_atomic_block:
+        transaction.on_commit(write, using=alias)
+    else:
+        write()

@@ -1,0 +1,48 @@
+"""A Celery app whose result backend is django-celery-results (``django-db``), run by real workers and by the web
+process's side (``python -m tests.celery_django_project.publish``), all on one database (``DATABASE_URL``). The
+broker is the test run's (``TB_BROKER_URL``); Task Badger is configured from ``TASKBADGER`` by the Django app."""
+
+import os
+import pathlib
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tests.celery_django_project.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from celery import Celery  # noqa: E402
+from celery.signals import worker_ready  # noqa: E402
+
+from taskbadger_django import Task  # noqa: E402
+
+app = Celery("tbdjangodb")
+app.conf.update(
+    broker_url=os.environ["TB_BROKER_URL"],
+    broker_transport_options=(
+        {"data_folder_in": os.environ["TB_BROKER_DIR"], "data_folder_out": os.environ["TB_BROKER_DIR"],
+         "control_folder": os.environ["TB_BROKER_DIR"] + "-control", "polling_interval": 0.05}
+        if os.environ["TB_BROKER_URL"].startswith("filesystem") else {}
+    ),
+    result_backend="django-db",
+    task_track_started=os.environ.get("TB_TRACK_STARTED") == "1",
+    task_always_eager=False,
+    worker_hijack_root_logger=False,
+    worker_prefetch_multiplier=1,
+    broker_connection_retry_on_startup=True,
+    task_create_missing_queues=True,
+)
+if os.environ["TB_BROKER_URL"].startswith("filesystem"):
+    app.conf.broker_transport = "taskbadger.testing.broker:FilesystemTransport"
+
+
+@worker_ready.connect
+def _ready(**_):
+    path = os.environ.get("TB_READY_FILE")
+    if path:
+        pathlib.Path(path).write_text(str(os.getpid()))
+
+
+@app.task(base=Task, name="djangodb.add")
+def add(x, y):
+    return x + y
