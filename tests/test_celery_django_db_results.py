@@ -7,7 +7,7 @@ as it does without Task Badger (it waited on the uncommitted ``PENDING`` row we 
 long as the request ran, and on SQLite ended the task ``FAILURE``, "database is locked"); ``AsyncResult.get()``
 gives the result; the ``TaskResult`` row (the Django admin's) ends with the task's state and result, not our id;
 the Celery id still leads to the Task Badger task from another process once the transaction has committed; a
-rolled back transaction leaves no row, as Celery alone; one write per publish.
+rolled back transaction, or a message the broker refused, leaves no row, as Celery alone; one write per publish.
 """
 
 from __future__ import annotations
@@ -117,3 +117,12 @@ def test_the_celery_id_leads_to_the_task_from_another_process_once_committed(pro
     [statement] = statements(seen["autocommit_queries"])
     assert is_insert(statement)
     assert project.publish("lookup", celery_id) == {"tb_id": tb_id}
+
+
+def test_a_message_the_broker_refused_leaves_no_row(project, taskbadger_server):
+    """The publish raised and the Task Badger task is cancelled: a PENDING row holding our id, of a Celery id
+    nobody was given, stayed in the admin (until the results expire). Celery alone writes none."""
+    seen = project.publish("refused", "-")
+    assert seen["raised"] is not None
+    assert seen["rows"] == []
+    assert taskbadger_server.wait_for_task(name="djangodb.add", status="cancelled")

@@ -16,15 +16,19 @@ So for that backend the row is written when the transaction commits (``on_commit
 other process could see it earlier anyway, and the process that published the task knows its id without it
 (``state.published``). It is one ``INSERT`` that never overwrites a row that is there (``ON CONFLICT DO NOTHING``):
 by the commit the worker may have stored the task's state, which a ``PENDING`` written after it would hide (the
-user's ``AsyncResult.get()`` would wait for a task that has ended). A rolled back transaction writes nothing, as
-Celery alone. One round trip where the backend's own ``store_result`` made two to four (``SELECT``, then a
-savepoint around an ``INSERT``).
+user's ``AsyncResult.get()`` would wait for a task that has ended). Never overwriting, it is written once the
+message has left (``after_task_publish``, ``message_sent``), not before: a message the broker did not take (the
+publish raised, the Task Badger task is cancelled) left a ``PENDING`` row of a Celery id nobody was given, holding
+our id, in the admin until the results expire. A rolled back transaction writes nothing, as Celery alone. One
+``INSERT`` where the backend's own ``store_result`` made a ``SELECT`` then a savepoint around an ``INSERT``.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from .._runtime import log_throttled, short
@@ -71,8 +75,9 @@ def _is_django_database(backend: Any) -> bool:
 
 
 def _tell_django_database(backend: Any, celery_id: str, task_id: str) -> None:
-    """The ``PENDING`` row of ``celery_id``, written when the transaction open on its database commits (at once
-    in autocommit), and only if no row of that id is there by then (see the module's docstring)."""
+    """The ``PENDING`` row of ``celery_id``, written once its message has left (``message_sent``) when the
+    transaction open on its database commits (at once in autocommit), and only if no row of that id is there by
+    then (see the module's docstring)."""
     from django.db import router, transaction
 
     model = backend.TaskModel
@@ -94,7 +99,33 @@ def _tell_django_database(backend: Any, celery_id: str, task_id: str) -> None:
         except Exception as err:  # after the user's commit: nothing of it may fail
             _could_not(err)
 
-    if transaction.get_connection(alias).in_atomic_block:
-        transaction.on_commit(write, using=alias)
-    else:
-        write()
+    def when_sent() -> None:
+        if transaction.get_connection(alias).in_atomic_block:
+            transaction.on_commit(write, using=alias)
+        else:
+            write()
+
+    _unsent.waiting = (celery_id, when_sent)
+
+
+class _Unsent(threading.local):
+    #: What to do once the message of this Celery id has left: Celery publishes one message at a time in a
+    #: thread, between its ``before_task_publish`` and ``after_task_publish``, so one is enough; one left by a
+    #: publish that failed is replaced by the next.
+    waiting: tuple[str, Callable[[], None]] | None = None
+
+
+_unsent = _Unsent()
+
+
+def message_sent(celery_id: Any) -> None:
+    """The message of ``celery_id`` has left (``after_task_publish``): write what waited for it, if anything."""
+    waiting = _unsent.waiting
+    if waiting is None:
+        return
+    _unsent.waiting = None
+    if waiting[0] == celery_id:
+        try:
+            waiting[1]()
+        except Exception as err:
+            _could_not(err)

@@ -16,7 +16,7 @@ from celery import signals
 
 from .. import spooling
 from ..config import get_config, why_unconfigured
-from . import events, headers, publish
+from . import events, headers, publish, result_backend
 from .headers import take_call_options
 from .state import publish_slot, published
 
@@ -77,7 +77,9 @@ def _celery_id(message_headers: dict, body: Any) -> str | None:
 @guard
 def on_after_publish(sender: str | None = None, body: Any = None, headers: dict | None = None, **_: Any) -> None:
     if isinstance(headers, dict):
-        publish.confirmations().confirm(_celery_id(headers, body))
+        celery_id = _celery_id(headers, body)
+        publish.confirmations().confirm(celery_id)
+        result_backend.message_sent(celery_id)
 
 
 @guard

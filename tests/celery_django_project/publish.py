@@ -6,6 +6,7 @@ tests.celery_django_project.publish SCENARIO ARG`` prints what it saw as one JSO
   goes on with its work; then commits and gets the result.
 * ``not_run QUEUE`` (a queue no worker takes): a publish in a transaction that commits, one in a transaction that
   rolls back, one in autocommit; the rows other connections see.
+* ``refused -``: a publish the broker refuses (nothing listens on its port), in autocommit; the rows it left.
 * ``lookup CELERY_ID``: ``task_id_of_result(app.AsyncResult(celery_id))`` in a process that did not publish it.
 """
 
@@ -80,10 +81,26 @@ def not_run(queue):
     return out
 
 
+def refused(_):
+    from django_celery_results.models import TaskResult
+
+    app.conf.broker_url, app.conf.broker_transport = "redis://127.0.0.1:1/0", None  # refused on loopback
+    before = set(TaskResult.objects.values_list("task_id", flat=True))
+    try:
+        add.apply_async((1, 1), retry=False)
+    except Exception as err:
+        raised = type(err).__name__
+    else:
+        raised = None
+    return {"raised": raised, "rows": list(TaskResult.objects.exclude(task_id__in=before).values_list(
+        "status", "result"))}
+
+
 def lookup(celery_id):
     return {"tb_id": task_id_of_result(app.AsyncResult(celery_id))}
 
 
 if __name__ == "__main__":
     scenario, arg = sys.argv[1:3]
-    print(json.dumps({"in_transaction": in_transaction, "not_run": not_run, "lookup": lookup}[scenario](arg)))
+    print(json.dumps({"in_transaction": in_transaction, "not_run": not_run, "refused": refused,
+                      "lookup": lookup}[scenario](arg)))
