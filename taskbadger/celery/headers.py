@@ -137,24 +137,30 @@ def write_meta(message: MutableMapping[str, Any], meta: Meta) -> None:
         nested[ID_KEY] = meta.id
 
 
-def _source(request: Any) -> tuple[Any, Any]:
-    """(where our headers are, the nested 'headers' dict) of a worker Context or a main-process Request."""
+def _is_mapping(value: Any) -> bool:
+    return type(value) is dict or isinstance(value, Mapping)  # a dict (nearly always) without the ABC's check
+
+
+def _read(request: Any, keys: tuple[str, ...]) -> list[Any]:
+    """The values of ``keys`` on a worker Context (attributes) or a main-process Request (its ``request_dict``),
+    each looked up in the nested 'headers' dict where the message has none at the top (some protocol paths keep
+    custom headers only there)."""
     source = getattr(request, "request_dict", None)
-    if isinstance(source, Mapping):
-        return source.get, source.get("headers")
-    return (lambda key, default=None: getattr(request, key, default)), getattr(request, "headers", None)
+    if source is not None and _is_mapping(source):
+        values = [source.get(key) for key in keys]
+        nested = source.get("headers")
+    else:
+        values = [getattr(request, key, None) for key in keys]
+        nested = getattr(request, "headers", None)
+    if nested is not None and None in values and _is_mapping(nested):
+        values = [nested.get(key) if value is None else value for key, value in zip(keys, values)]
+    return values
 
 
 def read_incoming(request: Any, task_name: str) -> Incoming:
     """Our headers on a message a worker received (a worker Context or a main-process Request)."""
-    get, nested = _source(request)
-    raw = {key: get(key, None) for key in _READ_KEYS}
-    if isinstance(nested, Mapping):  # some protocol paths keep custom headers only in the nested dict
-        for key, value in raw.items():
-            if value is None:
-                raw[key] = nested.get(key)
-    meta = parse_meta(raw[META_KEY], task_name)
-    options, track, maybe_created = raw[KWARGS_KEY], raw[TRACK_KEY], raw[MAYBE_CREATED_KEY]
+    raw, options, track, maybe_created = _read(request, _READ_KEYS)
+    meta = parse_meta(raw, task_name) if raw is not None else None
     if options is None and track is None and maybe_created is None:  # a tracked message: only the meta
         return Incoming(meta)
     return Incoming(meta, parse_options(options, task_name), parse_track(track, task_name),
@@ -162,15 +168,12 @@ def read_incoming(request: Any, task_name: str) -> Incoming:
 
 
 _READ_KEYS = (META_KEY, KWARGS_KEY, TRACK_KEY, MAYBE_CREATED_KEY)
+_META_ONLY = (META_KEY,)
 
 
 def read_task_id(request: Any) -> str | None:
     """Only the Task Badger id a message carries, if valid (the worker's main process needs no more)."""
-    get, nested = _source(request)
-    raw = get(META_KEY, None)
-    if raw is None and isinstance(nested, Mapping):
-        raw = nested.get(META_KEY)
-    return _task_id_in(raw)
+    return _task_id_in(_read(request, _META_ONLY)[0])
 
 
 def read_message_meta(message_headers: Any, task_name: str) -> Meta | None:
@@ -185,8 +188,8 @@ def read_message_meta(message_headers: Any, task_name: str) -> Meta | None:
 
 
 def _task_id_in(raw: Any) -> str | None:
-    task = raw.get("task") if isinstance(raw, Mapping) else None
-    task_id = task.get("id") if isinstance(task, Mapping) else None
+    task = raw.get("task") if raw is not None and _is_mapping(raw) else None
+    task_id = task.get("id") if task is not None and _is_mapping(task) else None
     return task_id if is_task_id(task_id) else None
 
 

@@ -57,7 +57,7 @@ _TASK_FIELDS: dict[str, Any] = {
     "value": lambda v: None if v is None else _count(v),
     "value_max": _count,
     "data": lambda v: jsonable(v),
-    "tags": lambda v: dict(v) if isinstance(v, Mapping) and all(
+    "tags": lambda v: dict(v) if (type(v) is dict or isinstance(v, Mapping)) and all(
         isinstance(k, str) and isinstance(x, str) for k, x in v.items()) else _invalid(),
     "parent": lambda v: v if v is None or is_task_id(v) else _invalid(),
     "queue": _text(1000),
@@ -104,8 +104,8 @@ def parse_meta(raw: Any, task_name: str, where: str) -> Meta | None:
     taskbadger_task``)."""
     if raw is None:
         return None
-    task = raw.get("task") if isinstance(raw, Mapping) else None
-    if not isinstance(task, Mapping):
+    task = raw.get("task") if type(raw) is dict or isinstance(raw, Mapping) else None
+    if type(task) is not dict and not isinstance(task, Mapping):
         _warn(task_name, where, f"is not of the form {{'task': {{'id': ...}}}} ({short(raw, 60)})")
         return None
     if not is_task_id(task.get("id")):
@@ -113,6 +113,9 @@ def parse_meta(raw: Any, task_name: str, where: str) -> Meta | None:
         return None
     fields: dict[str, Any] = {}
     for key, value in task.items():
+        if key == "id":
+            fields[key] = value  # checked above
+            continue
         check = _TASK_FIELDS.get(key)
         if check is None:
             continue  # a field this version does not use
