@@ -127,7 +127,9 @@ class RecentIds:
         self._limit = limit
 
     def remember(self, job_id: Any, task_id: str) -> None:
-        with self._lock:
+        # the ForkSafeLock's own ``with`` without its two frames: a worker remembers and forgets once per task
+        _same_process()
+        with self._lock._lock:
             self._ids[job_id] = task_id
             self._ids.move_to_end(job_id)
             while len(self._ids) > self._limit:
@@ -142,7 +144,8 @@ class RecentIds:
     def forget(self, job_id: Any) -> str | None:
         if job_id is None or not self._ids:  # a pool child's map stays empty: its main process remembers
             return None
-        with self._lock:
+        _same_process()
+        with self._lock._lock:
             return self._ids.pop(job_id, None)
 
     def forget_all(self, job_ids: list[Any]) -> list[tuple[Any, str]]:

@@ -46,8 +46,9 @@ def _providers() -> list[Any]:
 
 def start() -> contextvars.Token | None:
     """A tracked task starts here: take every provider's snapshot. Returns a token for ``stop``."""
-    providers = _providers()
-    if not providers:
+    config = get_config()
+    providers = config.context_providers if config is not None else None
+    if not providers:  # nearly always: no list copied, no call
         return None
     snapshots = {}
     for provider in providers:

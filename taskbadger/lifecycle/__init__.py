@@ -68,6 +68,10 @@ __all__ = ["OPTIONS", "AtStart", "Meta", "Rules", "Run", "SharedBudget", "back_t
 #: A task's stale timeout defaults to this many heartbeat intervals.
 STALE_TIMEOUT_FACTOR = 2
 
+#: Each status's text, read once (``StatusEnum.X.value`` is a property written in Python: two frames per read).
+_VALUE: dict[StatusEnum, str] = {status: status.value for status in StatusEnum}
+_PROCESSING = StatusEnum.PROCESSING.value
+
 
 #: (whole second, its ISO 8601 text up to the seconds) of the last ``now()``: a worker stamps two times per
 #: task, most within the same second as the one before.
@@ -188,11 +192,13 @@ class Run:
     """One tracked run of a job, from its start to its end. The ``taskbadger.Task`` is built from what was
     carried only when something asks for it (most job bodies never do)."""
 
-    __slots__ = ("external_id", "meta", "_task", "_status", "_tokens", "finished", "heartbeat", "progress_unknown")
+    __slots__ = ("external_id", "meta", "id", "_task", "_status", "_tokens", "finished", "heartbeat",
+                 "progress_unknown")
 
     def __init__(self, external_id: str | None, meta: Meta) -> None:
         self.external_id = external_id
         self.meta = meta
+        self.id: str = meta.task["id"]  # the task's id (``meta.id``), read on every event of the run
         self._task: RunTask | None = None
         self._status: StatusEnum | str = meta.task.get("status") or StatusEnum.PENDING
         self._tokens: tuple[Any, Any, Any] | None = None  # scope, current run, context providers (while entered)
@@ -207,10 +213,6 @@ class Run:
         run._task = RunTask(task._task)
         run._status = task.status
         return run
-
-    @property
-    def id(self) -> str:
-        return self.meta.id
 
     @property
     def task(self) -> RunTask:
@@ -328,7 +330,7 @@ def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, 
     ``run_again``: the queue gives the same attempt again (a message redelivered after its worker was lost): its
     ``start_time`` is sent only if the task has none (the run before may have been lost before it started), and its
     success completes the progress the task has then, unless ``progress_carried``."""
-    fields: dict[str, Any] = {"status": StatusEnum.PROCESSING.value}
+    fields: dict[str, Any] = {"status": _PROCESSING}
     if first_attempt:
         fields["start_time"] = now()
         if run_again:
@@ -375,7 +377,8 @@ def leave(run: Run) -> None:
     if run.heartbeat is not None:
         get_heartbeat().stop(run.id, run.heartbeat)
         run.heartbeat = None
-    _end_body_updates(run)
+    if run._task is not None:
+        _end_body_updates(run)
     tokens, run._tokens = run._tokens, None
     if tokens is None:
         return
@@ -384,7 +387,8 @@ def leave(run: Run) -> None:
         exit_task(scope_token)
         _current.reset(current_token)
     finally:
-        context_providers.stop(snapshots)
+        if snapshots is not None:
+            context_providers.stop(snapshots)
 
 
 def data_fields(run: Run, extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -400,14 +404,17 @@ def _final(run: Run, status: StatusEnum, extra: Mapping[str, Any] | None = None)
     overwritten). Returns whether it was queued."""
     if run.finished or run.is_finished():
         return False
-    _end_body_updates(run)
-    fields: dict[str, Any] = {"status": status.value, "end_time": now()}
+    if run._task is not None:
+        _end_body_updates(run)
+    fields: dict[str, Any] = {"status": _VALUE[status], "end_time": now()}
     if status is StatusEnum.SUCCESS:
-        fields.update(completed_progress(run.value, run.value_max))
-        known = isinstance(run.value, int) and isinstance(run.value_max, int)
+        value, value_max = run.value, run.value_max
+        if isinstance(value, int):
+            fields.update(completed_progress(value, value_max))
+        known = isinstance(value, int) and isinstance(value_max, int)
         # read at send time: what an earlier attempt reported, or the value_max of a task whose fields were not
         # carried (a Procrastinate job's: fetched only by a body's current_task(), never on an event loop)
-        if (run.progress_unknown and not known) or (isinstance(run.value, int) and not known and not run.data_known):
+        if (run.progress_unknown and not known) or (isinstance(value, int) and not known and not run.data_known):
             fields[merge.COMPLETE_PROGRESS] = True
     if extra:
         fields.update(data_fields(run, extra))
