@@ -55,7 +55,10 @@ def _warn(task_name: str, header: str, problem: str) -> None:
 
 def parse_meta(raw: Any, task_name: str) -> Meta | None:
     """The checked ``taskbadger_task`` header, or None (with a warning) when it is unusable."""
-    return carried.parse_meta(raw, task_name, f"message header {META_KEY}")
+    return carried.parse_meta(raw, task_name, _WHERE)
+
+
+_WHERE = f"message header {META_KEY}"
 
 
 def parse_options(raw: Any, task_name: str) -> dict[str, Any]:
@@ -141,25 +144,25 @@ def _is_mapping(value: Any) -> bool:
     return type(value) is dict or isinstance(value, Mapping)  # a dict (nearly always) without the ABC's check
 
 
-def _read(request: Any, keys: tuple[str, ...]) -> list[Any]:
-    """The values of ``keys`` on a worker Context (attributes) or a main-process Request (its ``request_dict``),
-    each looked up in the nested 'headers' dict where the message has none at the top (some protocol paths keep
-    custom headers only there)."""
+def read_incoming(request: Any, task_name: str) -> Incoming:
+    """Our headers on a message a worker received (a worker Context or a main-process Request). Read where the
+    message has them at the top, else in its nested 'headers' dict (some protocol paths keep custom headers only
+    there); written out, without a call per header: a worker reads them for every task."""
     source = getattr(request, "request_dict", None)
     if source is not None and _is_mapping(source):
-        values = [source.get(key) for key in keys]
-        nested = source.get("headers")
+        get = source.get
+        raw, options, track, maybe_created = get(META_KEY), get(KWARGS_KEY), get(TRACK_KEY), get(MAYBE_CREATED_KEY)
+        nested = get("headers")
     else:
-        values = [getattr(request, key, None) for key in keys]
+        raw, options = getattr(request, META_KEY, None), getattr(request, KWARGS_KEY, None)
+        track, maybe_created = getattr(request, TRACK_KEY, None), getattr(request, MAYBE_CREATED_KEY, None)
         nested = getattr(request, "headers", None)
-    if nested is not None and None in values and _is_mapping(nested):
-        values = [nested.get(key) if value is None else value for key, value in zip(keys, values)]
-    return values
-
-
-def read_incoming(request: Any, task_name: str) -> Incoming:
-    """Our headers on a message a worker received (a worker Context or a main-process Request)."""
-    raw, options, track, maybe_created = _read(request, _READ_KEYS)
+    if nested is not None and (raw is None or options is None or track is None or maybe_created is None) \
+            and _is_mapping(nested):
+        raw = nested.get(META_KEY) if raw is None else raw
+        options = nested.get(KWARGS_KEY) if options is None else options
+        track = nested.get(TRACK_KEY) if track is None else track
+        maybe_created = nested.get(MAYBE_CREATED_KEY) if maybe_created is None else maybe_created
     meta = parse_meta(raw, task_name) if raw is not None else None
     if options is None and track is None and maybe_created is None:  # a tracked message: only the meta
         return Incoming(meta)
@@ -167,13 +170,19 @@ def read_incoming(request: Any, task_name: str) -> Incoming:
                     _maybe_created(maybe_created))
 
 
-_READ_KEYS = (META_KEY, KWARGS_KEY, TRACK_KEY, MAYBE_CREATED_KEY)
-_META_ONLY = (META_KEY,)
-
-
 def read_task_id(request: Any) -> str | None:
-    """Only the Task Badger id a message carries, if valid (the worker's main process needs no more)."""
-    return _task_id_in(_read(request, _META_ONLY)[0])
+    """Only the Task Badger id a message carries, if valid (the worker's main process needs no more, for every
+    message it receives: ``_read`` for one key, written out)."""
+    source = getattr(request, "request_dict", None)
+    if source is not None and _is_mapping(source):
+        raw = source.get(META_KEY)
+        nested = source.get("headers") if raw is None else None
+    else:
+        raw = getattr(request, META_KEY, None)
+        nested = getattr(request, "headers", None) if raw is None else None
+    if nested is not None and _is_mapping(nested):
+        raw = nested.get(META_KEY)
+    return _task_id_in(raw)
 
 
 def read_message_meta(message_headers: Any, task_name: str) -> Meta | None:
@@ -188,8 +197,8 @@ def read_message_meta(message_headers: Any, task_name: str) -> Meta | None:
 
 
 def _task_id_in(raw: Any) -> str | None:
-    task = raw.get("task") if raw is not None and _is_mapping(raw) else None
-    task_id = task.get("id") if task is not None and _is_mapping(task) else None
+    task = raw.get("task") if type(raw) is dict or (raw is not None and isinstance(raw, Mapping)) else None
+    task_id = task.get("id") if type(task) is dict or (task is not None and isinstance(task, Mapping)) else None
     return task_id if is_task_id(task_id) else None
 
 

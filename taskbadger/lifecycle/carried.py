@@ -57,8 +57,8 @@ _TASK_FIELDS: dict[str, Any] = {
     "value": lambda v: None if v is None else _count(v),
     "value_max": _count,
     "data": lambda v: jsonable(v),
-    "tags": lambda v: dict(v) if (type(v) is dict or isinstance(v, Mapping)) and all(
-        isinstance(k, str) and isinstance(x, str) for k, x in v.items()) else _invalid(),
+    "tags": lambda v: dict(v) if (type(v) is dict or isinstance(v, Mapping)) and (not v or all(
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items())) else _invalid(),
     "parent": lambda v: v if v is None or is_task_id(v) else _invalid(),
     "queue": _text(1000),
     "external_id": _text(1000),
@@ -137,8 +137,9 @@ def parse_meta(raw: Any, task_name: str, where: str) -> Meta | None:
     if stale is not None and not is_whole_seconds(stale):
         _warn(task_name, f"{where}.stale_timeout", f"is not a whole number of seconds ({short(stale, 60)})")
         stale = None
+    resend = raw.get("resend")
     return Meta(fields, float(heartbeat) if heartbeat is not None else None, stale,
-                _resend(raw.get("resend"), task_name, where))
+                _resend(resend, task_name, where) if resend is not None else None)
 
 
 def _mapping(v: Any) -> dict[str, Any]:
