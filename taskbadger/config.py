@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from ._runtime import ForkSafeLock
+from ._runtime import ForkSafeLock, short
 from .exceptions import ConfigurationError, MissingConfiguration
 from .models import MAX_TAG_LENGTH, MIN_TAG_LENGTH, is_slug, is_tag_map, tag_map_problem
 from .scope import scope_state
@@ -549,15 +549,7 @@ def _listed(name: str, values: Any, example: str) -> list[Any]:
     try:
         return list(values)
     except TypeError:
-        raise ConfigurationError(f"{name} must be a list, e.g. {name}={example}, got {short_repr(values)}.") from None
-
-
-def short_repr(value: Any) -> str:
-    try:
-        text = repr(value)
-    except Exception:
-        text = f"<{type(value).__name__}>"
-    return text if len(text) <= 80 else text[:80] + "…"
+        raise ConfigurationError(f"{name} must be a list, e.g. {name}={example}, got {short(values, 80)}.") from None
 
 
 def _set_in(env: Mapping[str, str], variable: str) -> str | None:
