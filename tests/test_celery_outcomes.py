@@ -251,6 +251,9 @@ def test_a_task_the_worker_retries_after_its_child_was_lost_waits_pending(taskba
     assert task["stale_timeout"] is None  # no heartbeat comes until its next attempt runs
     task = taskbadger_server.wait_for_task(name=NAME + "lost_then_retried", status="success", timeout=20)
     assert task["data"]["retries"] == 1
+    # a retry starts over, as one from the body does: the attempt that succeeds ends the task complete, not at the
+    # progress its lost attempt had reported (1 of 2), which the worker's main process cannot carry to it
+    assert (task["value"], task["value_max"]) == (2, 2)
     assert list(taskbadger_server.tasks) == [result.taskbadger_task_id]
 
 

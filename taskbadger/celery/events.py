@@ -50,9 +50,10 @@ def on_start(celery_task: Any, request: Any) -> None:
     tracking.successors = successor_names(request)
     setattr(request, TRACKING_ATTR, tracking)
     redelivered = _redelivered(request)
-    # a message delivered again carries what its publisher wrote, not the progress the lost run reported
-    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0), progress_carried=not redelivered,
-                    run_again=redelivered)
+    # a message delivered again, or sent again by the worker's main process (``progress_omitted``), carries what its
+    # publisher wrote, not the progress the lost run reported
+    lifecycle.start(tracking, first_attempt=not getattr(request, "retries", 0),
+                    progress_carried=not redelivered and not meta.task.get("progress_omitted"), run_again=redelivered)
 
 
 def _redelivered(request: Any) -> bool:

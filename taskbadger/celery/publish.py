@@ -54,7 +54,14 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
         write_meta(message, running.meta_for_next_attempt(running.retry_resend))
         return None
     if incoming.meta is not None:
-        return None  # already tracked (a re-publish of the same message)
+        # Already tracked: the same message sent again from outside its running attempt (the worker's main process
+        # retries a task whose pool child was lost, ``retry_on_worker_lost``). What it carries is the task as its
+        # publisher wrote it, not the progress its lost attempt reported: its next attempt is told so, and ends
+        # complete as a retry from the body does (``lifecycle.start``'s ``progress_carried``), not at that progress.
+        if not incoming.meta.task.get("progress_omitted"):
+            incoming.meta.task["progress_omitted"] = True
+            write_meta(message, incoming.meta)
+        return None
     # The options stay on a message that is not tracked here: the worker honours them if it ends up
     # tracking the task itself (publisher not configured, or the API unreachable at publish time).
     if incoming.track is False:

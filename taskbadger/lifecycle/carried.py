@@ -66,6 +66,9 @@ _TASK_FIELDS: dict[str, Any] = {
     "data_omitted": lambda v: v if isinstance(v, bool) else _invalid(),
     # the task's parent was not carried (a Procrastinate job carries only its task's id): read when it is needed
     "parent_omitted": lambda v: v if isinstance(v, bool) else _invalid(),
+    # the progress carried is the task's as this was written, not what the job's attempts reported since (a message
+    # sent again by the worker's main process after its pool child was lost): its next attempt does not know it
+    "progress_omitted": lambda v: v if isinstance(v, bool) else _invalid(),
 }
 
 
