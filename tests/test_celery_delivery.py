@@ -187,3 +187,33 @@ def test_a_groups_tasks_share_one_publish_budget_and_every_task_is_tracked(taskb
 
     found = taskbadger_server.wait_for(ended, timeout=30)
     assert sorted(t["external_id"] for t in found) == sorted(r.id for r in result.results)  # one task per task
+
+
+def test_a_group_of_chains_shares_one_publish_budget(taskbadger_server, solo_worker, tb_log):
+    """``group(chain(a, b), chain(c, d), ...).apply_async()`` publishes each chain's first link, and Celery gives the
+    group's id and index only to each chain's last link (in the first link's message, in the chain it carries): the
+    first links' creates had a budget each, and with an API that answers each create in 0.4 s a group of 8 chains
+    held ``apply_async()`` 3.2 s. They now share the group's one budget; every task still ends ``success`` in one
+    Task Badger task of its own (the worker creates those whose create did not fit, and the later links)."""
+    from celery import chain, group
+
+    queue = solo_worker.queue
+    taskbadger_server.set_latency(0.4, method="POST")
+    started = time.monotonic()
+    result = group(chain(tasks.add.si(i, i).set(queue=queue), tasks.add.si(i, 1).set(queue=queue))
+                   for i in range(8)).apply_async()
+    took = time.monotonic() - started
+    taskbadger_server.clear_faults()
+    assert took < 2.0, took  # one budget of 1 s, and eight publishes on a loaded machine
+    at_publish = [r for r in taskbadger_server.requests if r.method == "POST" and r.json["status"] == "pending"]
+    assert 1 <= len(at_publish) < 8  # the first creates fit, not all of them
+    assert any("tasks of a Celery group" in r.getMessage() for r in tb_log.records)
+
+    def ended():  # polls the stand-in under a deadline
+        found = successes(taskbadger_server)
+        return found if len(found) >= 16 else None
+
+    found = taskbadger_server.wait_for(ended, timeout=60)
+    last_links = [r.id for r in result.results]
+    first_links = [r.parent.id for r in result.results]
+    assert sorted(t["external_id"] for t in found) == sorted(first_links + last_links)  # one task per task

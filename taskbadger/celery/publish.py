@@ -159,10 +159,13 @@ def _create(fields: dict[str, Any], message: dict[str, Any], body: Any, name: st
 
 
 def _group_of(message: dict[str, Any], body: Any) -> _GroupPublish | None:
-    """The group publish this message is part of (protocol 2: its ``group`` and ``group_index`` headers), or None."""
+    """The group publish this message is part of (protocol 2: its ``group`` and ``group_index`` headers, or those
+    of the chain it starts), or None."""
     fields = message if "task" in message else body
     group_id = fields.get("group") if isinstance(fields, dict) else None
     index = fields.get("group_index") if isinstance(fields, dict) else None
+    if group_id is None and index is None:
+        group_id, index = _chain_group(body)
     if not isinstance(group_id, str) or not group_id or not isinstance(index, int) or isinstance(index, bool):
         return None
     current = _group_publish.get()
@@ -173,6 +176,19 @@ def _group_of(message: dict[str, Any], body: Any) -> _GroupPublish | None:
     current = _GroupPublish(group_id, index)
     _group_publish.set(current)
     return current
+
+
+def _chain_group(body: Any) -> tuple[Any, Any]:
+    """The group a chain belongs to, from the message of its first link: ``group(chain(a, b), ...)`` gives the
+    group's id and index only to each chain's last link, which the first link's message carries (protocol 2: its
+    body's ``chain``, the links still to run, last one first). (None, None) for a message that starts no chain."""
+    embed = body[2] if isinstance(body, (list, tuple)) and len(body) >= 3 else None
+    links = embed.get("chain") if isinstance(embed, dict) else None
+    last = links[0] if isinstance(links, list) and links else None
+    options = last.get("options") if isinstance(last, dict) else None
+    if not isinstance(options, dict):
+        return None, None
+    return options.get("group_id"), options.get("group_index")
 
 
 def _ignores_result(message: dict[str, Any], celery_task: Any) -> bool:
