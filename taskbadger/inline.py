@@ -110,16 +110,16 @@ class SharedBudget:
 
 def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None = None,
                   where: str = "publish", max_in_flight: int | None = None,
-                  budget: SharedBudget | None = None) -> Created:
+                  budget: SharedBudget | None = None, within: float | None = None) -> Created:
     """Create now, within the publish budget, through the breaker; never raises. ``max_in_flight``: see
     ``Breaker.begin``. ``budget``: the budget this create shares with others of the same publish (not tried
-    when it does not fit in what is left of it)."""
+    when it does not fit in what is left of it). ``within``: seconds, when the caller can wait less than the publish
+    budget (without ``budget``)."""
     config = get_config()
     if config is None:
         return Created(None)
     if budget is None:
-        return _create_within(config, name, fields, monitor_id, where, max_in_flight,
-                              http.Deadline(config.publish_budget, config.timeout[0]))
+        return _create_within(config, name, fields, monitor_id, where, max_in_flight, _deadline(config, within))
     deadline = budget.next_deadline(config)
     if deadline is None:
         return Created(None)  # not tried: certainly not created
@@ -219,15 +219,17 @@ def create_from_body(config: Config, name: str, body: Mapping[str, Any], monitor
     return task
 
 
-def find(external_id: str, open_only: bool = False, name: str | None = None, ended_too: bool = False) -> Found:
+def find(external_id: str, open_only: bool = False, name: str | None = None, ended_too: bool = False,
+         within: float | None = None) -> Found:
     """The task a create that may have been carried out made, if it is still ``pending`` (nobody took it
     up, nobody closed it): looked up by ``external_id`` within the publish budget, through the breaker.
     ``Found.asked`` is False when the lookup was skipped or failed (the API is failing): ``settle_later``
     then records the run's outcome on the task once the API answers again. ``open_only``: any task with
     no final state yet (a run that was created ``processing``), not only a ``pending`` one. ``name``: only a
     task of that name (for ids that repeat across databases). ``ended_too``: whatever its status (a job put back
-    in its queue by hand after it failed: its task ended ``error``)."""
-    read = _read(lambda deadline: endpoints.find_recent(external_id, deadline, name))
+    in its queue by hand after it failed: its task ended ``error``). ``within``: seconds, when the caller can wait
+    less than the publish budget."""
+    read = _read(lambda deadline: endpoints.find_recent(external_id, deadline, name), within)
     model = read.model
     usable = model is not None and (ended_too or (model.status not in TERMINAL_STATUSES if open_only else
                                                   model.status == StatusEnum.PENDING))
@@ -254,7 +256,13 @@ class _Read:
     error: TaskbadgerException | None = None
 
 
-def _read(request: Callable[[http.Deadline], TaskModel | None]) -> _Read:
+def _deadline(config: Config, within: float | None) -> http.Deadline:
+    """The deadline of an inline call: the publish budget, or ``within`` seconds when that is shorter."""
+    seconds = config.publish_budget if within is None else max(0.0, min(config.publish_budget, within))
+    return http.Deadline(seconds, config.timeout[0])
+
+
+def _read(request: Callable[[http.Deadline], TaskModel | None], within: float | None = None) -> _Read:
     """``request``, made now within the publish budget through the breaker (a job's body, or a worker's start,
     waits for it); never raises, except what interrupts it (see ``Breaker.abandon``)."""
     config = get_config()
@@ -265,7 +273,7 @@ def _read(request: Callable[[http.Deadline], TaskModel | None]) -> _Read:
     if call is None:
         return _Read(None, answered=False)
     try:
-        model = request(http.Deadline(config.publish_budget, config.timeout[0]))
+        model = request(_deadline(config, within))
     except (TransportError, ServerError, RateLimited) as err:
         if raised_by_signal_handler(err):
             breaker.abandon(call)

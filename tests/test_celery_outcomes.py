@@ -147,6 +147,50 @@ def test_soft_time_limit_strikes_even_during_an_update_from_the_body(taskbadger_
     assert "soft time limit (1 s) exceeded" in task["data"]["exception"]
 
 
+@pytest.mark.parametrize("hanging", [False, True], ids=["slow", "hanging"])
+def test_a_soft_time_limit_under_the_publish_budget_applies_to_a_task_the_worker_creates(
+        taskbadger_server, taskbadger_server_session, tmp_path, hanging):
+    """A task published untracked is created by its worker when it starts, within the publish budget (4 s in this
+    worker). With a soft time limit under it (0.5 s) and an API that answers slowly or not at all, the limit struck
+    during that create: it was taken for an interruption of the create (an internal error), the body then ran without
+    any limit (5 s here) and ended success. The create at start now waits at most half the task's time limit, so the
+    limit strikes in the body, and the task's outcome is recorded."""
+    import json
+
+    from taskbadger import config
+
+    from .conftest import start_worker, stop_worker
+
+    if hanging:
+        taskbadger_server.hang(times=1, method="POST")
+    else:
+        taskbadger_server.set_latency(3, times=1, method="POST")  # within the budget, long after the limit
+    config.reset()  # as another service publishes it: its worker creates its task when it starts
+    out = tmp_path / "interrupted"
+    worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=1,
+                          extra_env={"TASKBADGER_PUBLISH_BUDGET": "4"})
+    try:
+        result = worker.send(tasks.work_until_soft_limit, str(out), 5, soft_time_limit=0.5)
+        assert result.taskbadger_task_id is None  # published untracked
+        interrupted = taskbadger_server.wait_for(
+            lambda: out.exists() and out.read_text() and json.loads(out.read_text()), timeout=20)
+    finally:
+        stop_worker(worker)
+    # the limit struck in the body, long before its 5 s of work ended (Celery's worker sends the signal when its
+    # event loop gets to it: up to a second late on a loaded machine)
+    assert interrupted["ran"] < 4, interrupted
+    if hanging:
+        return  # the create was not carried out: nothing to record its outcome on
+
+    def ended():  # polls the stand-in under a deadline: the outcome is recorded on the task its worker created
+        found = [t for t in taskbadger_server.tasks.values() if t["external_id"] == result.id]
+        return found if found and found[0]["status"] in ("error", "success") else None
+
+    [task] = taskbadger_server.wait_for(ended, timeout=30)
+    assert task["status"] == "error", task
+    assert "SoftTimeLimitExceeded" in task["data"]["exception"], task["data"]
+
+
 @pytest.fixture
 def own_prefork_worker(taskbadger_server_session):
     """Tests that kill pool children get a worker of their own: the shared one would spend its time

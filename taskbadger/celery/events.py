@@ -88,10 +88,37 @@ def _create_at_start(celery_task: Any, request: Any, incoming: Incoming) -> Meta
     started = lifecycle.create_at_start(
         request.id, options, system,
         lambda: create_fields(name, options, system, request.id, request.args, request.kwargs, queue),
-        maybe_created=incoming.maybe_created or redelivered, open_only=redelivered)
+        maybe_created=incoming.maybe_created or redelivered, open_only=redelivered,
+        time_limit=_earliest_time_limit(celery_task, request))
     if started.settle:  # the API is failing now: record the outcome on it once it answers again
         setattr(request, SETTLE_ATTR, True)
     return started.meta
+
+
+def _earliest_time_limit(celery_task: Any, request: Any) -> float | None:
+    """The earliest time limit (soft or hard, seconds from its start) the worker applies to this run, resolved as
+    Celery's worker resolves each: the message's (``apply_async(soft_time_limit=...)``), else the task's, else the
+    app's setting. None when it has none (a value that is not a positive number is none: Celery's to refuse)."""
+    given = getattr(request, "timelimit", None)
+    hard, soft = given if isinstance(given, (list, tuple)) and len(given) == 2 else (None, None)
+    conf = getattr(getattr(celery_task, "app", None), "conf", None)
+    limits = [_first_limit(soft, getattr(celery_task, "soft_time_limit", None), _setting(conf, "task_soft_time_limit")),
+              _first_limit(hard, getattr(celery_task, "time_limit", None), _setting(conf, "task_time_limit"))]
+    return min((limit for limit in limits if limit is not None), default=None)
+
+
+def _first_limit(*candidates: Any) -> float | None:
+    for limit in candidates:
+        if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0:
+            return float(limit)
+    return None
+
+
+def _setting(conf: Any, key: str) -> Any:
+    try:
+        return conf.get(key) if conf is not None else None
+    except Exception:  # a configuration object we cannot read: as if it set no limit
+        return None
 
 
 def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> None:

@@ -67,6 +67,9 @@ __all__ = ["OPTIONS", "AtStart", "Meta", "Rules", "Run", "SharedBudget", "back_t
 
 #: A task's stale timeout defaults to this many heartbeat intervals.
 STALE_TIMEOUT_FACTOR = 2
+#: The most of a job's time limit that creating its task when it starts may take (``create_at_start``): the rest is
+#: the margin between the job's start as its worker counts it and as this process sees it.
+TIME_LIMIT_SHARE = 0.5
 
 #: Each status's text, read once (``StatusEnum.X.value`` is a property written in Python: two frames per read).
 _VALUE: dict[StatusEnum, str] = {status: status.value for status in StatusEnum}
@@ -159,14 +162,16 @@ def heartbeat_options(options: Mapping[str, Any], rules: Rules | None,
     return interval, stale
 
 
-def enqueue(fields: Mapping[str, Any], where: str = "publish", budget: SharedBudget | None = None) -> Created:
+def enqueue(fields: Mapping[str, Any], where: str = "publish", budget: SharedBudget | None = None,
+            within: float | None = None) -> Created:
     """The inline create of a job's task (``fields`` from ``create_fields``), within the publish budget,
     through the breaker; never raises. ``where``: "publish" (the job is being enqueued) or "start" (a
     worker creates a job's task its publisher could not). ``budget``: the one budget of a publish of several
-    jobs (``SharedBudget``); not tried (``Created(None)``) when this create does not fit in what is left."""
+    jobs (``SharedBudget``); not tried (``Created(None)``) when this create does not fit in what is left.
+    ``within``: seconds, when the job can wait less than the publish budget (see ``create_at_start``)."""
     fields = dict(fields)
     name = fields.pop("name")
-    return create_inline(name, fields, fields.pop("monitor_id", None), where=where, budget=budget)
+    return create_inline(name, fields, fields.pop("monitor_id", None), where=where, budget=budget, within=within)
 
 
 def created_meta(task: Task | Mapping[str, Any], heartbeat_interval: float | None = None,
@@ -495,7 +500,8 @@ class AtStart:
 
 def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: Rules | None,
                     make_fields: Callable[[], dict[str, Any]], maybe_created: bool = False,
-                    open_only: bool = False, same_name: bool = False, ended_too: bool = False) -> AtStart:
+                    open_only: bool = False, same_name: bool = False, ended_too: bool = False,
+                    time_limit: float | None = None) -> AtStart:
     """A worker starts a job its publisher did not track (not configured there, or the API was failing then):
     track it now. If the publisher's create may have been carried out without an answer (``maybe_created``),
     take that task up when it is still ``pending``; if the API cannot be asked now, the run goes on untracked
@@ -505,7 +511,16 @@ def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: 
     ``same_name``: take up only a task with the name ``make_fields()`` gives (a job id that other databases
     also use: Procrastinate's count up from 1 in each), unless ``before_create`` may have renamed it.
     ``ended_too``: take up the job's task whatever its status (a job put back in its queue by hand after it
-    failed: its first attempts' task ended ``error``, and this run continues it)."""
+    failed: its first attempts' task ended ``error``, and this run continues it). ``time_limit``: the job's earliest
+    time limit in seconds, counted from its start, if it has one: what is asked of the API here then takes at most
+    ``TIME_LIMIT_SHARE`` of it (less than the publish budget when the limit is short), so that the limit strikes in
+    the job's body, at its time, not in these requests (Celery's soft limit is one signal: spent there, it was
+    lost)."""
+    ends = time.monotonic() + time_limit * TIME_LIMIT_SHARE if time_limit else None
+
+    def within() -> float | None:  # what is left of that share, for each request in turn
+        return None if ends is None else ends - time.monotonic()
+
     heartbeat, stale = heartbeat_options(options, rules)
     fields = None
     if maybe_created and external_id:
@@ -513,7 +528,8 @@ def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: 
         config = get_config()
         renamed = config is not None and config.before_create is not None
         found = find(external_id, open_only=open_only,
-                     name=fields["name"] if fields is not None and not renamed else None, ended_too=ended_too)
+                     name=fields["name"] if fields is not None and not renamed else None, ended_too=ended_too,
+                     within=within())
         if found.task is not None:
             return AtStart(created_meta(found.task, heartbeat, stale))
         if not found.asked:
@@ -522,7 +538,7 @@ def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: 
     fields.update(status=StatusEnum.PROCESSING, start_time=now())
     if stale:
         fields["stale_timeout"] = stale
-    created = enqueue(fields, "start")
+    created = enqueue(fields, "start", within=within())
     if created.task is None and created.maybe_created and external_id:
         # carried out perhaps (the answer was cut, a 5xx), and not found in time: the task may exist, processing,
         # with nobody to end it; the run's outcome is recorded on it once the API answers (``settle``)

@@ -407,6 +407,23 @@ def retry_overlapping(self, path, seconds):
     return "ok"
 
 
+@app.task(bind=True, base=Task)
+def work_until_soft_limit(self, path, seconds):
+    """Works ``seconds``, unless its soft time limit interrupts it first: then writes how long its body ran (and
+    whether it was tracked) to the file at ``path``, and lets the exception end it."""
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < seconds:
+            time.sleep(0.02)
+    except SoftTimeLimitExceeded:
+        pathlib.Path(path).write_text(json.dumps({"ran": time.monotonic() - started,
+                                                  "tracked": self.taskbadger_task is not None}))
+        raise
+    return "not interrupted"
+
+
 @app.task(bind=True, base=Task, max_retries=3)
 def retry_after(self, seconds):
     """Retried once (countdown 0), ``seconds`` into its first attempt."""
