@@ -147,14 +147,16 @@ def test_soft_time_limit_strikes_even_during_an_update_from_the_body(taskbadger_
     assert "soft time limit (1 s) exceeded" in task["data"]["exception"]
 
 
-@pytest.mark.parametrize("hanging", [False, True], ids=["slow", "hanging"])
+@pytest.mark.parametrize(("hanging", "worker_limit"), [(False, False), (True, False), (True, True)],
+                         ids=["slow", "hanging", "worker-option"])
 def test_a_soft_time_limit_under_the_publish_budget_applies_to_a_task_the_worker_creates(
-        taskbadger_server, taskbadger_server_session, tmp_path, hanging):
+        taskbadger_server, taskbadger_server_session, tmp_path, hanging, worker_limit):
     """A task published untracked is created by its worker when it starts, within the publish budget (4 s in this
     worker). With a soft time limit under it (0.5 s) and an API that answers slowly or not at all, the limit struck
     during that create: it was taken for an interruption of the create (an internal error), the body then ran without
     any limit (5 s here) and ended success. The create at start now waits at most half the task's time limit, so the
-    limit strikes in the body, and the task's outcome is recorded."""
+    limit strikes in the body, and the task's outcome is recorded. The limit may be the worker's own
+    (``celery worker --soft-time-limit``), which its pool applies to tasks that set none."""
     import json
 
     from taskbadger import config
@@ -168,9 +170,11 @@ def test_a_soft_time_limit_under_the_publish_budget_applies_to_a_task_the_worker
     config.reset()  # as another service publishes it: its worker creates its task when it starts
     out = tmp_path / "interrupted"
     worker = start_worker(taskbadger_server_session, pool="prefork", concurrency=1,
-                          extra_env={"TASKBADGER_PUBLISH_BUDGET": "4"})
+                          extra_env={"TASKBADGER_PUBLISH_BUDGET": "4"},
+                          extra_args=["--soft-time-limit", "0.5"] if worker_limit else [])
     try:
-        result = worker.send(tasks.work_until_soft_limit, str(out), 5, soft_time_limit=0.5)
+        limit = {} if worker_limit else {"soft_time_limit": 0.5}
+        result = worker.send(tasks.work_until_soft_limit, str(out), 5, **limit)
         assert result.taskbadger_task_id is None  # published untracked
         interrupted = taskbadger_server.wait_for(
             lambda: out.exists() and out.read_text() and json.loads(out.read_text()), timeout=20)

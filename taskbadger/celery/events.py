@@ -102,9 +102,23 @@ def _earliest_time_limit(celery_task: Any, request: Any) -> float | None:
     given = getattr(request, "timelimit", None)
     hard, soft = given if isinstance(given, (list, tuple)) and len(given) == 2 else (None, None)
     conf = getattr(getattr(celery_task, "app", None), "conf", None)
-    limits = [_first_limit(soft, getattr(celery_task, "soft_time_limit", None), _setting(conf, "task_soft_time_limit")),
-              _first_limit(hard, getattr(celery_task, "time_limit", None), _setting(conf, "task_time_limit"))]
+    worker_hard, worker_soft = _worker_limits
+    limits = [_first_limit(soft, getattr(celery_task, "soft_time_limit", None), worker_soft,
+                           _setting(conf, "task_soft_time_limit")),
+              _first_limit(hard, getattr(celery_task, "time_limit", None), worker_hard,
+                           _setting(conf, "task_time_limit"))]
     return min((limit for limit in limits if limit is not None), default=None)
+
+
+#: The worker's own (hard, soft) time limits, its pool's defaults (``celery worker --time-limit/--soft-time-limit``,
+#: else the app's settings), noted when it starts (``note_worker``); pool children inherit them.
+_worker_limits: tuple[Any, Any] = (None, None)
+
+
+def note_worker(worker: Any) -> None:
+    """The worker is starting: note its time limits (see ``_earliest_time_limit``)."""
+    global _worker_limits
+    _worker_limits = (getattr(worker, "time_limit", None), getattr(worker, "soft_time_limit", None))
 
 
 def _first_limit(*candidates: Any) -> float | None:

@@ -167,6 +167,7 @@ def _is_worker_program(worker: Any) -> bool:
 
 @guard
 def on_worker_init(sender: Any = None, **_: Any) -> None:
+    events.note_worker(sender)
     # `celery worker` sends worker_init before it sets up logging: a line logged now reaches no handler
     # with Django's and Celery's default logging (only a project that configures the `taskbadger` logger
     # itself would see it). The program's line waits for celeryd_after_setup.
