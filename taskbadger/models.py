@@ -330,3 +330,18 @@ def completed_progress(value: Any, value_max: Any) -> dict[str, int]:
     if isinstance(value, int) and isinstance(value_max, int) and 0 <= value < value_max:
         return {"value": value_max}
     return {}
+
+
+# -- what a retried task records -------------------------------------------------------------------------
+
+#: The ``data`` keys that count a job's earlier attempts once it is retried: ``retries`` (Celery's retries, written
+#: by ``lifecycle.retry``/``lifecycle.retried``), ``attempts`` (Procrastinate's, written by its worker).
+RETRY_COUNT_KEYS = ("retries", "attempts")
+
+
+def waits_for_retry(status: Any, data: Any) -> bool:
+    """Whether a task is waiting for its next attempt: ``pending`` again after one that ran (a retry's countdown,
+    its backoff), which the integrations record with a count of the earlier attempts in ``data``."""
+    if status != StatusEnum.PENDING.value or not isinstance(data, dict):
+        return False
+    return any(is_count(data.get(key)) and data[key] > 0 for key in RETRY_COUNT_KEYS)

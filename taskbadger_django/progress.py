@@ -16,9 +16,9 @@ issue a token; the view (``views.progress``) answers the bar's polls. This modul
   (``LocMemCache``: per process; a shared cache such as Redis: across processes). A failure of the API is
   an answer too (``unavailable``), cached the same way, so an outage costs the API no more than a healthy
   service does.
-* **What a viewer gets.** Only ``status``, ``value``, ``value_max``, ``percent``, ``name`` and ``done``:
-  never the task's data, tags or any key. A successful task shows 100 %; a task that never reported
-  progress has no percentage (the bar is indeterminate), not 0 %.
+* **What a viewer gets.** Only ``status``, ``value``, ``value_max``, ``percent``, ``name``, ``done`` and
+  ``awaiting_retry`` (whether it waits for a retry; not why): never the task's data, tags or any key. A successful
+  task shows 100 %; a task that never reported progress has no percentage (the bar is indeterminate), not 0 %.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from taskbadger._runtime import log_once, log_throttled, short
 from taskbadger.config import get_config, import_string
 from taskbadger.exceptions import ConfigurationError, MissingConfiguration, NotFound, TaskbadgerException
 from taskbadger.http import Deadline
-from taskbadger.models import TERMINAL_STATUSES, StatusEnum, is_task_id
+from taskbadger.models import TERMINAL_STATUSES, StatusEnum, is_task_id, waits_for_retry
 
 from . import conf, schema
 
@@ -323,16 +323,18 @@ def progress_body(task: Any) -> dict[str, Any]:
         percent = max(0, min(100, value * 100 // value_max))
     else:
         percent = None  # it never reported progress: an indeterminate bar, not 0 %
-    # ``stale`` is not an end: Task Badger marks a task stale when it stops reporting, and it may report again
+    # ``stale`` is not an end: Task Badger marks a task stale when it stops reporting, and it may report again.
+    # ``awaiting_retry``: pending again after an attempt that ran (a retry's countdown): not "Queued" as if it never ran
     return {"status": status, "value": value, "value_max": value_max, "percent": percent,
-            "name": task.name if isinstance(task.name, str) else "", "done": status in _ENDS}
+            "name": task.name if isinstance(task.name, str) else "", "done": status in _ENDS,
+            "awaiting_retry": waits_for_retry(status, task.data)}
 
 
 _ENDS = frozenset(s.value for s in TERMINAL_STATUSES if s is not StatusEnum.STALE)
 
 #: The body of "the first read is under way in another request": no status yet, poll again.
 LOADING: dict[str, Any] = {"status": None, "value": None, "value_max": None, "percent": None, "name": None,
-                           "done": False}
+                           "done": False, "awaiting_retry": False}
 UNAVAILABLE: dict[str, Any] = {"available": False}
 
 

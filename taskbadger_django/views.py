@@ -3,8 +3,8 @@
 =======  ============================================================================================
 status   body
 =======  ============================================================================================
-200      ``{"status", "value", "value_max", "percent", "name", "done"}`` (``status`` null while the
-         first read of the task is under way in another request); an ``ETag``
+200      ``{"status", "value", "value_max", "percent", "name", "done", "awaiting_retry"}`` (``status``
+         null while the first read of the task is under way in another request); an ``ETag``
 304      nothing changed since the ``If-None-Match`` the script sent
 403      ``{"error": "forbidden"}``: no valid token for this viewer (tampered, expired, another user's),
          or ``AUTHORIZE`` said no. Nothing about the task.

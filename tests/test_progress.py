@@ -33,7 +33,7 @@ from taskbadger_django import progress as tb_progress
 pytestmark = pytest.mark.urls("tests.progress_urls")
 
 HOSTILE = '<img src=x onerror="alert(1)">'
-FIELDS = {"status", "value", "value_max", "percent", "name", "done"}
+FIELDS = {"status", "value", "value_max", "percent", "name", "done", "awaiting_retry"}
 
 
 @pytest.fixture(autouse=True)
@@ -209,7 +209,7 @@ def test_the_view_answers_only_what_the_bar_needs(server, users):
     response = poll(client, url)
     assert response.status_code == 200 and response["Content-Type"] == "application/json"
     assert json.loads(response.content) == {"status": "processing", "value": 40, "value_max": 100, "percent": 40,
-                                            "name": "export rows", "done": False}
+                                            "name": "export rows", "done": False, "awaiting_retry": False}
     text = response.content.decode()
     for leak in ("customer list", "acme-corp", server.key, server.api_key, task.id):
         assert leak not in text
@@ -229,12 +229,23 @@ def test_the_view_answers_only_what_the_bar_needs(server, users):
     ({"status": "error"}, {"percent": None, "done": True}),
     ({"status": "cancelled", "value": 1}, {"percent": 1, "done": True}),
     ({"status": "stale", "value": 20}, {"percent": 20, "done": False}),  # it may report again
+    # pending again after an attempt that ran (Celery's data["retries"], Procrastinate's data["attempts"]): waiting to
+    # retry, where the attempt stopped; a task that never ran, or one that runs again, is not
+    ({"status": "pending", "value": 5, "value_max": 10, "data": {"retries": 1, "last_exception": "<b>secret</b>"}},
+     {"percent": 50, "done": False, "awaiting_retry": True}),
+    ({"status": "pending", "data": {"attempts": 2}}, {"percent": None, "done": False, "awaiting_retry": True}),
+    ({"status": "pending", "data": {"retries": 0}}, {"awaiting_retry": False}),
+    ({"status": "pending", "data": {"attempts": "1"}}, {"awaiting_retry": False}),
+    ({"status": "processing", "data": {"retries": 1}}, {"awaiting_retry": False}),
+    ({"status": "error", "data": {"retries": 3}}, {"done": True, "awaiting_retry": False}),
 ])
 def test_percent_and_done(server, fields, expected):
     task = taskbadger.create_task("t", **fields)
     [url] = bar_urls(page(client := Client(), task.id))
-    body = json.loads(poll(client, url).content)
+    answer = poll(client, url).content
+    body = json.loads(answer)
     assert {k: body[k] for k in expected} == expected and body["status"] == fields["status"]
+    assert set(body) == FIELDS and b"secret" not in answer and b"exception" not in answer
 
 
 @pytest.mark.django_db

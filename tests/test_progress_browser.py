@@ -542,6 +542,31 @@ def test_a_hidden_tab_polls_rarely_and_at_once_when_shown_again(server, driver, 
     assert after and after[0] < 250  # shown again: it polls at once, not at the end of its long wait
 
 
+# -- tasks run by real workers ------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_celery_task_waiting_for_its_retry_says_so_then_ends_done(server, driver, live_server, prefork_worker):
+    """A Celery task reports 50 %, then self.retry(countdown=5), then succeeds (a real worker). Its task is pending
+    again while the retry waits: the bar said "Queued", as for a task that never ran, beside the progress of the attempt
+    that had, for the whole countdown (three minutes with Celery's default delay)."""
+    from .celery_project import app as tasks
+
+    result = prefork_worker.send(tasks.retry_later, 5)
+    open_bar(driver, live_server, result.taskbadger_task_id)
+    wait(driver, lambda d: bar(d)["status"] == "Waiting to retry", timeout=15)
+    wait(driver, lambda d: drawn_at(d, 50))  # where the first attempt stopped: neither failed nor 100 %
+    shown = bar(driver)
+    assert (shown["state"], shown["percent"], shown["valuenow"]) == ("running", "50%", "50")
+    assert events(driver, "taskbadger:done") == []
+    assert events(driver, "taskbadger:progress")[-1]["detail"]["awaiting_retry"] is True
+    wait(driver, lambda d: bar(d)["state"] == "done", timeout=20)
+    wait(driver, lambda d: drawn_at(d, 100))
+    assert bar(driver)["status"] == "Done"
+    assert [e["detail"]["status"] for e in events(driver, "taskbadger:done")] == ["success"]
+
+
 # -- the demo ------------------------------------------------------------------------------------------------
 
 

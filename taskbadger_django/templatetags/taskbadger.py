@@ -42,6 +42,7 @@ def status_words() -> dict[str, str]:
         "error": gettext("Failed"),
         "cancelled": gettext("Cancelled"),
         "stale": gettext("Stale: no news from the task"),
+        "_awaiting_retry": gettext("Waiting to retry"),
         "_unavailable": gettext("Progress is unavailable right now; retrying…"),
         "_gone": gettext("Progress is not available. Reload the page to try again."),
         "_untracked": gettext("Progress is not available for this task."),

@@ -6,7 +6,7 @@
  * the site's own scripts and styles (the bar's width is set through the CSSOM, which CSP allows).
  *
  * Answers (see docs/progress.md):
- *   200  {"status", "value", "value_max", "percent", "name", "done"}: draw it; stop when done
+ *   200  {"status", "value", "value_max", "percent", "name", "done", "awaiting_retry"}: draw it; stop when done
  *   304  nothing changed (the script sends If-None-Match)
  *   503  Task Badger is unavailable: say so, keep the bar as it was, retry with a growing delay
  *   403, 404  no progress for this viewer (an expired or foreign token, an unknown task): say so, stop
@@ -207,7 +207,9 @@
     if (!this.hasLabel && typeof body.name === "string") {
       setText(this.nameEl, body.name);
     }
-    setText(this.statusEl, this.word(status, status));
+    // pending again after an attempt that ran (a retry's countdown): waiting, not queued as if it had never run
+    setText(this.statusEl, status === "pending" && body.awaiting_retry === true ?
+      this.word("_awaiting_retry", "Waiting to retry") : this.word(status, status));
     setText(this.percentEl, percent === null ? "" : percent + "%");
     if (this.track) {
       if (percent === null) {
