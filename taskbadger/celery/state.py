@@ -116,9 +116,10 @@ def published() -> RecentIds:
 def task_id_of_result(result: Any) -> str | None:
     """The Task Badger id of a Celery ``AsyncResult``: its ``taskbadger_task_id`` (the base class sets it), else
     the task this process created when it published that message, else what the publisher left in the result
-    backend (``{"taskbadger_task_id": ...}`` while the task is ``PENDING`` there: until it ends, or starts under
-    ``task_track_started``). So ``AsyncResult(celery_id)``, rebuilt on the page a POST redirected to, finds it
-    in any process. None when nothing says it is tracked."""
+    backend (``{"taskbadger_task_id": ...}`` while the task is ``PENDING`` there: until Celery stores a state of its
+    own, its end, its start under ``task_track_started``, or a retry's ``RETRY``). So ``AsyncResult(celery_id)``,
+    rebuilt on the page a POST redirected to, finds it in any process until then. None when nothing says it is
+    tracked."""
     task_id = getattr(result, "taskbadger_task_id", None)
     if isinstance(task_id, str):
         return task_id
