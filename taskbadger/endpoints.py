@@ -264,17 +264,18 @@ FIND_PAGES = 3
 FIND_PAGE_SIZE = 100
 
 
-def find_recent(external_id: str, deadline: http.Deadline, name: str | None = None) -> TaskModel | None:
+def find_recent(external_id: str, deadline: http.Deadline, name: str | None = None,
+                pages: int = FIND_PAGES) -> TaskModel | None:
     """The newest task with this ``external_id`` (and this ``name``, when given) among the project's most
-    recent ones, or None.
+    recent ones (``pages`` pages of ``FIND_PAGE_SIZE``), or None.
 
     For a create whose answer was lost (given up at its deadline, a 5xx, an answer that could not be
     read): the API may hold the task, and only its ``external_id`` (a Celery id, a job id) can tell
     it; a job id that only counts up in one database (Procrastinate's) needs the name too. Looks at the
-    newest ``FIND_PAGES * FIND_PAGE_SIZE`` tasks at most, before ``deadline``."""
+    newest ``pages * FIND_PAGE_SIZE`` tasks at most, before ``deadline``."""
     config = current_config()
     cursor = None
-    for _ in range(FIND_PAGES):
+    for _ in range(pages):
         params = {"page_size": FIND_PAGE_SIZE, "cursor": cursor}
         payload = http.send(config, http.build_request(config, "GET", params=params), deadline)
         if not isinstance(payload, dict) or not isinstance(payload.get("results"), list):

@@ -46,14 +46,14 @@ from taskbadger._runtime import log_once, log_throttled, short
 from taskbadger.config import get_config, import_string
 from taskbadger.exceptions import ConfigurationError, MissingConfiguration, NotFound, TaskbadgerException
 from taskbadger.http import Deadline
-from taskbadger.models import TERMINAL_STATUSES, StatusEnum, is_task_id, waits_for_retry
+from taskbadger.models import TERMINAL_STATUSES, StatusEnum, has_control_characters, is_task_id, waits_for_retry
 
 from . import conf, schema
 
 log = logging.getLogger("taskbadger.django")
 
 __all__ = ["ProgressSettings", "authorized", "progress_body", "progress_settings", "progress_url", "read_progress",
-           "task_id_for", "token_task_id"]
+           "read_progress_by_external_id", "task_id_for", "token_target", "token_task_id"]
 
 #: The salt of the tokens (a token of another feature signed with the same SECRET_KEY never passes).
 SALT = "taskbadger_django.progress"
@@ -68,6 +68,9 @@ LOCK_SLACK = 30
 FINAL_TTL = 600
 #: How long any other answer stays in the cache, beyond the poll interval (it is re-read after one interval).
 ENTRY_SLACK = 60
+
+#: The prefix of the progress answers' cache keys.
+CACHE_PREFIX = "taskbadger_django.progress"
 
 # The clock the cache entries are stamped with: wall time, which processes sharing a cache agree on.
 _clock = time.time
@@ -189,6 +192,16 @@ def _celery_task_id(result: Any) -> Any:
     return task_id_of_result(result)
 
 
+def _created_by_worker(result: Any) -> str | None:
+    """The Celery id of a result this process published tracked, whose task its worker creates when it starts
+    (``taskbadger.celery.state.created_by_worker``); None for anything else."""
+    if not (type(result).__module__ or "").startswith("celery.result"):
+        return None
+    from taskbadger.celery.state import created_by_worker
+
+    return created_by_worker(result)
+
+
 def _django_tasks_task_id(result: Any) -> Any:
     """The Task Badger id of a ``django.tasks`` ``TaskResult`` (None when it is not tracked, or no longer
     known: see ``tasks.task_id_for_result``), or ``_MISSING`` for anything else."""
@@ -236,25 +249,48 @@ def _bindings(who: str) -> list[str]:
     return [_binding(who)] + [_binding(who, old) for old in getattr(settings, "SECRET_KEY_FALLBACKS", None) or ()]
 
 
-def make_token(task_id: str, who: str) -> str:
-    return signing.dumps({"t": task_id, "v": _binding(who)}, salt=SALT)
+#: What a token names: a Task Badger task id ("t"), or the ``external_id`` (a Celery id) of a task its worker
+#: creates ("e"; ``progress_url``).
+TASK, EXTERNAL = "t", "e"
 
 
-def token_task_id(request: HttpRequest, token: str, max_age: int) -> str | None:
-    """The task id a token names, if it is genuine, not older than ``max_age`` seconds, and was issued to
-    the viewer of ``request``; None otherwise (which one is not said: a 403 gives no detail)."""
+def make_token(task_id: str, who: str, kind: str = TASK) -> str:
+    return signing.dumps({kind: task_id, "v": _binding(who)}, salt=SALT)
+
+
+def token_target(request: HttpRequest, token: str, max_age: int) -> tuple[str, str] | None:
+    """What a token names, ``(TASK, task id)`` or ``(EXTERNAL, external id)``, if it is genuine, not older than
+    ``max_age`` seconds, and was issued to the viewer of ``request``; None otherwise (which one is not said: a 403
+    gives no detail)."""
     try:
         payload = signing.loads(token, salt=SALT, max_age=max_age)
     except (signing.BadSignature, ValueError, TypeError):  # tampered, foreign, expired, or not a token at all
         return None
     if not isinstance(payload, Mapping):
         return None
-    task_id, bound = payload.get("t"), payload.get("v")
-    if not is_task_id(task_id) or not isinstance(bound, str):
+    kind = TASK if TASK in payload else EXTERNAL
+    named, bound = payload.get(kind), payload.get("v")
+    if not isinstance(named, str) or not isinstance(bound, str) \
+            or not (is_task_id(named) if kind == TASK else _is_external_id(named)):
         return None
     if not any(constant_time_compare(bound, binding) for who in _viewers(request) for binding in _bindings(who)):
         return None
-    return task_id
+    return kind, named
+
+
+def _is_external_id(value: Any) -> bool:
+    """A Celery id: any text ``apply_async(task_id=...)`` was given, within reason."""
+    return isinstance(value, str) and 0 < len(value) <= MAX_EXTERNAL_ID and not has_control_characters(value)
+
+
+#: The longest external id a token names.
+MAX_EXTERNAL_ID = 255
+
+
+def token_task_id(request: HttpRequest, token: str, max_age: int) -> str | None:
+    """The task id a token names (``token_target``), or None (also for a token that names an external id)."""
+    target = token_target(request, token, max_age)
+    return target[1] if target is not None and target[0] == TASK else None
 
 
 def _viewers(request: HttpRequest) -> list[str]:
@@ -288,14 +324,18 @@ def progress_url(request: HttpRequest, task: Any) -> str | None:
     result), for the viewer of ``request``: for code that draws its own bar (a React page, HTMX).
 
     None when there is nothing to show: the task is not tracked (``result.taskbadger_task_id`` is None),
-    ``AUTHORIZE`` refuses, or the viewer cannot be told (an anonymous visitor without sessions). Raises
+    ``AUTHORIZE`` refuses, or the viewer cannot be told (an anonymous visitor without sessions). A Celery task this
+    process published tracked but whose task its worker creates (``taskbadger.celery.state.left_to_worker``: a
+    group's create that did not fit in the publish budget, the API failing at publish) is followed by its Celery id
+    until that task exists, unless the project has an ``AUTHORIZE`` rule (it judges Task Badger ids). Raises
     ``NoReverseMatch`` with what to add to ``urls.py`` when ``taskbadger_django.urls`` is not included.
     """
     task_id = task_id_for(task)
-    if task_id is None:
-        return None
     settings = progress_settings()
-    if not authorized(request, task_id, settings):
+    external_id = _created_by_worker(task) if task_id is None and settings.authorize is None else None
+    if task_id is None and external_id is None:
+        return None
+    if task_id is not None and not authorized(request, task_id, settings):
         return None
     who = viewer(request, create=True)
     if who is None:
@@ -304,7 +344,8 @@ def progress_url(request: HttpRequest, task: Any) -> str | None:
                  "(django.contrib.sessions.middleware.SessionMiddleware); it shows 'not available'.")
         return None
     try:
-        return reverse(URL_NAME, args=[make_token(task_id, who)])
+        token = make_token(task_id, who) if task_id is not None else make_token(str(external_id), who, EXTERNAL)
+        return reverse(URL_NAME, args=[token])
     except NoReverseMatch as err:
         raise NoReverseMatch('Task Badger progress bars need their URLs: add path("taskbadger/", '
                              'include("taskbadger_django.urls")) to your urlpatterns.') from err
@@ -336,6 +377,9 @@ _ENDS = frozenset(s.value for s in TERMINAL_STATUSES if s is not StatusEnum.STAL
 LOADING: dict[str, Any] = {"status": None, "value": None, "value_max": None, "percent": None, "name": None,
                            "done": False, "awaiting_retry": False}
 UNAVAILABLE: dict[str, Any] = {"available": False}
+#: The body for a task its worker has not created yet (``read_progress_by_external_id``): its message is queued.
+QUEUED: dict[str, Any] = {"status": StatusEnum.PENDING.value, "value": None, "value_max": None, "percent": None,
+                          "name": None, "done": False, "awaiting_retry": False}
 
 
 @dataclass(frozen=True)
@@ -361,16 +405,16 @@ def _fresh(entry: Any, now: float, interval: float) -> bool:
     return isinstance(entry, Mapping) and (entry.get("final") is True or now - entry.get("at", 0) < interval)
 
 
-def _read(task_id: str, at: float) -> dict[str, Any]:
-    """Ask Task Badger, within the SDK's publish budget (``PUBLISH_BUDGET``, 1 s by default): a poll holds a
-    web worker, and an API that hangs must not hold one for the SDK's whole timeout at every poll of every
-    task being watched. Never raises: a failure is an answer."""
+def _read(fetch: Callable[[Deadline], Any], at: float) -> dict[str, Any]:
+    """Ask Task Badger (``fetch``: the task, or None when it does not exist yet), within the SDK's publish budget
+    (``PUBLISH_BUDGET``, 1 s by default): a poll holds a web worker, and an API that hangs must not hold one for the
+    SDK's whole timeout at every poll of every task being watched. Never raises: a failure is an answer."""
     try:
         config = get_config()
         if config is None:
             raise MissingConfiguration(["token"])
         # a web request waits on this read, as on a .delay()'s create: the publish budget, not the SDK's timeout
-        task = taskbadger.Task(endpoints.get(task_id, Deadline(config.publish_budget, config.timeout[0])))
+        task = fetch(Deadline(config.publish_budget, config.timeout[0]))
     except NotFound:
         return _entry(404, UNAVAILABLE, at, final=False)
     except ConfigurationError as err:  # the SDK is not configured (no key, ENABLED False, bad settings)
@@ -386,7 +430,7 @@ def _read(task_id: str, at: float) -> dict[str, Any]:
         log.exception("Task Badger: internal error while reading a task's progress",
                       extra={"taskbadger_internal_error": True})
         return _entry(503, UNAVAILABLE, at, final=False)
-    body = progress_body(task)
+    body = QUEUED if task is None else progress_body(task)
     # An error is not kept as final: the same task can run again (a message redelivered after a cold shutdown or
     # a lost child, a failed job re-run by hand), and a page reloaded then showed "Failed" for ten minutes while
     # Task Badger said processing, then success.
@@ -402,8 +446,44 @@ def read_progress(task_id: str, settings: ProgressSettings | None = None) -> Ans
     Never raises: when the cache itself fails (a Redis that is down), the answer is "unavailable", not a
     read of the API for every poll of every viewer."""
     settings = settings or progress_settings()
+
+    def fetch(deadline: Deadline) -> taskbadger.Task:
+        return taskbadger.Task(endpoints.get(task_id, deadline))
+
+    return _guarded(settings, lambda cache: _read_through_cache(cache, f"{CACHE_PREFIX}:{task_id}",
+                                                                lambda at: _read(fetch, at), settings))
+
+
+def read_progress_by_external_id(external_id: str, settings: ProgressSettings | None = None) -> Answer:
+    """The progress answer for the task whose ``external_id`` is ``external_id`` (a Celery id), which its worker
+    creates when it starts (``progress_url``): ``pending`` until it exists, then its progress (``read_progress``).
+    Until then, at most one look-up of the project's newest tasks (one list page) per poll interval for all the
+    viewers, as a bar's read; once found, its id is kept in the cache and the task is read as any other."""
+    settings = settings or progress_settings()
+    # hashed: a Celery id may hold characters a cache key may not (memcached: spaces)
+    key = f"{CACHE_PREFIX}:external:{hashlib.sha256(external_id.encode()).hexdigest()[:32]}"
+
+    def answer(cache: Any) -> Answer:
+        task_id = cache.get(f"{key}:id")
+        if is_task_id(task_id):
+            return read_progress(task_id, settings)
+
+        def fetch(deadline: Deadline) -> Any:
+            found = endpoints.find_recent(external_id, deadline, pages=1)
+            if found is not None and is_task_id(found.id):
+                cache.set(f"{key}:id", found.id, timeout=settings.token_max_age)
+            return found
+
+        return _read_through_cache(cache, key, lambda at: _read(fetch, at), settings)
+
+    return _guarded(settings, answer)
+
+
+def _guarded(settings: ProgressSettings, answer: Callable[[Any], Answer]) -> Answer:
+    """``answer(cache)``, or "unavailable" when the cache itself fails (a Redis that is down), not a read of the API
+    for every poll of every viewer."""
     try:
-        return _read_through_cache(task_id, settings)
+        return answer(caches[settings.cache])
     except Exception as err:
         log_throttled("progress-cache", 60.0, logging.WARNING,
                       "Task Badger: the progress bars' cache %s failed (%s); they show 'unavailable'.",
@@ -411,10 +491,9 @@ def read_progress(task_id: str, settings: ProgressSettings | None = None) -> Ans
         return Answer(503, json.dumps(UNAVAILABLE).encode())
 
 
-def _read_through_cache(task_id: str, settings: ProgressSettings) -> Answer:
-    cache = caches[settings.cache]
+def _read_through_cache(cache: Any, key: str, read: Callable[[float], dict[str, Any]],
+                        settings: ProgressSettings) -> Answer:
     interval = settings.poll_interval
-    key = f"taskbadger_django.progress:{task_id}"
     lock = f"{key}:lock"
     entry = cache.get(key)
     if _fresh(entry, _clock(), interval):
@@ -427,7 +506,7 @@ def _read_through_cache(task_id: str, settings: ProgressSettings) -> Answer:
         now = _clock()
         if _fresh(entry, now, interval):
             return _answer(entry)
-        entry = _read(task_id, at=now)
+        entry = read(now)
         cache.set(key, entry, timeout=FINAL_TTL if entry["final"] else math.ceil(interval) + ENTRY_SLACK)
         return _answer(entry)
     finally:

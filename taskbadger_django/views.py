@@ -52,10 +52,18 @@ def _json(body: bytes, status: int) -> HttpResponse:
 @require_safe
 def progress(request: HttpRequest, token: str) -> HttpResponse:
     settings = _progress.progress_settings()
-    task_id = _progress.token_task_id(request, token, settings.token_max_age)
-    if task_id is None or not _progress.authorized(request, task_id, settings):
+    target = _progress.token_target(request, token, settings.token_max_age)
+    if target is None:
         return _json(FORBIDDEN, 403)
-    answer = _progress.read_progress(task_id, settings)
+    kind, named = target
+    if kind == _progress.EXTERNAL:
+        if settings.authorize is not None:  # a rule judges Task Badger ids (a rule set since the page was rendered)
+            return _json(FORBIDDEN, 403)
+        answer = _progress.read_progress_by_external_id(named, settings)
+    elif not _progress.authorized(request, named, settings):
+        return _json(FORBIDDEN, 403)
+    else:
+        answer = _progress.read_progress(named, settings)
     if answer.etag is not None:
         # If-None-Match compares weakly (RFC 9110 13.1.2): a proxy that compresses the answer (nginx's gzip,
         # Django's GZipMiddleware) marks its ETag weak, and the browser sends it back so

@@ -32,6 +32,28 @@ def bar(request, task_ids):
     return response
 
 
+def group_bars(request, size):
+    """A view that starts a Celery group on the worker queue ``?queue=`` and shows a bar per task, as a user's would;
+    how many of its tasks were published untracked (left to their worker to create) is in ``#left``."""
+    from celery import _state, group
+
+    from taskbadger_django import task_id_for
+
+    from .celery_project import app as tasks
+
+    previous = _state._tls.current_app
+    tasks.app.set_current()  # as a project's one app is (the test project's may be, in this test process)
+    try:
+        results = group(tasks.progress.s(3) for _ in range(size)).apply_async(queue=request.GET["queue"]).results
+    finally:
+        _state._set_current_app(previous)
+    left = sum(1 for result in results if task_id_for(result) is None)
+    response = HttpResponse(PAGE.render({"ids": results, "label": None}, request).replace(
+        "</body>", f'<p id="left">{left}</p></body>'))
+    response["Content-Security-Policy"] = CSP
+    return response
+
+
 def blank(request):
     response = HttpResponse("<!doctype html><html><head><title>blank</title></head><body></body></html>")
     response["Content-Security-Policy"] = CSP
@@ -52,5 +74,6 @@ urlpatterns = [
     path("", include("testproject.urls")),
     path("bar/<str:task_ids>/", bar),
     path("blank/", blank),
+    path("group/<int:size>/", group_bars),
     path("listener.js", listener),
 ]

@@ -191,6 +191,64 @@ def test_the_tag_takes_the_result_of_a_task_auto_tracked_by_name(taskbadger_serv
         assert "data-url=" in content
 
 
+def _for(user):
+    """A request of ``user``, as the view that renders the page sees it."""
+    from django.contrib.sessions.backends.signed_cookies import SessionStore
+
+    request = RequestFactory().get("/")
+    request.user, request.session = user, SessionStore()
+    return request
+
+
+def _list_reads(server):
+    return [r for r in server.requests if r.method == "GET" and r.task_id is None]
+
+
+@pytest.mark.django_db
+def test_a_celery_task_its_worker_creates_is_followed_by_its_celery_id(taskbadger_server, users, clock):
+    """A tracked Celery task whose create did not happen at publish (its group's publish budget ran out, the API
+    failed) goes out untracked, and the worker that runs it creates its task when it starts, with the Celery id as
+    its external_id. Its bar said "Progress is not available for this task." for good (no URL)."""
+    from celery import Celery
+
+    app = Celery("progress-left", broker="memory://", set_as_current=False)
+
+    @app.task(name="shop.export_rows", shared=False)
+    def export_rows():
+        return None
+
+    server = taskbadger_server
+    tb = {"API_KEY": server.api_key, "HOST": server.url, "CELERY": {"AUTO_TRACK": True},
+          "PROGRESS": {"POLL_INTERVAL": 0.5}}
+    with override_settings(TASKBADGER=tb):
+        server.fail(500, times=1, method="POST")  # the create at publish fails
+        result = export_rows.delay()
+        assert server.tasks == {} and tb_progress.task_id_for(result) is None
+        url = tb_progress.progress_url(_for(users[0]), result)
+        assert url is not None
+        ada, bob = logged_in(users[0]), logged_in(users[1])
+        published = len(_list_reads(server))  # (the publish looked for a task its failed create may have made)
+        body = json.loads(poll(ada, url).content)  # not created yet: its message is queued
+        assert (body["status"], body["percent"], body["name"], body["done"]) == ("pending", None, None, False)
+        assert poll(bob, url).status_code == 403
+        assert json.loads(poll(ada, url).content)["status"] == "pending"
+        assert len(_list_reads(server)) == published + 1  # one look-up per poll interval, however many polls
+        # its worker starts it
+        created = taskbadger.create_task("shop.export_rows", status="processing", value=3, value_max=4,
+                                         external_id=result.id)
+        clock.now += 1
+        body = json.loads(poll(ada, url).content)
+        assert (body["status"], body["percent"], body["name"]) == ("processing", 75, "shop.export_rows")
+        created.success()
+        clock.now += 1
+        assert json.loads(poll(ada, url).content)["done"] is True
+        assert len(_list_reads(server)) == published + 2  # found once: then read by its id, as any task
+        # a project rule judges Task Badger ids: none to judge here, so no bar rather than one the rule never saw
+        with override_settings(TASKBADGER={**tb, "PROGRESS": {"AUTHORIZE": lambda request, task_id: True}}):
+            assert tb_progress.progress_url(_for(users[0]), result) is None
+    assert tb_progress.progress_url(_for(users[0]), app.AsyncResult("never-published")) is None
+
+
 def test_without_the_urls_the_tag_says_what_to_add(server):
     task = taskbadger.create_task("export rows")
     with override_settings(ROOT_URLCONF="tests.debug_urls"), pytest.raises(NoReverseMatch, match="include"):

@@ -24,7 +24,7 @@ from ..task import Task as TaskbadgerTask
 from .fields import celery_system, checked_decorator_options, create_fields, registered_task, uses_base_class
 from .headers import KWARGS_KEY, MAYBE_CREATED_KEY, check_outgoing, write_meta
 from .result_backend import tell_result_backend
-from .state import Tracking, running_tracking
+from .state import Tracking, left_to_worker, running_tracking
 
 log = logging.getLogger("taskbadger")
 
@@ -103,6 +103,8 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     if task is None:
         if created.maybe_created:
             message[MAYBE_CREATED_KEY] = True
+        if celery_id is not None:  # its worker creates (or takes up) its task at start: a page can follow it
+            left_to_worker().remember(celery_id, tracked_name)
         return None
     message.pop(KWARGS_KEY, None)  # resolved into the created task
     write_meta(message, lifecycle.created_meta(task, heartbeat, stale_timeout))

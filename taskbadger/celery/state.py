@@ -113,6 +113,24 @@ def published() -> RecentIds:
     return _published.get()
 
 
+_left_to_worker: PerProcess[RecentIds] = PerProcess(lambda: RecentIds(MAX_PUBLISHED))
+
+
+def left_to_worker() -> RecentIds:
+    """This process's map (Celery id -> task name) of the tracked tasks it published without creating them: their
+    create did not fit in the publish budget (a group's shared one), or the API failed. The worker that runs each
+    one creates its task when it starts, with the Celery id as its ``external_id``; until then a page can follow it
+    by that id only (``created_by_worker``)."""
+    return _left_to_worker.get()
+
+
+def created_by_worker(result: Any) -> str | None:
+    """The Celery id of ``result`` when this process published it tracked but left its task to be created by the
+    worker (``left_to_worker``), else None."""
+    celery_id = getattr(result, "id", None)
+    return celery_id if isinstance(celery_id, str) and left_to_worker().get(celery_id) is not None else None
+
+
 def task_id_of_result(result: Any) -> str | None:
     """The Task Badger id of a Celery ``AsyncResult``: its ``taskbadger_task_id`` (the base class sets it), else
     the task this process created when it published that message, else what the publisher left in the result
