@@ -17,6 +17,20 @@ upper bound. Instructions are not time: a cold cache makes the same instructions
 in a tight loop. They are what a change to our code changes, measured exactly; time stays ``locate.py``'s
 (the main thread's run-to-run spread is about 0.5 %, the senders' about 3 %: their batches vary).
 Needs ``valgrind`` (Debian's package); a kind takes under a minute.
+
+``--micro`` counts the senders' own instructions per update exactly, in a tight loop instead of a worker:
+
+    python benchmarks/instructions.py --micro [--batch 1 --batch 32] [--updates 2000] [--cut send ...]
+
+A process of its own (``PYTHONHASHSEED=0``, under ``valgrind --tool=callgrind --collect-atstart=no
+--toggle-collect=functools_reduce``) queues each batch's updates as a worker's receivers do (``processing``
+with ``start_time``, then the final ``success`` with ``end_time``, merged into one entry), outside the count,
+then counts one sender round (``Sender._run_once``: take the batch, resolve, build, send, read, settle,
+finish) run inside ``functools.reduce``, against the stand-in API in another process. The same tree gives the
+same count within a few hundred instructions per update. ``--cut`` leaves parts out, to locate the cost
+(benchmark-only replacements, as ``variants.py``): ``transport`` (answers made up, no socket), ``endpoints``
+(no request built: every update counts as sent), ``send`` (no ``_send``: the queue and the round alone);
+``--parts`` also counts each step of one update's path on its own.
 """
 
 from __future__ import annotations
@@ -107,6 +121,173 @@ def _total(path: str) -> int:
     return 0
 
 
+# -- the senders' micro count (--micro) ---------------------------------------------------------------------------
+
+#: Cuts of ``--micro --cut``: what each leaves out of a sender's round.
+CUTS = ("transport", "endpoints", "send")
+#: Rounds run before counting starts (connections open, caches warm).
+MICRO_WARM = 8
+
+
+def micro(batches: list[int], updates: int, cuts: list[str], parts: bool, keep: pathlib.Path | None) -> int:
+    """Count a sender's instructions per update (``--micro``) for each batch size, whole and with each cut."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt-get install valgrind)")
+    api = run.ApiServer()
+    rows: list[tuple[str, int, float]] = []
+    try:
+        for batch in batches:
+            for cut in ["", *cuts]:
+                per, _ = _micro_child(api, batch, updates, cut, False, keep)
+                rows.append((cut or "everything", batch, per))
+                run.log(f"batch {batch}, {cut or 'everything'}: {per:,.0f} instructions per update")
+        if parts:
+            _, steps = _micro_child(api, batches[-1], updates, "", True, keep)
+    finally:
+        api.stop()
+    print(f"\nsenders, {updates} updates per count, stand-in API in another process, callgrind (exact)\n")
+    print("| sender round | batch | instructions per update |")
+    print("|---|---|---|")
+    for what, batch, per in rows:
+        print(f"| {what} | {batch} | {per:,.0f} |")
+    if parts:
+        print("\n| one update's step, alone | instructions per update |")
+        print("|---|---|")
+        for name, per in steps:
+            print(f"| {name} | {per:,.0f} |")
+    return 0
+
+
+def _micro_child(api: run.ApiServer, batch: int, updates: int, cut: str, parts: bool,
+                 keep: pathlib.Path | None) -> tuple[float, list[tuple[str, float]]]:
+    out_dir = pathlib.Path(tempfile.mkdtemp(prefix="tbbench-micro-"))
+    env = {**os.environ, "PYTHONHASHSEED": "0", "TASKBADGER_HOST": api.url, "TASKBADGER_API_KEY": api.api_key}
+    cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=functools_reduce",
+           "--dump-before=os_sched_yield", f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+           sys.executable, os.path.abspath(__file__), "--micro-child", "--batch", str(batch), "--updates", str(updates)]
+    if cut:
+        cmd += ["--cut", cut]
+    if parts:
+        cmd.append("--parts")
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=run.BENCH_DIR)
+    if done.returncode != 0:
+        raise RuntimeError(f"the micro count failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
+    labels = [line.split("\t") for line in done.stdout.splitlines() if line.startswith("count\t")]
+    # one dump per label, in order, before each os.sched_yield(); the last file is the exit's (nothing counted)
+    dumps = sorted(glob.glob(f"{out_dir}/callgrind.out.*.*"), key=lambda path: int(path.rsplit(".", 1)[1]))
+    if len(dumps) < len(labels):
+        raise RuntimeError(f"expected {len(labels)} dumps, found {len(dumps)}")
+    counts = [(label, _total(path) / int(n)) for (_, label, n), path in zip(labels, dumps, strict=False)]
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        for path in dumps:
+            shutil.move(path, keep / f"micro-{batch}-{cut or 'all'}.{pathlib.Path(path).name}")
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return counts[0][1], counts[1:]
+
+
+def micro_child(batch: int, updates: int, cut: str, parts: bool) -> int:
+    """The counted process of ``--micro`` (under callgrind): prints ``count<TAB>label<TAB>n`` before each dump."""
+    import concurrent.futures
+    import functools
+
+    import taskbadger
+    from taskbadger import endpoints, lifecycle
+    from taskbadger.delivery.queue import PendingQueue
+    from taskbadger.delivery.sender import SENT, Sender
+    from taskbadger.http import pooled
+
+    taskbadger.init(token=os.environ["TASKBADGER_API_KEY"], host=os.environ["TASKBADGER_HOST"])
+    rounds = -(-updates // batch)
+    total = MICRO_WARM * batch + rounds * batch
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        ids = [task.id for task in pool.map(lambda i: taskbadger.create_task("micro.noop", external_id=f"m-{i}"),
+                                            range(total))]
+    answer_of = {}
+    if cut == "transport":  # the answers the stand-in gives, made up without a socket
+        raw = b'{"id":"%s","organization":"acme","project":"demo","name":"micro.noop","status":"success"}'
+        answer_of = {task_id: (200, {"content-type": "application/json"}, raw % task_id.encode()) for task_id in ids}
+
+        def exchange_many(self, config, requests, deadline=None, late_answer=None):  # type: ignore[no-untyped-def]
+            return [answer_of[request.target.rsplit("/", 2)[1]] for request in requests]
+
+        pooled.PooledTransport.exchange_many = exchange_many  # type: ignore[method-assign]
+    elif cut == "endpoints":
+        endpoints.update_many = lambda updates, deadline=None: [None] * len(updates)  # type: ignore[assignment]
+    elif cut == "send":
+        def _send(self, batch_):  # type: ignore[no-untyped-def]
+            self._delivered([entry for _, entry in batch_])
+            return [SENT] * len(batch_)
+
+        Sender._send = _send  # type: ignore[method-assign]
+    queue = PendingQueue()
+    sender = Sender(queue, threads=1, batch_size=batch)
+    one_round = functools.partial(functools.reduce, lambda _, __: sender._run_once(), [0])
+    taken = iter(ids)
+
+    def queue_round() -> None:  # as a worker's receivers queue a task's two updates (merged: one entry)
+        for _ in range(batch):
+            task_id = next(taken)
+            queue.submit(task_id, {"status": "processing", "start_time": lifecycle.now()})
+            queue.submit(task_id, {"status": "success", "end_time": lifecycle.now()}, final=True, delay=0)
+
+    for _ in range(MICRO_WARM):
+        queue_round()
+        sender._run_once()
+    for _ in range(rounds):
+        queue_round()
+        one_round(None)
+    stats = queue.stats()
+    assert stats["sent"] == total and not stats["dropped"] and not stats["failed"], stats
+    print(f"count\tround\t{rounds * batch}", flush=True)
+    os.sched_yield()
+    if parts:
+        _count_parts(ids[:updates])
+    return 0
+
+
+def _count_parts(ids: list[str]) -> None:
+    """Each step of one update's path alone, over ``ids`` (the stand-in's answers read from a socketless
+    connection's parser)."""
+    import functools
+
+    from taskbadger import endpoints, lifecycle
+    from taskbadger.config import get_config
+    from taskbadger.delivery import merge
+    from taskbadger.http import build_request, pooled
+    from taskbadger.http.connection import Connection
+
+    config = get_config()
+    assert config is not None
+    fields = [{"status": "success", "start_time": lifecycle.now(), "end_time": lifecycle.now()} for _ in ids]
+    bodies = [endpoints.clean_body(f) for f in fields]
+    requests = [build_request(config, "PATCH", endpoints.task_path(task_id), json_body=body,
+                              expect=endpoints.expecting(task_id)) for task_id, body in zip(ids, bodies, strict=True)]
+    block = pooled._header_block(config.host, requests[0])
+    raw = [b"HTTP/1.1 200 OK\r\nServer: standin\r\nDate: Mon, 07 Dec 2026 16:00:00 GMT\r\nContent-Type: "
+           b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body) for body in (
+               b'{"id":"%s","name":"micro.noop","status":"success","value":null}' % i.encode() for i in ids)]
+    conn = Connection("http", "127.0.0.1", 80)
+    answers = [conn._take(chunk) for chunk in raw]
+
+    def count(label: str, step) -> None:  # type: ignore[no-untyped-def]
+        functools.reduce(lambda _, i: step(i), range(len(ids)), None)
+        print(f"count\t{label}\t{len(ids)}", flush=True)
+        os.sched_yield()
+
+    count("nothing (the loop itself)", lambda i: None)
+    count("merge.needs_current + merge.resolve", lambda i: merge.needs_current(fields[i]) or merge.resolve(
+        fields[i], None))
+    count("endpoints.clean_body", lambda i: endpoints.clean_body(fields[i]))
+    count("endpoints.task_path", lambda i: endpoints.task_path(ids[i]))
+    count("endpoints.expecting", lambda i: endpoints.expecting(ids[i]))
+    count("http.build_request (JSON included)", lambda i: build_request(
+        config, "PATCH", "x/", json_body=bodies[i], expect=None))
+    count("pooled._encode", lambda i: pooled._encode(requests[i], block))
+    count("an answer parsed (httptools and its callbacks)", lambda i: conn._take(raw[i]))
+    count("endpoints._updated (says_so)", lambda i: endpoints._updated(config, ids[i], requests[i], answers[i]))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=300)
@@ -114,7 +295,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--broker", default="redis://127.0.0.1:6379/9")
     parser.add_argument("--kind", action="append", choices=("untracked", "ours", *variants.VARIANTS))
     parser.add_argument("--keep", type=pathlib.Path, help="keep callgrind's files here, for callgrind_annotate")
+    parser.add_argument("--micro", action="store_true", help="count the senders' own instructions per update")
+    parser.add_argument("--batch", type=int, action="append", help="--micro: updates per sender round (1 and 32)")
+    parser.add_argument("--updates", type=int, default=2000, help="--micro: updates counted")
+    parser.add_argument("--cut", action="append", choices=CUTS, default=[], help="--micro: also count without this")
+    parser.add_argument("--parts", action="store_true", help="--micro: also count each step of the path alone")
+    parser.add_argument("--micro-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.micro_child:
+        return micro_child(args.batch[0], args.updates, args.cut[0] if args.cut else "", args.parts)
+    if args.micro:
+        return micro(args.batch or [1, 32], args.updates, args.cut, args.parts, args.keep)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (apt-get install valgrind)")
     kinds = args.kind or ["untracked", "receivers-only", "ours"]
