@@ -47,6 +47,10 @@ _READS_CURRENT = (MERGE_DATA, UNLESS_FINAL, ONLY_IF_PENDING, COMPLETE_PROGRESS, 
                   UNLESS_ENDED_LATER)
 
 
+#: Every key of queued fields that is not an API field: fields without any are sent as they are.
+_MARKERS = frozenset((*_READS_CURRENT, SEND_NULL))
+
+
 def reads_current(fields: Mapping[str, Any]) -> bool:
     """Whether queued ``fields`` carry a marker resolved against the task's current state."""
     return any(marker in fields for marker in _READS_CURRENT)
@@ -54,6 +58,8 @@ def reads_current(fields: Mapping[str, Any]) -> bool:
 
 def needs_current(fields: Mapping[str, Any]) -> bool:
     """Whether ``resolve`` reads the task's current state for queued ``fields`` (its ``fetch`` is called)."""
+    if _MARKERS.isdisjoint(fields):  # a worker's update: no marker (one C call instead of seven lookups)
+        return False
     return bool(fields.get(UNLESS_FINAL) or fields.get(ONLY_IF_PENDING) or fields.get(COMPLETE_PROGRESS) or (
         fields.get(KEEP_START) and "start_time" in fields) or (
         fields.get(UNLESS_ENDED_LATER) and "end_time" in fields) or (
@@ -134,6 +140,8 @@ def resolve(fields: Mapping[str, Any], fetch: Callable[[], TaskModel] | None) ->
     conditional update, or progress to complete). Without it, a conditional update is sent as an
     unconditional one."""
     body = dict(fields)
+    if _MARKERS.isdisjoint(body):  # a worker's update: nothing to resolve (one C call instead of seven pops)
+        return body
     for key in body.pop(SEND_NULL, None) or ():
         if key in NULLABLE and key not in body:
             body[key] = NULL

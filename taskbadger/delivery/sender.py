@@ -202,7 +202,9 @@ class Sender:
         for i, (task_id, entry) in enumerate(batch):
             entry.attempts += 1
             try:
-                body = merge.resolve(entry.fields, functools.partial(_read, current, task_id))
+                # the task's state is read only for the updates that need it (``reads``): no ``fetch`` for the others
+                body = merge.resolve(entry.fields,
+                                     functools.partial(_read, current, task_id) if task_id in current else None)
             except Exception as problem:
                 outcomes[i] = self._outcome(task_id, entry, problem)
                 continue
