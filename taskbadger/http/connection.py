@@ -71,8 +71,9 @@ class _TooLarge(Exception):
     """Raised inside a parser callback; httptools wraps it, ``_take`` reports ``_Answers.problem``."""
 
 
-#: The answer headers anyone reads (the others are counted, not kept: decoding them costs per answer).
-KEPT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"retry-after", b"content-type"})
+#: The answer headers anyone reads (the others are counted, not kept: decoding them costs per answer). Not
+#: ``content-type``: nothing reads it (an answer's body is JSON or refused), and every answer has one.
+KEPT_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"retry-after"})
 #: Their first bytes, either case: the other headers (Date, Server, Vary, X-…) are skipped at the first byte.
 #: A set of one-byte strings: ``name[:1] in b"cC…"`` first tries the name as a byte value, and raises and
 #: clears a TypeError inside, for every header line (3.7 times slower than the set in a tight loop).
@@ -92,10 +93,6 @@ class _Answer:
         self.size = 0  # body bytes so far
         self.head_done = False
         self.keep_alive = False
-
-    def result(self) -> Answer:
-        body = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        return self.status, self.headers, body
 
 
 class _Answers:
@@ -293,7 +290,8 @@ class Connection:
         answer = self._answers.ready.popleft()
         if not answer.keep_alive:
             self.close()
-        return answer.result()
+        chunks = answer.chunks
+        return answer.status, answer.headers, chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def read_answer(self, deadline: Deadline) -> Answer:
         """The next whole answer, before ``deadline``; TimeoutError when it passes first."""
