@@ -157,6 +157,26 @@ def _header_block(host: str, request: Request) -> Wire:
                  + "\r\n").encode("latin-1"))
 
 
+#: Header blocks formatted for earlier batches: (host, the headers dict itself, its block), by the dict's id. Requests
+#: share one headers dict per key and shape (``request._base_headers``), so a sender's batches reuse one block
+#: instead of formatting it again per batch; the dict is held here, so its id is not reused while it is cached.
+_blocks: dict[int, tuple[str, object, Wire]] = {}
+#: Most blocks kept (requests with headers of their own, a create under a monitor, make new dicts).
+MAX_BLOCKS = 16
+
+
+def _block_for(host: str, request: Request) -> Wire:
+    headers = request.headers
+    cached = _blocks.get(id(headers))
+    if cached is not None and cached[1] is headers and cached[0] == host:
+        return cached[2]
+    block = _header_block(host, request)
+    if len(_blocks) >= MAX_BLOCKS:
+        _blocks.clear()
+    _blocks[id(headers)] = (host, headers, block)
+    return block
+
+
 def _encode(request: Request, header_block: bytes) -> Wire:
     body = request.body or b""
     return Wire(b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n%s" % (
@@ -225,7 +245,7 @@ class _Batch:
         conn, request = self.conns[i], self.requests[i]
         block = self.blocks.get(id(request.headers))
         if block is None:
-            block = self.blocks[id(request.headers)] = _header_block(self.host, request)
+            block = self.blocks[id(request.headers)] = _block_for(self.host, request)
         if conn.sock is None:
             try:
                 conn.connect(self.deadline)
