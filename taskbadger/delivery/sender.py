@@ -69,6 +69,8 @@ class Sender:
         self.threads: list[threading.Thread] = []
         self._failures = 0  # consecutive rounds of failed requests: the backoff's exponent
         self._stats_logged: tuple[float, dict[str, int]] = (time.monotonic(), {})
+        #: the queue's counters as the last delivery line had them (compared whole, once per round)
+        self._counters_logged: dict[str, int] = {}
 
     def submit(self, task_id: str, fields: dict[str, Any], final: bool = False, delay: float | None = None) -> bool:
         """Queue an update (see ``PendingQueue.submit``); starts the first thread on first use."""
@@ -164,10 +166,9 @@ class Sender:
     def _next_stats_line(self) -> float | None:
         """When the delivery line is due (with ``cond`` held): a minute after the last one, if the
         counters changed since; None when nothing changed (no need to wake up for it)."""
-        last, counters = self._stats_logged
-        if self.queue.counters == {key: counters.get(key) for key in self.queue.counters}:
+        if self.queue.counters == self._counters_logged:
             return None
-        return last + STATS_LOG_INTERVAL
+        return self._stats_logged[0] + STATS_LOG_INTERVAL
 
     def _log_stats(self) -> None:
         last, counters = self._stats_logged
@@ -178,6 +179,7 @@ class Sender:
         if current != counters:
             log.info("Task Badger delivery (process %d): %s", os.getpid(), delivery_line(current))
         self._stats_logged = (now, current)
+        self._counters_logged = {key: current[key] for key in COUNTERS}
 
     # -- one batch ----------------------------------------------------------------------------------
 
