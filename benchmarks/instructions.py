@@ -221,7 +221,9 @@ def micro_child(batch: int, updates: int, cut: str, parts: bool) -> int:
 
         Sender._send = _send  # type: ignore[method-assign]
     queue = PendingQueue()
-    sender = Sender(queue, threads=1, batch_size=batch)
+    sender = Sender(queue, threads=1)  # a worker's batch size (BATCH_SIZE): a round takes what is ready, up to it
+    if batch > sender.batch_size:
+        raise SystemExit(f"--batch {batch}: a sender takes at most {sender.batch_size} updates per round")
     one_round = functools.partial(functools.reduce, lambda _, __: sender._run_once(), [0])
     taken = iter(ids)
 
