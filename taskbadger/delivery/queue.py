@@ -307,11 +307,13 @@ class PendingQueue:
         """Count what became of in-flight ``entries`` (``counter``: sent, dropped or failed), each once, in the
         same step that stops counting them as in flight, so that the counters always add up (``COUNTERS``).
         Returns how many were counted now (an entry given up while in flight was counted then)."""
-        fresh = [entry for entry in entries if not entry.settled]
-        for entry in fresh:
-            entry.settled = True
-        self.counters[counter] += len(fresh)
-        return len(fresh)
+        fresh = 0
+        for entry in entries:
+            if not entry.settled:
+                entry.settled = True
+                fresh += 1
+        self.counters[counter] += fresh
+        return fresh
 
     def note_spool_write_failed(self, count: int) -> None:
         """``count`` updates taken for the spool could not be written: they are lost, not spooled."""

@@ -21,7 +21,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import endpoints
@@ -160,7 +160,7 @@ class Sender:
             with queue.cond:
                 queue.settle([entry for _, entry in batch], "failed")
         with queue.cond:
-            queue.finish(batch, [outcome == RETRY for outcome in outcomes])
+            queue.finish(batch, list(map(RETRY.__eq__, outcomes)))
         self._log_stats()
 
     def _next_stats_line(self) -> float | None:
@@ -199,8 +199,13 @@ class Sender:
         # The tasks whose current state the updates are resolved against, read together (parallel connections, as
         # the PATCHes): one after another, a batch of reads at a slow API used up the deadline its PATCHes share,
         # and the batch was retried, read and timed out again, for ever.
-        reads = [task_id for task_id, entry in batch if merge.needs_current(entry.fields)]
+        # (loops written out here, not comprehensions: a comprehension is a frame of its own, and this runs per batch)
+        reads: list[str] = []
+        for task_id, entry in batch:
+            if merge.needs_current(entry.fields):
+                reads.append(task_id)
         current = dict(zip(reads, endpoints.get_many(reads, deadline), strict=True)) if reads else {}
+        updates: list[tuple[str, Mapping[str, Any]]] = []
         for i, (task_id, entry) in enumerate(batch):
             entry.attempts += 1
             try:
@@ -215,7 +220,8 @@ class Sender:
                 done.append(entry)
             else:
                 ready.append((i, task_id, body))
-        errors = endpoints.update_many([(task_id, body) for _, task_id, body in ready], deadline) if ready else []
+                updates.append((task_id, body))
+        errors = endpoints.update_many(updates, deadline) if updates else []
         for (i, task_id, _), err in zip(ready, errors, strict=True):
             if err is None:
                 outcomes[i] = SENT

@@ -300,9 +300,11 @@ class _Batch:
 
     def _receive_all(self, indexes: list[int]) -> dict[int, Answer | TransportError]:
         """The answer on every connection of a batch, with one ``poll`` for all of them."""
-        if len(indexes) <= 1 or not hasattr(select, "poll"):
-            return {i: self._receive(i) for i in indexes}
         answers: dict[int, Answer | TransportError] = {}
+        if len(indexes) <= 1 or not hasattr(select, "poll"):
+            for i in indexes:  # not a comprehension: a frame of its own, per batch
+                answers[i] = self._receive(i)
+            return answers
         waiting: dict[int, int] = {}  # fd -> index
         poller = select.poll()
         for i in indexes:
