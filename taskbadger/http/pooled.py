@@ -82,9 +82,11 @@ def _checkout(host: str, count: int) -> list[Connection]:
         del pool.idle[len(pool.idle) - len(taken):]
     for old in stale:
         old.close()
-    _close_unusable(taken)
-    scheme, hostname, port = key
-    taken.extend(Connection(scheme, hostname, port) for _ in range(count - len(taken)))
+    if taken:
+        _close_unusable(taken)
+    if len(taken) < count:
+        scheme, hostname, port = key
+        taken.extend(Connection(scheme, hostname, port) for _ in range(count - len(taken)))
     return taken
 
 
@@ -128,7 +130,10 @@ atexit.register(close_idle)
 def _close_unusable(conns: list[Connection]) -> None:
     """Close the idle connections that have something to read: the server closed them (EOF) or sent
     bytes nobody asked for (an idle keep-alive socket has nothing to read). One ``poll`` for them all."""
-    idle = {conn.sock.fileno(): conn for conn in conns if conn.sock is not None}
+    idle: dict[int, Connection] = {}
+    for conn in conns:  # not a comprehension: a frame of its own, per batch
+        if conn.sock is not None:
+            idle[conn.sock.fileno()] = conn
     if not idle:
         return
     if not hasattr(select, "poll"):
@@ -221,6 +226,7 @@ class _Batch:
     def run(self) -> list[Answer | TransportError]:
         results: list[Answer | TransportError | None] = [None] * len(self.requests)
         sent: list[tuple[int, bool]] = []  # (index, sent on a reused connection)
+        indexes: list[int] = []
         for i, conn in enumerate(self.conns):
             reused = conn.sock is not None
             failure_ = self._send(i)
@@ -228,13 +234,16 @@ class _Batch:
                 reused, failure_ = False, self._send(i)
             if failure_ is None:
                 sent.append((i, reused))
+                indexes.append(i)
             else:
                 results[i] = failure_
         self.deadline = self.deadline.sent()
-        answers = self._receive_all([i for i, _ in sent])
+        answers = self._receive_all(indexes)
         for i, reused in sent:
-            results[i] = answers[i]
-            if reused and _may_resend(self.requests[i], answers[i]) and not self.deadline.expired():
+            answer = results[i] = answers[i]
+            # (an answer is not a failure, most often: no call to ask _may_resend)
+            if reused and isinstance(answer, TransportError) and _may_resend(self.requests[i], answer) \
+                    and not self.deadline.expired():
                 results[i] = self._send(i) or self._receive(i)
         return results  # type: ignore[return-value]
 
