@@ -1,5 +1,6 @@
 """The pooled keep-alive transport of the hot paths (the create at publish, the senders' updates)."""
 
+import base64
 import multiprocessing
 import os
 import subprocess
@@ -30,6 +31,29 @@ def test_fast_create_and_update_reuse_one_connection(taskbadger_server):
     assert taskbadger_server.get_task(task.id)["value"] == 4
     assert len({r.connection_id for r in taskbadger_server.requests}) == 1
     assert taskbadger_server.requests[0].headers["User-Agent"].startswith("taskbadger-python/")
+
+
+def test_init_again_sends_the_new_key_and_project_not_those_formatted_for_earlier_requests(taskbadger_server):
+    """Requests reuse the header block and the tasks URL formatted for the requests before them (kept by identity,
+    so that a sender does not format them per batch): a new configuration must never go out with the old key or
+    the old project's path."""
+    task = create("rekey", {"status": "pending"})
+    update(task.id, {"value": 1})  # the block and the URL are formatted for this key and project
+    organization, project, _ = base64.b64decode(taskbadger_server.api_key).decode().split("/")
+    other_key = base64.b64encode(f"{organization}/{project}/not-the-key".encode()).decode()
+    taskbadger.init(token=other_key, host=taskbadger_server.url)
+    with pytest.raises(Unauthorized):
+        update(task.id, {"value": 2})
+    taskbadger.init(token=base64.b64encode(f"{organization}/another-project/not-the-key".encode()).decode(),
+                    host=taskbadger_server.url)
+    with pytest.raises(Exception):  # noqa: B017  (refused: another project, another key)
+        update(task.id, {"value": 3})
+    taskbadger.init(token=taskbadger_server.api_key, host=taskbadger_server.url)
+    update(task.id, {"value": 4})
+    assert taskbadger_server.get_task(task.id)["value"] == 4
+    patches = [r for r in taskbadger_server.requests if r.method == "PATCH"]
+    assert [r.headers["Authorization"].endswith("not-the-key") for r in patches] == [False, True, True, False]
+    assert [f"/{project}/" in r.path for r in patches] == [True, True, False, True]
 
 
 def test_a_batch_goes_out_on_several_kept_alive_connections(taskbadger_server):
