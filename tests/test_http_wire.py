@@ -163,3 +163,39 @@ def test_a_stray_answer_about_a_task_of_the_same_name_is_not_taken_for_a_create(
     finally:
         server.close()
 
+
+
+TOKEN = base64.b64encode(b"x/y/k").decode()
+BODIES = [{"name": "é\u2028\"quoted\"\n\t", "value": 7, "value_max": 10, "data": {"nested": [None, True, 1.5, -3]}},
+          {"status": "success", "end_time": "2026-12-07T16:00:00.000001+00:00"}, {"data": {}}, {"tags": {"k": "v"}}]
+
+
+@pytest.mark.parametrize("body", BODIES)
+def test_a_request_body_is_the_json_the_standard_encoder_writes(body):
+    import json
+
+    request = build_request(build_config(token=TOKEN), "PATCH", "abc/", json_body=body)
+    assert request.body == json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+@pytest.mark.parametrize("bad", [{"value": float("nan")}, {"data": {"when": object()}}, {"data": {1, 2}}])
+def test_a_body_json_cannot_hold_is_refused_before_anything_is_sent(bad):
+    with pytest.raises(taskbadger.InvalidData):
+        build_request(build_config(token=TOKEN), "PATCH", "abc/", json_body=bad)
+
+
+def test_the_c_encoder_is_used_only_where_it_agrees_with_the_standard_one(monkeypatch):
+    """The bodies are encoded by calling json's C encoder directly (its arguments are json's own business): on a
+    Python whose C encoder takes other arguments, or writes other text, the standard encoder is used instead of
+    refusing every body."""
+    from taskbadger.http import request as request_module
+
+    assert request_module._c_encoder_agrees()  # this Python's: used
+
+    def other_signature(*args):
+        raise TypeError("c_make_encoder() takes 10 arguments")
+
+    monkeypatch.setattr(request_module, "_C_MAKE_ENCODER", other_signature)
+    assert not request_module._c_encoder_agrees()
+    monkeypatch.setattr(request_module, "_C_MAKE_ENCODER", lambda *args: (lambda value, level: ["{}"]))
+    assert not request_module._c_encoder_agrees()

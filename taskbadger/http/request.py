@@ -149,3 +149,24 @@ def _json_text(value: Any) -> str:
     return "".join(_C_MAKE_ENCODER({}, _BODY_ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",",
                                    False, False, False)(value, 0))
 
+
+
+def _c_encoder_agrees() -> bool:
+    """Whether calling ``json``'s C encoder directly gives ``_BODY_ENCODER``'s text and refusals here. Its arguments
+    are ``json``'s own business, not a public interface: on a Python that changes them, every body would fail to
+    encode (and every update be dropped as invalid), so this is checked once, at import, and the C encoder is used
+    only when it agrees."""
+    sample = {"name": "é\u2028\"x\"\n", "value": 3, "f": 2.5, "data": {"list": [None, True, False, -1]}}
+    try:
+        if _json_text(sample) != _BODY_ENCODER.encode(sample):
+            return False
+        _json_text({"value": float("nan")})
+    except ValueError:
+        return True  # NaN refused, as the encoder refuses it
+    except Exception:
+        return False
+    return False
+
+
+if _C_MAKE_ENCODER is not None and not _c_encoder_agrees():
+    _C_MAKE_ENCODER = None
