@@ -215,6 +215,13 @@ def parse_datetime(value: Any) -> dt.datetime | None:
 _FRACTION = re.compile(r"\.(\d{1,9})(?=[+-]|$)")
 
 
+def is_time_text(value: Any) -> bool:
+    """True for a time as an update sends it (``start_time``, ``end_time``): ISO 8601 text of at most 64 characters
+    that ``parse_datetime`` reads. A time read from outside (a message another producer wrote, a spool file) that is
+    not one made the API refuse the whole update it rode in, its final status with it."""
+    return isinstance(value, str) and len(value) <= 64 and value.isascii() and parse_datetime(value) is not None
+
+
 class _Null:
     """JSON ``null`` in an update's body (``NULL``): ``None`` means a field left out of a PATCH everywhere else."""
 

@@ -136,11 +136,16 @@ def test_carried_data_larger_than_a_publisher_of_ours_carries_is_not_written_bac
 
 
 @pytest.mark.parametrize("resend", [{"data": {"blob": "x" * 3_000_000}, "value": 5},
-                                    {"status": "success", "end_time": "2020-01-01T00:00:00Z", "value": 5}],
-                         ids=["too large", "fields it may not carry"])
+                                    {"status": "success", "end_time": "2020-01-01T00:00:00Z", "value": 5},
+                                    {"start_time": "not a time", "value": 5},
+                                    {"start_time": "2026-13-45T99:99:99", "value": 5}],
+                         ids=["too large", "fields it may not carry", "a start that is not a time",
+                              "a start out of range"])
 def test_a_retry_s_resend_fields_are_taken_only_within_bounds(taskbadger_server, solo_worker, celery_app, resend):
     """``resend`` (what an attempt could not send when it was retried, for the next attempt to send) is read from
-    the message like the rest of it: only the fields listed, each checked, and not up to any size."""
+    the message like the rest of it: only the fields listed, each checked, and not up to any size. A start time
+    that is not one (any text up to 64 characters was taken) rode in the worker's first update, and the API's 400
+    refused it: the task never showed processing, nor, when its end was merged with its start, its outcome."""
     task = taskbadger.create_task("foreign", data={"orig": 1})
     meta = {"task": {"id": task.id, "name": "foreign", "status": "pending", "data": {"orig": 1}}, "resend": resend}
     publish_foreign(celery_app, NAME + "fail", ("broken on purpose",), solo_worker.queue, {"taskbadger_task": meta})

@@ -47,7 +47,15 @@ from typing import Any
 
 from .._runtime import PerProcess, log_throttled, make_private_dirs, short
 from ..config import Config
-from ..models import MAX_NAME_LENGTH, STATUS_VALUES, has_control_characters, is_count, is_task_id, monitor_id
+from ..models import (
+    MAX_NAME_LENGTH,
+    STATUS_VALUES,
+    has_control_characters,
+    is_count,
+    is_task_id,
+    is_time_text,
+    monitor_id,
+)
 from .merge import NULLABLE
 
 log = logging.getLogger("taskbadger")
@@ -82,7 +90,7 @@ _FIELDS: dict[str, Any] = {
     "data": lambda v: v is None or _dict(v),
     "tags": lambda v: _dict(v) and all(isinstance(x, str) and not has_control_characters(x) for x in v.values()),
     "queue": _text(1000), "external_id": _text(1000), "parent": lambda v: v is None or is_task_id(v),
-    "start_time": _text(64), "end_time": _text(64),
+    "start_time": is_time_text, "end_time": is_time_text,
     "actions": lambda v: isinstance(v, list) and all(_dict(a) for a in v), "merge_data": _dict,
     "_taskbadger_unless_final": lambda v: v is True, "_taskbadger_only_if_pending": lambda v: v is True,
     "_taskbadger_complete_progress": lambda v: v is True,

@@ -24,6 +24,7 @@ from ..models import (
     is_count,
     is_heartbeat_interval,
     is_task_id,
+    is_time_text,
     is_whole_seconds,
     jsonable,
 )
@@ -155,7 +156,7 @@ _RESEND_FIELDS: dict[str, Any] = {
     "merge_data": _mapping,
     "value": _count,
     "value_max": _count,
-    "start_time": _text(64),
+    "start_time": lambda v: v if is_time_text(v) else _invalid(),
     merge.KEEP_START: lambda v: v if v is True else _invalid(),
     "stale_timeout": lambda v: v if is_whole_seconds(v) else _invalid(),
 }
