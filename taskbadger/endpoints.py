@@ -21,7 +21,7 @@ from . import http
 from ._runtime import short
 from .config import Config, get_config, unconfigured_reason
 from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException, UnexpectedStatus
-from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id
+from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id, without_surrogates
 
 
 def current_config() -> Config:
@@ -84,9 +84,11 @@ def _foreign(payload: Any, task_id: str | None, sent: Mapping[str, Any] | None) 
     if task_id is not None and payload["id"] != task_id:
         return f"a request about task {short(task_id)} was answered with task {short(payload['id'])}"
     for key in _ECHOED if sent is not None else ():
-        if key in sent and key in payload and payload[key] != sent[key]:  # type: ignore[operator,index]
+        expected = sent.get(key, payload.get(key)) if sent is not None else None
+        # (compared as it left: text that was not Unicode with U+FFFD in its place, ``http.build_request``)
+        if key in payload and payload[key] != expected and payload[key] != without_surrogates(expected):
             return (f"a create was answered with another task (its {key} is {short(payload[key], 60)}, not "
-                    f"{short(sent[key], 60)})")  # type: ignore[index]
+                    f"{short(expected, 60)})")
     return None
 
 

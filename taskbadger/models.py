@@ -126,6 +126,26 @@ def has_control_characters(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
 
+#: A surrogate code point on its own: what Python makes of bytes that are not UTF-8 (``surrogateescape``: a command
+#: line argument, an environment variable, a file name from ``os.listdir``). It is not text: JSON's ``\udcff``
+#: escape for it is refused by whatever stores the text as UTF-8.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(value: Any, depth: int = 0) -> Any:
+    """``value`` (JSON's types) with each lone surrogate in its strings, keys too, replaced by U+FFFD, the
+    replacement character (as ``bytes.decode(errors="replace")`` shows a byte that is not UTF-8)."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if depth > 100:
+        return value
+    if isinstance(value, Mapping):
+        return {without_surrogates(k, depth + 1): without_surrogates(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_surrogates(v, depth + 1) for v in value]
+    return value
+
+
 def jsonable(value: Any, depth: int = 0) -> Any:
     """``value`` if JSON can encode it, else a structure where what it cannot encode is a repr
     (sets, dates, objects); dict keys become strings, NaN and infinities their repr."""

@@ -570,6 +570,32 @@ def test_a_tag_value_longer_than_the_api_takes_is_shortened_and_the_run_tracked(
     assert task["tags"] == {"commit": long_value[:254] + "…"} and task["status"] == "success"
 
 
+def test_bytes_that_are_not_utf8_on_the_command_line_are_sent_as_text(taskbadger_server, env, tmp_path):
+    """A name or tag built from a file name in another encoding (``taskbadger run "backup $f"``): Python reads the
+    bytes that are not UTF-8 as lone surrogates, and the body carried them as JSON escapes (``\\udcff``) that are not
+    text: an API storing UTF-8 cannot keep them and refuses the create. They are sent as U+FFFD; the command still
+    gets its own arguments byte for byte."""
+    stamp = tmp_path / "arg"
+    keep = b"import os, sys; open(sys.argv[2], 'wb').write(os.fsencode(sys.argv[1]))"
+    argv = [*map(os.fsencode, CLI), b"run", b"backup caf\xe9.tar", b"--tag", b"file=caf\xe9", b"--",
+            os.fsencode(sys.executable), b"-c", keep, b"caf\xe9", os.fsencode(stamp)]
+    result = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    [task] = taskbadger_server.tasks.values()
+    # compared as ascii(): a lone surrogate in a failure's report would break pytest-xdist's channel
+    assert ascii((task["name"], task["tags"], task["status"])) == ascii(("backup caf\ufffd.tar", {"file": "caf\ufffd"},
+                                                                         "success"))
+    assert stamp.read_bytes() == b"caf\xe9"
+    listed = subprocess.run([*map(os.fsencode, CLI), b"list", b"--start-token", b"p\xe9"], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    # it said "Error: 'utf-8' codec can't encode character '\\udce9' in position 1: surrogates not allowed"
+    assert listed.returncode == 2 and b"is not a page of the task list of acme/demo" in listed.stderr, listed.stderr
+    made = subprocess.run([*map(os.fsencode, CLI), b"create", b"m", b"--metadata", b"file=caf\xe9"], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    assert made.returncode == 0, made.stderr
+    assert ascii(only_task(taskbadger_server, "m")["data"]) == ascii({"file": "caf\ufffd"})
+
+
 def test_a_tag_value_too_short_for_the_api_is_refused_before_anything_runs(taskbadger_server, env, tmp_path):
     for command in (("run", "short", "--tag", "env=a", "--", *started_at(tmp_path)),
                     ("create", "short", "--tag", "env=")):

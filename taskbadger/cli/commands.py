@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import taskbadger
+from taskbadger._runtime import short
 from taskbadger.actions import DEPRECATION, Action, EmailIntegration, Integration, WebhookIntegration
 from taskbadger.config import Config, without_userinfo
 from taskbadger.exceptions import (
@@ -182,6 +183,10 @@ def list_tasks(fmt: str | None = None, limit: int = 100, start_token: str | None
     config = _config(err)
     if config is None:
         return FAILED
+    if start_token is not None and not (start_token.isascii() and start_token.isprintable()):
+        # a token the API issues is printable ASCII: one with bytes that are not UTF-8 could not even be put in the
+        # request ("'utf-8' codec can't encode character '\\udcff'"), nor one with a line break sent as it is
+        return _fail(err, _not_a_page(start_token, config), USAGE)
     tasks: list[Any] = []
     next_token = start_token
     try:
@@ -194,10 +199,7 @@ def list_tasks(fmt: str | None = None, limit: int = 100, start_token: str | None
     except NotFound as error:
         if start_token is not None and next_token == start_token and "cursor" in str(error.message).lower():
             # the API answers 404 to a cursor it cannot read ("Invalid cursor"): the token, not a task, is wrong
-            return _fail(err, f"--start-token {start_token!r} is not a page of the task list of "
-                              f"{config.organization_slug}/{config.project_slug}: copy the token an earlier list "
-                              "printed as 'Next page', whole, or leave --start-token out to start from the newest",
-                         USAGE)
+            return _fail(err, _not_a_page(start_token, config), USAGE)
         return _fail(err, describe_error(error, config))
     except Exception as error:
         return _fail(err, describe_error(error, config))
@@ -206,6 +208,12 @@ def list_tasks(fmt: str | None = None, limit: int = 100, start_token: str | None
     if next_token and fmt == "csv":
         err.write(render.next_page_hint(next_token))
     return OK
+
+
+def _not_a_page(start_token: str, config: Any) -> str:
+    return (f"--start-token {short(start_token, 80)} is not a page of the task list of {config.organization_slug}/"
+            f"{config.project_slug}: copy the token an earlier list printed as 'Next page', whole, or leave "
+            "--start-token out to start from the newest")
 
 
 def create_task(name: str, *, status: str | None = "processing", value_max: int | None = 100,

@@ -7,6 +7,7 @@ made of task ids (letters, digits, ``-`` and ``_``), and header values never hol
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import re
 from collections.abc import Callable, Mapping
@@ -14,9 +15,10 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
+from .._runtime import log_throttled
 from ..config import Config
 from ..exceptions import InvalidData
-from ..models import has_control_characters
+from ..models import has_control_characters, without_surrogates
 from ..version import __version__
 from .errors import Answer, loads
 
@@ -114,7 +116,7 @@ def build_request(config: Config, method: str, path: str = "", *, json_body: Any
     if not _PATH.fullmatch(path):
         raise InvalidData(f"{path[:80]!r} is not a Task Badger task path: task ids are letters, digits, - and _")
     try:
-        body = None if json_body is None else _json_text(json_body).encode()
+        body = None if json_body is None else _encoded(json_body)
     except (TypeError, ValueError, RecursionError) as err:
         raise InvalidData(f"the task's fields cannot be encoded as JSON ({err}); convert such values in data "
                           "(dates, sets, objects, NaN) to strings, numbers, lists or dicts first") from None
@@ -127,12 +129,33 @@ def build_request(config: Config, method: str, path: str = "", *, json_body: Any
     if params:
         query = {k: v for k, v in params.items() if v is not None}
         if query:
-            path += f"?{urlencode(query)}"
+            try:
+                path += f"?{urlencode(query)}"
+            except UnicodeEncodeError:
+                raise InvalidData(f"a query parameter ({', '.join(query)[:80]}) holds bytes that are not UTF-8 text; "
+                                  "it was not sent") from None
     urls = _urls
     if urls[0] is not config:  # one read: another thread may replace it meanwhile, never half of it
         tasks_url = config.tasks_url
         urls = _urls = (config, tasks_url, urlsplit(tasks_url).path)
     return Request(method, urls[1] + path, urls[2] + path, all_headers, body, expect)
+
+
+def _encoded(json_body: Any) -> bytes:
+    """The body's JSON. Text that is not Unicode (a lone surrogate: bytes that are not UTF-8, decoded by Python with
+    ``surrogateescape``, from a command line, the environment or a file name) is sent with U+FFFD in its place, with a
+    warning: JSON would carry it as an escape (``\\udcff``) that the API cannot store, and it would refuse the whole
+    create or update. ``"\\ud"`` in the escaped JSON is rare (a character beyond the BMP, an emoji, is escaped as a
+    pair): only then are the strings looked at."""
+    text = _json_text(json_body)
+    if "\\ud" in text:
+        repaired = _json_text(without_surrogates(json_body))
+        if repaired != text:
+            log_throttled("not-unicode", 60.0, logging.WARNING,
+                          "Task Badger: a task's fields hold bytes that are not UTF-8 text (a file name or argument "
+                          "read as bytes?); they are sent as U+FFFD. Decode such bytes yourself to keep them")
+            text = repaired
+    return text.encode()
 
 
 #: The last configuration's tasks URL and its path (the request target's start): ``Config.tasks_url`` formats it
@@ -148,7 +171,6 @@ def _json_text(value: Any) -> str:
     # check) are left behind when encoding fails, and must not outlive the call
     return "".join(_C_MAKE_ENCODER({}, _BODY_ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",",
                                    False, False, False)(value, 0))
-
 
 
 def _c_encoder_agrees() -> bool:
