@@ -100,6 +100,22 @@ def test_the_worker_stores_the_result_while_the_publishing_transaction_is_open(p
     assert task["id"] == seen["tb_id"] and task["external_id"] == seen["celery_id"]
 
 
+def test_the_worker_stores_the_result_while_a_manual_transaction_is_open(project, taskbadger_server):
+    """With autocommit off (``transaction.set_autocommit(False)``, no ``atomic()``), the PENDING row was written in
+    the user's open transaction (there is no ``on_commit`` there): the worker waited on it until the commit (on
+    SQLite: "database is locked"), as it did in ``atomic()`` before. Celery alone writes nothing at publish: nor do
+    we, there."""
+    worker = project.worker()
+    try:
+        seen = project.publish("autocommit_off", worker.queue)
+    finally:
+        stop_worker(worker)
+    assert seen["seen_while_open"] == ["SUCCESS", "5"], worker.log()[-3000:]
+    assert seen["publish_queries"] == []
+    assert (seen["get"], seen["row"]) == (5, ["SUCCESS", "5"])
+    assert taskbadger_server.wait_for_task(name="djangodb.add", status="success")
+
+
 def test_the_celery_id_leads_to_the_task_from_another_process_once_committed(project, taskbadger_server):
     queue = f"q-nobody-{uuid.uuid4().hex[:8]}"  # no worker takes it: the rows stay as the publisher left them
     seen = project.publish("not_run", queue)

@@ -100,10 +100,21 @@ def _tell_django_database(backend: Any, celery_id: str, task_id: str) -> None:
             _could_not(err)
 
     def when_sent() -> None:
-        if transaction.get_connection(alias).in_atomic_block:
+        connection = transaction.get_connection(alias)
+        if connection.in_atomic_block:
             transaction.on_commit(write, using=alias)
-        else:
+        elif connection.get_autocommit():
             write()
+        else:
+            # manual transactions (``set_autocommit(False)``, no ``atomic()``): there is no commit to wait for
+            # (``on_commit`` refuses), and the row written now sits in the user's open transaction, where the worker
+            # waits on it until the user commits (SQLite: "database is locked"). So none, as Celery alone; this
+            # process knows the id (``state.published``)
+            log_throttled("result-backend-manual", float("inf"), logging.WARNING,
+                          "Task Badger: a task was published with autocommit off on database %r (manual transactions): "
+                          "its Task Badger id is not stored in the result backend, so task_id_of_result() finds it "
+                          "only in this process. Publish inside transaction.atomic() to have it stored at the commit",
+                          alias)
 
     _unsent.waiting = (celery_id, when_sent)
 

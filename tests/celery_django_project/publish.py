@@ -4,6 +4,7 @@ tests.celery_django_project.publish SCENARIO ARG`` prints what it saw as one JSO
 * ``in_transaction QUEUE``: ``add.delay(2, 3)`` inside ``transaction.atomic()``, then, the transaction still open,
   waits (with a deadline) until the worker's ``SUCCESS`` row is visible from another connection, as a request that
   goes on with its work; then commits and gets the result.
+* ``autocommit_off QUEUE``: the same with ``transaction.set_autocommit(False)`` (manual transactions).
 * ``not_run QUEUE`` (a queue no worker takes): a publish in a transaction that commits, one in a transaction that
   rolls back, one in autocommit; the rows other connections see.
 * ``refused -``: a publish the broker refuses (nothing listens on its port), in autocommit; the rows it left.
@@ -61,6 +62,33 @@ def in_transaction(queue):
     return out
 
 
+def autocommit_off(queue):
+    """As ``in_transaction``, in manual transaction management (``transaction.set_autocommit(False)``, no
+    ``atomic()``): the publish, then the worker's row awaited while the transaction is open; the commit, the
+    result."""
+    out = {}
+    transaction.set_autocommit(False)
+    try:
+        with CaptureQueriesContext(connection) as publishing:
+            result = add.apply_async((2, 3), queue=queue)
+        out["publish_queries"] = [q["sql"] for q in publishing.captured_queries]
+        deadline = time.monotonic() + DEADLINE
+        seen = row(result.id)
+        while (seen is None or seen[0] != "SUCCESS") and time.monotonic() < deadline:
+            time.sleep(0.05)  # polling another connection for the worker's row, under a deadline
+            seen = row(result.id)
+        out["seen_while_open"] = seen
+        transaction.commit()
+    finally:
+        transaction.set_autocommit(True)
+    try:
+        out["get"] = result.get(timeout=DEADLINE)
+    except Exception as err:
+        out["get"] = repr(err)
+    out["row"] = row(result.id)
+    return out
+
+
 def not_run(queue):
     out = {}
     with transaction.atomic():
@@ -102,5 +130,5 @@ def lookup(celery_id):
 
 if __name__ == "__main__":
     scenario, arg = sys.argv[1:3]
-    print(json.dumps({"in_transaction": in_transaction, "not_run": not_run, "refused": refused,
-                      "lookup": lookup}[scenario](arg)))
+    print(json.dumps({"in_transaction": in_transaction, "autocommit_off": autocommit_off, "not_run": not_run,
+                      "refused": refused, "lookup": lookup}[scenario](arg)))
