@@ -13,6 +13,7 @@ Every task created during the request (``.delay()`` of a tracked Celery task, ``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,8 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
 
 import taskbadger
+from taskbadger._runtime import log_throttled, short
+from taskbadger.scope import TAG_WARN_INTERVAL
 
 
 def _user_id(user: Any) -> Any:
@@ -62,10 +65,24 @@ class TaskBadgerScopeMiddleware:
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
         # The user cannot be read later, when a task is created: that may be on the event loop, where Django refuses
         # a query. So it is read here, but only when tasks can be created (not with ENABLED False or without a key).
-        user = None
+        context = request_context(request)
         if taskbadger.is_configured():
-            auser = getattr(request, "auser", None)
-            user = await auser() if auser is not None else getattr(request, "user", None)
+            try:
+                auser = getattr(request, "auser", None)
+                user_id = _user_id(await auser() if auser is not None else getattr(request, "user", None))
+            except Exception as err:
+                # read for our tasks alone (the view may never read it): a user that cannot be loaded (its database
+                # down, an authentication backend's error) failed the request with a 500
+                _could_not_read_user(err)
+            else:
+                if user_id is not None:
+                    context["user_id"] = user_id
         with taskbadger.current_scope() as scope:
-            scope.update(request_context(request, user))
+            scope.update(context)
             return await self.get_response(request)
+
+
+def _could_not_read_user(err: Exception) -> None:
+    log_throttled("middleware-user", TAG_WARN_INTERVAL, logging.WARNING,
+                  "Task Badger: the request's user could not be read for user_id (%s: %s): tasks are created without "
+                  "it", type(err).__name__, short(str(err), 200))

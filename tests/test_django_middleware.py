@@ -200,3 +200,56 @@ def test_middleware_is_sync_and_async_capable():
 
     assert iscoroutinefunction(TaskBadgerScopeMiddleware(get_response))
     assert not iscoroutinefunction(TaskBadgerScopeMiddleware(lambda request: HttpResponse()))
+
+
+class DatabaseDown(Exception):
+    """What loading the user raises when the database holding sessions or users does not answer."""
+
+
+def failing_auth(get_response):
+    """Sets request.user and request.auser as AuthenticationMiddleware does, loading a user that cannot be loaded
+    (the sessions' database down, a custom backend's bug) or one whose pk property raises (X-Pk-Raises)."""
+
+    def middleware(request):
+        class User:
+            is_authenticated = True
+
+            @property
+            def pk(self):
+                raise DatabaseDown("pk of a deferred field that could not be loaded")
+
+        def load():
+            if request.headers.get("X-Pk-Raises"):
+                return User()
+            raise DatabaseDown("could not connect to the sessions database")
+
+        request.user = SimpleLazyObject(load)
+
+        async def auser():
+            return load()
+
+        request.auser = auser
+        return get_response(request)
+
+    return middleware
+
+
+@pytest.mark.parametrize("pk_raises", [False, True], ids=["user-load-raises", "pk-raises"])
+def test_a_user_that_cannot_be_read_fails_no_request_and_no_task(taskbadger_server, tb_log, pk_raises):
+    """An async view's request read the user in the middleware for its tasks' user_id, whether or not a task was
+    created: a user that could not be loaded failed every async request with a 500, pages that never read the user
+    too (the sync path computes user_id only when a task is created, and leaves it out when it cannot). Now the
+    request and its tasks go on without user_id, with one warning."""
+    headers = {"X-Pk-Raises": "1"} if pk_raises else {}
+
+    async def call(url):
+        return await AsyncClient(raise_request_exception=False).get(url, headers=headers)
+
+    with override_settings(ROOT_URLCONF=__name__, MIDDLEWARE=[f"{__name__}.failing_auth", MIDDLEWARE]):
+        quiet = asyncio.run(call("/quiet-async/"))
+        busy = asyncio.run(call("/async/"))
+        synced = Client(raise_request_exception=False).get("/sync/", headers=headers)
+    assert (quiet.status_code, busy.status_code, synced.status_code) == (200, 200, 200)
+    assert data_of(taskbadger_server, "from async view") == {"request_path": "/async/", "request_method": "GET"}
+    assert data_of(taskbadger_server, "from sync view") == {"request_path": "/sync/", "request_method": "GET"}
+    assert "DatabaseDown" in tb_log.text and "user_id" in tb_log.text
