@@ -1076,6 +1076,20 @@ def test_info_never_shows_the_key(taskbadger_server, env):
     assert "not the organization 'someone-else' (option)" in result.stdout
 
 
+def test_info_shows_a_config_files_tags_as_text_a_terminal_does_not_act_on(taskbadger_server, env, tmp_path):
+    """A [tags] value holding an escape sequence (a provisioning template's output) reached the terminal as it
+    was: ``taskbadger info`` cleared the screen. It is shown escaped, as get and list show a task's."""
+    write_config(tmp_path, '''
+        [tags]
+        host = "web\\u001b[2J1"
+        note = "right\\u202eleft"
+    ''')
+    result = cli("info", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "Tags:         host=web\\x1b[2J1, note=right\\u202eleft  (config file)" in result.stdout
+
+
 def test_configure_writes_0600_and_keeps_host_tags_and_unknown_keys(taskbadger_server, tmp_path):
     write_config(tmp_path, """
         [defaults]

@@ -301,14 +301,16 @@ def show_info(settings: Settings, out: TextIO | None = None) -> int:
     tags = ", ".join(f"{k}={v}" for k, v in sorted(settings.tags.items()))
     rows.append(("Tags", tags or "-", "config file" if tags else "not set"))
     width = max(len(label) for label, _, _ in rows) + 1
-    lines = [f"{label + ':':<{width}} {value}  ({source})" for label, value, source in rows]
+    # the values shown as a terminal shows them (``render.shown``): a config file's tag holding an escape sequence
+    # cleared the screen or rewrote the lines around it
+    lines = [f"{label + ':':<{width}} {render.shown(value)}  ({source})" for label, value, source in rows]
     notes = list(filter(None, [settings.file_error, settings.key_error,
                                file_mode_warning(settings.path) if exists else None]))
     notes += [f"the project key's organization and project are used, not the {item}" for item in settings.overridden]
     problem = settings.problem()
     if problem and problem not in notes:
         notes.append(problem)
-    lines += [f"Note: {note}" for note in notes]
+    lines += [f"Note: {render.shown(note)}" for note in notes]
     out.write("\n".join(lines) + "\n")
     return OK
 
