@@ -21,7 +21,7 @@ from . import http
 from ._runtime import short
 from .config import Config, get_config, unconfigured_reason
 from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException, UnexpectedStatus
-from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id, without_surrogates
+from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id, storable
 
 
 def current_config() -> Config:
@@ -85,8 +85,8 @@ def _foreign(payload: Any, task_id: str | None, sent: Mapping[str, Any] | None) 
         return f"a request about task {short(task_id)} was answered with task {short(payload['id'])}"
     for key in _ECHOED if sent is not None else ():
         expected = sent.get(key, payload.get(key)) if sent is not None else None
-        # (compared as it left: text that was not Unicode with U+FFFD in its place, ``http.build_request``)
-        if key in payload and payload[key] != expected and payload[key] != without_surrogates(expected):
+        # (compared as it left: text the API cannot store with U+FFFD in its place, ``http.build_request``)
+        if key in payload and payload[key] != expected and payload[key] != storable(expected):
             return (f"a create was answered with another task (its {key} is {short(payload[key], 60)}, not "
                     f"{short(expected, 60)})")
     return None

@@ -126,23 +126,24 @@ def has_control_characters(value: str) -> bool:
     return _CONTROL.search(value) is not None
 
 
-#: A surrogate code point on its own: what Python makes of bytes that are not UTF-8 (``surrogateescape``: a command
-#: line argument, an environment variable, a file name from ``os.listdir``). It is not text: JSON's ``\udcff``
-#: escape for it is refused by whatever stores the text as UTF-8.
-_SURROGATE = re.compile("[\ud800-\udfff]")
+#: What a store of UTF-8 text cannot keep: a surrogate code point on its own, which is what Python makes of bytes
+#: that are not UTF-8 (``surrogateescape``: a command line argument, an environment variable, a file name from
+#: ``os.listdir``), and NUL, which binary output holds (``pg_dump -Fc``, ``find -print0``). JSON carries them as
+#: escapes (``\udcff``, ``\u0000``), and PostgreSQL, for one, refuses both in text and in ``jsonb``.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
-def without_surrogates(value: Any, depth: int = 0) -> Any:
-    """``value`` (JSON's types) with each lone surrogate in its strings, keys too, replaced by U+FFFD, the
+def storable(value: Any, depth: int = 0) -> Any:
+    """``value`` (JSON's types) with each lone surrogate and NUL in its strings, keys too, replaced by U+FFFD, the
     replacement character (as ``bytes.decode(errors="replace")`` shows a byte that is not UTF-8)."""
     if isinstance(value, str):
-        return _SURROGATE.sub("\ufffd", value)
+        return _UNSTORABLE.sub("\ufffd", value)
     if depth > 100:
         return value
     if isinstance(value, Mapping):
-        return {without_surrogates(k, depth + 1): without_surrogates(v, depth + 1) for k, v in value.items()}
+        return {storable(k, depth + 1): storable(v, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [without_surrogates(v, depth + 1) for v in value]
+        return [storable(v, depth + 1) for v in value]
     return value
 
 

@@ -354,6 +354,22 @@ def test_capture_output_reaches_the_terminal_entirely_and_the_task_keeps_a_tail(
     assert data["return_code"] == 0
 
 
+def test_captured_binary_output_is_kept_as_text_the_api_can_store(taskbadger_server, env, tmp_path):
+    """A backup writing its dump to stdout (``pg_dump -Fc``) or ``find -print0``: NUL bytes went into data.stdout as
+    JSON's ``\\u0000``, which PostgreSQL refuses in text and in ``jsonb``: an API keeping data there refuses the
+    final update, and the run's outcome with it. They are kept as U+FFFD, as bytes that are not UTF-8 are; the
+    terminal (here, a file) still gets the output byte for byte."""
+    out = tmp_path / "dump"
+    with out.open("wb") as target:
+        result = subprocess.run([*CLI, "run", "dump", "--capture-output", "--", "sh", "-c",
+                                 r"printf 'PGDMP\000\000\001\377done\n'"], env=env, stdin=subprocess.DEVNULL,
+                                stdout=target, stderr=subprocess.PIPE, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes() == b"PGDMP\0\0\1\xffdone\n"
+    task = only_task(taskbadger_server, "dump")
+    assert (task["status"], task["data"]["stdout"]) == ("success", "PGDMP\ufffd\ufffd\x01\ufffddone\n")
+
+
 def test_capture_output_keeps_the_order_of_stdout_and_stderr_going_to_one_file(taskbadger_server, env, tmp_path):
     """``taskbadger run ... --capture-output > log 2>&1``: the command's stdout and stderr were two pipes, copied by
     two threads, so its lines reached the log, and the task, in another order than it wrote them. One file, one

@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 from .._runtime import log_throttled
 from ..config import Config
 from ..exceptions import InvalidData
-from ..models import has_control_characters, without_surrogates
+from ..models import has_control_characters, storable
 from ..version import __version__
 from .errors import Answer, loads
 
@@ -142,18 +142,19 @@ def build_request(config: Config, method: str, path: str = "", *, json_body: Any
 
 
 def _encoded(json_body: Any) -> bytes:
-    """The body's JSON. Text that is not Unicode (a lone surrogate: bytes that are not UTF-8, decoded by Python with
-    ``surrogateescape``, from a command line, the environment or a file name) is sent with U+FFFD in its place, with a
-    warning: JSON would carry it as an escape (``\\udcff``) that the API cannot store, and it would refuse the whole
-    create or update. ``"\\ud"`` in the escaped JSON is rare (a character beyond the BMP, an emoji, is escaped as a
-    pair): only then are the strings looked at."""
+    """The body's JSON. Text the API cannot store (``models.storable``: a lone surrogate, which is what Python makes of
+    bytes that are not UTF-8, from a command line, the environment or a file name; NUL, from binary output) is sent
+    with U+FFFD in its place, with a warning: JSON carries it as an escape (``\\udcff``, ``\\u0000``) that a store of
+    UTF-8 text refuses, and with it the whole create or update. Only a body whose escaped JSON holds ``\\ud`` or
+    ``\\u0000`` (rare: a character beyond the BMP, an emoji, is escaped as a surrogate pair) is looked at."""
     text = _json_text(json_body)
-    if "\\ud" in text:
-        repaired = _json_text(without_surrogates(json_body))
+    if "\\ud" in text or "\\u0000" in text:
+        repaired = _json_text(storable(json_body))
         if repaired != text:
-            log_throttled("not-unicode", 60.0, logging.WARNING,
-                          "Task Badger: a task's fields hold bytes that are not UTF-8 text (a file name or argument "
-                          "read as bytes?); they are sent as U+FFFD. Decode such bytes yourself to keep them")
+            log_throttled("not-storable", 60.0, logging.WARNING,
+                          "Task Badger: a task's fields hold bytes that are not UTF-8 text or NUL characters (a file "
+                          "name, an argument or output read as bytes?); they are sent as U+FFFD. Decode such bytes "
+                          "yourself to keep them")
             text = repaired
     return text.encode()
 
