@@ -853,6 +853,22 @@ def test_a_run_under_a_monitor_the_api_refuses_is_tracked_without_it(taskbadger_
     assert "check --monitor-id" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("monitor", ["0b2c6a4e-5d1f-4c1e-9f43-3c0a1d2b7e5", "'0b2c6a4e-5d1f-4c1e-9f43-3c0a1d2b7e55'",
+                                     "0b2c6a4e-5d1f-4c1e-9f43-3c0a1d2b7e55\r\nX-Injected: 1"],
+                         ids=["a-character-short", "quoted", "crlf"])
+def test_a_run_under_a_monitor_id_that_is_not_one_is_tracked_without_it(taskbadger_server, env, monitor):
+    """A --monitor-id mistyped so that it is not a UUID at all (a character short, pasted with its quotes) left the run
+    untracked ("not tracking this run: monitor_id ... is not a monitor id"), where one Task Badger refuses leaves out
+    the monitor alone: the run is tracked without it, and stderr says which option to fix. Nothing of it is sent."""
+    result = cli("run", "nightly", "--monitor-id", monitor, "--", *fail_with(3), env=env)
+    assert result.returncode == 3
+    task = only_task(taskbadger_server, "nightly")
+    assert task["status"] == "error" and task["data"] == {"return_code": 3} and task["monitor_id"] is None
+    assert all(r.headers.get("X-TASKBADGER-MONITOR") is None for r in taskbadger_server.requests)
+    assert "--monitor-id" in result.stderr and "is not a monitor id (a UUID): the run is tracked without it" in \
+        result.stderr and "\r\n" not in result.stderr, result.stderr
+
+
 def test_an_earlier_runs_outcome_dropped_by_a_later_run_is_said_on_stderr(taskbadger_server, env, tmp_path):
     """What the SDK logs as an error (updates lost) reaches stderr, where a crontab's mail shows it: the
     command line had silenced every SDK line."""

@@ -46,8 +46,8 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
-from taskbadger import endpoints, http, inline, monitors, spooling
-from taskbadger._runtime import start_daemon_thread
+from taskbadger import endpoints, http, inline, models, monitors, spooling
+from taskbadger._runtime import short, start_daemon_thread
 from taskbadger.actions import Action, action_dicts
 from taskbadger.config import Config
 from taskbadger.delivery.spool import CREATE_TASK, Entry, Spool, api_key_of
@@ -133,6 +133,12 @@ class _Run:
     def _track(self, configure: Callable[[], Config], monitor_id: str | None, tags: dict[str, str],
                action: Action | None) -> Tracker | None:
         config = configure()
+        if monitor_id is not None and models.monitor_id(monitor_id) is None:
+            # mistyped (a character short, a quote copied with it): the API was never asked, and the create's
+            # InvalidData left the whole run untracked, where a monitor Task Badger refuses leaves out the monitor alone
+            self.note(f"--monitor-id {short(monitor_id, 80)} is not a monitor id (a UUID): the run is tracked without "
+                      "it; copy the id from the monitor's page in Task Badger")
+            monitor_id = None
         fields: dict[str, Any] = {"status": "processing", "stale_timeout": 2 * self.frequency, "tags": tags or None,
                                   "external_id": f"taskbadger-run-{uuid.uuid4()}"}
         actions = action_dicts([action]) if action else None
