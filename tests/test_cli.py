@@ -805,6 +805,24 @@ def test_a_process_the_command_left_running_outlives_us_under_capture(taskbadger
     assert only_task(taskbadger_server, "left")["data"] == {"stdout": "done\n", "return_code": 0}
 
 
+@pytest.mark.parametrize("fault", ["503", "502"])
+def test_a_run_named_with_a_tab_whose_create_failed_in_an_outage_is_still_created(taskbadger_server, env, tmp_path,
+                                                                                 fault):
+    """A run's name or tag holding a control character (a tab pasted into a crontab line, a tag value from a command's
+    output with a line break) is sent as the API takes it, in the JSON body. Spooled during an outage, the spool
+    refused such text in its entries (as if it went into a header): the run's create was left out, and the outcome,
+    found by nobody, was dropped."""
+    taskbadger_server.fail(int(fault))
+    outage = cli("run", "nightly\tbackup", "--tag", "note=two\nlines", "--", *fail_with(3), env=env)
+    assert outage.returncode == 3 and "spooled in" in outage.stderr
+    taskbadger_server.clear_faults()
+    delivered = cli("list", env=env)
+    assert delivered.returncode == 0, delivered.stderr
+    assert len(taskbadger_server.tasks) == 1, (outage.stderr, delivered.stderr)
+    [task] = taskbadger_server.tasks.values()
+    assert (task["name"], task["tags"], task["status"]) == ("nightly\tbackup", {"note": "two\nlines"}, "error")
+
+
 @pytest.mark.parametrize("fault", ["502", "hang", "503", "429", "refused"])
 def test_a_run_whose_create_failed_in_an_outage_is_created_by_the_next_command(taskbadger_server, env, tmp_path, fault):
     """A create answered 502 (a proxy in front of a down API), or never answered, may or may not have been carried
