@@ -123,6 +123,19 @@ def test_headers_from_another_producer_never_fail_the_task(taskbadger_server, so
     assert_wire_clean(taskbadger_server, foreign_ids=True)
 
 
+def test_thousands_of_unknown_options_in_a_header_are_not_a_line_each(taskbadger_server, solo_worker, celery_app):
+    """Another producer's taskbadger_kwargs with 2,000 keys: the worker logged 4,000 warning lines for the one
+    message (each unknown option reported, at receipt and at the run), and as many for every message with other keys.
+    The first few are named, the rest counted in one line; the task runs and is tracked."""
+    celery_id = publish_foreign(celery_app, NAME + "echo", ("intact",), solo_worker.queue,
+                                {"taskbadger_kwargs": {f"k{i}": i for i in range(2000)}})
+    assert wait_for_result(celery_id) == {"value": "intact", "tracked": True}
+    taskbadger_server.wait_for(lambda: f"[{celery_id}] succeeded" in solo_worker.log(), timeout=20)
+    lines = [line for line in solo_worker.log().split(celery_id, 1)[-1].splitlines() if "Task Badger" in line]
+    assert len(lines) <= 30, len(lines)
+    assert any("1990 more unknown options on task 'tests.celery_project.app.echo'" in line for line in lines), lines
+
+
 def test_carried_data_larger_than_a_publisher_of_ours_carries_is_not_written_back(taskbadger_server, solo_worker,
                                                                                   celery_app):
     """Another producer's header carried 3 MB of data: the worker's final update sent it back as the task's data (a

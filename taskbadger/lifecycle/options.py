@@ -120,6 +120,10 @@ OPTIONS: dict[str, tuple[Callable[[Any], Any], str]] = {
 }
 
 
+#: Unknown options reported one by one per ``validate`` call; the rest are counted in one line.
+MAX_UNKNOWN_REPORTED = 10
+
+
 def report_once(task_name: str, option: str, message: str, prefix: str = "") -> None:
     log_once(f"option:{task_name[:200]}:{option[:100]}", logging.WARNING, "Task Badger option %s%s on task %s: %s",
              prefix, short(option, 60)[1:-1], short(task_name), message)
@@ -143,14 +147,22 @@ def validate(task_name: str, options: Mapping[str, Any], prefix: str = "") -> di
     ``data`` that JSON cannot encode (sets, dates, objects) is converted the way recorded task
     arguments are: those values become their repr, with a warning."""
     valid: dict[str, Any] = {}
+    unknown = 0
     for key, value in options.items():
         if key == "external_id":
             report_once(task_name, key, "not an option: a job's external_id is its own id (Celery's task id...), by "
                                         "which its task is found again; put your id in data; ignored", prefix)
             continue
         if not isinstance(key, str) or key not in OPTIONS:
-            known = ", ".join(prefix + k for k in OPTIONS)
-            report_once(task_name, str(key), f"unknown option, ignored (known options: {known})", prefix)
+            unknown += 1
+            if unknown <= MAX_UNKNOWN_REPORTED:
+                known = ", ".join(prefix + k for k in OPTIONS)
+                report_once(task_name, str(key), f"unknown option, ignored (known options: {known})", prefix)
+            elif unknown == MAX_UNKNOWN_REPORTED + 1:
+                # options written by another producer (a message header): thousands of keys logged a line each
+                extra = sum(1 for k in options if not isinstance(k, str) or k not in OPTIONS) - MAX_UNKNOWN_REPORTED
+                log_once(f"options-unknown:{task_name[:200]}", logging.WARNING, "Task Badger: %d more unknown options "
+                         "on task %s were ignored without a line each", extra, short(task_name))
             continue
         ok, checked = check_option(key, value)
         if not ok:
