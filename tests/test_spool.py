@@ -421,13 +421,13 @@ def test_a_file_holding_more_than_its_name_says_takes_no_more_than_that(taskbadg
 
 
 def test_spooled_fields_of_the_wrong_type_are_left_out_and_the_rest_is_delivered(taskbadger_server, spool_dir):
-    """value "5", a start time with a line break, an end time that is not a time or a 2 MB name were sent as they
-    were, and the API's 400 lost the whole update, its status with it; a string of keys to drop removed each of its
-    letters."""
+    """value "5", a start time with a line break, an end time that is not a time, a stale timeout of 0 or a maximum
+    run time past the API's 32 bits, or a 2 MB name were sent as they were, and the API's 400 lost the whole update,
+    its status with it; a string of keys to drop removed each of its letters."""
     task = taskbadger.create_task("typed", data={"a": 1, "b": 2, "keep": 3})
     Spool(spool_dir).write(api_key_of(taskbadger.get_config()), [
         Entry({"status": "success", "value": "5", "start_time": "2026-01-01\r\nX: y", "end_time": "2026-99-99T00:00",
-               "name": "n" * 2_000_000,
+               "stale_timeout": 0, "max_runtime": 2**40, "name": "n" * 2_000_000,
                merge.DROP_DATA: "ab", merge.COMPLETE_PROGRESS: "yes"}, task_id=task.id, final=True)])
     assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
     delivered = taskbadger_server.get_task(task.id)

@@ -53,6 +53,7 @@ from ..models import (
     is_count,
     is_task_id,
     is_time_text,
+    is_whole_seconds,
     monitor_id,
 )
 from .merge import NULLABLE
@@ -87,8 +88,8 @@ def _dict(v: Any) -> bool:
 #: must pass (a field that fails is left out; the rest of the update, its status above all, is kept).
 _FIELDS: dict[str, Any] = {
     "name": _text(MAX_NAME_LENGTH * 4), "status": lambda v: isinstance(v, str) and v in STATUS_VALUES,
-    "value": lambda v: v is None or is_count(v), "value_max": is_count, "max_runtime": is_count,
-    "stale_timeout": is_count,
+    "value": lambda v: v is None or is_count(v), "value_max": is_count, "max_runtime": is_whole_seconds,
+    "stale_timeout": is_whole_seconds,
     "data": lambda v: v is None or _dict(v),
     "tags": lambda v: _dict(v) and all(isinstance(x, str) for x in v.values()),
     "queue": _text(1000), "external_id": _text(1000), "parent": lambda v: v is None or is_task_id(v),
