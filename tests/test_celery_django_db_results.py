@@ -116,6 +116,18 @@ def test_the_worker_stores_the_result_while_a_manual_transaction_is_open(project
     assert taskbadger_server.wait_for_task(name="djangodb.add", status="success")
 
 
+def test_a_publish_in_an_async_view_says_why_the_id_is_not_stored_and_what_to_do(project, taskbadger_server):
+    """``.delay()`` in an async view: Django refuses a query on the event loop, and the publish logged "could not
+    store the task id in the result backend: SynchronousOnlyOperation('You cannot call this from an async context -
+    use a thread or sync_to_async.')", which reads as a fault in the user's code, every minute. Celery alone writes
+    nothing at publish: nothing is attempted, and one line says what it means and how to have the id stored."""
+    seen = project.publish("on_event_loop", f"q-nobody-{uuid.uuid4().hex[:8]}")
+    assert seen["tb_id"] and seen["row"] is None
+    [said] = seen["said"]
+    assert "published on an event loop" in said and "sync_to_async(task.delay)" in said
+    assert "SynchronousOnlyOperation" not in said
+
+
 def test_the_celery_id_leads_to_the_task_from_another_process_once_committed(project, taskbadger_server):
     queue = f"q-nobody-{uuid.uuid4().hex[:8]}"  # no worker takes it: the rows stay as the publisher left them
     seen = project.publish("not_run", queue)

@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .._runtime import log_throttled, short
+from .._runtime import log_throttled, on_an_event_loop, short
 from .headers import ID_KEY
 
 log = logging.getLogger("taskbadger")
@@ -80,6 +80,15 @@ def _tell_django_database(backend: Any, celery_id: str, task_id: str) -> None:
     then (see the module's docstring)."""
     from django.db import router, transaction
 
+    if on_an_event_loop():
+        # an async view's .delay(): Django refuses a query here (SynchronousOnlyOperation), and Celery alone writes
+        # nothing at publish, so the publish is left as it is; said once, with what to do
+        log_throttled("result-backend-loop", float("inf"), logging.WARNING,
+                      "Task Badger: a task was published on an event loop (an async view): Django makes no query "
+                      "there, so its Task Badger id is not stored in the result backend, and task_id_of_result() "
+                      "finds it only in this process. To store it, publish with "
+                      "await sync_to_async(task.delay)(...)")
+        return
     model = backend.TaskModel
     alias = router.db_for_write(model)
     content_type, content_encoding, result = backend.encode_content({ID_KEY: task_id})

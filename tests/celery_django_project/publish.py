@@ -5,6 +5,7 @@ tests.celery_django_project.publish SCENARIO ARG`` prints what it saw as one JSO
   waits (with a deadline) until the worker's ``SUCCESS`` row is visible from another connection, as a request that
   goes on with its work; then commits and gets the result.
 * ``autocommit_off QUEUE``: the same with ``transaction.set_autocommit(False)`` (manual transactions).
+* ``on_event_loop QUEUE``: a publish in an async view (a queue no worker takes); what the logger said.
 * ``not_run QUEUE`` (a queue no worker takes): a publish in a transaction that commits, one in a transaction that
   rolls back, one in autocommit; the rows other connections see.
 * ``refused -``: a publish the broker refuses (nothing listens on its port), in autocommit; the rows it left.
@@ -89,6 +90,24 @@ def autocommit_off(queue):
     return out
 
 
+def on_event_loop(queue):
+    """``add.delay()`` in an async view (on an event loop), to a queue nobody takes: the Task Badger id, the row,
+    and what the taskbadger logger said."""
+    import asyncio
+    import logging
+
+    said = []
+    handler = logging.Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    logging.getLogger("taskbadger").addHandler(handler)
+
+    async def view():
+        return add.apply_async((1, 1), queue=queue)
+
+    result = asyncio.run(view())
+    return {"tb_id": result.taskbadger_task_id, "row": row(result.id), "said": said}
+
+
 def not_run(queue):
     out = {}
     with transaction.atomic():
@@ -130,5 +149,6 @@ def lookup(celery_id):
 
 if __name__ == "__main__":
     scenario, arg = sys.argv[1:3]
-    print(json.dumps({"in_transaction": in_transaction, "autocommit_off": autocommit_off, "not_run": not_run,
+    print(json.dumps({"in_transaction": in_transaction, "autocommit_off": autocommit_off,
+                      "on_event_loop": on_event_loop, "not_run": not_run,
                       "refused": refused, "lookup": lookup}[scenario](arg)))
