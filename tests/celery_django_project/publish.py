@@ -43,24 +43,36 @@ def in_transaction(queue):
     out = {}
     with CaptureQueriesContext(connection) as request:
         with transaction.atomic():
-            with CaptureQueriesContext(connection) as publishing:
-                result = add.apply_async((2, 3), queue=queue)
-            out["publish_queries"] = [q["sql"] for q in publishing.captured_queries]
-            deadline = time.monotonic() + DEADLINE
-            seen = row(result.id)
-            while (seen is None or seen[0] != "SUCCESS") and time.monotonic() < deadline:
-                time.sleep(0.05)  # polling another connection for the worker's row, under a deadline
-                seen = row(result.id)
-            out["seen_while_open"] = seen
+            result = publish_and_wait(queue, out)
             mark = len(request.captured_queries)
         out["commit_queries"] = [q["sql"] for q in request.captured_queries[mark:]]
+    ended(result, out)
+    out["celery_id"], out["tb_id"] = result.id, result.taskbadger_task_id
+    return out
+
+
+def publish_and_wait(queue, out):
+    """``add.delay(2, 3)``, its queries (``publish_queries``), then, with a deadline, the worker's ``SUCCESS`` row as
+    another connection sees it (``seen_while_open``)."""
+    with CaptureQueriesContext(connection) as publishing:
+        result = add.apply_async((2, 3), queue=queue)
+    out["publish_queries"] = [q["sql"] for q in publishing.captured_queries]
+    deadline = time.monotonic() + DEADLINE
+    seen = row(result.id)
+    while (seen is None or seen[0] != "SUCCESS") and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling another connection for the worker's row, under a deadline
+        seen = row(result.id)
+    out["seen_while_open"] = seen
+    return result
+
+
+def ended(result, out):
+    """What ``.get()`` gave (``get``) and the row at the end (``row``)."""
     try:
         out["get"] = result.get(timeout=DEADLINE)
     except Exception as err:  # the task's own exception, or the time out
         out["get"] = repr(err)
     out["row"] = row(result.id)
-    out["celery_id"], out["tb_id"] = result.id, result.taskbadger_task_id
-    return out
 
 
 def autocommit_off(queue):
@@ -70,23 +82,11 @@ def autocommit_off(queue):
     out = {}
     transaction.set_autocommit(False)
     try:
-        with CaptureQueriesContext(connection) as publishing:
-            result = add.apply_async((2, 3), queue=queue)
-        out["publish_queries"] = [q["sql"] for q in publishing.captured_queries]
-        deadline = time.monotonic() + DEADLINE
-        seen = row(result.id)
-        while (seen is None or seen[0] != "SUCCESS") and time.monotonic() < deadline:
-            time.sleep(0.05)  # polling another connection for the worker's row, under a deadline
-            seen = row(result.id)
-        out["seen_while_open"] = seen
+        result = publish_and_wait(queue, out)
         transaction.commit()
     finally:
         transaction.set_autocommit(True)
-    try:
-        out["get"] = result.get(timeout=DEADLINE)
-    except Exception as err:
-        out["get"] = repr(err)
-    out["row"] = row(result.id)
+    ended(result, out)
     return out
 
 
