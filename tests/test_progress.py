@@ -660,6 +660,25 @@ def test_an_api_error_is_a_503_never_an_error_page(server, clock, status):
     assert poll(client, url).status_code == 503
 
 
+@pytest.mark.parametrize("mode", ["slow_headers", "slow_body", "endless_headers", "huge_body", "not_json", "reset"])
+def test_a_misbehaving_api_is_a_503_within_the_budget_never_an_error_page(server, mode):
+    """The API (or a proxy before it) trickles its answer past the budget, streams headers without end, sends 40 MB,
+    answers 200 with an HTML page, or resets the connection mid-answer: the poll answers 503 ("unavailable", the
+    bar retries) within the publish budget (1 s), not an error page, and not after the trickle ends (10 s)."""
+    task = taskbadger.create_task("export rows", status="processing", value=3)
+    client = Client()
+    [url] = bar_urls(page(client, task.id))
+    server.misbehave(mode, method="GET", seconds=0.2)  # a trickle: 50 header lines (or body bytes), one every 0.2 s
+    try:
+        started = time.monotonic()
+        response = poll(client, url)
+        took = time.monotonic() - started
+    finally:
+        server.clear_faults()
+    assert response.status_code == 503 and json.loads(response.content) == {"available": False}
+    assert took < 2, took  # the budget and a margin for a busy machine
+
+
 class BrokenCache(BaseCache):
     """A cache backend whose server is down."""
 
