@@ -6,7 +6,8 @@ its publisher could not track, and by ``@track``.
   hanging. Never retried here.
 * A create whose answer is lost although the API may have carried it out (a missed deadline, a 5xx, an
   answer that cannot be read, a connection lost mid-answer) is *ambiguous*. With time left in the
-  budget and an ``external_id`` to tell the task by, the task is looked up among the newest ones
+  budget and an ``external_id`` to tell the task by (for a ``@track`` call without one: its name and the
+  microsecond the call started, which its create sends), the task is looked up among the newest ones
   (``endpoints.find_recent``) and used if it is there. Otherwise the caller is told (``maybe_created``):
   the Celery publisher marks the message, and the worker looks again when the task starts (``find``),
   taking the task up if it is still ``pending``, creating it otherwise.
@@ -46,7 +47,7 @@ from .exceptions import (
     TransportError,
     UnexpectedStatus,
 )
-from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime
+from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime, parse_datetime
 from .task import Task, create_body_or_skip
 
 log = logging.getLogger("taskbadger")
@@ -150,7 +151,7 @@ def _create_within(config: Config, name: str, fields: Mapping[str, Any], monitor
         if not _maybe_created(err):
             _log_untracked(name, where, err)
             return Created(None)
-        found = _look_up(fields.get("external_id"), deadline)
+        found = _look_up(name, fields, where, deadline)
         if found is not None:
             return Created(found)
         _log_untracked(name, where, err)
@@ -514,15 +515,28 @@ SETTLE_WAIT = 30.0
 _settler: PerProcess[_Settler] = PerProcess(_Settler)
 
 
-def _look_up(external_id: Any, deadline: http.Deadline) -> Task | None:
-    """After an ambiguous create: the task, if the API holds it and the budget leaves time to ask."""
-    if not isinstance(external_id, str) or not external_id or deadline.remaining() < _LOOKUP_SHARE * deadline.seconds:
+def _look_up(name: str, fields: Mapping[str, Any], where: str, deadline: http.Deadline) -> Task | None:
+    """After an ambiguous create: the task, if the API holds it and the budget leaves time to ask. It is told by its
+    ``external_id``; a ``@track`` call's (which has none, unless its decorator gives one) by its name and the
+    microsecond its call started, which its create sent, if it has not ended (a call of a decorator that gives a
+    fixed ``start_time`` must not take up an earlier call's task)."""
+    if deadline.remaining() < _LOOKUP_SHARE * deadline.seconds:
+        return None
+    external_id = fields.get("external_id")
+    started = parse_datetime(fields.get("start_time")) if where == "call" else None
+    if isinstance(external_id, str) and external_id:
+        find = lambda: endpoints.find_recent(external_id, deadline)  # noqa: E731
+    elif external_id is None and started is not None:
+        find = lambda: endpoints.find_recent(None, deadline, name=name, started=started)  # noqa: E731
+    else:
         return None
     try:
-        model = endpoints.find_recent(external_id, deadline)
+        model = find()
     except TaskbadgerException:
         return None
-    return Task(model) if model is not None else None
+    if model is None or (external_id is None and model.status in TERMINAL_STATUSES):
+        return None
+    return Task(model)
 
 
 def _maybe_created(err: Exception) -> bool:

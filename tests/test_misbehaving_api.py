@@ -204,6 +204,50 @@ def test_the_workers_create(api, worker, mode):
         assert "when the worker started it, so it runs untracked" in worker.log()
 
 
+# -- the create of a @track call --------------------------------------------------------------------------
+
+#: Modes where the API carries the create out and its answer cannot be read in time: the task exists, its id is lost.
+UNREADABLE = {"endless_headers", "huge_body", "not_json", "reset"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_tracked_call_from_one_thread(api, mode):
+    """``@track`` while the API misbehaves with its creates: each call starts within the budget (then the breaker
+    skips the waits), returns its own result, and no task is left ``processing`` once the API behaves. A create
+    carried out whose answer could not be read (2xx not JSON, 40 MB, endless headers, a reset mid-answer) left its
+    task ``processing`` for ever: the call went on untracked and nothing could tell which task was its own. It is
+    looked up (by its name and the microsecond its call started, which the create sent) and the call tracked on it."""
+    misbehave(api, mode, "POST")
+
+    @taskbadger.track(name="tracked call")
+    def job(i):
+        return i, taskbadger.current_task() is not None
+
+    sent = [timed(lambda i=i: job(i)) for i in range(4)]
+    waits = [seconds for _, seconds in sent]
+    assert [result[0] for result, _ in sent] == [0, 1, 2, 3]
+    assert max(waits) <= BUDGET + SLACK, waits
+    if mode in WAITING:
+        assert sum(w > BUDGET / 2 for w in waits) <= 3, waits  # then the breaker skips at once
+    api.clear_faults()
+    assert taskbadger.flush(10)
+
+    def open_tasks():
+        return [t["status"] for t in api.tasks_named("tracked call") if t["status"] not in ("success", "cancelled")]
+
+    try:
+        api.wait_for(lambda: not open_tasks() or None, timeout=10)
+    except AssertionError:
+        raise AssertionError(f"left open: {open_tasks()}") from None
+    statuses = [t["status"] for t in api.tasks_named("tracked call")]
+    if mode in UNREADABLE:
+        # the calls the breaker let through ran tracked on the task their create made, and ended it
+        assert statuses and statuses == ["success"] * len(statuses), statuses
+        assert sum(tracked for (_, tracked), _ in sent) == len(statuses)
+    report("@track (4 in a row)", mode, max(waits), f"{statuses.count('success')} success, "
+           f"{statuses.count('cancelled')} created late and closed cancelled, {4 - len(statuses)} untracked")
+
+
 # -- updates from a job's body ------------------------------------------------------------------------------
 
 #: The body's updates against each mode, and against an API that answers them with an error.
