@@ -174,7 +174,9 @@ def create(body: Mapping[str, Any], monitor: str | None = None, deadline: http.D
                 and isinstance(err.args[0], str):
             # the API refuses a create under a monitor that is not one of the project's (mistyped, deleted, another
             # project's) with one of these, which name neither the monitor nor what to do
-            err.args = (f"{err.args[0].rstrip('.')}. The task was to be created under monitor "
+            # (a 403's hint about the key is left out: here the monitor is the likelier reason)
+            said = err.args[0] if err.status_code != 403 else f"Task Badger API answered 403: {err.message}"
+            err.args = (f"{said.rstrip('.')}. The task was to be created under monitor "
                         f"{headers[http.MONITOR_HEADER]}: if it is not one of project {config.organization_slug}/"
                         f"{config.project_slug}'s monitors, copy the id from the monitor's page in Task Badger.",)
         raise

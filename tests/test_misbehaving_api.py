@@ -13,6 +13,7 @@ the user's task must run with its own result, and no task may be left ``pending`
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -174,6 +175,22 @@ def test_publish_from_sixteen_threads_at_once(api, worker, mode):
     assert_nothing_left_pending(api, [result.id for result, _ in sent.values()])
     report(".delay(), 16 threads at once", mode, max(waits),
            tracked_share(api, [r.id for r, _ in sent.values()]) + f"; {sum(w > BUDGET / 2 for w in waits)} waited")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_key_the_api_refuses_never_fails_a_publish_and_says_what_to_do_once(api, worker, status, tb_log):
+    """A revoked or mistyped API key: every create is answered 401 (or 403). ``.delay()`` returns at once and the
+    task runs with its own result; the publisher says once, not per task, that the key was refused and where to
+    set it."""
+    api.fail(status, method="POST")
+    sent = [timed(lambda i=i: worker.send(tasks.echo, f"k{i}")) for i in range(5)]
+    assert max(seconds for _, seconds in sent) <= BUDGET + SLACK
+    for i, (result, _) in enumerate(sent):
+        assert wait_for_result(result.id)["value"] == f"k{i}"
+    said = [r.getMessage() for r in tb_log.records if r.levelno >= logging.WARNING]
+    assert len(said) == 1 and str(status) in said[0] and "TASKBADGER_API_KEY" in said[0], said
+    assert api.api_key not in said[0]
 
 
 # -- the worker's create, for a task its publisher did not track ------------------------------------------

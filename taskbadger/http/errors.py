@@ -85,7 +85,11 @@ def decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool 
                         "Badger.",)
         raise refused
     if status == 403:
-        raise Unauthorized(status, content, message or "the API key was refused")
+        forbidden = Unauthorized(status, content, message or "the API key may not do this")
+        forbidden.args = (f"{forbidden.args[0].rstrip('.')}. The API key was taken but may not do this: check that it "
+                          "is a key of this project (TASKBADGER_API_KEY, init(token=...) or TASKBADGER['API_KEY']), "
+                          "copied from the project's settings page in Task Badger.",)
+        raise forbidden
     if status == 404:
         raise NotFound(status, content, message)
     if status == 429:
