@@ -178,6 +178,32 @@ def test_publish_from_sixteen_threads_at_once(api, worker, mode):
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("shape", ["group", "chain"])
+def test_a_canvas_published_while_the_api_hangs_waits_one_budget(api, worker, shape):
+    """``group(...)`` and ``chain(...)`` ``.apply_async()`` while the API hangs: the publish waits one budget in all
+    (a group's creates share it; a chain publishes its first task), every task runs with its own result, and none
+    is left pending once the API answers again."""
+    from celery import chain, group
+
+    api.hang(method="POST")
+    signatures = [tasks.echo.si(f"{shape}{i}").set(queue=worker.queue) for i in range(8)]
+    result, took = timed(lambda: (group if shape == "group" else chain)(*signatures).apply_async())
+    assert took <= BUDGET + 2 * SLACK, took  # the budget, and eight publishes on a loaded machine
+    if shape == "group":
+        results = result.results
+        assert [wait_for_result(r.id)["value"] for r in results] == [f"group{i}" for i in range(8)]
+    else:
+        results = []
+        while result is not None:  # the chain's tasks, last first
+            results.append(result)
+            result = result.parent
+        assert [wait_for_result(r.id)["value"] for r in reversed(results)] == [f"chain{i}" for i in range(8)]
+    api.clear_faults()
+    assert_nothing_left_pending(api, [r.id for r in results])
+    report(f"{shape}(8 tasks).apply_async()", "hang", took, tracked_share(api, [r.id for r in results]))
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("status", [401, 403])
 def test_a_key_the_api_refuses_never_fails_a_publish_and_says_what_to_do_once(api, worker, status, tb_log):
     """A revoked or mistyped API key: every create is answered 401 (or 403). ``.delay()`` returns at once and the
