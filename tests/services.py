@@ -57,7 +57,10 @@ def postgres_database(prefix: str = "taskbadger_test") -> Iterator[str]:
 
 
 #: The API faults every queue integration's fault matrix runs (the stand-in server's names).
-API_FAULTS = ("refused", "hang", "500")
+API_FAULTS = ("refused", "hang", "slow", "500", "429")
+#: How late a ``slow`` API answers: past the publish budget of every fault test (0.5 s), so a create is given up
+#: at its deadline and carried out later.
+SLOW_SECONDS = 1.5
 
 
 def api_fault(server, mode: str) -> None:
@@ -66,7 +69,11 @@ def api_fault(server, mode: str) -> None:
         server.refuse()
     elif mode == "hang":
         server.hang()
+    elif mode == "slow":
+        server.set_latency(SLOW_SECONDS)
     elif mode == "500":
         server.fail(500)
+    elif mode == "429":
+        server.fail(429, retry_after=30)
     else:
         raise ValueError(f"unknown API fault {mode!r}: use one of {API_FAULTS}")
