@@ -75,5 +75,7 @@ def api_fault(server, mode: str) -> None:
         server.fail(500)
     elif mode == "429":
         server.fail(429, retry_after=30)
+    elif mode == "not_json":
+        server.misbehave("not_json", method="POST")
     else:
         raise ValueError(f"unknown API fault {mode!r}: use one of {API_FAULTS}")

@@ -16,7 +16,7 @@ from .test_django_tasks import by_external_id, wait_result
 BUDGET = 0.5  # the publish budget (and each call's connect and read timeout) the processes run with
 #: What a loaded, shared machine may add to the budget before enqueue() returns (the SQLite writes included).
 SLACK = 0.4
-MODES = ["refused", "hang", "500", "slow", "429"]
+MODES = ["refused", "hang", "500", "slow", "429", "not_json"]
 
 
 @pytest.fixture(scope="module", params=["sqlite", "rq"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("taskbadger")
 
+#: How a deferred job's task's external_id starts until the job's id replaces it.
+PROVISIONAL = "deferring-"
+
 
 def _prepare(app: Any, jobs_: list[jobs.Job]) -> tuple[list[jobs.Job], list[TaskbadgerTask | None]]:
     """The jobs to insert (tracked ones carry their task's id) and the task created for each (or None).
@@ -48,7 +52,12 @@ def _prepare(app: Any, jobs_: list[jobs.Job]) -> tuple[list[jobs.Job], list[Task
         try:
             options = tracking_of(app, job.task_name) if is_configured() else None
             if options is not None and TB_TASK_ID_KWARG not in (job.task_kwargs or {}):
-                task = lifecycle.enqueue(job_fields(job, options, None), "publish", budget).task
+                # The job's id is known only once it is inserted, after this create: until then its task is told by
+                # a provisional external_id, replaced by the job's id right after the insert (``_deferred``). A
+                # create carried out whose answer could not be read (a 2xx that is not JSON, a reset mid-answer) is
+                # then found by it and used (``inline``); with nothing to tell it by, it stayed pending for ever.
+                fields = {**job_fields(job, options, None), "external_id": f"{PROVISIONAL}{uuid.uuid4().hex}"}
+                task = lifecycle.enqueue(fields, "publish", budget).task
                 if task is not None:
                     job = job.evolve(task_kwargs={**job.task_kwargs, TB_TASK_ID_KWARG: task.id})
         except Exception:
