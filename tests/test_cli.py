@@ -851,6 +851,19 @@ def test_a_run_whose_create_failed_in_an_outage_is_created_by_the_next_command(t
     assert cli("list", env=env).returncode == 0 and len(taskbadger_server.tasks) == 1  # made once
 
 
+@pytest.mark.parametrize("mode", ["not_json", "reset", "huge_body", "endless_headers"])
+def test_a_run_whose_create_was_carried_out_but_answered_unreadably_ends_its_one_task(taskbadger_server, env, mode):
+    """The API (or a proxy) carries the create out and its answer cannot be read: a 2xx page that is not JSON, a
+    reset mid-answer, 40 MB, headers without end. The command runs at once with its own exit status, and the one
+    task the API made ends with the run's outcome: not left processing, not made twice."""
+    taskbadger_server.misbehave(mode, method="POST")
+    result = cli("run", "garbled", "--", *fail_with(3), env=env)
+    assert result.returncode == 3
+    no_traceback(result)
+    [task] = taskbadger_server.tasks_named("garbled")  # the run looked its task up by its external id, and ended it
+    assert task["status"] == "error" and task["data"] == {"return_code": 3}
+
+
 @pytest.mark.parametrize("when", ["start", "end"])
 def test_a_run_under_a_monitor_the_api_refuses_is_tracked_without_it(taskbadger_server, env, when):
     """A mistyped --monitor-id (or a monitor deleted in Task Badger): the API refuses the create (404). The CLI made
