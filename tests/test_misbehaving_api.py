@@ -65,6 +65,8 @@ def misbehave(server, mode: str, method: str | None = None) -> None:
         server.hang(method=method)
     elif mode == "refused":
         server.refuse()
+    elif mode == "429":  # throttled: wait a second before asking again
+        server.fail(429, retry_after=1, method=method)
     else:
         server.misbehave(mode, method=method, seconds=SECONDS.get(mode))
 
@@ -223,7 +225,7 @@ def test_a_key_the_api_refuses_never_fails_a_publish_and_says_what_to_do_once(ap
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, "429"])
 def test_the_workers_create(api, worker, mode):
     taskbadger.config.reset()  # this publisher tracks nothing: the worker creates each task as it starts
     misbehave(api, mode, "POST")
@@ -294,10 +296,10 @@ def test_a_tracked_call_from_one_thread(api, mode):
 # -- updates from a job's body ------------------------------------------------------------------------------
 
 #: The body's updates against each mode, and against an API that answers them with an error.
-BODY_MODES = [*MODES, "503", "404"]
+BODY_MODES = [*MODES, "503", "429", "404"]
 #: In a real worker: the modes whose outcome differs (a wait, a bad answer, an error), not every way of waiting
 #: (the @track test below takes every mode through the same code in this process).
-WORKER_BODY_MODES = ["hang", "endless_headers", "huge_body", "not_json", "reset", "503", "404"]
+WORKER_BODY_MODES = ["hang", "endless_headers", "huge_body", "not_json", "reset", "503", "429", "404"]
 
 
 def misbehave_on_updates(server, mode: str) -> None:
