@@ -40,6 +40,7 @@ def api(taskbadger_server, spool_dir):
     queue = pending_updates()
     with queue.cond:
         queue.failing = False  # ...and knows nothing of the API yet, as a new process
+        queue.paused_until = 0.0  # (nor of a Retry-After an earlier test's API asked for)
     yield taskbadger_server
     taskbadger_server.clear_faults()
     sender.flush(5)
@@ -49,11 +50,13 @@ def files(directory):
     return sorted(p for p in directory.iterdir()) if directory.exists() else []
 
 
-@pytest.mark.parametrize("fault", ["refused", "503", "429"])
+@pytest.mark.parametrize("fault", ["refused", "503", "429", "not_json", "reset"])
 def test_an_ending_process_spools_at_once_while_the_api_is_failing(api, spool_dir, fault):
     task = taskbadger.create_task("outage")
     if fault == "refused":
         api.refuse()
+    elif fault in ("not_json", "reset"):  # a proxy's HTML page with a 200, an answer cut: was it taken? sent again
+        api.misbehave(fault, method="PATCH")
     else:  # answering, but not taking updates: a 429 asks for a minute of quiet, longer than the process has
         api.fail(int(fault), method="PATCH", retry_after=60 if fault == "429" else None)
     before = taskbadger.stats()
@@ -69,6 +72,22 @@ def test_an_ending_process_spools_at_once_while_the_api_is_failing(api, spool_di
     content = written.read_bytes()
     assert api.key.encode() not in content and api.api_key.encode() not in content  # no key on disk
     assert json.loads(content)["task_id"] == task.id
+
+
+def test_a_final_state_the_api_refuses_at_the_end_is_dropped_counted_and_said_not_spooled(api, spool_dir, tb_log):
+    """A 400 is the API's last word on that update: spooling it would only have it refused again by the next
+    process. The ending process drops it at once, counts it, and says so."""
+    task = taskbadger.create_task("refused at the end")
+    before = taskbadger.stats()
+    api.fail(400, method="PATCH", detail="refused by a rule of this API")
+    sender.submit(task.id, {"status": "success"}, final=True)
+    started = time.monotonic()
+    spooling.shutdown(10.0)
+    assert time.monotonic() - started < 0.5
+    stats = taskbadger.stats()
+    assert (stats["dropped"] - before["dropped"], stats["spooled"] - before["spooled"], stats["spool"]) == (1, 0, 0)
+    assert files(spool_dir) == []
+    assert "refused an update" in tb_log.text and "it is dropped" in tb_log.text
 
 
 def test_a_healthy_api_still_gets_the_normal_flush(api, spool_dir):
