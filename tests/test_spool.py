@@ -940,8 +940,9 @@ def test_recycled_pool_children_during_an_outage_neither_wait_nor_lose_their_fin
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("fault", ["refused", "hang"])
 def test_a_warm_shutdown_during_an_outage_spools_instead_of_waiting(taskbadger_server, taskbadger_server_session,
-                                                                    spool_dir):
+                                                                    spool_dir, fault):
     from .celery_project import app as tasks
     from .conftest import start_worker, stop_worker
 
@@ -949,15 +950,24 @@ def test_a_warm_shutdown_during_an_outage_spools_instead_of_waiting(taskbadger_s
                           extra_env={"TASKBADGER_SPOOL_DIR": str(spool_dir)})
     try:
         result = worker.send(tasks.add, 1, 1)
-        taskbadger_server.refuse()
+        taskbadger_server.wait_for(lambda: taskbadger_server.get_task(result.taskbadger_task_id), timeout=10)
+        if fault == "refused":
+            taskbadger_server.refuse()
+        else:  # the worker's final update is sent and never answered (the worker's timeout: its default, 7 s)
+            taskbadger_server.hang(method="PATCH")
         taskbadger_server.wait_for(lambda: "succeeded in" in worker.log(), timeout=20)
-        taskbadger_server.wait_for(lambda: "updates are queued and retried" in worker.log(), timeout=10)
+        if fault == "refused":
+            taskbadger_server.wait_for(lambda: "updates are queued and retried" in worker.log(), timeout=10)
+        else:
+            taskbadger_server.wait_for(lambda: [r for r in taskbadger_server.requests if r.method == "PATCH"],
+                                       timeout=10)
         assert stop_worker(worker) == 0
     finally:
-        taskbadger_server.accept()
+        taskbadger_server.clear_faults()
         stop_worker(worker)
-    # it used to wait 10 s (the flush), then 5 s more at exit; now it does not wait for the API at all
+    # it used to wait 10 s (the flush), then 5 s more at exit; now it does not wait for the API at all (refused), or
+    # no longer than a second for an answer that does not come (hung)
     waited = re.findall(r"are spooled in .* \(after ([0-9.]+) s: the API is not answering\)", worker.log())
-    assert waited and all(float(seconds) < 0.5 for seconds in waited)
+    assert waited and all(float(seconds) < (0.5 if fault == "refused" else 1.5) for seconds in waited), worker.log()
     assert deliver_in_another_process(taskbadger_server, spool_dir) == ["1", "True", "0"]
     assert taskbadger_server.get_task(result.taskbadger_task_id)["status"] == "success"
