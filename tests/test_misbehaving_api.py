@@ -255,7 +255,7 @@ def test_the_workers_create(api, worker, mode):
 UNREADABLE = {"endless_headers", "huge_body", "not_json", "reset"}
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, "429"])
 def test_a_tracked_call_from_one_thread(api, mode):
     """``@track`` while the API misbehaves with its creates: each call starts within the budget (then the breaker
     skips the waits), returns its own result, and no task is left ``processing`` once the API behaves. A create
