@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 
@@ -203,6 +204,34 @@ def test_a_canvas_published_while_the_api_hangs_waits_one_budget(api, worker, sh
     api.clear_faults()
     assert_nothing_left_pending(api, [r.id for r in results])
     report(f"{shape}(8 tasks).apply_async()", "hang", took, tracked_share(api, [r.id for r in results]))
+
+
+@pytest.mark.integration
+def test_a_chord_published_while_the_api_hangs_waits_one_budget(api, taskbadger_server_session):
+    """A chord (it needs a result backend: Redis) published from a task's body while the API hangs: the body waits
+    one budget for the header's creates, the header and the body run, and none of their tasks is left pending once
+    the API answers again. Its own worker: the hang opens the worker's breaker, which the session's chord worker
+    must not carry into other tests."""
+    from .services import require
+
+    require("redis")
+    chords = start_worker(taskbadger_server_session, pool="solo", concurrency=1,
+                          extra_env={"TB_RESULT_BACKEND": "redis://127.0.0.1:6379/6",
+                                     "TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    try:
+        api.hang(method="POST")
+        publisher = chords.send(tasks.start_chord)  # its own create waits this process's budget: it hangs too
+        api.wait_for(lambda: re.search(r"record_me\[[0-9a-f-]{36}\] succeeded", chords.log()), timeout=30)
+        took = float(re.search(rf"start_chord\[{publisher.id}\] succeeded in ([0-9.]+)s", chords.log())[1])
+        assert took <= BUDGET + 2 * SLACK, took  # the header's creates share one budget
+        api.clear_faults()
+        ran = re.findall(r"tests\.celery_project\.app\.(?:add|record_me)\[([0-9a-f-]{36})\] succeeded", chords.log())
+        assert len(ran) == 3, chords.log()
+        assert_nothing_left_pending(api, ran)
+    finally:
+        api.clear_faults()
+        stop_worker(chords)
+    report("chord(2 tasks) published from a task's body", "hang", took, tracked_share(api, ran))
 
 
 @pytest.mark.integration
