@@ -346,6 +346,28 @@ def test_progress_from_a_celery_tasks_body(api, worker, mode):
     the breaker skips the waits), and once the API behaves the task ends ``success`` with the progress the
     body reported. (An API that refuses every connection refuses the task's create too: the ``@track`` test
     below refuses them once the task exists.)"""
+    check_progress_from_a_celery_tasks_body(api, worker, mode)
+
+
+@pytest.fixture(scope="module", params=["prefork", "threads"])
+def pool_worker(request, taskbadger_server_session):
+    """A worker of each of the other pools Celery users run, with the same publish budget: each prefork child has
+    its own senders and breaker, the threads of a threads worker share theirs."""
+    started = start_worker(taskbadger_server_session, pool=request.param, concurrency=2,
+                           extra_env={"TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    yield started
+    stop_worker(started)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["hang", "not_json", "503", "429"])
+def test_progress_from_a_celery_tasks_body_in_the_other_pools(api, pool_worker, mode):
+    """The same in a prefork and a threads worker: a sample of the modes (a wait, a bad answer, an error, a
+    throttle); the solo worker above takes every one."""
+    check_progress_from_a_celery_tasks_body(api, pool_worker, mode)
+
+
+def check_progress_from_a_celery_tasks_body(api, worker, mode: str) -> None:
     misbehave_on_updates(api, mode)
     result = worker.send(tasks.progress_loop, 12)
     body = wait_for_result(result.id, timeout=30)
@@ -360,7 +382,8 @@ def test_progress_from_a_celery_tasks_body(api, worker, mode):
     task = api.wait_for(lambda: next((t for t in api.tasks.values()
                                       if t["external_id"] == result.id and t["status"] == "success"), None), timeout=20)
     assert (task["value"], task["value_max"]) == (12, 12)
-    report("tb.update() in a Celery task's body (12 in a row)", mode, body["took"], "ran to its result; success")
+    report(f"tb.update() in a Celery task's body (12 in a row, {worker.pool})", mode, body["took"],
+           "ran to its result; success")
 
 
 @pytest.mark.parametrize("mode", BODY_MODES)
