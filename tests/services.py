@@ -77,5 +77,7 @@ def api_fault(server, mode: str) -> None:
         server.fail(429, retry_after=30)
     elif mode == "not_json":
         server.misbehave("not_json", method="POST")
+    elif mode == "not_json everywhere":  # the look-up after an unreadable create is unreadable too
+        server.misbehave("not_json")
     else:
         raise ValueError(f"unknown API fault {mode!r}: use one of {API_FAULTS}")

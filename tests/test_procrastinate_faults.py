@@ -24,7 +24,7 @@ from .test_procrastinate import app, dsn, job_of, start, stop, wait_job  # noqa:
 
 pytestmark = pytest.mark.integration
 
-MODES = ["refused", "hang", "500", "slow", "429", "not_json"]
+MODES = ["refused", "hang", "500", "slow", "429", "not_json", "not_json everywhere"]
 BUDGET = 0.5  # the publish budget the tests configure (in this process and the worker)
 TIMEOUT = (0.5, 0.5)
 SLACK = 0.35  # what a loaded, shared machine may add before the call returns

@@ -180,6 +180,15 @@ def created_meta(task: Task | Mapping[str, Any], heartbeat_interval: float | Non
     return Meta(carried_fields(task.to_dict() if isinstance(task, Task) else task), heartbeat_interval, stale_timeout)
 
 
+def abandon_maybe_created(external_id: str, reason: str) -> None:
+    """A job goes out untracked although the API may have carried its create out (the answer was lost, and the
+    look-up by ``external_id`` could not be made in time), and nothing else will know that task (a provisional
+    ``external_id``, not one its worker looks up): once the API answers, close it ``cancelled``, with
+    ``data["abandoned"]``, if it is there and has no final state. Else it stays ``pending`` for ever."""
+    settle_later(external_id, {"status": StatusEnum.CANCELLED.value, "end_time": now(),
+                               merge.MERGE_DATA: {"abandoned": reason}})
+
+
 def publish_failed(task: Task, reason: str) -> None:
     """The task was created but its job was never enqueued (the broker refused it): it will never run.
     End it ``cancelled``, with ``data["publish_error"]``."""

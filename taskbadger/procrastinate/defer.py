@@ -39,6 +39,9 @@ log = logging.getLogger("taskbadger")
 
 #: How a deferred job's task's external_id starts until the job's id replaces it.
 PROVISIONAL = "deferring-"
+#: Why a task made by a create whose answer was lost is closed (``lifecycle.abandon_maybe_created``).
+ABANDONED = ("Task Badger's answer to this create could not be read, so the job was deferred without it; the job, "
+             "when it runs, is tracked as another task")
 
 
 def _prepare(app: Any, jobs_: list[jobs.Job]) -> tuple[list[jobs.Job], list[TaskbadgerTask | None]]:
@@ -57,7 +60,12 @@ def _prepare(app: Any, jobs_: list[jobs.Job]) -> tuple[list[jobs.Job], list[Task
                 # create carried out whose answer could not be read (a 2xx that is not JSON, a reset mid-answer) is
                 # then found by it and used (``inline``); with nothing to tell it by, it stayed pending for ever.
                 fields = {**job_fields(job, options, None), "external_id": f"{PROVISIONAL}{uuid.uuid4().hex}"}
-                task = lifecycle.enqueue(fields, "publish", budget).task
+                made = lifecycle.enqueue(fields, "publish", budget)
+                task = made.task
+                if task is None and made.maybe_created:
+                    # not found in time either: the job goes out untracked (its worker tracks it), and the task
+                    # the API may hold is closed once the API answers
+                    lifecycle.abandon_maybe_created(fields["external_id"], ABANDONED)
                 if task is not None:
                     job = job.evolve(task_kwargs={**job.task_kwargs, TB_TASK_ID_KWARG: task.id})
         except Exception:
