@@ -179,6 +179,12 @@ def create(body: Mapping[str, Any], monitor: str | None = None, deadline: http.D
             err.args = (f"{said.rstrip('.')}. The task was to be created under monitor "
                         f"{headers[http.MONITOR_HEADER]}: if it is not one of project {config.organization_slug}/"
                         f"{config.project_slug}'s monitors, copy the id from the monitor's page in Task Badger.",)
+        elif isinstance(err, NotFound) and err.args and isinstance(err.args[0], str):
+            # a create names no task: the API knows no project of that name at that host
+            err.args = (f"{err.args[0].rstrip('.')}: Task Badger has no project {config.organization_slug}/"
+                        f"{config.project_slug} at {config.host}. Check that the API key is the project's key "
+                        "(TASKBADGER_API_KEY, init(token=...) or TASKBADGER['API_KEY']: it names the organization "
+                        "and project), and the host.",)
         raise
 
 

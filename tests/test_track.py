@@ -84,6 +84,18 @@ def test_function_still_runs_when_api_down(taskbadger_server):
     assert add(1, 2) == 3
 
 
+@pytest.mark.parametrize(("status", "says"), [(400, "refused by a rule"), (401, "TASKBADGER_API_KEY"),
+                                              (403, "TASKBADGER_API_KEY"), (404, "has no project acme/demo")])
+def test_a_create_the_api_refuses_runs_the_call_untracked_and_says_so_once(taskbadger_server, tb_log, status, says):
+    """Every create answered 4xx (a rule of the API, a revoked key, a key of another project, an unknown project):
+    each call runs at once with its own result, and one warning (not one per call) says why, never with the key."""
+    taskbadger_server.fail(status, method="POST", detail="refused by a rule of this API" if status == 400 else None)
+    assert [add(i, 1) for i in range(5)] == [1, 2, 3, 4, 5]
+    said = [r.getMessage() for r in tb_log.records if r.levelno >= 30]
+    assert len(said) == 1 and str(status) in said[0] and says in said[0], said
+    assert taskbadger_server.api_key not in said[0] and taskbadger_server.key not in said[0]
+
+
 def test_async_functions(taskbadger_server):
     @track(name="async job")
     async def job():
