@@ -248,6 +248,9 @@ def test_a_key_the_api_refuses_never_fails_a_publish_and_says_what_to_do_once(ap
     said = [r.getMessage() for r in tb_log.records if r.levelno >= logging.WARNING]
     assert len(said) == 1 and str(status) in said[0] and "TASKBADGER_API_KEY" in said[0], said
     assert api.api_key not in said[0]
+    # the worker met the same refusal when it started each task, and said so (once a minute): never with the key
+    assert re.search(r"answered 40[13]", worker.log()) and api.api_key not in worker.log() \
+        and api.key not in worker.log()
 
 
 # -- the worker's create, for a task its publisher did not track ------------------------------------------
