@@ -354,6 +354,29 @@ def test_progress_from_a_celery_tasks_body(api, worker, mode):
     check_progress_from_a_celery_tasks_body(api, worker, mode)
 
 
+@pytest.mark.integration
+def test_progress_from_a_celery_tasks_body_while_the_api_is_down(api, worker, tmp_path):
+    """The API goes down (refusing connections) once the task is running, before its body's updates: the task runs
+    to its own result, its body held up a few budgets at most, and once the API is back the task ends ``success``
+    with the progress its body reported."""
+    go = tmp_path / "go"
+    result = worker.send(tasks.progress_loop, 12, after=str(go))
+    api.wait_for(lambda: next((t for t in api.tasks.values()
+                               if t["external_id"] == result.id and t["status"] == "processing"), None), timeout=20)
+    api.refuse()
+    try:
+        go.touch()
+        body = wait_for_result(result.id, timeout=30)
+    finally:
+        api.clear_faults()
+    assert body["value"] == 12 and body["tracked"] and body["shown"] == 12
+    assert body["took"] <= 3 * BUDGET + SLACK, body["took"]
+    task = api.wait_for(lambda: next((t for t in api.tasks.values()
+                                      if t["external_id"] == result.id and t["status"] == "success"), None), timeout=30)
+    assert (task["value"], task["value_max"]) == (12, 12)
+    report("tb.update() in a Celery task's body (12 in a row)", "refused", body["took"], "ran to its result; success")
+
+
 @pytest.fixture(scope="module", params=["prefork", "threads"])
 def pool_worker(request, taskbadger_server_session):
     """A worker of each of the other pools Celery users run, with the same publish budget: each prefork child has

@@ -287,9 +287,13 @@ def report_progress(self, value):
 
 
 @app.task(bind=True, base=Task)
-def progress_loop(self, steps):
+def progress_loop(self, steps, after=None):
     """The docs' progress loop (``tb.update(value=i, value_max=steps)``), then like ``echo``, with how long the
-    body took and what the body's ``tb`` showed at its end."""
+    body took and what the body's ``tb`` showed at its end. ``after``: a file the loop waits for first (a test
+    changes how the API answers meanwhile)."""
+    deadline = time.monotonic() + 30
+    while after is not None and not os.path.exists(after) and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling for the test's go-ahead, under a deadline
     started = time.monotonic()
     tb = self.taskbadger_task
     for i in range(1, steps + 1):
