@@ -65,6 +65,16 @@ def loads(content: bytes | str) -> Any:
     return value
 
 
+#: What a 401 and a 403 say when the API gives no message, and what to do about each.
+_KEY_REFUSED = {
+    401: ("the API key was refused", "Check the API key (TASKBADGER_API_KEY, init(token=...) or "
+          "TASKBADGER['API_KEY']): copy the project key from the project's settings page in Task Badger."),
+    403: ("the API key may not do this", "The API key was taken but may not do this: check that it is a key of this "
+          "project (TASKBADGER_API_KEY, init(token=...) or TASKBADGER['API_KEY']), copied from the project's settings "
+          "page in Task Badger."),
+}
+
+
 def decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool = True) -> Any:
     """The JSON body of a 2xx answer (None for 204, or when ``parse`` is False); an exception otherwise."""
     if 200 <= status < 300:
@@ -78,18 +88,11 @@ def decode(status: int, headers: Mapping[str, str], content: bytes, parse: bool 
     message, errors = _error_message(content)
     if status == 400:
         raise ValidationError(status, content, message, errors=errors)
-    if status == 401:
-        refused = Unauthorized(status, content, message or "the API key was refused")
-        refused.args = (f"{refused.args[0].rstrip('.')}. Check the API key (TASKBADGER_API_KEY, init(token=...) "
-                        "or TASKBADGER['API_KEY']): copy the project key from the project's settings page in Task "
-                        "Badger.",)
+    if status in _KEY_REFUSED:
+        default, hint = _KEY_REFUSED[status]
+        refused = Unauthorized(status, content, message or default)
+        refused.args = (f"{refused.args[0].rstrip('.')}. {hint}",)
         raise refused
-    if status == 403:
-        forbidden = Unauthorized(status, content, message or "the API key may not do this")
-        forbidden.args = (f"{forbidden.args[0].rstrip('.')}. The API key was taken but may not do this: check that it "
-                          "is a key of this project (TASKBADGER_API_KEY, init(token=...) or TASKBADGER['API_KEY']), "
-                          "copied from the project's settings page in Task Badger.",)
-        raise forbidden
     if status == 404:
         raise NotFound(status, content, message)
     if status == 429:
