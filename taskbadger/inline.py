@@ -525,13 +525,13 @@ def _look_up(name: str, fields: Mapping[str, Any], where: str, deadline: http.De
     external_id = fields.get("external_id")
     started = parse_datetime(fields.get("start_time")) if where == "call" else None
     if isinstance(external_id, str) and external_id:
-        find = lambda: endpoints.find_recent(external_id, deadline)  # noqa: E731
+        by: dict[str, Any] = {}
     elif external_id is None and started is not None:
-        find = lambda: endpoints.find_recent(None, deadline, name=name, started=started)  # noqa: E731
+        by = {"name": name, "started": started}
     else:
         return None
     try:
-        model = find()
+        model = endpoints.find_recent(external_id, deadline, **by)
     except TaskbadgerException:
         return None
     if model is None or (external_id is None and model.status in TERMINAL_STATUSES):
