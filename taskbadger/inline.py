@@ -134,7 +134,7 @@ def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None =
 def _create_within(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, where: str,
                    max_in_flight: int | None, deadline: http.Deadline) -> Created:
     breaker = publish_breaker()
-    call = breaker.begin(max_in_flight)
+    call = breaker.begin(max_in_flight, deadline=deadline)
     if call is None:
         return Created(None)  # skipped: certainly not created
     try:
@@ -270,11 +270,12 @@ def _read(request: Callable[[http.Deadline], TaskModel | None], within: float | 
     if config is None:
         return _Read(None, answered=True)
     breaker = publish_breaker()
-    call = breaker.begin(creates=False)
+    deadline = _deadline(config, within)
+    call = breaker.begin(creates=False, deadline=deadline)
     if call is None:
         return _Read(None, answered=False)
     try:
-        model = request(_deadline(config, within))
+        model = request(deadline)
     except (TransportError, ServerError, RateLimited) as err:
         if raised_by_signal_handler(err):
             breaker.abandon(call)
@@ -486,12 +487,12 @@ def _create_spooled(external_id: str, create: Mapping[str, Any]) -> bool | None:
     if config is None:
         return None
     breaker = publish_breaker()
-    call = breaker.begin(creates=False)  # skipped while the API fails: tried again, not lost
+    deadline = http.Deadline(config.publish_budget, config.timeout[0])
+    call = breaker.begin(creates=False, deadline=deadline)  # skipped while the API fails: tried again, not lost
     if call is None:
         return None
     try:
-        create_from_body(config, body["name"], body, create.get("monitor_id"),
-                          http.Deadline(config.publish_budget, config.timeout[0]), None)
+        create_from_body(config, body["name"], body, create.get("monitor_id"), deadline, None)
     except (TransportError, ServerError, RateLimited) as err:
         breaker.end(call, err)
         return None

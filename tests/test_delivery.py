@@ -602,6 +602,50 @@ def test_at_most_four_calls_wait_at_once_and_none_join_a_suspect_one(monkeypatch
     assert breaker.begin() is None
 
 
+def test_a_call_with_a_deadline_waits_for_a_place_while_the_calls_in_flight_answer():
+    """Four calls in flight that are not suspect: a fifth with a deadline waits for a place (it skipped, and a create
+    skipped is a task not tracked, with a healthy API); one without a deadline skips at once, as before."""
+    from taskbadger.http import Deadline
+
+    breaker = Breaker(max_in_flight=4)
+    calls = [breaker.begin() for _ in range(4)]
+    assert breaker.begin() is None  # no deadline: no wait
+    got = []
+    waiting = threading.Thread(target=lambda: got.append(breaker.begin(deadline=Deadline(5.0))))
+    waiting.start()
+    wait_until(lambda: breaker._changed._waiters)  # type: ignore[attr-defined]  (blocked in begin, waiting)
+    assert not got
+    breaker.end(calls[0])  # answered: a place is free
+    waiting.join(5)
+    assert got and got[0] is not None
+
+
+def test_a_call_waiting_for_a_place_skips_once_the_calls_in_flight_look_hung():
+    """The calls in flight hang: the one waiting for a place skips when they turn suspect (``MAX_SUSPECT_AFTER``
+    before any call has answered), not at its deadline: only the calls in flight wait for a hung API."""
+    from taskbadger.http import Deadline
+
+    breaker = Breaker(max_in_flight=4)
+    for _ in range(4):
+        assert breaker.begin() is not None
+    started = time.monotonic()
+    assert breaker.begin(deadline=Deadline(10.0)) is None
+    assert breaker_module.MAX_SUSPECT_AFTER <= time.monotonic() - started < 2.0
+
+
+def test_a_call_waits_for_a_place_at_most_half_of_its_deadline():
+    """What is left is for its own request: a call given a place at the end of its budget would fail, and count
+    as a failure of the API."""
+    from taskbadger.http import Deadline
+
+    breaker = Breaker(max_in_flight=1)
+    breaker._usual = 10.0  # calls usually take long: the one in flight is not suspect for a while (0.5 s)
+    assert breaker.begin() is not None
+    started = time.monotonic()
+    assert breaker.begin(deadline=Deadline(0.4)) is None
+    assert 0.2 <= time.monotonic() - started < 0.4
+
+
 def test_the_breaker_pauses_longer_the_longer_the_api_fails(monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr(time, "monotonic", lambda: clock[0])

@@ -28,6 +28,9 @@ MIN_SUSPECT_AFTER = 0.1
 MAX_SUSPECT_AFTER = 0.5
 #: Weight of the newest successful call in the running average of their durations.
 EWMA_WEIGHT = 0.2
+#: The most of what is left of its deadline that a call waits for a place among the calls in flight (``begin``):
+#: the rest is for its own request.
+PLACE_SHARE = 0.5
 
 Probe = Callable[[], None]
 
@@ -47,7 +50,11 @@ class Breaker:
     * At most ``max_in_flight`` calls at once, and none while a call in flight is taking much longer
       than calls usually take (``SUSPECT_FACTOR``): the calls already waiting find out, the others skip.
       So a hang costs a process at most ``max_in_flight`` waiting calls, and one thread at most
-      ``failure_threshold`` in a row.
+      ``failure_threshold`` in a row. A call that finds the places taken while the calls in flight are not
+      suspect waits for a free one (``begin``'s ``deadline``: at most ``PLACE_SHARE`` of what is left of it), and
+      skips once they turn suspect: many threads or greenlets of one process (a worker's threads, gevent or
+      eventlet pool, a threaded web server) calling a healthy API at the same moment each get their turn within a
+      few of its round trips, and no longer skip (a create skipped is a task not tracked).
     * A 429 is the API asking us to slow down, not an outage: calls are skipped for its
       ``Retry-After`` (1 s without one, at most ``max_defer``), then go ahead as before.
     * Failures after a quiet spell (nothing tried for a while) start a new count: what the breaker
@@ -79,21 +86,32 @@ class Breaker:
 
     # -- the calls --------------------------------------------------------------------------------
 
-    def begin(self, max_in_flight: int | None = None, *, creates: bool = True) -> int | None:
+    def begin(self, max_in_flight: int | None = None, *, creates: bool = True,
+              deadline: Deadline | None = None) -> int | None:
         """A call may go ahead: its handle for ``end()``. None: skip it (tracking is off for it).
         ``max_in_flight``: a caller whose wait blocks nobody else (a coroutine's create, made in a thread
         of its own) may allow more calls at once than ``self.max_in_flight``. ``creates``: whether the call
         creates a task; a skipped create is a task not tracked, counted for the line that says when tracking
-        resumes (a skipped update or lookup is queued or settled later, not lost)."""
+        resumes (a skipped update or lookup is queued or settled later, not lost). ``deadline``: the call's; while
+        every place is taken by calls that are not suspect, it waits for one, at most ``PLACE_SHARE`` of what is
+        left (the rest is the call's own); without one it skips at once."""
+        limit = max_in_flight or self.max_in_flight
         with self._lock:
             now = time.monotonic()
-            if now < self._deferred_until or not self._admits(now, max_in_flight or self.max_in_flight):
-                if creates:
-                    self._skipped += 1
-                return None
-            self._next_call += 1
-            self._in_flight[self._next_call] = now
-            return self._next_call
+            until = now + (deadline.remaining() * PLACE_SHARE if deadline is not None else 0.0)
+            while now >= self._deferred_until:
+                if self._admits(now, limit):
+                    self._next_call += 1
+                    self._in_flight[self._next_call] = now
+                    return self._next_call
+                pause = self._place_due(now, limit, until)
+                if pause is None:
+                    break
+                self._changed.wait(pause)  # notified when a call ends
+                now = time.monotonic()
+            if creates:
+                self._skipped += 1
+            return None
 
     def end(self, call: int, err: Exception | None = None) -> None:
         """The call ended: ``err`` is None when the API answered it, else what went wrong."""
@@ -101,6 +119,7 @@ class Breaker:
             started = self._in_flight.pop(call, None)
             if started is None:
                 return
+            self._changed.notify_all()  # a place is free (calls waiting for one see what this one came to)
             now = time.monotonic()
             if err is None:
                 self._succeeded(now - started)
@@ -114,7 +133,19 @@ class Breaker:
         timeout, Ctrl-C): it says nothing of the API, and it no longer holds a place among the calls in flight
         (left there, it would look hung, and every later call in this process would skip)."""
         with self._lock:
-            self._in_flight.pop(call, None)
+            if self._in_flight.pop(call, None) is not None:
+                self._changed.notify_all()
+
+    def _place_due(self, now: float, max_in_flight: int, until: float) -> float | None:
+        """Seconds to wait for a place among the calls in flight, or None when waiting cannot help: the breaker
+        is open, the time to wait is over, or the calls in flight are suspect (waiting ends when they would turn
+        so: a call that ends before notifies the waiting ones)."""
+        if self._failures >= self.failure_threshold or now >= until or len(self._in_flight) < max_in_flight:
+            return None
+        suspect_at = min(self._in_flight.values()) + self._suspect_after()
+        if now >= suspect_at:
+            return None
+        return min(until, suspect_at) - now + 0.001  # a little past: at the wake-up, it is due
 
     def _admits(self, now: float, max_in_flight: int) -> bool:
         if self._failures >= self.failure_threshold:

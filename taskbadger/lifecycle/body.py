@@ -150,7 +150,7 @@ class RunTask(Task):
         warning), else why they could not be sent now (nothing is queued here). A queue's time limit raised from a
         signal handler during the request (RQ's ``JobTimeoutException``) is raised: it is the job's."""
         breaker = publish_breaker()
-        call = breaker.begin(creates=False)
+        call = breaker.begin(creates=False, deadline=deadline)
         if call is None:
             return "the Task Badger API is failing"
         try:

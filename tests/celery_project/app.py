@@ -488,3 +488,42 @@ def retry_without_raising(self):
         return "retrying"
     self.taskbadger_task.update(value=1, value_max=2)
     return "ok"
+
+
+@app.task(bind=True, base=Task, max_retries=1)
+def concurrent_work(self, n, steps, mode, pause):
+    """One of many tasks running at once (threads, greenlets): reports its own progress ``steps`` times, ``pause``
+    seconds apart (the pool switches to the others meanwhile), checking each time that ``self.taskbadger_task`` and
+    ``taskbadger.current_task()`` are this run's task; publishes a child with ``mode`` "child". Ends as ``mode``
+    says: "ok" returns, "fail" raises, "retry" is retried once (its next attempt returns). What it saw is in its
+    task's data (``seen``: its own Celery id and the ids of every task object it was given)."""
+    import taskbadger
+
+    tb = self.taskbadger_task
+    seen = set()
+    for i in range(1, steps + 1):
+        current = taskbadger.current_task()
+        seen.update({self.taskbadger_task.id, current.id if current is not None else None,
+                     self.taskbadger_task_id})
+        tb.update(value=i, value_max=steps + n, data={"n": n, "celery_id": self.request.id, "seen": sorted(
+            str(s) for s in seen)}, data_merge_strategy="default")
+        time.sleep(pause)
+    if mode == "child":
+        add.apply_async((n, n), queue=_same_queue(self.request))
+    if mode == "fail":
+        raise ValueError(f"task {n} failed")
+    if mode == "retry" and self.request.retries < 1:
+        raise self.retry(exc=ConnectionError(f"task {n} retried"), countdown=0)
+    return n
+
+
+@app.task(bind=True, base=Task)
+def publish_child_when(self, path):
+    """Waits until the file at ``path`` exists (60 s at most), then publishes a tracked ``add`` to this worker's
+    queue: many of these running at once (threads, greenlets) publish their children at the same moment."""
+    gate = pathlib.Path(path)
+    deadline = time.monotonic() + 60
+    while not gate.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)  # the task's own wait, for the test's signal, under a deadline
+    add.apply_async((1, 1), queue=_same_queue(self.request))
+    return "published"
