@@ -120,3 +120,20 @@ def test_chunks_track_each_chunk(taskbadger_server, prefork_worker):
     done(taskbadger_server, 3)
     assert sorted(t["data"]["items"] for t in taskbadger_server.tasks.values()) == [1, 3, 3]
     assert {t["name"] for t in taskbadger_server.tasks.values()} == {NAME + "add (starmap 3)", NAME + "add (starmap 1)"}
+
+
+def test_a_child_whose_create_failed_at_publish_is_created_by_its_worker_under_its_parent(taskbadger_server,
+                                                                                         solo_worker, tmp_path):
+    """A body publishes a child while the API refuses that create (a 503): the child goes out untracked, and its worker
+    creates its task when it starts. It was created without a parent (the worker runs no task that could be it): a
+    page listing the parent's children missed it. The parent now travels in the child's options."""
+    gate = tmp_path / "go"
+    parent = solo_worker.send(tasks.publish_child_when, str(gate))
+    taskbadger_server.wait_for(lambda: (taskbadger_server.get_task(parent.taskbadger_task_id) or {}).get(
+        "status") == "processing", timeout=20)
+    taskbadger_server.fail(503, times=1, method="POST")  # the child's create at publish
+    gate.write_text("go")
+    child = taskbadger_server.wait_for_task(name=NAME + "add", status="success", timeout=20)
+    creates = [r.json for r in taskbadger_server.requests if r.method == "POST" and r.json["name"] == NAME + "add"]
+    assert [c["status"] for c in creates] == ["pending", "processing"]  # refused at publish, made by the worker
+    assert child["parent"] == parent.taskbadger_task_id
