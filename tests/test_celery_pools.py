@@ -74,3 +74,26 @@ def test_children_published_at_the_same_moment_are_tracked_at_publish_as_childre
     creates = [r.json for r in taskbadger_server.requests if r.method == "POST" and r.json["name"] == NAME + "add"]
     assert [c["status"] for c in creates] == ["pending"] * len(parents)  # created at publish, not by the worker
     assert "not tracked" not in pool_worker.log()[log_before:]
+
+
+def test_a_slow_api_is_not_reported_as_failing(taskbadger_server, pool_worker, tmp_path):
+    """An API that answers every request, in 0.7 s: bodies publishing at once, and reporting progress, wait for a
+    place at most half their budget, then their creates and updates are skipped. The worker said "could not send an
+    update ... (the Task Badger API is failing)" and "Task Badger API answering again: tracking resumed (N new tasks
+    were not tracked)" about an API that never failed: it says the API is answering slowly."""
+    gate = tmp_path / "go"
+    parents = [pool_worker.send(tasks.publish_child_when, str(gate), True) for _ in range(POOLS[pool_worker.pool])]
+    ids = {r.taskbadger_task_id for r in parents}
+    taskbadger_server.wait_for(lambda: all((taskbadger_server.get_task(i) or {}).get("status") == "processing"
+                                           for i in ids), timeout=30)
+    log_before = len(pool_worker.log())
+    taskbadger_server.set_latency(0.7)
+    gate.write_text("go")
+
+    def children_ran():  # polls the worker's log under a deadline
+        log = pool_worker.log()[log_before:]
+        return log if log.count("app.add[") >= 2 * len(parents) and "not tracked" in log else None
+
+    log = taskbadger_server.wait_for(children_ran, timeout=60)
+    assert "the API was answering slowly" in log and "API is answering slowly" in log, log[-3000:]
+    assert "failing" not in log and "answering again" not in log, log[-3000:]

@@ -78,6 +78,8 @@ class Breaker:
         self._open_until = 0.0
         self._deferred_until = 0.0
         self._skipped = 0
+        #: creates skipped while the breaker was closed: every place taken by calls that were slow to answer
+        self._skipped_busy = 0
         self._trial = False  # open, but the API answered a probe: one call at a time may go
         self._in_flight: dict[int, float] = {}  # call -> when it started
         self._next_call = 0
@@ -110,7 +112,10 @@ class Breaker:
                 self._changed.wait(pause)  # notified when a call ends
                 now = time.monotonic()
             if creates:
-                self._skipped += 1
+                if self._failures < self.failure_threshold and now >= self._deferred_until:
+                    self._skipped_busy += 1
+                else:
+                    self._skipped += 1
             return None
 
     def end(self, call: int, err: Exception | None = None) -> None:
@@ -172,7 +177,12 @@ class Breaker:
         if self._failures >= self.failure_threshold or self._skipped:
             log.warning("Task Badger API answering again: tracking resumed (%d new tasks were not tracked)",
                         self._skipped)
-        self._failures, self._skipped, self._trial = 0, 0, False
+        if self._skipped_busy:
+            # The API never failed: it answered slowly while many threads or greenlets of this process called it.
+            log.warning("Task Badger: %d new task(s) were not tracked: the API was answering slowly, and the calls of "
+                        "this process already waiting for it took every place (%d) for longer than those could "
+                        "wait", self._skipped_busy, self.max_in_flight)
+        self._failures, self._skipped, self._skipped_busy, self._trial = 0, 0, 0, False
         self._changed.notify_all()
 
     def _defer(self, now: float, err: RateLimited) -> None:
@@ -262,6 +272,7 @@ class Breaker:
     # -- what others see ----------------------------------------------------------------------------
 
     def state(self) -> str:
+        """"closed", "open", "half-open" (a call may find out whether the API is back) or "deferred" (a 429)."""
         with self._lock:
             now = time.monotonic()
             if now < self._deferred_until:
@@ -275,7 +286,7 @@ class Breaker:
     def reset(self) -> None:
         with self._lock:
             self._failures, self._open_until, self._deferred_until = 0, 0.0, 0.0
-            self._skipped, self._trial = 0, False
+            self._skipped, self._skipped_busy, self._trial = 0, 0, False
             self._in_flight.clear()
             self._usual = None
             self._changed.notify_all()

@@ -41,6 +41,15 @@ PROGRESS_INTERVAL = 1.0
 _PROGRESS_FIELDS = frozenset({"value", "value_max"})
 
 
+#: Why the breaker skipped an update, by its state.
+_SKIPPED = {
+    "open": "the Task Badger API is failing",
+    "deferred": "the Task Badger API asked to slow down (429)",
+    "closed": "the Task Badger API is answering slowly, and the calls of this process already waiting for it took "
+              "every place",
+}
+
+
 class RunTask(Task):
     """``taskbadger.Task`` for a running job's body: ``update`` and every method built on it never raise
     an API or delivery error into the job, and never wait longer than the publish budget."""
@@ -152,7 +161,7 @@ class RunTask(Task):
         breaker = publish_breaker()
         call = breaker.begin(creates=False, deadline=deadline)
         if call is None:
-            return "the Task Badger API is failing"
+            return _SKIPPED.get(breaker.state(), _SKIPPED["open"])
         try:
             super()._send(fields, deadline)
         except (TransportError, ServerError, RateLimited) as err:

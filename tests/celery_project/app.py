@@ -518,12 +518,15 @@ def concurrent_work(self, n, steps, mode, pause):
 
 
 @app.task(bind=True, base=Task)
-def publish_child_when(self, path):
-    """Waits until the file at ``path`` exists (60 s at most), then publishes a tracked ``add`` to this worker's
-    queue: many of these running at once (threads, greenlets) publish their children at the same moment."""
+def publish_child_when(self, path, report=False):
+    """Waits until the file at ``path`` exists (60 s at most), then (with ``report``, after reporting progress)
+    publishes a tracked ``add`` to this worker's queue: many of these running at once (threads, greenlets) report and
+    publish their children at the same moment."""
     gate = pathlib.Path(path)
     deadline = time.monotonic() + 60
     while not gate.exists() and time.monotonic() < deadline:
         time.sleep(0.01)  # the task's own wait, for the test's signal, under a deadline
+    if report:
+        self.taskbadger_task.update(value=1, value_max=2)
     add.apply_async((1, 1), queue=_same_queue(self.request))
     return "published"
