@@ -21,7 +21,7 @@ from .fields import BASE_CLASS_MARK
 from .headers import parse_options
 from .options import KWARGS_KEY, TRACK_KEY, pop_options
 from .publish import publish_failed
-from .state import current_task, note_retry_exception, publish_slot, task_id_of
+from .state import PublishSlot, current_task, note_retry_exception, publish_slot, task_id_of
 
 log = logging.getLogger("taskbadger")
 
@@ -55,7 +55,7 @@ class Task(celery.Task):
                 given = parse_options(given, self.name)
             headers[KWARGS_KEY] = {**given, **call_options}
             options["headers"] = headers
-        slot: dict[str, TaskbadgerTask] = {}
+        slot = PublishSlot(self.app)
         token = publish_slot.set(slot)
         try:
             result = super().apply_async(args, kwargs, *rest, **options)

@@ -12,7 +12,7 @@ from typing import Any
 from .. import lifecycle
 from ..config import get_config
 from .options import decorator_options, recorded_args, validate
-from .state import running_tracking
+from .state import publish_slot, running_tracking
 
 #: Set on the ``taskbadger.celery.Task`` class: tasks that use it are tracked without any rule.
 BASE_CLASS_MARK = "_taskbadger_tracks_itself"
@@ -23,10 +23,39 @@ def celery_system() -> Any:
     return config.system("celery") if config else None
 
 
-def registered_task(name: str) -> Any:
+def publishing_app(reply_to: Any) -> Any:
+    """The Celery app whose message is being published in this thread. ``before_task_publish`` names only the task
+    (its ``sender``), and the app current in the thread may be another one (a second app of the project, a
+    library's own, one made current with ``app.set_current()``): its registry may not hold the task at all. The
+    base class's ``apply_async`` gives its task's own app (a group's and a chain's tasks are published through it
+    too); else the app whose ``thread_oid`` the message carries as its ``reply_to``, which ``app.send_task`` sets
+    when its caller gives none (any task's ``apply_async``, ``send_task`` by name); else the current app."""
     import celery
 
-    return celery.current_app.tasks.get(name)
+    slot = publish_slot.get()
+    if slot is not None and slot.app is not None:
+        return slot.app
+    current = celery.current_app._get_current_object()
+    if isinstance(reply_to, str) and reply_to and current.thread_oid != reply_to:
+        for app in _active_apps():
+            if getattr(app, "thread_oid", None) == reply_to:
+                return app
+    return current
+
+
+def _active_apps() -> list[Any]:
+    """The Celery apps of this process (Celery's own list of them, which it keeps for its ``set_current``)."""
+    from celery import _state
+
+    try:
+        return list(_state._get_active_apps())
+    except (AttributeError, RuntimeError):  # not in this Celery; an app made in another thread meanwhile
+        return []
+
+
+def registered_task(name: str, app: Any) -> Any:
+    """The task class ``app`` publishes as ``name`` (``publishing_app``), or None."""
+    return app.tasks.get(name)
 
 
 def uses_base_class(celery_task: Any) -> bool:

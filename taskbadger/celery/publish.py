@@ -21,7 +21,14 @@ from ..config import get_config, is_configured, unconfigured_reason, why_unconfi
 from ..inline import Created
 from ..lifecycle import publish_failed
 from ..task import Task as TaskbadgerTask
-from .fields import celery_system, checked_decorator_options, create_fields, registered_task, uses_base_class
+from .fields import (
+    celery_system,
+    checked_decorator_options,
+    create_fields,
+    publishing_app,
+    registered_task,
+    uses_base_class,
+)
 from .headers import KWARGS_KEY, MAYBE_CREATED_KEY, check_outgoing, write_meta
 from .result_backend import tell_result_backend
 from .state import Tracking, left_to_worker, running_tracking
@@ -36,11 +43,12 @@ CONFIRM_WINDOW = 60.0
 
 
 def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: Any, routing_key: str | None,
-               declare: Any) -> TaskbadgerTask | None:
+               declare: Any, reply_to: Any = None) -> TaskbadgerTask | None:
     """Create the task (status pending) before the message goes out; return it, or None.
 
     ``message`` is the message headers dict, where custom headers travel (ours are written there).
     Our headers on it are checked first and written back in their checked form, whatever happens next.
+    ``reply_to`` is the message's property, which tells the app publishing it (``publishing_app``).
     """
     incoming = check_outgoing(message, name)
     running = running_tracking()
@@ -67,7 +75,7 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     if incoming.track is False:
         return None
     if not is_configured():
-        if unconfigured_reason() is None and uses_base_class(registered_task(name)):
+        if unconfigured_reason() is None and uses_base_class(registered_task(name, publishing_app(reply_to))):
             # nobody said why yet (the Django app logs its own reason): a task the code asks to track goes out
             # untracked, and the bar on the page that published it would say "not available" with no hint
             log_once("publish:unconfigured", logging.WARNING, "Task Badger: %s was published untracked: %s",
@@ -88,15 +96,16 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     elif name.startswith("celery."):
         return None
 
-    celery_task = registered_task(tracked_name)
+    app = publishing_app(reply_to)
+    celery_task = registered_task(tracked_name, app)
     system = celery_system()
     if not (incoming.track is True or uses_base_class(celery_task)
             or (system is not None and system.track_task(tracked_name))):
         return None
     options = {**checked_decorator_options(celery_task, tracked_name), **incoming.options}
     options.pop("track", None)
-    fields = create_fields(tracked_name, options, system, celery_id, args, kwargs, _queue_name(declare, routing_key),
-                           canvas_data, display_name)
+    fields = create_fields(tracked_name, options, system, celery_id, args, kwargs,
+                           _queue_name(declare, routing_key, app), canvas_data, display_name)
     heartbeat, stale_timeout = lifecycle.heartbeat_options(options, system, tracked_name)
     created = _create(fields, message, body, tracked_name)
     task = created.task
@@ -113,7 +122,7 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
     message.pop(KWARGS_KEY, None)  # resolved into the created task
     write_meta(message, lifecycle.created_meta(task, heartbeat, stale_timeout))
     if celery_id is not None and not _ignores_result(message, celery_task):
-        tell_result_backend(celery_task, celery_id, task.id)
+        tell_result_backend(app, celery_id, task.id)
     return task
 
 
@@ -216,7 +225,7 @@ def _message_args(body: Any) -> tuple[Any, Any]:
 _DELAY_BITS = re.compile(r"(?:[01]\.){28}")
 
 
-def _queue_name(declare: Any, routing_key: str | None) -> str | None:
+def _queue_name(declare: Any, routing_key: str | None, app: Any) -> str | None:
     for queue in declare or ():
         name = getattr(queue, "name", None)
         if name:
@@ -225,16 +234,14 @@ def _queue_name(declare: Any, routing_key: str | None) -> str | None:
     if delay and routing_key:
         # through the delay queues (no queue declared): the message reaches the queue with the key after the bits
         routing_key = routing_key[delay.end():]
-        return _queue_routed_by(routing_key) or routing_key or None
+        return _queue_routed_by(routing_key, app) or routing_key or None
     return routing_key or None
 
 
-def _queue_routed_by(routing_key: str) -> str | None:
-    """The name of the configured queue whose routing key this is, if one is."""
-    import celery
-
+def _queue_routed_by(routing_key: str, app: Any) -> str | None:
+    """The name of the queue ``app`` configures whose routing key this is, if one is."""
     try:
-        queues = list(celery.current_app.amqp.queues.values())
+        queues = list(app.amqp.queues.values())
     except Exception:
         return None
     for queue in queues:

@@ -37,20 +37,18 @@ from .headers import ID_KEY
 log = logging.getLogger("taskbadger")
 
 
-def tell_result_backend(celery_task: Any, celery_id: str, task_id: str) -> None:
-    """As the official SDK: with a result backend, ``AsyncResult(celery_id).info`` is
-    ``{"taskbadger_task_id": ...}`` until the worker records its own state, so that another process
-    finds the Task Badger task from the Celery id. Without a backend, nothing (none is needed). Nor for the
-    ``rpc://`` backend: its states are messages to the reply queue of the process that published the task, which
-    has the id already; asked without a request, it addresses the state to the caller of the task running here
-    (the child's ``PENDING`` reached the parent's caller as the parent's own state), and in a process running none
-    it raises. The caller leaves out a task that ignores its result: its user asked for no writes to the backend
-    (the official SDK writes anyway, a backend round trip on every ``.delay()``)."""
-    import celery
+def tell_result_backend(app: Any, celery_id: str, task_id: str) -> None:
+    """As the official SDK: with a result backend (``app``'s, the app publishing the task),
+    ``AsyncResult(celery_id).info`` is ``{"taskbadger_task_id": ...}`` until the worker records its own state, so
+    that another process finds the Task Badger task from the Celery id. Without a backend, nothing (none is needed).
+    Nor for the ``rpc://`` backend: its states are messages to the reply queue of the process that published the
+    task, which has the id already; asked without a request, it addresses the state to the caller of the task
+    running here (the child's ``PENDING`` reached the parent's caller as the parent's own state), and in a process
+    running none it raises. The caller leaves out a task that ignores its result: its user asked for no writes to
+    the backend (the official SDK writes anyway, a backend round trip on every ``.delay()``)."""
     from celery.backends.base import DisabledBackend
     from celery.backends.rpc import RPCBackend
 
-    app = getattr(celery_task, "app", None) or celery.current_app
     try:
         backend = app.backend
         if isinstance(backend, (DisabledBackend, RPCBackend)):

@@ -57,7 +57,8 @@ def on_before_publish(sender: str | None = None, body: Any = None, headers: dict
         take_call_options(properties, headers)
     celery_id = _celery_id(headers, body)
     try:
-        created = publish.on_publish(sender, headers, celery_id, body, routing_key, declare)
+        created = publish.on_publish(sender, headers, celery_id, body, routing_key, declare,
+                                     properties.get("reply_to") if isinstance(properties, dict) else None)
     except Exception:
         _strip(headers)  # nothing unchecked of ours may stay on the message
         raise

@@ -6,7 +6,8 @@
   events that carry only the Celery id (hard time limits, lost children, revokes); and the publishing
   process's map of the tasks it tracked without the base class (auto-tracked by name), whose results
   carry no ``taskbadger_task_id``.
-* ``publish_slot``: where the publish handler leaves the task it created for ``Task.apply_async``.
+* ``publish_slot``: where the publish handler leaves the task it created for ``Task.apply_async``, and finds the
+  app publishing it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,20 @@ TRACKING_ATTR = "taskbadger_tracking"  # set on the Celery request while a track
 #: Set on the Celery request of a run whose task may exist but could not be looked up when it started.
 SETTLE_ATTR = "taskbadger_settle"
 
-# Set by ``Task.apply_async`` while it publishes: the publish handler leaves the created task here
-# so that ``apply_async`` can put its id on the result without a result backend, and cancel it if
-# the broker refuses the message.
-publish_slot: contextvars.ContextVar[dict[str, TaskbadgerTask] | None] = contextvars.ContextVar(
-    "taskbadger_publish_slot", default=None
-)
+class PublishSlot(dict[str, TaskbadgerTask]):
+    """Set by ``Task.apply_async`` while it publishes: the publish handler leaves the created task here (by Celery
+    id) so that ``apply_async`` can put its id on the result without a result backend, and cancel it if the broker
+    refuses the message. ``app`` is the publishing task's own app, which ``before_task_publish`` does not name."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: Any) -> None:
+        super().__init__()
+        self.app = app
+
+
+publish_slot: contextvars.ContextVar[PublishSlot | None] = contextvars.ContextVar("taskbadger_publish_slot",
+                                                                                  default=None)
 
 
 class Tracking(Run):

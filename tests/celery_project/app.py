@@ -71,6 +71,12 @@ def add(x, y):
     return x + y
 
 
+@app.task(base=Task, shared=False)
+def add_here(x, y):
+    """``add``, registered in this app only (``shared=False``): another app has no copy of it."""
+    return x + y
+
+
 @app.task(bind=True, base=Task)
 def progress(self, steps):
     tb = self.taskbadger_task
