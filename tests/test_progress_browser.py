@@ -579,6 +579,7 @@ def test_the_tasks_of_a_group_left_to_their_worker_show_their_progress(server, d
     assert 1 <= left <= 5, left  # some of the group were left to the worker
     wait(driver, lambda d: [bar(d, i)["state"] for i in range(6)] == ["done"] * 6, timeout=30)
     assert {bar(driver, i)["status"] for i in range(6)} == {"Done"}
+    wait(driver, lambda d: all(drawn_at(d, 100, i) for i in range(6)))  # every fill drawn to its end, not just said
     assert len(server.tasks) == 6 and {t["status"] for t in server.tasks.values()} == {"success"}
 
 
