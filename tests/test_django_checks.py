@@ -45,6 +45,8 @@ def app():
         yield app
     finally:
         celery_state._set_current_app(previous)
+        # the task checks read every Celery app of the process: this one's tasks are not the next test's
+        celery_state._deregister_app(app)
 
 
 def run(settings, **tb):
@@ -269,6 +271,29 @@ def test_unknown_and_invalid_task_options(app):
     assert messages[1].hint.startswith("Did you mean taskbadger_name?")
     assert "an integer >= 0" in messages[2].msg
     assert messages[3].hint.startswith("Did you mean taskbadger_value_max?")
+
+
+def test_task_options_of_a_second_app_are_checked(app):
+    """A task registered on another Celery app of the process (not the current one) is checked too."""
+    second = Celery("tbdjango-checks-second", broker="memory://", set_as_current=False)
+
+    @second.task(shared=False, name="billing.typo", base=Task, taskbadger_valu_max=10)
+    def typo():
+        return None
+
+    @second.task(shared=False, name="billing.bad_monitor", base=Task, taskbadger_monitor_id="nightly")
+    def bad_monitor():
+        return None
+
+    try:
+        messages = run(VALID)
+    finally:
+        celery_state._deregister_app(second)
+    assert [(m.id, m.obj) for m in messages] == [
+        ("taskbadger.E010", "billing.bad_monitor"),
+        ("taskbadger.E009", "billing.typo"),
+    ]
+    assert messages[1].hint.startswith("Did you mean taskbadger_value_max?")
 
 
 def test_task_options_silenced_when_valid(app):

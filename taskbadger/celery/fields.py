@@ -37,14 +37,15 @@ def publishing_app(reply_to: Any) -> Any:
         return slot.app
     current = celery.current_app._get_current_object()
     if isinstance(reply_to, str) and reply_to and current.thread_oid != reply_to:
-        for app in _active_apps():
+        for app in active_apps():
             if getattr(app, "thread_oid", None) == reply_to:
                 return app
     return current
 
 
-def _active_apps() -> list[Any]:
-    """The Celery apps of this process (Celery's own list of them, which it keeps for its ``set_current``)."""
+def active_apps() -> list[Any]:
+    """The Celery apps of this process (Celery's own list of them, which it keeps for its ``set_current``); empty
+    when this Celery keeps none (callers fall back to the current app)."""
     from celery import _state
 
     try:

@@ -87,15 +87,18 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         app = current_app._get_current_object()
         try:
             app.loader.import_default_modules()
-            tasks = {name: task for name, task in app.tasks.items() if not name.startswith("celery.")}
+            tasks = _tasks_of(app)
         except Exception as err:
-            return [checks.Warning(
-                f"The Celery task modules of app {app.main!r} could not be imported, so Task Badger did not check "
-                f"the tasks: {type(err).__name__}: {err}",
-                hint="Fix the import error (try `celery -A <project> inspect registered`).", obj="celery",
-                id="taskbadger.W006")]
+            return [_not_imported(app, err)]
+        messages: list[CheckMessage] = []
+        # the tasks of the process's other apps too (a second app, tasks registered with shared=False on it)
+        for other in _other_apps(app):
+            try:
+                tasks = {**_tasks_of(other), **tasks}  # a name in the current app is its task
+            except Exception as err:
+                messages.append(_not_imported(other, err))
         monitors = settings.MONITORS if isinstance(settings.MONITORS, Mapping) else {}
-        messages = _check_task_options(tasks)
+        messages += _check_task_options(tasks)
         # a MONITORS entry may name a django.tasks task or a Procrastinate task (periodic jobs) as well
         other_tasks = {name: None for name in django_tasks_found()[0]}
         pro_app = conf.procrastinate_app()
@@ -108,6 +111,29 @@ def check_celery_tasks(app_configs: Any = None, **kwargs: Any) -> list[CheckMess
         if settings.ENABLED is not False:
             messages += _check_beat(app, monitors, tasks)
         return messages
+
+
+def _not_imported(app: Any, err: Exception) -> CheckMessage:
+    return checks.Warning(
+        f"The Celery task modules of app {app.main!r} could not be imported, so Task Badger did not check "
+        f"the tasks: {type(err).__name__}: {err}",
+        hint="Fix the import error (try `celery -A <project> inspect registered`).", obj="celery",
+        id="taskbadger.W006")
+
+
+def _tasks_of(app: Any) -> dict[str, Any]:
+    """The tasks registered in ``app``, Celery's own (``celery.*``) left out."""
+    return {name: task for name, task in app.tasks.items() if not name.startswith("celery.")}
+
+
+def _other_apps(current: Any) -> list[Any]:
+    """The process's Celery apps other than ``current`` whose tasks can be read: finalized ones, or ones that
+    finalize on first use (reading ``tasks`` does so, as their first ``.delay()`` would); not one made with
+    ``autofinalize=False`` and not yet finalized, which would raise."""
+    from taskbadger.celery.fields import active_apps
+
+    return [other for other in active_apps()
+            if other is not current and (getattr(other, "finalized", False) or getattr(other, "autofinalize", True))]
 
 
 def _check_task_options(tasks: Mapping[str, Any]) -> list[CheckMessage]:
