@@ -119,3 +119,18 @@ def test_progress_in_a_tight_loop_costs_a_bounded_number_of_requests(taskbadger_
     assert patches[-1]["status"] == "success"  # the final state comes last
     values = [p["value"] for p in patches if "value" in p]
     assert values == sorted(values) and values[-1] == 3000
+
+
+def test_a_task_id_too_long_for_external_id_is_tracked_without_it(taskbadger_server, solo_worker, tb_log):
+    """The API takes an external_id of at most 255 characters and refuses the create otherwise: a longer Celery
+    id is left out (not shortened: the task is looked up by its exact id), the task is tracked, the user told."""
+    long_id = "x" * 300
+    result = solo_worker.send(tasks.add, 2, 3, task_id=long_id)
+    assert result.id == long_id and result.taskbadger_task_id
+    [create] = [r for r in taskbadger_server.requests if r.method == "POST"]
+    assert "external_id" not in create.json
+    task = taskbadger_server.wait_for(
+        lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "success" and t)
+    assert task["external_id"] == ""
+    [warning] = [r.getMessage() for r in tb_log.records if "external_id" in r.getMessage()]
+    assert "300 characters" in warning and "tracked without one" in warning and "at most 255" in warning

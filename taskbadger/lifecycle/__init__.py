@@ -45,6 +45,7 @@ from ..delivery.queue import hand_over as hand_over_queued
 from ..inline import Created, SharedBudget, create_inline, fetch, find, settle_later
 from ..models import (
     EXCEPTION_KEYS,
+    MAX_NAME_LENGTH,
     TERMINAL_STATUSES,
     StatusEnum,
     TaskModel,
@@ -118,7 +119,7 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     fields: dict[str, Any] = {
         "name": options.get("name", fitted_name(display_name or name)),
         "status": StatusEnum.PENDING,
-        "external_id": external_id if isinstance(external_id, str) else None,
+        "external_id": _fitted_external_id(name, external_id),
         "queue": options.get("queue") or (fitted_name(queue) if isinstance(queue, str) else None),
     }
     for key in ("value", "value_max", "tags", "max_runtime", "actions"):
@@ -141,6 +142,25 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     if monitor:
         fields["monitor_id"] = monitor
     return fields
+
+
+def _fitted_external_id(name: str, external_id: Any) -> str | None:
+    """The job's id as the task's ``external_id``, or None. An id longer than the API takes (a Celery
+    ``task_id=`` of 300 characters) is left out, not shortened: the API would refuse the whole create (the job
+    would run untracked), and a shortened id is not the job's: looking the task up by it (``inline.find``, a
+    user searching for the id) matches exactly, and two long ids with the same start would find each other's
+    task. The task is tracked without it, and the user is told once per task name."""
+    if not isinstance(external_id, str):
+        return None
+    if len(external_id) > MAX_NAME_LENGTH:
+        log_once(f"external-id-too-long:{name[:200]}", logging.WARNING,
+                 "Task Badger: task %s was given an id of %d characters, longer than the %d Task Badger takes as "
+                 "its external_id: it is tracked without one, so it cannot be found by that id in Task Badger. "
+                 "Give it an id of at most %d characters (e.g. apply_async(task_id=...) with a shorter id, or a "
+                 "hash of the long one) to keep it.", short(name), len(external_id), MAX_NAME_LENGTH,
+                 MAX_NAME_LENGTH)
+        return None
+    return external_id
 
 
 def heartbeat_options(options: Mapping[str, Any], rules: Rules | None,
