@@ -652,6 +652,21 @@ def test_the_config_files_tags_are_fitted_as_the_command_lines_are(taskbadger_se
     assert not taskbadger_server.tasks_named("short")
 
 
+def test_a_config_file_that_is_not_utf8_is_named_with_what_to_do(taskbadger_server, env, tmp_path):
+    """A config file saved in Latin-1 (an editor's default on some systems): the CLI said only the codec's words,
+    "'utf-8' codec can't decode byte 0xe9 in position 21"; it says which file, where, and to save it as UTF-8."""
+    path = tmp_path / "xdg" / "taskbadger" / "config"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes('[defaults]\norg = "café"\n'.encode("latin-1"))
+    said = f"the config file {path} is not UTF-8 text (line 2): save it as UTF-8"
+    listed, ran = cli_all((("list",), env), (("run", "short", "--", *started_at(tmp_path)), env))
+    assert listed.returncode == 1 and said in listed.stderr, listed.stderr
+    assert ran.returncode == 5 and (tmp_path / "stamp").exists()  # the command runs, untracked
+    assert said in ran.stderr and "codec" not in ran.stderr, ran.stderr
+    no_traceback(listed)
+    no_traceback(ran)
+
+
 @pytest.mark.parametrize("why", ["refused", "slow"])
 def test_a_run_without_a_task_does_not_pass_on_an_outer_runs_task_id(taskbadger_server, env, why):
     """A tracked script running a tracked step: when the step's run has no task (its create refused, or not

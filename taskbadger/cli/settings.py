@@ -96,7 +96,13 @@ def read_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        # the codec's own words ("'utf-8' codec can't decode byte 0xe9 in position 21") say neither which file
+        # nor what to do; the line, not the byte (the file holds the API key)
+        line = err.object[:err.start].count(b"\n") + 1
+        raise SettingsError(f"the config file {path} is not UTF-8 text (line {line}): save it as UTF-8, the "
+                            "encoding TOML files use") from None
+    except OSError as err:
         raise SettingsError(f"cannot read the config file {path}: {err}") from None
     try:
         return _toml_loads(text)
