@@ -25,6 +25,8 @@ _SLUG = re.compile(r"[A-Za-z0-9_-]{1,100}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: The API's limit on a task name (and on a queue's).
 MAX_NAME_LENGTH = 255
+#: The API's limit on a task's external_id (the openapi contract's maxLength).
+MAX_EXTERNAL_ID_LENGTH = 255
 #: The API's limits on a tag's value, in characters.
 MIN_TAG_LENGTH, MAX_TAG_LENGTH = 2, 255
 #: The API's largest number of seconds (``stale_timeout``, ``max_runtime``: 32-bit integers).

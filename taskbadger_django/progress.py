@@ -46,7 +46,14 @@ from taskbadger._runtime import log_once, log_throttled, short
 from taskbadger.config import get_config, import_string
 from taskbadger.exceptions import ConfigurationError, MissingConfiguration, NotFound, TaskbadgerException
 from taskbadger.http import Deadline
-from taskbadger.models import TERMINAL_STATUSES, StatusEnum, has_control_characters, is_task_id, waits_for_retry
+from taskbadger.models import (
+    MAX_EXTERNAL_ID_LENGTH,
+    TERMINAL_STATUSES,
+    StatusEnum,
+    has_control_characters,
+    is_task_id,
+    waits_for_retry,
+)
 
 from . import conf, schema
 
@@ -280,11 +287,8 @@ def token_target(request: HttpRequest, token: str, max_age: int) -> tuple[str, s
 
 def _is_external_id(value: Any) -> bool:
     """A Celery id: any text ``apply_async(task_id=...)`` was given, within reason."""
-    return isinstance(value, str) and 0 < len(value) <= MAX_EXTERNAL_ID and not has_control_characters(value)
+    return isinstance(value, str) and 0 < len(value) <= MAX_EXTERNAL_ID_LENGTH and not has_control_characters(value)
 
-
-#: The longest external id a token names.
-MAX_EXTERNAL_ID = 255
 
 
 def token_task_id(request: HttpRequest, token: str, max_age: int) -> str | None:

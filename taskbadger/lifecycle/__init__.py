@@ -45,7 +45,7 @@ from ..delivery.queue import hand_over as hand_over_queued
 from ..inline import Created, SharedBudget, create_inline, fetch, find, settle_later
 from ..models import (
     EXCEPTION_KEYS,
-    MAX_NAME_LENGTH,
+    MAX_EXTERNAL_ID_LENGTH,
     TERMINAL_STATUSES,
     StatusEnum,
     TaskModel,
@@ -152,13 +152,13 @@ def _fitted_external_id(name: str, external_id: Any) -> str | None:
     task. The task is tracked without it, and the user is told once per task name."""
     if not isinstance(external_id, str):
         return None
-    if len(external_id) > MAX_NAME_LENGTH:
+    if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
         log_once(f"external-id-too-long:{name[:200]}", logging.WARNING,
                  "Task Badger: task %s was given an id of %d characters, longer than the %d Task Badger takes as "
                  "its external_id: it is tracked without one, so it cannot be found by that id in Task Badger. "
                  "Give it an id of at most %d characters (e.g. apply_async(task_id=...) with a shorter id, or a "
-                 "hash of the long one) to keep it.", short(name), len(external_id), MAX_NAME_LENGTH,
-                 MAX_NAME_LENGTH)
+                 "hash of the long one) to keep it.", short(name), len(external_id), MAX_EXTERNAL_ID_LENGTH,
+                 MAX_EXTERNAL_ID_LENGTH)
         return None
     return external_id
 
