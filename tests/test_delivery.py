@@ -16,6 +16,7 @@ from taskbadger.delivery import merge, queue, sender
 from taskbadger.delivery.breaker import Breaker
 from taskbadger.delivery.queue import PendingQueue
 from taskbadger.delivery.sender import Sender
+from taskbadger.exceptions import TransportError
 
 
 def Dispatcher(max_pending=queue.MAX_PENDING_TASKS, linger=queue.LINGER, threads=sender.SENDER_THREADS,  # noqa: N802
@@ -834,3 +835,20 @@ def test_flush_with_none_waits_the_default(taskbadger_server):
     job()
     assert taskbadger.flush(None) is True  # it raised TypeError when something was queued
     assert taskbadger_server.wait_for_task(name="queued end", status="success")
+
+
+def test_a_call_waiting_for_a_place_skips_when_a_call_in_flight_fails():
+    """A place freed by a call that failed (a slow answer cut at its deadline, a reset) is not taken by the call that
+    waited for it: the API is misbehaving, and a hang's first round must cost at most ``max_in_flight`` creates (a
+    fifth reached the API under load in test_misbehaving_api's sixteen threads)."""
+    from taskbadger.http import Deadline
+
+    breaker = Breaker(max_in_flight=4)
+    calls = [breaker.begin() for _ in range(4)]
+    got = []
+    waiting = threading.Thread(target=lambda: got.append(breaker.begin(deadline=Deadline(5.0))))
+    waiting.start()
+    wait_until(lambda: breaker._changed._waiters)  # type: ignore[attr-defined]  (blocked in begin, waiting)
+    breaker.end(calls[0], TransportError("timed out"))  # the first in flight fails: one failure, the breaker closed
+    waiting.join(5)
+    assert got == [None]

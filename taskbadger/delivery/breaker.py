@@ -81,6 +81,8 @@ class Breaker:
         #: creates skipped while the breaker was closed: every place taken by calls that were slow to answer
         self._skipped_busy = 0
         self._trial = False  # open, but the API answered a probe: one call at a time may go
+        #: calls that ended in an error (not a 429), ever: a call waiting for a place skips when one fails meanwhile
+        self._errors = 0
         self._in_flight: dict[int, float] = {}  # call -> when it started
         self._next_call = 0
         self._usual: float | None = None  # running average of successful calls' durations
@@ -101,6 +103,7 @@ class Breaker:
         with self._lock:
             now = time.monotonic()
             until = now + (deadline.remaining() * PLACE_SHARE if deadline is not None else 0.0)
+            errors = self._errors
             while now >= self._deferred_until:
                 if self._admits(now, limit):
                     self._next_call += 1
@@ -111,6 +114,11 @@ class Breaker:
                     break
                 self._changed.wait(pause)  # notified when a call ends
                 now = time.monotonic()
+                if self._errors != errors:
+                    # a call in flight failed: the place it freed is not for a call that waited on a failing API (a
+                    # hang's first round would take a fifth create, and more as each times out); skip, as the calls
+                    # that arrive now while those in flight are suspect do
+                    break
             if creates:
                 if self._failures < self.failure_threshold and now >= self._deferred_until:
                     self._skipped_busy += 1
@@ -131,6 +139,7 @@ class Breaker:
             elif isinstance(err, RateLimited):
                 self._defer(now, err)
             else:
+                self._errors += 1
                 self._failed(started, now, err)
 
     def abandon(self, call: int) -> None:
