@@ -60,7 +60,7 @@ def main() -> int:
         transport = RequestsTransport()
 
         def requests_call(i: int) -> None:
-            transport.exchange(config, http.build_request(config, "PATCH", f"{task.id}/", json_body={"value": i}))
+            transport.exchange(config, http.build_request(config, "PATCH", task.id, json_body={"value": i}))
 
         rows.append(("requests (the public API's transport)", cpu_per_call(n // 3, requests_call)))
 

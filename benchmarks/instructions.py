@@ -263,7 +263,7 @@ def _count_parts(ids: list[str]) -> None:
     assert config is not None
     fields = [{"status": "success", "start_time": lifecycle.now(), "end_time": lifecycle.now()} for _ in ids]
     bodies = [endpoints.clean_body(f) for f in fields]
-    requests = [build_request(config, "PATCH", endpoints.task_path(task_id), json_body=body,
+    requests = [build_request(config, "PATCH", task_id, json_body=body,
                               expect=endpoints.expecting(task_id)) for task_id, body in zip(ids, bodies, strict=True)]
     block = pooled._header_block(config.host, requests[0])
     raw = [b"HTTP/1.1 200 OK\r\nServer: standin\r\nDate: Mon, 07 Dec 2026 16:00:00 GMT\r\nContent-Type: "
@@ -281,10 +281,9 @@ def _count_parts(ids: list[str]) -> None:
     count("merge.needs_current + merge.resolve", lambda i: merge.needs_current(fields[i]) or merge.resolve(
         fields[i], None))
     count("endpoints.clean_body", lambda i: endpoints.clean_body(fields[i]))
-    count("endpoints.task_path", lambda i: endpoints.task_path(ids[i]))
     count("endpoints.expecting", lambda i: endpoints.expecting(ids[i]))
-    count("http.build_request (JSON included)", lambda i: build_request(
-        config, "PATCH", "x/", json_body=bodies[i], expect=None))
+    count("http.build_request (the id checked, JSON included)", lambda i: build_request(
+        config, "PATCH", ids[i], json_body=bodies[i], expect=None))
     count("pooled._encode", lambda i: pooled._encode(requests[i], block))
     count("an answer parsed (httptools and its callbacks)", lambda i: conn._take(raw[i]))
     count("endpoints._updated (says_so)", lambda i: endpoints._updated(config, ids[i], requests[i], answers[i]))

@@ -39,13 +39,6 @@ def current_config() -> Config:
     return config
 
 
-def task_path(task_id: Any) -> str:
-    """``<id>/`` for a valid task id; InvalidData for anything else (it would land in a URL)."""
-    if not is_task_id(task_id):
-        raise InvalidData(f"{short(task_id)} is not a Task Badger task id (letters, digits, - and _)")
-    return f"{task_id}/"
-
-
 #: The statuses as the API writes them.
 _STATUSES = frozenset(member.value for member in StatusEnum)
 
@@ -190,7 +183,7 @@ def create(body: Mapping[str, Any], monitor: str | None = None, deadline: http.D
 
 def get(task_id: str, deadline: http.Deadline | None = None) -> TaskModel:
     config = current_config()
-    request = http.build_request(config, "GET", task_path(task_id), expect=expecting(task_id))
+    request = http.build_request(config, "GET", task_id, expect=expecting(task_id))
     try:
         return task_answer(config, http.send(config, request, deadline), task_id)
     except NotFound as err:
@@ -210,7 +203,7 @@ def get_many(task_ids: list[str], deadline: http.Deadline | None = None) -> list
     """GET several tasks at once (on parallel connections, as ``update_many``), all before one ``deadline``.
     Returns, per task, its model or the error its read met."""
     config = current_config()
-    requests = [http.build_request(config, "GET", task_path(task_id), expect=expecting(task_id))
+    requests = [http.build_request(config, "GET", task_id, expect=expecting(task_id))
                 for task_id in task_ids]
     results: list[TaskModel | Exception] = []
     for task_id, answer in zip(task_ids, http.send_many(config, requests, deadline), strict=True):
@@ -227,7 +220,7 @@ def get_many(task_ids: list[str], deadline: http.Deadline | None = None) -> list
 def update(task_id: str, fields: Mapping[str, Any], deadline: http.Deadline | None = None) -> TaskModel:
     """PATCH: send the given fields (None values are left out)."""
     config = current_config()
-    request = http.build_request(config, "PATCH", task_path(task_id), json_body=clean_body(fields),
+    request = http.build_request(config, "PATCH", task_id, json_body=clean_body(fields),
                                  expect=expecting(task_id))
     try:
         return task_answer(config, http.send(config, request, deadline), task_id)
@@ -244,7 +237,7 @@ def update_many(updates: list[tuple[str, Mapping[str, Any]]], deadline: http.Dea
     requests: list[http.Request] = []
     for i, (task_id, fields) in enumerate(updates):
         try:
-            requests.append(http.build_request(config, "PATCH", task_path(task_id), json_body=clean_body(fields),
+            requests.append(http.build_request(config, "PATCH", task_id, json_body=clean_body(fields),
                                                expect=expecting(task_id)))
         except (InvalidData, ValueError) as err:
             errors[i] = err
@@ -340,7 +333,7 @@ def cancel(task_id: str) -> None:
     """DELETE: the task's status becomes ``cancelled``."""
     config = current_config()
     try:
-        http.send(config, http.build_request(config, "DELETE", task_path(task_id)))
+        http.send(config, http.build_request(config, "DELETE", task_id))
     except NotFound as err:
         raise _no_such_task(err, config, task_id) from None
 

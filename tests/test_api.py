@@ -370,3 +370,35 @@ def test_a_create_refused_for_a_field_under_a_monitor_does_not_blame_the_monitor
     with pytest.raises(ValidationError) as info:
         taskbadger.create_task("nightly", value=-1, monitor_id=str(uuid.uuid4()))
     assert "monitor" not in str(info.value)
+
+
+CRAFTED_IDS = ["../../other", "a/b", "abc\r\nX-Injected: 1",
+               "abc HTTP/1.1", "abc?x=1", "abc#", "", "é", "x" * 65, 12, None]
+
+
+@pytest.mark.parametrize("task_id", CRAFTED_IDS, ids=repr)
+def test_a_crafted_task_id_never_reaches_the_wire(taskbadger_server, task_id):
+    """A task id is the only caller's text in a request line: one that is not an id the API issues (letters, digits,
+    - and _) is refused before anything is sent, by every endpoint and both transports (the one check is where the id
+    enters the request, ``http.build_request``)."""
+    from taskbadger import endpoints, http
+
+    good = taskbadger.create_task("job")
+    calls = [lambda: taskbadger.get_task(task_id), lambda: taskbadger.update_task(task_id, value=1),
+             lambda: taskbadger.cancel_task(task_id), lambda: endpoints.get(task_id), lambda: endpoints.update(
+                 task_id, {"value": 1}), lambda: endpoints.cancel(task_id)]
+    for call in calls:
+        with pytest.raises((InvalidData, ValueError, TypeError)):
+            call()
+    results = endpoints.update_many([(task_id, {"value": 1}), (good.id, {"value": 2})])
+    assert isinstance(results[0], InvalidData) and "is not a Task Badger task id" in str(results[0])
+    assert results[1] is None
+    with pytest.raises(InvalidData, match="is not a Task Badger task id"):
+        endpoints.get_many([good.id, task_id])
+    config = endpoints.current_config()
+    if task_id is not None:
+        with pytest.raises(InvalidData, match="is not a Task Badger task id"):
+            http.build_request(config, "PATCH", task_id, json_body={"value": 1})
+    assert all(r.path.endswith(("/tasks/", f"/tasks/{good.id}/")) for r in taskbadger_server.requests), \
+        [r.path for r in taskbadger_server.requests]
+    assert [r.method for r in taskbadger_server.requests] == ["POST", "PATCH"]

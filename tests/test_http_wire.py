@@ -174,14 +174,14 @@ BODIES = [{"name": "é\u2028\"quoted\"\n\t", "value": 7, "value_max": 10, "data"
 def test_a_request_body_is_the_json_the_standard_encoder_writes(body):
     import json
 
-    request = build_request(build_config(token=TOKEN), "PATCH", "abc/", json_body=body)
+    request = build_request(build_config(token=TOKEN), "PATCH", "abc", json_body=body)
     assert request.body == json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 @pytest.mark.parametrize("bad", [{"value": float("nan")}, {"data": {"when": object()}}, {"data": {1, 2}}])
 def test_a_body_json_cannot_hold_is_refused_before_anything_is_sent(bad):
     with pytest.raises(taskbadger.InvalidData):
-        build_request(build_config(token=TOKEN), "PATCH", "abc/", json_body=bad)
+        build_request(build_config(token=TOKEN), "PATCH", "abc", json_body=bad)
 
 
 def test_the_c_encoder_is_used_only_where_it_agrees_with_the_standard_one(monkeypatch):

@@ -537,6 +537,6 @@ def _create_body(name: str, fields: dict[str, Any]) -> dict[str, Any]:
 def _send(config: Config, method: str, task_id: str, body: dict[str, Any] | None,
           deadline: http.Deadline) -> TaskModel:
     json_body = None if body is None else endpoints.clean_body(body)
-    request = http.build_request(config, method, endpoints.task_path(task_id), json_body=json_body,
+    request = http.build_request(config, method, task_id, json_body=json_body,
                                  expect=endpoints.expecting(task_id))
     return endpoints.task_answer(config, http.send(config, request, deadline), task_id)

@@ -1,7 +1,8 @@
 """The one place a request is built: URL, request target, headers (the key among them) and body.
 
-Everything that reaches a request line or a header is checked here, for both transports: paths are
-made of task ids (letters, digits, ``-`` and ``_``), and header values never hold a control character.
+Everything that reaches a request line or a header is checked here, for both transports: the only path is
+a task id (letters, digits, ``-`` and ``_``), checked here and nowhere else, and header values never hold a
+control character.
 """
 
 from __future__ import annotations
@@ -9,16 +10,15 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import re
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any, NamedTuple
 from urllib.parse import urlencode, urlsplit
 
-from .._runtime import log_throttled
+from .._runtime import log_throttled, short
 from ..config import Config
 from ..exceptions import InvalidData
-from ..models import has_control_characters, storable
+from ..models import has_control_characters, is_task_id, storable
 from ..version import __version__
 from .errors import Answer, loads
 
@@ -30,8 +30,6 @@ _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 #: ``json``'s C encoder, called as ``JSONEncoder.encode`` calls it, without its two Python frames (a fifth of the
 #: cost of encoding a worker's update: 20k instructions -> 16k); None where ``json`` has no C speedups.
 _C_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
-#: Paths below the tasks URL: nothing but id segments, so no byte from a caller changes the request line.
-_PATH = re.compile(r"(?:[A-Za-z0-9_-]{1,64}/)*")
 
 
 class Credential(str):
@@ -107,14 +105,33 @@ def _base_headers(token: str, with_body: bool) -> Mapping[str, str]:
     return headers
 
 
-def build_request(config: Config, method: str, path: str = "", *, json_body: Any = None,
+class _Tasks:
+    """``build_request``'s default: the tasks URL itself, no task's. Not None, nor "": a caller's None or empty text
+    given as a task id is refused, not sent to the list of tasks."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "TASKS"
+
+
+#: The request is to the tasks URL (a create, a list), not to one task.
+TASKS = _Tasks()
+
+
+def build_request(config: Config, method: str, task_id: str | _Tasks = TASKS, *, json_body: Any = None,
                   params: Mapping[str, Any] | None = None, headers: Mapping[str, str] | None = None,
                   expect: Callable[[Answer], bool] | None = None) -> Request:
-    """A request to ``{tasks_url}{path}``. Raises InvalidData, before anything is sent, for a path or a
-    header value that could change the request's shape."""
+    """A request to ``{tasks_url}{task_id}/``, or to ``{tasks_url}`` without ``task_id``. Raises InvalidData, before
+    anything is sent, for a task id or a header value that could change the request's shape. The task id is
+    checked here only (the one place it enters a request line), for every caller and both transports."""
     global _urls
-    if not _PATH.fullmatch(path):
-        raise InvalidData(f"{path[:80]!r} is not a Task Badger task path: task ids are letters, digits, - and _")
+    if task_id is TASKS:
+        path = ""
+    elif is_task_id(task_id):
+        path = f"{task_id}/"
+    else:
+        raise InvalidData(f"{short(task_id)} is not a Task Badger task id (letters, digits, - and _)")
     try:
         body = None if json_body is None else _encoded(json_body)
     except (TypeError, ValueError, RecursionError) as err:
