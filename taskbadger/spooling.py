@@ -83,7 +83,11 @@ def _shutdown(timeout: float, give_up: Callable[[], bool] | None, take_spool: bo
         left = max(0.0, timeout - (time.monotonic() - started))
         if sender.flush(left, give_up=lambda: api_failing() or (give_up is not None and give_up())):
             held = False
-        elif not api_failing():
+        elif api_failing():
+            # it became so during the flush (a request in flight for over ``STUCK`` seconds): said as such, not as
+            # the reason read before the flush began
+            why = "the API is not answering"
+        else:
             why = f"the API did not take them within {timeout:g} s"
     # What this process took from the spool is settled here, and nowhere else from now on: once the queue is
     # emptied for the spool, another thread's release_delivered() would take it all for delivered.

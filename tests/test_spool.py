@@ -98,7 +98,7 @@ def test_a_healthy_api_still_gets_the_normal_flush(api, spool_dir):
     assert api.get_task(task.id)["status"] == "success" and files(spool_dir) == []
 
 
-def test_a_hanging_api_is_not_waited_for_either(api, spool_dir):
+def test_a_hanging_api_is_not_waited_for_either(api, spool_dir, tb_log):
     task = taskbadger.create_task("hang")
     api.hang()
     sender.submit(task.id, {"status": "success"}, final=True)
@@ -106,6 +106,8 @@ def test_a_hanging_api_is_not_waited_for_either(api, spool_dir):
     spooling.shutdown(10.0)  # its first request waits: after a second without an answer, it is spooled
     assert time.monotonic() - started < 1.0 + 0.5
     assert taskbadger.stats()["spool"] == 1
+    # the reason found during the flush, not the one read before it (which said the tasks could not be found)
+    assert "the API is not answering" in tb_log.text, tb_log.text
 
 
 DELIVER = """
