@@ -78,15 +78,15 @@ def app_with_backend():
     previous = tasks.app
     app = Celery("with-backend", broker="memory://", backend="cache+memory://")
 
-    @app.task(base=BaseTask, name="backend.tracked")
+    @app.task(base=BaseTask, name="backend.tracked", shared=False)
     def tracked():
         return None
 
-    @app.task(name="backend.plain")
+    @app.task(name="backend.plain", shared=False)
     def plain():
         return None
 
-    @app.task(base=BaseTask, name="backend.ignored", ignore_result=True)
+    @app.task(base=BaseTask, name="backend.ignored", ignore_result=True, shared=False)
     def ignored():
         return None
 
