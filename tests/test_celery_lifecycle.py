@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from .celery_project import app as tasks
+from .conftest import BROKER
 from .foreign import wait_for_result
 
 pytestmark = pytest.mark.integration
@@ -121,6 +122,8 @@ def test_progress_in_a_tight_loop_costs_a_bounded_number_of_requests(taskbadger_
     assert values == sorted(values) and values[-1] == 3000
 
 
+@pytest.mark.skipif(BROKER == "rabbitmq", reason="AMQP carries a task id as a short string (255 bytes at most): "
+                                                "Celery cannot publish a longer one there, tracked or not")
 def test_a_task_id_too_long_for_external_id_is_tracked_without_it(taskbadger_server, solo_worker, tb_log):
     """The API takes an external_id of at most 255 characters and refuses the create otherwise: a longer Celery
     id is left out (not shortened: the task is looked up by its exact id), the task is tracked, the user told."""
