@@ -60,7 +60,7 @@ from . import conf, schema
 log = logging.getLogger("taskbadger.django")
 
 __all__ = ["ProgressSettings", "authorized", "progress_body", "progress_settings", "progress_url", "read_progress",
-           "read_progress_by_external_id", "task_id_for", "token_target", "token_task_id"]
+           "read_progress_by_external_id", "task_id_for", "token_target"]
 
 #: The salt of the tokens (a token of another feature signed with the same SECRET_KEY never passes).
 SALT = "taskbadger_django.progress"
@@ -289,12 +289,6 @@ def _is_external_id(value: Any) -> bool:
     """A Celery id: any text ``apply_async(task_id=...)`` was given, within reason."""
     return isinstance(value, str) and 0 < len(value) <= MAX_EXTERNAL_ID_LENGTH and not has_control_characters(value)
 
-
-
-def token_task_id(request: HttpRequest, token: str, max_age: int) -> str | None:
-    """The task id a token names (``token_target``), or None (also for a token that names an external id)."""
-    target = token_target(request, token, max_age)
-    return target[1] if target is not None and target[0] == TASK else None
 
 
 def _viewers(request: HttpRequest) -> list[str]:
