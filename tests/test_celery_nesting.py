@@ -137,3 +137,15 @@ def test_a_child_whose_create_failed_at_publish_is_created_by_its_worker_under_i
     creates = [r.json for r in taskbadger_server.requests if r.method == "POST" and r.json["name"] == NAME + "add"]
     assert [c["status"] for c in creates] == ["pending", "processing"]  # refused at publish, made by the worker
     assert child["parent"] == parent.taskbadger_task_id
+
+
+def test_a_task_applied_eagerly_in_a_tracked_body_leaves_the_run_to_its_body(taskbadger_server, any_worker):
+    """``other.apply()`` inside a tracked body runs ``other`` with Celery's task signals: its end is not the body's
+    end. The body still reports progress after it, ``current_task()`` is still its task, and it ends with its own
+    outcome; the eager run is not tracked."""
+    any_worker.send(tasks.apply_eagerly_then_report)
+    task = taskbadger_server.wait_for_task(name=NAME + "apply_eagerly_then_report", status="success")
+    assert task["data"]["eager_result"] == 5
+    assert task["data"]["current"] == task["id"]
+    assert (task["value"], task["value_max"]) == (2, 2)  # the body's progress arrived, and its success completed it
+    assert taskbadger_server.tasks_named(NAME + "add") == []

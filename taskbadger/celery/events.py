@@ -135,25 +135,33 @@ def _setting(conf: Any, key: str) -> Any:
         return None
 
 
-def on_end(celery_task: Any, request: Any, state: str | None, retval: Any) -> None:
-    tracking = tracking_of(request)
+def on_end(celery_task: Any, celery_id: str | None, state: str | None, retval: Any) -> None:
+    """The task's body is over (``task_postrun``). Its run is the lifecycle's current run when it is tracked (set at
+    its start, in this context): found there without reading Celery's ``task.request`` (a thread-local stack, read
+    through two proxies), which only the rarer outcomes need."""
+    run = lifecycle.current_run()
+    tracking = run if type(run) is Tracking and celery_id is not None and run.external_id == celery_id else None
     if tracking is None:
-        if getattr(request, SETTLE_ATTR, False):
-            _settle(request, state, retval)
-        return
+        # not tracked, or not entered here (the run of a task the body applied eagerly is its caller's)
+        request = getattr(celery_task, "request", None)
+        tracking = tracking_of(request)
+        if tracking is None:
+            if getattr(request, SETTLE_ATTR, False):
+                _settle(request, state, retval)
+            return
     try:
-        _end(tracking, request, state, retval, celery_task)
+        _end(tracking, celery_task, state, retval)
     finally:
         lifecycle.leave(tracking)
 
 
-def _end(tracking: Tracking, request: Any, state: str | None, retval: Any, celery_task: Any = None) -> None:
+def _end(tracking: Tracking, celery_task: Any, state: str | None, retval: Any) -> None:
     if state is None:
         # The body was interrupted by an exception Celery lets through (the gevent pool's hard time limit is a
         # gevent.Timeout raised in the task's greenlet): no outcome yet. The worker reports it next (task_failure
         # for TimeLimitExceeded), knowing the task only by its Celery id: keep it in the map of received tasks.
         return
-    received().forget(request.id)
+    received().forget(tracking.celery_id)
     if tracking.finished or tracking.is_finished():
         return  # already final, e.g. set in the task body: never overwrite it
     if state == "SUCCESS" and tracking.retry_recorded:
@@ -161,9 +169,9 @@ def _end(tracking: Tracking, request: Any, state: str | None, retval: Any, celer
     if state == "SUCCESS":
         lifecycle.succeed(tracking)
     elif state == "FAILURE":  # normally already handled by on_failure, which has the traceback
-        _fail(tracking, retval, None, request)
+        _fail(tracking, retval, None, celery_task.request)
     elif state == "RETRY" and not tracking.retry_recorded:
-        lifecycle.retry(tracking, retry_number(request), getattr(retval, "exc", None))
+        lifecycle.retry(tracking, retry_number(celery_task.request), getattr(retval, "exc", None))
     elif state == "REJECTED" and getattr(retval, "requeue", False) and getattr(celery_task, "acks_late", False):
         _requeued(tracking)  # it will run again (a message acknowledged on receipt cannot)
     elif state == "IGNORED" and tracking.replaced:  # self.replace(): its work goes on in the replacement

@@ -99,12 +99,12 @@ def on_prerun(sender: Any = None, task_id: str | None = None, task: Any = None, 
         _internal_error("on_prerun")
 
 
-def on_postrun(sender: Any = None, task: Any = None, state: str | None = None, retval: Any = None,
-               **_: Any) -> None:
+def on_postrun(sender: Any = None, task_id: str | None = None, task: Any = None, state: str | None = None,
+               retval: Any = None, **_: Any) -> None:
     try:
         task = task or sender
         if task is not None:
-            events.on_end(task, task.request, state, retval)
+            events.on_end(task, task_id, state, retval)
     except Exception:
         _internal_error("on_postrun")
 

@@ -536,3 +536,14 @@ def publish_child_when(self, path, report=False):
         self.taskbadger_task.update(value=1, value_max=2)
     add.apply_async((1, 1), queue=_same_queue(self.request))
     return "published"
+
+
+@app.task(bind=True, base=Task)
+def apply_eagerly_then_report(self):
+    """Runs ``add`` in its own body (``apply()``: eagerly, with the task signals sent), then reports progress: the
+    eager run's end must not end this run (nor take it out of ``current_task()``)."""
+    eager = add.apply((2, 3))
+    current = taskbadger.current_task()
+    self.taskbadger_task.update(value=1, value_max=2, data={
+        "eager_result": eager.result, "current": current.id if current is not None else None})
+    return "done"
