@@ -51,6 +51,10 @@ _READS_CURRENT = (MERGE_DATA, UNLESS_FINAL, ONLY_IF_PENDING, COMPLETE_PROGRESS, 
 _MARKERS = frozenset((*_READS_CURRENT, SEND_NULL))
 
 
+#: The keys ``queued`` merges by a rule of their own, besides the start: fields with none of them merge as one dict.
+_MERGED_WITH_CARE = _MARKERS | {"tags", MERGE_DATA}
+
+
 def reads_current(fields: Mapping[str, Any]) -> bool:
     """Whether queued ``fields`` carry a marker resolved against the task's current state."""
     return any(marker in fields for marker in _READS_CURRENT)
@@ -83,6 +87,13 @@ def queued(older: Mapping[str, Any], newer: Mapping[str, Any]) -> dict[str, Any]
     """Two queued PATCH bodies for one task as one: newer values win; tags and ``merge_data``
     accumulate (the API merges tags too); the earliest ``start_time`` is kept; an unconditional update
     makes the whole request unconditional; keys the newer one drops from the data leave the older one's."""
+    if _MERGED_WITH_CARE.isdisjoint(older) and _MERGED_WITH_CARE.isdisjoint(newer):
+        # a worker's start and end (nearly every merge): no marker, no tags, nothing but the start to keep; the
+        # rules below would change nothing else (two C calls instead of about twenty lookups and pops)
+        merged = {**older, **newer}
+        if "start_time" in older:
+            merged["start_time"] = older["start_time"]
+        return merged
     if DROP_DATA in newer:  # the drop comes after what the older update adds under those keys
         older = _without_keys(older, newer[DROP_DATA])
     merged = {**older, **newer}
