@@ -51,6 +51,20 @@ def test_queued_updates_for_one_task_merge_into_one_patch(taskbadger_server, dis
     assert (stats["sent"], stats["merged"], stats["queued"]) == (1, 2, 0)
 
 
+def test_a_workers_start_and_end_merge_into_one_patch_with_the_first_start(taskbadger_server, dispatcher):
+    """A worker's two updates of a fast task (no tags, no markers: merged without the rules that change nothing for
+    them): one PATCH, the newer fields win, and the start is the first one queued (a second start is a run again)."""
+    task = taskbadger.create_task("fast worker task")
+    dispatcher.submit(task.id, {"status": "processing", "start_time": "2026-01-01T00:00:00+00:00", "stale_timeout": 5})
+    dispatcher.submit(task.id, {"status": "processing", "start_time": "2026-01-01T00:00:02+00:00", "value": 1})
+    dispatcher.submit(task.id, {"status": "success", "end_time": "2026-01-01T00:00:03+00:00", "value": 2,
+                                "value_max": 2}, final=True)
+    assert dispatcher.flush(5)
+    [patch] = patches(taskbadger_server, task.id)
+    assert patch.json == {"status": "success", "start_time": "2026-01-01T00:00:00+00:00", "stale_timeout": 5,
+                          "end_time": "2026-01-01T00:00:03+00:00", "value": 2, "value_max": 2}
+
+
 def test_a_run_again_drops_the_old_error_and_completes_the_old_progress_at_send_time(taskbadger_server, dispatcher):
     """A run again after an error, which knows neither the task's data nor its progress: the exception leaves the
     data the task has on the server (what else it holds stays), and its success ends at 100 %."""
