@@ -775,6 +775,38 @@ def test_a_run_left_to_settle_at_exit_is_settled_by_the_flush_at_exit(taskbadger
     taskbadger_server.wait_for_task(name="settled at exit", status="cancelled", timeout=10)
 
 
+SETTLING_THROUGH_A_429 = """
+import sys, time
+import taskbadger
+from taskbadger import inline
+from taskbadger.delivery.breaker import publish_breaker
+
+taskbadger.init(token=sys.argv[2], host=sys.argv[1])
+taskbadger.create_task("lost run", external_id="lost-run")  # pending: as a create whose answer was lost
+inline.settle_later("lost-run", {"status": "cancelled"})
+deadline = time.monotonic() + 10
+while publish_breaker().state() != "deferred":  # the settler's first look-up was answered 429
+    assert time.monotonic() < deadline, "the look-up was never answered 429"
+    time.sleep(0.01)
+cpu = time.process_time()
+while publish_breaker().state() == "deferred" and time.monotonic() < deadline:
+    time.sleep(0.05)  # the settler alone runs meanwhile
+print(f"{time.process_time() - cpu:.3f}", flush=True)
+taskbadger.flush(10)
+"""
+
+
+def test_a_run_waiting_for_its_task_through_a_429_does_not_spin_a_cpu(taskbadger_server):
+    # The settler (a run whose create was lost, a Procrastinate defer's abandoned create) waited for the breaker to
+    # be up after a look-up it could not make; a 429 does not open the breaker, so the wait returned at once and the
+    # thread asked again and again, for the whole Retry-After: a CPU spun for up to 30 s (1.2 s of CPU in 3 s).
+    taskbadger_server.fail(429, times=1, method="GET", retry_after=2)
+    done = run_clean(SETTLING_THROUGH_A_429, taskbadger_server.url, taskbadger_server.api_key)
+    assert float(done.stdout) < 0.2, done.stdout  # the process's CPU time over the two seconds of Retry-After
+    # and once the pause is over, the run's outcome is recorded on its task
+    taskbadger_server.wait_for_task(name="lost run", status="cancelled", timeout=10)
+
+
 FAILING_AT_EXIT = """
 import atexit, sys
 import taskbadger

@@ -268,15 +268,20 @@ class Breaker:
                 self._changed.notify_all()
 
     def wait_until_up(self, timeout: float) -> bool:
-        """Wait (up to ``timeout``) until calls may go ahead (closed, or a probe found the API up)."""
+        """Wait (up to ``timeout``) until calls may go ahead (closed, or a probe found the API up, and no 429's
+        ``Retry-After`` still running: a caller that looped on it while deferred spun a CPU for the whole pause)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._failures >= self.failure_threshold and not self._trial:
-                remaining = deadline - time.monotonic()
+            while True:
+                now = time.monotonic()
+                opened = self._failures >= self.failure_threshold and not self._trial
+                if not opened and now >= self._deferred_until:
+                    return True
+                remaining = deadline - now
                 if remaining <= 0:
                     return False
-                self._changed.wait(remaining)
-            return True
+                # the end of a deferral notifies nobody: wake up at it
+                self._changed.wait(remaining if opened else min(remaining, self._deferred_until - now))
 
     # -- what others see ----------------------------------------------------------------------------
 
