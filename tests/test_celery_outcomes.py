@@ -195,6 +195,23 @@ def test_a_soft_time_limit_under_the_publish_budget_applies_to_a_task_the_worker
     assert "SoftTimeLimitExceeded" in task["data"]["exception"], task["data"]
 
 
+@pytest.mark.skipif(BROKER == "rabbitmq", reason="AMQP's header table takes integers of 64 bits at most: Celery "
+                                                "cannot publish such a time limit there")
+def test_a_time_limit_too_large_for_a_float_still_lets_its_worker_track_the_task(taskbadger_server, solo_worker):
+    """A message's time limit is whatever its producer wrote (JSON has no bound on an integer). One too large for a
+    float made the worker's create at start raise OverflowError: an internal error in the worker's log, and the task
+    ran untracked. Such a limit never strikes: the task is tracked as one without a limit."""
+    from taskbadger import config
+
+    config.reset()  # as another service publishes it: its worker creates its task when it starts
+    solo_worker.new_internal_errors()  # only this test's lines count
+    result = solo_worker.send(tasks.add, 2, 3, time_limit=10**400)
+    assert result.taskbadger_task_id is None  # published untracked
+    task = taskbadger_server.wait_for_task(name=NAME + "add", status="success", timeout=20)
+    assert task["external_id"] == result.id
+    assert solo_worker.new_internal_errors() == ""
+
+
 @pytest.fixture
 def own_prefork_worker(taskbadger_server_session):
     """Tests that kill pool children get a worker of their own: the shared one would spend its time

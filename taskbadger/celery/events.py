@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -124,8 +126,13 @@ def note_worker(worker: Any) -> None:
 def _first_limit(*candidates: Any) -> float | None:
     for limit in candidates:
         if isinstance(limit, (int, float)) and not isinstance(limit, bool) and limit > 0:
-            return float(limit)
+            # an int too large for a float (a message's ``timelimit`` from any producer: JSON has no bound) is a limit
+            # that never strikes, not an error that left the task untracked
+            return float(limit) if limit < _FLOAT_MAX else math.inf
     return None
+
+
+_FLOAT_MAX = sys.float_info.max
 
 
 def _setting(conf: Any, key: str) -> Any:
