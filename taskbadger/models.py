@@ -240,9 +240,15 @@ _FRACTION = re.compile(r"\.(\d{1,9})(?=[+-]|$)")
 
 def is_time_text(value: Any) -> bool:
     """True for a time as an update sends it (``start_time``, ``end_time``): ISO 8601 text of at most 64 characters
-    that ``parse_datetime`` reads. A time read from outside (a message another producer wrote, a spool file) that is
-    not one made the API refuse the whole update it rode in, its final status with it."""
-    return isinstance(value, str) and len(value) <= 64 and value.isascii() and parse_datetime(value) is not None
+    that ``parse_datetime`` reads, with at least a date, hours and minutes (the API's "YYYY-MM-DDThh:mm[:ss[.uuuuuu]]
+    [+HH:MM|-HH:MM|Z]"). A time read from outside (a message another producer wrote, a spool file) that is not one
+    made the API refuse the whole update it rode in, its final status with it: Python reads a date alone, or an hour
+    without its minutes, as a time, and the API does not."""
+    return (isinstance(value, str) and len(value) <= 64 and value.isascii() and _TIME_TEXT.match(value) is not None
+            and parse_datetime(value) is not None)
+
+
+_TIME_TEXT = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
 
 
 class _Null:

@@ -151,9 +151,11 @@ def test_carried_data_larger_than_a_publisher_of_ours_carries_is_not_written_bac
 @pytest.mark.parametrize("resend", [{"data": {"blob": "x" * 3_000_000}, "value": 5},
                                     {"status": "success", "end_time": "2020-01-01T00:00:00Z", "value": 5},
                                     {"start_time": "not a time", "value": 5},
-                                    {"start_time": "2026-13-45T99:99:99", "value": 5}],
+                                    {"start_time": "2026-13-45T99:99:99", "value": 5},
+                                    {"start_time": "2026-01-01", "value": 5},
+                                    {"start_time": "2026-01-01T10", "value": 5}],
                          ids=["too large", "fields it may not carry", "a start that is not a time",
-                              "a start out of range"])
+                              "a start out of range", "a date without its time", "an hour without its minutes"])
 def test_a_retry_s_resend_fields_are_taken_only_within_bounds(taskbadger_server, solo_worker, celery_app, resend):
     """``resend`` (what an attempt could not send when it was retried, for the next attempt to send) is read from
     the message like the rest of it: only the fields listed, each checked, and not up to any size. A start time
