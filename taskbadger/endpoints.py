@@ -288,6 +288,9 @@ def find_recent(external_id: str | None, deadline: http.Deadline, name: str | No
     if external_id is None and (name is None or started is None):
         raise ValueError("find_recent needs an external_id, or a name and a start time")
     config = current_config()
+    # as the API holds it: its create sent U+FFFD for a lone surrogate or NUL (``http.request._encoded``), so a raw
+    # id holding one (a Celery id made from a file name that is not UTF-8) never matched
+    external_id = storable(external_id)
     cursor = None
     for _ in range(pages):
         params = {"page_size": FIND_PAGE_SIZE, "cursor": cursor}

@@ -458,8 +458,9 @@ def read_progress_by_external_id(external_id: str, settings: ProgressSettings | 
     Until then, at most one look-up of the project's newest tasks (one list page) per poll interval for all the
     viewers, as a bar's read; once found, its id is kept in the cache and the task is read as any other."""
     settings = settings or progress_settings()
-    # hashed: a Celery id may hold characters a cache key may not (memcached: spaces)
-    key = f"{CACHE_PREFIX}:external:{hashlib.sha256(external_id.encode()).hexdigest()[:32]}"
+    # hashed: a Celery id may hold characters a cache key may not (memcached: spaces), and lone surrogates, which
+    # UTF-8 cannot encode (an id made from bytes that are not UTF-8: the view failed with a 500)
+    key = f"{CACHE_PREFIX}:external:{hashlib.sha256(external_id.encode('utf-8', 'surrogatepass')).hexdigest()[:32]}"
 
     def answer(cache: Any) -> Answer:
         task_id = cache.get(f"{key}:id")

@@ -249,6 +249,40 @@ def test_a_celery_task_its_worker_creates_is_followed_by_its_celery_id(taskbadge
     assert tb_progress.progress_url(_for(users[0]), app.AsyncResult("never-published")) is None
 
 
+@pytest.mark.django_db
+def test_a_celery_id_that_is_not_utf8_text_is_followed_to_its_task(taskbadger_server, users, clock, tb_log):
+    """A Celery id made from bytes that are not UTF-8 (a file name from ``os.listdir``: Python reads such a byte as a
+    lone surrogate). The view failed with a 500 on every poll (UnicodeEncodeError hashing the id for its cache key);
+    and past that, its task's external_id holds U+FFFD where the byte was (the API cannot store the surrogate), which
+    the look-up compared with the raw id: the bar said pending for good, and a worker's look-up of a create that may
+    have been made never found it either."""
+    from celery import Celery
+
+    app = Celery("progress-not-utf8", broker="memory://", set_as_current=False)
+
+    @app.task(name="shop.import_file", shared=False)
+    def import_file():
+        return None
+
+    server = taskbadger_server
+    tb = {"API_KEY": server.api_key, "HOST": server.url, "CELERY": {"AUTO_TRACK": True},
+          "PROGRESS": {"POLL_INTERVAL": 0.5}}
+    with override_settings(TASKBADGER=tb):
+        server.fail(500, times=1, method="POST")  # the create at publish fails: its worker creates the task
+        result = import_file.apply_async(task_id="import-caf\udce9.csv")
+        url = tb_progress.progress_url(_for(users[0]), result)
+        assert url is not None
+        ada = logged_in(users[0])
+        answer = poll(ada, url)
+        assert answer.status_code == 200 and json.loads(answer.content)["status"] == "pending"
+        # its worker starts it, with the Celery id as its external_id (as the API stores it: U+FFFD for the byte)
+        taskbadger.create_task("shop.import_file", status="processing", value=1, value_max=4, external_id=result.id)
+        clock.now += 1
+        body = json.loads(poll(ada, url).content)
+        assert (body["status"], body["percent"], body["name"]) == ("processing", 25, "shop.import_file")
+    assert not [r for r in tb_log.records if "cache" in r.getMessage()]
+
+
 def test_without_the_urls_the_tag_says_what_to_add(server):
     task = taskbadger.create_task("export rows")
     with override_settings(ROOT_URLCONF="tests.debug_urls"), pytest.raises(NoReverseMatch, match="include"):
