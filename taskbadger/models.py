@@ -149,6 +149,18 @@ def storable(value: Any, depth: int = 0) -> Any:
     return value
 
 
+#: In JSON text that escapes every non-ASCII character (``ensure_ascii``): an escaped backslash (skipped whole, so that
+#: the text "\\ud800" is left alone), a surrogate pair (a character beyond the BMP: kept), or a lone surrogate or NUL.
+_UNSTORABLE_ESCAPE = re.compile(r"\\\\|\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|\\u(?:d[89a-f][0-9a-f]{2}|0000)")
+
+
+def storable_json(text: str) -> str:
+    """JSON text as ``json.dumps`` writes it (``ensure_ascii``) with each lone surrogate and NUL escape replaced by
+    U+FFFD's: for what ``storable`` leaves as it is, values nested deeper than it goes."""
+    return _UNSTORABLE_ESCAPE.sub(
+        lambda m: m.group() if m.group().startswith("\\\\") or len(m.group()) == 12 else "\\ufffd", text)
+
+
 def jsonable(value: Any, depth: int = 0) -> Any:
     """``value`` if JSON can encode it, else a structure where what it cannot encode is a repr
     (sets, dates, objects); dict keys become strings, NaN and infinities their repr."""

@@ -166,6 +166,22 @@ def test_text_that_is_not_unicode_is_sent_as_replacement_characters_and_emoji_as
     assert "not UTF-8 text" in tb_log.text
 
 
+def test_text_that_is_not_unicode_deep_in_the_data_is_sent_as_replacement_characters(taskbadger_server):
+    """``storable`` stops 100 levels down: a NUL or a lone surrogate nested deeper went out as a JSON escape that an
+    API keeping its data in PostgreSQL refuses, and the whole update with it (a final status, here). The stand-in
+    stores what it is sent: what it holds is what went out."""
+    def nested(leaf):
+        for _ in range(150):
+            leaf = {"in": [leaf]}
+        return leaf
+
+    task = taskbadger.create_task("deep data")
+    task.update(status="success", data=nested({"out": "a\x00b", "path": os.fsdecode(b"caf\xe9"), "ok": "\U0001f600"}))
+    stored = taskbadger_server.get_task(task.id)
+    assert stored["status"] == "success"
+    assert ascii(stored["data"]) == ascii(nested({"out": "a\ufffdb", "path": "caf\ufffd", "ok": "\U0001f600"}))
+
+
 def test_server_errors_and_rate_limits_are_mapped(taskbadger_server):
     taskbadger_server.fail(500, times=1)
     with pytest.raises(ServerError) as info:

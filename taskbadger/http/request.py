@@ -18,7 +18,7 @@ from urllib.parse import urlencode, urlsplit
 from .._runtime import log_throttled, short
 from ..config import Config
 from ..exceptions import InvalidData
-from ..models import has_control_characters, is_task_id, storable
+from ..models import has_control_characters, is_task_id, storable, storable_json
 from ..version import __version__
 from .errors import Answer, loads
 
@@ -166,7 +166,9 @@ def _encoded(json_body: Any) -> bytes:
     ``\\u0000`` (rare: a character beyond the BMP, an emoji, is escaped as a surrogate pair) is looked at."""
     text = _json_text(json_body)
     if "\\ud" in text or "\\u0000" in text:
-        repaired = _json_text(storable(json_body))
+        # storable() stops at 100 levels (its recursion would fail before the encoder's): what lies deeper is
+        # repaired in the text, where a lone surrogate is told from a pair only by its neighbour
+        repaired = storable_json(_json_text(storable(json_body)))
         if repaired != text:
             log_throttled("not-storable", 60.0, logging.WARNING,
                           "Task Badger: a task's fields hold bytes that are not UTF-8 text or NUL characters (a file "
