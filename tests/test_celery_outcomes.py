@@ -322,6 +322,25 @@ def test_a_task_the_worker_retries_after_its_child_was_lost_waits_pending(taskba
     assert list(taskbadger_server.tasks) == [result.taskbadger_task_id]
 
 
+def test_a_task_the_worker_retries_after_its_child_was_lost_sees_the_progress_task_badger_shows(
+        taskbadger_server, own_prefork_worker, tmp_path):
+    """``retry_on_worker_lost``: the message the worker's main process sends again is the publisher's, which carried
+    the task's progress as published (0 of 10), while its lost attempt had reported 1 of 2. The next attempt's
+    ``self.taskbadger_task`` showed 0 of 10, and when it returned the task ended at 10 of 2. It now shows what Task
+    Badger shows (read from the API when the body asks for it), and the task ends complete at 2 of 2."""
+    import json
+
+    seen = tmp_path / "seen.json"
+    result = own_prefork_worker.send(tasks.lost_then_reads_progress, str(seen), taskbadger_value=0,
+                                     taskbadger_value_max=10)
+    task = taskbadger_server.wait_for(
+        lambda: (t := taskbadger_server.get_task(result.taskbadger_task_id)) and t["status"] == "success" and t,
+        timeout=30)
+    assert task["data"]["retries"] == 1
+    assert (task["value"], task["value_max"]) == (2, 2)
+    assert json.loads(seen.read_text()) == {"value": 1, "value_max": 2}
+
+
 def test_a_cold_shutdown_ends_the_tasks_it_interrupted_error(taskbadger_server, taskbadger_server_session):
     """SIGQUIT (or a second Ctrl-C) while a task runs in a pool child: Celery acknowledged its message on receipt
     and reports no failure, so it never runs again, and its task stayed processing for ever. (The threads pool

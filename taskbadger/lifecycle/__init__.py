@@ -254,7 +254,7 @@ class Run:
         if self._task is None:
             self._task = RunTask(TaskModel.from_dict(self.meta.task))
             self._task._task.status = self._status
-            if not self.data_known:
+            if not self.data_known or self.progress_unknown:
                 self._task._fetch = self._fetch  # read only when the body needs a field that was not carried
         self._task.data_known = self.data_known
         return self._task
@@ -307,6 +307,8 @@ class Run:
         for key, value in (("value", self.value), ("value_max", self.value_max)):
             if isinstance(value, int) and not isinstance(value, bool):
                 task[key] = value
+        if all(isinstance(task.get(key), int) for key in ("value", "value_max")):
+            task.pop("progress_omitted", None)  # this run learnt the task's progress: it is carried, not omitted
         return Meta(task, self.meta.heartbeat_interval, self.meta.stale_timeout, dict(resend) if resend else None)
 
     @property
@@ -385,7 +387,24 @@ def start(run: Run, first_attempt: bool = True, progress_carried: bool = False, 
     run.set_status(StatusEnum.PROCESSING)
     run.finished = False
     run.progress_unknown = (not first_attempt or run_again) and not progress_carried
+    if run.progress_unknown:
+        _forget_carried_progress(run)
     enter(run)
+
+
+def _forget_carried_progress(run: Run) -> None:
+    """The progress carried to this run is its publisher's (a Celery message sent again by the worker's main process
+    after its pool child was lost, or delivered again), while an earlier attempt may have reported more, which Task
+    Badger shows. The body's ``value``/``value_max`` showed the publisher's (0 of 10 where Task Badger showed 1 of 2),
+    and the run's success completed that (10, sent onto a task at 1 of 2). They are left unknown instead: the body's
+    object reads them from the API when the body asks for them (``RunTask._fetched``: one GET, only then), and a
+    success completes the progress the task has when it is sent (``merge.COMPLETE_PROGRESS``)."""
+    for key in ("value", "value_max"):
+        run.meta.task.pop(key, None)
+        if run._task is not None:
+            setattr(run._task._task, key, None)
+    if run._task is not None and run._task._fetch is None:
+        run._task._fetch = run._fetch
 
 
 def enter(run: Run) -> None:

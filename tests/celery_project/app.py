@@ -464,6 +464,19 @@ def lost_then_retried(self):
     return "ok"
 
 
+@app.task(bind=True, base=Task, retry_on_worker_lost=True, max_retries=1, default_retry_delay=1)
+def lost_then_reads_progress(self, path):
+    """Its first attempt reports progress (1 of 2), then its pool child dies (SIGKILL): the worker retries it
+    (``retry_on_worker_lost``) 1 s later, and that attempt writes the progress its ``self.taskbadger_task`` shows
+    to the file at ``path``, then returns."""
+    if self.request.retries < 1:
+        self.taskbadger_task.update(value=1, value_max=2)
+        os.kill(os.getpid(), signal.SIGKILL)
+    tb = self.taskbadger_task
+    pathlib.Path(path).write_text(json.dumps({"value": tb.value, "value_max": tb.value_max}))
+    return "ok"
+
+
 @app.task(bind=True, base=Task, acks_late=True, reject_on_worker_lost=True)
 def late_lost_once(self, path):
     """``acks_late`` and ``reject_on_worker_lost``: its first delivery reports progress, then its pool child dies
