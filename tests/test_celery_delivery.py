@@ -230,3 +230,29 @@ def test_a_group_of_chains_shares_one_publish_budget(taskbadger_server, solo_wor
     last_links = [r.id for r in result.results]
     first_links = [r.parent.id for r in result.results]
     assert sorted(t["external_id"] for t in found) == sorted(first_links + last_links)  # one task per task
+
+
+def test_the_chain_links_of_a_group_published_by_a_worker_have_a_publish_budget_each(taskbadger_server, solo_worker):
+    """``group(chain(a, b), chain(c, d))``: the worker publishes ``b`` as ``a`` ends and ``d`` as ``c`` ends, two
+    publishes of one group (the same group id, a later index) from one thread. When ``c`` ended within 0.25 s of
+    ``b``'s create, ``d``'s create was taken for part of the same publish and shared ``b``'s budget: with an API that
+    answers each create in 0.6 s (within the 1 s budget), ``b``'s took 0.6 s of it, and ``d`` went out untracked,
+    its worker creating its task only when it started (a warning said the group's tasks did not fit). Each link is
+    published by the task it follows: each now has a budget of its own, and every task is created at publish."""
+    from celery import chain, group
+
+    queue = solo_worker.queue
+    result = group(chain(tasks.sleep_for.si(1.5).set(queue=queue), tasks.add.si(1, 1).set(queue=queue)),
+                   chain(tasks.add.si(2, 2).set(queue=queue), tasks.add.si(2, 3).set(queue=queue))).apply_async()
+    # while the worker runs the first link (1.5 s): from now on the API answers each create in 0.6 s
+    taskbadger_server.set_latency(0.6, method="POST")
+
+    def ended():  # polls the stand-in under a deadline
+        found = successes(taskbadger_server)
+        return found if len(found) >= 3 else None
+
+    taskbadger_server.wait_for(ended, timeout=30)
+    last_links = [r.id for r in result.results]
+    created = {r.json.get("external_id"): r.json["status"] for r in taskbadger_server.requests if r.method == "POST"}
+    assert {celery_id: created.get(celery_id) for celery_id in last_links} == dict.fromkeys(last_links, "pending")
+    assert "tasks of a Celery group" not in solo_worker.log()
