@@ -137,3 +137,4 @@ def test_a_task_id_too_long_for_external_id_is_tracked_without_it(taskbadger_ser
     assert task["external_id"] == ""
     [warning] = [r.getMessage() for r in tb_log.records if "external_id" in r.getMessage()]
     assert "300 characters" in warning and "tracked without one" in warning and "at most 255" in warning
+    assert "if the answer to its create is lost" in warning

@@ -155,7 +155,8 @@ def _fitted_external_id(name: str, external_id: Any) -> str | None:
     if len(external_id) > MAX_EXTERNAL_ID_LENGTH:
         log_once(f"external-id-too-long:{name[:200]}", logging.WARNING,
                  "Task Badger: task %s was given an id of %d characters, longer than the %d Task Badger takes as "
-                 "its external_id: it is tracked without one, so it cannot be found by that id in Task Badger. "
+                 "its external_id: it is tracked without one, so it cannot be found by that id in Task Badger, nor "
+                 "taken up by its worker if the answer to its create is lost (a second task is then made). "
                  "Give it an id of at most %d characters (e.g. apply_async(task_id=...) with a shorter id, or a "
                  "hash of the long one) to keep it.", short(name), len(external_id), MAX_EXTERNAL_ID_LENGTH,
                  MAX_EXTERNAL_ID_LENGTH)
