@@ -75,6 +75,12 @@ LOCK_SLACK = 30
 FINAL_TTL = 600
 #: How long any other answer stays in the cache, beyond the poll interval (it is re-read after one interval).
 ENTRY_SLACK = 60
+#: A search for a task its worker creates (``read_progress_by_external_id``) that found nothing looks again after one
+#: poll interval, or after this fraction of the time it has been looking, whichever is longer, and at most
+#: ``MAX_SEARCH_GAP`` seconds later: a task that no worker ever tracks (one that ran untracked, a result nobody else
+#: waits for) cost one list read of the API per interval for the token's whole life (21,600 in six hours at 1 s).
+SEARCH_BACKOFF = 0.1
+MAX_SEARCH_GAP = 60.0
 
 #: The prefix of the progress answers' cache keys.
 CACHE_PREFIX = "taskbadger_django.progress"
@@ -390,6 +396,8 @@ class Answer:
 
 
 def _entry(status: int, body: Mapping[str, Any], at: float, final: bool) -> dict[str, Any]:
+    """A cache entry: the answer, when it was read (``at``), and whether it is final. An entry may also say how many
+    seconds it stays fresh (``"for"``; one poll interval when it does not)."""
     raw = json.dumps(body, separators=(",", ":"), sort_keys=True)
     return {"status": status, "body": raw, "etag": f'"{hashlib.sha256(raw.encode()).hexdigest()[:24]}"', "at": at,
             "final": final}
@@ -399,8 +407,14 @@ def _answer(entry: Mapping[str, Any]) -> Answer:
     return Answer(entry["status"], entry["body"].encode(), entry["etag"] if entry["status"] == 200 else None)
 
 
+def _fresh_for(entry: Mapping[str, Any], interval: float) -> float:
+    fresh_for = entry.get("for")
+    return max(interval, float(fresh_for)) if isinstance(fresh_for, (int, float)) else interval
+
+
 def _fresh(entry: Any, now: float, interval: float) -> bool:
-    return isinstance(entry, Mapping) and (entry.get("final") is True or now - entry.get("at", 0) < interval)
+    return isinstance(entry, Mapping) and (entry.get("final") is True
+                                           or now - entry.get("at", 0) < _fresh_for(entry, interval))
 
 
 def _read(fetch: Callable[[Deadline], Any], at: float) -> dict[str, Any]:
@@ -456,7 +470,10 @@ def read_progress_by_external_id(external_id: str, settings: ProgressSettings | 
     """The progress answer for the task whose ``external_id`` is ``external_id`` (a Celery id), which its worker
     creates when it starts (``progress_url``): ``pending`` until it exists, then its progress (``read_progress``).
     Until then, at most one look-up of the project's newest tasks (one list page) per poll interval for all the
-    viewers, as a bar's read; once found, its id is kept in the cache and the task is read as any other."""
+    viewers, as a bar's read, and less and less often as the search goes on (``_search_gap``); once found, its id
+    is kept in the cache and the task is read as any other. When Celery's result backend says the task has ended
+    and a look-up made after that still finds no such task, no worker tracked it: "not available" (404), and no
+    more look-ups (a page reloaded later asks again, once)."""
     settings = settings or progress_settings()
     # hashed: a Celery id may hold characters a cache key may not (memcached: spaces), and lone surrogates, which
     # UTF-8 cannot encode (an id made from bytes that are not UTF-8: the view failed with a 500)
@@ -468,14 +485,36 @@ def read_progress_by_external_id(external_id: str, settings: ProgressSettings | 
             return read_progress(task_id, settings)
 
         def fetch(deadline: Deadline) -> Any:
+            from taskbadger.celery.state import ended_in_backend
+
+            ended = ended_in_backend(external_id)  # asked first: its worker's create, if any, was made before the end
             found = endpoints.find_recent(external_id, deadline, pages=1)
             if found is not None and is_task_id(found.id):
                 cache.set(f"{key}:id", found.id, timeout=settings.token_max_age)
+            elif found is None and ended:
+                raise NotFound(404, message="the Celery task ended, and no worker created its Task Badger task")
             return found
 
-        return _read_through_cache(cache, key, lambda at: _read(fetch, at), settings)
+        def read(at: float) -> dict[str, Any]:
+            entry = _read(fetch, at)
+            if entry["status"] == 200 and not entry["final"] and json.loads(entry["body"]) == QUEUED:  # not found yet
+                cache.add(f"{key}:since", at, timeout=settings.token_max_age)  # the first look-up's time
+                since = cache.get(f"{key}:since")
+                searched = at - since if isinstance(since, (int, float)) else 0.0
+                entry["for"] = _search_gap(searched, settings.poll_interval)
+            return entry
+
+        return _read_through_cache(cache, key, read, settings)
 
     return _guarded(settings, answer)
+
+
+def _search_gap(searched: float, interval: float) -> float:
+    """Seconds until the next look-up of a task not found after ``searched`` seconds of looking: the poll interval at
+    first (a task left to its worker usually starts within seconds), then a growing share of the search, at most
+    ``MAX_SEARCH_GAP`` (a task queued behind a long backlog, or with an ``eta``, is still found within a minute of its
+    start). Over a six-hour token: about 400 look-ups instead of 21,600 at a 1 s interval."""
+    return max(interval, min(MAX_SEARCH_GAP, searched * SEARCH_BACKOFF))
 
 
 def _guarded(settings: ProgressSettings, answer: Callable[[Any], Answer]) -> Answer:
@@ -506,7 +545,8 @@ def _read_through_cache(cache: Any, key: str, read: Callable[[float], dict[str, 
         if _fresh(entry, now, interval):
             return _answer(entry)
         entry = read(now)
-        cache.set(key, entry, timeout=FINAL_TTL if entry["final"] else math.ceil(interval) + ENTRY_SLACK)
+        cache.set(key, entry,
+                  timeout=FINAL_TTL if entry["final"] else math.ceil(_fresh_for(entry, interval)) + ENTRY_SLACK)
         return _answer(entry)
     finally:
         cache.delete(lock)

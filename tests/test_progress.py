@@ -283,6 +283,92 @@ def test_a_celery_id_that_is_not_utf8_text_is_followed_to_its_task(taskbadger_se
     assert not [r for r in tb_log.records if "cache" in r.getMessage()]
 
 
+@contextlib.contextmanager
+def left_to_worker(server, user, backend=None, poll_interval=1.0):
+    """A tracked Celery task published while the API failed its create (its worker creates it when it starts), the URL
+    of its bar for ``user``, and their client; the app is the process's current one (a Django project's one app), with
+    ``backend`` as its result backend."""
+    from celery import Celery, _state
+
+    app = Celery("progress-left", broker="memory://", backend=backend, set_as_current=False)
+
+    @app.task(name="shop.export_rows", shared=False)
+    def export_rows():
+        return None
+
+    tb = {"API_KEY": server.api_key, "HOST": server.url, "CELERY": {"AUTO_TRACK": True},
+          "PROGRESS": {"POLL_INTERVAL": poll_interval}}
+    previous = _state._tls.current_app
+    app.set_current()
+    try:
+        with override_settings(TASKBADGER=tb):
+            server.fail(500, times=1, method="POST")  # the create at publish fails
+            result = export_rows.delay()
+            assert server.tasks == {} and tb_progress.task_id_for(result) is None
+            url = tb_progress.progress_url(_for(user), result)
+            assert url is not None
+            yield app, result, url, logged_in(user)
+    finally:
+        _state._set_current_app(previous)
+
+
+@pytest.mark.django_db
+def test_a_task_no_worker_tracks_is_looked_up_less_and_less_often(taskbadger_server, users, clock):
+    """A task left to its worker that no worker tracks (the worker has no API key; its result ignored, so Celery
+    never says it ended): its bar says Queued, and the server looked it up in the list of the newest tasks once per
+    poll interval until the token expired (3,600 list reads in an hour at 1 s, 21,600 in a token's six hours). Now
+    less and less often, at least once a minute, and the task is still found within a minute of its start."""
+    server = taskbadger_server
+    with left_to_worker(server, users[0]) as (app, result, url, ada):
+        before = len(_list_reads(server))
+        for _ in range(720):  # an hour of a page polling every 5 s
+            assert json.loads(poll(ada, url).content)["status"] == "pending"
+            clock.now += 5
+        reads = len(_list_reads(server)) - before
+        assert reads <= 100, reads  # 720 before
+        # an hour late, its worker starts it (a long backlog, an eta): the bar follows it within a minute
+        created = taskbadger.create_task("shop.export_rows", status="processing", value=1, value_max=4,
+                                         external_id=result.id)
+        waited = 0
+        while (body := json.loads(poll(ada, url).content))["status"] == "pending":
+            clock.now += 5
+            waited += 5
+            assert waited <= tb_progress.MAX_SEARCH_GAP, "not found within a minute of its start"
+        assert (body["status"], body["percent"]) == ("processing", 25)
+        created.success()
+        clock.now += 1
+        assert json.loads(poll(ada, url).content)["done"] is True
+
+
+@pytest.mark.django_db
+def test_a_task_celery_says_ended_untracked_is_not_available_and_not_looked_up_again(taskbadger_server, users,
+                                                                                      clock):
+    """A task left to its worker that its worker ran untracked: once Celery's result backend says it ended and the
+    list of the newest tasks still has no such task, the bar says progress is not available (a 404, after which the
+    script stops), instead of Queued with a list read per interval for the token's life. A task its worker did
+    track, ended as quickly, is shown done."""
+    server = taskbadger_server
+    with left_to_worker(server, users[0], backend="cache+memory://") as (app, result, url, ada):
+        assert json.loads(poll(ada, url).content)["status"] == "pending"
+        app.backend.store_result(result.id, "export.csv", "SUCCESS")  # its worker ran it, untracked
+        clock.now += 1
+        response = poll(ada, url)
+        assert response.status_code == 404 and json.loads(response.content) == {"available": False}
+        reads = len(_list_reads(server))
+        assert poll(ada, url).status_code == 404  # a page reloaded within the interval reads nothing
+        assert len(_list_reads(server)) == reads
+
+        tracked = app.tasks["shop.export_rows"].delay()  # this time the create at publish works: no search
+        assert tb_progress.task_id_for(tracked) is not None
+        server.fail(500, times=1, method="POST")
+        late = app.tasks["shop.export_rows"].delay()
+        late_url = tb_progress.progress_url(_for(users[0]), late)
+        taskbadger.create_task("shop.export_rows", status="success", external_id=late.id)  # its worker tracked it
+        app.backend.store_result(late.id, "export.csv", "SUCCESS")
+        body = json.loads(poll(ada, late_url).content)
+        assert (body["status"], body["done"], body["percent"]) == ("success", True, 100)
+
+
 def test_without_the_urls_the_tag_says_what_to_add(server):
     task = taskbadger.create_task("export rows")
     with override_settings(ROOT_URLCONF="tests.debug_urls"), pytest.raises(NoReverseMatch, match="include"):
