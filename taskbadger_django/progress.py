@@ -171,7 +171,7 @@ def task_id_for(task: Any) -> str | None:
     if isinstance(task, str):
         if not is_task_id(task):
             raise ValueError(f"{short(task, 80)} is not a Task Badger task id (letters, digits, - and _); pass "
-                             "result.taskbadger_task_id, a taskbadger.Task or its .id")
+                             "the Celery result itself, a taskbadger.Task or its .id")
         return task
     if isinstance(task, taskbadger.Task):
         return task_id_for(task.id)
@@ -485,7 +485,7 @@ def read_progress_by_external_id(external_id: str, settings: ProgressSettings | 
             return read_progress(task_id, settings)
 
         def fetch(deadline: Deadline) -> Any:
-            from taskbadger.celery.state import ended_in_backend
+            from taskbadger.celery.result_backend import ended_in_backend
 
             ended = ended_in_backend(external_id)  # asked first: its worker's create, if any, was made before the end
             found = endpoints.find_recent(external_id, deadline, pages=1)

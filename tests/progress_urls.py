@@ -54,6 +54,16 @@ def group_bars(request, size):
     return response
 
 
+def celery_bar(request, celery_id):
+    """The bar of a Celery task by its id, as the page a POST redirected to would draw it: ``AsyncResult`` of the
+    process's current app (a project's one app)."""
+    from celery import current_app
+
+    response = HttpResponse(PAGE.render({"ids": [current_app.AsyncResult(celery_id)], "label": None}, request))
+    response["Content-Security-Policy"] = CSP
+    return response
+
+
 def blank(request):
     response = HttpResponse("<!doctype html><html><head><title>blank</title></head><body></body></html>")
     response["Content-Security-Policy"] = CSP
@@ -74,6 +84,7 @@ urlpatterns = [
     path("", include("testproject.urls")),
     path("bar/<str:task_ids>/", bar),
     path("blank/", blank),
+    path("celery/<str:celery_id>/", celery_bar),
     path("group/<int:size>/", group_bars),
     path("listener.js", listener),
 ]

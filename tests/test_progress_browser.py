@@ -583,6 +583,43 @@ def test_the_tasks_of_a_group_left_to_their_worker_show_their_progress(server, d
     assert len(server.tasks) == 6 and {t["status"] for t in server.tasks.values()} == {"success"}
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_task_its_worker_ran_untracked_says_not_available_once_celery_says_it_ended(server, driver, live_server,
+                                                                                       tmp_path):
+    """The API fails the create at publish, so the bar follows the task by its Celery id; its worker has no API key
+    and runs it untracked. The bar said *Queued* until its token expired, and the server looked the task up in the
+    list of the newest tasks once per poll interval all that time. Now, once the worker has stored the task's end in
+    the result backend, the bar says progress is not available for this task, and the look-ups stop."""
+    from celery import Celery
+
+    from .celery_project import app as tasks
+    from .conftest import start_worker, stop_worker
+
+    backend = f"file://{tmp_path}"
+    worker = start_worker(server, extra_env={"TASKBADGER_API_KEY": "", "TB_RESULT_BACKEND": backend})
+    # the project's app, with its result backend: the page is served from another thread (the live server's), where
+    # Celery's current app is its fallback one, as in runserver's request threads
+    project = Celery("tbtests-project", backend=backend, set_as_current=False)
+    try:
+        server.fail(500, times=1, method="POST")  # the create at publish fails: its worker is to create it
+        result = worker.send(tasks.sleep_for, 1.0)
+        assert server.tasks == {} and result.taskbadger_task_id is None
+        driver.get(f"{live_server.url}/celery/{result.id}/")
+        wait(driver, lambda d: bar(d)["status"] == "Queued")
+        assert bar(driver)["state"] == "indeterminate"
+        wait(driver, lambda d: bar(d)["state"] == "unavailable", timeout=30)
+        wait(driver, lambda d: drawn_at(d, 0))  # the sweeping block gone (its width's transition over)
+        shown = bar(driver)
+        assert (shown["status"], shown["percent"], shown["valuenow"]) == ("Progress is not available for this task.",
+                                                                          "", None)
+        assert project.AsyncResult(result.id).state == "SUCCESS" and server.tasks == {}  # it ran, untracked
+        assert [e["detail"]["httpStatus"] for e in events(driver, "taskbadger:unavailable")] == [404]
+        assert [e["detail"]["retrying"] for e in events(driver, "taskbadger:unavailable")] == [False]  # it stopped
+    finally:
+        stop_worker(worker)
+
+
 # -- the demo ------------------------------------------------------------------------------------------------
 
 

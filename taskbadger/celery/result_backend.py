@@ -1,4 +1,6 @@
-"""What the publisher tells the result backend: ``{"taskbadger_task_id": ...}`` as the ``PENDING`` state of the
+"""What the publisher tells the result backend, and what the result backend tells a progress bar (``ended_in_backend``).
+
+What the publisher tells it: ``{"taskbadger_task_id": ...}`` as the ``PENDING`` state of the
 Celery id, so that ``task_id_of_result(app.AsyncResult(celery_id))`` finds the Task Badger task in any process
 (``state.task_id_of_result`` reads it back) until the worker records its own state over it.
 
@@ -32,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._runtime import log_throttled, on_an_event_loop, short
+from .fields import active_apps
 from .headers import ID_KEY
 
 log = logging.getLogger("taskbadger")
@@ -147,3 +150,40 @@ def message_sent(celery_id: Any) -> None:
             waiting[1]()
         except Exception as err:
             _could_not(err)
+
+
+def ended_in_backend(celery_id: str) -> bool:
+    """Whether a result backend of this process's Celery apps says the task of ``celery_id`` has ended (``SUCCESS``,
+    ``FAILURE``, ``REVOKED``): the current app's, and each other app's that has one. Celery's current app is per
+    thread: in a web server's request threads (``runserver``, gunicorn's ``gthread``) it is Celery's fallback app,
+    without a backend, while the project's app, made current in the thread that imported it, is among the active
+    ones. False when none can tell: no backend, ``rpc://`` (its states are messages to the publisher's own reply
+    queue, which another process must not consume), a task that ignores its result (``PENDING`` for ever), a backend
+    that fails."""
+    import celery
+
+    asked: set[str] = set()
+    for app in [celery.current_app._get_current_object(), *active_apps()]:
+        try:
+            if _backend_says_ended(app, celery_id, asked):
+                return True
+        except Exception as err:  # the backend's trouble is not the page's: the search goes on
+            log_throttled("progress-backend", 60.0, logging.WARNING,
+                          "Task Badger: could not read a task's state from the result backend: %s", short(err, 200))
+    return False
+
+
+def _backend_says_ended(app: Any, celery_id: str, asked: set[str]) -> bool:
+    from celery import states
+    from celery.backends.base import DisabledBackend
+    from celery.backends.rpc import RPCBackend
+
+    if not app.conf.result_backend:  # not app.backend: that would make a backend for an app that has none
+        return False
+    backend = app.backend
+    uri = backend.as_uri()
+    if isinstance(backend, (DisabledBackend, RPCBackend)) or uri in asked:
+        return False
+    asked.add(uri)
+    meta = backend.get_task_meta(celery_id)
+    return isinstance(meta, dict) and meta.get("status") in states.READY_STATES

@@ -16,7 +16,7 @@ import contextvars
 import logging
 from typing import Any
 
-from .._runtime import PerProcess, RecentIds, log_throttled, short
+from .._runtime import PerProcess, RecentIds
 from ..lifecycle import Meta, Run
 from ..models import is_task_id
 from ..task import Task as TaskbadgerTask
@@ -164,24 +164,3 @@ def _stored_task_id(result: Any, celery_id: Any) -> str | None:
     stored = meta.get("result") if isinstance(meta, dict) and meta.get("status") == "PENDING" else None
     task_id = stored.get(ID_KEY) if isinstance(stored, dict) else None
     return task_id if is_task_id(task_id) else None
-
-
-def ended_in_backend(celery_id: str) -> bool:
-    """Whether the result backend of this process's current Celery app (a Django project's one app) says the task of
-    ``celery_id`` has ended (``SUCCESS``, ``FAILURE``, ``REVOKED``). False when it cannot tell: no backend, ``rpc://``
-    (its states are messages to the publisher's own reply queue, which another process must not consume), a task
-    that ignores its result (``PENDING`` for ever), a backend that fails."""
-    try:
-        from celery import current_app, states
-        from celery.backends.base import DisabledBackend
-        from celery.backends.rpc import RPCBackend
-
-        backend = current_app.backend
-        if isinstance(backend, (DisabledBackend, RPCBackend)):
-            return False
-        meta = backend.get_task_meta(celery_id)
-        return isinstance(meta, dict) and meta.get("status") in states.READY_STATES
-    except Exception as err:  # the backend's trouble is not the page's: the search goes on
-        log_throttled("progress-backend", 60.0, logging.WARNING,
-                      "Task Badger: could not read a task's state from the result backend: %s", short(err, 200))
-        return False
