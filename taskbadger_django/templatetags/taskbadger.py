@@ -3,8 +3,10 @@
     {% taskbadger_progress tb_id %}
     {% taskbadger_progress tb_id label=_("Your export") %}
 
-``tb_id`` is a Task Badger task id (``result.taskbadger_task_id``), a ``taskbadger.Task`` or a Celery
-result; None (a task published untracked) draws a bar that says progress is not available. ``label``
+``tb_id`` is a Celery result (the one ``.delay()`` returned: followed by its Celery id while its worker has yet to
+create its task, when its create failed at publish), a ``taskbadger.Task``, a Task Badger task id or a ``django.tasks``
+result; None (a task published untracked; also ``result.taskbadger_task_id`` while its worker has yet to create the
+task: pass the result) draws a bar that says progress is not available. ``label``
 is shown instead of the task's name. The page's stylesheet and script come with the first bar of a
 request (later bars reuse them); both are static files: no inline script or style. Under a nonce-based policy
 ('strict-dynamic', where 'self' counts for nothing) they carry the page's nonce: ``csp_nonce`` in the template
