@@ -66,6 +66,8 @@ def misbehave(server, mode: str, method: str | None = None) -> None:
         server.refuse()
     elif mode == "429":  # throttled: wait a second before asking again
         server.fail(429, retry_after=1, method=method)
+    elif mode.isdigit():  # an error the API answers with: "401", "404", "503"...
+        server.fail(int(mode), method=method)
     else:
         server.misbehave(mode, method=method, seconds=SECONDS.get(mode))
 
@@ -261,13 +263,6 @@ BODY_MODES = [*MODES, "503", "429", "404"]
 WORKER_BODY_MODES = ["hang", "endless_headers", "huge_body", "not_json", "reset", "503", "429", "404"]
 
 
-def misbehave_on_updates(server, mode: str) -> None:
-    if mode in ("503", "404"):
-        server.fail(int(mode), method="PATCH")
-    else:
-        misbehave(server, mode, "PATCH")
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("mode", WORKER_BODY_MODES)
 def test_progress_from_a_celery_tasks_body(api, worker, mode):
@@ -280,7 +275,7 @@ def test_progress_from_a_celery_tasks_body(api, worker, mode):
 
 
 def check_progress_from_a_celery_tasks_body(api, worker, mode: str) -> None:
-    misbehave_on_updates(api, mode)
+    misbehave(api, mode, "PATCH")
     result = worker.send(tasks.progress_loop, 12)
     body = wait_for_result(result.id, timeout=30)
     assert body["value"] == 12 and body["tracked"]  # ran to its own result
@@ -310,7 +305,7 @@ def test_progress_from_a_tracked_calls_body(api, mode, caplog):
     def job():
         tb = taskbadger.current_task()
         assert tb is not None and tb.name == "body updates", "the call's create did not make it in time"
-        misbehave_on_updates(api, mode)
+        misbehave(api, mode, "PATCH")
         calls = [lambda i=i: tb.update(value=i, value_max=10) for i in range(1, 5)]
         calls += [lambda: tb.increment_value(2), lambda: tb.ping(), lambda: tb.tag({"step": "last"}),
                   lambda: tb.update_value(10)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 import pytest
 
@@ -22,66 +23,124 @@ from .test_misbehaving_api import (  # noqa: F401 - api and worker are fixtures 
     api,
     assert_nothing_left_pending,
     check_progress_from_a_celery_tasks_body,
+    misbehave,
     report,
     timed,
     tracked_share,
     worker,
 )
 
+#: How the API fails the canvas's creates besides a hang: down, a refused key, an error, a throttle, a 2xx that is not
+#: JSON (the tasks exist, their ids lost), an answer trickled past the budget.
+CANVAS_FAULTS = ["refused", "401", "503", "429", "not_json", "slow_headers"]
 
-@pytest.mark.integration
-@pytest.mark.parametrize("shape", ["group", "chain"])
-def test_a_canvas_published_while_the_api_hangs_waits_one_budget(api, worker, shape):  # noqa: F811
-    """``group(...)`` (8 tasks) and ``chain(...)`` (4) ``.apply_async()`` while the API hangs: the publish waits one
-    budget in all (a group's creates share it; a chain publishes its first task), every task runs with its own
-    result, and none is left pending once the API answers again."""
+
+def publish_canvas(started, shape: str) -> tuple[list, float]:
+    """``group(...)`` (8 tasks) or ``chain(...)`` (4) of ``echo`` ``.apply_async()``: the canvas's results in order,
+    once each task has run with its own result, and how long ``apply_async()`` took."""
     from celery import chain, group
 
-    api.hang(method="POST")
     n = 8 if shape == "group" else 4  # each later link of a chain is published by the worker, waiting its budget
-    signatures = [tasks.echo.si(f"{shape}{i}").set(queue=worker.queue) for i in range(n)]
+    signatures = [tasks.echo.si(f"{shape}{i}").set(queue=started.queue) for i in range(n)]
     result, took = timed(lambda: (group if shape == "group" else chain)(*signatures).apply_async())
-    assert took <= BUDGET + 2 * SLACK, took  # the budget, and n publishes on a loaded machine
     if shape == "group":
-        results = result.results
-        assert [wait_for_result(r.id)["value"] for r in results] == [f"group{i}" for i in range(n)]
+        results = list(result.results)
     else:
         results = []
         while result is not None:  # the chain's tasks, last first
             results.append(result)
             result = result.parent
-        assert [wait_for_result(r.id)["value"] for r in reversed(results)] == [f"chain{i}" for i in range(n)]
-    api.clear_faults()
-    assert_nothing_left_pending(api, [r.id for r in results])
-    report(f"{shape}({n} tasks).apply_async()", "hang", took, tracked_share(api, [r.id for r in results]))
+        results.reverse()
+    assert [wait_for_result(r.id)["value"] for r in results] == [f"{shape}{i}" for i in range(n)]
+    return results, took
 
 
 @pytest.mark.integration
-def test_a_chord_published_while_the_api_hangs_waits_one_budget(api, taskbadger_server_session):  # noqa: F811
-    """A chord (it needs a result backend: Redis) published from a task's body while the API hangs: the body waits
-    one budget for the header's creates, the header and the body run, and none of their tasks is left pending once
-    the API answers again. Its own worker: the hang opens the worker's breaker, which the session's chord worker
-    must not carry into other tests."""
+@pytest.mark.parametrize("mode", ["hang", *CANVAS_FAULTS])
+@pytest.mark.parametrize("shape", ["group", "chain"])
+def test_a_canvas_published_while_the_api_fails_keeps_its_budget_and_every_task_runs(  # noqa: F811
+        api, worker, shape, mode, tb_log):  # noqa: F811
+    """``group(...)`` (8 tasks) and ``chain(...)`` (4) ``.apply_async()`` while the API hangs, is down, refuses the
+    key, errs, throttles, answers a 2xx that is not JSON or trickles its answers: the publish waits one budget at most
+    (a group's creates share it; a chain publishes its first task), every task runs with its own result, the
+    publisher says so once (not once per task of the canvas), no task is made twice, and none of the canvas's tasks is
+    left pending once the API behaves."""
+    before = len(api.requests)
+    misbehave(api, mode, "POST")
+    results, took = publish_canvas(worker, shape)
+    assert took <= BUDGET + 2 * SLACK, took
+    ids = [r.id for r in results]
+    # the canvas's creates met the fault: the publisher (or, for the chain's later links, the worker) asked the API
+    if mode != "refused":
+        assert [r for r in api.requests[before:] if r.method == "POST"], "no create reached the API"
+    api.clear_faults()
+    assert_nothing_left_pending(api, ids)
+    # said once, not once per task of the canvas: the create given up, and the pause of tracking that followed
+    said = [r.getMessage() for r in tb_log.records if r.levelno >= logging.WARNING]
+    assert len(said) <= 2 and len(set(said)) == len(said), said
+    assert all(api.api_key not in line and api.key not in line for line in said), said
+    # a create carried out whose answer was unreadable (not_json) is found by its Celery id: no task is made twice
+    made = [t["external_id"] for t in api.tasks.values() if t["external_id"] in set(ids)]
+    assert len(made) == len(set(made)), made
+    report(f"{shape}({len(results)} tasks).apply_async()", mode, took, tracked_share(api, ids))
+
+
+@pytest.fixture(scope="module")
+def chord_worker(taskbadger_server_session):
+    """A solo worker with a result backend (Redis, db 6: a chord needs one) and the same publish budget, this module's
+    own: a failing API opens its breaker, which the session's chord worker must not carry into other tests."""
     from .services import require
 
     require("redis")
-    chords = start_worker(taskbadger_server_session, pool="solo", concurrency=1,
-                          extra_env={"TB_RESULT_BACKEND": "redis://127.0.0.1:6379/6",
-                                     "TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    started = start_worker(taskbadger_server_session, pool="solo", concurrency=1,
+                           extra_env={"TB_RESULT_BACKEND": "redis://127.0.0.1:6379/6",
+                                      "TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    yield started
+    stop_worker(started)
+
+
+def wait_until_the_worker_creates_again(server, started, timeout: float = 20.0) -> None:
+    """Until ``started`` creates the task of a message published untracked (straight through kombu) as it starts it:
+    its breaker, opened by an earlier test's fault, lets creates through again, so this test's fault is met."""
+    from .foreign import publish_foreign
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # each round is a task run by the worker: no sleep needed
+        celery_id = publish_foreign(tasks.app, "tests.celery_project.app.echo", ("warm",), started.queue, {})
+        wait_for_result(celery_id)
+        if any(t["external_id"] == celery_id for t in server.tasks.values()):
+            return
+    raise AssertionError(f"the worker still created no task after {timeout} s:\n{started.log()[-3000:]}")
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["hang", *CANVAS_FAULTS])
+def test_a_chord_published_while_the_api_misbehaves_waits_one_budget_at_most(api, chord_worker, mode):  # noqa: F811
+    """A chord published from a task's body while the API misbehaves with its creates: the body waits one budget at
+    most for the header's creates, the header and the body run, and none of their tasks is left pending once the API
+    answers again."""
+    wait_until_the_worker_creates_again(api, chord_worker)
+    since, before = len(chord_worker.log()), len(api.requests)
+    misbehave(api, mode, "POST")
     try:
-        api.hang(method="POST")
-        publisher = chords.send(tasks.start_chord)  # its own create waits this process's budget: it hangs too
-        api.wait_for(lambda: re.search(r"record_me\[[0-9a-f-]{36}\] succeeded", chords.log()), timeout=30)
-        took = float(re.search(rf"start_chord\[{publisher.id}\] succeeded in ([0-9.]+)s", chords.log())[1])
+        publisher = chord_worker.send(tasks.start_chord)  # its own create meets the same API
+        api.wait_for(lambda: re.search(r"record_me\[[0-9a-f-]{36}\] succeeded", chord_worker.log()[since:]),
+                     timeout=30)
+        log = chord_worker.log()[since:]
+        took = float(re.search(rf"start_chord\[{publisher.id}\] succeeded in ([0-9.]+)s", log)[1])
         assert took <= BUDGET + 2 * SLACK, took  # the header's creates share one budget
+        if mode != "refused":  # the worker's creates of the header met the fault
+            header = [r for r in api.requests[before:]
+                      if r.method == "POST" and (r.json or {}).get("name") == "tests.celery_project.app.add"]
+            assert header, "no header create reached the API"
         api.clear_faults()
-        ran = re.findall(r"tests\.celery_project\.app\.(?:add|record_me)\[([0-9a-f-]{36})\] succeeded", chords.log())
-        assert len(ran) == 3, chords.log()
+        ran = re.findall(r"tests\.celery_project\.app\.(?:add|record_me)\[([0-9a-f-]{36})\] succeeded", log)
+        assert len(ran) == 3, log
         assert_nothing_left_pending(api, ran)
     finally:
         api.clear_faults()
-        stop_worker(chords)
-    report("chord(2 tasks) published from a task's body", "hang", took, tracked_share(api, ran))
+    assert api.api_key not in chord_worker.log() and api.key not in chord_worker.log()
+    report("chord(2 tasks) published from a task's body", mode, took, tracked_share(api, ran))
 
 
 @pytest.mark.integration
@@ -109,22 +168,30 @@ def test_progress_from_a_celery_tasks_body_while_the_api_is_down(api, worker, tm
     """The API goes down (refusing connections) once the task is running, before its body's updates: the task runs
     to its own result, its body held up a few budgets at most, and once the API is back the task ends ``success``
     with the progress its body reported."""
+    check_progress_while_the_api_goes_down(api, worker, tmp_path)
+
+
+def check_progress_while_the_api_goes_down(server, started, tmp_path) -> None:
     go = tmp_path / "go"
-    result = worker.send(tasks.progress_loop, 12, after=str(go))
-    api.wait_for(lambda: next((t for t in api.tasks.values()
-                               if t["external_id"] == result.id and t["status"] == "processing"), None), timeout=20)
-    api.refuse()
+    # ``after`` is the task's argument (in ``kwargs``): as a keyword of ``send`` it went to ``apply_async`` as an
+    # option, which Celery ignores, and the body ran at once, before the API went down
+    result = started.send(tasks.progress_loop, 12, kwargs={"after": str(go)})
+    server.wait_for(lambda: next((t for t in server.tasks.values()
+                                  if t["external_id"] == result.id and t["status"] == "processing"), None), timeout=20)
+    server.refuse()
     try:
         go.touch()
         body = wait_for_result(result.id, timeout=30)
     finally:
-        api.clear_faults()
+        server.clear_faults()
     assert body["value"] == 12 and body["tracked"] and body["shown"] == 12
     assert body["took"] <= 3 * BUDGET + SLACK, body["took"]
-    task = api.wait_for(lambda: next((t for t in api.tasks.values()
-                                      if t["external_id"] == result.id and t["status"] == "success"), None), timeout=30)
+    task = server.wait_for(lambda: next((t for t in server.tasks.values()
+                                         if t["external_id"] == result.id and t["status"] == "success"), None),
+                           timeout=30)
     assert (task["value"], task["value_max"]) == (12, 12)
-    report("tb.update() in a Celery task's body (12 in a row)", "refused", body["took"], "ran to its result; success")
+    report(f"tb.update() in a Celery task's body (12 in a row, {started.pool})", "refused", body["took"],
+           "ran to its result; success")
 
 
 @pytest.fixture(scope="module", params=["prefork", "threads"])
@@ -138,8 +205,16 @@ def pool_worker(request, taskbadger_server_session):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("mode", ["hang", "not_json", "503", "429"])
+@pytest.mark.parametrize("mode", ["hang", "not_json", "503", "429", "404"])
 def test_progress_from_a_celery_tasks_body_in_the_other_pools(api, pool_worker, mode):  # noqa: F811
     """The same in a prefork and a threads worker: a sample of the modes (a wait, a bad answer, an error, a
-    throttle); the solo worker above takes every one."""
+    throttle, a refusal: the API does not know the task); the solo worker above takes every one."""
     check_progress_from_a_celery_tasks_body(api, pool_worker, mode)
+
+
+@pytest.mark.integration
+def test_progress_from_a_celery_tasks_body_in_the_other_pools_while_the_api_is_down(  # noqa: F811
+        api, pool_worker, tmp_path):  # noqa: F811
+    """The API down once the task runs, in a prefork and a threads worker (the threads of one process share its
+    senders and breaker; each prefork child has its own): the same outcome as on the solo worker."""
+    check_progress_while_the_api_goes_down(api, pool_worker, tmp_path)
