@@ -28,6 +28,7 @@ class ProcrastinateWorker(Worker):
         django: bool = False,
         queue: str | None = None,
         concurrency: int = 4,
+        verbosity: int = 1,
     ) -> None:
         super().__init__(
             server,
@@ -38,6 +39,7 @@ class ProcrastinateWorker(Worker):
         )
         self.dsn = dsn
         self.django = django
+        self.verbosity = verbosity  # procrastinate's -v: 1 is INFO, 2 DEBUG (without Django)
 
     def start(self, timeout: float = 60.0) -> ProcrastinateWorker:
         env = {
@@ -63,7 +65,7 @@ class ProcrastinateWorker(Worker):
         if self.django:
             cmd = [sys.executable, "manage.py", "procrastinate", *worker_args]  # logging: Django's LOGGING
         else:
-            cmd = [sys.executable, "-m", "procrastinate", "--app", APP, "-v", *worker_args]
+            cmd = [sys.executable, "-m", "procrastinate", "--app", APP, "-" + "v" * self.verbosity, *worker_args]
         self._log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL

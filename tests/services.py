@@ -6,6 +6,7 @@ and sets TASKBADGER_REQUIRE_SERVICES=1, so there a missing server fails the test
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import socket
@@ -81,3 +82,9 @@ def api_fault(server, mode: str) -> None:
         server.misbehave("not_json")
     else:
         raise ValueError(f"unknown API fault {mode!r}: use one of {API_FAULTS}")
+
+
+def revoked_key(server) -> tuple[str, str]:
+    """A project key the stand-in refuses (401), as a revoked or mistyped one is: the key, and its secret part."""
+    secret = "revoked-" + uuid.uuid4().hex
+    return base64.b64encode(f"{server.organization}/{server.project}/{secret}".encode()).decode(), secret

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 
@@ -19,7 +20,7 @@ from taskbadger.procrastinate import TB_TASK_ID_KWARG
 from taskbadger.systems.procrastinate import ProcrastinateSystemIntegration
 
 from .procrastinate_project import app as tasks
-from .services import api_fault
+from .services import api_fault, revoked_key
 from .test_procrastinate import app, dsn, job_of, start, stop, wait_job  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
@@ -206,3 +207,29 @@ def test_a_periodic_run_whose_create_is_answered_late_keeps_its_outcome(taskbadg
     assert (first["status"], first["monitor_id"]) == ("success", monitor), first
     assert "abandoned" not in (first["data"] or {})
     assert not [t for t in taskbadger_server.tasks_named("tick") if t["status"] == "cancelled"]
+
+
+def test_a_key_the_api_refuses_is_said_never_shown(taskbadger_server, app, dsn, caplog):  # noqa: F811
+    """Contract 4 under a 401: a revoked key, in this process's ``init()`` and in the worker's ``TASKBADGER_API_KEY``.
+    The defers' creates and the worker's (each job went out untracked) are refused; every job succeeds, both processes
+    say the key was refused and where to set it, and neither the key nor its secret is in anything they log (the
+    worker's at DEBUG)."""
+    key, secret = revoked_key(taskbadger_server)
+    taskbadger.init(token=key, host=taskbadger_server.url, timeout=TIMEOUT, publish_budget=BUDGET,
+                    systems=[ProcrastinateSystemIntegration(app)])
+    caplog.set_level(logging.DEBUG, logger="taskbadger")
+    worker = start(taskbadger_server, dsn, verbosity=2,
+                   extra_env={"TASKBADGER_API_KEY": key, "TASKBADGER_PUBLISH_BUDGET": str(BUDGET)})
+    try:
+        job_ids = [tasks.echo.configure(queue=worker.queue).defer(value=f"k{i}") for i in range(2)]
+        assert [wait_job(app, job_id, timeout=30).status for job_id in job_ids] == ["succeeded"] * 2
+        refused = [r for r in taskbadger_server.requests if r.method == "POST"]
+        # the defers' creates, then the worker's as each job starts: all refused, no task made
+        assert len(refused) >= 2 and {r.status for r in refused} == {401}, refused
+        assert not taskbadger_server.tasks
+    finally:
+        stop(worker)
+    assert "401" in caplog.text and "TASKBADGER_API_KEY" in caplog.text, caplog.text
+    assert "401" in worker.log() and "TASKBADGER_API_KEY" in worker.log(), worker.log()[-4000:]
+    said = caplog.text + worker.log()
+    assert key not in said and secret not in said
