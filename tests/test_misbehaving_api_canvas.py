@@ -1,6 +1,7 @@
 """The misbehaving-API matrix (``test_misbehaving_api``), continued where it needs workers of its own or several
-shapes of publish: Celery's canvas (group, chain, chord) while the API hangs, a key the API refuses at publish and
-in the worker, a body's updates while the API is down, and the body's updates in a prefork and a threads worker.
+shapes of publish: Celery's canvas (group, chain, chord) while the API hangs, is down, refuses the key, errs,
+throttles, garbles or trickles its answers, a key the API refuses at publish and in the worker, a body's updates
+while the API is down, and the body's updates in a prefork and a threads worker.
 
 A module of its own: test processes take whole modules (``--dist loadfile``), so these run beside the first part
 instead of after it. Same budget, same bounds.
@@ -75,9 +76,10 @@ def test_a_canvas_published_while_the_api_fails_keeps_its_budget_and_every_task_
         assert [r for r in api.requests[before:] if r.method == "POST"], "no create reached the API"
     api.clear_faults()
     assert_nothing_left_pending(api, ids)
-    # said once, not once per task of the canvas: the create given up, and the pause of tracking that followed
+    # said once, not once per task of the canvas: each line once (the create given up, and why; the pause of tracking
+    # that followed; the API answering again), never a line per task
     said = [r.getMessage() for r in tb_log.records if r.levelno >= logging.WARNING]
-    assert len(said) <= 2 and len(set(said)) == len(said), said
+    assert len(set(said)) == len(said) < len(results), said
     assert all(api.api_key not in line and api.key not in line for line in said), said
     # a create carried out whose answer was unreadable (not_json) is found by its Celery id: no task is made twice
     made = [t["external_id"] for t in api.tasks.values() if t["external_id"] in set(ids)]
