@@ -17,7 +17,8 @@ import select
 import socket
 import ssl
 from collections import deque
-from functools import lru_cache
+from functools import lru_cache, partial
+from types import MappingProxyType
 
 import httptools
 
@@ -83,7 +84,7 @@ _KEPT_FIRST = frozenset(name[:1] for name in KEPT_HEADERS) | frozenset(name[:1].
 class _Answer:
     """One answer as it is parsed."""
 
-    __slots__ = ("status", "headers", "lines", "chunks", "size", "head_done", "keep_alive")
+    __slots__ = ("status", "headers", "lines", "chunks", "size", "head_done")
 
     def __init__(self) -> None:
         self.status = 0
@@ -92,11 +93,14 @@ class _Answer:
         self.chunks: list[bytes] = []
         self.size = 0  # body bytes so far
         self.head_done = False
-        self.keep_alive = False
+
+
+#: Complete answers not yet taken, each with whether the connection stays open after it.
+Ready = deque[tuple[Answer, bool]]
 
 
 class _Answers:
-    """httptools' callbacks for every answer on one connection, in the order they arrive.
+    """httptools' callbacks for every answer on one connection, in the order they arrive, with every check.
 
     One parser per connection, not per request: bytes after an answer (an unrequested second answer, a
     confused proxy) are parsed as the next answer rather than lost, so a caller can tell that its
@@ -104,10 +108,10 @@ class _Answers:
 
     __slots__ = ("parser", "current", "ready", "problem")
 
-    def __init__(self) -> None:
+    def __init__(self, ready: Ready) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.current: _Answer | None = None  # being parsed
-        self.ready: deque[_Answer] = deque()  # complete, not yet taken
+        self.ready = ready  # complete, not yet taken (the connection's)
         self.problem: str | None = None
 
     def on_message_begin(self) -> None:
@@ -150,12 +154,54 @@ class _Answers:
         if 100 <= answer.status < 200:
             return  # an interim answer (100 Continue): the real one follows
         # llhttp knows this only until the next message begins: read it now
-        answer.keep_alive = self.parser.should_keep_alive()
-        self.ready.append(answer)
+        self.ready.append((_whole(answer), self.parser.should_keep_alive()))
 
-    def pending(self) -> bool:
-        """Bytes of an answer arrived that nobody has taken."""
-        return bool(self.ready) or self.current is not None
+
+def _whole(answer: _Answer) -> Answer:
+    chunks = answer.chunks
+    return answer.status, answer.headers, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+#: The headers of an answer read by ``_Quick``: a 2xx answer on a kept-alive connection, whose headers nobody reads.
+_NO_HEADERS: MappingProxyType[str, str] = MappingProxyType({})
+
+
+class _Unusual(Exception):
+    """Raised inside ``_Quick``: the answer is not one it takes, ``_Answers`` parses the bytes again."""
+
+
+class _Quick:
+    """httptools' callbacks for the usual answers: whole 2xx answers on a kept-alive connection.
+
+    With ``on_header`` set, httptools makes two bytes objects and a call per header line (about 3k
+    instructions a line, whatever is called: a C method costs the same); without it, llhttp checks the head
+    in C and calls nothing. The headers of such an answer are not needed (no ``Retry-After``, its
+    framing is over), so this parser has none, and no Python call at the message's start or per body
+    chunk either (C methods of its own lists). ``Connection._take`` gives it only bytes that start at an
+    answer's first byte and hold at most ``MAX_HEAD_BYTES``; when they end inside an answer, hold another
+    kind of answer (not 2xx, a closing one, an interim 100), more lines than ``MAX_HEADERS`` or anything
+    llhttp refuses, they are parsed again from that first byte by ``_Answers``, with every check."""
+
+    __slots__ = ("parser", "ready", "chunks", "began", "on_message_begin", "on_body")
+
+    def __init__(self, ready: Ready) -> None:
+        self.ready = ready
+        self.chunks: list[bytes] = []  # the body so far
+        self.began: list[None] = []  # non-empty while an answer is being parsed
+        self.on_message_begin = partial(self.began.append, None)
+        self.on_body = self.chunks.append
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        if not 200 <= status < 300 or not parser.should_keep_alive():
+            raise _Unusual
+        chunks = self.chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.began.clear()
+        self.ready.append(((status, _NO_HEADERS, body), True))
 
 
 class Connection:
@@ -165,7 +211,11 @@ class Connection:
         self.scheme, self.host = scheme, host
         self.port = port or (443 if scheme == "https" else 80)
         self.sock: socket.socket | None = None
-        self._answers = _Answers()
+        self._ready: Ready = deque()
+        # At an answer's first byte the quick parser reads what comes; the full one, from the first byte
+        # the quick one did not take, until the answers are back at a first byte of their own.
+        self._quick: _Quick | None = None
+        self._answers: _Answers | None = None
         self._head_bytes = 0  # bytes received since the last complete head: bounded by MAX_HEAD_BYTES
         self._received = 0  # bytes received since the request was sent
         self._reusable = True  # False once it carried something nobody asked for
@@ -188,7 +238,12 @@ class Connection:
             self.sock = None
             raise
         self.sock = sock
-        self._answers, self._head_bytes, self._reusable = _Answers(), 0, True
+        self.fresh()
+
+    def fresh(self) -> None:
+        """Answers are read from the start of a new byte stream (a new connection)."""
+        self._ready = deque()
+        self._quick, self._answers, self._head_bytes, self._reusable = _Quick(self._ready), None, 0, True
 
     def _handshake(self, deadline: Deadline) -> None:
         sock = self.sock
@@ -214,7 +269,11 @@ class Connection:
     @property
     def reusable(self) -> bool:
         """Open, and nothing arrived on it that nobody asked for."""
-        return self.sock is not None and self._reusable and not self._answers.pending()
+        return self.sock is not None and self._reusable and not self._ready and not self._in_answer()
+
+    def _in_answer(self) -> bool:
+        """Bytes of an answer arrived, not all of it (the quick parser takes only whole answers)."""
+        return self._quick is None and self._answers is not None and self._answers.current is not None
 
     def send(self, data: bytes, deadline: Deadline) -> None:
         assert self.sock is not None
@@ -235,7 +294,7 @@ class Connection:
     def receive_some(self) -> Answer | None:
         """The next answer on the connection once it is complete (one non-blocking read if it is not
         here yet), else None."""
-        if self._answers.ready:
+        if self._ready:
             return self._next()
         if self.sock is None:
             return None
@@ -252,22 +311,39 @@ class Connection:
         return self._take(chunk)
 
     def _take(self, chunk: bytes) -> Answer | None:
-        answers = self._answers
+        ready = self._ready
         if not chunk:  # the server closed its side
             self.close()
-            if answers.ready:
+            if ready:
                 return self._next()
-            answer = answers.current
+            answer = None if self._answers is None or self._quick is not None else self._answers.current
             if answer is not None and answer.head_done and "content-length" not in answer.headers \
                     and "chunked" not in answer.headers.get("transfer-encoding", ""):
-                answers.current = None
+                self._answers.current = None  # type: ignore[union-attr]
                 answer.headers["connection"] = "close"  # a body that ends when the connection does
-                answers.ready.append(answer)
+                ready.append((_whole(answer), False))
                 return self._next()
             if self._received:
                 raise BadAnswer("the server closed the connection in the middle of its answer")
             raise ClosedBeforeAnswer("the server closed the connection before answering")
         self._received += len(chunk)
+        quick = self._quick
+        if quick is not None:
+            if len(chunk) <= MAX_HEAD_BYTES:
+                taken = len(ready)
+                try:
+                    quick.parser.feed_data(chunk)
+                    whole = not quick.began and chunk.count(b"\n") <= MAX_HEADERS
+                except httptools.HttpParserError:
+                    whole = False
+                if whole:
+                    return self._next() if ready else None
+                while len(ready) > taken:  # parsed again below, with their headers
+                    ready.pop()
+            self._quick = self._answers = None
+        answers = self._answers
+        if answers is None:  # the bytes start at an answer's first byte: a parser of its own from there
+            answers = self._answers = _Answers(ready)
         self._head_bytes += len(chunk)
         try:
             answers.parser.feed_data(chunk)
@@ -275,28 +351,31 @@ class Connection:
             self.close()
             if answers.problem is not None:
                 raise BadAnswer(answers.problem) from None
-            if not answers.ready:
+            if not ready:
                 raise BadAnswer(f"not an HTTP answer: {err}") from None
             self._reusable = False  # garbage after a whole answer: take the answer, never reuse
         current = answers.current
-        if current is None or current.head_done:
+        if current is None:  # between answers: the next one's first byte comes next
+            self._head_bytes = 0
+            if self.sock is not None and self._reusable:
+                self._quick = _Quick(ready)
+        elif current.head_done:
             self._head_bytes = 0
         elif self._head_bytes > MAX_HEAD_BYTES:
             self.close()
             raise BadAnswer(f"the answer's status line and headers are longer than {MAX_HEAD_BYTES} bytes")
-        return self._next() if answers.ready else None
+        return self._next() if ready else None
 
     def _next(self) -> Answer:
-        answer = self._answers.ready.popleft()
-        if not answer.keep_alive:
+        answer, keep_alive = self._ready.popleft()
+        if not keep_alive:
             self.close()
-        chunks = answer.chunks
-        return answer.status, answer.headers, chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return answer
 
     def read_answer(self, deadline: Deadline) -> Answer:
         """The next whole answer, before ``deadline``; TimeoutError when it passes first."""
         while True:
-            if self._answers.ready:
+            if self._ready:
                 return self._next()
             if self.sock is None:
                 raise BadAnswer("the server closed the connection in the middle of its answer")

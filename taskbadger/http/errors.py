@@ -30,7 +30,9 @@ class BadAnswerError(OSError):
     """The server's bytes are not a usable HTTP answer (the transports raise it; ``failure`` maps it)."""
 
 
-#: What a transport returns for one request: (status, headers with lower-case names, body).
+#: What a transport returns for one request: (status, headers with lower-case names, body). The pooled transport
+#: keeps only the headers the client reads (``Retry-After``, and the framing ones of an answer it had to check),
+#: and none of a whole 2xx answer on a kept-alive connection (``connection._Quick``).
 Answer = tuple[int, Mapping[str, str], bytes]
 
 
