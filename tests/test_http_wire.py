@@ -5,11 +5,14 @@ import socket
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import taskbadger
 from taskbadger import TransportError
 from taskbadger.config import build_config
 from taskbadger.http import build_request, pooled
+from taskbadger.http.connection import Connection
 
 
 class RawServer:
@@ -229,3 +232,51 @@ def test_the_c_encoder_is_used_only_where_it_agrees_with_the_standard_one(monkey
     assert not request_module._c_encoder_agrees()
     monkeypatch.setattr(request_module, "_C_MAKE_ENCODER", lambda *args: (lambda value, level: ["{}"]))
     assert not request_module._c_encoder_agrees()
+
+
+# -- the two answer parsers' hand-offs, on any split of the bytes -------------------------------------------------
+
+@st.composite
+def _answer(draw):
+    """(bytes of one kept-alive answer, its status, its body, its Retry-After or None)."""
+    status = draw(st.sampled_from([200, 201, 429, 503, 100]))
+    if status == 100:  # an interim answer: the real one follows it on the wire
+        wire, real_status, body, retry = draw(_answer().filter(lambda a: a[1] != 100))
+        return b"HTTP/1.1 100 Continue\r\n\r\n" + wire, real_status, body, retry
+    body = draw(st.binary(max_size=300))
+    extra = b"".join(b"X-Extra-%d: %s\r\n" % (i, b"v" * draw(st.integers(0, 40)))
+                     for i in range(draw(st.integers(0, 6))))
+    retry = str(draw(st.integers(0, 30))) if status in (429, 503) else None
+    head = b"HTTP/1.1 %d Status\r\n%s" % (status, extra)
+    if retry is not None:
+        head += b"Retry-After: %s\r\n" % retry.encode()
+    if draw(st.booleans()):
+        cut = draw(st.integers(0, len(body)))
+        pieces = [p for p in (body[:cut], body[cut:]) if p]
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+        return head + b"Transfer-Encoding: chunked\r\n\r\n" + framed, status, body, retry
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body, status, body, retry
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(answers=st.lists(_answer(), min_size=1, max_size=5), data=st.data())
+def test_answers_split_anywhere_read_the_same_through_both_parsers(answers, data):
+    """The usual answers (whole 2xx, kept alive) are read by a parser without headers, anything else again from its
+    first byte by the one with every check: on one connection, whatever the reads cut, each answer arrives once, in
+    order, with its status, its body and (for a 429/503) its Retry-After, and the connection stays reusable."""
+    wire = b"".join(a[0] for a in answers)
+    cuts = sorted(data.draw(st.lists(st.integers(1, max(1, len(wire) - 1)), max_size=6, unique=True)))
+    conn = Connection("http", "127.0.0.1", 80)
+    conn.fresh()
+    got = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        answer = conn._take(wire[start:end])
+        if answer is not None:
+            got.append(answer)
+        while conn._ready:
+            got.append(conn._next())
+    assert [(status, body) for status, _, body in got] == [(a[1], a[2]) for a in answers]
+    for (_, headers, _), (_, _, _, retry) in zip(got, answers, strict=True):
+        if retry is not None:
+            assert headers.get("retry-after") == retry
+    assert not conn._in_answer() and not conn._ready
