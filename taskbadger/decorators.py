@@ -9,7 +9,9 @@ import functools
 import inspect
 import logging
 import sys
+import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
 from . import lifecycle
@@ -20,11 +22,10 @@ from .config import get_config, is_configured
 from .delivery import sender
 from .delivery.queue import pending_updates
 from .exceptions import InvalidData, MissingConfiguration
-from .inline import create_inline
+from .inline import Created, create_inline
 from .lifecycle.options import OPTIONS, check_option
 from .models import StatusEnum, fitted_name, format_datetime, is_json
 from .scope import parent_for_new_task
-from .task import Task
 
 log = logging.getLogger("taskbadger")
 
@@ -35,6 +36,19 @@ _FIELDS = frozenset(inspect.signature(create_task).parameters) - {"name", "monit
 _CREATORS = 16
 _creators: PerProcess[concurrent.futures.ThreadPoolExecutor] = PerProcess(
     lambda: concurrent.futures.ThreadPoolExecutor(_CREATORS, thread_name_prefix="taskbadger-track"))
+#: How the ``external_id`` a call's task gets when its decorator gives none starts (``taskbadger run``'s are
+#: ``taskbadger-run-…``).
+OWN_EXTERNAL_ID = "taskbadger-track-"
+
+
+@dataclass(frozen=True)
+class _Unsettled:
+    """A call whose create the API may have carried out although its answer was lost (cut, unreadable, too late), and
+    that was not found in time: the call runs untracked, and its outcome is recorded on that task, found by
+    ``external_id``, once the API answers (``lifecycle.settle``), or when the create's late answer names it. Else the
+    task stayed ``processing`` for ever, or was closed ``cancelled`` for a call that succeeded."""
+
+    external_id: str
 
 
 @overload
@@ -87,37 +101,47 @@ def track(
                                       "parent": parent_for_new_task(),
                                       "start_time": format_datetime(dt.datetime.now(dt.timezone.utc))}
             values.update(task_kwargs)  # an explicit parent= wins over the enclosing call
+            if not values.get("external_id"):
+                # What tells this call's task when its create's answer is lost (the API carried it out, its answer
+                # was cut or came too late): looked up, or its outcome recorded on it later, by this id.
+                values["external_id"] = f"{OWN_EXTERNAL_ID}{uuid.uuid4()}"
             return {k: v for k, v in values.items() if v is not None}
 
-        def create(values: dict[str, Any], max_in_flight: int | None = None) -> Task | None:
+        def create(values: dict[str, Any], max_in_flight: int | None = None) -> Created | None:
             if not is_configured():
                 log_once("track:unconfigured", logging.WARNING, "Task Badger is not configured, so tasks are not "
                          "tracked: %s", MissingConfiguration(["token"]))
                 return None
-            return create_inline(task_name, values, monitor_id, where="call", max_in_flight=max_in_flight).task
+            return create_inline(task_name, values, monitor_id, where="call", max_in_flight=max_in_flight)
 
-        def begin(task: Task | None) -> lifecycle.Run | None:
-            if task is None:
+        def begin(created: Created | None, values: dict[str, Any]) -> lifecycle.Run | _Unsettled | None:
+            if created is None:
                 return None
-            run = lifecycle.Run.of_task(task)
+            if created.task is None:
+                external_id = values.get("external_id")
+                return _Unsettled(external_id) if created.maybe_created and isinstance(external_id, str) else None
+            run = lifecycle.Run.of_task(created.task)
             lifecycle.enter(run)
             return run
 
-        def finish(run: lifecycle.Run | None, exc: BaseException | None) -> None:
+        def finish(run: lifecycle.Run | _Unsettled | None, exc: BaseException | None) -> None:
             if run is None:
                 return
             try:
-                if exc is None:
+                if isinstance(run, _Unsettled):
+                    lifecycle.settle(run.external_id, StatusEnum.SUCCESS if exc is None else StatusEnum.ERROR, exc)
+                elif exc is None:
                     lifecycle.succeed(run)
                 else:
                     lifecycle.fail(run, exc)
             except Exception as err:
                 log.warning("Task Badger: could not record the end of %s: %s", short(task_name), err)
             finally:
-                lifecycle.leave(run)
+                if isinstance(run, lifecycle.Run):
+                    lifecycle.leave(run)
             _deliver_in_a_pool_worker()
 
-        async def create_off_the_loop(values: dict[str, Any], context: contextvars.Context) -> Task | None:
+        async def create_off_the_loop(values: dict[str, Any], context: contextvars.Context) -> Created | None:
             import asyncio  # loaded already: this runs on its event loop
 
             # a coroutine waiting for its create blocks neither the loop nor other coroutines: as many
@@ -137,7 +161,7 @@ def track(
             async def run_async(*args: Any, **kwargs: Any) -> Any:
                 values = fields()
                 context = contextvars.copy_context()  # the create reads the scope of this coroutine
-                tracked = begin(await create_off_the_loop(values, context))
+                tracked = begin(await create_off_the_loop(values, context), values)
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
@@ -157,7 +181,8 @@ def track(
             async def run_async_generator(*args: Any, **kwargs: Any) -> Any:
                 agen = fn(*args, **kwargs)
                 context = contextvars.copy_context()
-                tracked = context.run(begin, await create_off_the_loop(fields(), context))
+                values = fields()
+                tracked = context.run(begin, await create_off_the_loop(values, context), values)
                 sent: Any = None
                 thrown: BaseException | None = None
                 while True:
@@ -191,7 +216,8 @@ def track(
             def run_generator(*args: Any, **kwargs: Any) -> Any:
                 gen = fn(*args, **kwargs)
                 context = contextvars.copy_context()
-                tracked = context.run(lambda: begin(create(fields())))
+                values = context.run(fields)
+                tracked = context.run(begin, context.run(create, values), values)
                 if tracked is None:
                     return (yield from gen)
                 sent: Any = None
@@ -223,14 +249,15 @@ def track(
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            tracked = begin(create(fields()))
+            values = fields()
+            tracked = begin(create(values), values)
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
                 finish(tracked, exc)
                 raise
             finish(tracked, None)
-            if tracked is not None and inspect.isawaitable(result):
+            if isinstance(tracked, lifecycle.Run) and inspect.isawaitable(result):
                 log_once(f"track:awaitable:{task_name[:200]}", logging.WARNING, "Task Badger: @track: %s returned an "
                          "awaitable, not its result: its task ended when the call returned, before the awaitable ran. "
                          "Decorate the async function itself (put @track below the decorator that wraps it).",

@@ -11,7 +11,6 @@ answer meant for another request (a confused server or proxy) never becomes some
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from . import http
 from ._runtime import short
 from .config import Config, get_config, unconfigured_reason
 from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException, UnexpectedStatus
-from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id, parse_datetime, storable
+from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id, storable
 
 
 def current_config() -> Config:
@@ -274,19 +273,15 @@ FIND_PAGES = 3
 FIND_PAGE_SIZE = 100
 
 
-def find_recent(external_id: str | None, deadline: http.Deadline, name: str | None = None,
-                started: dt.datetime | None = None, pages: int = FIND_PAGES) -> TaskModel | None:
+def find_recent(external_id: str, deadline: http.Deadline, name: str | None = None,
+                pages: int = FIND_PAGES) -> TaskModel | None:
     """The newest task with this ``external_id`` (and this ``name``, when given) among the project's most
-    recent ones (``pages`` pages of ``FIND_PAGE_SIZE``), or None. Without an ``external_id``: the newest task of this
-    ``name`` whose ``start_time`` is ``started`` (a ``@track`` call's create, which sends the microsecond its call
-    started).
+    recent ones (``pages`` pages of ``FIND_PAGE_SIZE``), or None.
 
     For a create whose answer was lost (given up at its deadline, a 5xx, an answer that could not be
-    read): the API may hold the task, and only its ``external_id`` (a Celery id, a job id) can tell
-    it; a job id that only counts up in one database (Procrastinate's) needs the name too. Looks at the
+    read): the API may hold the task, and only its ``external_id`` (a Celery id, a job id, a ``@track`` call's own)
+    can tell it; a job id that only counts up in one database (Procrastinate's) needs the name too. Looks at the
     newest ``pages * FIND_PAGE_SIZE`` tasks at most, before ``deadline``."""
-    if external_id is None and (name is None or started is None):
-        raise ValueError("find_recent needs an external_id, or a name and a start time")
     config = current_config()
     # as the API holds it: its create sent U+FFFD for a lone surrogate or NUL (``http.request._encoded``), so a raw
     # id holding one (a Celery id made from a file name that is not UTF-8) never matched
@@ -300,10 +295,7 @@ def find_recent(external_id: str | None, deadline: http.Deadline, name: str | No
         for item in payload["results"]:
             if not isinstance(item, dict) or (name is not None and not _same_name(item.get("name"), name)):
                 continue
-            if external_id is not None:
-                if item.get("external_id") == external_id:
-                    return task_answer(config, item)
-            elif parse_datetime(item.get("start_time")) == started:
+            if item.get("external_id") == external_id:
                 return task_answer(config, item)
         cursor = cursor_of(payload.get("next"))
         if cursor is None:

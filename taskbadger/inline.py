@@ -6,8 +6,8 @@ its publisher could not track, and by ``@track``.
   hanging. Never retried here.
 * A create whose answer is lost although the API may have carried it out (a missed deadline, a 5xx, an
   answer that cannot be read, a connection lost mid-answer) is *ambiguous*. With time left in the
-  budget and an ``external_id`` to tell the task by (for a ``@track`` call without one: its name and the
-  microsecond the call started, which its create sends), the task is looked up among the newest ones
+  budget and an ``external_id`` to tell the task by (a ``@track`` call's create sends one of its own when its
+  decorator gives none), the task is looked up among the newest ones
   (``endpoints.find_recent``) and used if it is there. Otherwise the caller is told (``maybe_created``):
   the Celery publisher marks the message, and the worker looks again when the task starts (``find``),
   taking the task up if it is still ``pending``, creating it otherwise.
@@ -47,7 +47,7 @@ from .exceptions import (
     TransportError,
     UnexpectedStatus,
 )
-from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime, parse_datetime
+from .models import TERMINAL_STATUSES, StatusEnum, TaskModel, format_datetime
 from .task import Task, create_body_or_skip
 
 log = logging.getLogger("taskbadger")
@@ -221,7 +221,7 @@ def create_from_body(config: Config, name: str, body: Mapping[str, Any], monitor
 
 
 def find(external_id: str, open_only: bool = False, name: str | None = None, ended_too: bool = False,
-         within: float | None = None) -> Found:
+         within: float | None = None, settling: bool = False) -> Found:
     """The task a create that may have been carried out made, if it is still ``pending`` (nobody took it
     up, nobody closed it): looked up by ``external_id`` within the publish budget, through the breaker.
     ``Found.asked`` is False when the lookup was skipped or failed (the API is failing): ``settle_later``
@@ -229,8 +229,8 @@ def find(external_id: str, open_only: bool = False, name: str | None = None, end
     no final state yet (a run that was created ``processing``), not only a ``pending`` one. ``name``: only a
     task of that name (for ids that repeat across databases). ``ended_too``: whatever its status (a job put back
     in its queue by hand after it failed: its task ended ``error``). ``within``: seconds, when the caller can wait
-    less than the publish budget."""
-    read = _read(lambda deadline: endpoints.find_recent(external_id, deadline, name), within)
+    less than the publish budget. ``settling``: a lookup of the settler's (see ``_read``'s ``closes``)."""
+    read = _read(lambda deadline: endpoints.find_recent(external_id, deadline, name), within, closes=not settling)
     model = read.model
     usable = model is not None and (ended_too or (model.status not in TERMINAL_STATUSES if open_only else
                                                   model.status == StatusEnum.PENDING))
@@ -263,9 +263,13 @@ def _deadline(config: Config, within: float | None) -> http.Deadline:
     return http.Deadline(seconds, config.timeout[0])
 
 
-def _read(request: Callable[[http.Deadline], TaskModel | None], within: float | None = None) -> _Read:
+def _read(request: Callable[[http.Deadline], TaskModel | None], within: float | None = None,
+          closes: bool = True) -> _Read:
     """``request``, made now within the publish budget through the breaker (a job's body, or a worker's start,
-    waits for it); never raises, except what interrupts it (see ``Breaker.abandon``)."""
+    waits for it); never raises, except what interrupts it (see ``Breaker.abandon``). ``closes``: whether its answer
+    counts as the API's recovery for the creates; not the settler's lookups, which follow creates that failed: an API
+    whose creates hang while it answers reads would otherwise never open the breaker, and every ``@track`` call (each
+    ends with a lookup of its task) would wait its whole budget."""
     config = get_config()
     if config is None:
         return _Read(None, answered=True)
@@ -274,6 +278,8 @@ def _read(request: Callable[[http.Deadline], TaskModel | None], within: float | 
     call = breaker.begin(creates=False, deadline=deadline)
     if call is None:
         return _Read(None, answered=False)
+    # an answer that does not close the breaker says nothing of the creates: the failures counted so far stand
+    answered: Callable[[int], None] = breaker.end if closes else breaker.abandon
     try:
         model = request(deadline)
     except (TransportError, ServerError, RateLimited) as err:
@@ -283,12 +289,12 @@ def _read(request: Callable[[http.Deadline], TaskModel | None], within: float | 
         breaker.end(call, err)
         return _Read(None, answered=False, error=err)
     except TaskbadgerException as err:  # refused (4xx): the API answered
-        breaker.end(call)
+        answered(call)
         return _Read(None, answered=True, error=err)
     except BaseException:
         breaker.abandon(call)  # interrupted on our side (see Breaker.abandon)
         raise
-    breaker.end(call)
+    answered(call)
     return _Read(model, answered=True)
 
 
@@ -410,7 +416,7 @@ class _Settler:
     def _settle_held(self, external_id: str, fields: dict[str, Any]) -> bool | None:
         create = fields.get(CREATE_TASK)
         # A run that can be created: any task of its id is its own (one ended meanwhile too), or it would be made twice.
-        found = find(external_id, open_only=True, ended_too=create is not None)
+        found = find(external_id, open_only=True, ended_too=create is not None, settling=True)
         if not found.asked:
             return None
         if found.task is None:
@@ -517,25 +523,19 @@ _settler: PerProcess[_Settler] = PerProcess(_Settler)
 
 
 def _look_up(name: str, fields: Mapping[str, Any], where: str, deadline: http.Deadline) -> Task | None:
-    """After an ambiguous create: the task, if the API holds it and the budget leaves time to ask. It is told by its
-    ``external_id``; a ``@track`` call's (which has none, unless its decorator gives one) by its name and the
-    microsecond its call started, which its create sent, if it has not ended (a call of a decorator that gives a
-    fixed ``start_time`` must not take up an earlier call's task)."""
+    """After an ambiguous create: the task, if the API holds it and the budget leaves time to ask, told by its
+    ``external_id`` (a ``@track`` call's is one of its own, unless its decorator gives one). A ``@track`` call's task
+    has not ended: one found ended is an earlier call's, of a decorator that gives a fixed ``external_id``."""
     if deadline.remaining() < _LOOKUP_SHARE * deadline.seconds:
         return None
     external_id = fields.get("external_id")
-    started = parse_datetime(fields.get("start_time")) if where == "call" else None
-    if isinstance(external_id, str) and external_id:
-        by: dict[str, Any] = {}
-    elif external_id is None and started is not None:
-        by = {"name": name, "started": started}
-    else:
+    if not isinstance(external_id, str) or not external_id:
         return None
     try:
-        model = endpoints.find_recent(external_id, deadline, **by)
+        model = endpoints.find_recent(external_id, deadline)
     except TaskbadgerException:
         return None
-    if model is None or (external_id is None and model.status in TERMINAL_STATUSES):
+    if model is None or (where == "call" and model.status in TERMINAL_STATUSES):
         return None
     return Task(model)
 

@@ -254,6 +254,76 @@ def test_a_tracked_call_from_one_thread(api, mode):
            f"{statuses.count('cancelled')} created late and closed cancelled, {4 - len(statuses)} untracked")
 
 
+def tracked_kinds(name: str, body):
+    """One ``@track`` of each kind a call can be, each running ``body()`` and returning (or yielding) its result:
+    a function, a coroutine function, a generator function and an async generator function."""
+    import asyncio
+
+    @taskbadger.track(name=name)
+    def function():
+        return body()
+
+    @taskbadger.track(name=name)
+    async def coroutine():
+        await asyncio.sleep(0)
+        return body()
+
+    @taskbadger.track(name=name)
+    def generator():
+        yield body()
+
+    @taskbadger.track(name=name)
+    async def async_generator():
+        await asyncio.sleep(0)
+        yield body()
+
+    async def consume(agen):
+        return [item async for item in agen]
+
+    return {"function": function, "coroutine": lambda: asyncio.run(coroutine()),
+            "generator": lambda: list(generator())[0],
+            "async generator": lambda: asyncio.run(consume(async_generator()))[0]}
+
+
+def ended(api, name: str, timeout: float = 15):
+    """The task of ``name`` once it has a final state."""
+    return api.wait_for(lambda: next((t for t in api.tasks_named(name)
+                                      if t["status"] in ("success", "error", "cancelled")), None), timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", ["function", "coroutine", "generator", "async generator"])
+@pytest.mark.parametrize("outcome", ["success", "error"])
+def test_a_tracked_calls_task_whose_answer_and_lookup_were_cut_ends_with_the_calls_outcome(api, kind, outcome):
+    """The API carried the create out and cut its answer (a reset mid-answer), and cut the lookup that followed too:
+    the call ran untracked, and its task stayed ``processing`` for ever (it had no ``external_id`` to be found by
+    later). Now the call's task has an ``external_id`` of its own, and once the API answers again the call's outcome
+    is recorded on it."""
+    name = f"cut {kind} {outcome}"
+
+    def body():
+        if outcome == "error":
+            raise ValueError("the call's own error")
+        return "the call's result"
+
+    call = tracked_kinds(name, body)[kind]
+    api.misbehave("reset")  # every request: the create is carried out, its answer cut; so is the lookup's
+    if outcome == "error":
+        with pytest.raises(ValueError, match="the call's own error"):
+            call()
+    else:
+        assert call() == "the call's result"
+    [made] = api.tasks_named(name)
+    assert made["status"] == "processing"
+    assert [r for r in api.requests if r.method == "GET"]  # the lookup was made, and cut
+    api.clear_faults()
+    task = ended(api, name)
+    assert task["status"] == outcome, task
+    if outcome == "error":
+        assert task["data"]["exception_type"] == "ValueError", task["data"]
+        assert "ValueError: the call's own error" in task["data"]["exception"], task["data"]
+    assert len(api.tasks_named(name)) == 1
+
+
 # -- updates from a job's body ------------------------------------------------------------------------------
 
 #: The body's updates against each mode, and against an API that answers them with an error.

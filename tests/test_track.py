@@ -56,6 +56,21 @@ def test_bare_decorator_tracks_success(taskbadger_server):
     assert task["start_time"] and task["end_time"]
 
 
+def test_each_calls_task_has_an_external_id_of_its_own_unless_the_decorator_gives_one(taskbadger_server):
+    # what tells a call's task when its create's answer is lost (docs/sdk.md)
+    @track(name="given", external_id="nightly-report")
+    def given():
+        return 1
+
+    add(1, 1)
+    add(2, 2)
+    given()
+    assert taskbadger.flush(5)
+    ids = [t["external_id"] for t in taskbadger_server.tasks_named(f"{__name__}.add")]
+    assert len(set(ids)) == 2 and all(i.startswith("taskbadger-track-") for i in ids), ids
+    assert [t["external_id"] for t in taskbadger_server.tasks_named("given")] == ["nightly-report"]
+
+
 def test_decorator_with_options_records_the_exception_and_reraises(taskbadger_server):
     with pytest.raises(ValueError, match="bad input"):
         explode()
