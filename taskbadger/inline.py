@@ -15,8 +15,8 @@ its publisher could not track, and by ``@track``.
   background (``taskbadger.http.late``), and the task it names is closed as ``cancelled`` with
   ``data["abandoned"]`` saying why, unless a worker has taken it up meanwhile (after ``LATE_CLOSE_GRACE``, for a
   publish: so that a worker taking it up now is seen): no task stays ``pending`` for ever because its creator
-  stopped waiting. A worker's create for a run that has started is not closed: the run's outcome is recorded on
-  it (at once if the run has ended, else when it ends: ``settle_later``).
+  stopped waiting. The create of a run that has started (a worker's, a ``@track`` call's) is not closed: the run's
+  outcome is recorded on it (at once if the run has ended, else when it ends: ``settle_later``).
 * A create refused because of its monitor is made again at once without it, within the same budget, and the
   monitor is left out of later creates for a while (``taskbadger.monitors``): the task is tracked, without the
   monitor, and one warning says which setting to fix.
@@ -561,20 +561,21 @@ LATE_CLOSE_GRACE = 30.0
 
 def _close_when_answered(config: Config, name: str, where: str, external_id: Any = None) -> http.LateAnswer:
     """The callback for a create's late answer: close the task it names. A task created at publish is
-    closed only if it is still ``pending``: a worker may have found it and taken it up. One a worker created
-    for a run that has started, with an ``external_id``, is the run's: it records its outcome on it
-    (``create_at_start`` settles it). Another (``@track``) is nobody else's to take up: the run went on
-    untracked."""
+    closed only if it is still ``pending``: a worker may have found it and taken it up. One made for a run that
+    has started (a worker's, a ``@track`` call's), with an ``external_id``, is the run's: it records its outcome on it
+    (``create_at_start`` and ``@track`` settle it). Another (a run's create without an ``external_id``, which
+    ``before_create`` took out) is nobody else's to take up: the run went on untracked."""
 
     def close(answer: http.Answer) -> None:
         try:
             task = endpoints.task_answer(config, http.decode(*answer))
         except Exception:
             return  # an error status, or not a task: nothing was created that we could close
-        if where == "start" and isinstance(external_id, str) and external_id:
-            # Made for a run that has started: the run records its outcome on it (``settle``, or the lookup made after
-            # the create was given up found it); its outcome is recorded now if it has ended. Closing it would
-            # cancel a run that went on, and its monitor's check-in.
+        if where in ("start", "call") and isinstance(external_id, str) and external_id:
+            # Made for a run that has started (a worker's, a ``@track`` call's): the run records its outcome on it
+            # (``settle``, or the lookup made after the create was given up found it); its outcome is recorded now if
+            # it has ended. Closing it would show a call that succeeded as cancelled, and cancel its monitor's
+            # check-in.
             settler = _settler.get()
             if not settler.late_answer(external_id, task.id):
                 log_throttled(f"late:{name[:200]}", 60.0, logging.INFO,
