@@ -11,7 +11,7 @@ class CarriedTask(models.Model):
     failed one a day)."""
 
     result_id = models.CharField(max_length=64, primary_key=True)  # TaskResult.id
-    state = models.CharField(max_length=8)  # creating | created | maybe | done
+    state = models.CharField(max_length=8)  # creating | created | maybe | left | done
     # lifecycle.Meta.to_dict() as JSON text, checked where it is read (a text column: no JSON support asked of
     # the database, nor a connection at check time)
     meta = models.TextField(null=True)

@@ -91,3 +91,23 @@ def test_progress_from_a_tasks_body_never_fails_or_holds_up_the_task(project, ta
                                                  if t["external_id"] == item["id"] and t["status"] == "success"
                                                  and t["value"] == 12), None), timeout=30)
 
+
+def test_a_child_whose_create_failed_at_enqueue_is_created_by_its_worker_under_its_parent(project, taskbadger_server,
+                                                                                          tmp_path):
+    """A tracked task's body enqueues a child while the API refuses that create (a 503): the child goes out untracked,
+    and its worker creates its task when it starts. It was created without a parent (the worker runs no task that
+    could be it, and the channel kept no entry for a job whose create failed): a page listing the parent's children
+    missed it. The parent now stays in the child's entry."""
+    gate = tmp_path / "go"
+    (parent,) = project.enqueue("enqueue_child_when", str(gate))
+    parent_task = taskbadger_server.wait_for(lambda: next(
+        (t for t in by_external_id(taskbadger_server, parent["id"]) if t["status"] == "processing"), None), timeout=30)
+    taskbadger_server.fail(503, times=1, method="POST")  # the child's create at enqueue (the parent's is done)
+    gate.write_text("go")
+    child_id = wait_result(project, parent["id"], "SUCCESSFUL", timeout=45)["return_value"]
+    wait_result(project, child_id, "SUCCESSFUL", timeout=45)
+    child = taskbadger_server.wait_for(lambda: next(
+        (t for t in by_external_id(taskbadger_server, child_id) if t["status"] == "success"), None), timeout=30)
+    creates = [r for r in taskbadger_server.requests if r.method == "POST" and r.json.get("external_id") == child_id]
+    assert {c.json["status"] for c in creates} == {"pending", "processing"}  # refused at enqueue, made by the worker
+    assert child["parent"] == parent_task["id"]

@@ -114,10 +114,11 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
             message[MAYBE_CREATED_KEY] = True
         if celery_id is not None:  # its worker creates (or takes up) its task at start: a page can follow it
             left_to_worker().remember(celery_id, tracked_name)
-        if fields.get("parent") is not None and "parent" not in options:
+        carried = lifecycle.untracked_options(fields, options)
+        if carried:
             # Its worker creates (or looks up) its task when it starts, where the task that published it is not
             # running: its parent travels with the options left on the message, as one given explicitly.
-            message[KWARGS_KEY] = {**incoming.options, "parent": fields["parent"]}
+            message[KWARGS_KEY] = {**incoming.options, **carried}
         return None
     message.pop(KWARGS_KEY, None)  # resolved into the created task
     write_meta(message, lifecycle.created_meta(task, heartbeat, stale_timeout))

@@ -2,10 +2,13 @@
 worker that runs it: ``django.tasks`` carries no message headers, so each side writes and reads an
 entry keyed by the ``TaskResult`` id.
 
-An entry is in one of three states: ``creating`` (the publisher claimed the task and is creating it:
+An entry is in one of four states: ``creating`` (the publisher claimed the task and is creating it:
 a worker that starts it meanwhile waits for the answer, within the publish budget), ``created`` (its
-``Meta`` is there) or ``maybe`` (the create's answer was lost: the worker looks the task up before
-creating it). Whoever claims first (the publisher at enqueue, or a worker that starts the task before
+``Meta`` is there), ``maybe`` (the create's answer was lost: the worker looks the task up before
+creating it) or ``left`` (the create failed: the worker creates the task). A ``maybe`` or ``left`` entry
+holds the options the worker's create needs from the enqueue (``lifecycle.untracked_options``: the
+parent of a task enqueued from a tracked task's body); a job whose create failed with nothing to carry
+has no entry. Whoever claims first (the publisher at enqueue, or a worker that starts the task before
 the publisher's signal ran, as the RQ backend allows) is the only one that creates it: one Task Badger
 task per ``TaskResult``.
 
@@ -22,7 +25,7 @@ from typing import Any, Protocol
 
 from .._runtime import ForkSafeLock
 
-CREATING, CREATED, MAYBE = "creating", "created", "maybe"
+CREATING, CREATED, MAYBE, LEFT = "creating", "created", "maybe", "left"
 #: A task that ended in success: its entry stays a little while, so that an enqueue whose signal comes after its
 #: job already ran (a fast RQ worker) finds it claimed and does not create a second task.
 DONE = "done"

@@ -24,7 +24,7 @@ from .. import lifecycle, spooling
 from .._runtime import ForkSafeLock
 from ..config import get_config
 from ..models import StatusEnum, exception_data, is_task_id
-from .channel import CREATED, CREATING, MAYBE, Channel, Entry, LocalChannel
+from .channel import CREATED, CREATING, LEFT, MAYBE, Channel, Entry, LocalChannel
 from .options import module_path, options_for
 
 log = logging.getLogger("taskbadger")
@@ -117,12 +117,19 @@ def on_enqueued(task_result: Any) -> None:
     if not channel.claim(task_result.id):
         return  # a worker started it first and tracks it
     options = _options(name)
-    created = lifecycle.enqueue(_fields(task_result, name, options, system), "publish")
+    fields = _fields(task_result, name, options, system)
+    created = lifecycle.enqueue(fields, "publish")
     if created.task is None:
+        # Its worker creates its task (or looks it up) when it starts, where the task that enqueued it is not
+        # running: what it needs from here (the parent) stays in the entry. Without one, a child enqueued while the
+        # API failed was created with no parent.
+        carried = lifecycle.untracked_options(fields, options)
         if created.maybe_created:
-            channel.put(task_result.id, MAYBE)
+            channel.put(task_result.id, MAYBE, carried or None)
+        elif carried:
+            channel.put(task_result.id, LEFT, carried)  # certainly not created: the worker creates it
         else:
-            channel.discard(task_result.id)  # certainly not created: the worker may create it
+            channel.discard(task_result.id)  # certainly not created, nothing to carry: the worker may create it
         return
     heartbeat, stale = lifecycle.heartbeat_options(options, system, name)
     channel.put(task_result.id, CREATED, lifecycle.created_meta(created.task, heartbeat, stale).to_dict())
@@ -235,13 +242,21 @@ def _meta_of(task_result: Any, name: str, system: Any, channel: Channel, entry: 
         return lifecycle.parse_meta(entry.meta, name, "django.tasks entry")
     if not _tracked(system, name, options_for(name)):
         return None
-    # the creator's answer was lost (maybe created), or it is still creating at the deadline: look it up
-    return _create_at_start(task_result, name, system, channel, maybe_created=entry is not None, look_up=look_up)
+    left = entry is not None and entry.state == LEFT
+    carried = lifecycle.carried_options(entry.meta, name) if entry is not None and entry.state in (LEFT, MAYBE) else {}
+    # the creator's answer was lost (maybe created), or it is still creating at the deadline: look it up; its create
+    # certainly failed (left): create it
+    return _create_at_start(task_result, name, system, channel, maybe_created=entry is not None and not left,
+                            look_up=look_up, carried=carried, left=left)
 
 
 def _create_at_start(task_result: Any, name: str, system: Any, channel: Channel,
-                     maybe_created: bool, look_up: bool = False, held: bool = False) -> lifecycle.Meta | None:
-    options = _options(name)
+                     maybe_created: bool, look_up: bool = False, held: bool = False,
+                     carried: dict[str, Any] | None = None, left: bool = False) -> lifecycle.Meta | None:
+    """``carried``: the options the entry carried from the enqueue (``lifecycle.carried_options``); ``left``: the
+    entry is the publisher's, who could not create the task (kept when this create fails too: a run again finds what
+    it carries)."""
+    options = {**_options(name), **(carried or {})}
     started = lifecycle.create_at_start(task_result.id, options, system,
                                         lambda: _fields(task_result, name, options, system),
                                         maybe_created=maybe_created or look_up)
@@ -249,8 +264,8 @@ def _create_at_start(task_result: Any, name: str, system: Any, channel: Channel,
         with _runs_lock:
             _settle.add(task_result.id)
     if started.meta is None:
-        if not maybe_created and not held:
-            channel.discard(task_result.id)
+        if not maybe_created and not held and not left:
+            channel.discard(task_result.id)  # this worker's claim
         return None
     if not held:  # (a held entry is its transaction's: it commits with its publisher's task, or goes)
         channel.put(task_result.id, CREATED, started.meta.to_dict())  # a run again finds its task

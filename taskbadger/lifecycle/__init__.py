@@ -62,9 +62,10 @@ from .options import OPTIONS, check_option, recorded_args, validate
 log = logging.getLogger("taskbadger")
 
 __all__ = ["OPTIONS", "AtStart", "Meta", "Rules", "Run", "SharedBudget", "back_to_pending", "cancel", "carried_fields",
-           "check_option", "close", "create_at_start", "create_fields", "created_meta", "current_run", "current_task",
-           "enqueue", "enter", "fail", "heartbeat_options", "leave", "now", "parse_meta", "publish_failed",
-           "recorded_args", "retried", "retry", "settle", "start", "succeed", "validate"]
+           "carried_options", "check_option", "close", "create_at_start", "create_fields", "created_meta",
+           "current_run", "current_task", "enqueue", "enter", "fail", "heartbeat_options", "leave", "now", "parse_meta",
+           "publish_failed", "recorded_args", "retried", "retry", "settle", "start", "succeed", "untracked_options",
+           "validate"]
 
 #: A task's stale timeout defaults to this many heartbeat intervals.
 STALE_TIMEOUT_FACTOR = 2
@@ -142,6 +143,28 @@ def create_fields(name: str, options: Mapping[str, Any], rules: Rules | None, ex
     if monitor:
         fields["monitor_id"] = monitor
     return fields
+
+
+#: What a job that goes out untracked carries to its worker (``untracked_options``): only what its worker cannot
+#: know itself.
+UNTRACKED_OPTIONS = ("parent",)
+
+
+def untracked_options(fields: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a job whose create failed at enqueue (``fields`` from ``create_fields``) carries to its worker,
+    which creates its task when it starts (``create_at_start``), where the task that enqueued it is not running:
+    the parent resolved here, unless ``options`` name one (the worker has them itself). Empty when there is none:
+    a job enqueued outside any task carries nothing."""
+    parent = fields.get("parent")
+    return {"parent": parent} if parent is not None and "parent" not in options else {}
+
+
+def carried_options(raw: Any, task_name: str) -> dict[str, Any]:
+    """The checked options a job carried from the process that enqueued it untracked (``untracked_options``),
+    whoever wrote them: only those listed, each valid (what is not is reported once and dropped)."""
+    if not isinstance(raw, Mapping):
+        return {}
+    return validate(task_name, {key: raw[key] for key in UNTRACKED_OPTIONS if key in raw})
 
 
 def _fitted_external_id(name: str, external_id: Any) -> str | None:

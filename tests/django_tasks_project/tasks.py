@@ -107,3 +107,15 @@ OPTION_MONITOR = "0b0b5c86-4a43-4c3c-9a53-7d3e6f1c2a13"
 @task
 def monitored_by_option(a: int, b: int) -> int:
     return a + b
+
+
+@task
+def enqueue_child_when(gate: str) -> str:
+    """Waits (30 s at most) for the file ``gate`` to exist, then enqueues ``add(1, 2)`` from its body, on the project's
+    queue (``DJT_QUEUE``: the one its worker takes); returns the child's TaskResult id."""
+    from django.conf import settings
+
+    deadline = time.monotonic() + 30
+    while not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return add.using(queue_name=settings.DJT_QUEUE).enqueue(1, 2).id
