@@ -134,6 +134,15 @@ def test_more_than_100_header_lines_are_refused_in_a_small_answer_too():
     assert call(server)[::2] == (200, b"{}")  # 100 lines are within the limit
 
 
+def test_an_answer_switching_protocols_is_a_transport_error():
+    # llhttp raises HttpParserUpgrade, not an HttpParserError, for a 101: it escaped as an unknown error ("77", the
+    # offset where the upgrade began), and the publish logged that as its reason
+    server = RawServer([b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"])
+    with pytest.raises(TransportError, match="101 Switching Protocols"):
+        call(server)
+    assert pooled.idle_connections() == 0
+
+
 def test_a_server_that_closes_mid_answer_is_a_transport_error():
     server = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{\"trunc"], close_after=True)
     with pytest.raises(TransportError):

@@ -166,6 +166,11 @@ def _whole(answer: _Answer) -> Answer:
 _NO_HEADERS: MappingProxyType[str, str] = MappingProxyType({})
 
 
+#: What llhttp raises for bytes that are not an answer we can read. An upgrade (``101 Switching Protocols``, a
+#: confused proxy's) is not an ``HttpParserError``: it escaped the transport as an unknown error.
+_NOT_AN_ANSWER = (httptools.HttpParserError, httptools.HttpParserUpgrade)
+
+
 class _Unusual(Exception):
     """Raised inside ``_Quick``: the answer is not one it takes, ``_Answers`` parses the bytes again."""
 
@@ -334,7 +339,7 @@ class Connection:
                 try:
                     quick.parser.feed_data(chunk)
                     whole = not quick.began and chunk.count(b"\n") <= MAX_HEADERS
-                except httptools.HttpParserError:
+                except _NOT_AN_ANSWER:
                     whole = False
                 if whole:
                     return self._next() if ready else None
@@ -347,11 +352,14 @@ class Connection:
         self._head_bytes += len(chunk)
         try:
             answers.parser.feed_data(chunk)
-        except httptools.HttpParserError as err:
+        except _NOT_AN_ANSWER as err:
             self.close()
             if answers.problem is not None:
                 raise BadAnswer(answers.problem) from None
             if not ready:
+                if isinstance(err, httptools.HttpParserUpgrade):
+                    raise BadAnswer("the server switched the connection to another protocol (101 Switching "
+                                    "Protocols): not an answer of the API") from None
                 raise BadAnswer(f"not an HTTP answer: {err}") from None
             self._reusable = False  # garbage after a whole answer: take the answer, never reuse
         current = answers.current
