@@ -211,6 +211,14 @@ def test_times_given_in_request_win(api: Api) -> None:
     assert running["start_time"] is not None and running["end_time"] is not None
 
 
+@pytest.mark.parametrize("fraction, micro", [(".12", 120000), (".1234", 123400), (".12345", 123450), (".123", 123000)])
+def test_times_with_any_digits_of_a_second_are_accepted(api: Api, fraction: str, micro: int) -> None:
+    # the service takes one to six digits (YYYY-MM-DDThh:mm[:ss[.uuuuuu]]); on Python 3.10 the stand-in took only
+    # 3 or 6 and answered 400 "Datetime has wrong format." to a start_time the service accepts
+    task = api.create(name="t", start_time=f"2024-01-02T03:04:05{fraction}Z")
+    assert parse(task["start_time"]) == datetime(2024, 1, 2, 3, 4, 5, micro, tzinfo=timezone.utc)
+
+
 @pytest.mark.parametrize(
     ("fields", "percent"),
     [({"value": 50}, 50), ({"value": 50, "value_max": 200}, 25), ({"value": 1, "value_max": 3}, 33),

@@ -6,6 +6,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from ..models import parse_datetime
+
 STATUSES = (
     "pending", "pre_processing", "processing", "post_processing", "success", "error", "cancelled", "stale",
 )
@@ -71,10 +73,9 @@ def _datetime(value: Any) -> datetime | None:
     )
     if not isinstance(value, str) or len(value) < 16:
         raise _Invalid(message)
-    text = value[:-1] + "+00:00" if value[-1] in "Zz" else value
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
+    # the SDK's own reader: it takes any digits of a second's fraction on every Python (3.10's fromisoformat, 3 or 6)
+    parsed = parse_datetime(value[:-1] + "+00:00" if value[-1] in "Zz" else value)
+    if parsed is None:
         raise _Invalid(message)
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
 
