@@ -42,3 +42,32 @@ def test_messages_from_one_process_keep_their_order_and_nothing_is_left_behind(t
     assert [channel._get("jobs")["n"] for _ in range(50)] == list(range(50))
     assert not [p for p in tmp_path.iterdir() if p.is_file()]
     conn.release()
+
+
+def test_a_worker_asked_to_stop_stops_waiting_for_messages_at_once(tmp_path, monkeypatch):
+    """Celery's loop for a polled transport waits 2 s per call and checks for a shutdown between calls: every warm
+    shutdown on this broker waited that out (4 s per worker stopped). Asked to stop, the wait ends; not asked, it
+    lasts its whole timeout, as kombu's."""
+    import socket
+    import time
+
+    import pytest
+    from celery.worker import state
+
+    conn, channel = _channel(tmp_path)
+    from kombu import Consumer, Queue
+
+    Consumer(conn, [Queue("jobs")], callbacks=[lambda body, message: None]).consume()
+    try:
+        started = time.monotonic()
+        with pytest.raises(socket.timeout):
+            conn.drain_events(timeout=0.5)
+        assert time.monotonic() - started >= 0.5  # not asked to stop: the whole timeout
+
+        monkeypatch.setattr(state, "should_stop", 0)  # what Celery's SIGTERM handler sets (EX_OK)
+        started = time.monotonic()
+        with pytest.raises(socket.timeout):
+            conn.drain_events(timeout=30)
+        assert time.monotonic() - started < 10  # a third of the timeout: well above the 0.1 s it takes
+    finally:
+        conn.release()

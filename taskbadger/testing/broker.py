@@ -46,5 +46,31 @@ class FilesystemChannel(filesystem.Channel):
             raise ChannelError(f"Cannot add file {path!r} to directory") from exc
 
 
+#: How often a worker waiting for messages checks whether it was asked to stop.
+_STOP_CHECK = 0.1
+
+
 class FilesystemTransport(filesystem.Transport):
     Channel = FilesystemChannel
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
+        """kombu's, but a worker asked to stop (SIGTERM) stops waiting within ``_STOP_CHECK`` seconds. Celery's loop
+        for a polled transport waits 2 s per call and checks for a shutdown only between calls: every warm shutdown
+        of a worker on this broker took 4 s more (the tests start and stop hundreds of workers)."""
+        if not timeout:
+            return super().drain_events(connection, timeout=timeout)
+        deadline = monotonic() + timeout
+        while True:
+            try:
+                return super().drain_events(connection, timeout=max(0.001, min(_STOP_CHECK, deadline - monotonic())))
+            except TimeoutError:  # socket.timeout
+                if monotonic() >= deadline or _worker_stopping():
+                    raise
+
+
+def _worker_stopping() -> bool:
+    """Whether this process is a Celery worker that was asked to stop (warm or cold)."""
+    import sys
+
+    state = sys.modules.get("celery.worker.state")  # imported by every worker; not imported here otherwise
+    return state is not None and (state.should_stop is not None or state.should_terminate is not None)
