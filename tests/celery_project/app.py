@@ -33,6 +33,10 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     task_create_missing_queues=True,
     result_backend=os.environ.get("TB_RESULT_BACKEND"),  # none unless a test's worker needs one (chords)
+    # Celery waits this long (10 s by default) for a result a killed pool child may have sent before it reports the
+    # child's task lost (WorkerLostError). The tests that kill children waited it out each time (a fifth of the
+    # outcome module's time); what tracking does with the loss does not depend on how long Celery waits.
+    worker_lost_wait=2.0,
 )
 if os.environ.get("TB_BROKER_URL", "").startswith("filesystem"):
     app.conf.broker_transport = "taskbadger.testing.broker:FilesystemTransport"  # kombu issue 1551
