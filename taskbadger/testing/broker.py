@@ -53,7 +53,7 @@ _STOP_CHECK = 0.1
 class FilesystemTransport(filesystem.Transport):
     Channel = FilesystemChannel
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> Any:
+    def drain_events(self, connection: Any, timeout: float | None = None) -> Any:  # type: ignore[override]
         """kombu's, but a worker asked to stop (SIGTERM) stops waiting within ``_STOP_CHECK`` seconds. Celery's loop
         for a polled transport waits 2 s per call and checks for a shutdown only between calls: every warm shutdown
         of a worker on this broker took 4 s more (the tests start and stop hundreds of workers)."""
