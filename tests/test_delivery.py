@@ -807,6 +807,66 @@ def test_a_run_waiting_for_its_task_through_a_429_does_not_spin_a_cpu(taskbadger
     taskbadger_server.wait_for_task(name="lost run", status="cancelled", timeout=10)
 
 
+SETTLING_WHILE_HUNG_CALLS_HOLD_THE_PLACES = """
+import sys, threading, time
+import taskbadger
+from taskbadger import inline
+
+taskbadger.init(token=sys.argv[2], host=sys.argv[1])
+taskbadger.create_task("lost run", external_id="lost-run")  # pending: as a create whose answer was lost
+print("ready", flush=True)
+sys.stdin.readline()  # the API hangs its creates from now on
+hung = [threading.Thread(target=inline.create_inline, args=("hung publish", {"status": "pending"}))
+        for _ in range(4)]  # four publishes: every place of the breaker (max_in_flight)
+for thread in hung:
+    thread.start()
+print("publishing", flush=True)
+sys.stdin.readline()  # the four creates reached the API, which holds them
+inline.settle_later("lost-run", {"status": "cancelled"})
+cpu, wall = time.process_time(), time.monotonic()
+for thread in hung:
+    thread.join()  # each create waits its budget: the settler alone runs meanwhile
+print(f"{time.process_time() - cpu:.3f} {time.monotonic() - wall:.3f}", flush=True)
+ended = time.monotonic()
+while inline.settling("lost-run") and time.monotonic() < ended + 10:
+    time.sleep(0.01)
+print(f"{time.monotonic() - ended:.3f}", flush=True)
+taskbadger.flush(10)
+"""
+
+
+def test_a_run_waiting_for_its_task_while_hung_calls_hold_every_place_does_not_spin_a_cpu(taskbadger_server):
+    # The breaker closed, every place held by creates the API hangs (suspect: the settler's look-up is skipped at
+    # once), the settler's wait for the breaker to be up returned at once, and the thread asked again and again
+    # until the hung creates' deadlines: 0.36-0.51 s of CPU in the one second of the budget. It now waits for a call
+    # to end; and once the API answers, the run's outcome is recorded as soon as before (0.51-0.55 s after the hung
+    # creates ended, the breaker's cool-down).
+    api = taskbadger_server
+    child = subprocess.Popen([sys.executable, "-c", SETTLING_WHILE_HUNG_CALLS_HOLD_THE_PLACES, api.url, api.api_key],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        api.hang(method="POST")
+        child.stdin.write("hang\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "publishing"
+        api.wait_for(lambda: sum(r.method == "POST" for r in api.requests) == 5 or None)  # 1 made, 4 hung
+        child.stdin.write("held\n")
+        child.stdin.flush()
+        cpu, held = map(float, child.stdout.readline().split())
+        settled_after = float(child.stdout.readline())
+        _, stderr = child.communicate(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 0 and "Traceback" not in stderr, stderr
+    assert held <= 1.0 + 0.5, held  # the hung creates waited their budget (1 s), no longer
+    assert cpu < 0.1, cpu  # the process's CPU time while they held the places
+    assert settled_after < 3.0, settled_after  # the run did not wait longer for its task than before
+    api.clear_faults()
+    api.wait_for_task(name="lost run", status="cancelled", timeout=10)
+
+
 FAILING_AT_EXIT = """
 import atexit, sys
 import taskbadger

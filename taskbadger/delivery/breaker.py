@@ -168,13 +168,7 @@ class Breaker:
             if not self._start_prober() and not self._trial and now >= self._open_until and not self._in_flight:
                 return True  # nobody probes for us (no probe, or no thread for it): one call finds out
             return False
-        if len(self._in_flight) >= max_in_flight:
-            return False
-        if self._in_flight:
-            oldest = min(self._in_flight.values())
-            if now - oldest > self._suspect_after():
-                return False
-        return True
+        return len(self._in_flight) < max_in_flight and not self._suspect_in_flight(now)
 
     def _suspect_after(self) -> float:
         if self._usual is None:
@@ -269,19 +263,28 @@ class Breaker:
 
     def wait_until_up(self, timeout: float) -> bool:
         """Wait (up to ``timeout``) until calls may go ahead (closed, or a probe found the API up, and no 429's
-        ``Retry-After`` still running: a caller that looped on it while deferred spun a CPU for the whole pause)."""
+        ``Retry-After`` still running: a caller that looped on it while deferred spun a CPU for the whole pause), and
+        no call in flight is suspect (``begin`` skips at once while one is: a caller that looped on it while hung
+        calls held the places spun a CPU until their deadlines, about one publish budget)."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:
                 now = time.monotonic()
                 opened = self._failures >= self.failure_threshold and not self._trial
-                if not opened and now >= self._deferred_until:
+                deferred = now < self._deferred_until
+                if not opened and not deferred and not self._suspect_in_flight(now):
                     return True
                 remaining = deadline - now
                 if remaining <= 0:
                     return False
-                # the end of a deferral notifies nobody: wake up at it
-                self._changed.wait(remaining if opened else min(remaining, self._deferred_until - now))
+                # the end of a deferral notifies nobody: wake up at it; a suspect call stays so until it ends, which
+                # notifies (``end``, ``abandon``)
+                self._changed.wait(min(remaining, self._deferred_until - now) if deferred and not opened
+                                   else remaining)
+
+    def _suspect_in_flight(self, now: float) -> bool:
+        """Whether a call in flight has taken much longer than calls usually take (with the lock held)."""
+        return bool(self._in_flight) and now - min(self._in_flight.values()) > self._suspect_after()
 
     # -- what others see ----------------------------------------------------------------------------
 
