@@ -9,6 +9,7 @@ import functools
 import inspect
 import logging
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -46,9 +47,33 @@ class _Unsettled:
     """A call whose create the API may have carried out although its answer was lost (cut, unreadable, too late), and
     that was not found in time: the call runs untracked, and its outcome is recorded on that task, found by
     ``external_id``, once the API answers (``lifecycle.settle``), or when the create's late answer names it. Else the
-    task stayed ``processing`` for ever, or was closed ``cancelled`` for a call that succeeded."""
+    task stayed ``processing`` for ever, or was closed ``cancelled`` for a call that succeeded. ``start_time``: the one
+    its create sent, when the decorator gives an ``external_id`` that calls running at the same time share: the task
+    that has it is this call's."""
 
     external_id: str
+    start_time: str | None = None
+
+
+class _StartTimes:
+    """The ``start_time`` of this process's calls: now, but never the same instant twice (a microsecond later than
+    the last one at least). A call whose create's answer was lost tells its task by it when its ``external_id`` is
+    shared (``@track(external_id=...)``): two calls of two threads started in the same microsecond could not."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dt.datetime | None = None
+
+    def next(self) -> str:
+        now = dt.datetime.now(dt.timezone.utc)
+        with self._lock:
+            if self._last is not None and now <= self._last:
+                now = self._last + dt.timedelta(microseconds=1)
+            self._last = now
+        return format_datetime(now)
+
+
+_start_times: PerProcess[_StartTimes] = PerProcess(_StartTimes)
 
 
 @overload
@@ -95,11 +120,14 @@ def track(
         if not callable(fn):
             raise TypeError(f"@track needs a function, got {fn!r}")
         task_name = fitted_name(name) if name else _default_name(fn)  # a long name is cut, as a queue's job's
+        # A fixed external_id is shared by the calls running at the same time: after a lost answer, a call tells its
+        # own task by the start_time its create sent (unique in this process), not by the id alone (the newest task
+        # with it may be another call's). Not when the decorator fixes the start_time too: nothing tells them apart.
+        shared_id = bool(task_kwargs.get("external_id")) and task_kwargs.get("start_time") is None
 
         def fields() -> dict[str, Any]:
             values: dict[str, Any] = {"status": StatusEnum.PROCESSING, "max_runtime": max_runtime,
-                                      "parent": parent_for_new_task(),
-                                      "start_time": format_datetime(dt.datetime.now(dt.timezone.utc))}
+                                      "parent": parent_for_new_task(), "start_time": _start_times.get().next()}
             values.update(task_kwargs)  # an explicit parent= wins over the enclosing call
             if not values.get("external_id"):
                 # What tells this call's task when its create's answer is lost (the API carried it out, its answer
@@ -112,14 +140,17 @@ def track(
                 log_once("track:unconfigured", logging.WARNING, "Task Badger is not configured, so tasks are not "
                          "tracked: %s", MissingConfiguration(["token"]))
                 return None
-            return create_inline(task_name, values, monitor_id, where="call", max_in_flight=max_in_flight)
+            return create_inline(task_name, values, monitor_id, where="call", max_in_flight=max_in_flight,
+                                 one_of_many=shared_id)
 
         def begin(created: Created | None, values: dict[str, Any]) -> lifecycle.Run | _Unsettled | None:
             if created is None:
                 return None
             if created.task is None:
                 external_id = values.get("external_id")
-                return _Unsettled(external_id) if created.maybe_created and isinstance(external_id, str) else None
+                if not created.maybe_created or not isinstance(external_id, str):
+                    return None
+                return _Unsettled(external_id, values["start_time"] if shared_id else None)
             run = lifecycle.Run.of_task(created.task)
             lifecycle.enter(run)
             return run
@@ -129,7 +160,8 @@ def track(
                 return
             try:
                 if isinstance(run, _Unsettled):
-                    lifecycle.settle(run.external_id, StatusEnum.SUCCESS if exc is None else StatusEnum.ERROR, exc)
+                    lifecycle.settle(run.external_id, StatusEnum.SUCCESS if exc is None else StatusEnum.ERROR, exc,
+                                     start_time=run.start_time)
                 elif exc is None:
                     lifecycle.succeed(run)
                 else:

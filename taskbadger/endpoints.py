@@ -21,7 +21,7 @@ from . import http
 from ._runtime import short
 from .config import Config, get_config, unconfigured_reason
 from .exceptions import BadAnswer, InvalidData, MissingConfiguration, NotFound, TaskbadgerException, UnexpectedStatus
-from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id, storable
+from .models import NULL, StatusEnum, TaskModel, format_datetime, is_task_id, monitor_id, parse_datetime, storable
 
 
 def current_config() -> Config:
@@ -274,18 +274,21 @@ FIND_PAGE_SIZE = 100
 
 
 def find_recent(external_id: str, deadline: http.Deadline, name: str | None = None,
-                pages: int = FIND_PAGES) -> TaskModel | None:
-    """The newest task with this ``external_id`` (and this ``name``, when given) among the project's most
-    recent ones (``pages`` pages of ``FIND_PAGE_SIZE``), or None.
+                pages: int = FIND_PAGES, start_time: str | None = None) -> TaskModel | None:
+    """The newest task with this ``external_id`` (and this ``name``, when given; and this ``start_time``, when given)
+    among the project's most recent ones (``pages`` pages of ``FIND_PAGE_SIZE``), or None.
 
     For a create whose answer was lost (given up at its deadline, a 5xx, an answer that could not be
     read): the API may hold the task, and only its ``external_id`` (a Celery id, a job id, a ``@track`` call's own)
-    can tell it; a job id that only counts up in one database (Procrastinate's) needs the name too. Looks at the
-    newest ``pages * FIND_PAGE_SIZE`` tasks at most, before ``deadline``."""
+    can tell it; a job id that only counts up in one database (Procrastinate's) needs the name too, and an id that
+    calls running at the same time share (``@track(external_id="nightly-report")``) the instant the create sent as
+    its ``start_time`` (compared as instants: the API writes it in its own way). Looks at the newest
+    ``pages * FIND_PAGE_SIZE`` tasks at most, before ``deadline``."""
     config = current_config()
     # as the API holds it: its create sent U+FFFD for a lone surrogate or NUL (``http.request._encoded``), so a raw
     # id holding one (a Celery id made from a file name that is not UTF-8) never matched
     external_id = storable(external_id)
+    started = parse_datetime(start_time) if start_time is not None else None
     cursor = None
     for _ in range(pages):
         params = {"page_size": FIND_PAGE_SIZE, "cursor": cursor}
@@ -295,7 +298,8 @@ def find_recent(external_id: str, deadline: http.Deadline, name: str | None = No
         for item in payload["results"]:
             if not isinstance(item, dict) or (name is not None and not _same_name(item.get("name"), name)):
                 continue
-            if item.get("external_id") == external_id:
+            if item.get("external_id") == external_id and (
+                    started is None or parse_datetime(item.get("start_time")) == started):
                 return task_answer(config, item)
         cursor = cursor_of(payload.get("next"))
         if cursor is None:

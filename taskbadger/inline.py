@@ -111,67 +111,73 @@ class SharedBudget:
 
 def create_inline(name: str, fields: Mapping[str, Any], monitor_id: str | None = None,
                   where: str = "publish", max_in_flight: int | None = None,
-                  budget: SharedBudget | None = None, within: float | None = None) -> Created:
+                  budget: SharedBudget | None = None, within: float | None = None,
+                  one_of_many: bool = False) -> Created:
     """Create now, within the publish budget, through the breaker; never raises. ``max_in_flight``: see
     ``Breaker.begin``. ``budget``: the budget this create shares with others of the same publish (not tried
     when it does not fit in what is left of it). ``within``: seconds, when the caller can wait less than the publish
-    budget (without ``budget``)."""
+    budget (without ``budget``). ``one_of_many``: the ``external_id`` in ``fields`` may be shared by other runs at the
+    same time (``@track(external_id=...)``): the task of a create whose answer was lost is told by the ``start_time``
+    in ``fields`` too (see ``settle_later``)."""
     config = get_config()
     if config is None:
         return Created(None)
+    started = fields.get("start_time") if one_of_many else None
+    started = started if isinstance(started, str) else None
     if budget is None:
-        return _create_within(config, name, fields, monitor_id, where, max_in_flight, _deadline(config, within))
+        return _create_within(config, name, fields, monitor_id, where, max_in_flight, _deadline(config, within),
+                              started)
     deadline = budget.next_deadline(config)
     if deadline is None:
         return Created(None)  # not tried: certainly not created
-    started = time.monotonic()
+    began = time.monotonic()
     try:
-        return _create_within(config, name, fields, monitor_id, where, max_in_flight, deadline)
+        return _create_within(config, name, fields, monitor_id, where, max_in_flight, deadline, started)
     finally:
-        budget.took(time.monotonic() - started)
+        budget.took(time.monotonic() - began)
 
 
 def _create_within(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, where: str,
-                   max_in_flight: int | None, deadline: http.Deadline) -> Created:
+                   max_in_flight: int | None, deadline: http.Deadline, started: str | None) -> Created:
     breaker = publish_breaker()
     call = breaker.begin(max_in_flight, deadline=deadline)
     if call is None:
         return Created(None)  # skipped: certainly not created
     try:
         task = _create(config, name, fields, monitor_id, deadline,
-                       _close_when_answered(config, name, where, fields.get("external_id")))
+                       _close_when_answered(config, name, where, fields.get("external_id"), started))
     except CreateSkipped:
         breaker.end(call)  # before_create said no: nothing was asked of the API
         return Created(None)
     except (TransportError, ServerError, RateLimited) as err:
         if raised_by_signal_handler(err):
-            _interrupted(call, fields, err)
+            _interrupted(call, fields, err, started)
             raise
         breaker.end(call, err)
         if not _maybe_created(err):
             _log_untracked(name, where, err)
             return Created(None)
-        found = _look_up(name, fields, where, deadline)
+        found = _look_up(name, fields, where, deadline, started)
         if found is not None:
             return Created(found)
         _log_untracked(name, where, err)
         return Created(None, maybe_created=True)
     except Exception as err:  # our side (data JSON cannot encode…): the API was not asked
         if raised_by_signal_handler(err):
-            _interrupted(call, fields, err)
+            _interrupted(call, fields, err, started)
             raise
         breaker.end(call)
         log_throttled(f"create:{name[:200]}:{type(err).__name__}", 60.0, logging.WARNING,
                       "Task Badger: " + _UNTRACKED.get(where, _UNTRACKED["call"]), short(name), err)
         return Created(None)
     except BaseException as exc:
-        _interrupted(call, fields, exc)
+        _interrupted(call, fields, exc, started)
         raise
     breaker.end(call)
     return Created(task)
 
 
-def _interrupted(call: int, fields: Mapping[str, Any], exc: BaseException) -> None:
+def _interrupted(call: int, fields: Mapping[str, Any], exc: BaseException, started: str | None) -> None:
     """A create interrupted while the API may be carrying it out (celery beat's SIGTERM handler raises SystemExit
     wherever beat is; Ctrl-C; a job's time limit raised by a signal handler, which the job must see): the caller will
     not publish the job. Its task is cancelled if the API made it, once it can be found (from the spool if this
@@ -182,7 +188,8 @@ def _interrupted(call: int, fields: Mapping[str, Any], exc: BaseException) -> No
         reason = f"{type(exc).__name__}: interrupted while its task was created; the job was not published"
         settle_later(external_id, {"status": StatusEnum.CANCELLED.value,
                                    "end_time": format_datetime(dt.datetime.now(dt.timezone.utc)),
-                                   merge.MERGE_DATA: {"publish_error": reason}})
+                                   merge.MERGE_DATA: {"publish_error": reason},
+                                   **({"start_time": started} if started is not None else {})})
 
 
 def _create(config: Config, name: str, fields: Mapping[str, Any], monitor_id: str | None, deadline: http.Deadline,
@@ -221,7 +228,7 @@ def create_from_body(config: Config, name: str, body: Mapping[str, Any], monitor
 
 
 def find(external_id: str, open_only: bool = False, name: str | None = None, ended_too: bool = False,
-         within: float | None = None, settling: bool = False) -> Found:
+         within: float | None = None, settling: bool = False, start_time: str | None = None) -> Found:
     """The task a create that may have been carried out made, if it is still ``pending`` (nobody took it
     up, nobody closed it): looked up by ``external_id`` within the publish budget, through the breaker.
     ``Found.asked`` is False when the lookup was skipped or failed (the API is failing): ``settle_later``
@@ -229,8 +236,10 @@ def find(external_id: str, open_only: bool = False, name: str | None = None, end
     no final state yet (a run that was created ``processing``), not only a ``pending`` one. ``name``: only a
     task of that name (for ids that repeat across databases). ``ended_too``: whatever its status (a job put back
     in its queue by hand after it failed: its task ended ``error``). ``within``: seconds, when the caller can wait
-    less than the publish budget. ``settling``: a lookup of the settler's (see ``_read``'s ``closes``)."""
-    read = _read(lambda deadline: endpoints.find_recent(external_id, deadline, name), within, closes=not settling)
+    less than the publish budget. ``settling``: a lookup of the settler's (see ``_read``'s ``closes``). ``start_time``:
+    only a task that has it (an ``external_id`` that runs at the same time share: see ``settle_later``)."""
+    read = _read(lambda deadline: endpoints.find_recent(external_id, deadline, name, start_time=start_time), within,
+                 closes=not settling)
     model = read.model
     usable = model is not None and (ended_too or (model.status not in TERMINAL_STATUSES if open_only else
                                                   model.status == StatusEnum.PENDING))
@@ -309,7 +318,12 @@ def settle_later(external_id: str, fields: Mapping[str, Any], since: float | Non
     """A run that may have a task (its create was ambiguous, and the lookup could not be made when it
     started) has ended with ``fields`` (its final state): once the API answers again, find the task
     by ``external_id`` and, if it is still ``pending``, record them on it. Otherwise it would stay
-    ``pending`` for ever. Given up ``horizon`` seconds after ``since`` (now, by default)."""
+    ``pending`` for ever. Given up ``horizon`` seconds after ``since`` (now, by default).
+
+    A ``start_time`` in ``fields`` is the one the run's create sent: only a task that has it is the run's. So a run
+    whose ``external_id`` other runs share at the same time (``@track(external_id="nightly-report")``) tells its own
+    task from theirs (else its outcome landed on the newest, maybe another's, and its own task stayed open); and
+    several such runs wait here at once, each for its own task. It survives the spool, as the other fields do."""
     _settler.get().add(external_id, dict(fields), since, horizon)
 
 
@@ -320,7 +334,7 @@ def settle_dropped() -> int:
 
 
 def settling(external_id: str) -> bool:
-    """Whether the run ``external_id`` is still waiting for its task to be found."""
+    """Whether a run ``external_id`` is still waiting for its task to be found."""
     settler = _settler.current()
     return settler is not None and settler.holds(external_id)
 
@@ -346,6 +360,16 @@ def unsettled() -> list[tuple[str, dict[str, Any], float]]:
     return settler.take_all() if settler is not None else []
 
 
+#: A run waiting for its task: its ``external_id``, and the ``start_time`` its create sent when that id alone does not
+#: tell its task (see ``settle_later``), else None.
+_RunKey = tuple[str, str | None]
+
+
+def _run_key(external_id: str, fields: Mapping[str, Any]) -> _RunKey:
+    started = fields.get("start_time")
+    return external_id, started if isinstance(started, str) else None
+
+
 class _Settler:
     """Runs waiting for their task to be found (``settle_later``), tried in the background with backoff
     until the retry horizon; at most ``MAX_SETTLING`` at once (more are dropped, counted and logged)."""
@@ -354,10 +378,10 @@ class _Settler:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._waiting: dict[str, tuple[dict[str, Any], float, float]] = {}  # external id -> (fields, since, horizon)
-        #: runs looked up and not found (their create not carried out yet, perhaps): external id -> fields, for a
-        #: late answer to their create (``late_answer``)
-        self._unfound: dict[str, dict[str, Any]] = {}
+        self._waiting: dict[_RunKey, tuple[dict[str, Any], float, float]] = {}  # run -> (fields, since, horizon)
+        #: runs looked up and not found (their create not carried out yet, perhaps): run -> fields, for a late answer
+        #: to their create (``late_answer``)
+        self._unfound: dict[_RunKey, dict[str, Any]] = {}
         self._thread: threading.Thread | None = None
         self._one_at_a_time = threading.Lock()
         self.dropped = 0
@@ -372,7 +396,7 @@ class _Settler:
                 log_throttled("settle:full", 60.0, logging.ERROR, "Task Badger: %d run(s) whose task could not be "
                               "found were dropped: too many waiting for the API", self.dropped)
                 return
-            self._waiting[external_id] = (fields, started, horizon)
+            self._waiting[_run_key(external_id, fields)] = (fields, started, horizon)
             if self._thread is None:
                 # None when the interpreter is shutting down (3.12+: an atexit handler): the run stays here, for
                 # the flush at exit to settle or spool
@@ -385,38 +409,40 @@ class _Settler:
                 while not self._waiting:
                     self._cond.wait()
                 batch = list(self._waiting.items())
-            for external_id, (fields, since, horizon) in batch:
+            for run, (fields, since, horizon) in batch:
                 if time.monotonic() - since > horizon:
                     with self._cond:
-                        self._waiting.pop(external_id, None)
+                        self._waiting.pop(run, None)
                         self.dropped += 1
                     log_throttled("settle:horizon", 60.0, logging.ERROR, "Task Badger: the outcome of run %s was "
                                   "dropped: its task could not be looked up for %.0f s (%d dropped so far)",
-                                  short(external_id), horizon, self.dropped)
+                                  short(run[0]), horizon, self.dropped)
                     continue
-                settled = self._settle(external_id, fields)
+                settled = self._settle(run, fields)
                 if settled is None:  # the API is failing: wait until it answers again
                     publish_breaker().wait_until_up(SETTLE_WAIT)
                     break
                 if not settled:
-                    self._not_found(external_id, fields)
-                    self._forget(external_id)
+                    self._not_found(run, fields)
+                    self._forget(run)
 
-    def _settle(self, external_id: str, fields: dict[str, Any]) -> bool | None:
-        """Look up the task of run ``external_id``; if found, record the run's outcome on it and stop waiting for it.
+    def _settle(self, run: _RunKey, fields: dict[str, Any]) -> bool | None:
+        """Look up the task of ``run``; if found, record the run's outcome on it and stop waiting for it.
         True: found (or created, see ``CREATE_TASK``; or settled meanwhile); False: the API holds no open task for it
         (yet); None: the API was not asked (failing)."""
         # One at a time: the background thread and an ending process's ``settle_now`` may both take a run, and two
         # lookups made before either create lands would create its task twice.
         with self._one_at_a_time:
-            if not self.holds(external_id):
-                return True  # settled by the other caller meanwhile
-            return self._settle_held(external_id, fields)
+            with self._cond:
+                if run not in self._waiting:
+                    return True  # settled by the other caller meanwhile
+            return self._settle_held(run, fields)
 
-    def _settle_held(self, external_id: str, fields: dict[str, Any]) -> bool | None:
+    def _settle_held(self, run: _RunKey, fields: dict[str, Any]) -> bool | None:
+        external_id, started = run
         create = fields.get(CREATE_TASK)
         # A run that can be created: any task of its id is its own (one ended meanwhile too), or it would be made twice.
-        found = find(external_id, open_only=True, ended_too=create is not None, settling=True)
+        found = find(external_id, open_only=True, ended_too=create is not None, settling=True, start_time=started)
         if not found.asked:
             return None
         if found.task is None:
@@ -428,34 +454,36 @@ class _Settler:
             if not created:
                 with self._cond:
                     self.dropped += 1
-            self._forget(external_id)
+            self._forget(run)
             return True
         _record(found.task.id, fields)
-        self._forget(external_id)
+        self._forget(run)
         return True
 
-    def late_answer(self, external_id: str, task_id: str) -> bool:
-        """The create of run ``external_id`` was answered late with ``task_id``: if the run has ended (its outcome
-        waits here, or was looked up before the create was carried out), record its outcome on that task."""
+    def late_answer(self, external_id: str, started: str | None, task_id: str) -> bool:
+        """The create of run ``external_id`` (which sent ``started`` as its ``start_time``, when that tells its task:
+        see ``settle_later``) was answered late with ``task_id``: if the run has ended (its outcome waits here, or was
+        looked up before the create was carried out), record its outcome on that task."""
+        run = (external_id, started)
         with self._cond:
-            waiting = self._waiting.pop(external_id, None)
-            fields = waiting[0] if waiting is not None else self._unfound.pop(external_id, None)
+            waiting = self._waiting.pop(run, None)
+            fields = waiting[0] if waiting is not None else self._unfound.pop(run, None)
         if fields is None:
             return False
         _record(task_id, fields)
         return True
 
-    def _not_found(self, external_id: str, fields: dict[str, Any]) -> None:
+    def _not_found(self, run: _RunKey, fields: dict[str, Any]) -> None:
         with self._cond:
             if len(self._unfound) >= self.MAX_SETTLING:
                 self._unfound.pop(next(iter(self._unfound)))
-            self._unfound[external_id] = fields
+            self._unfound[run] = fields
 
     def settle_now(self, give_up: Callable[[], bool]) -> None:
         with self._cond:
             batch = list(self._waiting.items())
-        for external_id, (fields, _, _) in batch:
-            if give_up() or self._settle(external_id, fields) is None:
+        for run, (fields, _, _) in batch:
+            if give_up() or self._settle(run, fields) is None:
                 return  # a run not found stays waiting (for the spool): its create may still be under way
 
     def busy(self) -> bool:
@@ -464,18 +492,18 @@ class _Settler:
 
     def holds(self, external_id: str) -> bool:
         with self._cond:
-            return external_id in self._waiting
+            return any(run[0] == external_id for run in self._waiting)
 
     def take_all(self) -> list[tuple[str, dict[str, Any], float]]:
         offset = time.time() - time.monotonic()
         with self._cond:
-            taken = [(external_id, fields, since + offset) for external_id, (fields, since, _) in self._waiting.items()]
+            taken = [(run[0], fields, since + offset) for run, (fields, since, _) in self._waiting.items()]
             self._waiting.clear()
             return taken
 
-    def _forget(self, external_id: str) -> None:
+    def _forget(self, run: _RunKey) -> None:
         with self._cond:
-            self._waiting.pop(external_id, None)
+            self._waiting.pop(run, None)
 
 
 def _record(task_id: str, fields: dict[str, Any]) -> None:
@@ -522,9 +550,11 @@ SETTLE_WAIT = 30.0
 _settler: PerProcess[_Settler] = PerProcess(_Settler)
 
 
-def _look_up(name: str, fields: Mapping[str, Any], where: str, deadline: http.Deadline) -> Task | None:
+def _look_up(name: str, fields: Mapping[str, Any], where: str, deadline: http.Deadline,
+             started: str | None) -> Task | None:
     """After an ambiguous create: the task, if the API holds it and the budget leaves time to ask, told by its
-    ``external_id`` (a ``@track`` call's is one of its own, unless its decorator gives one). A ``@track`` call's task
+    ``external_id`` (a ``@track`` call's is one of its own, unless its decorator gives one), and by the ``start_time``
+    the create sent (``started``) when other runs may share that id at the same time. A ``@track`` call's task
     has not ended: one found ended is an earlier call's, of a decorator that gives a fixed ``external_id``."""
     if deadline.remaining() < _LOOKUP_SHARE * deadline.seconds:
         return None
@@ -532,7 +562,7 @@ def _look_up(name: str, fields: Mapping[str, Any], where: str, deadline: http.De
     if not isinstance(external_id, str) or not external_id:
         return None
     try:
-        model = endpoints.find_recent(external_id, deadline)
+        model = endpoints.find_recent(external_id, deadline, start_time=started)
     except TaskbadgerException:
         return None
     if model is None or (where == "call" and model.status in TERMINAL_STATUSES):
@@ -559,12 +589,14 @@ def _log_untracked(name: str, where: str, err: Exception) -> None:
 LATE_CLOSE_GRACE = 30.0
 
 
-def _close_when_answered(config: Config, name: str, where: str, external_id: Any = None) -> http.LateAnswer:
+def _close_when_answered(config: Config, name: str, where: str, external_id: Any = None,
+                         started: str | None = None) -> http.LateAnswer:
     """The callback for a create's late answer: close the task it names. A task created at publish is
     closed only if it is still ``pending``: a worker may have found it and taken it up. One made for a run that
     has started (a worker's, a ``@track`` call's), with an ``external_id``, is the run's: it records its outcome on it
     (``create_at_start`` and ``@track`` settle it). Another (a run's create without an ``external_id``, which
-    ``before_create`` took out) is nobody else's to take up: the run went on untracked."""
+    ``before_create`` took out) is nobody else's to take up: the run went on untracked. ``started``: the
+    ``start_time`` that tells the run's task when other runs share its ``external_id`` (``create_inline``)."""
 
     def close(answer: http.Answer) -> None:
         try:
@@ -577,7 +609,7 @@ def _close_when_answered(config: Config, name: str, where: str, external_id: Any
             # it has ended. Closing it would show a call that succeeded as cancelled, and cancel its monitor's
             # check-in.
             settler = _settler.get()
-            if not settler.late_answer(external_id, task.id):
+            if not settler.late_answer(external_id, started, task.id):
                 log_throttled(f"late:{name[:200]}", 60.0, logging.INFO,
                               "Task Badger: task %s was created after its create was given up; its run records its "
                               "outcome on it", short(name))

@@ -356,6 +356,72 @@ def test_a_tracked_calls_task_created_after_its_budget_ends_with_the_calls_outco
     assert len(api.tasks_named(name)) == 1
 
 
+@pytest.mark.parametrize("lost", ["answer", "answer and lookup", "answer until late"])
+def test_calls_at_the_same_time_sharing_a_fixed_external_id_each_end_their_own_task(api, lost):
+    """``@track(external_id="nightly-report")`` called four times at once (every place of the breaker), each create
+    carried out and its answer lost: cut (its lookup answered, or cut too: the call's outcome waits for the API), or
+    answered after the budget. The lookup found the newest open task with that id, maybe another call's: one call's
+    outcome landed on another call's task, and its own task stayed ``processing``; and the calls waiting for their
+    task, keyed by the shared id, took each other's place. Each call now tells its own task by the start_time its
+    create sent, and the user's external_id is left as it is."""
+    name = f"shared id, {lost}"
+    calls = 4
+    tracked_on: dict[int, str | None] = {}
+    together = threading.Barrier(calls)
+
+    @taskbadger.track(name=name, external_id="nightly-report")
+    def report(i):
+        task = taskbadger.current_task()
+        tracked_on[i] = task.id if task is not None else None
+        if i % 2:
+            raise ValueError(f"call {i} failed")
+        return i
+
+    def call(i):
+        together.wait(10)
+        try:
+            return report(i)
+        except ValueError as err:
+            return str(err)
+
+    if lost == "answer":
+        api.misbehave("reset", method="POST")  # carried out, its answer cut; the lookups answered
+    elif lost == "answer and lookup":
+        api.misbehave("reset")  # every request until the calls have ended
+    else:
+        api.set_latency(2 * BUDGET, method="POST")  # carried out at once, answered after the calls' budget
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, call(i))) for i in range(calls)]
+    results: dict[int, object] = {}
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert results == {0: 0, 1: "call 1 failed", 2: 2, 3: "call 3 failed"}
+    api.clear_faults()
+    assert taskbadger.flush(10)
+
+    def outcomes():
+        return sorted((t["status"], (t["data"] or {}).get("exception", "").strip().splitlines()[-1:])
+                      for t in api.tasks_named(name))
+
+    expected = [("error", ["ValueError: call 1 failed"]), ("error", ["ValueError: call 3 failed"]),
+                ("success", []), ("success", [])]
+    try:
+        api.wait_for(lambda: outcomes() == expected or None, timeout=15)
+    except AssertionError:
+        raise AssertionError(f"each call's own outcome on a task of its own: {outcomes()}") from None
+    tasks = api.tasks_named(name)
+    assert {t["external_id"] for t in tasks} == {"nightly-report"}  # the user's id, as given
+    assert not any("abandoned" in (t["data"] or {}) for t in tasks)
+    if lost == "answer":
+        # each call ran tracked on the task its own create made: none on another's
+        assert sorted(tracked_on) == [0, 1, 2, 3] and len(set(tracked_on.values()) - {None}) == 4, tracked_on
+        for i, task_id in tracked_on.items():
+            assert api.tasks[task_id]["status"] == ("error" if i % 2 else "success"), (i, api.tasks[task_id])
+            if i % 2:
+                assert f"call {i} failed" in api.tasks[task_id]["data"]["exception"]
+
+
 # -- updates from a job's body ------------------------------------------------------------------------------
 
 #: The body's updates against each mode, and against an API that answers them with an error.

@@ -619,10 +619,13 @@ def create_at_start(external_id: str | None, options: Mapping[str, Any], rules: 
     return AtStart(created_meta(task, heartbeat, None) if task is not None else None)
 
 
-def settle(external_id: str, status: StatusEnum, exc: Any = None) -> None:
+def settle(external_id: str, status: StatusEnum, exc: Any = None, start_time: str | None = None) -> None:
     """A run whose task may exist but could not be looked up when it started has ended with ``status``:
-    record it on the task once the API answers (``inline.settle_later``)."""
+    record it on the task once the API answers (``inline.settle_later``). ``start_time``: the one the run's create
+    sent, when other runs may share ``external_id`` at the same time: only the task that has it is the run's."""
     fields: dict[str, Any] = {"status": status.value, "end_time": now()}
+    if start_time is not None:
+        fields["start_time"] = start_time
     if status is StatusEnum.ERROR:
         fields[merge.MERGE_DATA] = exception_data(exc if isinstance(exc, BaseException) else RuntimeError(str(exc)))
     settle_later(external_id, fields)
