@@ -205,14 +205,18 @@ def _celery_task_id(result: Any) -> Any:
     return task_id_of_result(result)
 
 
-def _created_by_worker(result: Any) -> str | None:
-    """The Celery id of a result this process published tracked, whose task its worker creates when it starts
-    (``taskbadger.celery.state.created_by_worker``); None for anything else."""
-    if not (type(result).__module__ or "").startswith("celery.result"):
-        return None
-    from taskbadger.celery.state import created_by_worker
+def _target(task: Any) -> tuple[str | None, str | None]:
+    """What a bar follows: ``(task id, None)``, or ``(None, Celery id)`` for a Celery task published tracked whose
+    Task Badger task its worker creates when it starts (``taskbadger.celery.state.follow_result``: known in the process
+    that published it, and elsewhere from the result backend), or ``(None, None)``. A Celery result without a Task
+    Badger id costs one read of the result backend at most, as ``task_id_for`` does."""
+    if (type(task).__module__ or "").startswith("celery.result") \
+            and not isinstance(getattr(task, "taskbadger_task_id", None), str):
+        from taskbadger.celery.state import follow_result
 
-    return created_by_worker(result)
+        task_id, celery_id = follow_result(task)
+        return task_id_for(task_id), celery_id
+    return task_id_for(task), None
 
 
 def _django_tasks_task_id(result: Any) -> Any:
@@ -328,15 +332,18 @@ def progress_url(request: HttpRequest, task: Any) -> str | None:
     result), for the viewer of ``request``: for code that draws its own bar (a React page, HTMX).
 
     None when there is nothing to show: the task is not tracked (``result.taskbadger_task_id`` is None),
-    ``AUTHORIZE`` refuses, or the viewer cannot be told (an anonymous visitor without sessions). A Celery task this
-    process published tracked but whose task its worker creates (``taskbadger.celery.state.left_to_worker``: a
-    group's create that did not fit in the publish budget, the API failing at publish) is followed by its Celery id
-    until that task exists, unless the project has an ``AUTHORIZE`` rule (it judges Task Badger ids). Raises
-    ``NoReverseMatch`` with what to add to ``urls.py`` when ``taskbadger_django.urls`` is not included.
+    ``AUTHORIZE`` refuses, or the viewer cannot be told (an anonymous visitor without sessions). A Celery task
+    published tracked but whose task its worker creates (a group's create that did not fit in the publish budget, the
+    API failing at publish) is followed by its Celery id until that task exists, unless the project has an
+    ``AUTHORIZE`` rule (it judges Task Badger ids): in the process that published it
+    (``taskbadger.celery.state.left_to_worker``), and in another one given ``app.AsyncResult(celery_id)`` while the
+    result backend holds what the publisher left there (``taskbadger.celery.result_backend.tell_left_to_worker``).
+    Raises ``NoReverseMatch`` with what to add to ``urls.py`` when ``taskbadger_django.urls`` is not included.
     """
-    task_id = task_id_for(task)
+    task_id, external_id = _target(task)
     settings = progress_settings()
-    external_id = _created_by_worker(task) if task_id is None and settings.authorize is None else None
+    if settings.authorize is not None:
+        external_id = None  # the rule judges Task Badger ids: none to judge yet
     if task_id is None and external_id is None:
         return None
     if task_id is not None and not authorized(request, task_id, settings):

@@ -147,6 +147,39 @@ def test_the_celery_id_leads_to_the_task_from_another_process_once_committed(pro
     assert project.publish("lookup", celery_id) == {"tb_id": tb_id}
 
 
+def test_a_task_its_worker_creates_is_marked_at_the_commit_never_over_the_workers_state(project, taskbadger_server):
+    """Task Badger fails the create at publish: the task goes out tracked, its worker creates its Task Badger task.
+    What tells another process so (``{"taskbadger_created_by_worker": true}``, its PENDING state) is written as the id
+    of a task created at publish is: nothing in the user's transaction (the worker stored its SUCCESS while it was
+    open), one INSERT at the commit that does not hide the worker's row, none for a rolled back transaction."""
+    worker = project.worker()
+    try:
+        taskbadger_server.fail(500, times=1, method="POST")
+        seen = project.publish("in_transaction", worker.queue)
+    finally:
+        stop_worker(worker)
+    assert seen["tb_id"] is None  # left to its worker
+    assert seen["seen_while_open"] == ["SUCCESS", "5"], worker.log()[-3000:]
+    assert (seen["get"], seen["row"]) == (5, ["SUCCESS", "5"])
+    assert seen["publish_queries"] == []
+    assert [q for q in statements(seen["commit_queries"]) if is_insert(q)] == statements(seen["commit_queries"])
+    assert len(statements(seen["commit_queries"])) == 1
+    task = taskbadger_server.wait_for_task(name="djangodb.add", status="success")
+    assert task["external_id"] == seen["celery_id"]
+
+    taskbadger_server.fail(500, method="POST")  # every create at publish fails
+    seen = project.publish("not_run", f"q-nobody-{uuid.uuid4().hex[:8]}")
+    assert seen["row_while_open"] is None
+    for case in ("committed", "autocommit"):
+        celery_id, tb_id, row = seen[case]
+        assert tb_id is None and row[0] == "PENDING"
+        assert json.loads(row[1]) == {"taskbadger_created_by_worker": True}
+        assert project.publish("follow", celery_id) == {"follow": [None, celery_id]}  # followed by its Celery id
+    celery_id, tb_id, row = seen["rolled_back"]
+    assert tb_id is None and row is None
+    assert project.publish("follow", celery_id) == {"follow": [None, None]}
+
+
 def test_a_message_the_broker_refused_leaves_no_row(project, taskbadger_server):
     """The publish raised and the Task Badger task is cancelled: a PENDING row holding our id, of a Celery id
     nobody was given, stayed in the admin (until the results expire). Celery alone writes none."""

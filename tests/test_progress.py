@@ -369,6 +369,36 @@ def test_a_task_celery_says_ended_untracked_is_not_available_and_not_looked_up_a
         assert (body["status"], body["done"], body["percent"]) == ("success", True, 100)
 
 
+@pytest.mark.django_db
+def test_another_process_given_the_celery_id_follows_a_task_its_worker_creates(taskbadger_server, users, clock):
+    """The page a POST redirected to, served by another process, with only ``app.AsyncResult(celery_id)``: nothing
+    there said the task was tracked, and its bar said "Progress is not available for this task." for good while its
+    worker tracked it. The publisher's PENDING state in the result backend says so (tests/test_progress_redirect.py
+    has it with real processes); a task that ignores its result has none, and none is left once the worker stored a
+    state of its own (its start under task_track_started): as for the id of a task created at publish."""
+    from taskbadger.celery import state
+
+    server = taskbadger_server
+    with left_to_worker(server, users[0], backend="cache+memory://") as (app, result, url, ada):
+        assert app.AsyncResult(result.id).info == {"taskbadger_created_by_worker": True}
+        state._left_to_worker.replace(None)  # another process: it published nothing
+        elsewhere = tb_progress.progress_url(_for(users[0]), app.AsyncResult(result.id))
+        assert elsewhere is not None and tb_progress.task_id_for(app.AsyncResult(result.id)) is None
+        assert json.loads(poll(ada, elsewhere).content)["status"] == "pending"
+        taskbadger.create_task("shop.export_rows", status="processing", value=2, value_max=4, external_id=result.id)
+        clock.now += 1
+        body = json.loads(poll(ada, elsewhere).content)
+        assert (body["status"], body["percent"]) == ("processing", 50)
+
+        server.fail(500, times=2, method="POST")  # both left to their worker
+        ignored = app.tasks["shop.export_rows"].apply_async(ignore_result=True)
+        started = app.tasks["shop.export_rows"].apply_async()
+        app.backend.store_result(started.id, None, "STARTED")
+        state._left_to_worker.replace(None)
+        for gone in (ignored, started):
+            assert tb_progress.progress_url(_for(users[0]), app.AsyncResult(gone.id)) is None
+
+
 def test_without_the_urls_the_tag_says_what_to_add(server):
     task = taskbadger.create_task("export rows")
     with override_settings(ROOT_URLCONF="tests.debug_urls"), pytest.raises(NoReverseMatch, match="include"):

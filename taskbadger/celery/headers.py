@@ -33,6 +33,10 @@ ID_KEY = "taskbadger_task_id"
 # the worker must not create the task again, or it could exist twice.
 MAYBE_CREATED_KEY = "taskbadger_maybe_created"
 OUR_KEYS = (META_KEY, ID_KEY, KWARGS_KEY, TRACK_KEY, MAYBE_CREATED_KEY)
+# Not a header: what the publisher stores in the result backend as the PENDING state of a task it published tracked
+# without its Task Badger task (``{LEFT_KEY: True}``; its worker creates it: ``result_backend.tell_left_to_worker``),
+# where a task created at publish has ``{ID_KEY: its id}``.
+LEFT_KEY = "taskbadger_created_by_worker"
 
 __all__ = ["Incoming", "Meta", "check_outgoing", "header_fields", "parse_meta", "read_incoming", "read_message_meta",
            "read_task_id", "strip", "write_meta"]

@@ -30,7 +30,7 @@ from .fields import (
     uses_base_class,
 )
 from .headers import KWARGS_KEY, MAYBE_CREATED_KEY, check_outgoing, write_meta
-from .result_backend import tell_result_backend
+from .result_backend import tell_left_to_worker, tell_result_backend
 from .state import Tracking, left_to_worker, running_tracking
 
 log = logging.getLogger("taskbadger")
@@ -114,6 +114,8 @@ def on_publish(name: str, message: dict[str, Any], celery_id: str | None, body: 
             message[MAYBE_CREATED_KEY] = True
         if celery_id is not None:  # its worker creates (or takes up) its task at start: a page can follow it
             left_to_worker().remember(celery_id, tracked_name)
+            if not _ignores_result(message, celery_task):  # and a page drawn in another process too
+                tell_left_to_worker(app, celery_id)
         carried = lifecycle.untracked_options(fields, options)
         if carried:
             # Its worker creates (or looks up) its task when it starts, where the task that published it is not

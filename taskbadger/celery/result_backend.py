@@ -2,7 +2,12 @@
 
 What the publisher tells it: ``{"taskbadger_task_id": ...}`` as the ``PENDING`` state of the
 Celery id, so that ``task_id_of_result(app.AsyncResult(celery_id))`` finds the Task Badger task in any process
-(``state.task_id_of_result`` reads it back) until the worker records its own state over it.
+(``state.task_id_of_result`` reads it back) until the worker records its own state over it. For a task published
+tracked whose create failed at publish (its worker creates it when it starts, with the Celery id as its
+``external_id``), ``{"taskbadger_created_by_worker": true}`` instead (``tell_left_to_worker``): a progress bar drawn in
+another process (the page a POST redirected to, given only the Celery id) follows it by that id
+(``state.follow_result``), where nothing told it the task was tracked at all and its bar said progress was not
+available for good. Both are written the same way, by the rules below.
 
 With django-celery-results (``CELERY_RESULT_BACKEND = "django-db"``) the backend writes through the publishing
 thread's own Django connection, and a ``.delay()`` inside ``transaction.atomic()`` (or with ``ATOMIC_REQUESTS``)
@@ -35,7 +40,7 @@ from typing import Any
 
 from .._runtime import log_throttled, on_an_event_loop, short
 from .fields import active_apps
-from .headers import ID_KEY
+from .headers import ID_KEY, LEFT_KEY
 
 log = logging.getLogger("taskbadger")
 
@@ -49,6 +54,19 @@ def tell_result_backend(app: Any, celery_id: str, task_id: str) -> None:
     running here (the child's ``PENDING`` reached the parent's caller as the parent's own state), and in a process
     running none it raises. The caller leaves out a task that ignores its result: its user asked for no writes to
     the backend (the official SDK writes anyway, a backend round trip on every ``.delay()``)."""
+    _tell(app, celery_id, {ID_KEY: task_id})
+
+
+def tell_left_to_worker(app: Any, celery_id: str) -> None:
+    """``{"taskbadger_created_by_worker": true}`` as the ``PENDING`` state of ``celery_id``, a task published tracked
+    whose Task Badger task its worker creates when it starts (its create failed at publish, or did not fit in its
+    group's publish budget): so that a progress bar drawn in another process from ``app.AsyncResult(celery_id)``
+    follows it by its Celery id (its ``external_id``) until it exists, as one drawn in this process does
+    (``state.left_to_worker``). Written as ``tell_result_backend`` writes the id, under the same conditions."""
+    _tell(app, celery_id, {LEFT_KEY: True})
+
+
+def _tell(app: Any, celery_id: str, info: dict[str, Any]) -> None:
     from celery.backends.base import DisabledBackend
     from celery.backends.rpc import RPCBackend
 
@@ -57,9 +75,9 @@ def tell_result_backend(app: Any, celery_id: str, task_id: str) -> None:
         if isinstance(backend, (DisabledBackend, RPCBackend)):
             return
         if _is_django_database(backend):
-            _tell_django_database(backend, celery_id, task_id)
+            _tell_django_database(backend, celery_id, info)
         else:
-            backend.store_result(celery_id, {ID_KEY: task_id}, "PENDING")
+            backend.store_result(celery_id, info, "PENDING")
     except Exception as err:  # the backend's trouble must not stop the publish
         _could_not(err)
 
@@ -75,7 +93,7 @@ def _is_django_database(backend: Any) -> bool:
     return module is not None and isinstance(backend, module.DatabaseBackend)
 
 
-def _tell_django_database(backend: Any, celery_id: str, task_id: str) -> None:
+def _tell_django_database(backend: Any, celery_id: str, info: dict[str, Any]) -> None:
     """The ``PENDING`` row of ``celery_id``, written once its message has left (``message_sent``) when the
     transaction open on its database commits (at once in autocommit), and only if no row of that id is there by
     then (see the module's docstring)."""
@@ -92,7 +110,7 @@ def _tell_django_database(backend: Any, celery_id: str, task_id: str) -> None:
         return
     model = backend.TaskModel
     alias = router.db_for_write(model)
-    content_type, content_encoding, result = backend.encode_content({ID_KEY: task_id})
+    content_type, content_encoding, result = backend.encode_content(info)
     _, _, meta = backend.encode_content({"children": []})  # as the backend's own store of a state with none
     row = model(task_id=celery_id, status="PENDING", result=result, content_type=content_type,
                 content_encoding=content_encoding, meta=meta)

@@ -20,7 +20,7 @@ from .._runtime import PerProcess, RecentIds
 from ..lifecycle import Meta, Run
 from ..models import is_task_id
 from ..task import Task as TaskbadgerTask
-from .headers import ID_KEY
+from .headers import ID_KEY, LEFT_KEY
 
 log = logging.getLogger("taskbadger")
 
@@ -129,15 +129,8 @@ def left_to_worker() -> RecentIds:
     """This process's map (Celery id -> task name) of the tracked tasks it published without creating them: their
     create did not fit in the publish budget (a group's shared one), or the API failed. The worker that runs each
     one creates its task when it starts, with the Celery id as its ``external_id``; until then a page can follow it
-    by that id only (``created_by_worker``)."""
+    by that id only (``follow_result``)."""
     return _left_to_worker.get()
-
-
-def created_by_worker(result: Any) -> str | None:
-    """The Celery id of ``result`` when this process published it tracked but left its task to be created by the
-    worker (``left_to_worker``), else None."""
-    celery_id = getattr(result, "id", None)
-    return celery_id if isinstance(celery_id, str) and left_to_worker().get(celery_id) is not None else None
 
 
 def task_id_of_result(result: Any) -> str | None:
@@ -147,20 +140,44 @@ def task_id_of_result(result: Any) -> str | None:
     own, its end, its start under ``task_track_started``, or a retry's ``RETRY``). So ``AsyncResult(celery_id)``,
     rebuilt on the page a POST redirected to, finds it in any process until then. None when nothing says it is
     tracked."""
-    task_id = getattr(result, "taskbadger_task_id", None)
-    if isinstance(task_id, str):
-        return task_id
+    return follow_result(result)[0]
+
+
+_UNSET: Any = object()
+
+
+def follow_result(result: Any) -> tuple[str | None, str | None]:
+    """How a page follows the task of a Celery ``AsyncResult`` (one read of the result backend at most): ``(its Task
+    Badger id, None)`` when it has one (``task_id_of_result``); ``(None, its Celery id)`` when it was published tracked
+    but its worker creates its task when it starts (its create failed at publish: ``left_to_worker`` in this process;
+    elsewhere the publisher's ``{"taskbadger_created_by_worker": true}``, while the task is ``PENDING`` in the result
+    backend), to be followed by that id, its ``external_id``; ``(None, None)`` when nothing says it is tracked."""
+    given = getattr(result, "taskbadger_task_id", _UNSET)
+    if isinstance(given, str):
+        return given, None
     celery_id = getattr(result, "id", None)
-    return published().get(celery_id) or _stored_task_id(result, celery_id)
-
-
-def _stored_task_id(result: Any, celery_id: Any) -> str | None:
     if not isinstance(celery_id, str):
-        return None
+        return None, None
+    task_id = published().get(celery_id)
+    if task_id is not None:
+        return task_id, None
+    if left_to_worker().get(celery_id) is not None:
+        return None, celery_id
+    if given is None:  # the base class's result, published by this process: what it knows is all there is
+        return None, None
+    stored = _stored_pending(result, celery_id)
+    task_id = stored.get(ID_KEY)
+    if is_task_id(task_id):
+        return task_id, None
+    return None, celery_id if stored.get(LEFT_KEY) is True else None
+
+
+def _stored_pending(result: Any, celery_id: str) -> dict[str, Any]:
+    """What the publisher left in the result backend as the ``PENDING`` state of ``celery_id``; empty when it left
+    nothing, or once the worker stored a state of its own."""
     try:
         meta = result.backend.get_task_meta(celery_id)  # one read; a disabled backend raises
     except Exception:
-        return None
+        return {}
     stored = meta.get("result") if isinstance(meta, dict) and meta.get("status") == "PENDING" else None
-    task_id = stored.get(ID_KEY) if isinstance(stored, dict) else None
-    return task_id if is_task_id(task_id) else None
+    return stored if isinstance(stored, dict) else {}

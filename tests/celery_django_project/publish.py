@@ -10,6 +10,8 @@ tests.celery_django_project.publish SCENARIO ARG`` prints what it saw as one JSO
   rolls back, one in autocommit; the rows other connections see.
 * ``refused -``: a publish the broker refuses (nothing listens on its port), in autocommit; the rows it left.
 * ``lookup CELERY_ID``: ``task_id_of_result(app.AsyncResult(celery_id))`` in a process that did not publish it.
+* ``follow CELERY_ID``: what a progress bar drawn in a process that did not publish it follows
+  (``follow_result(app.AsyncResult(celery_id))``: the Task Badger id, or the Celery id of a task its worker creates).
 """
 
 import json
@@ -20,6 +22,7 @@ from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
 from taskbadger.celery import task_id_of_result
+from taskbadger.celery.state import follow_result
 
 from .app import add, app
 
@@ -147,8 +150,12 @@ def lookup(celery_id):
     return {"tb_id": task_id_of_result(app.AsyncResult(celery_id))}
 
 
+def follow(celery_id):
+    return {"follow": list(follow_result(app.AsyncResult(celery_id)))}
+
+
 if __name__ == "__main__":
     scenario, arg = sys.argv[1:3]
     print(json.dumps({"in_transaction": in_transaction, "autocommit_off": autocommit_off,
                       "on_event_loop": on_event_loop, "not_run": not_run,
-                      "refused": refused, "lookup": lookup}[scenario](arg)))
+                      "refused": refused, "lookup": lookup, "follow": follow}[scenario](arg)))
