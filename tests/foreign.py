@@ -11,10 +11,11 @@ import uuid
 from typing import Any
 
 
-def publish_foreign(app: Any, name: str, args: tuple, queue: str, headers: dict[str, Any]) -> str:
+def publish_foreign(app: Any, name: str, args: tuple, queue: str, headers: dict[str, Any],
+                    celery_id: str | None = None) -> str:
     """Publish a Celery (protocol 2) message the way a producer without taskbadger would: straight
     through kombu, so no ``before_task_publish`` receiver sees it. Returns the Celery task id."""
-    celery_id = str(uuid.uuid4())
+    celery_id = celery_id or str(uuid.uuid4())
     message = app.amqp.as_task_v2(celery_id, name, args=args, kwargs={})
     with app.producer_or_acquire() as producer:
         producer.publish(

@@ -3,7 +3,9 @@
 Headers a publisher writes (any producer may write them, with any shape):
 
 * ``taskbadger_task``: ``{"task": {...created fields...}, "heartbeat_interval": s, "stale_timeout": s}``,
-  so the worker builds ``self.taskbadger_task`` without a GET and knows what to do when the task runs;
+  so the worker builds ``self.taskbadger_task`` without a GET and knows what to do when the task runs (a key
+  whose absence means the same value to every reader is left out, ``compact_header``: a missing ``external_id``
+  is the message's Celery id);
 * ``taskbadger_task_id``: the Task Badger id, for anyone reading the headers;
 * ``taskbadger_kwargs``: ``taskbadger_*`` options for a task the publisher did not track (validated);
 * ``taskbadger_track``: True/False, forcing tracking on or off for one message;
@@ -24,7 +26,7 @@ from typing import Any
 from .._runtime import log_throttled, short
 from ..lifecycle import carried
 from ..lifecycle.carried import Meta
-from ..models import is_task_id
+from ..models import MAX_EXTERNAL_ID_LENGTH, StatusEnum, is_task_id
 from .options import KWARGS_KEY, TRACK_KEY, pop_options, validate
 
 META_KEY = "taskbadger_task"
@@ -89,7 +91,7 @@ def check_outgoing(message: MutableMapping[str, Any], task_name: str) -> Incomin
     """Check our headers on a message about to be published, and write back only their checked
     form (kombu encodes whatever is left in the message). Returns what they say."""
     incoming = Incoming(
-        meta=parse_meta(message.get(META_KEY), task_name),
+        meta=with_external_id(parse_meta(message.get(META_KEY), task_name), message.get("id")),
         options=parse_options(message.get(KWARGS_KEY), task_name),
         track=parse_track(message.get(TRACK_KEY), task_name),
         maybe_created=_maybe_created(message.get(MAYBE_CREATED_KEY)),
@@ -135,13 +137,51 @@ def strip(message: MutableMapping[str, Any]) -> None:
 
 
 def write_meta(message: MutableMapping[str, Any], meta: Meta) -> None:
-    header = meta.to_dict()
+    header = compact_header(meta, message.get("id"))
     message[META_KEY] = header
     message[ID_KEY] = meta.id
     nested = message.get("headers")
     if isinstance(nested, MutableMapping):  # some protocol paths read custom headers from here (e.g. retries)
         nested[META_KEY] = header
         nested[ID_KEY] = meta.id
+
+
+_PENDING = StatusEnum.PENDING.value
+
+
+def compact_header(meta: Meta, celery_id: Any = None) -> dict[str, Any]:
+    """The ``taskbadger_task`` header for ``meta`` on the message ``celery_id``, without what every reader (this
+    version's and the earlier ones') takes for the same value when it is missing: a ``pending`` status (``Run`` reads a
+    missing one as pending), empty tags (``TaskModel.from_dict``: ``{}``), a null heartbeat interval or stale timeout
+    (``parse_meta``: None); and without the ``external_id`` that is the message's own Celery id, which this version's
+    reader takes from the message (``with_external_id``; an earlier version's shows the body's ``tb.external_id`` as
+    None until it reads the task). Celery and kombu decode the header for every task, and kombu's Redis transport
+    writes the whole message again into its unacked hash: each byte costs every task (issue 25). The keys keep their
+    names: workers of another version read these headers from the queues, and this one reads theirs."""
+    task = meta.task
+    if task.get("status") == _PENDING or task.get("tags") == {} or (
+            celery_id is not None and task.get("external_id") == celery_id):
+        task = {key: value for key, value in task.items()
+                if not ((key == "status" and value == _PENDING) or (key == "tags" and value == {})
+                        or (key == "external_id" and value == celery_id))}
+    header: dict[str, Any] = {"task": task}
+    if meta.heartbeat_interval is not None:
+        header["heartbeat_interval"] = meta.heartbeat_interval
+    if meta.stale_timeout is not None:
+        header["stale_timeout"] = meta.stale_timeout
+    if meta.resend:
+        header["resend"] = meta.resend
+    return header
+
+
+def with_external_id(meta: Meta | None, celery_id: Any) -> Meta | None:
+    """``meta`` read from the message ``celery_id``, its ``external_id`` the Celery id when the header has none: a
+    publisher of ours leaves it out when it is that id (``compact_header``), and has none to carry only when the id
+    is longer than the API takes (``lifecycle.create_fields``), so such an id is not taken for one."""
+    if meta is not None and "external_id" not in meta.task and type(celery_id) is str \
+            and 0 < len(celery_id) <= MAX_EXTERNAL_ID_LENGTH:
+        meta.task["external_id"] = celery_id
+    return meta
 
 
 def _is_mapping(value: Any) -> bool:
@@ -156,18 +196,18 @@ def read_incoming(request: Any, task_name: str) -> Incoming:
     if source is not None and _is_mapping(source):
         get = source.get
         raw, options, track, maybe_created = get(META_KEY), get(KWARGS_KEY), get(TRACK_KEY), get(MAYBE_CREATED_KEY)
-        nested = get("headers")
+        nested, celery_id = get("headers"), get("id")
     else:
         raw, options = getattr(request, META_KEY, None), getattr(request, KWARGS_KEY, None)
         track, maybe_created = getattr(request, TRACK_KEY, None), getattr(request, MAYBE_CREATED_KEY, None)
-        nested = getattr(request, "headers", None)
+        nested, celery_id = getattr(request, "headers", None), getattr(request, "id", None)
     if nested is not None and (raw is None or options is None or track is None or maybe_created is None) \
             and _is_mapping(nested):
         raw = nested.get(META_KEY) if raw is None else raw
         options = nested.get(KWARGS_KEY) if options is None else options
         track = nested.get(TRACK_KEY) if track is None else track
         maybe_created = nested.get(MAYBE_CREATED_KEY) if maybe_created is None else maybe_created
-    meta = parse_meta(raw, task_name) if raw is not None else None
+    meta = with_external_id(parse_meta(raw, task_name), celery_id) if raw is not None else None
     if options is None and track is None and maybe_created is None:  # a tracked message: only the meta
         return Incoming(meta)
     return Incoming(meta, parse_options(options, task_name), parse_track(track, task_name),
@@ -197,7 +237,7 @@ def read_message_meta(message_headers: Any, task_name: str) -> Meta | None:
     nested = message_headers.get("headers")
     if raw is None and isinstance(nested, Mapping):
         raw = nested.get(META_KEY)
-    return parse_meta(raw, task_name) if raw is not None else None
+    return with_external_id(parse_meta(raw, task_name), message_headers.get("id")) if raw is not None else None
 
 
 def _task_id_in(raw: Any) -> str | None:

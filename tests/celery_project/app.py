@@ -282,6 +282,20 @@ def echo(self, value):
     return value
 
 
+#: The fields of the body's task ``report_carried`` reports (all carried in the message: no request reads them).
+CARRIED_FIELDS = ("id", "name", "status", "value", "value_max", "tags", "queue", "external_id", "public_url", "parent")
+
+
+@app.task(bind=True, base=Task)
+def report_carried(self):
+    """Writes what the body's ``self.taskbadger_task`` holds, as ``echo`` writes its result."""
+    tb = self.taskbadger_task
+    result = {"tracked": tb is not None, **({field: getattr(tb, field) for field in CARRIED_FIELDS} if tb else {})}
+    path = pathlib.Path(os.environ["TB_RESULTS_DIR"]) / self.request.id
+    path.with_suffix(".partial").write_text(json.dumps(result))
+    path.with_suffix(".partial").replace(path)
+
+
 @app.task(bind=True, base=Task)
 def report_progress(self, value):
     """The README's task body (``if tb: tb.update(...)``), then like ``echo``."""
