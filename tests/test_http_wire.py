@@ -220,6 +220,50 @@ def test_a_request_body_is_the_json_the_standard_encoder_writes(body):
     assert request.body == json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
+class _Text(str):
+    pass
+
+
+_FIELD_NAMES = ["status", "start_time", "end_time", "name", "value", "value_max", "data", "tags", "parent", "queue",
+                "external_id", "max_runtime", "stale_timeout", "time_to_start", "other", "Status", "status "]
+_VALUES = st.one_of(
+    st.text(max_size=40), st.text(alphabet=st.characters(codec=None, min_codepoint=0, max_codepoint=0x10FFFF),
+                                  max_size=20),
+    st.integers(), st.none(), st.booleans(), st.floats(allow_nan=False), st.builds(_Text, st.text(max_size=10)),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.one_of(st.sampled_from(_FIELD_NAMES), st.text(max_size=6)), _VALUES, max_size=6))
+def test_a_body_of_any_fields_is_written_as_the_standard_encoder_writes_it(body):
+    """The usual body (the API's field names with text, whole-number or null values) is written without the
+    encoder: the text must be the encoder's, to the byte, for those and for any other key or value beside them
+    (control characters, quotes, lone surrogates, non-ASCII, a str subclass, booleans, floats, nested values)."""
+    import json
+
+    from taskbadger.http import request as request_module
+
+    encoder = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+    for order in (body, dict(reversed(body.items()))):
+        try:
+            standard = encoder.encode(order)
+        except ValueError:  # infinity: refused by both
+            with pytest.raises(ValueError):
+                request_module._json_text(order)
+            continue
+        assert request_module._json_text(order) == standard
+
+
+@pytest.mark.parametrize("body", [{"status": "success", "value": True}, {"status": "x", "value": 1.5},
+                                  {"status": 1, "tags": {"a": "b"}}])
+def test_a_usual_body_with_one_unusual_value_is_the_standard_text_too(body):
+    import json
+
+    from taskbadger.http import request as request_module
+
+    assert request_module._json_text(body) == json.dumps(body, separators=(",", ":"), allow_nan=False)
+
+
 @pytest.mark.parametrize("bad", [{"value": float("nan")}, {"data": {"when": object()}}, {"data": {1, 2}}])
 def test_a_body_json_cannot_hold_is_refused_before_anything_is_sent(bad):
     with pytest.raises(taskbadger.InvalidData):
