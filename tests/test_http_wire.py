@@ -220,6 +220,24 @@ def test_a_request_body_is_the_json_the_standard_encoder_writes(body):
     assert request.body == json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
+def test_a_request_carries_the_key_and_host_of_the_configuration_it_was_built_for():
+    """The tasks URL and the headers are kept for the last configuration: a new one (another key, another host, as
+    ``init`` makes) must never send a request with the one before's."""
+    from taskbadger.http import Request
+
+    first = build_config(token=base64.b64encode(b"x/y/first").decode(), host="http://127.0.0.1:1")
+    second = build_config(token=base64.b64encode(b"a/b/second").decode(), host="http://127.0.0.1:2")
+    for config, org, key in ((first, "x/y", "x/y/first"), (second, "a/b", "a/b/second"), (first, "x/y", "x/y/first")):
+        for body in (None, {"status": "success"}):
+            request = build_request(config, "PATCH", "abc", json_body=body)
+            assert isinstance(request, Request) and request.method == "PATCH"
+            assert request.headers["Authorization"] == "Bearer " + key.rsplit("/", 1)[1]
+            assert ("Content-Type" in request.headers) is (body is not None)
+            assert request.url == f"{config.host}/api/{org}/tasks/abc/"
+            assert request.target == f"/api/{org}/tasks/abc/"
+            assert request.expect is None and request.body == (None if body is None else b'{"status":"success"}')
+
+
 class _Text(str):
     pass
 

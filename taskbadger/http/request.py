@@ -137,7 +137,12 @@ def build_request(config: Config, method: str, task_id: str | _Tasks = TASKS, *,
     except (TypeError, ValueError, RecursionError) as err:
         raise InvalidData(f"the task's fields cannot be encoded as JSON ({err}); convert such values in data "
                           "(dates, sets, objects, NaN) to strings, numbers, lists or dicts first") from None
-    all_headers = _base_headers(config.token, body is not None)
+    urls = _urls
+    if urls[0] is not config:  # one read: another thread may replace it meanwhile, never half of it
+        tasks_url = config.tasks_url
+        urls = _urls = (config, tasks_url, urlsplit(tasks_url).path, _base_headers(config.token, False),
+                        _base_headers(config.token, True))
+    all_headers = urls[3] if body is None else urls[4]
     if headers:
         for name, value in headers.items():
             if not isinstance(value, str) or has_control_characters(value) or has_control_characters(name):
@@ -151,11 +156,11 @@ def build_request(config: Config, method: str, task_id: str | _Tasks = TASKS, *,
             except UnicodeEncodeError:
                 raise InvalidData(f"a query parameter ({', '.join(query)[:80]}) holds bytes that are not UTF-8 text; "
                                   "it was not sent") from None
-    urls = _urls
-    if urls[0] is not config:  # one read: another thread may replace it meanwhile, never half of it
-        tasks_url = config.tasks_url
-        urls = _urls = (config, tasks_url, urlsplit(tasks_url).path)
-    return Request(method, urls[1] + path, urls[2] + path, all_headers, body, expect)
+    # (``Request.__new__`` is a Python function that makes this same tuple: a frame less, 1.5k instructions less)
+    return _new_tuple(Request, (method, urls[1] + path, urls[2] + path, all_headers, body, expect))
+
+
+_new_tuple = tuple.__new__
 
 
 def _encoded(json_body: Any) -> bytes:
@@ -178,9 +183,9 @@ def _encoded(json_body: Any) -> bytes:
     return text.encode()
 
 
-#: The last configuration's tasks URL and its path (the request target's start): ``Config.tasks_url`` formats it
-#: on every read, twice per request before.
-_urls: tuple[Config | None, str, str] = (None, "", "")
+#: The last configuration's tasks URL, its path (the request target's start), and its base headers without and with a
+#: body: ``Config.tasks_url`` formats it on every read (twice per request before), ``_base_headers`` hashes the key.
+_urls: tuple[Config | None, str, str, Mapping[str, str], Mapping[str, str]] = (None, "", "", {}, {})
 
 
 #: The request fields' names (the API's ``TaskRequest``, and ``parent``) as a JSON object writes them, with their colon.
