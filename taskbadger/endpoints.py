@@ -234,21 +234,31 @@ def update_many(updates: list[tuple[str, Mapping[str, Any]]], deadline: http.Dea
     config = current_config()
     errors: dict[int, Exception] = {}
     requests: list[http.Request] = []
+    expectations: list[_Expecting] = []
     for i, (task_id, fields) in enumerate(updates):
         try:
+            expectation = _Expecting(task_id, None)  # (``expecting``'s, without its frame: one per update)
             requests.append(http.build_request(config, "PATCH", task_id, json_body=clean_body(fields),
-                                               expect=expecting(task_id)))
+                                               expect=expectation))
         except (InvalidData, ValueError) as err:
             errors[i] = err
-    sent = zip(requests, http.transport_for(config).exchange_many(config, requests, deadline) if requests else (),
-               strict=True)
+            continue
+        expectations.append(expectation)
+    sent = zip(requests, expectations,
+               http.transport_for(config).exchange_many(config, requests, deadline) if requests else (), strict=True)
     results: list[Exception | None] = []
     for i, (task_id, _) in enumerate(updates):
         if i in errors:
             results.append(errors[i])
             continue
-        request, answer = next(sent)
-        results.append(_updated(config, task_id, request, answer))
+        request, expectation, answer = next(sent)
+        said = expectation.said
+        if said is not None and answer.__class__ is tuple and answer[2] is said:
+            # the usual answer: the transport read it as this task's (``_Expecting.__call__``), 2xx; no call
+            # to ``_updated`` to say so again
+            results.append(None)
+        else:
+            results.append(_updated(config, task_id, request, answer))
     return results
 
 

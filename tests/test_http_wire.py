@@ -351,3 +351,30 @@ def test_answers_split_anywhere_read_the_same_through_both_parsers(answers, data
         if retry is not None:
             assert headers.get("retry-after") == retry
     assert not conn._in_answer() and not conn._ready
+
+
+def test_a_batch_of_updates_is_answered_per_update_whatever_its_answers_say():
+    """``update_many`` takes an answer that starts with its task's id, 2xx, as delivered without reading it further;
+    any other answer is read whole: a 2xx that is not the task is a bad answer, a 404 is NotFound, and an update
+    refused before it was sent keeps its place in the results."""
+    from taskbadger import endpoints
+
+    own = "T" * 26
+
+    def answer(status: bytes, body: bytes) -> bytes:
+        return b"HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (
+            status, len(body), body)
+
+    server = RawServer([answer(b"200 OK", b"{}"), answer(b"200 OK", b'{"id":"%s","status":"success"}' % own.encode()),
+                        answer(b"404 Not Found", b'{"id":"%s","detail":"Not found."}' % own.encode()),
+                        answer(b"200 OK", b'{"id": "%s", "status": "success"}' % own.encode())])
+    try:
+        taskbadger.init(token=TOKEN, host=server.url)
+        first = endpoints.update_many([("a/b", {"status": "success"}), (own, {"status": "success"})])
+        assert [type(result).__name__ for result in first] == ["InvalidData", "BadAnswer"]
+        assert endpoints.update_many([(own, {"status": "success"}), ("", {"value": 1})])[0] is None
+        assert isinstance(endpoints.update_many([(own, {"value": 2})])[0], taskbadger.exceptions.NotFound)
+        assert endpoints.update_many([(own, {"value": 3})]) == [None]
+        assert len(server.requests) == 4
+    finally:
+        server.close()
