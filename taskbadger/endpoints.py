@@ -47,13 +47,21 @@ def clean_body(fields: Mapping[str, Any]) -> dict[str, Any]:
     ``null``. (``data`` that JSON cannot encode is refused when the body is encoded, by ``http.build_request``.)"""
     body: dict[str, Any] = {}
     for key, value in fields.items():
+        if value.__class__ is str:  # most fields (a worker's status and timestamps): only a status is checked
+            if key == "status":
+                if value not in _STATUSES:
+                    value = StatusEnum.coerce(value).value
+            elif key == "tags":
+                raise InvalidData("tags must be a dict of str to str, got str")
+            body[key] = value
+            continue
         if value is NULL:
             body[key] = None
             continue
         if value is None:
             continue
         if key == "status":
-            value = value if value.__class__ is str and value in _STATUSES else StatusEnum.coerce(value).value
+            value = StatusEnum.coerce(value).value
         elif key in ("start_time", "end_time") and hasattr(value, "isoformat"):
             value = format_datetime(value)
         elif key == "tags":

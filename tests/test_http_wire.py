@@ -378,3 +378,33 @@ def test_a_batch_of_updates_is_answered_per_update_whatever_its_answers_say():
         assert len(server.requests) == 4
     finally:
         server.close()
+
+
+def test_a_body_is_cleaned_into_the_apis_shape_whatever_the_kind_of_each_value():
+    """``clean_body`` takes text fields as they are but for a status (checked) and tags (refused as text); statuses
+    given as enum members or text subclasses are sent as their text, datetimes as ISO 8601, NULL as null, None left
+    out."""
+    import datetime as dt
+
+    from taskbadger import StatusEnum, endpoints
+    from taskbadger.models import NULL
+
+    class Text(str):
+        pass
+
+    when = dt.datetime(2026, 12, 7, 16, 0, 0, 1)
+    cleaned = endpoints.clean_body({
+        "status": "success", "start_time": "2026-12-07T16:00:00+00:00", "end_time": when, "name": "n",
+        "value": 3, "data": NULL, "queue": None, "tags": {"k": 1}, "external_id": Text("e")})
+    assert cleaned == {"status": "success", "start_time": "2026-12-07T16:00:00+00:00",
+                       "end_time": "2026-12-07T16:00:00.000001+00:00", "name": "n", "value": 3, "data": None,
+                       "tags": {"k": "1"}, "external_id": "e"}
+    for status in (StatusEnum.ERROR, Text("error")):
+        sent = endpoints.clean_body({"status": status})["status"]
+        assert sent == "error" and sent.__class__ is str
+    for bad in ("done", Text("done"), "SUCCESS", "success "):
+        with pytest.raises(ValueError, match="Unknown task status"):
+            endpoints.clean_body({"status": bad})
+    for tags in ("k=v", Text("k=v"), ["k"]):
+        with pytest.raises(taskbadger.InvalidData, match="tags must be a dict"):
+            endpoints.clean_body({"tags": tags})
