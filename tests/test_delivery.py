@@ -384,6 +384,37 @@ def test_past_the_cap_a_final_update_takes_the_place_of_a_progress_update_in_fli
     assert q.stats()["queued"] == 3
 
 
+def test_a_senders_round_waits_under_the_queues_lock_and_a_submit_wakes_it():
+    """A sender's round enters the queue's lock directly (no ``Condition`` frames): it must be the condition's own
+    lock, so that nobody else takes the queue while a round holds it, the round's wait releases it, and a submit's
+    notify wakes the round."""
+    q = PendingQueue(linger=0)
+    s = Sender(q, threads=1)
+    taken: list[str] = []
+    done = threading.Event()
+
+    def send(batch):
+        taken.extend(task_id for task_id, _ in batch)
+        s._delivered([entry for _, entry in batch])
+        done.set()
+        return [sender.SENT] * len(batch)
+
+    s._send = send
+    with q.lock:
+        outside = threading.Thread(target=lambda: taken.append(str(q.cond.acquire(blocking=False))))
+        outside.start()
+        outside.join(10)
+        q.cond.notify_all()  # the condition's lock is held: no RuntimeError
+    assert taken == ["False"]
+    taken.clear()
+    round_ = threading.Thread(target=s._run_once, daemon=True)
+    round_.start()  # nothing queued: it waits on the condition, under the lock it entered directly
+    assert q.submit("task-1", {"status": "success"}, final=True, delay=0)
+    assert done.wait(10), "the submit did not wake the waiting round"
+    round_.join(10)
+    assert taken == ["task-1"] and q.stats()["sent"] == 1 and not q.busy()
+
+
 def test_the_counters_add_up_while_a_batch_is_being_finished_and_when_it_is_spooled(taskbadger_server):
     """The delivery line (``manage.py taskbadger check``, the log line every minute) read between a batch's outcome
     being counted and the batch being finished counted its updates twice: sent, and still in flight (a CI run:

@@ -68,10 +68,11 @@ class PendingQueue:
     def __init__(self, max_pending: int = MAX_PENDING_TASKS, linger: float = LINGER) -> None:
         self.max_pending = max_pending
         self.linger = linger
-        #: the condition's lock, entered directly where no waiting is done (``submit``: no frames of
-        #: ``Condition.__enter__``/``__exit__`` for the two updates of every task)
-        self._lock = threading.RLock()
-        self.cond = threading.Condition(self._lock)
+        #: the condition's lock, entered directly on the hot paths (``submit``, a sender's round): the same lock as
+        #: ``with cond``, without the frames of ``Condition.__enter__``/``__exit__`` (``cond.wait`` and ``notify``
+        #: work under it as under ``cond``)
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         self._pending: OrderedDict[str, Entry] = OrderedDict()
         self._inflight: dict[str, tuple[Entry, float]] = {}  # task id -> (entry, when its batch was taken)
         #: tasks handed over to another process while an update of theirs was in flight (``hand_over``): that
@@ -92,7 +93,7 @@ class PendingQueue:
     def submit(self, task_id: str, fields: dict[str, Any], final: bool = False, delay: float | None = None) -> bool:
         """Queue ``fields`` for ``task_id``, sent ``delay`` seconds from now at the earliest (by default the
         merge window of its kind; a flush sends it at once). Returns False if the update had to be dropped."""
-        with self._lock:
+        with self.lock:
             self.counters["submitted"] += 1
             ready_at = time.monotonic() + (delay if delay is not None else FINAL_WINDOW if final else self.linger)
             if self._merge_into_queued(task_id, fields, ready_at, final):

@@ -141,7 +141,7 @@ class Sender:
 
     def _run_once(self) -> None:
         queue = self.queue
-        with queue.cond:
+        with queue.lock:
             batch = queue.take_batch(self.batch_size, self._next_stats_line())
             if len(batch) == self.batch_size and len(self.threads) < self.thread_count and queue.more_ready():
                 self._add_thread()  # a backlog: one more thread sends while this one waits for answers
@@ -159,7 +159,7 @@ class Sender:
             outcomes = [DROPPED] * len(batch)
             with queue.cond:
                 queue.settle([entry for _, entry in batch], "failed")
-        with queue.cond:
+        with queue.lock:
             queue.finish(batch, list(map(RETRY.__eq__, outcomes)))
         self._log_stats()
 
@@ -234,7 +234,7 @@ class Sender:
 
     def _delivered(self, entries: list[Entry]) -> None:
         queue = self.queue
-        with queue.cond:
+        with queue.lock:
             queue.settle(entries, "sent")
             queue.failing, self._failures = False, 0
 
