@@ -408,3 +408,30 @@ def test_a_body_is_cleaned_into_the_apis_shape_whatever_the_kind_of_each_value()
     for tags in ("k=v", Text("k=v"), ["k"]):
         with pytest.raises(taskbadger.InvalidData, match="tags must be a dict"):
             endpoints.clean_body({"tags": tags})
+
+
+def test_a_calls_deadline_and_its_answers_deadline():
+    """``Deadline.for_call``: connect + read in all, connecting within ``connect`` (never more than the whole); once
+    the request is sent, ``sent()`` gives the answer ``read`` from then, when that is sooner than the whole."""
+    import time
+
+    from taskbadger.http import Deadline
+
+    before = time.monotonic()
+    deadline = Deadline.for_call((2.0, 5.0))
+    after = time.monotonic()
+    assert (deadline.seconds, deadline.connect, deadline.read) == (7.0, 2.0, 5.0)
+    assert before + 7.0 <= deadline.at <= after + 7.0
+    assert Deadline.for_call((0.0, 3.0)).connect == 0.0
+
+    before = time.monotonic()
+    answer = deadline.sent()
+    after = time.monotonic()
+    assert answer is not deadline and (answer.seconds, answer.connect, answer.read) == (5.0, 2.0, None)
+    assert before + 5.0 <= answer.at <= after + 5.0 and answer.at < deadline.at
+    assert answer.sent() is answer  # no read budget of its own: the deadline itself
+    late = Deadline.for_call((2.0, 5.0))
+    late.at = time.monotonic() + 1.0  # less left than the read budget: the whole deadline stays
+    assert late.sent() is late
+    assert 0 < late.remaining() <= 1.0 and not late.expired()
+    assert Deadline(0.5).read is None and Deadline(3.0, 9.0).connect == 3.0

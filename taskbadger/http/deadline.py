@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import time
 
+_new = object.__new__
+
 
 class Deadline:
     """When a call must be over (``time.monotonic()`` seconds), and the budget it was given."""
@@ -36,15 +38,27 @@ class Deadline:
     def for_call(cls, timeout: tuple[float, float]) -> Deadline:
         """The deadline of an ordinary call: ``connect + read`` seconds in all, connecting within
         ``connect``, the answer within ``read`` of the request."""
-        return cls(timeout[0] + timeout[1], timeout[0], timeout[1])
+        # ``cls(connect + read, connect, read)``, its fields set here: every call makes one (a sender's round, a
+        # publish), and ``__init__``'s frame and ``min`` cost as much again (5.7k instructions -> 3.7k)
+        connect, read = timeout
+        seconds = connect + read
+        deadline = _new(cls)
+        deadline.seconds, deadline.at = seconds, time.monotonic() + seconds
+        deadline.connect = connect if connect < seconds else seconds
+        deadline.read = read
+        return deadline
 
     def sent(self) -> Deadline:
         """The deadline for the answer to a request sent now: sooner when ``read`` says so."""
-        if self.read is None or time.monotonic() + self.read >= self.at:
+        read = self.read
+        if read is None:
             return self
-        tighter = Deadline(self.seconds, self.connect)
-        tighter.at = time.monotonic() + self.read
-        tighter.seconds = self.read
+        at = time.monotonic() + read
+        if at >= self.at:
+            return self
+        # ``Deadline(self.seconds, self.connect)`` with ``at`` and ``seconds`` moved, without ``__init__``'s frame
+        tighter = _new(Deadline)
+        tighter.at, tighter.seconds, tighter.connect, tighter.read = at, read, self.connect, None
         return tighter
 
     def remaining(self) -> float:
