@@ -435,3 +435,17 @@ def test_a_calls_deadline_and_its_answers_deadline():
     assert late.sent() is late
     assert 0 < late.remaining() <= 1.0 and not late.expired()
     assert Deadline(0.5).read is None and Deadline(3.0, 9.0).connect == 3.0
+
+
+def test_a_request_larger_than_the_sockets_buffer_arrives_whole():
+    """Most requests leave in one ``send``; one that the socket takes in parts (8 MB of data, more than a socket's
+    send buffer) is sent to its last byte, and answered."""
+    server = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"])
+    try:
+        data = "x" * (8 * 1024 * 1024)
+        assert call(server, {"data": data})[::2] == (200, b"{}")
+        assert call(server, {"value": 1})[::2] == (200, b"{}")  # the same connection, after it
+        assert server.requests[0].endswith(b'\r\n\r\n{"data":"%s"}' % data.encode())
+        assert server.requests[1].endswith(b'\r\n\r\n{"value":1}')
+    finally:
+        server.close()

@@ -281,14 +281,23 @@ class Connection:
         return self._quick is None and self._answers is not None and self._answers.current is not None
 
     def send(self, data: bytes, deadline: Deadline) -> None:
-        assert self.sock is not None
+        sock = self.sock
+        assert sock is not None
         self._received = 0
-        view = memoryview(data)
+        try:  # most often the socket takes a request whole: no memoryview to make and slice
+            sent = sock.send(data)
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            sent = 0
+            if not wait_for(sock, WRITABLE, deadline.remaining()):
+                raise TimeoutError("timed out") from None
+        if sent == len(data):
+            return
+        view = memoryview(data)[sent:]
         while view:
             try:
-                view = view[self.sock.send(view):]
+                view = view[sock.send(view):]
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
-                if not wait_for(self.sock, WRITABLE, deadline.remaining()):
+                if not wait_for(sock, WRITABLE, deadline.remaining()):
                     raise TimeoutError("timed out") from None
 
     def skip_answer(self) -> None:
