@@ -440,7 +440,7 @@ def test_a_calls_deadline_and_its_answers_deadline():
 def test_a_request_larger_than_the_sockets_buffer_arrives_whole():
     """Most requests leave in one ``send``; one that the socket takes in parts (8 MB of data, more than a socket's
     send buffer) is sent to its last byte, and answered."""
-    server = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"])
+    server = RawServer([b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"] * 2)
     try:
         data = "x" * (8 * 1024 * 1024)
         assert call(server, {"data": data})[::2] == (200, b"{}")
