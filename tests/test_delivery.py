@@ -384,6 +384,32 @@ def test_past_the_cap_a_final_update_takes_the_place_of_a_progress_update_in_fli
     assert q.stats()["queued"] == 3
 
 
+def test_a_batch_takes_the_oldest_ready_updates_in_order_and_leaves_the_rest_queued():
+    """A batch is the oldest ready update, then the next ready ones in queue order (a final one still inside its
+    window counts as ready), never one whose task has a request in flight, nor a progress update still lingering;
+    what it does not take stays queued."""
+    q = PendingQueue(linger=60)
+    q.submit("a", {"value": 1})  # lingering: not ready for a minute
+    q.submit("b", {"status": "success"}, final=True, delay=0)
+    q.submit("c", {"value": 2}, delay=0)
+    q.submit("d", {"status": "error"}, final=True)  # inside its final window: taken with the others
+    q.submit("e", {"value": 3}, delay=0)
+    q.submit("f", {"value": 4}, delay=0)
+    with q.lock:
+        first = q.take_batch(3)
+    assert [task_id for task_id, _ in first] == ["b", "c", "d"]
+    assert q.holds("a") and q.holds("e") and q.holds("f") and q.stats()["queued"] == 3
+    q.submit("c", {"value": 5}, delay=0)  # its task has a request in flight: queued, not taken
+    with q.lock:
+        second = q.take_batch(5)
+    assert [task_id for task_id, _ in second] == ["e", "f"]
+    assert q.stats()["queued"] == 2 and q.stats()["in_flight"] == 5
+    with q.lock:
+        q.finish(first + second, [False] * 5)
+        third = q.take_batch(5, until=time.monotonic())
+    assert [task_id for task_id, _ in third] == ["c"] and third[0][1].fields == {"value": 5}
+
+
 def test_a_senders_round_waits_under_the_queues_lock_and_a_submit_wakes_it():
     """A sender's round enters the queue's lock directly (no ``Condition`` frames): it must be the condition's own
     lock, so that nobody else takes the queue while a round holds it, the round's wait releases it, and a submit's

@@ -204,11 +204,18 @@ class PendingQueue:
         # were only waiting so that one wake-up takes many (nothing merges into a final state). Without
         # this, a busy worker's sender wakes once per task, and each wake-up takes the GIL from the tasks.
         early = now + FINAL_WINDOW
-        while len(batch) < size:
-            more = self._next(now, final_ready_by=early)
-            if not isinstance(more, tuple):
-                break
-            batch.append(more)
+        if size > 1:
+            # ``_next(now, final_ready_by=early)`` until the batch is full, in one pass over the queue: each call
+            # started again from its front, past what it had skipped, with a frame per update taken
+            inflight = self._inflight
+            for task_id, entry in self._pending.items():
+                if task_id not in inflight and (entry.ready_at <= now or (entry.final and entry.ready_at <= early)):
+                    batch.append((task_id, entry))
+                    if len(batch) >= size:
+                        break
+            pending = self._pending
+            for task_id, _ in batch[1:]:
+                del pending[task_id]
         taken = time.monotonic()
         for task_id, entry in batch:
             self._inflight[task_id] = (entry, taken)
