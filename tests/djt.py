@@ -22,6 +22,8 @@ import time
 import uuid
 from typing import Any
 
+import pytest
+
 from .workers import INTERNAL_ERROR, ROOT
 
 SETTINGS = "tests.django_tasks_project.settings"
@@ -178,3 +180,25 @@ def _migrated_sqlite(project: Project) -> pathlib.Path:
         assert not template.with_name("db.sqlite3-wal").exists()  # all of it in the file (rollback journal mode)
         _migrated = template
     return _migrated
+
+
+def faults_project_fixture(budget: float) -> Any:
+    """``project``: a module's own project with a started worker, on SQLite (``db_worker``) and on RQ, its processes
+    run with a publish budget of ``budget`` seconds; the stand-in's faults are cleared after the module."""
+    from .services import require
+
+    @pytest.fixture(scope="module", params=["sqlite", "rq"], name="project")
+    def project(request: Any, taskbadger_server_session: Any) -> Any:
+        if request.param == "rq":
+            require("redis")
+        made = Project(taskbadger_server_session, "db" if request.param == "sqlite" else "rq",
+                       DJT_PUBLISH_BUDGET=str(budget)).migrate()
+        made.start_worker()
+        try:
+            yield made
+        finally:
+            taskbadger_server_session.clear_faults()
+            taskbadger_server_session.accept()
+            made.stop()
+
+    return project

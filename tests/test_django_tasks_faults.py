@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from .djt import Project
-from .services import api_fault, require
+from .djt import faults_project_fixture
+from .services import api_fault
 from .test_django_tasks import by_external_id, wait_result
 
 BUDGET = 0.5  # the publish budget (and each call's connect and read timeout) the processes run with
@@ -19,19 +19,7 @@ SLACK = 0.4
 MODES = ["refused", "hang", "500", "slow", "429", "not_json"]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "rq"])
-def project(request, taskbadger_server_session):
-    if request.param == "rq":
-        require("redis")
-    project = Project(taskbadger_server_session, "db" if request.param == "sqlite" else "rq",
-                      DJT_PUBLISH_BUDGET=str(BUDGET)).migrate()
-    project.start_worker()
-    try:
-        yield project
-    finally:
-        taskbadger_server_session.clear_faults()
-        taskbadger_server_session.accept()
-        project.stop()
+project = faults_project_fixture(BUDGET)
 
 
 def report(mode, backend, longest):

@@ -7,26 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from .djt import Project
-from .services import require
+from .djt import faults_project_fixture
 from .test_django_tasks import by_external_id, wait_result
 
 BUDGET = 0.5  # the publish budget (and each call's connect and read timeout) the processes run with
-
-
-@pytest.fixture(scope="module", params=["sqlite", "rq"])
-def project(request, taskbadger_server_session):
-    if request.param == "rq":
-        require("redis")
-    project = Project(taskbadger_server_session, "db" if request.param == "sqlite" else "rq",
-                      DJT_PUBLISH_BUDGET=str(BUDGET)).migrate()
-    project.start_worker()
-    try:
-        yield project
-    finally:
-        taskbadger_server_session.clear_faults()
-        taskbadger_server_session.accept()
-        project.stop()
+project = faults_project_fixture(BUDGET)  # as the fault matrix's, with workers of this module's own
 
 
 @pytest.mark.parametrize("fault", ["503", "dropped"])
